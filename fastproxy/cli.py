@@ -1,0 +1,130 @@
+"""The ``fastproxy`` command line.
+
+Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error (argparse uses
+2 as well, so scripts can treat 2 as "fix your invocation or config").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ._version import __version__
+from .config import CLI_FLAGS, ConfigError, LoadedConfig, load_config, parse_replacement_rule
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config file")
+    for flag in CLI_FLAGS:
+        dest = "cfg__" + flag.key.replace(".", "__")
+        if flag.action == "true":
+            parser.add_argument(flag.flag, dest=dest, action="store_const", const=True,
+                                help=flag.help)
+        elif flag.action == "false":
+            parser.add_argument(flag.flag, dest=dest, action="store_const", const=False,
+                                help=flag.help)
+        elif flag.action == "append_rule":
+            parser.add_argument(flag.flag, dest=dest, action="append", metavar=flag.metavar,
+                                help=flag.help)
+        else:
+            parser.add_argument(flag.flag, dest=dest, metavar=flag.metavar or "VALUE",
+                                help=flag.help)
+
+
+def _cli_overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in vars(ns).items():
+        if not name.startswith("cfg__") or value is None:
+            continue
+        key = name[5:].replace("__", ".")
+        if key == "replacement.replacement_rules":
+            value = [parse_replacement_rule(v) for v in value]
+        out[key] = value
+    return out
+
+
+def load_from_args(ns: argparse.Namespace) -> LoadedConfig:
+    return load_config(_cli_overrides(ns), config_file=ns.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastproxy", description="A high-throughput LLM gateway for OpenAI and Anthropic APIs."
+    )
+    parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway (data and admin listeners)")
+    _add_config_flags(run)
+
+    check = sub.add_parser("check-config", help="validate the config and print the result")
+    _add_config_flags(check)
+
+    sub.add_parser("mock-llm", help="run the mock LLM server (OpenAI + Anthropic)",
+                   add_help=False)
+    return parser
+
+
+def _cmd_check_config(ns: argparse.Namespace) -> int:
+    loaded = load_from_args(ns)
+    print(f"config file: {loaded.file or '(none found; built-in defaults)'}")
+    print("configuration is valid; effective values (secrets masked):")
+    for key, value in _flatten(msgspec.to_builtins(loaded.config)):
+        print(f"  {key} = {_mask(key, value)}    # {loaded.origin(key)}")
+    return 0
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    if isinstance(tree, dict) and tree:
+        for k, v in tree.items():
+            out.extend(_flatten(v, f"{prefix}{k}."))
+        return out
+    return [(prefix.rstrip("."), tree)]
+
+
+def _mask(key: str, value: Any) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    if value and (leaf in ("api_key", "api_keys", "webhook_url")):
+        if isinstance(value, list):
+            return "[" + ", ".join("***" for _ in value) + "]"
+        return "***"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    loaded = load_from_args(ns)
+    from .gateway import run_gateway
+
+    return run_gateway(loaded)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "mock-llm":
+        from .mockllm import main as mock_main
+
+        return mock_main(args[1:])
+    parser = build_parser()
+    ns = parser.parse_args(args)
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if ns.command == "check-config":
+            return _cmd_check_config(ns)
+        if ns.command == "run":
+            return _cmd_run(ns)
+    except ConfigError as exc:
+        print(f"fastproxy: config error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        # `fastproxy check-config | head`: the reader left; not an error of ours.
+        sys.stderr.close()
+        return 0
+    parser.error(f"unknown command {ns.command}")
+    return 2

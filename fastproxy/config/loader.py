@@ -1,0 +1,377 @@
+"""Build the one frozen `Config`: built-in defaults < YAML file < environment < CLI flags.
+
+The layers are merged as plain dicts, each leaf remembering which layer set it, and the
+result is converted to the frozen struct tree in one step, so a value is validated the
+same way whichever layer it came from. Env and CLI values arrive as strings and are
+coerced by the declared type of the key they set; a YAML value is never coerced (a string
+where a number belongs in the file is an error, as users expect).
+
+Every failure is a `ConfigError` whose message is one line naming the key, the bad value
+and what is allowed; the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+import yaml
+
+from .schema import BackendConfig, Config
+from .sources import CLI_FLAGS, ENV_VARS
+
+_MISSING = object()
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str(err)`` is the one-line message for the user."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """The config plus where each leaf value came from (for ``check-config``)."""
+
+    config: Config
+    file: str | None
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+    def origin(self, key: str) -> str:
+        return self.origins.get(key, "default")
+
+
+# ---------------------------------------------------------------------------------------
+# file discovery
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str]) -> str | None:
+    """``--config`` > ``$FASTPROXY_CONFIG`` > XDG > ``/etc/fastproxy/config.yaml``."""
+    if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError(f"--config: file {explicit!r} does not exist")
+        return explicit
+    from_env = env.get("FASTPROXY_CONFIG")
+    if from_env:
+        if not Path(from_env).is_file():
+            raise ConfigError(f"FASTPROXY_CONFIG: file {from_env!r} does not exist")
+        return from_env
+    xdg = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+    for candidate in (Path(xdg) / "fastproxy" / "config.yaml", Path("/etc/fastproxy/config.yaml")):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path!r}: cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path!r}:{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r}: top level must be a mapping of keys")
+    return data
+
+
+# ---------------------------------------------------------------------------------------
+# typed coercion of env / CLI strings
+
+
+def _leaf_type(key: str) -> Any:
+    """The declared type of a dotted key, e.g. ``health_check.ping.interval_seconds``."""
+    struct: Any = Config
+    tp: Any = None
+    for part in key.split("."):
+        hints = typing.get_type_hints(struct, include_extras=True)
+        tp = hints[part]
+        struct = _strip(tp)
+    return tp
+
+
+def _strip(tp: Any) -> Any:
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(source: str, key: str, raw: str, kind: str) -> Any:
+    if kind == "bool":
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"{source}: {raw!r} is not a boolean (use 1/0, true/false)")
+    if kind == "csv":
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if kind == "json":
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: value is not valid JSON ({exc})") from exc
+    if kind == "path":
+        return raw
+    base = _strip(_leaf_type(key))
+    try:
+        if base is bool:
+            return _coerce(source, key, raw, "bool")
+        if base is int:
+            return int(raw)
+        if base is float:
+            return float(raw)
+    except ValueError:
+        allowed = "an integer" if base is int else "a number"
+        raise ConfigError(f"{source}: {raw!r} is not {allowed} (sets {key})") from None
+    return raw
+
+
+# ---------------------------------------------------------------------------------------
+# merging with provenance
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k not in ("pricing", "extra_headers"):
+            out.update(_flatten(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def _set(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_replacement_rule(text: str) -> dict[str, str]:
+    """``FROM=BACKEND:MODEL`` as given to ``--random-model-replacement-from-to``."""
+    src, sep, dst = text.partition("=")
+    backend, sep2, model = dst.partition(":")
+    if not sep or not sep2 or not src or not backend or not model:
+        raise ConfigError(
+            f"--random-model-replacement-from-to: {text!r} is not FROM=BACKEND:MODEL"
+        )
+    return {"from_pattern": src, "to_backend": backend, "to_model": model}
+
+
+def load_config(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    use_files: bool = True,
+) -> LoadedConfig:
+    """Build the effective config.
+
+    ``cli`` maps dotted keys to values already parsed by argparse (see ``cli.py``);
+    ``env`` defaults to ``os.environ``; ``use_files=False`` skips file discovery (tests).
+    """
+    env = os.environ if env is None else env
+    tree: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+
+    path = find_config_file(config_file, env) if (use_files or config_file) else None
+    if path is not None:
+        file_tree = _read_yaml(path)
+        tree.update(file_tree)
+        for key in _flatten(file_tree):
+            origins[key] = f"file {path}"
+
+    for var, (key, kind) in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is None:
+            continue
+        _set(tree, key, _coerce(f"environment {var}", key, raw, kind))
+        origins[key] = f"env {var}"
+
+    flag_of = {f.key: f.flag for f in CLI_FLAGS}
+    for key, value in (cli or {}).items():
+        flag = flag_of.get(key, key)
+        if isinstance(value, str) and key != "replacement.replacement_rules":
+            value = _coerce(f"flag {flag}", key, value, "auto")
+        _set(tree, key, value)
+        origins[key] = f"flag {flag}"
+
+    state_dir = env.get("STATE_DIRECTORY")
+    if state_dir and "state_dir" not in tree:
+        # systemd may pass several colon-separated directories; the first is ours.
+        tree["state_dir"] = state_dir.split(":")[0]
+        origins["state_dir"] = "env STATE_DIRECTORY"
+
+    config = _convert(tree)
+    _check(config, origins)
+    return LoadedConfig(config=config, file=path, origins=origins)
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+
+
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _lookup(tree: Any, path: str) -> Any:
+    node = tree
+    for part in re.findall(r"\.([A-Za-z0-9_]+)|\[(\d+)\]", path):
+        name, index = part
+        try:
+            node = node[name] if name else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node
+
+
+def _explain(message: str, tree: Any, prefix: str = "") -> str:
+    m = _PATH_RE.search(message)
+    path = m.group("path") if m else ""
+    reason = message[: m.start()] if m else message
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
+    key = (prefix + path.lstrip(".")).replace("..", ".") or "(top level)"
+    if unknown:
+        field_name = unknown.group(1)
+        full = f"{key}.{field_name}" if path else f"{prefix}{field_name}"
+        return f"{full.strip('.')}: unknown key (misspelt? see docs/configuration.md)"
+    value = _lookup(tree, path)
+    shown = "" if value is _MISSING else f" got {value!r};"
+    reason = reason.replace("Expected", "expected").replace("`", "")
+    for word, plain in (("float", "a number"), ("int", "an integer"), ("str", "a string")):
+        reason = re.sub(rf"\b{word}\b", plain, reason)
+    return f"{key}:{shown} {reason}"
+
+
+def _convert(tree: dict[str, Any]) -> Config:
+    backends = tree.get("backends") or {}
+    if not isinstance(backends, dict):
+        raise ConfigError(f"backends: got {backends!r}; expected a mapping of instance names")
+    checked: dict[str, BackendConfig] = {}
+    for name, body in backends.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"backends.{name}: got {body!r}; expected a mapping")
+        if "type" not in body:
+            prefix = str(name).split(".", 1)[0]
+            if prefix not in ("openai", "anthropic"):
+                raise ConfigError(
+                    f"backends.{name}.type: missing; expected 'openai' or 'anthropic' "
+                    "(or name the instance openai.N / anthropic.N)"
+                )
+            body = {**body, "type": prefix}
+        try:
+            checked[str(name)] = msgspec.convert(body, BackendConfig)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_explain(str(exc), body, f"backends.{name}.")) from None
+    rest = {k: v for k, v in tree.items() if k != "backends"}
+    try:
+        config = msgspec.convert(rest, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(str(exc), rest)) from None
+    return msgspec.structs.replace(config, backends=checked)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check(config: Config, origins: Mapping[str, str]) -> None:
+    """Cross-field rules that a type cannot express."""
+    names = set(config.backends)
+    if config.default_backend is not None and config.default_backend not in names:
+        raise ConfigError(
+            f"default_backend: got {config.default_backend!r}; expected one of "
+            f"{sorted(names) or 'the configured backends (none configured)'}"
+        )
+    for model, targets in config.failover_routes.items():
+        for target in targets:
+            backend = target.split(":", 1)[0]
+            if ":" in target and backend not in names:
+                raise ConfigError(
+                    f"failover_routes.{model}: got {target!r}; backend {backend!r} is not "
+                    f"configured (have {sorted(names)})"
+                )
+    for name, b in config.backends.items():
+        if not re.match(r"^https?://[^/\s]+", b.api_url):
+            raise ConfigError(
+                f"backends.{name}.api_url: got {b.api_url!r}; expected an http:// or https:// URL"
+            )
+        if b.api_key and b.api_key_env:
+            raise ConfigError(f"backends.{name}: set api_key or api_key_env, not both")
+    db = config.usage_tracking.persistence_path
+    if db.lower().endswith(".json"):
+        raise ConfigError(
+            f"usage_tracking.persistence_path: got {db!r}; fastproxy stores usage in SQLite, "
+            "not JSON: use a .db path such as ./var/usage.db"
+        )
+    for i, net in enumerate(config.admin.allow_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"admin.allow_networks[{i}]: got {net!r}; expected a CIDR such as 10.0.0.0/8"
+            ) from None
+    rep = config.replacement
+    if rep.enabled and not rep.replacement_rules:
+        raise ConfigError("replacement.replacement_rules: empty; replacement.enabled needs a rule")
+    for i, rule in enumerate(rep.replacement_rules):
+        if names and rule.to_backend not in names and rule.to_backend != "demo":
+            raise ConfigError(
+                f"replacement.replacement_rules[{i}].to_backend: got {rule.to_backend!r}; "
+                f"expected one of {sorted(names)}"
+            )
+    if not is_loopback_host(config.host):
+        if config.auth.disable_auth:
+            raise ConfigError(
+                f"host: got {config.host!r} with auth.disable_auth; refusing to serve a "
+                "non-loopback address without authentication"
+            )
+        if not config.auth.api_keys:
+            raise ConfigError(
+                f"host: got {config.host!r}; a non-loopback bind requires auth.api_keys "
+                "(or FASTPROXY_API_KEYS)"
+            )
+    _ = origins
+
+
+def resolve_state_path(config: Config, path: str) -> Path:
+    """Where a state file lives: ``./var/...`` maps into ``state_dir`` (systemd's
+    ``$STATE_DIRECTORY``); absolute paths and other relative paths are used as given."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    parts = p.parts
+    if parts and parts[0] == "var":
+        return Path(config.state_dir).joinpath(*parts[1:])
+    return p

@@ -1,0 +1,182 @@
+"""The configuration tree: frozen, typed, validated by msgspec.
+
+Why msgspec rather than hand-written checks or pydantic: one declaration gives the type,
+the default and the allowed range of every key; `forbid_unknown_fields` turns a misspelt
+key into an error instead of a silently ignored setting (the reference project's defect
+§12.8); its errors carry the exact path (``$.health_check.ping.interval_seconds``) that
+our one-line messages need; and it converts a dict to frozen structs in microseconds with
+no runtime dependency tree. Every struct is frozen: the config is built once and never
+written back.
+
+Key names follow ../shared/spec/CONTRACT.md §4 and the seed documents.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, field
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+BackendType = Literal["openai", "anthropic"]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base for every config section: immutable, no unknown keys."""
+
+
+class PingConfig(_Section, kw_only=True):
+    enabled: bool = True
+    interval_seconds: PositiveFloat = 30.0
+    timeout_seconds: PositiveFloat = 5.0
+    failure_threshold: PositiveInt = 3
+
+
+class HttpProbeConfig(_Section, kw_only=True):
+    enabled: bool = True
+    interval_seconds: PositiveFloat = 60.0
+    timeout_seconds: PositiveFloat = 10.0
+    failure_threshold: PositiveInt = 2
+    path: str = "/models"
+    method: Literal["GET", "HEAD"] = "GET"
+
+
+class HealthCheckConfig(_Section, kw_only=True):
+    enabled: bool = True
+    circuit_breaker_enabled: bool = True
+    notify_backends: bool = True
+    ping: PingConfig = field(default_factory=PingConfig)
+    http: HttpProbeConfig = field(default_factory=HttpProbeConfig)
+    webhook_url: str | None = None
+    max_concurrent_probes: PositiveInt = 32
+
+
+class PriceEntry(_Section, kw_only=True):
+    """USD per 1M tokens."""
+
+    input: NonNegFloat
+    output: NonNegFloat
+    cached_input: NonNegFloat | None = None
+    cache_write: NonNegFloat | None = None
+
+
+class UsageTrackingConfig(_Section, kw_only=True):
+    enabled: bool = True
+    persistence_path: str = "./var/usage.db"
+    flush_interval_seconds: PositiveFloat = 1.0
+    max_records_in_memory: PositiveInt = 100_000
+    retention_days: Annotated[int, Meta(ge=0)] = 90
+    pricing: dict[str, PriceEntry] = field(default_factory=dict)
+
+
+class WireCaptureConfig(_Section, kw_only=True):
+    enabled: bool = False
+    output_dir: str = "./var/wire_captures"
+    max_file_bytes: Annotated[int, Meta(ge=64 * KiB)] = 100 * MiB
+    max_total_bytes: Annotated[int, Meta(ge=64 * KiB)] = 1 * GiB
+    redact_headers: tuple[str, ...] = ()
+
+
+class ActivityConfig(_Section, kw_only=True):
+    stale_timeout_seconds: PositiveFloat = 300.0
+    sweep_interval_seconds: PositiveFloat = 5.0
+
+
+class ReplacementRule(_Section, kw_only=True):
+    from_pattern: str
+    to_backend: str
+    to_model: str
+
+
+class ReplacementConfig(_Section, kw_only=True):
+    enabled: bool = False
+    probability: Probability = 0.0
+    turn_count: PositiveInt = 1
+    replacement_rules: tuple[ReplacementRule, ...] = ()
+
+
+class AuthConfig(_Section, kw_only=True):
+    disable_auth: bool = False
+    api_keys: tuple[str, ...] = ()
+
+
+class LimitsConfig(_Section, kw_only=True):
+    max_connections: PositiveInt = 10_000
+    max_request_line_bytes: Annotated[int, Meta(ge=256)] = 8 * KiB
+    max_head_bytes: Annotated[int, Meta(ge=1 * KiB)] = 64 * KiB
+    max_headers: PositiveInt = 100
+    max_body_bytes: PositiveInt = 64 * MiB
+
+
+class TimeoutsConfig(_Section, kw_only=True):
+    header_seconds: PositiveFloat = 10.0
+    body_idle_seconds: PositiveFloat = 30.0
+    keepalive_seconds: PositiveFloat = 75.0
+    drain_seconds: NonNegFloat = 30.0
+
+
+class CircuitBreakerConfig(_Section, kw_only=True):
+    failure_threshold: PositiveInt = 5
+    open_cooldown_seconds: PositiveFloat = 30.0
+
+
+class AdminConfig(_Section, kw_only=True):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8001
+    allow_networks: tuple[str, ...] = ()
+
+
+class BackendConfig(_Section, kw_only=True):
+    """One backend instance. Its connector type defaults to the name's text before '.'."""
+
+    type: BackendType | None = None
+    api_url: str
+    api_key_env: str | None = None
+    api_key: str | None = None
+    models: tuple[str, ...] | None = None
+    connect_timeout_s: PositiveFloat = 10.0
+    first_byte_timeout_s: PositiveFloat = 300.0
+    idle_timeout_s: PositiveFloat = 120.0
+    max_connections: PositiveInt = 256
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    anthropic_version: str = "2023-06-01"
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+class Config(_Section, kw_only=True):
+    """The whole effective configuration. Built once by `load_config`, then read-only."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    backends: dict[str, BackendConfig] = field(default_factory=dict)
+    default_backend: str | None = None
+    failover_routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    usage_tracking: UsageTrackingConfig = field(default_factory=UsageTrackingConfig)
+    wire_capture: WireCaptureConfig = field(default_factory=WireCaptureConfig)
+    enable_activity_tracking: bool = False
+    activity: ActivityConfig = field(default_factory=ActivityConfig)
+    replacement: ReplacementConfig = field(default_factory=ReplacementConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    log_level: LogLevel = "INFO"
+    access_log: bool = False
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    workers: PositiveInt = 1
+    # Derived at load time (not user keys): where state lives, and where the file came from.
+    state_dir: str = "./var"
