@@ -1,0 +1,504 @@
+"""Exchange: one client request → one response, as one task.
+
+Phases: dispatch (local endpoint or LLM API) → parse (dialect, model, stream) → plan
+(routing) → attempts (pool acquire, send, await the head, fail over while nothing has
+been sent to the client) → relay (buffered JSON, or the SSE relay in the upstream
+protocol's callbacks) → record (observers).
+
+Failover happens only before the first byte reaches the client: on connect errors,
+timeouts before the head, 429 and 502/503/504/529. 4xx answers are the client's and
+are relayed, never retried. A reused pooled connection that dies before answering is
+retried once on a fresh connection (the backend closed an idle keep-alive socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import wire
+from .dialects import anthropic, from_anthropic, from_openai, openai
+from .record import ExchangeRecord
+from .relay import SSERelay
+from .routing import RoutingError, plan
+from .upstream import UpstreamConnection, UpstreamError, UpstreamResponse
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .protocol import ClientProtocol, Request
+
+log = logging.getLogger("fastproxy.data")
+
+# path -> (dialect module, API kind)
+API_PATHS: dict[bytes, tuple[Any, str]] = {
+    b"/v1/chat/completions": (openai, "chat"),
+    b"/v1/responses": (openai, "responses"),
+    b"/v1/embeddings": (openai, "embeddings"),
+    b"/v1/messages": (anthropic, "messages"),
+}
+for _p, _v in list(API_PATHS.items()):
+    API_PATHS[_p[3:]] = _v  # clients configured with a base URL lacking /v1
+FAILOVER_STATUSES = frozenset({429, 502, 503, 504, 529})
+MAX_RETRY_AFTER_S = 5.0
+MAX_BUFFERED_RESPONSE = 64 * 1024 * 1024
+
+
+class _Abort(Exception):
+    """Stop the exchange with a gateway-generated error response."""
+
+    def __init__(self, status: int, message: str, code: str, extra: bytes = b"") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.extra = extra
+
+
+class Exchange:
+    __slots__ = ("_conn", "_relay", "_task", "proto", "record", "req", "state", "streaming_started")
+
+    def __init__(self, proto: ClientProtocol, req: Request) -> None:
+        self.proto = proto
+        self.req = req
+        self.state = proto.state
+        self._conn: UpstreamConnection | None = None
+        self._relay: SSERelay | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.streaming_started = False
+        self.record = ExchangeRecord(
+            self.state.new_request_id(), proto.connection_id, time.monotonic()
+        )
+
+    def start(self) -> None:
+        self._task = self.state.loop.create_task(self.run())
+
+    def client_gone(self) -> None:
+        """The client disconnected: close the upstream connection now, stop the task."""
+        rec = self.record
+        if rec.outcome == "ok":
+            rec.outcome = "client_aborted"
+        conn = self._conn
+        if conn is not None:
+            conn.close()
+        if self._task is not None:
+            self._task.cancel()
+
+    # -----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        req, proto, rec = self.req, self.proto, self.record
+        keep_alive = req.keep_alive
+        try:
+            keep_alive = await self._dispatch()
+        except _Abort as err:
+            rec.status = err.status
+            rec.outcome = "rejected" if err.status < 500 else "backend_error"
+            if not proto.closed:
+                proto.write_error(req, err.status, str(err), err.code, extra=err.extra)
+        except asyncio.CancelledError:
+            if rec.outcome == "ok":
+                rec.outcome = "client_aborted"
+        except Exception:
+            log.exception("exchange failed")
+            rec.status = 500
+            rec.outcome = "backend_error"
+            if not proto.closed and not self.streaming_started:
+                proto.write_error(req, 500, "internal gateway error", "internal_error")
+            keep_alive = False
+        finally:
+            if self._conn is not None and self._conn.response is not None:
+                self._conn.close()  # a response not read to its end is never reused
+            self._finish()
+            proto.exchange_done(keep_alive and not proto.closed)
+
+    def _finish(self) -> None:
+        rec = self.record
+        rec.ended_at = time.monotonic()
+        state = self.state
+        state.counters.requests_total += 1
+        if rec.outcome == "client_aborted":
+            state.counters.client_aborts += 1
+        elif rec.outcome == "truncated":
+            state.counters.stream_truncations += 1
+        if rec.frontend:
+            for observer in state.observers:
+                try:
+                    observer(rec)
+                except Exception:
+                    log.exception("usage observer failed")
+        rec.request = None
+        rec.request_body = None
+
+    # -----------------------------------------------------------------------------------
+    async def _dispatch(self) -> bool:
+        req = self.req
+        api = API_PATHS.get(req.path)
+        if api is None:
+            local = self.state.local_routes.get((req.method, req.path))
+            if local is not None:
+                return await local(self.proto, req)
+            if req.path in (b"/v1/models", b"/models"):
+                if req.method != b"GET":
+                    raise _Abort(405, "use GET for this path", "method_not_allowed", b"allow: GET\r\n")
+                return self._models()
+            if any(p == req.path for (_, p) in self.state.local_routes):
+                allow = ", ".join(m.decode() for (m, p) in self.state.local_routes if p == req.path)
+                raise _Abort(405, f"use {allow} for this path", "method_not_allowed",
+                             b"allow: " + allow.encode() + b"\r\n")
+            raise _Abort(404, f"no such endpoint: {req.path.decode('latin-1')}", "not_found")
+        if req.method != b"POST":
+            raise _Abort(405, "use POST for this endpoint", "method_not_allowed", b"allow: POST\r\n")
+        return await self._llm(api[0], api[1])
+
+    def _models(self) -> bool:
+        data: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for b in self.state.backends.values():
+            for m in sorted(b.models or ()):
+                for mid in (m, f"{b.name}:{m}"):
+                    if mid not in seen:
+                        seen.add(mid)
+                        data.append({"id": mid, "object": "model", "created": 0, "owned_by": b.name})
+        body = orjson.dumps({"object": "list", "data": data})
+        self._write_json(200, body, b"")
+        return self.req.keep_alive
+
+    # -----------------------------------------------------------------------------------
+    def _check_auth(self) -> None:
+        auth = self.state.config.auth
+        if auth.disable_auth or not auth.api_keys:
+            return
+        req = self.req
+        given = req.header(b"x-api-key")
+        if given is None:
+            bearer = req.header(b"authorization") or b""
+            if bearer[:7].lower() == b"bearer ":
+                given = bearer[7:].strip()
+        ok = False
+        if given:
+            for key in auth.api_keys:
+                # compare_digest over every key: constant time per key, no early exit.
+                ok |= hmac.compare_digest(given, key.encode())
+        if not ok:
+            raise _Abort(401, "invalid or missing API key", "invalid_api_key")
+        self.record.client_key_id = hashlib.sha256(given).hexdigest()[:12]  # type: ignore[arg-type]
+
+    async def _llm(self, dialect: Any, kind: str) -> bool:
+        req, rec, state = self.req, self.record, self.state
+        rec.frontend = dialect.name
+        rec.path = req.path.decode("latin-1")
+        self._check_auth()
+        if req.header(b"x-fastproxy-hop") is not None:
+            raise _Abort(508, "request already passed through a fastproxy gateway", "loop_detected")
+        ctype = req.header(b"content-type") or b""
+        if b"json" not in ctype.lower():
+            raise _Abort(415, "Content-Type must be application/json", "unsupported_media_type")
+        try:
+            body = orjson.loads(req.body)
+        except orjson.JSONDecodeError as exc:
+            raise _Abort(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise _Abort(400, "request body must be a JSON object", "invalid_json")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _Abort(400, "'model' is required and must be a non-empty string", "missing_model")
+        rec.model_requested = model
+        rec.streaming = body.get("stream") is True
+        rec.request = body
+        rec.request_body = req.body
+        rec.user_agent = _text(req.header(b"user-agent"))
+        rec.proxy_user = _text(req.header(b"x-proxy-user"))
+        rec.session_id = _text(req.header(b"x-session-id"))
+        try:
+            candidates = plan(model, dialect.name, state.backends, state.default_backend,
+                              state.config.failover_routes, state.is_open)
+        except RoutingError as err:
+            raise _Abort(err.status, str(err), err.code) from None
+        return await self._attempts(dialect, kind, body, candidates)
+
+    def _upstream_request(
+        self, backend: Backend, model: str, body: dict[str, Any], dialect: Any, kind: str
+    ) -> tuple[bytes, bytes, bool]:
+        """Head and body for the backend, and whether the gateway injected include_usage."""
+        req = self.req
+        mutated = False
+        inject = False
+        if body.get("model") != model:
+            body = {**body, "model": model}
+            mutated = True
+        if "session_id" in body:
+            if self.record.session_id is None and isinstance(body["session_id"], str):
+                self.record.session_id = body["session_id"]
+            body = {k: v for k, v in body.items() if k != "session_id"}
+            mutated = True
+        if kind == "chat" and body.get("stream") is True:
+            opts = body.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage") is True):
+                body = {**body, "stream_options": {**(opts or {}), "include_usage": True}}
+                inject = mutated = True
+        payload = orjson.dumps(body) if mutated else req.body
+        self.record.mutated = mutated
+        lines = [
+            b"POST ", backend.upstream_path(req.path), b" HTTP/1.1\r\nhost: ",
+            backend.host_header, b"\r\ncontent-type: application/json\r\ncontent-length: ",
+            b"%d" % len(payload), b"\r\nx-fastproxy-hop: 1\r\naccept-encoding: identity\r\n",
+            backend.auth_headers,
+        ]
+        has_version = False
+        for name, value in req.headers:
+            if name in wire.NOT_FORWARDED:
+                continue
+            if name == b"anthropic-version":
+                has_version = True
+            lines += (name, b": ", value, b"\r\n")
+        if backend.type == "anthropic" and not has_version:
+            lines += (b"anthropic-version: ", backend.config.anthropic_version.encode(), b"\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines), payload, inject
+
+    async def _attempts(
+        self, dialect: Any, kind: str, body: dict[str, Any], candidates: list[tuple[Backend, str]]
+    ) -> bool:
+        rec, state = self.record, self.state
+        first = candidates[0][0].config
+        deadline = time.monotonic() + first.first_byte_timeout_s
+        last_error: UpstreamError | None = None
+        retried_429 = False
+        i = 0
+        while i < len(candidates):
+            backend, model = candidates[i]
+            is_last = i == len(candidates) - 1
+            rec.attempts += 1
+            rec.backend, rec.backend_type, rec.model_used = backend.name, backend.type, model
+            head, payload, inject = self._upstream_request(backend, model, body, dialect, kind)
+            try:
+                resp = await self._send(backend, head, payload, deadline)
+            except UpstreamError as err:
+                last_error = err
+                counters = state.counters.upstream_errors
+                counters[err.kind] = counters.get(err.kind, 0) + 1
+                if not is_last:
+                    state.counters.failovers += 1
+                    log.warning("failover: %s failed (%s), trying next", backend.name, err)
+                i += 1
+                continue
+            if resp.status in FAILOVER_STATUSES and not is_last:
+                self._drop_conn()
+                state.counters.failovers += 1
+                log.warning("failover: %s answered %d, trying next", backend.name, resp.status)
+                i += 1
+                continue
+            if resp.status == 429 and is_last and not retried_429:
+                wait = _retry_after(resp.header(b"retry-after"))
+                if wait is not None and wait <= MAX_RETRY_AFTER_S and time.monotonic() + wait < deadline:
+                    self._drop_conn()
+                    retried_429 = True
+                    await asyncio.sleep(wait)
+                    continue
+            return await self._relay_response(resp, backend, dialect, inject)
+        assert last_error is not None
+        rec.error_kind = last_error.kind
+        if last_error.kind == "timeout":
+            raise _Abort(504, f"backend timed out: {last_error}", "upstream_timeout")
+        raise _Abort(502, f"backend unavailable: {last_error}", "upstream_error")
+
+    async def _send(self, backend: Backend, head: bytes, payload: bytes, deadline: float) -> UpstreamResponse:
+        pool = self.state.pools[backend.name]
+        cfg = backend.config
+        fresh_retry = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamError("timeout", "request deadline passed", sent_nothing=True)
+            conn, reused = await pool.acquire(min(cfg.connect_timeout_s, remaining))
+            self._conn = conn
+            resp = UpstreamResponse(self.state.loop)
+            self.record.upstream_sent_at = time.monotonic()
+            conn.send(head, payload, resp)
+            try:
+                async with asyncio.timeout(max(0.0, min(cfg.first_byte_timeout_s, deadline - time.monotonic()))):
+                    await resp.head
+            except TimeoutError:
+                self._drop_conn()
+                raise UpstreamError("timeout", f"no response from {backend.name} in time") from None
+            except UpstreamError as err:
+                self._conn = None
+                if reused and err.sent_nothing and not fresh_retry:
+                    fresh_retry = True  # the backend closed an idle pooled socket
+                    continue
+                raise
+            self.record.backend_ttfb_at = resp.first_byte_at or time.monotonic()
+            self.record.status = resp.status
+            return resp
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -----------------------------------------------------------------------------------
+    async def _relay_response(
+        self, resp: UpstreamResponse, backend: Backend, dialect: Any, inject: bool
+    ) -> bool:
+        ctype = resp.header(b"content-type") or b""
+        if resp.status == 200 and ctype.startswith(b"text/event-stream"):
+            return await self._relay_stream(resp, backend, dialect, inject)
+        await self._await_body(resp, backend)
+        body = resp.body[0] if len(resp.body) == 1 else b"".join(resp.body)
+        self._conn = None
+        rec = self.record
+        rec.bytes_rx = resp.bytes_rx
+        extra = [b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n"]
+        if 200 <= resp.status < 300 and b"json" in ctype:
+            usage = _json_usage(body, dialect.name)
+            if usage is not None:
+                rec.usage = usage
+                extra += _usage_headers(usage)
+        else:
+            rec.outcome = "backend_error" if resp.status >= 500 else "ok"
+        self._write_json(resp.status, body, b"".join(extra), resp.headers)
+        rec.bytes_tx = len(body)
+        rec.first_tx_at = time.monotonic()
+        return self.req.keep_alive
+
+    async def _await_body(self, resp: UpstreamResponse, backend: Backend) -> None:
+        conn = self._conn
+        idle = backend.config.idle_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    await asyncio.shield(resp.done)
+                return
+            except TimeoutError:
+                if conn is None or time.monotonic() - conn.last_rx >= idle:
+                    self._drop_conn()
+                    raise _Abort(504, f"backend {backend.name} stalled mid-response", "upstream_timeout") from None
+            except UpstreamError as err:
+                self._conn = None
+                self.record.error_kind = err.kind
+                raise _Abort(502, f"backend {backend.name} failed mid-response: {err}", "upstream_error") from None
+
+    def _write_json(self, status: int, body: bytes, extra: bytes,
+                    upstream_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        parts = [wire.STATUS_LINE.get(status) or b"HTTP/1.1 %d Status\r\n" % status,
+                 self.state.date_header]
+        has_ct = False
+        for name, value in upstream_headers or ():
+            if name in wire.HOP_BY_HOP or not wire.is_safe_header(name, value):
+                continue
+            if name == b"content-type":
+                has_ct = True
+            parts += (name, b": ", value, b"\r\n")
+        if not has_ct:
+            parts.append(wire.JSON_CT)
+        keep = self.req.keep_alive and not self.state.draining
+        parts += (b"content-length: %d\r\n" % len(body), extra,
+                  wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF, body)
+        self.proto.transport.write(b"".join(parts))  # type: ignore[union-attr]
+
+    async def _relay_stream(
+        self, resp: UpstreamResponse, backend: Backend, dialect: Any, inject: bool
+    ) -> bool:
+        proto, rec = self.proto, self.record
+        transport = proto.transport
+        assert transport is not None
+        parts = [wire.STATUS_LINE[200], self.state.date_header, wire.SSE_HEADERS]
+        for name, value in resp.headers:
+            if name in wire.HOP_BY_HOP or name in (b"content-type", b"cache-control",
+                                                    b"x-accel-buffering"):
+                continue
+            if wire.is_safe_header(name, value):
+                parts += (name, b": ", value, b"\r\n")
+        keep = self.req.keep_alive and not self.state.draining
+        parts += (b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n",
+                  wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF)
+        transport.write(b"".join(parts))
+        self.streaming_started = True
+        relay = SSERelay(transport.write, dialect, strip_usage=inject)
+        self._relay = relay
+        proto.upstream = self._conn
+        if proto.write_paused and self._conn is not None:
+            self._conn.pause_reading()
+        resp.attach(relay)
+        cut: str | None = None
+        try:
+            await self._await_body(resp, backend)
+        except _Abort as err:
+            cut = str(err)
+        finally:
+            proto.upstream = None
+            rec.bytes_rx = resp.bytes_rx
+            rec.bytes_tx = relay.bytes_tx
+            rec.first_tx_at = relay.first_tx_at
+            rec.stream_events = relay.events
+            rec.usage = relay.usage
+        self._conn = None
+        if cut is None and not relay.terminal:
+            cut = "backend ended the stream without its final event"
+        if cut is None and relay.overflow:
+            cut = "backend sent an oversized stream event"
+        if cut is not None:
+            relay.finish()
+            rec.outcome = "truncated"
+            log.warning("stream from %s cut: %s", backend.name, cut)
+            transport.write(wire.chunk(dialect.stream_error_event(cut, "stream_truncated")))
+        transport.write(wire.CHUNKED_END)
+        return keep
+
+    def abort_stream(self, message: str) -> None:
+        """Graceful-stop deadline reached: end an active stream with an error event."""
+        if self.streaming_started and not self.proto.closed:
+            dialect = anthropic if self.record.frontend == "anthropic" else openai
+            t = self.proto.transport
+            t.write(wire.chunk(dialect.stream_error_event(message, "gateway_shutdown")))  # type: ignore[union-attr]
+            t.write(wire.CHUNKED_END)  # type: ignore[union-attr]
+            self.proto.closed = True
+            t.close()  # type: ignore[union-attr]
+        self.record.outcome = "truncated"
+        self._drop_conn()
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1")[:256] if value is not None else None
+
+
+def _retry_after(value: bytes | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _json_usage(body: bytes, frontend: str) -> Any:
+    if b'"usage"' not in body:
+        return None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if frontend == "anthropic" or obj.get("type") == "message":
+        return from_anthropic(obj.get("usage"))
+    return from_openai(obj.get("usage"))
+
+
+def _usage_headers(usage: Any) -> list[bytes]:
+    out = []
+    if usage.prompt is not None:
+        out.append(b"x-usage-prompt-tokens: %d\r\n" % usage.prompt)
+    if usage.completion is not None:
+        out.append(b"x-usage-completion-tokens: %d\r\n" % usage.completion)
+    if usage.total is not None:
+        out.append(b"x-usage-total-tokens: %d\r\n" % usage.total)
+    if usage.cost is not None:
+        out.append(b"x-usage-cost: " + repr(usage.cost).encode() + b"\r\n")
+    return out

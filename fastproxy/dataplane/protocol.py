@@ -1,0 +1,421 @@
+"""ClientProtocol: the data plane's HTTP/1.1 server side, on httptools.
+
+Rules this class keeps (and why):
+- Callbacks never block, never await and never let an exception escape: they parse,
+  update state, write canned bytes or schedule the exchange task.
+- One timer at a time, named by phase: IDLE (keep-alive, or a fresh connection that has
+  sent nothing), HEAD (header deadline: slowloris), BODY (idle time between body bytes).
+  The body timer is lazy: bytes only stamp a time, the timer re-arms itself when it
+  fires early, so a fast upload costs no timer churn.
+- Limits are enforced before work: a Content-Length over the body limit is refused
+  before a byte of body is read; request line, head size and header count are counted
+  as the parser reports them.
+- Responses leave in request order: pipelined requests wait in a short queue (reading
+  pauses while it is non-empty) and a rejection is queued like any other response.
+- httptools' dangerous leniencies stay off (the parser is created strict and nothing
+  here relaxes it): bare LF line ends, CL+TE together, bad chunk sizes are all errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from . import wire
+from .dialects import anthropic, openai
+from .exchange import Exchange
+
+if TYPE_CHECKING:
+    from ..state import GatewayState
+    from .upstream import UpstreamConnection
+
+log = logging.getLogger("fastproxy.data")
+
+IDLE, HEAD, BODY = 0, 1, 2
+MAX_PIPELINE = 16
+
+_OVER_CAPACITY = wire.simple_response(
+    503, openai.error_body(503, "gateway at max_connections; retry later", "overloaded"),
+    keep_alive=False, extra=b"retry-after: 1\r\n",
+)
+
+
+class Reject(Exception):
+    """Raised inside a parser callback to refuse the request with ``status``."""
+
+    def __init__(self, status: int, message: str, code: str, close: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.close = close
+
+
+class Request:
+    __slots__ = (
+        "body",
+        "body_parts",
+        "body_size",
+        "headers",
+        "host_count",
+        "http11",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "received_at",
+        "reject",
+        "te_present",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.method = b""
+        self.path = b""
+        self.query = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.http11 = True
+        self.keep_alive = True
+        self.received_at = now
+        self.reject: Reject | None = None
+        self.host_count = 0
+        self.te_present = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    @property
+    def dialect(self):  # type: ignore[no-untyped-def]
+        return anthropic if self.path.startswith(b"/v1/messages") else openai
+
+
+class ClientProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_body_seen_at",
+        "_head_bytes",
+        "_last_body_at",
+        "_limits",
+        "_loop",
+        "_parser",
+        "_phase",
+        "_read_paused",
+        "_timeouts",
+        "_timer",
+        "_url",
+        "closed",
+        "connection_id",
+        "current",
+        "drain_waiter",
+        "peer",
+        "queue",
+        "req",
+        "state",
+        "transport",
+        "upstream",
+        "write_paused",
+    )
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self._loop = state.loop
+        self._limits = state.config.limits
+        self._timeouts = state.config.timeouts
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] | None = None
+        self.connection_id = 0
+        self.req: Request | None = None
+        self._url: list[bytes] = []
+        self._head_bytes = 0
+        self._last_body_at = 0.0
+        self._body_seen_at = 0.0
+        self.queue: deque[Request] = deque()
+        self.current: Exchange | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._phase = IDLE
+        self.closed = False
+
+    # -- connection lifecycle ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        state = self.state
+        state.counters.connections_total += 1
+        if len(state.connections) >= self._limits.max_connections or state.draining:
+            state.counters.connections_rejected += 1
+            transport.write(_OVER_CAPACITY)  # type: ignore[attr-defined]
+            transport.close()
+            self.closed = True
+            return
+        self.connection_id = state.new_connection_id()
+        self.peer = transport.get_extra_info("peername")
+        state.connections.add(self)
+        # A fresh connection gets the header deadline to send its first request.
+        self._arm(IDLE, self._timeouts.header_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        self.state.connections.discard(self)
+        current = self.current
+        if current is not None:
+            current.client_gone()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("client disconnected"))
+            waiter.exception()
+        self.queue.clear()
+        self._parser = None  # type: ignore[assignment]
+
+    # -- flow control -----------------------------------------------------------------
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        up = self.upstream
+        if up is not None:
+            up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        up = self.upstream
+        if up is not None:
+            up.resume_reading()
+        waiter = self.drain_waiter
+        if waiter is not None:
+            self.drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.closed:
+            if self.drain_waiter is None:
+                self.drain_waiter = self._loop.create_future()
+            await self.drain_waiter
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and not self.closed:
+            self._read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and not self.closed:
+            self._read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    # -- timers -------------------------------------------------------------------------
+    def _arm(self, phase: int, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._phase = phase
+        self._timer = self._loop.call_later(seconds, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        phase = self._phase
+        if phase == IDLE:
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        if phase == BODY:
+            left = self._last_body_at + self._timeouts.body_idle_seconds - self._loop.time()
+            if left > 0:
+                self._timer = self._loop.call_later(left, self._on_timer)
+                return
+        what = "request headers" if phase == HEAD else "request body"
+        self._reject_now(Reject(408, f"timed out waiting for the {what}", "request_timeout"))
+
+    # -- parsing -------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._phase == HEAD:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._limits.max_head_bytes + self._limits.max_request_line_bytes:
+                self._reject_now(Reject(431, "request head too large", "head_too_large"))
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            err = exc.__context__
+            if isinstance(err, Reject):
+                self._reject_now(err)
+            else:
+                log.error("bug in request callback", exc_info=err)
+                self._reject_now(Reject(500, "internal error", "internal_error"))
+        except httptools.HttpParserUpgrade:
+            self._reject_now(Reject(400, "protocol upgrades are not supported", "bad_request"))
+        except httptools.HttpParserInvalidURLError:
+            self._reject_now(Reject(400, "malformed request target", "bad_request"))
+        except httptools.HttpParserError as exc:
+            self._reject_now(Reject(400, f"malformed HTTP request: {exc}", "bad_request"))
+
+    def on_message_begin(self) -> None:
+        self.req = Request(self._loop.time())
+        self._url = []
+        self._head_bytes = 0
+        self._arm(HEAD, self._timeouts.header_seconds)
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        if sum(map(len, self._url)) > self._limits.max_request_line_bytes:
+            raise Reject(414, "request line too long", "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.req
+        assert req is not None
+        name = name.lower()
+        req.headers.append((name, value))
+        if len(req.headers) > self._limits.max_headers:
+            raise Reject(431, "too many request headers", "too_many_headers")
+        if name == b"host":
+            req.host_count += 1
+        elif name == b"transfer-encoding":
+            req.te_present = True
+
+    def on_headers_complete(self) -> None:
+        req = self.req
+        assert req is not None
+        parser = self._parser
+        head = sum(len(k) + len(v) + 4 for k, v in req.headers)
+        if head > self._limits.max_head_bytes:
+            raise Reject(431, "request headers too large", "head_too_large")
+        req.method = parser.get_method()
+        req.http11 = parser.get_http_version() == "1.1"
+        req.keep_alive = parser.should_keep_alive()
+        target = b"".join(self._url)
+        path, _, query = target.partition(b"?")
+        req.path = path
+        req.query = query
+        if req.http11 and req.host_count != 1:
+            raise Reject(400, "HTTP/1.1 requires exactly one Host header", "bad_request")
+        if not req.http11 and req.te_present:
+            raise Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0", "bad_request")
+        cl = req.header(b"content-length")
+        if cl is not None:
+            try:
+                length = int(cl)
+            except ValueError:
+                raise Reject(400, "invalid Content-Length", "bad_request") from None
+            if length > self._limits.max_body_bytes:
+                raise Reject(
+                    413, f"request body of {length} bytes exceeds the limit of "
+                    f"{self._limits.max_body_bytes}", "request_too_large",
+                )
+        expects_body = req.te_present or (cl is not None and cl != b"0")
+        if expects_body:
+            self._last_body_at = self._loop.time()
+            self._arm(BODY, self._timeouts.body_idle_seconds)
+            if (
+                req.header(b"expect") == b"100-continue"
+                and self.current is None
+                and not self.queue
+            ):
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+        else:
+            self._cancel_timer()
+
+    def on_body(self, body: bytes) -> None:
+        req = self.req
+        assert req is not None
+        req.body_size += len(body)
+        if req.body_size > self._limits.max_body_bytes:
+            raise Reject(413, "request body exceeds the limit", "request_too_large")
+        req.body_parts.append(body)
+        self._last_body_at = self._loop.time()
+
+    def on_message_complete(self) -> None:
+        req = self.req
+        assert req is not None
+        self.req = None
+        self._cancel_timer()
+        parts = req.body_parts
+        req.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        req.body_parts = []
+        self.queue.append(req)
+        if self.current is None:
+            self._next()
+        elif len(self.queue) >= 1:
+            self._pause_reading()
+        if len(self.queue) > MAX_PIPELINE:
+            self._pause_reading()
+
+    # -- responses -------------------------------------------------------------------
+    def _reject_now(self, err: Reject) -> None:
+        """Refuse the request being parsed; respond in order, then close."""
+        req = self.req or Request(self._loop.time())
+        self.req = None
+        req.reject = err
+        req.keep_alive = False
+        self._cancel_timer()
+        self._pause_reading()
+        self.queue.append(req)
+        if self.current is None:
+            self._next()
+
+    def _next(self) -> None:
+        """Start the next queued request, if the connection is free."""
+        while self.queue and self.current is None and not self.closed:
+            req = self.queue.popleft()
+            if req.reject is not None:
+                err = req.reject
+                self.write_error(req, err.status, str(err), err.code, close=True)
+                continue
+            self.current = Exchange(self, req)
+            self.current.start()
+            return
+        if not self.closed and self.current is None:
+            self._resume_reading()
+            if self.state.draining:
+                self.transport.close()  # type: ignore[union-attr]
+            elif self.req is None:
+                self._arm(IDLE, self._timeouts.keepalive_seconds)
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        self.current = None
+        self.upstream = None
+        if self.closed:
+            return
+        if not keep_alive or (self.state.draining and not self.queue):
+            self.closed = True
+            self._cancel_timer()
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self._next()
+
+    def write_error(
+        self, req: Request, status: int, message: str, code: str, *, close: bool = False,
+        extra: bytes = b"",
+    ) -> None:
+        keep = req.keep_alive and not close and not self.state.draining
+        body = req.dialect.error_body(status, message, code)
+        self.transport.write(  # type: ignore[union-attr]
+            wire.simple_response(status, body, keep_alive=keep, date=self.state.date_header,
+                                 extra=extra)
+        )
+        if not keep:
+            self.closed = True
+            self._cancel_timer()
+            self.transport.close()  # type: ignore[union-attr]
+
+    def shutdown(self) -> None:
+        """Graceful stop: an idle connection closes now, a busy one after its response."""
+        if self.current is None and self.req is None and not self.queue and not self.closed:
+            self.closed = True
+            self._cancel_timer()
+            self.transport.close()  # type: ignore[union-attr]

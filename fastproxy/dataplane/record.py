@@ -1,0 +1,82 @@
+"""What one exchange leaves behind: the facts monitoring services consume.
+
+Filled by the exchange as it runs and handed to the observers once, at the end. It holds
+numbers and names only: no message text, no keys (usage tracking stores a projection).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .dialects.usage import BackendUsage
+
+
+class ExchangeRecord:
+    __slots__ = (
+        "attempts",
+        "backend",
+        "backend_ttfb_at",
+        "backend_type",
+        "bytes_rx",
+        "bytes_tx",
+        "client_key_id",
+        "connection_id",
+        "ended_at",
+        "error_kind",
+        "first_tx_at",
+        "frontend",
+        "id",
+        "model_requested",
+        "model_used",
+        "mutated",
+        "outcome",
+        "path",
+        "proxy_user",
+        "request",
+        "request_body",
+        "session_id",
+        "started_at",
+        "status",
+        "stream_events",
+        "streaming",
+        "upstream_sent_at",
+        "usage",
+        "user_agent",
+    )
+
+    def __init__(self, rid: int, connection_id: int, started_at: float) -> None:
+        self.id = rid
+        self.connection_id = connection_id
+        self.started_at = started_at
+        self.ended_at = 0.0
+        self.upstream_sent_at = 0.0
+        self.backend_ttfb_at = 0.0
+        self.first_tx_at = 0.0
+        self.frontend = ""
+        self.path = ""
+        self.backend: str | None = None
+        self.backend_type: str | None = None
+        self.model_requested: str | None = None
+        self.model_used: str | None = None
+        self.streaming = False
+        self.status = 0
+        self.outcome = "ok"
+        self.error_kind: str | None = None
+        self.attempts = 0
+        self.bytes_rx = 0
+        self.bytes_tx = 0
+        self.stream_events = 0
+        self.usage: BackendUsage | None = None
+        self.session_id: str | None = None
+        self.proxy_user: str | None = None
+        self.user_agent: str | None = None
+        self.client_key_id: str | None = None
+        self.mutated = False
+        # The parsed request body, kept only until observers ran (token counting needs
+        # it); never stored by any observer.
+        self.request: dict[str, Any] | None = None
+        self.request_body: bytes | None = None
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.ended_at - self.started_at) * 1000.0

@@ -1,0 +1,105 @@
+"""Relay of an SSE stream from a backend to a client, one upstream chunk at a time.
+
+Runs inside the upstream protocol's ``on_body`` callback: no task switch per chunk, no
+await. Backpressure needs no code here: when the client's transport pauses writing, the
+client protocol pauses the upstream transport's reading (see protocol.py), so at most
+one socket buffer of data is ever held per direction.
+
+Events are forwarded byte-for-byte. The relay re-frames only when it must remove the
+usage-only chunk the gateway itself asked an OpenAI backend for; otherwise, when the
+chunk ends on an event boundary, the original chunk object is written as it is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import ModuleType
+
+from .._speedups import SSE_ERROR, SSE_EVENT, SSEScanner
+from .dialects.usage import BackendUsage
+
+# Larger than any sane event; past it the stream is treated as broken rather than
+# buffered without bound.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+class SSERelay:
+    __slots__ = (
+        "_dialect",
+        "_scanner",
+        "_strip_usage",
+        "_write",
+        "bytes_tx",
+        "events",
+        "first_tx_at",
+        "overflow",
+        "terminal",
+        "usage",
+    )
+
+    def __init__(self, write: Callable[[bytes], None], dialect: ModuleType, strip_usage: bool) -> None:
+        self._write = write
+        self._dialect = dialect
+        self._strip_usage = strip_usage
+        self._scanner = SSEScanner(MAX_EVENT_BYTES)
+        self.terminal = False
+        self.overflow = False
+        self.usage: BackendUsage | None = None
+        self.bytes_tx = 0
+        self.events = 0
+        self.first_tx_at = 0.0
+
+    def __call__(self, data: bytes) -> None:
+        scanner = self._scanner
+        had_pending = scanner.buffered > 0
+        items = scanner.feed(data)
+        if not items:
+            return
+        stripped = False
+        is_terminal = self._dialect.is_terminal
+        for item in items:
+            kind = item.kind
+            if kind == SSE_EVENT:
+                self.events += 1
+                d = item.data
+                if is_terminal(item.event, d):
+                    self.terminal = True
+                elif b'"usage"' in d and self._take_usage(item.event, d):
+                    stripped = True
+            elif kind == SSE_ERROR:
+                self.overflow = True
+                stripped = True
+        if stripped:
+            out = b"".join(
+                [i.raw for i in items if i.kind != SSE_ERROR and not self._is_stripped(i)]
+            )
+        elif had_pending or scanner.buffered:
+            out = b"".join([i.raw for i in items])
+        else:
+            out = data
+        if out:
+            if not self.bytes_tx:
+                self.first_tx_at = time.monotonic()
+            self.bytes_tx += len(out)
+            self._write(b"%x\r\n%b\r\n" % (len(out), out))
+
+    def _take_usage(self, event: bytes, data: bytes) -> bool:
+        usage, usage_only = self._dialect.stream_usage(event, data)
+        if usage is not None:
+            if self.usage is None:
+                self.usage = usage  # type: ignore[assignment]
+            else:
+                self.usage.merge(usage)  # type: ignore[arg-type]
+        return usage_only and self._strip_usage
+
+    def _is_stripped(self, item: object) -> bool:
+        d = item.data  # type: ignore[attr-defined]
+        if item.kind != SSE_EVENT or b'"usage"' not in d:  # type: ignore[attr-defined]
+            return False
+        _, usage_only = self._dialect.stream_usage(item.event, d)  # type: ignore[attr-defined]
+        return usage_only and self._strip_usage
+
+    def finish(self) -> bytes:
+        """Bytes of an incomplete trailing event (a cut stream), discarded by the caller."""
+        return self._scanner.finish()

@@ -1,0 +1,332 @@
+"""The upstream leg: a keep-alive pool of raw HTTP/1.1 connections per backend.
+
+A connection is reused only when its previous response was read to its end, the backend
+allowed keep-alive and nothing unexpected arrived in between: any framing doubt closes
+it (a half-read response on a reused socket would be served to the next request).
+
+`UpstreamResponse` is the sink one exchange attaches to a connection for one response:
+the parser's callbacks fill it, and the exchange either lets it buffer the whole body
+(JSON) or installs a relay callback that receives each body chunk as it arrives (SSE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import httptools
+
+from .backends import Backend
+
+log = logging.getLogger("fastproxy.data")
+
+# An idle pooled connection older than this is not trusted: servers close idle
+# keep-alive connections (often after 60 s) and a request written into one that is
+# closing races with the FIN.
+POOL_IDLE_SECONDS = 30.0
+
+
+class UpstreamError(Exception):
+    """A failure of the upstream leg; ``kind`` classifies it for failover and metrics."""
+
+    def __init__(self, kind: str, message: str, *, sent_nothing: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind  # connect | timeout | reset | protocol | closed
+        self.sent_nothing = sent_nothing
+
+
+class UpstreamResponse:
+    """One response from a backend, filled by parser callbacks on the loop thread."""
+
+    __slots__ = (
+        "body",
+        "bytes_rx",
+        "close_delimited",
+        "done",
+        "error",
+        "first_byte_at",
+        "head",
+        "headers",
+        "keep_alive",
+        "on_chunk",
+        "status",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.body: list[bytes] = []
+        self.on_chunk: Callable[[bytes], None] | None = None
+        self.bytes_rx = 0
+        self.keep_alive = False
+        self.close_delimited = False
+        self.error: UpstreamError | None = None
+        self.first_byte_at = 0.0
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def attach(self, on_chunk: Callable[[bytes], None]) -> None:
+        """Switch from buffering to relaying: flush what arrived, then stream."""
+        self.on_chunk = on_chunk
+        pending, self.body = self.body, []
+        for piece in pending:
+            on_chunk(piece)
+
+    def fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        for fut in (self.head, self.done):
+            if not fut.done():
+                fut.set_exception(error)
+                # The exchange may never await `done` (e.g. it gave up at the head).
+                fut.exception()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_idle_since",
+        "_parser",
+        "_pool",
+        "_reading_paused",
+        "closed",
+        "last_rx",
+        "requests",
+        "response",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.response: UpstreamResponse | None = None
+        self.closed = False
+        self.requests = 0
+        self.last_rx = 0.0
+        self._idle_since = 0.0
+        self._reading_paused = False
+
+    # -- asyncio callbacks ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.response
+        if resp is None:
+            # Bytes with no request outstanding: the framing can no longer be trusted.
+            self.close()
+            return
+        self.last_rx = time.monotonic()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            resp.fail(UpstreamError("protocol", "backend attempted a protocol upgrade"))
+            self.close()
+        except httptools.HttpParserError as exc:
+            if resp.head.done() and exc.__context__ is not None:
+                # Our own callback raised: a bug, not the backend's fault.
+                log.exception("relay callback failed", exc_info=exc.__context__)
+            resp.fail(UpstreamError("protocol", f"malformed response from backend: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        resp = self.response
+        self.response = None
+        if resp is not None and not resp.done.done():
+            if resp.close_delimited and resp.head.done() and exc is None:
+                # No Content-Length, not chunked: the close is the end of the body.
+                resp.done.set_result(None)
+            else:
+                started = resp.head.done()
+                msg = "backend closed the connection" + (
+                    " mid-response" if started else " before responding"
+                )
+                resp.fail(UpstreamError("reset", msg, sent_nothing=resp.bytes_rx == 0))
+        self._pool._forget(self)
+        self._parser = None  # type: ignore[assignment]  # break the parser<->protocol cycle
+
+    # -- httptools callbacks -------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.response.headers.append((name.lower(), value))  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        resp = self.response
+        assert resp is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            resp.headers.clear()  # interim response (100 Continue): wait for the real one
+            return
+        resp.status = status
+        resp.keep_alive = self._parser.should_keep_alive()
+        resp.close_delimited = (
+            resp.header(b"content-length") is None and resp.header(b"transfer-encoding") is None
+        )
+        resp.first_byte_at = self.last_rx
+        if not resp.head.done():
+            resp.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        resp = self.response
+        assert resp is not None
+        resp.bytes_rx += len(body)
+        on_chunk = resp.on_chunk
+        if on_chunk is not None:
+            on_chunk(body)
+        else:
+            resp.body.append(body)
+
+    def on_message_complete(self) -> None:
+        resp = self.response
+        if resp is None or not resp.head.done():
+            return
+        self.response = None
+        if not resp.done.done():
+            resp.done.set_result(None)
+        if resp.keep_alive and not self.closed:
+            self._pool.release(self)
+        else:
+            self.close()
+
+    # -- used by the exchange ------------------------------------------------------
+    def send(self, head: bytes, body: bytes, response: UpstreamResponse) -> None:
+        self.response = response
+        self.requests += 1
+        self.transport.writelines((head, body))  # type: ignore[union-attr]
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close now, dropping anything buffered (abort): never half-reuse."""
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+            self._pool._forget(self)
+
+    def usable(self, now: float) -> bool:
+        t = self.transport
+        return (
+            not self.closed
+            and t is not None
+            and not t.is_closing()
+            and now - self._idle_since < POOL_IDLE_SECONDS
+        )
+
+
+class UpstreamPool:
+    """Keep-alive connections to one backend, at most ``max_connections`` open."""
+
+    __slots__ = ("_idle", "_loop", "_members", "_waiters", "backend", "connects", "max_connections")
+
+    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = backend
+        self.max_connections = backend.config.max_connections
+        self._loop = loop
+        self._idle: list[UpstreamConnection] = []
+        self._members: set[UpstreamConnection] = set()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.connects = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._members)
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    async def acquire(self, wait_s: float) -> tuple[UpstreamConnection, bool]:
+        """A connection ready for one request, and whether it was reused."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            now = time.monotonic()
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.usable(now):
+                    return conn, True
+                conn.close()
+            if len(self._members) < self.max_connections:
+                return await self._connect(deadline), False
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await waiter
+            except TimeoutError:
+                raise UpstreamError(
+                    "timeout", "no upstream connection free in time", sent_nothing=True
+                ) from None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    async def _connect(self, deadline: float) -> UpstreamConnection:
+        b = self.backend
+        conn = UpstreamConnection(self)
+        self._members.add(conn)
+        self.connects += 1
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._loop.create_connection(
+                    lambda: conn, b.host, b.port, ssl=b.ssl, server_hostname=b.server_hostname
+                )
+        except TimeoutError:
+            self._forget(conn)
+            conn.close()
+            raise UpstreamError("timeout", f"connect to {b.name} timed out", sent_nothing=True) from None
+        except OSError as exc:
+            self._forget(conn)
+            kind = "tls" if "SSL" in type(exc).__name__ else "connect"
+            raise UpstreamError(
+                kind, f"cannot connect to {b.name}: {exc.strerror or exc}", sent_nothing=True
+            ) from None
+        except BaseException:
+            self._forget(conn)
+            conn.close()
+            raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn._idle_since = time.monotonic()
+        self._idle.append(conn)
+        self._wake()
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        if conn in self._members:
+            self._members.discard(conn)
+            if conn in self._idle:
+                self._idle.remove(conn)
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        for conn in list(self._members):
+            conn.close()
+        self._members.clear()
+        self._idle.clear()

@@ -1,0 +1,79 @@
+"""GatewayState: the one shared mutable runtime object, passed explicitly.
+
+Everything that more than one connection needs at run time lives here (uvicorn's
+ServerState): live client connections, backends and their pools, counters, the cached
+Date header, and the observer hooks monitoring services register. Nothing here is
+module-level; a process may run several gateways (the tests do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from .config import Config
+
+if TYPE_CHECKING:
+    from .dataplane.backends import Backend
+    from .dataplane.record import ExchangeRecord
+    from .dataplane.upstream import UpstreamPool
+
+
+class Counters:
+    """Plain integer counters of the data plane (exported by /metrics)."""
+
+    __slots__ = (
+        "client_aborts",
+        "connections_rejected",
+        "connections_total",
+        "failovers",
+        "requests_total",
+        "stream_truncations",
+        "upstream_errors",
+    )
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.connections_rejected = 0
+        self.requests_total = 0
+        self.client_aborts = 0
+        self.stream_truncations = 0
+        self.failovers = 0
+        self.upstream_errors: dict[str, int] = {}
+
+
+class GatewayState:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.connections: set[Any] = set()
+        self.backends: dict[str, Backend] = {}
+        self.pools: dict[str, UpstreamPool] = {}
+        self.default_backend: str | None = config.default_backend
+        self.counters = Counters()
+        self.date_header = b""
+        self.draining = False
+        self.next_request_id = 0
+        self.next_connection_id = 0
+        # Called once per finished exchange, on the loop; must not block.
+        self.observers: list[Callable[[ExchangeRecord], None]] = []
+        # Circuit-breaker query for routing; None until the health service installs one.
+        self.is_open: Callable[[str], bool] | None = None
+        # (method, path) -> handler for monitoring paths also served on the data port.
+        self.local_routes: dict[tuple[bytes, bytes], Any] = {}
+        self.tick()
+
+    def tick(self) -> None:
+        """Refresh the cached Date header (once a second, not per response)."""
+        self.date_header = b"date: " + formatdate(time.time(), usegmt=True).encode() + b"\r\n"
+
+    def new_request_id(self) -> int:
+        self.next_request_id += 1
+        return self.next_request_id
+
+    def new_connection_id(self) -> int:
+        self.next_connection_id += 1
+        return self.next_connection_id
