@@ -186,15 +186,9 @@ class Gateway:
 
 
 def _service_factories() -> list[Any]:
-    """Monitoring and admin services, each returning None when configured off."""
-    factories: list[Any] = []
-    try:
-        from .admin.service import admin_service
+    from .services import service_factories
 
-        factories.append(admin_service)
-    except ImportError:
-        pass
-    return factories
+    return service_factories()
 
 
 async def serve(config: Config) -> int:

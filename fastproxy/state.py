@@ -14,6 +14,8 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
+from .admin.access import AccessPolicy
+from .admin.routes import Router
 from .config import Config
 
 if TYPE_CHECKING:
@@ -62,8 +64,19 @@ class GatewayState:
         self.observers: list[Callable[[ExchangeRecord], None]] = []
         # Circuit-breaker query for routing; None until the health service installs one.
         self.is_open: Callable[[str], bool] | None = None
-        # (method, path) -> handler for monitoring paths also served on the data port.
-        self.local_routes: dict[tuple[bytes, bytes], Any] = {}
+        # The monitoring API, shared by the admin listener and the data port.
+        self.router = Router()
+        self.access = AccessPolicy(
+            config.admin.allow_networks, (config.host, config.admin.host)
+        )
+        # Services, set by each service's start() when enabled; None when off, so the
+        # hot path tests one attribute and pays nothing else for a disabled feature.
+        self.usage: Any = None
+        self.activity: Any = None
+        self.health: Any = None
+        self.metrics: Any = None
+        self.capture: Any = None
+        self.storage_status: Callable[[], dict[str, Any]] | None = None
         self.tick()
 
     def tick(self) -> None:

@@ -138,17 +138,14 @@ class Exchange:
         req = self.req
         api = API_PATHS.get(req.path)
         if api is None:
-            local = self.state.local_routes.get((req.method, req.path))
-            if local is not None:
-                return await local(self.proto, req)
             if req.path in (b"/v1/models", b"/models"):
                 if req.method != b"GET":
                     raise _Abort(405, "use GET for this path", "method_not_allowed", b"allow: GET\r\n")
                 return self._models()
-            if any(p == req.path for (_, p) in self.state.local_routes):
-                allow = ", ".join(m.decode() for (m, p) in self.state.local_routes if p == req.path)
-                raise _Abort(405, f"use {allow} for this path", "method_not_allowed",
-                             b"allow: " + allow.encode() + b"\r\n")
+            if self.state.router.knows(req.path.decode("latin-1")):
+                from .local import serve_monitoring
+
+                return await serve_monitoring(self.proto, req)
             raise _Abort(404, f"no such endpoint: {req.path.decode('latin-1')}", "not_found")
         if req.method != b"POST":
             raise _Abort(405, "use POST for this endpoint", "method_not_allowed", b"allow: POST\r\n")
