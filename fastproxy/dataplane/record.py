@@ -6,6 +6,7 @@ numbers and names only: no message text, no keys (usage tracking stores a projec
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .dialects.usage import BackendUsage
@@ -17,12 +18,14 @@ class ExchangeRecord:
         "backend",
         "backend_ttfb_at",
         "backend_type",
+        "btp_completion_est",
         "bytes_rx",
         "bytes_tx",
         "client_key_id",
         "connection_id",
         "ended_at",
         "error_kind",
+        "first_content_at",
         "first_tx_at",
         "frontend",
         "id",
@@ -32,22 +35,43 @@ class ExchangeRecord:
         "outcome",
         "path",
         "proxy_user",
+        "ptc_completion_est",
+        "replacement",
         "request",
         "request_body",
+        "response_text_bytes",
         "session_id",
         "started_at",
         "status",
         "stream_events",
         "streaming",
+        "tool_call_count",
+        "tool_names",
+        "upstream_done_at",
         "upstream_sent_at",
         "usage",
         "user_agent",
+        "wall_started_at",
     )
 
     def __init__(self, rid: int, connection_id: int, started_at: float) -> None:
         self.id = rid
         self.connection_id = connection_id
         self.started_at = started_at
+        # Wall-clock start (UTC epoch seconds) for the record's timestamp; every other
+        # time here is time.monotonic(), for durations.
+        self.wall_started_at = time.time()
+        self.upstream_done_at = 0.0
+        # When the first byte of completion *content* reached the client (TTFT).
+        self.first_content_at = 0.0
+        # Proxy-side completion estimates: what the backend sent us (btp) and what we
+        # relayed to the client (ptc); they differ when a client aborts or a stream is cut.
+        self.btp_completion_est: int | None = None
+        self.ptc_completion_est: int | None = None
+        self.response_text_bytes = 0
+        self.tool_call_count = 0
+        self.tool_names: list[str] = []
+        self.replacement: dict[str, str] | None = None
         self.ended_at = 0.0
         self.upstream_sent_at = 0.0
         self.backend_ttfb_at = 0.0
