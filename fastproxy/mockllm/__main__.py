@@ -1,0 +1,5 @@
+"""``python -m fastproxy.mockllm``."""
+
+from .cli import main
+
+raise SystemExit(main())
