@@ -78,7 +78,7 @@ class MockProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_body", "_closing", "_drain_waiter", "_eof", "_handler", "_headers", "_job", "_lost_waiter",
-        "_mock", "_on_close", "_parser", "_paused", "_queue", "_reading_paused", "_stats",
+        "_mock", "_on_close", "_on_open", "_parser", "_paused", "_queue", "_reading_paused", "_stats",
         "_too_big", "_url", "date", "lost", "transport",
     )
 
@@ -87,10 +87,12 @@ class MockProtocol(asyncio.Protocol):
         handler: Callable[[Request, MockProtocol], Reply],
         stats: ConnectionCounters,
         date: wire.DateHeader,
+        on_open: Callable[[MockProtocol], None],
         on_close: Callable[[MockProtocol], None],
     ) -> None:
         self._handler = handler
         self._stats = stats
+        self._on_open = on_open
         self._on_close = on_close
         self.date = date
         self.transport: asyncio.Transport | None = None
@@ -116,6 +118,9 @@ class MockProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self._stats.connections_opened += 1
         self._stats.open_connections += 1
+        # Registered here, not in the factory: a TLS handshake that fails never reaches
+        # connection_made (nor connection_lost), and must not leave a ghost behind.
+        self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -132,8 +137,12 @@ class MockProtocol(asyncio.Protocol):
             self._reject(400, f"malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still be waiting for pipelined answers: keep writing, and
-        # close once they are all out (see _drain_queue).
+        # A job waiting for the peer to leave (the hang faults) takes EOF as "the client gave
+        # up", as nginx does with its 499. Otherwise a half-closed client may still be waiting
+        # for a response or pipelined answers: keep writing, and close once they are all out
+        # (see _drain_queue); a peer that fully closed makes the next write fail anyway.
+        if self._lost_waiter is not None and not self._lost_waiter.done():
+            return None
         if self._job is not None or self._queue:
             self._eof = True
             return True

@@ -171,9 +171,7 @@ class MockLLMServer:
         await self.close()
 
     def _make_protocol(self) -> MockProtocol:
-        conn = MockProtocol(self._handle, self.stats, self._date, self._forget)
-        self._conns.add(conn)
-        return conn
+        return MockProtocol(self._handle, self.stats, self._date, self._conns.add, self._forget)
 
     def _forget(self, conn: MockProtocol) -> None:
         self._conns.discard(conn)
