@@ -151,10 +151,3 @@ def error_body(dialect: str, status: int, message: str | None = None, param: str
     )
     return orjson.dumps({"error": {"message": msg, "type": kind, "param": param, "code": code}})
 
-
-def sse_error_event(dialect: str, status: int, message: str) -> bytes:
-    """An in-stream error event (what APIs send when a stream fails after it started)."""
-    body = error_body(dialect, status, message)
-    if dialect == "anthropic":
-        return b"event: error\ndata: " + body + b"\n\n"
-    return b"data: " + body + b"\n\n"
