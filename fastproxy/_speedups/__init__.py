@@ -1,0 +1,55 @@
+"""Hot-path primitives of the gateway: SSE scanning, token estimation, byte counters.
+
+Two implementations with the same names and behaviour: ``_core`` (Cython, used when it
+is built) and ``_pure`` (the pure-Python twin and the reference). ``_core`` is chosen
+when importable; ``FASTPROXY_NO_EXTENSIONS=1`` (read once, at import) forces ``_pure``.
+``IMPLEMENTATION`` says which one is in use ("cython" or "python").
+
+This package is a leaf: it imports nothing from fastproxy and nothing from asyncio, so
+it can be compiled, benchmarked and fuzzed on its own. See docs/speedups.md.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "IMPLEMENTATION",
+    "SSE_COMMENT",
+    "SSE_ERROR",
+    "SSE_EVENT",
+    "SSEEvent",
+    "SSEScanner",
+]
+
+
+def _select() -> tuple[ModuleType, str]:
+    if os.environ.get("FASTPROXY_NO_EXTENSIONS", "").lower() in {"1", "true", "yes"}:
+        from . import _pure
+
+        return _pure, "python"
+    try:
+        from . import _core
+    except ImportError:
+        # Not built (no compiler at install time): the twin gives the same results.
+        from . import _pure
+
+        return _pure, "python"
+    return _core, "cython"
+
+
+_impl, IMPLEMENTATION = _select()
+
+if TYPE_CHECKING:
+    # The typing contract is the pure twin; _core mirrors it (tests enforce parity).
+    from ._pure import SSE_COMMENT, SSE_ERROR, SSE_EVENT, SSEEvent, SSEScanner
+else:
+    SSE_EVENT = _impl.SSE_EVENT
+    SSE_COMMENT = _impl.SSE_COMMENT
+    SSE_ERROR = _impl.SSE_ERROR
+    SSEEvent = _impl.SSEEvent
+    SSEScanner = _impl.SSEScanner
+
+del _select

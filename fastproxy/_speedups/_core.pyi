@@ -1,0 +1,6 @@
+# Types of the compiled module: exactly those of the pure twin (tests enforce parity).
+from ._pure import SSE_COMMENT as SSE_COMMENT
+from ._pure import SSE_ERROR as SSE_ERROR
+from ._pure import SSE_EVENT as SSE_EVENT
+from ._pure import SSEEvent as SSEEvent
+from ._pure import SSEScanner as SSEScanner
