@@ -102,8 +102,6 @@ class Gateway:
                 log.warning("backend %s: environment variable %s is not set; requests will "
                             "reach it without credentials", name, bcfg.api_key_env)
             state.backends[name] = backend
-        if state.default_backend is None:
-            state.default_backend = next(iter(state.backends))
 
     async def _discover_models(self, state: GatewayState) -> None:
         """GET {api_url}/models for every backend that lists none, concurrently."""
@@ -145,6 +143,8 @@ class Gateway:
         if state is None:
             return
         state.tick()
+        for pool in state.pools.values():
+            pool.sweep()
         if self._notifier.watchdog_interval:
             self._notifier.watchdog()
         # Wake at the next whole second so the Date header is right to the second.

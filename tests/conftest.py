@@ -18,11 +18,15 @@ from fastproxy.gateway import Gateway
 from fastproxy.mockllm import MockLLMServer
 from tests.support.loop_thread import LoopThread
 
+# Mock servers started in a test, by server loop, so a gateway start can reset their stats.
+_MOCKS: dict[int, list[MockLLMServer]] = {}
+
 
 @pytest.fixture
 def server_loop() -> Iterator[LoopThread]:
     lt = LoopThread().start()
     yield lt
+    _MOCKS.pop(id(lt), None)
     lt.stop()
     errors = [e for e in lt.errors if not _benign(e)]
     assert not errors, f"unhandled exceptions on the server loop: {errors}"
@@ -59,6 +63,7 @@ class RunningGateway:
 def mock_llm(server_loop: LoopThread) -> Iterator[MockLLMServer]:
     server = MockLLMServer(host="127.0.0.1", port=0)
     server_loop.run(server.start())
+    _MOCKS.setdefault(id(server_loop), []).append(server)
     yield server
     server_loop.run(server.close())
 
@@ -71,6 +76,7 @@ def mock_factory(server_loop: LoopThread) -> Iterator[Callable[..., MockLLMServe
         server = MockLLMServer(host="127.0.0.1", port=0, **kwargs)
         server_loop.run(server.start())
         started.append(server)
+        _MOCKS.setdefault(id(server_loop), []).append(server)
         return server
 
     yield make
@@ -107,6 +113,9 @@ def gateway_factory(server_loop: LoopThread) -> Iterator[Callable[..., RunningGa
             await gw.start()
 
         server_loop.run(_start())
+        # Start-up model discovery is not the test's traffic: count from zero.
+        for mock in _MOCKS.get(id(server_loop), []):
+            server_loop.call(mock.reset_stats)
         rg = RunningGateway(gw, server_loop)
         running.append(rg)
         return rg

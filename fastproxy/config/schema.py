@@ -150,6 +150,7 @@ class BackendConfig(_Section, kw_only=True):
     first_byte_timeout_s: PositiveFloat = 300.0
     idle_timeout_s: PositiveFloat = 120.0
     max_connections: PositiveInt = 256
+    pool_idle_timeout_s: PositiveFloat = 30.0
     verify_tls: bool = True
     ca_bundle: str | None = None
     anthropic_version: str = "2023-06-01"

@@ -261,8 +261,9 @@ class Exchange:
         self, dialect: Any, kind: str, body: dict[str, Any], candidates: list[tuple[Backend, str]]
     ) -> bool:
         rec, state = self.record, self.state
-        first = candidates[0][0].config
-        deadline = time.monotonic() + first.first_byte_timeout_s
+        # One budget for the whole request: no attempt waits for a first byte past the
+        # most patient candidate's first_byte_timeout_s; each attempt also keeps its own.
+        deadline = time.monotonic() + max(b.config.first_byte_timeout_s for b, _ in candidates)
         last_error: UpstreamError | None = None
         retried_429 = False
         i = 0

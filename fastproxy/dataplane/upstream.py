@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,10 +25,8 @@ from .backends import Backend
 
 log = logging.getLogger("fastproxy.data")
 
-# An idle pooled connection older than this is not trusted: servers close idle
-# keep-alive connections (often after 60 s) and a request written into one that is
-# closing races with the FIN.
-POOL_IDLE_SECONDS = 30.0
+_LINGER_RST = struct.pack("ii", 1, 0)
+
 
 
 class UpstreamError(Exception):
@@ -217,30 +217,55 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self) -> None:
-        """Close now, dropping anything buffered (abort): never half-reuse."""
-        if self.transport is not None and not self.closed:
+        """Close now, dropping anything buffered: never half-reuse.
+
+        With a request in flight the close is a TCP reset (SO_LINGER 0): a plain FIN can
+        read as an HTTP half-close to a server that is still computing its answer, and
+        the backend should stop generating tokens for a client that has gone."""
+        t = self.transport
+        if t is not None and not self.closed:
             self.closed = True
-            self.transport.abort()
+            if self.response is not None:
+                sock = t.get_extra_info("socket")
+                if sock is not None:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+                    except OSError:
+                        pass
+            t.abort()
             self._pool._forget(self)
 
-    def usable(self, now: float) -> bool:
+    def usable(self, now: float, max_idle: float) -> bool:
         t = self.transport
         return (
             not self.closed
             and t is not None
             and not t.is_closing()
-            and now - self._idle_since < POOL_IDLE_SECONDS
+            and now - self._idle_since < max_idle
         )
 
 
 class UpstreamPool:
     """Keep-alive connections to one backend, at most ``max_connections`` open."""
 
-    __slots__ = ("_idle", "_loop", "_members", "_waiters", "backend", "connects", "max_connections")
+    __slots__ = (
+        "_idle",
+        "_loop",
+        "_members",
+        "_waiters",
+        "backend",
+        "connects",
+        "max_connections",
+        "max_idle",
+    )
 
     def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
         self.backend = backend
         self.max_connections = backend.config.max_connections
+        # An idle pooled connection older than this is closed: servers close idle
+        # keep-alive sockets on their own schedule, and a request written into one that
+        # is closing races with its FIN.
+        self.max_idle = backend.config.pool_idle_timeout_s
         self._loop = loop
         self._idle: list[UpstreamConnection] = []
         self._members: set[UpstreamConnection] = set()
@@ -262,7 +287,7 @@ class UpstreamPool:
             now = time.monotonic()
             while self._idle:
                 conn = self._idle.pop()
-                if conn.usable(now):
+                if conn.usable(now, self.max_idle):
                     return conn, True
                 conn.close()
             if len(self._members) < self.max_connections:
@@ -324,6 +349,14 @@ class UpstreamPool:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+    def sweep(self) -> None:
+        """Close idle connections past ``max_idle`` (called once a second)."""
+        if not self._idle:
+            return
+        now = time.monotonic()
+        for conn in [c for c in self._idle if not c.usable(now, self.max_idle)]:
+            conn.close()
 
     def close(self) -> None:
         for conn in list(self._members):

@@ -25,8 +25,9 @@ def wait_until(
 
 
 async def async_wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.005, what: str = ""
+    predicate: Callable[[], T], within: float = 10.0, interval: float = 0.005, what: str = ""
 ) -> T:
+    timeout = within
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
