@@ -77,9 +77,9 @@ class MockProtocol(asyncio.Protocol):
     """One client connection. ``handler(request, protocol)`` returns bytes, a job, or None."""
 
     __slots__ = (
-        "_body", "_closing", "_drain_waiter", "_eof", "_handler", "_headers", "_job", "_lost_waiter",
-        "_mock", "_on_close", "_on_open", "_parser", "_paused", "_queue", "_reading_paused", "_stats",
-        "_too_big", "_url", "date", "lost", "transport",
+        "_body", "_body_size", "_closing", "_drain_waiter", "_eof", "_handler", "_headers",
+        "_job", "_lost_waiter", "_mock", "_on_close", "_on_open", "_parser", "_paused", "_queue",
+        "_reading_paused", "_stats", "_too_big", "_url", "date", "lost", "transport",
     )
 
     def __init__(
@@ -101,6 +101,7 @@ class MockProtocol(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._mock: list[tuple[str, str]] = []
         self._body: list[bytes] = []
+        self._body_size = 0
         self._too_big = False
         self._queue: deque[Request] = deque()
         self._job: asyncio.Task[None] | None = None
@@ -179,6 +180,7 @@ class MockProtocol(asyncio.Protocol):
         self._headers = []
         self._mock = []
         self._body = []
+        self._body_size = 0
         self._too_big = False
 
     def on_url(self, url: bytes) -> None:
@@ -199,10 +201,12 @@ class MockProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._too_big:
             return
-        self._body.append(body)
-        if len(self._body) > 64 and sum(map(len, self._body)) > MAX_BODY_BYTES:
+        self._body_size += len(body)
+        if self._body_size > MAX_BODY_BYTES:
             self._too_big = True
             self._body = []
+            return
+        self._body.append(body)
 
     def on_message_complete(self) -> None:
         parser = self._parser
@@ -282,9 +286,12 @@ class MockProtocol(asyncio.Protocol):
     # --- writing, used by jobs -------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.lost or self.transport is None:
+        transport = self.transport
+        # is_closing() covers the window between a transport error and connection_lost, where
+        # a write would raise RuntimeError (uvloop) or be dropped with a warning (asyncio).
+        if self.lost or transport is None or transport.is_closing():
             raise ConnectionResetError("connection lost")
-        self.transport.write(data)
+        transport.write(data)
 
     @property
     def paused(self) -> bool:
