@@ -111,3 +111,21 @@ def test_sse_scan(benchmark, impl: ModuleType) -> None:
     assert benchmark(run) == 201  # 199 chunks + usage + [DONE]
     benchmark.extra_info["stream_bytes"] = len(SSE_STREAM)
     benchmark.extra_info["chunks"] = len(chunks)
+
+
+# ------------------------------------------------------------------ counters
+
+
+@pytest.mark.benchmark(group="counter-add")
+def test_counter_add(benchmark, impl: ModuleType) -> None:
+    block = impl.CounterBlock(16)
+    add = block.add
+
+    def run() -> None:
+        # 100 calls per round so the timer's own overhead stays out of the figure.
+        for _ in range(100):
+            add(3, 1500)
+
+    benchmark(run)
+    assert block.get(3) > 0
+    benchmark.extra_info["calls_per_round"] = 100

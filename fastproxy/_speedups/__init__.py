@@ -20,8 +20,10 @@ __all__ = [
     "SSE_COMMENT",
     "SSE_ERROR",
     "SSE_EVENT",
+    "CounterBlock",
     "SSEEvent",
     "SSEScanner",
+    "count_bytes",
 ]
 
 
@@ -44,12 +46,22 @@ _impl, IMPLEMENTATION = _select()
 
 if TYPE_CHECKING:
     # The typing contract is the pure twin; _core mirrors it (tests enforce parity).
-    from ._pure import SSE_COMMENT, SSE_ERROR, SSE_EVENT, SSEEvent, SSEScanner
+    from ._pure import (
+        SSE_COMMENT,
+        SSE_ERROR,
+        SSE_EVENT,
+        CounterBlock,
+        SSEEvent,
+        SSEScanner,
+        count_bytes,
+    )
 else:
     SSE_EVENT = _impl.SSE_EVENT
     SSE_COMMENT = _impl.SSE_COMMENT
     SSE_ERROR = _impl.SSE_ERROR
     SSEEvent = _impl.SSEEvent
     SSEScanner = _impl.SSEScanner
+    CounterBlock = _impl.CounterBlock
+    count_bytes = _impl.count_bytes
 
 del _select

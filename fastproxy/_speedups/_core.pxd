@@ -5,6 +5,8 @@
 # Attributes are private to _core.pyx unless marked readonly; methods declared here are
 # final (cdef), only the *_buffer entry points are meant to be called from outside.
 
+from libc.stdint cimport uint64_t
+
 
 cdef class SSEEvent:
     cdef readonly int kind
@@ -64,3 +66,14 @@ cdef class SSEScanner:
     cdef void _reset_block(self) noexcept
     cdef void _reset(self) noexcept
     cdef int _compact(self) except -1
+
+
+cdef class CounterBlock:
+    cdef uint64_t* _counters
+    cdef Py_ssize_t _size
+    cdef bint _own
+    cdef bint _has_view
+    cdef Py_buffer _view
+
+    # For Cython callers: bounds-checked relaxed atomic add, callable without the GIL.
+    cdef int inc(self, Py_ssize_t index, uint64_t value) except -1 nogil

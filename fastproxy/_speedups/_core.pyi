@@ -2,5 +2,7 @@
 from ._pure import SSE_COMMENT as SSE_COMMENT
 from ._pure import SSE_ERROR as SSE_ERROR
 from ._pure import SSE_EVENT as SSE_EVENT
+from ._pure import CounterBlock as CounterBlock
 from ._pure import SSEEvent as SSEEvent
 from ._pure import SSEScanner as SSEScanner
+from ._pure import count_bytes as count_bytes
