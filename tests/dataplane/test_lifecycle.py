@@ -55,7 +55,7 @@ def test_sigterm_drains_inflight_stream_then_exits_0(tmp_path: Path) -> None:
     assert started.wait(10)
     gw.proc.send_signal(signal.SIGTERM)
     t.join(20)
-    assert gw.proc.wait(20) == 0, gw.output()
+    assert gw.wait(timeout=20) == 0, gw.output()
     # The in-flight stream finished normally (30 events x 30 ms < 10 s drain).
     assert got["body"].rstrip().endswith(b"data: [DONE]")
 
@@ -85,7 +85,7 @@ def test_drain_timeout_ends_streams_with_error_event(tmp_path: Path) -> None:
     t.start()
     assert started.wait(10)
     gw.proc.send_signal(signal.SIGTERM)
-    assert gw.proc.wait(20) == 0, gw.output()
+    assert gw.wait(timeout=20) == 0, gw.output()
     t.join(20)
     last = [e for e in got["body"].split(b"\n\n") if e.strip()][-1]
     assert orjson.loads(last.removeprefix(b"data: "))["error"]["code"] == "gateway_shutdown"
@@ -94,7 +94,7 @@ def test_drain_timeout_ends_streams_with_error_event(tmp_path: Path) -> None:
 
 def test_refuses_public_bind_without_auth(tmp_path: Path) -> None:
     gw = GatewayProcess(["--host", "0.0.0.0", "--port", "0"], cwd=str(tmp_path))
-    assert gw.proc.wait(20) == 2
+    assert gw.wait(timeout=20) == 2
     wait_until(lambda: "requires auth.api_keys" in gw.output(), timeout=5)
 
 

@@ -84,15 +84,21 @@ class GatewayProcess:
     def stop(self, sig: int = 15, timeout: float = 40.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 40.0) -> int:
+        """Wait for exit (no signal sent) and release the pipe."""
         try:
             return self.proc.wait(timeout)
         finally:
             self._reader.join(5)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(10)
+        self.stop(timeout=10)
 
     def output(self) -> str:
         time.sleep(0)
