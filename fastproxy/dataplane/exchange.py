@@ -276,6 +276,7 @@ class Exchange:
             try:
                 resp = await self._send(backend, head, payload, deadline)
             except UpstreamError as err:
+                self._attempt(backend.name, 0, err.kind)
                 last_error = err
                 counters = state.counters.upstream_errors
                 counters[err.kind] = counters.get(err.kind, 0) + 1
@@ -284,6 +285,7 @@ class Exchange:
                     log.warning("failover: %s failed (%s), trying next", backend.name, err)
                 i += 1
                 continue
+            self._attempt(backend.name, resp.status, None)
             if resp.status in FAILOVER_STATUSES and not is_last:
                 self._drop_conn()
                 state.counters.failovers += 1
@@ -303,6 +305,13 @@ class Exchange:
         if last_error.kind == "timeout":
             raise _Abort(504, f"backend timed out: {last_error}", "upstream_timeout")
         raise _Abort(502, f"backend unavailable: {last_error}", "upstream_error")
+
+    def _attempt(self, backend: str, status: int, kind: str | None) -> None:
+        for hook in self.state.attempt_hooks:
+            try:
+                hook(backend, status, kind)
+            except Exception:
+                log.exception("attempt hook failed")
 
     async def _send(self, backend: Backend, head: bytes, payload: bytes, deadline: float) -> UpstreamResponse:
         pool = self.state.pools[backend.name]
@@ -374,10 +383,12 @@ class Exchange:
             except TimeoutError:
                 if conn is None or time.monotonic() - conn.last_rx >= idle:
                     self._drop_conn()
+                    self._attempt(backend.name, 0, "timeout")
                     raise _Abort(504, f"backend {backend.name} stalled mid-response", "upstream_timeout") from None
             except UpstreamError as err:
                 self._conn = None
                 self.record.error_kind = err.kind
+                self._attempt(backend.name, 0, "reset")
                 raise _Abort(502, f"backend {backend.name} failed mid-response: {err}", "upstream_error") from None
 
     def _write_json(self, status: int, body: bytes, extra: bytes,
