@@ -75,4 +75,7 @@ class LoopThread:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
-            self.loop.close()
+            try:
+                self.loop.close()
+            except Exception as exc:  # e.g. a ResourceWarning turned error: report, don't hang
+                self.errors.append({"message": "loop close failed", "exception": exc})
