@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import random
+from pathlib import Path
 from types import ModuleType
 
 import orjson
@@ -129,3 +130,24 @@ def test_counter_add(benchmark, impl: ModuleType) -> None:
     benchmark(run)
     assert block.get(3) > 0
     benchmark.extra_info["calls_per_round"] = 100
+
+
+# ------------------------------------------------------------------ tokens
+
+_CORPUS = Path(__file__).resolve().parents[2] / "tests" / "speedups" / "corpus"
+
+
+def english_text(size: int = 65536) -> bytes:
+    prose = b"\n\n".join(p.read_bytes() for p in sorted(_CORPUS.glob("en_*")))
+    return (prose * (size // len(prose) + 1))[:size]
+
+
+ENGLISH_64K = english_text()
+
+
+@pytest.mark.benchmark(group="estimate-tokens")
+def test_estimate_tokens(benchmark, impl: ModuleType) -> None:
+    result = benchmark(impl.estimate_tokens, ENGLISH_64K)
+    assert result > 10_000
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info["MB_per_s"] = round(len(ENGLISH_64K) / mean / 1e6, 1)

@@ -23,7 +23,9 @@ __all__ = [
     "CounterBlock",
     "SSEEvent",
     "SSEScanner",
+    "TokenEstimator",
     "count_bytes",
+    "estimate_tokens",
 ]
 
 
@@ -53,7 +55,9 @@ if TYPE_CHECKING:
         CounterBlock,
         SSEEvent,
         SSEScanner,
+        TokenEstimator,
         count_bytes,
+        estimate_tokens,
     )
 else:
     SSE_EVENT = _impl.SSE_EVENT
@@ -63,5 +67,7 @@ else:
     SSEScanner = _impl.SSEScanner
     CounterBlock = _impl.CounterBlock
     count_bytes = _impl.count_bytes
+    TokenEstimator = _impl.TokenEstimator
+    estimate_tokens = _impl.estimate_tokens
 
 del _select

@@ -8,6 +8,18 @@
 from libc.stdint cimport uint64_t
 
 
+# State of the token estimator's byte-level machine (see _pure.TokenEstimator).
+cdef struct _TokState:
+    long long units
+    Py_ssize_t n
+    int run
+    int prev
+    int need
+    int seq
+    unsigned int cp
+    bint last_lower
+
+
 cdef class SSEEvent:
     cdef readonly int kind
     cdef readonly bytes event
@@ -77,3 +89,11 @@ cdef class CounterBlock:
 
     # For Cython callers: bounds-checked relaxed atomic add, callable without the GIL.
     cdef int inc(self, Py_ssize_t index, uint64_t value) except -1 nogil
+
+
+cdef class TokenEstimator:
+    cdef _TokState _s
+    cdef Py_ssize_t _bytes
+
+    cdef void feed_buffer(self, const unsigned char* p, Py_ssize_t n) noexcept nogil
+    cdef long long count(self) noexcept nogil

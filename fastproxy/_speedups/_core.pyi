@@ -5,4 +5,6 @@ from ._pure import SSE_EVENT as SSE_EVENT
 from ._pure import CounterBlock as CounterBlock
 from ._pure import SSEEvent as SSEEvent
 from ._pure import SSEScanner as SSEScanner
+from ._pure import TokenEstimator as TokenEstimator
 from ._pure import count_bytes as count_bytes
+from ._pure import estimate_tokens as estimate_tokens
