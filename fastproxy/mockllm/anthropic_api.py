@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 
 from . import text
+from .behaviour import DEFAULT_PLAN
 from .dialect import anthropic_usage, begin, pick_tool
 from .protocol import Reply
 from .responder import (
-    DEFAULT_PLAN,
     Ctx,
     StreamScript,
     error_reply,
@@ -128,7 +128,7 @@ def _script(mid: str, model: str, usage: dict[str, Any], block: dict[str, Any],
             deltas: Iterator[bytes], stop: str) -> StreamScript:
     start_usage = dict(usage, output_tokens=1)
     start_usage.pop("cost", None)
-    message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+    message: dict[str, Any] = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": start_usage}
     return StreamScript(
         preamble=[

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .behaviour import Plan, SteeringError, split_model
+from .behaviour import DEFAULT_PLAN, Plan, SteeringError, split_model
 from .protocol import Reply
-from .responder import DEFAULT_PLAN, Ctx, error_reply
+from .responder import Ctx, error_reply
 
 
 def begin(ctx: Ctx, body: dict[str, Any]) -> tuple[str, Plan] | Reply:

@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 
 from . import text
+from .behaviour import DEFAULT_PLAN
 from .dialect import begin, openai_usage, pick_tool
 from .protocol import Reply
 from .responder import (
-    DEFAULT_PLAN,
     Ctx,
     StreamScript,
     error_reply,

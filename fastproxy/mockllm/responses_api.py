@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 
 from . import text
+from .behaviour import DEFAULT_PLAN
 from .dialect import begin, pick_tool, responses_usage
 from .protocol import Reply
 from .responder import (
-    DEFAULT_PLAN,
     Ctx,
     StreamScript,
     error_reply,
@@ -114,7 +114,7 @@ class _Seq:
         self.n = 0
 
     def event(self, payload: dict[str, Any]) -> bytes:
-        kind = payload["type"]
+        kind: str = payload["type"]
         payload["sequence_number"] = self.n
         self.n += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

@@ -19,6 +19,7 @@ import orjson
 
 from . import anthropic_api, openai_api, responses_api, wire
 from .behaviour import (
+    DEFAULT_PLAN,
     BehaviourTable,
     MockBehaviour,
     SteeringError,
@@ -26,7 +27,7 @@ from .behaviour import (
     from_headers,
 )
 from .protocol import MockProtocol, Reply, Request
-from .responder import DEFAULT_PLAN, Ctx, error_reply
+from .responder import Ctx, error_reply
 
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "claude-haiku-4-5", "text-embedding-3-small",

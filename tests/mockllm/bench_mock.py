@@ -19,7 +19,9 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import cast
 
 import uvloop
 
@@ -41,7 +43,8 @@ class BenchClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # uvloop's transports are not asyncio.Transport subclasses, hence a cast.
+        self.transport = cast(asyncio.Transport, transport)
         self.transport.write(REQUEST)
 
     def data_received(self, data: bytes) -> None:
@@ -73,7 +76,7 @@ async def drive(port: int, connections: int, seconds: float) -> float:
     futures = []
     for _ in range(connections):
         fut: asyncio.Future[int] = loop.create_future()
-        await loop.create_connection(lambda f=fut: BenchClient(deadline, f), "127.0.0.1", port)
+        await loop.create_connection(partial(BenchClient, deadline, fut), "127.0.0.1", port)
         futures.append(fut)
     counts = await asyncio.gather(*futures)
     return sum(counts) / (time.monotonic() - start)
