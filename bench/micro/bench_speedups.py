@@ -151,3 +151,25 @@ def test_estimate_tokens(benchmark, impl: ModuleType) -> None:
     assert result > 10_000
     mean = benchmark.stats.stats.mean
     benchmark.extra_info["MB_per_s"] = round(len(ENGLISH_64K) / mean / 1e6, 1)
+
+
+# ------------------------------------------------------------------ deltas
+
+DELTA_EVENTS = [
+    item.data for item in _pure.SSEScanner().feed(SSE_STREAM) if item.data.startswith(b"{")
+]
+
+
+@pytest.mark.benchmark(group="delta-scan")
+def test_delta_scan(benchmark, impl: ModuleType) -> None:
+    events = DELTA_EVENTS
+
+    def run() -> int:
+        scanner = impl.DeltaScanner()
+        feed = scanner.feed_event
+        for data in events:
+            feed(data)
+        return scanner.tokens
+
+    assert benchmark(run) > 0
+    benchmark.extra_info["events_per_round"] = len(events)

@@ -16,11 +16,15 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 __all__ = [
+    "DELTA_ERROR",
+    "DELTA_NAME",
+    "DELTA_USAGE",
     "IMPLEMENTATION",
     "SSE_COMMENT",
     "SSE_ERROR",
     "SSE_EVENT",
     "CounterBlock",
+    "DeltaScanner",
     "SSEEvent",
     "SSEScanner",
     "TokenEstimator",
@@ -49,10 +53,14 @@ _impl, IMPLEMENTATION = _select()
 if TYPE_CHECKING:
     # The typing contract is the pure twin; _core mirrors it (tests enforce parity).
     from ._pure import (
+        DELTA_ERROR,
+        DELTA_NAME,
+        DELTA_USAGE,
         SSE_COMMENT,
         SSE_ERROR,
         SSE_EVENT,
         CounterBlock,
+        DeltaScanner,
         SSEEvent,
         SSEScanner,
         TokenEstimator,
@@ -69,5 +77,9 @@ else:
     count_bytes = _impl.count_bytes
     TokenEstimator = _impl.TokenEstimator
     estimate_tokens = _impl.estimate_tokens
+    DELTA_USAGE = _impl.DELTA_USAGE
+    DELTA_NAME = _impl.DELTA_NAME
+    DELTA_ERROR = _impl.DELTA_ERROR
+    DeltaScanner = _impl.DeltaScanner
 
 del _select

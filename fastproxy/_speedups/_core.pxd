@@ -97,3 +97,15 @@ cdef class TokenEstimator:
 
     cdef void feed_buffer(self, const unsigned char* p, Py_ssize_t n) noexcept nogil
     cdef long long count(self) noexcept nogil
+
+
+cdef class DeltaScanner:
+    cdef _TokState _tok
+    cdef Py_ssize_t _text_bytes
+    cdef Py_ssize_t _events
+
+    # For Cython callers: one event's JSON; returns the DELTA_* flags (0 if malformed).
+    cdef int feed_buffer(self, const unsigned char* p, Py_ssize_t n) noexcept nogil
+    cdef void _feed_text(self, const unsigned char* p, Py_ssize_t i, Py_ssize_t end,
+                         bint escaped) noexcept nogil
+    cdef int _walk(self, const unsigned char* p, Py_ssize_t n) noexcept nogil

@@ -22,7 +22,9 @@ def main() -> None:
     totals = dict.fromkeys(encodings, 0)
     total_est = 0
     worst = dict.fromkeys(encodings, 0.0)
-    print(f"{'sample':36s} {'bytes':>6s} {'estimate':>8s} " + " ".join(f"{n:>18s}" for n in encodings))
+    print(
+        f"{'sample':36s} {'bytes':>6s} {'estimate':>8s} " + " ".join(f"{n:>18s}" for n in encodings)
+    )
     for path in sorted(CORPUS.iterdir()):
         text = path.read_text(encoding="utf-8")
         est = _pure.estimate_tokens(text)
@@ -37,7 +39,9 @@ def main() -> None:
         print(f"{path.name:36s} {len(text.encode()):>6d} {est:>8d} " + " ".join(cells))
     for name in encodings:
         agg = total_est / totals[name] - 1
-        print(f"{name}: aggregate {agg:+.2%} over {totals[name]} tokens, worst sample {worst[name]:.1%}")
+        print(
+            f"{name}: aggregate {agg:+.2%} over {totals[name]} tokens, worst sample {worst[name]:.1%}"
+        )
 
 
 if __name__ == "__main__":

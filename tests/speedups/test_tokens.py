@@ -21,7 +21,9 @@ _alphabet = st.sampled_from(
     + list("中文字")
     + list("かなカナ")
     + list("한국어")
-    + list("\u201c\u201d\u2014\u2026\uff0c\u3002")  # curly quotes, dash, ellipsis, CJK comma and stop
+    + list(
+        "\u201c\u201d\u2014\u2026\uff0c\u3002"
+    )  # curly quotes, dash, ellipsis, CJK comma and stop
     + ["🎉", "👍🏽", "🇧🇷", "❤️", "🕵️\u200d♂️", "\U00020001", "\U0001d400"]
 )
 texts = st.one_of(st.lists(_alphabet, max_size=60).map("".join), st.text(max_size=40))
