@@ -196,6 +196,10 @@ class UpstreamConnection(asyncio.Protocol):
         if not resp.done.done():
             resp.done.set_result(None)
         if resp.keep_alive and not self.closed:
+            # A slow client may have paused our reading mid-stream. A pooled connection
+            # must read again: else a FIN from the backend goes unseen (CLOSE-WAIT) and
+            # the next request on it would stall.
+            self.resume_reading()
             self._pool.release(self)
         else:
             self.close()
