@@ -848,13 +848,21 @@ cdef void _tok_feed(_TokState* st, const unsigned char* p, Py_ssize_t length) no
                 r = _R_WORD
             if r == _R_WORD:
                 last_lower = (c & _LOWER) != 0
-                if last_lower:
+                while last_lower:
                     # The rest of a lowercase word in one tight loop: most of prose.
                     j = i
                     while j < length and <unsigned char>(p[j] - 97) < 26:
                         j += 1
                     n += j - i
                     i = j
+                    if i + 1 >= length or p[i] != 32 or <unsigned char>(p[i + 1] - 97) >= 26:
+                        break
+                    # "word word": close this word, the lone space before the next one
+                    # is free; exactly what the general path would add, in one step.
+                    units += _close_cost(_R_WORD, n, prev, _R_SPACE)
+                    prev = _R_SPACE
+                    n = 1
+                    i += 2
             continue
         st.units = units
         st.n = n
