@@ -82,6 +82,9 @@ class GatewayState:
         self.metrics: Any = None
         self.capture: Any = None
         self.storage_status: Callable[[], dict[str, Any]] | None = None
+        # Completion accounting (token estimates, tool calls, TTFT) for the usage record;
+        # switched on by the usage service, so the relay pays nothing when it is off.
+        self.accounting = False
         self.tick()
 
     def tick(self) -> None:

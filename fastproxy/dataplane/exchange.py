@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import wire
+from .accounting import StreamAccounting, json_completion_tokens, json_tool_names
 from .dialects import anthropic, from_anthropic, from_openai, openai
 from .record import ExchangeRecord
 from .relay import SSERelay
@@ -60,7 +61,17 @@ class _Abort(Exception):
 
 
 class Exchange:
-    __slots__ = ("_conn", "_relay", "_task", "proto", "record", "req", "state", "streaming_started")
+    __slots__ = (
+        "_activity",
+        "_conn",
+        "_relay",
+        "_task",
+        "proto",
+        "record",
+        "req",
+        "state",
+        "streaming_started",
+    )
 
     def __init__(self, proto: ClientProtocol, req: Request) -> None:
         self.proto = proto
@@ -68,6 +79,7 @@ class Exchange:
         self.state = proto.state
         self._conn: UpstreamConnection | None = None
         self._relay: SSERelay | None = None
+        self._activity: Any = None  # the activity-tracker entry, when tracking is on
         self._task: asyncio.Task[None] | None = None
         self.streaming_started = False
         self.record = ExchangeRecord(
@@ -112,6 +124,9 @@ class Exchange:
         finally:
             if self._conn is not None and self._conn.response is not None:
                 self._conn.close()  # a response not read to its end is never reused
+            if self._activity is not None:
+                self.state.activity.close(self._activity)
+                self._activity = None
             self._finish()
             proto.exchange_done(keep_alive and not proto.closed)
 
@@ -273,6 +288,7 @@ class Exchange:
             rec.attempts += 1
             rec.backend, rec.backend_type, rec.model_used = backend.name, backend.type, model
             head, payload, inject = self._upstream_request(backend, model, body, dialect, kind)
+            self._track(backend.name, model)
             try:
                 resp = await self._send(backend, head, payload, deadline)
             except UpstreamError as err:
@@ -305,6 +321,16 @@ class Exchange:
         if last_error.kind == "timeout":
             raise _Abort(504, f"backend timed out: {last_error}", "upstream_timeout")
         raise _Abort(502, f"backend unavailable: {last_error}", "upstream_error")
+
+    def _track(self, backend: str, model: str) -> None:
+        """One live activity entry per exchange, following it across failover."""
+        tracker = self.state.activity
+        if tracker is None:
+            return
+        if self._activity is not None:
+            tracker.close(self._activity)
+        rec = self.record
+        self._activity = tracker.open(rec.id, backend, rec.session_id, model, rec.streaming)
 
     def _attempt(self, backend: str, status: int, kind: str | None) -> None:
         for hook in self.state.attempt_hooks:
@@ -359,9 +385,13 @@ class Exchange:
         self._conn = None
         rec = self.record
         rec.bytes_rx = resp.bytes_rx
+        rec.upstream_done_at = time.monotonic()
         extra = [b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n"]
-        if 200 <= resp.status < 300 and b"json" in ctype:
-            usage = _json_usage(body, dialect.name)
+        parsed: Any = None
+        ok = 200 <= resp.status < 300 and b"json" in ctype
+        if ok:
+            parsed = _json_obj(body)
+            usage = _json_usage(parsed, dialect.name)
             if usage is not None:
                 rec.usage = usage
                 extra += _usage_headers(usage)
@@ -370,6 +400,13 @@ class Exchange:
         self._write_json(resp.status, body, b"".join(extra), resp.headers)
         rec.bytes_tx = len(body)
         rec.first_tx_at = time.monotonic()
+        if self._activity is not None:
+            self._activity.count(resp.bytes_rx, len(body))
+        if ok and self.state.accounting:
+            # After the response is on its way: accounting never delays the client.
+            rec.btp_completion_est = rec.ptc_completion_est = json_completion_tokens(body)
+            rec.tool_names = json_tool_names(parsed)
+            rec.tool_call_count = len(rec.tool_names)
         return self.req.keep_alive
 
     async def _await_body(self, resp: UpstreamResponse, backend: Backend) -> None:
@@ -427,7 +464,8 @@ class Exchange:
                   wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF)
         transport.write(b"".join(parts))
         self.streaming_started = True
-        relay = SSERelay(transport.write, dialect, strip_usage=inject)
+        acct = StreamAccounting() if self.state.accounting else None
+        relay = SSERelay(transport, dialect, inject, acct, self._activity)
         self._relay = relay
         proto.upstream = self._conn
         if proto.write_paused and self._conn is not None:
@@ -440,11 +478,19 @@ class Exchange:
             cut = str(err)
         finally:
             proto.upstream = None
+            rec.upstream_done_at = time.monotonic()
             rec.bytes_rx = resp.bytes_rx
             rec.bytes_tx = relay.bytes_tx
             rec.first_tx_at = relay.first_tx_at
             rec.stream_events = relay.events
             rec.usage = relay.usage
+            if acct is not None:
+                rec.first_content_at = acct.first_content_at
+                rec.btp_completion_est = acct.tokens
+                rec.ptc_completion_est = acct.delivered_tokens(
+                    relay.bytes_tx, aborted=proto.closed)
+                rec.tool_names = acct.tool_names
+                rec.tool_call_count = len(acct.tool_names)
         self._conn = None
         if cut is None and not relay.terminal:
             cut = "backend ended the stream without its final event"
@@ -486,13 +532,14 @@ def _retry_after(value: bytes | None) -> float | None:
         return None
 
 
-def _json_usage(body: bytes, frontend: str) -> Any:
-    if b'"usage"' not in body:
-        return None
+def _json_obj(body: bytes) -> Any:
     try:
-        obj = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+
+
+def _json_usage(obj: Any, frontend: str) -> Any:
     if not isinstance(obj, dict):
         return None
     if frontend == "anthropic" or obj.get("type") == "message":

@@ -12,11 +12,13 @@ chunk ends on an event boundary, the original chunk object is written as it is.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from .._speedups import SSE_ERROR, SSE_EVENT, SSEScanner
+from .accounting import StreamAccounting
 from .dialects.usage import BackendUsage
 
 # Larger than any sane event; past it the stream is treated as broken rather than
@@ -26,10 +28,12 @@ MAX_EVENT_BYTES = 8 * 1024 * 1024
 
 class SSERelay:
     __slots__ = (
+        "_acct",
         "_dialect",
+        "_entry",
         "_scanner",
         "_strip_usage",
-        "_write",
+        "_transport",
         "bytes_tx",
         "events",
         "first_tx_at",
@@ -38,10 +42,19 @@ class SSERelay:
         "usage",
     )
 
-    def __init__(self, write: Callable[[bytes], None], dialect: ModuleType, strip_usage: bool) -> None:
-        self._write = write
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        dialect: ModuleType,
+        strip_usage: bool,
+        accounting: StreamAccounting | None = None,
+        activity_entry: Any = None,
+    ) -> None:
+        self._transport = transport
         self._dialect = dialect
         self._strip_usage = strip_usage
+        self._acct = accounting
+        self._entry = activity_entry
         self._scanner = SSEScanner(MAX_EVENT_BYTES)
         self.terminal = False
         self.overflow = False
@@ -55,9 +68,12 @@ class SSERelay:
         had_pending = scanner.buffered > 0
         items = scanner.feed(data)
         if not items:
+            if self._entry is not None:
+                self._entry.count(len(data), 0)
             return
         stripped = False
         is_terminal = self._dialect.is_terminal
+        acct = self._acct
         for item in items:
             kind = item.kind
             if kind == SSE_EVENT:
@@ -67,6 +83,9 @@ class SSERelay:
                     self.terminal = True
                 elif b'"usage"' in d and self._take_usage(item.event, d):
                     stripped = True
+                    continue
+                if acct is not None:
+                    acct.event(item.event, d)
             elif kind == SSE_ERROR:
                 self.overflow = True
                 stripped = True
@@ -78,11 +97,17 @@ class SSERelay:
             out = b"".join([i.raw for i in items])
         else:
             out = data
-        if out:
+        n = len(out)
+        if n:
             if not self.bytes_tx:
                 self.first_tx_at = time.monotonic()
-            self.bytes_tx += len(out)
-            self._write(b"%x\r\n%b\r\n" % (len(out), out))
+            self.bytes_tx += n
+            transport = self._transport
+            transport.write(b"%x\r\n%b\r\n" % (n, out))
+            if acct is not None:
+                acct.wrote(self.bytes_tx, transport.get_write_buffer_size())
+        if self._entry is not None:
+            self._entry.count(len(data), n)
 
     def _take_usage(self, event: bytes, data: bytes) -> bool:
         usage, usage_only = self._dialect.stream_usage(event, data)
