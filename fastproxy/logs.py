@@ -75,3 +75,15 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+
+
+def access_line(rec: object) -> str:
+    """One line per request: numbers and names only, never payloads, keys or IPs."""
+    r = rec  # an ExchangeRecord; typed loosely to keep logs.py free of data-plane imports
+    return (
+        f'rid={r.id} method=POST path={r.path or "-"} status={r.status} '  # type: ignore[attr-defined]
+        f"outcome={r.outcome} frontend={r.frontend or '-'} backend={r.backend or '-'} "  # type: ignore[attr-defined]
+        f"model={r.model_used or r.model_requested or '-'} stream={int(r.streaming)} "  # type: ignore[attr-defined]
+        f"attempts={r.attempts} bytes_in={r.bytes_rx} bytes_out={r.bytes_tx} "  # type: ignore[attr-defined]
+        f"ms={r.duration_ms:.1f}"  # type: ignore[attr-defined]
+    )

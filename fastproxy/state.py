@@ -9,6 +9,7 @@ module-level; a process may run several gateways (the tests do).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -85,6 +86,10 @@ class GatewayState:
         # Completion accounting (token estimates, tool calls, TTFT) for the usage record;
         # switched on by the usage service, so the relay pays nothing when it is off.
         self.accounting = False
+        # The access logger when `access_log` is on (one line per request), else None.
+        self.access_log: logging.Logger | None = (
+            logging.getLogger("fastproxy.access") if config.access_log else None
+        )
         self.tick()
 
     def tick(self) -> None:

@@ -351,6 +351,11 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
                 f"replacement.replacement_rules[{i}].to_backend: got {rule.to_backend!r}; "
                 f"expected one of {sorted(names)}"
             )
+    if config.workers != 1:
+        raise ConfigError(
+            f"workers: got {config.workers}; multi-process mode is not built yet, so only 1 "
+            "is allowed (run several instances behind a balancer meanwhile)"
+        )
     if not is_loopback_host(config.host):
         if config.auth.disable_auth:
             raise ConfigError(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..logs import access_line
 from . import wire
 from .accounting import StreamAccounting, json_completion_tokens, json_tool_names
 from .dialects import anthropic, from_anthropic, from_openai, openai
@@ -139,6 +140,8 @@ class Exchange:
             state.counters.client_aborts += 1
         elif rec.outcome == "truncated":
             state.counters.stream_truncations += 1
+        if state.access_log is not None:
+            state.access_log.info(access_line(rec))
         if rec.frontend:
             for observer in state.observers:
                 try:

@@ -81,7 +81,7 @@ def test_yaml_then_env_then_cli(tmp_path: Path) -> None:
         ("FASTPROXY_API_KEYS", "k1, k2", ("auth", "api_keys"), ("k1", "k2")),
         ("FASTPROXY_LOG_LEVEL", "ERROR", ("log_level",), "ERROR"),
         ("FASTPROXY_ACCESS_LOG", "yes", ("access_log",), True),
-        ("FASTPROXY_WORKERS", "2", ("workers",), 2),
+        ("FASTPROXY_WORKERS", "1", ("workers",), 1),
         ("FASTPROXY_ADMIN_PORT", "9999", ("admin", "port"), 9999),
         ("FASTPROXY_ADMIN_HOST", "::1", ("admin", "host"), "::1"),
     ],
@@ -142,14 +142,14 @@ def test_bad_values_give_one_line_naming_the_key(tmp_path: Path, yaml_text: str,
 
 
 def test_bad_env_value_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="FASTPROXY_PORT.*'abc'"):
+    with pytest.raises(ConfigError, match=r"FASTPROXY_PORT.*'abc'"):
         load_config(env={"FASTPROXY_PORT": "abc"}, use_files=False)
     with pytest.raises(ConfigError, match="ENABLE_ACTIVITY_TRACKING"):
         load_config(env={"ENABLE_ACTIVITY_TRACKING": "maybe"}, use_files=False)
 
 
 def test_non_loopback_bind_requires_auth() -> None:
-    with pytest.raises(ConfigError, match="requires auth.api_keys"):
+    with pytest.raises(ConfigError, match=r"requires auth\.api_keys"):
         load_config({"host": "0.0.0.0"}, env={}, use_files=False)
     with pytest.raises(ConfigError, match="without authentication"):
         load_config({"host": "0.0.0.0", "auth.disable_auth": True},
@@ -233,3 +233,16 @@ def test_version_and_help() -> None:
     for flag in ("--enable-activity-tracking", "--wire-capture-enabled", "--disable-usage-tracking",
                  "--random-model-replacement-from-to", "--drain-timeout", "--admin-port"):
         assert flag in helped.stdout
+
+
+def test_workers_beyond_one_refused_until_built() -> None:
+    with pytest.raises(ConfigError, match="workers: got 2; multi-process mode is not built"):
+        load_config(env={"FASTPROXY_WORKERS": "2"}, use_files=False)
+
+
+def test_redaction_masks_credentials() -> None:
+    from fastproxy.logs import redact
+
+    line = redact("auth Bearer sk-live-abcdefghijkl and x-api-key: sk-ant-zyxwvutsrq12 ok")
+    assert "abcdefghijkl" not in line and "zyxwvutsrq12" not in line
+    assert line.endswith(" ok")

@@ -113,3 +113,25 @@ def test_config_file_run(tmp_path: Path, mock_llm) -> None:
         assert "sk-from-env" not in gw.output()
     finally:
         assert gw.stop() == 0
+
+
+def test_access_log_one_line_per_request_without_secrets(tmp_path: Path) -> None:
+    gw = GatewayProcess(["--port", "0", "--admin-port", "0", "--access-log"], cwd=str(tmp_path),
+                        env={"FASTPROXY_API_KEYS": "client-secret-123"})
+    try:
+        port = gw.wait_ready()
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        body = {"model": "demo", "messages": [{"role": "user", "content": "a planted phrase"}]}
+        for _ in range(3):
+            r = httpx.post(url, json=body, headers={"authorization": "Bearer client-secret-123"},
+                           timeout=10)
+            assert r.status_code == 200
+        assert httpx.post(url, json=body, timeout=10).status_code == 401
+        wait_until(lambda: gw.output().count("logger=fastproxy.access") == 4, timeout=5)
+    finally:
+        assert gw.stop() == 0
+    out = gw.output()
+    access = [line for line in out.splitlines() if "logger=fastproxy.access" in line]
+    assert sum("status=200" in line for line in access) == 3
+    assert sum("status=401" in line for line in access) == 1
+    assert "client-secret-123" not in out and "planted phrase" not in out
