@@ -455,20 +455,22 @@ class Exchange:
         proto, rec = self.proto, self.record
         transport = proto.transport
         assert transport is not None
-        parts = [wire.STATUS_LINE[200], self.state.date_header, wire.SSE_HEADERS]
+        chunked = self.req.http11
+        parts = [wire.STATUS_LINE[200], self.state.date_header,
+                 wire.SSE_HEADERS if chunked else wire.SSE_HEADERS_10]
         for name, value in resp.headers:
             if name in wire.HOP_BY_HOP or name in (b"content-type", b"cache-control",
                                                     b"x-accel-buffering"):
                 continue
             if wire.is_safe_header(name, value):
                 parts += (name, b": ", value, b"\r\n")
-        keep = self.req.keep_alive and not self.state.draining
+        keep = chunked and self.req.keep_alive and not self.state.draining
         parts += (b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n",
                   wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF)
         transport.write(b"".join(parts))
         self.streaming_started = True
         acct = StreamAccounting() if self.state.accounting else None
-        relay = SSERelay(transport, dialect, inject, acct, self._activity)
+        relay = SSERelay(transport, dialect, inject, acct, self._activity, chunked)
         self._relay = relay
         proto.upstream = self._conn
         if proto.write_paused and self._conn is not None:
@@ -503,8 +505,10 @@ class Exchange:
             relay.finish()
             rec.outcome = "truncated"
             log.warning("stream from %s cut: %s", backend.name, cut)
-            transport.write(wire.chunk(dialect.stream_error_event(cut, "stream_truncated")))
-        transport.write(wire.CHUNKED_END)
+            event = dialect.stream_error_event(cut, "stream_truncated")
+            transport.write(wire.chunk(event) if chunked else event)
+        if chunked:
+            transport.write(wire.CHUNKED_END)
         return keep
 
     def abort_stream(self, message: str) -> None:
@@ -512,8 +516,11 @@ class Exchange:
         if self.streaming_started and not self.proto.closed:
             dialect = anthropic if self.record.frontend == "anthropic" else openai
             t = self.proto.transport
-            t.write(wire.chunk(dialect.stream_error_event(message, "gateway_shutdown")))  # type: ignore[union-attr]
-            t.write(wire.CHUNKED_END)  # type: ignore[union-attr]
+            event = dialect.stream_error_event(message, "gateway_shutdown")
+            if self.req.http11:
+                t.write(wire.chunk(event) + wire.CHUNKED_END)  # type: ignore[union-attr]
+            else:
+                t.write(event)  # type: ignore[union-attr]
             self.proto.closed = True
             t.close()  # type: ignore[union-attr]
         self.record.outcome = "truncated"

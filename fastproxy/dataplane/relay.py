@@ -29,6 +29,7 @@ MAX_EVENT_BYTES = 8 * 1024 * 1024
 class SSERelay:
     __slots__ = (
         "_acct",
+        "_chunked",
         "_dialect",
         "_entry",
         "_scanner",
@@ -49,8 +50,10 @@ class SSERelay:
         strip_usage: bool,
         accounting: StreamAccounting | None = None,
         activity_entry: Any = None,
+        chunked: bool = True,
     ) -> None:
         self._transport = transport
+        self._chunked = chunked
         self._dialect = dialect
         self._strip_usage = strip_usage
         self._acct = accounting
@@ -103,7 +106,7 @@ class SSERelay:
                 self.first_tx_at = time.monotonic()
             self.bytes_tx += n
             transport = self._transport
-            transport.write(b"%x\r\n%b\r\n" % (n, out))
+            transport.write(b"%x\r\n%b\r\n" % (n, out) if self._chunked else out)
             if acct is not None:
                 acct.wrote(self.bytes_tx, transport.get_write_buffer_size())
         if self._entry is not None:

@@ -172,3 +172,19 @@ def test_slow_reader_100mib_memory_bounded(gateway: RunningGateway, mock_llm) ->
     # uvloop's default high-water mark is 64 KiB; allow slack for one upstream chunk.
     assert peak_buffer < 4 * 1024 * 1024, peak_buffer
     assert peak_rss - start_rss < 64 * 1024 * 1024, (peak_rss - start_rss)
+
+
+def test_http10_client_gets_a_close_delimited_stream(gateway: RunningGateway) -> None:
+    """HTTP/1.0 has no chunked encoding: the stream is the raw events, ended by close."""
+    data = orjson.dumps({**CHAT, "stream": True})
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.0\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n" % len(data) + data)
+        sock.settimeout(10)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower()
+    assert b"connection: close" in head.lower()
+    assert body.startswith(b"data: {") and body.rstrip().endswith(b"data: [DONE]")
