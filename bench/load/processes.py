@@ -1,0 +1,348 @@
+"""The processes under test: the mock LLM, fastproxy, nginx (and optional peers).
+
+Each relay runs as its own OS process, started fresh for every scenario, so its peak RSS
+(VmHWM) and CPU time belong to that scenario alone. CPU time and memory are read from
+/proc, not from the process itself, so the measurement costs the relay nothing.
+
+Pinning (taskset): on two cores the mock gets CPU 1 and the relay CPU 0, so the relay
+has a core of its own and the backend is never the relay's competitor. The load
+generator cannot have a third core, so it runs unpinned and the scheduler puts it on
+whichever core has slack: the caveat is that under load it steals time from the relay
+or the mock. The "direct" figure (client → mock) shows the generator's own ceiling.
+With four or more cores the generator gets the remaining cores to itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parents[1]
+MODEL = "gpt-4o"
+
+# Environment variables the fastproxy config loader reads: scrubbed so a developer's shell
+# cannot silently change what is measured (the generated config file is the whole truth).
+_CONFIG_ENV_PREFIXES = (
+    "FASTPROXY_", "USAGE_TRACKING_", "WIRE_CAPTURE_", "ENABLE_ACTIVITY_TRACKING",
+    "REPLACEMENT_",
+)
+
+
+class StartError(RuntimeError):
+    """A process under test did not come up; the message carries its log tail."""
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which CPUs each role may use; None means unpinned."""
+
+    relay: tuple[int, ...] | None
+    mock: tuple[int, ...] | None
+    loadgen: tuple[int, ...] | None
+
+    @classmethod
+    def plan(cls, enabled: bool = True) -> Pinning:
+        cpus = sorted(os.sched_getaffinity(0))
+        if not enabled or len(cpus) < 2 or shutil.which("taskset") is None:
+            return cls(None, None, None)
+        if len(cpus) < 4:
+            return cls((cpus[0],), (cpus[1],), None)
+        return cls((cpus[0],), (cpus[1],), tuple(cpus[2:]))
+
+    def describe(self) -> str:
+        def one(cpus: tuple[int, ...] | None) -> str:
+            return "unpinned" if cpus is None else "CPU " + ",".join(map(str, cpus))
+
+        return (f"relay (nginx/fastproxy/peer) {one(self.relay)}; mock {one(self.mock)}; "
+                f"load generator {one(self.loadgen)}")
+
+
+def taskset_prefix(cpus: tuple[int, ...] | None) -> list[str]:
+    return [] if cpus is None else ["taskset", "-c", ",".join(map(str, cpus))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StartError(f"process exited with status {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise StartError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:.0f} s")
+
+
+# --------------------------------------------------------------------------- /proc readers
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of ``pid`` from /proc/PID/stat (fields 14 and 15), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces; everything after its ')' is fixed.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent busy by the whole machine (all CPUs), from /proc/stat.
+
+    Compared with the CPU time of our own processes it gives the background load during a
+    round: on a shared machine that is the figure that says whether a round is clean."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A ``kB`` line of /proc/PID/status (VmRSS, VmHWM), 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    """One started process tree; ``measured`` pids are summed for CPU and memory."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    log_path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+    measure_children: bool = False
+
+    def pids(self) -> list[int]:
+        pid = self.popen.pid
+        # nginx: the master forks the one worker that does the work; count both.
+        return [pid, *_children(pid)] if self.measure_children else [pid]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids())
+
+    def rss_kib(self) -> int:
+        return sum(status_kib(p, "VmRSS") for p in self.pids())
+
+    def hwm_kib(self) -> int:
+        return sum(status_kib(p, "VmHWM") for p in self.pids())
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        # SIGTERM is a graceful stop for all three (nginx: fast shutdown, fastproxy: drain).
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None
+           ) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = workdir / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - the child owns it for its lifetime
+    try:
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+                                 env=env, start_new_session=True)
+    finally:
+        log.close()
+    return popen, log_path
+
+
+def checked_start(proc: Proc, timeout_s: float) -> Proc:
+    try:
+        wait_port(proc.port, timeout_s, proc.popen)
+    except StartError as exc:
+        proc.stop()
+        raise StartError(f"{proc.name}: {exc}\n{proc.log_tail()}") from None
+    return proc
+
+
+def start_mock(workdir: Path, cpus: tuple[int, ...] | None, python: str = sys.executable
+               ) -> Proc:
+    port = free_port()
+    argv = [*taskset_prefix(cpus), python, "-m", "fastproxy", "mock-llm", "--port", str(port),
+            "--log-level", "WARNING"]
+    popen, log = spawn("mock", argv, workdir, clean_env())
+    return checked_start(Proc("mock", popen, port, workdir, log), 15)
+
+
+def fastproxy_config(mock_port: int, workdir: Path, *, usage: bool = False,
+                     activity: bool = False, capture: bool = False) -> dict[str, Any]:
+    """The generated gateway config: one OpenAI backend (the mock), monitoring as asked."""
+    return {
+        "host": "127.0.0.1",
+        "backends": {
+            "mock": {
+                "type": "openai",
+                "api_url": f"http://127.0.0.1:{mock_port}/v1",
+                "models": [MODEL],
+                # Scenario (c) holds 2,000 streams open at once: one upstream socket each.
+                "max_connections": 4096,
+            }
+        },
+        "usage_tracking": {"enabled": usage, "persistence_path": str(workdir / "usage.db")},
+        "enable_activity_tracking": activity,
+        "wire_capture": {"enabled": capture, "output_dir": str(workdir / "captures")},
+        "log_level": "WARNING",
+        "access_log": False,
+    }
+
+
+def check_fastproxy_config(config: dict[str, Any], workdir: Path, python: str,
+                           src: Path | None = None) -> str | None:
+    """None if ``fastproxy check-config`` accepts the config, else its one-line error."""
+    path = workdir / "check-config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    out = subprocess.run([python, "-m", "fastproxy", "check-config", "--config", str(path)],
+                         capture_output=True, text=True, env=clean_env(src), timeout=60)
+    if out.returncode == 0:
+        return None
+    return (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+
+
+def start_fastproxy(name: str, config: dict[str, Any], workdir: Path,
+                    cpus: tuple[int, ...] | None, python: str = sys.executable,
+                    src: Path | None = None) -> Proc:
+    pdir = workdir / name
+    pdir.mkdir()
+    cfg_path = pdir / "config.yaml"
+    config = {**config}
+    for key in ("usage_tracking", "wire_capture"):  # keep state files per process
+        section = dict(config[key])
+        for sub in ("persistence_path", "output_dir"):
+            if sub in section:
+                section[sub] = str(pdir / Path(section[sub]).name)
+        config[key] = section
+    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port, admin_port = free_port(), free_port()
+    argv = [*taskset_prefix(cpus), python, "-m", "fastproxy", "run", "--config", str(cfg_path),
+            "--port", str(port), "--admin-port", str(admin_port)]
+    popen, log = spawn("fastproxy", argv, pdir, clean_env(src))
+    proc = Proc(name, popen, port, pdir, log, info={"config": config, "admin_port": admin_port})
+    return checked_start(proc, 30)
+
+
+def clean_env(src: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_ENV_PREFIXES)}
+    # `--fastproxy-src DIR` measures another checkout (e.g. a clean worktree at a commit):
+    # PYTHONPATH beats the venv's editable finder, which sits at the end of sys.meta_path.
+    root = str(src) if src is not None else str(REPO_ROOT)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# --------------------------------------------------------------------------- nginx
+
+
+def nginx_binary(install: bool) -> str | None:
+    """Path of nginx; installs Debian's package first when asked and it is missing."""
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if found or not install or shutil.which("apt-get") is None or os.geteuid() != 0:
+        return found
+    print("nginx not found: apt-get install -y nginx", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    ok = subprocess.run(["apt-get", "install", "-y", "nginx"], env=env,
+                        stdout=subprocess.DEVNULL).returncode == 0
+    if not ok:
+        subprocess.run(["apt-get", "update"], env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "nginx"], env=env, stdout=subprocess.DEVNULL)
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "absent"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def start_nginx(binary: str, mock_port: int, workdir: Path, cpus: tuple[int, ...] | None
+                ) -> Proc:
+    ndir = workdir / "nginx"
+    ndir.mkdir()
+    # The worker drops to an unprivileged user when started as root; it must be able to
+    # reach its temp directories under our (0700 mkdtemp) work directory.
+    os.chmod(workdir, 0o755)
+    port = free_port()
+    template = (BENCH_DIR / "nginx.conf").read_text()
+    conf = (template.replace("{{DIR}}", str(ndir)).replace("{{PORT}}", str(port))
+            .replace("{{UPSTREAM_PORT}}", str(mock_port)))
+    conf_path = ndir / "nginx.conf"
+    conf_path.write_text(conf)
+    argv = [*taskset_prefix(cpus), binary, "-p", str(ndir), "-c", str(conf_path)]
+    popen, log = spawn("nginx", argv, ndir)
+    proc = Proc("nginx", popen, port, ndir, log, measure_children=True)
+    return checked_start(proc, 15)
+
+
+def http_ok(port: int, path: str, body: bytes, headers: dict[str, str], timeout_s: float = 10
+            ) -> bool:
+    """One request through a relay: proves the whole chain answers before load starts."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            resp.read()
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -1,0 +1,266 @@
+"""Turn rounds into figures: medians per target, ratios, target verdicts, JSON + markdown.
+
+Every figure in the tables is the median over rounds of that figure per round (the
+median of the per-round p99, not a p99 over pooled rounds), so one noisy round moves
+nothing. Errors are summed over rounds instead: one error anywhere counts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from .scenarios import Workload
+
+KIB = 1024
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def aggregate(rounds: list[dict[str, Any]], *, idle_rss_kib: int, hwm_kib: int | None,
+              workload: Workload) -> dict[str, Any]:
+    """Medians over rounds of every numeric figure (nested percentile dicts included)."""
+    out: dict[str, Any] = {"rounds": rounds, "idle_rss_kib": idle_rss_kib, "hwm_kib": hwm_kib}
+    if not rounds:
+        return out
+    keys = {k for r in rounds for k, v in r.items() if isinstance(v, (int, float))}
+    for k in sorted(keys):
+        out[k] = _median([r[k] for r in rounds if k in r])
+    for k in ("lat_us", "ttft_us", "gap_us", "read_gap_us"):
+        points = {p for r in rounds for p in r.get(k, {})}
+        if points:
+            out[k] = {p: _median([r[k][p] for r in rounds if p in r.get(k, {})])
+                      for p in sorted(points)}
+    errors: dict[str, int] = {}
+    for r in rounds:
+        for e, n in r["errors"].items():
+            errors[e] = errors.get(e, 0) + n
+    out["errors"] = errors
+    out["generator"] = rounds[0]["generator"]
+    if "rss_during_kib" in out and workload.connections:
+        out["rss_per_stream_kib"] = (out["rss_during_kib"] - idle_rss_kib) / workload.connections
+    return out
+
+
+def throughput(t: dict[str, Any]) -> float | None:
+    return t.get("events_per_s") or t.get("rps")
+
+
+def _get(t: dict[str, Any] | None, key: str, point: str | None = None) -> float | None:
+    if t is None:
+        return None
+    v = t.get(key)
+    if point is not None:
+        v = v.get(point) if isinstance(v, dict) else None
+    return v if isinstance(v, (int, float)) else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def derive(sc: dict[str, Any]) -> dict[str, Any]:
+    """Throughput ratios against direct, nginx and (in d) the fastproxy baseline; latency
+    added over the baseline (direct, or in d the fastproxy baseline)."""
+    targets = sc["targets"]
+    base_name = "fastproxy" if sc["key"].startswith("d-") else "direct"
+    base = targets.get(base_name)
+    out: dict[str, Any] = {"baseline": base_name}
+    for name, t in targets.items():
+        if name == "direct" or not t.get("rounds"):
+            continue
+        d: dict[str, Any] = {}
+        for ref in ("direct", "nginx", "fastproxy"):
+            other = targets.get(ref)
+            if ref != name and other is not None and other.get("rounds"):
+                d[f"throughput_vs_{ref}"] = _ratio(throughput(t), throughput(other))
+        if name != "nginx":
+            d["cpu_per_req_vs_nginx"] = _ratio(_get(t, "cpu_s_per_1k_req"),
+                                               _get(targets.get("nginx"), "cpu_s_per_1k_req"))
+        if name != base_name and base is not None:
+            for key, label in (("lat_us", "added_latency_us"), ("ttft_us", "added_ttft_us"),
+                               ("gap_us", "added_gap_us")):
+                if t.get(key) and base.get(key):
+                    d[label] = {p: _minus(_get(t, key, p), _get(base, key, p))
+                                for p in ("p50", "p90", "p99")}
+        out[name] = {k: v for k, v in d.items() if v is not None}
+    return out
+
+
+# --------------------------------------------------------------------------- targets
+
+def verdicts(scenarios: dict[str, dict[str, Any]], micro: dict[str, Any] | None
+             ) -> list[dict[str, Any]]:
+    """Where fastproxy stands against each design target, from whatever was run."""
+    def t(key: str, target: str) -> dict[str, Any] | None:
+        return scenarios.get(key, {}).get("targets", {}).get(target)
+
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, goal: float, higher_better: bool, unit: str,
+            source: str) -> None:
+        if value is None:
+            out.append({"target": name, "value": None, "met": None, "source": source})
+            return
+        met = value >= goal if higher_better else value <= goal
+        out.append({"target": name, "value": value, "goal": goal, "unit": unit, "met": met,
+                    "higher_better": higher_better, "source": source})
+
+    usage = t("d-a64", "fastproxy+usage")
+    if usage is not None:
+        add("JSON c=64 with usage tracking on, x nginx", _ratio(throughput(usage),
+            throughput(t("d-a64", "nginx") or {})), 0.5, True, "x", "d-a64")
+    else:
+        add("JSON c=64 (usage tracking not measured: baseline), x nginx",
+            _ratio(_get(t("a64", "fastproxy"), "rps"), _get(t("a64", "nginx"), "rps")),
+            0.5, True, "x", "a64")
+    a1 = scenarios.get("a1", {}).get("derived", {}).get("fastproxy", {}).get("added_latency_us")
+    add("added latency c=1, median", a1 and a1.get("p50"), 60, False, "µs", "a1")
+    add("added latency c=1, p99", a1 and a1.get("p99"), 250, False, "µs", "a1")
+    add("SSE events/s per fastproxy process", _get(t("b", "fastproxy"), "events_per_s"),
+        150_000, True, "events/s", "b")
+    gap = scenarios.get("bp", {}).get("derived", {}).get("fastproxy", {}).get("added_gap_us")
+    add("added inter-event delay p99 (paced)", gap and gap.get("p99"), 1000, False, "µs", "bp")
+    add("RSS per open stream (scenario c)", _get(t("c", "fastproxy"), "rss_per_stream_kib"),
+        40, False, "KiB", "c")
+    if micro and micro.get("sse_scan_speedup") is not None:
+        add("_speedups compiled vs pure, SSE scan", micro["sse_scan_speedup"], 20, True, "x",
+            "bench/micro")
+    return out
+
+
+# --------------------------------------------------------------------------- markdown
+
+def _fmt(v: float | None, digits: int = 0, scale: float = 1.0) -> str:
+    if v is None:
+        return "—"
+    v = v * scale
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def scenario_markdown(sc: dict[str, Any]) -> str:
+    sse = sc["workload"]["kind"] == "sse"
+    lines = [f"### {sc['key']}: {sc['title']}", ""]
+    if not any(t.get("rounds") for t in sc["targets"].values()):
+        return "\n".join(lines + [f"- {n}" for n in sc.get("notes", [])]) + "\n"
+    head = ["target", "req/s"]
+    if sse:
+        head += ["events/s", "TTFT p50/p99 µs", "gap p99 µs", "read-gap p50/p99 µs"]
+    head += ["latency p50/p90/p99 µs", "CPU s/1k req"]
+    if sse:
+        head += ["CPU s/1k events"]
+    head += ["relay CPU", "peak RSS MiB"]
+    if sc["key"] == "c":
+        head += ["RSS idle→during MiB", "KiB/stream"]
+    head += ["errors", "gen CPU", "mock CPU", "other CPU"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, t in sc["targets"].items():
+        if not t.get("rounds"):
+            continue
+        lat = t.get("lat_us", {})
+        row = [name, _fmt(t.get("rps"))]
+        if sse:
+            ttft, gap, rg = t.get("ttft_us", {}), t.get("gap_us", {}), t.get("read_gap_us", {})
+            row += [_fmt(t.get("events_per_s")),
+                    f"{_fmt(ttft.get('p50'))} / {_fmt(ttft.get('p99'))}", _fmt(gap.get("p99")),
+                    f"{_fmt(rg.get('p50'))} / {_fmt(rg.get('p99'))}"]
+        row += [f"{_fmt(lat.get('p50'))} / {_fmt(lat.get('p90'))} / {_fmt(lat.get('p99'))}",
+                _fmt(t.get("cpu_s_per_1k_req"), 3)]
+        if sse:
+            row.append(_fmt(t.get("cpu_s_per_1k_events"), 4))
+        row += [_fmt(t.get("relay_cpu_util"), 0, 100) + ("%" if "relay_cpu_util" in t else ""),
+                _fmt(t.get("hwm_kib"), 1, 1 / KIB)]
+        if sc["key"] == "c":
+            row += [f"{_fmt(t.get('idle_rss_kib'), 1, 1 / KIB)} → "
+                    f"{_fmt(t.get('rss_during_kib'), 1, 1 / KIB)}",
+                    _fmt(t.get("rss_per_stream_kib"), 1)]
+        errs = t.get("errors", {})
+        row += [str(sum(errs.values())) + (f" ({', '.join(errs)})" if errs else ""),
+                _fmt(t.get("gen_cpu_util"), 0, 100) + "%",
+                _fmt(t.get("mock_cpu_util"), 0, 100) + "%",
+                _fmt(t.get("background_cpu"), 0, 100) + "%"]
+        lines.append("| " + " | ".join(row) + " |")
+    derived = sc.get("derived", {})
+    base = derived.get("baseline", "direct")
+    ratio_lines = []
+    for name, d in derived.items():
+        if name == "baseline":
+            continue
+        parts = [f"{d[f'throughput_vs_{ref}']:.2f}x {ref}" for ref in ("direct", "nginx", "fastproxy")
+                 if d.get(f"throughput_vs_{ref}") is not None]
+        if d.get("cpu_per_req_vs_nginx") is not None:
+            parts.append(f"CPU/req {d['cpu_per_req_vs_nginx']:.2f}x nginx")
+        for key, label in (("added_latency_us", "added latency"), ("added_ttft_us", "added TTFT"),
+                           ("added_gap_us", "added gap")):
+            if key in d:
+                v = d[key]
+                parts.append(f"{label} p50 {_fmt(v.get('p50'))} / p99 {_fmt(v.get('p99'))} µs")
+        if parts:
+            ratio_lines.append(f"- **{name}**: " + "; ".join(parts))
+    if ratio_lines:
+        lines += ["", f"Throughput ratios; latency added over {base}:", "", *ratio_lines]
+    if sc.get("notes"):
+        lines += ["", *[f"- note: {n}" for n in sc["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    m = data["meta"]
+    mach = m["machine"]
+    lines = [
+        f"# fastproxy load benchmark, {m['started']}",
+        "",
+        f"- command: `{m['command']}`",
+        f"- machine: {mach['nproc']} CPUs ({mach['cpu_model']}), kernel {mach['kernel']}, "
+        f"Python {mach['python']}",
+        f"- load average before / after: {m['loadavg_before']} / {m.get('loadavg_after', '?')}",
+        f"- pinning: {m['pinning']}",
+        f"- fastproxy: commit {m['git']['commit']}{' (dirty tree)' if m['git']['dirty'] else ''}"
+        f", _speedups {m['speedups']}",
+        f"- tools: {m['tools']['wrk']}; {m['tools']['nginx']}",
+        f"- rounds: median of {m['rounds']} x {m['duration_s']:g} s per target "
+        f"(scenario c: one round)",
+        "",
+    ]
+    if m.get("notes"):
+        lines += ["Notes:", "", *[f"- {n}" for n in m["notes"]], ""]
+    if data.get("verdicts"):
+        lines += ["## Targets", "", "| target | value | goal | met |", "|---|---|---|---|"]
+        for v in data["verdicts"]:
+            if v["value"] is None:
+                lines.append(f"| {v['target']} | not measured | | |")
+                continue
+            digits = 2 if v["unit"] == "x" else 0
+            lines.append(f"| {v['target']} | {_fmt(v['value'], digits)} {v['unit']} | "
+                         f"{'≥' if v['higher_better'] else '≤'} "
+                         f"{_fmt(v['goal'], digits)} {v['unit']} | "
+                         f"{'yes' if v['met'] else 'NO'} |")
+        lines.append("")
+    lines += ["## Scenarios", ""]
+    for sc in data["scenarios"]:
+        lines.append(scenario_markdown(sc))
+    if data.get("micro"):
+        lines += ["## Micro (bench/micro)", "", "```",
+                  json.dumps(data["micro"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def write(data: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(data["meta"]["started_ts"]))
+    jpath, mpath = out_dir / f"{stamp}.json", out_dir / f"{stamp}.md"
+    jpath.write_text(json.dumps(data, indent=1, default=str))
+    mpath.write_text(markdown(data))
+    return jpath, mpath
+

@@ -1,0 +1,314 @@
+"""Run the selected scenarios: start the processes, drive the rounds, collect the figures.
+
+Per scenario every target is started fresh (so peak RSS belongs to that scenario), checked
+with one real request, warmed up, then measured in interleaved rounds: round r visits the
+targets in an order rotated by r, so slow drift in the machine's background load spreads
+over all targets instead of landing on whichever ran last. Figures are medians over rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import peers
+from . import processes as P
+from .drivers import drive
+from .report import aggregate
+from .scenarios import FEATURE_MODULES, FEATURES, JSON_BODY, Scenario
+
+MAX_RETRIES = 2
+
+
+@dataclass
+class Options:
+    scenarios: list[Scenario]
+    pin: bool = True
+    install_nginx: bool = True
+    loadgen_procs: int = 1
+    force_loadgen: bool = False
+    fastproxy_src: Path | None = None
+    python: str = sys.executable
+    peers: tuple[str, ...] = ()
+    reference_cmd: str | None = None
+    keep: bool = False
+    # A round during which other processes used more than this many cores is measured
+    # again (at most MAX_RETRIES times): on a shared machine a test suite starting in the
+    # middle of a round would otherwise decide the figure.
+    max_background: float = 0.35
+    notes: list[str] = field(default_factory=list)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def feature_available(feature: str, opts: Options, workdir: Path, mock_port: int
+                      ) -> str | None:
+    """None when the feature can be measured, else why not (recorded as a note)."""
+    module = FEATURE_MODULES[feature]
+    code = ("import importlib.util,sys;"
+            f"sys.exit(0 if importlib.util.find_spec({module!r}) else 1)")
+    env = P.clean_env(opts.fastproxy_src)
+    if subprocess.run([opts.python, "-c", code], env=env).returncode != 0:
+        return f"{feature}: skipped, the feature is not built yet ({module} does not exist)"
+    cfg = P.fastproxy_config(mock_port, workdir, **{feature: True})
+    err = P.check_fastproxy_config(cfg, workdir, opts.python, opts.fastproxy_src)
+    if err is not None:
+        return f"{feature}: skipped, fastproxy rejects the config key: {err}"
+    return None
+
+
+class Suite:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.workdir = Path(tempfile.mkdtemp(prefix="fastproxy-bench-"))
+        self.pin = P.Pinning.plan(opts.pin)
+        self.notes = opts.notes
+        self.mock: P.Proc | None = None
+        self.nginx_bin: str | None = None
+        self.unavailable: dict[str, str] = {}
+
+    # -- set-up ---------------------------------------------------------------------
+    def prepare(self) -> None:
+        self.nginx_bin = P.nginx_binary(self.opts.install_nginx)
+        if self.nginx_bin is None:
+            self.unavailable["nginx"] = "nginx is not installed (apt-get install -y nginx)"
+        self.mock = P.start_mock(self.workdir, self.pin.mock, self.opts.python)
+        if any(t in FEATURES for s in self.opts.scenarios for t in s.targets):
+            for feature in FEATURE_MODULES:
+                why = feature_available(feature, self.opts, self.workdir, self.mock.port)
+                if why is not None:
+                    self.notes.append(why)
+                    for target, flags in FEATURES.items():
+                        if flags.get(feature):
+                            self.unavailable[target] = why
+        if "litellm" in self.opts.peers and not peers.litellm_available(self.opts.python):
+            self.unavailable["litellm"] = "litellm is not importable (pip install 'litellm[proxy]')"
+        if "reference" in self.opts.peers and not self.opts.reference_cmd:
+            self.unavailable["reference"] = "BENCH_REFERENCE_CMD is not set"
+
+    def start_target(self, name: str) -> P.Proc | None:
+        assert self.mock is not None
+        sub = self.workdir / f"{name.replace('+', '_')}-{time.monotonic_ns()}"
+        sub.mkdir()
+        cpus = self.pin.relay
+        if name == "direct":
+            return None
+        if name == "nginx":
+            assert self.nginx_bin is not None
+            return P.start_nginx(self.nginx_bin, self.mock.port, sub, cpus)
+        if name == "fastproxy" or name in FEATURES:
+            cfg = P.fastproxy_config(self.mock.port, sub, **FEATURES.get(name, {}))
+            return P.start_fastproxy(name, cfg, sub, cpus, self.opts.python,
+                                     self.opts.fastproxy_src)
+        if name == "litellm":
+            return peers.start_litellm(self.mock.port, sub, cpus, self.opts.python)
+        if name == "reference":
+            assert self.opts.reference_cmd is not None
+            return peers.start_reference(self.opts.reference_cmd, self.mock.port, sub, cpus)
+        raise ValueError(name)
+
+    # -- one scenario ---------------------------------------------------------------
+    def run_scenario(self, sc: Scenario) -> dict[str, Any]:
+        assert self.mock is not None
+        notes: list[str] = []
+        procs: dict[str, P.Proc | None] = {}
+        skipped = {n: self.unavailable[n] for n in sc.targets if n in self.unavailable}
+        if sc.key.startswith("d-") and not set(FEATURES) - set(skipped):
+            # Without a single monitoring feature, d would only repeat a's and b's runs.
+            return {"key": sc.key, "title": sc.title, "workload": sc.workload.__dict__,
+                    "rounds": 0, "duration_s": sc.duration_s, "targets": {},
+                    "notes": ["skipped: no monitoring feature is built yet",
+                              *sorted(set(skipped.values()))]}
+        try:
+            for name in sc.targets:
+                if name in skipped:
+                    notes.append(f"{name}: {skipped[name]}")
+                    continue
+                try:
+                    procs[name] = self.start_target(name)
+                except P.StartError as exc:
+                    notes.append(f"{name}: did not start: {exc}")
+                    log(f"  {name} did not start: {exc}")
+                    continue
+                port = self.port(name, procs[name])
+                if not P.http_ok(port, sc.workload.path, JSON_BODY.encode(),
+                                 {"content-type": "application/json"}):
+                    notes.append(f"{name}: the check request failed; target dropped")
+                    proc = procs.pop(name)
+                    if proc is not None:
+                        proc.stop()
+            names = list(procs)
+            if not sc.slow_streams:
+                for name in names:
+                    self.drive(name, procs[name], sc, sc.warmup_s)
+            idle = {n: (p.rss_kib() if p else self.mock.rss_kib()) for n, p in procs.items()}
+            rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+            for r in range(sc.rounds):
+                order = names[r % len(names):] + names[: r % len(names)] if names else []
+                for name in order:
+                    rounds[name].append(self.clean_round(name, procs[name], sc, r))
+            hwm = {n: (p.hwm_kib() if p else None) for n, p in procs.items()}
+        finally:
+            for proc in procs.values():
+                if proc is not None:
+                    proc.stop()
+        return {
+            "key": sc.key,
+            "title": sc.title,
+            "workload": sc.workload.__dict__,
+            "rounds": sc.rounds,
+            "duration_s": sc.duration_s,
+            "notes": notes,
+            "targets": {n: aggregate(rounds[n], idle_rss_kib=idle[n], hwm_kib=hwm[n],
+                                     workload=sc.workload)
+                        for n in rounds},
+        }
+
+    def port(self, name: str, proc: P.Proc | None) -> int:
+        assert self.mock is not None
+        return self.mock.port if proc is None else proc.port
+
+    def drive(self, name: str, proc: P.Proc | None, sc: Scenario, seconds: float) -> Any:
+        return drive(self.port(name, proc), sc.workload, seconds, self.pin.loadgen,
+                     self.workdir, self.opts.loadgen_procs, self.opts.force_loadgen)
+
+    def clean_round(self, name: str, proc: P.Proc | None, sc: Scenario, r: int
+                    ) -> dict[str, Any]:
+        for attempt in range(MAX_RETRIES + 1):
+            result = self.measure(name, proc, sc)
+            bg = result["background_cpu"]
+            log(f"  {sc.key} round {r + 1}/{sc.rounds} {name}: {result['rps']:,.0f} req/s"
+                + (f", {result['events_per_s']:,.0f} events/s" if "events_per_s" in result
+                   else "") + f", background {bg:.2f} cores")
+            if bg <= self.opts.max_background or sc.slow_streams:
+                break
+            if attempt < MAX_RETRIES:
+                log("    background load too high: measuring the round again")
+                time.sleep(2.0)
+        result["retries"] = attempt
+        return result
+
+    def measure(self, name: str, proc: P.Proc | None, sc: Scenario) -> dict[str, Any]:
+        assert self.mock is not None
+        mock = self.mock
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+        watched = proc or mock
+
+        def sample_rss() -> None:
+            while not stop.wait(0.5):
+                samples.append((time.monotonic(), watched.rss_kib()))
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
+        cpu0 = proc.cpu() if proc else 0.0
+        mock0 = mock.cpu()
+        busy0 = P.machine_busy_seconds()
+        t0 = time.monotonic()
+        res = self.drive(name, proc, sc, sc.duration_s)
+        wall = time.monotonic() - t0
+        cpu = (proc.cpu() - cpu0) if proc else None
+        mock_cpu = mock.cpu() - mock0
+        ours = (cpu or 0.0) + mock_cpu + res.gen_cpu_s
+        background = max(0.0, P.machine_busy_seconds() - busy0 - ours) / wall
+        stop.set()
+        sampler.join()
+        elapsed = res.elapsed_s or wall
+        out: dict[str, Any] = {
+            "generator": res.generator,
+            "completed": res.completed,
+            "elapsed_s": elapsed,
+            "errors": res.errors,
+            "unfinished": res.unfinished,
+            "rps": res.completed / elapsed,
+            "lat_us": res.lat_us,
+            "gen_cpu_util": res.gen_cpu_s / elapsed,
+            "mock_cpu_util": mock_cpu / elapsed,
+            "background_cpu": background,
+        }
+        if sc.workload.kind == "sse":
+            out.update(events=res.events, events_per_s=res.events / elapsed, ttft_us=res.ttft_us,
+                       gap_us=res.gap_us, read_gap_us=res.read_gap_us)
+        if cpu is not None:
+            out["relay_cpu_s"] = cpu
+            out["relay_cpu_util"] = cpu / elapsed
+            if res.completed:
+                out["cpu_s_per_1k_req"] = cpu / res.completed * 1000
+            if res.events:
+                out["cpu_s_per_1k_events"] = cpu / res.events * 1000
+        if sc.slow_streams:
+            # Every stream is open from the end of the ramp (plus interpreter start-up)
+            # until the streams start ending; keep a second's margin on both sides.
+            lo = t0 + 0.6 + sc.workload.ramp_s + 1.0
+            hi = t0 + 0.6 + sc.workload.ramp_s + sc.stream_s - 1.0
+            window = [kib for t, kib in samples if lo <= t <= hi]
+            if window:
+                out["rss_during_kib"] = statistics.median(window)
+                out["rss_during_max_kib"] = max(window)
+        if sc.slow_streams and res.unfinished:
+            # Every slow stream must end by itself: one still open at the deadline failed.
+            out["errors"] = {**out["errors"], "unfinished": res.unfinished}
+        if proc is not None and not proc.alive():
+            out["errors"] = {**out["errors"], "relay_died": 1}
+        return out
+
+    # -- whole suite --------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]]:
+        results = []
+        try:
+            self.prepare()
+            for sc in self.opts.scenarios:
+                log(f"scenario {sc.key}: {sc.title}")
+                results.append(self.run_scenario(sc))
+        finally:
+            if self.mock is not None:
+                self.mock.stop()
+            if not self.opts.keep:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                log(f"work directory kept: {self.workdir}")
+        return results
+
+
+def speedups_implementation(opts: Options) -> str:
+    code = "import fastproxy._speedups as s; print(getattr(s, 'IMPLEMENTATION', '?'))"
+    env = P.clean_env(opts.fastproxy_src)
+    out = subprocess.run([opts.python, "-c", code], capture_output=True, text=True, env=env)
+    return out.stdout.strip() or ("error: " + out.stderr.strip().splitlines()[-1]
+                                  if out.stderr.strip() else "unknown")
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+    }
