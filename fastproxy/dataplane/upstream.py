@@ -208,7 +208,9 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, head: bytes, body: bytes, response: UpstreamResponse) -> None:
         self.response = response
         self.requests += 1
-        self.transport.writelines((head, body))  # type: ignore[union-attr]
+        # One buffer, one send(): writelines() measured ~30% dearer here for the small
+        # bodies that dominate (uvloop queues each piece).
+        self.transport.write(head + body if body else head)  # type: ignore[union-attr]
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self.closed:

@@ -26,8 +26,8 @@ class RecordingTransport(asyncio.Transport):
     def is_reading(self) -> bool:
         return self.reading
 
-    def writelines(self, data: Any) -> None:
-        self.written.extend(data)
+    def write(self, data: Any) -> None:
+        self.written.append(data)
 
     def is_closing(self) -> bool:
         return self.closed
