@@ -66,7 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("mock-llm", help="run the mock LLM server (OpenAI + Anthropic)",
                    add_help=False)
+    for module in _extra_commands():
+        before = set(sub.choices)
+        module.add_parser(sub)
+        for name in set(sub.choices) - before:
+            sub.choices[name].set_defaults(run_command=module.run)
     return parser
+
+
+# Operator commands that live in their own modules, each with add_parser(sub) and run(ns).
+_EXTRA_COMMAND_MODULES = ("cli_usage", "cli_top", "cli_health")
+
+
+def _extra_commands() -> list[Any]:
+    import importlib
+
+    out = []
+    for name in _EXTRA_COMMAND_MODULES:
+        try:
+            out.append(importlib.import_module(f"{__package__}.{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{name}":
+                raise
+    return out
 
 
 def _cmd_check_config(ns: argparse.Namespace) -> int:
@@ -119,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check_config(ns)
         if ns.command == "run":
             return _cmd_run(ns)
+        runner = getattr(ns, "run_command", None)
+        if runner is not None:
+            return int(runner(ns))
     except ConfigError as exc:
         print(f"fastproxy: config error: {exc}", file=sys.stderr)
         return exc.exit_code
