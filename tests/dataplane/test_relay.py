@@ -188,3 +188,24 @@ def test_http10_client_gets_a_close_delimited_stream(gateway: RunningGateway) ->
     assert b"transfer-encoding" not in head.lower()
     assert b"connection: close" in head.lower()
     assert body.startswith(b"data: {") and body.rstrip().endswith(b"data: [DONE]")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}}),
+     ("/v1/messages", {**MSG, "stream": True}),
+     ("/v1/responses", {"model": "gpt-4o", "input": "hi", "stream": True}),
+     ("/v1/chat/completions", CHAT)],
+    ids=["openai-sse", "anthropic-sse", "responses-sse", "openai-json"],
+)
+def test_relay_is_byte_exact(gateway: RunningGateway, mock_llm, path: str, body: dict) -> None:
+    """What the client receives through the gateway is exactly what the backend sent
+    (ids and timestamps differ per response, so those are masked first)."""
+    import re
+
+    mask = re.compile(rb'("(?:id|item_id|created|created_at)":\s*)("[^"]*"|\d+)')
+    headers = {"x-mock-tokens": "60"}
+    via = httpx.post(gateway.url + path, json=body, headers=headers, timeout=10).content
+    direct = httpx.post(mock_llm.url + path[3:], json=body, headers=headers, timeout=10).content
+    assert len(via) > 500
+    assert mask.sub(rb"\1X", via) == mask.sub(rb"\1X", direct)
