@@ -10,11 +10,15 @@ Results: printed, and written to bench/results/<timestamp>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optional peers: litellm,reference (reference needs BENCH_REFERENCE_CMD)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     p.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
+    p.add_argument("--loadgen-cpus", default=None, metavar="LIST",
+                   help="pin the load generator to these CPUs (e.g. 1); default: see pinning")
     p.add_argument("--loadgen-procs", type=int, default=1,
                    help="processes of the SSE load generator (default 1)")
     p.add_argument("--loadgen-json", action="store_true",
@@ -50,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the SSE-scan micro benchmark (auto: not with --quick)")
     p.add_argument("--fastproxy-src", type=Path, default=None,
                    help="measure the fastproxy package in this checkout (default: this repo)")
+    p.add_argument("--snapshot", metavar="REV", default=None,
+                   help="measure git REV (e.g. HEAD): exported to a temp dir and built there, "
+                        "so edits in the working tree cannot change a run halfway")
     p.add_argument("--max-background", type=float, default=0.35, metavar="CORES",
                    help="re-measure a round (twice at most) when other processes used more "
                         "than this many cores during it (default 0.35)")
@@ -67,12 +76,40 @@ def git_state(src: Path) -> dict[str, Any]:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "fastproxy"))}
 
 
+def snapshot(rev: str) -> tuple[Path, str]:
+    """Export ``rev`` to a temp dir and build its Cython core there (cached per commit)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", rev], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    dest = Path(tempfile.gettempdir()) / f"fastproxy-bench-src-{commit[:12]}"
+    if not (dest / ".built").exists():
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit],
+                                 capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(dest, filter="data")
+        print(f"building the Cython core of {commit[:12]} in {dest}", file=sys.stderr)
+        built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                               cwd=dest, capture_output=True, text=True,
+                               env={**os.environ, "FASTPROXY_REQUIRE_EXTENSIONS": "1"})
+        if built.returncode != 0:
+            raise SystemExit(f"building {commit[:12]} failed:\n{built.stderr[-2000:]}")
+        (dest / ".built").touch()
+    return dest, commit[:7]
+
+
 def run_micro(src: Path) -> dict[str, Any] | None:
-    """The SSE-scan group of bench/micro/bench_speedups.py: compiled vs pure means."""
+    """The SSE-scan group of bench/micro/bench_speedups.py: compiled vs pure means.
+
+    Runs the bench file of the measured tree, whose conftest puts that tree first on
+    sys.path."""
+    bench_file = src / "bench" / "micro" / "bench_speedups.py"
+    if not bench_file.exists():
+        print(f"micro benchmark skipped: no {bench_file}", file=sys.stderr)
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "micro.json"
-        argv = [sys.executable, "-m", "pytest", str(ROOT / "bench" / "micro" /
-                                                   "bench_speedups.py"),
+        argv = [sys.executable, "-m", "pytest", str(bench_file),
                 "--benchmark-only", "-p", "no:cacheprovider", "-o", "testpaths=bench", "-q",
                 "-k", "sse_scan", f"--benchmark-json={out}"]
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=src, timeout=600,
@@ -100,12 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m bench.load: {exc}", file=sys.stderr)
         return 2
     src = (ns.fastproxy_src or ROOT).resolve()
+    snap_commit = None
+    if ns.snapshot:
+        src, snap_commit = snapshot(ns.snapshot)
+        ns.fastproxy_src = src
     opts = Options(scenarios=scenarios, pin=not ns.no_pin, install_nginx=not ns.no_install,
                    loadgen_procs=ns.loadgen_procs, force_loadgen=ns.loadgen_json,
                    fastproxy_src=ns.fastproxy_src, peers=peers,
                    reference_cmd=os.environ.get("BENCH_REFERENCE_CMD"), keep=ns.keep,
                    max_background=ns.max_background)
     suite = Suite(opts)
+    if ns.loadgen_cpus:
+        cpus = tuple(int(c) for c in ns.loadgen_cpus.split(","))
+        suite.pin = dataclasses.replace(suite.pin, loadgen=cpus)
     started = time.time()
     meta: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
@@ -115,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "loadavg_before": loadavg(),
         "pinning": suite.pin.describe(),
-        "git": git_state(src),
+        "git": ({"commit": snap_commit, "dirty": False, "snapshot": str(src)} if snap_commit
+                else git_state(src)),
         "speedups": speedups_implementation(opts),
         "tools": {"wrk": P.tool_version(["wrk", "--version"]),
                   "nginx": P.tool_version(["nginx", "-v"])},
