@@ -43,6 +43,8 @@ API_PATHS: dict[bytes, tuple[Any, str]] = {
     b"/v1/responses": (openai, "responses"),
     b"/v1/embeddings": (openai, "embeddings"),
     b"/v1/messages": (anthropic, "messages"),
+    b"/v1/messages/count_tokens": (anthropic, "count_tokens"),
+    b"/v1/completions": (openai, "completions"),
 }
 for _p, _v in list(API_PATHS.items()):
     API_PATHS[_p[3:]] = _v  # clients configured with a base URL lacking /v1
@@ -160,6 +162,8 @@ class Exchange:
                 if req.method != b"GET":
                     raise _Abort(405, "use GET for this path", "method_not_allowed", b"allow: GET\r\n")
                 return self._models()
+            if req.path.startswith(b"/v1/models/") and req.method == b"GET":
+                return self._model(req.path[11:].decode("latin-1"))
             if self.state.router.knows(req.path.decode("latin-1")):
                 from .local import serve_monitoring
 
@@ -169,7 +173,23 @@ class Exchange:
             raise _Abort(405, "use POST for this endpoint", "method_not_allowed", b"allow: POST\r\n")
         return await self._llm(api[0], api[1])
 
+    def _model(self, model_id: str) -> bool:
+        """GET /v1/models/{id}: one entry of the union, as the OpenAI SDK's retrieve()."""
+        from urllib.parse import unquote
+
+        model_id = unquote(model_id)
+        for entry in self._model_entries():
+            if entry["id"] == model_id:
+                self._write_json(200, orjson.dumps(entry), b"")
+                return self.req.keep_alive
+        raise _Abort(404, f"The model {model_id!r} does not exist", "model_not_found")
+
     def _models(self) -> bool:
+        body = orjson.dumps({"object": "list", "data": self._model_entries()})
+        self._write_json(200, body, b"")
+        return self.req.keep_alive
+
+    def _model_entries(self) -> list[dict[str, Any]]:
         data: list[dict[str, Any]] = []
         seen: set[str] = set()
         for b in self.state.backends.values():
@@ -178,9 +198,7 @@ class Exchange:
                     if mid not in seen:
                         seen.add(mid)
                         data.append({"id": mid, "object": "model", "created": 0, "owned_by": b.name})
-        body = orjson.dumps({"object": "list", "data": data})
-        self._write_json(200, body, b"")
-        return self.req.keep_alive
+        return data
 
     # -----------------------------------------------------------------------------------
     def _check_auth(self) -> None:

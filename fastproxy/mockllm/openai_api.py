@@ -209,3 +209,32 @@ def embeddings(ctx: Ctx) -> Reply:
         usage["cost"] = plan.cost
     return json_reply(ctx, plan, 200, orjson.dumps(
         {"object": "list", "data": data, "model": model, "usage": usage}))
+
+
+def legacy_completions(ctx: Ctx) -> Reply:
+    """Legacy ``POST /v1/completions`` (text_completion), JSON only: many OpenAI-compatible
+    clients still send it, so the gateway must relay it and the mock must answer it."""
+    body = parse_json_body(ctx)
+    if not isinstance(body, dict):
+        return body
+    started = begin(ctx, body)
+    if not isinstance(started, tuple):
+        return started
+    model, plan = started
+    prompt_raw = body.get("prompt")
+    if not isinstance(prompt_raw, str | list) or not prompt_raw:
+        return error_reply(ctx, DEFAULT_PLAN, 400, "prompt must be a non-empty string", "prompt")
+    if body.get("stream") is True:
+        return error_reply(ctx, DEFAULT_PLAN, 400, "the mock serves legacy completions as JSON only",
+                           "stream")
+    prompt_text = prompt_raw if isinstance(prompt_raw, str) else " ".join(map(str, prompt_raw))
+    prompt = text.prompt_tokens([{"role": "user", "content": prompt_text}])
+    n_tokens, cut = plan.completion_tokens(body.get("max_tokens"))
+    usage = openai_usage(prompt, n_tokens, plan)
+    return json_reply(ctx, plan, 200, orjson.dumps({
+        "id": ctx.new_id("cmpl-"), "object": "text_completion", "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text.content_text(model, n_tokens, plan.event_bytes),
+                     "logprobs": None, "finish_reason": "length" if cut else "stop"}],
+        "usage": usage,
+    }))

@@ -123,6 +123,7 @@ class MockLLMServer:
         self._routes: dict[str, tuple[str, Handler]] = {
             "/v1/chat/completions": ("POST", openai_api.chat_completions),
             "/v1/embeddings": ("POST", openai_api.embeddings),
+            "/v1/completions": ("POST", openai_api.legacy_completions),
             "/v1/models": ("GET", lambda ctx: openai_api.list_models(ctx, self._models_body)),
             "/v1/messages": ("POST", anthropic_api.messages),
             "/v1/messages/count_tokens": ("POST", anthropic_api.count_tokens),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anthropic
 import httpx
 import openai
+import pytest
 
 from tests.conftest import RunningGateway
 
@@ -166,3 +167,16 @@ def test_explicit_backend_model_selection(gateway: RunningGateway, mock_llm) -> 
     assert raw.headers["x-fastproxy-backend"] == "openai.1"
     assert raw.parse().model == "gpt-4o-mini"  # the backend got the bare model name
     assert b'"model":"gpt-4o-mini"' in mock_llm.stats.requests[-1].body
+
+
+def test_models_retrieve_and_legacy_paths(gateway: RunningGateway) -> None:
+    with oai(gateway) as client:
+        assert client.models.retrieve("gpt-4o").id == "gpt-4o"
+        assert client.models.retrieve("openai.1:gpt-4o").owned_by == "openai.1"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("no-such-model")
+        legacy = client.completions.create(model="gpt-4o", prompt="Say hi")
+    assert legacy.usage.completion_tokens > 0
+    with ant(gateway) as c:
+        count = c.messages.count_tokens(model="claude-haiku-4-5", messages=MSGS)
+    assert count.input_tokens > 0
