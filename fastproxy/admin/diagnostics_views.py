@@ -1,0 +1,235 @@
+"""GET /v1/diagnostics, GET /v1/diagnostics/activity, POST .../backends/{name}/reactivate.
+
+Shapes are CONTRACT.md §5 (the seed document's, with its fields); docs/admin-api.md
+lists them. The document builders are pure functions of the state and a snapshot, so
+they are tested without sockets; the handlers add the access rule and the JSON.
+
+* **Loopback only**, compared as an IP address (127/8, ::1, ::ffff:127.x), even when
+  ``admin.allow_networks`` lets a network read /metrics: diagnostics name sessions and
+  models, so they stay on the machine. Same 403 body as the listener's access check.
+* **Timestamps** are UTC ISO-8601 with milliseconds and ``Z`` (the contract's rule for
+  every monitoring endpoint), not the seed's epoch floats; durations stay numbers.
+* **Rate limiting** is what the gateway saw: an upstream attempt answered 429 marks the
+  backend rate limited for ``RATE_LIMIT_HOLD_S`` seconds, or until an attempt on it
+  succeeds; ``retry_after_seconds`` is what remains of that hold.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
+
+if TYPE_CHECKING:
+    from ..monitor.activity import ActivitySnapshot, ConnectionInfo
+    from ..state import GatewayState
+
+RATE_LIMIT_HOLD_S = 60.0
+LOCAL_ONLY = "Diagnostic endpoint is restricted to local access only"
+_LOCAL_ORIGIN_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(peer_ip: str | None) -> bool:
+    """127.0.0.0/8, ::1 and IPv4-mapped ::ffff:127.x, compared as addresses."""
+    if not peer_ip:
+        return False
+    try:
+        addr = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def iso(epoch: float) -> str:
+    """UTC ISO-8601 with milliseconds and Z: ``2026-11-23T07:20:07.123Z``."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class RateLimitWatch:
+    """An attempt hook: remembers which backends answered 429 lately."""
+
+    __slots__ = ("_clock", "_until", "hold_s")
+
+    def __init__(self, hold_s: float = RATE_LIMIT_HOLD_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.hold_s = hold_s
+        self._clock = clock
+        self._until: dict[str, float] = {}
+
+    def __call__(self, backend: str, status: int, kind: str | None) -> None:
+        if status == 429:
+            self._until[backend] = self._clock() + self.hold_s
+        elif 200 <= status < 300 and backend in self._until:
+            del self._until[backend]  # it answers again: no longer limited
+
+    def retry_after(self, backend: str) -> float | None:
+        """Seconds left in the hold, or None when not rate limited."""
+        until = self._until.get(backend)
+        if until is None:
+            return None
+        left = until - self._clock()
+        if left <= 0:
+            del self._until[backend]
+            return None
+        return round(left, 3)
+
+    def clear(self, backend: str) -> None:
+        self._until.pop(backend, None)
+
+
+def circuit_state(state: GatewayState, name: str) -> str:
+    fn = getattr(state.health, "circuit_state", None) if state.health is not None else None
+    if callable(fn):
+        value = fn(name)
+        return str(getattr(value, "value", value))
+    return "closed"
+
+
+def validation_errors(backend: Any) -> list[str]:
+    errors = []
+    env = backend.config.api_key_env
+    if env and not backend.has_key:
+        errors.append(f"API key environment variable {env} is not set")
+    return errors
+
+
+def connection_json(c: ConnectionInfo) -> dict[str, Any]:
+    return {
+        "connection_id": c.exchange_id,
+        "session_id": c.session_id,
+        "connection_type": "streaming" if c.streaming else "non_streaming",
+        "started_at": iso(c.started_at),
+        "duration_seconds": round(c.duration_seconds, 3),
+        "last_activity_at": iso(c.last_activity_at),
+        "model": c.model,
+        "bytes_rx": c.bytes_rx,
+        "bytes_tx": c.bytes_tx,
+    }
+
+
+def diagnostics_document(state: GatewayState, rate_limits: RateLimitWatch,
+                         snapshot: ActivitySnapshot | None, now: float) -> dict[str, Any]:
+    by_backend: dict[str, list[dict[str, Any]]] = {}
+    if snapshot is not None:
+        for c in snapshot.connections:
+            by_backend.setdefault(c.backend, []).append(connection_json(c))
+    instances = []
+    for name, backend in state.backends.items():
+        errors = validation_errors(backend)
+        breaker = circuit_state(state, name)
+        retry = rate_limits.retry_after(name)
+        activity: dict[str, Any] | None = None
+        if snapshot is not None:
+            ba = snapshot.backends.get(name)
+            activity = {
+                "active_connections": ba.active_connections if ba else 0,
+                "connections": by_backend.get(name, []),
+                "total_bytes_rx": ba.bytes_rx if ba else 0,
+                "total_bytes_tx": ba.bytes_tx if ba else 0,
+                "lifetime_bytes_rx": ba.lifetime_bytes_rx if ba else 0,
+                "lifetime_bytes_tx": ba.lifetime_bytes_tx if ba else 0,
+            }
+        instances.append({
+            "name": name,
+            "connector_type": backend.type,
+            "is_rate_limited": retry is not None,
+            "retry_after_seconds": retry,
+            "is_functional": not errors and breaker != "open",
+            "circuit_state": breaker,
+            "validation_errors": errors,
+            "models": sorted(backend.models or ()),
+            "activity": activity,
+        })
+    global_activity = None
+    if snapshot is not None:
+        t = snapshot.totals
+        global_activity = {
+            "total_active_connections": t.total_active_connections,
+            "total_bytes_rx": t.total_bytes_rx,
+            "total_bytes_tx": t.total_bytes_tx,
+        }
+    return {
+        "timestamp": iso(now),
+        "activity_tracking_enabled": snapshot is not None,
+        "instances": instances,
+        "global_activity": global_activity,
+    }
+
+
+def activity_document(state: GatewayState) -> dict[str, Any]:
+    tracker = state.activity
+    if tracker is None:
+        return {"enabled": False, "total_active_connections": 0,
+                "total_bytes_rx": 0, "total_bytes_tx": 0}
+    g = tracker.global_snapshot()
+    return {"enabled": True, "total_active_connections": g.total_active_connections,
+            "total_bytes_rx": g.total_bytes_rx, "total_bytes_tx": g.total_bytes_tx}
+
+
+def _foreign_origin(req: AdminRequest) -> bool:
+    """A browser page on another origin (CSRF against 127.0.0.1) sends its Origin."""
+    origin = req.headers.get("origin")
+    if origin is None:
+        return False
+    host = (urlsplit(origin).hostname or "").lower()
+    return not (host in _LOCAL_ORIGIN_NAMES or is_loopback(host))
+
+
+class DiagnosticsViews:
+    """The three handlers, bound to one gateway's state."""
+
+    __slots__ = ("rate_limits", "state")
+
+    def __init__(self, state: GatewayState, rate_limits: RateLimitWatch | None = None) -> None:
+        self.state = state
+        self.rate_limits = rate_limits or RateLimitWatch()
+
+    def register(self, router: Router) -> None:
+        router.add("GET", "/v1/diagnostics", self.diagnostics)
+        router.add("GET", "/v1/diagnostics/activity", self.activity)
+        router.add("POST", "/v1/diagnostics/backends/{name}/reactivate", self.reactivate)
+
+    async def diagnostics(self, req: AdminRequest) -> AdminResponse:
+        if not is_loopback(req.peer_ip):
+            return error_response(403, LOCAL_ONLY)
+        tracker = self.state.activity
+        snapshot = tracker.snapshot() if tracker is not None else None
+        return json_response(
+            diagnostics_document(self.state, self.rate_limits, snapshot, time.time()))
+
+    async def activity(self, req: AdminRequest) -> AdminResponse:
+        if not is_loopback(req.peer_ip):
+            return error_response(403, LOCAL_ONLY)
+        return json_response(activity_document(self.state))
+
+    async def reactivate(self, req: AdminRequest) -> AdminResponse:
+        if not is_loopback(req.peer_ip):
+            return error_response(403, LOCAL_ONLY)
+        if _foreign_origin(req):
+            return error_response(403, "cross-origin requests may not change gateway state")
+        name = req.params.get("name", "")
+        if name not in self.state.backends:
+            return error_response(404, f"no such backend: {name}")
+        health = self.state.health
+        fn = getattr(health, "reactivate", None) if health is not None else None
+        if callable(fn):
+            result = fn(name)
+            if inspect.isawaitable(result):
+                await result
+        self.rate_limits.clear(name)
+        return json_response({"backend": name, "circuit_state": circuit_state(self.state, name)})
+
+
+def register_diagnostics(state: GatewayState) -> DiagnosticsViews:
+    views = DiagnosticsViews(state)
+    views.register(state.router)
+    state.attempt_hooks.append(views.rate_limits)
+    return views

@@ -1,0 +1,344 @@
+"""AdminProtocol: the admin listener's HTTP/1.1 server, on h11.
+
+Rules this class keeps (and why):
+
+* **h11 does the HTTP.** The admin plane carries little traffic and much trust, so it
+  uses the strict, well-tested state machine rather than the data plane's hand-tuned
+  httptools path: malformed input is a ``RemoteProtocolError`` answered with its
+  ``error_status_hint`` (400, 431 for an oversized head) and a close, and the listener
+  keeps serving every other connection.
+* **Callbacks never await.** ``data_received`` feeds h11 and turns a complete request
+  into one handler task; reading pauses while that task runs (one request in flight per
+  connection; pipelined bytes wait in h11's buffer, which h11 bounds).
+* **Access first.** A peer not allowed by ``state.access`` (loopback compared as an IP,
+  plus ``admin.allow_networks``) gets 403 and a close before its body is read; a foreign
+  Host gets 421 (the DNS-rebinding guard).
+* **Bounded.** Head size by h11's ``max_incomplete_event_size`` (``limits.max_head_bytes``),
+  body by ``MAX_BODY_BYTES`` (413), connections by ``MAX_CONNECTIONS`` (503), an
+  incomplete request by ``timeouts.header_seconds`` and an idle keep-alive connection by
+  ``timeouts.keepalive_seconds``.
+* **Streams honour flow control.** ``AdminResponse.stream`` pieces go out as chunks;
+  while the transport has paused us the writer awaits ``drain()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote, urlsplit
+
+import h11
+
+from .routes import AdminRequest, AdminResponse, error_response
+
+if TYPE_CHECKING:
+    from ..state import GatewayState
+
+log = logging.getLogger("fastproxy.admin")
+
+MAX_BODY_BYTES = 1024 * 1024  # monitoring requests carry small JSON bodies at most
+MAX_CONNECTIONS = 256
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                  b"content-length: 52\r\nconnection: close\r\n\r\n"
+                  b'{"detail": "too many admin connections; try again"}\n')
+assert len(_BUSY_RESPONSE.split(b"\r\n\r\n", 1)[1]) == 52
+
+
+class AdminProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_body",
+        "_conn",
+        "_connections",
+        "_drain",
+        "_head",
+        "_task",
+        "_timer",
+        "peer_ip",
+        "state",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, state: GatewayState, connections: set[AdminProtocol]) -> None:
+        self.state = state
+        self._connections = connections
+        self._conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=state.config.limits.max_head_bytes
+        )
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip: str | None = None
+        self.write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._head: h11.Request | None = None
+        self._body = bytearray()
+
+    # -- transport callbacks ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport is not an asyncio.Transport subclass; it has its methods.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        if len(self._connections) >= MAX_CONNECTIONS:
+            transport.write(_BUSY_RESPONSE)
+            transport.close()
+            return
+        self._connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) and peer else None
+        self._arm(self.state.config.timeouts.header_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._cancel_timer()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("admin client went away"))
+            self._drain.exception()  # retrieved here, so no "never retrieved" warning
+        self._drain = None
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._conn.receive_data(data)
+        except RuntimeError:  # data after the connection was marked closed: ignore
+            return
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        try:
+            self._conn.receive_data(b"")
+        except RuntimeError:
+            pass
+        if self._task is None:
+            self._process()
+        return True  # keep our side open: a response may still be on its way
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    async def drain(self) -> None:
+        if self.write_paused and self.transport is not None:
+            if self._drain is None:
+                self._drain = self.state.loop.create_future()
+            await self._drain
+
+    def shutdown(self) -> None:
+        """Gateway stop: end the connection now, whatever it is doing."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- request assembly -----------------------------------------------------------------
+    def _process(self) -> None:
+        conn = self._conn
+        while self._task is None:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return  # answered and closing (_fail): nothing more is read
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._fail(exc.error_status_hint, f"malformed request: {exc}")
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                # A pipelined request waits in h11's buffer until this cycle ends.
+                transport.pause_reading()
+                return
+            if isinstance(event, h11.Request):
+                self._on_head(event)
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+                if len(self._body) > MAX_BODY_BYTES:
+                    self._fail(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                self._dispatch()
+            elif isinstance(event, h11.ConnectionClosed):
+                transport.close()
+                return
+
+    def _on_head(self, head: h11.Request) -> None:
+        self._head = head
+        self._body.clear()
+        host = _header(head.headers, b"host")
+        denied = self.state.access.check(self.peer_ip, host)
+        if denied is not None:
+            self._fail(*denied)
+            return
+        length = _header(head.headers, b"content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            self._fail(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+            return
+        if self._conn.they_are_waiting_for_100_continue:
+            self._send(h11.InformationalResponse(status_code=100, headers=[]))
+
+    def _dispatch(self) -> None:
+        head = self._head
+        assert head is not None and self.transport is not None
+        self._cancel_timer()
+        self.transport.pause_reading()  # one request at a time per connection
+        method = head.method.decode("ascii", "replace")
+        parts = urlsplit(head.target.decode("latin-1"))
+        path = unquote(parts.path) or "/"
+        handler, params, allowed = self.state.router.resolve(method, path)
+        req = AdminRequest(
+            method=method,
+            path=path,
+            query=AdminRequest.parse_query(parts.query),
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers},
+            body=bytes(self._body),
+            peer_ip=self.peer_ip,
+            params=params,
+        )
+        self._body.clear()
+        self._task = self.state.loop.create_task(self._run(handler, allowed, req))
+
+    # -- responding ---------------------------------------------------------------------------
+    async def _run(self, handler: Any, allowed: list[str], req: AdminRequest) -> None:
+        try:
+            if handler is not None:
+                try:
+                    resp = await handler(req)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("admin handler for %s %s failed", req.method, req.path)
+                    resp = error_response(500, "internal error (logged by the gateway)")
+            elif allowed:
+                resp = error_response(
+                    405, f"method {req.method} not allowed; use {', '.join(allowed)}")
+                resp.headers.append(("allow", ", ".join(allowed)))
+            else:
+                resp = error_response(404, f"no such endpoint: {req.path}")
+            await self._respond(resp, head_only=req.method == "HEAD")
+        except (asyncio.CancelledError, ConnectionError):
+            return  # the client left (or the gateway stops); _respond closed any stream
+        finally:
+            self._task = None
+        self._next_cycle()
+
+    async def _respond(self, resp: AdminResponse, head_only: bool) -> None:
+        headers = self._headers(resp)
+        if resp.stream is None or head_only:
+            if resp.stream is None:
+                headers.append((b"content-length", b"%d" % len(resp.body)))
+            self._send(h11.Response(status_code=resp.status, headers=headers))
+            if resp.body and not head_only:
+                self._send(h11.Data(data=resp.body))
+            self._send(h11.EndOfMessage())
+            await _close_stream(resp)
+            return
+        self._send(h11.Response(status_code=resp.status, headers=headers))
+        try:
+            async for piece in resp.stream:
+                if self.transport is None:
+                    return
+                if piece:
+                    self._send(h11.Data(data=piece))
+                    await self.drain()
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            # The head is out, so no error status is possible: cut the stream.
+            log.exception("admin stream failed")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        finally:
+            await _close_stream(resp)
+        self._send(h11.EndOfMessage())
+
+    def _headers(self, resp: AdminResponse) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-type", resp.content_type.encode("latin-1")),
+            (b"date", self.state.date_header[6:].strip()),
+            (b"cache-control", b"no-store"),  # monitoring data is never cacheable
+        ]
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
+        if self.state.draining:
+            headers.append((b"connection", b"close"))
+        return headers
+
+    def _send(self, event: Any) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        data = self._conn.send(event)
+        if data:
+            transport.write(data)
+
+    def _next_cycle(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        conn = self._conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._head = None
+            transport.resume_reading()
+            self._arm(self.state.config.timeouts.keepalive_seconds)
+            self._process()  # a pipelined request may already be buffered
+        else:
+            transport.close()  # MUST_CLOSE, or a body we chose not to read
+
+    def _fail(self, status: int, detail: str) -> None:
+        """Answer before (or instead of) the request's end, then close."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            resp = error_response(status, detail)
+            headers = self._headers(resp)
+            headers += [(b"content-length", b"%d" % len(resp.body)), (b"connection", b"close")]
+            try:
+                self._send(h11.Response(status_code=status, headers=headers))
+                self._send(h11.Data(data=resp.body))
+                self._send(h11.EndOfMessage())
+            except h11.LocalProtocolError:
+                pass  # e.g. a HEAD request: the status line and headers went out
+        transport.close()
+
+    # -- timers -------------------------------------------------------------------------------
+    def _arm(self, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer = self.state.loop.call_later(seconds, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._task is None and self.transport is not None:
+            self.transport.close()  # idle keep-alive, or a request that never completed
+
+
+def _header(headers: Any, name: bytes) -> str | None:
+    for k, v in headers:
+        if k == name:
+            return v.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
+async def _close_stream(resp: AdminResponse) -> None:
+    stream = resp.stream
+    if stream is not None:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:
+                log.exception("closing an admin stream failed")
