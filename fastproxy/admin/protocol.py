@@ -172,6 +172,14 @@ class AdminProtocol(asyncio.Protocol):
     def _on_head(self, head: h11.Request) -> None:
         self._head = head
         self._body.clear()
+        # h11's limit bounds only an *incomplete* head in its buffer; a whole oversized
+        # head that arrives in one read passes it, so measure the parsed head as well.
+        size = len(head.method) + len(head.target) + 12
+        for name, value in head.headers:
+            size += len(name) + len(value) + 4
+        if size > self.state.config.limits.max_head_bytes:
+            self._fail(431, "request head too large")
+            return
         host = _header(head.headers, b"host")
         denied = self.state.access.check(self.peer_ip, host)
         if denied is not None:
