@@ -20,6 +20,8 @@ STATUS_LINE[508] = b"HTTP/1.1 508 Loop Detected\r\n"
 STATUS_LINE[529] = b"HTTP/1.1 529 Site Overloaded\r\n"
 
 # Hop-by-hop and framing headers that are ours to decide, never copied across.
+# (Content-Encoding is not among them: we ask backends for identity, but one that
+# compresses anyway must still be described correctly to the client.)
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -32,7 +34,6 @@ HOP_BY_HOP = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"content-length",
-        b"content-encoding",
         b"date",
         b"server",
         b"alt-svc",

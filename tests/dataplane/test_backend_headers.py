@@ -79,3 +79,19 @@ def test_backend_cost_reaches_x_usage_cost(gateway: RunningGateway) -> None:
                    headers={"x-mock-cost": "0.0123"}, timeout=10)
     assert r.status_code == 200
     assert float(r.headers["x-usage-cost"]) == pytest.approx(0.0123)
+
+
+def test_compressed_backend_body_keeps_its_content_encoding(gateway_factory, raw_backend) -> None:
+    """A backend that ignores our `accept-encoding: identity` and gzips anyway: the client
+    must still be told, or it would read gzip bytes as JSON."""
+    import gzip
+
+    payload = gzip.compress(b'{"id":"x","choices":[]}')
+    url = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                      b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n" % len(payload)
+                      + payload)
+    gw: RunningGateway = gateway_factory({"backends": {"openai.1": {"api_url": url, "models": ["m"]}}})
+    r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=10)
+    assert r.status_code == 200
+    assert r.headers["content-encoding"] == "gzip"
+    assert r.json() == {"id": "x", "choices": []}  # httpx decoded it thanks to the header
