@@ -6,7 +6,7 @@ Rules this module keeps (docs/admin-api.md lists every metric):
   ``bisect`` per histogram; everything that is state (in-flight, pools, breakers, the
   usage queue, activity bytes) is read from ``GatewayState`` when /metrics is scraped.
 * **Hand-written exposition (format 0.0.4)**, not prometheus_client: its ``labels()`` and
-  ``observe()`` take locks and build label objects per call, about 4x the cost of this
+  ``observe()`` take locks and build label objects per call, about 6x the cost of this
   observer (measured in docs/admin-api.md), and it would be a runtime dependency.
 * **Names** follow OpenTelemetry ``gen_ai.*`` where one exists, with the ``fastproxy_``
   prefix and base units (seconds, bytes, USD); buckets are the OTel-recommended ones.
