@@ -89,19 +89,18 @@ def backend_for(mock: MockLLMServer, kind: str = "openai", **extra: Any) -> dict
 
 
 @pytest.fixture
-def gateway_factory(server_loop: LoopThread) -> Iterator[Callable[..., RunningGateway]]:
+def gateway_factory(server_loop: LoopThread,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningGateway]]:
     running: list[RunningGateway] = []
 
     def make(tree: dict[str, Any] | None = None, env: dict[str, str] | None = None,
              **cli: Any) -> RunningGateway:
-        import tempfile
-
         import yaml
 
         tree = dict(tree or {})
         tree.setdefault("port", 0)
         tree.setdefault("admin", {}).setdefault("port", 0)
-        tmpdir = tempfile.mkdtemp(prefix="fastproxy-test-")
+        tmpdir = str(tmp_path_factory.mktemp("gateway"))
         tree.setdefault("state_dir", tmpdir)
         path = f"{tmpdir}/config.yaml"
         with open(path, "w") as fh:
