@@ -37,7 +37,7 @@ class GatewayProcess:
             if m:
                 self.port = int(m.group(1))
                 self._ready.set()
-            m = re.search(r"admin listener on http://\S+:(\d+)", line)
+            m = re.search(r"admin listening on http://\S+:(\d+)", line)
             if m:
                 self.admin_port = int(m.group(1))
         self._ready.set()
