@@ -49,6 +49,15 @@ class AdminService:
         else:
             self._server = await state.loop.create_server(
                 factory, host, cfg.port, backlog=BACKLOG, reuse_address=True)
+            ports = {s.getsockname()[1] for s in self._server.sockets}
+            if cfg.port == 0 and len(ports) > 1:
+                # A name such as "localhost" binds 127.0.0.1 and ::1, and port 0 gave each
+                # its own port; rebind all of them on the first one so there is one port.
+                chosen = self._server.sockets[0].getsockname()[1]
+                self._server.close()
+                await self._server.wait_closed()
+                self._server = await state.loop.create_server(
+                    factory, host, chosen, backlog=BACKLOG, reuse_address=True)
         port = self._server.sockets[0].getsockname()[1]
         self._gateway.admin_port = port
         shown = f"[{host}]" if ":" in host else host

@@ -314,3 +314,12 @@ def test_admin_disabled_keeps_monitoring_on_the_data_port(
     r = httpx.get(admin.gw.url + "/v1/diagnostics")
     assert r.status_code == 200
     assert r.json()["activity_tracking_enabled"] is False
+
+
+def test_host_name_with_port_zero_gets_one_port(admin_factory: Callable[..., Admin]) -> None:
+    admin = admin_factory({"admin": {"host": "localhost"}})
+    svc = next(s for s in admin.gw.gateway.services if hasattr(s, "connections"))
+    ports = {s.getsockname()[1] for s in svc._server.sockets}
+    assert ports == {admin.port}
+    r = httpx.get(f"http://localhost:{admin.port}/v1/diagnostics/activity")
+    assert r.status_code == 200
