@@ -17,7 +17,7 @@ import importlib
 from typing import Any, Protocol
 
 SERVICES: tuple[str, ...] = (
-    "fastproxy.monitor.usage:usage_service",
+    "fastproxy.monitor.usage_service:usage_service",
     "fastproxy.monitor.activity:activity_service",
     "fastproxy.monitor.health:health_service",
     "fastproxy.monitor.metrics:metrics_service",
