@@ -24,10 +24,11 @@ import orjson
 
 from ..logs import access_line
 from . import wire
-from .accounting import StreamAccounting, json_completion_tokens, json_tool_names
-from .dialects import anthropic, from_anthropic, from_openai, openai
+from .dialects import anthropic, openai
+from .errors import Abort
 from .record import ExchangeRecord
 from .relay import SSERelay
+from .responses import ResponseRelay
 from .routing import RoutingError, plan
 from .upstream import UpstreamConnection, UpstreamError, UpstreamResponse
 
@@ -53,17 +54,7 @@ MAX_RETRY_AFTER_S = 5.0
 MAX_BUFFERED_RESPONSE = 64 * 1024 * 1024
 
 
-class _Abort(Exception):
-    """Stop the exchange with a gateway-generated error response."""
-
-    def __init__(self, status: int, message: str, code: str, extra: bytes = b"") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.extra = extra
-
-
-class Exchange:
+class Exchange(ResponseRelay):
     __slots__ = (
         "_activity",
         "_conn",
@@ -109,7 +100,7 @@ class Exchange:
         keep_alive = req.keep_alive
         try:
             keep_alive = await self._dispatch()
-        except _Abort as err:
+        except Abort as err:
             rec.status = err.status
             rec.outcome = "rejected" if err.status < 500 else "backend_error"
             if not proto.closed:
@@ -160,7 +151,7 @@ class Exchange:
         if api is None:
             if req.path in (b"/v1/models", b"/models"):
                 if req.method != b"GET":
-                    raise _Abort(405, "use GET for this path", "method_not_allowed", b"allow: GET\r\n")
+                    raise Abort(405, "use GET for this path", "method_not_allowed", b"allow: GET\r\n")
                 return self._models()
             if req.path.startswith(b"/v1/models/") and req.method == b"GET":
                 return self._model(req.path[11:].decode("latin-1"))
@@ -168,9 +159,9 @@ class Exchange:
                 from .local import serve_monitoring
 
                 return await serve_monitoring(self.proto, req)
-            raise _Abort(404, f"no such endpoint: {req.path.decode('latin-1')}", "not_found")
+            raise Abort(404, f"no such endpoint: {req.path.decode('latin-1')}", "not_found")
         if req.method != b"POST":
-            raise _Abort(405, "use POST for this endpoint", "method_not_allowed", b"allow: POST\r\n")
+            raise Abort(405, "use POST for this endpoint", "method_not_allowed", b"allow: POST\r\n")
         return await self._llm(api[0], api[1])
 
     def _model(self, model_id: str) -> bool:
@@ -182,7 +173,7 @@ class Exchange:
             if entry["id"] == model_id:
                 self._write_json(200, orjson.dumps(entry), b"")
                 return self.req.keep_alive
-        raise _Abort(404, f"The model {model_id!r} does not exist", "model_not_found")
+        raise Abort(404, f"The model {model_id!r} does not exist", "model_not_found")
 
     def _models(self) -> bool:
         body = orjson.dumps({"object": "list", "data": self._model_entries()})
@@ -217,7 +208,7 @@ class Exchange:
                 # compare_digest over every key: constant time per key, no early exit.
                 ok |= hmac.compare_digest(given, key.encode())
         if not ok:
-            raise _Abort(401, "invalid or missing API key", "invalid_api_key")
+            raise Abort(401, "invalid or missing API key", "invalid_api_key")
         self.record.client_key_id = hashlib.sha256(given).hexdigest()[:12]  # type: ignore[arg-type]
 
     async def _llm(self, dialect: Any, kind: str) -> bool:
@@ -226,19 +217,19 @@ class Exchange:
         rec.path = req.path.decode("latin-1")
         self._check_auth()
         if req.header(b"x-fastproxy-hop") is not None:
-            raise _Abort(508, "request already passed through a fastproxy gateway", "loop_detected")
+            raise Abort(508, "request already passed through a fastproxy gateway", "loop_detected")
         ctype = req.header(b"content-type") or b""
         if b"json" not in ctype.lower():
-            raise _Abort(415, "Content-Type must be application/json", "unsupported_media_type")
+            raise Abort(415, "Content-Type must be application/json", "unsupported_media_type")
         try:
             body = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:
-            raise _Abort(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
+            raise Abort(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
         if not isinstance(body, dict):
-            raise _Abort(400, "request body must be a JSON object", "invalid_json")
+            raise Abort(400, "request body must be a JSON object", "invalid_json")
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise _Abort(400, "'model' is required and must be a non-empty string", "missing_model")
+            raise Abort(400, "'model' is required and must be a non-empty string", "missing_model")
         rec.model_requested = model
         rec.streaming = body.get("stream") is True
         rec.request = body
@@ -250,7 +241,7 @@ class Exchange:
             candidates = plan(model, dialect.name, state.backends, state.default_backend,
                               state.config.failover_routes, state.is_open)
         except RoutingError as err:
-            raise _Abort(err.status, str(err), err.code) from None
+            raise Abort(err.status, str(err), err.code) from None
         return await self._attempts(dialect, kind, body, candidates)
 
     def _upstream_request(
@@ -340,8 +331,8 @@ class Exchange:
         assert last_error is not None
         rec.error_kind = last_error.kind
         if last_error.kind == "timeout":
-            raise _Abort(504, f"backend timed out: {last_error}", "upstream_timeout")
-        raise _Abort(502, f"backend unavailable: {last_error}", "upstream_error")
+            raise Abort(504, f"backend timed out: {last_error}", "upstream_timeout")
+        raise Abort(502, f"backend unavailable: {last_error}", "upstream_error")
 
     def _track(self, backend: str, model: str) -> None:
         """One live activity entry per exchange, following it across failover."""
@@ -404,198 +395,8 @@ class Exchange:
             self._conn = None
 
     # -----------------------------------------------------------------------------------
-    async def _relay_response(
-        self, resp: UpstreamResponse, backend: Backend, dialect: Any, inject: bool
-    ) -> bool:
-        ctype = resp.header(b"content-type") or b""
-        if resp.status == 200 and ctype.startswith(b"text/event-stream"):
-            return await self._relay_stream(resp, backend, dialect, inject)
-        await self._await_body(resp, backend)
-        body = resp.body[0] if len(resp.body) == 1 else b"".join(resp.body)
-        self._conn = None
-        rec = self.record
-        rec.bytes_rx = resp.bytes_rx
-        rec.upstream_done_at = time.monotonic()
-        extra = [b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n"]
-        parsed: Any = None
-        ok = 200 <= resp.status < 300 and b"json" in ctype
-        if ok:
-            parsed = _json_obj(body)
-            usage = _json_usage(parsed, dialect.name)
-            if usage is not None:
-                rec.usage = usage
-                extra += _usage_headers(usage)
-        else:
-            rec.outcome = "backend_error" if resp.status >= 500 else "ok"
-        self._write_json(resp.status, body, b"".join(extra), resp.headers)
-        rec.bytes_tx = len(body)
-        rec.first_tx_at = time.monotonic()
-        if self._activity is not None:
-            self._activity.count(resp.bytes_rx, len(body))
-        if ok and self.state.accounting:
-            # After the response is on its way: accounting never delays the client.
-            rec.btp_completion_est = rec.ptc_completion_est = json_completion_tokens(body)
-            rec.tool_names = json_tool_names(parsed)
-            rec.tool_call_count = len(rec.tool_names)
-        return self.req.keep_alive
-
-    async def _await_body(self, resp: UpstreamResponse, backend: Backend) -> None:
-        """Wait for the end of the response, failing it after idle_timeout_s of silence."""
-        done = resp.done
-        if not done.done():
-            watch = _IdleWatch(self.state.loop, resp, self._conn, backend.config.idle_timeout_s)
-            try:
-                await done
-            except UpstreamError:
-                pass
-            finally:
-                watch.cancel()
-        err = resp.error
-        if err is None:
-            return
-        self._conn = None
-        self.record.error_kind = err.kind
-        if err.kind == "timeout":
-            self._drop_conn()
-            self._attempt(backend.name, 0, "timeout")
-            raise _Abort(504, f"backend {backend.name} stalled mid-response", "upstream_timeout")
-        self._attempt(backend.name, 0, "reset")
-        raise _Abort(502, f"backend {backend.name} failed mid-response: {err}", "upstream_error")
-
-    def _write_json(self, status: int, body: bytes, extra: bytes,
-                    upstream_headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        parts = [wire.STATUS_LINE.get(status) or b"HTTP/1.1 %d Status\r\n" % status,
-                 self.state.date_header]
-        has_ct = False
-        for name, value in upstream_headers or ():
-            if name in wire.HOP_BY_HOP or not wire.is_safe_header(name, value):
-                continue
-            if name == b"content-type":
-                has_ct = True
-            parts += (name, b": ", value, b"\r\n")
-        if not has_ct:
-            parts.append(wire.JSON_CT)
-        keep = self.req.keep_alive and not self.state.draining
-        parts += (b"content-length: %d\r\n" % len(body), extra,
-                  wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF, body)
-        self.proto.transport.write(b"".join(parts))  # type: ignore[union-attr]
-
-    async def _relay_stream(
-        self, resp: UpstreamResponse, backend: Backend, dialect: Any, inject: bool
-    ) -> bool:
-        proto, rec = self.proto, self.record
-        transport = proto.transport
-        assert transport is not None
-        chunked = self.req.http11
-        parts = [wire.STATUS_LINE[200], self.state.date_header,
-                 wire.SSE_HEADERS if chunked else wire.SSE_HEADERS_10]
-        for name, value in resp.headers:
-            if name in wire.HOP_BY_HOP or name in (b"content-type", b"cache-control",
-                                                    b"x-accel-buffering"):
-                continue
-            if wire.is_safe_header(name, value):
-                parts += (name, b": ", value, b"\r\n")
-        keep = chunked and self.req.keep_alive and not self.state.draining
-        parts += (b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n",
-                  wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF)
-        transport.write(b"".join(parts))
-        self.streaming_started = True
-        acct = StreamAccounting() if self.state.accounting else None
-        relay = SSERelay(transport, dialect, inject, acct, self._activity, chunked)
-        self._relay = relay
-        proto.upstream = self._conn
-        if proto.write_paused and self._conn is not None:
-            self._conn.pause_reading()
-        resp.attach(relay)
-        cut: str | None = None
-        try:
-            await self._await_body(resp, backend)
-        except _Abort as err:
-            cut = str(err)
-        finally:
-            proto.upstream = None
-            rec.upstream_done_at = time.monotonic()
-            rec.bytes_rx = resp.bytes_rx
-            rec.bytes_tx = relay.bytes_tx
-            rec.first_tx_at = relay.first_tx_at
-            rec.stream_events = relay.events
-            rec.usage = relay.usage
-            if acct is not None:
-                rec.first_content_at = acct.first_content_at
-                rec.btp_completion_est = acct.tokens
-                rec.ptc_completion_est = acct.delivered_tokens(
-                    relay.bytes_tx, aborted=proto.closed)
-                rec.tool_names = acct.tool_names
-                rec.tool_call_count = len(acct.tool_names)
-        self._conn = None
-        if cut is None and not relay.terminal:
-            cut = "backend ended the stream without its final event"
-        if cut is None and relay.overflow:
-            cut = "backend sent an oversized stream event"
-        if cut is not None:
-            relay.finish()
-            rec.outcome = "truncated"
-            log.warning("stream from %s cut: %s", backend.name, cut)
-            event = dialect.stream_error_event(cut, "stream_truncated")
-            transport.write(wire.chunk(event) if chunked else event)
-        if chunked:
-            transport.write(wire.CHUNKED_END)
-        return keep
-
-    def abort_stream(self, message: str) -> None:
-        """Graceful-stop deadline reached: end an active stream with an error event."""
-        if self.streaming_started and not self.proto.closed:
-            dialect = anthropic if self.record.frontend == "anthropic" else openai
-            t = self.proto.transport
-            event = dialect.stream_error_event(message, "gateway_shutdown")
-            if self.req.http11:
-                t.write(wire.chunk(event) + wire.CHUNKED_END)  # type: ignore[union-attr]
-            else:
-                t.write(event)  # type: ignore[union-attr]
-            self.proto.closed = True
-            t.close()  # type: ignore[union-attr]
-        self.record.outcome = "truncated"
-        self._drop_conn()
-        if self._task is not None:
-            self._task.cancel()
-
-
 def _first_byte_expired(resp: UpstreamResponse, backend: str) -> None:
     resp.fail(UpstreamError("timeout", f"no response from {backend} in time"))
-
-
-class _IdleWatch:
-    """Fails a response after ``idle`` seconds without a byte. Bytes only stamp
-    ``conn.last_rx``; the timer re-arms itself lazily, so a fast stream costs no timer
-    churn (aiohttp's keep-alive habit)."""
-
-    __slots__ = ("_conn", "_handle", "_idle", "_loop", "_resp")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, resp: UpstreamResponse,
-                 conn: UpstreamConnection | None, idle: float) -> None:
-        self._loop = loop
-        self._resp = resp
-        self._conn = conn
-        self._idle = idle
-        self._handle: asyncio.TimerHandle | None = loop.call_later(idle, self._check)
-
-    def _check(self) -> None:
-        self._handle = None
-        resp, conn = self._resp, self._conn
-        if resp.done.done():
-            return
-        left = (conn.last_rx if conn is not None else 0.0) + self._idle - time.monotonic()
-        if conn is not None and left > 0:
-            self._handle = self._loop.call_later(left, self._check)
-            return
-        resp.fail(UpstreamError("timeout", "backend stalled mid-response"))
-        if conn is not None:
-            conn.close()
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 def _text(value: bytes | None) -> str | None:
@@ -609,31 +410,3 @@ def _retry_after(value: bytes | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
-
-
-def _json_obj(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _json_usage(obj: Any, frontend: str) -> Any:
-    if not isinstance(obj, dict):
-        return None
-    if frontend == "anthropic" or obj.get("type") == "message":
-        return from_anthropic(obj.get("usage"))
-    return from_openai(obj.get("usage"))
-
-
-def _usage_headers(usage: Any) -> list[bytes]:
-    out = []
-    if usage.prompt is not None:
-        out.append(b"x-usage-prompt-tokens: %d\r\n" % usage.prompt)
-    if usage.completion is not None:
-        out.append(b"x-usage-completion-tokens: %d\r\n" % usage.completion)
-    if usage.total is not None:
-        out.append(b"x-usage-total-tokens: %d\r\n" % usage.total)
-    if usage.cost is not None:
-        out.append(b"x-usage-cost: " + repr(usage.cost).encode() + b"\r\n")
-    return out

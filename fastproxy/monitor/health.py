@@ -127,6 +127,8 @@ class HealthService:
         self.notifier = Notifier(outward=cfg.notify_backends, webhook_url=cfg.webhook_url)
         self.pinger = Pinger(state.loop)
         self.stopping = False
+        self.in_flight = 0  # probes holding a concurrency slot now, and the peak seen
+        self.peak_in_flight = 0
         self._rng = rng or random.Random()
         self._sem = asyncio.Semaphore(cfg.max_concurrent_probes)
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
@@ -205,15 +207,12 @@ class HealthService:
         return base * self._rng.uniform(1.0 - JITTER, 1.0 + JITTER)
 
     def _schedule(self, ep: Endpoint, kind: str, delay: float | None = None) -> None:
-        handle = self.loop.call_later(self._interval(kind) if delay is None else delay,
-                                      self._tick, ep, kind)
         old = ep.ping_timer if kind == "ping" else ep.http_timer
         if old is not None:
             old.cancel()
-        if kind == "ping":
-            ep.ping_timer = handle
-        else:
-            ep.http_timer = handle
+        handle = self.loop.call_later(self._interval(kind) if delay is None else delay,
+                                      self._tick, ep, kind)
+        setattr(ep, f"{kind}_timer", handle)
 
     def _tick(self, ep: Endpoint, kind: str) -> None:
         if self.stopping:
@@ -228,30 +227,29 @@ class HealthService:
 
     def _start_probe(self, ep: Endpoint, kind: str) -> asyncio.Task[None]:
         task = self.loop.create_task(self._probe(ep, kind), name=f"fastproxy-health-{kind}")
-        if kind == "ping":
-            ep.ping_task = task
-        else:
-            ep.http_task = task
+        setattr(ep, f"{kind}_task", task)
         return task
 
     async def _probe(self, ep: Endpoint, kind: str) -> None:
         try:
             async with self._sem:
-                if kind == "ping":
-                    ping = await self.pinger.ping(ep.host, self.config.ping.timeout_seconds)
-                    self._apply_ping(ep, ping)
-                else:
-                    http = self.config.http
-                    result = await http_probe(ep.probe_backend, self.loop, http.method,
-                                              http.path, http.timeout_seconds)
-                    self._apply_http(ep, result)
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                try:
+                    if kind == "ping":
+                        ping = await self.pinger.ping(ep.host, self.config.ping.timeout_seconds)
+                        self._apply_ping(ep, ping)
+                    else:
+                        http = self.config.http
+                        result = await http_probe(ep.probe_backend, self.loop, http.method,
+                                                  http.path, http.timeout_seconds)
+                        self._apply_http(ep, result)
+                finally:
+                    self.in_flight -= 1
         except Exception:
             log.exception("health: %s probe of %s failed unexpectedly", kind, ep.api_url)
         finally:
-            if kind == "ping":
-                ep.ping_task = None
-            else:
-                ep.http_task = None
+            setattr(ep, f"{kind}_task", None)
 
     # -- results ------------------------------------------------------------------------
     def _apply_ping(self, ep: Endpoint, r: PingResult) -> None:

@@ -1,0 +1,32 @@
+"""Pure-Python twin of ``_core.pyx``: same names, signatures, results and edge cases.
+
+This module is the reference and the typing contract (``__init__`` imports its names
+under ``TYPE_CHECKING``). It is used when the extension is not built or when
+``FASTPROXY_NO_EXTENSIONS=1``. Every behaviour here is mirrored by ``_core.pyx`` and the
+tests in ``tests/speedups`` run on both; when the two disagree, that is a bug in one of
+them, never a licence to document a difference.
+
+Speed still matters here (a gateway without a compiler runs on this): the hot paths use
+``bytes.splitlines``/``find``/``partition``, which run in C, instead of per-byte loops.
+"""
+
+from .counters import CounterBlock, count_bytes
+from .delta import DELTA_ERROR, DELTA_NAME, DELTA_USAGE, DeltaScanner
+from .sse import SSE_COMMENT, SSE_ERROR, SSE_EVENT, SSEEvent, SSEScanner
+from .tokens import TokenEstimator, estimate_tokens
+
+__all__ = [
+    "DELTA_ERROR",
+    "DELTA_NAME",
+    "DELTA_USAGE",
+    "SSE_COMMENT",
+    "SSE_ERROR",
+    "SSE_EVENT",
+    "CounterBlock",
+    "DeltaScanner",
+    "SSEEvent",
+    "SSEScanner",
+    "TokenEstimator",
+    "count_bytes",
+    "estimate_tokens",
+]
