@@ -16,6 +16,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -126,7 +127,14 @@ def run_micro(src: Path) -> dict[str, Any] | None:
     return result
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # SystemExit unwinds through the runner's finally blocks, which stop every process
+    # the benchmark started (they run in their own sessions and would outlive us).
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     ns = build_parser().parse_args(argv)
     rounds, duration = (1, 3.0) if ns.quick else (ns.rounds, ns.duration)
     peers = tuple(p.strip() for p in ns.peers.split(",") if p.strip())

@@ -15,6 +15,7 @@ With four or more cores the generator gets the remaining cores to itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -214,12 +215,12 @@ def checked_start(proc: Proc, timeout_s: float) -> Proc:
     return proc
 
 
-def start_mock(workdir: Path, cpus: tuple[int, ...] | None, python: str = sys.executable
-               ) -> Proc:
+def start_mock(workdir: Path, cpus: tuple[int, ...] | None, python: str = sys.executable,
+               src: Path | None = None) -> Proc:
     port = free_port()
-    argv = [*taskset_prefix(cpus), python, "-m", "fastproxy", "mock-llm", "--port", str(port),
-            "--log-level", "WARNING"]
-    popen, log = spawn("mock", argv, workdir, clean_env())
+    argv = [*taskset_prefix(cpus), *python_cmd(python, src), "-m", "fastproxy", "mock-llm",
+            "--port", str(port), "--log-level", "WARNING"]
+    popen, log = spawn("mock", argv, workdir, clean_env(src, python))
     return checked_start(Proc("mock", popen, port, workdir, log), 15)
 
 
@@ -250,8 +251,10 @@ def check_fastproxy_config(config: dict[str, Any], workdir: Path, python: str,
     """None if ``fastproxy check-config`` accepts the config, else its one-line error."""
     path = workdir / "check-config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    out = subprocess.run([python, "-m", "fastproxy", "check-config", "--config", str(path)],
-                         capture_output=True, text=True, env=clean_env(src), timeout=60)
+    out = subprocess.run([*python_cmd(python, src), "-m", "fastproxy", "check-config",
+                          "--config", str(path)],
+                         capture_output=True, text=True, env=clean_env(src, python), timeout=60,
+                         cwd=workdir)
     if out.returncode == 0:
         return None
     return (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
@@ -272,19 +275,39 @@ def start_fastproxy(name: str, config: dict[str, Any], workdir: Path,
         config[key] = section
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port, admin_port = free_port(), free_port()
-    argv = [*taskset_prefix(cpus), python, "-m", "fastproxy", "run", "--config", str(cfg_path),
-            "--port", str(port), "--admin-port", str(admin_port)]
-    popen, log = spawn("fastproxy", argv, pdir, clean_env(src))
+    argv = [*taskset_prefix(cpus), *python_cmd(python, src), "-m", "fastproxy", "run",
+            "--config", str(cfg_path), "--port", str(port), "--admin-port", str(admin_port)]
+    popen, log = spawn("fastproxy", argv, pdir, clean_env(src, python))
     proc = Proc(name, popen, port, pdir, log, info={"config": config, "admin_port": admin_port})
     return checked_start(proc, 30)
 
 
-def clean_env(src: Path | None = None) -> dict[str, str]:
+def python_cmd(python: str, src: Path | None) -> list[str]:
+    """How to start the interpreter for fastproxy code (see clean_env for the -S)."""
+    return [python] if src is None else [python, "-S"]
+
+
+@functools.cache
+def site_dirs(python: str) -> str:
+    code = ("import sysconfig, os; p = sysconfig.get_paths(); "
+            "print(os.pathsep.join(dict.fromkeys([p['purelib'], p['platlib']])))")
+    return subprocess.run([python, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def clean_env(src: Path | None = None, python: str = sys.executable) -> dict[str, str]:
+    """The environment for fastproxy processes, and for the checkout to measure.
+
+    ``src`` (``--snapshot``/``--fastproxy-src``) must be the only fastproxy the process
+    can import. PYTHONPATH alone is not enough: the venv's editable install adds a finder
+    at the end of sys.meta_path that still serves the working tree's modules whenever the
+    snapshot lacks one (a service module added since), so the process runs with ``-S``
+    (no site, no .pth finders) and gets site-packages back through PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_CONFIG_ENV_PREFIXES)}
-    # `--fastproxy-src DIR` measures another checkout (e.g. a clean worktree at a commit):
-    # PYTHONPATH beats the venv's editable finder, which sits at the end of sys.meta_path.
-    root = str(src) if src is not None else str(REPO_ROOT)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    if src is None:
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    else:
+        env["PYTHONPATH"] = str(src) + os.pathsep + site_dirs(python)
     return env
 
 

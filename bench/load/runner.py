@@ -27,6 +27,7 @@ from .report import aggregate
 from .scenarios import FEATURE_MODULES, FEATURES, JSON_BODY, Scenario
 
 MAX_RETRIES = 2
+ALL = "fastproxy+all"
 
 
 @dataclass
@@ -58,8 +59,10 @@ def feature_available(feature: str, opts: Options, workdir: Path, mock_port: int
     module = FEATURE_MODULES[feature]
     code = ("import importlib.util,sys;"
             f"sys.exit(0 if importlib.util.find_spec({module!r}) else 1)")
-    env = P.clean_env(opts.fastproxy_src)
-    if subprocess.run([opts.python, "-c", code], env=env).returncode != 0:
+    src = opts.fastproxy_src
+    # cwd: a neutral directory, since `-c` puts it first on sys.path.
+    if subprocess.run([*P.python_cmd(opts.python, src), "-c", code], cwd=workdir,
+                      env=P.clean_env(src, opts.python)).returncode != 0:
         return f"{feature}: skipped, the feature is not built yet ({module} does not exist)"
     cfg = P.fastproxy_config(mock_port, workdir, **{feature: True})
     err = P.check_fastproxy_config(cfg, workdir, opts.python, opts.fastproxy_src)
@@ -77,21 +80,31 @@ class Suite:
         self.mock: P.Proc | None = None
         self.nginx_bin: str | None = None
         self.unavailable: dict[str, str] = {}
+        self.features = dict(FEATURES)
 
     # -- set-up ---------------------------------------------------------------------
     def prepare(self) -> None:
         self.nginx_bin = P.nginx_binary(self.opts.install_nginx)
         if self.nginx_bin is None:
             self.unavailable["nginx"] = "nginx is not installed (apt-get install -y nginx)"
-        self.mock = P.start_mock(self.workdir, self.pin.mock, self.opts.python)
+        self.mock = P.start_mock(self.workdir, self.pin.mock, self.opts.python,
+                                 self.opts.fastproxy_src)
         if any(t in FEATURES for s in self.opts.scenarios for t in s.targets):
+            ready = []
             for feature in FEATURE_MODULES:
                 why = feature_available(feature, self.opts, self.workdir, self.mock.port)
-                if why is not None:
-                    self.notes.append(why)
-                    for target, flags in FEATURES.items():
-                        if flags.get(feature):
-                            self.unavailable[target] = why
+                if why is None:
+                    ready.append(feature)
+                    continue
+                self.notes.append(why)
+                for target, flags in FEATURES.items():
+                    if flags.get(feature) and target != ALL:
+                        self.unavailable[target] = why
+            # "+all" means every feature that exists; with fewer than two it would only
+            # repeat a single-feature variant.
+            self.features[ALL] = {f: True for f in ready}
+            if len(ready) < 2:
+                self.unavailable[ALL] = "fewer than two monitoring features are built"
         if "litellm" in self.opts.peers and not peers.litellm_available(self.opts.python):
             self.unavailable["litellm"] = "litellm is not importable (pip install 'litellm[proxy]')"
         if "reference" in self.opts.peers and not self.opts.reference_cmd:
@@ -108,7 +121,7 @@ class Suite:
             assert self.nginx_bin is not None
             return P.start_nginx(self.nginx_bin, self.mock.port, sub, cpus)
         if name == "fastproxy" or name in FEATURES:
-            cfg = P.fastproxy_config(self.mock.port, sub, **FEATURES.get(name, {}))
+            cfg = P.fastproxy_config(self.mock.port, sub, **self.features.get(name, {}))
             return P.start_fastproxy(name, cfg, sub, cpus, self.opts.python,
                                      self.opts.fastproxy_src)
         if name == "litellm":
@@ -283,8 +296,10 @@ class Suite:
 
 def speedups_implementation(opts: Options) -> str:
     code = "import fastproxy._speedups as s; print(getattr(s, 'IMPLEMENTATION', '?'))"
-    env = P.clean_env(opts.fastproxy_src)
-    out = subprocess.run([opts.python, "-c", code], capture_output=True, text=True, env=env)
+    src = opts.fastproxy_src
+    out = subprocess.run([*P.python_cmd(opts.python, src), "-c", code], capture_output=True,
+                         text=True, env=P.clean_env(src, opts.python),
+                         cwd=tempfile.gettempdir())
     return out.stdout.strip() or ("error: " + out.stderr.strip().splitlines()[-1]
                                   if out.stderr.strip() else "unknown")
 
