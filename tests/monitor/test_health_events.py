@@ -270,3 +270,27 @@ def test_events_stream_ends_when_the_gateway_stops(gateway_factory, mock_llm) ->
         assert sse.ended.wait(5), "the stream should end promptly on drain, not hold the stop"
     finally:
         sse.close()
+
+
+def test_admin_listener_serves_the_same_document_and_stream(gateway_factory, mock_factory,
+                                                            server_loop) -> None:
+    a = mock_factory()
+    gw = gateway_factory({
+        "backends": {"openai.1": backend_for(a, models=["gpt-4o"])},
+        "health_check": {"ping": {"enabled": False}},
+        "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 60},
+    })
+    admin_port = gw.gateway.admin_port
+    if not admin_port:
+        pytest.skip("the admin listener is not built in this tree")
+    admin = f"http://127.0.0.1:{admin_port}"
+    doc = httpx.get(admin + "/internal/health", timeout=5).json()
+    assert doc["endpoint_health"]["summary"]["total_endpoints"] == 1
+    sse = SSEReader(admin)
+    try:
+        server_loop.call(lambda: a.set_behaviour(status=500))
+        httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=10)
+        event = sse.next(is_breaker("openai.1", "open"), timeout=5)
+        assert event["reason"].startswith("1 consecutive failures")
+    finally:
+        sse.close()
