@@ -63,13 +63,26 @@ def _fmt(value: Any) -> str:
     return f'"{text}"' if (" " in text or not text) else text
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is *now*: a handler bound to the stream of the
+    moment breaks once that stream is replaced and closed (pytest capture, daemons)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Install the one handler on the ``fastproxy`` logger tree (idempotent)."""
     root = logging.getLogger("fastproxy")
     for handler in list(root.handlers):
         if getattr(handler, "_fastproxy", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(KeyValueFormatter())
     handler._fastproxy = True  # type: ignore[attr-defined]
     root.addHandler(handler)
