@@ -202,3 +202,27 @@ def test_stop_leaves_no_probe_tasks_or_timers(gateway_factory, mock_llm, server_
     while time.monotonic() < deadline:
         assert len(models_requests(mock_llm)) == count
         time.sleep(0.05)
+
+
+def test_probe_uses_the_backends_tls_settings(gateway_factory, mock_factory, tmp_path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    trusted, untrusted = mock_factory(ssl=ctx), mock_factory(ssl=ctx)
+    gw = gateway_factory({"backends": {
+        "openai.1": {"api_url": trusted.url, "api_key": "k", "models": ["a"],
+                     "ca_bundle": str(ca_path)},
+        "openai.2": {"api_url": untrusted.url, "api_key": "k", "models": ["b"]}},
+        "health_check": {"ping": {"enabled": False}, "http": {"failure_threshold": 1}}})
+    ok = gw.state.health.endpoint_of["openai.1"]
+    bad = gw.state.health.endpoint_of["openai.2"]
+    assert ok.http_ok and ok.http_code == 200
+    assert not bad.is_healthy and bad.http_code is None
+    assert bad.http_error.startswith("tls") and "certificate" in bad.http_error.lower()
+    assert gw.state.health.circuit_state("openai.2") == "open"
