@@ -92,6 +92,8 @@ def test_soak_2000_streams_no_leaks(tmp_path: Path, mock_factory) -> None:
         # Idle upstream connections expire after 1 s; then we are back where we began.
         wait_until(lambda: gw.fd_count() <= base_fds, timeout=15,
                    what=f"gateway fds back to {base_fds}")
+        print(f"\nsoak: outcomes={outcomes} fds start={base_fds} end={gw.fd_count()} "
+              f"tcp states after load={states} mock connections={mock.stats.connections_opened}")
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, timeout=10)
         assert r.status_code == 200 and orjson.loads(r.content)["choices"]
         wait_until(lambda: gw.tcp_states().get("CLOSE_WAIT", 0) == 0, timeout=5,
