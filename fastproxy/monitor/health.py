@@ -19,8 +19,8 @@ Rules, and why:
 4. **Scheduling.** The first round runs inside ``start()``, so the first
    ``/internal/health`` answer is real; its wait is capped (``_first_round_cap``) so a
    gateway with many dead backends still starts. After it, every endpoint has its own
-   ping and HTTP timers, each interval jittered by +-10% so endpoints drift apart
-   instead of being probed in lockstep. A tick whose previous probe is still running
+   ping and HTTP timers, started at a random phase, each interval jittered by +-10%,
+   so endpoints are not probed in lockstep (a burst of probes is a latency spike). A tick whose previous probe is still running
    is skipped (never two probes of one kind on one endpoint), at most
    ``max_concurrent_probes`` probes run at once, and an HTTP 429's Retry-After moves
    the next HTTP probe past it.
@@ -157,11 +157,14 @@ class HealthService:
             log.info("health probes off; circuit breakers follow live traffic only")
             return
         await self._first_round()
+        # The first round probed every endpoint at once. Left at interval +-10%, the next
+        # rounds would come as bursts too (the benchmark saw 100 probes stall the loop for
+        # tens of ms), so each endpoint's second probe gets a random phase: 0.5-1.5
+        # intervals, the same mean; the +-10% jitter keeps them apart afterwards.
         for ep in self.endpoints.values():
-            if self.ping_on:
-                self._schedule(ep, "ping")
-            if self.http_on and ep.http_timer is None:
-                self._schedule(ep, "http")
+            for kind, on in (("ping", self.ping_on), ("http", self.http_on)):
+                if on and getattr(ep, f"{kind}_timer") is None:
+                    self._schedule(ep, kind, self._interval(kind) * self._rng.uniform(0.5, 1.5))
 
     def _first_round_cap(self) -> float:
         timeouts = [self.config.ping.timeout_seconds if self.ping_on else 0.0,
