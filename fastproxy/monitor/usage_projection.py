@@ -1,0 +1,474 @@
+"""From a finished exchange to its usage record, in two halves.
+
+On the event loop, ``UsageCapture.take(rec)`` copies the numbers and names the record
+needs (plus a reference to the raw request body) into a slotted object: a few dozen
+attribute copies, no parsing, no hashing. Everything else runs later on the storage
+writer thread, in ``Projector.record(capture)``: parsing the body again with orjson,
+counting the prompt, deriving the session id and turn number, the four token points,
+timings and cost. The loop pays for a copy; the writer thread pays for the rest.
+
+Never kept: message text, tool arguments, keys, client IPs. The body is read only to
+count and hash; the record holds counts, names and a one-way session digest.
+
+Token points (CONTRACT.md §6; docs/usage-tracking.md has the full rules):
+- ``ctp_prompt_tokens``: the prompt the client sent, counted here (formula below).
+- ``ptb_prompt_tokens``: the backend-reported prompt, else the count of what was sent to
+  the backend. The gateway only mutates ``model``, ``session_id`` and
+  ``stream_options``, none of which is prompt text, so that count is ctp.
+- ``btp_completion_tokens``: the backend-reported completion, else the data plane's
+  estimate of what the backend streamed. A stream that did not finish has no final
+  report (Anthropic's ``message_start`` says ``output_tokens: 1``), so there the larger
+  of report and estimate wins.
+- ``ptc_completion_tokens``: btp when the client received everything; when it did not,
+  btp scaled by the share of the estimated tokens that left the gateway.
+
+Prompt formula: every text the model reads (message contents as strings or text parts,
+system, instructions, Responses and legacy-completion input, tool results, earlier tool
+calls' names and arguments, tool definitions as name + description + JSON schema) is
+counted piece by piece, plus ``MESSAGE_OVERHEAD`` per message and ``REPLY_PRIMING`` once
+for conversational APIs (OpenAI's published accounting: 3 per message, 1 per name, 3 to
+prime the reply). Images and audio are not counted. Embeddings count each input, with
+token arrays counting their length, and no overhead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .._speedups import estimate_tokens
+from .costs import PriceTable, compute_cost
+from .notify import utc_iso
+
+if TYPE_CHECKING:
+    from ..dataplane.dialects.usage import BackendUsage
+    from ..dataplane.record import ExchangeRecord
+
+log = logging.getLogger("fastproxy.usage")
+
+MESSAGE_OVERHEAD = 3
+NAME_OVERHEAD = 1
+REPLY_PRIMING = 3
+SESSION_HASH_CHARS = 16
+_SYSTEM_ROLES = ("system", "developer")
+# Content parts that carry prompt text under "text" (Chat, Anthropic, Responses).
+_TEXT_KEYS = ("text", "input_text", "output_text")
+
+
+class UsageCapture:
+    """What the loop copies out of an ExchangeRecord: numbers, names, the raw body."""
+
+    __slots__ = (
+        "attempts", "backend", "backend_ttfb_at", "backend_type", "body", "body_dropped",
+        "btp_est", "client_key_id", "ended_at", "first_content_at", "frontend",
+        "model_requested", "model_used", "outcome", "path", "proxy_user", "ptc_est",
+        "replacement", "session_id", "started_at", "status", "streaming", "tool_call_count",
+        "tool_names", "upstream_done_at", "upstream_sent_at", "usage", "user_agent",
+        "wall_started_at",
+    )
+
+    @classmethod
+    def take(cls, rec: ExchangeRecord, keep_body: bool) -> UsageCapture:
+        c = cls.__new__(cls)
+        c.wall_started_at = rec.wall_started_at
+        c.started_at = rec.started_at
+        c.ended_at = rec.ended_at
+        c.upstream_sent_at = rec.upstream_sent_at
+        c.backend_ttfb_at = rec.backend_ttfb_at
+        c.upstream_done_at = rec.upstream_done_at
+        c.first_content_at = rec.first_content_at
+        c.session_id = rec.session_id
+        c.client_key_id = rec.client_key_id
+        c.frontend = rec.frontend
+        c.path = rec.path
+        c.backend = rec.backend
+        c.backend_type = rec.backend_type
+        c.model_requested = rec.model_requested
+        c.model_used = rec.model_used
+        c.streaming = rec.streaming
+        c.status = rec.status
+        c.outcome = rec.outcome
+        c.attempts = rec.attempts
+        c.tool_call_count = rec.tool_call_count
+        c.tool_names = rec.tool_names  # a fresh list per exchange, never touched again
+        c.usage = rec.usage
+        c.btp_est = rec.btp_completion_est
+        c.ptc_est = rec.ptc_completion_est
+        c.replacement = rec.replacement
+        c.proxy_user = rec.proxy_user
+        c.user_agent = rec.user_agent
+        body = rec.request_body
+        c.body = body if keep_body else None
+        c.body_dropped = body is not None and not keep_body
+        return c
+
+
+# -- prompt analysis (writer thread) ------------------------------------------------------
+class PromptFacts:
+    """What one request body says, for the record: counts and digests, no text kept."""
+
+    __slots__ = ("messages", "names", "pieces", "system_text", "token_ids", "turns", "user_text")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []  # texts to count; dropped with this object
+        self.messages = 0
+        self.names = 0
+        self.token_ids = 0  # pre-tokenised input (embeddings, legacy completions)
+        self.turns = 0
+        self.system_text: str | None = None
+        self.user_text: str | None = None
+
+
+def analyse_prompt(body: Any, embeddings: bool = False) -> PromptFacts:
+    facts = PromptFacts()
+    if not isinstance(body, dict):
+        return facts
+    system = body.get("system")  # Anthropic: a string or text blocks
+    if system is not None:
+        start = len(facts.pieces)
+        _content(system, facts.pieces)
+        facts.messages += 1
+        facts.system_text = "\n".join(facts.pieces[start:])
+    instructions = body.get("instructions")  # Responses API
+    if isinstance(instructions, str):
+        facts.pieces.append(instructions)
+        facts.messages += 1
+        if facts.system_text is None:
+            facts.system_text = instructions
+    for msg in _list(body.get("messages")):
+        _message(msg, facts)
+    inp = body.get("input")
+    if embeddings:
+        _raw_inputs(inp, facts)
+    elif isinstance(inp, str):
+        _user(facts, inp)
+        facts.pieces.append(inp)
+        facts.messages += 1
+    else:
+        for item in _list(inp):
+            _item(item, facts)
+    prompt = body.get("prompt")  # legacy completions
+    if prompt is not None:
+        start = len(facts.pieces)
+        _raw_inputs(prompt, facts)
+        facts.messages += 1
+        _user(facts, "\n".join(facts.pieces[start:]))
+    for tool in _list(body.get("tools")):
+        _tool(tool, facts.pieces)
+    return facts
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
+def _user(facts: PromptFacts, text: str) -> None:
+    facts.turns += 1
+    if facts.user_text is None:
+        facts.user_text = text
+
+
+def _content(content: Any, out: list[str]) -> None:
+    """Text of a content value: a string or a list of parts/blocks, recursively."""
+    if isinstance(content, str):
+        out.append(content)
+        return
+    for part in _list(content):
+        if isinstance(part, str):
+            out.append(part)
+        elif isinstance(part, dict):
+            for key in _TEXT_KEYS:
+                text = part.get(key)
+                if isinstance(text, str):
+                    out.append(text)
+                    break
+            kind = part.get("type")
+            if kind == "tool_result":
+                _content(part.get("content"), out)
+            elif kind == "tool_use":
+                _name(part.get("name"), out)
+                out.append(orjson.dumps(part.get("input")).decode())
+
+
+def _name(v: Any, out: list[str]) -> None:
+    if isinstance(v, str):
+        out.append(v)
+
+
+def _message(msg: Any, facts: PromptFacts) -> None:
+    if not isinstance(msg, dict):
+        return
+    pieces = facts.pieces
+    facts.messages += 1
+    role = msg.get("role")
+    content = msg.get("content")
+    start = len(pieces)
+    _content(content, pieces)
+    text = "\n".join(pieces[start:])
+    if role in _SYSTEM_ROLES:
+        if facts.system_text is None:
+            facts.system_text = text
+    elif role == "user" and not _only_tool_results(content):
+        _user(facts, text)
+    if isinstance(msg.get("name"), str):
+        facts.names += 1
+        pieces.append(msg["name"])
+    for call in _list(msg.get("tool_calls")):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            _name(fn.get("name"), pieces)
+            _name(fn.get("arguments"), pieces)
+    fc = msg.get("function_call")
+    if isinstance(fc, dict):
+        _name(fc.get("name"), pieces)
+        _name(fc.get("arguments"), pieces)
+
+
+def _only_tool_results(content: Any) -> bool:
+    """An Anthropic user message made only of tool results is the agent loop talking, not
+    a new user turn (Chat sends those as role "tool"): turns stay comparable across APIs."""
+    return (isinstance(content, list) and bool(content)
+            and all(isinstance(p, dict) and p.get("type") == "tool_result" for p in content))
+
+
+def _item(item: Any, facts: PromptFacts) -> None:
+    """One Responses API input item."""
+    if not isinstance(item, dict):
+        return
+    kind = item.get("type")
+    if kind in (None, "message"):
+        _message(item, facts)
+    elif kind == "function_call":
+        facts.messages += 1
+        _name(item.get("name"), facts.pieces)
+        _name(item.get("arguments"), facts.pieces)
+    elif kind == "function_call_output":
+        facts.messages += 1
+        _content(item.get("output"), facts.pieces)
+
+
+def _raw_inputs(inp: Any, facts: PromptFacts) -> None:
+    """Embeddings / legacy prompts: a string, strings, a token array or token arrays."""
+    if isinstance(inp, str):
+        facts.pieces.append(inp)
+        return
+    for x in _list(inp):
+        if isinstance(x, str):
+            facts.pieces.append(x)
+        elif isinstance(x, int):
+            facts.token_ids += 1
+        elif isinstance(x, list):
+            facts.token_ids += len(x)
+
+
+def _tool(tool: Any, out: list[str]) -> None:
+    if not isinstance(tool, dict):
+        return
+    fn = tool.get("function")
+    spec = fn if isinstance(fn, dict) else tool  # Chat nests; Anthropic/Responses are flat
+    _name(spec.get("name"), out)
+    _name(spec.get("description"), out)
+    schema = spec.get("parameters", spec.get("input_schema"))
+    if schema is not None:
+        out.append(orjson.dumps(schema).decode())
+
+
+def session_digest(client_key_id: str | None, system: str | None, user: str | None) -> str | None:
+    """The derived session id: stable across the turns of one conversation, because the
+    first system and first user message do not change as it grows."""
+    if system is None and user is None:
+        return None
+    material = orjson.dumps([client_key_id or "", system or "", user or ""])
+    return hashlib.sha256(material).hexdigest()[:SESSION_HASH_CHARS]
+
+
+# -- exact counting (optional quicktok-v1) -----------------------------------------------
+def exact_encoding_name(model: str | None) -> str | None:
+    """The tiktoken-family encoding of an OpenAI model, or None (not OpenAI's)."""
+    if not model:
+        return None
+    m = model.rsplit("/", 1)[-1].lower()
+    if m.startswith("gpt-oss"):
+        return "o200k_harmony"
+    if m.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-", "o1", "o3", "o4")):
+        return "o200k_base"
+    if m.startswith(("gpt-", "text-embedding-")):
+        return "cl100k_base"
+    return None
+
+
+class ExactCounter:
+    """quicktok encodings, loaded up front: loading o200k holds the GIL for about a
+    second, which must happen before traffic, not in the middle of it."""
+
+    __slots__ = ("_encodings", "_module")
+
+    PRELOAD = ("o200k_base", "cl100k_base")
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+        self._encodings: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls) -> ExactCounter | None:
+        try:
+            import quicktok
+        except ImportError:
+            return None
+        counter = cls(quicktok)
+        for name in cls.PRELOAD:
+            counter.encoding(name)
+        return counter
+
+    def encoding(self, name: str) -> Any:
+        enc = self._encodings.get(name)
+        if enc is None:
+            enc = self._encodings[name] = self._module.get_encoding(name)
+        return enc
+
+    def counter_for(self, model: str | None) -> Callable[[str], int] | None:
+        name = exact_encoding_name(model)
+        if name is None:
+            return None
+        try:
+            return self.encoding(name).count  # type: ignore[no-any-return]
+        except Exception:  # an encoding this quicktok build lacks: estimate instead
+            return None
+
+
+def count_prompt(facts: PromptFacts, count: Callable[[str], int], embeddings: bool) -> int:
+    total = facts.token_ids
+    for piece in facts.pieces:
+        if piece:
+            total += count(piece)
+    if not embeddings and facts.messages:
+        total += facts.messages * MESSAGE_OVERHEAD + facts.names * NAME_OVERHEAD + REPLY_PRIMING
+    return total
+
+
+# -- the record (writer thread) ----------------------------------------------------------
+def _ms(later: float, earlier: float) -> float | None:
+    if not later or not earlier or later < earlier:
+        return None
+    return round((later - earlier) * 1000.0, 3)
+
+
+class Projector:
+    """Builds record dicts on the writer thread. Holds only read-only things (prices, the
+    exact tokenizer), so it needs no lock."""
+
+    __slots__ = ("exact", "prices")
+
+    def __init__(self, prices: PriceTable, exact: ExactCounter | None = None) -> None:
+        self.prices = prices
+        self.exact = exact
+
+    def record(self, c: UsageCapture) -> dict[str, Any]:
+        embeddings = c.path.endswith("/embeddings")
+        facts: PromptFacts | None = None
+        if c.body is not None:
+            try:
+                facts = analyse_prompt(orjson.loads(c.body), embeddings)
+            except orjson.JSONDecodeError:  # the data plane parsed it; cannot happen
+                facts = None
+            c.body = None  # release the bytes now, not when the record is written
+        exact = self.exact.counter_for(c.model_used) if self.exact is not None else None
+        ctp: int | None = None
+        if facts is not None:
+            ctp = count_prompt(facts, exact or estimate_tokens, embeddings)
+        usage = c.usage
+        reported = usage is not None and (usage.prompt is not None or usage.completion is not None)
+        if reported:
+            source = "backend"
+        elif exact is not None and ctp is not None:
+            source = "counted"
+        else:
+            source = "estimated"
+
+        sent = c.upstream_sent_at > 0.0
+        ptb = usage.prompt if usage is not None and usage.prompt is not None else (
+            ctp if sent else None)
+        btp = self._btp(c, usage)
+        ptc = self._ptc(c, btp)
+        answered = 200 <= c.status < 300
+        cost, cost_source = compute_cost(usage, c.model_used, self.prices,
+                                         prompt_tokens=ptb, completion_tokens=btp,
+                                         answered=answered)
+
+        session_id = c.session_id
+        turn: int | None = None
+        if facts is not None:
+            turn = facts.turns
+            if session_id is None:
+                session_id = session_digest(c.client_key_id, facts.system_text, facts.user_text)
+        ttft = _ms(c.first_content_at, c.started_at) if c.streaming else None
+        stream_tps: float | None = None
+        if c.streaming and c.first_content_at and btp:
+            elapsed = c.ended_at - c.first_content_at
+            if elapsed > 0:
+                stream_tps = round(btp / elapsed, 3)
+        overhead: float | None = None
+        if c.upstream_sent_at and c.upstream_done_at and c.ended_at >= c.upstream_done_at:
+            overhead = round(((c.upstream_sent_at - c.started_at)
+                              + (c.ended_at - c.upstream_done_at)) * 1000.0, 3)
+        return {
+            "id": uuid.uuid4().hex,
+            "timestamp": utc_iso(c.wall_started_at),
+            "session_id": session_id,
+            "turn_number": turn,
+            "frontend_type": c.frontend,
+            "backend": c.backend,
+            "backend_type": c.backend_type,
+            "model_requested": c.model_requested,
+            "model_used": c.model_used,
+            "streaming": c.streaming,
+            "http_status_code": c.status or None,
+            "outcome": c.outcome,
+            "attempts": c.attempts,
+            "tool_call_count": c.tool_call_count,
+            "tool_names": list(c.tool_names),
+            "ctp_prompt_tokens": ctp,
+            "ptb_prompt_tokens": ptb,
+            "btp_completion_tokens": btp,
+            "ptc_completion_tokens": ptc,
+            "backend_reported_usage": usage.as_dict() if usage is not None else None,
+            "usage_source": source,
+            "ttft_ms": ttft,
+            "backend_ttfb_ms": _ms(c.backend_ttfb_at, c.upstream_sent_at),
+            "total_duration_ms": _ms(c.ended_at, c.started_at),
+            "proxy_overhead_ms": overhead,
+            "stream_tps": stream_tps,
+            "cost": cost,
+            "cost_source": cost_source,
+            "replacement": c.replacement,
+            "proxy_user": c.proxy_user,
+            "user_agent": c.user_agent,
+        }
+
+    @staticmethod
+    def _btp(c: UsageCapture, usage: BackendUsage | None) -> int | None:
+        est = c.btp_est
+        if usage is None or usage.completion is None:
+            return est
+        if c.streaming and c.outcome != "ok" and est is not None:
+            # A stream that did not finish carries no final count, only the opening
+            # placeholder (Anthropic's output_tokens: 1): what arrived is the better figure.
+            return max(usage.completion, est)
+        return usage.completion
+
+    @staticmethod
+    def _ptc(c: UsageCapture, btp: int | None) -> int | None:
+        sent, got = c.ptc_est, c.btp_est
+        if btp is None:
+            return sent
+        if sent is None or got is None or sent >= got:
+            return btp  # the client received everything the backend produced
+        if btp == got:
+            return sent  # btp is the estimate itself
+        # btp is the backend's figure: keep its scale, apply the delivered share.
+        return round(btp * sent / got) if got else 0
