@@ -1,0 +1,174 @@
+"""Usage tracking: one record per finished request, written to SQLite off the loop.
+
+``usage_service(gateway, state)`` is the factory ``services.py`` names. With
+``usage_tracking.enabled`` false it registers the usage endpoints as 503 answers and
+returns None: no observer, no accounting, nothing on the hot path.
+
+When on, ``on_exchange`` runs on the event loop once per request. It copies numbers and
+names into a ``UsageCapture`` and hands the store a thunk; the store runs the thunk on
+its writer thread, where the capture becomes the record dict (prompt counting, session
+digest, cost). So the loop never parses, hashes, counts or touches the disk for usage.
+
+The one thing the capture holds that can be large is the raw request body, kept until
+the writer thread has counted its prompt. Those bodies are bounded together by
+``MAX_PENDING_BODY_BYTES``: past it, new captures go without their body, and their
+records say so (``ctp_prompt_tokens`` null, ``usage_source`` "backend" when the backend
+reported usage, else "estimated"). A backed-up writer therefore costs counts, not memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..config.loader import resolve_state_path
+from .costs import PriceTable
+from .usage_projection import ExactCounter, Projector, UsageCapture
+
+if TYPE_CHECKING:
+    from ..dataplane.record import ExchangeRecord
+    from ..state import GatewayState
+
+log = logging.getLogger("fastproxy.usage")
+
+# Request bodies waiting for the writer thread, all captures together. 64 MiB is one
+# maximal request (limits.max_body_bytes default): enough that a healthy writer never
+# hits it, small enough that a stalled one cannot grow the process by more.
+MAX_PENDING_BODY_BYTES = 64 * 1024 * 1024
+
+
+class PendingBodies:
+    """Bytes of request bodies held by queued captures. Added on the loop, released on
+    the writer thread, hence the lock (uncontended: two increments per request)."""
+
+    __slots__ = ("_lock", "bytes", "dropped", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self.dropped = 0  # captures that went without their body
+        self._lock = threading.Lock()
+
+    def reserve(self, n: int) -> bool:
+        with self._lock:
+            if self.bytes + n > self.limit:
+                self.dropped += 1
+                return False
+            self.bytes += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.bytes -= n
+
+
+class UsageService:
+    def __init__(self, gateway: Any, state: GatewayState) -> None:
+        self.state = state
+        self.config = state.config.usage_tracking
+        self.path = resolve_state_path(state.config, self.config.persistence_path)
+        self.prices = PriceTable(self.config.pricing)
+        self.pending = PendingBodies(MAX_PENDING_BODY_BYTES)
+        self.projector: Projector | None = None
+        self.store: Any = None
+
+    async def start(self) -> None:
+        from ..storage.usage_store import UsageStore
+
+        cfg = self.config
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Loading the exact tokenizer (when installed) blocks for about a second; do it
+        # now, before the listeners take traffic.
+        exact = await asyncio.to_thread(ExactCounter.load)
+        if exact is not None:
+            log.info("usage: exact prompt counting for OpenAI models (quicktok)")
+        self.projector = Projector(self.prices, exact)
+        store = UsageStore(str(self.path), flush_interval=cfg.flush_interval_seconds,
+                           max_queue=cfg.max_records_in_memory,
+                           retention_days=cfg.retention_days)
+        await asyncio.to_thread(store.start)
+        self.store = store
+        state = self.state
+        state.usage = self
+        state.accounting = True
+        state.storage_status = store.status
+        state.observers.append(self.on_exchange)
+        _register_routes(state, store)
+        log.info("usage tracking: %s", self.path)
+
+    async def stop(self) -> None:
+        state = self.state
+        if self.on_exchange in state.observers:
+            state.observers.remove(self.on_exchange)
+        store = self.store
+        if store is not None:
+            # Blocks until every queued record is written: the SIGTERM path loses nothing.
+            await asyncio.to_thread(store.stop)
+
+    # -- the hot path ------------------------------------------------------------------
+    def on_exchange(self, rec: ExchangeRecord) -> None:
+        body = rec.request_body
+        size = len(body) if body is not None else 0
+        keep = size == 0 or self.pending.reserve(size)
+        held = size if keep else 0
+        capture = UsageCapture.take(rec, keep)
+        if not self.store.submit(self._thunk(capture, held)) and held:
+            self.pending.release(held)  # dropped by a full queue: the thunk never runs
+
+    def _thunk(self, capture: UsageCapture, held: int) -> Callable[[], dict[str, Any]]:
+        projector, pending = self.projector, self.pending
+        assert projector is not None
+
+        def build() -> dict[str, Any]:
+            try:
+                return projector.record(capture)
+            except Exception:
+                # A bug here must not lose the request: record it without prompt facts.
+                log.exception("usage: projecting a record failed; storing it without them")
+                capture.body = None
+                return projector.record(capture)
+            finally:
+                if held:
+                    pending.release(held)
+
+        return build
+
+    def status(self) -> dict[str, Any]:
+        out = dict(self.store.status()) if self.store is not None else {}
+        out["pending_body_bytes"] = self.pending.bytes
+        out["bodies_dropped"] = self.pending.dropped
+        return out
+
+
+def _register_routes(state: GatewayState, store: Any) -> None:
+    try:
+        from ..admin.usage_api import register_usage_routes
+    except ModuleNotFoundError as exc:
+        if exc.name != "fastproxy.admin.usage_api":
+            raise
+        log.warning("usage endpoints are not built; records are still written")
+        return
+    register_usage_routes(state.router, store)
+
+
+def usage_service(gateway: Any, state: GatewayState) -> UsageService | None:
+    if not state.config.usage_tracking.enabled:
+        try:
+            from ..admin.usage_api import register_disabled_usage_routes
+        except ModuleNotFoundError as exc:
+            if exc.name != "fastproxy.admin.usage_api":
+                raise
+        else:
+            register_disabled_usage_routes(state.router)
+        return None
+    try:
+        import fastproxy.storage.usage_store  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "fastproxy.storage.usage_store":
+            raise
+        log.warning("usage tracking is on but the usage store is not built; nothing recorded")
+        return None
+    return UsageService(gateway, state)

@@ -1,0 +1,81 @@
+"""UsageService.on_exchange without a gateway: what the loop hands the store, and the
+bound on request bodies held for the writer thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+
+from fastproxy.config import load_config
+from fastproxy.dataplane.record import ExchangeRecord
+from fastproxy.monitor.usage_projection import ExactCounter, Projector
+from fastproxy.monitor.usage_service import UsageService
+
+
+class HeldStore:
+    """Accepts up to ``capacity`` items and runs nothing until told (a stalled writer)."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self.items: list[Callable[[], dict[str, Any]]] = []
+        self.capacity = capacity
+
+    def submit(self, item: Callable[[], dict[str, Any]]) -> bool:
+        if len(self.items) >= self.capacity:
+            return False
+        self.items.append(item)
+        return True
+
+    def run_all(self) -> list[dict[str, Any]]:
+        out = [item() for item in self.items]
+        self.items.clear()
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {"queue_depth": len(self.items)}
+
+
+def make_service(store: HeldStore, limit: int) -> UsageService:
+    config = load_config({}, env={}, use_files=False).config
+    service = UsageService(None, SimpleNamespace(config=config))  # type: ignore[arg-type]
+    service.pending.limit = limit
+    service.projector = Projector(service.prices, ExactCounter.load())
+    service.store = store
+    return service
+
+
+def rec_with_body(text: str) -> ExchangeRecord:
+    rec = ExchangeRecord(1, 1, 10.0)
+    rec.frontend, rec.path = "openai", "/v1/chat/completions"
+    rec.model_requested = rec.model_used = "gpt-4o"
+    rec.status, rec.ended_at = 200, 10.5
+    rec.request_body = orjson.dumps({"model": "gpt-4o",
+                                     "messages": [{"role": "user", "content": text}]})
+    return rec
+
+
+def test_bodies_held_for_the_writer_are_bounded() -> None:
+    store = HeldStore()
+    first = rec_with_body("a" * 100)
+    size = len(first.request_body or b"")
+    service = make_service(store, limit=2 * size)
+    for _ in range(3):
+        service.on_exchange(rec_with_body("a" * 100))
+    assert service.pending.bytes == 2 * size and service.pending.dropped == 1
+    records = store.run_all()
+    assert service.pending.bytes == 0
+    assert [r["ctp_prompt_tokens"] is None for r in records] == [False, False, True]
+    assert service.status()["bodies_dropped"] == 1
+
+
+def test_a_refused_submit_releases_its_body() -> None:
+    store = HeldStore(capacity=1)
+    service = make_service(store, limit=1 << 20)
+    service.on_exchange(rec_with_body("x"))
+    held = service.pending.bytes
+    service.on_exchange(rec_with_body("y"))  # the queue is full: dropped by the store
+    assert service.pending.bytes == held
+    store.run_all()
+    assert service.pending.bytes == 0
