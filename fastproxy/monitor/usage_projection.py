@@ -10,17 +10,10 @@ timings and cost. The loop pays for a copy; the writer thread pays for the rest.
 Never kept: message text, tool arguments, keys, client IPs. The body is read only to
 count and hash; the record holds counts, names and a one-way session digest.
 
-Token points (CONTRACT.md §6; docs/usage-tracking.md has the full rules):
-- ``ctp_prompt_tokens``: the prompt the client sent, counted here (formula below).
-- ``ptb_prompt_tokens``: the backend-reported prompt, else the count of what was sent to
-  the backend. The gateway only mutates ``model``, ``session_id`` and
-  ``stream_options``, none of which is prompt text, so that count is ctp.
-- ``btp_completion_tokens``: the backend-reported completion, else the data plane's
-  estimate of what the backend streamed. A stream that did not finish has no final
-  report (Anthropic's ``message_start`` says ``output_tokens: 1``), so there the larger
-  of report and estimate wins.
-- ``ptc_completion_tokens``: btp when the client received everything; when it did not,
-  btp scaled by the share of the estimated tokens that left the gateway.
+Token points (CONTRACT.md §6; docs/usage-tracking.md has the rules): ctp is counted
+here; ptb is the backend's prompt, else ctp (the gateway only mutates ``model``,
+``session_id`` and ``stream_options``, none of them prompt text); btp is the backend's
+completion, else the data plane's estimate; ptc is btp unless the client missed some.
 
 Prompt formula: every text the model reads (message contents as strings or text parts,
 system, instructions, Responses and legacy-completion input, tool results, earlier tool
@@ -290,30 +283,29 @@ def session_digest(client_key_id: str | None, system: str | None, user: str | No
 
 # -- exact counting (optional quicktok-v1) -----------------------------------------------
 def exact_encoding_name(model: str | None) -> str | None:
-    """The tiktoken-family encoding of an OpenAI model, or None (not OpenAI's)."""
+    """The tiktoken-family encoding of an OpenAI model, or None (not OpenAI's). gpt-oss
+    (o200k_harmony) is left to the estimator: its servers report usage, and loading one
+    more encoding costs another second of start-up."""
     if not model:
         return None
     m = model.rsplit("/", 1)[-1].lower()
-    if m.startswith("gpt-oss"):
-        return "o200k_harmony"
     if m.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-", "o1", "o3", "o4")):
         return "o200k_base"
-    if m.startswith(("gpt-", "text-embedding-")):
+    if m.startswith(("gpt-3", "gpt-4", "text-embedding-")):
         return "cl100k_base"
     return None
 
 
 class ExactCounter:
-    """quicktok encodings, loaded up front: loading o200k holds the GIL for about a
-    second, which must happen before traffic, not in the middle of it."""
+    """quicktok encodings, all loaded up front: loading o200k holds the GIL for about a
+    second, which must happen before the listeners open, never in the middle of traffic."""
 
-    __slots__ = ("_encodings", "_module")
+    __slots__ = ("_counters",)
 
-    PRELOAD = ("o200k_base", "cl100k_base")
+    ENCODINGS = ("o200k_base", "cl100k_base")
 
-    def __init__(self, module: Any) -> None:
-        self._module = module
-        self._encodings: dict[str, Any] = {}
+    def __init__(self, counters: dict[str, Callable[[str], int]]) -> None:
+        self._counters = counters
 
     @classmethod
     def load(cls) -> ExactCounter | None:
@@ -321,25 +313,11 @@ class ExactCounter:
             import quicktok
         except ImportError:
             return None
-        counter = cls(quicktok)
-        for name in cls.PRELOAD:
-            counter.encoding(name)
-        return counter
-
-    def encoding(self, name: str) -> Any:
-        enc = self._encodings.get(name)
-        if enc is None:
-            enc = self._encodings[name] = self._module.get_encoding(name)
-        return enc
+        return cls({name: quicktok.get_encoding(name).count for name in cls.ENCODINGS})
 
     def counter_for(self, model: str | None) -> Callable[[str], int] | None:
         name = exact_encoding_name(model)
-        if name is None:
-            return None
-        try:
-            return self.encoding(name).count  # type: ignore[no-any-return]
-        except Exception:  # an encoding this quicktok build lacks: estimate instead
-            return None
+        return self._counters.get(name) if name is not None else None
 
 
 def count_prompt(facts: PromptFacts, count: Callable[[str], int], embeddings: bool) -> int:

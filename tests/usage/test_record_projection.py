@@ -282,6 +282,7 @@ def test_encoding_choice() -> None:
     assert exact_encoding_name("text-embedding-3-small") == "cl100k_base"
     assert exact_encoding_name("claude-sonnet-4-5") is None
     assert exact_encoding_name("llama-3") is None
+    assert exact_encoding_name("gpt-oss-120b") is None  # estimated: its servers report usage
 
 
 def test_counted_source_uses_the_exact_tokenizer() -> None:
