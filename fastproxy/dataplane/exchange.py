@@ -102,7 +102,10 @@ class Exchange(ResponseRelay):
             keep_alive = await self._dispatch()
         except Abort as err:
             rec.status = err.status
-            rec.outcome = "rejected" if err.status < 500 else "backend_error"
+            if err.code == "upstream_timeout":
+                rec.outcome = "timeout"
+            else:
+                rec.outcome = "rejected" if err.status < 500 else "backend_error"
             if not proto.closed:
                 proto.write_error(req, err.status, str(err), err.code, extra=err.extra)
         except asyncio.CancelledError:

@@ -73,7 +73,10 @@ class ResponseRelay:
                 rec.usage = usage
                 extra += _usage_headers(usage)
         else:
-            rec.outcome = "backend_error" if resp.status >= 500 else "ok"
+            # A backend's 4xx (bad request, 429 ...) is the request being refused, not
+            # a success; its 5xx is the backend failing.
+            rec.outcome = "backend_error" if resp.status >= 500 else (
+                "rejected" if resp.status >= 400 else "ok")
         self._write_json(resp.status, body, b"".join(extra), resp.headers)
         rec.bytes_tx = len(body)
         rec.first_tx_at = time.monotonic()
