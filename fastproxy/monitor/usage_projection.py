@@ -58,7 +58,7 @@ class UsageCapture:
 
     __slots__ = (
         "attempts", "backend", "backend_ttfb_at", "backend_type", "body", "body_dropped",
-        "btp_est", "client_key_id", "ended_at", "error_kind", "first_content_at", "frontend",
+        "btp_est", "client_key_id", "ended_at", "first_content_at", "frontend",
         "model_requested", "model_used", "outcome", "path", "proxy_user", "ptc_est",
         "replacement", "session_id", "started_at", "status", "streaming", "tool_call_count",
         "tool_names", "upstream_done_at", "upstream_sent_at", "usage", "user_agent",
@@ -86,7 +86,6 @@ class UsageCapture:
         c.streaming = rec.streaming
         c.status = rec.status
         c.outcome = rec.outcome
-        c.error_kind = rec.error_kind
         c.attempts = rec.attempts
         c.tool_call_count = rec.tool_call_count
         c.tool_names = rec.tool_names  # a fresh list per exchange, never touched again
@@ -331,18 +330,6 @@ def count_prompt(facts: PromptFacts, count: Callable[[str], int], embeddings: bo
 
 
 # -- the record (writer thread) ----------------------------------------------------------
-def record_outcome(c: UsageCapture) -> str:
-    """The data plane's outcome, made precise for the record: it calls a relayed backend
-    4xx (429, 400, ...) "ok" (the exchange itself went fine) and a timeout a backend error;
-    the record says "rejected" and "timeout", so outcome=ok means the request succeeded."""
-    outcome = c.outcome
-    if outcome == "ok" and c.status >= 400:
-        return "rejected"
-    if outcome == "backend_error" and c.error_kind == "timeout":
-        return "timeout"
-    return outcome
-
-
 def _ms(later: float, earlier: float) -> float | None:
     if not later or not earlier or later < earlier:
         return None
@@ -419,7 +406,7 @@ class Projector:
             "model_used": c.model_used,
             "streaming": c.streaming,
             "http_status_code": c.status or None,
-            "outcome": record_outcome(c),
+            "outcome": c.outcome,
             "attempts": c.attempts,
             "tool_call_count": c.tool_call_count,
             "tool_names": list(c.tool_names),
