@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-background", type=float, default=0.35, metavar="CORES",
                    help="re-measure a round (twice at most) when other processes used more "
                         "than this many cores during it (default 0.35)")
+    p.add_argument("--retry-budget", type=float, default=900.0, metavar="S",
+                   help="at most this many seconds per run spent re-measuring noisy rounds")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     return p
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    loadgen_procs=ns.loadgen_procs, force_loadgen=ns.loadgen_json,
                    fastproxy_src=ns.fastproxy_src, peers=peers,
                    reference_cmd=os.environ.get("BENCH_REFERENCE_CMD"), keep=ns.keep,
-                   max_background=ns.max_background)
+                   max_background=ns.max_background, retry_budget_s=ns.retry_budget)
     suite = Suite(opts)
     if ns.loadgen_cpus:
         cpus = tuple(int(c) for c in ns.loadgen_cpus.split(","))
@@ -182,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.micro == "yes" or (ns.micro == "auto" and not ns.quick):
         micro = run_micro(src)
     meta["loadavg_after"] = loadavg()
+    meta["retry_spent_s"] = suite.retry_spent_s
+    meta["max_background"] = ns.max_background
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     for sc in results:
         sc["derived"] = derive(sc)

@@ -42,6 +42,7 @@ def aggregate(rounds: list[dict[str, Any]], *, idle_rss_kib: int, hwm_kib: int |
             errors[e] = errors.get(e, 0) + n
     out["errors"] = errors
     out["generator"] = rounds[0]["generator"]
+    out["noisy_rounds"] = sum(1 for r in rounds if r.get("noisy"))
     if "rss_during_kib" in out and workload.connections:
         out["rss_per_stream_kib"] = (out["rss_during_kib"] - idle_rss_kib) / workload.connections
     return out
@@ -189,7 +190,8 @@ def scenario_markdown(sc: dict[str, Any]) -> str:
         row += [str(sum(errs.values())) + (f" ({', '.join(errs)})" if errs else ""),
                 _fmt(t.get("gen_cpu_util"), 0, 100) + "%",
                 _fmt(t.get("mock_cpu_util"), 0, 100) + "%",
-                _fmt(t.get("background_cpu"), 0, 100) + "%"]
+                _fmt(t.get("background_cpu"), 0, 100) + "%"
+                + (f" ({t['noisy_rounds']} noisy)" if t.get("noisy_rounds") else "")]
         lines.append("| " + " | ".join(row) + " |")
     derived = sc.get("derived", {})
     base = derived.get("baseline", "direct")
@@ -231,6 +233,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"- tools: {m['tools']['wrk']}; {m['tools']['nginx']}",
         f"- rounds: median of {m['rounds']} x {m['duration_s']:g} s per target "
         f"(scenario c: one round)",
+        f"- background load: a round during which other processes used more than "
+        f"{m.get('max_background', 0.35):g} cores is measured again (the quietest attempt "
+        f"is kept; \"noisy\" marks rounds still over the limit); "
+        f"{m.get('retry_spent_s', 0):.0f} s spent re-measuring",
         "",
     ]
     if m.get("notes"):

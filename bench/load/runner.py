@@ -26,7 +26,8 @@ from .drivers import drive
 from .report import aggregate
 from .scenarios import FEATURE_MODULES, FEATURES, JSON_BODY, Scenario
 
-MAX_RETRIES = 2
+# Waits before each new attempt at a round measured under background load.
+RETRY_WAITS_S = (3.0, 10.0, 20.0, 30.0)
 ALL = "fastproxy+all"
 
 
@@ -46,6 +47,7 @@ class Options:
     # again (at most MAX_RETRIES times): on a shared machine a test suite starting in the
     # middle of a round would otherwise decide the figure.
     max_background: float = 0.35
+    retry_budget_s: float = 900.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -81,6 +83,7 @@ class Suite:
         self.nginx_bin: str | None = None
         self.unavailable: dict[str, str] = {}
         self.features = dict(FEATURES)
+        self.retry_spent_s = 0.0
 
     # -- set-up ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -198,19 +201,33 @@ class Suite:
 
     def clean_round(self, name: str, proc: P.Proc | None, sc: Scenario, r: int
                     ) -> dict[str, Any]:
-        for attempt in range(MAX_RETRIES + 1):
+        """One round, measured again while other processes used the machine.
+
+        Other work on a shared machine comes in bursts (a test suite, a build) that last
+        from seconds to minutes, so the waits grow. The attempt with the least background
+        load is kept; if even that one is over the limit, it is marked noisy in the
+        report. The waiting is bounded per run by ``retry_budget_s``."""
+        best: dict[str, Any] | None = None
+        for attempt in range(len(RETRY_WAITS_S) + 1):
             result = self.measure(name, proc, sc)
+            result["attempts"] = attempt + 1
             bg = result["background_cpu"]
             log(f"  {sc.key} round {r + 1}/{sc.rounds} {name}: {result['rps']:,.0f} req/s"
                 + (f", {result['events_per_s']:,.0f} events/s" if "events_per_s" in result
                    else "") + f", background {bg:.2f} cores")
+            if best is None or bg < best["background_cpu"]:
+                best = result
             if bg <= self.opts.max_background or sc.slow_streams:
                 break
-            if attempt < MAX_RETRIES:
-                log("    background load too high: measuring the round again")
-                time.sleep(2.0)
-        result["retries"] = attempt
-        return result
+            if attempt == len(RETRY_WAITS_S) or self.retry_spent_s >= self.opts.retry_budget_s:
+                break
+            wait = RETRY_WAITS_S[attempt]
+            log(f"    background load too high: measuring the round again in {wait:.0f} s")
+            time.sleep(wait)
+            self.retry_spent_s += wait + sc.duration_s
+        assert best is not None
+        best["noisy"] = best["background_cpu"] > self.opts.max_background
+        return best
 
     def measure(self, name: str, proc: P.Proc | None, sc: Scenario) -> dict[str, Any]:
         assert self.mock is not None
