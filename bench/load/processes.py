@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import signal
@@ -357,6 +358,15 @@ def start_nginx(binary: str, mock_port: int, workdir: Path, cpus: tuple[int, ...
     popen, log = spawn("nginx", argv, ndir)
     proc = Proc("nginx", popen, port, ndir, log, measure_children=True)
     return checked_start(proc, 15)
+
+
+def http_get_json(port: int, path: str, timeout_s: float = 5) -> Any:
+    """GET a JSON document (the admin listener's), None when it cannot be had."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def http_ok(port: int, path: str, body: bytes, headers: dict[str, str], timeout_s: float = 10

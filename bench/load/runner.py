@@ -58,14 +58,15 @@ def log(msg: str) -> None:
 def feature_available(feature: str, opts: Options, workdir: Path, mock_port: int
                       ) -> str | None:
     """None when the feature can be measured, else why not (recorded as a note)."""
-    module = FEATURE_MODULES[feature]
+    modules = FEATURE_MODULES[feature]
     code = ("import importlib.util,sys;"
-            f"sys.exit(0 if importlib.util.find_spec({module!r}) else 1)")
+            f"sys.exit(0 if any(importlib.util.find_spec(m) for m in {modules!r}) else 1)")
     src = opts.fastproxy_src
     # cwd: a neutral directory, since `-c` puts it first on sys.path.
     if subprocess.run([*P.python_cmd(opts.python, src), "-c", code], cwd=workdir,
                       env=P.clean_env(src, opts.python)).returncode != 0:
-        return f"{feature}: skipped, the feature is not built yet ({module} does not exist)"
+        return (f"{feature}: skipped, the feature is not built yet (no module "
+                f"{' or '.join(modules)})")
     cfg = P.fastproxy_config(mock_port, workdir, **{feature: True})
     err = P.check_fastproxy_config(cfg, workdir, opts.python, opts.fastproxy_src)
     if err is not None:
@@ -164,10 +165,18 @@ class Suite:
                     proc = procs.pop(name)
                     if proc is not None:
                         proc.stop()
-            names = list(procs)
             if not sc.slow_streams:
-                for name in names:
+                for name in list(procs):
                     self.drive(name, procs[name], sc, sc.warmup_s)
+                    why = self.inert_feature(name, procs[name])
+                    if why is not None:
+                        # Measuring a feature that does nothing would report its cost as 0.
+                        notes.append(f"{name}: not measured: {why}")
+                        log(f"  {name}: not measured: {why}")
+                        proc = procs.pop(name)
+                        if proc is not None:
+                            proc.stop()
+            names = list(procs)
             idle = {n: (p.rss_kib() if p else self.mock.rss_kib()) for n, p in procs.items()}
             rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
             for r in range(sc.rounds):
@@ -190,6 +199,33 @@ class Suite:
                                      workload=sc.workload)
                         for n in rounds},
         }
+
+    def inert_feature(self, name: str, proc: P.Proc | None) -> str | None:
+        """Why a monitoring variant is not doing its work after the warm-up, or None.
+
+        A config key can exist before its feature does (a service that logs "not built"
+        and records nothing), so each feature must leave evidence: a usage database, a
+        capture file, activity tracking reported on by /v1/diagnostics."""
+        flags = self.features.get(name)
+        if not flags or proc is None:
+            return None
+        cfg = proc.info["config"]
+        deadline = time.monotonic() + 2 * cfg["usage_tracking"].get("flush_interval_seconds", 1.0)
+        if flags.get("usage"):
+            db = Path(cfg["usage_tracking"]["persistence_path"])
+            while not (db.exists() and db.stat().st_size > 0) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not db.exists():
+                return f"usage tracking wrote no database ({db.name}) after the warm-up"
+        if flags.get("capture"):
+            out = Path(cfg["wire_capture"]["output_dir"])
+            if not (out.is_dir() and any(out.iterdir())):
+                return "wire capture wrote no file after the warm-up"
+        if flags.get("activity"):
+            diag = P.http_get_json(proc.info["admin_port"], "/v1/diagnostics")
+            if not (isinstance(diag, dict) and diag.get("activity_tracking_enabled") is True):
+                return "/v1/diagnostics does not report activity_tracking_enabled: true"
+        return None
 
     def port(self, name: str, proc: P.Proc | None) -> int:
         assert self.mock is not None
