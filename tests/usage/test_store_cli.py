@@ -33,7 +33,8 @@ def test_usage_stats_and_export_cli(tmp_path: Path) -> None:
     target = tmp_path / "out.csv"
     exp = fastproxy("usage", "export", "--db", str(db), "--format", "csv", "--out", str(target))
     assert exp.returncode == 0, exp.stderr
-    assert len(list(csv.DictReader(target.open()))) == 6
+    with target.open() as fh:
+        assert len(list(csv.DictReader(fh))) == 6
     bad = fastproxy("usage", "stats", "--db", str(db), "--start-date", "nope")
     assert bad.returncode == 2 and "--start-date" in bad.stderr
     missing = fastproxy("usage", "stats", "--db", str(tmp_path / "none.db"))
