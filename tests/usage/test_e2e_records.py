@@ -15,9 +15,11 @@ import orjson
 import pytest
 
 from fastproxy._speedups import estimate_tokens
+from fastproxy.cli import _cli_overrides, build_parser
 from fastproxy.mockllm import MockLLMServer
 from fastproxy.mockllm.text import prompt_tokens
 from fastproxy.monitor.usage_projection import ExactCounter, analyse_prompt, count_prompt
+from fastproxy.monitor.usage_service import UsageService
 from tests.conftest import RunningGateway, backend_for
 from tests.support.waiting import wait_until
 
@@ -225,13 +227,17 @@ def test_embeddings(tracked: RunningGateway) -> None:
 
 
 def test_disabled_records_nothing(gateway_factory, mock_llm: MockLLMServer) -> None:
-    gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)}},
-                         **{"usage_tracking.enabled": False})
+    ns = build_parser().parse_args(["run", "--disable-usage-tracking"])
+    gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)}}, **_cli_overrides(ns))
     assert gw.state.usage is None and gw.state.accounting is False
     assert gw.state.storage_status is None
+    assert not any(isinstance(getattr(o, "__self__", None), UsageService)
+                   for o in gw.state.observers)
     with oai(gw) as client:
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
+        list(client.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True))
     for path in ("/v1/usage/stats", "/v1/usage/recent", "/v1/usage/export"):
         r = httpx.get(gw.url + path, timeout=10)
-        assert r.status_code == 503 and "disabled" in r.json()["detail"].lower()
+        assert r.status_code == 503
+        assert r.json() == {"detail": "usage tracking is disabled (usage_tracking.enabled=false)"}
     assert not any(p.name.startswith("usage") for p in Path(gw.gateway.config.state_dir).iterdir())
