@@ -1,11 +1,10 @@
-"""From a finished exchange to its usage record, in two halves.
+"""The writer-thread half of usage tracking: a capture becomes the record dict.
 
-On the event loop, ``UsageCapture.take(rec)`` copies the numbers and names the record
-needs (plus a reference to the raw request body) into a slotted object: a few dozen
-attribute copies, no parsing, no hashing. Everything else runs later on the storage
-writer thread, in ``Projector.record(capture)``: parsing the body again with orjson,
-counting the prompt, deriving the session id and turn number, the four token points,
-timings and cost. The loop pays for a copy; the writer thread pays for the rest.
+On the event loop, ``UsageCapture.take(rec)`` (usage_service.py) copies the numbers and
+names the record needs, plus a reference to the raw request body. Everything else runs
+here, on the storage writer thread, in ``Projector.record(capture)``: parsing the body
+again with orjson, counting the prompt, deriving the session id and turn number, the
+four token points, timings and cost. The loop pays for a copy; the writer for the rest.
 
 Never kept: message text, tool arguments, keys, client IPs. The body is read only to
 count and hash; the record holds counts, names and a one-way session digest.
@@ -40,7 +39,7 @@ from .notify import utc_iso
 
 if TYPE_CHECKING:
     from ..dataplane.dialects.usage import BackendUsage
-    from ..dataplane.record import ExchangeRecord
+    from .usage_service import UsageCapture
 
 log = logging.getLogger("fastproxy.usage")
 
@@ -51,54 +50,6 @@ SESSION_HASH_CHARS = 16
 _SYSTEM_ROLES = ("system", "developer")
 # Content parts that carry prompt text under "text" (Chat, Anthropic, Responses).
 _TEXT_KEYS = ("text", "input_text", "output_text")
-
-
-class UsageCapture:
-    """What the loop copies out of an ExchangeRecord: numbers, names, the raw body."""
-
-    __slots__ = (
-        "attempts", "backend", "backend_ttfb_at", "backend_type", "body", "body_dropped",
-        "btp_est", "client_key_id", "ended_at", "first_content_at", "frontend",
-        "model_requested", "model_used", "outcome", "path", "proxy_user", "ptc_est",
-        "replacement", "session_id", "started_at", "status", "streaming", "tool_call_count",
-        "tool_names", "upstream_done_at", "upstream_sent_at", "usage", "user_agent",
-        "wall_started_at",
-    )
-
-    @classmethod
-    def take(cls, rec: ExchangeRecord, keep_body: bool) -> UsageCapture:
-        c = cls.__new__(cls)
-        c.wall_started_at = rec.wall_started_at
-        c.started_at = rec.started_at
-        c.ended_at = rec.ended_at
-        c.upstream_sent_at = rec.upstream_sent_at
-        c.backend_ttfb_at = rec.backend_ttfb_at
-        c.upstream_done_at = rec.upstream_done_at
-        c.first_content_at = rec.first_content_at
-        c.session_id = rec.session_id
-        c.client_key_id = rec.client_key_id
-        c.frontend = rec.frontend
-        c.path = rec.path
-        c.backend = rec.backend
-        c.backend_type = rec.backend_type
-        c.model_requested = rec.model_requested
-        c.model_used = rec.model_used
-        c.streaming = rec.streaming
-        c.status = rec.status
-        c.outcome = rec.outcome
-        c.attempts = rec.attempts
-        c.tool_call_count = rec.tool_call_count
-        c.tool_names = rec.tool_names  # a fresh list per exchange, never touched again
-        c.usage = rec.usage
-        c.btp_est = rec.btp_completion_est
-        c.ptc_est = rec.ptc_completion_est
-        c.replacement = rec.replacement
-        c.proxy_user = rec.proxy_user
-        c.user_agent = rec.user_agent
-        body = rec.request_body
-        c.body = body if keep_body else None
-        c.body_dropped = body is not None and not keep_body
-        return c
 
 
 # -- prompt analysis (writer thread) ------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config.loader import resolve_state_path
 from .costs import PriceTable
-from .usage_projection import ExactCounter, Projector, UsageCapture
+from .usage_projection import ExactCounter, Projector
 
 if TYPE_CHECKING:
     from ..dataplane.record import ExchangeRecord
@@ -38,6 +38,54 @@ log = logging.getLogger("fastproxy.usage")
 # maximal request (limits.max_body_bytes default): enough that a healthy writer never
 # hits it, small enough that a stalled one cannot grow the process by more.
 MAX_PENDING_BODY_BYTES = 64 * 1024 * 1024
+
+
+class UsageCapture:
+    """What the loop copies out of an ExchangeRecord: numbers, names, the raw body."""
+
+    __slots__ = (
+        "attempts", "backend", "backend_ttfb_at", "backend_type", "body", "body_dropped",
+        "btp_est", "client_key_id", "ended_at", "first_content_at", "frontend",
+        "model_requested", "model_used", "outcome", "path", "proxy_user", "ptc_est",
+        "replacement", "session_id", "started_at", "status", "streaming", "tool_call_count",
+        "tool_names", "upstream_done_at", "upstream_sent_at", "usage", "user_agent",
+        "wall_started_at",
+    )
+
+    @classmethod
+    def take(cls, rec: ExchangeRecord, keep_body: bool) -> UsageCapture:
+        c = cls.__new__(cls)
+        c.wall_started_at = rec.wall_started_at
+        c.started_at = rec.started_at
+        c.ended_at = rec.ended_at
+        c.upstream_sent_at = rec.upstream_sent_at
+        c.backend_ttfb_at = rec.backend_ttfb_at
+        c.upstream_done_at = rec.upstream_done_at
+        c.first_content_at = rec.first_content_at
+        c.session_id = rec.session_id
+        c.client_key_id = rec.client_key_id
+        c.frontend = rec.frontend
+        c.path = rec.path
+        c.backend = rec.backend
+        c.backend_type = rec.backend_type
+        c.model_requested = rec.model_requested
+        c.model_used = rec.model_used
+        c.streaming = rec.streaming
+        c.status = rec.status
+        c.outcome = rec.outcome
+        c.attempts = rec.attempts
+        c.tool_call_count = rec.tool_call_count
+        c.tool_names = rec.tool_names  # a fresh list per exchange, never touched again
+        c.usage = rec.usage
+        c.btp_est = rec.btp_completion_est
+        c.ptc_est = rec.ptc_completion_est
+        c.replacement = rec.replacement
+        c.proxy_user = rec.proxy_user
+        c.user_agent = rec.user_agent
+        body = rec.request_body
+        c.body = body if keep_body else None
+        c.body_dropped = body is not None and not keep_body
+        return c
 
 
 class PendingBodies:

@@ -14,12 +14,12 @@ from fastproxy.monitor.usage_projection import (
     REPLY_PRIMING,
     ExactCounter,
     Projector,
-    UsageCapture,
     analyse_prompt,
     count_prompt,
     exact_encoding_name,
     session_digest,
 )
+from fastproxy.monitor.usage_service import UsageCapture
 
 CONTRACT_FIELDS = [
     "id", "timestamp", "session_id", "turn_number", "frontend_type", "backend", "backend_type",
