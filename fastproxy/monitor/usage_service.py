@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -173,9 +174,12 @@ class UsageService:
         def build() -> dict[str, Any]:
             try:
                 return projector.record(capture)
-            except Exception:
+            except Exception as exc:
                 # A bug here must not lose the request: record it without prompt facts.
-                log.exception("usage: projecting a record failed; storing it without them")
+                # Logged by type and place only: an exception's message may quote the body.
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                log.error("usage: projecting a record failed (%s at %s:%s); stored without "
+                          "prompt facts", type(exc).__name__, frame.filename, frame.lineno)
                 capture.body = None
                 return projector.record(capture)
             finally:

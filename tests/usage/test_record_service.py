@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 
 from fastproxy.config import load_config
 from fastproxy.dataplane.record import ExchangeRecord
@@ -79,3 +80,23 @@ def test_a_refused_submit_releases_its_body() -> None:
     assert service.pending.bytes == held
     store.run_all()
     assert service.pending.bytes == 0
+
+
+def test_a_failing_projection_still_records_and_logs_no_text(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = HeldStore()
+    service = make_service(store, limit=1 << 20)
+    rec = rec_with_body("secret words")
+    rec.request_body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": 7}], ' \
+                       b'"tools": "secret words"}'
+
+    def broken(body: object, embeddings: bool = False) -> object:
+        raise ValueError("body says: secret words")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("fastproxy.monitor.usage_projection.analyse_prompt", broken)
+        service.on_exchange(rec)
+        (record,) = store.run_all()
+    assert record["ctp_prompt_tokens"] is None and record["model_used"] == "gpt-4o"
+    assert service.pending.bytes == 0
+    assert "ValueError" in caplog.text and "secret" not in caplog.text
