@@ -50,9 +50,9 @@ class Price(NamedTuple):
 # Public list prices, standard tier (no batch or flex discount, no long-context tier:
 # Sonnet's prompts over 200k tokens cost more than this), as OpenAI and Anthropic
 # published them up to this date (written from those figures, not fetched: re-check them
-# when moving the date). Config `usage_tracking.pricing` overrides any entry. Anthropic cache writes are the 5-minute TTL price (1.25x input); OpenAI has no
-# cache-write charge, so its entries leave it to default to the input price (OpenAI never
-# reports cache writes anyway).
+# when moving the date). Config `usage_tracking.pricing` overrides any entry. Anthropic
+# cache writes are the 5-minute TTL price (1.25x input); OpenAI has no cache-write charge,
+# so its entries leave it to default to the input price (OpenAI never reports them anyway).
 TABLE_DATE = "2025-11-30"
 BUILTIN_PRICES: Mapping[str, Price] = MappingProxyType({
     # OpenAI: input, output, cached input
