@@ -26,6 +26,12 @@ def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
     return addr
 
 
+def is_loopback(peer_ip: str | None) -> bool:
+    """127.0.0.0/8, ::1 and IPv4-mapped ::ffff:127.x, compared as addresses."""
+    addr = _ip(peer_ip)
+    return addr is not None and addr.is_loopback
+
+
 class AccessPolicy:
     __slots__ = ("_hosts", "_networks")
 

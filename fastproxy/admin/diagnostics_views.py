@@ -17,13 +17,13 @@ they are tested without sockets; the handlers add the access rule and the JSON.
 from __future__ import annotations
 
 import inspect
-import ipaddress
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .access import is_loopback
 from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
 
 if TYPE_CHECKING:
@@ -33,19 +33,6 @@ if TYPE_CHECKING:
 RATE_LIMIT_HOLD_S = 60.0
 LOCAL_ONLY = "Diagnostic endpoint is restricted to local access only"
 _LOCAL_ORIGIN_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-
-def is_loopback(peer_ip: str | None) -> bool:
-    """127.0.0.0/8, ::1 and IPv4-mapped ::ffff:127.x, compared as addresses."""
-    if not peer_ip:
-        return False
-    try:
-        addr = ipaddress.ip_address(peer_ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
 
 
 def iso(epoch: float) -> str:

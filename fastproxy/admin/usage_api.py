@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..storage.usage_queries import FilterError, Filters, parse_filters
+from ..storage.usage_queries import FilterError, Filters, parse_filters, parse_int
 from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
 
 PATHS = ("/v1/usage/stats", "/v1/usage/recent", "/v1/usage/export")
@@ -67,15 +67,7 @@ def register_disabled_usage_routes(router: Router) -> None:
 
 def _bounded(req: AdminRequest, name: str, default: int, lo: int, hi: int) -> int:
     raw = req.arg(name)
-    if raw is None:
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        raise FilterError(name, f"{raw!r} is not an integer") from None
-    if not lo <= n <= hi:
-        raise FilterError(name, f"{n} is out of range {lo}..{hi}")
-    return n
+    return default if raw is None else parse_int(name, raw, lo, hi)
 
 
 async def _export(store: Any, f: Filters, fmt: str, total: int) -> AsyncIterator[bytes]:

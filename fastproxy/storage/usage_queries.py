@@ -55,7 +55,8 @@ def _date(param: str, value: str, end: bool) -> float:
     return dt.timestamp()
 
 
-def _int(param: str, value: str, lo: int, hi: int) -> int:
+def parse_int(param: str, value: str, lo: int, hi: int) -> int:
+    """An integer query value in lo..hi, or a FilterError naming the parameter."""
     try:
         n = int(value)
     except ValueError:
@@ -86,13 +87,13 @@ def parse_filters(query: Mapping[str, list[str]], allowed_extra: frozenset[str] 
             raise FilterError("leg", f"{query['leg'][-1]!r} is not one of {', '.join(LEGS)}")
         f.leg = f.echo["leg"] = leg
     if "http_status_code" in query:
-        code = _int("http_status_code", query["http_status_code"][-1], 100, 599)
+        code = parse_int("http_status_code", query["http_status_code"][-1], 100, 599)
         f.where.append("http_status_code = ?")
         f.args.append(code)
         f.echo["http_status_code"] = code
     for param, column, hi in (("day_of_week", "day_of_week", 6), ("hour_of_day", "hour_of_day", 23)):
         if param in query:
-            n = _int(param, query[param][-1], 0, hi)
+            n = parse_int(param, query[param][-1], 0, hi)
             f.where.append(f"{column} = ?")
             f.args.append(n)
             f.echo[param] = n
