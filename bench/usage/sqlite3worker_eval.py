@@ -73,10 +73,22 @@ def _fresh_db(path: Path) -> None:
     conn.close()
 
 
-def _rows(path: Path) -> int:
+def _unpaired(path: Path) -> int:
+    """Records with only one of their two rows (a half-written record)."""
     conn = sqlite3.connect(path)
     try:
-        return int(conn.execute("SELECT count(*) FROM usage").fetchone()[0])
+        return int(conn.execute(
+            "SELECT (SELECT count(*) FROM usage WHERE id NOT IN (SELECT id FROM usage_record))"
+            " + (SELECT count(*) FROM usage_record WHERE id NOT IN (SELECT id FROM usage))"
+        ).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _rows(path: Path, table: str = "usage") -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     finally:
         conn.close()
 
@@ -248,7 +260,8 @@ def scenario_locked(tmp: Path) -> Iterator[dict[str, Any]]:
         yield {"scenario": "locked", "writer": lib, "lock_held_s": LOCK_S, "queue": 100,
                "enqueued": n, "worst_enqueue_call_s": round(worst, 3),
                "enqueue_exceptions": raised, "refused_and_counted": refused,
-               "rows": written, "lost": n - written}
+               "rows": written, "json_rows": _rows(path, "usage_record"),
+               "half_written": _unpaired(path), "lost": n - written}
 
 
 def scenario_throughput(tmp: Path, n: int) -> Iterator[dict[str, Any]]:
