@@ -1,7 +1,9 @@
 """/v1/usage/stats, /v1/usage/recent, /v1/usage/export (CONTRACT.md §5).
 
 Every query runs in a worker thread (asyncio.to_thread) with its own read connection,
-so a slow query never stalls the relay. Exports stream page by page.
+so a slow query never stalls the relay. An export opens one read snapshot, then fetches
+and encodes each page in a thread and yields its bytes: memory holds one page at most,
+and a client that stops reading stops the fetching (the stream is pulled, not pushed).
 """
 
 from __future__ import annotations
@@ -9,48 +11,72 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from ..storage.usage_queries import FilterError, Filters, parse_filters, parse_int
+from ..storage.usage_queries import ExportCursor, FilterError, parse_filters, parse_int
 from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
 
+log = logging.getLogger("fastproxy.admin")
+
 PATHS = ("/v1/usage/stats", "/v1/usage/recent", "/v1/usage/export")
-_CONTENT_TYPES = {"json": "application/json", "ndjson": "application/x-ndjson",
-                  "csv": "text/csv; charset=utf-8"}
+FORMATS = {"json": "application/json", "ndjson": "application/x-ndjson",
+           "csv": "text/csv; charset=utf-8"}
+DISABLED = "usage tracking is disabled (usage_tracking.enabled=false)"
+PAGE_SIZE = 1000
+# CSV columns: the record fields of CONTRACT.md §6, in its order. Nested values
+# (backend_reported_usage, tool_names, replacement) are JSON text in their cell.
+CSV_FIELDS = (
+    "id", "timestamp", "session_id", "turn_number", "frontend_type", "backend",
+    "backend_type", "model_requested", "model_used", "streaming", "http_status_code",
+    "outcome", "attempts", "tool_call_count", "tool_names", "ctp_prompt_tokens",
+    "ptb_prompt_tokens", "btp_completion_tokens", "ptc_completion_tokens",
+    "backend_reported_usage", "usage_source", "ttft_ms", "backend_ttfb_ms",
+    "total_duration_ms", "proxy_overhead_ms", "stream_tps", "cost", "cost_source",
+    "replacement", "proxy_user", "user_agent",
+)
 
 
 def register_usage_routes(router: Router, store: Any) -> None:
+    """The three views over ``store`` (a UsageStore: stats/recent/open_export)."""
+
     async def stats(req: AdminRequest) -> AdminResponse:
         try:
             f = parse_filters(req.query)
         except FilterError as err:
             return error_response(400, str(err))
-        return json_response(await asyncio.to_thread(store.stats, f))
+        return await _answer(store.stats, f)
 
     async def recent(req: AdminRequest) -> AdminResponse:
         try:
             f = parse_filters(req.query, frozenset({"limit", "offset"}))
-            limit = _bounded(req, "limit", 50, 1, 1000)
-            offset = _bounded(req, "offset", 0, 0, 10**12)
+            limit = _int_arg(req, "limit", 50, 1, 1000)
+            offset = _int_arg(req, "offset", 0, 0, 2**62)
         except FilterError as err:
             return error_response(400, str(err))
-        return json_response(await asyncio.to_thread(store.recent, f, limit, offset))
+        return await _answer(store.recent, f, limit, offset)
 
     async def export(req: AdminRequest) -> AdminResponse:
         try:
             f = parse_filters(req.query, frozenset({"format"}))
             fmt = (req.arg("format") or "json").lower()
-            if fmt not in _CONTENT_TYPES:
-                raise FilterError("format", f"{fmt!r} is not one of json, ndjson, csv")
+            if fmt not in FORMATS:
+                raise FilterError("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
         except FilterError as err:
             return error_response(400, str(err))
-        total = await asyncio.to_thread(store.count, f)
-        return AdminResponse(status=200, content_type=_CONTENT_TYPES[fmt],
-                             stream=_export(store, f, fmt, total))
+        try:
+            cursor = await asyncio.to_thread(store.open_export, f, PAGE_SIZE)
+        except sqlite3.Error as exc:
+            return _unavailable(exc)
+        name = f"usage-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.{fmt}"
+        return AdminResponse(status=200, content_type=FORMATS[fmt],
+                             headers=[("Content-Disposition", f'attachment; filename="{name}"')],
+                             stream=_stream(cursor, fmt))
 
     router.add("GET", "/v1/usage/stats", stats)
     router.add("GET", "/v1/usage/recent", recent)
@@ -58,53 +84,93 @@ def register_usage_routes(router: Router, store: Any) -> None:
 
 
 def register_disabled_usage_routes(router: Router) -> None:
+    """The same paths answering 503, so a client learns why rather than getting a 404."""
+
     async def disabled(req: AdminRequest) -> AdminResponse:
-        return error_response(503, "usage tracking is disabled (usage_tracking.enabled=false)")
+        return error_response(503, DISABLED)
 
     for path in PATHS:
         router.add("GET", path, disabled)
 
 
-def _bounded(req: AdminRequest, name: str, default: int, lo: int, hi: int) -> int:
+async def _answer(fn: Any, *args: Any) -> AdminResponse:
+    try:
+        return json_response(await asyncio.to_thread(fn, *args))
+    except sqlite3.Error as exc:
+        return _unavailable(exc)
+
+
+def _unavailable(exc: sqlite3.Error) -> AdminResponse:
+    # The file is missing, locked for longer than the busy timeout, or damaged: the
+    # writer reports it in /internal/health; the query says so instead of a 500.
+    log.warning("usage query failed: %s", exc)
+    return error_response(503, f"usage database unavailable: {exc}")
+
+
+def _int_arg(req: AdminRequest, name: str, default: int, lo: int, hi: int) -> int:
     raw = req.arg(name)
-    return default if raw is None else parse_int(name, raw, lo, hi)
+    return default if raw is None or raw == "" else parse_int(name, raw, lo, hi)
 
 
-async def _export(store: Any, f: Filters, fmt: str, total: int) -> AsyncIterator[bytes]:
-    pages = store.export_pages(f)
-    first = True
+async def _stream(cursor: ExportCursor, fmt: str) -> AsyncIterator[bytes]:
+    chunks = encode_export(cursor, fmt)
+    try:
+        while True:
+            piece = await asyncio.to_thread(next, chunks, None)
+            if piece is None:
+                return
+            yield piece
+    finally:
+        # Also on a client that went away: release the snapshot and the connection.
+        await asyncio.to_thread(_close, chunks, cursor)
+
+
+def _close(chunks: Iterator[bytes], cursor: ExportCursor) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+    cursor.close()
+
+
+def encode_export(cursor: ExportCursor, fmt: str) -> Iterator[bytes]:
+    """The export document, one chunk per page (blocking: run it in a thread)."""
     if fmt == "json":
-        yield (b'{"version":1,"exported_at":' + orjson.dumps(_now()) + b',"record_count":'
-               + str(total).encode() + b',"filters":' + orjson.dumps(f.echo) + b',"records":[')
-    while True:
-        page = await asyncio.to_thread(next, pages, None)
-        if page is None:
-            break
-        if fmt == "ndjson":
+        yield (b'{"version":1,"exported_at":' + orjson.dumps(now_iso())
+               + b',"record_count":' + str(cursor.record_count).encode()
+               + b',"filters":' + orjson.dumps(cursor.filters.echo) + b',"records":[')
+        first = True
+        for page in cursor.pages():
+            yield (b"" if first else b",") + b",".join(orjson.dumps(r) for r in page)
+            first = False
+        yield b"]}\n"
+    elif fmt == "ndjson":
+        for page in cursor.pages():
             yield b"".join(orjson.dumps(r) + b"\n" for r in page)
-        elif fmt == "csv":
-            yield _csv(page, header=first)
-        else:
-            body = b",".join(orjson.dumps(r) for r in page)
-            yield (b"" if first else b",") + body
-        first = False
-    if fmt == "json":
-        yield b"]}"
+    else:
+        yield _csv_rows([list(CSV_FIELDS)])
+        for page in cursor.pages():
+            yield _csv_rows([_csv_cell(r.get(k)) for k in CSV_FIELDS] for r in page)
 
 
-def _csv(page: list[dict[str, Any]], header: bool) -> bytes:
+def _csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict | list):
+        return orjson.dumps(v).decode()
+    return v
+
+
+def _csv_rows(rows: Any) -> bytes:
     out = io.StringIO()
-    fields = list(page[0]) if page else []
-    writer = csv.writer(out)
-    if header:
-        writer.writerow(fields)
-    for record in page:
-        writer.writerow([
-            orjson.dumps(v).decode() if isinstance(v, dict | list) else ("" if v is None else v)
-            for v in (record.get(k) for k in fields)
-        ])
+    csv.writer(out).writerows(rows)
     return out.getvalue().encode()
 
 
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+__all__ = ["CSV_FIELDS", "FORMATS", "encode_export", "register_disabled_usage_routes",
+           "register_usage_routes"]

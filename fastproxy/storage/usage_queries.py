@@ -1,250 +1,456 @@
-"""Usage queries: filters, stats, recent, export. Pure functions over a read connection.
+"""Usage queries: stats, recent, export. Functions over one read connection.
 
 They run in a worker thread (the views use asyncio.to_thread), never on the event loop.
-Aggregates are SQL; percentiles are nearest-rank over the sorted non-null values of one
-column (rank = ceil(p * n)).
+Each function reads inside one read transaction, so the rollup, the rows and the counts
+it combines come from the same snapshot while the writer commits beside it.
+
+How stats stays under a second on a million rows (docs/usage-storage.md has figures):
+- Counts and sums come from ``usage_hourly`` for the whole hours of the range, and from
+  rows only for the partial hours at its two edges.
+- A nearest-rank percentile (rank = ceil(p * n)) of a broad selection is one walk of
+  that timing column's covering index with OFFSET, from the nearer end: no sort, no
+  table access, and p95/p99 walk only the top 5 % / 1 %.
+- A narrow selection (a session, a short range, a rare model) is cheaper to fetch and
+  sort in Python: its rows are found through the time or session index.
 """
 
 from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import orjson
 
-
-class FilterError(ValueError):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
-
-
-_TEXT = ("backend_type", "backend", "frontend_type", "session_id", "proxy_user")
-_FEW_VALUES = frozenset({"backend_type", "backend", "frontend_type"})
-LEGS = ("CTP", "PTB", "BTP", "PTC")
-FILTER_PARAMS = frozenset(
-    (*_TEXT, "model", "leg", "http_status_code", "start_date", "end_date", "day_of_week",
-     "hour_of_day")
+from .usage_filters import (
+    FILTER_PARAMS,
+    LEGS,
+    FilterError,
+    Filters,
+    common_terms,
+    dim_query,
+    parse_filters,
+    parse_int,
+    raw_terms,
+    time_terms,
+    where,
 )
+from .usage_schema import ROLLUP_SUMS_SQL, SUMS_SQL, TIMINGS, VERSION
+
+__all__ = ["FILTER_PARAMS", "LEGS", "ExportCursor", "FilterError", "Filters", "count",
+           "parse_filters", "parse_int", "recent", "stats"]
+
+# A selection matching fewer than 1/NARROW_RATIO of all rows is fetched and sorted in
+# Python; a broader one is walked in the covering indexes (measured: bench/usage_db).
+NARROW_RATIO = 12
+PERCENTILES = (50, 95, 99)
+_STAT_NAMES = {"ttft_ms": "ttft_stats", "total_duration_ms": "duration_stats",
+               "proxy_overhead_ms": "proxy_overhead_stats", "stream_tps": "stream_tps_stats"}
+NONE_KEY = "(none)"  # by_backend / by_model key for records without a backend / model
+
+# One aggregate row per (dim, status), the sums of usage_schema.SUMS in that order.
+_RAW_AGG = f"dim, http_status_code, {SUMS_SQL}"
+_ROLLUP_AGG = f"dim, http_status_code, {ROLLUP_SUMS_SQL}"
+N, CTP, PTB, BTP, PTC, BRP, BRC, BRT, COST, COST_N, TOOLS, MIN_TS, MAX_TS = range(13)
+TIMING_AT = {c: 13 + 4 * i for i, c in enumerate(TIMINGS)}  # count, sum, min, max
+_MINS = {MIN_TS} | {TIMING_AT[c] + 2 for c in TIMINGS}
+_MAXS = {MAX_TS} | {TIMING_AT[c] + 3 for c in TIMINGS}
+_INF = float("inf")
+_ROLLUPS = {"hour": "usage_hourly", "day": "usage_daily"}
+
+Groups = dict[tuple[int, int], list[Any]]
 
 
-@dataclass(slots=True)
-class Filters:
-    where: list[str] = field(default_factory=list)
-    args: list[Any] = field(default_factory=list)
-    echo: dict[str, Any] = field(default_factory=dict)
-    leg: str | None = None
-
-    def clause(self) -> str:
-        return (" WHERE " + " AND ".join(self.where)) if self.where else ""
+# Read connections map the file: a stats call opens a fresh connection, and mapping spares
+# copying every page into that connection's cache. Safe because the file never shrinks
+# under a reader (no VACUUM, no auto_vacuum; a bad file is renamed, never truncated).
+_READ_MMAP = 1 << 30
 
 
-def _date(param: str, value: str, end: bool) -> float:
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection for one query or one export (any thread, one at a time)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5,
+                           isolation_level=None, check_same_thread=False)
     try:
-        if len(value) == 10:  # a plain date: the whole day for end_date
-            day = datetime.fromisoformat(value).replace(tzinfo=UTC)
-            return (day + timedelta(days=1)).timestamp() - 1e-6 if end else day.timestamp()
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise FilterError(param, f"{value!r} is not an ISO-8601 date or date-time") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)  # naive = UTC, as documented
-    return dt.timestamp()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != VERSION:
+            raise sqlite3.DatabaseError(
+                f"{path} has usage schema version {version}; this fastproxy reads {VERSION} "
+                "(the gateway migrates the file when it starts)")
+        conn.execute(f"PRAGMA mmap_size={_READ_MMAP}")
+        conn.execute("PRAGMA query_only=1")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
-def parse_int(param: str, value: str, lo: int, hi: int) -> int:
-    """An integer query value in lo..hi, or a FilterError naming the parameter."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise FilterError(param, f"{value!r} is not an integer") from None
-    if not lo <= n <= hi:
-        raise FilterError(param, f"{n} is out of range {lo}..{hi}")
-    return n
+class _Snapshot:
+    """One read transaction: every query inside sees the same committed state."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN")
+        return self.conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error says more
 
 
-def parse_filters(query: Mapping[str, list[str]], allowed_extra: frozenset[str] = frozenset()) -> Filters:
-    f = Filters()
-    for param in query:
-        if param not in FILTER_PARAMS and param not in allowed_extra:
-            raise FilterError(param, "unknown parameter")
-    for param in _TEXT:
-        if param in query:
-            # Columns with a handful of values (backend type, backend, dialect) match a
-            # large share of rows: a sequential scan beats an index lookup per row, and
-            # the unary + keeps SQLite's planner from choosing the index.
-            column = f"+{param}" if param in _FEW_VALUES else param
-            f.where.append(f"{column} = ?")
-            f.args.append(query[param][-1])
-            f.echo[param] = query[param][-1]
-    if "model" in query:
-        model = query["model"][-1]
-        f.where.append("(model_requested = ? OR model_used = ?)")
-        f.args += [model, model]
-        f.echo["model"] = model
-    if "leg" in query:
-        leg = query["leg"][-1].upper()
-        if leg not in LEGS:
-            raise FilterError("leg", f"{query['leg'][-1]!r} is not one of {', '.join(LEGS)}")
-        f.leg = f.echo["leg"] = leg
-    if "http_status_code" in query:
-        code = parse_int("http_status_code", query["http_status_code"][-1], 100, 599)
-        f.where.append("+http_status_code = ?")
-        f.args.append(code)
-        f.echo["http_status_code"] = code
-    for param, column, hi in (("day_of_week", "day_of_week", 6), ("hour_of_day", "hour_of_day", 23)):
-        if param in query:
-            n = parse_int(param, query[param][-1], 0, hi)
-            f.where.append(f"{column} = ?")
-            f.args.append(n)
-            f.echo[param] = n
-    start = end = None
-    if "start_date" in query:
-        start = _date("start_date", query["start_date"][-1], end=False)
-        f.where.append("ts >= ?")
-        f.args.append(start)
-        f.echo["start_date"] = query["start_date"][-1]
-    if "end_date" in query:
-        end = _date("end_date", query["end_date"][-1], end=True)
-        f.where.append("ts <= ?")
-        f.args.append(end)
-        f.echo["end_date"] = query["end_date"][-1]
-    if start is not None and end is not None and end < start:
-        raise FilterError("end_date", "is before start_date")
-    return f
+def _dims(conn: sqlite3.Connection, f: Filters) -> list[int] | None:
+    q = dim_query(f)
+    return None if q is None else [r[0] for r in conn.execute(q[0], q[1])]
 
 
-def _points(leg: str | None) -> tuple[str, str]:
-    """SQL for (prompt, completion) under a leg projection. Default: the tokens that
-    crossed the backend boundary (PTB prompt, BTP completion); a leg selects one point
-    and zeroes the other side, so no record is ever counted twice."""
-    return {
-        None: ("ptb_prompt_tokens", "btp_completion_tokens"),
-        "CTP": ("ctp_prompt_tokens", "0"),
-        "PTB": ("ptb_prompt_tokens", "0"),
-        "BTP": ("0", "btp_completion_tokens"),
-        "PTC": ("0", "ptc_completion_tokens"),
-    }[leg]
+def _merge(groups: Groups, rows: Iterator[tuple[Any, ...]]) -> None:
+    for dim, code, *vals in rows:
+        acc = groups.get((dim, code))
+        if acc is None:
+            groups[(dim, code)] = vals
+            continue
+        for i, v in enumerate(vals):
+            if v is None:
+                continue
+            if i in _MINS:
+                acc[i] = v if acc[i] is None else min(acc[i], v)
+            elif i in _MAXS:
+                acc[i] = v if acc[i] is None else max(acc[i], v)
+            else:
+                acc[i] += v
 
 
-_TIMING_COLUMNS = ("ttft_ms", "total_duration_ms", "proxy_overhead_ms", "stream_tps")
+def _segments(f: Filters) -> list[tuple[str, float, float, bool]]:
+    """Split the date range into (source, lo, hi, hi_exclusive) pieces: whole days from
+    usage_daily, whole hours around them from usage_hourly, the partial hours at the two
+    edges from the rows. An hour_of_day filter skips the daily level (a day row mixes
+    hours). Open sides are infinite."""
+    s, e = f.start, f.end
+    h1 = -_INF if s is None else math.ceil(s / 3600) * 3600.0
+    h2 = _INF if e is None else math.floor(e / 3600) * 3600.0
+    if h1 >= h2:  # no whole hour inside: the rows alone
+        assert s is not None and e is not None
+        return [("raw", s, e, f.end_exclusive)]
+    out = []
+    if s is not None and s < h1:
+        out.append(("raw", s, h1, True))
+    if e is not None and (h2 < e or not f.end_exclusive):
+        out.append(("raw", h2, e, f.end_exclusive))
+    d1 = -_INF if s is None else math.ceil(s / 86400) * 86400.0
+    d2 = _INF if e is None else math.floor(e / 86400) * 86400.0
+    if f.hour_of_day is not None or d1 >= d2:
+        return [*out, ("hour", h1, h2, True)]
+    if h1 < d1:
+        out.append(("hour", h1, d1, True))
+    if d2 < h2:
+        out.append(("hour", d2, h2, True))
+    return [*out, ("day", d1, d2, True)]
 
 
-def _timing_stats(conn: sqlite3.Connection, f: Filters) -> dict[str, dict[str, Any] | None]:
-    """Nearest-rank summaries of the four timing columns: a narrow scan per column and a
-    C-level list sort (SQL ORDER BY per column measured slower)."""
-    out: dict[str, dict[str, Any] | None] = {}
-    for name in _TIMING_COLUMNS:
-        where = f.clause() + (" AND " if f.where else " WHERE ") + f"{name} IS NOT NULL"
-        values = [r[0] for r in conn.execute(f"SELECT {name} FROM usage{where}", f.args)]
-        out[name] = _summary(values)
+def _aggregate(conn: sqlite3.Connection, f: Filters, dims: list[int] | None,
+               only_count: bool = False) -> Groups:
+    """Counts and sums per (dim, status) over the selection; with ``only_count``, just
+    the count, as groups[(0, 0)][N] (what /recent and /export need)."""
+    groups: Groups = {}
+    if dims == []:
+        return groups
+    raw_agg = "0, 0, COUNT(*)" if only_count else _RAW_AGG
+    roll_agg = "0, 0, SUM(n)" if only_count else _ROLLUP_AGG
+    group_by = "" if only_count else " GROUP BY dim, http_status_code"
+    if f.session_id is not None:  # sessions are not in the rollups; they are selective
+        terms, args = raw_terms(f, dims)
+        _merge(groups, conn.execute(
+            f"SELECT {raw_agg} FROM usage_requests INDEXED BY usage_requests_session"
+            f"{where(terms)}{group_by}", args))
+        return groups
+    for source, lo, hi, hi_exclusive in _segments(f):
+        terms, args = common_terms(f, dims)
+        if source == "raw":
+            t_terms, t_args = time_terms(lo, hi, hi_exclusive)
+            sql = (f"SELECT {raw_agg} FROM usage_requests INDEXED BY usage_requests_ts"
+                   f"{where(terms + t_terms)}{group_by}")
+            args += t_args
+        else:
+            unit = 3600 if source == "hour" else 86400
+            for bound, op in ((lo, ">="), (hi, "<")):
+                if math.isfinite(bound):
+                    terms.append(f"{source} {op} ?")
+                    args.append(int(bound // unit))
+            sql = f"SELECT {roll_agg} FROM {_ROLLUPS[source]}{where(terms)}{group_by}"
+        _merge(groups, (r for r in conn.execute(sql, args) if r[2]))
+    return groups
+
+
+def _total_rows(conn: sqlite3.Connection) -> int:
+    # Two subqueries: SQLite answers a lone MIN or MAX of the key from the b-tree's end,
+    # but scans the whole table for both in one SELECT.
+    lo, hi = conn.execute("SELECT (SELECT MIN(seq) FROM usage_requests), "
+                          "(SELECT MAX(seq) FROM usage_requests)").fetchone()
+    return 0 if lo is None else hi - lo + 1
+
+
+def _summary(n: int, vmin: float, vmax: float, total: float,
+             ranks: dict[int, float]) -> dict[str, Any]:
+    return {"count": n, "min_ms": round(vmin, 3), "max_ms": round(vmax, 3),
+            "avg_ms": round(total / n, 3),
+            **{f"p{p}_ms": round(ranks[p], 3) for p in PERCENTILES}}
+
+
+def _rank(p: int, n: int) -> int:
+    """Nearest rank, 1-based: ceil(p/100 * n) in integers (no float rounding)."""
+    return max(1, (p * n + 99) // 100)
+
+
+def _walk(conn: sqlite3.Connection, col: str, terms: list[str], args: list[Any],
+          n: int) -> dict[int, float] | None:
+    """Percentiles by walking the column's covering index from the nearer end."""
+    base = (f"SELECT {col} FROM usage_requests INDEXED BY usage_requests_{col} "
+            f"WHERE {col} IS NOT NULL{''.join(' AND ' + t for t in terms)} ORDER BY {col}")
+    out: dict[int, float] = {}
+    for p in PERCENTILES:
+        r = _rank(p, n)
+        if r - 1 <= n - r:
+            row = conn.execute(base + " LIMIT 1 OFFSET ?", [*args, r - 1]).fetchone()
+        else:
+            row = conn.execute(base + " DESC LIMIT 1 OFFSET ?", [*args, n - r]).fetchone()
+        if row is None:  # the rollup and the rows disagree: let the caller fetch instead
+            return None
+        out[p] = row[0]
     return out
 
 
-def _summary(values: list[float]) -> dict[str, Any] | None:
-    n = len(values)
-    if not n:
-        return None
-    values.sort()
+def _fetch(conn: sqlite3.Connection, f: Filters,
+           dims: list[int] | None) -> tuple[int, dict[str, dict[str, Any] | None]]:
+    """Distinct sessions and the four summaries from the selected rows themselves."""
+    terms, args = raw_terms(f, dims)
+    index = "usage_requests_session" if f.session_id is not None else "usage_requests_ts"
+    rows = conn.execute(f"SELECT session_id, {', '.join(TIMINGS)} FROM usage_requests "
+                        f"INDEXED BY {index}{where(terms)}", args).fetchall()
+    sessions = len({r[0] for r in rows} - {None})
+    out: dict[str, dict[str, Any] | None] = {}
+    for i, col in enumerate(TIMINGS, start=1):
+        values = sorted(r[i] for r in rows if r[i] is not None)
+        n = len(values)
+        out[col] = None if not n else _summary(
+            n, values[0], values[-1], sum(values),
+            {p: values[_rank(p, n) - 1] for p in PERCENTILES})
+    return sessions, out
 
-    def rank(p: float) -> float:
-        return round(values[max(0, math.ceil(p * n) - 1)], 3)
 
-    return {"count": n, "min_ms": round(values[0], 3), "max_ms": round(values[-1], 3),
-            "avg_ms": round(sum(values) / n, 3), "p50_ms": rank(0.50), "p95_ms": rank(0.95),
-            "p99_ms": rank(0.99)}
+def _sessions(conn: sqlite3.Connection, terms: list[str], args: list[Any]) -> int:
+    # The session index is in session order: GROUP BY needs no temporary b-tree.
+    return conn.execute(
+        "SELECT COUNT(*) FROM (SELECT session_id FROM usage_requests INDEXED BY "
+        "usage_requests_session WHERE session_id IS NOT NULL"
+        f"{''.join(' AND ' + t for t in terms)} GROUP BY session_id)", args).fetchone()[0]
 
 
-def _group(conn: sqlite3.Connection, key: str, f: Filters, prompt: str, completion: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    # Unary + keeps SQLite off the (backend, ts) index: for a GROUP BY over most rows a
-    # plain scan is far cheaper than index order plus a table lookup per row.
-    sql = (f"SELECT +{key} AS k, COUNT(*), COALESCE(SUM({prompt}),0), COALESCE(SUM({completion}),0), "
-           f"SUM(cost), COUNT(cost) FROM usage{f.clause()} GROUP BY k ORDER BY k")
-    for k, n, p, c, cost, cost_n in conn.execute(sql, f.args):
-        out[str(k)] = {"request_count": n, "total_prompt_tokens": p,
-                       "total_completion_tokens": c, "total_tokens": p + c,
-                       "total_cost": round(cost or 0.0, 10), "cost_record_count": cost_n}
+def _group(acc: dict[str, Any], vals: list[Any], prompt: int | None,
+           completion: int | None, code: int) -> None:
+    p = vals[prompt] if prompt is not None else 0
+    c = vals[completion] if completion is not None else 0
+    acc["request_count"] += vals[N]
+    acc["total_prompt_tokens"] += p
+    acc["total_completion_tokens"] += c
+    acc["total_tokens"] += p + c
+    acc["backend_reported_total_tokens"] += vals[BRT]
+    acc["total_cost"] += vals[COST]
+    acc["cost_record_count"] += vals[COST_N]
+    acc["total_tool_calls"] += vals[TOOLS]
+    if code >= 400 or code == 0:
+        acc["error_count"] += vals[N]
+    at = TIMING_AT["total_duration_ms"]
+    acc["_dur_n"] += vals[at]
+    acc["_dur_sum"] += vals[at + 1]
+
+
+def _new_group() -> dict[str, Any]:
+    return {"request_count": 0, "total_prompt_tokens": 0, "total_completion_tokens": 0,
+            "total_tokens": 0, "backend_reported_total_tokens": 0, "total_cost": 0.0,
+            "cost_record_count": 0, "total_tool_calls": 0, "error_count": 0,
+            "_dur_n": 0, "_dur_sum": 0.0}
+
+
+def _finish(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in sorted(groups):
+        g = groups[name]
+        dur_n, dur_sum = g.pop("_dur_n"), g.pop("_dur_sum")
+        g["total_cost"] = round(g["total_cost"], 10)
+        g["avg_duration_ms"] = round(dur_sum / dur_n, 3) if dur_n else None
+        out[name] = g
     return out
 
 
 def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
-    prompt, completion = _points(f.leg)
-    row = conn.execute(
-        f"SELECT COUNT(*), COUNT(DISTINCT session_id), COALESCE(SUM({prompt}),0), "
-        f"COALESCE(SUM({completion}),0), COALESCE(SUM(br_prompt),0), COALESCE(SUM(br_completion),0), "
-        f"COALESCE(SUM(br_total),0), SUM(cost), COUNT(cost), COALESCE(SUM(tool_call_count),0), "
-        f"MIN(ts), MAX(ts), COALESCE(SUM(total_duration_ms),0) FROM usage{f.clause()}", f.args).fetchone()
-    (n, sessions, p_tok, c_tok, brp, brc, brt, cost, cost_n, tools, t0, t1, dur) = row
-    timing = _timing_stats(conn, f)
-    codes = {str(code): cnt for code, cnt in conn.execute(
-        f"SELECT http_status_code, COUNT(*) FROM usage{f.clause()} GROUP BY http_status_code",
-        f.args)}
+    # The leg projects one token point; the other side is 0. Default: what crossed the
+    # backend boundary (prompt sent to it, completion it produced).
+    prompt, completion = {None: (PTB, BTP), "CTP": (CTP, None), "PTB": (PTB, None),
+                          "BTP": (None, BTP), "PTC": (None, PTC)}[f.leg]
+    with _Snapshot(conn):
+        dims = _dims(conn, f)
+        groups = _aggregate(conn, f, dims)
+        total = [0] * 11 + [None, None] + [0, 0.0, None, None] * len(TIMINGS)
+        _merge({(0, 0): total}, ((0, 0, *v) for v in groups.values()))
+        n = total[N]
+        timing: dict[str, dict[str, Any] | None] = dict.fromkeys(TIMINGS)
+        sessions = 0
+        if n and (f.session_id is not None or n * NARROW_RATIO <= _total_rows(conn)):
+            sessions, timing = _fetch(conn, f, dims)
+        elif n:
+            terms, args = raw_terms(f, dims)
+            sessions = _sessions(conn, terms, args)
+            for col in TIMINGS:
+                at = TIMING_AT[col]
+                cn = total[at]
+                if not cn:
+                    continue
+                ranks = _walk(conn, col, terms, args, cn)
+                if ranks is None:
+                    _, fetched = _fetch(conn, f, dims)
+                    timing[col] = fetched[col]
+                else:
+                    timing[col] = _summary(cn, total[at + 2], total[at + 3], total[at + 1],
+                                           ranks)
+        names = {r[0]: r[1:] for r in conn.execute(
+            "SELECT dim, backend, COALESCE(model_used, model_requested) FROM usage_dims")}
+    by_backend: dict[str, dict[str, Any]] = {}
+    by_model: dict[str, dict[str, Any]] = {}
+    codes: dict[int, int] = {}
+    for (dim, code), vals in groups.items():
+        backend, model = names.get(dim, (None, None))
+        for table, key in ((by_backend, backend), (by_model, model)):
+            name = NONE_KEY if key is None else str(key)
+            _group(table.setdefault(name, _new_group()), vals, prompt, completion, code)
+        codes[code] = codes.get(code, 0) + vals[N]
+    p_tok = total[prompt] if prompt is not None else 0
+    c_tok = total[completion] if completion is not None else 0
+    dur_s = total[TIMING_AT["total_duration_ms"] + 1] / 1000.0
+    # Throughput counts the completion as produced (or as relayed, under leg=PTC), even
+    # when the leg projects the prompt side.
+    tps_tokens = total[PTC] if f.leg == "PTC" else total[BTP]
     return {
         "request_count": n,
         "unique_sessions": sessions,
         "total_prompt_tokens": p_tok,
         "total_completion_tokens": c_tok,
         "total_tokens": p_tok + c_tok,
-        "backend_reported_prompt_tokens": brp,
-        "backend_reported_completion_tokens": brc,
-        "backend_reported_total_tokens": brt,
-        "total_cost": round(cost or 0.0, 10),
-        "cost_record_count": cost_n,
-        "total_tool_calls": tools,
-        "status_code_counts": codes,
-        # Completion tokens per second of request time (sum of durations).
-        "completion_tokens_per_second": round(c_tok / (dur / 1000.0), 3) if dur else None,
-        "time_window_seconds": round(t1 - t0, 3) if n else None,
+        "backend_reported_prompt_tokens": total[BRP],
+        "backend_reported_completion_tokens": total[BRC],
+        "backend_reported_total_tokens": total[BRT],
+        "total_cost": round(total[COST], 10),
+        "cost_record_count": total[COST_N],
+        "total_tool_calls": total[TOOLS],
+        "status_code_counts": {str(c): codes[c] for c in sorted(codes)},
+        "completion_tokens_per_second": round(tps_tokens / dur_s, 3) if dur_s > 0 else None,
+        "time_window_seconds": round(total[MAX_TS] - total[MIN_TS], 3) if n else None,
         "ttft_stats": timing["ttft_ms"],
         "duration_stats": timing["total_duration_ms"],
         "proxy_overhead_stats": timing["proxy_overhead_ms"],
-        # Same keys as the others; the values are tokens per second, not ms.
+        # Same keys as the others, but the values are tokens per second, not ms.
         "stream_tps_stats": timing["stream_tps"],
-        "by_backend": _group(conn, "backend", f, prompt, completion),
-        "by_model": _group(conn, "COALESCE(model_used, model_requested)", f, prompt, completion),
+        "by_backend": _finish(by_backend),
+        "by_model": _finish(by_model),
         "filters": f.echo,
     }
 
 
+def _count(conn: sqlite3.Connection, f: Filters, dims: list[int] | None) -> int:
+    return sum(v[N] for v in _aggregate(conn, f, dims, only_count=True).values())
+
+
 def count(conn: sqlite3.Connection, f: Filters) -> int:
-    return conn.execute(f"SELECT COUNT(*) FROM usage{f.clause()}", f.args).fetchone()[0]
+    with _Snapshot(conn):
+        return _count(conn, f, _dims(conn, f))
+
+
+def _records(conn: sqlite3.Connection, seqs: list[int]) -> list[dict[str, Any]]:
+    """The stored records for ``seqs``, in that order."""
+    if not seqs:
+        return []
+    found = dict(conn.execute(
+        f"SELECT seq, record FROM usage_records WHERE seq IN ({','.join(map(str, seqs))})"))
+    return [orjson.loads(found[s]) for s in seqs if s in found]
+
+
+def _order_index(f: Filters) -> str:
+    # A session's rows are few: find them by session, then sort. Anything else walks
+    # the time index, whose entries carry every other filter column.
+    return "usage_requests_session" if f.session_id is not None else "usage_requests_ts"
 
 
 def recent(conn: sqlite3.Connection, f: Filters, limit: int, offset: int) -> dict[str, Any]:
-    ids = [r[0] for r in conn.execute(
-        f"SELECT id FROM usage{f.clause()} ORDER BY ts DESC, rowid DESC LIMIT ? OFFSET ?",
-        [*f.args, limit, offset])]
-    return {"records": _records(conn, ids), "total": count(conn, f),
-            "limit": limit, "offset": offset}
+    with _Snapshot(conn):
+        dims = _dims(conn, f)
+        total = _count(conn, f, dims)
+        seqs: list[int] = []
+        if total > offset:
+            terms, args = raw_terms(f, dims)
+            seqs = [r[0] for r in conn.execute(
+                f"SELECT seq FROM usage_requests INDEXED BY {_order_index(f)}{where(terms)} "
+                "ORDER BY ts DESC, seq DESC LIMIT ? OFFSET ?", [*args, limit, offset])]
+        records = _records(conn, seqs)
+    return {"records": records, "total": total, "limit": limit, "offset": offset}
 
 
-def _records(conn: sqlite3.Connection, ids: list[str]) -> list[dict[str, Any]]:
-    """The stored records for ``ids``, in that order."""
-    if not ids:
-        return []
-    marks = ",".join("?" for _ in ids)
-    found = dict(conn.execute(f"SELECT id, record FROM usage_record WHERE id IN ({marks})", ids))
-    return [orjson.loads(found[i]) for i in ids if i in found]
+class ExportCursor:
+    """Oldest first, by keyset pages over one snapshot (never more than one page held).
 
+    ``record_count`` is counted in the same read transaction the pages come from, so it
+    always equals the number of records the pages yield."""
 
-def export_pages(conn: sqlite3.Connection, f: Filters, page_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Oldest first, by keyset pages (never holds more than one page)."""
-    last_ts, last_row = -math.inf, 0
-    base = f.where[:]
-    while True:
-        where = [*base, "(ts > ? OR (ts = ? AND rowid > ?))"]
-        rows = conn.execute(
-            f"SELECT rowid, ts, id FROM usage WHERE {' AND '.join(where)} "
-            f"ORDER BY ts, rowid LIMIT ?", [*f.args, last_ts, last_ts, last_row, page_size]
-        ).fetchall()
-        if not rows:
+    def __init__(self, conn: sqlite3.Connection, f: Filters, page_size: int) -> None:
+        self._conn, self.filters, self.page_size = conn, f, page_size
+        self._open = True
+        try:
+            conn.execute("BEGIN")
+            self._dims = _dims(conn, f)
+            self.record_count = _count(conn, f, self._dims)
+        except BaseException:
+            self.close()
+            raise
+
+    def pages(self) -> Iterator[list[dict[str, Any]]]:
+        f = self.filters
+        if self._dims == [] or not self.record_count:
             return
-        last_row, last_ts = rows[-1][0], rows[-1][1]
-        yield _records(conn, [r[2] for r in rows])
-        if len(rows) < page_size:
-            return
+        terms, args = raw_terms(f, self._dims)
+        sql = (f"SELECT seq, ts FROM usage_requests INDEXED BY {_order_index(f)} "
+               f"WHERE {' AND '.join([*terms, 'ts >= ?', '(ts > ? OR seq > ?)'])} "
+               "ORDER BY ts, seq LIMIT ?")
+        last_ts, last_seq = float("-inf"), 0
+        while True:
+            rows = self._conn.execute(
+                sql, [*args, last_ts, last_ts, last_seq, self.page_size]).fetchall()
+            if not rows:
+                return
+            last_seq, last_ts = rows[-1]
+            yield _records(self._conn, [r[0] for r in rows])
+            if len(rows) < self.page_size:
+                return
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error:
+                pass
+            self._conn.close()
+
+    def __enter__(self) -> ExportCursor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,81 +1,335 @@
-"""The usage database schema and its migrations (PRAGMA user_version).
+"""The usage database schema and its in-place migrations (PRAGMA user_version).
 
-Every filterable field of a record is a column (indexed where the endpoints filter on
-it); the whole record is kept as JSON too, so /recent and /export return exactly what
-was recorded and a new record field needs no migration to be kept.
+Layout (version 2), a small star schema, because stats on a million rows must answer in
+well under a second and SQLite has no hash aggregation (every GROUP BY is a sort):
+
+- ``usage_dims``: one row per distinct (backend, backend_type, frontend_type,
+  model_requested, model_used, proxy_user). A request row carries its 1-byte..2-byte
+  ``dim`` id instead of six strings, so rows and index entries stay narrow and a text
+  filter becomes ``dim IN (...)`` over a handful of ids.
+- ``usage_requests``: one narrow row per request: every filterable field (through
+  ``dim``), the time as epoch seconds plus UTC ``day_of_week``/``hour_of_day``, the four
+  token points, backend-reported totals, cost and the four timings.
+- ``usage_records``: the record exactly as submitted (JSON), keyed by the same ``seq``;
+  /recent and /export return it unchanged, and a new record field needs no migration.
+  Kept apart so aggregate scans never read it.
+- ``usage_hourly``: per (hour, dim, status) counts and sums, maintained by the writer in
+  the same transaction as the rows. Stats read whole hours here and only the partial
+  hours at the edges of a date range from ``usage_requests``.
+- Partial covering indexes on each timing column (value, then every filter column): a
+  nearest-rank percentile is an index walk with OFFSET, with no sort and no table access.
+
+The view ``usage`` joins it back into one flat relation for ad-hoc SQL (``sqlite3
+usage.db "SELECT backend, count(*) FROM usage GROUP BY 1"``); it keeps the v1 table's name.
+
+Version 1 (the first store, never released) was one wide ``usage`` table, with the JSON
+either in a ``record`` column or in ``usage_record``; `migrate` rebuilds it as version 2.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
-VERSION = 1
+import orjson
 
-_V1 = """
-CREATE TABLE IF NOT EXISTS usage (
-    rowid INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    ts REAL NOT NULL,
-    day_of_week INTEGER NOT NULL,
-    hour_of_day INTEGER NOT NULL,
-    session_id TEXT,
-    frontend_type TEXT,
-    backend TEXT,
-    backend_type TEXT,
-    model_requested TEXT,
-    model_used TEXT,
-    streaming INTEGER NOT NULL DEFAULT 0,
-    http_status_code INTEGER,
-    outcome TEXT,
-    proxy_user TEXT,
-    ctp_prompt_tokens INTEGER, ptb_prompt_tokens INTEGER,
-    btp_completion_tokens INTEGER, ptc_completion_tokens INTEGER,
-    br_prompt INTEGER, br_completion INTEGER, br_total INTEGER,
-    cost REAL,
-    tool_call_count INTEGER NOT NULL DEFAULT 0,
-    ttft_ms REAL, total_duration_ms REAL, proxy_overhead_ms REAL, stream_tps REAL
-);
--- The full record as JSON lives apart, so aggregate scans read only narrow rows
--- (keeping it in `usage` made every stats query read ~1 KB per row).
-CREATE TABLE IF NOT EXISTS usage_record (
-    id TEXT PRIMARY KEY,
-    record TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS usage_ts ON usage(ts);
-CREATE INDEX IF NOT EXISTS usage_backend_type ON usage(backend_type, ts);
-CREATE INDEX IF NOT EXISTS usage_backend ON usage(backend, ts);
-CREATE INDEX IF NOT EXISTS usage_model_requested ON usage(model_requested);
-CREATE INDEX IF NOT EXISTS usage_model_used ON usage(model_used);
-CREATE INDEX IF NOT EXISTS usage_session ON usage(session_id);
-CREATE INDEX IF NOT EXISTS usage_status ON usage(http_status_code);
-"""
+VERSION = 2
 
-# version -> script that brings version-1 to version. A future v2 adds an entry here and
-# the database is migrated in place on open, in one transaction.
-MIGRATIONS: dict[int, str] = {1: _V1}
+# The four timing columns: each has a covering partial index named usage_requests_<col>.
+TIMINGS = ("ttft_ms", "total_duration_ms", "proxy_overhead_ms", "stream_tps")
+# Columns every covering index carries after its leading column: all the filters a query
+# can apply without a session id (sessions are selective: they use their own index).
+_COVER = "dim, http_status_code, ts, day_of_week, hour_of_day"
+# Rollup columns per timing: count, sum, min, max (prefixes in TIMINGS order).
+_ROLL = ("ttft", "dur", "ovh", "tps")
+
+# Rollup sums per group, in this order everywhere (SQL, the writer, the queries): count,
+# the seven token sums, cost and its count, tool calls, first/last timestamp, then per
+# timing column: count, sum, min, max.
+SUMS = ("n", "ctp", "ptb", "btp", "ptc", "br_prompt", "br_completion", "br_total", "cost",
+        "cost_n", "tool_calls", "min_ts", "max_ts",
+        *(f"{p}_{k}" for p in _ROLL for k in ("n", "sum", "min", "max")))
+
+
+def _rollup_ddl(table: str, unit: str, extra: str) -> str:
+    cols = ",\n        ".join(
+        f"{c} {'REAL' if c in ('cost', 'min_ts', 'max_ts') or c.endswith(('_sum', '_min', '_max')) else 'INTEGER'}"
+        + ("" if c.endswith(("_min", "_max")) else " NOT NULL") for c in SUMS)
+    return f"""CREATE TABLE {table} (
+        {unit} INTEGER NOT NULL,              -- floor(ts / {3600 if unit == 'hour' else 86400})
+        dim INTEGER NOT NULL,
+        http_status_code INTEGER NOT NULL,
+        day_of_week INTEGER NOT NULL,
+        {extra}
+        {cols},
+        PRIMARY KEY ({unit}, dim, http_status_code)
+    ) WITHOUT ROWID"""
+
+
+_DDL_V2 = [
+    """CREATE TABLE usage_dims (
+        dim INTEGER PRIMARY KEY,
+        backend TEXT, backend_type TEXT, frontend_type TEXT,
+        model_requested TEXT, model_used TEXT, proxy_user TEXT
+    )""",
+    """CREATE TABLE usage_requests (
+        seq INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,                    -- epoch seconds, UTC
+        dim INTEGER NOT NULL,                -- usage_dims.dim
+        http_status_code INTEGER NOT NULL,   -- 0: no status reached the client
+        day_of_week INTEGER NOT NULL,        -- 0 = Monday (UTC)
+        hour_of_day INTEGER NOT NULL,        -- 0..23 (UTC)
+        session_id TEXT,
+        streaming INTEGER NOT NULL,
+        outcome TEXT,
+        ctp_prompt_tokens INTEGER, ptb_prompt_tokens INTEGER,
+        btp_completion_tokens INTEGER, ptc_completion_tokens INTEGER,
+        br_prompt INTEGER, br_completion INTEGER, br_total INTEGER,
+        cost REAL,
+        tool_call_count INTEGER NOT NULL,
+        ttft_ms REAL, total_duration_ms REAL, proxy_overhead_ms REAL, stream_tps REAL
+    )""",
+    "CREATE TABLE usage_records (seq INTEGER PRIMARY KEY, record TEXT NOT NULL)",
+    _rollup_ddl("usage_hourly", "hour", "hour_of_day INTEGER NOT NULL,"),
+    _rollup_ddl("usage_daily", "day", ""),
+    # Time order with every filter column: /recent and /export walk it and read only the
+    # rows that match; date-range edges and retention use it as a plain range.
+    "CREATE INDEX usage_requests_ts ON usage_requests(ts, dim, http_status_code, "
+    "day_of_week, hour_of_day)",
+    f"CREATE INDEX usage_requests_session ON usage_requests(session_id, {_COVER}) "
+    "WHERE session_id IS NOT NULL",
+    *(f"CREATE INDEX usage_requests_{c} ON usage_requests({c}, {_COVER}) WHERE {c} IS NOT NULL"
+      for c in TIMINGS),
+    """CREATE VIEW usage AS
+        SELECT strftime('%Y-%m-%dT%H:%M:%fZ', r.ts, 'unixepoch') AS timestamp,
+               d.backend, d.backend_type, d.frontend_type, d.model_requested, d.model_used,
+               d.proxy_user, r.*
+        FROM usage_requests r JOIN usage_dims d ON d.dim = r.dim""",
+]
+
+# The same sums in SQL over usage_requests (for a query over rows, and for the migration).
+SUMS_SQL = (
+    "COUNT(*), "
+    + ", ".join(f"COALESCE(SUM({c}), 0)" for c in (
+        "ctp_prompt_tokens", "ptb_prompt_tokens", "btp_completion_tokens",
+        "ptc_completion_tokens", "br_prompt", "br_completion", "br_total"))
+    + ", TOTAL(cost), COUNT(cost), COALESCE(SUM(tool_call_count), 0), MIN(ts), MAX(ts), "
+    + ", ".join(f"COUNT({c}), TOTAL({c}), MIN({c}), MAX({c})" for c in TIMINGS)
+)
+# ...and over rollup rows (sums of sums, min of mins, max of maxes).
+ROLLUP_SUMS_SQL = ", ".join(
+    f"MIN({c})" if c.endswith("_min") or c == "min_ts" else
+    f"MAX({c})" if c.endswith("_max") or c == "max_ts" else
+    f"TOTAL({c})" if c == "cost" or c.endswith("_sum") else f"SUM({c})" for c in SUMS
+)
+
+REQUEST_COLUMNS = (
+    "seq", "ts", "dim", "http_status_code", "day_of_week", "hour_of_day", "session_id",
+    "streaming", "outcome", "ctp_prompt_tokens", "ptb_prompt_tokens", "btp_completion_tokens",
+    "ptc_completion_tokens", "br_prompt", "br_completion", "br_total", "cost",
+    "tool_call_count", *TIMINGS,
+)
+INSERT_REQUEST = (
+    f"INSERT INTO usage_requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})"
+)
+INSERT_RECORD = "INSERT INTO usage_records (seq, record) VALUES (?, ?)"
+DIM_COLUMNS = ("backend", "backend_type", "frontend_type", "model_requested", "model_used",
+               "proxy_user")
+INSERT_DIM = (f"INSERT INTO usage_dims ({', '.join(DIM_COLUMNS)}) "
+              f"VALUES ({', '.join('?' for _ in DIM_COLUMNS)})")
+
+
+def _merge(col: str) -> str:
+    if col.endswith("_min") or col == "min_ts":
+        # SQL min() is NULL when either side is; keep whichever side is known.
+        return f"{col} = COALESCE(min({col}, excluded.{col}), {col}, excluded.{col})"
+    if col.endswith("_max") or col == "max_ts":
+        return f"{col} = COALESCE(max({col}, excluded.{col}), {col}, excluded.{col})"
+    return f"{col} = {col} + excluded.{col}"
+
+
+def _upsert(table: str, keys: tuple[str, ...]) -> str:
+    cols = (*keys, *SUMS)
+    return (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+            f"ON CONFLICT ({', '.join(keys[:3])}) DO UPDATE SET "
+            + ", ".join(_merge(c) for c in SUMS))
+
+
+HOURLY_KEYS = ("hour", "dim", "http_status_code", "day_of_week", "hour_of_day")
+DAILY_KEYS = ("day", "dim", "http_status_code", "day_of_week")
+UPSERT_HOURLY = _upsert("usage_hourly", HOURLY_KEYS)
+UPSERT_DAILY = _upsert("usage_daily", DAILY_KEYS)
+# Retention removes whole hours; the daily rows of those hours lose exactly their sums
+# (min/max of a day being emptied stay until the day's row goes at n = 0).
+SUBTRACT_HOURS_FROM_DAILY = (
+    "UPDATE usage_daily AS d SET "
+    + ", ".join(f"{c} = d.{c} - h.{c}" for c in SUMS
+                if not c.endswith(("_min", "_max")) and c not in ("min_ts", "max_ts"))
+    + " FROM (SELECT hour / 24 AS day, dim, http_status_code, "
+    + ", ".join(f"SUM({c}) AS {c}" for c in SUMS
+                if not c.endswith(("_min", "_max")) and c not in ("min_ts", "max_ts"))
+    + " FROM usage_hourly WHERE hour < ? GROUP BY 1, 2, 3) AS h "
+    "WHERE d.day = h.day AND d.dim = h.dim AND d.http_status_code = h.http_status_code"
+)
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _create_current(conn: sqlite3.Connection) -> None:
+    for stmt in _DDL_V2:
+        conn.execute(stmt)
+
+
+def _v1_to_v2(conn: sqlite3.Connection) -> None:
+    """Rebuild the wide v1 table as v2: dims from the distinct combinations, rows keep
+    their rowid as seq (so record order is kept), the rollup computed in SQL."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(usage)")}
+    conn.execute("ALTER TABLE usage RENAME TO usage_v1")
+    _create_current(conn)
+    dims = ", ".join(DIM_COLUMNS)
+    conn.execute(f"INSERT INTO usage_dims ({dims}) SELECT DISTINCT {dims} FROM usage_v1")
+    join = " AND ".join(f"d.{c} IS u.{c}" for c in DIM_COLUMNS)
+    conn.execute(
+        f"INSERT INTO usage_requests ({', '.join(REQUEST_COLUMNS)}) "
+        "SELECT u.rowid, u.ts, d.dim, COALESCE(u.http_status_code, 0), u.day_of_week, "
+        "u.hour_of_day, u.session_id, u.streaming, u.outcome, u.ctp_prompt_tokens, "
+        "u.ptb_prompt_tokens, u.btp_completion_tokens, u.ptc_completion_tokens, u.br_prompt, "
+        "u.br_completion, u.br_total, u.cost, COALESCE(u.tool_call_count, 0), u.ttft_ms, "
+        "u.total_duration_ms, u.proxy_overhead_ms, u.stream_tps "
+        f"FROM usage_v1 u JOIN usage_dims d ON {join} ORDER BY u.rowid"
+    )
+    if "record" in cols:  # the very first layout kept the JSON in the wide row
+        conn.execute("INSERT INTO usage_records (seq, record) SELECT rowid, record FROM usage_v1")
+    else:
+        conn.execute("INSERT INTO usage_records (seq, record) SELECT u.rowid, r.record "
+                     "FROM usage_v1 u JOIN usage_record r ON r.id = u.id")
+        conn.execute("DROP TABLE usage_record")
+    for table, keys, unit in (("usage_hourly", HOURLY_KEYS, 3600), ("usage_daily", DAILY_KEYS, 86400)):
+        key_sql = f"CAST(ts / {unit} AS INTEGER), dim, http_status_code, day_of_week" + (
+            ", hour_of_day" if "hour_of_day" in keys else "")
+        conn.execute(f"INSERT INTO {table} ({', '.join((*keys, *SUMS))}) "
+                     f"SELECT {key_sql}, {SUMS_SQL} FROM usage_requests GROUP BY 1, 2, 3")
+    conn.execute("DROP TABLE usage_v1")
+
+
+# version -> the step that brings a file at version-1 to version. A file without the
+# usage tables (version 0) gets the current layout at once. A future v3 adds an entry
+# here: a function, or an SQL script (statements run one by one in the same transaction).
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None] | str] = {2: _v1_to_v2}
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it commits first, which would split the step's transaction.
+    stmt = ""
+    for line in script.splitlines(keepends=True):
+        stmt += line
+        if sqlite3.complete_statement(stmt):
+            conn.execute(stmt)
+            stmt = ""
+    if stmt.strip():
+        conn.execute(stmt)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database to VERSION; returns the version it had."""
+    """Bring the database to VERSION in one transaction; returns the version it had.
+
+    A database newer than this code is refused rather than written with an old layout;
+    a failing step rolls back and leaves the file at its version. The connection must be
+    in autocommit mode (isolation_level=None)."""
     found = conn.execute("PRAGMA user_version").fetchone()[0]
     if found > VERSION:
         raise sqlite3.DatabaseError(
             f"usage database has schema version {found}, newer than this fastproxy ({VERSION})"
         )
-    for version in range(found + 1, VERSION + 1):
-        conn.executescript("BEGIN;" + MIGRATIONS[version] + f"PRAGMA user_version = {version};COMMIT;")
+    if found == VERSION:
+        return found
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if found == 0 and "usage" not in _tables(conn):
+            _create_current(conn)  # a new file (tables of the operator's own are left alone)
+        else:
+            for version in range(max(found, 1) + 1, VERSION + 1):
+                step = MIGRATIONS[version]
+                if isinstance(step, str):
+                    _run_script(conn, step)
+                else:
+                    step(conn)
+        conn.execute(f"PRAGMA user_version = {VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     return found
 
 
-COLUMNS = (
-    "id", "ts", "day_of_week", "hour_of_day", "session_id", "frontend_type", "backend",
-    "backend_type", "model_requested", "model_used", "streaming", "http_status_code", "outcome",
-    "proxy_user", "ctp_prompt_tokens", "ptb_prompt_tokens", "btp_completion_tokens",
-    "ptc_completion_tokens", "br_prompt", "br_completion", "br_total", "cost",
-    "tool_call_count", "ttft_ms", "total_duration_ms", "proxy_overhead_ms", "stream_tps",
-)
-INSERT = (
-    f"INSERT OR IGNORE INTO usage ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
-)
-INSERT_RECORD = "INSERT OR IGNORE INTO usage_record (id, record) VALUES (?, ?)"
+# -- one record as a row -------------------------------------------------------------
+# A prepared item: (dims key, hour number, row without seq/dim, JSON text). The row holds
+# REQUEST_COLUMNS minus seq and dim, in that order.
+Prepared = tuple[tuple[Any, ...], int, tuple[Any, ...], str]
+
+
+def _num(v: Any) -> Any:
+    """Numbers only; a stray value in a numeric field must not poison the sums."""
+    return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def prepare(r: dict[str, Any]) -> Prepared:
+    """A record dict → (dims key, hour, row, JSON). Raises on a record without a valid
+    timestamp (the one field every query needs)."""
+    dt = datetime.fromisoformat(r["timestamp"])
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    ts = dt.timestamp()
+    br = r.get("backend_reported_usage") or {}
+    key = tuple(r.get(c) for c in DIM_COLUMNS)
+    dt = dt.astimezone(UTC)
+    row = (
+        ts, _num(r.get("http_status_code")) or 0, dt.weekday(), dt.hour, r.get("session_id"),
+        int(bool(r.get("streaming"))), r.get("outcome"),
+        _num(r.get("ctp_prompt_tokens")), _num(r.get("ptb_prompt_tokens")),
+        _num(r.get("btp_completion_tokens")), _num(r.get("ptc_completion_tokens")),
+        _num(br.get("prompt")), _num(br.get("completion")), _num(br.get("total")),
+        _num(r.get("cost")), _num(r.get("tool_call_count")) or 0,
+        _num(r.get("ttft_ms")), _num(r.get("total_duration_ms")),
+        _num(r.get("proxy_overhead_ms")), _num(r.get("stream_tps")),
+    )
+    return key, math.floor(ts / 3600), row, orjson.dumps(r).decode()
+
+
+# Row positions (see `prepare`) of the token sums, cost, tool calls and timings.
+_SUM_AT = (7, 8, 9, 10, 11, 12, 13)  # ctp ptb btp ptc br_prompt br_completion br_total
+_TIMING_AT = (16, 17, 18, 19)
+
+
+def roll(groups: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...],
+          row: tuple[Any, ...]) -> None:
+    """Add one row to a batch rollup: the sums of usage_schema.SUMS, in that order."""
+    ts = row[0]
+    acc = groups.get(key)
+    if acc is None:
+        acc = [0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, ts, ts, *([0, 0.0, None, None] * 4)]
+        groups[key] = acc
+    acc[0] += 1
+    for i, at in enumerate(_SUM_AT, start=1):
+        if row[at] is not None:
+            acc[i] += row[at]
+    if row[14] is not None:
+        acc[8] += row[14]
+        acc[9] += 1
+    acc[10] += row[15]
+    acc[11] = min(acc[11], ts)
+    acc[12] = max(acc[12], ts)
+    for i, at in enumerate(_TIMING_AT):
+        v = row[at]
+        if v is not None:
+            base = 13 + 4 * i
+            acc[base] += 1
+            acc[base + 1] += v
+            acc[base + 2] = v if acc[base + 2] is None else min(acc[base + 2], v)
+            acc[base + 3] = v if acc[base + 3] is None else max(acc[base + 3], v)

@@ -1,22 +1,33 @@
 """UsageStore: the usage database behind ONE writer thread.
 
-Why one thread: SQLite allows one writer at a time, and a blocking write on the event
-loop would stall every stream (the reference project rewrote a JSON file under a lock on
-the request path). The loop only calls `submit()`, a non-blocking put into a bounded
-queue; a full queue drops the record and counts it, never blocking a request. Items may
-be thunks, run here, so token counting happens off the loop too.
+Rules of this module, and why:
 
-Failure policy (traffic is never affected): a failed batch is kept and retried (bounded
-by the queue size), each kind of error is counted and logged once, and `status()` says
-"degraded" until a write succeeds again. A file that is not a database is moved aside
-(``<name>.corrupt-<UTC time>``) and a fresh one created, with a WARNING. `stop()` writes
-every queued record before it returns (the SIGTERM path).
+- Only the writer thread writes. SQLite allows one writer at a time, and a blocking
+  write on the event loop would stall every stream (the reference rewrote a JSON file
+  under a lock on the request path). The loop only calls `submit()`: a non-blocking put
+  into a bounded queue. A full queue drops the item and counts it; it never blocks.
+- Items may be thunks, run here, so token counting and cost happen off the loop.
+- Batches: the writer collects for up to ``flush_interval`` seconds or ``batch_size``
+  items, then writes them in ONE transaction (rows, JSON records, hourly rollup and any
+  new dimension rows together, so the rollup always equals the rows).
+- Failures never reach callers. A failed batch is kept and retried next round (bounded
+  by ``max_queue``: beyond it the oldest are dropped and counted); each kind of error is
+  counted and logged once; `status()` says "degraded" until a write succeeds again. A
+  file that is not a database is moved aside (``<name>.corrupt-<UTC time>``) and a fresh
+  one created, with a WARNING. A file replaced or deleted under us is reopened. A thunk
+  that raises is counted and logged, and the writer goes on.
+- `stop()` writes every queued item before it returns (the SIGTERM path), retrying a
+  locked database until its deadline.
+- Reads (stats/recent/export) use their own read-only connections from any thread; WAL
+  lets them run beside the writer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import queue
 import sqlite3
 import threading
@@ -26,16 +37,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from . import usage_queries
-from .usage_schema import INSERT, INSERT_RECORD, migrate
+from .usage_schema import (
+    DIM_COLUMNS,
+    INSERT_DIM,
+    INSERT_RECORD,
+    INSERT_REQUEST,
+    SUBTRACT_HOURS_FROM_DAILY,
+    UPSERT_DAILY,
+    UPSERT_HOURLY,
+    Prepared,
+    migrate,
+    prepare,
+    roll,
+)
 
 log = logging.getLogger("fastproxy.storage")
 
-_STOP = object()
+_WAKE = object()  # put by stop() so a writer waiting on an empty queue notices at once
 RETENTION_EVERY_S = 300.0
-RETENTION_BATCH = 5000
+RETENTION_BATCH = 5000  # rows per delete transaction: the writer never stalls for long
+RETENTION_BATCHES_PER_ROUND = 20
 
 
 class UsageStore:
@@ -47,229 +69,391 @@ class UsageStore:
         self.retention_days = retention_days
         self.batch_size = batch_size
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
-        self._retry: list[tuple[Any, ...]] = []
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._conn: sqlite3.Connection | None = None
-        self.dropped = 0
+        self._stopping = threading.Event()
+        self._stop_deadline = math.inf
+        # Counters: each written by exactly one thread (no lock needed), summed on read.
+        self._dropped_full = 0      # loop thread: queue full at submit()
+        self._dropped_writer = 0    # writer thread: retry overflow, unwritable at stop
         self.write_errors = 0
-        self.thunk_errors = 0
+        self.record_errors = 0      # items (thunks) that raised or were not records
         self.rows_written = 0
+        self.batches_written = 0    # transactions that committed rows
+        self._in_hand = 0           # writer thread: items taken off the queue, not yet kept
+        # Writer-thread state.
+        self._conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None
+        self._retry: list[Prepared] = []
+        self._dims: dict[tuple[Any, ...], int] = {}
+        self._next_seq = 1
         self._degraded = False
         self._logged: set[str] = set()
-        self._last_retention = 0.0
+        self._last_kind = ""
+        self._next_retention = 0.0
 
-    # -- loop side ------------------------------------------------------------------
+    # -- loop side -----------------------------------------------------------------
     def start(self) -> None:
+        """Start the writer; returns once it has opened (or failed to open) the file."""
+        if self._thread is not None:
+            return
+        self._ready.clear()
+        self._stopping.clear()
+        self._stop_deadline = math.inf
         self._thread = threading.Thread(target=self._run, name="fastproxy-usage-writer",
                                         daemon=True)
         self._thread.start()
-        self._ready.wait(30)
+        self._ready.wait(60)  # a migration of a large v1 file may take a while
 
     def submit(self, item: dict[str, Any] | Callable[[], dict[str, Any]]) -> bool:
+        """Queue a record (or a thunk making one). Never blocks; False = dropped."""
+        if self._thread is None or self._stopping.is_set():
+            self._dropped_full += 1
+            return False
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self.dropped += 1
+            self._dropped_full += 1
             return False
         return True
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._thread is None:
+        """Write everything queued, then close. Blocking: call it off the loop."""
+        thread = self._thread
+        if thread is None:
             return
-        self._queue.put(_STOP)  # blocks only if full: the writer is draining it meanwhile
-        self._thread.join(timeout)
+        # Keep a second for the join itself; the writer gives up retrying at this time.
+        self._stop_deadline = time.monotonic() + max(0.0, timeout - 1.0)
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)  # a full queue means the writer is not waiting
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("usage writer did not finish within %.1fs; %d records still queued",
+                      timeout, self._queue.qsize() + len(self._retry))
         self._thread = None
 
     def status(self) -> dict[str, Any]:
         return {
             "usage_db": "degraded" if self._degraded else "ok",
-            "queue_depth": self._queue.qsize() + len(self._retry),
-            "dropped_records": self.dropped,
+            "queue_depth": self._queue.qsize() + self._in_hand + len(self._retry),
+            "dropped_records": self._dropped_full + self._dropped_writer,
             "write_errors": self.write_errors,
             "path": str(self.path),
         }
 
-    # -- read side (any thread; the views call these via asyncio.to_thread) ------------
-    @contextlib.contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        # Exports page through one read connection from successive worker threads (one
-        # asyncio.to_thread per page); the use is sequential, never concurrent.
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5,
-                               check_same_thread=False)
-        try:
-            yield conn
-        finally:
-            conn.close()
+    # -- read side: any thread (the views call these through asyncio.to_thread) --------
+    def _reader(self) -> sqlite3.Connection:
+        return usage_queries.open_reader(self.path)
 
     def stats(self, filters: usage_queries.Filters) -> dict[str, Any]:
-        with self._reader() as conn:
+        with contextlib.closing(self._reader()) as conn:
             return usage_queries.stats(conn, filters)
 
     def recent(self, filters: usage_queries.Filters, limit: int, offset: int) -> dict[str, Any]:
-        with self._reader() as conn:
+        with contextlib.closing(self._reader()) as conn:
             return usage_queries.recent(conn, filters, limit, offset)
+
+    def count(self, filters: usage_queries.Filters) -> int:
+        with contextlib.closing(self._reader()) as conn:
+            return usage_queries.count(conn, filters)
+
+    def open_export(self, filters: usage_queries.Filters,
+                    page_size: int = 1000) -> usage_queries.ExportCursor:
+        """An export over one consistent snapshot: ``record_count`` then ``pages()``.
+        Close it (it is a context manager) to release the read connection."""
+        return usage_queries.ExportCursor(self._reader(), filters, page_size)
 
     def export_pages(self, filters: usage_queries.Filters,
                      page_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
-        with self._reader() as conn:
-            yield from usage_queries.export_pages(conn, filters, page_size)
+        with self.open_export(filters, page_size) as cursor:
+            yield from cursor.pages()
 
-    def count(self, filters: usage_queries.Filters) -> int:
-        with self._reader() as conn:
-            return usage_queries.count(conn, filters)
-
-    # -- the writer thread -------------------------------------------------------------
+    # -- the writer thread -----------------------------------------------------------
     def _run(self) -> None:
         self._open()
         self._ready.set()
-        stopping = False
-        while not stopping:
-            batch: list[Any] = []
+        while not self._stopping.is_set():
+            items = self._collect()
+            self._write([p for p in map(self._prepare, items) if p is not None])
+            self._maintain()
+        self._drain()
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA optimize")
+            self._conn.close()
+            self._conn = None
+
+    def _collect(self) -> list[Any]:
+        batch: list[Any] = []
+        deadline = time.monotonic() + self.flush_interval
+        while len(batch) < self.batch_size and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                batch.append(self._queue.get(timeout=self.flush_interval))
+                item = self._queue.get(timeout=remaining)
             except queue.Empty:
-                pass
-            while len(batch) < self.batch_size:
+                break
+            if item is not _WAKE:
+                batch.append(item)
+                self._in_hand = len(batch)
+        return batch
+
+    def _drain(self) -> None:
+        """The stop path: write every item still queued, in batch-size transactions. A
+        locked database is retried until the stop deadline; a full disk or a read-only
+        file will not heal in seconds, so they get three tries."""
+        while True:
+            items: list[Any] = []
+            while len(items) < self.batch_size:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if _STOP in batch:
-                stopping = True
-                batch = [b for b in batch if b is not _STOP]
-                # Drain everything still queued: nothing submitted before stop is lost.
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not _STOP:
-                        batch.append(item)
-            rows = [r for r in (self._row(item) for item in batch) if r is not None]
-            self._write(rows, final=stopping)
-            if not stopping:
-                self._retention()
-        if self._conn is not None:
-            self._conn.close()
+                if item is not _WAKE:
+                    items.append(item)
+            prepared = [p for p in map(self._prepare, items) if p is not None]
+            if not prepared and not self._retry:
+                return
+            tries = 0
+            while not self._write(prepared, final=True):
+                prepared = []  # now in self._retry
+                tries += 1
+                if (self._last_kind != "locked" and tries >= 3) or (
+                        time.monotonic() >= self._stop_deadline):
+                    lost = len(self._retry) + self._queue.qsize()
+                    self._dropped_writer += lost
+                    log.error("usage database %s: %d records could not be written before "
+                              "shutdown; last error: %s", self.path, lost, self._last_kind)
+                    self._retry = []
+                    return
+                time.sleep(0.1)  # writer thread only: give a lock holder a moment
 
-    def _row(self, item: Any) -> tuple[Any, ...] | None:
+    def _prepare(self, item: Any) -> Prepared | None:
         try:
             record = item() if callable(item) else item
-            return _to_row(record)
-        except Exception:
-            self.thunk_errors += 1
-            self._log_once("record", "a usage record could not be built", exc=True)
+            return prepare(record)
+        except Exception as exc:
+            self.record_errors += 1
+            # Type only: a message could quote request content.
+            self._log_once("record", "a usage record could not be built (%s); it is skipped",
+                           type(exc).__name__)
             return None
 
+    # -- opening, moving a bad file aside ----------------------------------------------
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=0.5, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            migrate(conn)
-            # Planner statistics: without them SQLite takes the backend_type index for a
-            # filter that matches most rows and random-reads the table (20x slower).
-            conn.execute("PRAGMA optimize=0x10002")
-            self._conn = conn
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                migrate(conn)
+                # Planner statistics, sampled so a large file costs milliseconds here.
+                conn.execute("PRAGMA analysis_limit=1000")
+                conn.execute("PRAGMA optimize=0x10002")
+                self._dims = {tuple(r[1:]): r[0] for r in conn.execute(
+                    f"SELECT dim, {', '.join(DIM_COLUMNS)} FROM usage_dims")}
+                self._next_seq = conn.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM usage_requests").fetchone()[0]
+            except BaseException:
+                conn.close()
+                raise
+            st = os.stat(self.path)
+            self._conn, self._file_id = conn, (st.st_dev, st.st_ino)
         except sqlite3.DatabaseError as exc:
             if _is_corrupt(exc) and self._move_aside():
                 self._open()
                 return
-            self._fail("open", exc)
+            self._fail(_kind(exc, "open"), exc)
         except OSError as exc:
             self._fail("open", exc)
 
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
     def _move_aside(self) -> bool:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self._close()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         try:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
             self.path.rename(target)
+            # The old WAL and shared-memory files belong to the bad file: keep them with it.
             for suffix in ("-wal", "-shm"):
-                Path(str(self.path) + suffix).unlink(missing_ok=True)
+                side = Path(f"{self.path}{suffix}")
+                if side.exists():
+                    side.rename(Path(f"{target}{suffix}"))
         except OSError as exc:
             self._fail("corrupt", exc)
             return False
-        log.warning("usage database %s was not a database: moved aside to %s, started a new one",
-                    self.path, target)
+        log.warning("usage database %s is not a usable database: moved aside to %s; "
+                    "starting a new one", self.path, target)
         return True
 
-    def _write(self, rows: list[tuple[Any, ...]], final: bool) -> None:
-        pending = self._retry + rows
-        if not pending:
+    def _check_file(self) -> None:
+        """Reopen when the file was replaced or removed: writing on through the old
+        handle would land in an unlinked inode and be lost without an error."""
+        if self._conn is None:
             return
-        attempts = 5 if final else 1
-        for attempt in range(attempts):
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._file_id
+        except OSError:
+            same = False
+        if same:
+            return
+        self._close()
+        # SQLite keeps the WAL of a database that moved (it neither checkpoints nor deletes
+        # it on close). Left there, it would be replayed onto whatever file now has the
+        # name, so it goes aside with the file it belonged to.
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            with contextlib.suppress(OSError):
+                if side.exists():
+                    side.rename(Path(f"{self.path}{suffix}.stale-{stamp}"))
+        log.warning("usage database %s was replaced or removed; reopening (the old "
+                    "write-ahead log, if any, is kept as %s-wal.stale-%s)", self.path,
+                    self.path, stamp)
+        self._open()
+
+    # -- writing -------------------------------------------------------------------
+    def _write(self, prepared: list[Prepared], final: bool = False) -> bool:
+        """Write the retry backlog plus ``prepared`` in one transaction; True on success
+        (or nothing to do). On failure the items stay in the backlog."""
+        pending = self._retry + prepared if self._retry else prepared
+        if not pending:
+            self._in_hand = 0
+            return True
+        self._check_file()
+        for _ in range(2):  # a second try only right after moving a corrupt file aside
             if self._conn is None:
                 self._open()
-            conn = self._conn
-            if conn is None:
+            if self._conn is None:
                 break
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(INSERT, [row[:-1] for row in pending])
-                conn.executemany(INSERT_RECORD, [(row[0], row[-1]) for row in pending])
-                conn.execute("COMMIT")
+                self._insert(self._conn, pending)
             except sqlite3.DatabaseError as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
                 if _is_corrupt(exc) and self._move_aside():
-                    self._open()
                     continue
-                self._fail(_kind(exc), exc)
-                if final and attempt + 1 < attempts:
-                    time.sleep(0.2)  # writer thread only: give a lock holder a moment
-                continue
+                self._fail(_kind(exc, "write"), exc)
+                break
             self.rows_written += len(pending)
-            self._retry = []
+            self.batches_written += 1
+            self._retry, self._in_hand = [], 0
             if self._degraded:
-                log.warning("usage database writable again; %d records written", len(pending))
-            self._degraded = False
-            return
-        # Keep the batch for the next round, bounded: beyond the queue size, oldest go.
-        overflow = len(pending) - self.max_queue
-        if overflow > 0:
-            self.dropped += overflow
-            pending = pending[overflow:]
-        self._retry = pending
+                log.info("usage database %s writable again; %d records written",
+                         self.path, len(pending))
+                self._degraded = False
+            return True
+        self._keep(pending, final)
+        return False
 
-    def _retention(self) -> None:
+    def _keep(self, pending: list[Prepared], final: bool) -> None:
+        overflow = len(pending) - self.max_queue
+        if overflow > 0 and not final:
+            self._dropped_writer += overflow  # the oldest go first
+            pending = pending[overflow:]
+        self._retry, self._in_hand = pending, 0
+
+    def _insert(self, conn: sqlite3.Connection, pending: list[Prepared]) -> None:
+        seq0, new_dims = self._next_seq, []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            requests, records = [], []
+            hourly: dict[tuple[Any, ...], list[Any]] = {}
+            daily: dict[tuple[Any, ...], list[Any]] = {}
+            seq = seq0
+            for key, hour, row, text in pending:
+                dim = self._dims.get(key)
+                if dim is None:
+                    dim = conn.execute(INSERT_DIM, key).lastrowid
+                    assert dim is not None
+                    self._dims[key] = dim
+                    new_dims.append(key)
+                requests.append((seq, row[0], dim, *row[1:]))
+                records.append((seq, text))
+                # Rollup keys: (bucket, dim, status) + the bucket's day_of_week [hour_of_day].
+                roll(hourly, (hour, dim, row[1], row[2], row[3]), row)
+                roll(daily, (hour // 24, dim, row[1], row[2]), row)
+                seq += 1
+            conn.executemany(INSERT_REQUEST, requests)
+            conn.executemany(INSERT_RECORD, records)
+            conn.executemany(UPSERT_HOURLY, [(*k, *v) for k, v in hourly.items()])
+            conn.executemany(UPSERT_DAILY, [(*k, *v) for k, v in daily.items()])
+            conn.execute("COMMIT")
+            self._next_seq = seq
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for key in new_dims:  # rolled back with the batch
+                self._dims.pop(key, None)
+            raise
+
+    # -- housekeeping ----------------------------------------------------------------
+    def _maintain(self) -> None:
         if not self.retention_days or self._conn is None:
             return
         now = time.monotonic()
-        if now - self._last_retention < RETENTION_EVERY_S:
+        if now < self._next_retention:
             return
-        self._last_retention = now
-        cutoff = time.time() - self.retention_days * 86400
-        try:
-            self._conn.execute("PRAGMA optimize")
-            while True:
-                conn = self._conn
-                conn.execute("BEGIN IMMEDIATE")
-                ids = [r[0] for r in conn.execute(
-                    "SELECT id FROM usage WHERE ts < ? LIMIT ?", (cutoff, RETENTION_BATCH))]
-                conn.executemany("DELETE FROM usage WHERE id = ?", [(i,) for i in ids])
-                conn.executemany("DELETE FROM usage_record WHERE id = ?", [(i,) for i in ids])
-                conn.execute("COMMIT")
-                if len(ids) < RETENTION_BATCH:
-                    break
-        except sqlite3.Error as exc:
-            self._fail("retention", exc)
+        more = self._retention(time.time() - self.retention_days * 86400.0)
+        # A large backlog (first start after a long stop) goes in slices between batches.
+        self._next_retention = now if more else now + RETENTION_EVERY_S
 
+    def _retention(self, cutoff: float) -> bool:
+        """Delete whole days older than ``cutoff``, a slice of whole hours per transaction
+        (rows, records and both rollups together, so they never disagree). True if more
+        remain for the next round."""
+        conn = self._conn
+        assert conn is not None
+        limit = math.floor(cutoff / 86400) * 86400.0
+        try:
+            for _ in range(RETENTION_BATCHES_PER_ROUND):
+                first = conn.execute("SELECT MIN(ts) FROM usage_requests").fetchone()[0]
+                if first is None or first >= limit:
+                    conn.execute("PRAGMA optimize")  # planner statistics after big deletes
+                    return False
+                nth = conn.execute("SELECT ts FROM usage_requests WHERE ts < ? ORDER BY ts "
+                                   "LIMIT 1 OFFSET ?", (limit, RETENTION_BATCH - 1)).fetchone()
+                end = limit if nth is None else math.floor(nth[0] / 3600) * 3600.0
+                end = max(end, math.floor(first / 3600) * 3600.0 + 3600.0)  # one busy hour
+                end_hour = int(end // 3600)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("DELETE FROM usage_records WHERE seq IN "
+                                 "(SELECT seq FROM usage_requests WHERE ts < ?)", (end,))
+                    conn.execute("DELETE FROM usage_requests WHERE ts < ?", (end,))
+                    conn.execute(SUBTRACT_HOURS_FROM_DAILY, (end_hour,))
+                    conn.execute("DELETE FROM usage_daily WHERE n <= 0")
+                    conn.execute("DELETE FROM usage_hourly WHERE hour < ?", (end_hour,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            return True
+        except sqlite3.Error as exc:
+            self._fail(_kind(exc, "retention"), exc)
+            return False
+
+    # -- errors --------------------------------------------------------------------
     def _fail(self, kind: str, exc: BaseException) -> None:
+        self._last_kind = kind
         self.write_errors += 1
         self._degraded = True
-        self._log_once(kind, f"usage database {self.path}: {kind} failed: {exc}")
+        self._log_once(kind, "usage database %s: %s (%s); records are kept and retried, "
+                       "see status()", self.path, exc, kind)
 
-    def _log_once(self, kind: str, message: str, exc: bool = False) -> None:
+    def _log_once(self, kind: str, message: str, *args: Any) -> None:
         if kind not in self._logged:
             self._logged.add(kind)
-            log.error(message, exc_info=exc)
+            log.error(message, *args)
 
 
 def _is_corrupt(exc: BaseException) -> bool:
@@ -277,7 +461,7 @@ def _is_corrupt(exc: BaseException) -> bool:
     return "not a database" in text or "malformed" in text
 
 
-def _kind(exc: BaseException) -> str:
+def _kind(exc: BaseException, default: str) -> str:
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
         return "locked"
@@ -285,21 +469,6 @@ def _kind(exc: BaseException) -> str:
         return "disk_full"
     if "readonly" in text or "read-only" in text:
         return "read_only"
-    return "write"
-
-
-def _to_row(r: dict[str, Any]) -> tuple[Any, ...]:
-    ts_text = r["timestamp"]
-    dt = datetime.fromisoformat(ts_text.replace("Z", "+00:00"))
-    br = r.get("backend_reported_usage") or {}
-    return (
-        r["id"], dt.timestamp(), dt.weekday(), dt.hour, r.get("session_id"),
-        r.get("frontend_type"), r.get("backend"), r.get("backend_type"),
-        r.get("model_requested"), r.get("model_used"), int(bool(r.get("streaming"))),
-        r.get("http_status_code"), r.get("outcome"), r.get("proxy_user"),
-        r.get("ctp_prompt_tokens"), r.get("ptb_prompt_tokens"), r.get("btp_completion_tokens"),
-        r.get("ptc_completion_tokens"), br.get("prompt"), br.get("completion"), br.get("total"),
-        r.get("cost"), r.get("tool_call_count") or 0, r.get("ttft_ms"),
-        r.get("total_duration_ms"), r.get("proxy_overhead_ms"), r.get("stream_tps"),
-        orjson.dumps(r).decode(),
-    )
+    if "unable to open" in text:
+        return "open"
+    return default
