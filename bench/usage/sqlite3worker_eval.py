@@ -16,10 +16,12 @@ What the usage path needs from a writer, and what each scenario measures:
               many records are lost once the lock is gone?
 - throughput: N records enqueued then closed: caller cost per record and time to durable.
 
-Both sides write the same rows (the real v1 schema, one ``usage`` row plus one
-``usage_record`` JSON row per record) with WAL and synchronous=NORMAL, so the figures
-compare designs, not pragmas. sqlite3worker has no batch call, so a record is two
-``execute()`` calls there.
+Both use WAL and synchronous=NORMAL, so the figures compare designs, not pragmas.
+UsageStore is driven only through its public API (start, submit, stop, status) and writes
+its own layout. sqlite3worker writes the simplest layout that serves the same queries: a
+``usage`` row of the filterable fields and a ``usage_record`` JSON row. It has no batch call,
+so each record is two ``execute()`` calls. Rows are counted with ``SELECT count(*) FROM
+usage``, which works on either layout (the store's is a view from schema version 2 on).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastproxy.storage.usage_schema import INSERT, INSERT_RECORD, migrate
-from fastproxy.storage.usage_store import UsageStore, _to_row
+import orjson
+
+from fastproxy.storage.usage_store import UsageStore
 
 LOCK_S = 6.0  # longer than sqlite3worker's busy timeout (the sqlite3 default, 5 s)
 
@@ -66,11 +69,42 @@ def _record(i: int) -> dict[str, Any]:
     }
 
 
-def _fresh_db(path: Path) -> None:
+# The layout sqlite3worker writes: what a minimal usage table needs for the filters.
+_LIB_COLUMNS = ("id", "ts", "session_id", "frontend_type", "backend", "backend_type",
+                "model_requested", "model_used", "streaming", "http_status_code", "outcome",
+                "ctp_prompt_tokens", "ptb_prompt_tokens", "btp_completion_tokens",
+                "ptc_completion_tokens", "cost", "tool_call_count", "ttft_ms",
+                "total_duration_ms", "proxy_overhead_ms", "stream_tps")
+_LIB_SCHEMA = f"""
+CREATE TABLE usage ({", ".join(_LIB_COLUMNS)});
+CREATE INDEX usage_ts ON usage(ts);
+CREATE INDEX usage_backend ON usage(backend, ts);
+CREATE INDEX usage_model ON usage(model_requested);
+CREATE INDEX usage_session ON usage(session_id);
+CREATE TABLE usage_record (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+"""
+_LIB_INSERT = (f"INSERT INTO usage ({', '.join(_LIB_COLUMNS)}) "
+               f"VALUES ({', '.join('?' for _ in _LIB_COLUMNS)})")
+_LIB_INSERT_RECORD = "INSERT INTO usage_record (id, record) VALUES (?, ?)"
+
+
+def _lib_row(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """The usage row's values, then the JSON text last."""
+    values = [rec["timestamp"] if c == "ts" else rec.get(c) for c in _LIB_COLUMNS]
+    return (*values, orjson.dumps(rec).decode())
+
+
+def _lib_db(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    migrate(conn)
+    conn.executescript(_LIB_SCHEMA)
     conn.close()
+
+
+def _prepare_db(lib: str, path: Path) -> None:
+    # The store creates (and migrates) its own file; the library needs its tables first.
+    if lib == "sqlite3worker":
+        _lib_db(path)
 
 
 def _unpaired(path: Path) -> int:
@@ -108,11 +142,11 @@ class _Worker:
     def put(self, rec: dict[str, Any]) -> Any:
         # The library takes SQL and values only, so the row is built on the caller's
         # thread (in the gateway: the event loop); put_row() times the library alone.
-        return self.put_row(_to_row(rec))
+        return self.put_row(_lib_row(rec))
 
     def put_row(self, row: tuple[Any, ...]) -> Any:
-        self.w.execute(INSERT, row[:-1])
-        return self.w.execute(INSERT_RECORD, (row[0], row[-1]))
+        self.w.execute(_LIB_INSERT, row[:-1])
+        return self.w.execute(_LIB_INSERT_RECORD, (row[0], row[-1]))
 
     def close(self) -> None:
         self.w.close()
@@ -161,7 +195,7 @@ def scenario_exit(tmp: Path, n: int) -> Iterator[dict[str, Any]]:
         for max_queue in (100, 100_000):
             for close in (False, True):
                 path = tmp / f"exit-{lib}-{max_queue}-{close}.db"
-                _fresh_db(path)
+                _prepare_db(lib, path)
                 out = subprocess.run([sys.executable, "-m", "bench.usage.sqlite3worker_eval",
                                       "--child-exit", lib, str(path), str(n), str(max_queue),
                                       "1" if close else "0"],
@@ -180,7 +214,7 @@ def scenario_errors(tmp: Path) -> Iterator[dict[str, Any]]:
     logging.getLogger("sqlite3worker").addHandler(counter)
     logging.getLogger("sqlite3worker").propagate = False
     path = tmp / "errors.db"
-    _fresh_db(path)
+    _lib_db(path)
     w = Sqlite3Worker(str(path))
     raised = None
     returned: list[Any] = []
@@ -195,18 +229,23 @@ def scenario_errors(tmp: Path) -> Iterator[dict[str, Any]]:
            "exception_raised": raised, "insert_return_values": sorted({repr(r) for r in returned}),
            "failed_select_returns": type(select).__name__, "error_log_lines": counter.count}
 
-    store = UsageStore(tmp / "errors-store.db", flush_interval=0.05, max_queue=10_000,
-                       retention_days=0)
+    # Every write into a file of a newer schema version fails: the store refuses to write
+    # an old layout into it. That is a failing write the public API can produce.
+    path = tmp / "errors-store.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    store_log = _CountingHandler()
+    logging.getLogger("fastproxy.storage").addHandler(store_log)
+    store = UsageStore(path, flush_interval=0.05, max_queue=10_000, retention_days=0)
     store.start()
-    bad = 0
-    for i in range(1000):
-        rec = _record(i)
-        del rec["timestamp"]  # a record the writer cannot turn into a row
-        bad += not store.submit(rec)
-    store.stop()
-    yield {"scenario": "errors", "writer": "usage_store", "failed_records": 1000,
-           "exception_raised": None, "submit_refused": bad,
-           "counted_in_status": store.thunk_errors, "error_log_lines": len(store._logged)}
+    accepted = sum(bool(store.submit(_record(i))) for i in range(1000))
+    time.sleep(0.5)  # a few write rounds, all failing
+    status = store.status()
+    store.stop(timeout=3)
+    logging.getLogger("fastproxy.storage").removeHandler(store_log)
+    yield {"scenario": "errors", "writer": "usage_store", "failing_records": 1000,
+           "exception_raised": None, "accepted_by_submit": accepted,
+           "status_while_failing": status, "log_lines": store_log.count}
 
 
 def scenario_garbage(tmp: Path) -> Iterator[dict[str, Any]]:
@@ -235,7 +274,12 @@ def scenario_locked(tmp: Path) -> Iterator[dict[str, Any]]:
     n = 300
     for lib in WRITERS:
         path = tmp / f"locked-{lib}.db"
-        _fresh_db(path)
+        if lib == "sqlite3worker":
+            _lib_db(path)
+        else:  # the store's own layout, made by the store, before the lock is taken
+            ready = UsageStore(path, flush_interval=0.05, max_queue=1, retention_days=0)
+            ready.start()
+            ready.stop()
         # Released from a timer thread, hence check_same_thread=False.
         holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         holder.execute("BEGIN IMMEDIATE")  # another process/connection owns the write lock
@@ -260,19 +304,20 @@ def scenario_locked(tmp: Path) -> Iterator[dict[str, Any]]:
         yield {"scenario": "locked", "writer": lib, "lock_held_s": LOCK_S, "queue": 100,
                "enqueued": n, "worst_enqueue_call_s": round(worst, 3),
                "enqueue_exceptions": raised, "refused_and_counted": refused,
-               "rows": written, "json_rows": _rows(path, "usage_record"),
-               "half_written": _unpaired(path), "lost": n - written}
+               "rows": written, "lost": n - written,
+               **({"json_rows": _rows(path, "usage_record"), "half_written": _unpaired(path)}
+                  if lib == "sqlite3worker" else {})}
 
 
 def scenario_throughput(tmp: Path, n: int) -> Iterator[dict[str, Any]]:
     records = [_record(i) for i in range(n)]
     for lib in WRITERS:
         path = tmp / f"tput-{lib}.db"
-        _fresh_db(path)
+        _prepare_db(lib, path)
         writer = WRITERS[lib](path, 100_000)
         # sqlite3worker gets its rows ready-made (built outside the timing), so the caller
         # figure is the library's own cost; UsageStore builds rows on its writer thread.
-        items: list[Any] = [_to_row(r) for r in records] if lib == "sqlite3worker" else records
+        items: list[Any] = [_lib_row(r) for r in records] if lib == "sqlite3worker" else records
         put = writer.put_row if lib == "sqlite3worker" else writer.put
         t0 = time.perf_counter()
         for item in items:
