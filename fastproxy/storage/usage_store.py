@@ -24,6 +24,7 @@ Rules of this module, and why:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -58,6 +59,7 @@ _WAKE = object()  # put by stop() so a writer waiting on an empty queue notices 
 RETENTION_EVERY_S = 300.0
 RETENTION_BATCH = 5000  # rows per delete transaction: the writer never stalls for long
 RETENTION_BATCHES_PER_ROUND = 20
+AT_EXIT_TIMEOUT_S = 5.0
 
 
 class UsageStore:
@@ -103,6 +105,10 @@ class UsageStore:
         self._thread = threading.Thread(target=self._run, name="fastproxy-usage-writer",
                                         daemon=True)
         self._thread.start()
+        # An interpreter that exits without stop() (an unhandled error in the gateway, a
+        # script that forgot) still writes what is queued: atexit runs while daemon
+        # threads are alive. Bounded, so a locked file cannot hold the exit for long.
+        atexit.register(self._stop_at_exit)
         self._ready.wait(60)  # a migration of a large v1 file may take a while
 
     def submit(self, item: dict[str, Any] | Callable[[], dict[str, Any]]) -> bool:
@@ -122,6 +128,7 @@ class UsageStore:
         thread = self._thread
         if thread is None:
             return
+        atexit.unregister(self._stop_at_exit)
         # Keep a second for the join itself; the writer gives up retrying at this time.
         self._stop_deadline = time.monotonic() + max(0.0, timeout - 1.0)
         self._stopping.set()
@@ -132,6 +139,9 @@ class UsageStore:
             log.error("usage writer did not finish within %.1fs; %d records still queued",
                       timeout, self._queue.qsize() + len(self._retry))
         self._thread = None
+
+    def _stop_at_exit(self) -> None:
+        self.stop(timeout=AT_EXIT_TIMEOUT_S)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -296,3 +296,21 @@ def test_a_later_step_runs_in_place_and_a_failing_one_rolls_back(
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == nxt
     assert rows(db) == 4 and s.status()["usage_db"] == "ok"
+
+
+def test_queued_records_survive_an_exit_without_stop(tmp_path: Path) -> None:
+    """An interpreter that ends without stop() still writes the queue (atexit)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "u.db"
+    code = ("import sys\n"
+            "from fastproxy.storage.usage_store import UsageStore\n"
+            "from tests.usage.test_store_queries import record\n"
+            "s = UsageStore(sys.argv[1], flush_interval=3600.0, max_queue=5000, retention_days=0)\n"
+            "s.start()\n"
+            "assert all(s.submit(record()) for _ in range(2000))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert rows(db) == 2000
