@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-from ..storage.usage_queries import ExportCursor, FilterError, parse_filters, parse_int
+from ..storage.usage_export import ExportCursor
+from ..storage.usage_queries import FilterError, parse_filters, parse_int
 from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
 
 log = logging.getLogger("fastproxy.admin")

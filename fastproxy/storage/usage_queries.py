@@ -1,4 +1,5 @@
-"""Usage queries: stats, recent, export. Functions over one read connection.
+"""Usage queries: the read connection, stats and counts (recent and export pages are in
+usage_export.py). Functions over one read connection.
 
 They run in a worker thread (the views use asyncio.to_thread), never on the event loop.
 Each function reads inside one read transaction, so the rollup, the rows and the counts
@@ -20,10 +21,7 @@ import math
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
-
-import orjson
 
 from .usage_filters import (
     FILTER_PARAMS,
@@ -40,15 +38,13 @@ from .usage_filters import (
 )
 from .usage_schema import ROLLUP_SUMS_SQL, SUMS_SQL, TIMINGS, VERSION
 
-__all__ = ["FILTER_PARAMS", "LEGS", "ExportCursor", "FilterError", "Filters", "count",
-           "parse_filters", "parse_int", "recent", "stats"]
+__all__ = ["FILTER_PARAMS", "LEGS", "FilterError", "Filters", "Snapshot", "count", "count_in",
+           "open_reader", "parse_filters", "parse_int", "selected_dims", "stats"]
 
 # A selection matching fewer than 1/NARROW_RATIO of all rows is fetched and sorted in
 # Python; a broader one is walked in the covering indexes (measured: bench/usage_db).
 NARROW_RATIO = 12
 PERCENTILES = (50, 95, 99)
-_STAT_NAMES = {"ttft_ms": "ttft_stats", "total_duration_ms": "duration_stats",
-               "proxy_overhead_ms": "proxy_overhead_stats", "stream_tps": "stream_tps_stats"}
 NONE_KEY = "(none)"  # by_backend / by_model key for records without a backend / model
 
 # One aggregate row per (dim, status), the sums of usage_schema.SUMS in that order.
@@ -88,7 +84,7 @@ def open_reader(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class _Snapshot:
+class Snapshot:
     """One read transaction: every query inside sees the same committed state."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -108,7 +104,7 @@ class _Snapshot:
                 pass  # the original error says more
 
 
-def _dims(conn: sqlite3.Connection, f: Filters) -> list[int] | None:
+def selected_dims(conn: sqlite3.Connection, f: Filters) -> list[int] | None:
     q = dim_query(f)
     return None if q is None else [r[0] for r in conn.execute(q[0], q[1])]
 
@@ -297,8 +293,8 @@ def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
     # backend boundary (prompt sent to it, completion it produced).
     prompt, completion = {None: (PTB, BTP), "CTP": (CTP, None), "PTB": (PTB, None),
                           "BTP": (None, BTP), "PTC": (None, PTC)}[f.leg]
-    with _Snapshot(conn):
-        dims = _dims(conn, f)
+    with Snapshot(conn):
+        dims = selected_dims(conn, f)
         groups = _aggregate(conn, f, dims)
         total = [0] * 11 + [None, None] + [0, 0.0, None, None] * len(TIMINGS)
         _merge({(0, 0): total}, ((0, 0, *v) for v in groups.values()))
@@ -365,92 +361,11 @@ def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
     }
 
 
-def _count(conn: sqlite3.Connection, f: Filters, dims: list[int] | None) -> int:
+def count_in(conn: sqlite3.Connection, f: Filters, dims: list[int] | None) -> int:
+    """The number of selected records (inside the caller's snapshot)."""
     return sum(v[N] for v in _aggregate(conn, f, dims, only_count=True).values())
 
 
 def count(conn: sqlite3.Connection, f: Filters) -> int:
-    with _Snapshot(conn):
-        return _count(conn, f, _dims(conn, f))
-
-
-def _records(conn: sqlite3.Connection, seqs: list[int]) -> list[dict[str, Any]]:
-    """The stored records for ``seqs``, in that order."""
-    if not seqs:
-        return []
-    found = dict(conn.execute(
-        f"SELECT seq, record FROM usage_records WHERE seq IN ({','.join(map(str, seqs))})"))
-    return [orjson.loads(found[s]) for s in seqs if s in found]
-
-
-def _order_index(f: Filters) -> str:
-    # A session's rows are few: find them by session, then sort. Anything else walks
-    # the time index, whose entries carry every other filter column.
-    return "usage_requests_session" if f.session_id is not None else "usage_requests_ts"
-
-
-def recent(conn: sqlite3.Connection, f: Filters, limit: int, offset: int) -> dict[str, Any]:
-    with _Snapshot(conn):
-        dims = _dims(conn, f)
-        total = _count(conn, f, dims)
-        seqs: list[int] = []
-        if total > offset:
-            terms, args = raw_terms(f, dims)
-            seqs = [r[0] for r in conn.execute(
-                f"SELECT seq FROM usage_requests INDEXED BY {_order_index(f)}{where(terms)} "
-                "ORDER BY ts DESC, seq DESC LIMIT ? OFFSET ?", [*args, limit, offset])]
-        records = _records(conn, seqs)
-    return {"records": records, "total": total, "limit": limit, "offset": offset}
-
-
-class ExportCursor:
-    """Oldest first, by keyset pages over one snapshot (never more than one page held).
-
-    ``record_count`` is counted in the same read transaction the pages come from, so it
-    always equals the number of records the pages yield."""
-
-    def __init__(self, conn: sqlite3.Connection, f: Filters, page_size: int) -> None:
-        self._conn, self.filters, self.page_size = conn, f, page_size
-        self._open = True
-        try:
-            conn.execute("BEGIN")
-            self._dims = _dims(conn, f)
-            self.record_count = _count(conn, f, self._dims)
-        except BaseException:
-            self.close()
-            raise
-
-    def pages(self) -> Iterator[list[dict[str, Any]]]:
-        f = self.filters
-        if self._dims == [] or not self.record_count:
-            return
-        terms, args = raw_terms(f, self._dims)
-        sql = (f"SELECT seq, ts FROM usage_requests INDEXED BY {_order_index(f)} "
-               f"WHERE {' AND '.join([*terms, 'ts >= ?', '(ts > ? OR seq > ?)'])} "
-               "ORDER BY ts, seq LIMIT ?")
-        last_ts, last_seq = float("-inf"), 0
-        while True:
-            rows = self._conn.execute(
-                sql, [*args, last_ts, last_ts, last_seq, self.page_size]).fetchall()
-            if not rows:
-                return
-            last_seq, last_ts = rows[-1]
-            yield _records(self._conn, [r[0] for r in rows])
-            if len(rows) < self.page_size:
-                return
-
-    def close(self) -> None:
-        if self._open:
-            self._open = False
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error:
-                pass
-            self._conn.close()
-
-    def __enter__(self) -> ExportCursor:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
+    with Snapshot(conn):
+        return count_in(conn, f, selected_dims(conn, f))

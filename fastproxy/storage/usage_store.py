@@ -28,23 +28,22 @@ import atexit
 import contextlib
 import logging
 import math
-import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import usage_queries
+from . import usage_export, usage_queries
+from .usage_files import error_kind, file_id, is_corrupt, set_aside, set_aside_logs
+from .usage_retention import prune
 from .usage_schema import (
     DIM_COLUMNS,
     INSERT_DIM,
     INSERT_RECORD,
     INSERT_REQUEST,
-    SUBTRACT_HOURS_FROM_DAILY,
     UPSERT_DAILY,
     UPSERT_HOURLY,
     Prepared,
@@ -57,8 +56,8 @@ log = logging.getLogger("fastproxy.storage")
 
 _WAKE = object()  # put by stop() so a writer waiting on an empty queue notices at once
 RETENTION_EVERY_S = 300.0
-RETENTION_BATCH = 5000  # rows per delete transaction: the writer never stalls for long
-RETENTION_BATCHES_PER_ROUND = 20
+RETENTION_BATCH = 5000  # about this many rows per delete transaction: no long stalls
+RETENTION_BATCHES_PER_ROUND = 20  # then back to writing; the rest goes next round
 AT_EXIT_TIMEOUT_S = 5.0
 
 
@@ -162,17 +161,17 @@ class UsageStore:
 
     def recent(self, filters: usage_queries.Filters, limit: int, offset: int) -> dict[str, Any]:
         with contextlib.closing(self._reader()) as conn:
-            return usage_queries.recent(conn, filters, limit, offset)
+            return usage_export.recent(conn, filters, limit, offset)
 
     def count(self, filters: usage_queries.Filters) -> int:
         with contextlib.closing(self._reader()) as conn:
             return usage_queries.count(conn, filters)
 
     def open_export(self, filters: usage_queries.Filters,
-                    page_size: int = 1000) -> usage_queries.ExportCursor:
+                    page_size: int = 1000) -> usage_export.ExportCursor:
         """An export over one consistent snapshot: ``record_count`` then ``pages()``.
         Close it (it is a context manager) to release the read connection."""
-        return usage_queries.ExportCursor(self._reader(), filters, page_size)
+        return usage_export.ExportCursor(self._reader(), filters, page_size)
 
     def export_pages(self, filters: usage_queries.Filters,
                      page_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
@@ -271,13 +270,12 @@ class UsageStore:
             except BaseException:
                 conn.close()
                 raise
-            st = os.stat(self.path)
-            self._conn, self._file_id = conn, (st.st_dev, st.st_ino)
+            self._conn, self._file_id = conn, file_id(self.path)
         except sqlite3.DatabaseError as exc:
-            if _is_corrupt(exc) and self._move_aside():
+            if is_corrupt(exc) and self._move_aside():
                 self._open()
                 return
-            self._fail(_kind(exc, "open"), exc)
+            self._fail(error_kind(exc, "open"), exc)
         except OSError as exc:
             self._fail("open", exc)
 
@@ -289,15 +287,8 @@ class UsageStore:
 
     def _move_aside(self) -> bool:
         self._close()
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         try:
-            self.path.rename(target)
-            # The old WAL and shared-memory files belong to the bad file: keep them with it.
-            for suffix in ("-wal", "-shm"):
-                side = Path(f"{self.path}{suffix}")
-                if side.exists():
-                    side.rename(Path(f"{target}{suffix}"))
+            target = set_aside(self.path, "corrupt")
         except OSError as exc:
             self._fail("corrupt", exc)
             return False
@@ -308,28 +299,15 @@ class UsageStore:
     def _check_file(self) -> None:
         """Reopen when the file was replaced or removed: writing on through the old
         handle would land in an unlinked inode and be lost without an error."""
-        if self._conn is None:
-            return
-        try:
-            st = os.stat(self.path)
-            same = (st.st_dev, st.st_ino) == self._file_id
-        except OSError:
-            same = False
-        if same:
+        if self._conn is None or file_id(self.path) == self._file_id:
             return
         self._close()
         # SQLite keeps the WAL of a database that moved (it neither checkpoints nor deletes
         # it on close). Left there, it would be replayed onto whatever file now has the
-        # name, so it goes aside with the file it belonged to.
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        for suffix in ("-wal", "-shm"):
-            side = Path(f"{self.path}{suffix}")
-            with contextlib.suppress(OSError):
-                if side.exists():
-                    side.rename(Path(f"{self.path}{suffix}.stale-{stamp}"))
-        log.warning("usage database %s was replaced or removed; reopening (the old "
-                    "write-ahead log, if any, is kept as %s-wal.stale-%s)", self.path,
-                    self.path, stamp)
+        # name, so it goes aside: it belonged to the file that is gone.
+        stale = set_aside_logs(self.path, "stale")
+        log.warning("usage database %s was replaced or removed; reopening%s", self.path,
+                    f" (its old write-ahead log kept as {stale})" if stale else "")
         self._open()
 
     # -- writing -------------------------------------------------------------------
@@ -349,9 +327,9 @@ class UsageStore:
             try:
                 self._insert(self._conn, pending)
             except sqlite3.DatabaseError as exc:
-                if _is_corrupt(exc) and self._move_aside():
+                if is_corrupt(exc) and self._move_aside():
                     continue
-                self._fail(_kind(exc, "write"), exc)
+                self._fail(error_kind(exc, "write"), exc)
                 break
             self.rows_written += len(pending)
             self.batches_written += 1
@@ -412,45 +390,14 @@ class UsageStore:
         now = time.monotonic()
         if now < self._next_retention:
             return
-        more = self._retention(time.time() - self.retention_days * 86400.0)
+        try:
+            more = prune(self._conn, time.time() - self.retention_days * 86400.0,
+                         RETENTION_BATCH, RETENTION_BATCHES_PER_ROUND)
+        except sqlite3.Error as exc:
+            self._fail(error_kind(exc, "retention"), exc)
+            more = False
         # A large backlog (first start after a long stop) goes in slices between batches.
         self._next_retention = now if more else now + RETENTION_EVERY_S
-
-    def _retention(self, cutoff: float) -> bool:
-        """Delete whole days older than ``cutoff``, a slice of whole hours per transaction
-        (rows, records and both rollups together, so they never disagree). True if more
-        remain for the next round."""
-        conn = self._conn
-        assert conn is not None
-        limit = math.floor(cutoff / 86400) * 86400.0
-        try:
-            for _ in range(RETENTION_BATCHES_PER_ROUND):
-                first = conn.execute("SELECT MIN(ts) FROM usage_requests").fetchone()[0]
-                if first is None or first >= limit:
-                    conn.execute("PRAGMA optimize")  # planner statistics after big deletes
-                    return False
-                nth = conn.execute("SELECT ts FROM usage_requests WHERE ts < ? ORDER BY ts "
-                                   "LIMIT 1 OFFSET ?", (limit, RETENTION_BATCH - 1)).fetchone()
-                end = limit if nth is None else math.floor(nth[0] / 3600) * 3600.0
-                end = max(end, math.floor(first / 3600) * 3600.0 + 3600.0)  # one busy hour
-                end_hour = int(end // 3600)
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.execute("DELETE FROM usage_records WHERE seq IN "
-                                 "(SELECT seq FROM usage_requests WHERE ts < ?)", (end,))
-                    conn.execute("DELETE FROM usage_requests WHERE ts < ?", (end,))
-                    conn.execute(SUBTRACT_HOURS_FROM_DAILY, (end_hour,))
-                    conn.execute("DELETE FROM usage_daily WHERE n <= 0")
-                    conn.execute("DELETE FROM usage_hourly WHERE hour < ?", (end_hour,))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                    raise
-            return True
-        except sqlite3.Error as exc:
-            self._fail(_kind(exc, "retention"), exc)
-            return False
 
     # -- errors --------------------------------------------------------------------
     def _fail(self, kind: str, exc: BaseException) -> None:
@@ -464,21 +411,3 @@ class UsageStore:
         if kind not in self._logged:
             self._logged.add(kind)
             log.error(message, *args)
-
-
-def _is_corrupt(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "not a database" in text or "malformed" in text
-
-
-def _kind(exc: BaseException, default: str) -> str:
-    text = str(exc).lower()
-    if "locked" in text or "busy" in text:
-        return "locked"
-    if "full" in text:
-        return "disk_full"
-    if "readonly" in text or "read-only" in text:
-        return "read_only"
-    if "unable to open" in text:
-        return "open"
-    return default
