@@ -13,7 +13,8 @@ import csv
 import io
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import Generator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,7 +78,7 @@ def register_usage_routes(router: Router, store: Any) -> None:
         name = f"usage-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.{fmt}"
         return AdminResponse(status=200, content_type=FORMATS[fmt],
                              headers=[("Content-Disposition", f'attachment; filename="{name}"')],
-                             stream=_stream(cursor, fmt))
+                             stream=_ExportStream(cursor, fmt))
 
     router.add("GET", "/v1/usage/stats", stats)
     router.add("GET", "/v1/usage/recent", recent)
@@ -113,27 +114,53 @@ def _int_arg(req: AdminRequest, name: str, default: int, lo: int, hi: int) -> in
     return default if raw is None or raw == "" else parse_int(name, raw, lo, hi)
 
 
-async def _stream(cursor: ExportCursor, fmt: str) -> AsyncIterator[bytes]:
-    chunks = encode_export(cursor, fmt)
-    try:
-        while True:
-            piece = await asyncio.to_thread(next, chunks, None)
-            if piece is None:
-                return
-            yield piece
-    finally:
-        # Also on a client that went away: release the snapshot and the connection.
-        await asyncio.to_thread(_close, chunks, cursor)
+class _ExportStream:
+    """The export body: each piece fetched and encoded in a worker thread.
+
+    A class rather than an async generator because ``aclose()`` must release the read
+    snapshot even when iteration never started (a HEAD request, a client gone before the
+    first chunk): an unstarted generator skips its ``finally``, and a read transaction
+    left open would keep the WAL from being checkpointed. The lock serialises the worker
+    threads, so a close after a cancelled fetch waits for that fetch to return."""
+
+    def __init__(self, cursor: ExportCursor, fmt: str) -> None:
+        self._cursor = cursor
+        self._chunks = encode_export(cursor, fmt)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __aiter__(self) -> _ExportStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            piece = await asyncio.to_thread(self._next)
+        except BaseException:
+            await self.aclose()
+            raise
+        if piece is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        return piece
+
+    def _next(self) -> bytes | None:
+        with self._lock:
+            return None if self._closed else next(self._chunks, None)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            self._chunks.close()
+            self._cursor.close()
 
 
-def _close(chunks: Iterator[bytes], cursor: ExportCursor) -> None:
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
-    cursor.close()
-
-
-def encode_export(cursor: ExportCursor, fmt: str) -> Iterator[bytes]:
+def encode_export(cursor: ExportCursor, fmt: str) -> Generator[bytes, None, None]:
     """The export document, one chunk per page (blocking: run it in a thread)."""
     if fmt == "json":
         yield (b'{"version":1,"exported_at":' + orjson.dumps(now_iso())

@@ -274,30 +274,54 @@ def migrate(conn: sqlite3.Connection) -> int:
 Prepared = tuple[tuple[Any, ...], int, tuple[Any, ...], str]
 
 
-def _num(v: Any) -> Any:
-    """Numbers only; a stray value in a numeric field must not poison the sums."""
-    return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+# Bound values are only str, int, finite float or None, whatever the record holds: a
+# stray value must neither poison the sums nor make a batch fail to insert. No request
+# has 2**40 (a trillion) tokens; the cap keeps sums of millions of rows inside 64 bits.
+_INT_MAX = 2**40
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if -_INT_MAX <= v <= _INT_MAX else None
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        return int(v)
+    return None
+
+
+def _real(v: Any) -> float | None:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return None
+
+
+def _text(v: Any) -> str | None:
+    return v if v is None or isinstance(v, str) else str(v)
 
 
 def prepare(r: dict[str, Any]) -> Prepared:
     """A record dict → (dims key, hour, row, JSON). Raises on a record without a valid
-    timestamp (the one field every query needs)."""
+    timestamp (the one field every query needs) or one that is not JSON-serialisable."""
     dt = datetime.fromisoformat(r["timestamp"])
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     ts = dt.timestamp()
-    br = r.get("backend_reported_usage") or {}
-    key = tuple(r.get(c) for c in DIM_COLUMNS)
+    br = r.get("backend_reported_usage")
+    if not isinstance(br, dict):
+        br = {}
+    key = tuple(_text(r.get(c)) for c in DIM_COLUMNS)
     dt = dt.astimezone(UTC)
     row = (
-        ts, _num(r.get("http_status_code")) or 0, dt.weekday(), dt.hour, r.get("session_id"),
-        int(bool(r.get("streaming"))), r.get("outcome"),
-        _num(r.get("ctp_prompt_tokens")), _num(r.get("ptb_prompt_tokens")),
-        _num(r.get("btp_completion_tokens")), _num(r.get("ptc_completion_tokens")),
-        _num(br.get("prompt")), _num(br.get("completion")), _num(br.get("total")),
-        _num(r.get("cost")), _num(r.get("tool_call_count")) or 0,
-        _num(r.get("ttft_ms")), _num(r.get("total_duration_ms")),
-        _num(r.get("proxy_overhead_ms")), _num(r.get("stream_tps")),
+        ts, _int(r.get("http_status_code")) or 0, dt.weekday(), dt.hour,
+        _text(r.get("session_id")), int(bool(r.get("streaming"))), _text(r.get("outcome")),
+        _int(r.get("ctp_prompt_tokens")), _int(r.get("ptb_prompt_tokens")),
+        _int(r.get("btp_completion_tokens")), _int(r.get("ptc_completion_tokens")),
+        _int(br.get("prompt")), _int(br.get("completion")), _int(br.get("total")),
+        _real(r.get("cost")), _int(r.get("tool_call_count")) or 0,
+        _real(r.get("ttft_ms")), _real(r.get("total_duration_ms")),
+        _real(r.get("proxy_overhead_ms")), _real(r.get("stream_tps")),
     )
     return key, math.floor(ts / 3600), row, orjson.dumps(r).decode()
 

@@ -59,6 +59,10 @@ RETENTION_EVERY_S = 300.0
 RETENTION_BATCH = 5000  # about this many rows per delete transaction: no long stalls
 RETENTION_BATCHES_PER_ROUND = 20  # then back to writing; the rest goes next round
 AT_EXIT_TIMEOUT_S = 5.0
+# Errors that come from a record's values rather than from the file (the file's own
+# errors are OperationalError / DatabaseError: locked, full, read-only, corrupt).
+_DATA_ERRORS = (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.InterfaceError,
+                sqlite3.DataError, OverflowError, TypeError, ValueError)
 
 
 class UsageStore:
@@ -325,22 +329,48 @@ class UsageStore:
             if self._conn is None:
                 break
             try:
-                self._insert(self._conn, pending)
+                try:
+                    self._insert(self._conn, pending)
+                    written = len(pending)
+                except _DATA_ERRORS:
+                    written, pending = self._insert_each(self._conn, pending)
             except sqlite3.DatabaseError as exc:
                 if is_corrupt(exc) and self._move_aside():
                     continue
                 self._fail(error_kind(exc, "write"), exc)
                 break
-            self.rows_written += len(pending)
+            self.rows_written += written
             self.batches_written += 1
             self._retry, self._in_hand = [], 0
             if self._degraded:
                 log.info("usage database %s writable again; %d records written",
-                         self.path, len(pending))
+                         self.path, written)
                 self._degraded = False
             return True
         self._keep(pending, final)
         return False
+
+    def _insert_each(self, conn: sqlite3.Connection,
+                     pending: list[Prepared]) -> tuple[int, list[Prepared]]:
+        """A batch failed on its data, not on the file: write the items one by one and
+        skip the bad ones, so one bad record cannot hold back every later one. Returns
+        (written, []). An error of the file itself propagates, with ``pending`` cut in
+        place to the items not yet written (the written ones are committed)."""
+        written = 0
+        for i, item in enumerate(pending):
+            try:
+                self._insert(conn, [item])
+            except _DATA_ERRORS as exc:
+                self.record_errors += 1
+                self._log_once("record-data", "a usage record could not be stored (%s); it "
+                               "is skipped", type(exc).__name__)
+                continue
+            except sqlite3.DatabaseError:
+                self.rows_written += written  # those are committed: never retry them
+                del pending[:i]
+                raise
+            written += 1
+        return written, []
 
     def _keep(self, pending: list[Prepared], final: bool) -> None:
         overflow = len(pending) - self.max_queue

@@ -460,3 +460,28 @@ def test_stats_equal_a_plain_reference(store: UsageStore, ratio: int,
         f = parse_filters(q)
         assert_like_reference(store.stats(f), _reference(recs, f), q)
         assert store.count(f) == _reference(recs, f)["request_count"]
+
+
+@pytest.mark.parametrize("pieces_read", [0, 1])
+async def test_export_abandoned_releases_its_snapshot(store: UsageStore, pieces_read: int) -> None:
+    """A HEAD request or a client gone mid-export closes the stream: the read snapshot
+    must go with it, or the write-ahead log could never be checkpointed again."""
+    fill(store, [record() for _ in range(5)])
+    router = Router()
+    register_usage_routes(router, store)
+    handler, params, _ = router.resolve("GET", "/v1/usage/export")
+    assert handler is not None
+    resp = await handler(AdminRequest("GET", "/v1/usage/export", {}, {}, b"", "127.0.0.1",
+                                      params))
+    assert resp.stream is not None
+    for _ in range(pieces_read):
+        await resp.stream.__anext__()
+    await resp.stream.aclose()  # type: ignore[attr-defined]
+    store.submit(record())
+    store.stop()  # its close checkpoints the WAL into the file and removes it...
+    assert not _wal_left(store.path)  # ...which a reader left open would prevent
+    store.start()
+
+
+def _wal_left(db: Path) -> bool:
+    return Path(f"{db}-wal").exists()

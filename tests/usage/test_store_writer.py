@@ -314,3 +314,33 @@ def test_queued_records_survive_an_exit_without_stop(tmp_path: Path) -> None:
                          timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert rows(db) == 2000
+
+
+def test_a_record_that_cannot_be_inserted_does_not_block_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = usage_store.prepare
+
+    def prepare(r: dict[str, Any]) -> Any:
+        key, hour, row, text = real(r)
+        if r["outcome"] == "poison":  # a value SQLite cannot bind: the batch fails on data
+            row = (*row[:6], ["not", "bindable"], *row[7:])
+        return key, hour, row, text
+
+    monkeypatch.setattr(usage_store, "prepare", prepare)
+    db = tmp_path / "u.db"
+    s = make(db, flush_interval=3600.0)
+    for i in range(10):
+        s.submit(record(outcome="poison" if i == 4 else "ok"))
+    s.stop()
+    assert rows(db) == 9 and s.record_errors == 1
+    assert s.status()["usage_db"] == "ok" and s.status()["write_errors"] == 0
+
+
+def test_stray_values_are_stored_safely() -> None:
+    key, _, row, _ = usage_schema.prepare(record(
+        backend=7, http_status_code=200.0, ctp_prompt_tokens=2**62, ptb_prompt_tokens="12",
+        btp_completion_tokens=3.0, cost=float("nan"), ttft_ms=float("inf"), streaming=True,
+        backend_reported_usage=["not", "a", "dict"], tool_call_count=True))
+    assert key[0] == "7" and row[1] == 200 and isinstance(row[1], int)
+    assert row[7:11] == (None, None, 3, 5) and row[11:14] == (None, None, None)
+    assert row[14] is None and row[15] == 0 and row[16] is None
