@@ -19,7 +19,7 @@ from tests.conftest import backend_for
 from tests.support.proc import GatewayProcess
 from tests.support.waiting import wait_until
 
-N = 200
+N = 1000
 
 
 def _rows(db: Path) -> int:
