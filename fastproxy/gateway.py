@@ -10,6 +10,7 @@ flush services, exit 0. A second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -213,6 +214,9 @@ async def serve(config: Config) -> int:
         log.error("cannot start: %s", exc)
         await gateway.stop()
         return 1
+    # Everything built so far (modules, config, tokenizer tables, routes) lives until
+    # exit: moved out of the collector's reach, a full collection no longer walks it.
+    gc.freeze()
     await stop_requested.wait()
     log.info("stopping: draining in-flight requests (up to %.0fs)", config.timeouts.drain_seconds)
     await gateway.stop()

@@ -4,8 +4,13 @@ Rules of this module, and why:
 
 - Only the writer thread writes. SQLite allows one writer at a time, and a blocking
   write on the event loop would stall every stream (the reference rewrote a JSON file
-  under a lock on the request path). The loop only calls `submit()`: a non-blocking put
-  into a bounded queue. A full queue drops the item and counts it; it never blocks.
+  under a lock on the request path). The loop only calls `submit()`: an append to a bounded
+  deque. A full queue drops the item and counts it; it never blocks.
+- The loop never wakes the writer per item. A `queue.Queue` put notifies a waiting
+  consumer every time, and each wake-up is a GIL hand-over: with uvloop re-taking the GIL
+  in every callback, that convoy cost the relay 60% of its JSON throughput. Items go
+  into a deque (append is atomic under the GIL); the writer sleeps on an Event that is
+  set only when a batch is full, on stop, or after ``flush_interval``.
 - Items may be thunks, run here, so token counting and cost happen off the loop.
 - Batches: the writer collects for up to ``flush_interval`` seconds or ``batch_size``
   items, then writes them in ONE transaction (rows, JSON records, hourly rollup and any
@@ -28,10 +33,10 @@ import atexit
 import contextlib
 import logging
 import math
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,17 +49,15 @@ from .usage_schema import (
     INSERT_DIM,
     INSERT_RECORD,
     INSERT_REQUEST,
-    UPSERT_DAILY,
-    UPSERT_HOURLY,
+    ROLLUP_BATCH_DAILY,
+    ROLLUP_BATCH_HOURLY,
     Prepared,
     migrate,
     prepare,
-    roll,
 )
 
 log = logging.getLogger("fastproxy.storage")
 
-_WAKE = object()  # put by stop() so a writer waiting on an empty queue notices at once
 RETENTION_EVERY_S = 300.0
 RETENTION_BATCH = 5000  # about this many rows per delete transaction: no long stalls
 RETENTION_BATCHES_PER_ROUND = 20  # then back to writing; the rest goes next round
@@ -73,7 +76,8 @@ class UsageStore:
         self.max_queue = max_queue
         self.retention_days = retention_days
         self.batch_size = batch_size
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._items: deque[Any] = deque()
+        self._wake = threading.Event()  # a full batch is waiting, or stop() was called
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopping = threading.Event()
@@ -119,11 +123,14 @@ class UsageStore:
         if self._thread is None or self._stopping.is_set():
             self._dropped_full += 1
             return False
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        items = self._items
+        n = len(items)
+        if n >= self.max_queue:
             self._dropped_full += 1
             return False
+        items.append(item)
+        if n + 1 == self.batch_size:  # once per batch: the writer's only wake-up call
+            self._wake.set()
         return True
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -135,12 +142,11 @@ class UsageStore:
         # Keep a second for the join itself; the writer gives up retrying at this time.
         self._stop_deadline = time.monotonic() + max(0.0, timeout - 1.0)
         self._stopping.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_WAKE)  # a full queue means the writer is not waiting
+        self._wake.set()
         thread.join(timeout)
         if thread.is_alive():
             log.error("usage writer did not finish within %.1fs; %d records still queued",
-                      timeout, self._queue.qsize() + len(self._retry))
+                      timeout, len(self._items) + len(self._retry))
         self._thread = None
 
     def _stop_at_exit(self) -> None:
@@ -149,7 +155,7 @@ class UsageStore:
     def status(self) -> dict[str, Any]:
         return {
             "usage_db": "degraded" if self._degraded else "ok",
-            "queue_depth": self._queue.qsize() + self._in_hand + len(self._retry),
+            "queue_depth": len(self._items) + self._in_hand + len(self._retry),
             "dropped_records": self._dropped_full + self._dropped_writer,
             "write_errors": self.write_errors,
             "path": str(self.path),
@@ -198,19 +204,25 @@ class UsageStore:
             self._conn = None
 
     def _collect(self) -> list[Any]:
-        batch: list[Any] = []
-        deadline = time.monotonic() + self.flush_interval
-        while len(batch) < self.batch_size and not self._stopping.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+        """Up to ``batch_size`` items: at once when that many wait, else after
+        ``flush_interval`` with whatever came (or at stop)."""
+        items = self._items
+        if len(items) < self.batch_size and not self._stopping.is_set():
+            self._wake.wait(self.flush_interval)
+        self._wake.clear()
+        batch = self._take(self.batch_size)
+        if len(items) >= self.batch_size:
+            self._wake.set()  # a backlog: go straight on with the next batch
+        return batch
+
+    def _take(self, limit: int) -> list[Any]:
+        items, batch = self._items, []
+        while len(batch) < limit:
             try:
-                item = self._queue.get(timeout=remaining)
-            except queue.Empty:
+                batch.append(items.popleft())
+            except IndexError:
                 break
-            if item is not _WAKE:
-                batch.append(item)
-                self._in_hand = len(batch)
+        self._in_hand = len(batch)
         return batch
 
     def _drain(self) -> None:
@@ -218,14 +230,7 @@ class UsageStore:
         locked database is retried until the stop deadline; a full disk or a read-only
         file will not heal in seconds, so they get three tries."""
         while True:
-            items: list[Any] = []
-            while len(items) < self.batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _WAKE:
-                    items.append(item)
+            items = self._take(self.batch_size)
             prepared = [p for p in map(self._prepare, items) if p is not None]
             if not prepared and not self._retry:
                 return
@@ -235,7 +240,7 @@ class UsageStore:
                 tries += 1
                 if (self._last_kind != "locked" and tries >= 3) or (
                         time.monotonic() >= self._stop_deadline):
-                    lost = len(self._retry) + self._queue.qsize()
+                    lost = len(self._retry) + len(self._items)
                     self._dropped_writer += lost
                     log.error("usage database %s: %d records could not be written before "
                               "shutdown; last error: %s", self.path, lost, self._last_kind)
@@ -384,10 +389,8 @@ class UsageStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             requests, records = [], []
-            hourly: dict[tuple[Any, ...], list[Any]] = {}
-            daily: dict[tuple[Any, ...], list[Any]] = {}
             seq = seq0
-            for key, hour, row, text in pending:
+            for key, _hour, row, text in pending:
                 dim = self._dims.get(key)
                 if dim is None:
                     dim = conn.execute(INSERT_DIM, key).lastrowid
@@ -396,14 +399,12 @@ class UsageStore:
                     new_dims.append(key)
                 requests.append((seq, row[0], dim, *row[1:]))
                 records.append((seq, text))
-                # Rollup keys: (bucket, dim, status) + the bucket's day_of_week [hour_of_day].
-                roll(hourly, (hour, dim, row[1], row[2], row[3]), row)
-                roll(daily, (hour // 24, dim, row[1], row[2]), row)
                 seq += 1
             conn.executemany(INSERT_REQUEST, requests)
             conn.executemany(INSERT_RECORD, records)
-            conn.executemany(UPSERT_HOURLY, [(*k, *v) for k, v in hourly.items()])
-            conn.executemany(UPSERT_DAILY, [(*k, *v) for k, v in daily.items()])
+            # The batch's rows are the ones at seq >= seq0: the rollups fold them in SQL.
+            conn.execute(ROLLUP_BATCH_HOURLY, (seq0,))
+            conn.execute(ROLLUP_BATCH_DAILY, (seq0,))
             conn.execute("COMMIT")
             self._next_seq = seq
         except BaseException:

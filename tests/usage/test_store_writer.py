@@ -101,7 +101,7 @@ def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     release = threading.Event()
     s = make(tmp_path / "u.db", max_queue=10, batch_size=1)
     s.submit(lambda: release.wait(10) and record())  # the writer is busy with this one
-    wait_until(lambda: s.status()["queue_depth"] == 1 and s._queue.qsize() == 0)
+    wait_until(lambda: s.status()["queue_depth"] == 1 and not s._items)
     t = time.perf_counter()
     results = [s.submit(record()) for _ in range(1000)]
     elapsed = time.perf_counter() - t
