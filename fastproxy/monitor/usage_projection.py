@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .._speedups import estimate_tokens
+from ..storage.usage_schema import Prepared, prepare_own, utc_iso_ms
 from .costs import PriceTable, compute_cost
-from .notify import utc_iso
 
 if TYPE_CHECKING:
     from ..dataplane.dialects.usage import BackendUsage
@@ -297,7 +297,12 @@ class Projector:
         self.prices = prices
         self.exact = exact
 
-    def record(self, c: UsageCapture) -> dict[str, Any]:
+    def prepared(self, c: UsageCapture) -> Prepared:
+        """The record, already as the store's row (what the writer thread submits)."""
+        ms = int(c.wall_started_at * 1000)
+        return prepare_own(self.record(c, ms), ms)
+
+    def record(self, c: UsageCapture, ms: int | None = None) -> dict[str, Any]:
         embeddings = c.path.endswith("/embeddings")
         facts: PromptFacts | None = None
         if c.body is not None:
@@ -346,8 +351,9 @@ class Projector:
             overhead = round(((c.upstream_sent_at - c.started_at)
                               + (c.ended_at - c.upstream_done_at)) * 1000.0, 3)
         return {
-            "id": uuid.uuid4().hex,
-            "timestamp": utc_iso(c.wall_started_at),
+            # 128 random bits as 32 hex digits, like uuid4().hex at a third of its cost.
+            "id": os.urandom(16).hex(),
+            "timestamp": utc_iso_ms(int(c.wall_started_at * 1000) if ms is None else ms),
             "session_id": session_id,
             "turn_number": turn,
             "frontend_type": c.frontend,

@@ -7,7 +7,7 @@ returns None: no observer, no accounting, nothing on the hot path.
 When on, ``on_exchange`` runs on the event loop once per request. It copies numbers and
 names into a ``UsageCapture`` and hands the store a thunk; the store runs the thunk on
 its writer thread, where the capture becomes the record dict (prompt counting, session
-digest, cost). So the loop never parses, hashes, counts or touches the disk for usage.
+digest, cost) and at once the store's row (``Projector.prepared``). So the loop never parses, hashes, counts or touches the disk for usage.
 
 The one thing the capture holds that can be large is the raw request body, kept until
 the writer thread has counted its prompt. Those bodies are bounded together by
@@ -32,6 +32,7 @@ from .usage_projection import ExactCounter, Projector
 if TYPE_CHECKING:
     from ..dataplane.record import ExchangeRecord
     from ..state import GatewayState
+    from ..storage.usage_schema import Prepared
 
 log = logging.getLogger("fastproxy.usage")
 
@@ -167,13 +168,13 @@ class UsageService:
         if not self.store.submit(self._thunk(capture, held)) and held:
             self.pending.release(held)  # dropped by a full queue: the thunk never runs
 
-    def _thunk(self, capture: UsageCapture, held: int) -> Callable[[], dict[str, Any]]:
+    def _thunk(self, capture: UsageCapture, held: int) -> Callable[[], Prepared]:
         projector, pending = self.projector, self.pending
         assert projector is not None
 
-        def build() -> dict[str, Any]:
+        def build() -> Prepared:
             try:
-                return projector.record(capture)
+                return projector.prepared(capture)
             except Exception as exc:
                 # A bug here must not lose the request: record it without prompt facts.
                 # Logged by type and place only: an exception's message may quote the body.
@@ -181,7 +182,7 @@ class UsageService:
                 log.error("usage: projecting a record failed (%s at %s:%s); stored without "
                           "prompt facts", type(exc).__name__, frame.filename, frame.lineno)
                 capture.body = None
-                return projector.record(capture)
+                return projector.prepared(capture)
             finally:
                 if held:
                     pending.release(held)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -331,3 +332,30 @@ def prepare(r: dict[str, Any]) -> Prepared:
         _real(r.get("proxy_overhead_ms")), _real(r.get("stream_tps")),
     )
     return key, math.floor(ts / 3600), row, orjson.dumps(r).decode()
+
+
+def utc_iso_ms(ms: int) -> str:
+    """Epoch milliseconds as the contract's timestamp (UTC, milliseconds, ``Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def prepare_own(r: dict[str, Any], ms: int) -> Prepared:
+    """`prepare` for a record the usage projector just built, whose ``timestamp`` is
+    ``utc_iso_ms(ms)``: the time comes as integer milliseconds instead of being parsed
+    back from the text, and only the values a backend supplied (token counts, cost) are
+    checked. About a third of `prepare`'s cost; the writer thread runs it per record
+    beside the relay. ``ms / 1000`` is the same float that parsing the text gives."""
+    tm = time.gmtime(ms // 1000)
+    br = r["backend_reported_usage"] or {}
+    key = (r["backend"], r["backend_type"], r["frontend_type"], r["model_requested"],
+           r["model_used"], r["proxy_user"])
+    row = (
+        ms / 1000, r["http_status_code"] or 0, tm.tm_wday, tm.tm_hour, r["session_id"],
+        1 if r["streaming"] else 0, r["outcome"], r["ctp_prompt_tokens"],
+        _int(r["ptb_prompt_tokens"]), _int(r["btp_completion_tokens"]),
+        _int(r["ptc_completion_tokens"]), _int(br.get("prompt")),
+        _int(br.get("completion")), _int(br.get("total")), _real(r["cost"]),
+        r["tool_call_count"], r["ttft_ms"], r["total_duration_ms"], r["proxy_overhead_ms"],
+        r["stream_tps"],
+    )
+    return key, ms // 3_600_000, row, orjson.dumps(r).decode()

@@ -118,8 +118,9 @@ class UsageStore:
         atexit.register(self._stop_at_exit)
         self._ready.wait(60)  # a migration of a large v1 file may take a while
 
-    def submit(self, item: dict[str, Any] | Callable[[], dict[str, Any]]) -> bool:
-        """Queue a record (or a thunk making one). Never blocks; False = dropped."""
+    def submit(self, item: dict[str, Any] | Callable[[], dict[str, Any] | Prepared]) -> bool:
+        """Queue a record, or a thunk making one (a dict, or its row already prepared).
+        Never blocks; False = dropped."""
         if self._thread is None or self._stopping.is_set():
             self._dropped_full += 1
             return False
@@ -251,7 +252,8 @@ class UsageStore:
     def _prepare(self, item: Any) -> Prepared | None:
         try:
             record = item() if callable(item) else item
-            return prepare(record)
+            # The usage service's thunks return the row itself (prepare_own).
+            return record if type(record) is tuple else prepare(record)
         except Exception as exc:
             self.record_errors += 1
             # Type only: a message could quote request content.

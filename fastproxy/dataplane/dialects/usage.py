@@ -10,6 +10,7 @@ one formula, not one per provider.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -50,14 +51,22 @@ class BackendUsage:
         return f"BackendUsage({self.as_dict()})"
 
 
+# A count or cost outside these bounds is a broken backend, not a request: it is treated
+# as not reported (the record says null), so no sum, price or JSON encoding ever meets it.
+MAX_TOKENS = 2**40
+
+
 def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_TOKENS:
+        return v
+    return None
 
 
 def _num(v: Any) -> float | None:
-    if isinstance(v, bool):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    return float(v) if isinstance(v, int | float) else None
+    f = float(v)
+    return f if math.isfinite(f) and f >= 0 else None
 
 
 def from_openai(usage: Any) -> BackendUsage | None:
