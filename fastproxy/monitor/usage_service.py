@@ -7,7 +7,8 @@ returns None: no observer, no accounting, nothing on the hot path.
 When on, ``on_exchange`` runs on the event loop once per request. It copies numbers and
 names into a ``UsageCapture`` and hands the store a thunk; the store runs the thunk on
 its writer thread, where the capture becomes the record dict (prompt counting, session
-digest, cost) and at once the store's row (``Projector.prepared``). So the loop never parses, hashes, counts or touches the disk for usage.
+digest, cost) and at once the store's row (``Projector.prepared``). So the loop never
+parses, hashes, counts or touches the disk for usage.
 
 The one thing the capture holds that can be large is the raw request body, kept until
 the writer thread has counted its prompt. Those bodies are bounded together by

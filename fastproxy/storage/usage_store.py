@@ -7,10 +7,11 @@ Rules of this module, and why:
   under a lock on the request path). The loop only calls `submit()`: an append to a bounded
   deque. A full queue drops the item and counts it; it never blocks.
 - The loop never wakes the writer per item. A `queue.Queue` put notifies a waiting
-  consumer every time, and each wake-up is a GIL hand-over: with uvloop re-taking the GIL
-  in every callback, that convoy cost the relay 60% of its JSON throughput. Items go
-  into a deque (append is atomic under the GIL); the writer sleeps on an Event that is
-  set only when a batch is full, on stop, or after ``flush_interval``.
+  consumer every time: one thread wake-up and GIL hand-over per request, for nothing, as
+  the writer only acts on batches. Items go into a deque (append is atomic under the
+  GIL); the writer sleeps on an Event that is set only when a batch is full, on stop, or
+  after ``flush_interval``. (Measured end to end the change is within the noise: the
+  cost of usage tracking is the writer's work, docs/BENCHMARKS.md.)
 - Items may be thunks, run here, so token counting and cost happen off the loop.
 - Batches: the writer collects for up to ``flush_interval`` seconds or ``batch_size``
   items, then writes them in ONE transaction (rows, JSON records, hourly rollup and any
