@@ -10,9 +10,9 @@ the core) with the relay:
 - usage-project: ``Projector.prepared``, what the writer runs per record: parse the
   request body again, count the prompt (the estimator, or quicktok for OpenAI models when
   the extra is installed), session digest, the four token points, timings, cost, the
-  record dict, and at once its row and JSON text (``prepare_own``);
+  record values, and at once its row and compact JSON text (``prepare_values``);
 - usage-prepare: the general ``usage_schema.prepare`` (a record dict from anywhere,
-  every value checked) beside ``prepare_own``, the projector's own path;
+  every value checked) beside ``prepare_values``, the projector's own path;
 - usage-insert: ``UsageStore._insert`` of a 500-record batch (the writer's batch size)
   into a fresh WAL database, rows + JSON + dims + both rollups, one transaction; the
   figure is per batch, divide by 500 for one record.
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from fastproxy.dataplane.dialects.usage import BackendUsage
@@ -34,7 +33,7 @@ from fastproxy.dataplane.record import ExchangeRecord
 from fastproxy.monitor.costs import PriceTable
 from fastproxy.monitor.usage_projection import ExactCounter, Projector
 from fastproxy.monitor.usage_service import UsageCapture
-from fastproxy.storage.usage_schema import prepare, prepare_own
+from fastproxy.storage.usage_schema import load_record, prepare, prepare_values
 from fastproxy.storage.usage_store import UsageStore
 
 BODY = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hello world!"}]}'
@@ -79,7 +78,7 @@ def test_project(benchmark, counter: str) -> None:
     def run() -> Any:
         return projector.prepared(UsageCapture.take(rec, True))
 
-    out = orjson.loads(benchmark(run)[3])
+    out = load_record(benchmark(run)[3])
     assert out["ctp_prompt_tokens"] and out["cost"] is not None
 
 
@@ -90,12 +89,13 @@ def test_prepare_general(benchmark) -> None:
 
 
 @pytest.mark.benchmark(group="usage-prepare")
-def test_prepare_own(benchmark) -> None:
+def test_prepare_values(benchmark) -> None:
     rec = _record(1)
     ms = int(rec.wall_started_at * 1000)
-    record = Projector(PriceTable({})).record(UsageCapture.take(rec, True), ms)
-    assert prepare_own(record, ms) == prepare(record)
-    benchmark(prepare_own, record, ms)
+    values = Projector(PriceTable({})).values(UsageCapture.take(rec, True), ms)
+    assert prepare_values(values, ms)[:3] == prepare(load_record(
+        prepare_values(values, ms)[3]))[:3]
+    benchmark(prepare_values, values, ms)
 
 
 @pytest.mark.benchmark(group="usage-insert")

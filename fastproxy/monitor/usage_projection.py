@@ -2,7 +2,7 @@
 
 On the event loop, ``UsageCapture.take(rec)`` (usage_service.py) copies the numbers and
 names the record needs, plus a reference to the raw request body. Everything else runs
-here, on the storage writer thread, in ``Projector.record(capture)``: parsing the body
+here, on the storage writer thread, in ``Projector.values(capture)``: parsing the body
 again with orjson, counting the prompt, deriving the session id and turn number, the
 four token points, timings and cost. The loop pays for a copy; the writer for the rest.
 
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .._speedups import estimate_tokens
-from ..storage.usage_schema import Prepared, prepare_own, utc_iso_ms
+from ..storage.usage_schema import Prepared, prepare_values, record_from_values
 from .costs import PriceTable, compute_cost
 
 if TYPE_CHECKING:
@@ -300,9 +300,16 @@ class Projector:
     def prepared(self, c: UsageCapture) -> Prepared:
         """The record, already as the store's row (what the writer thread submits)."""
         ms = int(c.wall_started_at * 1000)
-        return prepare_own(self.record(c, ms), ms)
+        return prepare_values(self.values(c, ms), ms)
 
     def record(self, c: UsageCapture, ms: int | None = None) -> dict[str, Any]:
+        """The record dict (contract §6), as /recent returns it once stored."""
+        return record_from_values(self.values(
+            c, int(c.wall_started_at * 1000) if ms is None else ms))
+
+    def values(self, c: UsageCapture, ms: int) -> tuple[Any, ...]:
+        """The record's values in ``usage_schema.RECORD_KEYS`` order, time as epoch ms and
+        backend usage as a row: the stored form, with no dict and no time text built."""
         embeddings = c.path.endswith("/embeddings")
         facts: PromptFacts | None = None
         if c.body is not None:
@@ -350,40 +357,18 @@ class Projector:
         if c.upstream_sent_at and c.upstream_done_at and c.ended_at >= c.upstream_done_at:
             overhead = round(((c.upstream_sent_at - c.started_at)
                               + (c.ended_at - c.upstream_done_at)) * 1000.0, 3)
-        return {
+        return (
             # 128 random bits as 32 hex digits, like uuid4().hex at a third of its cost.
-            "id": os.urandom(16).hex(),
-            "timestamp": utc_iso_ms(int(c.wall_started_at * 1000) if ms is None else ms),
-            "session_id": session_id,
-            "turn_number": turn,
-            "frontend_type": c.frontend,
-            "backend": c.backend,
-            "backend_type": c.backend_type,
-            "model_requested": c.model_requested,
-            "model_used": c.model_used,
-            "streaming": c.streaming,
-            "http_status_code": c.status or None,
-            "outcome": c.outcome,
-            "attempts": c.attempts,
-            "tool_call_count": c.tool_call_count,
-            "tool_names": list(c.tool_names),
-            "ctp_prompt_tokens": ctp,
-            "ptb_prompt_tokens": ptb,
-            "btp_completion_tokens": btp,
-            "ptc_completion_tokens": ptc,
-            "backend_reported_usage": usage.as_dict() if usage is not None else None,
-            "usage_source": source,
-            "ttft_ms": ttft,
-            "backend_ttfb_ms": _ms(c.backend_ttfb_at, c.upstream_sent_at),
-            "total_duration_ms": _ms(c.ended_at, c.started_at),
-            "proxy_overhead_ms": overhead,
-            "stream_tps": stream_tps,
-            "cost": cost,
-            "cost_source": cost_source,
-            "replacement": c.replacement,
-            "proxy_user": c.proxy_user,
-            "user_agent": c.user_agent,
-        }
+            os.urandom(16).hex(), ms, session_id, turn,
+            c.frontend, c.backend, c.backend_type, c.model_requested, c.model_used,
+            c.streaming, c.status or None, c.outcome, c.attempts,
+            c.tool_call_count, list(c.tool_names),
+            ctp, ptb, btp, ptc,
+            usage.as_row() if usage is not None else None, source,
+            ttft, _ms(c.backend_ttfb_at, c.upstream_sent_at), _ms(c.ended_at, c.started_at),
+            overhead, stream_tps,
+            cost, cost_source, c.replacement, c.proxy_user, c.user_agent,
+        )
 
     @staticmethod
     def _btp(c: UsageCapture, usage: BackendUsage | None) -> int | None:

@@ -2,7 +2,7 @@
 
 Both walk the time index (whose entries carry every filter column but the session, so
 only matching rows are read) or, for one session, the session index; the records come
-back exactly as stored, by seq.
+back as they were submitted, by seq (`usage_schema.load_record`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-import orjson
-
 from .usage_filters import Filters, raw_terms, where
 from .usage_queries import Snapshot, count_in, selected_dims
+from .usage_schema import load_record
 
 
 def _records(conn: sqlite3.Connection, seqs: list[int]) -> list[dict[str, Any]]:
@@ -24,7 +23,7 @@ def _records(conn: sqlite3.Connection, seqs: list[int]) -> list[dict[str, Any]]:
         return []
     found = dict(conn.execute(
         f"SELECT seq, record FROM usage_records WHERE seq IN ({','.join(map(str, seqs))})"))
-    return [orjson.loads(found[s]) for s in seqs if s in found]
+    return [load_record(found[s]) for s in seqs if s in found]
 
 
 def _order_index(f: Filters) -> str:

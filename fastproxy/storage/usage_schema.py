@@ -1,6 +1,6 @@
 """The usage database schema and its in-place migrations (PRAGMA user_version).
 
-Layout (version 2), a small star schema, because stats on a million rows must answer in
+Layout (version 3), a small star schema, because stats on a million rows must answer in
 well under a second and SQLite has no hash aggregation (every GROUP BY is a sort):
 
 - ``usage_dims``: one row per distinct (backend, backend_type, frontend_type,
@@ -10,9 +10,10 @@ well under a second and SQLite has no hash aggregation (every GROUP BY is a sort
 - ``usage_requests``: one narrow row per request: every filterable field (through
   ``dim``), the time as epoch seconds plus UTC ``day_of_week``/``hour_of_day``, the four
   token points, backend-reported totals, cost and the four timings.
-- ``usage_records``: the record exactly as submitted (JSON), keyed by the same ``seq``;
-  /recent and /export return it unchanged, and a new record field needs no migration.
-  Kept apart so aggregate scans never read it.
+- ``usage_records``: the record as submitted (JSON), keyed by the same ``seq``; /recent
+  and /export return it as it came. The projector's records are stored as compact JSON
+  arrays (see `prepare_values`), other records as objects. Kept apart so aggregate scans
+  never read it.
 - ``usage_hourly``: per (hour, dim, status) counts and sums, maintained by the writer in
   the same transaction as the rows. Stats read whole hours here and only the partial
   hours at the edges of a date range from ``usage_requests``.
@@ -24,6 +25,9 @@ usage.db "SELECT backend, count(*) FROM usage GROUP BY 1"``); it keeps the v1 ta
 
 Version 1 (the first store, never released) was one wide ``usage`` table, with the JSON
 either in a ``record`` column or in ``usage_record``; `migrate` rebuilds it as version 2.
+Version 3 has version 2's tables and adds the compact array form of ``usage_records``
+text, which a version-2 reader would misread: the number makes such a reader refuse the
+file instead. A version-2 file needs no change (its object records stay readable).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Any
 
 import orjson
 
-VERSION = 2
+VERSION = 3
 
 # The four timing columns: each has a covering partial index named usage_requests_<col>.
 TIMINGS = ("ttft_ms", "total_duration_ms", "proxy_overhead_ms", "stream_tps")
@@ -230,7 +234,7 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
 # version -> the step that brings a file at version-1 to version. A file without the
 # usage tables (version 0) gets the current layout at once. A future v3 adds an entry
 # here: a function, or an SQL script (statements run one by one in the same transaction).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None] | str] = {2: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None] | str] = {2: _v1_to_v2, 3: ""}
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -340,23 +344,77 @@ def utc_iso_ms(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
-def prepare_own(r: dict[str, Any], ms: int) -> Prepared:
-    """`prepare` for a record the usage projector just built, whose ``timestamp`` is
-    ``utc_iso_ms(ms)``: the time comes as integer milliseconds instead of being parsed
-    back from the text, and only the values a backend supplied (token counts, cost) are
-    checked. About 60 % of `prepare`'s cost (bench/micro/bench_usage.py: 3.1 vs 5.1 µs);
-    the writer thread runs it per record beside the relay. ``ms / 1000`` is the same float that parsing the text gives."""
+# -- the projector's records, stored compact -------------------------------------------
+# A record the projector built is stored as a JSON array, ``[RECORD_FORMAT, *values]``,
+# values in RECORD_KEYS order, with ``timestamp`` as epoch milliseconds and
+# ``backend_reported_usage`` as an array in BACKEND_USAGE_KEYS order. The keys were two
+# thirds of each record's JSON (about 810 bytes became 330), and that text is most of
+# the bytes the writer puts in the write-ahead log per request. Records from anywhere else
+# (a dict given to ``UsageStore.submit``) stay JSON objects; `load_record` reads both.
+RECORD_FORMAT = 1
+RECORD_KEYS = (
+    "id", "timestamp", "session_id", "turn_number", "frontend_type", "backend",
+    "backend_type", "model_requested", "model_used", "streaming", "http_status_code",
+    "outcome", "attempts", "tool_call_count", "tool_names", "ctp_prompt_tokens",
+    "ptb_prompt_tokens", "btp_completion_tokens", "ptc_completion_tokens",
+    "backend_reported_usage", "usage_source", "ttft_ms", "backend_ttfb_ms",
+    "total_duration_ms", "proxy_overhead_ms", "stream_tps", "cost", "cost_source",
+    "replacement", "proxy_user", "user_agent",
+)
+BACKEND_USAGE_KEYS = ("cache_write", "cached", "completion", "cost", "prompt", "reasoning",
+                      "total")
+_FORMATS = {RECORD_FORMAT: RECORD_KEYS}
+_BR = RECORD_KEYS.index("backend_reported_usage")
+_TS = RECORD_KEYS.index("timestamp")
+
+
+def load_record(text: str | bytes) -> dict[str, Any]:
+    """A stored record as the API returns it (contract §6), from either stored form."""
+    obj = orjson.loads(text)
+    if type(obj) is not list:
+        return obj  # type: ignore[no-any-return]
+    keys = _FORMATS.get(obj[0])
+    if keys is None:  # a newer format comes with a newer schema version, which migrate
+        # refuses to open; should one be met anyway, say so rather than fail the page
+        return {"unreadable_record_format": obj[0]}
+    r = dict(zip(keys, obj[1:], strict=True))
+    r["timestamp"] = utc_iso_ms(r["timestamp"])
+    br = r["backend_reported_usage"]
+    if br is not None:
+        r["backend_reported_usage"] = dict(zip(BACKEND_USAGE_KEYS, br, strict=True))
+    return r
+
+
+def record_from_values(v: tuple[Any, ...]) -> dict[str, Any]:
+    """The record dict of a projector's values (what `load_record` gives once stored)."""
+    r = dict(zip(RECORD_KEYS, v, strict=True))
+    r["timestamp"] = utc_iso_ms(v[_TS])
+    br = v[_BR]
+    if br is not None:
+        r["backend_reported_usage"] = dict(zip(BACKEND_USAGE_KEYS, br, strict=True))
+    return r
+
+
+def prepare_values(v: tuple[Any, ...], ms: int) -> Prepared:
+    """`prepare` for the projector's own record: its values in RECORD_KEYS order, the
+    time as integer milliseconds (``v[1] == ms``), the backend's usage as a row in
+    BACKEND_USAGE_KEYS order. Only what a backend supplied (token counts, cost) is checked:
+    the rest the projector made itself. ``ms / 1000`` is the float that parsing the
+    timestamp text gives, so the row equals `prepare` of the loaded record
+    (tests/usage/test_prepare_values.py)."""
+    (_id, _ts, session_id, _turn, frontend, backend, backend_type, model_requested,
+     model_used, streaming, status, outcome, _attempts, tool_call_count, _names, ctp, ptb,
+     btp, ptc, br, _source, ttft, _ttfb, duration, overhead, tps, cost, _cost_source,
+     _replacement, proxy_user, _ua) = v
     tm = time.gmtime(ms // 1000)
-    br = r["backend_reported_usage"] or {}
-    key = (r["backend"], r["backend_type"], r["frontend_type"], r["model_requested"],
-           r["model_used"], r["proxy_user"])
+    key = (backend, backend_type, frontend, model_requested, model_used, proxy_user)
+    if br is None:
+        br_prompt = br_completion = br_total = None
+    else:
+        br_prompt, br_completion, br_total = _int(br[4]), _int(br[2]), _int(br[6])
     row = (
-        ms / 1000, r["http_status_code"] or 0, tm.tm_wday, tm.tm_hour, r["session_id"],
-        1 if r["streaming"] else 0, r["outcome"], r["ctp_prompt_tokens"],
-        _int(r["ptb_prompt_tokens"]), _int(r["btp_completion_tokens"]),
-        _int(r["ptc_completion_tokens"]), _int(br.get("prompt")),
-        _int(br.get("completion")), _int(br.get("total")), _real(r["cost"]),
-        r["tool_call_count"], r["ttft_ms"], r["total_duration_ms"], r["proxy_overhead_ms"],
-        r["stream_tps"],
+        ms / 1000, status or 0, tm.tm_wday, tm.tm_hour, session_id, 1 if streaming else 0,
+        outcome, ctp, _int(ptb), _int(btp), _int(ptc), br_prompt, br_completion, br_total,
+        _real(cost), tool_call_count, ttft, duration, overhead, tps,
     )
-    return key, ms // 3_600_000, row, orjson.dumps(r).decode()
+    return key, ms // 3_600_000, row, orjson.dumps((RECORD_FORMAT, *v)).decode()

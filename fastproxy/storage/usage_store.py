@@ -253,7 +253,7 @@ class UsageStore:
     def _prepare(self, item: Any) -> Prepared | None:
         try:
             record = item() if callable(item) else item
-            # The usage service's thunks return the row itself (prepare_own).
+            # The usage service's thunks return the row itself (prepare_values).
             return record if type(record) is tuple else prepare(record)
         except Exception as exc:
             self.record_errors += 1
@@ -445,3 +445,4 @@ class UsageStore:
         if kind not in self._logged:
             self._logged.add(kind)
             log.error(message, *args)
+

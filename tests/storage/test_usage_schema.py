@@ -14,10 +14,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from fastproxy.monitor.costs import PriceTable
+from fastproxy.monitor.usage_projection import Projector
+from fastproxy.monitor.usage_service import UsageCapture
 from fastproxy.storage import usage_schema
 from fastproxy.storage.usage_queries import parse_filters
 from fastproxy.storage.usage_store import UsageStore
 from tests.support.waiting import wait_until
+from tests.usage.test_prepare_values import _rec
 from tests.usage.test_store_queries import record
 
 
@@ -78,3 +82,36 @@ def test_a_newer_file_is_refused_and_left_alone(tmp_path: Path) -> None:
     assert user_version(db) == newer
     assert db.read_bytes() == before  # not one byte written, the queued record included
     assert list(tmp_path.glob("u.db.corrupt-*")) == []
+
+
+def test_a_version_2_file_takes_compact_records_beside_its_own(tmp_path: Path) -> None:
+    # Version 3 only adds the compact array form of a stored record. A version-2 file (the
+    # same tables, records as JSON objects) is brought to 3 with no change of its rows,
+    # and its old records read back beside the new compact ones, oldest first.
+    db = tmp_path / "u.db"
+    s = open_store(db)
+    old = record(timestamp="2025-11-30T10:00:00.000Z")
+    s.submit(old)
+    s.stop()
+    with sqlite3.connect(db) as conn:
+        (text,) = conn.execute("SELECT record FROM usage_records").fetchone()
+        assert text.startswith("{")  # a dict from elsewhere is stored as an object
+        conn.execute("PRAGMA user_version = 2")
+
+    projector = Projector(PriceTable({}))
+    capture = UsageCapture.take(_rec(True, None, 1_764_500_000.25), True)
+    s = open_store(db)
+    s.submit(lambda: projector.prepared(capture))
+    s.stop()
+
+    assert user_version(db) == usage_schema.VERSION == 3
+    with sqlite3.connect(db) as conn:
+        texts = [r[0] for r in conn.execute("SELECT record FROM usage_records ORDER BY seq")]
+    assert texts[0].startswith("{") and texts[1].startswith("[1,")
+    pages = [r for page in s.export_pages(parse_filters({})) for r in page]
+    assert pages[0] == old
+    new = pages[1]
+    assert tuple(new) == usage_schema.RECORD_KEYS
+    assert new["timestamp"] == "2025-11-30T10:53:20.250Z" and new["streaming"] is True
+    assert new["backend_reported_usage"] is None and new["proxy_user"] == "alice"
+    assert new["ctp_prompt_tokens"] and new["session_id"]

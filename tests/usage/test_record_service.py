@@ -14,6 +14,7 @@ from fastproxy.config import load_config
 from fastproxy.dataplane.record import ExchangeRecord
 from fastproxy.monitor.usage_projection import ExactCounter, Projector
 from fastproxy.monitor.usage_service import UsageService
+from fastproxy.storage.usage_schema import load_record
 
 
 class HeldStore:
@@ -32,7 +33,7 @@ class HeldStore:
     def run_all(self) -> list[dict[str, Any]]:
         """The records the thunks made, as the store would keep them: a thunk returns the
         prepared row, whose last element is the record's JSON."""
-        out = [orjson.loads(item()[3]) for item in self.items]
+        out = [load_record(item()[3]) for item in self.items]
         self.items.clear()
         return out
 

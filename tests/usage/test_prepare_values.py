@@ -1,5 +1,6 @@
-"""The projector's fast row path (`prepare_own`) gives exactly what the general
-`prepare` gives for the same record: the same dims key, hour, row values and JSON."""
+"""The projector's fast row path (`prepare_values`) gives exactly what the general
+`prepare` gives for the same record: the same dims key, hour and row values, and its
+compact stored JSON reads back as that record."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from fastproxy.dataplane.record import ExchangeRecord
 from fastproxy.monitor.costs import PriceTable
 from fastproxy.monitor.usage_projection import Projector
 from fastproxy.monitor.usage_service import UsageCapture
-from fastproxy.storage.usage_schema import prepare
+from fastproxy.storage.usage_schema import RECORD_KEYS, load_record, prepare
 
 BODY = orjson.dumps({"model": "gpt-4o", "messages": [
     {"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]})
@@ -47,8 +48,14 @@ def test_fast_row_equals_general_prepare(usage: BackendUsage | None, streaming: 
                                          wall: float) -> None:
     projector = Projector(PriceTable({}))
     fast = projector.prepared(UsageCapture.take(_rec(streaming, usage, wall), True))
-    record = orjson.loads(fast[3])
-    assert fast == prepare(record)
+    record = load_record(fast[3])
+    general = prepare(record)
+    assert fast[:3] == general[:3]
+    assert tuple(record) == RECORD_KEYS and record == orjson.loads(general[3])
+    # The compact form: an array of values, no keys, time as integer milliseconds.
+    stored = orjson.loads(fast[3])
+    assert type(stored) is list and len(stored) == len(RECORD_KEYS) + 1
+    assert len(fast[3]) < 0.6 * len(general[3])
     assert record["timestamp"].endswith("Z") and len(record["timestamp"]) == 24
     if usage is not None and usage.prompt is None:
         assert record["backend_reported_usage"]["prompt"] is None
