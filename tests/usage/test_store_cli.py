@@ -100,3 +100,50 @@ def test_cli_never_writes(db: Path) -> None:
     before = db.stat().st_mtime_ns, db.read_bytes()
     assert fastproxy("usage", "stats", "--db", str(db), "--json").returncode == 0
     assert (db.stat().st_mtime_ns, db.read_bytes()) == before
+
+
+def test_export_of_the_gateways_compact_records(tmp_path: Path) -> None:
+    # Records the gateway's projector made are stored as compact arrays; the CLI gives
+    # them back as the contract's records, the same as /recent would.
+    from fastproxy.dataplane.dialects.usage import BackendUsage
+    from fastproxy.monitor.costs import PriceTable
+    from fastproxy.monitor.usage_projection import Projector
+    from fastproxy.monitor.usage_service import UsageCapture
+    from tests.usage.test_prepare_values import _rec
+
+    path = tmp_path / "usage.db"
+    projector = Projector(PriceTable({}))
+    usage = BackendUsage(prompt=12, completion=40, total=52, cached=4, reasoning=0)
+    captures = [UsageCapture.take(_rec(i % 2 == 0, usage if i % 2 else None,
+                                      1_764_500_000.0 + i), True) for i in range(4)]
+    expected = [projector.record(UsageCapture.take(_rec(i % 2 == 0, usage if i % 2 else None,
+                                                        1_764_500_000.0 + i), True))
+                for i in range(4)]
+    s = UsageStore(path, flush_interval=0.05, max_queue=100, retention_days=0)
+    s.start()
+    for c in captures:
+        s.submit(lambda c=c: projector.prepared(c))
+    s.stop()
+    with sqlite3.connect(path) as conn:
+        assert all(t.startswith("[1,") for (t,) in conn.execute("SELECT record FROM usage_records"))
+
+    target = tmp_path / "out.ndjson"
+    out = fastproxy("usage", "export", "--db", str(path), "--format", "ndjson", "--out",
+                    str(target))
+    assert out.returncode == 0, out.stderr
+    got = [orjson.loads(x) for x in target.read_bytes().splitlines()]
+    # The ids are random per projection: everything else must be equal, in contract order.
+    for g, e in zip(got, expected, strict=True):
+        assert list(g) == list(e) and g["id"] != e["id"]
+        assert {**g, "id": None} == {**e, "id": None}
+    assert got[1]["backend_reported_usage"]["cached"] == 4 and got[0]["streaming"] is True
+
+    csv_target = tmp_path / "out.csv"
+    out = fastproxy("usage", "export", "--db", str(path), "--format", "csv", "--out",
+                    str(csv_target))
+    assert out.returncode == 0, out.stderr
+    with csv_target.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["timestamp"] for r in rows] == [e["timestamp"] for e in expected]
+    assert orjson.loads(rows[1]["backend_reported_usage"])["cached"] == 4
+    assert rows[0]["streaming"] == "true" and rows[0]["proxy_user"] == "alice"
