@@ -3,10 +3,14 @@
 Rules this class keeps (and why):
 - Callbacks never block, never await and never let an exception escape: they parse,
   update state, write canned bytes or schedule the exchange task.
-- One timer at a time, named by phase: IDLE (keep-alive, or a fresh connection that has
-  sent nothing), HEAD (header deadline: slowloris), BODY (idle time between body bytes).
-  The body timer is lazy: bytes only stamp a time, the timer re-arms itself when it
-  fires early, so a fast upload costs no timer churn.
+- One deadline at a time, named by phase: IDLE (keep-alive, or a fresh connection that
+  has sent nothing), HEAD (header deadline: slowloris), BODY (idle time between body
+  bytes). Deadlines are plain numbers and the one timer is lazy: setting a deadline
+  re-arms it only when the new deadline comes before the timer would fire, clearing one
+  leaves the timer armed, and a timer that fires early re-arms itself for what is left.
+  So a keep-alive connection does not create and cancel three timers per request (HEAD,
+  BODY, IDLE: ~4 % of the gateway's CPU per JSON request in a profile at c=64); body
+  bytes only stamp a time.
 - Limits are enforced before work: a Content-Length over the body limit is refused
   before a byte of body is read; request line, head size and header count are counted
   as the parser reports them.
@@ -100,6 +104,7 @@ class Request:
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "_body_seen_at",
+        "_deadline",
         "_head_bytes",
         "_last_body_at",
         "_limits",
@@ -109,6 +114,7 @@ class ClientProtocol(asyncio.Protocol):
         "_read_paused",
         "_timeouts",
         "_timer",
+        "_timer_at",
         "_url",
         "closed",
         "connection_id",
@@ -144,6 +150,8 @@ class ClientProtocol(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self._read_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the armed timer fires (loop time)
+        self._deadline = 0.0  # when the current phase times out; 0: no deadline
         self._phase = IDLE
         self.closed = False
 
@@ -167,6 +175,9 @@ class ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        if self._timer is not None:  # the armed timer would keep this protocol alive
+            self._timer.cancel()
+            self._timer = None
         self.state.connections.discard(self)
         current = self.current
         if current is not None:
@@ -214,29 +225,37 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- timers -------------------------------------------------------------------------
     def _arm(self, phase: int, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         self._phase = phase
-        self._timer = self._loop.call_later(seconds, self._on_timer)
+        deadline = self._loop.time() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or self._timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        # The armed timer stays: when it fires it finds no deadline and lets go.
+        self._deadline = 0.0
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.closed:
+        deadline = self._deadline
+        if self.closed or not deadline:
             return
         phase = self._phase
+        if phase == BODY:
+            deadline = max(deadline, self._last_body_at + self._timeouts.body_idle_seconds)
+        # Within a millisecond counts as due: the loop's timers are that coarse, and a
+        # timer re-armed for less could fire again at once, still "early".
+        if deadline - self._loop.time() > 0.001:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            return
         if phase == IDLE:
             self.transport.close()  # type: ignore[union-attr]
             return
-        if phase == BODY:
-            left = self._last_body_at + self._timeouts.body_idle_seconds - self._loop.time()
-            if left > 0:
-                self._timer = self._loop.call_later(left, self._on_timer)
-                return
         what = "request headers" if phase == HEAD else "request body"
         self._reject_now(Reject(408, f"timed out waiting for the {what}", "request_timeout"))
 

@@ -139,6 +139,31 @@ def test_idle_keepalive_connection_closed(gateway_factory, mock_llm) -> None:
         assert connection_closed(sock, timeout=5)
 
 
+@pytest.mark.parametrize("keepalive, header", [(60.0, 0.3), (0.3, 60.0)],
+                         ids=["short-header-after-long-keepalive", "short-keepalive-after-long-header"])
+def test_each_phase_keeps_its_own_deadline(gateway_factory, mock_llm, keepalive: float,
+                                           header: float) -> None:
+    """The connection timer is re-armed only when a deadline comes sooner than it would
+    fire: a short deadline after a long one must still be kept. Bad input: after one good
+    request, the client either starts a second one and stops mid-headers, or goes idle."""
+    gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)},
+                          "timeouts": {"keepalive_seconds": keepalive, "header_seconds": header}})
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(post())
+        assert read_response(sock).status == 200
+        if header < keepalive:
+            # Idle past the connection's first timer (armed at connect for `header`), so
+            # the timer now waits for the long keep-alive deadline: the point of the test.
+            time.sleep(header * 2)
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+            resp = read_response(sock, timeout=5)
+            assert resp.status == 408
+            assert orjson.loads(resp.body)["error"]["code"] == "request_timeout"
+        else:
+            assert connection_closed(sock, timeout=5)
+    assert_still_serves(gw)
+
+
 def test_max_connections_fast_503(gateway_factory, mock_llm) -> None:
     gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)},
                           "limits": {"max_connections": 3}})
