@@ -22,6 +22,7 @@ import orjson
 
 from ..storage.usage_export import ExportCursor
 from ..storage.usage_queries import FilterError, parse_filters, parse_int
+from ..storage.usage_schema import RECORD_KEYS
 from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
 
 log = logging.getLogger("fastproxy.admin")
@@ -31,17 +32,10 @@ FORMATS = {"json": "application/json", "ndjson": "application/x-ndjson",
            "csv": "text/csv; charset=utf-8"}
 DISABLED = "usage tracking is disabled (usage_tracking.enabled=false)"
 PAGE_SIZE = 1000
-# CSV columns: the record fields of CONTRACT.md §6, in its order. Nested values
-# (backend_reported_usage, tool_names, replacement) are JSON text in their cell.
-CSV_FIELDS = (
-    "id", "timestamp", "session_id", "turn_number", "frontend_type", "backend",
-    "backend_type", "model_requested", "model_used", "streaming", "http_status_code",
-    "outcome", "attempts", "tool_call_count", "tool_names", "ctp_prompt_tokens",
-    "ptb_prompt_tokens", "btp_completion_tokens", "ptc_completion_tokens",
-    "backend_reported_usage", "usage_source", "ttft_ms", "backend_ttfb_ms",
-    "total_duration_ms", "proxy_overhead_ms", "stream_tps", "cost", "cost_source",
-    "replacement", "proxy_user", "user_agent",
-)
+# CSV columns: the record fields of CONTRACT.md §6, in its order (the order records are
+# stored in). Nested values (backend_reported_usage, tool_names, replacement) are JSON
+# text in their cell.
+CSV_FIELDS = RECORD_KEYS
 
 
 def register_usage_routes(router: Router, store: Any) -> None:

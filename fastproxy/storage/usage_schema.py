@@ -352,6 +352,7 @@ def utc_iso_ms(ms: int) -> str:
 # the bytes the writer puts in the write-ahead log per request. Records from anywhere else
 # (a dict given to ``UsageStore.submit``) stay JSON objects; `load_record` reads both.
 RECORD_FORMAT = 1
+# CONTRACT.md §6's fields in its order (also the CSV export's columns).
 RECORD_KEYS = (
     "id", "timestamp", "session_id", "turn_number", "frontend_type", "backend",
     "backend_type", "model_requested", "model_used", "streaming", "http_status_code",

@@ -61,9 +61,3 @@ def test_fast_row_equals_general_prepare(usage: BackendUsage | None, streaming: 
         assert record["backend_reported_usage"]["prompt"] is None
         assert record["backend_reported_usage"]["cost"] is None
 
-
-def test_stored_order_is_the_contract_order() -> None:
-    # The compact form's key order is CONTRACT §6's field order, the one CSV exports use.
-    from fastproxy.admin.usage_api import CSV_FIELDS
-
-    assert RECORD_KEYS == CSV_FIELDS
