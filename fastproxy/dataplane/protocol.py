@@ -174,8 +174,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
-        if self._timer is not None:  # the armed timer would keep this protocol alive
+        if self._timer is not None:  # cancelled for real: it would keep this protocol alive
             self._timer.cancel()
             self._timer = None
         self.state.connections.discard(self)

@@ -350,7 +350,8 @@ def utc_iso_ms(ms: int) -> str:
 # ``backend_reported_usage`` as an array in BACKEND_USAGE_KEYS order. The keys were two
 # thirds of each record's JSON (about 810 bytes became 330), and that text is most of
 # the bytes the writer puts in the write-ahead log per request. Records from anywhere else
-# (a dict given to ``UsageStore.submit``) stay JSON objects; `load_record` reads both.
+# (a dict given to ``UsageStore.submit``) stay JSON objects; `load_record` reads both. A
+# new field means a new RECORD_FORMAT whose reader keeps the old key list for old rows.
 RECORD_FORMAT = 1
 # CONTRACT.md §6's fields in its order (also the CSV export's columns).
 RECORD_KEYS = (
@@ -364,7 +365,6 @@ RECORD_KEYS = (
 )
 BACKEND_USAGE_KEYS = ("cache_write", "cached", "completion", "cost", "prompt", "reasoning",
                       "total")
-_FORMATS = {RECORD_FORMAT: RECORD_KEYS}
 _BR = RECORD_KEYS.index("backend_reported_usage")
 _TS = RECORD_KEYS.index("timestamp")
 
@@ -374,19 +374,13 @@ def load_record(text: str | bytes) -> dict[str, Any]:
     obj = orjson.loads(text)
     if type(obj) is not list:
         return obj  # type: ignore[no-any-return]
-    keys = _FORMATS.get(obj[0])
-    if keys is None:  # a newer format comes with a newer schema version, which migrate
-        # refuses to open; should one be met anyway, say so rather than fail the page
+    if obj[0] != RECORD_FORMAT:  # a newer format comes with a newer schema version,
+        # which migrate refuses to open; should one be met anyway, say so, not fail the page
         return {"unreadable_record_format": obj[0]}
-    r = dict(zip(keys, obj[1:], strict=True))
-    r["timestamp"] = utc_iso_ms(r["timestamp"])
-    br = r["backend_reported_usage"]
-    if br is not None:
-        r["backend_reported_usage"] = dict(zip(BACKEND_USAGE_KEYS, br, strict=True))
-    return r
+    return record_from_values(obj[1:])
 
 
-def record_from_values(v: tuple[Any, ...]) -> dict[str, Any]:
+def record_from_values(v: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
     """The record dict of a projector's values (what `load_record` gives once stored)."""
     r = dict(zip(RECORD_KEYS, v, strict=True))
     r["timestamp"] = utc_iso_ms(v[_TS])

@@ -445,4 +445,3 @@ class UsageStore:
         if kind not in self._logged:
             self._logged.add(kind)
             log.error(message, *args)
-
