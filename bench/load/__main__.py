@@ -1,7 +1,7 @@
 """``python -m bench.load``: the load benchmark, direct vs nginx vs fastproxy.
 
 Examples:
-    python -m bench.load                         # everything: 3 rounds x 10 s per target
+    python -m bench.load                         # everything: 10 rounds x 3 s per target
     python -m bench.load --quick                 # smoke run, about two minutes
     python -m bench.load --scenarios a,b --rounds 5 --duration 15
 Results: printed, and written to bench/results/<timestamp>.{json,md}.
@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenarios", default="a,b,c,d",
                    help="groups a,b,c,d or keys a1,a64,b,bp,c,d-a1,d-a64,d-b (default: all)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds per target (default 3)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per round (default 10)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds per target (default 10)")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per round (default 3)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 round of 3 s, 400 slow streams of 6 s, no micro benches")
     p.add_argument("--peers", default="",

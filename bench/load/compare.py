@@ -4,7 +4,8 @@
 
 Prints, per scenario and target, the throughput ratios against nginx and direct, the CPU
 per request against nginx and the added latency, one column per run, and the spread
-(largest minus smallest, as a percentage of their mean) of each ratio.
+(largest minus smallest, as a percentage of their mean) of each ratio. Ratios are derived
+again from each file's rounds by the current method (``report.derive``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .report import derive
 
 ROWS = (
     ("throughput_vs_nginx", "x nginx", None),
@@ -90,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     paths = [Path(a) for a in args]
     runs = [json.loads(p.read_text()) for p in paths]
+    for run in runs:
+        # Derived again from the stored rounds, so files written before a change of method
+        # are compared by the current one.
+        for sc in run["scenarios"]:
+            sc["derived"] = derive(sc)
     print(markdown(paths, runs))
     return 0
 

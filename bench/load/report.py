@@ -2,7 +2,9 @@
 
 Every figure in the tables is the median over rounds of that figure per round (the
 median of the per-round p99, not a p99 over pooled rounds), so one noisy round moves
-nothing. Errors are summed over rounds instead: one error anywhere counts.
+nothing; every ratio or difference between two targets is the median over rounds of
+that round's ratio or difference, since a round measures all targets back to back.
+Errors are summed over rounds instead: one error anywhere counts.
 """
 
 from __future__ import annotations
@@ -69,12 +71,30 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
+def _paired(t: dict[str, Any], other: dict[str, Any], figure: Any, combine: Any
+            ) -> float | None:
+    """The median over rounds of ``combine(figure(t's round r), figure(other's round r))``.
+
+    Round r visits every target back to back, so the two figures of a pair saw the same
+    background load; a ratio of two medians would pair a quiet round of one target with a
+    busy round of the other. Falls back to combining the medians when the rounds do not
+    pair up (different counts).
+    """
+    mine, theirs = t.get("rounds") or [], other.get("rounds") or []
+    if len(mine) != len(theirs) or not mine:
+        return combine(figure(t), figure(other))
+    values = [combine(figure(a), figure(b)) for a, b in zip(mine, theirs, strict=True)]
+    return _median([v for v in values if v is not None])
+
+
 def derive(sc: dict[str, Any]) -> dict[str, Any]:
     """Throughput ratios against direct, nginx and (in d) the fastproxy baseline; latency
-    added over the baseline (direct, or in d the fastproxy baseline)."""
+    added over the baseline (direct, or in d the fastproxy baseline). Each is the median
+    over rounds of one round's pair (see ``_paired``)."""
     targets = sc["targets"]
     base_name = "fastproxy" if sc["key"].startswith("d-") else "direct"
     base = targets.get(base_name)
+    nginx = targets.get("nginx")
     out: dict[str, Any] = {"baseline": base_name}
     for name, t in targets.items():
         if name == "direct" or not t.get("rounds"):
@@ -83,15 +103,16 @@ def derive(sc: dict[str, Any]) -> dict[str, Any]:
         for ref in ("direct", "nginx", "fastproxy"):
             other = targets.get(ref)
             if ref != name and other is not None and other.get("rounds"):
-                d[f"throughput_vs_{ref}"] = _ratio(throughput(t), throughput(other))
-        if name != "nginx":
-            d["cpu_per_req_vs_nginx"] = _ratio(_get(t, "cpu_s_per_1k_req"),
-                                               _get(targets.get("nginx"), "cpu_s_per_1k_req"))
+                d[f"throughput_vs_{ref}"] = _paired(t, other, throughput, _ratio)
+        if name != "nginx" and nginx is not None and nginx.get("rounds"):
+            d["cpu_per_req_vs_nginx"] = _paired(
+                t, nginx, lambda r: _get(r, "cpu_s_per_1k_req"), _ratio)
         if name != base_name and base is not None:
             for key, label in (("lat_us", "added_latency_us"), ("ttft_us", "added_ttft_us"),
                                ("gap_us", "added_gap_us")):
                 if t.get(key) and base.get(key):
-                    d[label] = {p: _minus(_get(t, key, p), _get(base, key, p))
+                    d[label] = {p: _paired(t, base, lambda r, k=key, p=p: _get(r, k, p),
+                                           _minus)
                                 for p in ("p50", "p90", "p99")}
         out[name] = {k: v for k, v in d.items() if v is not None}
     return out
@@ -116,14 +137,16 @@ def verdicts(scenarios: dict[str, dict[str, Any]], micro: dict[str, Any] | None
         out.append({"target": name, "value": value, "goal": goal, "unit": unit, "met": met,
                     "higher_better": higher_better, "source": source})
 
-    usage = t("d-a64", "fastproxy+usage")
-    if usage is not None:
-        add("JSON c=64 with usage tracking on, x nginx", _ratio(throughput(usage),
-            throughput(t("d-a64", "nginx") or {})), 0.5, True, "x", "d-a64")
+    def vs_nginx(key: str, target: str) -> float | None:
+        d = scenarios.get(key, {}).get("derived", {}).get(target, {})
+        return d.get("throughput_vs_nginx")
+
+    if t("d-a64", "fastproxy+usage") is not None:
+        add("JSON c=64 with usage tracking on, x nginx", vs_nginx("d-a64", "fastproxy+usage"),
+            0.5, True, "x", "d-a64")
     else:
         add("JSON c=64 (usage tracking not measured: baseline), x nginx",
-            _ratio(_get(t("a64", "fastproxy"), "rps"), _get(t("a64", "nginx"), "rps")),
-            0.5, True, "x", "a64")
+            vs_nginx("a64", "fastproxy"), 0.5, True, "x", "a64")
     a1 = scenarios.get("a1", {}).get("derived", {}).get("fastproxy", {}).get("added_latency_us")
     add("added latency c=1, median", a1 and a1.get("p50"), 60, False, "µs", "a1")
     add("added latency c=1, p99", a1 and a1.get("p99"), 250, False, "µs", "a1")
@@ -231,7 +254,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"- fastproxy: commit {m['git']['commit']}{' (dirty tree)' if m['git']['dirty'] else ''}"
         f", _speedups {m['speedups']}",
         f"- tools: {m['tools']['wrk']}; {m['tools']['nginx']}",
-        f"- rounds: median of {m['rounds']} x {m['duration_s']:g} s per target "
+        f"- rounds: {m['rounds']} x {m['duration_s']:g} s per target, interleaved; figures "
+        f"are medians over rounds, ratios the medians of per-round ratios "
         f"(scenario c: one round)",
         f"- background load: a round during which other processes used more than "
         f"{m.get('max_background', 0.35):g} cores is measured again (the quietest attempt "
