@@ -154,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = Options(scenarios=scenarios, pin=not ns.no_pin, install_nginx=not ns.no_install,
                    loadgen_procs=ns.loadgen_procs, force_loadgen=ns.loadgen_json,
                    fastproxy_src=ns.fastproxy_src, peers=peers,
-                   reference_cmd=os.environ.get("BENCH_REFERENCE_CMD"), keep=ns.keep,
+                   reference_cmd=os.environ.get("BENCH_REFERENCE_CMD"),
+                   litellm_python=os.environ.get("BENCH_LITELLM_PYTHON"), keep=ns.keep,
                    max_background=ns.max_background, retry_budget_s=ns.retry_budget)
     suite = Suite(opts)
     if ns.loadgen_cpus:

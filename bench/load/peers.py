@@ -1,7 +1,9 @@
 """Optional peers for bench/load: LiteLLM's proxy and the reference project.
 
 Neither is installed by the benchmark. LiteLLM runs when ``import litellm`` works in the
-benchmark's interpreter (``.venv/bin/pip install 'litellm[proxy]'``); the reference
+benchmark's interpreter (``.venv/bin/pip install 'litellm[proxy]'``) or in the one
+``BENCH_LITELLM_PYTHON`` names (a venv of its own keeps its hundred packages out of
+fastproxy's); the reference
 project (llm-interactive-proxy) runs when ``BENCH_REFERENCE_CMD`` says how to start it.
 Both get the same pinning as the other relays and are measured the same way.
 """
@@ -19,7 +21,9 @@ from .processes import MODEL, Proc, checked_start, free_port, spawn, taskset_pre
 
 def litellm_available(python: str) -> bool:
     return subprocess.run([python, "-c", "import litellm.proxy.proxy_cli"],
-                          capture_output=True, timeout=120).returncode == 0
+                          capture_output=True, timeout=120,
+                          env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+                          ).returncode == 0
 
 
 def start_litellm(mock_port: int, workdir: Path, cpus: tuple[int, ...] | None, python: str
@@ -35,13 +39,18 @@ def start_litellm(mock_port: int, workdir: Path, cpus: tuple[int, ...] | None, p
                                "api_key": "bench"},
         }],
         "litellm_settings": {"telemetry": False},
+        # Recent releases refuse to start without a master key; the load generator sends
+        # no credentials (nor does it to the other relays), and this listens on 127.0.0.1.
+        "general_settings": {"dangerously_permit_weak_or_unset_master_key": True},
     }
     (ldir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     port = free_port()
     argv = [*taskset_prefix(cpus), python, "-m", "litellm.proxy.proxy_cli", "--config",
             str(ldir / "config.yaml"), "--port", str(port), "--host", "127.0.0.1",
             "--num_workers", "1"]
-    env = {**os.environ, "LITELLM_LOG": "ERROR"}
+    # The local cost map: without it LiteLLM fetches one from GitHub at import, retrying
+    # with back-off when offline.
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     popen, log = spawn("litellm", argv, ldir, env)
     return checked_start(Proc("litellm", popen, port, ldir, log), 120)
 

@@ -42,6 +42,8 @@ class Options:
     python: str = sys.executable
     peers: tuple[str, ...] = ()
     reference_cmd: str | None = None
+    # LiteLLM pulls in a hundred packages: it may live in a venv of its own.
+    litellm_python: str | None = None
     keep: bool = False
     # A round during which other processes used more than this many cores is measured
     # again (at most MAX_RETRIES times): on a shared machine a test suite starting in the
@@ -86,6 +88,10 @@ class Suite:
         self.features = dict(FEATURES)
         self.retry_spent_s = 0.0
 
+    @property
+    def litellm_python(self) -> str:
+        return self.opts.litellm_python or self.opts.python
+
     # -- set-up ---------------------------------------------------------------------
     def prepare(self) -> None:
         self.nginx_bin = P.nginx_binary(self.opts.install_nginx)
@@ -109,8 +115,10 @@ class Suite:
             self.features[ALL] = {f: True for f in ready}
             if len(ready) < 2:
                 self.unavailable[ALL] = "fewer than two monitoring features are built"
-        if "litellm" in self.opts.peers and not peers.litellm_available(self.opts.python):
-            self.unavailable["litellm"] = "litellm is not importable (pip install 'litellm[proxy]')"
+        if "litellm" in self.opts.peers and not peers.litellm_available(self.litellm_python):
+            self.unavailable["litellm"] = (
+                f"litellm is not importable by {self.litellm_python} "
+                "(pip install 'litellm[proxy]', or set BENCH_LITELLM_PYTHON)")
         if "reference" in self.opts.peers and not self.opts.reference_cmd:
             self.unavailable["reference"] = "BENCH_REFERENCE_CMD is not set"
 
@@ -129,7 +137,7 @@ class Suite:
             return P.start_fastproxy(name, cfg, sub, cpus, self.opts.python,
                                      self.opts.fastproxy_src)
         if name == "litellm":
-            return peers.start_litellm(self.mock.port, sub, cpus, self.opts.python)
+            return peers.start_litellm(self.mock.port, sub, cpus, self.litellm_python)
         if name == "reference":
             assert self.opts.reference_cmd is not None
             return peers.start_reference(self.opts.reference_cmd, self.mock.port, sub, cpus)
