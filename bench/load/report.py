@@ -173,6 +173,11 @@ def _fmt(v: float | None, digits: int = 0, scale: float = 1.0) -> str:
     return f"{v:,.{digits}f}"
 
 
+def _ratio_text(v: float) -> str:
+    # A slow peer's ratios are far below 0.01x: two significant digits, not "0.00".
+    return f"{v:.2g}" if abs(v) < 0.1 else f"{v:,.2f}"
+
+
 def scenario_markdown(sc: dict[str, Any]) -> str:
     sse = sc["workload"]["kind"] == "sse"
     lines = [f"### {sc['key']}: {sc['title']}", ""]
@@ -222,10 +227,11 @@ def scenario_markdown(sc: dict[str, Any]) -> str:
     for name, d in derived.items():
         if name == "baseline":
             continue
-        parts = [f"{d[f'throughput_vs_{ref}']:.2f}x {ref}" for ref in ("direct", "nginx", "fastproxy")
+        parts = [f"{_ratio_text(d[f'throughput_vs_{ref}'])}x {ref}"
+                 for ref in ("direct", "nginx", "fastproxy")
                  if d.get(f"throughput_vs_{ref}") is not None]
         if d.get("cpu_per_req_vs_nginx") is not None:
-            parts.append(f"CPU/req {d['cpu_per_req_vs_nginx']:.2f}x nginx")
+            parts.append(f"CPU/req {_ratio_text(d['cpu_per_req_vs_nginx'])}x nginx")
         for key, label in (("added_latency_us", "added latency"), ("added_ttft_us", "added TTFT"),
                            ("added_gap_us", "added gap")):
             if key in d:
