@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the load benchmark: direct vs nginx vs fastproxy (docs/BENCHMARKS.md).
-#   bash bench/run.sh                 # full suite: 3 rounds x 10 s, about 25 minutes
+#   bash bench/run.sh                 # full suite: 10 rounds x 3 s, about 25-35 minutes
 #   bash bench/run.sh --quick         # smoke run, about 3 minutes
 #   bash bench/run.sh --scenarios a,b --rounds 5
 # Needs the project venv (.venv, see README); installs nginx and wrk from Debian's
