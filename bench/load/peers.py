@@ -2,10 +2,10 @@
 
 Neither is installed by the benchmark. LiteLLM runs when ``import litellm`` works in the
 benchmark's interpreter (``.venv/bin/pip install 'litellm[proxy]'``) or in the one
-``BENCH_LITELLM_PYTHON`` names (a venv of its own keeps its hundred packages out of
-fastproxy's); the reference
-project (llm-interactive-proxy) runs when ``BENCH_REFERENCE_CMD`` says how to start it.
-Both get the same pinning as the other relays and are measured the same way.
+``BENCH_LITELLM_PYTHON`` names (a venv of its own keeps its ~150 packages out of
+fastproxy's); the reference project (llm-interactive-proxy) runs when
+``BENCH_REFERENCE_CMD`` says how to start it. Both get the same pinning as the other
+relays and are measured the same way (docs/BENCHMARKS.md, "Optional peers").
 """
 
 from __future__ import annotations

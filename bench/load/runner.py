@@ -42,7 +42,7 @@ class Options:
     python: str = sys.executable
     peers: tuple[str, ...] = ()
     reference_cmd: str | None = None
-    # LiteLLM pulls in a hundred packages: it may live in a venv of its own.
+    # LiteLLM pulls in ~150 packages: it may live in a venv of its own.
     litellm_python: str | None = None
     keep: bool = False
     # A round during which other processes used more than this many cores is measured
