@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,9 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
-def _paired(t: dict[str, Any], other: dict[str, Any], figure: Any, combine: Any
-            ) -> float | None:
+def _paired(t: dict[str, Any], other: dict[str, Any],
+            figure: Callable[[dict[str, Any]], float | None],
+            combine: Callable[[float | None, float | None], float | None]) -> float | None:
     """The median over rounds of ``combine(figure(t's round r), figure(other's round r))``.
 
     Round r visits every target back to back, so the two figures of a pair saw the same
@@ -137,22 +139,22 @@ def verdicts(scenarios: dict[str, dict[str, Any]], micro: dict[str, Any] | None
         out.append({"target": name, "value": value, "goal": goal, "unit": unit, "met": met,
                     "higher_better": higher_better, "source": source})
 
-    def vs_nginx(key: str, target: str) -> float | None:
-        d = scenarios.get(key, {}).get("derived", {}).get(target, {})
-        return d.get("throughput_vs_nginx")
+    def derived(key: str, target: str) -> dict[str, Any]:
+        return scenarios.get(key, {}).get("derived", {}).get(target, {})  # type: ignore[no-any-return]
 
     if t("d-a64", "fastproxy+usage") is not None:
-        add("JSON c=64 with usage tracking on, x nginx", vs_nginx("d-a64", "fastproxy+usage"),
-            0.5, True, "x", "d-a64")
+        add("JSON c=64 with usage tracking on, x nginx",
+            derived("d-a64", "fastproxy+usage").get("throughput_vs_nginx"), 0.5, True, "x",
+            "d-a64")
     else:
         add("JSON c=64 (usage tracking not measured: baseline), x nginx",
-            vs_nginx("a64", "fastproxy"), 0.5, True, "x", "a64")
-    a1 = scenarios.get("a1", {}).get("derived", {}).get("fastproxy", {}).get("added_latency_us")
+            derived("a64", "fastproxy").get("throughput_vs_nginx"), 0.5, True, "x", "a64")
+    a1 = derived("a1", "fastproxy").get("added_latency_us")
     add("added latency c=1, median", a1 and a1.get("p50"), 60, False, "µs", "a1")
     add("added latency c=1, p99", a1 and a1.get("p99"), 250, False, "µs", "a1")
     add("SSE events/s per fastproxy process", _get(t("b", "fastproxy"), "events_per_s"),
         150_000, True, "events/s", "b")
-    gap = scenarios.get("bp", {}).get("derived", {}).get("fastproxy", {}).get("added_gap_us")
+    gap = derived("bp", "fastproxy").get("added_gap_us")
     add("added inter-event delay p99 (paced)", gap and gap.get("p99"), 1000, False, "µs", "bp")
     add("RSS per open stream (scenario c)", _get(t("c", "fastproxy"), "rss_per_stream_kib"),
         40, False, "KiB", "c")

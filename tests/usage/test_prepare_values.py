@@ -60,4 +60,3 @@ def test_fast_row_equals_general_prepare(usage: BackendUsage | None, streaming: 
     if usage is not None and usage.prompt is None:
         assert record["backend_reported_usage"]["prompt"] is None
         assert record["backend_reported_usage"]["cost"] is None
-

@@ -114,11 +114,13 @@ def test_export_of_the_gateways_compact_records(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     projector = Projector(PriceTable({}))
     usage = BackendUsage(prompt=12, completion=40, total=52, cached=4, reasoning=0)
-    captures = [UsageCapture.take(_rec(i % 2 == 0, usage if i % 2 else None,
-                                      1_764_500_000.0 + i), True) for i in range(4)]
-    expected = [projector.record(UsageCapture.take(_rec(i % 2 == 0, usage if i % 2 else None,
-                                                        1_764_500_000.0 + i), True))
-                for i in range(4)]
+
+    def capture(i: int) -> UsageCapture:
+        return UsageCapture.take(_rec(i % 2 == 0, usage if i % 2 else None,
+                                      1_764_500_000.0 + i), True)
+
+    captures = [capture(i) for i in range(4)]
+    expected = [projector.record(capture(i)) for i in range(4)]
     s = UsageStore(path, flush_interval=0.05, max_queue=100, retention_days=0)
     s.start()
     for c in captures:
