@@ -137,3 +137,39 @@ def gateway(gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMSer
         },
         "default_backend": "openai.1",
     })
+
+
+@pytest.fixture
+def raw_backend(server_loop: LoopThread) -> Iterator[Callable[[bytes], str]]:
+    """A backend that answers every request with the given raw bytes, then closes."""
+    servers: list[asyncio.AbstractServer] = []
+
+    def make(response: bytes) -> str:
+        return _raw_backend(server_loop, response, servers)
+
+    yield make
+
+    async def close_all() -> None:
+        for s in servers:
+            s.close()
+            await s.wait_closed()
+
+    server_loop.run(close_all())
+
+
+def _raw_backend(server_loop: LoopThread, response: bytes,
+                 servers: list[asyncio.AbstractServer]) -> str:
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)
+        await writer.drain()
+        writer.close()
+
+    async def start() -> int:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return server.sockets[0].getsockname()[1]
+
+    port = server_loop.run(start())
+    return f"http://127.0.0.1:{port}/v1"

@@ -83,8 +83,11 @@ class ResponseRelay:
         if self._activity is not None:
             self._activity.count(resp.bytes_rx, len(body))
         if ok and self.state.accounting:
-            # After the response is on its way: accounting never delays the client.
-            rec.btp_completion_est = rec.ptc_completion_est = json_completion_tokens(body)
+            # After the response is on its way: accounting never delays the client. The
+            # estimate only matters when the backend did not count the completion itself
+            # (a whole JSON body reached the client, so btp and ptc are that count).
+            if rec.usage is None or rec.usage.completion is None:
+                rec.btp_completion_est = rec.ptc_completion_est = json_completion_tokens(body)
             rec.tool_names = json_tool_names(parsed)
             rec.tool_call_count = len(rec.tool_names)
         return self.req.keep_alive

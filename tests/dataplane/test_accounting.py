@@ -4,6 +4,7 @@ a client that went away actually received."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import anthropic
 import httpx
@@ -74,8 +75,33 @@ def test_openai_json_tool_calls_and_estimate(gateway: RunningGateway, records) -
         list(stream)
     wait_until(lambda: len(records) == 3)
     assert records[0].tool_names == [resp.choices[0].message.tool_calls[0].function.name]
-    assert records[1].btp_completion_est == estimate_tokens(plain.choices[0].message.content)
+    # The backend counted this completion itself: no estimate is made for it.
+    assert records[1].usage is not None and records[1].usage.completion == plain.usage.completion_tokens
+    assert records[1].btp_completion_est is None
     assert records[2].tool_names == ["lookup"]
+
+
+def test_json_completion_without_backend_usage_is_estimated(
+        gateway_factory: Callable[..., RunningGateway],
+        raw_backend: Callable[[bytes], str]) -> None:
+    """Bad input from an OpenAI-compatible server: a JSON completion with no "usage" object.
+    The record's completion count must then come from the body the client received."""
+    content = "The quick brown fox jumps over the lazy dog, twice over."
+    body = orjson.dumps({"id": "c1", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": content},
+         "finish_reason": "stop"}]})
+    url = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                      b"content-length: %d\r\n\r\n" % len(body) + body)
+    gw: RunningGateway = gateway_factory(
+        {"backends": {"openai.1": {"api_url": url, "models": ["m"]}}})
+    got: list[ExchangeRecord] = []
+    gw.state.accounting = True
+    gw.state.observers.append(got.append)
+    with openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as c:
+        assert c.chat.completions.create(model="m", messages=MSGS).choices[0].message.content == content
+    wait_until(lambda: got, what="the record")
+    assert got[0].usage is None
+    assert got[0].btp_completion_est == got[0].ptc_completion_est == estimate_tokens(content) > 0
 
 
 def test_client_abort_counts_only_what_left_the_gateway(gateway: RunningGateway, records) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 
@@ -11,41 +9,6 @@ from fastproxy.dataplane.wire import is_safe_header
 from tests.conftest import RunningGateway
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture
-def raw_backend(server_loop):
-    """A backend that answers every request with the given raw bytes, then closes."""
-    servers: list[asyncio.AbstractServer] = []
-
-    def make(response: bytes) -> str:
-        return _raw_backend(server_loop, response, servers)
-
-    yield make
-
-    async def close_all() -> None:
-        for s in servers:
-            s.close()
-            await s.wait_closed()
-
-    server_loop.run(close_all())
-
-
-def _raw_backend(server_loop, response: bytes, servers: list) -> str:
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(response)
-        await writer.drain()
-        writer.close()
-
-    async def start() -> int:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return server.sockets[0].getsockname()[1]
-
-    port = server_loop.run(start())
-    return f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.mark.parametrize(
