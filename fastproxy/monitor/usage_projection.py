@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -291,11 +292,14 @@ class Projector:
     """Builds record dicts on the writer thread. Holds only read-only things (prices, the
     exact tokenizer), so it needs no lock."""
 
-    __slots__ = ("exact", "prices")
+    __slots__ = ("_ids", "exact", "prices")
 
     def __init__(self, prices: PriceTable, exact: ExactCounter | None = None) -> None:
         self.prices = prices
         self.exact = exact
+        # Record ids: 128 bits from a generator seeded once from the OS, not a getrandom
+        # syscall per record (os.urandom). An id must be unique, not unpredictable.
+        self._ids = random.Random(os.urandom(32))
 
     def prepared(self, c: UsageCapture) -> Prepared:
         """The record, already as the store's row (what the writer thread submits)."""
@@ -358,8 +362,8 @@ class Projector:
             overhead = round(((c.upstream_sent_at - c.started_at)
                               + (c.ended_at - c.upstream_done_at)) * 1000.0, 3)
         return (
-            # 128 random bits as 32 hex digits, like uuid4().hex at a third of its cost.
-            os.urandom(16).hex(), ms, session_id, turn,
+            # 128 random bits as 32 hex digits, like uuid4().hex at a fraction of its cost.
+            f"{self._ids.getrandbits(128):032x}", ms, session_id, turn,
             c.frontend, c.backend, c.backend_type, c.model_requested, c.model_used,
             c.streaming, c.status or None, c.outcome, c.attempts,
             c.tool_call_count, list(c.tool_names),

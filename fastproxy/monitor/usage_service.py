@@ -5,10 +5,10 @@
 returns None: no observer, no accounting, nothing on the hot path.
 
 When on, ``on_exchange`` runs on the event loop once per request. It copies numbers and
-names into a ``UsageCapture`` and hands the store a thunk; the store runs the thunk on
-its writer thread, where the capture becomes the record dict (prompt counting, session
-digest, cost) and at once the store's row (``Projector.prepared``). So the loop never
-parses, hashes, counts or touches the disk for usage.
+names into a ``UsageCapture`` and queues it; the store hands it to ``build`` on its
+writer thread, where the capture becomes the record (prompt counting, session digest,
+cost) and at once the store's row (``Projector.prepared``). So the loop never parses,
+hashes, counts or touches the disk for usage, and allocates one object per request.
 
 The one thing the capture holds that can be large is the raw request body, kept until
 the writer thread has counted its prompt. Those bodies are bounded together by
@@ -23,7 +23,6 @@ import asyncio
 import logging
 import threading
 import traceback
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config.loader import resolve_state_path
@@ -48,7 +47,7 @@ class UsageCapture:
 
     __slots__ = (
         "attempts", "backend", "backend_ttfb_at", "backend_type", "body", "body_dropped",
-        "btp_est", "client_key_id", "ended_at", "first_content_at", "frontend",
+        "btp_est", "client_key_id", "ended_at", "first_content_at", "frontend", "held",
         "model_requested", "model_used", "outcome", "path", "proxy_user", "ptc_est",
         "replacement", "session_id", "started_at", "status", "streaming", "tool_call_count",
         "tool_names", "upstream_done_at", "upstream_sent_at", "usage", "user_agent",
@@ -88,6 +87,7 @@ class UsageCapture:
         body = rec.request_body
         c.body = body if keep_body else None
         c.body_dropped = body is not None and not keep_body
+        c.held = 0  # bytes of PendingBodies this capture holds, set by the service
         return c
 
 
@@ -139,7 +139,7 @@ class UsageService:
         self.projector = Projector(self.prices, exact)
         store = UsageStore(str(self.path), flush_interval=cfg.flush_interval_seconds,
                            max_queue=cfg.max_records_in_memory,
-                           retention_days=cfg.retention_days)
+                           retention_days=cfg.retention_days, build=self.build)
         await asyncio.to_thread(store.start)
         self.store = store
         state = self.state
@@ -164,31 +164,30 @@ class UsageService:
         body = rec.request_body
         size = len(body) if body is not None else 0
         keep = size == 0 or self.pending.reserve(size)
-        held = size if keep else 0
         capture = UsageCapture.take(rec, keep)
-        if not self.store.submit(self._thunk(capture, held)) and held:
-            self.pending.release(held)  # dropped by a full queue: the thunk never runs
+        if keep and size:
+            capture.held = size
+        if not self.store.submit(capture) and capture.held:
+            self.pending.release(capture.held)  # dropped by a full queue: never built
 
-    def _thunk(self, capture: UsageCapture, held: int) -> Callable[[], Prepared]:
-        projector, pending = self.projector, self.pending
+    # -- the writer thread ---------------------------------------------------------------
+    def build(self, capture: UsageCapture) -> Prepared:
+        projector = self.projector
         assert projector is not None
-
-        def build() -> Prepared:
-            try:
-                return projector.prepared(capture)
-            except Exception as exc:
-                # A bug here must not lose the request: record it without prompt facts.
-                # Logged by type and place only: an exception's message may quote the body.
-                frame = traceback.extract_tb(exc.__traceback__)[-1]
-                log.error("usage: projecting a record failed (%s at %s:%s); stored without "
-                          "prompt facts", type(exc).__name__, frame.filename, frame.lineno)
-                capture.body = None
-                return projector.prepared(capture)
-            finally:
-                if held:
-                    pending.release(held)
-
-        return build
+        try:
+            return projector.prepared(capture)
+        except Exception as exc:
+            # A bug here must not lose the request: record it without prompt facts.
+            # Logged by type and place only: an exception's message may quote the body.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("usage: projecting a record failed (%s at %s:%s); stored without "
+                      "prompt facts", type(exc).__name__, frame.filename, frame.lineno)
+            capture.body = None
+            return projector.prepared(capture)
+        finally:
+            if capture.held:
+                self.pending.release(capture.held)
+                capture.held = 0
 
     def status(self) -> dict[str, Any]:
         out = dict(self.store.status()) if self.store is not None else {}

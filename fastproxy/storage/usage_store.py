@@ -12,7 +12,9 @@ Rules of this module, and why:
   GIL); the writer sleeps on an Event that is set only when a batch is full, on stop, or
   after ``flush_interval``. (Measured end to end the change is within the noise: the
   cost of usage tracking is the writer's work, docs/BENCHMARKS.md.)
-- Items may be thunks, run here, so token counting and cost happen off the loop.
+- Items may be thunks, run here, or anything the store's ``build`` callable turns into a
+  row (the usage service's captures), so token counting and cost happen off the loop and
+  the loop allocates no closure per request.
 - Batches: the writer collects for up to ``flush_interval`` seconds or ``batch_size``
   items, then writes them in ONE transaction (rows, JSON records, hourly rollup and any
   new dimension rows together, so the rollup always equals the rows).
@@ -71,8 +73,10 @@ _DATA_ERRORS = (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.Interf
 
 class UsageStore:
     def __init__(self, path: str | Path, *, flush_interval: float, max_queue: int,
-                 retention_days: int, batch_size: int = 500) -> None:
+                 retention_days: int, batch_size: int = 500,
+                 build: Callable[[Any], Prepared] | None = None) -> None:
         self.path = Path(path)
+        self._build = build
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.retention_days = retention_days
@@ -119,9 +123,9 @@ class UsageStore:
         atexit.register(self._stop_at_exit)
         self._ready.wait(60)  # a migration of a large v1 file may take a while
 
-    def submit(self, item: dict[str, Any] | Callable[[], dict[str, Any] | Prepared]) -> bool:
-        """Queue a record, or a thunk making one (a dict, or its row already prepared).
-        Never blocks; False = dropped."""
+    def submit(self, item: Any) -> bool:
+        """Queue a record dict, a thunk making one (a dict, or its row already prepared),
+        or an item for ``build``. Never blocks; False = dropped."""
         if self._thread is None or self._stopping.is_set():
             self._dropped_full += 1
             return False
@@ -252,8 +256,13 @@ class UsageStore:
 
     def _prepare(self, item: Any) -> Prepared | None:
         try:
-            record = item() if callable(item) else item
-            # The usage service's thunks return the row itself (prepare_values).
+            if callable(item):
+                record = item()
+            elif self._build is not None and type(item) is not dict:
+                record = self._build(item)
+            else:
+                record = item
+            # The usage service's builder returns the row itself (prepare_values).
             return record if type(record) is tuple else prepare(record)
         except Exception as exc:
             self.record_errors += 1

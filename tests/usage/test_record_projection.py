@@ -291,3 +291,12 @@ def test_counted_source_uses_the_exact_tokenizer() -> None:
     rec = make_rec({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "x"}]})
     rec.btp_completion_est = 3
     assert project(rec, projector)["usage_source"] == "estimated"
+
+
+def test_record_ids_are_32_hex_digits_unique_within_and_across_projectors() -> None:
+    """Ids come from a generator seeded from the OS per projector (per process): two
+    gateways, or one restarted, must not repeat each other's ids."""
+    first, second = Projector(PriceTable({})), Projector(PriceTable({}))
+    ids = [project(make_rec(), p)["id"] for p in (first, second) for _ in range(500)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == 1000

@@ -18,22 +18,24 @@ from fastproxy.storage.usage_schema import load_record
 
 
 class HeldStore:
-    """Accepts up to ``capacity`` items and runs nothing until told (a stalled writer)."""
+    """Accepts up to ``capacity`` items and builds nothing until told (a stalled writer)."""
 
     def __init__(self, capacity: int = 1000) -> None:
-        self.items: list[Callable[[], Any]] = []
+        self.items: list[Any] = []
         self.capacity = capacity
+        self.build: Callable[[Any], Any] | None = None  # what UsageStore gets as build=
 
-    def submit(self, item: Callable[[], Any]) -> bool:
+    def submit(self, item: Any) -> bool:
         if len(self.items) >= self.capacity:
             return False
         self.items.append(item)
         return True
 
     def run_all(self) -> list[dict[str, Any]]:
-        """The records the thunks made, as the store would keep them: a thunk returns the
-        prepared row, whose last element is the record's JSON."""
-        out = [load_record(item()[3]) for item in self.items]
+        """The records built from the queued captures, as the store would keep them: the
+        builder returns the prepared row, whose last element is the record's JSON."""
+        assert self.build is not None
+        out = [load_record(self.build(item)[3]) for item in self.items]
         self.items.clear()
         return out
 
@@ -47,6 +49,7 @@ def make_service(store: HeldStore, limit: int) -> UsageService:
     service.pending.limit = limit
     service.projector = Projector(service.prices, ExactCounter.load())
     service.store = store
+    store.build = service.build
     return service
 
 

@@ -77,6 +77,28 @@ def test_thunks_run_on_the_writer_thread_and_failures_are_counted(
     assert len(lines) == 1  # once per kind
 
 
+def test_items_for_the_builder_are_built_on_the_writer_thread(tmp_path: Path) -> None:
+    """What the usage service queues: plain objects turned into records by ``build`` on
+    the writer thread. A builder that raises (here: an item it cannot read) is counted;
+    dict records and thunks still take their own paths."""
+    seen: list[str] = []
+
+    def build(item: tuple[str, str]) -> dict[str, Any]:
+        seen.append(threading.current_thread().name)
+        return record(model_used=item[1])
+
+    s = make(tmp_path / "u.db", build=build)
+    assert s.submit(("capture", "built-model"))
+    assert s.submit(("broken",))  # IndexError inside build: counted, the writer goes on
+    assert s.submit(record(model_used="plain-dict"))
+    assert s.submit(lambda: record(model_used="from-thunk"))
+    s.stop()
+    assert seen == ["fastproxy-usage-writer"] * 2 and s.record_errors == 1
+    with sqlite3.connect(f"file:{tmp_path / 'u.db'}?mode=ro", uri=True) as conn:
+        models = sorted(r[0] for r in conn.execute("SELECT model_used FROM usage"))
+    assert models == ["built-model", "from-thunk", "plain-dict"]
+
+
 def test_batches_are_one_transaction_each(tmp_path: Path) -> None:
     inside, release = threading.Event(), threading.Event()
 
