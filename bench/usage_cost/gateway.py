@@ -10,6 +10,12 @@ relay is a measured difference rather than a guess:
 - ``full``: nothing changed (the shipped behaviour).
 - ``no-secondary-indexes``: as shipped, but the session index and the four timing
   indexes are dropped when the database opens: what those indexes cost the writer.
+- ``no-records``: as shipped, but the record's JSON text is not stored (a no-op
+  statement with the same parameters runs in place of the insert into usage_records).
+- ``floor``: the least any design that stores one SQLite row per request through this
+  writer can cost: every record is the first one's row, already built (no projection),
+  written without the JSON text and without the secondary indexes. The event loop's
+  share is as shipped. (Bodies stay reserved: never more than 64 MiB in a short round.)
 
 In every mode the writer thread is given a name the kernel shows (``usage-writer`` in
 ``/proc/PID/task/TID/comm``), so its CPU time can be told from the event loop's. This
@@ -26,7 +32,8 @@ from typing import Any
 
 from fastproxy.storage import usage_schema, usage_store
 
-MODES = ("discard", "project", "full", "no-secondary-indexes")
+MODES = ("discard", "project", "full", "no-secondary-indexes", "no-records", "floor")
+NO_RECORD_TEXT = "DELETE FROM usage_records WHERE seq = ? AND ? IS NULL"
 PR_SET_NAME = 15
 SECONDARY_INDEXES = ("session", *usage_schema.TIMINGS)
 
@@ -48,13 +55,25 @@ def apply(mode: str) -> None:
         store._prepare = lambda self, item: None  # type: ignore[method-assign]
     if mode in ("discard", "project"):
         store._write = lambda self, prepared, final=False: True  # type: ignore[method-assign]
-    if mode == "no-secondary-indexes":
+    if mode in ("no-secondary-indexes", "floor"):
         def open_without(self: Any) -> None:
             open_db(self)
             for name in SECONDARY_INDEXES:
                 self._conn.execute(f"DROP INDEX IF EXISTS usage_requests_{name}")
 
         store._open = open_without  # type: ignore[method-assign]
+    if mode in ("no-records", "floor"):
+        usage_store.INSERT_RECORD = NO_RECORD_TEXT
+    if mode == "floor":
+        prepare = store._prepare
+        first: list[Any] = []
+
+        def prepare_once(self: Any, item: Any) -> Any:
+            if not first:
+                first.append(prepare(self, item))
+            return first[0]
+
+        store._prepare = prepare_once  # type: ignore[method-assign]
 
 
 def main() -> int:
