@@ -36,6 +36,7 @@ import atexit
 import contextlib
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -65,6 +66,18 @@ RETENTION_EVERY_S = 300.0
 RETENTION_BATCH = 5000  # about this many rows per delete transaction: no long stalls
 RETENTION_BATCHES_PER_ROUND = 20  # then back to writing; the rest goes next round
 AT_EXIT_TIMEOUT_S = 5.0
+# The writer shares a core with the event loop whenever the machine is busy (always where
+# the gateway is pinned to one core). A batch is 10-25 ms of CPU, and the kernel lets a
+# running thread go on for its time slice before a woken event loop gets the core, so a
+# request that arrived mid-batch waited up to ~3 ms (c=1: p99 3.3 ms with usage tracking
+# on, 0.6 ms off). A yield every YIELD_EVERY records hands the core to a runnable loop;
+# with nothing else runnable it returns at once. Only while the writer keeps up: yielding
+# gives the loop more than a fair share of the core, so at saturation the queue would grow
+# without end; past one batch of backlog the writer stops yielding until it has caught up.
+# docs/BENCHMARKS.md.
+YIELD_EVERY = 32
+ROLLUP_SLICE = 128  # rows folded into the rollups per statement, then a yield
+_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 # Errors that come from a record's values rather than from the file (the file's own
 # errors are OperationalError / DatabaseError: locked, full, read-only, corrupt).
 _DATA_ERRORS = (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.InterfaceError,
@@ -200,7 +213,7 @@ class UsageStore:
         self._ready.set()
         while not self._stopping.is_set():
             items = self._collect()
-            self._write([p for p in map(self._prepare, items) if p is not None])
+            self._write(self._prepare_all(items))
             self._maintain()
         self._drain()
         if self._conn is not None:
@@ -237,7 +250,7 @@ class UsageStore:
         file will not heal in seconds, so they get three tries."""
         while True:
             items = self._take(self.batch_size)
-            prepared = [p for p in map(self._prepare, items) if p is not None]
+            prepared = self._prepare_all(items)
             if not prepared and not self._retry:
                 return
             tries = 0
@@ -253,6 +266,20 @@ class UsageStore:
                     self._retry = []
                     return
                 time.sleep(0.1)  # writer thread only: give a lock holder a moment
+
+    def _prepare_all(self, items: list[Any]) -> list[Prepared]:
+        out: list[Prepared] = []
+        for i, item in enumerate(items, 1):
+            p = self._prepare(item)
+            if p is not None:
+                out.append(p)
+            if not i % YIELD_EVERY:
+                self._courtesy()
+        return out
+
+    def _courtesy(self) -> None:
+        if len(self._items) < self.batch_size:
+            _yield()
 
     def _prepare(self, item: Any) -> Prepared | None:
         try:
@@ -412,11 +439,17 @@ class UsageStore:
                 requests.append((seq, row[0], dim, *row[1:]))
                 records.append((seq, text))
                 seq += 1
-            conn.executemany(INSERT_REQUEST, requests)
-            conn.executemany(INSERT_RECORD, records)
-            # The batch's rows are the ones at seq >= seq0: the rollups fold them in SQL.
-            conn.execute(ROLLUP_BATCH_HOURLY, (seq0,))
-            conn.execute(ROLLUP_BATCH_DAILY, (seq0,))
+            for i in range(0, len(requests), YIELD_EVERY):
+                conn.executemany(INSERT_REQUEST, requests[i:i + YIELD_EVERY])
+                conn.executemany(INSERT_RECORD, records[i:i + YIELD_EVERY])
+                self._courtesy()
+            # The batch's rows are the ones at seq0 <= seq < seq: the rollups fold them in
+            # SQL, a slice at a time (a whole batch is a few ms in one statement).
+            for lo in range(seq0, seq, ROLLUP_SLICE):
+                hi = min(lo + ROLLUP_SLICE, seq)
+                conn.execute(ROLLUP_BATCH_HOURLY, (lo, hi))
+                conn.execute(ROLLUP_BATCH_DAILY, (lo, hi))
+                self._courtesy()
             conn.execute("COMMIT")
             self._next_seq = seq
         except BaseException:

@@ -119,6 +119,31 @@ def test_batches_are_one_transaction_each(tmp_path: Path) -> None:
     assert s.batches_written == 4  # [blocker], 5, 5, 2
 
 
+def test_the_writer_yields_the_core_only_while_it_keeps_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Yields let a woken event loop in mid-batch (the c=1 tail latency); with a backlog
+    of a batch or more they would starve the writer at saturation, so there are none."""
+    queued_at_yield: list[int] = []
+    inside, release = threading.Event(), threading.Event()
+
+    def blocker() -> dict[str, Any]:
+        inside.set()
+        release.wait(10)
+        return record()
+
+    s = make(tmp_path / "u.db", batch_size=100, flush_interval=0.05)
+    monkeypatch.setattr(usage_store, "_yield", lambda: queued_at_yield.append(len(s._items)))
+    s.submit(blocker)
+    wait_until(inside.is_set, what="the writer inside the first batch")
+    for _ in range(450):  # a backlog of four and a half batches
+        assert s.submit(record())
+    release.set()
+    s.stop()
+    assert rows(tmp_path / "u.db") == 451
+    assert queued_at_yield, "no yield at all"
+    assert max(queued_at_yield) < 100  # never while a batch or more was waiting
+
+
 def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     release = threading.Event()
     s = make(tmp_path / "u.db", max_queue=10, batch_size=1)
