@@ -252,7 +252,11 @@ def test_webhook_retries_and_never_delays_the_stream(gateway_factory, mock_facto
             assert flaky.attempts == 3
             assert flaky.bodies[0]["backend"] == "openai.1" and flaky.bodies[0]["to"] == "open"
             counters = gw.state.health.notifier.counters
-            assert counters["webhook_sent"] == 1 and counters["webhook_failed"] == 0
+            # The receiver keeps the body before its answer reaches the notifier, which
+            # counts the delivery only then: wait for the count, do not race it.
+            wait_until(lambda: counters["webhook_sent"] == 1, timeout=5,
+                       what="the delivery counted")
+            assert counters["webhook_failed"] == 0
         finally:
             sse.close()
     finally:
