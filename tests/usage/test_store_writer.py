@@ -99,7 +99,9 @@ def test_items_for_the_builder_are_built_on_the_writer_thread(tmp_path: Path) ->
     assert models == ["built-model", "from-thunk", "plain-dict"]
 
 
-def test_batches_are_one_transaction_each(tmp_path: Path) -> None:
+def hold_the_writer(s: UsageStore) -> threading.Event:
+    """Queue an item that keeps the writer inside its first batch until the returned event
+    is set; return once the writer is there."""
     inside, release = threading.Event(), threading.Event()
 
     def blocker() -> dict[str, Any]:
@@ -107,9 +109,14 @@ def test_batches_are_one_transaction_each(tmp_path: Path) -> None:
         release.wait(10)
         return record()
 
-    s = make(tmp_path / "u.db", batch_size=5, flush_interval=0.05)
     s.submit(blocker)
     wait_until(inside.is_set, what="the writer inside the first batch")
+    return release
+
+
+def test_batches_are_one_transaction_each(tmp_path: Path) -> None:
+    s = make(tmp_path / "u.db", batch_size=5, flush_interval=0.05)
+    release = hold_the_writer(s)
     for _ in range(12):
         assert s.submit(record())
     assert s.status()["queue_depth"] == 13  # 12 queued + 1 in the writer's hands
@@ -124,17 +131,9 @@ def test_the_writer_yields_the_core_only_while_it_keeps_up(
     """Yields let a woken event loop in mid-batch (the c=1 tail latency); with a backlog
     of a batch or more they would starve the writer at saturation, so there are none."""
     queued_at_yield: list[int] = []
-    inside, release = threading.Event(), threading.Event()
-
-    def blocker() -> dict[str, Any]:
-        inside.set()
-        release.wait(10)
-        return record()
-
     s = make(tmp_path / "u.db", batch_size=100, flush_interval=0.05)
     monkeypatch.setattr(usage_store, "_yield", lambda: queued_at_yield.append(len(s._items)))
-    s.submit(blocker)
-    wait_until(inside.is_set, what="the writer inside the first batch")
+    release = hold_the_writer(s)
     for _ in range(450):  # a backlog of four and a half batches
         assert s.submit(record())
     release.set()
