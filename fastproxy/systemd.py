@@ -33,9 +33,13 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto(message.encode(), self._addr)
+                # Never wait: this runs on the event loop, and a receiver that stopped
+                # reading (its queue holds net.unix.max_dgram_qlen datagrams, 10 by
+                # default) would otherwise block the gateway in sendto. A ping that does
+                # not fit is dropped; the next one follows within half the interval.
+                sock.sendto(message.encode(), socket.MSG_DONTWAIT, self._addr)
         except OSError:
-            pass  # systemd gone or socket unwritable: nothing useful to do
+            pass  # systemd gone, socket unwritable or full: nothing useful to do
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
