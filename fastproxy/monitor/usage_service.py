@@ -55,7 +55,7 @@ class UsageCapture:
     )
 
     @classmethod
-    def take(cls, rec: ExchangeRecord, keep_body: bool) -> UsageCapture:
+    def take(cls, rec: ExchangeRecord, keep_body: bool, held: int = 0) -> UsageCapture:
         c = cls.__new__(cls)
         c.wall_started_at = rec.wall_started_at
         c.started_at = rec.started_at
@@ -87,7 +87,7 @@ class UsageCapture:
         body = rec.request_body
         c.body = body if keep_body else None
         c.body_dropped = body is not None and not keep_body
-        c.held = 0  # bytes of PendingBodies this capture holds, set by the service
+        c.held = held  # bytes of PendingBodies this capture holds, released once built
         return c
 
 
@@ -164,9 +164,7 @@ class UsageService:
         body = rec.request_body
         size = len(body) if body is not None else 0
         keep = size == 0 or self.pending.reserve(size)
-        capture = UsageCapture.take(rec, keep)
-        if keep and size:
-            capture.held = size
+        capture = UsageCapture.take(rec, keep, size if keep else 0)
         if not self.store.submit(capture) and capture.held:
             self.pending.release(capture.held)  # dropped by a full queue: never built
 
