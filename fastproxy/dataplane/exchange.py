@@ -14,8 +14,6 @@ retried once on a fresh connection (the backend closed an idle keep-alive socket
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -33,6 +31,7 @@ from .routing import RoutingError, plan
 from .upstream import UpstreamConnection, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
+    from ..state import GatewayState
     from .backends import Backend
     from .protocol import ClientProtocol, Request
 
@@ -128,24 +127,7 @@ class Exchange(ResponseRelay):
             proto.exchange_done(keep_alive and not proto.closed)
 
     def _finish(self) -> None:
-        rec = self.record
-        rec.ended_at = time.monotonic()
-        state = self.state
-        state.counters.requests_total += 1
-        if rec.outcome == "client_aborted":
-            state.counters.client_aborts += 1
-        elif rec.outcome == "truncated":
-            state.counters.stream_truncations += 1
-        if state.access_log is not None:
-            state.access_log.info(access_line(rec))
-        if rec.frontend:
-            for observer in state.observers:
-                try:
-                    observer(rec)
-                except Exception:
-                    log.exception("usage observer failed")
-        rec.request = None
-        rec.request_body = None
+        finish_record(self.state, self.record)
 
     # -----------------------------------------------------------------------------------
     async def _dispatch(self) -> bool:
@@ -153,10 +135,10 @@ class Exchange(ResponseRelay):
         api = API_PATHS.get(req.path)
         if api is None:
             if req.path in (b"/v1/models", b"/models"):
-                if req.method != b"GET":
+                if req.method not in (b"GET", b"HEAD"):
                     raise Abort(405, "use GET for this path", "method_not_allowed", b"allow: GET\r\n")
                 return self._models()
-            if req.path.startswith(b"/v1/models/") and req.method == b"GET":
+            if req.path.startswith(b"/v1/models/") and req.method in (b"GET", b"HEAD"):
                 return self._model(req.path[11:].decode("latin-1"))
             if self.state.router.knows(req.path.decode("latin-1")):
                 from .local import serve_monitoring
@@ -194,31 +176,11 @@ class Exchange(ResponseRelay):
                         data.append({"id": mid, "object": "model", "created": 0, "owned_by": b.name})
         return data
 
-    # -----------------------------------------------------------------------------------
-    def _check_auth(self) -> None:
-        auth = self.state.config.auth
-        if auth.disable_auth or not auth.api_keys:
-            return
-        req = self.req
-        given = req.header(b"x-api-key")
-        if given is None:
-            bearer = req.header(b"authorization") or b""
-            if bearer[:7].lower() == b"bearer ":
-                given = bearer[7:].strip()
-        ok = False
-        if given:
-            for key in auth.api_keys:
-                # compare_digest over every key: constant time per key, no early exit.
-                ok |= hmac.compare_digest(given, key.encode())
-        if not ok:
-            raise Abort(401, "invalid or missing API key", "invalid_api_key")
-        self.record.client_key_id = hashlib.sha256(given).hexdigest()[:12]  # type: ignore[arg-type]
-
     async def _llm(self, dialect: Any, kind: str) -> bool:
         req, rec, state = self.req, self.record, self.state
         rec.frontend = dialect.name
         rec.path = req.path.decode("latin-1")
-        self._check_auth()
+        rec.client_key_id = req.client_key_id  # checked with the head (auth.py)
         if req.header(b"x-fastproxy-hop") is not None:
             raise Abort(508, "request already passed through a fastproxy gateway", "loop_detected")
         ctype = req.header(b"content-type") or b""
@@ -235,7 +197,6 @@ class Exchange(ResponseRelay):
             raise Abort(400, "'model' is required and must be a non-empty string", "missing_model")
         rec.model_requested = model
         rec.streaming = body.get("stream") is True
-        rec.request = body
         rec.request_body = req.body
         rec.user_agent = _text(req.header(b"user-agent"))
         rec.proxy_user = _text(req.header(b"x-proxy-user"))
@@ -413,3 +374,35 @@ def _retry_after(value: bytes | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def finish_record(state: GatewayState, rec: ExchangeRecord) -> None:
+    """Count, log and hand to the observers one finished request: every request that got
+    an answer (or lost its client) passes here exactly once."""
+    rec.ended_at = time.monotonic()
+    state.counters.requests_total += 1
+    if rec.outcome == "client_aborted":
+        state.counters.client_aborts += 1
+    elif rec.outcome == "truncated":
+        state.counters.stream_truncations += 1
+    if state.access_log is not None:
+        state.access_log.info(access_line(rec))
+    if rec.frontend:
+        for observer in state.observers:
+            try:
+                observer(rec)
+            except Exception:
+                log.exception("usage observer failed")
+    rec.request_body = None
+
+
+def record_rejection(state: GatewayState, req: Request, connection_id: int, status: int) -> None:
+    """The record of a request refused from its head (auth, limits, framing)."""
+    rec = ExchangeRecord(state.new_request_id(), connection_id, req.received_at)
+    rec.status = status
+    rec.outcome = "rejected" if status < 500 else "backend_error"
+    api = API_PATHS.get(req.path)
+    if api is not None:
+        rec.frontend = api[0].name
+        rec.path = req.path.decode("latin-1")
+    finish_record(state, rec)

@@ -51,11 +51,14 @@ async def write_admin_response(proto: ClientProtocol, req: Request, resp: AdminR
         f"{k}: {v}\r\n".encode("latin-1") for k, v in resp.headers
     )
     ctype = b"content-type: " + resp.content_type.encode("latin-1") + b"\r\n"
-    if resp.stream is None:
-        body = b"" if req.method == b"HEAD" else resp.body
+    if resp.stream is None or req.head_only:
+        if resp.stream is not None:
+            await _close_stream(resp.stream)  # HEAD: the stream's headers, no stream
+            ctype += b"transfer-encoding: chunked\r\n"
         transport.write(
-            wire.simple_response(resp.status, body, keep_alive=keep,
-                                 date=proto.state.date_header, content_type=ctype, extra=extra)
+            wire.simple_response(resp.status, resp.body, keep_alive=keep,
+                                 date=proto.state.date_header, content_type=ctype, extra=extra,
+                                 head_only=req.head_only)
         )
         return keep
     transport.write(b"".join((
@@ -70,9 +73,13 @@ async def write_admin_response(proto: ClientProtocol, req: Request, resp: AdminR
                 transport.write(wire.chunk(piece))
                 await proto.drain()
     finally:
-        aclose = getattr(resp.stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _close_stream(resp.stream)
     if not proto.closed:
         transport.write(wire.CHUNKED_END)
     return keep
+
+
+async def _close_stream(stream: object) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -11,9 +11,18 @@ Rules this class keeps (and why):
   So a keep-alive connection does not create and cancel three timers per request (HEAD,
   BODY, IDLE: ~4 % of the gateway's CPU per JSON request in a profile at c=64); body
   bytes only stamp a time.
-- Limits are enforced before work: a Content-Length over the body limit is refused
-  before a byte of body is read; request line, head size and header count are counted
-  as the parser reports them.
+- Limits and authentication are enforced before work: a missing or wrong API key, an
+  unknown path or a Content-Length over the body limit is refused as soon as the head is
+  parsed, before a byte of body is read and before any ``100 Continue``. Only the bytes
+  of a head still being parsed count toward the head limit (a body or a pipelined
+  request after a complete head never does). Request line, head size and header count
+  are counted as the parser reports them.
+- Chunked trailers are read and discarded: they never become headers, so they can
+  neither authenticate, nor reach the backend, nor trip the loop guard.
+- Exactly one response per request. HEAD gets headers only (a body would be read as the
+  next response on the connection). ``Upgrade`` on a request the gateway serves is
+  ignored: the request (and its body) is read as plain HTTP and the connection stays
+  HTTP. ``CONNECT`` gets one error and a close.
 - Responses leave in request order: pipelined requests wait in a short queue (reading
   pauses while it is non-empty) and a rejection is queued like any other response.
 - httptools' dangerous leniencies stay off (the parser is created strict and nothing
@@ -30,8 +39,9 @@ from typing import TYPE_CHECKING
 import httptools
 
 from . import wire
+from .auth import presented_key, verify
 from .dialects import anthropic, openai
-from .exchange import Exchange
+from .exchange import API_PATHS, Exchange, record_rejection
 
 if TYPE_CHECKING:
     from ..state import GatewayState
@@ -41,6 +51,11 @@ log = logging.getLogger("fastproxy.data")
 
 IDLE, HEAD, BODY = 0, 1, 2
 MAX_PIPELINE = 16
+# Head of the synthetic message that lets a fresh parser go on reading the body of a
+# request whose Upgrade the gateway ignores (httptools hands everything after an upgrade
+# request's head to "the other protocol"); its callbacks are muted.
+_BODY_CL = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
+_BODY_CHUNKED = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
 
 _OVER_CAPACITY = wire.simple_response(
     503, openai.error_body(503, "gateway at max_connections; retry later", "overloaded"),
@@ -61,8 +76,10 @@ class Reject(Exception):
 class Request:
     __slots__ = (
         "body",
-        "body_parts",
+        "body_buf",
         "body_size",
+        "client_key_id",
+        "expects_body",
         "headers",
         "host_count",
         "http11",
@@ -80,9 +97,13 @@ class Request:
         self.path = b""
         self.query = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body = b""
-        self.body_parts: list[bytes] = []
+        # The body: the one chunk it came in, or a bytearray once a second chunk arrives
+        # (grown in place: a 60 MiB body is held once, never as parts plus a join).
+        self.body: bytes | bytearray = b""
+        self.body_buf: bytearray | None = None
         self.body_size = 0
+        self.expects_body = False
+        self.client_key_id: str | None = None
         self.http11 = True
         self.keep_alive = True
         self.received_at = now
@@ -98,17 +119,27 @@ class Request:
 
     @property
     def dialect(self):  # type: ignore[no-untyped-def]
-        return anthropic if self.path.startswith(b"/v1/messages") else openai
+        if self.path.startswith((b"/v1/messages", b"/messages")):
+            return anthropic
+        return openai
+
+    @property
+    def head_only(self) -> bool:
+        return self.method == b"HEAD"
 
 
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
+        "_auth_keys",
         "_body_seen_at",
         "_deadline",
         "_head_bytes",
+        "_in_head",
         "_last_body_at",
         "_limits",
         "_loop",
+        "_messages",
+        "_mute",
         "_parser",
         "_phase",
         "_read_paused",
@@ -140,7 +171,15 @@ class ClientProtocol(asyncio.Protocol):
         self.connection_id = 0
         self.req: Request | None = None
         self._url: list[bytes] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes of the head in progress, counted as reads arrive
+        self._in_head = False  # between a message's first byte and its parsed head
+        self._messages = 0  # messages begun on this connection
+        self._mute = False  # the parser is reading a synthetic head (see _ignore_upgrade)
+        auth = state.config.auth
+        self._auth_keys: tuple[bytes, ...] | None = (
+            None if auth.disable_auth or not auth.api_keys
+            else tuple(k.encode() for k in auth.api_keys)
+        )
         self._last_body_at = 0.0
         self._body_seen_at = 0.0
         self.queue: deque[Request] = deque()
@@ -262,11 +301,23 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if self._phase == HEAD:
-            self._head_bytes += len(data)
+        in_head, begun = self._in_head, self._messages
+        self._feed(data)
+        if self._in_head and not self.closed:
+            if in_head and begun == self._messages:
+                # The whole read fell inside a head still being parsed.
+                self._head_bytes += len(data)
+            else:
+                # A head began in this read: count what the parser has reported of it
+                # (the request line and complete headers), not the bytes before it.
+                req = self.req
+                self._head_bytes = sum(map(len, self._url)) + (
+                    sum(len(k) + len(v) + 4 for k, v in req.headers) if req else 0
+                )
             if self._head_bytes > self._limits.max_head_bytes + self._limits.max_request_line_bytes:
                 self._reject_now(Reject(431, "request head too large", "head_too_large"))
-                return
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -276,25 +327,51 @@ class ClientProtocol(asyncio.Protocol):
             else:
                 log.error("bug in request callback", exc_info=err)
                 self._reject_now(Reject(500, "internal error", "internal_error"))
-        except httptools.HttpParserUpgrade:
-            self._reject_now(Reject(400, "protocol upgrades are not supported", "bad_request"))
+        except httptools.HttpParserUpgrade as exc:
+            self._ignore_upgrade(data[exc.args[0]:] if exc.args else b"")
         except httptools.HttpParserInvalidURLError:
             self._reject_now(Reject(400, "malformed request target", "bad_request"))
         except httptools.HttpParserError as exc:
             self._reject_now(Reject(400, f"malformed HTTP request: {exc}", "bad_request"))
 
+    def _ignore_upgrade(self, rest: bytes) -> None:
+        """httptools stopped at a request asking to switch protocols. CONNECT was refused
+        at its head; any other request is served as plain HTTP: a fresh parser reads on,
+        first the body the upgrade request announced, then whatever follows it."""
+        self._parser = httptools.HttpRequestParser(self)
+        req = self.req
+        if req is not None and req.expects_body:
+            # The upgrade request is still open (on_message_complete held it back): give
+            # the new parser a muted head that frames the body the same way.
+            cl = req.header(b"content-length")
+            self._mute = True
+            try:
+                self._parser.feed_data(_BODY_CHUNKED if req.te_present else _BODY_CL % int(cl or 0))
+            finally:
+                self._mute = False
+        if rest and not self.closed:
+            self.data_received(rest)
+
     def on_message_begin(self) -> None:
+        if self._mute:
+            return
         self.req = Request(self._loop.time())
         self._url = []
         self._head_bytes = 0
+        self._in_head = True
+        self._messages += 1
         self._arm(HEAD, self._timeouts.header_seconds)
 
     def on_url(self, url: bytes) -> None:
+        if self._mute:
+            return
         self._url.append(url)
         if sum(map(len, self._url)) > self._limits.max_request_line_bytes:
             raise Reject(414, "request line too long", "uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a chunked trailer (or the muted head): discarded, never a header
         req = self.req
         assert req is not None
         name = name.lower()
@@ -307,6 +384,9 @@ class ClientProtocol(asyncio.Protocol):
             req.te_present = True
 
     def on_headers_complete(self) -> None:
+        if self._mute:
+            return
+        self._in_head = False
         req = self.req
         assert req is not None
         parser = self._parser
@@ -324,6 +404,14 @@ class ClientProtocol(asyncio.Protocol):
             raise Reject(400, "HTTP/1.1 requires exactly one Host header", "bad_request")
         if not req.http11 and req.te_present:
             raise Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0", "bad_request")
+        if req.method == b"CONNECT":
+            raise Reject(405, "CONNECT is not supported: this is an API gateway, not a "
+                         "forward proxy", "method_not_allowed")
+        keys = self._auth_keys
+        if keys is not None:
+            req.client_key_id = verify(keys, presented_key(req.headers))
+            if req.client_key_id is None:
+                raise Reject(401, "invalid or missing API key", "invalid_api_key")
         cl = req.header(b"content-length")
         if cl is not None:
             try:
@@ -336,7 +424,11 @@ class ClientProtocol(asyncio.Protocol):
                     f"{self._limits.max_body_bytes}", "request_too_large",
                 )
         expects_body = req.te_present or (cl is not None and cl != b"0")
+        req.expects_body = expects_body
         if expects_body:
+            # The body is read only for a request the gateway will serve: anything else
+            # is answered now, before the client sends it (or waits for 100 Continue).
+            self._check_route(req)
             self._last_body_at = self._loop.time()
             self._arm(BODY, self._timeouts.body_idle_seconds)
             if (
@@ -348,23 +440,50 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self._cancel_timer()
 
+    def _check_route(self, req: Request) -> None:
+        """Refuse, from the head alone, a request with a body that no endpoint takes."""
+        path = req.path
+        if path in API_PATHS:
+            if req.method != b"POST":
+                raise Reject(405, "use POST for this endpoint", "method_not_allowed")
+        elif path in (b"/v1/models", b"/models") or path.startswith(b"/v1/models/"):
+            if req.method not in (b"GET", b"HEAD"):
+                raise Reject(405, "use GET for this path", "method_not_allowed")
+        else:
+            text = path.decode("latin-1")
+            router = self.state.router
+            if not router.knows(text):
+                raise Reject(404, f"no such endpoint: {text}", "not_found")
+            if router.resolve(req.method.decode("latin-1"), text)[0] is None:
+                raise Reject(405, f"method not allowed for {text}", "method_not_allowed")
+
     def on_body(self, body: bytes) -> None:
         req = self.req
         assert req is not None
         req.body_size += len(body)
         if req.body_size > self._limits.max_body_bytes:
             raise Reject(413, "request body exceeds the limit", "request_too_large")
-        req.body_parts.append(body)
+        buf = req.body_buf
+        if buf is not None:
+            buf += body
+        elif not req.body:
+            req.body = body
+        else:
+            req.body_buf = buf = bytearray(req.body)
+            buf += body
+            req.body = buf
         self._last_body_at = self._loop.time()
 
     def on_message_complete(self) -> None:
+        if self._mute:
+            return
         req = self.req
         assert req is not None
+        if req.expects_body and not req.body_size and self._parser.should_upgrade():
+            return  # its body follows the upgrade point: _ignore_upgrade reads it
         self.req = None
         self._cancel_timer()
-        parts = req.body_parts
-        req.body = parts[0] if len(parts) == 1 else b"".join(parts)
-        req.body_parts = []
+        req.body_buf = None
         self.queue.append(req)
         if self.current is None:
             self._next()
@@ -393,6 +512,7 @@ class ClientProtocol(asyncio.Protocol):
             if req.reject is not None:
                 err = req.reject
                 self.write_error(req, err.status, str(err), err.code, close=True)
+                record_rejection(self.state, req, self.connection_id, err.status)
                 continue
             self.current = Exchange(self, req)
             self.current.start()
@@ -424,7 +544,7 @@ class ClientProtocol(asyncio.Protocol):
         body = req.dialect.error_body(status, message, code)
         self.transport.write(  # type: ignore[union-attr]
             wire.simple_response(status, body, keep_alive=keep, date=self.state.date_header,
-                                 extra=extra)
+                                 extra=extra, head_only=req.head_only)
         )
         if not keep:
             self.closed = True

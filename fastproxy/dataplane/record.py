@@ -7,7 +7,6 @@ numbers and names only: no message text, no keys (usage tracking stores a projec
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from .dialects.usage import BackendUsage
 
@@ -37,7 +36,6 @@ class ExchangeRecord:
         "proxy_user",
         "ptc_completion_est",
         "replacement",
-        "request",
         "request_body",
         "response_text_bytes",
         "session_id",
@@ -96,10 +94,9 @@ class ExchangeRecord:
         self.user_agent: str | None = None
         self.client_key_id: str | None = None
         self.mutated = False
-        # The parsed request body, kept only until observers ran (token counting needs
-        # it); never stored by any observer.
-        self.request: dict[str, Any] | None = None
-        self.request_body: bytes | None = None
+        # The raw request body, held only until observers ran (token counting needs it);
+        # never stored by any observer. A bytearray when it arrived in several reads.
+        self.request_body: bytes | bytearray | None = None
 
     @property
     def duration_ms(self) -> float:

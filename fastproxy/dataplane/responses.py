@@ -130,7 +130,9 @@ class ResponseRelay:
             parts.append(wire.JSON_CT)
         keep = self.req.keep_alive and not self.state.draining
         parts += (b"content-length: %d\r\n" % len(body), extra,
-                  wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF, body)
+                  wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF)
+        if not self.req.head_only:
+            parts.append(body)
         self.proto.transport.write(b"".join(parts))  # type: ignore[union-attr]
 
     async def _relay_stream(

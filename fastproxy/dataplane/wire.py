@@ -98,8 +98,12 @@ def simple_response(
     date: bytes = b"",
     content_type: bytes = JSON_CT,
     extra: bytes = b"",
+    head_only: bool = False,
 ) -> bytes:
-    """A complete response with a Content-Length body (errors, local endpoints)."""
+    """A complete response with a Content-Length body (errors, local endpoints).
+
+    ``head_only`` answers a HEAD request: the same headers, Content-Length included, and
+    no body, since a body after a HEAD answer would be read as the next response."""
     return b"".join(
         (
             STATUS_LINE.get(status) or b"HTTP/1.1 %d Status\r\n" % status,
@@ -109,7 +113,7 @@ def simple_response(
             KEEP_ALIVE if keep_alive else CLOSE,
             extra,
             CRLF,
-            body,
+            b"" if head_only else body,
         )
     )
 

@@ -52,14 +52,13 @@ def make_rec(body: dict | None = None, *, model: str = "claude-haiku-4-5",
     rec.first_content_at = 100.1 if streaming else 0.0
     rec.upstream_done_at, rec.ended_at = 101.0, 101.001
     if body is not None:
-        rec.request = body
         rec.request_body = orjson.dumps(body)
     return rec
 
 
 def project(rec: ExchangeRecord, projector: Projector = ESTIMATOR, keep: bool = True) -> dict:
     capture = UsageCapture.take(rec, keep)
-    rec.request = rec.request_body = None  # what the data plane does right after observers
+    rec.request_body = None  # what the data plane does right after observers
     return projector.record(capture)
 
 
