@@ -10,6 +10,12 @@ Rules this class keeps (and why):
 * **Callbacks never await.** ``data_received`` feeds h11 and turns a complete request
   into one handler task; reading pauses while that task runs (one request in flight per
   connection; pipelined bytes wait in h11's buffer, which h11 bounds).
+* **Ambiguous framing closes.** h11 reads a request carrying both Content-Length and
+  Transfer-Encoding by its chunked coding, unfolds obs-fold lines and accepts bare-LF
+  line ends; a proxy in front may read any of those differently and see a different
+  next request. So CL with TE, TE on HTTP/1.0, a folded header line and a bare LF in the
+  head are answered 400 and the connection closed (RFC 9112 requires the close for CL
+  with TE), like every error h11 raises itself.
 * **Access first.** A peer not allowed by ``state.access`` (loopback compared as an IP,
   plus ``admin.allow_networks``) gets 403 and a close before its body is read; a foreign
   Host gets 421 (the DNS-rebinding guard).
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -43,6 +50,9 @@ _BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: applicatio
                   b"content-length: 52\r\nconnection: close\r\n\r\n"
                   b'{"detail": "too many admin connections; try again"}\n')
 assert len(_BUSY_RESPONSE.split(b"\r\n\r\n", 1)[1]) == 52
+# How h11 finds the end of a head (LF, optional CR, LF), and a folded continuation line.
+_HEAD_END = re.compile(rb"\n\r?\n")
+_OBS_FOLD = re.compile(rb"\n[ \t]")
 
 
 class AdminProtocol(asyncio.Protocol):
@@ -52,6 +62,8 @@ class AdminProtocol(asyncio.Protocol):
         "_connections",
         "_drain",
         "_head",
+        "_scan_head",
+        "_tail",
         "_task",
         "_timer",
         "peer_ip",
@@ -74,6 +86,11 @@ class AdminProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._head: h11.Request | None = None
         self._body = bytearray()
+        # Set when a complete head may be waiting in h11's buffer (a blank line arrived,
+        # or a new cycle starts over pipelined bytes): only then is the buffer copied and
+        # its raw head checked, so a head sent a byte at a time is not rescanned per byte.
+        self._scan_head = False
+        self._tail = b""  # the last bytes received: a blank line may span two reads
 
     # -- transport callbacks ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,6 +118,9 @@ class AdminProtocol(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        if _HEAD_END.search(data) or _HEAD_END.search(self._tail + data[:2]):
+            self._scan_head = True
+        self._tail = data[-2:] if len(data) >= 2 else (self._tail + data)[-2:]
         try:
             self._conn.receive_data(data)
         except RuntimeError:  # data after the connection was marked closed: ignore
@@ -145,6 +165,12 @@ class AdminProtocol(asyncio.Protocol):
             transport = self.transport
             if transport is None or transport.is_closing():
                 return  # answered and closing (_fail): nothing more is read
+            if self._scan_head and conn.their_state is h11.IDLE:
+                self._scan_head = False
+                problem = _raw_head_problem(conn.trailing_data[0])
+                if problem is not None:
+                    self._fail(400, f"malformed request: {problem}")
+                    return
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -180,6 +206,15 @@ class AdminProtocol(asyncio.Protocol):
         if size > self.state.config.limits.max_head_bytes:
             self._fail(431, "request head too large")
             return
+        if _header(head.headers, b"transfer-encoding") is not None:
+            # h11 would frame the body by the chunked coding and keep the connection;
+            # a peer reading Content-Length (or HTTP/1.0's close) sees another body end.
+            if _header(head.headers, b"content-length") is not None:
+                self._fail(400, "malformed request: both Content-Length and Transfer-Encoding")
+                return
+            if head.http_version == b"1.0":
+                self._fail(400, "malformed request: Transfer-Encoding on HTTP/1.0")
+                return
         host = _header(head.headers, b"host")
         denied = self.state.access.check(self.peer_ip, host)
         if denied is not None:
@@ -295,6 +330,7 @@ class AdminProtocol(asyncio.Protocol):
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             self._head = None
+            self._scan_head = True  # a pipelined head may already be buffered
             transport.resume_reading()
             self._arm(self.state.config.timeouts.keepalive_seconds)
             self._process()  # a pipelined request may already be buffered
@@ -332,6 +368,21 @@ class AdminProtocol(asyncio.Protocol):
         self._timer = None
         if self._task is None and self.transport is not None:
             self.transport.close()  # idle keep-alive, or a request that never completed
+
+
+def _raw_head_problem(buffered: bytes) -> str | None:
+    """What is wrong with the complete head at the start of ``buffered``, if anything
+    h11 would let through: a line ended by a bare LF, or an obs-fold continuation line.
+    None also when no complete head is buffered yet."""
+    end = _HEAD_END.search(buffered)
+    if end is None:
+        return None
+    head = buffered[:end.end()]
+    if head.count(b"\n") != head.count(b"\r\n"):
+        return "header lines must end in CRLF"
+    if _OBS_FOLD.search(head):
+        return "obsolete line folding"
+    return None
 
 
 def _header(headers: Any, name: bytes) -> str | None:
