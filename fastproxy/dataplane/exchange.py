@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 
 from ..logs import access_line
@@ -36,6 +38,30 @@ if TYPE_CHECKING:
     from .protocol import ClientProtocol, Request
 
 log = logging.getLogger("fastproxy.data")
+
+class RequestFields(msgspec.Struct):
+    """The few members of an API request body the gateway reads. Decoding into this
+    validates the whole document but builds nothing for the members it skips (messages,
+    tools, images): no parsed copy of a large body is made on the loop."""
+
+    model: object = None
+    stream: object = None
+    stream_options: object = msgspec.UNSET
+    session_id: object = msgspec.UNSET
+
+
+_read_fields = msgspec.json.Decoder(RequestFields).decode
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
+_EMPTY_REST = re.compile(rb"[ \t\r\n]*\}")
+
+
+def _splice_member(raw: bytes | bytearray, member: bytes) -> tuple[bytes, memoryview]:
+    """``member`` as the first member of the JSON object ``raw``: the prefix to send, then
+    the rest of ``raw`` as a view (no copy). Only for a member ``raw`` does not have."""
+    start = raw.index(b"{") + 1
+    empty = _EMPTY_REST.match(raw, start) is not None
+    return bytes(raw[:start]) + member + (b"" if empty else b","), memoryview(raw)[start:]
+
 
 # path -> (dialect module, API kind)
 API_PATHS: dict[bytes, tuple[Any, str]] = {
@@ -187,16 +213,16 @@ class Exchange(ResponseRelay):
         if b"json" not in ctype.lower():
             raise Abort(415, "Content-Type must be application/json", "unsupported_media_type")
         try:
-            body = orjson.loads(req.body)
-        except orjson.JSONDecodeError as exc:
+            body = _read_fields(req.body)
+        except msgspec.ValidationError:
+            raise Abort(400, "request body must be a JSON object", "invalid_json") from None
+        except msgspec.DecodeError as exc:
             raise Abort(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
-        if not isinstance(body, dict):
-            raise Abort(400, "request body must be a JSON object", "invalid_json")
-        model = body.get("model")
+        model = body.model
         if not isinstance(model, str) or not model:
             raise Abort(400, "'model' is required and must be a non-empty string", "missing_model")
         rec.model_requested = model
-        rec.streaming = body.get("stream") is True
+        rec.streaming = body.stream is True
         rec.request_body = req.body
         rec.user_agent = _text(req.header(b"user-agent"))
         rec.proxy_user = _text(req.header(b"x-proxy-user"))
@@ -209,31 +235,45 @@ class Exchange(ResponseRelay):
         return await self._attempts(dialect, kind, body, candidates)
 
     def _upstream_request(
-        self, backend: Backend, model: str, body: dict[str, Any], dialect: Any, kind: str
-    ) -> tuple[bytes, bytes, bool]:
-        """Head and body for the backend, and whether the gateway injected include_usage."""
+        self, backend: Backend, model: str, body: RequestFields, dialect: Any, kind: str
+    ) -> tuple[bytes, bytes | bytearray | memoryview, bool]:
+        """Head and body for the backend, and whether the gateway injected include_usage.
+
+        The client's bytes are forwarded as they are whenever possible. Adding
+        ``stream_options`` where the client sent none is a splice (a prefix that travels
+        with the head, then the client's bytes), and only a rewrite of a field the client
+        did send parses and re-serialises the whole body: a large body stays one copy."""
         req = self.req
-        mutated = False
+        raw = req.body
+        prefix = b""
+        payload: bytes | bytearray | memoryview = raw
+        edits: dict[str, Any] = {}
+        if body.model != model:
+            edits["model"] = model
+        drop_session = body.session_id is not msgspec.UNSET
+        if drop_session and self.record.session_id is None and isinstance(body.session_id, str):
+            self.record.session_id = body.session_id
         inject = False
-        if body.get("model") != model:
-            body = {**body, "model": model}
-            mutated = True
-        if "session_id" in body:
-            if self.record.session_id is None and isinstance(body["session_id"], str):
-                self.record.session_id = body["session_id"]
-            body = {k: v for k, v in body.items() if k != "session_id"}
-            mutated = True
-        if kind == "chat" and body.get("stream") is True:
-            opts = body.get("stream_options")
+        if kind == "chat" and body.stream is True:
+            opts = body.stream_options
             if not (isinstance(opts, dict) and opts.get("include_usage") is True):
-                body = {**body, "stream_options": {**(opts or {}), "include_usage": True}}
-                inject = mutated = True
-        payload = orjson.dumps(body) if mutated else req.body
-        self.record.mutated = mutated
+                inject = True
+                if opts is msgspec.UNSET and not edits and not drop_session:
+                    prefix, payload = _splice_member(raw, _INCLUDE_USAGE)
+                else:
+                    edits["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
+                                               "include_usage": True}
+        if edits or drop_session:
+            obj = orjson.loads(raw)
+            obj.pop("session_id", None)
+            obj.update(edits)
+            payload = orjson.dumps(obj)
+        self.record.mutated = inject or drop_session or bool(edits)
         lines = [
             b"POST ", backend.upstream_path(req.path), b" HTTP/1.1\r\nhost: ",
             backend.host_header, b"\r\ncontent-type: application/json\r\ncontent-length: ",
-            b"%d" % len(payload), b"\r\nx-fastproxy-hop: 1\r\naccept-encoding: identity\r\n",
+            b"%d" % (len(prefix) + len(payload)),
+            b"\r\nx-fastproxy-hop: 1\r\naccept-encoding: identity\r\n",
             backend.auth_headers,
         ]
         has_version = False
@@ -245,11 +285,11 @@ class Exchange(ResponseRelay):
             lines += (name, b": ", value, b"\r\n")
         if backend.type == "anthropic" and not has_version:
             lines += (b"anthropic-version: ", backend.config.anthropic_version.encode(), b"\r\n")
-        lines.append(b"\r\n")
+        lines += (b"\r\n", prefix)
         return b"".join(lines), payload, inject
 
     async def _attempts(
-        self, dialect: Any, kind: str, body: dict[str, Any], candidates: list[tuple[Backend, str]]
+        self, dialect: Any, kind: str, body: RequestFields, candidates: list[tuple[Backend, str]]
     ) -> bool:
         rec, state = self.record, self.state
         # One budget for the whole request: no attempt waits for a first byte past the

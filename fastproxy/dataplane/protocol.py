@@ -79,6 +79,7 @@ class Request:
         "body_buf",
         "body_size",
         "client_key_id",
+        "content_length",
         "expects_body",
         "headers",
         "host_count",
@@ -103,6 +104,7 @@ class Request:
         self.body_buf: bytearray | None = None
         self.body_size = 0
         self.expects_body = False
+        self.content_length = 0  # declared length; 0 when chunked or absent
         self.client_key_id: str | None = None
         self.http11 = True
         self.keep_alive = True
@@ -301,15 +303,19 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        in_head, begun = self._in_head, self._messages
+        in_head, begun, idle = self._in_head, self._messages, self.req is None
         self._feed(data)
         if self._in_head and not self.closed:
             if in_head and begun == self._messages:
                 # The whole read fell inside a head still being parsed.
                 self._head_bytes += len(data)
+            elif idle and self._messages == begun + 1:
+                # The read began between messages: all of it is this head.
+                self._head_bytes = len(data)
             else:
-                # A head began in this read: count what the parser has reported of it
-                # (the request line and complete headers), not the bytes before it.
+                # The read also ended an earlier message: count what the parser reported
+                # of the new head (request line, complete headers), not the bytes before
+                # it. This undercounts by at most the header being parsed, within one read.
                 req = self.req
                 self._head_bytes = sum(map(len, self._url)) + (
                     sum(len(k) + len(v) + 4 for k, v in req.headers) if req else 0
@@ -418,6 +424,7 @@ class ClientProtocol(asyncio.Protocol):
                 length = int(cl)
             except ValueError:
                 raise Reject(400, "invalid Content-Length", "bad_request") from None
+            req.content_length = length
             if length > self._limits.max_body_bytes:
                 raise Reject(
                     413, f"request body of {length} bytes exceeds the limit of "
@@ -464,14 +471,28 @@ class ClientProtocol(asyncio.Protocol):
         if req.body_size > self._limits.max_body_bytes:
             raise Reject(413, "request body exceeds the limit", "request_too_large")
         buf = req.body_buf
-        if buf is not None:
-            buf += body
-        elif not req.body:
-            req.body = body
-        else:
-            req.body_buf = buf = bytearray(req.body)
-            buf += body
+        if buf is None:
+            if not req.body:
+                req.body = body
+                self._last_body_at = self._loop.time()
+                return
+            # A second piece: from now on one buffer, of the declared size when there is
+            # one (grown, it would be over-allocated by an eighth).
+            first = req.body
+            if req.content_length:
+                req.body_buf = buf = bytearray(req.content_length)
+                buf[:len(first)] = first
+            else:
+                req.body_buf = buf = bytearray(first)
             req.body = buf
+            if req.content_length:
+                buf[req.body_size - len(body):req.body_size] = body
+            else:
+                buf += body
+        elif req.content_length:
+            buf[req.body_size - len(body):req.body_size] = body
+        else:
+            buf += body
         self._last_body_at = self._loop.time()
 
     def on_message_complete(self) -> None:

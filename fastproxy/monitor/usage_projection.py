@@ -32,6 +32,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 
 from .._speedups import estimate_tokens
@@ -52,6 +53,9 @@ _SYSTEM_ROLES = ("system", "developer")
 # Content parts that carry prompt text under "text" (Chat, Anthropic, Responses).
 _TEXT_KEYS = ("text", "input_text", "output_text")
 
+
+COUNT_WINDOW = 1 << 20  # characters of one text counted at a time
+_decode = msgspec.json.Decoder().decode
 
 # -- prompt analysis (writer thread) ------------------------------------------------------
 class PromptFacts:
@@ -228,8 +232,19 @@ def session_digest(client_key_id: str | None, system: str | None, user: str | No
     first system and first user message do not change as it grows."""
     if system is None and user is None:
         return None
-    material = orjson.dumps([client_key_id or "", system or "", user or ""])
-    return hashlib.sha256(material).hexdigest()[:SESSION_HASH_CHARS]
+    parts = [client_key_id or "", system or "", user or ""]
+    if len(parts[1]) + len(parts[2]) <= COUNT_WINDOW:
+        return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:SESSION_HASH_CHARS]
+    # The same bytes as above, hashed a window at a time: a huge message is not copied
+    # into one JSON text (JSON escapes each character alone, so windows join exactly).
+    h = hashlib.sha256(b"[")
+    for n, text in enumerate(parts):
+        h.update(b',"' if n else b'"')
+        for i in range(0, len(text), COUNT_WINDOW):
+            h.update(orjson.dumps(text[i:i + COUNT_WINDOW])[1:-1])
+        h.update(b'"')
+    h.update(b"]")
+    return h.hexdigest()[:SESSION_HASH_CHARS]
 
 
 # -- exact counting (optional quicktok-v1) -----------------------------------------------
@@ -274,7 +289,13 @@ class ExactCounter:
 def count_prompt(facts: PromptFacts, count: Callable[[str], int], embeddings: bool) -> int:
     total = facts.token_ids
     for piece in facts.pieces:
-        if piece:
+        if len(piece) > COUNT_WINDOW:
+            # A tokenizer's working memory grows with its input (encoded text, token
+            # lists): a huge text is counted a window at a time, which costs at most one
+            # token of error per window boundary.
+            for i in range(0, len(piece), COUNT_WINDOW):
+                total += count(piece[i:i + COUNT_WINDOW])
+        elif piece:
             total += count(piece)
     if not embeddings and facts.messages:
         total += facts.messages * MESSAGE_OVERHEAD + facts.names * NAME_OVERHEAD + REPLY_PRIMING
@@ -317,11 +338,18 @@ class Projector:
         embeddings = c.path.endswith("/embeddings")
         facts: PromptFacts | None = None
         if c.body is not None:
+            body, c.body = c.body, None
             try:
-                facts = analyse_prompt(orjson.loads(c.body), embeddings)
-            except orjson.JSONDecodeError:  # the data plane parsed it; cannot happen
-                facts = None
-            c.body = None  # release the bytes now, not when the record is written
+                # orjson builds a long string in a scratch buffer first (twice its size
+                # for a moment); msgspec does not, and is as quick for a large body.
+                parsed = orjson.loads(body) if len(body) < COUNT_WINDOW else _decode(body)
+            except (orjson.JSONDecodeError, msgspec.DecodeError):  # checked by the data plane
+                parsed = None
+            # The capture held the last reference: the bytes go now, before the texts are
+            # counted, so a large body is never held as bytes, text and counts at once.
+            del body
+            facts = analyse_prompt(parsed, embeddings)
+            del parsed
         exact = self.exact.counter_for(c.model_used) if self.exact is not None else None
         ctp: int | None = None
         if facts is not None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import anthropic
+import httpx
 import openai
 
 from tests.conftest import backend_for
 from tests.support.waiting import wait_until
-from tests.usage.test_e2e_records import FAST_FLUSH, recent
+from tests.usage.test_e2e_records import FAST_FLUSH
 
 CLIENT_KEY = "sk-client-PLANTED-7c1e55d2"
 BACKEND_KEY = "sk-backend-PLANTED-91b0fa3e"
@@ -54,7 +55,11 @@ def test_db_holds_no_keys_and_no_prompt_text(gateway_factory, mock_llm) -> None:
             bad.chat.completions.create(model="gpt-4o", messages=msgs)
         except openai.AuthenticationError:
             pass
-    wait_until(lambda: recent(gw)["total"] == 5, what="five records")  # monitoring is keyless
+    # With client keys set, monitoring on the data port needs one; the admin listener
+    # keeps its loopback rule and needs none.
+    admin = f"http://127.0.0.1:{gw.gateway.admin_port}/v1/usage/recent"
+    assert httpx.get(gw.url + "/v1/usage/recent", timeout=10).status_code == 401
+    wait_until(lambda: httpx.get(admin, timeout=10).json()["total"] == 5, what="five records")
     db = Path(gw.gateway.config.state_dir) / "usage.db"
     planted = [CLIENT_KEY.encode(), BACKEND_KEY.encode(), PHRASE.encode(), b"127.0.0.1"]
     live = _db_bytes(db)
