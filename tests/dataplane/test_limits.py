@@ -1,7 +1,8 @@
-"""Limits and HTTP strictness of the data plane, over raw sockets.
+"""Connection limits and timers of the data plane that are not faults, over raw sockets:
+a slow but live upload, keep-alive deadlines, max_connections, pipelining.
 
-Each case: the bad input, the status the gateway must answer, that nothing reached the
-mock LLM, and that the gateway still serves a normal request afterwards.
+The refusals (size limits, ambiguous framing, the header and body deadlines) are in
+tests/reliability/, one test per case, in both dialects.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import orjson
 import pytest
 
 from tests.conftest import RunningGateway, backend_for
-from tests.support.rawhttp import connection_closed, exchange, read_response
+from tests.support.rawhttp import connection_closed, read_response
 
 BODY = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -41,80 +42,6 @@ def assert_still_serves(gw: RunningGateway) -> None:
                    headers={"content-type": "application/json"}, timeout=10)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"]
-
-
-CASES = [
-    # (id, raw bytes, expected status, error code in the OpenAI error body or None)
-    ("request line too long (414)",
-     post(path=b"/v1/chat/completions?" + b"x" * 2000), 414, "uri_too_long"),
-    ("too many headers (431)",
-     post(extra=b"".join(b"x-h%d: v\r\n" % i for i in range(30))), 431, "too_many_headers"),
-    ("header block too large (431)",
-     post(extra=b"x-big: " + b"v" * 5000 + b"\r\n"), 431, "head_too_large"),
-    ("body over the limit by Content-Length (413, refused before reading)",
-     b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-     b"content-length: 50000\r\n\r\n", 413, "request_too_large"),
-    ("chunked body growing over the limit (413)",
-     b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-     b"transfer-encoding: chunked\r\n\r\n" + (b"1000\r\n" + b"a" * 4096 + b"\r\n") * 3, 413,
-     "request_too_large"),
-    ("HTTP/1.1 without Host (400)", post(host=b""), 400, "bad_request"),
-    ("HTTP/1.1 with two Host headers (400)",
-     post(host=b"host: a\r\nhost: b\r\n"), 400, "bad_request"),
-    ("Transfer-Encoding on HTTP/1.0 (400)",
-     b"POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ncontent-type: application/json\r\n"
-     b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_request"),
-    # httptools' dangerous leniencies stay off:
-    ("bare LF line endings (lenient_optional_cr_before_lf off)",
-     b"POST /v1/chat/completions HTTP/1.1\nhost: x\ncontent-length: 2\n\n{}", 400, "bad_request"),
-    ("Content-Length together with chunked (lenient_chunked_length off)",
-     b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n"
-     b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_request"),
-    ("space before the header colon (lenient_headers off)",
-     b"POST /v1/chat/completions HTTP/1.1\r\nhost : x\r\ncontent-length: 2\r\n\r\n{}", 400,
-     "bad_request"),
-    ("invalid chunk size (lenient_spaces_after_chunk_size off)",
-     b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
-     b"zz\r\n{}\r\n0\r\n\r\n", 400, "bad_request"),
-    ("not HTTP at all", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400,
-     "bad_request"),
-]
-
-
-@pytest.mark.parametrize(("raw", "status", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_limits_and_strictness(gw: RunningGateway, mock_llm, raw: bytes, status: int,
-                               code: str) -> None:
-    before = mock_llm.stats.requests_total
-    resp, sock = exchange(gw.port, raw)
-    with sock:
-        assert resp.status == status, resp.body
-        assert orjson.loads(resp.body)["error"]["code"] == code
-        assert resp.headers.get("connection") == "close"
-        assert connection_closed(sock)
-    assert mock_llm.stats.requests_total == before, "nothing may reach the backend"
-    assert_still_serves(gw)
-
-
-def test_header_deadline_408(gw: RunningGateway, mock_llm) -> None:
-    """A client that starts a request and never finishes its headers (slowloris)."""
-    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
-        resp = read_response(sock, timeout=5)
-        assert resp.status == 408
-        assert orjson.loads(resp.body)["error"]["code"] == "request_timeout"
-    assert mock_llm.stats.requests_total == 0
-    assert_still_serves(gw)
-
-
-def test_body_idle_408(gw: RunningGateway, mock_llm) -> None:
-    """Headers promise 100 bytes of body; 10 arrive, then nothing."""
-    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                     b"content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":")
-        resp = read_response(sock, timeout=5)
-        assert resp.status == 408
-    assert mock_llm.stats.requests_total == 0
-    assert_still_serves(gw)
 
 
 def test_body_trickle_is_not_a_timeout(gw: RunningGateway, mock_llm) -> None:
