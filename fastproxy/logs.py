@@ -4,6 +4,14 @@ Loggers are named per plane (``fastproxy.data``, ``fastproxy.admin``, ``fastprox
 ``fastproxy.storage``, ``fastproxy.access``) so an operator can filter by plane. Payloads
 are never logged; as a last line of defence the formatter masks anything shaped like a
 credential (``sk-...``, ``Bearer ...``, ``x-api-key: ...``) whatever the call site passed.
+
+One record is one line, whatever a client sent. Model names, paths and header values
+come from clients, and a CR or LF written raw would start a line of the client's making
+(ESC would drive the reader's terminal; a quote would end a field early). So the
+formatter escapes every control character, quote and backslash in ``msg``, in ``kv``
+values and in a traceback (``exc="..."``, on the same line), and ``access_line`` quotes
+the fields it takes from the request itself, so its text is one safe line under any
+handler an operator installs.
 """
 
 from __future__ import annotations
@@ -27,6 +35,41 @@ _SECRET_RE = re.compile(
 )
 
 
+# Never written raw: C0 controls and DEL (CR and LF end lines, ESC drives terminals), C1
+# controls (NEL ends a line for some readers, str.splitlines among them), the Unicode
+# line and paragraph separators, and the bidirectional-text controls (they reorder what
+# a terminal shows); quote and backslash too, so a quoted value always ends where it
+# seems to and an escape always means what it says.
+_ESCAPED_RE = re.compile(
+    r'[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"\\]'
+)
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+# Values written without quotes: these characters only (so never a space, quote or "=").
+_BARE_RE = re.compile(r"[A-Za-z0-9._:/@+\-]+")
+_KEY_UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    char = m.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters, quotes and backslashes escaped (``\\n``,
+    ``\\"``, ``\\x1b``, ``\\u2028``): safe between double quotes on one line."""
+    return _ESCAPED_RE.sub(_escape_one, text)
+
+
+def quote(value: object) -> str:
+    """A ``key=value`` value: bare when it is plain, else quoted and escaped."""
+    text = str(value)
+    return text if _BARE_RE.fullmatch(text) else f'"{escape(text)}"'
+
+
 def redact(text: str) -> str:
     """Mask credential-shaped substrings, keeping a 4-character hint for debugging."""
 
@@ -45,22 +88,25 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        msg = redact(record.getMessage()).replace('"', "'")
+        # Redact before escaping: the credential patterns match the text as sent.
+        msg = escape(redact(record.getMessage()))
         line = (
             f'ts={ts}.{int(record.msecs):03d}Z level={record.levelname} '
             f'logger={record.name} msg="{msg}"'
         )
         extra: dict[str, Any] | None = getattr(record, "kv", None)
         if extra:
-            line += "".join(f" {k}={_fmt(v)}" for k, v in extra.items())
+            line += "".join(
+                f" {_KEY_UNSAFE_RE.sub('_', str(k)) or '_'}={quote(redact(str(v)))}"
+                for k, v in extra.items()
+            )
+        # A traceback ends in the exception's message, which may quote a client's text:
+        # it is a field of this line, not lines of its own.
         if record.exc_info:
-            line += "\n" + redact(self.formatException(record.exc_info))
+            line += f' exc="{escape(redact(self.formatException(record.exc_info)))}"'
+        if record.stack_info:
+            line += f' stack="{escape(redact(self.formatStack(record.stack_info)))}"'
         return line
-
-
-def _fmt(value: Any) -> str:
-    text = redact(str(value))
-    return f'"{text}"' if (" " in text or not text) else text
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -91,12 +137,36 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
 
 
 def access_line(rec: object) -> str:
-    """One line per request: numbers and names only, never payloads, keys or IPs."""
+    """One line per request: numbers and names only, never payloads, keys or IPs.
+
+    The path and model are the client's text and the names are the operator's: each is
+    written bare when plain (``model=gpt-4o``) and otherwise quoted with every control
+    character escaped, so the line is one line under any handler, not only ours."""
     r = rec  # an ExchangeRecord; typed loosely to keep logs.py free of data-plane imports
     return (
-        f'rid={r.id} method=POST path={r.path or "-"} status={r.status} '  # type: ignore[attr-defined]
-        f"outcome={r.outcome} frontend={r.frontend or '-'} backend={r.backend or '-'} "  # type: ignore[attr-defined]
-        f"model={r.model_used or r.model_requested or '-'} stream={int(r.streaming)} "  # type: ignore[attr-defined]
+        f'rid={r.id} method=POST path={_client(r.path)} status={r.status} '  # type: ignore[attr-defined]
+        f"outcome={r.outcome} frontend={_client(r.frontend)} backend={_client(r.backend)} "  # type: ignore[attr-defined]
+        f"model={_client(r.model_used or r.model_requested)} stream={int(r.streaming)} "  # type: ignore[attr-defined]
         f"attempts={r.attempts} bytes_in={r.bytes_rx} bytes_out={r.bytes_tx} "  # type: ignore[attr-defined]
         f"ms={r.duration_ms:.1f}"  # type: ignore[attr-defined]
     )
+
+
+# Paths, dialects, backends and most model names repeat request after request: their
+# rendered form is kept, so a line costs dict lookups rather than regex passes (~2.5 us
+# less per request). Bounded, because clients choose the model names.
+_FIELDS: dict[str, str] = {}
+_FIELDS_MAX = 1024
+
+
+def _client(value: str | None) -> str:
+    """An access-line field: ``-`` when absent, else quoted as needed and masked (a key
+    pasted into the model field must not reach a handler that does not redact)."""
+    if not value:
+        return "-"
+    text = _FIELDS.get(value)
+    if text is None:
+        if len(_FIELDS) >= _FIELDS_MAX:
+            _FIELDS.clear()
+        text = _FIELDS[value] = quote(redact(value))
+    return text

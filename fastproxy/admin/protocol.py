@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 
+from ..logs import quote
 from .routes import AdminRequest, AdminResponse, error_response
 
 if TYPE_CHECKING:
@@ -257,7 +258,10 @@ class AdminProtocol(asyncio.Protocol):
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    log.exception("admin handler for %s %s failed", req.method, req.path)
+                    # The path is the client's, percent-decoded (%0d%0a is a CRLF): quoted,
+                    # so it stays one field of one line under any handler.
+                    log.exception("admin handler for %s %s failed",
+                                  quote(req.method), quote(req.path))
                     resp = error_response(500, "internal error (logged by the gateway)")
             elif allowed:
                 resp = error_response(
