@@ -30,6 +30,7 @@ class Counters:
 
     __slots__ = (
         "client_aborts",
+        "client_stalls",
         "connections_rejected",
         "connections_total",
         "failovers",
@@ -43,6 +44,7 @@ class Counters:
         self.connections_rejected = 0
         self.requests_total = 0
         self.client_aborts = 0
+        self.client_stalls = 0
         self.stream_truncations = 0
         self.failovers = 0
         self.upstream_errors: dict[str, int] = {}

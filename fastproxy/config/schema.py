@@ -124,6 +124,9 @@ class TimeoutsConfig(_Section, kw_only=True):
     body_idle_seconds: PositiveFloat = 30.0
     keepalive_seconds: PositiveFloat = 75.0
     drain_seconds: NonNegFloat = 30.0
+    # A client that reads nothing for this long while the gateway has bytes for it is
+    # dropped (outcome client_stalled). nginx's send_timeout is the same idea, default 60.
+    send_seconds: PositiveFloat = 60.0
 
 
 class CircuitBreakerConfig(_Section, kw_only=True):

@@ -108,6 +108,11 @@ class Exchange(ResponseRelay):
     def start(self) -> None:
         self._task = self.state.loop.create_task(self.run())
 
+    def client_stalled(self) -> None:
+        """The client stopped reading and is being dropped (the protocol's send timer)."""
+        if self.record.outcome in ("ok", "truncated"):
+            self.record.outcome = "client_stalled"
+
     def client_gone(self) -> None:
         """The client disconnected: close the upstream connection now, stop the task."""
         rec = self.record

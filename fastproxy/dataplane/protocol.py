@@ -145,6 +145,7 @@ class ClientProtocol(asyncio.Protocol):
         "_parser",
         "_phase",
         "_read_paused",
+        "_send_timer",
         "_timeouts",
         "_timer",
         "_timer_at",
@@ -190,6 +191,7 @@ class ClientProtocol(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self._read_paused = False
+        self._send_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when the armed timer fires (loop time)
         self._deadline = 0.0  # when the current phase times out; 0: no deadline
@@ -218,6 +220,9 @@ class ClientProtocol(asyncio.Protocol):
         if self._timer is not None:  # cancelled for real: it would keep this protocol alive
             self._timer.cancel()
             self._timer = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         self.state.connections.discard(self)
         current = self.current
         if current is not None:
@@ -232,12 +237,30 @@ class ClientProtocol(asyncio.Protocol):
     # -- flow control -----------------------------------------------------------------
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self._send_timer is None and not self.closed:
+            self._send_timer = self._loop.call_later(self._timeouts.send_seconds, self._stalled)
         up = self.upstream
         if up is not None:
             up.pause_reading()
 
+    def _stalled(self) -> None:
+        """The client read nothing for ``timeouts.send_seconds`` while we had bytes for
+        it: drop it. Its own fault, so the backend (paused meanwhile) is never blamed."""
+        self._send_timer = None
+        if self.closed or not self.write_paused:
+            return
+        self.state.counters.client_stalls += 1
+        if self.current is not None:
+            self.current.client_stalled()
+        log.info("client connection %d stopped reading for %.0fs: dropped",
+                 self.connection_id, self._timeouts.send_seconds)
+        self.transport.abort()  # type: ignore[union-attr]
+
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         up = self.upstream
         if up is not None:
             up.resume_reading()

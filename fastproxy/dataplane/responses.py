@@ -217,9 +217,11 @@ class ResponseRelay:
 
 
 class _IdleWatch:
-    """Fails a response after ``idle`` seconds without a byte. Bytes only stamp
-    ``conn.last_rx``; the timer re-arms itself lazily, so a fast stream costs no timer
-    churn (aiohttp's keep-alive habit)."""
+    """Fails a response after ``idle`` seconds without a byte while the gateway reads.
+    Bytes only stamp ``conn.last_rx``; the timer re-arms itself lazily, so a fast stream
+    costs no timer churn (aiohttp's keep-alive habit). While reading is paused for a slow
+    client the backend cannot be heard, so the watch waits and does not blame it; the
+    client has its own deadline for that (``timeouts.send_seconds``)."""
 
     __slots__ = ("_conn", "_handle", "_idle", "_loop", "_resp")
 
@@ -235,6 +237,9 @@ class _IdleWatch:
         self._handle = None
         resp, conn = self._resp, self._conn
         if resp.done.done():
+            return
+        if conn is not None and conn.reading_paused and not conn.closed:
+            self._handle = self._loop.call_later(self._idle, self._check)
             return
         left = (conn.last_rx if conn is not None else 0.0) + self._idle - time.monotonic()
         if conn is not None and left > 0:

@@ -229,7 +229,14 @@ class UpstreamConnection(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self._reading_paused and self.transport is not None and not self.closed:
             self._reading_paused = False
+            # The backend's silence is measured from here: while the gateway was not
+            # reading (a slow client), the backend could not have been heard.
+            self.last_rx = time.monotonic()
             self.transport.resume_reading()
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
 
     def close(self) -> None:
         """Close now, dropping anything buffered: never half-reuse.

@@ -167,6 +167,9 @@ class MetricsCollector:
             m.sample("fastproxy_upstream_errors_total", (("kind", kind),), n)
         m.counter("fastproxy_client_aborts_total", "Requests the client abandoned.",
                   c.client_aborts)
+        m.counter("fastproxy_client_stalls_total",
+                  "Clients dropped for reading nothing for timeouts.send_seconds.",
+                  c.client_stalls)
         m.counter("fastproxy_stream_truncations_total",
                   "Streams cut by the backend or the gateway before their final event.",
                   c.stream_truncations)
