@@ -539,7 +539,13 @@ class ClientProtocol(asyncio.Protocol):
     # -- responses -------------------------------------------------------------------
     def _reject_now(self, err: Reject) -> None:
         """Refuse the request being parsed; respond in order, then close."""
-        req = self.req or Request(self._loop.time())
+        req = self.req
+        if req is None:
+            req = Request(self._loop.time())
+        elif not req.path and self._url:
+            # Refused before the head was complete: the request line already says which
+            # API (and so which error dialect) the client speaks.
+            req.path = b"".join(self._url).partition(b"?")[0]
         self.req = None
         req.reject = err
         req.keep_alive = False

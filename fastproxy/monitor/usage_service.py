@@ -130,7 +130,13 @@ class UsageService:
         from ..storage.usage_store import UsageStore
 
         cfg = self.config
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # The store reports the file it cannot open as degraded (health, metrics);
+            # a usage database that cannot be written never keeps traffic from flowing.
+            log.error("usage: cannot create %s (%s); usage tracking is degraded",
+                      self.path.parent, exc.strerror or exc)
         # Loading the exact tokenizer (when installed) blocks for about a second; do it
         # now, before the listeners take traffic.
         exact = await asyncio.to_thread(ExactCounter.load)
