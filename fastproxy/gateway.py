@@ -55,8 +55,11 @@ class Gateway:
         state = GatewayState(self.config, loop)
         self.state = state
         await self._build_backends(state)
+        limits = self.config.limits
         for b in state.backends.values():
-            state.pools[b.name] = UpstreamPool(b, loop)
+            state.pools[b.name] = UpstreamPool(
+                b, loop, max_head_bytes=limits.max_head_bytes, max_headers=limits.max_headers,
+                max_body_bytes=limits.max_response_body_bytes)
         await self._discover_models(state)
         for factory in _service_factories():
             service = factory(self, state)

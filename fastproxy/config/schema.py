@@ -117,6 +117,12 @@ class LimitsConfig(_Section, kw_only=True):
     max_head_bytes: Annotated[int, Meta(ge=1 * KiB)] = 64 * KiB
     max_headers: PositiveInt = 100
     max_body_bytes: PositiveInt = 64 * MiB
+    # What a backend may send: max_head_bytes and max_headers bound its response head
+    # too; a non-streaming body is buffered (its usage goes into x-usage-* headers), so
+    # it is bounded here (502 past it); one SSE event is bounded by the other (the
+    # stream ends with an error event past it).
+    max_response_body_bytes: PositiveInt = 64 * MiB
+    max_sse_event_bytes: Annotated[int, Meta(ge=64 * KiB)] = 8 * MiB
 
 
 class TimeoutsConfig(_Section, kw_only=True):

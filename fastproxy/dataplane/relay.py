@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -22,7 +23,7 @@ from .accounting import StreamAccounting
 from .dialects.usage import BackendUsage
 
 # Larger than any sane event; past it the stream is treated as broken rather than
-# buffered without bound.
+# buffered without bound (the default of limits.max_sse_event_bytes).
 MAX_EVENT_BYTES = 8 * 1024 * 1024
 
 
@@ -32,6 +33,8 @@ class SSERelay:
         "_chunked",
         "_dialect",
         "_entry",
+        "_max_event",
+        "_on_overflow",
         "_scanner",
         "_strip_usage",
         "_transport",
@@ -51,6 +54,8 @@ class SSERelay:
         accounting: StreamAccounting | None = None,
         activity_entry: Any = None,
         chunked: bool = True,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        on_overflow: Callable[[str], None] | None = None,
     ) -> None:
         self._transport = transport
         self._chunked = chunked
@@ -58,7 +63,9 @@ class SSERelay:
         self._strip_usage = strip_usage
         self._acct = accounting
         self._entry = activity_entry
-        self._scanner = SSEScanner(MAX_EVENT_BYTES)
+        self._scanner = SSEScanner(max_event_bytes)
+        self._max_event = max_event_bytes
+        self._on_overflow = on_overflow
         self.terminal = False
         self.overflow = False
         self.usage: BackendUsage | None = None
@@ -67,6 +74,8 @@ class SSERelay:
         self.first_tx_at = 0.0
 
     def __call__(self, data: bytes) -> None:
+        if self.overflow:
+            return  # the stream is being ended: nothing more reaches the client
         scanner = self._scanner
         had_pending = scanner.buffered > 0
         items = scanner.feed(data)
@@ -90,12 +99,14 @@ class SSERelay:
                 if acct is not None:
                     acct.event(item.event, d)
             elif kind == SSE_ERROR:
+                # An event past the limit: the events before it go out, nothing after it
+                # (relaying the rest would show a shorter answer as a complete one).
                 self.overflow = True
                 stripped = True
+                items = items[:items.index(item)]
+                break
         if stripped:
-            out = b"".join(
-                [i.raw for i in items if i.kind != SSE_ERROR and not self._is_stripped(i)]
-            )
+            out = b"".join([i.raw for i in items if not self._is_stripped(i)])
         elif had_pending or scanner.buffered:
             out = b"".join([i.raw for i in items])
         else:
@@ -111,6 +122,9 @@ class SSERelay:
                 acct.wrote(self.bytes_tx, transport.get_write_buffer_size())
         if self._entry is not None:
             self._entry.count(len(data), n)
+        if self.overflow and self._on_overflow is not None:
+            self._on_overflow(f"backend sent a stream event larger than "
+                              f"{self._max_event} bytes")
 
     def _take_usage(self, event: bytes, data: bytes) -> bool:
         usage, usage_only = self._dialect.stream_usage(event, data)

@@ -112,7 +112,9 @@ class ResponseRelay:
             self._drop_conn()
             self._attempt(backend.name, 0, "timeout")
             raise Abort(504, f"backend {backend.name} stalled mid-response", "upstream_timeout")
-        self._attempt(backend.name, 0, "reset")
+        # A body past the gateway's own limit is not the backend failing; anything else
+        # mid-response is (a reset, a malformed body).
+        self._attempt(backend.name, 0, "too_large" if err.kind == "too_large" else "reset")
         raise Abort(502, f"backend {backend.name} failed mid-response: {err}", "upstream_error")
 
     def _write_json(self, status: int, body: bytes, extra: bytes,
@@ -156,7 +158,15 @@ class ResponseRelay:
         transport.write(b"".join(parts))
         self.streaming_started = True
         acct = StreamAccounting() if self.state.accounting else None
-        relay = SSERelay(transport, dialect, inject, acct, self._activity, chunked)
+        conn = self._conn
+
+        def overflow(message: str) -> None:
+            resp.fail(UpstreamError("too_large", message))
+            if conn is not None:
+                conn.close()
+
+        relay = SSERelay(transport, dialect, inject, acct, self._activity, chunked,
+                         self.state.config.limits.max_sse_event_bytes, overflow)
         self._relay = relay
         proto.upstream = self._conn
         if proto.write_paused and self._conn is not None:

@@ -35,8 +35,12 @@ class UpstreamError(Exception):
 
     def __init__(self, kind: str, message: str, *, sent_nothing: bool = False) -> None:
         super().__init__(message)
-        self.kind = kind  # connect | timeout | reset | protocol | closed
+        self.kind = kind  # connect | timeout | reset | protocol | too_large | closed
         self.sent_nothing = sent_nothing
+
+
+class _TooLarge(Exception):
+    """Raised in a parser callback: the backend sent more than a limit allows."""
 
 
 class UpstreamResponse:
@@ -94,6 +98,7 @@ class UpstreamResponse:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_head_bytes",
         "_idle_since",
         "_parser",
         "_pool",
@@ -115,6 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_rx = 0.0
         self._idle_since = 0.0
         self._reading_paused = False
+        self._head_bytes = 0  # bytes read while the response head is incomplete
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,12 +138,27 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             resp.fail(UpstreamError("protocol", "backend attempted a protocol upgrade"))
             self.close()
-        except httptools.HttpParserError as exc:
-            if resp.head.done() and exc.__context__ is not None:
-                # Our own callback raised: a bug, not the backend's fault.
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _TooLarge):
+                resp.fail(UpstreamError("too_large", str(exc.__context__)))
+            else:  # our own callback raised (the relay): a bug, not the backend's fault
                 log.exception("relay callback failed", exc_info=exc.__context__)
+                resp.fail(UpstreamError("protocol", f"malformed response from backend: {exc}"))
+            self.close()
+            return
+        except httptools.HttpParserError as exc:
             resp.fail(UpstreamError("protocol", f"malformed response from backend: {exc}"))
             self.close()
+            return
+        if not resp.head.done() and self.response is resp:
+            # Still in the head after this read: all of it was head (a read that ends the
+            # head is checked exactly, header by header, in the callbacks).
+            self._head_bytes += len(data)
+            if self._head_bytes > self._pool.max_head_bytes:
+                resp.fail(UpstreamError(
+                    "too_large", f"response head from backend exceeds "
+                    f"{self._pool.max_head_bytes} bytes"))
+                self.close()
 
     def eof_received(self) -> bool:
         return False
@@ -161,7 +182,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.response.headers.append((name.lower(), value))  # type: ignore[union-attr]
+        resp = self.response
+        assert resp is not None
+        headers = resp.headers
+        headers.append((name.lower(), value))
+        pool = self._pool
+        if len(headers) > pool.max_headers:
+            raise _TooLarge(f"response from backend has more than {pool.max_headers} headers")
+        if sum(len(k) + len(v) + 4 for k, v in headers) > pool.max_head_bytes:
+            raise _TooLarge(f"response head from backend exceeds {pool.max_head_bytes} bytes")
 
     def on_headers_complete(self) -> None:
         resp = self.response
@@ -187,6 +216,9 @@ class UpstreamConnection(asyncio.Protocol):
         if on_chunk is not None:
             on_chunk(body)
         else:
+            if resp.bytes_rx > self._pool.max_body_bytes:
+                raise _TooLarge(f"response body from backend exceeds "
+                                f"{self._pool.max_body_bytes} bytes")
             resp.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -211,6 +243,7 @@ class UpstreamConnection(asyncio.Protocol):
     ) -> None:
         self.response = response
         self.requests += 1
+        self._head_bytes = 0
         # One buffer, one send(): writelines() measured ~30% dearer here for the small
         # bodies that dominate (uvloop queues each piece). A large body is written on its
         # own: joining would copy it, and the transport keeps a reference, not a copy.
@@ -277,12 +310,23 @@ class UpstreamPool:
         "_waiters",
         "backend",
         "connects",
+        "max_body_bytes",
         "max_connections",
+        "max_head_bytes",
+        "max_headers",
         "max_idle",
     )
 
-    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, backend: Backend, loop: asyncio.AbstractEventLoop, *,
+        max_head_bytes: int = 64 * 1024, max_headers: int = 100,
+        max_body_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self.backend = backend
+        # What one response may hold: a head like a request's, a buffered body.
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self.max_body_bytes = max_body_bytes
         self.max_connections = backend.config.max_connections
         # An idle pooled connection older than this is closed: servers close idle
         # keep-alive sockets on their own schedule, and a request written into one that
