@@ -32,6 +32,7 @@ from .systemd import Notifier
 log = logging.getLogger("fastproxy")
 
 DISCOVERY_TIMEOUT_S = 5.0
+CUT_EXCHANGES_WAIT_S = 5.0
 
 
 class Gateway:
@@ -59,7 +60,8 @@ class Gateway:
         for b in state.backends.values():
             state.pools[b.name] = UpstreamPool(
                 b, loop, max_head_bytes=limits.max_head_bytes, max_headers=limits.max_headers,
-                max_body_bytes=limits.max_response_body_bytes)
+                max_body_bytes=limits.max_response_body_bytes,
+                max_connections=limits.max_connections)
         await self._discover_models(state)
         for factory in _service_factories():
             service = factory(self, state)
@@ -170,11 +172,18 @@ class Gateway:
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.02)
+        cut: list[asyncio.Task[None]] = []
         for conn in list(state.connections):
             if conn.current is not None:
-                conn.current.abort_stream("the gateway is shutting down")
+                task = conn.current.abort_stream("the gateway is shutting down")
+                if task is not None:
+                    cut.append(task)
             elif conn.transport is not None:
                 conn.transport.close()
+        if cut:
+            # Each cut exchange still hands its record to the usage service as it ends:
+            # wait for them (they only unwind) before the store closes.
+            await asyncio.wait(cut, timeout=CUT_EXCHANGES_WAIT_S)
         for pool in state.pools.values():
             pool.close()
         for service in reversed(self.services):

@@ -158,7 +158,10 @@ class BackendConfig(_Section, kw_only=True):
     connect_timeout_s: PositiveFloat = 10.0
     first_byte_timeout_s: PositiveFloat = 300.0
     idle_timeout_s: PositiveFloat = 120.0
-    max_connections: PositiveInt = 256
+    # Open connections to this backend at most. None (the default): as many as the
+    # gateway accepts (limits.max_connections), so the gateway's own limit is the only
+    # one; set it for a provider that caps concurrent connections.
+    max_connections: PositiveInt | None = None
     pool_idle_timeout_s: PositiveFloat = 30.0
     verify_tls: bool = True
     ca_bundle: str | None = None

@@ -207,22 +207,31 @@ class ResponseRelay:
             transport.write(wire.CHUNKED_END)
         return keep
 
-    def abort_stream(self, message: str) -> None:
-        """Graceful-stop deadline reached: end an active stream with an error event."""
-        if self.streaming_started and not self.proto.closed:
-            dialect = anthropic if self.record.frontend == "anthropic" else openai
-            t = self.proto.transport
-            event = dialect.stream_error_event(message, "gateway_shutdown")
-            if self.req.http11:
-                t.write(wire.chunk(event) + wire.CHUNKED_END)  # type: ignore[union-attr]
+    def abort_stream(self, message: str) -> asyncio.Task[None] | None:
+        """Graceful-stop deadline reached: end an active stream with an error event, or
+        answer a request still waiting for its backend with a 503. Returns the task to
+        wait for: it hands the request's record to the observers as it ends, and the
+        stop sequence must let it before the usage store closes."""
+        rec, proto = self.record, self.proto
+        if not proto.closed:
+            if self.streaming_started:
+                dialect = anthropic if rec.frontend == "anthropic" else openai
+                t = proto.transport
+                event = dialect.stream_error_event(message, "gateway_shutdown")
+                if self.req.http11:
+                    t.write(wire.chunk(event) + wire.CHUNKED_END)  # type: ignore[union-attr]
+                else:
+                    t.write(event)  # type: ignore[union-attr]
+                proto.closed = True
+                t.close()  # type: ignore[union-attr]
             else:
-                t.write(event)  # type: ignore[union-attr]
-            self.proto.closed = True
-            t.close()  # type: ignore[union-attr]
-        self.record.outcome = "truncated"
+                rec.status = 503
+                proto.write_error(self.req, 503, message, "gateway_shutdown", close=True)
+        rec.outcome = "gateway_shutdown"
         self._drop_conn()
         if self._task is not None:
             self._task.cancel()
+        return self._task
 
 
 

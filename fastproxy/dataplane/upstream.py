@@ -320,14 +320,16 @@ class UpstreamPool:
     def __init__(
         self, backend: Backend, loop: asyncio.AbstractEventLoop, *,
         max_head_bytes: int = 64 * 1024, max_headers: int = 100,
-        max_body_bytes: int = 64 * 1024 * 1024,
+        max_body_bytes: int = 64 * 1024 * 1024, max_connections: int = 10_000,
     ) -> None:
         self.backend = backend
         # What one response may hold: a head like a request's, a buffered body.
         self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers
         self.max_body_bytes = max_body_bytes
-        self.max_connections = backend.config.max_connections
+        # The backend's own cap if it has one, else the gateway's client connection
+        # limit: each client connection holds at most one upstream connection at a time.
+        self.max_connections = backend.config.max_connections or max_connections
         # An idle pooled connection older than this is closed: servers close idle
         # keep-alive sockets on their own schedule, and a request written into one that
         # is closing races with its FIN.

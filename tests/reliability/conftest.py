@@ -41,12 +41,12 @@ OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 404: "invalid_request_error", 405: "invalid_request_error",
                 408: "timeout_error", 413: "invalid_request_error",
                 414: "invalid_request_error", 431: "invalid_request_error",
-                502: "server_error", 504: "server_error"}
+                502: "server_error", 503: "server_error", 504: "server_error"}
 ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                    404: "not_found_error", 405: "invalid_request_error",
                    408: "timeout_error",
                    413: "request_too_large", 414: "request_too_large", 431: "request_too_large",
-                   502: "api_error", 504: "timeout_error"}
+                   502: "api_error", 503: "overloaded_error", 504: "timeout_error"}
 
 # Small limits and short deadlines, so every case is quick and none waits long.
 LIMITS = {"max_request_line_bytes": 1024, "max_head_bytes": 4096, "max_headers": 20,

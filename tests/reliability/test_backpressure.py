@@ -126,3 +126,30 @@ def test_a_client_that_stops_reading_is_dropped_as_client_stalled(
     r = httpx.post(gw.url + path, content=payload(path),
                    headers={"content-type": "application/json"}, timeout=10)
     assert r.status_code == 200
+
+
+def test_many_concurrent_streams_to_one_backend_need_no_pool_setting(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+) -> None:
+    """Opens 300 concurrent streams to one backend with the default config (no
+    `max_connections` on the backend): all 300 complete; none waits for a pool slot and
+    gets a 504 (the old default pool of 256 did exactly that to the 257th)."""
+    gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm, "openai")}})
+    socks = []
+    for _ in range(300):
+        sock = socket.create_connection(("127.0.0.1", gw.port))
+        sock.sendall(request(CHAT_PATH, payload(CHAT_PATH, stream=True),
+                             extra=b"x-mock-tokens: 3\r\nx-mock-interval-ms: 400\r\n"))
+        socks.append(sock)
+    wait_until(lambda: mock_llm.stats.streams_started == 300, timeout=20,
+               what="300 streams open at the backend at once")
+    assert gw.state.pools["openai.1"].open_connections == 300
+    for sock in socks:
+        sock.settimeout(20)
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, data[-300:]
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ") and b"data: [DONE]" in data
+        sock.close()
