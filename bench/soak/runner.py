@@ -8,6 +8,7 @@ import json
 import math
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -519,9 +520,19 @@ def parse_args(argv: list[str] | None) -> Options:
                    keep_workdir=a.keep_workdir)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    run = execute(opts)
+    # SIGTERM unwinds like Ctrl-C, so the gateway and the mock are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run = execute(opts)
+    except KeyboardInterrupt:
+        emit("soak interrupted: gateway and mock stopped, no verdict")
+        return 130
     cks = checks(run)
     fig = figures(run)
     print(summary(run, cks, fig), flush=True)
