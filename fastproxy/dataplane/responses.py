@@ -57,6 +57,9 @@ class ResponseRelay:
         ctype = resp.header(b"content-type") or b""
         if resp.status == 200 and ctype.startswith(b"text/event-stream"):
             return await self._relay_stream(resp, backend, dialect, inject)
+        resp.decided = True
+        if self._conn is not None:
+            self._conn.resume_reading()  # held while undecided (upstream.HOLD_UNDECIDED)
         await self._await_body(resp, backend)
         body = resp.body[0] if len(resp.body) == 1 else b"".join(resp.body)
         self._conn = None
@@ -172,6 +175,8 @@ class ResponseRelay:
         if proto.write_paused and self._conn is not None:
             self._conn.pause_reading()
         resp.attach(relay)
+        if self._conn is not None and not proto.write_paused:
+            self._conn.resume_reading()  # held while undecided (upstream.HOLD_UNDECIDED)
         cut: str | None = None
         try:
             await self._await_body(resp, backend)

@@ -27,6 +27,10 @@ log = logging.getLogger("fastproxy.data")
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 _JOIN_MAX = 64 * 1024
+# Body bytes read before the exchange has decided how to relay a response (buffer the
+# JSON, or attach the stream relay): past this, reading pauses until it has. Otherwise
+# a busy loop could read a whole stream into memory in that gap, past any flow control.
+HOLD_UNDECIDED = 256 * 1024
 
 
 
@@ -50,6 +54,7 @@ class UpstreamResponse:
         "body",
         "bytes_rx",
         "close_delimited",
+        "decided",
         "done",
         "error",
         "first_byte_at",
@@ -67,6 +72,7 @@ class UpstreamResponse:
         self.done: asyncio.Future[None] = loop.create_future()
         self.body: list[bytes] = []
         self.on_chunk: Callable[[bytes], None] | None = None
+        self.decided = False  # the exchange chose how to relay the body
         self.bytes_rx = 0
         self.keep_alive = False
         self.close_delimited = False
@@ -81,6 +87,7 @@ class UpstreamResponse:
 
     def attach(self, on_chunk: Callable[[bytes], None]) -> None:
         """Switch from buffering to relaying: flush what arrived, then stream."""
+        self.decided = True
         self.on_chunk = on_chunk
         pending, self.body = self.body, []
         for piece in pending:
@@ -224,6 +231,8 @@ class UpstreamConnection(asyncio.Protocol):
                 raise _TooLarge(f"response body from backend exceeds "
                                 f"{self._pool.max_body_bytes} bytes")
             resp.body.append(body)
+            if not resp.decided and resp.bytes_rx > HOLD_UNDECIDED:
+                self.pause_reading()
 
     def on_message_complete(self) -> None:
         resp = self.response
@@ -259,6 +268,12 @@ class UpstreamConnection(asyncio.Protocol):
             t.write(head + body if body else head)  # type: ignore[union-attr]
 
     def pause_reading(self) -> None:
+        # Only a response in flight is held back. A connection whose response has ended
+        # is back in the pool (or about to be), and a pause would stall whichever
+        # request uses it next: a relay still flushing its last bytes to a slow client
+        # must not reach it.
+        if self.response is None:
+            return
         if not self._reading_paused and self.transport is not None and not self.closed:
             self._reading_paused = True
             self.transport.pause_reading()

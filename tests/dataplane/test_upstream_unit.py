@@ -59,3 +59,59 @@ async def test_pause_on_the_final_chunk_is_undone_before_pooling() -> None:
     assert resp.done.done()
     assert pool.idle_connections == 1
     assert transport.reading, "a pooled connection must be reading"
+
+
+def _pooled_conn(loop: asyncio.AbstractEventLoop) -> tuple[UpstreamPool, UpstreamConnection,
+                                                             RecordingTransport]:
+    backend = Backend("openai.1", BackendConfig(type="openai", api_url="http://127.0.0.1:9/v1"),
+                      env={})
+    pool = UpstreamPool(backend, loop)
+    conn = UpstreamConnection(pool)
+    transport = RecordingTransport()
+    conn.connection_made(transport)
+    pool._members.add(conn)
+    return pool, conn, transport
+
+
+async def test_a_stream_that_ended_before_its_relay_never_pauses_the_pooled_connection() -> None:
+    """The whole stream arrives before the exchange attaches its relay (a busy loop), so
+    the connection is back in the pool when the relay flushes those bytes to a slow
+    client and the client's flow control asks to pause "its" upstream: that must not
+    pause the pooled connection, or the next request on it hangs unread (found by the
+    soak: 133 of 12,001 streams hung)."""
+    loop = asyncio.get_running_loop()
+    pool, conn, transport = _pooled_conn(loop)
+    resp = UpstreamResponse(loop)
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", resp)
+    conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                       b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert resp.done.done() and pool.idle_connections == 1
+    resp.attach(lambda chunk: conn.pause_reading())  # the slow client's buffer fills up
+    assert transport.reading, "a pooled connection was paused by a finished relay"
+    again, reused = await pool.acquire(1.0)
+    assert again is conn and reused
+    nxt = UpstreamResponse(loop)
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", nxt)
+    conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    assert nxt.done.done() and nxt.body == [b"ok"]
+
+
+async def test_reading_is_held_until_the_exchange_decides_how_to_relay() -> None:
+    """A response body bigger than HOLD_UNDECIDED arriving before the exchange attached a
+    relay (or chose to buffer JSON) pauses reading, so that gap cannot read a whole
+    stream into memory; attaching the relay gets every held byte to it."""
+    from fastproxy.dataplane.upstream import HOLD_UNDECIDED
+
+    loop = asyncio.get_running_loop()
+    _, conn, transport = _pooled_conn(loop)
+    resp = UpstreamResponse(loop)
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", resp)
+    piece = b"x" * 65536
+    conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                       b"transfer-encoding: chunked\r\n\r\n")
+    for _ in range(HOLD_UNDECIDED // len(piece) + 1):
+        conn.data_received(b"%x\r\n%b\r\n" % (len(piece), piece))
+    assert not transport.reading, "reading went on with no relay to take the bytes"
+    got: list[bytes] = []
+    resp.attach(got.append)
+    assert sum(map(len, got)) == resp.bytes_rx > HOLD_UNDECIDED
