@@ -26,6 +26,7 @@ from .dataplane.backends import Backend
 from .dataplane.protocol import ClientProtocol
 from .dataplane.upstream import UpstreamPool
 from .logs import configure_logging
+from .memory import IdleTrimmer
 from .state import GatewayState
 from .systemd import Notifier
 
@@ -49,6 +50,7 @@ class Gateway:
         self._servers: list[asyncio.base_events.Server] = []
         self._ticker: asyncio.TimerHandle | None = None
         self._notifier = Notifier(self._env)
+        self._trimmer = IdleTrimmer()
 
     # -- start ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -151,6 +153,9 @@ class Gateway:
         state.tick()
         for pool in state.pools.values():
             pool.sweep()
+        counters = state.counters
+        self._trimmer.tick(counters.requests_total + counters.connections_total,
+                           lambda: any(c.current is not None for c in state.connections))
         if self._notifier.watchdog_interval:
             self._notifier.watchdog()
         # Wake at the next whole second so the Date header is right to the second.
