@@ -47,6 +47,13 @@ class _TooLarge(Exception):
     """Raised in a parser callback: the backend sent more than a limit allows."""
 
 
+def _check_head(headers: list[tuple[bytes, bytes]], max_bytes: int, max_headers: int) -> None:
+    if len(headers) > max_headers:
+        raise _TooLarge(f"response from backend has more than {max_headers} headers")
+    if sum(len(k) + len(v) + 4 for k, v in headers) > max_bytes:
+        raise _TooLarge(f"response head from backend exceeds {max_bytes} bytes")
+
+
 class UpstreamResponse:
     """One response from a backend, filled by parser callbacks on the loop thread."""
 
@@ -105,8 +112,8 @@ class UpstreamResponse:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_feeding",
         "_head_bytes",
-        "_head_size",
         "_idle_since",
         "_parser",
         "_pool",
@@ -129,7 +136,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._idle_since = 0.0
         self._reading_paused = False
         self._head_bytes = 0  # bytes read while the response head is incomplete
-        self._head_size = 0  # bytes of the response's complete header lines
+        self._feeding = 0  # size of the read being parsed
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.last_rx = time.monotonic()
+        self._feeding = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -191,16 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        resp = self.response
-        assert resp is not None
-        headers = resp.headers
-        headers.append((name.lower(), value))
-        pool = self._pool
-        self._head_size += len(name) + len(value) + 4
-        if len(headers) > pool.max_headers:
-            raise _TooLarge(f"response from backend has more than {pool.max_headers} headers")
-        if self._head_size > pool.max_head_bytes:
-            raise _TooLarge(f"response head from backend exceeds {pool.max_head_bytes} bytes")
+        self.response.headers.append((name.lower(), value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         resp = self.response
@@ -208,8 +207,14 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             resp.headers.clear()  # interim response (100 Continue): wait for the real one
-            self._head_size = 0
             return
+        pool = self._pool
+        # The head came in reads already counted plus (part of) this one: only when that
+        # could be over the limit are its header lines measured (a usual head, a few
+        # hundred bytes in one read with its body, costs two comparisons).
+        if (self._head_bytes + self._feeding > pool.max_head_bytes
+                or len(resp.headers) > pool.max_headers):
+            _check_head(resp.headers, pool.max_head_bytes, pool.max_headers)
         resp.status = status
         resp.keep_alive = self._parser.should_keep_alive()
         resp.close_delimited = (
@@ -256,7 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
     ) -> None:
         self.response = response
         self.requests += 1
-        self._head_bytes = self._head_size = 0
+        self._head_bytes = 0
         # One buffer, one send(): writelines() measured ~30% dearer here for the small
         # bodies that dominate (uvloop queues each piece). A large body is written on its
         # own: joining would copy it, and the transport keeps a reference, not a copy.
