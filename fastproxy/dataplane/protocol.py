@@ -63,6 +63,14 @@ _OVER_CAPACITY = wire.simple_response(
 )
 
 
+def _put(buf: bytearray, sized: int, end: int, piece: bytes | bytearray) -> None:
+    """Store ``piece`` as the bytes of the body that end at ``end``."""
+    if sized:
+        buf[end - len(piece):end] = piece
+    else:
+        buf += piece
+
+
 class Reject(Exception):
     """Raised inside a parser callback to refuse the request with ``status``."""
 
@@ -493,30 +501,19 @@ class ClientProtocol(asyncio.Protocol):
         req.body_size += len(body)
         if req.body_size > self._limits.max_body_bytes:
             raise Reject(413, "request body exceeds the limit", "request_too_large")
+        self._last_body_at = self._loop.time()
         buf = req.body_buf
         if buf is None:
             if not req.body:
-                req.body = body
-                self._last_body_at = self._loop.time()
+                req.body = body  # the usual case: the whole body in one read, kept as is
                 return
             # A second piece: from now on one buffer, of the declared size when there is
-            # one (grown, it would be over-allocated by an eighth).
+            # one (grown instead, it would be over-allocated by an eighth).
             first = req.body
-            if req.content_length:
-                req.body_buf = buf = bytearray(req.content_length)
-                buf[:len(first)] = first
-            else:
-                req.body_buf = buf = bytearray(first)
-            req.body = buf
-            if req.content_length:
-                buf[req.body_size - len(body):req.body_size] = body
-            else:
-                buf += body
-        elif req.content_length:
-            buf[req.body_size - len(body):req.body_size] = body
-        else:
-            buf += body
-        self._last_body_at = self._loop.time()
+            cl = req.content_length
+            req.body = req.body_buf = buf = bytearray(cl) if cl else bytearray()
+            _put(buf, cl, len(first), first)
+        _put(buf, req.content_length, req.body_size, body)
 
     def on_message_complete(self) -> None:
         if self._mute:
