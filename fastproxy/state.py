@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .admin.access import AccessPolicy
 from .admin.routes import Router
 from .config import Config
+from .logs import AccessLine
 
 if TYPE_CHECKING:
     from .dataplane.backends import Backend
@@ -89,6 +90,7 @@ class GatewayState:
         # switched on by the usage service, so the relay pays nothing when it is off.
         self.accounting = False
         # The access logger when `access_log` is on (one line per request), else None.
+        self.access_line = AccessLine()
         self.access_log: logging.Logger | None = (
             logging.getLogger("fastproxy.access") if config.access_log else None
         )

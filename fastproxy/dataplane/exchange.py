@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import orjson
 
-from ..logs import access_line
 from . import wire
 from .dialects import anthropic, openai
 from .errors import Abort
@@ -162,9 +161,12 @@ class Exchange(ResponseRelay):
 
     # -----------------------------------------------------------------------------------
     async def _dispatch(self) -> bool:
-        req = self.req
+        req, rec = self.req, self.record
         api = API_PATHS.get(req.path)
         if api is None:
+            # Not an API call: no usage record, but its access line names what it was.
+            rec.method = req.method.decode("latin-1")
+            rec.path = req.path.decode("latin-1")
             if req.path in (b"/v1/models", b"/models"):
                 if req.method not in (b"GET", b"HEAD"):
                     raise Abort(405, "use GET for this path", "method_not_allowed", b"allow: GET\r\n")
@@ -174,9 +176,14 @@ class Exchange(ResponseRelay):
             if self.state.router.knows(req.path.decode("latin-1")):
                 from .local import serve_monitoring
 
-                return await serve_monitoring(self.proto, req)
+                keep, rec.status = await serve_monitoring(self.proto, req)
+                if rec.status >= 400:
+                    rec.outcome = "rejected" if rec.status < 500 else "backend_error"
+                return keep
             raise Abort(404, f"no such endpoint: {req.path.decode('latin-1')}", "not_found")
         if req.method != b"POST":
+            rec.method = req.method.decode("latin-1")
+            rec.path = req.path.decode("latin-1")
             raise Abort(405, "use POST for this endpoint", "method_not_allowed", b"allow: POST\r\n")
         return await self._llm(api[0], api[1])
 
@@ -431,7 +438,7 @@ def finish_record(state: GatewayState, rec: ExchangeRecord) -> None:
     elif rec.outcome == "truncated":
         state.counters.stream_truncations += 1
     if state.access_log is not None:
-        state.access_log.info(access_line(rec))
+        state.access_log.info(state.access_line(rec))
     if rec.frontend:
         for observer in state.observers:
             try:
@@ -446,8 +453,9 @@ def record_rejection(state: GatewayState, req: Request, connection_id: int, stat
     rec = ExchangeRecord(state.new_request_id(), connection_id, req.received_at)
     rec.status = status
     rec.outcome = "rejected" if status < 500 else "backend_error"
+    rec.method = req.method.decode("latin-1") or "-"
+    rec.path = req.path.decode("latin-1")
     api = API_PATHS.get(req.path)
     if api is not None:
-        rec.frontend = api[0].name
-        rec.path = req.path.decode("latin-1")
+        rec.frontend = api[0].name  # an API call: it gets a usage record too
     finish_record(state, rec)

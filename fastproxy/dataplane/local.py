@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from .protocol import ClientProtocol, Request
 
 
-async def serve_monitoring(proto: ClientProtocol, req: Request) -> bool:
+async def serve_monitoring(proto: ClientProtocol, req: Request) -> tuple[bool, int]:
+    """Answer one monitoring request; returns (keep the connection, status sent)."""
     state = proto.state
     path = req.path.decode("latin-1")
     method = req.method.decode("latin-1")
@@ -40,7 +41,7 @@ async def serve_monitoring(proto: ClientProtocol, req: Request) -> bool:
                 params=params,
             )
             resp = await handler(areq)
-    return await write_admin_response(proto, req, resp)
+    return await write_admin_response(proto, req, resp), resp.status
 
 
 async def write_admin_response(proto: ClientProtocol, req: Request, resp: AdminResponse) -> bool:

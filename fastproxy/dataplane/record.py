@@ -28,6 +28,7 @@ class ExchangeRecord:
         "first_tx_at",
         "frontend",
         "id",
+        "method",
         "model_requested",
         "model_used",
         "mutated",
@@ -75,6 +76,7 @@ class ExchangeRecord:
         self.backend_ttfb_at = 0.0
         self.first_tx_at = 0.0
         self.frontend = ""
+        self.method = "POST"
         self.path = ""
         self.backend: str | None = None
         self.backend_type: str | None = None

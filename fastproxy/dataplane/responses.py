@@ -122,6 +122,7 @@ class ResponseRelay:
 
     def _write_json(self, status: int, body: bytes, extra: bytes,
                     upstream_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.record.status = status
         parts = [wire.STATUS_LINE.get(status) or b"HTTP/1.1 %d Status\r\n" % status,
                  self.state.date_header]
         has_ct = False

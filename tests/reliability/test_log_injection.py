@@ -317,7 +317,8 @@ def test_formatter_still_masks_credentials_everywhere() -> None:
 
 
 def _exchange_record(**overrides: Any) -> SimpleNamespace:
-    rec = SimpleNamespace(id=7, path="/v1/chat/completions", status=200, outcome="ok",
+    rec = SimpleNamespace(id=7, method="POST", path="/v1/chat/completions", status=200,
+                          outcome="ok",
                           frontend="openai", backend="openai.1", model_used=None,
                           model_requested="gpt-4o", streaming=False, attempts=1, bytes_rx=10,
                           bytes_tx=20, duration_ms=1.25)
@@ -332,7 +333,8 @@ def test_access_line_of_an_ordinary_request_is_unchanged() -> None:
         "backend=openai.1 model=gpt-4o stream=0 attempts=1 bytes_in=10 bytes_out=20 ms=1.2")
 
 
-@pytest.mark.parametrize("field", ["model_requested", "model_used", "path", "backend"])
+@pytest.mark.parametrize("field", ["model_requested", "model_used", "path", "backend",
+                                   "method"])
 def test_access_line_quotes_and_escapes_each_client_field(field: str) -> None:
     line = access_line(_exchange_record(**{field: HOSTILE}))
     assert _RAW_CONTROL.search(line) is None
@@ -366,11 +368,13 @@ def test_access_line_is_one_line_under_a_plain_message_handler() -> None:
 def test_access_line_field_memo_is_exact_and_bounded() -> None:
     """Rendered fields are remembered, but clients pick model names: the memory is
     bounded, and a remembered field is the same escaped text as a fresh one."""
-    from fastproxy import logs
+    from fastproxy.logs import AccessLine
 
-    for i in range(3 * logs._FIELDS_MAX):
+    render = AccessLine()
+    for i in range(3 * AccessLine.MAX_FIELDS):
         name = f"m{i}\r\n{FORGED}"
-        first = access_line(_exchange_record(model_requested=name))
-        assert access_line(_exchange_record(model_requested=name)) == first
+        first = render(_exchange_record(model_requested=name))
+        assert render(_exchange_record(model_requested=name)) == first == access_line(
+            _exchange_record(model_requested=name))
         assert fields(first)["model"] == name
-        assert len(logs._FIELDS) <= logs._FIELDS_MAX
+        assert len(render._fields) <= AccessLine.MAX_FIELDS
