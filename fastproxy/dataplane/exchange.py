@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import orjson
 
-from . import wire
+from . import models, wire
 from .dialects import anthropic, openai
 from .errors import Abort
 from .record import ExchangeRecord
@@ -188,31 +188,34 @@ class Exchange(ResponseRelay):
         return await self._llm(api[0], api[1])
 
     def _model(self, model_id: str) -> bool:
-        """GET /v1/models/{id}: one entry of the union, as the OpenAI SDK's retrieve()."""
+        """GET /v1/models/{id}: one entry of the union, as the SDKs' retrieve()."""
         from urllib.parse import unquote
 
         model_id = unquote(model_id)
-        for entry in self._model_entries():
-            if entry["id"] == model_id:
-                self._write_json(200, orjson.dumps(entry), b"")
-                return self.req.keep_alive
-        raise Abort(404, f"The model {model_id!r} does not exist", "model_not_found")
-
-    def _models(self) -> bool:
-        body = orjson.dumps({"object": "list", "data": self._model_entries()})
-        self._write_json(200, body, b"")
+        found = models.entry(self.state.backends.values(), model_id, self._anthropic_client())
+        if found is None:
+            raise Abort(404, f"The model {model_id!r} does not exist", "model_not_found")
+        self._write_json(200, orjson.dumps(found), b"")
         return self.req.keep_alive
 
-    def _model_entries(self) -> list[dict[str, Any]]:
-        data: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for b in self.state.backends.values():
-            for m in sorted(b.models or ()):
-                for mid in (m, f"{b.name}:{m}"):
-                    if mid not in seen:
-                        seen.add(mid)
-                        data.append({"id": mid, "object": "model", "created": 0, "owned_by": b.name})
-        return data
+    def _models(self) -> bool:
+        backends = self.state.backends.values()
+        if self._anthropic_client():
+            from urllib.parse import parse_qsl
+
+            query = dict(parse_qsl(self.req.query.decode("latin-1")))
+            try:
+                listing = models.anthropic_page(backends, query)
+            except models.ModelListError as err:
+                raise Abort(400, str(err), "invalid_request") from None
+        else:
+            listing = models.openai_list(backends)
+        self._write_json(200, orjson.dumps(listing), b"")
+        return self.req.keep_alive
+
+    def _anthropic_client(self) -> bool:
+        """Anthropic's SDK sends anthropic-version on every call, OpenAI's never does."""
+        return self.req.header(b"anthropic-version") is not None
 
     async def _llm(self, dialect: Any, kind: str) -> bool:
         req, rec, state = self.req, self.record, self.state

@@ -131,6 +131,8 @@ class Request:
     def dialect(self):  # type: ignore[no-untyped-def]
         if self.path.startswith((b"/v1/messages", b"/messages")):
             return anthropic
+        if self.path.startswith((b"/v1/models", b"/models")) and self.header(b"anthropic-version"):
+            return anthropic  # Anthropic's SDK listing models (see models.py)
         return openai
 
     @property
