@@ -2,7 +2,10 @@
 
 pyproject's pytest config is written for tests/ (test_*.py files, testpaths=tests). The
 benchmarks live in bench_*.py files, collected by the hook below, and import fastproxy
-from the checkout even when it is not installed.
+from the checkout even when it is not installed. Their data is under bench/micro/corpus,
+so tests/ need not be there. ``pytest bench/micro --benchmark-disable -q`` runs each
+benchmark once, untimed, as a quick check that they all still work
+(tests/test_bench_micro.py does that, and a timed run).
 """
 
 from __future__ import annotations
