@@ -1,7 +1,9 @@
 """The ``fastproxy`` command line.
 
 Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error (argparse uses
-2 as well, so scripts can treat 2 as "fix your invocation or config").
+2 as well, so scripts can treat 2 as "fix your invocation or config"). The commands that
+read a running gateway (health, top, usage --url; fastproxy/cli_common.py) add 3, "the
+gateway answered that something is off"; docs/cli.md has the whole table.
 """
 
 from __future__ import annotations

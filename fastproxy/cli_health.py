@@ -2,28 +2,43 @@
 
 It reads the running gateway's monitoring API over HTTP (never the process's memory),
 so it works against any gateway the operator can reach, including over an SSH tunnel.
+Where the gateway is, ``--json``, ``--timeout`` and the exit codes are the same for every
+command that talks to a gateway (fastproxy/cli_common.py, docs/cli.md):
 
-Exit codes: 0 all healthy, 3 the gateway reports "degraded" (so ``fastproxy health ||
-page-someone`` works in scripts), 1 the API could not be read, 2 bad arguments.
-With ``--watch`` it refreshes until Ctrl-C and exits 0.
+0 all healthy; 3 the gateway reports "degraded" (so ``fastproxy health || page-someone``
+works in scripts); 1 no usable answer (nothing listens, a timeout, an HTTP error, not a
+health document); 2 bad arguments or config. ``--watch`` refreshes until Ctrl-C (exit 0)
+and keeps trying while the gateway restarts, but gives up at once (exit 1) when the first
+read fails: a wrong URL should not look like a gateway that is down for a moment.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .cli_common import (
+    EXIT_NO_ANSWER,
+    EXIT_NOT_OK,
+    EXIT_OK,
+    CliError,
+    add_gateway_arguments,
+    endpoint,
+    fail,
+    gateway_url,
+    get_json,
+    positive_float,
+    print_json,
+    watch_json,
+)
+
 PATH = "/internal/health"
-EXIT_DEGRADED = 3
+EXIT_DEGRADED = EXIT_NOT_OK
 _STYLE = {"ok": "green", "healthy": "green", "closed": "green", "unhealthy": "bold red",
           "open": "bold red", "failing": "red", "half_open": "yellow", "misconfigured": "yellow",
           "rate_limited": "yellow", "degraded": "bold yellow", "unavailable": "dim",
@@ -33,45 +48,28 @@ _STYLE = {"ok": "green", "healthy": "green", "closed": "green", "unhealthy": "bo
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "health", help="show backend health and circuit breakers (reads /internal/health)",
-        description="Show endpoint health and circuit-breaker state from a running gateway.")
-    p.add_argument("--url", metavar="URL",
-                   help="gateway base URL or full health URL (default: the admin listener "
-                        "http://127.0.0.1:8001, then the data port http://127.0.0.1:8000; "
-                        "FASTPROXY_ADMIN_PORT / FASTPROXY_PORT are honoured)")
-    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    p.add_argument("--interval", type=float, default=2.0, metavar="S",
+        description="Show endpoint health and circuit-breaker state from a running gateway.",
+        epilog="Exit codes: 0 ok, 1 no usable answer (e.g. nothing listens at the URL), "
+               "2 bad arguments or config, 3 degraded. See docs/cli.md.")
+    add_gateway_arguments(p, positional_url=False)
+    p.add_argument("--watch", action="store_true",
+                   help="refresh until Ctrl-C (with --json: one document per line)")
+    p.add_argument("--interval", type=positive_float, default=2.0, metavar="S",
                    help="seconds between refreshes with --watch (default 2)")
-    p.add_argument("--json", action="store_true", help="print the raw JSON document")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
-                   help="HTTP timeout in seconds (default 5)")
+    p.set_defaults(prog=p.prog)
 
 
-def candidate_urls(url: str | None, env: dict[str, str]) -> list[str]:
-    if url:
-        url = url.rstrip("/")
-        return [url if url.endswith(PATH) else url + PATH]
-    admin = f"http://{env.get('FASTPROXY_ADMIN_HOST', '127.0.0.1')}:{env.get('FASTPROXY_ADMIN_PORT', '8001')}"
-    data = f"http://{env.get('FASTPROXY_HOST', '127.0.0.1')}:{env.get('FASTPROXY_PORT', '8000')}"
-    return [admin + PATH, data + PATH]
+def fetch(url: str, timeout: float) -> dict[str, Any]:
+    """The health document at ``url``; CliError when there is none."""
+    doc = get_json(url, timeout)
+    if not (isinstance(doc, dict) and "endpoint_health" in doc):
+        raise CliError(f"{url} did not answer a health document; is this a fastproxy "
+                       "gateway?", EXIT_NO_ANSWER)
+    return doc
 
 
-def fetch(urls: list[str], timeout: float) -> tuple[str, dict[str, Any]]:
-    """The first URL that answers with a health document; raises OSError otherwise."""
-    errors = []
-    for url in urls:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                doc = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            errors.append(f"{url}: HTTP {exc.code}")
-            continue
-        except (OSError, ValueError) as exc:
-            errors.append(f"{url}: {getattr(exc, 'reason', None) or exc}")
-            continue
-        if isinstance(doc, dict) and "endpoint_health" in doc:
-            return url, doc
-        errors.append(f"{url}: not a health document")
-    raise OSError("; ".join(errors))
+def exit_code(doc: dict[str, Any]) -> int:
+    return EXIT_OK if doc.get("status") == "ok" else EXIT_DEGRADED
 
 
 def _styled(value: Any) -> Text:
@@ -121,33 +119,36 @@ def render(url: str, doc: dict[str, Any]) -> Group:
 
 
 def run(ns: argparse.Namespace) -> int:
-    console = Console()
-    urls = candidate_urls(ns.url, dict(os.environ))
-    if ns.interval <= 0 or ns.timeout <= 0:
-        console.print("fastproxy health: --interval and --timeout must be > 0", style="red")
-        return 2
+    prog = getattr(ns, "prog", "fastproxy health")
+    try:
+        url = endpoint(gateway_url(ns), PATH)
+        doc = fetch(url, ns.timeout)
+    except CliError as err:
+        return fail(prog, err)
     if not ns.watch:
-        try:
-            url, doc = fetch(urls, ns.timeout)
-        except OSError as exc:
-            console.print(f"fastproxy health: cannot read the health API: {exc}", style="red")
-            return 1
         if ns.json:
-            print(json.dumps(doc, indent=2))
+            print_json(doc)
         else:
-            console.print(render(url, doc))
-        return 0 if doc.get("status") == "ok" else EXIT_DEGRADED
+            Console().print(render(url, doc))
+        return exit_code(doc)
+    try:
+        if ns.json:
+            watch_json(prog, doc, lambda: fetch(url, ns.timeout), ns.interval)
+        _watch_table(url, doc, ns)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _watch_table(url: str, first: dict[str, Any], ns: argparse.Namespace) -> None:
     from rich.live import Live
 
-    try:
-        with Live(console=console, auto_refresh=False, screen=False) as live:
-            while True:
-                try:
-                    url, doc = fetch(urls, ns.timeout)
-                    live.update(render(url, doc), refresh=True)
-                except OSError as exc:
-                    live.update(Text(f"cannot read the health API: {exc}", style="red"),
-                                refresh=True)
-                time.sleep(ns.interval)
-    except KeyboardInterrupt:
-        return 0
+    shown: RenderableType = render(url, first)
+    with Live(console=Console(), auto_refresh=False, screen=False) as live:
+        while True:
+            live.update(shown, refresh=True)
+            time.sleep(ns.interval)
+            try:
+                shown = render(url, fetch(url, ns.timeout))
+            except CliError as err:  # keep trying: the gateway may be restarting
+                shown = Text(str(err), style="red")

@@ -1,22 +1,21 @@
 """``fastproxy top`` and ``scripts/inspect_activity.py``: live connection activity.
 
-Reads ``GET /v1/diagnostics`` from a running gateway (the admin port by default) and
+Reads ``GET /v1/diagnostics`` from a running gateway (its admin listener by default) and
 shows one row per live exchange: Backend, Session, Type, Model, Duration, RX, TX and
-their rates, busiest first, with totals. Plain ``urllib`` (the gateway's runtime has no
-HTTP client dependency) and ``rich`` for the table.
+their rates, busiest first, with totals, drawn with ``rich``.
 
-Exit codes: 0 shown (or Ctrl-C in watch mode), 1 gateway unreachable or refusing,
-3 activity tracking is off on that gateway (nothing to show; the message says how to
-turn it on), 2 bad arguments.
+Where the gateway is, ``--json``, ``--timeout`` and the exit codes are the same for every
+command that talks to a gateway (fastproxy/cli_common.py, docs/cli.md): 0 shown (or
+Ctrl-C in watch mode), 1 no usable answer (nothing listens, a timeout, an HTTP error),
+2 bad arguments or config, 3 activity tracking is off on that gateway (nothing to show;
+the message says how to turn it on). Watch mode keeps trying while the gateway restarts,
+but gives up at once (exit 1) when the first read fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,73 +26,64 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-DEFAULT_URL = "http://localhost:8001"
-EXIT_UNREACHABLE = 1
-EXIT_TRACKING_OFF = 3
+from .cli_common import (
+    DEFAULT_URL,
+    EXIT_NO_ANSWER,
+    EXIT_NOT_OK,
+    EXIT_OK,
+    CliError,
+    add_gateway_arguments,
+    endpoint,
+    fail,
+    gateway_url,
+    get_json,
+    positive_float,
+    print_json,
+    say,
+    watch_json,
+)
+
+PATH = "/v1/diagnostics"
+EXIT_TRACKING_OFF = EXIT_NOT_OK
 TRACKING_OFF = ("Activity tracking is off on this gateway. Start it with "
                 "--enable-activity-tracking, ENABLE_ACTIVITY_TRACKING=1 or "
                 "`enable_activity_tracking: true` in the config file.")
+EPILOG = ("Exit codes: 0 ok, 1 no usable answer (e.g. nothing listens at the URL), "
+          "2 bad arguments or config, 3 activity tracking off. See docs/cli.md.")
 
-
-class FetchError(Exception):
-    """The gateway could not be read; the message is for the operator."""
+__all__ = ["DEFAULT_URL", "ActivityView", "add_arguments", "add_parser", "fetch", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, watch_default: bool) -> None:
-    parser.add_argument("url", nargs="?", default=DEFAULT_URL,
-                        help=f"gateway admin (or data) URL, default {DEFAULT_URL}")
+    add_gateway_arguments(parser, positional_url=True)
     if watch_default:
         parser.add_argument("--once", dest="watch", action="store_false",
                             help="print one snapshot and exit")
     else:
         parser.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    parser.set_defaults(watch=watch_default)
-    parser.add_argument("--interval", type=_positive, default=1.0, metavar="S",
+    parser.set_defaults(watch=watch_default, prog=parser.prog)
+    parser.add_argument("--interval", type=positive_float, default=1.0, metavar="S",
                         help="seconds between refreshes (default 1.0)")
-    parser.add_argument("--raw", action="store_true", help="print the JSON instead of a table")
-    parser.add_argument("--timeout", type=_positive, default=5.0, metavar="S",
-                        help="HTTP timeout per request (default 5)")
+    # --raw was the flag before every command got --json; old scripts keep working.
+    parser.add_argument("--raw", dest="json", action="store_true",
+                        help="the same as --json (the older spelling, still accepted)")
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "top", help="live table of active connections (needs activity tracking)",
         description="Live activity of a running gateway, from GET /v1/diagnostics.",
-        epilog="Exit codes: 0 ok, 1 unreachable, 3 activity tracking off.")
+        epilog=EPILOG)
     add_arguments(p, watch_default=True)
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
 def fetch(url: str, timeout: float) -> dict[str, Any]:
-    target = url.rstrip("/") + "/v1/diagnostics"
-    # No proxies: diagnostics answer loopback peers only, and an http_proxy variable
-    # would send a request for localhost somewhere else.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(target, timeout=timeout) as resp:
-            return json.loads(resp.read())  # type: ignore[no-any-return]
-    except urllib.error.HTTPError as exc:
-        detail = _detail(exc)
-        raise FetchError(f"{target} answered HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise FetchError(f"cannot reach the gateway at {target} ({reason}). Is it running, "
-                         "and is this its admin port (admin.port, default 8001)?") from None
-    except ValueError:
-        raise FetchError(f"{target} did not answer JSON; is this a fastproxy gateway?") from None
-
-
-def _detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        return str(json.loads(exc.read()).get("detail", exc.reason))
-    except (ValueError, AttributeError, OSError):
-        return str(exc.reason)
+    """The diagnostics document at ``url``; CliError when there is none."""
+    doc = get_json(url, timeout)
+    if not (isinstance(doc, dict) and "activity_tracking_enabled" in doc):
+        raise CliError(f"{url} did not answer a diagnostics document; is this a fastproxy "
+                       "gateway?", EXIT_NO_ANSWER)
+    return doc
 
 
 @dataclass(slots=True)
@@ -190,51 +180,47 @@ class ActivityView:
 
 
 def run(ns: argparse.Namespace) -> int:
-    console = Console()
-    err = Console(stderr=True)
-    if not ns.watch:
-        return _once(ns, console, err)
-    return _watch(ns, console, err)
-
-
-def _once(ns: argparse.Namespace, console: Console, err: Console) -> int:
+    prog = getattr(ns, "prog", "fastproxy top")
     try:
-        doc = fetch(ns.url, ns.timeout)
-    except FetchError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        return EXIT_UNREACHABLE
-    if ns.raw:
-        console.print_json(data=doc)
-        return 0
-    if not doc.get("activity_tracking_enabled"):
-        err.print(TRACKING_OFF, highlight=False, soft_wrap=True)
-        return EXIT_TRACKING_OFF
-    console.print(ActivityView().render(doc))
-    return 0
+        url = endpoint(gateway_url(ns), PATH)
+        doc = fetch(url, ns.timeout)
+    except CliError as err:
+        return fail(prog, err)
+    tracking = bool(doc.get("activity_tracking_enabled"))
+    if not ns.watch:
+        # The exit code says the same whatever the output format: 3 when tracking is off.
+        if ns.json:
+            print_json(doc)
+        elif tracking:
+            Console().print(ActivityView().render(doc))
+        if not tracking:
+            say(prog, TRACKING_OFF)
+            return EXIT_TRACKING_OFF
+        return EXIT_OK
+    try:
+        if ns.json:
+            watch_json(prog, doc, lambda: fetch(url, ns.timeout), ns.interval)
+        _watch_table(url, doc, ns)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
-def _watch(ns: argparse.Namespace, console: Console, err: Console) -> int:
+def _watch_table(url: str, first: dict[str, Any], ns: argparse.Namespace) -> None:
     view = ActivityView()
     footer = f"Refreshing every {ns.interval:g}s... (Ctrl+C to stop)"
-    try:
-        if ns.raw:  # one JSON document per line, for piping into jq or a log
-            while True:
-                try:
-                    print(json.dumps(fetch(ns.url, ns.timeout)), flush=True)
-                except FetchError as exc:
-                    err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-                time.sleep(ns.interval)
-        with Live(console=console, auto_refresh=False, transient=False) as live:
-            while True:
-                try:
-                    doc = fetch(ns.url, ns.timeout)
-                    shown: RenderableType = (
-                        view.render(doc, footer=footer) if doc.get("activity_tracking_enabled")
-                        else Group(Text(TRACKING_OFF, style="yellow"), Text(footer, style="dim")))
-                except FetchError as exc:
-                    # Keep trying: the gateway may be restarting.
-                    shown = Group(Text(f"error: {exc}", style="red"), Text(footer, style="dim"))
-                live.update(shown, refresh=True)
-                time.sleep(ns.interval)
-    except KeyboardInterrupt:
-        return 0
+
+    def shown(doc: dict[str, Any]) -> RenderableType:
+        if doc.get("activity_tracking_enabled"):
+            return view.render(doc, footer=footer)
+        return Group(Text(TRACKING_OFF, style="yellow"), Text(footer, style="dim"))
+
+    current = shown(first)
+    with Live(console=Console(), auto_refresh=False, transient=False) as live:
+        while True:
+            live.update(current, refresh=True)
+            time.sleep(ns.interval)
+            try:
+                current = shown(fetch(url, ns.timeout))
+            except CliError as err:  # keep trying: the gateway may be restarting
+                current = Group(Text(f"error: {err}", style="red"), Text(footer, style="dim"))

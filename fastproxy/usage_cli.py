@@ -1,11 +1,17 @@
 """``fastproxy usage stats|export``: the usage database, read directly and read-only.
 
-It needs no running gateway (reports after a stop, on a copied file, in cron jobs) and
-never writes: the file is opened with ``mode=ro``, beside a live writer thanks to WAL.
-The database is ``--db PATH``, else ``usage_tracking.persistence_path`` from the config
-(``--config FILE`` or the usual lookup), resolved like the gateway resolves it.
+By default it needs no running gateway (reports after a stop, on a copied file, in cron
+jobs) and never writes: the file is opened with ``mode=ro``, beside a live writer thanks
+to WAL. The database is ``--db PATH``, else ``usage_tracking.persistence_path`` from the
+config (``--config FILE`` or the usual lookup), resolved like the gateway resolves it.
+``--url URL`` reads the same figures from a running gateway instead (``/v1/usage/stats``,
+``/v1/usage/export``), for a gateway on another machine or a database this user cannot
+read; ``--timeout`` and the exit codes are then those of every command that talks to a
+gateway (fastproxy/cli_common.py, docs/cli.md).
 
-Exit codes: 0 done, 1 the database could not be read, 2 bad arguments or no database.
+Exit codes: 0 done; 1 the database could not be read, or no usable answer from the
+gateway (nothing listens, a timeout, an HTTP error); 2 bad arguments, config, or no
+database; 3 usage tracking is disabled on that gateway.
 """
 
 from __future__ import annotations
@@ -18,7 +24,24 @@ from typing import Any
 
 import orjson
 
+from .cli_common import (
+    EXIT_NO_ANSWER,
+    EXIT_NOT_OK,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_timeout_argument,
+    add_url_argument,
+    endpoint,
+    fail,
+    get_json,
+    normalise_url,
+    open_url,
+    unreachable,
+)
 from .storage.usage_queries import FILTER_PARAMS, FilterError, parse_filters
+
+PROG = "fastproxy usage"
 
 _FILTER_HELP = {
     "backend_type": "openai or anthropic", "backend": "backend name, e.g. openai.1",
@@ -32,8 +55,9 @@ _FILTER_HELP = {
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("usage", help="usage statistics and exports (reads the usage DB)",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "usage", help="usage statistics and exports (reads the usage DB, or a gateway with --url)",
+        description=__doc__.split("\n\n")[0])
     verbs = p.add_subparsers(dest="usage_verb", metavar="{stats,export}", required=True)
     for name, text in (("stats", "aggregated statistics: a table, or --json"),
                        ("export", "export records as csv, ndjson or json")):
@@ -42,11 +66,16 @@ def add_parser(subparsers: Any) -> None:
         src.add_argument("--db", metavar="PATH", help="usage database file")
         src.add_argument("--config", metavar="FILE",
                          help="config file naming usage_tracking.persistence_path")
+        add_url_argument(src, instead_of="the database file")
+        add_timeout_argument(v)
         for param in FILTER_PARAMS:
             v.add_argument("--" + param.replace("_", "-"), dest="f_" + param, metavar="VALUE",
-                           help=_FILTER_HELP[param])
+                           # A filter added to the store is a flag at once, even before
+                           # it has a line of help here.
+                           help=_FILTER_HELP.get(param, f"the {param} filter of /v1/usage"))
         if name == "stats":
-            v.add_argument("--json", action="store_true", help="print the stats JSON document")
+            v.add_argument("--json", action="store_true",
+                           help="print the stats JSON document instead of a table")
         else:
             v.add_argument("--format", choices=("csv", "ndjson", "json"), default="json")
             v.add_argument("--out", metavar="FILE", required=True, help="file to write ('-' = stdout)")
@@ -62,41 +91,107 @@ def _db_path(ns: argparse.Namespace) -> Path:
 
 
 def run(ns: argparse.Namespace) -> int:
-    query = {k[2:]: [v] for k, v in vars(ns).items() if k.startswith("f_") and v is not None}
+    query = {k[2:]: v for k, v in vars(ns).items() if k.startswith("f_") and v is not None}
     try:
-        filters = parse_filters(query)
+        # Checked here in both modes, so a bad filter is exit 2 naming the flag, the same
+        # with --url as with --db.
+        filters = parse_filters({k: [v] for k, v in query.items()})
     except FilterError as err:
-        print(f"fastproxy usage: --{err.param.replace('_', '-')}: {str(err).split(': ', 1)[1]}",
+        print(f"{PROG}: --{err.param.replace('_', '-')}: {str(err).split(': ', 1)[1]}",
               file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    if getattr(ns, "url", None):
+        try:
+            return _from_gateway(ns, normalise_url(ns.url), query)
+        except CliError as err:
+            return fail(PROG, err)
     path = _db_path(ns)
     if not path.is_file():
-        print(f"fastproxy usage: no usage database at {path} (give --db PATH, or check "
+        print(f"{PROG}: no usage database at {path} (give --db PATH, or check "
               "usage_tracking.persistence_path in the config)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from .storage.usage_store import UsageStore
 
     # Read side only: no start(), so no writer thread and nothing is written.
     store = UsageStore(path, flush_interval=1.0, max_queue=1, retention_days=0)
     try:
         if ns.usage_verb == "stats":
-            stats = store.stats(filters)
-            if ns.json:
-                sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
-            else:
-                _print_table(path, stats)
-            return 0
+            _show_stats(ns, str(path), store.stats(filters))
+            return EXIT_OK
         return _export(store, filters, ns.format, ns.out)
+    except CliError as err:
+        return fail(PROG, err)
     except sqlite3.Error as exc:
-        print(f"fastproxy usage: cannot read {path}: {exc}", file=sys.stderr)
-        return 1
+        print(f"{PROG}: cannot read {path}: {exc}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+
+
+def _show_stats(ns: argparse.Namespace, source: str, stats: dict[str, Any]) -> None:
+    if ns.json:
+        sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _print_table(source, stats)
+
+
+def _from_gateway(ns: argparse.Namespace, base: str, query: dict[str, str]) -> int:
+    try:
+        if ns.usage_verb == "stats":
+            url = endpoint(base, "/v1/usage/stats", query)
+            stats = get_json(url, ns.timeout)
+            if not (isinstance(stats, dict) and "request_count" in stats):
+                raise CliError(f"{url} did not answer usage statistics; is this a fastproxy "
+                               "gateway?", EXIT_NO_ANSWER)
+            _show_stats(ns, base, stats)
+            return EXIT_OK
+        return _export_from_gateway(
+            endpoint(base, "/v1/usage/export", {**query, "format": ns.format}), ns)
+    except CliError as err:
+        from .admin.usage_api import DISABLED
+
+        if err.status == 503 and err.detail == DISABLED:
+            # The gateway answered, and has nothing to give: the same code as health's
+            # "degraded" and top's "tracking off".
+            raise CliError(f"usage tracking is disabled on the gateway at {base} "
+                           "(usage_tracking.enabled=false)", EXIT_NOT_OK) from None
+        raise
+
+
+def _export_from_gateway(url: str, ns: argparse.Namespace) -> int:
+    written = 0
+    with open_url(url, ns.timeout) as resp:
+        fh = _open_out(ns.out)
+        try:
+            while True:
+                try:
+                    piece = resp.read(65536)
+                except (OSError, ValueError) as exc:  # the gateway stopped mid-export
+                    where = "" if ns.out == "-" else f"; {ns.out} is incomplete"
+                    raise CliError(unreachable(url, exc) + where, EXIT_NO_ANSWER) from None
+                if not piece:
+                    break
+                fh.write(piece)
+                written += len(piece)
+        finally:
+            if fh is not sys.stdout.buffer:
+                fh.close()
+    print(f"exported {written:,} bytes to {ns.out} ({ns.format}, from {url})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _open_out(out: str) -> Any:
+    if out == "-":
+        return sys.stdout.buffer
+    try:
+        return open(out, "wb")  # closed by the caller, which may write stdout instead
+    except OSError as exc:
+        raise CliError(f"--out: cannot write {out}: {exc.strerror}", EXIT_USAGE) from None
 
 
 def _export(store: Any, filters: Any, fmt: str, out: str) -> int:
     from .admin.usage_api import encode_export
 
     with store.open_export(filters) as cursor:
-        fh = sys.stdout.buffer if out == "-" else open(out, "wb")  # noqa: SIM115
+        fh = _open_out(out)
         try:
             for chunk in encode_export(cursor, fmt):
                 fh.write(chunk)
@@ -115,13 +210,13 @@ def _ms(s: dict[str, Any] | None, unit: str = "ms") -> str:
             f"(avg {s['avg_ms']:,}, n={s['count']:,})")
 
 
-def _print_table(path: Path, s: dict[str, Any]) -> None:
+def _print_table(source: str, s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     f = s["filters"]
-    title = f"usage: {path}" + ("  [" + ", ".join(f"{k}={v}" for k, v in f.items()) + "]"
+    title = f"usage: {source}" + ("  [" + ", ".join(f"{k}={v}" for k, v in f.items()) + "]"
                                 if f else "")
     top = Table(title=title, show_header=False, title_justify="left")
     top.add_column(style="bold")

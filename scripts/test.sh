@@ -5,9 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# What this script needs before pip can take over, each checked with one line on stderr
+# and exit 2 (docs/cli.md) instead of a page of venv or pip output.
+fail() { echo "scripts/test.sh: $*" >&2; exit 2; }
 if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
+    command -v "$PY" >/dev/null 2>&1 ||
+        fail "$PY not found; set PYTHON to a Python 3.11 or newer"
+    "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
+        fail "$PY is not Python 3.11 or newer; set PYTHON to one"
+    out=$("$PY" -m venv .venv 2>&1) ||
+        fail "$PY -m venv .venv failed: $(printf '%s\n' "$out" | grep -m1 . || true) (Debian/Ubuntu: apt install python3-venv)"
 fi
+# A venv whose ensurepip step failed has a python and no pip, and is not remade above.
+.venv/bin/python -m pip --version >/dev/null 2>&1 ||
+    fail ".venv has no pip (made without ensurepip?); remove .venv, install python3-venv, rerun"
 .venv/bin/python -m pip install -q --upgrade pip
 # Editable install builds the Cython extension in place, so tests import the compiled
 # core from the source tree. FASTPROXY_REQUIRE_EXTENSIONS makes a failed build loud.
