@@ -6,7 +6,7 @@ import json
 import socket
 
 from fastproxy.cli import build_parser
-from fastproxy.cli_health import candidate_urls, run
+from fastproxy.cli_health import run
 from tests.conftest import backend_for
 
 
@@ -39,11 +39,4 @@ def test_unreachable_api(capsys) -> None:
     port = s.getsockname()[1]
     s.close()
     assert run(_ns("--url", f"http://127.0.0.1:{port}", "--timeout", "2")) == 1
-    assert "cannot read the health API" in capsys.readouterr().out
-
-
-def test_default_urls_try_admin_then_data_port() -> None:
-    assert candidate_urls(None, {}) == ["http://127.0.0.1:8001/internal/health",
-                                        "http://127.0.0.1:8000/internal/health"]
-    assert candidate_urls(None, {"FASTPROXY_ADMIN_PORT": "9001"})[0] == (
-        "http://127.0.0.1:9001/internal/health")
+    assert "cannot reach the gateway" in capsys.readouterr().err
