@@ -48,9 +48,13 @@ _FILTER_HELP = {
     "model": "model requested or used", "frontend_type": "client dialect: openai or anthropic",
     "leg": "token point to count: CTP, PTB, BTP or PTC",
     "session_id": "one session", "proxy_user": "x-proxy-user value",
-    "http_status_code": "e.g. 429", "start_date": "ISO-8601, inclusive (naive = UTC)",
+    "http_status_code": "e.g. 429, or none (no status reached the client)",
+    "start_date": "ISO-8601, inclusive (naive = UTC)",
     "end_date": "ISO-8601, inclusive; a date alone means the whole day",
     "day_of_week": "0=Monday..6 (UTC)", "hour_of_day": "0..23 (UTC)",
+    "api": "endpoint: chat, responses, embeddings, completions, messages or count_tokens",
+    "outcome": "ok, rejected, backend_error, timeout, truncated, client_aborted, "
+               "client_stalled or gateway_shutdown",
 }
 
 
@@ -206,8 +210,9 @@ def _export(store: Any, filters: Any, fmt: str, out: str) -> int:
 def _ms(s: dict[str, Any] | None, unit: str = "ms") -> str:
     if s is None:
         return "-"
-    return (f"p50 {s['p50_ms']:,} · p95 {s['p95_ms']:,} · p99 {s['p99_ms']:,} {unit}  "
-            f"(avg {s['avg_ms']:,}, n={s['count']:,})")
+    u = "tps" if "p50_tps" in s else "ms"  # stream_tps_stats' keys name its unit
+    return (f"p50 {s[f'p50_{u}']:,} · p95 {s[f'p95_{u}']:,} · p99 {s[f'p99_{u}']:,} {unit}  "
+            f"(avg {s[f'avg_{u}']:,}, n={s['count']:,})")
 
 
 def _print_table(source: str, s: dict[str, Any]) -> None:
@@ -231,6 +236,8 @@ def _print_table(source: str, s: dict[str, Any]) -> None:
         ("tool calls", f"{s['total_tool_calls']:,}"),
         ("status codes", "  ".join(f"{k}: {v:,}" for k, v in s["status_code_counts"].items())
          or "-"),
+        ("outcomes", "  ".join(f"{k}: {v:,}" for k, v in s.get("outcome_counts", {}).items())
+         or "-"),
         ("TTFT", _ms(s["ttft_stats"])), ("duration", _ms(s["duration_stats"])),
         ("proxy overhead", _ms(s["proxy_overhead_stats"])),
         ("stream tokens/s", _ms(s["stream_tps_stats"], "tok/s")),
@@ -238,7 +245,9 @@ def _print_table(source: str, s: dict[str, Any]) -> None:
     for k, v in rows:
         top.add_row(k, v)
     console.print(top)
-    for key, label in (("by_backend", "backend"), ("by_model", "model")):
+    for key, label in (("by_backend", "backend"), ("by_model", "model"), ("by_api", "api")):
+        if key not in s:
+            continue  # by_api: a gateway older than this CLI
         t = Table(title=f"by {label}", title_justify="left")
         for col in (label, "requests", "tokens", "cost (USD)", "errors", "avg ms"):
             t.add_column(col, justify="left" if col == label else "right")

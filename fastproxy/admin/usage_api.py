@@ -32,9 +32,9 @@ FORMATS = {"json": "application/json", "ndjson": "application/x-ndjson",
            "csv": "text/csv; charset=utf-8"}
 DISABLED = "usage tracking is disabled (usage_tracking.enabled=false)"
 PAGE_SIZE = 1000
-# CSV columns: the record fields of CONTRACT.md §6, in its order (the order records are
-# stored in). Nested values (backend_reported_usage, tool_names, replacement) are JSON
-# text in their cell.
+# CSV columns: the record fields of CONTRACT.md, in its order (the order records are
+# stored in), then the fields added since (``api``), last so no column moves. Nested
+# values (backend_reported_usage, tool_names, replacement) are JSON text in their cell.
 CSV_FIELDS = RECORD_KEYS
 
 

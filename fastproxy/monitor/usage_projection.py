@@ -36,6 +36,7 @@ import msgspec
 import orjson
 
 from .._speedups import estimate_tokens
+from ..storage.usage_kinds import API_BY_PATH
 from ..storage.usage_schema import Prepared, prepare_values, record_from_values
 from .costs import PriceTable, compute_cost
 
@@ -335,7 +336,10 @@ class Projector:
     def values(self, c: UsageCapture, ms: int) -> tuple[Any, ...]:
         """The record's values in ``usage_schema.RECORD_KEYS`` order, time as epoch ms and
         backend usage as a row: the stored form, with no dict and no time text built."""
-        embeddings = c.path.endswith("/embeddings")
+        # The endpoint's kind, from the path the data plane recorded ("" when a request
+        # was refused before its path was known to be an API): one dict lookup.
+        api = API_BY_PATH.get(c.path)
+        embeddings = api == "embeddings"
         facts: PromptFacts | None = None
         if c.body is not None:
             body, c.body = c.body, None
@@ -399,7 +403,7 @@ class Projector:
             usage.as_row() if usage is not None else None, source,
             ttft, _ms(c.backend_ttfb_at, c.upstream_sent_at), _ms(c.ended_at, c.started_at),
             overhead, stream_tps,
-            cost, cost_source, c.replacement, c.proxy_user, c.user_agent,
+            cost, cost_source, c.replacement, c.proxy_user, c.user_agent, api,
         )
 
     @staticmethod

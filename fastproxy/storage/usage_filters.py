@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, get_args
 
 from ..config.schema import BackendType
+from .usage_kinds import API_KINDS, NO_STATUS, OUTCOMES
 
 
 class FilterError(ValueError):
@@ -25,11 +26,15 @@ class FilterError(ValueError):
 LEGS = ("CTP", "PTB", "BTP", "PTC")
 # Both dialects a client can speak are also the backend types (config BackendType).
 _TYPES = tuple(sorted(get_args(BackendType)))
-DIM_FILTERS = ("backend_type", "backend", "frontend_type", "proxy_user")
+DIM_FILTERS = ("backend_type", "backend", "frontend_type", "api", "proxy_user", "outcome")
 FILTER_PARAMS = (
-    "backend_type", "backend", "model", "frontend_type", "leg", "session_id", "proxy_user",
-    "http_status_code", "start_date", "end_date", "day_of_week", "hour_of_day",
+    "backend_type", "backend", "model", "frontend_type", "api", "leg", "session_id",
+    "proxy_user", "http_status_code", "outcome", "start_date", "end_date", "day_of_week",
+    "hour_of_day",
 )
+# The closed sets a value must come from (case-insensitive), so a typo is a 400.
+_CHOICES = {"backend_type": _TYPES, "frontend_type": _TYPES, "api": API_KINDS,
+            "outcome": OUTCOMES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +46,13 @@ class Filters:
     backend: str | None = None
     model: str | None = None
     frontend_type: str | None = None
+    api: str | None = None
     session_id: str | None = None
     proxy_user: str | None = None
+    # 0 selects the requests that got no status (``http_status_code=none``): the columns
+    # store 0 for them.
     http_status_code: int | None = None
+    outcome: str | None = None
     start: float | None = None
     end: float | None = None
     end_exclusive: bool = False
@@ -98,11 +107,11 @@ def parse_filters(query: Mapping[str, list[str]],
             values[param] = given[0]
     out: dict[str, Any] = {}
     echo: dict[str, Any] = {}
-    for param in ("backend_type", "frontend_type"):
+    for param, choices in _CHOICES.items():
         if param in values:
             v = values[param].lower()
-            if v not in _TYPES:
-                raise FilterError(param, f"{values[param]!r} is not one of {', '.join(_TYPES)}")
+            if v not in choices:
+                raise FilterError(param, f"{values[param]!r} is not one of {', '.join(choices)}")
             out[param] = echo[param] = v
     for param in ("backend", "model", "session_id", "proxy_user"):
         if param in values:
@@ -112,8 +121,16 @@ def parse_filters(query: Mapping[str, list[str]],
         if leg not in LEGS:
             raise FilterError("leg", f"{values['leg']!r} is not one of {', '.join(LEGS)}")
         out["leg"] = echo["leg"] = leg
-    for param, lo, hi in (("http_status_code", 100, 599), ("day_of_week", 0, 6),
-                          ("hour_of_day", 0, 23)):
+    if values.get("http_status_code", "").lower() == NO_STATUS:
+        out["http_status_code"], echo["http_status_code"] = 0, NO_STATUS
+    elif "http_status_code" in values:
+        try:
+            out["http_status_code"] = echo["http_status_code"] = parse_int(
+                "http_status_code", values["http_status_code"], 100, 599)
+        except FilterError as err:
+            raise FilterError("http_status_code", f"{str(err).split(': ', 1)[1]}, or "
+                              f"{NO_STATUS!r} (no status reached the client)") from None
+    for param, lo, hi in (("day_of_week", 0, 6), ("hour_of_day", 0, 23)):
         if param in values:
             out[param] = echo[param] = parse_int(param, values[param], lo, hi)
     if "start_date" in values:

@@ -36,6 +36,7 @@ from .usage_filters import (
     time_terms,
     where,
 )
+from .usage_kinds import NO_STATUS
 from .usage_schema import ROLLUP_SUMS_SQL, SUMS_SQL, TIMINGS, VERSION
 
 __all__ = ["FILTER_PARAMS", "LEGS", "FilterError", "Filters", "Snapshot", "count", "count_in",
@@ -45,7 +46,10 @@ __all__ = ["FILTER_PARAMS", "LEGS", "FilterError", "Filters", "Snapshot", "count
 # Python; a broader one is walked in the covering indexes (measured: bench/usage_db).
 NARROW_RATIO = 12
 PERCENTILES = (50, 95, 99)
-NONE_KEY = "(none)"  # by_backend / by_model key for records without a backend / model
+NONE_KEY = "(none)"  # by_* / outcome_counts key for records without that value
+# The unit each timing column's summary names in its keys (min_ms, ..., or min_tps, ...).
+UNITS = {"ttft_ms": "ms", "total_duration_ms": "ms", "proxy_overhead_ms": "ms",
+         "stream_tps": "tps"}
 
 # One aggregate row per (dim, status), the sums of usage_schema.SUMS in that order.
 _RAW_AGG = f"dim, http_status_code, {SUMS_SQL}"
@@ -195,11 +199,12 @@ def _total_rows(conn: sqlite3.Connection) -> int:
     return 0 if lo is None else hi - lo + 1
 
 
-def _summary(n: int, vmin: float, vmax: float, total: float,
+def _summary(col: str, n: int, vmin: float, vmax: float, total: float,
              ranks: dict[int, float]) -> dict[str, Any]:
-    return {"count": n, "min_ms": round(vmin, 3), "max_ms": round(vmax, 3),
-            "avg_ms": round(total / n, 3),
-            **{f"p{p}_ms": round(ranks[p], 3) for p in PERCENTILES}}
+    u = UNITS[col]  # every key names the unit of its value
+    return {"count": n, f"min_{u}": round(vmin, 3), f"max_{u}": round(vmax, 3),
+            f"avg_{u}": round(total / n, 3),
+            **{f"p{p}_{u}": round(ranks[p], 3) for p in PERCENTILES}}
 
 
 def _rank(p: int, n: int) -> int:
@@ -238,7 +243,7 @@ def _fetch(conn: sqlite3.Connection, f: Filters,
         values = sorted(r[i] for r in rows if r[i] is not None)
         n = len(values)
         out[col] = None if not n else _summary(
-            n, values[0], values[-1], sum(values),
+            col, n, values[0], values[-1], sum(values),
             {p: values[_rank(p, n) - 1] for p in PERCENTILES})
     return sessions, out
 
@@ -316,19 +321,29 @@ def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
                     _, fetched = _fetch(conn, f, dims)
                     timing[col] = fetched[col]
                 else:
-                    timing[col] = _summary(cn, total[at + 2], total[at + 3], total[at + 1],
+                    timing[col] = _summary(col, cn, total[at + 2], total[at + 3], total[at + 1],
                                            ranks)
         names = {r[0]: r[1:] for r in conn.execute(
-            "SELECT dim, backend, COALESCE(model_used, model_requested) FROM usage_dims")}
+            "SELECT dim, backend, COALESCE(model_used, model_requested), api, outcome "
+            "FROM usage_dims")}
     by_backend: dict[str, dict[str, Any]] = {}
     by_model: dict[str, dict[str, Any]] = {}
+    by_api: dict[str, dict[str, Any]] = {}
     codes: dict[int, int] = {}
+    outcomes: dict[str, int] = {}
     for (dim, code), vals in groups.items():
-        backend, model = names.get(dim, (None, None))
-        for table, key in ((by_backend, backend), (by_model, model)):
+        backend, model, api, outcome = names.get(dim, (None, None, None, None))
+        for table, key in ((by_backend, backend), (by_model, model), (by_api, api)):
             name = NONE_KEY if key is None else str(key)
             _group(table.setdefault(name, _new_group()), vals, prompt, completion, code)
         codes[code] = codes.get(code, 0) + vals[N]
+        name = NONE_KEY if outcome is None else str(outcome)
+        outcomes[name] = outcomes.get(name, 0) + vals[N]
+    # Status 0 is stored for a request that got no status: it is reported as "none",
+    # after the real codes, never as a code "0".
+    status_counts = {str(c): codes[c] for c in sorted(codes) if c}
+    if 0 in codes:
+        status_counts[NO_STATUS] = codes[0]
     p_tok = total[prompt] if prompt is not None else 0
     c_tok = total[completion] if completion is not None else 0
     dur_s = total[TIMING_AT["total_duration_ms"] + 1] / 1000.0
@@ -347,16 +362,18 @@ def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
         "total_cost": round(total[COST], 10),
         "cost_record_count": total[COST_N],
         "total_tool_calls": total[TOOLS],
-        "status_code_counts": {str(c): codes[c] for c in sorted(codes)},
+        "status_code_counts": status_counts,
+        "outcome_counts": {k: outcomes[k] for k in sorted(outcomes)},
         "completion_tokens_per_second": round(tps_tokens / dur_s, 3) if dur_s > 0 else None,
         "time_window_seconds": round(total[MAX_TS] - total[MIN_TS], 3) if n else None,
         "ttft_stats": timing["ttft_ms"],
         "duration_stats": timing["total_duration_ms"],
         "proxy_overhead_stats": timing["proxy_overhead_ms"],
-        # Same keys as the others, but the values are tokens per second, not ms.
+        # Tokens per second: its keys end in _tps where the others' end in _ms.
         "stream_tps_stats": timing["stream_tps"],
         "by_backend": _finish(by_backend),
         "by_model": _finish(by_model),
+        "by_api": _finish(by_api),
         "filters": f.echo,
     }
 

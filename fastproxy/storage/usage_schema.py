@@ -1,12 +1,12 @@
 """The usage database schema and its in-place migrations (PRAGMA user_version).
 
-Layout (version 3), a small star schema, because stats on a million rows must answer in
+Layout (version 4), a small star schema, because stats on a million rows must answer in
 well under a second and SQLite has no hash aggregation (every GROUP BY is a sort):
 
 - ``usage_dims``: one row per distinct (backend, backend_type, frontend_type,
-  model_requested, model_used, proxy_user). A request row carries its 1-byte..2-byte
-  ``dim`` id instead of six strings, so rows and index entries stay narrow and a text
-  filter becomes ``dim IN (...)`` over a handful of ids.
+  model_requested, model_used, proxy_user, api, outcome). A request row carries its
+  1-byte..2-byte ``dim`` id instead of eight strings, so rows and index entries stay
+  narrow and a text filter becomes ``dim IN (...)`` over a handful of ids.
 - ``usage_requests``: one narrow row per request: every filterable field (through
   ``dim``), the time as epoch seconds plus UTC ``day_of_week``/``hour_of_day``, the four
   token points, backend-reported totals, cost and the four timings.
@@ -28,6 +28,9 @@ either in a ``record`` column or in ``usage_record``; `migrate` rebuilds it as v
 Version 3 has version 2's tables and adds the compact array form of ``usage_records``
 text, which a version-2 reader would misread: the number makes such a reader refuse the
 file instead. A version-2 file needs no change (its object records stay readable).
+Version 4 adds ``api`` and ``outcome`` to ``usage_dims``, so both filter and group like
+the other dims through the rollups and the covering indexes (`_v3_to_v4`), and the
+compact record format 2, which holds the record's ``api``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any
 
 import orjson
 
-VERSION = 3
+VERSION = 4
 
 # The four timing columns: each has a covering partial index named usage_requests_<col>.
 TIMINGS = ("ttft_ms", "total_duration_ms", "proxy_overhead_ms", "stream_tps")
@@ -114,6 +117,12 @@ _DDL_V2 = [
                d.proxy_user, r.*
         FROM usage_requests r JOIN usage_dims d ON d.dim = r.dim""",
 ]
+# Version 4's view: the same, with the API kind. (The outcome is a column of the rows too.)
+_VIEW_V4 = """CREATE VIEW usage AS
+        SELECT strftime('%Y-%m-%dT%H:%M:%fZ', r.ts, 'unixepoch') AS timestamp,
+               d.backend, d.backend_type, d.frontend_type, d.api, d.model_requested,
+               d.model_used, d.proxy_user, r.*
+        FROM usage_requests r JOIN usage_dims d ON d.dim = r.dim"""
 
 # The same sums in SQL over usage_requests (for a query over rows, and for the migration).
 SUMS_SQL = (
@@ -143,7 +152,9 @@ INSERT_REQUEST = (
 )
 INSERT_RECORD = "INSERT INTO usage_records (seq, record) VALUES (?, ?)"
 DIM_COLUMNS = ("backend", "backend_type", "frontend_type", "model_requested", "model_used",
-               "proxy_user")
+               "proxy_user", "api", "outcome")
+# The dims of versions 1 to 3; version 4 added the last two.
+_DIM_COLUMNS_V3 = DIM_COLUMNS[:6]
 INSERT_DIM = (f"INSERT INTO usage_dims ({', '.join(DIM_COLUMNS)}) "
               f"VALUES ({', '.join('?' for _ in DIM_COLUMNS)})")
 
@@ -194,9 +205,26 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-def _create_current(conn: sqlite3.Connection) -> None:
+def _create_v2(conn: sqlite3.Connection) -> None:
     for stmt in _DDL_V2:
         conn.execute(stmt)
+
+
+def _create_current(conn: sqlite3.Connection) -> None:
+    # The current layout is version 2's plus the later steps (on empty tables, instant):
+    # one definition of each table, whichever way a file reaches the current version.
+    _create_v2(conn)
+    _v3_to_v4(conn)
+
+
+def _rebuild_rollups(conn: sqlite3.Connection) -> None:
+    """Both rollups computed again from every row, in SQL."""
+    for table, keys, unit in (("usage_hourly", HOURLY_KEYS, 3600), ("usage_daily", DAILY_KEYS, 86400)):
+        key_sql = f"CAST(ts / {unit} AS INTEGER), dim, http_status_code, day_of_week" + (
+            ", hour_of_day" if "hour_of_day" in keys else "")
+        conn.execute(f"DELETE FROM {table}")
+        conn.execute(f"INSERT INTO {table} ({', '.join((*keys, *SUMS))}) "
+                     f"SELECT {key_sql}, {SUMS_SQL} FROM usage_requests GROUP BY 1, 2, 3")
 
 
 def _v1_to_v2(conn: sqlite3.Connection) -> None:
@@ -204,10 +232,10 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     their rowid as seq (so record order is kept), the rollup computed in SQL."""
     cols = {r[1] for r in conn.execute("PRAGMA table_info(usage)")}
     conn.execute("ALTER TABLE usage RENAME TO usage_v1")
-    _create_current(conn)
-    dims = ", ".join(DIM_COLUMNS)
+    _create_v2(conn)
+    dims = ", ".join(_DIM_COLUMNS_V3)
     conn.execute(f"INSERT INTO usage_dims ({dims}) SELECT DISTINCT {dims} FROM usage_v1")
-    join = " AND ".join(f"d.{c} IS u.{c}" for c in DIM_COLUMNS)
+    join = " AND ".join(f"d.{c} IS u.{c}" for c in _DIM_COLUMNS_V3)
     conn.execute(
         f"INSERT INTO usage_requests ({', '.join(REQUEST_COLUMNS)}) "
         "SELECT u.rowid, u.ts, d.dim, COALESCE(u.http_status_code, 0), u.day_of_week, "
@@ -223,18 +251,51 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO usage_records (seq, record) SELECT u.rowid, r.record "
                      "FROM usage_v1 u JOIN usage_record r ON r.id = u.id")
         conn.execute("DROP TABLE usage_record")
-    for table, keys, unit in (("usage_hourly", HOURLY_KEYS, 3600), ("usage_daily", DAILY_KEYS, 86400)):
-        key_sql = f"CAST(ts / {unit} AS INTEGER), dim, http_status_code, day_of_week" + (
-            ", hour_of_day" if "hour_of_day" in keys else "")
-        conn.execute(f"INSERT INTO {table} ({', '.join((*keys, *SUMS))}) "
-                     f"SELECT {key_sql}, {SUMS_SQL} FROM usage_requests GROUP BY 1, 2, 3")
+    _rebuild_rollups(conn)
     conn.execute("DROP TABLE usage_v1")
 
 
+def _v3_to_v4(conn: sqlite3.Connection) -> None:
+    """Add ``api`` and ``outcome`` to the dims. Rows already carry their outcome, so each
+    row's dim must come to carry it too: an old dim takes the outcome most of its rows
+    have (those rows keep their dim, so most rows are not rewritten), and each other
+    outcome of its rows gets a new dim, to which those rows move in one UPDATE. Rows that
+    moved change their rollup groups, so the rollups are then computed again. Old rows get
+    ``api`` null: their paths were not stored."""
+    conn.execute("ALTER TABLE usage_dims ADD COLUMN api TEXT")
+    conn.execute("ALTER TABLE usage_dims ADD COLUMN outcome TEXT")
+    cols = ", ".join(_DIM_COLUMNS_V3)
+    seen: set[int] = set()
+    moves: list[tuple[int, str | None, int]] = []
+    for dim, outcome in conn.execute(
+            "SELECT dim, outcome FROM usage_requests GROUP BY dim, outcome "
+            "ORDER BY dim, COUNT(*) DESC, outcome").fetchall():
+        if dim not in seen:
+            seen.add(dim)
+            conn.execute("UPDATE usage_dims SET outcome = ? WHERE dim = ?", (outcome, dim))
+            continue
+        new = conn.execute(f"INSERT INTO usage_dims ({cols}, outcome) SELECT {cols}, ? "
+                           "FROM usage_dims WHERE dim = ?", (outcome, dim)).lastrowid
+        assert new is not None
+        moves.append((dim, outcome, new))
+    if moves:
+        conn.execute("CREATE TEMP TABLE usage_v4_moves (old INTEGER NOT NULL, outcome TEXT, "
+                     "new INTEGER NOT NULL)")
+        conn.execute("CREATE INDEX temp.usage_v4_moves_old ON usage_v4_moves(old)")
+        conn.executemany("INSERT INTO usage_v4_moves VALUES (?, ?, ?)", moves)
+        conn.execute("UPDATE usage_requests SET dim = m.new FROM usage_v4_moves m "
+                     "WHERE m.old = usage_requests.dim AND m.outcome IS usage_requests.outcome")
+        conn.execute("DROP TABLE usage_v4_moves")
+        _rebuild_rollups(conn)
+    conn.execute("DROP VIEW IF EXISTS usage")
+    conn.execute(_VIEW_V4)
+
+
 # version -> the step that brings a file at version-1 to version. A file without the
-# usage tables (version 0) gets the current layout at once. A future v3 adds an entry
+# usage tables (version 0) gets the current layout at once. A later version adds an entry
 # here: a function, or an SQL script (statements run one by one in the same transaction).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None] | str] = {2: _v1_to_v2, 3: ""}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None] | str] = {
+    2: _v1_to_v2, 3: "", 4: _v3_to_v4}
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -352,8 +413,10 @@ def utc_iso_ms(ms: int) -> str:
 # the bytes the writer puts in the write-ahead log per request. Records from anywhere else
 # (a dict given to ``UsageStore.submit``) stay JSON objects; `load_record` reads both. A
 # new field means a new RECORD_FORMAT whose reader keeps the old key list for old rows.
-RECORD_FORMAT = 1
-# CONTRACT.md §6's fields in its order (also the CSV export's columns).
+# Format 2 added ``api`` (the last key); format 1 rows read back with ``api`` null.
+RECORD_FORMAT = 2
+# CONTRACT.md's record fields in its order, then the fields added since, each at the end
+# so that CSV columns keep their positions (also the CSV export's columns).
 RECORD_KEYS = (
     "id", "timestamp", "session_id", "turn_number", "frontend_type", "backend",
     "backend_type", "model_requested", "model_used", "streaming", "http_status_code",
@@ -361,8 +424,10 @@ RECORD_KEYS = (
     "ptb_prompt_tokens", "btp_completion_tokens", "ptc_completion_tokens",
     "backend_reported_usage", "usage_source", "ttft_ms", "backend_ttfb_ms",
     "total_duration_ms", "proxy_overhead_ms", "stream_tps", "cost", "cost_source",
-    "replacement", "proxy_user", "user_agent",
+    "replacement", "proxy_user", "user_agent", "api",
 )
+# Fields a stored record may lack (it was stored before they existed): null on reading.
+_ADDED_KEYS = ("api",)
 BACKEND_USAGE_KEYS = ("cache_write", "cached", "completion", "cost", "prompt", "reasoning",
                       "total")
 _BR = RECORD_KEYS.index("backend_reported_usage")
@@ -370,14 +435,23 @@ _TS = RECORD_KEYS.index("timestamp")
 
 
 def load_record(text: str | bytes) -> dict[str, Any]:
-    """A stored record as the API returns it (contract §6), from either stored form."""
+    """A stored record as the API returns it, from either stored form and any format:
+    fields added since it was stored are null, so every record has every key."""
     obj = orjson.loads(text)
     if type(obj) is not list:
+        for key in _ADDED_KEYS:
+            if key not in obj:
+                obj[key] = None
         return obj  # type: ignore[no-any-return]
-    if obj[0] != RECORD_FORMAT:  # a newer format comes with a newer schema version,
-        # which migrate refuses to open; should one be met anyway, say so, not fail the page
-        return {"unreadable_record_format": obj[0]}
-    return record_from_values(obj[1:])
+    fmt = obj[0]
+    if fmt == RECORD_FORMAT:
+        return record_from_values(obj[1:])
+    if fmt == 1:  # before ``api``: its values are RECORD_KEYS without the last
+        obj.append(None)
+        return record_from_values(obj[1:])
+    # A newer format comes with a newer schema version, which migrate refuses to open;
+    # should one be met anyway, say so, not fail the page.
+    return {"unreadable_record_format": fmt}
 
 
 def record_from_values(v: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
@@ -400,9 +474,10 @@ def prepare_values(v: tuple[Any, ...], ms: int) -> Prepared:
     (_id, _ts, session_id, _turn, frontend, backend, backend_type, model_requested,
      model_used, streaming, status, outcome, _attempts, tool_call_count, _names, ctp, ptb,
      btp, ptc, br, _source, ttft, _ttfb, duration, overhead, tps, cost, _cost_source,
-     _replacement, proxy_user, _ua) = v
+     _replacement, proxy_user, _ua, api) = v
     tm = time.gmtime(ms // 1000)
-    key = (backend, backend_type, frontend, model_requested, model_used, proxy_user)
+    key = (backend, backend_type, frontend, model_requested, model_used, proxy_user, api,
+           outcome)
     if br is None:
         br_prompt = br_completion = br_total = None
     else:

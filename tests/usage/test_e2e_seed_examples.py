@@ -28,7 +28,7 @@ STATS_KEYS = {
     "backend_reported_total_tokens", "total_cost", "cost_record_count", "total_tool_calls",
     "status_code_counts", "completion_tokens_per_second", "time_window_seconds", "ttft_stats",
     "duration_stats", "proxy_overhead_stats", "stream_tps_stats", "by_backend", "by_model",
-    "filters"}
+    "filters", "outcome_counts", "by_api"}
 PCT_KEYS = {"count", "min_ms", "max_ms", "avg_ms", "p50_ms", "p95_ms", "p99_ms"}
 
 

@@ -27,7 +27,7 @@ CONTRACT_FIELDS = [
     "tool_call_count", "tool_names", "ctp_prompt_tokens", "ptb_prompt_tokens",
     "btp_completion_tokens", "ptc_completion_tokens", "backend_reported_usage", "usage_source",
     "ttft_ms", "backend_ttfb_ms", "total_duration_ms", "proxy_overhead_ms", "stream_tps", "cost",
-    "cost_source", "replacement", "proxy_user", "user_agent",
+    "cost_source", "replacement", "proxy_user", "user_agent", "api",
 ]
 SECRET_PHRASE = "purple-elephant-umbrella"
 ESTIMATOR = Projector(PriceTable())  # no exact tokenizer: every count is the estimator's

@@ -46,7 +46,7 @@ def record(**over: Any) -> dict[str, Any]:
         "usage_source": "backend", "ttft_ms": None, "backend_ttfb_ms": 2.0,
         "total_duration_ms": 10.0, "proxy_overhead_ms": 0.5, "stream_tps": None,
         "cost": 0.001, "cost_source": "price_table", "replacement": None, "proxy_user": None,
-        "user_agent": "test-agent/1.0",
+        "user_agent": "test-agent/1.0", "api": "chat",
     }
     base.update(over)
     return base
@@ -91,7 +91,7 @@ def data(store: UsageStore) -> Router:
                        timestamp="2025-12-07T23:30:00.000Z", ctp_prompt_tokens=40,
                        ptb_prompt_tokens=30, btp_completion_tokens=20, ptc_completion_tokens=7,
                        tool_call_count=2, tool_names=["a", "b"], backend_reported_usage=None,
-                       streaming=True, ttft_ms=12.5, stream_tps=40.0))
+                       streaming=True, ttft_ms=12.5, stream_tps=40.0, api="messages"))
     fill(store, recs)
     router = Router()
     register_usage_routes(router, store)
@@ -111,6 +111,7 @@ async def test_stats_every_field(data: Router) -> None:
     assert s["cost_record_count"] == 100 and s["total_cost"] == pytest.approx(0.1)
     assert s["total_tool_calls"] == 2
     assert s["status_code_counts"] == {"200": 100, "429": 1}
+    assert s["outcome_counts"] == {"ok": 100, "rejected": 1}
     # 520 completion tokens over the 100 records with a duration: 5,050 ms in all.
     assert s["completion_tokens_per_second"] == round(520 / 5.05, 3)
     span = datetime(2025, 12, 7, 23, 30) - datetime(2025, 12, 1, 10)
@@ -120,7 +121,10 @@ async def test_stats_every_field(data: Router) -> None:
     one = {"count": 1, "min_ms": 12.5, "max_ms": 12.5, "avg_ms": 12.5, "p50_ms": 12.5,
            "p95_ms": 12.5, "p99_ms": 12.5}
     assert s["ttft_stats"] == one
-    assert s["stream_tps_stats"] == {k: (40.0 if k != "count" else 1) for k in one}
+    # Tokens per second: every key names that unit, none claims milliseconds.
+    assert s["stream_tps_stats"] == {"count": 1, "min_tps": 40.0, "max_tps": 40.0,
+                                     "avg_tps": 40.0, "p50_tps": 40.0, "p95_tps": 40.0,
+                                     "p99_tps": 40.0}
     assert s["proxy_overhead_stats"]["count"] == 101
     assert s["by_backend"]["anthropic.1"] == {
         "request_count": 1, "total_prompt_tokens": 30, "total_completion_tokens": 20,
@@ -129,6 +133,8 @@ async def test_stats_every_field(data: Router) -> None:
     assert s["by_backend"]["openai.1"]["request_count"] == 100
     assert s["by_backend"]["openai.1"]["avg_duration_ms"] == 50.5
     assert set(s["by_model"]) == {"gpt-4", "claude-x-2025"}  # the model that answered
+    assert s["by_api"]["messages"] == s["by_backend"]["anthropic.1"]
+    assert s["by_api"]["chat"] == s["by_backend"]["openai.1"]
     assert s["filters"] == {}
 
 
@@ -137,6 +143,7 @@ async def test_empty_database_answers_zeros_and_nulls(store: UsageStore) -> None
     register_usage_routes(router, store)
     _, s = await call(router, "/v1/usage/stats")
     assert s["request_count"] == 0 and s["by_backend"] == {} and s["status_code_counts"] == {}
+    assert s["outcome_counts"] == {} and s["by_api"] == {}
     for key in ("ttft_stats", "duration_stats", "proxy_overhead_stats", "stream_tps_stats",
                 "time_window_seconds", "completion_tokens_per_second"):
         assert s[key] is None
@@ -150,6 +157,9 @@ async def test_empty_database_answers_zeros_and_nulls(store: UsageStore) -> None
      ({"model": "claude-x"}, 1),  # matches model_requested
      ({"frontend_type": "anthropic"}, 1), ({"session_id": "s0"}, 15),
      ({"proxy_user": "alice"}, 1), ({"http_status_code": "429"}, 1),
+     ({"http_status_code": "none"}, 0), ({"outcome": "rejected"}, 1),
+     ({"outcome": "OK"}, 100), ({"outcome": "client_aborted"}, 0),
+     ({"api": "messages"}, 1), ({"api": "chat"}, 100), ({"api": "embeddings"}, 0),
      ({"start_date": "2025-12-03T00:00:00Z"}, 34), ({"end_date": "2025-12-01"}, 34),
      ({"end_date": "2025-12-01T10:00:00Z"}, 4),  # inclusive to the instant
      ({"start_date": "2025-12-02", "end_date": "2025-12-02"}, 33),
@@ -197,6 +207,9 @@ async def test_filters_echo_the_parsed_values(data: Router) -> None:
      ("/v1/usage/stats", {"hour_of_day": "1.5"}, "hour_of_day"),
      ("/v1/usage/stats", {"http_status_code": "abc"}, "http_status_code"),
      ("/v1/usage/stats", {"http_status_code": "99"}, "http_status_code"),
+     ("/v1/usage/stats", {"http_status_code": "0"}, "http_status_code"),  # it is "none"
+     ("/v1/usage/stats", {"api": "chat_completions"}, "api"),
+     ("/v1/usage/recent", {"outcome": "aborted"}, "outcome"),
      ("/v1/usage/stats", {"colour": "red"}, "colour"),
      ("/v1/usage/stats", {"limit": "5"}, "limit"),  # /recent's parameter, not a filter
      ("/v1/usage/recent", {"limit": "0"}, "limit"),
@@ -346,6 +359,8 @@ def _random_records(rng: random.Random, n: int) -> list[dict[str, Any]]:
             model_used=rng.choice([None, "m1", "m2-x"]),
             proxy_user=rng.choice([None, None, "u1", "u2"]),
             http_status_code=rng.choice([200, 200, 200, 429, 500, None]),
+            outcome=rng.choice(["ok", "ok", "ok", "truncated", "client_aborted", "rejected"]),
+            api=rng.choice([None, "chat", "responses", "messages"]),
             ctp_prompt_tokens=rng.randint(1, 100), ptb_prompt_tokens=rng.choice([None, 7, 50]),
             btp_completion_tokens=rng.randint(0, 50), ptc_completion_tokens=rng.randint(0, 50),
             backend_reported_usage=rng.choice([None, {"prompt": 3, "completion": 4, "total": 7}]),
@@ -371,7 +386,10 @@ def _matches(r: dict[str, Any], f: usage_queries.Filters) -> bool:
         f.frontend_type is None or r["frontend_type"] == f.frontend_type,
         f.session_id is None or r["session_id"] == f.session_id,
         f.proxy_user is None or r["proxy_user"] == f.proxy_user,
-        f.http_status_code is None or r["http_status_code"] == f.http_status_code,
+        # A record without a status is selected by 0 (http_status_code=none).
+        f.http_status_code is None or (r["http_status_code"] or 0) == f.http_status_code,
+        f.outcome is None or r["outcome"] == f.outcome,
+        f.api is None or r["api"] == f.api,
         f.start is None or ts >= f.start,
         f.end is None or (ts < f.end if f.end_exclusive else ts <= f.end),
         f.day_of_week is None or dt.weekday() == f.day_of_week,
@@ -385,19 +403,28 @@ def _reference(records: list[dict[str, Any]], f: usage_queries.Filters) -> dict[
     def total(key: str) -> int:
         return sum(r[key] or 0 for r in sel)
 
-    def summary(key: str) -> dict[str, Any] | None:
+    def summary(key: str, unit: str = "ms") -> dict[str, Any] | None:
         v = sorted(r[key] for r in sel if r[key] is not None)
         if not v:
             return None
         rank = {p: v[max(1, math.ceil(p * len(v) / 100)) - 1] for p in (50, 95, 99)}
-        return {"count": len(v), "min_ms": round(v[0], 3), "max_ms": round(v[-1], 3),
-                "avg_ms": round(sum(v) / len(v), 3),
-                **{f"p{p}_ms": round(x, 3) for p, x in rank.items()}}
+        return {"count": len(v), f"min_{unit}": round(v[0], 3), f"max_{unit}": round(v[-1], 3),
+                f"avg_{unit}": round(sum(v) / len(v), 3),
+                **{f"p{p}_{unit}": round(x, 3) for p, x in rank.items()}}
 
-    codes: dict[str, int] = {}
-    for r in sel:
-        key = str(r["http_status_code"] or 0)
-        codes[key] = codes.get(key, 0) + 1
+    def counts(key: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in sel:
+            name = "(none)" if r[key] is None else str(r[key])
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    # The codes in numeric order, and the requests without one last, as "none".
+    codes = counts("http_status_code")
+    no_status = codes.pop("(none)", None)
+    codes = dict(sorted(codes.items(), key=lambda kv: int(kv[0])))
+    if no_status:
+        codes["none"] = no_status
     return {
         "request_count": len(sel),
         "unique_sessions": len({r["session_id"] for r in sel} - {None}),
@@ -407,13 +434,15 @@ def _reference(records: list[dict[str, Any]], f: usage_queries.Filters) -> dict[
                                              for r in sel),
         "cost_record_count": sum(r["cost"] is not None for r in sel),
         "total_tool_calls": total("tool_call_count"),
-        "status_code_counts": dict(sorted(codes.items(), key=lambda kv: int(kv[0]))),
+        "status_code_counts": codes,
+        "outcome_counts": dict(sorted(counts("outcome").items())),
         "time_window_seconds": round(max(map(_ts, sel)) - min(map(_ts, sel)), 3) if sel else None,
         "ttft_stats": summary("ttft_ms"), "duration_stats": summary("total_duration_ms"),
         "proxy_overhead_stats": summary("proxy_overhead_ms"),
-        "stream_tps_stats": summary("stream_tps"),
+        "stream_tps_stats": summary("stream_tps", "tps"),
         "by_backend": {b: sum(r["backend"] == b for r in sel)
                        for b in sorted({r["backend"] for r in sel})},
+        "by_api": dict(sorted(counts("api").items())),
     }
 
 
@@ -422,8 +451,9 @@ def _random_query(rng: random.Random) -> dict[str, list[str]]:
     pool = {
         "backend_type": ["openai", "anthropic"], "backend": ["openai.1", "anthropic.1"],
         "model": ["m1", "m2", "m2-x"], "frontend_type": ["openai"], "proxy_user": ["u1"],
-        "http_status_code": ["200", "429"], "session_id": ["s3", "s7"],
+        "http_status_code": ["200", "429", "none"], "session_id": ["s3", "s7"],
         "day_of_week": [str(d) for d in range(7)], "hour_of_day": ["0", "13", "22"],
+        "outcome": ["ok", "client_aborted"], "api": ["chat", "messages"],
     }
     for key in rng.sample(sorted(pool), rng.randint(0, 2)):
         q[key] = [rng.choice(pool[key])]
@@ -436,15 +466,17 @@ def _random_query(rng: random.Random) -> dict[str, list[str]]:
 
 
 def assert_like_reference(got: dict[str, Any], want: dict[str, Any], q: object) -> None:
-    got_slice = {k: got[k] for k in want if k != "by_backend"}
-    got_slice["by_backend"] = {k: v["request_count"] for k, v in got["by_backend"].items()}
+    got_slice = {k: got[k] for k in want if k not in ("by_backend", "by_api")}
+    for by in ("by_backend", "by_api"):
+        got_slice[by] = {k: v["request_count"] for k, v in got[by].items()}
     want = {k: (dict(v) if isinstance(v, dict) else v) for k, v in want.items()}
     for key in ("ttft_stats", "duration_stats", "proxy_overhead_stats", "stream_tps_stats"):
         # Sums of floats in another order (rollup vs rows) may round the last digit apart.
+        avg = "avg_tps" if key == "stream_tps_stats" else "avg_ms"
         if want[key] is not None and got_slice[key] is not None:
             got_slice[key] = dict(got_slice[key])
-            assert got_slice[key].pop("avg_ms") == pytest.approx(want[key].pop("avg_ms"),
-                                                                 abs=0.0011), (q, key)
+            assert got_slice[key].pop(avg) == pytest.approx(want[key].pop(avg),
+                                                            abs=0.0011), (q, key)
     assert got_slice == want, q
 
 
