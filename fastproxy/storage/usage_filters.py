@@ -84,7 +84,10 @@ def _instant(param: str, value: str) -> tuple[datetime, bool]:
     except ValueError:
         raise FilterError(param, f"{value!r} is not an ISO-8601 date or date-time "
                           "(e.g. 2025-12-01 or 2025-12-01T00:00:00Z)") from None
-    return (dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)), False
+    try:
+        return (dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)), False
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise FilterError(param, f"{value!r} is out of range in UTC") from None
 
 
 def iso(dt: datetime) -> str:
@@ -139,7 +142,11 @@ def parse_filters(query: Mapping[str, list[str]],
         echo["start_date"] = iso(start)
     if "end_date" in values:
         end, date_only = _instant("end_date", values["end_date"])
-        if date_only:  # the whole day: up to the next midnight, exclusive
+        if date_only and end.date() == date.max:  # no next midnight: the last instant
+            end = datetime.max.replace(tzinfo=UTC)
+            out["end"] = end.timestamp()
+            echo["end_date"] = iso(end)
+        elif date_only:  # the whole day: up to the next midnight, exclusive
             out["end"], out["end_exclusive"] = (end + timedelta(days=1)).timestamp(), True
             echo["end_date"] = iso(end + timedelta(days=1) - timedelta(microseconds=1))
         else:
