@@ -7,11 +7,18 @@ they are tested without sockets; the handlers add the access rule and the JSON.
 * **Loopback only**, compared as an IP address (127/8, ::1, ::ffff:127.x), even when
   ``admin.allow_networks`` lets a network read /metrics: diagnostics name sessions and
   models, so they stay on the machine. Same 403 body as the listener's access check.
-* **Timestamps** are UTC ISO-8601 with milliseconds and ``Z`` (the contract's rule for
-  every monitoring endpoint), not the seed's epoch floats; durations stay numbers.
+  The one exception is a request the admin listener admitted by a valid admin key
+  (``admin.api_keys``, ``AdminRequest.admin_key``): the operator opted in to remote reads.
+* **Timestamps** keep the seed document's form under the seed's names: ``timestamp``,
+  ``started_at`` (and ``last_activity_at``, for consistency) are UTC epoch seconds as
+  floats, because scripts written against the seed do arithmetic on them
+  (``time.time() - started_at``). Each has an ISO-8601 twin, ``<name>_iso``, the form
+  every other monitoring endpoint uses. Durations stay numbers.
 * **Rate limiting** is what the gateway saw: an upstream attempt answered 429 marks the
-  backend rate limited for ``RATE_LIMIT_HOLD_S`` seconds, or until an attempt on it
-  succeeds; ``retry_after_seconds`` is what remains of that hold.
+  backend rate limited for as long as the answer's ``Retry-After`` says (delta-seconds
+  or an HTTP-date, capped at ``RATE_LIMIT_MAX_HOLD_S``), ``RATE_LIMIT_HOLD_S`` when it
+  has none or an unreadable one, or until an attempt on it succeeds;
+  ``retry_after_seconds`` is what remains of that hold.
 """
 
 from __future__ import annotations
@@ -23,15 +30,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .access import is_loopback
+from ..monitor.probes import MAX_RETRY_AFTER_S, parse_retry_after
+from .access import LOCAL_ONLY, is_loopback
 from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
 
 if TYPE_CHECKING:
     from ..monitor.activity import ActivitySnapshot, ConnectionInfo
     from ..state import GatewayState
 
-RATE_LIMIT_HOLD_S = 60.0
-LOCAL_ONLY = "Diagnostic endpoint is restricted to local access only"
+RATE_LIMIT_HOLD_S = 60.0  # a 429 without a usable Retry-After
+# A longer Retry-After (a daily quota, say) is held this long; the next 429 marks it again.
+# The same cap as the health probes' Retry-After, so the two views of a backend agree.
+RATE_LIMIT_MAX_HOLD_S = MAX_RETRY_AFTER_S
 _LOCAL_ORIGIN_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -40,22 +50,50 @@ def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-class RateLimitWatch:
-    """An attempt hook: remembers which backends answered 429 lately."""
+def epoch(wall: float) -> float:
+    """UTC epoch seconds with milliseconds, the seed document's form: ``1701792000.123``."""
+    return round(wall, 3)
 
-    __slots__ = ("_clock", "_until", "hold_s")
+
+def stamp(doc: dict[str, Any], name: str, wall: float) -> None:
+    """One timestamp in both forms: ``name`` as epoch seconds, ``name_iso`` as ISO-8601."""
+    doc[name] = epoch(wall)
+    doc[name + "_iso"] = iso(wall)
+
+
+class RateLimitWatch:
+    """An attempt hook: remembers which backends answered 429 lately, and for how long
+    they asked to be left alone."""
+
+    __slots__ = ("_clock", "_until", "_wall", "hold_s", "max_hold_s")
 
     def __init__(self, hold_s: float = RATE_LIMIT_HOLD_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 max_hold_s: float = RATE_LIMIT_MAX_HOLD_S) -> None:
         self.hold_s = hold_s
+        self.max_hold_s = max_hold_s
         self._clock = clock
+        self._wall = wall  # an HTTP-date Retry-After is a wall-clock time
         self._until: dict[str, float] = {}
 
-    def __call__(self, backend: str, status: int, kind: str | None) -> None:
+    def __call__(self, backend: str, status: int, kind: str | None,
+                 retry_after: bytes | None = None) -> None:
+        """``retry_after`` is the 429 answer's raw ``Retry-After`` header, when the data
+        plane passes it (None: absent, or a caller that does not pass it)."""
         if status == 429:
-            self._until[backend] = self._clock() + self.hold_s
+            self._until[backend] = self._clock() + self.hold_for(retry_after)
         elif 200 <= status < 300 and backend in self._until:
             del self._until[backend]  # it answers again: no longer limited
+
+    def hold_for(self, retry_after: bytes | None) -> float:
+        """Seconds to hold a backend that answered 429 with this ``Retry-After``: its
+        value (delta-seconds, or an HTTP-date minus now; a past date is 0), capped at
+        ``max_hold_s``; ``hold_s`` when the header is absent or unreadable."""
+        seconds = parse_retry_after(retry_after, self._wall())
+        if seconds is None:
+            return self.hold_s
+        return min(seconds, self.max_hold_s)
 
     def retry_after(self, backend: str) -> float | None:
         """Seconds left in the hold, or None when not rate limited."""
@@ -89,17 +127,18 @@ def validation_errors(backend: Any) -> list[str]:
 
 
 def connection_json(c: ConnectionInfo) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "connection_id": c.exchange_id,
         "session_id": c.session_id,
         "connection_type": "streaming" if c.streaming else "non_streaming",
-        "started_at": iso(c.started_at),
-        "duration_seconds": round(c.duration_seconds, 3),
-        "last_activity_at": iso(c.last_activity_at),
-        "model": c.model,
-        "bytes_rx": c.bytes_rx,
-        "bytes_tx": c.bytes_tx,
     }
+    stamp(doc, "started_at", c.started_at)
+    doc["duration_seconds"] = round(c.duration_seconds, 3)
+    stamp(doc, "last_activity_at", c.last_activity_at)
+    doc["model"] = c.model
+    doc["bytes_rx"] = c.bytes_rx
+    doc["bytes_tx"] = c.bytes_tx
+    return doc
 
 
 def diagnostics_document(state: GatewayState, rate_limits: RateLimitWatch,
@@ -143,12 +182,12 @@ def diagnostics_document(state: GatewayState, rate_limits: RateLimitWatch,
             "total_bytes_rx": t.total_bytes_rx,
             "total_bytes_tx": t.total_bytes_tx,
         }
-    return {
-        "timestamp": iso(now),
-        "activity_tracking_enabled": snapshot is not None,
-        "instances": instances,
-        "global_activity": global_activity,
-    }
+    doc: dict[str, Any] = {}
+    stamp(doc, "timestamp", now)
+    doc["activity_tracking_enabled"] = snapshot is not None
+    doc["instances"] = instances
+    doc["global_activity"] = global_activity
+    return doc
 
 
 def activity_document(state: GatewayState) -> dict[str, Any]:
@@ -159,6 +198,11 @@ def activity_document(state: GatewayState) -> dict[str, Any]:
     g = tracker.global_snapshot()
     return {"enabled": True, "total_active_connections": g.total_active_connections,
             "total_bytes_rx": g.total_bytes_rx, "total_bytes_tx": g.total_bytes_tx}
+
+
+def local_or_keyed(req: AdminRequest) -> bool:
+    """A loopback peer, or one the admin listener admitted by a valid admin key."""
+    return req.admin_key or is_loopback(req.peer_ip)
 
 
 def _foreign_origin(req: AdminRequest) -> bool:
@@ -185,7 +229,7 @@ class DiagnosticsViews:
         router.add("POST", "/v1/diagnostics/backends/{name}/reactivate", self.reactivate)
 
     async def diagnostics(self, req: AdminRequest) -> AdminResponse:
-        if not is_loopback(req.peer_ip):
+        if not local_or_keyed(req):
             return error_response(403, LOCAL_ONLY)
         tracker = self.state.activity
         snapshot = tracker.snapshot() if tracker is not None else None
@@ -193,12 +237,14 @@ class DiagnosticsViews:
             diagnostics_document(self.state, self.rate_limits, snapshot, time.time()))
 
     async def activity(self, req: AdminRequest) -> AdminResponse:
-        if not is_loopback(req.peer_ip):
+        if not local_or_keyed(req):
             return error_response(403, LOCAL_ONLY)
         return json_response(activity_document(self.state))
 
     async def reactivate(self, req: AdminRequest) -> AdminResponse:
-        if not is_loopback(req.peer_ip):
+        # A keyed remote POST got here only with admin.remote_writes on (the listener's
+        # access check refuses it otherwise).
+        if not local_or_keyed(req):
             return error_response(403, LOCAL_ONLY)
         if _foreign_origin(req):
             return error_response(403, "cross-origin requests may not change gateway state")

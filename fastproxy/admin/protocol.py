@@ -16,9 +16,11 @@ Rules this class keeps (and why):
   next request. So CL with TE, TE on HTTP/1.0, a folded header line and a bare LF in the
   head are answered 400 and the connection closed (RFC 9112 requires the close for CL
   with TE), like every error h11 raises itself.
-* **Access first.** A peer not allowed by ``state.access`` (loopback compared as an IP,
-  plus ``admin.allow_networks``) gets 403 and a close before its body is read; a foreign
-  Host gets 421 (the DNS-rebinding guard).
+* **Access first.** A peer not allowed by the listener's policy (loopback compared as an
+  IP, plus ``admin.allow_networks``) gets 403 and a close before its body is read; a
+  foreign Host gets 421 (the DNS-rebinding guard). With ``admin.api_keys`` set, a remote
+  peer is judged by its admin key instead: 401 without a valid one, 403 for a write
+  unless ``admin.remote_writes`` (access.py says why). The key is never logged.
 * **Bounded.** Head size by h11's ``max_incomplete_event_size`` (``limits.max_head_bytes``),
   body by ``MAX_BODY_BYTES`` (413), connections by ``MAX_CONNECTIONS`` (503), an
   incomplete request by ``timeouts.header_seconds`` and an idle keep-alive connection by
@@ -37,11 +39,13 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 
+from ..dataplane.auth import presented_key
 from ..logs import quote
 from .routes import AdminRequest, AdminResponse, error_response
 
 if TYPE_CHECKING:
     from ..state import GatewayState
+    from .access import AccessPolicy
 
 log = logging.getLogger("fastproxy.admin")
 
@@ -58,11 +62,13 @@ _OBS_FOLD = re.compile(rb"\n[ \t]")
 
 class AdminProtocol(asyncio.Protocol):
     __slots__ = (
+        "_admin_key",
         "_body",
         "_conn",
         "_connections",
         "_drain",
         "_head",
+        "_policy",
         "_scan_head",
         "_tail",
         "_task",
@@ -73,9 +79,14 @@ class AdminProtocol(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, state: GatewayState, connections: set[AdminProtocol]) -> None:
+    def __init__(self, state: GatewayState, connections: set[AdminProtocol],
+                 policy: AccessPolicy | None = None) -> None:
         self.state = state
         self._connections = connections
+        # The admin listener's own policy knows the admin keys; state.access, shared
+        # with the data port, does not (the data port never accepts an admin key).
+        self._policy = policy if policy is not None else state.access
+        self._admin_key = False  # the request in progress was admitted by an admin key
         self._conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=state.config.limits.max_head_bytes
         )
@@ -217,10 +228,13 @@ class AdminProtocol(asyncio.Protocol):
                 self._fail(400, "malformed request: Transfer-Encoding on HTTP/1.0")
                 return
         host = _header(head.headers, b"host")
-        denied = self.state.access.check(self.peer_ip, host)
-        if denied is not None:
-            self._fail(*denied)
+        policy = self._policy
+        key = presented_key(head.headers) if policy.remote_keys else None
+        grant = policy.admit(self.peer_ip, host, head.method.decode("ascii", "replace"), key)
+        if grant.denied:
+            self._fail(grant.status, grant.detail, grant.headers)
             return
+        self._admin_key = grant.admin_key
         length = _header(head.headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             self._fail(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
@@ -245,6 +259,7 @@ class AdminProtocol(asyncio.Protocol):
             body=bytes(self._body),
             peer_ip=self.peer_ip,
             params=params,
+            admin_key=self._admin_key,
         )
         self._body.clear()
         self._task = self.state.loop.create_task(self._run(handler, allowed, req))
@@ -341,13 +356,16 @@ class AdminProtocol(asyncio.Protocol):
         else:
             transport.close()  # MUST_CLOSE, or a body we chose not to read
 
-    def _fail(self, status: int, detail: str) -> None:
+    def _fail(self, status: int, detail: str,
+              extra: list[tuple[str, str]] | None = None) -> None:
         """Answer before (or instead of) the request's end, then close."""
         transport = self.transport
         if transport is None:
             return
         if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             resp = error_response(status, detail)
+            if extra:
+                resp.headers += extra
             headers = self._headers(resp)
             headers += [(b"content-length", b"%d" % len(resp.body)), (b"connection", b"close")]
             try:

@@ -25,6 +25,10 @@ class AdminRequest:
     body: bytes
     peer_ip: str | None
     params: dict[str, str] = field(default_factory=dict)  # from {name} path segments
+    # True when the admin listener admitted a non-loopback peer by a valid admin key
+    # (admin.api_keys): handlers that are loopback-only serve it too. Never set on the
+    # data port, which does not accept admin keys.
+    admin_key: bool = False
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)

@@ -17,6 +17,7 @@ import logging
 import socket
 from typing import Any
 
+from .access import AccessPolicy
 from .diagnostics_views import register_diagnostics
 from .protocol import AdminProtocol
 
@@ -39,9 +40,12 @@ class AdminService:
         state = self._state
         cfg = state.config.admin
         host = cfg.host.strip("[]")
+        # The data port's policy plus the admin keys: only this listener accepts them.
+        policy = AccessPolicy(cfg.allow_networks, (state.config.host, cfg.host),
+                              admin_keys=cfg.api_keys, remote_writes=cfg.remote_writes)
 
         def factory() -> AdminProtocol:
-            return AdminProtocol(state, self.connections)
+            return AdminProtocol(state, self.connections, policy)
 
         if host == "::" and socket.has_ipv6:
             sock = _dual_stack_socket(cfg.port)
@@ -62,6 +66,12 @@ class AdminService:
         self._gateway.admin_port = port
         shown = f"[{host}]" if ":" in host else host
         log.info("fastproxy admin listening on http://%s:%d (diagnostics, /metrics)", shown, port)
+        if cfg.api_keys:
+            # How many keys, never which: a key must not reach a log.
+            log.info("fastproxy admin: remote %s allowed with an admin key (%d configured; "
+                     "plain HTTP: put a TLS terminator in front)",
+                     "reads and writes" if cfg.remote_writes else "reads",
+                     len(cfg.api_keys))
 
     async def stop(self) -> None:
         server = self._server

@@ -263,10 +263,51 @@ def _explain(message: str, tree: Any, prefix: str = "") -> str:
         return f"{full.strip('.')}: unknown key (misspelt? see docs/configuration.md)"
     value = _lookup(tree, path)
     shown = "" if value is _MISSING else f" got {value!r};"
+    if value is not _MISSING and _is_secret(key):
+        # A key typed where a list belongs would otherwise be echoed to the terminal.
+        shown = f" got a {type(value).__name__} value (not shown: a secret);"
     reason = reason.replace("Expected", "expected").replace("`", "")
     for word, plain in (("float", "a number"), ("int", "an integer"), ("str", "a string")):
         reason = re.sub(rf"\b{word}\b", plain, reason)
     return f"{key}:{shown} {reason}"
+
+
+def _is_secret(key: str) -> bool:
+    """Whether a dotted key (``admin.api_keys[0]``) holds a secret: never show its value."""
+    leaf = re.sub(r"\[\d+\]$", "", key).rsplit(".", 1)[-1]
+    return leaf in ("api_key", "api_keys", "webhook_url")
+
+
+ADMIN_KEY_MIN_CHARS = 16
+
+
+def _check_admin_keys(config: Config) -> None:
+    """Admin keys open the admin plane to remote peers: they must be real secrets of
+    their own. Messages name the key's position, never its value."""
+    admin = config.admin
+    client_keys = set(config.auth.api_keys)
+    for i, key in enumerate(admin.api_keys):
+        where = f"admin.api_keys[{i}]"
+        if len(key) < ADMIN_KEY_MIN_CHARS:
+            raise ConfigError(
+                f"{where}: {len(key)} characters; an admin key needs at least "
+                f"{ADMIN_KEY_MIN_CHARS} (e.g. `openssl rand -hex 32`)"
+            )
+        if any(c.isspace() or c == "," for c in key):
+            raise ConfigError(
+                f"{where}: contains whitespace or a comma; it could not be sent in a "
+                "header or listed in FASTPROXY_ADMIN_API_KEYS"
+            )
+        if key in client_keys:
+            raise ConfigError(
+                f"{where}: the same key is in auth.api_keys; the admin key must be a "
+                "separate secret (client keys never open the admin plane)"
+            )
+    if admin.remote_writes and not admin.api_keys:
+        raise ConfigError(
+            "admin.remote_writes: true needs admin.api_keys (or FASTPROXY_ADMIN_API_KEYS); "
+            "without a key no remote request is admitted"
+        )
 
 
 def _convert(tree: dict[str, Any]) -> Config:
@@ -342,6 +383,7 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
             raise ConfigError(
                 f"admin.allow_networks[{i}]: got {net!r}; expected a CIDR such as 10.0.0.0/8"
             ) from None
+    _check_admin_keys(config)
     rep = config.replacement
     if rep.enabled and not rep.replacement_rules:
         raise ConfigError("replacement.replacement_rules: empty; replacement.enabled needs a rule")

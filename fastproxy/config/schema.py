@@ -60,6 +60,10 @@ class HealthCheckConfig(_Section, kw_only=True):
     http: HttpProbeConfig = field(default_factory=HttpProbeConfig)
     webhook_url: str | None = None
     max_concurrent_probes: PositiveInt = 32
+    # The log line of a transition that repeats (a dead endpoint's breaker cycling
+    # open -> half_open -> open every cooldown) is a WARNING the first time, then DEBUG,
+    # with one WARNING summary per this many seconds; 0 logs every one at WARNING.
+    log_repeat_window_seconds: NonNegFloat = 600.0
 
 
 class PriceEntry(_Section, kw_only=True):
@@ -145,6 +149,11 @@ class AdminConfig(_Section, kw_only=True):
     host: str = "127.0.0.1"
     port: Port = 8001
     allow_networks: tuple[str, ...] = ()
+    # Opt-in remote access to the admin listener: a peer outside loopback/allow_networks
+    # that presents one of these keys may read. Never the client keys (auth.api_keys).
+    api_keys: tuple[str, ...] = ()
+    # With admin.api_keys: may a keyed remote peer also POST (reactivate)? Off: reads only.
+    remote_writes: bool = False
 
 
 class BackendConfig(_Section, kw_only=True):

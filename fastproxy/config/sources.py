@@ -19,6 +19,7 @@ ENV_VARS: dict[str, tuple[str, EnvKind]] = {
     "FASTPROXY_PORT": ("port", "auto"),
     "FASTPROXY_ADMIN_HOST": ("admin.host", "auto"),
     "FASTPROXY_ADMIN_PORT": ("admin.port", "auto"),
+    "FASTPROXY_ADMIN_API_KEYS": ("admin.api_keys", "csv"),
     "USAGE_TRACKING_ENABLED": ("usage_tracking.enabled", "bool"),
     "USAGE_TRACKING_PERSISTENCE_PATH": ("usage_tracking.persistence_path", "path"),
     "USAGE_TRACKING_FLUSH_INTERVAL_SECONDS": ("usage_tracking.flush_interval_seconds", "auto"),
@@ -85,4 +86,4 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
 )
 
 # Keys whose values are secrets: masked by check-config and never logged.
-SECRET_KEYS = ("auth.api_keys", "api_key", "webhook_url")
+SECRET_KEYS = ("auth.api_keys", "admin.api_keys", "api_key", "webhook_url")

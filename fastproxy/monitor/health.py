@@ -124,7 +124,8 @@ class HealthService:
         self.endpoints: dict[str, Endpoint] = {}
         self.breakers: dict[str, Breaker] = {}
         self.endpoint_of: dict[str, Endpoint] = {}
-        self.notifier = Notifier(outward=cfg.notify_backends, webhook_url=cfg.webhook_url)
+        self.notifier = Notifier(outward=cfg.notify_backends, webhook_url=cfg.webhook_url,
+                                 log_repeat_window_s=cfg.log_repeat_window_seconds)
         self.pinger = Pinger(state.loop)
         self.stopping = False
         self.in_flight = 0  # probes holding a concurrency slot now, and the peak seen
@@ -330,8 +331,11 @@ class HealthService:
             self._after(b, transitions)
         return not allowed
 
-    def on_attempt(self, name: str, status: int, kind: str | None) -> None:
-        """Attempt hook: the outcome of one upstream attempt, as soon as it is known."""
+    def on_attempt(self, name: str, status: int, kind: str | None,
+                   retry_after: bytes | None = None) -> None:
+        """Attempt hook: the outcome of one upstream attempt, as soon as it is known.
+        ``retry_after`` (a 429's header) is accepted and unused: a 429 is never a
+        breaker failure."""
         b = self.breakers.get(name)
         if b is None:
             return

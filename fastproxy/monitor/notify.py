@@ -13,9 +13,18 @@ Rules, and why:
   A dead receiver therefore delays only later webhook deliveries, never the prober or
   traffic; when the queue is full new events are counted as dropped. The POST goes
   through the gateway's own upstream client (same TLS handling as backends).
-- **Every transition is logged at WARNING in one line**, whatever ``notify_backends``
-  says: the log is the operator's record. ``notify_backends: false`` silences the
-  outward channels (SSE events and webhook) only.
+- **Every transition is logged in one line**, whatever ``notify_backends`` says: the log
+  is the operator's record. ``notify_backends: false`` silences the outward channels
+  (SSE events and webhook) only.
+- **Repeats are summarised in the log, never in the other channels.** A dead endpoint
+  cycles its breaker open -> half_open -> open every cooldown, forever; two WARNING lines
+  per cooldown bury everything else in the log. So the first of each transition (subject,
+  from, to) is a WARNING, later identical ones are DEBUG lines, and once per
+  ``health_check.log_repeat_window_seconds`` the next one is a WARNING again that says how
+  many there were ("repeated 20 times in the last 10 min"). A recovery (to ``closed`` or
+  ``healthy``) is always one WARNING line and forgets the subject's repeats, so the next
+  outage is logged in full: the last WARNING line about a subject is never a stale
+  "closed" while it is failing. SSE subscribers and the webhook get every transition.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +51,8 @@ WEBHOOK_QUEUE = 1000
 WEBHOOK_ATTEMPTS = 3
 WEBHOOK_TIMEOUT_S = 5.0
 WEBHOOK_BACKOFF_S = 0.5  # 0.5 s, then 1 s between the three attempts
+LOG_REPEAT_WINDOW_S = 600.0  # health_check.log_repeat_window_seconds' default
+RECOVERED = frozenset({"closed", "healthy"})  # transitions into these are recoveries
 
 
 def utc_iso(wall: float | None) -> str | None:
@@ -49,6 +61,71 @@ def utc_iso(wall: float | None) -> str | None:
         return None
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+def span(seconds: float) -> str:
+    """A short human duration for a log line: "45 s", "10 min", "2.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class TransitionLog:
+    """The log channel of the notifier: one line per transition, repeats summarised.
+
+    Keyed by (kind, subject, from, to), not by the reason: the reason of a dead
+    endpoint's transitions changes ("failed 3x", "failed 4x") while the news does not.
+    Memory is bounded by subjects x distinct transitions, and a recovery frees a
+    subject's entries."""
+
+    __slots__ = ("_clock", "_repeats", "window_s")
+
+    def __init__(self, window_s: float = LOG_REPEAT_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s  # 0: every transition is a WARNING line
+        self._clock = clock
+        # (kind, subject, from, to) -> [when its last WARNING line was written,
+        #                               how many times it happened since then]
+        self._repeats: dict[tuple[str, str, str, str], list[float]] = {}
+
+    def write(self, kind: str, subject: str, old: str, new: str, reason: str) -> None:
+        if new in RECOVERED:
+            unlogged = self._forget(kind, subject)
+            if unlogged:
+                log.warning("%s %s: %s -> %s (%s) (after %d repeated transitions logged "
+                            "at DEBUG only)", kind, subject, old, new, reason, unlogged)
+            else:
+                log.warning("%s %s: %s -> %s (%s)", kind, subject, old, new, reason)
+            return
+        if self.window_s <= 0:
+            log.warning("%s %s: %s -> %s (%s)", kind, subject, old, new, reason)
+            return
+        key = (kind, subject, old, new)
+        now = self._clock()
+        seen = self._repeats.get(key)
+        if seen is None:
+            self._repeats[key] = [now, 0]
+            log.warning("%s %s: %s -> %s (%s)", kind, subject, old, new, reason)
+            return
+        seen[1] += 1
+        elapsed = now - seen[0]
+        if elapsed >= self.window_s:
+            log.warning("%s %s: %s -> %s (%s) (repeated %d times in the last %s)",
+                        kind, subject, old, new, reason, seen[1], span(elapsed))
+            seen[0], seen[1] = now, 0
+        else:
+            log.debug("%s %s: %s -> %s (%s) (repeat %d; summarised at WARNING every %s)",
+                      kind, subject, old, new, reason, seen[1], span(self.window_s))
+
+    def _forget(self, kind: str, subject: str) -> int:
+        """Drop the subject's entries; how many of its transitions went to DEBUG only
+        since their last WARNING line."""
+        unlogged = 0
+        for key in [k for k in self._repeats if k[0] == kind and k[1] == subject]:
+            unlogged += int(self._repeats.pop(key)[1])
+        return unlogged
 
 
 class Subscription:
@@ -70,15 +147,18 @@ class Notifier:
         "counters",
         "outward",
         "seq",
+        "transition_log",
         "webhook_backoff_s",
         "webhook_timeout_s",
     )
 
     def __init__(self, *, outward: bool, webhook_url: str | None,
                  webhook_timeout_s: float = WEBHOOK_TIMEOUT_S,
-                 webhook_backoff_s: float = WEBHOOK_BACKOFF_S) -> None:
+                 webhook_backoff_s: float = WEBHOOK_BACKOFF_S,
+                 log_repeat_window_s: float = LOG_REPEAT_WINDOW_S) -> None:
         self.outward = outward  # health_check.notify_backends
         self.seq = 0
+        self.transition_log = TransitionLog(log_repeat_window_s)
         self._subscribers: set[Subscription] = set()
         self._webhook: Backend | None = None
         if webhook_url and outward:
@@ -112,7 +192,7 @@ class Notifier:
         """Announce one transition; ``kind`` is "endpoint" or "breaker"."""
         event = {"at": utc_iso(time.time() if wall is None else wall), subject_key: subject,
                  "from": old, "to": new, "reason": reason}
-        log.warning("%s %s: %s -> %s (%s)", kind, subject, old, new, reason)
+        self.transition_log.write(kind, subject, old, new, reason)
         self.counters["published"] += 1
         if not self.outward:
             return event

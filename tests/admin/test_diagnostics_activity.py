@@ -105,7 +105,8 @@ def test_twenty_concurrent_streams_counted_exactly(tracked: Admin, mock_llm: Any
         sessions = sorted(c["session_id"] for c in conns)
         assert sessions == ["session-A"] * 10 + ["session-B"] * 10
         assert {c["connection_type"] for c in conns} == {"streaming"}
-        assert all(c["duration_seconds"] >= 0 and c["started_at"].endswith("Z") for c in conns)
+        assert all(c["duration_seconds"] >= 0 and c["started_at_iso"].endswith("Z")
+                   for c in conns)
         for f in futures:
             f.result()
     wait_until(lambda: active(admin) == 0, what="entries to leave on completion")

@@ -30,8 +30,9 @@ SCRIPT = ROOT / "scripts" / "inspect_activity.py"
 def conn(cid: int, session: str, model: str, rx: int, tx: int, dur: float,
          kind: str = "streaming") -> dict[str, Any]:
     return {"connection_id": cid, "session_id": session, "connection_type": kind,
-            "started_at": "2026-01-01T00:00:00.000Z", "duration_seconds": dur,
-            "last_activity_at": "2026-01-01T00:00:01.000Z", "model": model,
+            "started_at": 1767225600.0, "started_at_iso": "2026-01-01T00:00:00.000Z",
+            "duration_seconds": dur, "last_activity_at": 1767225601.0,
+            "last_activity_at_iso": "2026-01-01T00:00:01.000Z", "model": model,
             "bytes_rx": rx, "bytes_tx": tx}
 
 
@@ -44,7 +45,8 @@ def doc(conns_a: list[dict[str, Any]], conns_b: list[dict[str, Any]]) -> dict[st
                 "total_bytes_tx": sum(c["bytes_tx"] for c in cs),
                 "lifetime_bytes_rx": 0, "lifetime_bytes_tx": 0}
 
-    return {"timestamp": "2026-01-01T00:00:02.000Z", "activity_tracking_enabled": True,
+    return {"timestamp": 1767225602.0, "timestamp_iso": "2026-01-01T00:00:02.000Z",
+            "activity_tracking_enabled": True,
             "instances": [{"name": "openai.1", "activity": act(conns_a)},
                           {"name": "anthropic", "activity": act(conns_b)}],
             "global_activity": {"total_active_connections": len(all_c),

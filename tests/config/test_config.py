@@ -84,6 +84,8 @@ def test_yaml_then_env_then_cli(tmp_path: Path) -> None:
         ("FASTPROXY_WORKERS", "1", ("workers",), 1),
         ("FASTPROXY_ADMIN_PORT", "9999", ("admin", "port"), 9999),
         ("FASTPROXY_ADMIN_HOST", "::1", ("admin", "host"), "::1"),
+        ("FASTPROXY_ADMIN_API_KEYS", "adm-0123456789abcdef, adm-fedcba9876543210",
+         ("admin", "api_keys"), ("adm-0123456789abcdef", "adm-fedcba9876543210")),
     ],
 )
 def test_every_documented_env_var_is_read(var: str, value: str, key: tuple[str, ...], expected: object) -> None:
@@ -137,6 +139,44 @@ def test_bad_values_give_one_line_naming_the_key(tmp_path: Path, yaml_text: str,
         load_config(config_file=path, env={})
     message = str(info.value)
     assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_admin_keys_off_by_default_and_separate_from_client_keys() -> None:
+    c = load_config(env={}, use_files=False).config
+    assert (c.admin.api_keys, c.admin.remote_writes) == ((), False)
+    assert c.health_check.log_repeat_window_seconds == 600
+    long_key = "adm-0123456789abcdef"
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"FASTPROXY_ADMIN_API_KEYS": long_key, "FASTPROXY_API_KEYS": long_key},
+                    use_files=False)
+    assert str(info.value).startswith("admin.api_keys[0]: the same key is in auth.api_keys")
+    assert long_key not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "fragments"),
+    [
+        ("admin:\n  api_keys: [short-secret]\n",
+         ["admin.api_keys[0]", "12 characters", "at least 16"]),
+        ("admin:\n  api_keys: ['adm-0123456789 abcdef']\n",
+         ["admin.api_keys[0]", "whitespace or a comma"]),
+        ("admin:\n  remote_writes: true\n", ["admin.remote_writes", "needs admin.api_keys"]),
+        # a key written where the list belongs: named, typed, never echoed
+        ("admin:\n  api_keys: short-secret\n", ["admin.api_keys", "not shown", "array"]),
+        ("auth:\n  api_keys: short-secret\n", ["auth.api_keys", "not shown", "array"]),
+        ("health_check:\n  log_repeat_window_seconds: -1\n",
+         ["health_check.log_repeat_window_seconds", "-1", ">= 0"]),
+    ],
+)
+def test_admin_key_errors_name_the_key_and_never_show_it(
+        tmp_path: Path, yaml_text: str, fragments: list[str]) -> None:
+    path = write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=path, env={})
+    message = str(info.value)
+    assert "\n" not in message and "short-secret" not in message and "abcdef" not in message
     for fragment in fragments:
         assert fragment in message
 
