@@ -69,8 +69,9 @@ class GatewayState:
         # Called as hook(backend_name, http_status, error_kind) the moment each upstream
         # attempt's outcome is known (head received: status, kind None; failure: status
         # 0 and kind connect|timeout|reset|tls|protocol), and once more with status 0 and
-        # kind "reset" if a response is cut after its head. Feeds the circuit breaker.
-        self.attempt_hooks: list[Callable[[str, int, str | None], None]] = []
+        # kind "reset" if a response is cut after its head; the 4th argument is a 429's
+        # raw Retry-After (else None). Feeds the circuit breaker and the rate-limit hold.
+        self.attempt_hooks: list[Callable[[str, int, str | None, bytes | None], None]] = []
         # Circuit-breaker query for routing; None until the health service installs one.
         self.is_open: Callable[[str], bool] | None = None
         # The monitoring API, shared by the admin listener and the data port.

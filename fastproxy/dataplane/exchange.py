@@ -332,7 +332,8 @@ class Exchange(ResponseRelay):
                     log.warning("failover: %s failed (%s), trying next", backend.name, err)
                 i += 1
                 continue
-            self._attempt(backend.name, resp.status, None)
+            self._attempt(backend.name, resp.status, None,
+                          resp.header(b"retry-after") if resp.status == 429 else None)
             if resp.status in FAILOVER_STATUSES and not is_last:
                 self._drop_conn()
                 state.counters.failovers += 1
@@ -363,10 +364,11 @@ class Exchange(ResponseRelay):
         rec = self.record
         self._activity = tracker.open(rec.id, backend, rec.session_id, model, rec.streaming)
 
-    def _attempt(self, backend: str, status: int, kind: str | None) -> None:
+    def _attempt(self, backend: str, status: int, kind: str | None,
+                 retry_after: bytes | None = None) -> None:
         for hook in self.state.attempt_hooks:
             try:
-                hook(backend, status, kind)
+                hook(backend, status, kind, retry_after)
             except Exception:
                 log.exception("attempt hook failed")
 

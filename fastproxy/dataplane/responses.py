@@ -47,7 +47,8 @@ class ResponseRelay:
         _activity: Any
         _task: asyncio.Task[None] | None
 
-        def _attempt(self, backend: str, status: int, kind: str | None) -> None: ...
+        def _attempt(self, backend: str, status: int, kind: str | None,
+                     retry_after: bytes | None = None) -> None: ...
 
         def _drop_conn(self) -> None: ...
 

@@ -29,11 +29,6 @@ from fastproxy.admin.diagnostics_views import RateLimitWatch
 from .conftest import Admin
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-NEEDS_DATAPLANE = pytest.mark.xfail(
-    strict=True,
-    reason="the data plane does not pass a 429's Retry-After to the attempt hooks yet "
-           "(fastproxy/dataplane/exchange.py Exchange._attempt)")
-
 
 def retry_after(admin: Admin, name: str = "openai.1") -> tuple[bool, float | None]:
     doc = httpx.get(admin.url + "/v1/diagnostics", timeout=10).json()
@@ -87,7 +82,6 @@ def test_a_success_still_clears_the_hold(admin: Admin) -> None:
     assert retry_after(admin) == (False, None)
 
 
-@NEEDS_DATAPLANE
 def test_a_real_429_with_retry_after_seconds(admin: Admin) -> None:
     r = httpx.post(admin.gw.url + "/v1/chat/completions", json=CHAT,
                    headers={"x-mock-status": "429", "x-mock-retry-after": "600"})
@@ -117,7 +111,6 @@ def raw_gateway(gateway_factory: Callable[..., Any], raw_backend: Callable[[byte
     return make
 
 
-@NEEDS_DATAPLANE
 def test_a_real_429_with_an_http_date(raw_gateway: Callable[[bytes], Admin]) -> None:
     admin = raw_gateway(raw_429(b"retry-after: " + http_date(300) + b"\r\n"))
     r = httpx.post(admin.gw.url + "/v1/chat/completions", json=CHAT)
