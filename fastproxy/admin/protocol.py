@@ -248,13 +248,24 @@ class AdminProtocol(asyncio.Protocol):
         self._cancel_timer()
         self.transport.pause_reading()  # one request at a time per connection
         method = head.method.decode("ascii", "replace")
-        parts = urlsplit(head.target.decode("latin-1"))
-        path = unquote(parts.path) or "/"
+        target = head.target.decode("latin-1")
+        if target.startswith("/"):
+            # Origin form, the usual one: split at "?" only. A URL parser would read a
+            # path starting with "//" as a host (and raise on "//[x").
+            raw_path, _, query = target.partition("?")
+        else:  # absolute form ("http://host/path"), which h11 accepts
+            try:
+                parts = urlsplit(target)
+            except ValueError:
+                self._fail(400, "malformed request target")
+                return
+            raw_path, query = parts.path, parts.query
+        path = unquote(raw_path) or "/"
         handler, params, allowed = self.state.router.resolve(method, path)
         req = AdminRequest(
             method=method,
             path=path,
-            query=AdminRequest.parse_query(parts.query),
+            query=AdminRequest.parse_query(query),
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers},
             body=bytes(self._body),
             peer_ip=self.peer_ip,
