@@ -1,0 +1,1 @@
+"""Long fuzz runs of tests/reliability/test_fuzz_*: ``python -m bench.fuzz --help``."""
