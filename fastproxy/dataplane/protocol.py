@@ -13,10 +13,11 @@ Rules this class keeps (and why):
   bytes only stamp a time.
 - Limits and authentication are enforced before work: a missing or wrong API key, an
   unknown path or a Content-Length over the body limit is refused as soon as the head is
-  parsed, before a byte of body is read and before any ``100 Continue``. Only the bytes
-  of a head still being parsed count toward the head limit (a body or a pipelined
-  request after a complete head never does). Request line, head size and header count
-  are counted as the parser reports them.
+  parsed, before a byte of body is read and before any ``100 Continue``. Request line,
+  head size and header count are counted as the parser reports them, so the verdict
+  does not depend on how the bytes were split into reads; raw bytes of a head still
+  incomplete at the end of a read are only a memory guard at twice the limits (a body
+  or a pipelined request after a complete head never counts).
 - Chunked trailers are read and discarded: they never become headers, so they can
   neither authenticate, nor reach the backend, nor trip the loop guard.
 - Exactly one response per request. HEAD gets headers only (a body would be read as the
@@ -89,6 +90,7 @@ class Request:
         "client_key_id",
         "content_length",
         "expects_body",
+        "head_size",
         "headers",
         "host_count",
         "http11",
@@ -106,6 +108,7 @@ class Request:
         self.path = b""
         self.query = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0  # header names and values, 4 bytes each for ": " and CRLF
         # The body: the one chunk it came in, or a bytearray once a second chunk arrives
         # (grown in place: a 60 MiB body is held once, never as parts plus a join).
         self.body: bytes | bytearray = b""
@@ -146,6 +149,7 @@ class ClientProtocol(asyncio.Protocol):
         "_body_seen_at",
         "_deadline",
         "_head_bytes",
+        "_head_guard",
         "_in_head",
         "_last_body_at",
         "_limits",
@@ -185,6 +189,13 @@ class ClientProtocol(asyncio.Protocol):
         self.req: Request | None = None
         self._url: list[bytes] = []
         self._head_bytes = 0  # bytes of the head in progress, counted as reads arrive
+        # The head limits are on what a head says (the request line, header names and
+        # values: checked exactly as the parser reports them, whatever the reads). Raw
+        # bytes also hold separators and optional whitespace the parser drops, so they
+        # only guard memory, against a head that never ends: twice the limits, so a head
+        # within them is never refused by the guard because of how it was split.
+        lim = self._limits
+        self._head_guard = 2 * (lim.max_head_bytes + lim.max_request_line_bytes)
         self._in_head = False  # between a message's first byte and its parsed head
         self._messages = 0  # messages begun on this connection
         self._mute = False  # the parser is reading a synthetic head (see _ignore_upgrade)
@@ -350,10 +361,8 @@ class ClientProtocol(asyncio.Protocol):
                 # of the new head (request line, complete headers), not the bytes before
                 # it. This undercounts by at most the header being parsed, within one read.
                 req = self.req
-                self._head_bytes = sum(map(len, self._url)) + (
-                    sum(len(k) + len(v) + 4 for k, v in req.headers) if req else 0
-                )
-            if self._head_bytes > self._limits.max_head_bytes + self._limits.max_request_line_bytes:
+                self._head_bytes = sum(map(len, self._url)) + (req.head_size if req else 0)
+            if self._head_bytes > self._head_guard:
                 self._reject_now(Reject(431, "request head too large", "head_too_large"))
 
     def _feed(self, data: bytes) -> None:
@@ -417,6 +426,9 @@ class ClientProtocol(asyncio.Protocol):
         req.headers.append((name, value))
         if len(req.headers) > self._limits.max_headers:
             raise Reject(431, "too many request headers", "too_many_headers")
+        req.head_size += len(name) + len(value) + 4
+        if req.head_size > self._limits.max_head_bytes:
+            raise Reject(431, "request headers too large", "head_too_large")
         if name == b"host":
             req.host_count += 1
         elif name == b"transfer-encoding":
@@ -429,9 +441,6 @@ class ClientProtocol(asyncio.Protocol):
         req = self.req
         assert req is not None
         parser = self._parser
-        head = sum(len(k) + len(v) + 4 for k, v in req.headers)
-        if head > self._limits.max_head_bytes:
-            raise Reject(431, "request headers too large", "head_too_large")
         req.method = parser.get_method()
         req.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()

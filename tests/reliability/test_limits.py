@@ -83,14 +83,15 @@ def test_over_a_limit_refused(gw: RunningGateway, mock_llm: MockLLMServer,
 def test_endless_header_refused_at_the_limit(gw: RunningGateway, mock_llm: MockLLMServer,
                                              path: str) -> None:
     """One header value that never ends, written 100 bytes at a time: the head is
-    refused once it passes the limit (431), not left to grow until the header deadline
-    (which would be a 408), so the bytes counted are the whole head's, across reads."""
+    refused once its raw bytes pass the memory guard (twice the head limits, 10 KiB here:
+    431), not left to grow until the header deadline (which would be a 408), so the bytes
+    counted are the whole head's, across reads."""
     start = request(path, extra=b"x-big: ")
     start = start[:start.index(b"x-big: ") + 7]
     with RawClient(gw.port) as client:
         client.send(start)
         try:
-            for _ in range(80):  # 8,000 bytes, well past the 4 KiB head limit
+            for _ in range(160):  # 16,000 bytes, well past the 10 KiB guard
                 client.send(b"v" * 100)
         except (BrokenPipeError, ConnectionResetError):
             pass  # refused mid-head, as the test wants; the answer is read below

@@ -185,12 +185,15 @@ def test_a_pipelined_request_after_a_bodiless_one_is_not_counted_as_head(
 def test_a_head_over_the_limit_across_reads_is_still_refused(
     gw: RunningGateway, mock_llm: MockLLMServer, client_for: Callable[[], RawClient]
 ) -> None:
-    """Sends a head of many small headers over several writes, past `max_head_bytes`
-    (4096) but under the header-count limit: 431 and a close, nothing at the backend."""
+    """Sends a head of 3,000-byte headers over several writes, past `max_head_bytes`
+    (4096) but under the header-count limit, and never ends it: 431 as soon as the
+    complete headers pass the limit (not a 408 at the header deadline), a close, nothing
+    at the backend."""
     client = client_for()
     client.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n")
     client.send(b"x-big: " + b"z" * 3000 + b"\r\n")
     client.send(b"x-big2: " + b"z" * 3000 + b"\r\n")
+    client.send(b"x-big3: z")
     resp = client.read()
     assert_error(resp, 431, CHAT_PATH, "head_too_large")
     assert_closed(client)
