@@ -178,6 +178,10 @@ cdef class SSEScanner:
                 # raw), not a line of its own.
                 i = 1
                 if not self._discarding:
+                    if self._len == self._start:
+                        # It leads the next item: not a byte of that event's size
+                        # (unsplit, it was part of the line before).
+                        self._carried -= 1
                     self._append(p, 1)
                     self._line_start = self._len
         if self._discarding and i < n:
@@ -358,6 +362,8 @@ cdef class SSEScanner:
             # keep raw in stream order, so their fields move into the carry objects.
             self._materialise(ls)
             self._carried += ls - self._start
+        else:
+            self._carried = 0  # a leading stray LF (see feed_buffer) goes out with this raw
         cdef bytes raw = _slice(self._wb, self._start, te)
         self._start = te
         out.append(_new_event(_COMMENT, _EMPTY, value, None, raw))

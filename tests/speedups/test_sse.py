@@ -526,3 +526,19 @@ def test_limit_bounds_buffer_and_raw_stays_ordered(
 def _is_ordered_subsequence(needle: bytes, hay: bytes) -> bool:
     it = iter(hay)
     return all(b in it for b in needle)
+
+
+@pytest.mark.parametrize("then", [b"data: 0123456789\n\n", b": note\ndata: 0123456789\n\n"])
+def test_a_crlf_cut_between_chunks_does_not_count_toward_the_next_event(
+        speedups_impl: ModuleType, then: bytes) -> None:
+    """An event ends with CRLF CRLF and the chunk is cut between the last CR and LF; the
+    next event is exactly at max_event_size (16). The stray LF is not a byte of that
+    event: cut or not, no error (found by the split-invariance fuzzer)."""
+    m = speedups_impl
+    stream = b"data: a\r\n\r\n" + then
+    whole = scan(m, stream, max_event_size=16)
+    cut = scan(m, stream[:10], stream[10:], max_event_size=16)
+    assert [i.kind for i in cut] == [i.kind for i in whole]
+    assert m.SSE_ERROR not in [i.kind for i in cut]
+    assert [i.data for i in cut] == [i.data for i in whole]
+    assert b"".join(i.raw for i in cut) == b"".join(i.raw for i in whole) == stream

@@ -262,6 +262,10 @@ class SSEScanner:
             self._lines[-1] += b"\n"
         else:
             self._lines.append(b"\n")
+            # Not a byte of the next event: it must not count toward that event's size
+            # (unsplit, this LF was part of the line before, so the size would depend on
+            # where the chunks were cut).
+            self._carried -= 1
         self._pending += 1
 
     def _discard(self, chunk: bytes) -> bytes:
@@ -352,6 +356,8 @@ class SSEScanner:
             self._parse_block(lines[self._block_first :])
             self._carried += self._pending
             self._block_first = 0
+        else:
+            self._carried = 0  # a leading stray LF (see _stray_lf) goes out with this raw
         lines.append(line)
         raw = b"".join(lines)
         self._lines = []
