@@ -32,9 +32,19 @@ _MISSING = object()
 
 
 class ConfigError(Exception):
-    """A configuration problem; ``str(err)`` is the one-line message for the user."""
+    """A configuration problem; ``str(err)`` is the one-line message for the user.
+
+    One line whatever the file holds: a key or value with a line break or another
+    control character is shown escaped (a YAML key can hold anything)."""
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        if not message.isprintable():
+            message = "".join(
+                c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                for c in message)
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,8 @@ def _read_yaml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path!r}: cannot read: {exc.strerror}") from exc
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"config file {path!r}: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -228,7 +240,10 @@ def load_config(
         tree["state_dir"] = state_dir.split(":")[0]
         origins["state_dir"] = "env STATE_DIRECTORY"
 
-    config = _convert(tree)
+    try:
+        config = _convert(tree)
+    except RecursionError:
+        raise ConfigError("configuration nested too deeply") from None
     _check(config, origins)
     return LoadedConfig(config=config, file=path, origins=origins)
 
@@ -237,7 +252,7 @@ def load_config(
 # validation
 
 
-_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_PATH_RE = re.compile(r" - at (?P<atkey>`key` in )?`\$(?P<path>[^`]*)`$")
 
 
 def _lookup(tree: Any, path: str) -> Any:
@@ -255,14 +270,25 @@ def _explain(message: str, tree: Any, prefix: str = "") -> str:
     m = _PATH_RE.search(message)
     path = m.group("path") if m else ""
     reason = message[: m.start()] if m else message
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
-    key = (prefix + path.lstrip(".")).replace("..", ".") or "(top level)"
+    # Greedy to the last backtick: a YAML key may be empty or hold backticks itself.
+    unknown = re.match(r"Object contains unknown field `(.*)`$", reason, re.S)
+    missing = re.match(r"Object missing required field `(.*)`$", reason, re.S)
+    key = (prefix + path.lstrip(".")).replace("..", ".").strip(".") or "(top level)"
     if unknown:
-        field_name = unknown.group(1)
+        field_name = unknown.group(1) or "''"
         full = f"{key}.{field_name}" if path else f"{prefix}{field_name}"
         return f"{full.strip('.')}: unknown key (misspelt? see docs/configuration.md)"
+    if missing:
+        full = f"{key}.{missing.group(1)}" if path else f"{prefix}{missing.group(1)}"
+        return f"{full.strip('.')}: missing; it is required"
+    if m is not None and m.group("atkey"):
+        node = _lookup(tree, path) if path else tree
+        bad = next((k for k in node if not isinstance(k, str)), "?") if isinstance(
+            node, dict) else "?"
+        where = f"{prefix}{path.lstrip('.')}".strip(".")
+        return f"{where + '.' if where else ''}{bad!r}: a key that is not a string; keys are names"
     value = _lookup(tree, path)
-    shown = "" if value is _MISSING else f" got {value!r};"
+    shown = "" if value is _MISSING else f" got {_shown(value)};"
     if value is not _MISSING and _is_secret(key):
         # A key typed where a list belongs would otherwise be echoed to the terminal.
         shown = f" got a {type(value).__name__} value (not shown: a secret);"
@@ -270,6 +296,16 @@ def _explain(message: str, tree: Any, prefix: str = "") -> str:
     for word, plain in (("float", "a number"), ("int", "an integer"), ("str", "a string")):
         reason = re.sub(rf"\b{word}\b", plain, reason)
     return f"{key}:{shown} {reason}"
+
+
+def _shown(value: Any) -> str:
+    """A bad value as the message shows it: a scalar as it is, a mapping or list by its
+    kind only (it may hold a secret, and it would not fit on one line)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return repr(value)
 
 
 def _is_secret(key: str) -> bool:
@@ -313,11 +349,12 @@ def _check_admin_keys(config: Config) -> None:
 def _convert(tree: dict[str, Any]) -> Config:
     backends = tree.get("backends") or {}
     if not isinstance(backends, dict):
-        raise ConfigError(f"backends: got {backends!r}; expected a mapping of instance names")
+        raise ConfigError(f"backends: got {_shown(backends)}; expected a mapping of instance "
+                          "names")
     checked: dict[str, BackendConfig] = {}
     for name, body in backends.items():
         if not isinstance(body, dict):
-            raise ConfigError(f"backends.{name}: got {body!r}; expected a mapping")
+            raise ConfigError(f"backends.{name}: got {_shown(body)}; expected a mapping")
         if "type" not in body:
             prefix = str(name).split(".", 1)[0]
             if prefix not in ("openai", "anthropic"):
