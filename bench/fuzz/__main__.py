@@ -36,17 +36,25 @@ TARGETS = {
 
 
 def run(targets: list[str], examples: int, pure: bool, skip_explicit: bool,
-        extra: list[str]) -> tuple[int, float, str]:
+        extra: list[str], verbose: bool) -> tuple[int, float, str]:
     env = dict(os.environ, HYPOTHESIS_PROFILE="long", FASTPROXY_FUZZ_EXAMPLES=str(examples))
     if pure:
         env["FASTPROXY_NO_EXTENSIONS"] = "1"
     if skip_explicit:
         env["FASTPROXY_FUZZ_SKIP_EXPLICIT"] = "1"
-    cmd = [sys.executable, "-m", "pytest", *(TARGETS[t] for t in targets), "-q", "-rf",
+    cmd = [sys.executable, "-m", "pytest", *(TARGETS[t] for t in targets), "-v", "-rf",
            "-o", "timeout=0", "-p", "no:cacheprovider", "--durations=0", *extra]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    return proc.returncode, time.monotonic() - t0, proc.stdout + proc.stderr
+    lines = []
+    # Streamed as it comes (a long run shows its progress), and kept for the report.
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if verbose:
+                print(line, end="", flush=True)
+    return proc.returncode, time.monotonic() - t0, "".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-explicit", action="store_true",
                     help="leave out the explicit @example cases (pinned known defects)")
     ap.add_argument("--report", type=Path, help="also write the full pytest output here")
+    ap.add_argument("--quiet", action="store_true",
+                    help="print only the summary, not pytest's output as it runs")
     ap.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = ap.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {label}: {args.examples} examples per property, targets {', '.join(targets)}",
               flush=True)
         code, seconds, output = run(targets, args.examples, pure, args.skip_explicit,
-                                    args.pytest_args)
+                                    args.pytest_args, not args.quiet)
         summary = [line for line in output.splitlines()
                    if line.startswith(("FAILED", "ERROR")) or " passed" in line
                    or " failed" in line]
