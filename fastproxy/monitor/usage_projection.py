@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import orjson
 
-from .._speedups import estimate_tokens
+from .._speedups import TokenEstimator, estimate_tokens
 from ..storage.usage_kinds import API_BY_PATH
 from ..storage.usage_schema import Prepared, prepare_values, record_from_values
 from .costs import PriceTable, compute_cost
@@ -56,6 +56,7 @@ _TEXT_KEYS = ("text", "input_text", "output_text")
 
 
 COUNT_WINDOW = 1 << 20  # characters of one text counted at a time
+RAW_COUNT_BYTES = 16 << 20  # a body larger than this is estimated from its bytes
 _decode = msgspec.json.Decoder().decode
 
 # -- prompt analysis (writer thread) ------------------------------------------------------
@@ -287,6 +288,16 @@ class ExactCounter:
         return self._counters.get(name) if name is not None else None
 
 
+def _estimate_raw(body: bytes | bytearray) -> int:
+    """Tokens of a whole body's bytes, a window at a time (no copy of the body)."""
+    est = TokenEstimator()
+    view = memoryview(body)
+    for i in range(0, len(view), COUNT_WINDOW):
+        est.feed(view[i:i + COUNT_WINDOW])
+    view.release()
+    return int(est.tokens)
+
+
 def count_prompt(facts: PromptFacts, count: Callable[[str], int], embeddings: bool) -> int:
     total = facts.token_ids
     for piece in facts.pieces:
@@ -341,7 +352,16 @@ class Projector:
         api = API_BY_PATH.get(c.path)
         embeddings = api == "embeddings"
         facts: PromptFacts | None = None
-        if c.body is not None:
+        raw_tokens: int | None = None
+        if c.body is not None and len(c.body) > RAW_COUNT_BYTES:
+            # A huge prompt is estimated from its bytes, never parsed: parsing would hold
+            # its text beside the bytes, a second copy of the body at once. The estimate
+            # counts the JSON around the text too (a little high), and there is no turn
+            # count or session digest for it (a session id the client sent still holds).
+            body, c.body = c.body, None
+            raw_tokens = _estimate_raw(body)
+            del body
+        elif c.body is not None:
             body, c.body = c.body, None
             try:
                 # orjson builds a long string in a scratch buffer first (twice its size
@@ -355,14 +375,14 @@ class Projector:
             facts = analyse_prompt(parsed, embeddings)
             del parsed
         exact = self.exact.counter_for(c.model_used) if self.exact is not None else None
-        ctp: int | None = None
+        ctp: int | None = raw_tokens
         if facts is not None:
             ctp = count_prompt(facts, exact or estimate_tokens, embeddings)
         usage = c.usage
         reported = usage is not None and (usage.prompt is not None or usage.completion is not None)
         if reported:
             source = "backend"
-        elif exact is not None and ctp is not None:
+        elif exact is not None and facts is not None and ctp is not None:
             source = "counted"
         else:
             source = "estimated"

@@ -299,3 +299,24 @@ def test_record_ids_are_32_hex_digits_unique_within_and_across_projectors() -> N
     ids = [project(make_rec(), p)["id"] for p in (first, second) for _ in range(500)]
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     assert len(set(ids)) == 1000
+
+
+def test_a_prompt_over_the_raw_count_size_is_estimated_from_its_bytes() -> None:
+    """A body over RAW_COUNT_BYTES is never parsed on the writer (its text beside its
+    bytes would be a second copy of the body): the prompt is estimated from the raw
+    bytes, the source says so, and no turn count or session digest is made up. Just
+    under the size the usual analysis runs."""
+    from fastproxy.monitor.usage_projection import RAW_COUNT_BYTES
+
+    words = RAW_COUNT_BYTES // 5 + 1000
+    big = make_rec({"model": "claude-haiku-4-5", "max_tokens": 8,
+                    "messages": [{"role": "user", "content": "word " * words}]})
+    assert len(big.request_body) > RAW_COUNT_BYTES
+    r = project(big)
+    assert r["usage_source"] == "estimated"
+    assert r["turn_number"] is None and r["session_id"] is None
+    assert 0.9 * words < r["ctp_prompt_tokens"] < 1.2 * words
+    small = make_rec({"model": "claude-haiku-4-5", "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "word " * 1000}]})
+    r = project(small)
+    assert r["turn_number"] == 1 and r["session_id"] is not None
