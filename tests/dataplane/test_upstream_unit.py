@@ -44,13 +44,7 @@ async def test_pause_on_the_final_chunk_is_undone_before_pooling() -> None:
     chunk that completes the response: the connection must go back to the pool reading,
     or a backend FIN goes unseen (CLOSE-WAIT) and the next request on it stalls."""
     loop = asyncio.get_running_loop()
-    backend = Backend("openai.1", BackendConfig(type="openai", api_url="http://127.0.0.1:9/v1"),
-                      env={})
-    pool = UpstreamPool(backend, loop)
-    conn = UpstreamConnection(pool)
-    transport = RecordingTransport()
-    conn.connection_made(transport)
-    pool._members.add(conn)
+    pool, conn, transport = _pooled_conn(loop)
     resp = UpstreamResponse(loop)
     conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", resp)
     resp.attach(lambda chunk: conn.pause_reading())  # the client's buffer just filled up
