@@ -230,8 +230,12 @@ def resolves(key: str, node: Any) -> bool:
         # Longest key first ("openai.1" over "openai"); a key may look like "[0]" too.
         for k in sorted(node, key=lambda k: -len(str(k))):
             for ks in _spellings(k):
-                named = rest == ks or rest.startswith((ks + ".", ks + "["))
-                if named and resolves(rest[len(ks):], node[k]):
+                tail = rest[len(ks):]
+                # The key, then a separator (merged into a name's own trailing dot when
+                # a message collapses a run of dots), a list index, or nothing.
+                named = rest.startswith(ks) and (
+                    not tail or tail[0] in ".[" or ks.endswith("."))
+                if named and resolves(tail, node[k]):
                     return True
         if rest.startswith("[..]"):
             return any(resolves(rest[4:], v) for v in node.values())
@@ -251,8 +255,9 @@ def _spellings(key: Any) -> set[str]:
     unprintable = "".join(
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
     # Leading/trailing dots are lost where a message joins a path with dots; accepted.
-    return {text, escaped, unprintable, repr(text), repr(text)[1:-1], ascii(text)[1:-1],
-            text.strip(".")}
+    forms = {text, escaped, unprintable, repr(text), repr(text)[1:-1], ascii(text)[1:-1]}
+    # Dots at a name's ends may merge with the path's own separators in a message.
+    return forms | {re.sub(r"\.{2,}", ".", f) for f in forms} | {f.strip(".") for f in forms}
 
 
 def _unquote(key: str) -> str:
@@ -285,6 +290,8 @@ def check_error(err: ConfigError, tree: Any, secrets: list[str]) -> None:
     "api_keys given as a string")
 @example(built=Built({"backends": {"openai.1": {"api_key": "sk-secret-3"}}}, True,
                      ["sk-secret-3"])).via("a backend without its api_url")
+@example(built=Built({"backends": {"0..": {"type": []}}}, True)).via(
+    "a backend name ending in dots")
 def test_tree_loads_or_fails_with_one_line_naming_the_key(workdir: Path, built: Built) -> None:
     config, seen = load_tree(workdir, built.tree)
     if isinstance(config, ConfigError):
