@@ -371,8 +371,18 @@ _HEAD_AT_THE_LIMITS = (
     b"GET /" + b"p" * 249 + b" HTTP/1.1\r\nHost: localhost\r\nx-a: " + b"v" * 1000
     + b"\r\n\r\n"
 )
-# Where the explicit examples are split: inside the (last) head, or before its last CRLF.
+# A request whose Upgrade the gateway ignores, then one refused from a parser callback
+# (too many headers): in one read the refusal happens while the upgrade is being handled.
+_UPGRADE_THEN_REFUSED = (
+    b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\n"
+    b"Upgrade: websocket\r\n\r\n"
+    b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n"
+    + b"".join(b"x-n%d: %d\r\n" % (i, i) for i in range(13)) + b"\r\n"
+)
+# Where the explicit examples are split: inside the (last) head, before its last CRLF, or
+# between the requests.
 _EXPLICIT_SPLITS = {
+    _UPGRADE_THEN_REFUSED: [_UPGRADE_THEN_REFUSED.index(b"\r\n\r\n") + 4],
     _SPLIT_HEAD_BIG_BODY: [_SPLIT_HEAD_BIG_BODY.rindex(b"Host:") + 2],
     _PIPELINED_AFTER_BODILESS: [_PIPELINED_AFTER_BODILESS.rindex(b"Host:") + 2],
     _HEAD_AT_THE_LIMITS: [len(_HEAD_AT_THE_LIMITS) - 2],
@@ -384,6 +394,7 @@ _EXPLICIT_SPLITS = {
 @example(data=None, stream=(_SPLIT_HEAD_BIG_BODY, False)).via("head split, big body")
 @example(data=None, stream=(_PIPELINED_AFTER_BODILESS, False)).via("pipelined after bodiless")
 @example(data=None, stream=(_HEAD_AT_THE_LIMITS, False)).via("raw head bytes vs parsed size")
+@example(data=None, stream=(_UPGRADE_THEN_REFUSED, False)).via("ignored upgrade, then a 431")
 def test_answer_does_not_depend_on_the_split(loop: FakeClockLoop, data: Any,
                                              stream: tuple[bytes, bool]) -> None:
     raw, eof = stream
