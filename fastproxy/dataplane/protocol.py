@@ -366,6 +366,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._reject_now(Reject(431, "request head too large", "head_too_large"))
 
     def _feed(self, data: bytes) -> None:
+        rest: bytes | None = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -376,11 +377,15 @@ class ClientProtocol(asyncio.Protocol):
                 log.error("bug in request callback", exc_info=err)
                 self._reject_now(Reject(500, "internal error", "internal_error"))
         except httptools.HttpParserUpgrade as exc:
-            self._ignore_upgrade(data[exc.args[0]:] if exc.args else b"")
+            rest = data[exc.args[0]:] if exc.args else b""
         except httptools.HttpParserInvalidURLError:
             self._reject_now(Reject(400, "malformed request target", "bad_request"))
         except httptools.HttpParserError as exc:
             self._reject_now(Reject(400, f"malformed HTTP request: {exc}", "bad_request"))
+        if rest is not None:
+            # Outside the handler: an error the rest raises must not carry the upgrade as
+            # its context (a Reject would be mistaken for a bug in a callback).
+            self._ignore_upgrade(rest)
 
     def _ignore_upgrade(self, rest: bytes) -> None:
         """httptools stopped at a request asking to switch protocols. CONNECT was refused

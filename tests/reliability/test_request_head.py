@@ -198,3 +198,20 @@ def test_a_head_over_the_limit_across_reads_is_still_refused(
     assert_error(resp, 431, CHAT_PATH, "head_too_large")
     assert_closed(client)
     assert backend_requests(mock_llm) == 0
+
+
+def test_an_error_in_the_request_after_an_ignored_upgrade_is_not_a_500(
+    gw: RunningGateway, client_for: Callable[[], RawClient]
+) -> None:
+    """Sends `GET /v1/models` with `Upgrade: websocket`, and in the same write a request
+    whose target is over the request-line limit (1 KiB here): 200, then 414 in the
+    dialect; the refusal must not be mistaken for a bug in a callback (a 500), which it
+    was while the rest was parsed inside the upgrade's exception handler (found by the
+    20,000-example run of the split-invariance fuzzer)."""
+    client = client_for()
+    client.send(b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nconnection: upgrade\r\n"
+                b"upgrade: websocket\r\n\r\n"
+                b"GET /" + b"p" * 1100 + b" HTTP/1.1\r\nhost: localhost\r\n\r\n")
+    assert client.read().status == 200
+    assert_error(client.read(), 414, CHAT_PATH, "uri_too_long")
+    assert_closed(client)
