@@ -223,6 +223,18 @@ def print_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
+def watch(prog: str, first: Any, fetch: Callable[[], Any], ns: Any,
+          table: Callable[[], None]) -> int:
+    """``--watch``: JSON lines with ``--json``, else the live table, until Ctrl-C."""
+    try:
+        if ns.json:
+            watch_json(prog, first, fetch, ns.interval)
+        table()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def watch_json(prog: str, first: Any, fetch: Callable[[], Any], interval: float) -> NoReturn:
     """``--watch --json``: one compact document per line (for jq or a log) until Ctrl-C.
     A failed read is one line on stderr, and the next refresh tries again."""

@@ -34,7 +34,7 @@ from .cli_common import (
     get_json,
     positive_float,
     print_json,
-    watch_json,
+    watch,
 )
 
 PATH = "/internal/health"
@@ -131,13 +131,8 @@ def run(ns: argparse.Namespace) -> int:
         else:
             Console().print(render(url, doc))
         return exit_code(doc)
-    try:
-        if ns.json:
-            watch_json(prog, doc, lambda: fetch(url, ns.timeout), ns.interval)
-        _watch_table(url, doc, ns)
-    except KeyboardInterrupt:
-        pass
-    return EXIT_OK
+    return watch(prog, doc, lambda: fetch(url, ns.timeout), ns,
+                 lambda: _watch_table(url, doc, ns))
 
 
 def _watch_table(url: str, first: dict[str, Any], ns: argparse.Namespace) -> None:

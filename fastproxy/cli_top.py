@@ -40,7 +40,7 @@ from .cli_common import (
     positive_float,
     print_json,
     say,
-    watch_json,
+    watch,
 )
 
 PATH = "/v1/diagnostics"
@@ -197,13 +197,8 @@ def run(ns: argparse.Namespace) -> int:
             say(prog, TRACKING_OFF)
             return EXIT_TRACKING_OFF
         return EXIT_OK
-    try:
-        if ns.json:
-            watch_json(prog, doc, lambda: fetch(url, ns.timeout), ns.interval)
-        _watch_table(url, doc, ns)
-    except KeyboardInterrupt:
-        pass
-    return EXIT_OK
+    return watch(prog, doc, lambda: fetch(url, ns.timeout), ns,
+                 lambda: _watch_table(url, doc, ns))
 
 
 def _watch_table(url: str, first: dict[str, Any], ns: argparse.Namespace) -> None:
