@@ -24,17 +24,21 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for flag in CLI_FLAGS:
         dest = "cfg__" + flag.key.replace(".", "__")
         if flag.action == "true":
-            parser.add_argument(flag.flag, dest=dest, action="store_const", const=True,
-                                help=flag.help)
+            parser.add_argument(
+                flag.flag, dest=dest, action="store_const", const=True, help=flag.help
+            )
         elif flag.action == "false":
-            parser.add_argument(flag.flag, dest=dest, action="store_const", const=False,
-                                help=flag.help)
+            parser.add_argument(
+                flag.flag, dest=dest, action="store_const", const=False, help=flag.help
+            )
         elif flag.action == "append_rule":
-            parser.add_argument(flag.flag, dest=dest, action="append", metavar=flag.metavar,
-                                help=flag.help)
+            parser.add_argument(
+                flag.flag, dest=dest, action="append", metavar=flag.metavar, help=flag.help
+            )
         else:
-            parser.add_argument(flag.flag, dest=dest, metavar=flag.metavar or "VALUE",
-                                help=flag.help)
+            parser.add_argument(
+                flag.flag, dest=dest, metavar=flag.metavar or "VALUE", help=flag.help
+            )
 
 
 def _cli_overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -66,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the config and print the result")
     _add_config_flags(check)
 
-    sub.add_parser("mock-llm", help="run the mock LLM server (OpenAI + Anthropic)",
-                   add_help=False)
+    sub.add_parser("mock-llm", help="run the mock LLM server (OpenAI + Anthropic)", add_help=False)
     for module in _extra_commands():
         before = set(sub.choices)
         module.add_parser(sub)

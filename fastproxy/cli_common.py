@@ -36,8 +36,13 @@ DEFAULT_URL = "http://127.0.0.1:8001"
 class CliError(Exception):
     """A failure the operator reads as one line; ``exit_code`` is one of the EXIT_*."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_NO_ANSWER,
-                 status: int | None = None, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        exit_code: int = EXIT_NO_ANSWER,
+        status: int | None = None,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.status = status  # the HTTP status when the gateway answered an error
@@ -57,9 +62,11 @@ def positive_float(text: str) -> float:
 def add_url_argument(parser: Any, *, instead_of: str = "") -> None:
     """``--url`` on a parser or a mutually exclusive group; ``instead_of`` names what
     the URL replaces where reading a gateway is optional (``usage``: the database file)."""
-    text = ("the gateway's base URL, e.g. http://127.0.0.1:8001 (default: the admin "
-            "listener of the config file found by the usual lookup, else "
-            f"{DEFAULT_URL})")
+    text = (
+        "the gateway's base URL, e.g. http://127.0.0.1:8001 (default: the admin "
+        "listener of the config file found by the usual lookup, else "
+        f"{DEFAULT_URL})"
+    )
     if instead_of:
         text = f"read from the running gateway at this base URL instead of {instead_of}"
     parser.add_argument("--url", metavar="URL", help=text)
@@ -73,20 +80,33 @@ def add_gateway_arguments(parser: argparse.ArgumentParser, *, positional_url: bo
     """
     add_url_argument(parser)
     if positional_url:
-        parser.add_argument("legacy_url", nargs="?", metavar="URL",
-                            help="the same as --url (the older spelling, still accepted)")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file whose admin.host/admin.port give the default URL "
-                             "(default lookup: $FASTPROXY_CONFIG, "
-                             "$XDG_CONFIG_HOME/fastproxy/config.yaml, /etc/fastproxy/config.yaml)")
+        parser.add_argument(
+            "legacy_url",
+            nargs="?",
+            metavar="URL",
+            help="the same as --url (the older spelling, still accepted)",
+        )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file whose admin.host/admin.port give the default URL "
+        "(default lookup: $FASTPROXY_CONFIG, "
+        "$XDG_CONFIG_HOME/fastproxy/config.yaml, /etc/fastproxy/config.yaml)",
+    )
     add_timeout_argument(parser)
-    parser.add_argument("--json", action="store_true",
-                        help="print the gateway's JSON document instead of a table")
+    parser.add_argument(
+        "--json", action="store_true", help="print the gateway's JSON document instead of a table"
+    )
 
 
 def add_timeout_argument(parser: Any) -> None:
-    parser.add_argument("--timeout", type=positive_float, default=5.0, metavar="S",
-                        help="HTTP timeout per request in seconds (default 5)")
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=5.0,
+        metavar="S",
+        help="HTTP timeout per request in seconds (default 5)",
+    )
 
 
 def normalise_url(text: str, flag: str = "--url") -> str:
@@ -109,8 +129,9 @@ def gateway_url(ns: argparse.Namespace) -> str:
     flag = getattr(ns, "url", None)
     legacy = getattr(ns, "legacy_url", None)
     if flag and legacy and normalise_url(flag) != normalise_url(legacy, "URL"):
-        raise CliError(f"two different URLs given ({legacy} and --url {flag}); give one",
-                       EXIT_USAGE)
+        raise CliError(
+            f"two different URLs given ({legacy} and --url {flag}); give one", EXIT_USAGE
+        )
     if flag:
         return normalise_url(flag)
     if legacy:
@@ -139,8 +160,11 @@ def url_from_config(config_file: str | None) -> str:
         host, port, key = cfg.host, cfg.port, "port"
     if port == 0:
         where = loaded.origin(key)
-        raise CliError(f"{key} is 0 ({where}): the gateway picks a free port and logs it; "
-                       "give --url with that port", EXIT_USAGE)
+        raise CliError(
+            f"{key} is 0 ({where}): the gateway picks a free port and logs it; "
+            "give --url with that port",
+            EXIT_USAGE,
+        )
     return f"http://{_connectable(host)}:{port}"
 
 
@@ -175,16 +199,22 @@ def open_url(url: str, timeout: float) -> HTTPResponse:
         return _OPENER.open(url, timeout=timeout)  # type: ignore[no-any-return]
     except urllib.error.HTTPError as exc:
         detail = _detail(exc)
-        raise CliError(f"{url} answered HTTP {exc.code}: {detail or exc.reason}",
-                       EXIT_NO_ANSWER, status=exc.code, detail=detail) from None
+        raise CliError(
+            f"{url} answered HTTP {exc.code}: {detail or exc.reason}",
+            EXIT_NO_ANSWER,
+            status=exc.code,
+            detail=detail,
+        ) from None
     except (OSError, ValueError) as exc:  # URLError, refused, reset, timeout, bad host
         raise CliError(unreachable(url, exc), EXIT_NO_ANSWER) from None
 
 
 def unreachable(url: str, exc: BaseException) -> str:
     reason = getattr(exc, "reason", None) or exc
-    return (f"cannot reach the gateway at {url} ({reason}); is it running, and is this its "
-            "admin listener (--url, or admin.host/admin.port in the config)?")
+    return (
+        f"cannot reach the gateway at {url} ({reason}); is it running, and is this its "
+        "admin listener (--url, or admin.host/admin.port in the config)?"
+    )
 
 
 def get_json(url: str, timeout: float) -> Any:
@@ -196,8 +226,9 @@ def get_json(url: str, timeout: float) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        raise CliError(f"{url} did not answer JSON; is this a fastproxy gateway?",
-                       EXIT_NO_ANSWER) from None
+        raise CliError(
+            f"{url} did not answer JSON; is this a fastproxy gateway?", EXIT_NO_ANSWER
+        ) from None
 
 
 def _detail(exc: urllib.error.HTTPError) -> str | None:
@@ -223,8 +254,9 @@ def print_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
-def watch(prog: str, first: Any, fetch: Callable[[], Any], ns: Any,
-          table: Callable[[], None]) -> int:
+def watch(
+    prog: str, first: Any, fetch: Callable[[], Any], ns: Any, table: Callable[[], None]
+) -> int:
     """``--watch``: JSON lines with ``--json``, else the live table, until Ctrl-C."""
     try:
         if ns.json:

@@ -39,23 +39,44 @@ from .cli_common import (
 
 PATH = "/internal/health"
 EXIT_DEGRADED = EXIT_NOT_OK
-_STYLE = {"ok": "green", "healthy": "green", "closed": "green", "unhealthy": "bold red",
-          "open": "bold red", "failing": "red", "half_open": "yellow", "misconfigured": "yellow",
-          "rate_limited": "yellow", "degraded": "bold yellow", "unavailable": "dim",
-          "disabled": "dim", "pending": "dim"}
+_STYLE = {
+    "ok": "green",
+    "healthy": "green",
+    "closed": "green",
+    "unhealthy": "bold red",
+    "open": "bold red",
+    "failing": "red",
+    "half_open": "yellow",
+    "misconfigured": "yellow",
+    "rate_limited": "yellow",
+    "degraded": "bold yellow",
+    "unavailable": "dim",
+    "disabled": "dim",
+    "pending": "dim",
+}
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "health", help="show backend health and circuit breakers (reads /internal/health)",
+        "health",
+        help="show backend health and circuit breakers (reads /internal/health)",
         description="Show endpoint health and circuit-breaker state from a running gateway.",
         epilog="Exit codes: 0 ok, 1 no usable answer (e.g. nothing listens at the URL), "
-               "2 bad arguments or config, 3 degraded. See docs/cli.md.")
+        "2 bad arguments or config, 3 degraded. See docs/cli.md.",
+    )
     add_gateway_arguments(p, positional_url=False)
-    p.add_argument("--watch", action="store_true",
-                   help="refresh until Ctrl-C (with --json: one document per line)")
-    p.add_argument("--interval", type=positive_float, default=2.0, metavar="S",
-                   help="seconds between refreshes with --watch (default 2)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh until Ctrl-C (with --json: one document per line)",
+    )
+    p.add_argument(
+        "--interval",
+        type=positive_float,
+        default=2.0,
+        metavar="S",
+        help="seconds between refreshes with --watch (default 2)",
+    )
     p.set_defaults(prog=p.prog)
 
 
@@ -63,8 +84,9 @@ def fetch(url: str, timeout: float) -> dict[str, Any]:
     """The health document at ``url``; CliError when there is none."""
     doc = get_json(url, timeout)
     if not (isinstance(doc, dict) and "endpoint_health" in doc):
-        raise CliError(f"{url} did not answer a health document; is this a fastproxy "
-                       "gateway?", EXIT_NO_ANSWER)
+        raise CliError(
+            f"{url} did not answer a health document; is this a fastproxy gateway?", EXIT_NO_ANSWER
+        )
     return doc
 
 
@@ -85,36 +107,57 @@ def render(url: str, doc: dict[str, Any]) -> Group:
     eh = doc.get("endpoint_health", {})
     summary = eh.get("summary", {})
     head = Text.assemble(
-        ("fastproxy health  ", "bold"), _styled(doc.get("status")),
+        ("fastproxy health  ", "bold"),
+        _styled(doc.get("status")),
         f"   endpoints {summary.get('healthy_endpoints', 0)}/{summary.get('total_endpoints', 0)}"
-        f" healthy   probing {'on' if eh.get('enabled') else 'off'}   {url}")
+        f" healthy   probing {'on' if eh.get('enabled') else 'off'}   {url}",
+    )
     endpoints = Table(title="Endpoints", title_justify="left", expand=True)
-    for col in ("API URL", "Health", "Ping", "Ping ms", "HTTP", "Status", "HTTP ms",
-                "Fails (ping/http)", "Last error", "Backends"):
+    for col in (
+        "API URL",
+        "Health",
+        "Ping",
+        "Ping ms",
+        "HTTP",
+        "Status",
+        "HTTP ms",
+        "Fails (ping/http)",
+        "Last error",
+        "Backends",
+    ):
         endpoints.add_column(col, overflow="fold")
     for ep in eh.get("endpoints", []):
         endpoints.add_row(
-            ep.get("api_url"), _styled(ep.get("condition") or
-                                       ("healthy" if ep.get("is_healthy") else "unhealthy")),
-            _styled(ep.get("ping_status")), _ms(ep.get("last_ping_latency_ms")),
-            _styled(ep.get("http_status")), str(ep.get("last_http_status_code") or "-"),
+            ep.get("api_url"),
+            _styled(ep.get("condition") or ("healthy" if ep.get("is_healthy") else "unhealthy")),
+            _styled(ep.get("ping_status")),
+            _ms(ep.get("last_ping_latency_ms")),
+            _styled(ep.get("http_status")),
+            str(ep.get("last_http_status_code") or "-"),
             _ms(ep.get("last_http_latency_ms")),
             f"{ep.get('consecutive_ping_failures', 0)}/{ep.get('consecutive_http_failures', 0)}",
             ep.get("last_http_error") or ep.get("last_ping_error") or "",
-            ", ".join(ep.get("backends_using_url", [])))
+            ", ".join(ep.get("backends_using_url", [])),
+        )
     backends = Table(title="Circuit breakers", title_justify="left", expand=True)
     for col in ("Backend", "Type", "Circuit", "Failures", "Open until", "Endpoint"):
         backends.add_column(col, overflow="fold")
     for b in eh.get("backends", []):
-        backends.add_row(b.get("name"), b.get("backend_type") or "-",
-                         _styled(b.get("circuit_state")), str(b.get("consecutive_failures", 0)),
-                         b.get("open_until") or "-",
-                         _styled("healthy" if b.get("is_endpoint_healthy") else "unhealthy"))
+        backends.add_row(
+            b.get("name"),
+            b.get("backend_type") or "-",
+            _styled(b.get("circuit_state")),
+            str(b.get("consecutive_failures", 0)),
+            b.get("open_until") or "-",
+            _styled("healthy" if b.get("is_endpoint_healthy") else "unhealthy"),
+        )
     storage = doc.get("storage") or {}
     foot = Text.assemble(
-        "storage: usage_db ", _styled(storage.get("usage_db")),
+        "storage: usage_db ",
+        _styled(storage.get("usage_db")),
         f"  queue {storage.get('queue_depth', 0)}  dropped {storage.get('dropped_records', 0)}"
-        f"  write errors {storage.get('write_errors', 0)}")
+        f"  write errors {storage.get('write_errors', 0)}",
+    )
     return Group(head, endpoints, backends, foot)
 
 
@@ -131,8 +174,7 @@ def run(ns: argparse.Namespace) -> int:
         else:
             Console().print(render(url, doc))
         return exit_code(doc)
-    return watch(prog, doc, lambda: fetch(url, ns.timeout), ns,
-                 lambda: _watch_table(url, doc, ns))
+    return watch(prog, doc, lambda: fetch(url, ns.timeout), ns, lambda: _watch_table(url, doc, ns))
 
 
 def _watch_table(url: str, first: dict[str, Any], ns: argparse.Namespace) -> None:

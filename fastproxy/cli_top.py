@@ -45,11 +45,15 @@ from .cli_common import (
 
 PATH = "/v1/diagnostics"
 EXIT_TRACKING_OFF = EXIT_NOT_OK
-TRACKING_OFF = ("Activity tracking is off on this gateway. Start it with "
-                "--enable-activity-tracking, ENABLE_ACTIVITY_TRACKING=1 or "
-                "`enable_activity_tracking: true` in the config file.")
-EPILOG = ("Exit codes: 0 ok, 1 no usable answer (e.g. nothing listens at the URL), "
-          "2 bad arguments or config, 3 activity tracking off. See docs/cli.md.")
+TRACKING_OFF = (
+    "Activity tracking is off on this gateway. Start it with "
+    "--enable-activity-tracking, ENABLE_ACTIVITY_TRACKING=1 or "
+    "`enable_activity_tracking: true` in the config file."
+)
+EPILOG = (
+    "Exit codes: 0 ok, 1 no usable answer (e.g. nothing listens at the URL), "
+    "2 bad arguments or config, 3 activity tracking off. See docs/cli.md."
+)
 
 __all__ = ["DEFAULT_URL", "ActivityView", "add_arguments", "add_parser", "fetch", "run"]
 
@@ -57,23 +61,35 @@ __all__ = ["DEFAULT_URL", "ActivityView", "add_arguments", "add_parser", "fetch"
 def add_arguments(parser: argparse.ArgumentParser, *, watch_default: bool) -> None:
     add_gateway_arguments(parser, positional_url=True)
     if watch_default:
-        parser.add_argument("--once", dest="watch", action="store_false",
-                            help="print one snapshot and exit")
+        parser.add_argument(
+            "--once", dest="watch", action="store_false", help="print one snapshot and exit"
+        )
     else:
         parser.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     parser.set_defaults(watch=watch_default, prog=parser.prog)
-    parser.add_argument("--interval", type=positive_float, default=1.0, metavar="S",
-                        help="seconds between refreshes (default 1.0)")
+    parser.add_argument(
+        "--interval",
+        type=positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds between refreshes (default 1.0)",
+    )
     # --raw was the flag before every command got --json; old scripts keep working.
-    parser.add_argument("--raw", dest="json", action="store_true",
-                        help="the same as --json (the older spelling, still accepted)")
+    parser.add_argument(
+        "--raw",
+        dest="json",
+        action="store_true",
+        help="the same as --json (the older spelling, still accepted)",
+    )
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "top", help="live table of active connections (needs activity tracking)",
+        "top",
+        help="live table of active connections (needs activity tracking)",
         description="Live activity of a running gateway, from GET /v1/diagnostics.",
-        epilog=EPILOG)
+        epilog=EPILOG,
+    )
     add_arguments(p, watch_default=True)
 
 
@@ -81,8 +97,10 @@ def fetch(url: str, timeout: float) -> dict[str, Any]:
     """The diagnostics document at ``url``; CliError when there is none."""
     doc = get_json(url, timeout)
     if not (isinstance(doc, dict) and "activity_tracking_enabled" in doc):
-        raise CliError(f"{url} did not answer a diagnostics document; is this a fastproxy "
-                       "gateway?", EXIT_NO_ANSWER)
+        raise CliError(
+            f"{url} did not answer a diagnostics document; is this a fastproxy gateway?",
+            EXIT_NO_ANSWER,
+        )
     return doc
 
 
@@ -121,8 +139,9 @@ class ActivityView:
     def __init__(self) -> None:
         self._prev: dict[Any, _Sample] = {}
 
-    def render(self, doc: dict[str, Any], now: float | None = None,
-               footer: str | None = None) -> RenderableType:
+    def render(
+        self, doc: dict[str, Any], now: float | None = None, footer: str | None = None
+    ) -> RenderableType:
         now = time.monotonic() if now is None else now
         rows = []
         seen: dict[Any, _Sample] = {}
@@ -138,15 +157,22 @@ class ActivityView:
                     span = max(float(c.get("duration_seconds") or 0), 1e-3)
                     rx_rate, tx_rate = rx / span, tx / span
                 seen[key] = _Sample(now, rx, tx)
-                rows.append((tx_rate + rx_rate, rx + tx, inst["name"], c, rx, tx, rx_rate,
-                             tx_rate))
+                rows.append((tx_rate + rx_rate, rx + tx, inst["name"], c, rx, tx, rx_rate, tx_rate))
         self._prev = seen
         rows.sort(key=lambda r: (r[0], r[1]), reverse=True)  # busiest first
 
         table = Table(title="Active Connections", expand=False)
-        for col, justify in (("Backend", "left"), ("Session", "left"), ("Type", "left"),
-                             ("Model", "left"), ("Duration", "right"), ("RX", "right"),
-                             ("TX", "right"), ("RX/s", "right"), ("TX/s", "right")):
+        for col, justify in (
+            ("Backend", "left"),
+            ("Session", "left"),
+            ("Type", "left"),
+            ("Model", "left"),
+            ("Duration", "right"),
+            ("RX", "right"),
+            ("TX", "right"),
+            ("RX/s", "right"),
+            ("TX/s", "right"),
+        ):
             # no_wrap: a narrow terminal truncates a cell instead of doubling the rows.
             table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
         sum_rx = sum_tx = 0
@@ -155,23 +181,42 @@ class ActivityView:
             session = c.get("session_id") or "-"
             if len(session) > 13:
                 session = session[:10] + "..."
-            table.add_row(backend, session, c.get("connection_type", "?"), c.get("model") or "-",
-                          human_duration(float(c.get("duration_seconds") or 0)),
-                          human_bytes(rx), human_bytes(tx), human_rate(rxr), human_rate(txr))
+            table.add_row(
+                backend,
+                session,
+                c.get("connection_type", "?"),
+                c.get("model") or "-",
+                human_duration(float(c.get("duration_seconds") or 0)),
+                human_bytes(rx),
+                human_bytes(tx),
+                human_rate(rxr),
+                human_rate(txr),
+            )
             sum_rx += rx
             sum_tx += tx
             sum_rxr += rxr
             sum_txr += txr
         if rows:
             table.add_section()
-            table.add_row(Text("Total", style="bold"), "", "", "", "", human_bytes(sum_rx),
-                          human_bytes(sum_tx), human_rate(sum_rxr), human_rate(sum_txr))
+            table.add_row(
+                Text("Total", style="bold"),
+                "",
+                "",
+                "",
+                "",
+                human_bytes(sum_rx),
+                human_bytes(sum_tx),
+                human_rate(sum_rxr),
+                human_rate(sum_txr),
+            )
         g = doc.get("global_activity") or {}
         updated = datetime.now().strftime("%H:%M:%S")
-        summary = (f"Active Connections: {g.get('total_active_connections', len(rows))} | "
-                   f"Total RX: {human_bytes(g.get('total_bytes_rx', sum_rx))} | "
-                   f"Total TX: {human_bytes(g.get('total_bytes_tx', sum_tx))} | "
-                   f"Updated: {updated}")
+        summary = (
+            f"Active Connections: {g.get('total_active_connections', len(rows))} | "
+            f"Total RX: {human_bytes(g.get('total_bytes_rx', sum_rx))} | "
+            f"Total TX: {human_bytes(g.get('total_bytes_tx', sum_tx))} | "
+            f"Updated: {updated}"
+        )
         parts: list[RenderableType] = [Panel(summary, title="Connection Activity", expand=False)]
         parts.append(table if rows else Text("No active connections.", style="dim"))
         if footer:
@@ -197,8 +242,7 @@ def run(ns: argparse.Namespace) -> int:
             say(prog, TRACKING_OFF)
             return EXIT_TRACKING_OFF
         return EXIT_OK
-    return watch(prog, doc, lambda: fetch(url, ns.timeout), ns,
-                 lambda: _watch_table(url, doc, ns))
+    return watch(prog, doc, lambda: fetch(url, ns.timeout), ns, lambda: _watch_table(url, doc, ns))
 
 
 def _watch_table(url: str, first: dict[str, Any], ns: argparse.Namespace) -> None:

@@ -61,9 +61,13 @@ class Gateway:
         limits = self.config.limits
         for b in state.backends.values():
             state.pools[b.name] = UpstreamPool(
-                b, loop, max_head_bytes=limits.max_head_bytes, max_headers=limits.max_headers,
+                b,
+                loop,
+                max_head_bytes=limits.max_head_bytes,
+                max_headers=limits.max_headers,
                 max_body_bytes=limits.max_response_body_bytes,
-                max_connections=limits.max_connections)
+                max_connections=limits.max_connections,
+            )
         await self._discover_models(state)
         for factory in _service_factories():
             service = factory(self, state)
@@ -83,7 +87,9 @@ class Gateway:
         self._tick()
         log.info(
             "fastproxy data plane listening on http://%s:%d (backends: %s)",
-            cfg.host, self.port, ", ".join(state.backends) or "none",
+            cfg.host,
+            self.port,
+            ", ".join(state.backends) or "none",
         )
         self.started.set()
         self._notifier.ready(f"listening on {cfg.host}:{self.port}")
@@ -102,13 +108,19 @@ class Gateway:
             )
             state.backends["demo"] = demo
             state.default_backend = "demo"
-            log.info("no backends configured: serving the embedded demo backend at %s", self.demo.url)
+            log.info(
+                "no backends configured: serving the embedded demo backend at %s", self.demo.url
+            )
             return
         for name, bcfg in self.config.backends.items():
             backend = Backend(name, bcfg, env=self._env)
             if not backend.has_key and bcfg.api_key_env:
-                log.warning("backend %s: environment variable %s is not set; requests will "
-                            "reach it without credentials", name, bcfg.api_key_env)
+                log.warning(
+                    "backend %s: environment variable %s is not set; requests will "
+                    "reach it without credentials",
+                    name,
+                    bcfg.api_key_env,
+                )
             state.backends[name] = backend
 
     async def _discover_models(self, state: GatewayState) -> None:
@@ -116,12 +128,17 @@ class Gateway:
         todo = [b for b in state.backends.values() if b.models is None]
         if not todo:
             return
-        results = await asyncio.gather(*(self._fetch_models(state, b) for b in todo),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._fetch_models(state, b) for b in todo), return_exceptions=True
+        )
         for backend, result in zip(todo, results, strict=True):
             if isinstance(result, BaseException):
-                log.warning("backend %s: model discovery failed (%s); it serves explicit "
-                            "backend:model requests and the default route", backend.name, result)
+                log.warning(
+                    "backend %s: model discovery failed (%s); it serves explicit "
+                    "backend:model requests and the default route",
+                    backend.name,
+                    result,
+                )
             else:
                 backend.models = frozenset(result)
                 log.info("backend %s: discovered %d models", backend.name, len(result))
@@ -133,9 +150,15 @@ class Gateway:
         try:
             conn, _ = await pool.acquire(DISCOVERY_TIMEOUT_S)
             resp = UpstreamResponse(state.loop)
-            head = (b"GET " + backend.upstream_path(b"/v1/models") + b" HTTP/1.1\r\nhost: "
-                    + backend.host_header + b"\r\naccept-encoding: identity\r\n"
-                    + backend.auth_headers + b"connection: close\r\n\r\n")
+            head = (
+                b"GET "
+                + backend.upstream_path(b"/v1/models")
+                + b" HTTP/1.1\r\nhost: "
+                + backend.host_header
+                + b"\r\naccept-encoding: identity\r\n"
+                + backend.auth_headers
+                + b"connection: close\r\n\r\n"
+            )
             conn.send(head, b"", resp)
             async with asyncio.timeout(DISCOVERY_TIMEOUT_S):
                 await resp.done
@@ -154,8 +177,10 @@ class Gateway:
         for pool in state.pools.values():
             pool.sweep()
         counters = state.counters
-        self._trimmer.tick(counters.requests_total + counters.connections_total,
-                           lambda: any(c.current is not None for c in state.connections))
+        self._trimmer.tick(
+            counters.requests_total + counters.connections_total,
+            lambda: any(c.current is not None for c in state.connections),
+        )
         if self._notifier.watchdog_interval:
             self._notifier.watchdog()
         # Wake at the next whole second so the Date header is right to the second.

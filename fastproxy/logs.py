@@ -91,7 +91,7 @@ class KeyValueFormatter(logging.Formatter):
         # Redact before escaping: the credential patterns match the text as sent.
         msg = escape(redact(record.getMessage()))
         line = (
-            f'ts={ts}.{int(record.msecs):03d}Z level={record.levelname} '
+            f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname} "
             f'logger={record.name} msg="{msg}"'
         )
         extra: dict[str, Any] | None = getattr(record, "kv", None)

@@ -51,8 +51,9 @@ def rss_bytes() -> int:
 class IdleTrimmer:
     __slots__ = ("_after_trim", "_last_activity", "_quiet_ticks", "_rss", "_trim", "trims")
 
-    def __init__(self, trim: Callable[[int], int] | None = None,
-                 rss: Callable[[], int] = rss_bytes) -> None:
+    def __init__(
+        self, trim: Callable[[int], int] | None = None, rss: Callable[[], int] = rss_bytes
+    ) -> None:
         self._trim = trim if trim is not None else _load_trim()
         self._rss = rss
         self._last_activity = -1

@@ -76,9 +76,7 @@ class GatewayState:
         self.is_open: Callable[[str], bool] | None = None
         # The monitoring API, shared by the admin listener and the data port.
         self.router = Router()
-        self.access = AccessPolicy(
-            config.admin.allow_networks, (config.host, config.admin.host)
-        )
+        self.access = AccessPolicy(config.admin.allow_networks, (config.host, config.admin.host))
         # Services, set by each service's start() when enabled; None when off, so the
         # hot path tests one attribute and pays nothing else for a disabled feature.
         self.usage: Any = None

@@ -44,45 +44,63 @@ from .storage.usage_queries import FILTER_PARAMS, FilterError, parse_filters
 PROG = "fastproxy usage"
 
 _FILTER_HELP = {
-    "backend_type": "openai or anthropic", "backend": "backend name, e.g. openai.1",
-    "model": "model requested or used", "frontend_type": "client dialect: openai or anthropic",
+    "backend_type": "openai or anthropic",
+    "backend": "backend name, e.g. openai.1",
+    "model": "model requested or used",
+    "frontend_type": "client dialect: openai or anthropic",
     "leg": "token point to count: CTP, PTB, BTP or PTC",
-    "session_id": "one session", "proxy_user": "x-proxy-user value",
+    "session_id": "one session",
+    "proxy_user": "x-proxy-user value",
     "http_status_code": "e.g. 429, or none (no status reached the client)",
     "start_date": "ISO-8601, inclusive (naive = UTC)",
     "end_date": "ISO-8601, inclusive; a date alone means the whole day",
-    "day_of_week": "0=Monday..6 (UTC)", "hour_of_day": "0..23 (UTC)",
+    "day_of_week": "0=Monday..6 (UTC)",
+    "hour_of_day": "0..23 (UTC)",
     "api": "endpoint: chat, responses, embeddings, completions, messages or count_tokens",
     "outcome": "ok, rejected, backend_error, timeout, truncated, client_aborted, "
-               "client_stalled or gateway_shutdown",
+    "client_stalled or gateway_shutdown",
 }
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "usage", help="usage statistics and exports (reads the usage DB, or a gateway with --url)",
-        description=__doc__.split("\n\n")[0])
+        "usage",
+        help="usage statistics and exports (reads the usage DB, or a gateway with --url)",
+        description=__doc__.split("\n\n")[0],
+    )
     verbs = p.add_subparsers(dest="usage_verb", metavar="{stats,export}", required=True)
-    for name, text in (("stats", "aggregated statistics: a table, or --json"),
-                       ("export", "export records as csv, ndjson or json")):
+    for name, text in (
+        ("stats", "aggregated statistics: a table, or --json"),
+        ("export", "export records as csv, ndjson or json"),
+    ):
         v = verbs.add_parser(name, help=text, description=text)
         src = v.add_mutually_exclusive_group()
         src.add_argument("--db", metavar="PATH", help="usage database file")
-        src.add_argument("--config", metavar="FILE",
-                         help="config file naming usage_tracking.persistence_path")
+        src.add_argument(
+            "--config", metavar="FILE", help="config file naming usage_tracking.persistence_path"
+        )
         add_url_argument(src, instead_of="the database file")
         add_timeout_argument(v)
         for param in FILTER_PARAMS:
-            v.add_argument("--" + param.replace("_", "-"), dest="f_" + param, metavar="VALUE",
-                           # A filter added to the store is a flag at once, even before
-                           # it has a line of help here.
-                           help=_FILTER_HELP.get(param, f"the {param} filter of /v1/usage"))
+            v.add_argument(
+                "--" + param.replace("_", "-"),
+                dest="f_" + param,
+                metavar="VALUE",
+                # A filter added to the store is a flag at once, even before
+                # it has a line of help here.
+                help=_FILTER_HELP.get(param, f"the {param} filter of /v1/usage"),
+            )
         if name == "stats":
-            v.add_argument("--json", action="store_true",
-                           help="print the stats JSON document instead of a table")
+            v.add_argument(
+                "--json",
+                action="store_true",
+                help="print the stats JSON document instead of a table",
+            )
         else:
             v.add_argument("--format", choices=("csv", "ndjson", "json"), default="json")
-            v.add_argument("--out", metavar="FILE", required=True, help="file to write ('-' = stdout)")
+            v.add_argument(
+                "--out", metavar="FILE", required=True, help="file to write ('-' = stdout)"
+            )
 
 
 def _db_path(ns: argparse.Namespace) -> Path:
@@ -101,8 +119,10 @@ def run(ns: argparse.Namespace) -> int:
         # with --url as with --db.
         filters = parse_filters({k: [v] for k, v in query.items()})
     except FilterError as err:
-        print(f"{PROG}: --{err.param.replace('_', '-')}: {str(err).split(': ', 1)[1]}",
-              file=sys.stderr)
+        print(
+            f"{PROG}: --{err.param.replace('_', '-')}: {str(err).split(': ', 1)[1]}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if getattr(ns, "url", None):
         try:
@@ -111,8 +131,11 @@ def run(ns: argparse.Namespace) -> int:
             return fail(PROG, err)
     path = _db_path(ns)
     if not path.is_file():
-        print(f"{PROG}: no usage database at {path} (give --db PATH, or check "
-              "usage_tracking.persistence_path in the config)", file=sys.stderr)
+        print(
+            f"{PROG}: no usage database at {path} (give --db PATH, or check "
+            "usage_tracking.persistence_path in the config)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     from .storage.usage_store import UsageStore
 
@@ -143,20 +166,26 @@ def _from_gateway(ns: argparse.Namespace, base: str, query: dict[str, str]) -> i
             url = endpoint(base, "/v1/usage/stats", query)
             stats = get_json(url, ns.timeout)
             if not (isinstance(stats, dict) and "request_count" in stats):
-                raise CliError(f"{url} did not answer usage statistics; is this a fastproxy "
-                               "gateway?", EXIT_NO_ANSWER)
+                raise CliError(
+                    f"{url} did not answer usage statistics; is this a fastproxy gateway?",
+                    EXIT_NO_ANSWER,
+                )
             _show_stats(ns, base, stats)
             return EXIT_OK
         return _export_from_gateway(
-            endpoint(base, "/v1/usage/export", {**query, "format": ns.format}), ns)
+            endpoint(base, "/v1/usage/export", {**query, "format": ns.format}), ns
+        )
     except CliError as err:
         from .admin.usage_api import DISABLED
 
         if err.status == 503 and err.detail == DISABLED:
             # The gateway answered, and has nothing to give: the same code as health's
             # "degraded" and top's "tracking off".
-            raise CliError(f"usage tracking is disabled on the gateway at {base} "
-                           "(usage_tracking.enabled=false)", EXIT_NOT_OK) from None
+            raise CliError(
+                f"usage tracking is disabled on the gateway at {base} "
+                "(usage_tracking.enabled=false)",
+                EXIT_NOT_OK,
+            ) from None
         raise
 
 
@@ -211,8 +240,10 @@ def _ms(s: dict[str, Any] | None, unit: str = "ms") -> str:
     if s is None:
         return "-"
     u = "tps" if "p50_tps" in s else "ms"  # stream_tps_stats' keys name its unit
-    return (f"p50 {s[f'p50_{u}']:,} · p95 {s[f'p95_{u}']:,} · p99 {s[f'p99_{u}']:,} {unit}  "
-            f"(avg {s[f'avg_{u}']:,}, n={s['count']:,})")
+    return (
+        f"p50 {s[f'p50_{u}']:,} · p95 {s[f'p95_{u}']:,} · p99 {s[f'p99_{u}']:,} {unit}  "
+        f"(avg {s[f'avg_{u}']:,}, n={s['count']:,})"
+    )
 
 
 def _print_table(source: str, s: dict[str, Any]) -> None:
@@ -221,24 +252,31 @@ def _print_table(source: str, s: dict[str, Any]) -> None:
 
     console = Console()
     f = s["filters"]
-    title = f"usage: {source}" + ("  [" + ", ".join(f"{k}={v}" for k, v in f.items()) + "]"
-                                if f else "")
+    title = f"usage: {source}" + (
+        "  [" + ", ".join(f"{k}={v}" for k, v in f.items()) + "]" if f else ""
+    )
     top = Table(title=title, show_header=False, title_justify="left")
     top.add_column(style="bold")
     top.add_column(justify="left")
     rows = [
-        ("requests", f"{s['request_count']:,}"), ("sessions", f"{s['unique_sessions']:,}"),
+        ("requests", f"{s['request_count']:,}"),
+        ("sessions", f"{s['unique_sessions']:,}"),
         ("prompt tokens", f"{s['total_prompt_tokens']:,}"),
         ("completion tokens", f"{s['total_completion_tokens']:,}"),
         ("total tokens", f"{s['total_tokens']:,}"),
         ("backend-reported tokens", f"{s['backend_reported_total_tokens']:,}"),
         ("cost (USD)", f"{s['total_cost']:,.4f}  ({s['cost_record_count']:,} priced)"),
         ("tool calls", f"{s['total_tool_calls']:,}"),
-        ("status codes", "  ".join(f"{k}: {v:,}" for k, v in s["status_code_counts"].items())
-         or "-"),
-        ("outcomes", "  ".join(f"{k}: {v:,}" for k, v in s.get("outcome_counts", {}).items())
-         or "-"),
-        ("TTFT", _ms(s["ttft_stats"])), ("duration", _ms(s["duration_stats"])),
+        (
+            "status codes",
+            "  ".join(f"{k}: {v:,}" for k, v in s["status_code_counts"].items()) or "-",
+        ),
+        (
+            "outcomes",
+            "  ".join(f"{k}: {v:,}" for k, v in s.get("outcome_counts", {}).items()) or "-",
+        ),
+        ("TTFT", _ms(s["ttft_stats"])),
+        ("duration", _ms(s["duration_stats"])),
         ("proxy overhead", _ms(s["proxy_overhead_stats"])),
         ("stream tokens/s", _ms(s["stream_tps_stats"], "tok/s")),
     ]
@@ -253,7 +291,12 @@ def _print_table(source: str, s: dict[str, Any]) -> None:
             t.add_column(col, justify="left" if col == label else "right")
         for name, g in s[key].items():
             avg = g["avg_duration_ms"]
-            t.add_row(name, f"{g['request_count']:,}", f"{g['total_tokens']:,}",
-                      f"{g['total_cost']:,.4f}", f"{g['error_count']:,}",
-                      "-" if avg is None else f"{avg:,}")
+            t.add_row(
+                name,
+                f"{g['request_count']:,}",
+                f"{g['total_tokens']:,}",
+                f"{g['total_cost']:,.4f}",
+                f"{g['error_count']:,}",
+                "-" if avg is None else f"{avg:,}",
+            )
         console.print(t)

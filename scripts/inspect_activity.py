@@ -44,8 +44,9 @@ def _cannot_run(why: str) -> NoReturn:
 
 
 if sys.version_info < (3, 11):  # noqa: UP036 - run by any python3, it names the right one
-    _cannot_run(f"fastproxy needs Python 3.11 or newer, this is {sys.version.split()[0]} "
-                f"({sys.executable})")
+    _cannot_run(
+        f"fastproxy needs Python 3.11 or newer, this is {sys.version.split()[0]} ({sys.executable})"
+    )
 
 
 def _missing(exc: ImportError) -> NoReturn:

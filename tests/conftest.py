@@ -89,12 +89,14 @@ def backend_for(mock: MockLLMServer, kind: str = "openai", **extra: Any) -> dict
 
 
 @pytest.fixture
-def gateway_factory(server_loop: LoopThread,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningGateway]]:
+def gateway_factory(
+    server_loop: LoopThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., RunningGateway]]:
     running: list[RunningGateway] = []
 
-    def make(tree: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-             **cli: Any) -> RunningGateway:
+    def make(
+        tree: dict[str, Any] | None = None, env: dict[str, str] | None = None, **cli: Any
+    ) -> RunningGateway:
         import yaml
 
         tree = dict(tree or {})
@@ -128,15 +130,19 @@ def gateway_factory(server_loop: LoopThread,
 
 
 @pytest.fixture
-def gateway(gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer) -> RunningGateway:
+def gateway(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+) -> RunningGateway:
     """A gateway with one OpenAI-type and one Anthropic-type backend on the same mock."""
-    return gateway_factory({
-        "backends": {
-            "openai.1": backend_for(mock_llm, "openai"),
-            "anthropic.1": backend_for(mock_llm, "anthropic"),
-        },
-        "default_backend": "openai.1",
-    })
+    return gateway_factory(
+        {
+            "backends": {
+                "openai.1": backend_for(mock_llm, "openai"),
+                "anthropic.1": backend_for(mock_llm, "anthropic"),
+            },
+            "default_backend": "openai.1",
+        }
+    )
 
 
 @pytest.fixture
@@ -157,8 +163,9 @@ def raw_backend(server_loop: LoopThread) -> Iterator[Callable[[bytes], str]]:
     server_loop.run(close_all())
 
 
-def _raw_backend(server_loop: LoopThread, response: bytes,
-                 servers: list[asyncio.AbstractServer]) -> str:
+def _raw_backend(
+    server_loop: LoopThread, response: bytes, servers: list[asyncio.AbstractServer]
+) -> str:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")

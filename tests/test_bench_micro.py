@@ -26,8 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bench_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("checkout-without-tests")
-    shutil.copytree(ROOT / "bench" / "micro", tree / "bench" / "micro",
-                    ignore=shutil.ignore_patterns("__pycache__", ".benchmarks"))
+    shutil.copytree(
+        ROOT / "bench" / "micro",
+        tree / "bench" / "micro",
+        ignore=shutil.ignore_patterns("__pycache__", ".benchmarks"),
+    )
     shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
     # The package itself (with its compiled core, if built), as in the checkout.
     (tree / "fastproxy").symlink_to(ROOT / "fastproxy", target_is_directory=True)
@@ -39,7 +42,13 @@ def run_micro(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "bench/micro", "-q", "-p", "no:cacheprovider", *args],
-        cwd=tree, env=env, capture_output=True, text=True, timeout=300, check=False)
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def passed(out: subprocess.CompletedProcess[str]) -> int:
@@ -56,8 +65,13 @@ def test_micro_suite_passes_with_benchmarks_disabled(bench_tree: Path) -> None:
 
 def test_micro_suite_passes_timed(bench_tree: Path, tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
-    out = run_micro(bench_tree, "--benchmark-min-rounds=1", "--benchmark-max-time=0.000001",
-                    "--benchmark-warmup=off", f"--benchmark-json={report}")
+    out = run_micro(
+        bench_tree,
+        "--benchmark-min-rounds=1",
+        "--benchmark-max-time=0.000001",
+        "--benchmark-warmup=off",
+        f"--benchmark-json={report}",
+    )
     assert passed(out) >= 30
     # Timed, the throughput figure of estimate-tokens is still computed.
     benches = json.loads(report.read_text())["benchmarks"]

@@ -15,8 +15,11 @@ from bench.load.report import derive
 from bench.load.scenarios import JSON_BODY, Workload
 
 
-def _scenario(rps: dict[str, list[float]], cpu: dict[str, list[float]] | None = None,
-              p50: dict[str, list[float]] | None = None) -> dict[str, Any]:
+def _scenario(
+    rps: dict[str, list[float]],
+    cpu: dict[str, list[float]] | None = None,
+    p50: dict[str, list[float]] | None = None,
+) -> dict[str, Any]:
     targets = {}
     for name, values in rps.items():
         rounds = []
@@ -32,8 +35,7 @@ def _scenario(rps: dict[str, list[float]], cpu: dict[str, list[float]] | None = 
             m = sorted(p50[name])[len(values) // 2]
             t["lat_us"] = {"p50": m, "p90": m, "p99": m}
         targets[name] = t
-    return {"key": "a64", "targets": targets,
-            "workload": Workload("json", 64, JSON_BODY).__dict__}
+    return {"key": "a64", "targets": targets, "workload": Workload("json", 64, JSON_BODY).__dict__}
 
 
 def test_a_ratio_is_the_median_of_per_round_ratios() -> None:
@@ -49,10 +51,11 @@ def test_a_ratio_is_the_median_of_per_round_ratios() -> None:
 
 
 def test_cpu_and_added_latency_pair_by_round_too() -> None:
-    sc = _scenario({"direct": [1.0, 1.0, 1.0], "nginx": [1.0, 1.0, 1.0],
-                    "fastproxy": [1.0, 1.0, 1.0]},
-                   cpu={"nginx": [0.02, 0.04, 0.03], "fastproxy": [0.06, 0.16, 0.12]},
-                   p50={"direct": [100, 300, 200], "fastproxy": [150, 330, 290]})
+    sc = _scenario(
+        {"direct": [1.0, 1.0, 1.0], "nginx": [1.0, 1.0, 1.0], "fastproxy": [1.0, 1.0, 1.0]},
+        cpu={"nginx": [0.02, 0.04, 0.03], "fastproxy": [0.06, 0.16, 0.12]},
+        p50={"direct": [100, 300, 200], "fastproxy": [150, 330, 290]},
+    )
     d = derive(sc)["fastproxy"]
     assert d["cpu_per_req_vs_nginx"] == pytest.approx(4.0)  # per round 3, 4, 4
     assert d["added_latency_us"]["p50"] == pytest.approx(50)  # per round 50, 30, 90
@@ -60,7 +63,15 @@ def test_cpu_and_added_latency_pair_by_round_too() -> None:
 
 def test_rounds_that_do_not_pair_fall_back_to_the_medians() -> None:
     # A target with fewer rounds (one failed to start a round) has no partner per round.
-    d = derive(_scenario({"direct": [30_000, 30_000, 30_000], "nginx": [20_000, 22_000, 24_000],
-                          "fastproxy": [10_000, 12_000]}))
+    d = derive(
+        _scenario(
+            {
+                "direct": [30_000, 30_000, 30_000],
+                "nginx": [20_000, 22_000, 24_000],
+                "fastproxy": [10_000, 12_000],
+            }
+        )
+    )
     assert d["fastproxy"]["throughput_vs_nginx"] == pytest.approx(
-        sorted([10_000, 12_000])[1] / 22_000)
+        sorted([10_000, 12_000])[1] / 22_000
+    )

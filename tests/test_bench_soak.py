@@ -25,18 +25,37 @@ RUN_LIMIT_S = 58
 @pytest.mark.timeout(RUN_LIMIT_S + 7)
 def test_soak_tiny_run_passes_every_check(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    argv = [sys.executable, "-m", "bench.soak", "--streams", "200", "--concurrency", "20",
-            "--warmup", "40", "--seed", "3", "--backend-idle-timeout", "1",
-            "--settle-timeout", "10", "--stream-timeout", "10",
-            "--deadline", str(SOAK_DEADLINE_S),
-            "--out", str(out), "--quiet"]
-    proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=RUN_LIMIT_S)
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.soak",
+        "--streams",
+        "200",
+        "--concurrency",
+        "20",
+        "--warmup",
+        "40",
+        "--seed",
+        "3",
+        "--backend-idle-timeout",
+        "1",
+        "--settle-timeout",
+        "10",
+        "--stream-timeout",
+        "10",
+        "--deadline",
+        str(SOAK_DEADLINE_S),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_LIMIT_S)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     # Every kind was drawn, so every check saw all four.
-    assert all(sum(doc["client_results"][k].values()) > 0
-               for k in ("normal", "abort", "reset", "slow")), doc["client_results"]
+    assert all(
+        sum(doc["client_results"][k].values()) > 0 for k in ("normal", "abort", "reset", "slow")
+    ), doc["client_results"]
     failed = [f"{c['name']}: {c['detail']}" for c in doc["checks"] if not c["ok"]]
     assert not failed, "\n".join(failed)
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -40,18 +40,27 @@ INSPECT = (sys.executable, str(SCRIPT))
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment without anything that would point the commands at a gateway: no
     FASTPROXY_* variables and an empty XDG config directory."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ENV_VARS and not k.startswith("FASTPROXY")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ENV_VARS and not k.startswith("FASTPROXY")
+    }
     env["XDG_CONFIG_HOME"] = str(tmp_path / "empty-xdg")
     env["COLUMNS"] = "200"
     env.update(extra)
     return env
 
 
-def run(cmd: tuple[str, ...], *args: str, env: dict[str, str],
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT, check=False)
+def run(
+    cmd: tuple[str, ...], *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 def one_line_error(out: subprocess.CompletedProcess[str], prog: str) -> str:
@@ -77,11 +86,11 @@ def refused_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def busy_gateway(gateway_factory: Callable[..., RunningGateway],
-                 mock_llm: Any) -> RunningGateway:
+def busy_gateway(gateway_factory: Callable[..., RunningGateway], mock_llm: Any) -> RunningGateway:
     """Activity and usage tracking on, one healthy backend."""
-    return gateway_factory({"backends": {"openai.1": backend_for(mock_llm)},
-                            "enable_activity_tracking": True})
+    return gateway_factory(
+        {"backends": {"openai.1": backend_for(mock_llm)}, "enable_activity_tracking": True}
+    )
 
 
 def admin_url(gw: RunningGateway) -> str:
@@ -129,8 +138,9 @@ UNREACHABLE = {
 
 
 @pytest.mark.parametrize("name", list(UNREACHABLE))
-def test_nothing_listening_exits_1_with_one_line(name: str, refused_url: str,
-                                                 tmp_path: Path) -> None:
+def test_nothing_listening_exits_1_with_one_line(
+    name: str, refused_url: str, tmp_path: Path
+) -> None:
     cmd, prog = UNREACHABLE[name]
     target = tmp_path / "export.json"
     cmd = tuple(str(target) if a == "OUT" else a for a in cmd)
@@ -147,20 +157,26 @@ def write_config(path: Path, tree: dict[str, Any]) -> Path:
     return path
 
 
-def test_default_url_comes_from_the_config_lookup(busy_gateway: RunningGateway,
-                                                  tmp_path: Path) -> None:
+def test_default_url_comes_from_the_config_lookup(
+    busy_gateway: RunningGateway, tmp_path: Path
+) -> None:
     port = busy_gateway.gateway.admin_port
     admin = {"admin": {"host": "127.0.0.1", "port": port}}
     # $FASTPROXY_CONFIG
     by_env = write_config(tmp_path / "env" / "config.yaml", admin)
-    out = run((*FASTPROXY, "health"), "--json",
-              env=clean_env(tmp_path, FASTPROXY_CONFIG=str(by_env)))
+    out = run(
+        (*FASTPROXY, "health"), "--json", env=clean_env(tmp_path, FASTPROXY_CONFIG=str(by_env))
+    )
     assert out.returncode == 0, out.stderr
     assert "endpoint_health" in json.loads(out.stdout)
     # $XDG_CONFIG_HOME/fastproxy/config.yaml
     write_config(tmp_path / "xdg" / "fastproxy" / "config.yaml", admin)
-    out = run((*FASTPROXY, "top"), "--once", "--json",
-              env=clean_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "xdg")))
+    out = run(
+        (*FASTPROXY, "top"),
+        "--once",
+        "--json",
+        env=clean_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "xdg")),
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["activity_tracking_enabled"] is True
     # --config, on the script; and a wildcard bind is reached over loopback.
@@ -169,19 +185,25 @@ def test_default_url_comes_from_the_config_lookup(busy_gateway: RunningGateway,
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["activity_tracking_enabled"] is True
     # With the admin listener off, the data port serves the same monitoring paths.
-    data = write_config(tmp_path / "data.yaml",
-                        {"admin": {"enabled": False}, "port": busy_gateway.port})
+    data = write_config(
+        tmp_path / "data.yaml", {"admin": {"enabled": False}, "port": busy_gateway.port}
+    )
     out = run((*FASTPROXY, "health"), "--config", str(data), "--json", env=clean_env(tmp_path))
     assert out.returncode == 0, out.stderr
     # The environment layers over the file, as for `fastproxy run`.
     other = write_config(tmp_path / "other.yaml", {"admin": {"port": 1}})
-    out = run((*FASTPROXY, "top"), "--once", "--json", "--config", str(other),
-              env=clean_env(tmp_path, FASTPROXY_ADMIN_PORT=str(port)))
+    out = run(
+        (*FASTPROXY, "top"),
+        "--once",
+        "--json",
+        "--config",
+        str(other),
+        env=clean_env(tmp_path, FASTPROXY_ADMIN_PORT=str(port)),
+    )
     assert out.returncode == 0, out.stderr
 
 
-def test_default_url_without_a_config_file(monkeypatch: pytest.MonkeyPatch,
-                                           tmp_path: Path) -> None:
+def test_default_url_without_a_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     if Path("/etc/fastproxy/config.yaml").exists():
         pytest.skip("this machine has /etc/fastproxy/config.yaml, which the lookup finds")
     for var in [*ENV_VARS, "FASTPROXY_CONFIG"]:
@@ -215,20 +237,23 @@ def test_old_spellings_still_work(busy_gateway: RunningGateway, tmp_path: Path) 
 
 
 def test_exit_3_when_the_gateway_answers_that_something_is_off(
-        gateway_factory: Callable[..., RunningGateway], mock_llm: Any, server_loop: Any,
-        tmp_path: Path) -> None:
+    gateway_factory: Callable[..., RunningGateway], mock_llm: Any, server_loop: Any, tmp_path: Path
+) -> None:
     # A backend refusing its key is "misconfigured", so health is "degraded"; activity
     # and usage tracking are off.
     server_loop.call(lambda: mock_llm.set_behaviour(path_prefix="/v1/models", status=401))
-    gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)},
-                          "usage_tracking": {"enabled": False}})
+    gw = gateway_factory(
+        {"backends": {"openai.1": backend_for(mock_llm)}, "usage_tracking": {"enabled": False}}
+    )
     env = clean_env(tmp_path)
     url = admin_url(gw)
     out = run((*FASTPROXY, "health"), "--url", url, "--json", env=env)
     assert out.returncode == 3, out.stderr
     assert json.loads(out.stdout)["status"] == "degraded"  # the document is still printed
-    for cmd, prog in (((*FASTPROXY, "top", "--once"), "fastproxy top"),
-                      (INSPECT, "inspect_activity.py")):
+    for cmd, prog in (
+        ((*FASTPROXY, "top", "--once"), "fastproxy top"),
+        (INSPECT, "inspect_activity.py"),
+    ):
         out = run(cmd, "--url", url, env=env)
         assert out.returncode == 3
         assert "Activity tracking is off" in one_line_error(out, prog)
@@ -244,10 +269,11 @@ def test_exit_3_when_the_gateway_answers_that_something_is_off(
 
 BAD = {
     "not an http URL": ((*FASTPROXY, "health", "--url", "ftp://example"), "fastproxy health"),
-    "bad port": ((*FASTPROXY, "top", "--once", "--url", "http://127.0.0.1:99999"),
-                 "fastproxy top"),
-    "missing --config": ((*FASTPROXY, "top", "--once", "--config", "/nonexistent.yaml"),
-                         "fastproxy top"),
+    "bad port": ((*FASTPROXY, "top", "--once", "--url", "http://127.0.0.1:99999"), "fastproxy top"),
+    "missing --config": (
+        (*FASTPROXY, "top", "--once", "--config", "/nonexistent.yaml"),
+        "fastproxy top",
+    ),
     "broken config": ((*FASTPROXY, "health", "--config", "BROKEN"), "fastproxy health"),
     "script, broken config": ((*INSPECT, "--config", "BROKEN"), "inspect_activity.py"),
     "usage, bad URL": ((*FASTPROXY, "usage", "stats", "--url", "nope://x"), "fastproxy usage"),
@@ -264,19 +290,29 @@ def test_bad_arguments_or_config_exit_2(name: str, tmp_path: Path) -> None:
     one_line_error(out, prog)
 
 
-@pytest.mark.parametrize("args", [("health", "--interval", "0"), ("top", "--timeout", "-1"),
-                                  ("usage", "stats", "--db", "x.db", "--url", "http://h:1")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("health", "--interval", "0"),
+        ("top", "--timeout", "-1"),
+        ("usage", "stats", "--db", "x.db", "--url", "http://h:1"),
+    ],
+)
 def test_argparse_errors_exit_2(args: tuple[str, ...], tmp_path: Path) -> None:
     out = run(FASTPROXY, *args, env=clean_env(tmp_path))
     assert out.returncode == 2
     assert "error:" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_usage_through_the_gateway_matches_the_database(busy_gateway: RunningGateway,
-                                                        tmp_path: Path) -> None:
-    r = httpx.post(busy_gateway.url + "/v1/chat/completions", timeout=30,
-                   headers={"x-session-id": "cli-consistency"},
-                   json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+def test_usage_through_the_gateway_matches_the_database(
+    busy_gateway: RunningGateway, tmp_path: Path
+) -> None:
+    r = httpx.post(
+        busy_gateway.url + "/v1/chat/completions",
+        timeout=30,
+        headers={"x-session-id": "cli-consistency"},
+        json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 200
 
     def recorded() -> bool:
@@ -287,33 +323,63 @@ def test_usage_through_the_gateway_matches_the_database(busy_gateway: RunningGat
     config = busy_gateway.gateway.config
     db = resolve_state_path(config, config.usage_tracking.persistence_path)
     env = clean_env(tmp_path)
-    via_url = run((*FASTPROXY, "usage", "stats"), "--url", admin_url(busy_gateway), "--json",
-                  env=env)
+    via_url = run(
+        (*FASTPROXY, "usage", "stats"), "--url", admin_url(busy_gateway), "--json", env=env
+    )
     via_db = run((*FASTPROXY, "usage", "stats"), "--db", str(db), "--json", env=env)
     assert via_url.returncode == via_db.returncode == 0, via_url.stderr + via_db.stderr
     assert json.loads(via_url.stdout) == json.loads(via_db.stdout)
     # Filters go to the gateway as they go to the database.
-    none = run((*FASTPROXY, "usage", "stats"), "--url", admin_url(busy_gateway), "--json",
-               "--backend", "anthropic.9", env=env)
+    none = run(
+        (*FASTPROXY, "usage", "stats"),
+        "--url",
+        admin_url(busy_gateway),
+        "--json",
+        "--backend",
+        "anthropic.9",
+        env=env,
+    )
     assert json.loads(none.stdout)["request_count"] == 0
-    bad = run((*FASTPROXY, "usage", "stats"), "--url", admin_url(busy_gateway),
-              "--start-date", "nope", env=env)
+    bad = run(
+        (*FASTPROXY, "usage", "stats"),
+        "--url",
+        admin_url(busy_gateway),
+        "--start-date",
+        "nope",
+        env=env,
+    )
     assert bad.returncode == 2 and "--start-date" in bad.stderr
     target = tmp_path / "out.ndjson"
-    out = run((*FASTPROXY, "usage", "export"), "--url", admin_url(busy_gateway), "--format",
-              "ndjson", "--out", str(target), env=env)
+    out = run(
+        (*FASTPROXY, "usage", "export"),
+        "--url",
+        admin_url(busy_gateway),
+        "--format",
+        "ndjson",
+        "--out",
+        str(target),
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in target.read_text().splitlines()]
     assert [r["session_id"] for r in records] == ["cli-consistency"]
 
 
-@pytest.mark.parametrize("cmd", [(*FASTPROXY, "top"), (*FASTPROXY, "health", "--watch"),
-                                 (*INSPECT, "--watch")], ids=["top", "health", "script"])
+@pytest.mark.parametrize(
+    "cmd",
+    [(*FASTPROXY, "top"), (*FASTPROXY, "health", "--watch"), (*INSPECT, "--watch")],
+    ids=["top", "health", "script"],
+)
 def test_watch_json_is_one_document_per_line_until_ctrl_c(
-        cmd: tuple[str, ...], busy_gateway: RunningGateway, tmp_path: Path) -> None:
-    proc = subprocess.Popen([*cmd, "--url", admin_url(busy_gateway), "--json", "--interval",
-                             "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(tmp_path), cwd=ROOT)
+    cmd: tuple[str, ...], busy_gateway: RunningGateway, tmp_path: Path
+) -> None:
+    proc = subprocess.Popen(
+        [*cmd, "--url", admin_url(busy_gateway), "--json", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(tmp_path),
+        cwd=ROOT,
+    )
     assert proc.stdout is not None
     try:
         seen = b""
@@ -341,16 +407,21 @@ def pythons_without_dependencies() -> list[tuple[str, ...]]:
     # interpreter then behaves like a system Python that never saw the project's venv.
     found: list[tuple[str, ...]] = [(sys.executable, "-I", "-S")]
     system = shutil.which("python3", path="/usr/bin")
-    if system and subprocess.run([system, "-I", "-c", "import rich"], capture_output=True,
-                                 timeout=30, check=False).returncode != 0:
+    if (
+        system
+        and subprocess.run(
+            [system, "-I", "-c", "import rich"], capture_output=True, timeout=30, check=False
+        ).returncode
+        != 0
+    ):
         found.append((system, "-I"))
     return found
 
 
 @pytest.mark.parametrize("python", pythons_without_dependencies(), ids=" ".join)
-def test_script_without_dependencies_says_so_in_one_line(python: tuple[str, ...],
-                                                         refused_url: str,
-                                                         tmp_path: Path) -> None:
+def test_script_without_dependencies_says_so_in_one_line(
+    python: tuple[str, ...], refused_url: str, tmp_path: Path
+) -> None:
     out = run((*python, str(SCRIPT)), "--url", refused_url, env=clean_env(tmp_path))
     assert out.returncode == 2
     line = one_line_error(out, "inspect_activity.py")
@@ -360,9 +431,14 @@ def test_script_without_dependencies_says_so_in_one_line(python: tuple[str, ...]
 def test_test_sh_without_python_says_so_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "test.sh", tmp_path / "scripts" / "test.sh")
-    out = subprocess.run(["bash", str(tmp_path / "scripts" / "test.sh")], capture_output=True,
-                         text=True, timeout=60, check=False,
-                         env={**os.environ, "PYTHON": str(tmp_path / "no-such-python3")})
+    out = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "test.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHON": str(tmp_path / "no-such-python3")},
+    )
     assert out.returncode == 2
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and "no-such-python3" in lines[0], out.stderr

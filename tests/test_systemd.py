@@ -31,15 +31,24 @@ def test_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
-        gw = GatewayProcess(["--port", "0", "--admin-port", "0"], cwd=str(tmp_path),
-                            env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000",
-                                 "STATE_DIRECTORY": str(tmp_path / "state")})
+        gw = GatewayProcess(
+            ["--port", "0", "--admin-port", "0"],
+            cwd=str(tmp_path),
+            env={
+                "NOTIFY_SOCKET": str(path),
+                "WATCHDOG_USEC": "400000",
+                "STATE_DIRECTORY": str(tmp_path / "state"),
+            },
+        )
         try:
             ready = _recv_until(sock, "READY=1")
             port = gw.wait_ready()
             # READY means the data listener already accepts requests.
-            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10,
-                           json={"model": "demo", "messages": [{"role": "user", "content": "x"}]})
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                timeout=10,
+                json={"model": "demo", "messages": [{"role": "user", "content": "x"}]},
+            )
             assert r.status_code == 200
             assert any("READY=1" in m for m in ready)
             _recv_until(sock, "WATCHDOG=1")

@@ -53,9 +53,13 @@ def log(msg: str) -> None:
 
 def env() -> dict[str, str]:
     """No FASTPROXY_*/USAGE_* etc. from the caller's shell: the config file is the truth."""
-    out = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FASTPROXY_", "USAGE_TRACKING_", "WIRE_CAPTURE_",
-                                "ENABLE_ACTIVITY", "REPLACEMENT_"))}
+    out = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("FASTPROXY_", "USAGE_TRACKING_", "WIRE_CAPTURE_", "ENABLE_ACTIVITY", "REPLACEMENT_")
+        )
+    }
     out["PYTHONPATH"] = str(REPO) + os.pathsep + out.get("PYTHONPATH", "")
     return out
 
@@ -73,7 +77,7 @@ def free_port() -> int:
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -100,10 +104,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def gateway_config(traffic: str, probed: list[str], probing: bool, interval: float,
-                   workdir: Path) -> dict[str, Any]:
-    backends: dict[str, Any] = {"traffic": {"type": "openai", "api_url": traffic,
-                                            "models": ["gpt-4o"], "max_connections": 1024}}
+def gateway_config(
+    traffic: str, probed: list[str], probing: bool, interval: float, workdir: Path
+) -> dict[str, Any]:
+    backends: dict[str, Any] = {
+        "traffic": {
+            "type": "openai",
+            "api_url": traffic,
+            "models": ["gpt-4o"],
+            "max_connections": 1024,
+        }
+    }
     for i, url in enumerate(probed):
         backends[f"probe.{i}"] = {"type": "openai", "api_url": url, "models": [f"probe-{i}"]}
     return {
@@ -121,17 +132,34 @@ def gateway_config(traffic: str, probed: list[str], probing: bool, interval: flo
     }
 
 
-def start_gateway(cfg: dict[str, Any], workdir: Path, cpu: int | None
-                  ) -> tuple[subprocess.Popen[bytes], int, float]:
+def start_gateway(
+    cfg: dict[str, Any], workdir: Path, cpu: int | None
+) -> tuple[subprocess.Popen[bytes], int, float]:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     port, admin = free_port(), free_port()
     t0 = time.monotonic()
     logf = open(workdir / "gateway.log", "ab")  # noqa: SIM115 - the child writes it
     proc = subprocess.Popen(
-        [*pin(cpu), sys.executable, "-m", "fastproxy", "run", "--config", str(path),
-         "--port", str(port), "--admin-port", str(admin)],
-        stdout=logf, stderr=subprocess.STDOUT, env=env(), cwd=workdir, start_new_session=True)
+        [
+            *pin(cpu),
+            sys.executable,
+            "-m",
+            "fastproxy",
+            "run",
+            "--config",
+            str(path),
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin),
+        ],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        env=env(),
+        cwd=workdir,
+        start_new_session=True,
+    )
     logf.close()
     url = f"http://127.0.0.1:{port}/internal/health"
     deadline = time.monotonic() + 60
@@ -154,13 +182,21 @@ def probe_counts(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/health", timeout=5) as r:
         doc = json.loads(r.read())
     eps = doc["endpoint_health"]["endpoints"]
-    return {"healthy": doc["endpoint_health"]["summary"]["healthy_endpoints"],
-            "ping_status": sorted({e["ping_status"] for e in eps}),
-            "http_status": sorted({e["http_status"] for e in eps})}
+    return {
+        "healthy": doc["endpoint_health"]["summary"]["healthy_endpoints"],
+        "ping_status": sorted({e["ping_status"] for e in eps}),
+        "http_status": sorted({e["http_status"] for e in eps}),
+    }
 
 
-def one_run(ns: argparse.Namespace, mocks: dict[str, Any], probing: bool, workdir: Path,
-            cpus: tuple[int | None, int | None], mock_pid: int) -> dict[str, Any]:
+def one_run(
+    ns: argparse.Namespace,
+    mocks: dict[str, Any],
+    probing: bool,
+    workdir: Path,
+    cpus: tuple[int | None, int | None],
+    mock_pid: int,
+) -> dict[str, Any]:
     wd = workdir / f"{'with' if probing else 'without'}-{time.monotonic_ns()}"
     wd.mkdir()
     cfg = gateway_config(mocks["traffic"], mocks["probed"], probing, ns.interval, wd)
@@ -173,10 +209,28 @@ def one_run(ns: argparse.Namespace, mocks: dict[str, Any], probing: bool, workdi
         c0, t0 = cpu_seconds(proc.pid), time.monotonic()
         m0, busy0, kids0 = cpu_seconds(mock_pid), machine_busy_seconds(), children_cpu()
         out = subprocess.run(
-            [*pin(cpus[1]), sys.executable, "-m", "bench.health.paced", "--port", str(port),
-             "--body", BODY, "--rate", str(ns.rate), "--duration", str(ns.duration),
-             "--warmup", str(ns.warmup)],
-            capture_output=True, text=True, env=env(), cwd=REPO, timeout=ns.duration + 120)
+            [
+                *pin(cpus[1]),
+                sys.executable,
+                "-m",
+                "bench.health.paced",
+                "--port",
+                str(port),
+                "--body",
+                BODY,
+                "--rate",
+                str(ns.rate),
+                "--duration",
+                str(ns.duration),
+                "--warmup",
+                str(ns.warmup),
+            ],
+            capture_output=True,
+            text=True,
+            env=env(),
+            cwd=REPO,
+            timeout=ns.duration + 120,
+        )
         elapsed = time.monotonic() - t0
         gw_cpu = cpu_seconds(proc.pid) - c0
         own = gw_cpu + (cpu_seconds(mock_pid) - m0) + (children_cpu() - kids0)
@@ -187,10 +241,16 @@ def one_run(ns: argparse.Namespace, mocks: dict[str, Any], probing: bool, workdi
         if out.returncode != 0:
             raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        result.update({"probing": probing, "start_s": round(start_s, 3),
-                       "idle_cpu_pct": round(idle_cpu * 100, 2),
-                       "load_cpu_pct": round(load_cpu * 100, 1),
-                       "background_cores": round(background, 3), **probe_counts(port)})
+        result.update(
+            {
+                "probing": probing,
+                "start_s": round(start_s, 3),
+                "idle_cpu_pct": round(idle_cpu * 100, 2),
+                "load_cpu_pct": round(load_cpu * 100, 1),
+                "background_cores": round(background, 3),
+                **probe_counts(port),
+            }
+        )
         return result
     finally:
         stop(proc)
@@ -205,30 +265,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="requests per second")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
-    p.add_argument("--max-background", type=float, default=0.3,
-                   help="cores of other work above which a round is flagged as disturbed")
+    p.add_argument(
+        "--max-background",
+        type=float,
+        default=0.3,
+        help="cores of other work above which a round is flagged as disturbed",
+    )
     ns = p.parse_args(argv)
     cpus_available = sorted(os.sched_getaffinity(0))
     cpus = (cpus_available[0], cpus_available[1]) if len(cpus_available) >= 2 else (None, None)
     workdir = Path(tempfile.mkdtemp(prefix="fastproxy-health-bench-"))
-    mock = subprocess.Popen([*pin(cpus[1]), sys.executable, "-m", "bench.health.mocks",
-                             "--count", str(ns.endpoints)],
-                            stdout=subprocess.PIPE, env=env(), cwd=REPO, start_new_session=True)
+    mock = subprocess.Popen(
+        [*pin(cpus[1]), sys.executable, "-m", "bench.health.mocks", "--count", str(ns.endpoints)],
+        stdout=subprocess.PIPE,
+        env=env(),
+        cwd=REPO,
+        start_new_session=True,
+    )
     try:
         assert mock.stdout is not None
         mocks = json.loads(mock.stdout.readline())
-        log(f"mocks: traffic {mocks['traffic']}, {len(mocks['probed'])} probe targets; "
-            f"pinning gateway CPU {cpus[0]}, mocks+load CPU {cpus[1]}; workdir {workdir}")
+        log(
+            f"mocks: traffic {mocks['traffic']}, {len(mocks['probed'])} probe targets; "
+            f"pinning gateway CPU {cpus[0]}, mocks+load CPU {cpus[1]}; workdir {workdir}"
+        )
         runs: list[dict[str, Any]] = []
         for r in range(ns.rounds):
-            for probing in ((True, False) if r % 2 == 0 else (False, True)):
+            for probing in (True, False) if r % 2 == 0 else (False, True):
                 res = one_run(ns, mocks, probing, workdir, cpus, mock.pid)
-                log(f"round {r + 1} probing={'on ' if probing else 'off'} "
+                log(
+                    f"round {r + 1} probing={'on ' if probing else 'off'} "
                     f"p50 {res['p50_ms']} ms p99 {res['p99_ms']} ms p99.9 {res['p999_ms']} ms "
                     f"max {res['max_ms']} ms errors {res['errors']} non200 {res['non_200']} "
                     f"idle CPU {res['idle_cpu_pct']}% load CPU {res['load_cpu_pct']}% "
                     f"start {res['start_s']} s background {res['background_cores']} cores "
-                    f"{res['ping_status']} {res['http_status']}")
+                    f"{res['ping_status']} {res['http_status']}"
+                )
                 runs.append(res)
     finally:
         stop(mock)
@@ -237,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    (out_dir / f"{stamp}.json").write_text(json.dumps({"args": vars(ns), "runs": runs,
-                                                       "summary": report["summary"]}, indent=1))
+    (out_dir / f"{stamp}.json").write_text(
+        json.dumps({"args": vars(ns), "runs": runs, "summary": report["summary"]}, indent=1)
+    )
     (out_dir / f"{stamp}.md").write_text(report["markdown"] + "\n")
     return 0
 
@@ -254,13 +327,17 @@ def summarise(ns: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, A
         if not with_["probing"]:
             with_, without = without, with_
         pairs.append((with_, without))
-    clean = [p for p in pairs
-             if max(p[0]["background_cores"], p[1]["background_cores"]) <= ns.max_background]
+    clean = [
+        p
+        for p in pairs
+        if max(p[0]["background_cores"], p[1]["background_cores"]) <= ns.max_background
+    ]
     used = clean or pairs
     keys = ("p50_ms", "p99_ms", "p999_ms", "max_ms", "idle_cpu_pct", "load_cpu_pct", "start_s")
     summary: dict[str, Any] = {
         mode: {k: statistics.median(p[i][k] for p in used) for k in keys}
-        for i, mode in enumerate(("with", "without"))}
+        for i, mode in enumerate(("with", "without"))
+    }
     ratios = [p[0]["p99_ms"] / p[1]["p99_ms"] for p in pairs]
     used_ratios = [p[0]["p99_ms"] / p[1]["p99_ms"] for p in used]
     summary["p99_ratio_median"] = round(statistics.median(used_ratios), 3)
@@ -277,17 +354,27 @@ def summarise(ns: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, A
     ]
     for mode in ("without", "with"):
         s = summary[mode]
-        lines.append(f"| {'on' if mode == 'with' else 'off'} | {s['p50_ms']:.3f} | "
-                     f"{s['p99_ms']:.3f} | {s['p999_ms']:.3f} | {s['max_ms']:.3f} | "
-                     f"{s['idle_cpu_pct']:.1f}% | {s['load_cpu_pct']:.1f}% | {s['start_s']:.2f} |")
-    lines += ["", "| round | p99 off | p99 on | ratio | background cores (off/on) |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {'on' if mode == 'with' else 'off'} | {s['p50_ms']:.3f} | "
+            f"{s['p99_ms']:.3f} | {s['p999_ms']:.3f} | {s['max_ms']:.3f} | "
+            f"{s['idle_cpu_pct']:.1f}% | {s['load_cpu_pct']:.1f}% | {s['start_s']:.2f} |"
+        )
+    lines += [
+        "",
+        "| round | p99 off | p99 on | ratio | background cores (off/on) |",
+        "|---|---|---|---|---|",
+    ]
     for i, (w, wo) in enumerate(pairs):
-        lines.append(f"| {i + 1} | {wo['p99_ms']:.3f} | {w['p99_ms']:.3f} | "
-                     f"{w['p99_ms'] / wo['p99_ms']:.2f} | "
-                     f"{wo['background_cores']:.2f} / {w['background_cores']:.2f} |")
-    lines += ["", f"p99 with / without probing, median of per-round ratios: "
-                  f"{summary['p99_ratio_median']:.2f}x"]
+        lines.append(
+            f"| {i + 1} | {wo['p99_ms']:.3f} | {w['p99_ms']:.3f} | "
+            f"{w['p99_ms'] / wo['p99_ms']:.2f} | "
+            f"{wo['background_cores']:.2f} / {w['background_cores']:.2f} |"
+        )
+    lines += [
+        "",
+        f"p99 with / without probing, median of per-round ratios: "
+        f"{summary['p99_ratio_median']:.2f}x",
+    ]
     return {"summary": summary, "markdown": "\n".join(lines)}
 
 

@@ -63,9 +63,11 @@ class Generator:
         self.loop = loop
         self.ns = ns
         body = ns.body.encode()
-        self.request = (b"POST %b HTTP/1.1\r\nhost: %b:%d\r\ncontent-type: application/json\r\n"
-                        b"content-length: %d\r\n\r\n%b"
-                        % (ns.path.encode(), ns.host.encode(), ns.port, len(body), body))
+        self.request = (
+            b"POST %b HTTP/1.1\r\nhost: %b:%d\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%b"
+            % (ns.path.encode(), ns.host.encode(), ns.port, len(body), body)
+        )
         self.idle: list[Conn] = []
         self.waiting: deque[float] = deque()
         self.open = 0
@@ -105,15 +107,15 @@ class Generator:
                 self.waiting.append(due)
                 self._grow()
             i += 1
-        self.loop.call_later(max(0.0, self.t0 + i * interval - time.perf_counter()),
-                             self._fire, i)
+        self.loop.call_later(max(0.0, self.t0 + i * interval - time.perf_counter()), self._fire, i)
 
     def _grow(self) -> None:
         if self.open + self.connecting >= self.ns.max_connections:
             return
         self.connecting += 1
         task = self.loop.create_task(
-            self.loop.create_connection(lambda: Conn(self), self.ns.host, self.ns.port))
+            self.loop.create_connection(lambda: Conn(self), self.ns.host, self.ns.port)
+        )
         task.add_done_callback(self._connected)
 
     def _connected(self, task: asyncio.Task) -> None:  # type: ignore[type-arg]
@@ -149,8 +151,12 @@ class Generator:
             self._grow()
 
     def _maybe_done(self) -> None:
-        if (time.perf_counter() >= self.end_at and not self.waiting
-                and len(self.idle) == self.open and not self.done.done()):
+        if (
+            time.perf_counter() >= self.end_at
+            and not self.waiting
+            and len(self.idle) == self.open
+            and not self.done.done()
+        ):
             self.done.set_result(None)
 
 
@@ -172,10 +178,20 @@ async def run(ns: argparse.Namespace) -> dict[str, object]:
     for c in list(gen.idle):
         c.transport.close()  # type: ignore[union-attr]
     lat = sorted(gen.latencies)
-    return {"rate": ns.rate, "duration_s": ns.duration, "measured": len(lat), "sent": gen.sent,
-            "errors": gen.errors, "non_200": gen.non_200, "connections": gen.open,
-            "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
-            "p999_ms": pct(lat, 99.9), "max_ms": round(lat[-1], 3) if lat else None}
+    return {
+        "rate": ns.rate,
+        "duration_s": ns.duration,
+        "measured": len(lat),
+        "sent": gen.sent,
+        "errors": gen.errors,
+        "non_200": gen.non_200,
+        "connections": gen.open,
+        "p50_ms": pct(lat, 50),
+        "p90_ms": pct(lat, 90),
+        "p99_ms": pct(lat, 99),
+        "p999_ms": pct(lat, 99.9),
+        "max_ms": round(lat[-1], 3) if lat else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,9 +67,13 @@ def spread(values: list[float | None]) -> float | None:
 
 
 def markdown(paths: list[Path], runs: list[dict[str, Any]]) -> str:
-    head = ["scenario", "target", "figure",
-            *[f"run {i + 1} ({r['meta']['started'][11:16]})" for i, r in enumerate(runs)],
-            "spread"]
+    head = [
+        "scenario",
+        "target",
+        "figure",
+        *[f"run {i + 1} ({r['meta']['started'][11:16]})" for i, r in enumerate(runs)],
+        "spread",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, target, label, values in rows(runs):
         digits = 0 if "µs" in label else 2

@@ -63,8 +63,9 @@ class LoadResult:
     read_gap_us: dict[str, float] = field(default_factory=dict)
 
 
-def percentiles(samples: array[int] | list[int], zeros: int = 0,
-                points: tuple[float, ...] = (50, 90, 99, 99.9)) -> dict[str, float]:
+def percentiles(
+    samples: array[int] | list[int], zeros: int = 0, points: tuple[float, ...] = (50, 90, 99, 99.9)
+) -> dict[str, float]:
     """Nearest-rank percentiles of ``samples`` plus ``zeros`` extra zero samples."""
     data = sorted(samples)
     n = len(data) + zeros
@@ -87,11 +88,12 @@ def _lua_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def run_wrk(port: int, wl: Workload, duration_s: float, cpus: tuple[int, ...] | None,
-            workdir: Path) -> LoadResult:
+def run_wrk(
+    port: int, wl: Workload, duration_s: float, cpus: tuple[int, ...] | None, workdir: Path
+) -> LoadResult:
     headers = "\n".join(
-        f'wrk.headers[{_lua_string(h.split(":", 1)[0].strip())}] = '
-        f'{_lua_string(h.split(":", 1)[1].strip())}'
+        f"wrk.headers[{_lua_string(h.split(':', 1)[0].strip())}] = "
+        f"{_lua_string(h.split(':', 1)[1].strip())}"
         for h in wl.headers
     )
     script = workdir / "post.lua"
@@ -99,9 +101,18 @@ def run_wrk(port: int, wl: Workload, duration_s: float, cpus: tuple[int, ...] | 
     # One wrk thread handles far more than the relays here (see the direct figures);
     # a second thread would only compete for the same two cores.
     threads = 1
-    argv = [*taskset_prefix(cpus), "wrk", f"-t{threads}", f"-c{wl.connections}",
-            f"-d{max(1, round(duration_s))}s", "--timeout", "10s", "-s", str(script),
-            f"http://127.0.0.1:{port}{wl.path}"]
+    argv = [
+        *taskset_prefix(cpus),
+        "wrk",
+        f"-t{threads}",
+        f"-c{wl.connections}",
+        f"-d{max(1, round(duration_s))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{wl.path}",
+    ]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -121,24 +132,59 @@ def run_wrk(port: int, wl: Workload, duration_s: float, cpus: tuple[int, ...] | 
     )
 
 
-def run_loadgen(port: int, wl: Workload, duration_s: float, cpus: tuple[int, ...] | None,
-                workdir: Path, procs: int = 1) -> LoadResult:
+def run_loadgen(
+    port: int,
+    wl: Workload,
+    duration_s: float,
+    cpus: tuple[int, ...] | None,
+    workdir: Path,
+    procs: int = 1,
+) -> LoadResult:
     procs = max(1, min(procs, wl.connections))
     start_at = time.time() + 0.6  # every process starts together, after interpreter start-up
     tmp = Path(tempfile.mkdtemp(prefix="lg-", dir=workdir))
     children = []
     for i in range(procs):
         share = wl.connections // procs + (1 if i < wl.connections % procs else 0)
-        argv = [*taskset_prefix(cpus), sys.executable, "-m", "bench.load.loadgen",
-                "--port", str(port), "--path", wl.path, "--mode", wl.kind,
-                "--body", wl.body, "--connections", str(share),
-                "--duration", str(duration_s), "--ramp", str(wl.ramp_s),
-                "--requests-per-conn", str(wl.requests_per_conn), "--drain", str(wl.drain_s),
-                "--start-at", repr(start_at), "--out", str(tmp / str(i))]
+        argv = [
+            *taskset_prefix(cpus),
+            sys.executable,
+            "-m",
+            "bench.load.loadgen",
+            "--port",
+            str(port),
+            "--path",
+            wl.path,
+            "--mode",
+            wl.kind,
+            "--body",
+            wl.body,
+            "--connections",
+            str(share),
+            "--duration",
+            str(duration_s),
+            "--ramp",
+            str(wl.ramp_s),
+            "--requests-per-conn",
+            str(wl.requests_per_conn),
+            "--drain",
+            str(wl.drain_s),
+            "--start-at",
+            repr(start_at),
+            "--out",
+            str(tmp / str(i)),
+        ]
         for h in wl.headers:
             argv += ["--header", h]
-        children.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True, cwd=Path(__file__).resolve().parents[2]))
+        children.append(
+            subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).resolve().parents[2],
+            )
+        )
     results: list[dict[str, Any]] = []
     for child in children:
         stdout, stderr = child.communicate(timeout=duration_s + wl.drain_s + 120)
@@ -173,8 +219,15 @@ def run_loadgen(port: int, wl: Workload, duration_s: float, cpus: tuple[int, ...
     )
 
 
-def drive(port: int, wl: Workload, duration_s: float, cpus: tuple[int, ...] | None,
-          workdir: Path, procs: int, force_loadgen: bool = False) -> LoadResult:
+def drive(
+    port: int,
+    wl: Workload,
+    duration_s: float,
+    cpus: tuple[int, ...] | None,
+    workdir: Path,
+    procs: int,
+    force_loadgen: bool = False,
+) -> LoadResult:
     if wl.kind == "json" and wrk_available() and not force_loadgen:
         return run_wrk(port, wl, duration_s, cpus, workdir)
     return run_loadgen(port, wl, duration_s, cpus, workdir, procs)

@@ -45,8 +45,11 @@ def sample(seconds: float, cpu: int) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.load.hostspeed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.load.hostspeed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--seconds", type=int, default=15, help="samples of one second each")
     p.add_argument("--cpu", type=int, default=0, help="the CPU to run on (default 0)")
     ns = p.parse_args(argv)
@@ -57,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         rates.append(rate)
         print(f"{i + 1:3d}  {rate:8.1f} iterations per CPU-second  steal {steal} ticks")
     lo, hi, med = min(rates), max(rates), statistics.median(rates)
-    print(f"median {med:.1f}; slowest {lo / med:.2f}x, fastest {hi / med:.2f}x the median; "
-          f"fastest / slowest {hi / lo:.2f}x")
+    print(
+        f"median {med:.1f}; slowest {lo / med:.2f}x, fastest {hi / med:.2f}x the median; "
+        f"fastest / slowest {hi / lo:.2f}x"
+    )
     return 0
 
 

@@ -35,8 +35,17 @@ DONE_TAIL = b"[DONE]\n\n"
 
 
 class Stats:
-    __slots__ = ("bytes", "completed", "errors", "events", "gaps", "lat", "ttft", "unfinished",
-                 "zero_gaps")
+    __slots__ = (
+        "bytes",
+        "completed",
+        "errors",
+        "events",
+        "gaps",
+        "lat",
+        "ttft",
+        "unfinished",
+        "zero_gaps",
+    )
 
     def __init__(self) -> None:
         self.completed = 0
@@ -102,8 +111,19 @@ class Generator:
 
 
 class Client(asyncio.Protocol):
-    __slots__ = ("busy", "events", "gen", "last_at", "nl", "parser", "sent", "sent_at",
-                 "status", "tail", "transport")
+    __slots__ = (
+        "busy",
+        "events",
+        "gen",
+        "last_at",
+        "nl",
+        "parser",
+        "sent",
+        "sent_at",
+        "status",
+        "tail",
+        "transport",
+    )
 
     def __init__(self, gen: Generator) -> None:
         self.gen = gen
@@ -151,7 +171,7 @@ class Client(asyncio.Protocol):
         if self.nl and body[:1] == b"\n":
             n += 1  # an event end split across two reads
         self.nl = body[-1:] == b"\n"
-        self.tail = (self.tail + body[-len(DONE_TAIL):])[-len(DONE_TAIL):]
+        self.tail = (self.tail + body[-len(DONE_TAIL) :])[-len(DONE_TAIL) :]
         if n:
             now = time.perf_counter()
             stats = self.gen.stats
@@ -255,8 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     p.add_argument("--ramp", type=float, default=0.0, help="seconds to open all connections")
     p.add_argument("--requests-per-conn", type=int, default=0, help="0: until the duration ends")
-    p.add_argument("--drain", type=float, default=0.0,
-                   help="after the duration, wait this long for in-flight requests")
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        help="after the duration, wait this long for in-flight requests",
+    )
     p.add_argument("--start-at", type=float, default=0.0, help="wall-clock start (time.time())")
     p.add_argument("--out", required=True, help="prefix of the sample files")
     return p

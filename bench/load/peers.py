@@ -20,24 +20,32 @@ from .processes import MODEL, Proc, checked_start, free_port, spawn, taskset_pre
 
 
 def litellm_available(python: str) -> bool:
-    return subprocess.run([python, "-c", "import litellm.proxy.proxy_cli"],
-                          capture_output=True, timeout=120,
-                          env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-                          ).returncode == 0
+    return (
+        subprocess.run(
+            [python, "-c", "import litellm.proxy.proxy_cli"],
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        ).returncode
+        == 0
+    )
 
 
-def start_litellm(mock_port: int, workdir: Path, cpus: tuple[int, ...] | None, python: str
-                  ) -> Proc:
+def start_litellm(mock_port: int, workdir: Path, cpus: tuple[int, ...] | None, python: str) -> Proc:
     """LiteLLM's proxy with one worker, pointed at the mock as an OpenAI-compatible API."""
     ldir = workdir / "litellm"
     ldir.mkdir()
     cfg = {
-        "model_list": [{
-            "model_name": MODEL,
-            "litellm_params": {"model": f"openai/{MODEL}",
-                               "api_base": f"http://127.0.0.1:{mock_port}/v1",
-                               "api_key": "bench"},
-        }],
+        "model_list": [
+            {
+                "model_name": MODEL,
+                "litellm_params": {
+                    "model": f"openai/{MODEL}",
+                    "api_base": f"http://127.0.0.1:{mock_port}/v1",
+                    "api_key": "bench",
+                },
+            }
+        ],
         "litellm_settings": {"telemetry": False},
         # Recent releases refuse to start without a master key; the load generator sends
         # no credentials (nor does it to the other relays), and this listens on 127.0.0.1.
@@ -45,9 +53,20 @@ def start_litellm(mock_port: int, workdir: Path, cpus: tuple[int, ...] | None, p
     }
     (ldir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     port = free_port()
-    argv = [*taskset_prefix(cpus), python, "-m", "litellm.proxy.proxy_cli", "--config",
-            str(ldir / "config.yaml"), "--port", str(port), "--host", "127.0.0.1",
-            "--num_workers", "1"]
+    argv = [
+        *taskset_prefix(cpus),
+        python,
+        "-m",
+        "litellm.proxy.proxy_cli",
+        "--config",
+        str(ldir / "config.yaml"),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--num_workers",
+        "1",
+    ]
     # The local cost map: without it LiteLLM fetches one from GitHub at import, retrying
     # with back-off when offline.
     env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
@@ -55,8 +74,9 @@ def start_litellm(mock_port: int, workdir: Path, cpus: tuple[int, ...] | None, p
     return checked_start(Proc("litellm", popen, port, ldir, log), 120)
 
 
-def start_reference(command: str, mock_port: int, workdir: Path,
-                    cpus: tuple[int, ...] | None) -> Proc:
+def start_reference(
+    command: str, mock_port: int, workdir: Path, cpus: tuple[int, ...] | None
+) -> Proc:
     """The reference project, started by a user-supplied shell command template.
 
     ``BENCH_REFERENCE_CMD`` holds the command with ``{port}`` (where it must listen) and

@@ -40,7 +40,10 @@ MODEL = "gpt-4o"
 # Environment variables the fastproxy config loader reads: scrubbed so a developer's shell
 # cannot silently change what is measured (the generated config file is the whole truth).
 _CONFIG_ENV_PREFIXES = (
-    "FASTPROXY_", "USAGE_TRACKING_", "WIRE_CAPTURE_", "ENABLE_ACTIVITY_TRACKING",
+    "FASTPROXY_",
+    "USAGE_TRACKING_",
+    "WIRE_CAPTURE_",
+    "ENABLE_ACTIVITY_TRACKING",
     "REPLACEMENT_",
 )
 
@@ -70,8 +73,10 @@ class Pinning:
         def one(cpus: tuple[int, ...] | None) -> str:
             return "unpinned" if cpus is None else "CPU " + ",".join(map(str, cpus))
 
-        return (f"relay (nginx/fastproxy/peer) {one(self.relay)}; mock {one(self.mock)}; "
-                f"load generator {one(self.loadgen)}")
+        return (
+            f"relay (nginx/fastproxy/peer) {one(self.relay)}; mock {one(self.mock)}; "
+            f"load generator {one(self.loadgen)}"
+        )
 
 
 def taskset_prefix(cpus: tuple[int, ...] | None) -> list[str]:
@@ -195,13 +200,15 @@ class Proc:
             self.popen.wait(5)
 
 
-def spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None
-           ) -> tuple[subprocess.Popen[bytes], Path]:
+def spawn(
+    name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = workdir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the child owns it for its lifetime
     try:
-        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-                                 env=env, start_new_session=True)
+        popen = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env, start_new_session=True
+        )
     finally:
         log.close()
     return popen, log_path
@@ -216,17 +223,36 @@ def checked_start(proc: Proc, timeout_s: float) -> Proc:
     return proc
 
 
-def start_mock(workdir: Path, cpus: tuple[int, ...] | None, python: str = sys.executable,
-               src: Path | None = None) -> Proc:
+def start_mock(
+    workdir: Path,
+    cpus: tuple[int, ...] | None,
+    python: str = sys.executable,
+    src: Path | None = None,
+) -> Proc:
     port = free_port()
-    argv = [*taskset_prefix(cpus), *python_cmd(python, src), "-m", "fastproxy", "mock-llm",
-            "--port", str(port), "--log-level", "WARNING"]
+    argv = [
+        *taskset_prefix(cpus),
+        *python_cmd(python, src),
+        "-m",
+        "fastproxy",
+        "mock-llm",
+        "--port",
+        str(port),
+        "--log-level",
+        "WARNING",
+    ]
     popen, log = spawn("mock", argv, workdir, clean_env(src, python))
     return checked_start(Proc("mock", popen, port, workdir, log), 15)
 
 
-def fastproxy_config(mock_port: int, workdir: Path, *, usage: bool = False,
-                     activity: bool = False, capture: bool = False) -> dict[str, Any]:
+def fastproxy_config(
+    mock_port: int,
+    workdir: Path,
+    *,
+    usage: bool = False,
+    activity: bool = False,
+    capture: bool = False,
+) -> dict[str, Any]:
     """The generated gateway config: one OpenAI backend (the mock), monitoring as asked."""
     return {
         "host": "127.0.0.1",
@@ -247,23 +273,33 @@ def fastproxy_config(mock_port: int, workdir: Path, *, usage: bool = False,
     }
 
 
-def check_fastproxy_config(config: dict[str, Any], workdir: Path, python: str,
-                           src: Path | None = None) -> str | None:
+def check_fastproxy_config(
+    config: dict[str, Any], workdir: Path, python: str, src: Path | None = None
+) -> str | None:
     """None if ``fastproxy check-config`` accepts the config, else its one-line error."""
     path = workdir / "check-config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    out = subprocess.run([*python_cmd(python, src), "-m", "fastproxy", "check-config",
-                          "--config", str(path)],
-                         capture_output=True, text=True, env=clean_env(src, python), timeout=60,
-                         cwd=workdir)
+    out = subprocess.run(
+        [*python_cmd(python, src), "-m", "fastproxy", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=clean_env(src, python),
+        timeout=60,
+        cwd=workdir,
+    )
     if out.returncode == 0:
         return None
     return (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
 
 
-def start_fastproxy(name: str, config: dict[str, Any], workdir: Path,
-                    cpus: tuple[int, ...] | None, python: str = sys.executable,
-                    src: Path | None = None) -> Proc:
+def start_fastproxy(
+    name: str,
+    config: dict[str, Any],
+    workdir: Path,
+    cpus: tuple[int, ...] | None,
+    python: str = sys.executable,
+    src: Path | None = None,
+) -> Proc:
     pdir = workdir / name
     pdir.mkdir()
     cfg_path = pdir / "config.yaml"
@@ -276,8 +312,19 @@ def start_fastproxy(name: str, config: dict[str, Any], workdir: Path,
         config[key] = section
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port, admin_port = free_port(), free_port()
-    argv = [*taskset_prefix(cpus), *python_cmd(python, src), "-m", "fastproxy", "run",
-            "--config", str(cfg_path), "--port", str(port), "--admin-port", str(admin_port)]
+    argv = [
+        *taskset_prefix(cpus),
+        *python_cmd(python, src),
+        "-m",
+        "fastproxy",
+        "run",
+        "--config",
+        str(cfg_path),
+        "--port",
+        str(port),
+        "--admin-port",
+        str(admin_port),
+    ]
     popen, log = spawn("fastproxy", argv, pdir, clean_env(src, python))
     proc = Proc(name, popen, port, pdir, log, info={"config": config, "admin_port": admin_port})
     return checked_start(proc, 30)
@@ -290,10 +337,13 @@ def python_cmd(python: str, src: Path | None) -> list[str]:
 
 @functools.cache
 def site_dirs(python: str) -> str:
-    code = ("import sysconfig, os; p = sysconfig.get_paths(); "
-            "print(os.pathsep.join(dict.fromkeys([p['purelib'], p['platlib']])))")
-    return subprocess.run([python, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    code = (
+        "import sysconfig, os; p = sysconfig.get_paths(); "
+        "print(os.pathsep.join(dict.fromkeys([p['purelib'], p['platlib']])))"
+    )
+    return subprocess.run(
+        [python, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def clean_env(src: Path | None = None, python: str = sys.executable) -> dict[str, str]:
@@ -318,18 +368,24 @@ def clean_env(src: Path | None = None, python: str = sys.executable) -> dict[str
 def nginx_binary(install: bool) -> str | None:
     """Path of nginx; installs Debian's package first when asked and it is missing."""
     found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+    )
     if found or not install or shutil.which("apt-get") is None or os.geteuid() != 0:
         return found
     print("nginx not found: apt-get install -y nginx", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    ok = subprocess.run(["apt-get", "install", "-y", "nginx"], env=env,
-                        stdout=subprocess.DEVNULL).returncode == 0
+    ok = (
+        subprocess.run(
+            ["apt-get", "install", "-y", "nginx"], env=env, stdout=subprocess.DEVNULL
+        ).returncode
+        == 0
+    )
     if not ok:
         subprocess.run(["apt-get", "update"], env=env, stdout=subprocess.DEVNULL)
         subprocess.run(["apt-get", "install", "-y", "nginx"], env=env, stdout=subprocess.DEVNULL)
     return shutil.which("nginx") or (
-        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+    )
 
 
 def tool_version(argv: list[str]) -> str:
@@ -341,8 +397,7 @@ def tool_version(argv: list[str]) -> str:
     return text[0] if text else "unknown"
 
 
-def start_nginx(binary: str, mock_port: int, workdir: Path, cpus: tuple[int, ...] | None
-                ) -> Proc:
+def start_nginx(binary: str, mock_port: int, workdir: Path, cpus: tuple[int, ...] | None) -> Proc:
     ndir = workdir / "nginx"
     ndir.mkdir()
     # The worker drops to an unprivileged user when started as root; it must be able to
@@ -350,8 +405,11 @@ def start_nginx(binary: str, mock_port: int, workdir: Path, cpus: tuple[int, ...
     os.chmod(workdir, 0o755)
     port = free_port()
     template = (BENCH_DIR / "nginx.conf").read_text()
-    conf = (template.replace("{{DIR}}", str(ndir)).replace("{{PORT}}", str(port))
-            .replace("{{UPSTREAM_PORT}}", str(mock_port)))
+    conf = (
+        template.replace("{{DIR}}", str(ndir))
+        .replace("{{PORT}}", str(port))
+        .replace("{{UPSTREAM_PORT}}", str(mock_port))
+    )
     conf_path = ndir / "nginx.conf"
     conf_path.write_text(conf)
     argv = [*taskset_prefix(cpus), binary, "-p", str(ndir), "-c", str(conf_path)]
@@ -369,8 +427,9 @@ def http_get_json(port: int, path: str, timeout_s: float = 5) -> Any:
         return None
 
 
-def http_ok(port: int, path: str, body: bytes, headers: dict[str, str], timeout_s: float = 10
-            ) -> bool:
+def http_ok(
+    port: int, path: str, body: bytes, headers: dict[str, str], timeout_s: float = 10
+) -> bool:
     """One request through a relay: proves the whole chain answers before load starts."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers=headers)
     try:

@@ -25,8 +25,9 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def aggregate(rounds: list[dict[str, Any]], *, idle_rss_kib: int, hwm_kib: int | None,
-              workload: Workload) -> dict[str, Any]:
+def aggregate(
+    rounds: list[dict[str, Any]], *, idle_rss_kib: int, hwm_kib: int | None, workload: Workload
+) -> dict[str, Any]:
     """Medians over rounds of every numeric figure (nested percentile dicts included)."""
     out: dict[str, Any] = {"rounds": rounds, "idle_rss_kib": idle_rss_kib, "hwm_kib": hwm_kib}
     if not rounds:
@@ -37,8 +38,9 @@ def aggregate(rounds: list[dict[str, Any]], *, idle_rss_kib: int, hwm_kib: int |
     for k in ("lat_us", "ttft_us", "gap_us", "read_gap_us"):
         points = {p for r in rounds for p in r.get(k, {})}
         if points:
-            out[k] = {p: _median([r[k][p] for r in rounds if p in r.get(k, {})])
-                      for p in sorted(points)}
+            out[k] = {
+                p: _median([r[k][p] for r in rounds if p in r.get(k, {})]) for p in sorted(points)
+            }
     errors: dict[str, int] = {}
     for r in rounds:
         for e, n in r["errors"].items():
@@ -72,9 +74,12 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
-def _paired(t: dict[str, Any], other: dict[str, Any],
-            figure: Callable[[dict[str, Any]], float | None],
-            combine: Callable[[float | None, float | None], float | None]) -> float | None:
+def _paired(
+    t: dict[str, Any],
+    other: dict[str, Any],
+    figure: Callable[[dict[str, Any]], float | None],
+    combine: Callable[[float | None, float | None], float | None],
+) -> float | None:
     """The median over rounds of ``combine(figure(t's round r), figure(other's round r))``.
 
     Round r visits every target back to back, so the two figures of a pair saw the same
@@ -108,63 +113,111 @@ def derive(sc: dict[str, Any]) -> dict[str, Any]:
                 d[f"throughput_vs_{ref}"] = _paired(t, other, throughput, _ratio)
         if name != "nginx" and nginx is not None and nginx.get("rounds"):
             d["cpu_per_req_vs_nginx"] = _paired(
-                t, nginx, lambda r: _get(r, "cpu_s_per_1k_req"), _ratio)
+                t, nginx, lambda r: _get(r, "cpu_s_per_1k_req"), _ratio
+            )
         if name != base_name and base is not None:
-            for key, label in (("lat_us", "added_latency_us"), ("ttft_us", "added_ttft_us"),
-                               ("gap_us", "added_gap_us")):
+            for key, label in (
+                ("lat_us", "added_latency_us"),
+                ("ttft_us", "added_ttft_us"),
+                ("gap_us", "added_gap_us"),
+            ):
                 if t.get(key) and base.get(key):
-                    d[label] = {p: _paired(t, base, lambda r, k=key, p=p: _get(r, k, p),
-                                           _minus)
-                                for p in ("p50", "p90", "p99")}
+                    d[label] = {
+                        p: _paired(t, base, lambda r, k=key, p=p: _get(r, k, p), _minus)
+                        for p in ("p50", "p90", "p99")
+                    }
         out[name] = {k: v for k, v in d.items() if v is not None}
     return out
 
 
 # --------------------------------------------------------------------------- targets
 
-def verdicts(scenarios: dict[str, dict[str, Any]], micro: dict[str, Any] | None
-             ) -> list[dict[str, Any]]:
+
+def verdicts(
+    scenarios: dict[str, dict[str, Any]], micro: dict[str, Any] | None
+) -> list[dict[str, Any]]:
     """Where fastproxy stands against each design target, from whatever was run."""
+
     def t(key: str, target: str) -> dict[str, Any] | None:
         return scenarios.get(key, {}).get("targets", {}).get(target)
 
     out: list[dict[str, Any]] = []
 
-    def add(name: str, value: float | None, goal: float, higher_better: bool, unit: str,
-            source: str) -> None:
+    def add(
+        name: str, value: float | None, goal: float, higher_better: bool, unit: str, source: str
+    ) -> None:
         if value is None:
             out.append({"target": name, "value": None, "met": None, "source": source})
             return
         met = value >= goal if higher_better else value <= goal
-        out.append({"target": name, "value": value, "goal": goal, "unit": unit, "met": met,
-                    "higher_better": higher_better, "source": source})
+        out.append(
+            {
+                "target": name,
+                "value": value,
+                "goal": goal,
+                "unit": unit,
+                "met": met,
+                "higher_better": higher_better,
+                "source": source,
+            }
+        )
 
     def derived(key: str, target: str) -> dict[str, Any]:
         return scenarios.get(key, {}).get("derived", {}).get(target, {})  # type: ignore[no-any-return]
 
     if t("d-a64", "fastproxy+usage") is not None:
-        add("JSON c=64 with usage tracking on, x nginx",
-            derived("d-a64", "fastproxy+usage").get("throughput_vs_nginx"), 0.5, True, "x",
-            "d-a64")
+        add(
+            "JSON c=64 with usage tracking on, x nginx",
+            derived("d-a64", "fastproxy+usage").get("throughput_vs_nginx"),
+            0.5,
+            True,
+            "x",
+            "d-a64",
+        )
     else:
-        add("JSON c=64 (usage tracking not measured: baseline), x nginx",
-            derived("a64", "fastproxy").get("throughput_vs_nginx"), 0.5, True, "x", "a64")
+        add(
+            "JSON c=64 (usage tracking not measured: baseline), x nginx",
+            derived("a64", "fastproxy").get("throughput_vs_nginx"),
+            0.5,
+            True,
+            "x",
+            "a64",
+        )
     a1 = derived("a1", "fastproxy").get("added_latency_us")
     add("added latency c=1, median", a1 and a1.get("p50"), 60, False, "µs", "a1")
     add("added latency c=1, p99", a1 and a1.get("p99"), 250, False, "µs", "a1")
-    add("SSE events/s per fastproxy process", _get(t("b", "fastproxy"), "events_per_s"),
-        150_000, True, "events/s", "b")
+    add(
+        "SSE events/s per fastproxy process",
+        _get(t("b", "fastproxy"), "events_per_s"),
+        150_000,
+        True,
+        "events/s",
+        "b",
+    )
     gap = derived("bp", "fastproxy").get("added_gap_us")
     add("added inter-event delay p99 (paced)", gap and gap.get("p99"), 1000, False, "µs", "bp")
-    add("RSS per open stream (scenario c)", _get(t("c", "fastproxy"), "rss_per_stream_kib"),
-        40, False, "KiB", "c")
+    add(
+        "RSS per open stream (scenario c)",
+        _get(t("c", "fastproxy"), "rss_per_stream_kib"),
+        40,
+        False,
+        "KiB",
+        "c",
+    )
     if micro and micro.get("sse_scan_speedup") is not None:
-        add("_speedups compiled vs pure, SSE scan", micro["sse_scan_speedup"], 20, True, "x",
-            "bench/micro")
+        add(
+            "_speedups compiled vs pure, SSE scan",
+            micro["sse_scan_speedup"],
+            20,
+            True,
+            "x",
+            "bench/micro",
+        )
     return out
 
 
 # --------------------------------------------------------------------------- markdown
+
 
 def _fmt(v: float | None, digits: int = 0, scale: float = 1.0) -> str:
     if v is None:
@@ -203,25 +256,37 @@ def scenario_markdown(sc: dict[str, Any]) -> str:
         row = [name, _fmt(t.get("rps"))]
         if sse:
             ttft, gap, rg = t.get("ttft_us", {}), t.get("gap_us", {}), t.get("read_gap_us", {})
-            row += [_fmt(t.get("events_per_s")),
-                    f"{_fmt(ttft.get('p50'))} / {_fmt(ttft.get('p99'))}", _fmt(gap.get("p99")),
-                    f"{_fmt(rg.get('p50'))} / {_fmt(rg.get('p99'))}"]
-        row += [f"{_fmt(lat.get('p50'))} / {_fmt(lat.get('p90'))} / {_fmt(lat.get('p99'))}",
-                _fmt(t.get("cpu_s_per_1k_req"), 3)]
+            row += [
+                _fmt(t.get("events_per_s")),
+                f"{_fmt(ttft.get('p50'))} / {_fmt(ttft.get('p99'))}",
+                _fmt(gap.get("p99")),
+                f"{_fmt(rg.get('p50'))} / {_fmt(rg.get('p99'))}",
+            ]
+        row += [
+            f"{_fmt(lat.get('p50'))} / {_fmt(lat.get('p90'))} / {_fmt(lat.get('p99'))}",
+            _fmt(t.get("cpu_s_per_1k_req"), 3),
+        ]
         if sse:
             row.append(_fmt(t.get("cpu_s_per_1k_events"), 4))
-        row += [_fmt(t.get("relay_cpu_util"), 0, 100) + ("%" if "relay_cpu_util" in t else ""),
-                _fmt(t.get("hwm_kib"), 1, 1 / KIB)]
+        row += [
+            _fmt(t.get("relay_cpu_util"), 0, 100) + ("%" if "relay_cpu_util" in t else ""),
+            _fmt(t.get("hwm_kib"), 1, 1 / KIB),
+        ]
         if sc["key"] == "c":
-            row += [f"{_fmt(t.get('idle_rss_kib'), 1, 1 / KIB)} → "
-                    f"{_fmt(t.get('rss_during_kib'), 1, 1 / KIB)}",
-                    _fmt(t.get("rss_per_stream_kib"), 1)]
+            row += [
+                f"{_fmt(t.get('idle_rss_kib'), 1, 1 / KIB)} → "
+                f"{_fmt(t.get('rss_during_kib'), 1, 1 / KIB)}",
+                _fmt(t.get("rss_per_stream_kib"), 1),
+            ]
         errs = t.get("errors", {})
-        row += [str(sum(errs.values())) + (f" ({', '.join(errs)})" if errs else ""),
-                _fmt(t.get("gen_cpu_util"), 0, 100) + "%",
-                _fmt(t.get("mock_cpu_util"), 0, 100) + "%",
-                _fmt(t.get("background_cpu"), 0, 100) + "%"
-                + (f" ({t['noisy_rounds']} noisy)" if t.get("noisy_rounds") else "")]
+        row += [
+            str(sum(errs.values())) + (f" ({', '.join(errs)})" if errs else ""),
+            _fmt(t.get("gen_cpu_util"), 0, 100) + "%",
+            _fmt(t.get("mock_cpu_util"), 0, 100) + "%",
+            _fmt(t.get("background_cpu"), 0, 100)
+            + "%"
+            + (f" ({t['noisy_rounds']} noisy)" if t.get("noisy_rounds") else ""),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     derived = sc.get("derived", {})
     base = derived.get("baseline", "direct")
@@ -229,13 +294,18 @@ def scenario_markdown(sc: dict[str, Any]) -> str:
     for name, d in derived.items():
         if name == "baseline":
             continue
-        parts = [f"{_ratio_text(d[f'throughput_vs_{ref}'])}x {ref}"
-                 for ref in ("direct", "nginx", "fastproxy")
-                 if d.get(f"throughput_vs_{ref}") is not None]
+        parts = [
+            f"{_ratio_text(d[f'throughput_vs_{ref}'])}x {ref}"
+            for ref in ("direct", "nginx", "fastproxy")
+            if d.get(f"throughput_vs_{ref}") is not None
+        ]
         if d.get("cpu_per_req_vs_nginx") is not None:
             parts.append(f"CPU/req {_ratio_text(d['cpu_per_req_vs_nginx'])}x nginx")
-        for key, label in (("added_latency_us", "added latency"), ("added_ttft_us", "added TTFT"),
-                           ("added_gap_us", "added gap")):
+        for key, label in (
+            ("added_latency_us", "added latency"),
+            ("added_ttft_us", "added TTFT"),
+            ("added_gap_us", "added gap"),
+        ):
             if key in d:
                 v = d[key]
                 parts.append(f"{label} p50 {_fmt(v.get('p50'))} / p99 {_fmt(v.get('p99'))} µs")
@@ -267,7 +337,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"(scenario c: one round)",
         f"- background load: a round during which other processes used more than "
         f"{m.get('max_background', 0.35):g} cores is measured again (the quietest attempt "
-        f"is kept; \"noisy\" marks rounds still over the limit); "
+        f'is kept; "noisy" marks rounds still over the limit); '
         f"{m.get('retry_spent_s', 0):.0f} s spent re-measuring",
         "",
     ]
@@ -280,17 +350,25 @@ def markdown(data: dict[str, Any]) -> str:
                 lines.append(f"| {v['target']} | not measured | | |")
                 continue
             digits = 2 if v["unit"] == "x" else 0
-            lines.append(f"| {v['target']} | {_fmt(v['value'], digits)} {v['unit']} | "
-                         f"{'≥' if v['higher_better'] else '≤'} "
-                         f"{_fmt(v['goal'], digits)} {v['unit']} | "
-                         f"{'yes' if v['met'] else 'NO'} |")
+            lines.append(
+                f"| {v['target']} | {_fmt(v['value'], digits)} {v['unit']} | "
+                f"{'≥' if v['higher_better'] else '≤'} "
+                f"{_fmt(v['goal'], digits)} {v['unit']} | "
+                f"{'yes' if v['met'] else 'NO'} |"
+            )
         lines.append("")
     lines += ["## Scenarios", ""]
     for sc in data["scenarios"]:
         lines.append(scenario_markdown(sc))
     if data.get("micro"):
-        lines += ["## Micro (bench/micro)", "", "```",
-                  json.dumps(data["micro"], indent=1), "```", ""]
+        lines += [
+            "## Micro (bench/micro)",
+            "",
+            "```",
+            json.dumps(data["micro"], indent=1),
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -301,4 +379,3 @@ def write(data: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     jpath.write_text(json.dumps(data, indent=1, default=str))
     mpath.write_text(markdown(data))
     return jpath, mpath
-

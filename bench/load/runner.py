@@ -57,18 +57,26 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def feature_available(feature: str, opts: Options, workdir: Path, mock_port: int
-                      ) -> str | None:
+def feature_available(feature: str, opts: Options, workdir: Path, mock_port: int) -> str | None:
     """None when the feature can be measured, else why not (recorded as a note)."""
     modules = FEATURE_MODULES[feature]
-    code = ("import importlib.util,sys;"
-            f"sys.exit(0 if any(importlib.util.find_spec(m) for m in {modules!r}) else 1)")
+    code = (
+        "import importlib.util,sys;"
+        f"sys.exit(0 if any(importlib.util.find_spec(m) for m in {modules!r}) else 1)"
+    )
     src = opts.fastproxy_src
     # cwd: a neutral directory, since `-c` puts it first on sys.path.
-    if subprocess.run([*P.python_cmd(opts.python, src), "-c", code], cwd=workdir,
-                      env=P.clean_env(src, opts.python)).returncode != 0:
-        return (f"{feature}: skipped, the feature is not built yet (no module "
-                f"{' or '.join(modules)})")
+    if (
+        subprocess.run(
+            [*P.python_cmd(opts.python, src), "-c", code],
+            cwd=workdir,
+            env=P.clean_env(src, opts.python),
+        ).returncode
+        != 0
+    ):
+        return (
+            f"{feature}: skipped, the feature is not built yet (no module {' or '.join(modules)})"
+        )
     cfg = P.fastproxy_config(mock_port, workdir, **{feature: True})
     err = P.check_fastproxy_config(cfg, workdir, opts.python, opts.fastproxy_src)
     if err is not None:
@@ -97,8 +105,9 @@ class Suite:
         self.nginx_bin = P.nginx_binary(self.opts.install_nginx)
         if self.nginx_bin is None:
             self.unavailable["nginx"] = "nginx is not installed (apt-get install -y nginx)"
-        self.mock = P.start_mock(self.workdir, self.pin.mock, self.opts.python,
-                                 self.opts.fastproxy_src)
+        self.mock = P.start_mock(
+            self.workdir, self.pin.mock, self.opts.python, self.opts.fastproxy_src
+        )
         if any(t in FEATURES for s in self.opts.scenarios for t in s.targets):
             ready = []
             for feature in FEATURE_MODULES:
@@ -118,7 +127,8 @@ class Suite:
         if "litellm" in self.opts.peers and not peers.litellm_available(self.litellm_python):
             self.unavailable["litellm"] = (
                 f"litellm is not importable by {self.litellm_python} "
-                "(pip install 'litellm[proxy]', or set BENCH_LITELLM_PYTHON)")
+                "(pip install 'litellm[proxy]', or set BENCH_LITELLM_PYTHON)"
+            )
         if "reference" in self.opts.peers and not self.opts.reference_cmd:
             self.unavailable["reference"] = "BENCH_REFERENCE_CMD is not set"
 
@@ -134,8 +144,9 @@ class Suite:
             return P.start_nginx(self.nginx_bin, self.mock.port, sub, cpus)
         if name == "fastproxy" or name in FEATURES:
             cfg = P.fastproxy_config(self.mock.port, sub, **self.features.get(name, {}))
-            return P.start_fastproxy(name, cfg, sub, cpus, self.opts.python,
-                                     self.opts.fastproxy_src)
+            return P.start_fastproxy(
+                name, cfg, sub, cpus, self.opts.python, self.opts.fastproxy_src
+            )
         if name == "litellm":
             return peers.start_litellm(self.mock.port, sub, cpus, self.litellm_python)
         if name == "reference":
@@ -151,10 +162,18 @@ class Suite:
         skipped = {n: self.unavailable[n] for n in sc.targets if n in self.unavailable}
         if sc.key.startswith("d-") and not set(FEATURES) - set(skipped):
             # Without a single monitoring feature, d would only repeat a's and b's runs.
-            return {"key": sc.key, "title": sc.title, "workload": sc.workload.__dict__,
-                    "rounds": 0, "duration_s": sc.duration_s, "targets": {},
-                    "notes": ["skipped: no monitoring feature is built yet",
-                              *sorted(set(skipped.values()))]}
+            return {
+                "key": sc.key,
+                "title": sc.title,
+                "workload": sc.workload.__dict__,
+                "rounds": 0,
+                "duration_s": sc.duration_s,
+                "targets": {},
+                "notes": [
+                    "skipped: no monitoring feature is built yet",
+                    *sorted(set(skipped.values())),
+                ],
+            }
         try:
             for name in sc.targets:
                 if name in skipped:
@@ -167,8 +186,9 @@ class Suite:
                     log(f"  {name} did not start: {exc}")
                     continue
                 port = self.port(name, procs[name])
-                if not P.http_ok(port, sc.workload.path, JSON_BODY.encode(),
-                                 {"content-type": "application/json"}):
+                if not P.http_ok(
+                    port, sc.workload.path, JSON_BODY.encode(), {"content-type": "application/json"}
+                ):
                     notes.append(f"{name}: the check request failed; target dropped")
                     proc = procs.pop(name)
                     if proc is not None:
@@ -188,7 +208,7 @@ class Suite:
             idle = {n: (p.rss_kib() if p else self.mock.rss_kib()) for n, p in procs.items()}
             rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
             for r in range(sc.rounds):
-                order = names[r % len(names):] + names[: r % len(names)] if names else []
+                order = names[r % len(names) :] + names[: r % len(names)] if names else []
                 for name in order:
                     rounds[name].append(self.clean_round(name, procs[name], sc, r))
             hwm = {n: (p.hwm_kib() if p else None) for n, p in procs.items()}
@@ -203,9 +223,10 @@ class Suite:
             "rounds": sc.rounds,
             "duration_s": sc.duration_s,
             "notes": notes,
-            "targets": {n: aggregate(rounds[n], idle_rss_kib=idle[n], hwm_kib=hwm[n],
-                                     workload=sc.workload)
-                        for n in rounds},
+            "targets": {
+                n: aggregate(rounds[n], idle_rss_kib=idle[n], hwm_kib=hwm[n], workload=sc.workload)
+                for n in rounds
+            },
         }
 
     def inert_feature(self, name: str, proc: P.Proc | None) -> str | None:
@@ -240,11 +261,17 @@ class Suite:
         return self.mock.port if proc is None else proc.port
 
     def drive(self, name: str, proc: P.Proc | None, sc: Scenario, seconds: float) -> Any:
-        return drive(self.port(name, proc), sc.workload, seconds, self.pin.loadgen,
-                     self.workdir, self.opts.loadgen_procs, self.opts.force_loadgen)
+        return drive(
+            self.port(name, proc),
+            sc.workload,
+            seconds,
+            self.pin.loadgen,
+            self.workdir,
+            self.opts.loadgen_procs,
+            self.opts.force_loadgen,
+        )
 
-    def clean_round(self, name: str, proc: P.Proc | None, sc: Scenario, r: int
-                    ) -> dict[str, Any]:
+    def clean_round(self, name: str, proc: P.Proc | None, sc: Scenario, r: int) -> dict[str, Any]:
         """One round, measured again while other processes used the machine.
 
         Other work on a shared machine comes in bursts (a test suite, a build) that last
@@ -256,9 +283,11 @@ class Suite:
             result = self.measure(name, proc, sc)
             result["attempts"] = attempt + 1
             bg = result["background_cpu"]
-            log(f"  {sc.key} round {r + 1}/{sc.rounds} {name}: {result['rps']:,.0f} req/s"
-                + (f", {result['events_per_s']:,.0f} events/s" if "events_per_s" in result
-                   else "") + f", background {bg:.2f} cores")
+            log(
+                f"  {sc.key} round {r + 1}/{sc.rounds} {name}: {result['rps']:,.0f} req/s"
+                + (f", {result['events_per_s']:,.0f} events/s" if "events_per_s" in result else "")
+                + f", background {bg:.2f} cores"
+            )
             if best is None or bg < best["background_cpu"]:
                 best = result
             if bg <= self.opts.max_background or sc.slow_streams:
@@ -312,8 +341,13 @@ class Suite:
             "background_cpu": background,
         }
         if sc.workload.kind == "sse":
-            out.update(events=res.events, events_per_s=res.events / elapsed, ttft_us=res.ttft_us,
-                       gap_us=res.gap_us, read_gap_us=res.read_gap_us)
+            out.update(
+                events=res.events,
+                events_per_s=res.events / elapsed,
+                ttft_us=res.ttft_us,
+                gap_us=res.gap_us,
+                read_gap_us=res.read_gap_us,
+            )
         if cpu is not None:
             out["relay_cpu_s"] = cpu
             out["relay_cpu_util"] = cpu / elapsed
@@ -358,11 +392,16 @@ class Suite:
 def speedups_implementation(opts: Options) -> str:
     code = "import fastproxy._speedups as s; print(getattr(s, 'IMPLEMENTATION', '?'))"
     src = opts.fastproxy_src
-    out = subprocess.run([*P.python_cmd(opts.python, src), "-c", code], capture_output=True,
-                         text=True, env=P.clean_env(src, opts.python),
-                         cwd=tempfile.gettempdir())
-    return out.stdout.strip() or ("error: " + out.stderr.strip().splitlines()[-1]
-                                  if out.stderr.strip() else "unknown")
+    out = subprocess.run(
+        [*P.python_cmd(opts.python, src), "-c", code],
+        capture_output=True,
+        text=True,
+        env=P.clean_env(src, opts.python),
+        cwd=tempfile.gettempdir(),
+    )
+    return out.stdout.strip() or (
+        "error: " + out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "unknown"
+    )
 
 
 def loadavg() -> str:

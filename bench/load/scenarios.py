@@ -23,8 +23,7 @@ from dataclasses import dataclass
 MODEL = "gpt-4o"
 MESSAGES = [{"role": "user", "content": "hello world!"}]
 JSON_BODY = json.dumps({"model": MODEL, "messages": MESSAGES}, separators=(",", ":"))
-SSE_BODY = json.dumps({"model": MODEL, "stream": True, "messages": MESSAGES},
-                      separators=(",", ":"))
+SSE_BODY = json.dumps({"model": MODEL, "stream": True, "messages": MESSAGES}, separators=(",", ":"))
 
 # Monitoring variants of scenario d: target name -> fastproxy_config() keyword flags.
 FEATURES: dict[str, dict[str, bool]] = {
@@ -38,8 +37,7 @@ FEATURES: dict[str, dict[str, bool]] = {
 FEATURE_MODULES: dict[str, tuple[str, ...]] = {
     "usage": ("fastproxy.monitor.usage_service", "fastproxy.monitor.usage"),
     "activity": ("fastproxy.monitor.activity",),
-    "capture": ("fastproxy.monitor.capture", "fastproxy.monitor.wire_capture",
-                "fastproxy.capture"),
+    "capture": ("fastproxy.monitor.capture", "fastproxy.monitor.wire_capture", "fastproxy.capture"),
 }
 BASE_TARGETS = ("direct", "nginx", "fastproxy")
 GROUPS = {"a": ("a1", "a64"), "b": ("b", "bp"), "c": ("c",), "d": ("d-a1", "d-a64", "d-b")}
@@ -71,8 +69,9 @@ class Scenario:
     stream_s: float = 0.0
 
 
-def build(groups: list[str], rounds: int, duration_s: float, quick: bool,
-          peers: tuple[str, ...] = ()) -> list[Scenario]:
+def build(
+    groups: list[str], rounds: int, duration_s: float, quick: bool, peers: tuple[str, ...] = ()
+) -> list[Scenario]:
     """The scenarios to run, in order. ``quick`` shrinks every round to a smoke test."""
     warmup = 0.5 if quick else 2.0
     base = (*BASE_TARGETS, *peers)
@@ -86,36 +85,81 @@ def build(groups: list[str], rounds: int, duration_s: float, quick: bool,
     c_streams, c_seconds = (400, 6.0) if quick else (2000, 30.0)
     interval_ms = 250
     tokens = int(c_seconds * 1000 / interval_ms)
-    c = Workload("sse", c_streams, SSE_BODY,
-                 (f"x-mock-tokens: {tokens}", f"x-mock-interval-ms: {interval_ms}"),
-                 ramp_s=2.0 if quick else 4.0, requests_per_conn=1)
+    c = Workload(
+        "sse",
+        c_streams,
+        SSE_BODY,
+        (f"x-mock-tokens: {tokens}", f"x-mock-interval-ms: {interval_ms}"),
+        ramp_s=2.0 if quick else 4.0,
+        requests_per_conn=1,
+    )
     # nginx runs in d too, so "fastproxy with usage tracking / nginx" is measured at once.
     variants = ("nginx", "fastproxy", *FEATURES)
     table = {
-        "a1": Scenario("a1", "JSON chat completion, concurrency 1 (added latency)", json_a,
-                       base, rounds, duration_s, warmup),
-        "a64": Scenario("a64", "JSON chat completion, concurrency 64 (throughput)", a64,
-                        base, rounds, duration_s, warmup),
-        "b": Scenario("b", "SSE chat completion, 200 events, concurrency 64, unpaced", b,
-                      base, rounds, duration_s, warmup),
-        "bp": Scenario("bp", "SSE chat completion, 200 events 2 ms apart, concurrency 64 "
-                       "(added inter-event delay)", bp, base, rounds, duration_s, warmup),
-        "c": Scenario("c", f"{c_streams} concurrent slow streams (4 events/s) for "
-                      f"{c_seconds:.0f} s", c, BASE_TARGETS, 1,
-                      c_seconds + c.ramp_s + 20, 0.0, slow_streams=True, stream_s=c_seconds),
-        "d-a1": Scenario("d-a1", "a1 with monitoring features on", json_a, variants, rounds,
-                         duration_s, warmup),
-        "d-a64": Scenario("d-a64", "a64 with monitoring features on", a64, variants, rounds,
-                          duration_s, warmup),
-        "d-b": Scenario("d-b", "b with monitoring features on", b, variants, rounds,
-                        duration_s, warmup),
+        "a1": Scenario(
+            "a1",
+            "JSON chat completion, concurrency 1 (added latency)",
+            json_a,
+            base,
+            rounds,
+            duration_s,
+            warmup,
+        ),
+        "a64": Scenario(
+            "a64",
+            "JSON chat completion, concurrency 64 (throughput)",
+            a64,
+            base,
+            rounds,
+            duration_s,
+            warmup,
+        ),
+        "b": Scenario(
+            "b",
+            "SSE chat completion, 200 events, concurrency 64, unpaced",
+            b,
+            base,
+            rounds,
+            duration_s,
+            warmup,
+        ),
+        "bp": Scenario(
+            "bp",
+            "SSE chat completion, 200 events 2 ms apart, concurrency 64 (added inter-event delay)",
+            bp,
+            base,
+            rounds,
+            duration_s,
+            warmup,
+        ),
+        "c": Scenario(
+            "c",
+            f"{c_streams} concurrent slow streams (4 events/s) for {c_seconds:.0f} s",
+            c,
+            BASE_TARGETS,
+            1,
+            c_seconds + c.ramp_s + 20,
+            0.0,
+            slow_streams=True,
+            stream_s=c_seconds,
+        ),
+        "d-a1": Scenario(
+            "d-a1", "a1 with monitoring features on", json_a, variants, rounds, duration_s, warmup
+        ),
+        "d-a64": Scenario(
+            "d-a64", "a64 with monitoring features on", a64, variants, rounds, duration_s, warmup
+        ),
+        "d-b": Scenario(
+            "d-b", "b with monitoring features on", b, variants, rounds, duration_s, warmup
+        ),
     }
     keys: list[str] = []
     for g in groups:
         for k in GROUPS.get(g, (g,)):
             if k not in table:
-                raise ValueError(f"unknown scenario {g!r}; choose from a, b, c, d or "
-                                 + ", ".join(table))
+                raise ValueError(
+                    f"unknown scenario {g!r}; choose from a, b, c, d or " + ", ".join(table)
+                )
             if k not in keys:
                 keys.append(k)
     return [table[k] for k in keys]

@@ -30,7 +30,7 @@ def tiktoken_text(vocab: bytes) -> bytes:
     (n,), off, ranks = struct.unpack_from("<I", vocab, 0), 4, []
     for _ in range(n):
         (length,) = struct.unpack_from("<H", vocab, off)
-        token = vocab[off + 2: off + 2 + length]
+        token = vocab[off + 2 : off + 2 + length]
         (rank,) = struct.unpack_from("<I", vocab, off + 2 + length)
         ranks.append((rank, token))
         off += 2 + length + 4

@@ -36,8 +36,9 @@ except ImportError:
     _core = None
 
 IMPLS = [
-    pytest.param("cython", id="cython",
-                 marks=pytest.mark.skipif(_core is None, reason="_core not built")),
+    pytest.param(
+        "cython", id="cython", marks=pytest.mark.skipif(_core is None, reason="_core not built")
+    ),
     pytest.param("python", id="python"),
 ]
 CALLS = 100
@@ -80,7 +81,11 @@ class _SixAdds:
     __slots__ = ("_b", "_bt", "_g", "_i", "_j", "_t", "_u", "_v")
 
     def __init__(self, mod: ModuleType) -> None:
-        self._b, self._t, self._g = mod.CounterBlock(4096), mod.CounterBlock(128), mod.CounterBlock(2)
+        self._b, self._t, self._g = (
+            mod.CounterBlock(4096),
+            mod.CounterBlock(128),
+            mod.CounterBlock(2),
+        )
         self._i, self._j, self._u, self._v, self._bt = 1200, 1201, 40, 41, 0
 
     def count(self, rx: int, tx: int) -> None:
@@ -122,10 +127,13 @@ def test_count_alternative_plain_ints(benchmark) -> None:
 
 # ------------------------------------------------------------------ the relay, off vs on
 
-_EVENT = (b'data: {"id":"chatcmpl-8fb97f0000000001","object":"chat.completion.chunk",'
-          b'"created":1795418045,"model":"gpt-4o","system_fingerprint":"fp_mock",'
-          b'"choices":[{"index":0,"delta":{"content":' + orjson.dumps(" horizon")
-          + b'},"logprobs":null,"finish_reason":null}]}\n\n')
+_EVENT = (
+    b'data: {"id":"chatcmpl-8fb97f0000000001","object":"chat.completion.chunk",'
+    b'"created":1795418045,"model":"gpt-4o","system_fingerprint":"fp_mock",'
+    b'"choices":[{"index":0,"delta":{"content":'
+    + orjson.dumps(" horizon")
+    + b'},"logprobs":null,"finish_reason":null}]}\n\n'
+)
 _BATCH = (_EVENT * 256)[: 32 * 1024]
 _BATCH = _BATCH[: _BATCH.rindex(b"\n\n") + 2]
 
@@ -152,6 +160,7 @@ def test_relay(benchmark, tracking: str, chunk: str) -> None:
 
 # ------------------------------------------------------------------ readers
 
+
 def _loaded_tracker() -> ActivityTracker:
     tracker = ActivityTracker(["openai.1", "anthropic.1"])
     for i in range(1000):
@@ -175,6 +184,7 @@ def test_sweep_1000_nothing_stale(benchmark) -> None:
 
 # ------------------------------------------------------------------ metrics observer
 
+
 class _State:
     activity = health = storage_status = None
 
@@ -196,10 +206,12 @@ def test_observer_handwritten(benchmark) -> None:
 @pytest.mark.benchmark(group="metrics-observer")
 def test_observer_prometheus_client(benchmark) -> None:
     reg = CollectorRegistry()
-    requests = Counter("fastproxy_requests", "", ["frontend", "backend", "model", "status_class"],
-                       registry=reg)
-    duration = Histogram("fastproxy_dur_seconds", "", ["frontend", "backend"],
-                         buckets=DURATION_BUCKETS, registry=reg)
+    requests = Counter(
+        "fastproxy_requests", "", ["frontend", "backend", "model", "status_class"], registry=reg
+    )
+    duration = Histogram(
+        "fastproxy_dur_seconds", "", ["frontend", "backend"], buckets=DURATION_BUCKETS, registry=reg
+    )
     ttft = Histogram("fastproxy_ttft_seconds", "", ["backend"], buckets=TTFT_BUCKETS, registry=reg)
     tokens = Counter("fastproxy_tokens", "", ["backend", "token_type"], registry=reg)
     cost = Counter("fastproxy_cost_usd", "", ["backend"], registry=reg)

@@ -38,8 +38,9 @@ except ImportError:
     _core = None
 
 IMPLS = [
-    pytest.param("cython", id="cython",
-                 marks=pytest.mark.skipif(_core is None, reason="_core not built")),
+    pytest.param(
+        "cython", id="cython", marks=pytest.mark.skipif(_core is None, reason="_core not built")
+    ),
     pytest.param("python", id="python"),
 ]
 
@@ -56,11 +57,18 @@ REQUEST = (
     b"Content-Length: %d\r\n\r\n%b" % (len(BODY), BODY)
 )
 BACKENDS = {
-    name: Backend(name, BackendConfig(type="openai", api_url=f"http://127.0.0.1:900{i}/v1",
-                                      models=models), env={})
+    name: Backend(
+        name,
+        BackendConfig(type="openai", api_url=f"http://127.0.0.1:900{i}/v1", models=models),
+        env={},
+    )
     for i, (name, models) in enumerate(
-        [("openai.1", ("gpt-4o", "gpt-4o-mini")), ("openai.2", ("gpt-4o",)),
-         ("local", ("llama-3.1-8b",))])
+        [
+            ("openai.1", ("gpt-4o", "gpt-4o-mini")),
+            ("openai.2", ("gpt-4o",)),
+            ("local", ("llama-3.1-8b",)),
+        ]
+    )
 }
 FAILOVER = {"gpt-4o": ("local:llama-3.1-8b",)}
 
@@ -110,9 +118,11 @@ def test_route_only(benchmark) -> None:
 
 # ------------------------------------------------------------------ SSE relay
 
-_PREFIX = (b'data: {"id":"chatcmpl-8fb97f0000000001","object":"chat.completion.chunk",'
-           b'"created":1795418045,"model":"gpt-4o","system_fingerprint":"fp_mock",'
-           b'"choices":[{"index":0,"delta":{"content":')
+_PREFIX = (
+    b'data: {"id":"chatcmpl-8fb97f0000000001","object":"chat.completion.chunk",'
+    b'"created":1795418045,"model":"gpt-4o","system_fingerprint":"fp_mock",'
+    b'"choices":[{"index":0,"delta":{"content":'
+)
 _SUFFIX = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 
 
@@ -124,8 +134,7 @@ ONE_EVENT = _event("horizon")
 BATCH = b"".join(_event(w) for w in ("narrow", "road", "stories", "glow") * 64)[: 32 * 1024]
 BATCH = BATCH[: BATCH.rindex(b"\n\n") + 2]  # whole events only, as the mock writes them
 USAGE_TAIL = (
-    _event("done")
-    + b'data: {"id":"chatcmpl-8fb97f0000000001","object":"chat.completion.chunk",'
+    _event("done") + b'data: {"id":"chatcmpl-8fb97f0000000001","object":"chat.completion.chunk",'
     b'"created":1795418045,"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":4,'
     b'"completion_tokens":200,"total_tokens":204}}\n\n'
 )

@@ -63,10 +63,17 @@ def test_capture(benchmark) -> None:
     benchmark(UsageCapture.take, rec, True)
 
 
-COUNTERS = [pytest.param("estimate", id="estimate"),
-            pytest.param("exact", id="exact", marks=pytest.mark.skipif(
-                importlib.util.find_spec("quicktok") is None,
-                reason="quicktok-v1 (the exact-tokens extra) is not installed"))]
+COUNTERS = [
+    pytest.param("estimate", id="estimate"),
+    pytest.param(
+        "exact",
+        id="exact",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("quicktok") is None,
+            reason="quicktok-v1 (the exact-tokens extra) is not installed",
+        ),
+    ),
+]
 
 
 @pytest.mark.benchmark(group="usage-project")
@@ -93,8 +100,7 @@ def test_prepare_values(benchmark) -> None:
     rec = _record(1)
     ms = int(rec.wall_started_at * 1000)
     values = Projector(PriceTable({})).values(UsageCapture.take(rec, True), ms)
-    assert prepare_values(values, ms)[:3] == prepare(load_record(
-        prepare_values(values, ms)[3]))[:3]
+    assert prepare_values(values, ms)[:3] == prepare(load_record(prepare_values(values, ms)[3]))[:3]
     benchmark(prepare_values, values, ms)
 
 
@@ -102,8 +108,9 @@ def test_prepare_values(benchmark) -> None:
 def test_insert_batch(benchmark, tmp_path: Path) -> None:
     projector = Projector(PriceTable({}))
     rows = [projector.prepared(UsageCapture.take(_record(i), True)) for i in range(BATCH)]
-    store = UsageStore(tmp_path / "usage.db", flush_interval=1.0,
-                       max_queue=100_000, retention_days=0)
+    store = UsageStore(
+        tmp_path / "usage.db", flush_interval=1.0, max_queue=100_000, retention_days=0
+    )
     store._open()
     conn = store._conn
     assert conn is not None

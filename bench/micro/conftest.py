@@ -23,8 +23,10 @@ if str(_ROOT) not in sys.path:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
     if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
         # A file named on the command line is collected by pytest itself already.
-        named = {(Path(parent.config.invocation_params.dir) / a.split("::")[0]).resolve()
-                 for a in parent.config.args}
+        named = {
+            (Path(parent.config.invocation_params.dir) / a.split("::")[0]).resolve()
+            for a in parent.config.args
+        }
         if file_path.resolve() in named:
             return None
         return pytest.Module.from_parent(parent, path=file_path)

@@ -49,8 +49,9 @@ SLOW_EVENT_BYTES = 2048
 TAIL_BYTES = 1024  # enough to hold the last event: [DONE] or the error event
 HEAD_LIMIT = 64 * 1024
 RECV_BYTES = 65536
-_BODY = json.dumps({"model": MODEL, "stream": True,
-                    "messages": [{"role": "user", "content": "soak"}]}).encode()
+_BODY = json.dumps(
+    {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "soak"}]}
+).encode()
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,7 @@ class Mix:
 
     def draw(self, rng: random.Random) -> str:
         x = rng.random() * 100
-        for kind, pct in ((ABORT, self.abort_pct), (RESET, self.reset_pct),
-                          (SLOW, self.slow_pct)):
+        for kind, pct in ((ABORT, self.abort_pct), (RESET, self.reset_pct), (SLOW, self.slow_pct)):
             if x < pct:
                 return kind
             x -= pct
@@ -87,12 +87,15 @@ def make_plans(n: int, mix: Mix, rng: random.Random, prefix: str) -> list[Stream
     plans = []
     for i in range(n):
         kind = mix.draw(rng)
-        plans.append(StreamPlan(
-            session=f"{prefix}-{i}", kind=kind,
-            abort_after_events=rng.randint(1, 5) if kind == ABORT else 0,
-            abort_rst=kind == ABORT and rng.random() < 0.5,
-            reset_after=rng.randint(0, 12) if kind == RESET else 0,
-        ))
+        plans.append(
+            StreamPlan(
+                session=f"{prefix}-{i}",
+                kind=kind,
+                abort_after_events=rng.randint(1, 5) if kind == ABORT else 0,
+                abort_rst=kind == ABORT and rng.random() < 0.5,
+                reset_after=rng.randint(0, 12) if kind == RESET else 0,
+            )
+        )
     return plans
 
 
@@ -128,8 +131,12 @@ class Progress:
     results: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, int]:
-        return {"total": self.total, "done": self.done, "open": self.open,
-                **{f"client_{k}": v for k, v in sorted(self.results.items())}}
+        return {
+            "total": self.total,
+            "done": self.done,
+            "open": self.open,
+            **{f"client_{k}": v for k, v in sorted(self.results.items())},
+        }
 
 
 def request_bytes(plan: StreamPlan, port: int) -> bytes:
@@ -140,9 +147,15 @@ def request_bytes(plan: StreamPlan, port: int) -> bytes:
         steer = [f"x-mock-fault: reset_after:{plan.reset_after}"]
     elif plan.kind == SLOW:
         steer = [f"x-mock-tokens: {SLOW_TOKENS}", f"x-mock-event-bytes: {SLOW_EVENT_BYTES}"]
-    head = ["POST /v1/chat/completions HTTP/1.1", f"host: 127.0.0.1:{port}",
-            "content-type: application/json", f"content-length: {len(_BODY)}",
-            f"x-session-id: {plan.session}", "user-agent: fastproxy-soak", *steer]
+    head = [
+        "POST /v1/chat/completions HTTP/1.1",
+        f"host: 127.0.0.1:{port}",
+        "content-type: application/json",
+        f"content-length: {len(_BODY)}",
+        f"x-session-id: {plan.session}",
+        "user-agent: fastproxy-soak",
+        *steer,
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + _BODY
 
 
@@ -210,12 +223,13 @@ class ChunkedBody:
         if b'"stream_truncated"' in self.tail:
             return "truncated"
         i = self.tail.rfind(b'"code":"')
-        code = self.tail[i + 8:].split(b'"', 1)[0].decode(errors="replace") if i >= 0 else "none"
+        code = self.tail[i + 8 :].split(b'"', 1)[0].decode(errors="replace") if i >= 0 else "none"
         return f"error:ended_without_done({code})"
 
 
-async def _read_head(loop: asyncio.AbstractEventLoop, sock: socket.socket
-                     ) -> tuple[int, bool, bytes]:
+async def _read_head(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket
+) -> tuple[int, bool, bytes]:
     """(status, chunked, bytes after the head)."""
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -228,13 +242,15 @@ async def _read_head(loop: asyncio.AbstractEventLoop, sock: socket.socket
     head, _, rest = buf.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1])
-    chunked = any(line.lower().replace(b" ", b"") == b"transfer-encoding:chunked"
-                  for line in lines[1:])
+    chunked = any(
+        line.lower().replace(b" ", b"") == b"transfer-encoding:chunked" for line in lines[1:]
+    )
     return status, chunked, rest
 
 
-async def run_stream(plan: StreamPlan, cs: ClientSettings,
-                     res: StreamResult | None = None) -> StreamResult:
+async def run_stream(
+    plan: StreamPlan, cs: ClientSettings, res: StreamResult | None = None
+) -> StreamResult:
     """Run one stream, filling ``res`` as it goes (a cancelled stream keeps ``sent``)."""
     loop = asyncio.get_running_loop()
     res = res if res is not None else StreamResult(plan.session, plan.kind)
@@ -266,7 +282,8 @@ async def run_stream(plan: StreamPlan, cs: ClientSettings,
                     res.client = "aborted"
                     break
                 data = await loop.sock_recv(
-                    sock, cs.slow_read_bytes if plan.kind == SLOW else RECV_BYTES)
+                    sock, cs.slow_read_bytes if plan.kind == SLOW else RECV_BYTES
+                )
                 if not data:
                     break
                 body.feed(data)
@@ -287,8 +304,13 @@ async def run_stream(plan: StreamPlan, cs: ClientSettings,
     return res
 
 
-async def run_streams(plans: list[StreamPlan], concurrency: int, cs: ClientSettings,
-                      progress: Progress, deadline_s: float) -> list[StreamResult]:
+async def run_streams(
+    plans: list[StreamPlan],
+    concurrency: int,
+    cs: ClientSettings,
+    progress: Progress,
+    deadline_s: float,
+) -> list[StreamResult]:
     """Run ``plans`` with at most ``concurrency`` open at once; streams not started by
     ``deadline_s`` (seconds from now) stay ``not_run``, running ones are cancelled."""
     results = [StreamResult(p.session, p.kind) for p in plans]

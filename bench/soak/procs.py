@@ -97,15 +97,33 @@ class Proc:
 def _spawn(name: str, argv: list[str], workdir: Path) -> Proc:
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log:
-        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-                                 env=clean_env(), start_new_session=True)
+        popen = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=clean_env(),
+            start_new_session=True,
+        )
     return Proc(name, popen, log_path)
 
 
 def start_mock(workdir: Path, timeout_s: float = 20.0) -> tuple[Proc, int]:
     """``fastproxy mock-llm --port 0``; its port is read from its first output line."""
-    proc = _spawn("mock", [*fastproxy_argv(), "mock-llm", "--host", "127.0.0.1", "--port", "0",
-                           "--log-level", "WARNING"], workdir)
+    proc = _spawn(
+        "mock",
+        [
+            *fastproxy_argv(),
+            "mock-llm",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--log-level",
+            "WARNING",
+        ],
+        workdir,
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
@@ -119,8 +137,9 @@ def start_mock(workdir: Path, timeout_s: float = 20.0) -> tuple[Proc, int]:
     raise StartError(f"mock-llm did not report its port in {timeout_s:.0f} s\n{proc.log_tail()}")
 
 
-def gateway_config(workdir: Path, mock_port: int, port: int, admin_port: int,
-                   backend_idle_timeout_s: float) -> dict[str, Any]:
+def gateway_config(
+    workdir: Path, mock_port: int, port: int, admin_port: int, backend_idle_timeout_s: float
+) -> dict[str, Any]:
     return {
         "host": "127.0.0.1",
         "port": port,
@@ -159,14 +178,16 @@ def start_gateway(workdir: Path, config: dict[str, Any], timeout_s: float = 60.0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not proc.alive():
-            raise StartError(f"gateway exited with status {proc.popen.returncode}\n"
-                             f"{proc.log_tail()}")
+            raise StartError(
+                f"gateway exited with status {proc.popen.returncode}\n{proc.log_tail()}"
+            )
         if http_status(admin, "/internal/health") == 200:
             return proc
         time.sleep(0.1)
     proc.terminate(10)
-    raise StartError(f"gateway admin listener not answering in {timeout_s:.0f} s\n"
-                     f"{proc.log_tail()}")
+    raise StartError(
+        f"gateway admin listener not answering in {timeout_s:.0f} s\n{proc.log_tail()}"
+    )
 
 
 def http_status(port: int, path: str, timeout_s: float = 2.0) -> int | None:

@@ -38,9 +38,15 @@ class RecordAudit:
 
     @property
     def one_per_request(self) -> bool:
-        return (self.error is None and not self.missing and not self.duplicated
-                and self.unexpected == 0 and self.rows == self.expected
-                and self.record_texts == self.rows and self.cli_request_count == self.rows)
+        return (
+            self.error is None
+            and not self.missing
+            and not self.duplicated
+            and self.unexpected == 0
+            and self.rows == self.expected
+            and self.record_texts == self.rows
+            and self.cli_request_count == self.rows
+        )
 
     def as_dict(self) -> dict[str, object]:
         d = dict(self.__dict__)
@@ -53,8 +59,13 @@ class RecordAudit:
 
 def cli_request_count(db: Path) -> int | None:
     try:
-        out = subprocess.run([*fastproxy_argv(), "usage", "stats", "--db", str(db), "--json"],
-                             capture_output=True, text=True, timeout=60, env=clean_env())
+        out = subprocess.run(
+            [*fastproxy_argv(), "usage", "stats", "--db", str(db), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+        )
         return int(json.loads(out.stdout)["request_count"])
     except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
         return None

@@ -32,14 +32,32 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 TCP_STATES = {
-    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
-    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
-    "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING", "0C": "NEW_SYN_RECV",
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+    "0C": "NEW_SYN_RECV",
 }
 SHORT = {
-    "ESTABLISHED": "EST", "SYN_SENT": "SS", "SYN_RECV": "SR", "FIN_WAIT1": "FW1",
-    "FIN_WAIT2": "FW2", "TIME_WAIT": "TW", "CLOSE": "CL", "CLOSE_WAIT": "CW",
-    "LAST_ACK": "LA", "LISTEN": "LST", "CLOSING": "CLG", "NEW_SYN_RECV": "NSR",
+    "ESTABLISHED": "EST",
+    "SYN_SENT": "SS",
+    "SYN_RECV": "SR",
+    "FIN_WAIT1": "FW1",
+    "FIN_WAIT2": "FW2",
+    "TIME_WAIT": "TW",
+    "CLOSE": "CL",
+    "CLOSE_WAIT": "CW",
+    "LAST_ACK": "LA",
+    "LISTEN": "LST",
+    "CLOSING": "CLG",
+    "NEW_SYN_RECV": "NSR",
 }
 PROBE_TIMEOUT_S = 5.0
 GIL_SWITCH_S = 0.001
@@ -82,8 +100,9 @@ def fd_table(pid: int) -> tuple[int, set[int]] | None:
     return len(names), inodes
 
 
-def tcp_states(pid: int, inodes: set[int], skip_peer_port: int | None = None
-               ) -> tuple[dict[str, int], int]:
+def tcp_states(
+    pid: int, inodes: set[int], skip_peer_port: int | None = None
+) -> tuple[dict[str, int], int]:
     """Counts by TCP state of the given socket inodes, and how many were not TCP; a
     socket whose remote port is ``skip_peer_port`` (the probe's) is not counted."""
     counts: Counter[str] = Counter()
@@ -113,8 +132,10 @@ class HealthProbe:
     def __init__(self, port: int) -> None:
         self._port = port
         self._sock: socket.socket | None = None
-        self._request = (b"GET /internal/health HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-                         b"user-agent: fastproxy-soak\r\n\r\n")
+        self._request = (
+            b"GET /internal/health HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+            b"user-agent: fastproxy-soak\r\n\r\n"
+        )
 
     @property
     def local_port(self) -> int | None:
@@ -133,8 +154,7 @@ class HealthProbe:
         """(round trip in ms, the health document); (None, None) when it failed."""
         try:
             if self._sock is None:
-                self._sock = socket.create_connection(("127.0.0.1", self._port),
-                                                      PROBE_TIMEOUT_S)
+                self._sock = socket.create_connection(("127.0.0.1", self._port), PROBE_TIMEOUT_S)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             start = time.perf_counter()
             self._sock.sendall(self._request)
@@ -201,32 +221,48 @@ class Sample:
         rss = f"{self.rss_kib / 1024:.1f}M" if self.rss_kib is not None else "gone"
         lag = f"{self.probe_ms:.1f}ms" if self.probe_ms is not None else "FAIL"
         c = self.client
-        prog = (f"{c.get('done', 0)}/{c.get('total', 0)} open {c.get('open', 0)}"
-                if c else "-")
-        return (f"[{self.phase:<9} {self.t:6.1f}s] streams {prog} | rss {rss} "
-                f"fds {self.fds} tcp {tcp} other {self.other_sockets} | "
-                f"lag {lag} usageq {self.usage_queue}")
+        prog = f"{c.get('done', 0)}/{c.get('total', 0)} open {c.get('open', 0)}" if c else "-"
+        return (
+            f"[{self.phase:<9} {self.t:6.1f}s] streams {prog} | rss {rss} "
+            f"fds {self.fds} tcp {tcp} other {self.other_sockets} | "
+            f"lag {lag} usageq {self.usage_queue}"
+        )
 
 
-def take_sample(pid: int, probe: HealthProbe, t: float, phase: str,
-                client: dict[str, int]) -> Sample:
+def take_sample(
+    pid: int, probe: HealthProbe, t: float, phase: str, client: dict[str, int]
+) -> Sample:
     ms, doc = probe.probe()
     table = fd_table(pid)
-    fds, inodes = (table if table is not None else (None, set()))
+    fds, inodes = table if table is not None else (None, set())
     tcp, other = tcp_states(pid, inodes, probe.local_port) if inodes else ({}, 0)
     storage = (doc or {}).get("storage") or {}
-    return Sample(t=round(t, 3), phase=phase, rss_kib=status_kib(pid, "VmRSS:"),
-                  hwm_kib=status_kib(pid, "VmHWM:"), fds=fds, tcp=tcp, other_sockets=other,
-                  probe_ms=None if ms is None else round(ms, 3),
-                  usage_queue=storage.get("queue_depth"),
-                  usage_dropped=storage.get("dropped_records"), client=client)
+    return Sample(
+        t=round(t, 3),
+        phase=phase,
+        rss_kib=status_kib(pid, "VmRSS:"),
+        hwm_kib=status_kib(pid, "VmHWM:"),
+        fds=fds,
+        tcp=tcp,
+        other_sockets=other,
+        probe_ms=None if ms is None else round(ms, 3),
+        usage_queue=storage.get("queue_depth"),
+        usage_dropped=storage.get("dropped_records"),
+        client=client,
+    )
 
 
 class Sampler(threading.Thread):
     """Samples every ``interval`` seconds until stopped; prints one line per sample."""
 
-    def __init__(self, pid: int, admin_port: int, client: Callable[[], dict[str, int]],
-                 interval: float = 1.0, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        pid: int,
+        admin_port: int,
+        client: Callable[[], dict[str, int]],
+        interval: float = 1.0,
+        quiet: bool = False,
+    ) -> None:
         super().__init__(name="soak-sampler", daemon=True)
         self.pid = pid
         self.interval = interval
@@ -245,8 +281,9 @@ class Sampler(threading.Thread):
         try:
             next_at = time.monotonic()
             while not self._stop_event.is_set():
-                s = take_sample(self.pid, self._probe, time.monotonic() - self._t0, self.phase,
-                                self._client())
+                s = take_sample(
+                    self.pid, self._probe, time.monotonic() - self._t0, self.phase, self._client()
+                )
                 with self._new:
                     self.samples.append(s)
                     self._new.notify_all()

@@ -54,27 +54,70 @@ def _record(i: int) -> dict[str, Any]:
     return {
         "id": uuid.uuid4().hex,
         "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "session_id": f"s{i % 50}", "turn_number": 1 + i % 7, "frontend_type": "openai",
-        "backend": "openai.1", "backend_type": "openai", "model_requested": "gpt-4o",
-        "model_used": "gpt-4o-2024-08-06", "streaming": True, "http_status_code": 200,
-        "outcome": "ok", "attempts": 1, "tool_call_count": 0, "tool_names": [],
-        "ctp_prompt_tokens": 120, "ptb_prompt_tokens": 118, "btp_completion_tokens": 40,
+        "session_id": f"s{i % 50}",
+        "turn_number": 1 + i % 7,
+        "frontend_type": "openai",
+        "backend": "openai.1",
+        "backend_type": "openai",
+        "model_requested": "gpt-4o",
+        "model_used": "gpt-4o-2024-08-06",
+        "streaming": True,
+        "http_status_code": 200,
+        "outcome": "ok",
+        "attempts": 1,
+        "tool_call_count": 0,
+        "tool_names": [],
+        "ctp_prompt_tokens": 120,
+        "ptb_prompt_tokens": 118,
+        "btp_completion_tokens": 40,
         "ptc_completion_tokens": 40,
-        "backend_reported_usage": {"prompt": 118, "completion": 40, "total": 158, "cached": 0,
-                                   "cache_write": 0, "reasoning": 0, "cost": None},
-        "usage_source": "backend", "ttft_ms": 180.0, "backend_ttfb_ms": 150.0,
-        "total_duration_ms": 900.0, "proxy_overhead_ms": 0.4, "stream_tps": 55.0,
-        "cost": 0.000695, "cost_source": "price_table", "replacement": None,
-        "proxy_user": None, "user_agent": "bench",
+        "backend_reported_usage": {
+            "prompt": 118,
+            "completion": 40,
+            "total": 158,
+            "cached": 0,
+            "cache_write": 0,
+            "reasoning": 0,
+            "cost": None,
+        },
+        "usage_source": "backend",
+        "ttft_ms": 180.0,
+        "backend_ttfb_ms": 150.0,
+        "total_duration_ms": 900.0,
+        "proxy_overhead_ms": 0.4,
+        "stream_tps": 55.0,
+        "cost": 0.000695,
+        "cost_source": "price_table",
+        "replacement": None,
+        "proxy_user": None,
+        "user_agent": "bench",
     }
 
 
 # The layout sqlite3worker writes: what a minimal usage table needs for the filters.
-_LIB_COLUMNS = ("id", "ts", "session_id", "frontend_type", "backend", "backend_type",
-                "model_requested", "model_used", "streaming", "http_status_code", "outcome",
-                "ctp_prompt_tokens", "ptb_prompt_tokens", "btp_completion_tokens",
-                "ptc_completion_tokens", "cost", "tool_call_count", "ttft_ms",
-                "total_duration_ms", "proxy_overhead_ms", "stream_tps")
+_LIB_COLUMNS = (
+    "id",
+    "ts",
+    "session_id",
+    "frontend_type",
+    "backend",
+    "backend_type",
+    "model_requested",
+    "model_used",
+    "streaming",
+    "http_status_code",
+    "outcome",
+    "ctp_prompt_tokens",
+    "ptb_prompt_tokens",
+    "btp_completion_tokens",
+    "ptc_completion_tokens",
+    "cost",
+    "tool_call_count",
+    "ttft_ms",
+    "total_duration_ms",
+    "proxy_overhead_ms",
+    "stream_tps",
+)
 _LIB_SCHEMA = f"""
 CREATE TABLE usage ({", ".join(_LIB_COLUMNS)});
 CREATE INDEX usage_ts ON usage(ts);
@@ -83,8 +126,9 @@ CREATE INDEX usage_model ON usage(model_requested);
 CREATE INDEX usage_session ON usage(session_id);
 CREATE TABLE usage_record (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 """
-_LIB_INSERT = (f"INSERT INTO usage ({', '.join(_LIB_COLUMNS)}) "
-               f"VALUES ({', '.join('?' for _ in _LIB_COLUMNS)})")
+_LIB_INSERT = (
+    f"INSERT INTO usage ({', '.join(_LIB_COLUMNS)}) VALUES ({', '.join('?' for _ in _LIB_COLUMNS)})"
+)
 _LIB_INSERT_RECORD = "INSERT INTO usage_record (id, record) VALUES (?, ?)"
 
 
@@ -111,10 +155,12 @@ def _unpaired(path: Path) -> int:
     """Records with only one of their two rows (a half-written record)."""
     conn = sqlite3.connect(path)
     try:
-        return int(conn.execute(
-            "SELECT (SELECT count(*) FROM usage WHERE id NOT IN (SELECT id FROM usage_record))"
-            " + (SELECT count(*) FROM usage_record WHERE id NOT IN (SELECT id FROM usage))"
-        ).fetchone()[0])
+        return int(
+            conn.execute(
+                "SELECT (SELECT count(*) FROM usage WHERE id NOT IN (SELECT id FROM usage_record))"
+                " + (SELECT count(*) FROM usage_record WHERE id NOT IN (SELECT id FROM usage))"
+            ).fetchone()[0]
+        )
     finally:
         conn.close()
 
@@ -128,6 +174,7 @@ def _rows(path: Path, table: str = "usage") -> int:
 
 
 # -- the two writers behind one small interface ------------------------------------------
+
 
 class _Worker:
     """sqlite3worker driven the only way it can be: one execute() per statement."""
@@ -178,6 +225,7 @@ class _CountingHandler(logging.Handler):
 
 # -- scenarios -----------------------------------------------------------------------------
 
+
 def child_exit(lib: str, path: Path, n: int, max_queue: int, close: bool) -> None:
     """Runs in a child process: enqueue n records, optionally close, then exit."""
     writer = WRITERS[lib](path, max_queue)
@@ -196,15 +244,34 @@ def scenario_exit(tmp: Path, n: int) -> Iterator[dict[str, Any]]:
             for close in (False, True):
                 path = tmp / f"exit-{lib}-{max_queue}-{close}.db"
                 _prepare_db(lib, path)
-                out = subprocess.run([sys.executable, "-m", "bench.usage.sqlite3worker_eval",
-                                      "--child-exit", lib, str(path), str(n), str(max_queue),
-                                      "1" if close else "0"],
-                                     check=True, capture_output=True, text=True).stdout
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.usage.sqlite3worker_eval",
+                        "--child-exit",
+                        lib,
+                        str(path),
+                        str(n),
+                        str(max_queue),
+                        "1" if close else "0",
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 refused = json.loads(out.strip().splitlines()[-1])["refused"]
                 written = _rows(path)
-                yield {"scenario": "exit", "writer": lib, "max_queue": max_queue,
-                       "close_called": close, "enqueued": n, "refused_and_counted": refused,
-                       "rows": written, "lost_uncounted": n - refused - written}
+                yield {
+                    "scenario": "exit",
+                    "writer": lib,
+                    "max_queue": max_queue,
+                    "close_called": close,
+                    "enqueued": n,
+                    "refused_and_counted": refused,
+                    "rows": written,
+                    "lost_uncounted": n - refused - written,
+                }
 
 
 def scenario_errors(tmp: Path) -> Iterator[dict[str, Any]]:
@@ -219,15 +286,22 @@ def scenario_errors(tmp: Path) -> Iterator[dict[str, Any]]:
     raised = None
     returned: list[Any] = []
     try:
-        returned.extend(w.execute("INSERT INTO no_such_table VALUES (?)", (1,))
-                        for _ in range(1000))
+        returned.extend(
+            w.execute("INSERT INTO no_such_table VALUES (?)", (1,)) for _ in range(1000)
+        )
     except Exception as exc:  # recorded, not expected
         raised = type(exc).__name__
     select = w.execute("SELECT * FROM no_such_table")
     w.close()
-    yield {"scenario": "errors", "writer": "sqlite3worker", "failed_inserts": 1000,
-           "exception_raised": raised, "insert_return_values": sorted({repr(r) for r in returned}),
-           "failed_select_returns": type(select).__name__, "error_log_lines": counter.count}
+    yield {
+        "scenario": "errors",
+        "writer": "sqlite3worker",
+        "failed_inserts": 1000,
+        "exception_raised": raised,
+        "insert_return_values": sorted({repr(r) for r in returned}),
+        "failed_select_returns": type(select).__name__,
+        "error_log_lines": counter.count,
+    }
 
     # Every write into a file of a newer schema version fails: the store refuses to write
     # an old layout into it. That is a failing write the public API can produce.
@@ -243,9 +317,15 @@ def scenario_errors(tmp: Path) -> Iterator[dict[str, Any]]:
     status = store.status()
     store.stop(timeout=3)
     logging.getLogger("fastproxy.storage").removeHandler(store_log)
-    yield {"scenario": "errors", "writer": "usage_store", "failing_records": 1000,
-           "exception_raised": None, "accepted_by_submit": accepted,
-           "status_while_failing": status, "log_lines": store_log.count}
+    yield {
+        "scenario": "errors",
+        "writer": "usage_store",
+        "failing_records": 1000,
+        "exception_raised": None,
+        "accepted_by_submit": accepted,
+        "status_while_failing": status,
+        "log_lines": store_log.count,
+    }
 
 
 def scenario_garbage(tmp: Path) -> Iterator[dict[str, Any]]:
@@ -266,8 +346,14 @@ def scenario_garbage(tmp: Path) -> Iterator[dict[str, Any]]:
             written = _rows(path)
         except sqlite3.DatabaseError as exc:
             written = f"unreadable ({exc})"
-        yield {"scenario": "garbage", "writer": lib, "enqueued": 100, "construct_error": opened,
-               "rows_in_file": written, "moved_aside": aside}
+        yield {
+            "scenario": "garbage",
+            "writer": lib,
+            "enqueued": 100,
+            "construct_error": opened,
+            "rows_in_file": written,
+            "moved_aside": aside,
+        }
 
 
 def scenario_locked(tmp: Path) -> Iterator[dict[str, Any]]:
@@ -301,12 +387,23 @@ def scenario_locked(tmp: Path) -> Iterator[dict[str, Any]]:
         writer.close()
         holder.close()
         written = _rows(path)
-        yield {"scenario": "locked", "writer": lib, "lock_held_s": LOCK_S, "queue": 100,
-               "enqueued": n, "worst_enqueue_call_s": round(worst, 3),
-               "enqueue_exceptions": raised, "refused_and_counted": refused,
-               "rows": written, "lost": n - written,
-               **({"json_rows": _rows(path, "usage_record"), "half_written": _unpaired(path)}
-                  if lib == "sqlite3worker" else {})}
+        yield {
+            "scenario": "locked",
+            "writer": lib,
+            "lock_held_s": LOCK_S,
+            "queue": 100,
+            "enqueued": n,
+            "worst_enqueue_call_s": round(worst, 3),
+            "enqueue_exceptions": raised,
+            "refused_and_counted": refused,
+            "rows": written,
+            "lost": n - written,
+            **(
+                {"json_rows": _rows(path, "usage_record"), "half_written": _unpaired(path)}
+                if lib == "sqlite3worker"
+                else {}
+            ),
+        }
 
 
 def scenario_throughput(tmp: Path, n: int) -> Iterator[dict[str, Any]]:
@@ -325,10 +422,15 @@ def scenario_throughput(tmp: Path, n: int) -> Iterator[dict[str, Any]]:
         t1 = time.perf_counter()
         writer.close()
         t2 = time.perf_counter()
-        yield {"scenario": "throughput", "writer": lib, "records": n,
-               "caller_us_per_record": round((t1 - t0) / n * 1e6, 1),
-               "seconds_to_durable": round(t2 - t0, 2),
-               "records_per_s": round(n / (t2 - t0)), "rows": _rows(path)}
+        yield {
+            "scenario": "throughput",
+            "writer": lib,
+            "records": n,
+            "caller_us_per_record": round((t1 - t0) / n * 1e6, 1),
+            "seconds_to_durable": round(t2 - t0, 2),
+            "records_per_s": round(n / (t2 - t0)),
+            "rows": _rows(path),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,15 +448,18 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("sqlite3worker is not installed: .venv/bin/pip install sqlite3worker==1.1.7")
         return 2
-    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
-          f"{os.cpu_count()} cpus")
+    print(
+        f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus"
+    )
     with tempfile.TemporaryDirectory(prefix="s3w-eval-") as tmpdir:
         tmp = Path(tmpdir)
-        scenarios = {"exit": lambda: scenario_exit(tmp, 10_000),
-                     "errors": lambda: scenario_errors(tmp),
-                     "garbage": lambda: scenario_garbage(tmp),
-                     "locked": lambda: scenario_locked(tmp),
-                     "throughput": lambda: scenario_throughput(tmp, ns.records)}
+        scenarios = {
+            "exit": lambda: scenario_exit(tmp, 10_000),
+            "errors": lambda: scenario_errors(tmp),
+            "garbage": lambda: scenario_garbage(tmp),
+            "locked": lambda: scenario_locked(tmp),
+            "throughput": lambda: scenario_throughput(tmp, ns.records),
+        }
         for name, scenario in scenarios.items():
             if ns.only not in (None, name):
                 continue

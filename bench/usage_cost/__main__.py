@@ -75,10 +75,16 @@ def start_gateway(mode: str, mock_port: int, workdir: Path, pin: Pinning) -> Pro
     cfg = wd / "config.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
-    argv = [*taskset_prefix(pin.relay), sys.executable, "-m",
-            "bench.usage_cost.gateway" if mode != "off" else "fastproxy",
-            *([mode] if mode != "off" else ["run", "--config"]), str(cfg),
-            "--port", str(port)]
+    argv = [
+        *taskset_prefix(pin.relay),
+        sys.executable,
+        "-m",
+        "bench.usage_cost.gateway" if mode != "off" else "fastproxy",
+        *([mode] if mode != "off" else ["run", "--config"]),
+        str(cfg),
+        "--port",
+        str(port),
+    ]
     popen, log = spawn("gateway", argv, wd, clean_env())  # PYTHONPATH: this checkout
     proc = Proc(mode, popen, port, wd, log, info={"admin_port": config["admin"]["port"]})
     return checked_start(proc, 60)
@@ -91,8 +97,7 @@ def queue_depth(proc: Proc) -> int | None:
     return storage.get("queue_depth")
 
 
-def one(mode: str, mock_port: int, workdir: Path, pin: Pinning, seconds: float
-        ) -> dict[str, Any]:
+def one(mode: str, mock_port: int, workdir: Path, pin: Pinning, seconds: float) -> dict[str, Any]:
     proc = start_gateway(mode, mock_port, workdir, pin)
     wl = Workload("json", 64, JSON_BODY)
     try:
@@ -105,14 +110,21 @@ def one(mode: str, mock_port: int, workdir: Path, pin: Pinning, seconds: float
         proc.stop()
     n = max(1, res.completed)
     per = {k: (t1[k] - t0.get(k, 0)) / CLK_TCK / n * 1e6 for k in t1}
-    return {"rps": res.completed / res.elapsed_s, "loop_us": per.get("loop", 0.0),
-            "writer_us": per.get("usage-writer", 0.0), "queue": depth,
-            "other_us": sum(v for k, v in per.items() if k not in ("loop", "usage-writer"))}
+    return {
+        "rps": res.completed / res.elapsed_s,
+        "loop_us": per.get("loop", 0.0),
+        "writer_us": per.get("usage-writer", 0.0),
+        "queue": depth,
+        "other_us": sum(v for k, v in per.items() if k not in ("loop", "usage-writer")),
+    }
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.usage_cost", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.usage_cost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per round")
     p.add_argument("--modes", default=",".join(("off", *MODES)))
@@ -132,25 +144,31 @@ def main() -> int:
                 for mode in modes:
                     out = one(mode, mock.port, workdir, pin, ns.seconds)
                     results[mode].append(out)
-                    print(f"round {r + 1} {mode:22s} {out['rps']:8.0f} req/s  loop "
-                          f"{out['loop_us']:6.1f} µs/req  writer {out['writer_us']:6.1f} "
-                          f"µs/record  queue at end {out['queue']}", flush=True)
+                    print(
+                        f"round {r + 1} {mode:22s} {out['rps']:8.0f} req/s  loop "
+                        f"{out['loop_us']:6.1f} µs/req  writer {out['writer_us']:6.1f} "
+                        f"µs/record  queue at end {out['queue']}",
+                        flush=True,
+                    )
                     time.sleep(0.5)
         finally:
             mock.stop()
-    base = statistics.median(x["rps"] for x in results.get("off", [])) if "off" in results \
-        else None
-    print("\n| mode | req/s (median) | x off | loop CPU µs/req | writer CPU µs/record | "
-          "max queue at end |\n|---|---|---|---|---|---|")
+    base = statistics.median(x["rps"] for x in results.get("off", [])) if "off" in results else None
+    print(
+        "\n| mode | req/s (median) | x off | loop CPU µs/req | writer CPU µs/record | "
+        "max queue at end |\n|---|---|---|---|---|---|"
+    )
     for mode in modes:
         rs = results[mode]
         rps = statistics.median(x["rps"] for x in rs)
         ratio = f"{rps / base:.2f}" if base else "—"
         queues = [x["queue"] for x in rs if x["queue"] is not None]
-        print(f"| {mode} | {rps:,.0f} | {ratio} | "
-              f"{statistics.median(x['loop_us'] for x in rs):.1f} | "
-              f"{statistics.median(x['writer_us'] for x in rs):.1f} | "
-              f"{max(queues) if queues else '—'} |")
+        print(
+            f"| {mode} | {rps:,.0f} | {ratio} | "
+            f"{statistics.median(x['loop_us'] for x in rs):.1f} | "
+            f"{statistics.median(x['writer_us'] for x in rs):.1f} | "
+            f"{max(queues) if queues else '—'} |"
+        )
     return 0
 
 

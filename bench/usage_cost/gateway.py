@@ -56,6 +56,7 @@ def apply(mode: str) -> None:
     if mode in ("discard", "project"):
         store._write = lambda self, prepared, final=False: True  # type: ignore[method-assign]
     if mode in ("no-secondary-indexes", "floor"):
+
         def open_without(self: Any) -> None:
             open_db(self)
             for name in SECONDARY_INDEXES:

@@ -33,16 +33,24 @@ CASES: dict[str, dict[str, list[str]]] = {
     "stats http_status_code=429": {"http_status_code": ["429"]},
     "stats hour_of_day=14": {"hour_of_day": ["14"]},
     "stats day_of_week=2": {"day_of_week": ["2"]},
-    "stats last 30 days (mid-day edges)": {"start_date": [days_ago(30) + "T09:30:00Z"],
-                                           "end_date": [days_ago(0) + "T17:45:00Z"]},
+    "stats last 30 days (mid-day edges)": {
+        "start_date": [days_ago(30) + "T09:30:00Z"],
+        "end_date": [days_ago(0) + "T17:45:00Z"],
+    },
     "stats one week": {"start_date": [days_ago(14)], "end_date": [days_ago(8)]},
-    "stats one day, backend_type=anthropic": {"start_date": [days_ago(3)],
-                                              "end_date": [days_ago(3)],
-                                              "backend_type": ["anthropic"]},
+    "stats one day, backend_type=anthropic": {
+        "start_date": [days_ago(3)],
+        "end_date": [days_ago(3)],
+        "backend_type": ["anthropic"],
+    },
     "stats session_id": {"session_id": ["sess-00042"]},
-    "stats leg=PTC, model+type+week": {"leg": ["PTC"], "model": ["gpt-4o"],
-                                       "backend_type": ["openai"],
-                                       "start_date": [days_ago(14)], "end_date": [days_ago(8)]},
+    "stats leg=PTC, model+type+week": {
+        "leg": ["PTC"],
+        "model": ["gpt-4o"],
+        "backend_type": ["openai"],
+        "start_date": [days_ago(14)],
+        "end_date": [days_ago(8)],
+    },
 }
 
 
@@ -84,9 +92,11 @@ def main() -> None:
         generate(path, ns.rows)
         print(f"generated {ns.rows:,} records in {time.perf_counter() - t:.1f}s: {path}")
     sizes = table_sizes(path)
-    print(f"file {path.stat().st_size / 1e6:.0f} MB; rows+indexes "
-          f"{sum(v for k, v in sizes.items() if k != 'usage_records') / 1e6:.0f} MB, "
-          f"JSON records {sizes.get('usage_records', 0) / 1e6:.0f} MB")
+    print(
+        f"file {path.stat().st_size / 1e6:.0f} MB; rows+indexes "
+        f"{sum(v for k, v in sizes.items() if k != 'usage_records') / 1e6:.0f} MB, "
+        f"JSON records {sizes.get('usage_records', 0) / 1e6:.0f} MB"
+    )
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     store = UsageStore(path, flush_interval=1.0, max_queue=1, retention_days=0)
     print(f"{'query':42s} {'median':>8s} {'worst':>8s}  rows")
@@ -98,8 +108,10 @@ def main() -> None:
     for name, fn in (
         ("recent limit=50", lambda: store.recent(f, 50, 0)),
         ("recent limit=1000 offset=10000", lambda: store.recent(f, 1000, 10_000)),
-        ("recent model=claude-haiku-4-5 limit=50",
-         lambda: store.recent(parse_filters({"model": ["claude-haiku-4-5"]}), 50, 0)),
+        (
+            "recent model=claude-haiku-4-5 limit=50",
+            lambda: store.recent(parse_filters({"model": ["claude-haiku-4-5"]}), 50, 0),
+        ),
         ("export first page (1,000)", lambda: next(store.export_pages(f, 1000))),
     ):
         med, worst, _ = _time(fn, ns.repeat)
@@ -109,8 +121,10 @@ def main() -> None:
     dt = time.perf_counter() - t
     print(f"{'export last 7 days, all pages':42s} {dt:8.3f}           {n:,} ({n / dt:,.0f}/s)")
     rate = _write_rate(path.with_name("write-rate.db"), 50_000)
-    print(f"{'write: 50,000 submit() then stop()':42s} {50_000 / rate:8.3f}           "
-          f"({rate:,.0f} records/s)")
+    print(
+        f"{'write: 50,000 submit() then stop()':42s} {50_000 / rate:8.3f}           "
+        f"({rate:,.0f} records/s)"
+    )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

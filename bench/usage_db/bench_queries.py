@@ -33,8 +33,10 @@ STATS = {
     "proxy_user": {"proxy_user": ["alice"]},
     "http_status_code": {"http_status_code": ["429"]},
     "hour_of_day": {"hour_of_day": ["14"]},
-    "30_days_mid_day_edges": {"start_date": [days_ago(30) + "T09:30:00Z"],
-                              "end_date": [days_ago(0) + "T17:45:00Z"]},
+    "30_days_mid_day_edges": {
+        "start_date": [days_ago(30) + "T09:30:00Z"],
+        "end_date": [days_ago(0) + "T17:45:00Z"],
+    },
     "one_week": {"start_date": [days_ago(14)], "end_date": [days_ago(8)]},
     "session_id": {"session_id": ["sess-00042"]},
 }

@@ -23,11 +23,26 @@ START = datetime(2025, 9, 1, tzinfo=UTC)
 DAYS = 90
 # backend -> (backend_type, [(model requested, model that answered)])
 BACKENDS: dict[str, tuple[str, list[tuple[str, str]]]] = {
-    "openai.1": ("openai", [("gpt-4o", "gpt-4o-2024-08-06"), ("gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
-                            ("gpt-4.1", "gpt-4.1-2025-04-14"), ("o4-mini", "o4-mini-2025-04-16")]),
-    "openai.2": ("openai", [("gpt-4o", "gpt-4o-2024-08-06"), ("gpt-4o-mini", "gpt-4o-mini-2024-07-18")]),
-    "anthropic.1": ("anthropic", [("claude-sonnet-4-5", "claude-sonnet-4-5-20250929"),
-                                  ("claude-haiku-4-5", "claude-haiku-4-5-20251001")]),
+    "openai.1": (
+        "openai",
+        [
+            ("gpt-4o", "gpt-4o-2024-08-06"),
+            ("gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
+            ("gpt-4.1", "gpt-4.1-2025-04-14"),
+            ("o4-mini", "o4-mini-2025-04-16"),
+        ],
+    ),
+    "openai.2": (
+        "openai",
+        [("gpt-4o", "gpt-4o-2024-08-06"), ("gpt-4o-mini", "gpt-4o-mini-2024-07-18")],
+    ),
+    "anthropic.1": (
+        "anthropic",
+        [
+            ("claude-sonnet-4-5", "claude-sonnet-4-5-20250929"),
+            ("claude-haiku-4-5", "claude-haiku-4-5-20251001"),
+        ],
+    ),
     "local.1": ("openai", [("llama-3-70b", "llama-3-70b"), ("qwen-2.5", "qwen-2.5")]),
 }
 WEIGHTS = {"openai.1": 45, "openai.2": 15, "anthropic.1": 30, "local.1": 10}
@@ -66,23 +81,36 @@ def records(n: int, seed: int = 1) -> Iterator[dict[str, Any]]:
         tools = rng.choice([0] * 8 + [1, 2]) if ok else 0
         yield {
             "id": uuid.UUID(int=rng.getrandbits(128)).hex,
-            "timestamp": datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "timestamp": datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+            + "Z",
             "session_id": f"sess-{rng.randint(1, 20000):05d}",
             "turn_number": rng.randint(1, 30),
             "frontend_type": btype if rng.random() < 0.85 else rng.choice(["openai", "anthropic"]),
-            "backend": backend, "backend_type": btype,
-            "model_requested": requested, "model_used": used if ok else None,
-            "streaming": stream, "http_status_code": status or None,
+            "backend": backend,
+            "backend_type": btype,
+            "model_requested": requested,
+            "model_used": used if ok else None,
+            "streaming": stream,
+            "http_status_code": status or None,
             "outcome": "ok" if ok else ("client_aborted" if status == 0 else "backend_error"),
-            "attempts": 1, "tool_call_count": tools,
+            "attempts": 1,
+            "tool_call_count": tools,
             "tool_names": [rng.choice(["search", "read_file", "bash"]) for _ in range(tools)],
-            "ctp_prompt_tokens": prompt, "ptb_prompt_tokens": prompt + rng.randint(0, 3),
+            "ctp_prompt_tokens": prompt,
+            "ptb_prompt_tokens": prompt + rng.randint(0, 3),
             "btp_completion_tokens": completion or None,
             "ptc_completion_tokens": completion or None,
-            "backend_reported_usage": {"prompt": prompt, "completion": completion,
-                                       "total": prompt + completion, "cached": 0,
-                                       "cache_write": None, "reasoning": None,
-                                       "cost": None} if ok else None,
+            "backend_reported_usage": {
+                "prompt": prompt,
+                "completion": completion,
+                "total": prompt + completion,
+                "cached": 0,
+                "cache_write": None,
+                "reasoning": None,
+                "cost": None,
+            }
+            if ok
+            else None,
             "usage_source": "backend" if ok else "estimated",
             "ttft_ms": round(ttft, 3) if ttft is not None else None,
             "backend_ttfb_ms": round(rng.uniform(50, 900), 3),
@@ -91,8 +119,11 @@ def records(n: int, seed: int = 1) -> Iterator[dict[str, Any]]:
             "stream_tps": round(completion / (duration / 1000), 3) if stream and ok else None,
             "cost": round((prompt * 2.5 + completion * 10) / 1e6, 8) if ok else None,
             "cost_source": "price_table" if ok else None,
-            "replacement": None, "proxy_user": rng.choice(USERS),
-            "user_agent": rng.choice(["openai-python/1.54.0", "anthropic-python/0.39.0", "curl/8.5"]),
+            "replacement": None,
+            "proxy_user": rng.choice(USERS),
+            "user_agent": rng.choice(
+                ["openai-python/1.54.0", "anthropic-python/0.39.0", "curl/8.5"]
+            ),
         }
 
 

@@ -117,12 +117,19 @@ def _run(name: str, path: Path, n: int) -> dict[str, Any]:
     root = Path(__file__).resolve().parents[2]
     t = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-c", _PRELUDE + CHILDREN[name], str(path),
-                               str(n)], capture_output=True, text=True, timeout=60, cwd=root)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PRELUDE + CHILDREN[name], str(path), str(n)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=root,
+        )
     except subprocess.TimeoutExpired:
         return {"hung": True, "seconds": 60}
-    result: dict[str, Any] = {"exit_code": proc.returncode,
-                              "seconds": round(time.perf_counter() - t, 2)}
+    result: dict[str, Any] = {
+        "exit_code": proc.returncode,
+        "seconds": round(time.perf_counter() - t, 2),
+    }
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if lines:
         result.update(json.loads(lines[-1]))

@@ -3,4 +3,11 @@
 from .access import AccessPolicy
 from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
 
-__all__ = ["AccessPolicy", "AdminRequest", "AdminResponse", "Router", "error_response", "json_response"]
+__all__ = [
+    "AccessPolicy",
+    "AdminRequest",
+    "AdminResponse",
+    "Router",
+    "error_response",
+    "json_response",
+]

@@ -48,8 +48,14 @@ class Admission:
 
     __slots__ = ("admin_key", "denied", "detail", "headers", "status")
 
-    def __init__(self, status: int = 0, detail: str = "", *, admin_key: bool = False,
-                 headers: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        status: int = 0,
+        detail: str = "",
+        *,
+        admin_key: bool = False,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.denied = status != 0
         self.status = status
         self.detail = detail
@@ -81,8 +87,13 @@ def is_loopback(peer_ip: str | None) -> bool:
 class AccessPolicy:
     __slots__ = ("_admin_keys", "_hosts", "_networks", "_remote_writes")
 
-    def __init__(self, allow_networks: Iterable[str], bound_hosts: Iterable[str],
-                 admin_keys: Iterable[str] = (), remote_writes: bool = False) -> None:
+    def __init__(
+        self,
+        allow_networks: Iterable[str],
+        bound_hosts: Iterable[str],
+        admin_keys: Iterable[str] = (),
+        remote_writes: bool = False,
+    ) -> None:
         self._networks = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
         self._admin_keys = tuple(k.encode() for k in admin_keys)
         self._remote_writes = remote_writes
@@ -128,8 +139,9 @@ class AccessPolicy:
         """Whether remote reads with an admin key are switched on."""
         return bool(self._admin_keys)
 
-    def admit(self, peer_ip: str | None, host_header: str | None, method: str,
-              key: bytes | None) -> Admission:
+    def admit(
+        self, peer_ip: str | None, host_header: str | None, method: str, key: bytes | None
+    ) -> Admission:
         """The admin listener's rule: the address rule, then (for a peer it refuses,
         when admin keys are configured) the admin key. ``key`` is what the request
         presented (``Authorization: Bearer`` or ``x-api-key``), None when nothing."""
@@ -140,13 +152,16 @@ class AccessPolicy:
             if verify(self._admin_keys, key) is None:
                 return Admission(401, "invalid admin key", headers=CHALLENGE)
             if method not in READS and not self._remote_writes:
-                return Admission(403, "remote requests with an admin key may only read "
-                                      "(admin.remote_writes is off)")
+                return Admission(
+                    403,
+                    "remote requests with an admin key may only read (admin.remote_writes is off)",
+                )
             return Admission(admin_key=True)
         denied = self.check(peer_ip, host_header)
         if denied is None:
             return ADMITTED
         if denied[0] == 403 and self._admin_keys and addr is not None:
-            return Admission(401, "admin key required (Authorization: Bearer KEY)",
-                             headers=CHALLENGE)
+            return Admission(
+                401, "admin key required (Authorization: Bearer KEY)", headers=CHALLENGE
+            )
         return Admission(*denied)

@@ -67,18 +67,22 @@ class RateLimitWatch:
 
     __slots__ = ("_clock", "_until", "_wall", "hold_s", "max_hold_s")
 
-    def __init__(self, hold_s: float = RATE_LIMIT_HOLD_S,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time,
-                 max_hold_s: float = RATE_LIMIT_MAX_HOLD_S) -> None:
+    def __init__(
+        self,
+        hold_s: float = RATE_LIMIT_HOLD_S,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        max_hold_s: float = RATE_LIMIT_MAX_HOLD_S,
+    ) -> None:
         self.hold_s = hold_s
         self.max_hold_s = max_hold_s
         self._clock = clock
         self._wall = wall  # an HTTP-date Retry-After is a wall-clock time
         self._until: dict[str, float] = {}
 
-    def __call__(self, backend: str, status: int, kind: str | None,
-                 retry_after: bytes | None = None) -> None:
+    def __call__(
+        self, backend: str, status: int, kind: str | None, retry_after: bytes | None = None
+    ) -> None:
         """``retry_after`` is the 429 answer's raw ``Retry-After`` header, when the data
         plane passes it (None: absent, or a caller that does not pass it)."""
         if status == 429:
@@ -141,8 +145,9 @@ def connection_json(c: ConnectionInfo) -> dict[str, Any]:
     return doc
 
 
-def diagnostics_document(state: GatewayState, rate_limits: RateLimitWatch,
-                         snapshot: ActivitySnapshot | None, now: float) -> dict[str, Any]:
+def diagnostics_document(
+    state: GatewayState, rate_limits: RateLimitWatch, snapshot: ActivitySnapshot | None, now: float
+) -> dict[str, Any]:
     by_backend: dict[str, list[dict[str, Any]]] = {}
     if snapshot is not None:
         for c in snapshot.connections:
@@ -163,17 +168,19 @@ def diagnostics_document(state: GatewayState, rate_limits: RateLimitWatch,
                 "lifetime_bytes_rx": ba.lifetime_bytes_rx if ba else 0,
                 "lifetime_bytes_tx": ba.lifetime_bytes_tx if ba else 0,
             }
-        instances.append({
-            "name": name,
-            "connector_type": backend.type,
-            "is_rate_limited": retry is not None,
-            "retry_after_seconds": retry,
-            "is_functional": not errors and breaker != "open",
-            "circuit_state": breaker,
-            "validation_errors": errors,
-            "models": sorted(backend.models or ()),
-            "activity": activity,
-        })
+        instances.append(
+            {
+                "name": name,
+                "connector_type": backend.type,
+                "is_rate_limited": retry is not None,
+                "retry_after_seconds": retry,
+                "is_functional": not errors and breaker != "open",
+                "circuit_state": breaker,
+                "validation_errors": errors,
+                "models": sorted(backend.models or ()),
+                "activity": activity,
+            }
+        )
     global_activity = None
     if snapshot is not None:
         t = snapshot.totals
@@ -193,11 +200,19 @@ def diagnostics_document(state: GatewayState, rate_limits: RateLimitWatch,
 def activity_document(state: GatewayState) -> dict[str, Any]:
     tracker = state.activity
     if tracker is None:
-        return {"enabled": False, "total_active_connections": 0,
-                "total_bytes_rx": 0, "total_bytes_tx": 0}
+        return {
+            "enabled": False,
+            "total_active_connections": 0,
+            "total_bytes_rx": 0,
+            "total_bytes_tx": 0,
+        }
     g = tracker.global_snapshot()
-    return {"enabled": True, "total_active_connections": g.total_active_connections,
-            "total_bytes_rx": g.total_bytes_rx, "total_bytes_tx": g.total_bytes_tx}
+    return {
+        "enabled": True,
+        "total_active_connections": g.total_active_connections,
+        "total_bytes_rx": g.total_bytes_rx,
+        "total_bytes_tx": g.total_bytes_tx,
+    }
 
 
 def local_or_keyed(req: AdminRequest) -> bool:
@@ -234,7 +249,8 @@ class DiagnosticsViews:
         tracker = self.state.activity
         snapshot = tracker.snapshot() if tracker is not None else None
         return json_response(
-            diagnostics_document(self.state, self.rate_limits, snapshot, time.time()))
+            diagnostics_document(self.state, self.rate_limits, snapshot, time.time())
+        )
 
     async def activity(self, req: AdminRequest) -> AdminResponse:
         if not local_or_keyed(req):

@@ -31,8 +31,12 @@ if TYPE_CHECKING:
     from ..monitor.health import Endpoint, HealthService
 
 DRAIN_POLL_S = 0.25  # how often an idle events stream checks whether the gateway drains
-STORAGE_DISABLED = {"usage_db": "disabled", "queue_depth": 0, "dropped_records": 0,
-                    "write_errors": 0}
+STORAGE_DISABLED = {
+    "usage_db": "disabled",
+    "queue_depth": 0,
+    "dropped_records": 0,
+    "write_errors": 0,
+}
 
 
 def register(router: Router, service: HealthService) -> None:
@@ -88,16 +92,18 @@ def health_document(service: HealthService) -> dict[str, Any]:
         circuit = service.circuit_state(name)
         degraded |= circuit != "closed"
         backend = state.backends.get(name)
-        backends.append({
-            "name": name,
-            "api_url": ep.api_url,
-            "backend_type": backend.type if backend is not None else None,
-            "is_endpoint_healthy": ep.is_healthy,
-            "circuit_state": circuit,
-            "consecutive_failures": b.failures,
-            "open_until": utc_iso(service.open_until_wall(b)),
-            "last_failure": b.last_failure or None,
-        })
+        backends.append(
+            {
+                "name": name,
+                "api_url": ep.api_url,
+                "backend_type": backend.type if backend is not None else None,
+                "is_endpoint_healthy": ep.is_healthy,
+                "circuit_state": circuit,
+                "consecutive_failures": b.failures,
+                "open_until": utc_iso(service.open_until_wall(b)),
+                "last_failure": b.last_failure or None,
+            }
+        )
     healthy = sum(1 for ep in endpoints if ep.is_healthy)
     degraded |= any(ep.condition in ("unhealthy", "misconfigured") for ep in endpoints)
     storage_fn = state.storage_status

@@ -51,9 +51,11 @@ log = logging.getLogger("fastproxy.admin")
 
 MAX_BODY_BYTES = 1024 * 1024  # monitoring requests carry small JSON bodies at most
 MAX_CONNECTIONS = 256
-_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-                  b"content-length: 52\r\nconnection: close\r\n\r\n"
-                  b'{"detail": "too many admin connections; try again"}\n')
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: 52\r\nconnection: close\r\n\r\n"
+    b'{"detail": "too many admin connections; try again"}\n'
+)
 assert len(_BUSY_RESPONSE.split(b"\r\n\r\n", 1)[1]) == 52
 # How h11 finds the end of a head (LF, optional CR, LF), and a folded continuation line.
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -79,8 +81,12 @@ class AdminProtocol(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, state: GatewayState, connections: set[AdminProtocol],
-                 policy: AccessPolicy | None = None) -> None:
+    def __init__(
+        self,
+        state: GatewayState,
+        connections: set[AdminProtocol],
+        policy: AccessPolicy | None = None,
+    ) -> None:
         self.state = state
         self._connections = connections
         # The admin listener's own policy knows the admin keys; state.access, shared
@@ -286,12 +292,14 @@ class AdminProtocol(asyncio.Protocol):
                 except Exception:
                     # The path is the client's, percent-decoded (%0d%0a is a CRLF): quoted,
                     # so it stays one field of one line under any handler.
-                    log.exception("admin handler for %s %s failed",
-                                  quote(req.method), quote(req.path))
+                    log.exception(
+                        "admin handler for %s %s failed", quote(req.method), quote(req.path)
+                    )
                     resp = error_response(500, "internal error (logged by the gateway)")
             elif allowed:
                 resp = error_response(
-                    405, f"method {req.method} not allowed; use {', '.join(allowed)}")
+                    405, f"method {req.method} not allowed; use {', '.join(allowed)}"
+                )
                 resp.headers.append(("allow", ", ".join(allowed)))
             else:
                 resp = error_response(404, f"no such endpoint: {req.path}")
@@ -367,8 +375,7 @@ class AdminProtocol(asyncio.Protocol):
         else:
             transport.close()  # MUST_CLOSE, or a body we chose not to read
 
-    def _fail(self, status: int, detail: str,
-              extra: list[tuple[str, str]] | None = None) -> None:
+    def _fail(self, status: int, detail: str, extra: list[tuple[str, str]] | None = None) -> None:
         """Answer before (or instead of) the request's end, then close."""
         transport = self.transport
         if transport is None:
@@ -410,7 +417,7 @@ def _raw_head_problem(buffered: bytes) -> str | None:
     end = _HEAD_END.search(buffered)
     if end is None:
         return None
-    head = buffered[:end.end()]
+    head = buffered[: end.end()]
     if head.count(b"\n") != head.count(b"\r\n"):
         return "header lines must end in CRLF"
     if _OBS_FOLD.search(head):

@@ -41,8 +41,12 @@ class AdminService:
         cfg = state.config.admin
         host = cfg.host.strip("[]")
         # The data port's policy plus the admin keys: only this listener accepts them.
-        policy = AccessPolicy(cfg.allow_networks, (state.config.host, cfg.host),
-                              admin_keys=cfg.api_keys, remote_writes=cfg.remote_writes)
+        policy = AccessPolicy(
+            cfg.allow_networks,
+            (state.config.host, cfg.host),
+            admin_keys=cfg.api_keys,
+            remote_writes=cfg.remote_writes,
+        )
 
         def factory() -> AdminProtocol:
             return AdminProtocol(state, self.connections, policy)
@@ -52,7 +56,8 @@ class AdminService:
             self._server = await state.loop.create_server(factory, sock=sock, backlog=BACKLOG)
         else:
             self._server = await state.loop.create_server(
-                factory, host, cfg.port, backlog=BACKLOG, reuse_address=True)
+                factory, host, cfg.port, backlog=BACKLOG, reuse_address=True
+            )
             ports = {s.getsockname()[1] for s in self._server.sockets}
             if cfg.port == 0 and len(ports) > 1:
                 # A name such as "localhost" binds 127.0.0.1 and ::1, and port 0 gave each
@@ -61,17 +66,20 @@ class AdminService:
                 self._server.close()
                 await self._server.wait_closed()
                 self._server = await state.loop.create_server(
-                    factory, host, chosen, backlog=BACKLOG, reuse_address=True)
+                    factory, host, chosen, backlog=BACKLOG, reuse_address=True
+                )
         port = self._server.sockets[0].getsockname()[1]
         self._gateway.admin_port = port
         shown = f"[{host}]" if ":" in host else host
         log.info("fastproxy admin listening on http://%s:%d (diagnostics, /metrics)", shown, port)
         if cfg.api_keys:
             # How many keys, never which: a key must not reach a log.
-            log.info("fastproxy admin: remote %s allowed with an admin key (%d configured; "
-                     "plain HTTP: put a TLS terminator in front)",
-                     "reads and writes" if cfg.remote_writes else "reads",
-                     len(cfg.api_keys))
+            log.info(
+                "fastproxy admin: remote %s allowed with an admin key (%d configured; "
+                "plain HTTP: put a TLS terminator in front)",
+                "reads and writes" if cfg.remote_writes else "reads",
+                len(cfg.api_keys),
+            )
 
     async def stop(self) -> None:
         server = self._server

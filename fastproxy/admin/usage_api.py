@@ -28,8 +28,11 @@ from .routes import AdminRequest, AdminResponse, Router, error_response, json_re
 log = logging.getLogger("fastproxy.admin")
 
 PATHS = ("/v1/usage/stats", "/v1/usage/recent", "/v1/usage/export")
-FORMATS = {"json": "application/json", "ndjson": "application/x-ndjson",
-           "csv": "text/csv; charset=utf-8"}
+FORMATS = {
+    "json": "application/json",
+    "ndjson": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+}
 DISABLED = "usage tracking is disabled (usage_tracking.enabled=false)"
 PAGE_SIZE = 1000
 # CSV columns: the record fields of CONTRACT.md, in its order (the order records are
@@ -70,9 +73,12 @@ def register_usage_routes(router: Router, store: Any) -> None:
         except sqlite3.Error as exc:
             return _unavailable(exc)
         name = f"usage-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.{fmt}"
-        return AdminResponse(status=200, content_type=FORMATS[fmt],
-                             headers=[("Content-Disposition", f'attachment; filename="{name}"')],
-                             stream=_ExportStream(cursor, fmt))
+        return AdminResponse(
+            status=200,
+            content_type=FORMATS[fmt],
+            headers=[("Content-Disposition", f'attachment; filename="{name}"')],
+            stream=_ExportStream(cursor, fmt),
+        )
 
     router.add("GET", "/v1/usage/stats", stats)
     router.add("GET", "/v1/usage/recent", recent)
@@ -157,9 +163,15 @@ class _ExportStream:
 def encode_export(cursor: ExportCursor, fmt: str) -> Generator[bytes, None, None]:
     """The export document, one chunk per page (blocking: run it in a thread)."""
     if fmt == "json":
-        yield (b'{"version":1,"exported_at":' + orjson.dumps(now_iso())
-               + b',"record_count":' + str(cursor.record_count).encode()
-               + b',"filters":' + orjson.dumps(cursor.filters.echo) + b',"records":[')
+        yield (
+            b'{"version":1,"exported_at":'
+            + orjson.dumps(now_iso())
+            + b',"record_count":'
+            + str(cursor.record_count).encode()
+            + b',"filters":'
+            + orjson.dumps(cursor.filters.echo)
+            + b',"records":['
+        )
         first = True
         for page in cursor.pages():
             yield (b"" if first else b",") + b",".join(orjson.dumps(r) for r in page)
@@ -194,5 +206,10 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-__all__ = ["CSV_FIELDS", "FORMATS", "encode_export", "register_disabled_usage_routes",
-           "register_usage_routes"]
+__all__ = [
+    "CSV_FIELDS",
+    "FORMATS",
+    "encode_export",
+    "register_disabled_usage_routes",
+    "register_usage_routes",
+]

@@ -43,7 +43,8 @@ class ConfigError(Exception):
         if not message.isprintable():
             message = "".join(
                 c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                for c in message)
+                for c in message
+            )
         super().__init__(message)
 
 
@@ -190,9 +191,7 @@ def parse_replacement_rule(text: str) -> dict[str, str]:
     src, sep, dst = text.partition("=")
     backend, sep2, model = dst.partition(":")
     if not sep or not sep2 or not src or not backend or not model:
-        raise ConfigError(
-            f"--random-model-replacement-from-to: {text!r} is not FROM=BACKEND:MODEL"
-        )
+        raise ConfigError(f"--random-model-replacement-from-to: {text!r} is not FROM=BACKEND:MODEL")
     return {"from_pattern": src, "to_backend": backend, "to_model": model}
 
 
@@ -283,8 +282,11 @@ def _explain(message: str, tree: Any, prefix: str = "") -> str:
         return f"{full.strip('.')}: missing; it is required"
     if m is not None and m.group("atkey"):
         node = _lookup(tree, path) if path else tree
-        bad = next((k for k in node if not isinstance(k, str)), "?") if isinstance(
-            node, dict) else "?"
+        bad = (
+            next((k for k in node if not isinstance(k, str)), "?")
+            if isinstance(node, dict)
+            else "?"
+        )
         where = f"{prefix}{path.lstrip('.')}".strip(".")
         return f"{where + '.' if where else ''}{bad!r}: a key that is not a string; keys are names"
     value = _lookup(tree, path)
@@ -349,8 +351,7 @@ def _check_admin_keys(config: Config) -> None:
 def _convert(tree: dict[str, Any]) -> Config:
     backends = tree.get("backends") or {}
     if not isinstance(backends, dict):
-        raise ConfigError(f"backends: got {_shown(backends)}; expected a mapping of instance "
-                          "names")
+        raise ConfigError(f"backends: got {_shown(backends)}; expected a mapping of instance names")
     checked: dict[str, BackendConfig] = {}
     for name, body in backends.items():
         if not isinstance(body, dict):

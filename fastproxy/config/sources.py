@@ -58,9 +58,7 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
         "--disable-usage-tracking", "usage_tracking.enabled", "record no usage", action="false"
     ),
     CliFlag("--usage-db", "usage_tracking.persistence_path", "usage SQLite file", metavar="PATH"),
-    CliFlag(
-        "--wire-capture-enabled", "wire_capture.enabled", "record full wire captures", "true"
-    ),
+    CliFlag("--wire-capture-enabled", "wire_capture.enabled", "record full wire captures", "true"),
     CliFlag("--wire-capture-dir", "wire_capture.output_dir", "capture directory", metavar="DIR"),
     CliFlag(
         "--enable-activity-tracking",

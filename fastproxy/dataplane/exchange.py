@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastproxy.data")
 
+
 class RequestFields(msgspec.Struct):
     """The few members of an API request body the gateway reads. Decoding into this
     validates the whole document but builds nothing for the members it skips (messages,
@@ -169,7 +170,9 @@ class Exchange(ResponseRelay):
             rec.path = req.path.decode("latin-1")
             if req.path in (b"/v1/models", b"/models"):
                 if req.method not in (b"GET", b"HEAD"):
-                    raise Abort(405, "use GET for this path", "method_not_allowed", b"allow: GET\r\n")
+                    raise Abort(
+                        405, "use GET for this path", "method_not_allowed", b"allow: GET\r\n"
+                    )
                 return self._models()
             if req.path.startswith(b"/v1/models/") and req.method in (b"GET", b"HEAD"):
                 return self._model(req.path[11:].decode("latin-1"))
@@ -243,8 +246,14 @@ class Exchange(ResponseRelay):
         rec.proxy_user = _text(req.header(b"x-proxy-user"))
         rec.session_id = _text(req.header(b"x-session-id"))
         try:
-            candidates = plan(model, dialect.name, state.backends, state.default_backend,
-                              state.config.failover_routes, state.is_open)
+            candidates = plan(
+                model,
+                dialect.name,
+                state.backends,
+                state.default_backend,
+                state.config.failover_routes,
+                state.is_open,
+            )
         except RoutingError as err:
             raise Abort(err.status, str(err), err.code) from None
         return await self._attempts(dialect, kind, body, candidates)
@@ -276,8 +285,10 @@ class Exchange(ResponseRelay):
                 if opts is msgspec.UNSET and not edits and not drop_session:
                     prefix, payload = _splice_member(raw, _INCLUDE_USAGE)
                 else:
-                    edits["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
-                                               "include_usage": True}
+                    edits["stream_options"] = {
+                        **(opts if isinstance(opts, dict) else {}),
+                        "include_usage": True,
+                    }
         if edits or drop_session:
             obj = orjson.loads(raw)
             obj.pop("session_id", None)
@@ -285,8 +296,11 @@ class Exchange(ResponseRelay):
             payload = orjson.dumps(obj)
         self.record.mutated = inject or drop_session or bool(edits)
         lines = [
-            b"POST ", backend.upstream_path(req.path), b" HTTP/1.1\r\nhost: ",
-            backend.host_header, b"\r\ncontent-type: application/json\r\ncontent-length: ",
+            b"POST ",
+            backend.upstream_path(req.path),
+            b" HTTP/1.1\r\nhost: ",
+            backend.host_header,
+            b"\r\ncontent-type: application/json\r\ncontent-length: ",
             b"%d" % (len(prefix) + len(payload)),
             b"\r\nx-fastproxy-hop: 1\r\naccept-encoding: identity\r\n",
             backend.auth_headers,
@@ -332,8 +346,12 @@ class Exchange(ResponseRelay):
                     log.warning("failover: %s failed (%s), trying next", backend.name, err)
                 i += 1
                 continue
-            self._attempt(backend.name, resp.status, None,
-                          resp.header(b"retry-after") if resp.status == 429 else None)
+            self._attempt(
+                backend.name,
+                resp.status,
+                None,
+                resp.header(b"retry-after") if resp.status == 429 else None,
+            )
             if resp.status in FAILOVER_STATUSES and not is_last:
                 self._drop_conn()
                 state.counters.failovers += 1
@@ -342,7 +360,11 @@ class Exchange(ResponseRelay):
                 continue
             if resp.status == 429 and is_last and not retried_429:
                 wait = _retry_after(resp.header(b"retry-after"))
-                if wait is not None and wait <= MAX_RETRY_AFTER_S and time.monotonic() + wait < deadline:
+                if (
+                    wait is not None
+                    and wait <= MAX_RETRY_AFTER_S
+                    and time.monotonic() + wait < deadline
+                ):
                     self._drop_conn()
                     retried_429 = True
                     await asyncio.sleep(wait)
@@ -364,15 +386,18 @@ class Exchange(ResponseRelay):
         rec = self.record
         self._activity = tracker.open(rec.id, backend, rec.session_id, model, rec.streaming)
 
-    def _attempt(self, backend: str, status: int, kind: str | None,
-                 retry_after: bytes | None = None) -> None:
+    def _attempt(
+        self, backend: str, status: int, kind: str | None, retry_after: bytes | None = None
+    ) -> None:
         for hook in self.state.attempt_hooks:
             try:
                 hook(backend, status, kind, retry_after)
             except Exception:
                 log.exception("attempt hook failed")
 
-    async def _send(self, backend: Backend, head: bytes, payload: bytes, deadline: float) -> UpstreamResponse:
+    async def _send(
+        self, backend: Backend, head: bytes, payload: bytes, deadline: float
+    ) -> UpstreamResponse:
         pool = self.state.pools[backend.name]
         cfg = backend.config
         fresh_retry = False
@@ -416,6 +441,8 @@ class Exchange(ResponseRelay):
             self._conn = None
 
     # -----------------------------------------------------------------------------------
+
+
 def _first_byte_expired(resp: UpstreamResponse, backend: str) -> None:
     resp.fail(UpstreamError("timeout", f"no response from {backend} in time"))
 

@@ -48,24 +48,37 @@ async def write_admin_response(proto: ClientProtocol, req: Request, resp: AdminR
     keep = req.keep_alive and not proto.state.draining
     transport = proto.transport
     assert transport is not None
-    extra = b"".join(
-        f"{k}: {v}\r\n".encode("latin-1") for k, v in resp.headers
-    )
+    extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in resp.headers)
     ctype = b"content-type: " + resp.content_type.encode("latin-1") + b"\r\n"
     if resp.stream is None or req.head_only:
         if resp.stream is not None:
             await _close_stream(resp.stream)  # HEAD: the stream's headers, no stream
             ctype += b"transfer-encoding: chunked\r\n"
         transport.write(
-            wire.simple_response(resp.status, resp.body, keep_alive=keep,
-                                 date=proto.state.date_header, content_type=ctype, extra=extra,
-                                 head_only=req.head_only)
+            wire.simple_response(
+                resp.status,
+                resp.body,
+                keep_alive=keep,
+                date=proto.state.date_header,
+                content_type=ctype,
+                extra=extra,
+                head_only=req.head_only,
+            )
         )
         return keep
-    transport.write(b"".join((
-        wire.STATUS_LINE.get(resp.status, b"HTTP/1.1 200 OK\r\n"), proto.state.date_header, ctype,
-        b"transfer-encoding: chunked\r\n", wire.KEEP_ALIVE if keep else wire.CLOSE, extra, wire.CRLF,
-    )))
+    transport.write(
+        b"".join(
+            (
+                wire.STATUS_LINE.get(resp.status, b"HTTP/1.1 200 OK\r\n"),
+                proto.state.date_header,
+                ctype,
+                b"transfer-encoding: chunked\r\n",
+                wire.KEEP_ALIVE if keep else wire.CLOSE,
+                extra,
+                wire.CRLF,
+            )
+        )
+    )
     try:
         async for piece in resp.stream:
             if proto.closed:

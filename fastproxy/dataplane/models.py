@@ -85,17 +85,21 @@ def anthropic_page(backends: Iterable[_Backend], query: Mapping[str, str]) -> di
         raise ModelListError("after_id, before_id: give one of them, not both")
     if after is not None:
         start = _index(ids, after, "after_id") + 1
-        page = ids[start:start + limit]
+        page = ids[start : start + limit]
         more = start + limit < len(ids)
     elif before is not None:
         end = _index(ids, before, "before_id")
-        page = ids[max(0, end - limit):end]
+        page = ids[max(0, end - limit) : end]
         more = end - limit > 0
     else:
         page = ids[:limit]
         more = limit < len(ids)
-    return {"data": [_anthropic(m) for m in page], "has_more": more,
-            "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
+    return {
+        "data": [_anthropic(m) for m in page],
+        "has_more": more,
+        "first_id": page[0] if page else None,
+        "last_id": page[-1] if page else None,
+    }
 
 
 def _index(ids: list[str], mid: str, name: str) -> int:

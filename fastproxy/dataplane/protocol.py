@@ -59,15 +59,17 @@ _BODY_CL = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
 _BODY_CHUNKED = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
 
 _OVER_CAPACITY = wire.simple_response(
-    503, openai.error_body(503, "gateway at max_connections; retry later", "overloaded"),
-    keep_alive=False, extra=b"retry-after: 1\r\n",
+    503,
+    openai.error_body(503, "gateway at max_connections; retry later", "overloaded"),
+    keep_alive=False,
+    extra=b"retry-after: 1\r\n",
 )
 
 
 def _put(buf: bytearray, sized: int, end: int, piece: bytes | bytearray) -> None:
     """Store ``piece`` as the bytes of the body that end at ``end``."""
     if sized:
-        buf[end - len(piece):end] = piece
+        buf[end - len(piece) : end] = piece
     else:
         buf += piece
 
@@ -201,7 +203,8 @@ class ClientProtocol(asyncio.Protocol):
         self._mute = False  # the parser is reading a synthetic head (see _ignore_upgrade)
         auth = state.config.auth
         self._auth_keys: tuple[bytes, ...] | None = (
-            None if auth.disable_auth or not auth.api_keys
+            None
+            if auth.disable_auth or not auth.api_keys
             else tuple(k.encode() for k in auth.api_keys)
         )
         self._last_body_at = 0.0
@@ -273,8 +276,11 @@ class ClientProtocol(asyncio.Protocol):
         self.state.counters.client_stalls += 1
         if self.current is not None:
             self.current.client_stalled()
-        log.info("client connection %d stopped reading for %.0fs: dropped",
-                 self.connection_id, self._timeouts.send_seconds)
+        log.info(
+            "client connection %d stopped reading for %.0fs: dropped",
+            self.connection_id,
+            self._timeouts.send_seconds,
+        )
         self.transport.abort()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
@@ -377,7 +383,7 @@ class ClientProtocol(asyncio.Protocol):
                 log.error("bug in request callback", exc_info=err)
                 self._reject_now(Reject(500, "internal error", "internal_error"))
         except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0]:] if exc.args else b""
+            rest = data[exc.args[0] :] if exc.args else b""
         except httptools.HttpParserInvalidURLError:
             self._reject_now(Reject(400, "malformed request target", "bad_request"))
         except httptools.HttpParserError as exc:
@@ -458,8 +464,11 @@ class ClientProtocol(asyncio.Protocol):
         if not req.http11 and req.te_present:
             raise Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0", "bad_request")
         if req.method == b"CONNECT":
-            raise Reject(405, "CONNECT is not supported: this is an API gateway, not a "
-                         "forward proxy", "method_not_allowed")
+            raise Reject(
+                405,
+                "CONNECT is not supported: this is an API gateway, not a forward proxy",
+                "method_not_allowed",
+            )
         keys = self._auth_keys
         if keys is not None:
             req.client_key_id = verify(keys, presented_key(req.headers))
@@ -474,8 +483,10 @@ class ClientProtocol(asyncio.Protocol):
             req.content_length = length
             if length > self._limits.max_body_bytes:
                 raise Reject(
-                    413, f"request body of {length} bytes exceeds the limit of "
-                    f"{self._limits.max_body_bytes}", "request_too_large",
+                    413,
+                    f"request body of {length} bytes exceeds the limit of "
+                    f"{self._limits.max_body_bytes}",
+                    "request_too_large",
                 )
         expects_body = req.te_present or (cl is not None and cl != b"0")
         req.expects_body = expects_body
@@ -485,11 +496,7 @@ class ClientProtocol(asyncio.Protocol):
             self._check_route(req)
             self._last_body_at = self._loop.time()
             self._arm(BODY, self._timeouts.body_idle_seconds)
-            if (
-                req.header(b"expect") == b"100-continue"
-                and self.current is None
-                and not self.queue
-            ):
+            if req.header(b"expect") == b"100-continue" and self.current is None and not self.queue:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
         else:
             self._cancel_timer()
@@ -600,14 +607,26 @@ class ClientProtocol(asyncio.Protocol):
         self._next()
 
     def write_error(
-        self, req: Request, status: int, message: str, code: str, *, close: bool = False,
+        self,
+        req: Request,
+        status: int,
+        message: str,
+        code: str,
+        *,
+        close: bool = False,
         extra: bytes = b"",
     ) -> None:
         keep = req.keep_alive and not close and not self.state.draining
         body = req.dialect.error_body(status, message, code)
         self.transport.write(  # type: ignore[union-attr]
-            wire.simple_response(status, body, keep_alive=keep, date=self.state.date_header,
-                                 extra=extra, head_only=req.head_only)
+            wire.simple_response(
+                status,
+                body,
+                keep_alive=keep,
+                date=self.state.date_header,
+                extra=extra,
+                head_only=req.head_only,
+            )
         )
         if not keep:
             self.closed = True

@@ -103,7 +103,7 @@ class SSERelay:
                 # (relaying the rest would show a shorter answer as a complete one).
                 self.overflow = True
                 stripped = True
-                items = items[:items.index(item)]
+                items = items[: items.index(item)]
                 break
         if stripped:
             out = b"".join([i.raw for i in items if not self._is_stripped(i)])
@@ -123,8 +123,7 @@ class SSERelay:
         if self._entry is not None:
             self._entry.count(len(data), n)
         if self.overflow and self._on_overflow is not None:
-            self._on_overflow(f"backend sent a stream event larger than "
-                              f"{self._max_event} bytes")
+            self._on_overflow(f"backend sent a stream event larger than {self._max_event} bytes")
 
     def _take_usage(self, event: bytes, data: bytes) -> bool:
         usage, usage_only = self._dialect.stream_usage(event, data)

@@ -47,8 +47,9 @@ class ResponseRelay:
         _activity: Any
         _task: asyncio.Task[None] | None
 
-        def _attempt(self, backend: str, status: int, kind: str | None,
-                     retry_after: bytes | None = None) -> None: ...
+        def _attempt(
+            self, backend: str, status: int, kind: str | None, retry_after: bytes | None = None
+        ) -> None: ...
 
         def _drop_conn(self) -> None: ...
 
@@ -79,8 +80,11 @@ class ResponseRelay:
         else:
             # A backend's 4xx (bad request, 429 ...) is the request being refused, not
             # a success; its 5xx is the backend failing.
-            rec.outcome = "backend_error" if resp.status >= 500 else (
-                "rejected" if resp.status >= 400 else "ok")
+            rec.outcome = (
+                "backend_error"
+                if resp.status >= 500
+                else ("rejected" if resp.status >= 400 else "ok")
+            )
         self._write_json(resp.status, body, b"".join(extra), resp.headers)
         rec.bytes_tx = len(body)
         rec.first_tx_at = time.monotonic()
@@ -121,11 +125,18 @@ class ResponseRelay:
         self._attempt(backend.name, 0, "too_large" if err.kind == "too_large" else "reset")
         raise Abort(502, f"backend {backend.name} failed mid-response: {err}", "upstream_error")
 
-    def _write_json(self, status: int, body: bytes, extra: bytes,
-                    upstream_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def _write_json(
+        self,
+        status: int,
+        body: bytes,
+        extra: bytes,
+        upstream_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.record.status = status
-        parts = [wire.STATUS_LINE.get(status) or b"HTTP/1.1 %d Status\r\n" % status,
-                 self.state.date_header]
+        parts = [
+            wire.STATUS_LINE.get(status) or b"HTTP/1.1 %d Status\r\n" % status,
+            self.state.date_header,
+        ]
         has_ct = False
         for name, value in upstream_headers or ():
             if name in wire.HOP_BY_HOP or not wire.is_safe_header(name, value):
@@ -136,8 +147,12 @@ class ResponseRelay:
         if not has_ct:
             parts.append(wire.JSON_CT)
         keep = self.req.keep_alive and not self.state.draining
-        parts += (b"content-length: %d\r\n" % len(body), extra,
-                  wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF)
+        parts += (
+            b"content-length: %d\r\n" % len(body),
+            extra,
+            wire.KEEP_ALIVE if keep else wire.CLOSE,
+            wire.CRLF,
+        )
         if not self.req.head_only:
             parts.append(body)
         self.proto.transport.write(b"".join(parts))  # type: ignore[union-attr]
@@ -149,17 +164,28 @@ class ResponseRelay:
         transport = proto.transport
         assert transport is not None
         chunked = self.req.http11
-        parts = [wire.STATUS_LINE[200], self.state.date_header,
-                 wire.SSE_HEADERS if chunked else wire.SSE_HEADERS_10]
+        parts = [
+            wire.STATUS_LINE[200],
+            self.state.date_header,
+            wire.SSE_HEADERS if chunked else wire.SSE_HEADERS_10,
+        ]
         for name, value in resp.headers:
-            if name in wire.HOP_BY_HOP or name in (b"content-type", b"cache-control",
-                                                    b"x-accel-buffering"):
+            if name in wire.HOP_BY_HOP or name in (
+                b"content-type",
+                b"cache-control",
+                b"x-accel-buffering",
+            ):
                 continue
             if wire.is_safe_header(name, value):
                 parts += (name, b": ", value, b"\r\n")
         keep = chunked and self.req.keep_alive and not self.state.draining
-        parts += (b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n",
-                  wire.KEEP_ALIVE if keep else wire.CLOSE, wire.CRLF)
+        parts += (
+            b"x-fastproxy-backend: ",
+            backend.name.encode(),
+            b"\r\n",
+            wire.KEEP_ALIVE if keep else wire.CLOSE,
+            wire.CRLF,
+        )
         transport.write(b"".join(parts))
         self.streaming_started = True
         acct = StreamAccounting() if self.state.accounting else None
@@ -170,8 +196,16 @@ class ResponseRelay:
             if conn is not None:
                 conn.close()
 
-        relay = SSERelay(transport, dialect, inject, acct, self._activity, chunked,
-                         self.state.config.limits.max_sse_event_bytes, overflow)
+        relay = SSERelay(
+            transport,
+            dialect,
+            inject,
+            acct,
+            self._activity,
+            chunked,
+            self.state.config.limits.max_sse_event_bytes,
+            overflow,
+        )
         self._relay = relay
         proto.upstream = self._conn
         if proto.write_paused and self._conn is not None:
@@ -195,8 +229,7 @@ class ResponseRelay:
             if acct is not None:
                 rec.first_content_at = acct.first_content_at
                 rec.btp_completion_est = acct.tokens
-                rec.ptc_completion_est = acct.delivered_tokens(
-                    relay.bytes_tx, aborted=proto.closed)
+                rec.ptc_completion_est = acct.delivered_tokens(relay.bytes_tx, aborted=proto.closed)
                 rec.tool_names = acct.tool_names
                 rec.tool_call_count = len(acct.tool_names)
         self._conn = None
@@ -241,7 +274,6 @@ class ResponseRelay:
         return self._task
 
 
-
 class _IdleWatch:
     """Fails a response after ``idle`` seconds without a byte while the gateway reads.
     Bytes only stamp ``conn.last_rx``; the timer re-arms itself lazily, so a fast stream
@@ -251,8 +283,13 @@ class _IdleWatch:
 
     __slots__ = ("_conn", "_handle", "_idle", "_loop", "_resp")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, resp: UpstreamResponse,
-                 conn: UpstreamConnection | None, idle: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        resp: UpstreamResponse,
+        conn: UpstreamConnection | None,
+        idle: float,
+    ) -> None:
         self._loop = loop
         self._resp = resp
         self._conn = conn

@@ -33,7 +33,6 @@ _JOIN_MAX = 64 * 1024
 HOLD_UNDECIDED = 256 * 1024
 
 
-
 class UpstreamError(Exception):
     """A failure of the upstream leg; ``kind`` classifies it for failover and metrics."""
 
@@ -172,9 +171,12 @@ class UpstreamConnection(asyncio.Protocol):
             # head is checked exactly, header by header, in the callbacks).
             self._head_bytes += len(data)
             if self._head_bytes > self._pool.max_head_bytes:
-                resp.fail(UpstreamError(
-                    "too_large", f"response head from backend exceeds "
-                    f"{self._pool.max_head_bytes} bytes"))
+                resp.fail(
+                    UpstreamError(
+                        "too_large",
+                        f"response head from backend exceeds {self._pool.max_head_bytes} bytes",
+                    )
+                )
                 self.close()
 
     def eof_received(self) -> bool:
@@ -212,8 +214,10 @@ class UpstreamConnection(asyncio.Protocol):
         # The head came in reads already counted plus (part of) this one: only when that
         # could be over the limit are its header lines measured (a usual head, a few
         # hundred bytes in one read with its body, costs two comparisons).
-        if (self._head_bytes + self._feeding > pool.max_head_bytes
-                or len(resp.headers) > pool.max_headers):
+        if (
+            self._head_bytes + self._feeding > pool.max_head_bytes
+            or len(resp.headers) > pool.max_headers
+        ):
             _check_head(resp.headers, pool.max_head_bytes, pool.max_headers)
         resp.status = status
         resp.keep_alive = self._parser.should_keep_alive()
@@ -233,8 +237,9 @@ class UpstreamConnection(asyncio.Protocol):
             on_chunk(body)
         else:
             if resp.bytes_rx > self._pool.max_body_bytes:
-                raise _TooLarge(f"response body from backend exceeds "
-                                f"{self._pool.max_body_bytes} bytes")
+                raise _TooLarge(
+                    f"response body from backend exceeds {self._pool.max_body_bytes} bytes"
+                )
             resp.body.append(body)
             if not resp.decided and resp.bytes_rx > HOLD_UNDECIDED:
                 self.pause_reading()
@@ -342,9 +347,14 @@ class UpstreamPool:
     )
 
     def __init__(
-        self, backend: Backend, loop: asyncio.AbstractEventLoop, *,
-        max_head_bytes: int = 64 * 1024, max_headers: int = 100,
-        max_body_bytes: int = 64 * 1024 * 1024, max_connections: int = 10_000,
+        self,
+        backend: Backend,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_head_bytes: int = 64 * 1024,
+        max_headers: int = 100,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        max_connections: int = 10_000,
     ) -> None:
         self.backend = backend
         # What one response may hold: a head like a request's, a buffered body.
@@ -410,7 +420,9 @@ class UpstreamPool:
         except TimeoutError:
             self._forget(conn)
             conn.close()
-            raise UpstreamError("timeout", f"connect to {b.name} timed out", sent_nothing=True) from None
+            raise UpstreamError(
+                "timeout", f"connect to {b.name} timed out", sent_nothing=True
+            ) from None
         except OSError as exc:
             self._forget(conn)
             kind = "tls" if "SSL" in type(exc).__name__ else "connect"

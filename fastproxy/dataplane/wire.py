@@ -74,9 +74,7 @@ def is_safe_header(name: bytes, value: bytes) -> bool:
 CRLF = b"\r\n"
 CHUNKED_END = b"0\r\n\r\n"
 SSE_HEADERS_10 = (
-    b"content-type: text/event-stream\r\n"
-    b"cache-control: no-cache\r\n"
-    b"x-accel-buffering: no\r\n"
+    b"content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n"
 )
 # HTTP/1.1 clients get chunked framing; HTTP/1.0 has none, so their streams end at close.
 SSE_HEADERS = SSE_HEADERS_10 + b"transfer-encoding: chunked\r\n"

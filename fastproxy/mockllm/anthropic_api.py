@@ -31,8 +31,10 @@ from .responder import (
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 _STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 _BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
-_MALFORMED = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-              b'"delta":{"type":"text_delta","text":"unterminated\n\nthis line has no colon\n\n')
+_MALFORMED = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"unterminated\n\nthis line has no colon\n\n'
+)
 
 
 def _last_is_tool_result(messages: list[Any]) -> bool:
@@ -108,41 +110,73 @@ def messages(ctx: Ctx) -> Reply:
     return json_reply(ctx, plan, 200, _message(mid, model, content, stop, usage))
 
 
-def _message(mid: str, model: str, content: list[dict[str, Any]], stop: str,
-             usage: dict[str, Any]) -> bytes:
-    return orjson.dumps({
-        "id": mid, "type": "message", "role": "assistant", "model": model, "content": content,
-        "stop_reason": stop, "stop_sequence": None, "usage": usage,
-    })
+def _message(
+    mid: str, model: str, content: list[dict[str, Any]], stop: str, usage: dict[str, Any]
+) -> bytes:
+    return orjson.dumps(
+        {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+    )
 
 
 def _events(delta_prefix: bytes, pieces: Iterable[str]) -> Iterator[bytes]:
-    prefix = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-              b'"delta":' + delta_prefix)
+    prefix = (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":' + delta_prefix
+    )
     dumps = orjson.dumps
     for piece in pieces:
         yield prefix + dumps(piece) + b"}}\n\n"
 
 
-def _script(mid: str, model: str, usage: dict[str, Any], block: dict[str, Any],
-            deltas: Iterator[bytes], stop: str) -> StreamScript:
+def _script(
+    mid: str,
+    model: str,
+    usage: dict[str, Any],
+    block: dict[str, Any],
+    deltas: Iterator[bytes],
+    stop: str,
+) -> StreamScript:
     start_usage = dict(usage, output_tokens=1)
     start_usage.pop("cost", None)
-    message: dict[str, Any] = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
-               "stop_reason": None, "stop_sequence": None, "usage": start_usage}
+    message: dict[str, Any] = {
+        "id": mid,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": start_usage,
+    }
     return StreamScript(
         preamble=[
             sse("message_start", {"type": "message_start", "message": message}),
-            sse("content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": block}),
+            sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": block},
+            ),
             _PING,
         ],
         content=deltas,
         terminal=[
             _BLOCK_STOP,
-            sse("message_delta", {"type": "message_delta",
-                                  "delta": {"stop_reason": stop, "stop_sequence": None},
-                                  "usage": usage}),
+            sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": usage,
+                },
+            ),
             _STOP,
         ],
         malformed=_MALFORMED,

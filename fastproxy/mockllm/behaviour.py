@@ -145,8 +145,20 @@ class Plan:
     """The resolved, concrete steering for one request (times in seconds)."""
 
     __slots__ = (
-        "cache_read", "cache_write", "cost", "event_bytes", "fault", "fault_after", "interval",
-        "reasoning_tokens", "retry_after", "status", "tokens", "tokens_steered", "ttfb", "ttft",
+        "cache_read",
+        "cache_write",
+        "cost",
+        "event_bytes",
+        "fault",
+        "fault_after",
+        "interval",
+        "reasoning_tokens",
+        "retry_after",
+        "status",
+        "tokens",
+        "tokens_steered",
+        "ttfb",
+        "ttft",
     )
 
     def __init__(self, b: MockBehaviour) -> None:

@@ -24,16 +24,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="A deterministic OpenAI + Anthropic stand-in for tests, benchmarks and demos.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=9000,
-                        help="bind port (default 9000; 0 picks a free port)")
-    parser.add_argument("--models", default=None, metavar="A,B,...",
-                        help="comma-separated model ids for /v1/models "
-                             f"(default: {','.join(DEFAULT_MODELS)})")
+    parser.add_argument(
+        "--port", type=int, default=9000, help="bind port (default 9000; 0 picks a free port)"
+    )
+    parser.add_argument(
+        "--models",
+        default=None,
+        metavar="A,B,...",
+        help=f"comma-separated model ids for /v1/models (default: {','.join(DEFAULT_MODELS)})",
+    )
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
     parser.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-                        type=str.upper)
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        type=str.upper,
+    )
     return parser
 
 

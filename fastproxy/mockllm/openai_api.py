@@ -34,9 +34,7 @@ _NO_COLON = b"this line has no colon\n\n"
 
 
 def models_body(models: list[str]) -> bytes:
-    return orjson.dumps(
-        {"object": "list", "data": [_model_entry(m) for m in models]}
-    )
+    return orjson.dumps({"object": "list", "data": [_model_entry(m) for m in models]})
 
 
 def _model_entry(model: str) -> dict[str, Any]:
@@ -89,24 +87,43 @@ def chat_completions(ctx: Ctx) -> Reply:
         call_id = ctx.new_id("call_")
         usage = openai_usage(prompt, len(fragments), plan)
         if stream:
-            return stream_reply(ctx, plan, _tool_script(
-                cid, created, model, call_id, name, fragments, usage, _include_usage(body)))
+            return stream_reply(
+                ctx,
+                plan,
+                _tool_script(
+                    cid, created, model, call_id, name, fragments, usage, _include_usage(body)
+                ),
+            )
         message: dict[str, Any] = {
-            "role": "assistant", "content": None, "refusal": None,
-            "tool_calls": [{"id": call_id, "type": "function",
-                            "function": {"name": name, "arguments": arguments}}],
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }
+            ],
         }
-        return json_reply(ctx, plan, 200, _completion(cid, created, model, message, "tool_calls",
-                                                      usage))
+        return json_reply(
+            ctx, plan, 200, _completion(cid, created, model, message, "tool_calls", usage)
+        )
 
     finish = "length" if cut else "stop"
     usage = openai_usage(prompt, n_tokens, plan)
     if stream:
         tokens = text.content_tokens(model, n_tokens, plan.event_bytes)
-        return stream_reply(ctx, plan, _text_script(
-            cid, created, model, tokens, finish, usage, _include_usage(body)))
-    message = {"role": "assistant", "content": text.content_text(model, n_tokens, plan.event_bytes),
-               "refusal": None}
+        return stream_reply(
+            ctx,
+            plan,
+            _text_script(cid, created, model, tokens, finish, usage, _include_usage(body)),
+        )
+    message = {
+        "role": "assistant",
+        "content": text.content_text(model, n_tokens, plan.event_bytes),
+        "refusal": None,
+    }
     return json_reply(ctx, plan, 200, _completion(cid, created, model, message, finish, usage))
 
 
@@ -115,19 +132,34 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return isinstance(opts, dict) and opts.get("include_usage") is True
 
 
-def _completion(cid: str, created: int, model: str, message: dict[str, Any], finish: str,
-                usage: dict[str, Any]) -> bytes:
-    return orjson.dumps({
-        "id": cid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": usage, "system_fingerprint": "fp_mock",
-    })
+def _completion(
+    cid: str, created: int, model: str, message: dict[str, Any], finish: str, usage: dict[str, Any]
+) -> bytes:
+    return orjson.dumps(
+        {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
+            "usage": usage,
+            "system_fingerprint": "fp_mock",
+        }
+    )
 
 
 def _chunk_head(cid: str, created: int, model: str) -> bytes:
-    return (b'data: {"id":' + orjson.dumps(cid) + b',"object":"chat.completion.chunk","created":'
-            + str(created).encode() + b',"model":' + orjson.dumps(model)
-            + b',"system_fingerprint":"fp_mock","choices":')
+    return (
+        b'data: {"id":'
+        + orjson.dumps(cid)
+        + b',"object":"chat.completion.chunk","created":'
+        + str(created).encode()
+        + b',"model":'
+        + orjson.dumps(model)
+        + b',"system_fingerprint":"fp_mock","choices":'
+    )
 
 
 def _chunk(head: bytes, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -144,7 +176,7 @@ def _events(prefix: bytes, pieces: Iterable[str], suffix: bytes) -> Iterator[byt
 def _terminal(head: bytes, finish: str, usage: dict[str, Any], include_usage: bool) -> list[bytes]:
     out = [_chunk(head, {}, finish)]
     if include_usage:
-        out.append(head + b"[],\"usage\":" + orjson.dumps(usage) + b"}\n\n")
+        out.append(head + b'[],"usage":' + orjson.dumps(usage) + b"}\n\n")
     out.append(_DONE)
     return out
 
@@ -153,29 +185,58 @@ def _malformed(head: bytes) -> bytes:
     return head + b'[{"index":0,"delta":{"content":"unterminated\n\n' + _NO_COLON
 
 
-def _text_script(cid: str, created: int, model: str, tokens: Iterable[str], finish: str,
-                 usage: dict[str, Any], include_usage: bool) -> StreamScript:
+def _text_script(
+    cid: str,
+    created: int,
+    model: str,
+    tokens: Iterable[str],
+    finish: str,
+    usage: dict[str, Any],
+    include_usage: bool,
+) -> StreamScript:
     head = _chunk_head(cid, created, model)
     return StreamScript(
         preamble=[_chunk(head, {"role": "assistant", "content": "", "refusal": None}, None)],
-        content=_events(head + b'[{"index":0,"delta":{"content":', tokens,
-                        b'},"logprobs":null,"finish_reason":null}]}\n\n'),
+        content=_events(
+            head + b'[{"index":0,"delta":{"content":',
+            tokens,
+            b'},"logprobs":null,"finish_reason":null}]}\n\n',
+        ),
         terminal=_terminal(head, finish, usage, include_usage),
         malformed=_malformed(head),
     )
 
 
-def _tool_script(cid: str, created: int, model: str, call_id: str, name: str,
-                 fragments: list[str], usage: dict[str, Any], include_usage: bool) -> StreamScript:
+def _tool_script(
+    cid: str,
+    created: int,
+    model: str,
+    call_id: str,
+    name: str,
+    fragments: list[str],
+    usage: dict[str, Any],
+    include_usage: bool,
+) -> StreamScript:
     head = _chunk_head(cid, created, model)
-    first = {"role": "assistant", "content": None, "tool_calls": [
-        {"index": 0, "id": call_id, "type": "function",
-         "function": {"name": name, "arguments": ""}}]}
+    first = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+        ],
+    }
     return StreamScript(
         preamble=[_chunk(head, first, None)],
-        content=_events(head + b'[{"index":0,"delta":{"tool_calls":[{"index":0,"function":'
-                        b'{"arguments":', fragments,
-                        b'}}]},"logprobs":null,"finish_reason":null}]}\n\n'),
+        content=_events(
+            head + b'[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":',
+            fragments,
+            b'}}]},"logprobs":null,"finish_reason":null}]}\n\n',
+        ),
         terminal=_terminal(head, "tool_calls", usage, include_usage),
         malformed=_malformed(head),
     )
@@ -191,24 +252,35 @@ def embeddings(ctx: Ctx) -> Reply:
     model, plan = started
     raw = body.get("input")
     if raw is None or raw == "" or raw == []:
-        return error_reply(ctx, DEFAULT_PLAN, 400, "input must be a non-empty string or array",
-                           "input")
+        return error_reply(
+            ctx, DEFAULT_PLAN, 400, "input must be a non-empty string or array", "input"
+        )
     dims = body.get("dimensions", DEFAULT_EMBEDDING_DIMS)
     if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= 8192:
-        return error_reply(ctx, DEFAULT_PLAN, 400, "dimensions must be an integer in 1..8192",
-                           "dimensions")
+        return error_reply(
+            ctx, DEFAULT_PLAN, 400, "dimensions must be an integer in 1..8192", "dimensions"
+        )
     as_base64 = body.get("encoding_format") == "base64"
     data = []
     for i, item in enumerate(text.embedding_inputs(raw)):
         vector = text.embedding_vector(item, dims)
-        data.append({"object": "embedding", "index": i,
-                     "embedding": text.embedding_base64(vector) if as_base64 else vector})
+        data.append(
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": text.embedding_base64(vector) if as_base64 else vector,
+            }
+        )
     tokens = text.embedding_input_tokens(raw)
     usage: dict[str, Any] = {"prompt_tokens": tokens, "total_tokens": tokens}
     if plan.cost is not None:
         usage["cost"] = plan.cost
-    return json_reply(ctx, plan, 200, orjson.dumps(
-        {"object": "list", "data": data, "model": model, "usage": usage}))
+    return json_reply(
+        ctx,
+        plan,
+        200,
+        orjson.dumps({"object": "list", "data": data, "model": model, "usage": usage}),
+    )
 
 
 def legacy_completions(ctx: Ctx) -> Reply:
@@ -225,16 +297,32 @@ def legacy_completions(ctx: Ctx) -> Reply:
     if not isinstance(prompt_raw, str | list) or not prompt_raw:
         return error_reply(ctx, DEFAULT_PLAN, 400, "prompt must be a non-empty string", "prompt")
     if body.get("stream") is True:
-        return error_reply(ctx, DEFAULT_PLAN, 400, "the mock serves legacy completions as JSON only",
-                           "stream")
+        return error_reply(
+            ctx, DEFAULT_PLAN, 400, "the mock serves legacy completions as JSON only", "stream"
+        )
     prompt_text = prompt_raw if isinstance(prompt_raw, str) else " ".join(map(str, prompt_raw))
     prompt = text.prompt_tokens([{"role": "user", "content": prompt_text}])
     n_tokens, cut = plan.completion_tokens(body.get("max_tokens"))
     usage = openai_usage(prompt, n_tokens, plan)
-    return json_reply(ctx, plan, 200, orjson.dumps({
-        "id": ctx.new_id("cmpl-"), "object": "text_completion", "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text.content_text(model, n_tokens, plan.event_bytes),
-                     "logprobs": None, "finish_reason": "length" if cut else "stop"}],
-        "usage": usage,
-    }))
+    return json_reply(
+        ctx,
+        plan,
+        200,
+        orjson.dumps(
+            {
+                "id": ctx.new_id("cmpl-"),
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": text.content_text(model, n_tokens, plan.event_bytes),
+                        "logprobs": None,
+                        "finish_reason": "length" if cut else "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        ),
+    )

@@ -45,13 +45,26 @@ class Request:
     """One parsed request. ``mock`` holds the ``x-mock-*`` headers, split off while parsing."""
 
     __slots__ = (
-        "body", "headers", "http10", "keep_alive", "method", "mock", "path", "query",
+        "body",
+        "headers",
+        "http10",
+        "keep_alive",
+        "method",
+        "mock",
+        "path",
+        "query",
         "received_at",
     )
 
     def __init__(
-        self, method: str, target: bytes, headers: list[tuple[str, str]],
-        mock: list[tuple[str, str]], body: bytes, keep_alive: bool, http10: bool,
+        self,
+        method: str,
+        target: bytes,
+        headers: list[tuple[str, str]],
+        mock: list[tuple[str, str]],
+        body: bytes,
+        keep_alive: bool,
+        http10: bool,
     ) -> None:
         path, _, query = target.partition(b"?")
         self.method = method
@@ -77,9 +90,28 @@ class MockProtocol(asyncio.Protocol):
     """One client connection. ``handler(request, protocol)`` returns bytes, a job, or None."""
 
     __slots__ = (
-        "_body", "_body_size", "_closing", "_drain_waiter", "_eof", "_handler", "_headers",
-        "_job", "_lost_waiter", "_mock", "_on_close", "_on_open", "_parser", "_paused", "_queue",
-        "_reading_paused", "_stats", "_too_big", "_url", "date", "lost", "transport",
+        "_body",
+        "_body_size",
+        "_closing",
+        "_drain_waiter",
+        "_eof",
+        "_handler",
+        "_headers",
+        "_job",
+        "_lost_waiter",
+        "_mock",
+        "_on_close",
+        "_on_open",
+        "_parser",
+        "_paused",
+        "_queue",
+        "_reading_paused",
+        "_stats",
+        "_too_big",
+        "_url",
+        "date",
+        "lost",
+        "transport",
     )
 
     def __init__(
@@ -214,8 +246,13 @@ class MockProtocol(asyncio.Protocol):
             self._reject(413, "request body too large for mock-llm")
             return
         req = Request(
-            parser.get_method().decode("latin-1"), self._url, self._headers, self._mock,
-            b"".join(self._body), parser.should_keep_alive(), parser.get_http_version() == "1.0",
+            parser.get_method().decode("latin-1"),
+            self._url,
+            self._headers,
+            self._mock,
+            b"".join(self._body),
+            parser.should_keep_alive(),
+            parser.get_http_version() == "1.0",
         )
         if self._job is not None or self._queue:
             self._queue.append(req)
@@ -233,8 +270,9 @@ class MockProtocol(asyncio.Protocol):
             reply = self._handler(req, self)
         except Exception:
             log.exception("mock-llm: handler failed for %s %s", req.method, req.path)
-            reply = self.simple_response(500, b'{"error":{"message":"mock-llm internal error"}}',
-                                         keep_alive=False)
+            reply = self.simple_response(
+                500, b'{"error":{"message":"mock-llm internal error"}}', keep_alive=False
+            )
             req.keep_alive = False
         if reply is None:
             return

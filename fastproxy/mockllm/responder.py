@@ -46,7 +46,10 @@ class StreamScript:
     __slots__ = ("content", "malformed", "preamble", "terminal")
 
     def __init__(
-        self, preamble: list[bytes], content: Iterable[bytes], terminal: Iterable[bytes],
+        self,
+        preamble: list[bytes],
+        content: Iterable[bytes],
+        terminal: Iterable[bytes],
         malformed: bytes,
     ) -> None:
         self.preamble = preamble
@@ -61,8 +64,13 @@ class Ctx:
     __slots__ = ("conn", "dialect", "header_layer", "ids", "persistent", "req", "stats")
 
     def __init__(
-        self, conn: MockProtocol, req: Request, dialect: str, stats: StreamStats,
-        persistent: MockBehaviour | None, header_layer: MockBehaviour | None,
+        self,
+        conn: MockProtocol,
+        req: Request,
+        dialect: str,
+        stats: StreamStats,
+        persistent: MockBehaviour | None,
+        header_layer: MockBehaviour | None,
         ids: itertools.count[int],
     ) -> None:
         self.conn = conn
@@ -84,8 +92,9 @@ class Ctx:
 _INSTANCE_TAG = os.urandom(3).hex()
 
 
-def error_reply(ctx: Ctx, plan: Plan, status: int, message: str | None = None,
-                param: str | None = None) -> Reply:
+def error_reply(
+    ctx: Ctx, plan: Plan, status: int, message: str | None = None, param: str | None = None
+) -> Reply:
     """A dialect error answer; 429 always carries Retry-After (default 1 s), others when set."""
     extra = b""
     retry = plan.retry_after
@@ -95,16 +104,31 @@ def error_reply(ctx: Ctx, plan: Plan, status: int, message: str | None = None,
         value = str(int(retry)) if float(retry).is_integer() else str(retry)
         extra = b"retry-after: " + value.encode() + b"\r\n"
     if ctx.dialect == "anthropic":
-        extra += b"x-should-retry: " + (b"true" if status in (408, 409, 429) or status >= 500
-                                        else b"false") + b"\r\n"
-    return json_reply(ctx, plan, status, wire.error_body(ctx.dialect, status, message, param), extra)
+        extra += (
+            b"x-should-retry: "
+            + (b"true" if status in (408, 409, 429) or status >= 500 else b"false")
+            + b"\r\n"
+        )
+    return json_reply(
+        ctx, plan, status, wire.error_body(ctx.dialect, status, message, param), extra
+    )
 
 
 def json_reply(ctx: Ctx, plan: Plan, status: int, body: bytes, extra: bytes = b"") -> Reply:
     req = ctx.req
     if plan.immediate:
-        return wire.head(ctx.conn.date.get(), status, wire.JSON_TYPE, len(body), req.keep_alive,
-                         req.http10, extra) + body
+        return (
+            wire.head(
+                ctx.conn.date.get(),
+                status,
+                wire.JSON_TYPE,
+                len(body),
+                req.keep_alive,
+                req.http10,
+                extra,
+            )
+            + body
+        )
     return _json_job(ctx, plan, status, body, extra)
 
 
@@ -123,8 +147,9 @@ async def _json_job(ctx: Ctx, plan: Plan, status: int, body: bytes, extra: bytes
             return
         if fault == "malformed_sse":
             body = MALFORMED_JSON
-    head = wire.head(conn.date.get(), status, wire.JSON_TYPE, len(body), req.keep_alive,
-                     req.http10, extra)
+    head = wire.head(
+        conn.date.get(), status, wire.JSON_TYPE, len(body), req.keep_alive, req.http10, extra
+    )
     if fault == "hang_after_headers":
         conn.write(head)
         await conn.wait_lost()
@@ -231,8 +256,15 @@ async def _stream_job(ctx: Ctx, plan: Plan, script: StreamScript) -> None:
         req.keep_alive = False  # the body of a 1.0 stream is delimited by closing
     trickle = fault == "trickle"
     out = _StreamWriter(conn, not req.http10, trickle, plan.interval)
-    head = wire.head(conn.date.get(), 200, wire.SSE_TYPE, None, req.keep_alive, req.http10,
-                     wire.sse_extra(ctx.new_id("req_").encode()))
+    head = wire.head(
+        conn.date.get(),
+        200,
+        wire.SSE_TYPE,
+        None,
+        req.keep_alive,
+        req.http10,
+        wire.sse_extra(ctx.new_id("req_").encode()),
+    )
     stats.streams_started += 1
     finished = False
     try:

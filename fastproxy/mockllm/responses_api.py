@@ -31,13 +31,19 @@ from .responder import (
 _PLACEHOLDER = "\x00mock-text\x00"
 _PLACEHOLDER_JSON = orjson.dumps(_PLACEHOLDER)
 _PIECE_BYTES = 16 * 1024
-_MALFORMED = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-              b'"delta":"unterminated\n\nthis line has no colon\n\n')
+_MALFORMED = (
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"delta":"unterminated\n\nthis line has no colon\n\n'
+)
 
 
 def _last_is_tool_result(items: Any) -> bool:
-    return (isinstance(items, list) and bool(items) and isinstance(items[-1], dict)
-            and items[-1].get("type") == "function_call_output")
+    return (
+        isinstance(items, list)
+        and bool(items)
+        and isinstance(items[-1], dict)
+        and items[-1].get("type") == "function_call_output"
+    )
 
 
 def responses(ctx: Ctx) -> Reply:
@@ -50,8 +56,9 @@ def responses(ctx: Ctx) -> Reply:
     model, plan = started
     items = body.get("input")
     if not isinstance(items, (str, list)) or not items:
-        return error_reply(ctx, DEFAULT_PLAN, 400, "input must be a non-empty string or array",
-                           "input")
+        return error_reply(
+            ctx, DEFAULT_PLAN, 400, "input must be a non-empty string or array", "input"
+        )
     prompt = text.prompt_tokens(items, body.get("instructions"))
     tool = pick_tool(body.get("tools"), body.get("tool_choice"), _last_is_tool_result(items))
     rid = ctx.new_id("resp_")
@@ -63,24 +70,39 @@ def responses(ctx: Ctx) -> Reply:
         name, schema = tool
         arguments = orjson.dumps(text.sample_arguments(schema)).decode()
         fragments = text.argument_fragments(arguments)
-        call = {"id": ctx.new_id("fc_"), "type": "function_call", "status": "completed",
-                "call_id": ctx.new_id("call_"), "name": name, "arguments": arguments}
+        call = {
+            "id": ctx.new_id("fc_"),
+            "type": "function_call",
+            "status": "completed",
+            "call_id": ctx.new_id("call_"),
+            "name": name,
+            "arguments": arguments,
+        }
         usage = responses_usage(prompt, len(fragments), plan)
         if stream:
             return stream_reply(ctx, plan, _tool_script(base, call, fragments, usage))
-        return json_reply(ctx, plan, 200, orjson.dumps(
-            dict(base, status="completed", output=[call], usage=usage)))
+        return json_reply(
+            ctx, plan, 200, orjson.dumps(dict(base, status="completed", output=[call], usage=usage))
+        )
 
     n_tokens, cut = plan.completion_tokens(body.get("max_output_tokens"))
     usage = responses_usage(prompt, n_tokens, plan)
     item_id = ctx.new_id("msg_")
     if stream:
+
         def tokens() -> Iterator[str]:
             return text.content_tokens(model, n_tokens, plan.event_bytes)
 
         return stream_reply(ctx, plan, _text_script(base, item_id, tokens, usage, cut))
-    final = dict(base, output=[_message_item(item_id, text.content_text(
-        model, n_tokens, plan.event_bytes), "completed")], usage=usage)
+    final = dict(
+        base,
+        output=[
+            _message_item(
+                item_id, text.content_text(model, n_tokens, plan.event_bytes), "completed"
+            )
+        ],
+        usage=usage,
+    )
     if cut:
         final.update(status="incomplete", incomplete_details={"reason": "max_output_tokens"})
     return json_reply(ctx, plan, 200, orjson.dumps(final))
@@ -89,20 +111,40 @@ def responses(ctx: Ctx) -> Reply:
 def _base(rid: str, created: int, model: str, body: dict[str, Any]) -> dict[str, Any]:
     tools = body.get("tools")
     return {
-        "id": rid, "object": "response", "created_at": created, "status": "completed",
-        "background": False, "error": None, "incomplete_details": None,
-        "instructions": body.get("instructions"), "max_output_tokens":
-        body.get("max_output_tokens"), "model": model, "output": [], "parallel_tool_calls": True,
-        "previous_response_id": None, "reasoning": {"effort": None, "summary": None},
-        "store": False, "temperature": 1.0, "text": {"format": {"type": "text"}},
-        "tool_choice": body.get("tool_choice", "auto"), "tools": tools if isinstance(tools, list)
-        else [], "top_p": 1.0, "truncation": "disabled", "usage": None, "metadata": {},
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "status": "completed",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": tools if isinstance(tools, list) else [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": None,
+        "metadata": {},
     }
 
 
 def _message_item(item_id: str, content: str, status: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-            "content": [{"type": "output_text", "text": content, "annotations": []}]}
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": content, "annotations": []}],
+    }
 
 
 class _Seq:
@@ -147,34 +189,58 @@ def _deltas(seq: _Seq, prefix: bytes, pieces: Iterable[str], suffix: bytes) -> I
         yield prefix + str(n).encode() + b',"delta":' + dumps(piece) + suffix
 
 
-def _text_script(base: dict[str, Any], item_id: str, tokens: Callable[[], Iterator[str]],
-                 usage: dict[str, Any], cut: bool) -> StreamScript:
+def _text_script(
+    base: dict[str, Any],
+    item_id: str,
+    tokens: Callable[[], Iterator[str]],
+    usage: dict[str, Any],
+    cut: bool,
+) -> StreamScript:
     seq = _Seq()
     running = dict(base, status="in_progress")
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
     preamble = [
         seq.event({"type": "response.created", "response": running}),
         seq.event({"type": "response.in_progress", "response": running}),
-        seq.event({"type": "response.output_item.added", "output_index": 0,
-                   "item": dict(_message_item(item_id, "", "in_progress"), content=[])}),
-        seq.event(dict(where, type="response.content_part.added",
-                       part={"type": "output_text", "text": "", "annotations": []})),
+        seq.event(
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": dict(_message_item(item_id, "", "in_progress"), content=[]),
+            }
+        ),
+        seq.event(
+            dict(
+                where,
+                type="response.content_part.added",
+                part={"type": "output_text", "text": "", "annotations": []},
+            )
+        ),
     ]
-    prefix = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-              b'"item_id":' + orjson.dumps(item_id) + b',"output_index":0,"content_index":0,'
-              b'"logprobs":[],"sequence_number":')
+    prefix = (
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+        b'"item_id":' + orjson.dumps(item_id) + b',"output_index":0,"content_index":0,'
+        b'"logprobs":[],"sequence_number":'
+    )
     content = _deltas(seq, prefix, tokens(), b"}\n\n")
 
     def terminal() -> Iterator[bytes]:
         # Rendered only after the deltas, so the sequence numbers continue from theirs.
         part = {"type": "output_text", "text": _PLACEHOLDER, "annotations": []}
-        yield from _with_text(seq.event(dict(where, type="response.output_text.done",
-                                             text=_PLACEHOLDER, logprobs=[])), tokens)
-        yield from _with_text(seq.event(dict(where, type="response.content_part.done",
-                                             part=part)), tokens)
+        yield from _with_text(
+            seq.event(
+                dict(where, type="response.output_text.done", text=_PLACEHOLDER, logprobs=[])
+            ),
+            tokens,
+        )
+        yield from _with_text(
+            seq.event(dict(where, type="response.content_part.done", part=part)), tokens
+        )
         item = _message_item(item_id, _PLACEHOLDER, "completed")
-        yield from _with_text(seq.event({"type": "response.output_item.done", "output_index": 0,
-                                         "item": item}), tokens)
+        yield from _with_text(
+            seq.event({"type": "response.output_item.done", "output_index": 0, "item": item}),
+            tokens,
+        )
         final = dict(base, output=[item], usage=usage)
         kind = "response.completed"
         if cut:
@@ -185,26 +251,42 @@ def _text_script(base: dict[str, Any], item_id: str, tokens: Callable[[], Iterat
     return StreamScript(preamble, content, terminal(), _MALFORMED)
 
 
-def _tool_script(base: dict[str, Any], call: dict[str, Any], fragments: list[str],
-                 usage: dict[str, Any]) -> StreamScript:
+def _tool_script(
+    base: dict[str, Any], call: dict[str, Any], fragments: list[str], usage: dict[str, Any]
+) -> StreamScript:
     seq = _Seq()
     running = dict(base, status="in_progress")
     preamble = [
         seq.event({"type": "response.created", "response": running}),
         seq.event({"type": "response.in_progress", "response": running}),
-        seq.event({"type": "response.output_item.added", "output_index": 0,
-                   "item": dict(call, arguments="", status="in_progress")}),
+        seq.event(
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": dict(call, arguments="", status="in_progress"),
+            }
+        ),
     ]
-    prefix = (b'event: response.function_call_arguments.delta\ndata: {"type":'
-              b'"response.function_call_arguments.delta","item_id":' + orjson.dumps(call["id"])
-              + b',"output_index":0,"sequence_number":')
+    prefix = (
+        b'event: response.function_call_arguments.delta\ndata: {"type":'
+        b'"response.function_call_arguments.delta","item_id":'
+        + orjson.dumps(call["id"])
+        + b',"output_index":0,"sequence_number":'
+    )
     content = _deltas(seq, prefix, fragments, b"}\n\n")
 
     def terminal() -> Iterator[bytes]:
-        yield seq.event({"type": "response.function_call_arguments.done", "item_id": call["id"],
-                         "output_index": 0, "arguments": call["arguments"]})
+        yield seq.event(
+            {
+                "type": "response.function_call_arguments.done",
+                "item_id": call["id"],
+                "output_index": 0,
+                "arguments": call["arguments"],
+            }
+        )
         yield seq.event({"type": "response.output_item.done", "output_index": 0, "item": call})
-        yield seq.event({"type": "response.completed",
-                         "response": dict(base, output=[call], usage=usage)})
+        yield seq.event(
+            {"type": "response.completed", "response": dict(base, output=[call], usage=usage)}
+        )
 
     return StreamScript(preamble, content, terminal(), _MALFORMED)

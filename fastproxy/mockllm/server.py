@@ -30,7 +30,11 @@ from .protocol import MockProtocol, Reply, Request
 from .responder import Ctx, error_reply
 
 DEFAULT_MODELS: tuple[str, ...] = (
-    "gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "claude-haiku-4-5", "text-embedding-3-small",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "claude-sonnet-4-5",
+    "claude-haiku-4-5",
+    "text-embedding-3-small",
     "demo",
 )
 RECORDED_REQUESTS = 1000
@@ -82,8 +86,13 @@ class MockStats:
             "streams_aborted": self.streams_aborted,
             "faults_injected": self.faults_injected,
             "requests": [
-                {"method": r.method, "path": r.path, "headers": r.headers,
-                 "body_bytes": len(r.body), "received_at": r.received_at}
+                {
+                    "method": r.method,
+                    "path": r.path,
+                    "headers": r.headers,
+                    "body_bytes": len(r.body),
+                    "received_at": r.received_at,
+                }
                 for r in self.requests
             ],
         }
@@ -141,7 +150,11 @@ class MockLLMServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._make_protocol, self.host, self.port, ssl=self.ssl, backlog=2048,
+            self._make_protocol,
+            self.host,
+            self.port,
+            ssl=self.ssl,
+            backlog=2048,
             reuse_address=True,
         )
         # With port 0 and a name that resolves to several addresses each socket may get its
@@ -219,12 +232,13 @@ class MockLLMServer:
         route = self._routes.get(canon)
         if route is None:
             if canon.startswith("/v1/models/") and req.method == "GET":
-                return openai_api.get_model(ctx, self.models, canon[len("/v1/models/"):])
+                return openai_api.get_model(ctx, self.models, canon[len("/v1/models/") :])
             return error_reply(ctx, DEFAULT_PLAN, 404, f"Unknown request URL: {req.method} {path}")
         method, handler = route
         if req.method != method:
-            return error_reply(ctx, DEFAULT_PLAN, 405,
-                               f"Method {req.method} not allowed for {path} (use {method})")
+            return error_reply(
+                ctx, DEFAULT_PLAN, 405, f"Method {req.method} not allowed for {path} (use {method})"
+            )
         return handler(ctx)
 
     def _control(self, req: Request, conn: MockProtocol) -> Reply:
@@ -259,5 +273,9 @@ class MockLLMServer:
 
     def _control_json(self, conn: MockProtocol, req: Request, status: int, payload: Any) -> bytes:
         body = orjson.dumps(payload)
-        return wire.head(conn.date.get(), status, wire.JSON_TYPE, len(body), req.keep_alive,
-                         req.http10) + body
+        return (
+            wire.head(
+                conn.date.get(), status, wire.JSON_TYPE, len(body), req.keep_alive, req.http10
+            )
+            + body
+        )

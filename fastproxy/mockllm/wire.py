@@ -46,9 +46,10 @@ class DateHeader:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._line = b"date: %s\r\n" % time.strftime(
-                "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)
-            ).encode()
+            self._line = (
+                b"date: %s\r\n"
+                % time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
+            )
         return self._line
 
 
@@ -71,14 +72,26 @@ def head(
         framing = b"transfer-encoding: chunked\r\n"
     conn = _CLOSE if not keep_alive else (_KEEP_10 if http10 else _KEEP)
     return b"".join(
-        (line, date, SERVER_HEADER, b"content-type: ", content_type, b"\r\n", framing, conn,
-         extra, b"\r\n")
+        (
+            line,
+            date,
+            SERVER_HEADER,
+            b"content-type: ",
+            content_type,
+            b"\r\n",
+            framing,
+            conn,
+            extra,
+            b"\r\n",
+        )
     )
 
 
 def sse_extra(request_id: bytes) -> bytes:
-    return b"cache-control: no-cache\r\nx-accel-buffering: no\r\nx-request-id: " + request_id + (
-        b"\r\n"
+    return (
+        b"cache-control: no-cache\r\nx-accel-buffering: no\r\nx-request-id: "
+        + request_id
+        + (b"\r\n")
     )
 
 
@@ -140,14 +153,18 @@ def error_message(status: int) -> str:
     return _DEFAULT_MESSAGES.get(status) or f"{_REASONS.get(status, b'Error').decode()} (mock)"
 
 
-def error_body(dialect: str, status: int, message: str | None = None, param: str | None = None) -> bytes:
+def error_body(
+    dialect: str, status: int, message: str | None = None, param: str | None = None
+) -> bytes:
     """The JSON error body a real API of ``dialect`` ("openai"/"anthropic") sends."""
     msg = message or error_message(status)
     if dialect == "anthropic":
-        kind = _ANTHROPIC_ERRORS.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+        kind = _ANTHROPIC_ERRORS.get(status) or (
+            "api_error" if status >= 500 else "invalid_request_error"
+        )
         return orjson.dumps({"type": "error", "error": {"type": kind, "message": msg}})
     kind, code = _OPENAI_ERRORS.get(status) or (
-        ("server_error" if status >= 500 else "invalid_request_error"), None
+        ("server_error" if status >= 500 else "invalid_request_error"),
+        None,
     )
     return orjson.dumps({"error": {"message": msg, "type": kind, "param": param, "code": code}})
-

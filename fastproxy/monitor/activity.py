@@ -70,9 +70,19 @@ class ActivityEntry:
         "streaming",
     )
 
-    def __init__(self, exchange_id: int, backend: str, session_id: str | None,
-                 model: str | None, streaming: bool, block: CounterBlock, slot: int,
-                 base: int, bidx: int, started_ms: int) -> None:
+    def __init__(
+        self,
+        exchange_id: int,
+        backend: str,
+        session_id: str | None,
+        model: str | None,
+        streaming: bool,
+        block: CounterBlock,
+        slot: int,
+        base: int,
+        bidx: int,
+        started_ms: int,
+    ) -> None:
         self.exchange_id = exchange_id
         self.backend = backend
         self.session_id = session_id
@@ -107,8 +117,10 @@ class ActivityEntry:
         return self._block.get(self._tx) if self.live else self._final_tx
 
     def __repr__(self) -> str:
-        return (f"ActivityEntry(id={self.exchange_id}, backend={self.backend!r}, "
-                f"live={self.live}, rx={self.bytes_rx}, tx={self.bytes_tx})")
+        return (
+            f"ActivityEntry(id={self.exchange_id}, backend={self.backend!r}, "
+            f"live={self.live}, rx={self.bytes_rx}, tx={self.bytes_tx})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +195,14 @@ class ActivityTracker:
         self.swept_total = 0
 
     # -- the data plane's API -----------------------------------------------------------
-    def open(self, exchange_id: int, backend: str, session_id: str | None, model: str | None,
-             streaming: bool) -> ActivityEntry:
+    def open(
+        self,
+        exchange_id: int,
+        backend: str,
+        session_id: str | None,
+        model: str | None,
+        streaming: bool,
+    ) -> ActivityEntry:
         old = self._live.get(exchange_id)
         if old is not None:
             self.close(old)  # an id is live at most once: never two entries per exchange
@@ -195,8 +213,18 @@ class ActivityTracker:
         base = (slot % self._seg) * STRIDE
         now_ms = self._now_ms()
         block.set(base + LAST_MS, now_ms)
-        entry = ActivityEntry(exchange_id, backend, session_id, model, streaming, block, slot,
-                              base, self._backend_index(backend), now_ms)
+        entry = ActivityEntry(
+            exchange_id,
+            backend,
+            session_id,
+            model,
+            streaming,
+            block,
+            slot,
+            base,
+            self._backend_index(backend),
+            now_ms,
+        )
         self._live[exchange_id] = entry
         self.opened_total += 1
         return entry
@@ -230,8 +258,12 @@ class ActivityTracker:
         for entry, silent_ms in gone:
             del self._live[entry.exchange_id]
             self._retire(entry)
-            log.info("activity: swept stale entry id=%d backend=%s (no bytes for %.1fs)",
-                     entry.exchange_id, entry.backend, silent_ms / 1000)
+            log.info(
+                "activity: swept stale entry id=%d backend=%s (no bytes for %.1fs)",
+                entry.exchange_id,
+                entry.backend,
+                silent_ms / 1000,
+            )
         self.swept_total += len(gone)
         return len(gone)
 
@@ -243,8 +275,9 @@ class ActivityTracker:
             rx += block.get(entry._rx)
             tx += block.get(entry._tx)
         totals = self._totals.snapshot()
-        return GlobalActivity(len(self._live), rx, tx, rx + sum(totals[0::2]),
-                              tx + sum(totals[1::2]))
+        return GlobalActivity(
+            len(self._live), rx, tx, rx + sum(totals[0::2]), tx + sum(totals[1::2])
+        )
 
     def snapshot(self) -> ActivitySnapshot:
         """Every live connection and per-backend figures, observed now."""
@@ -254,11 +287,20 @@ class ActivityTracker:
         per: dict[str, list[int]] = {name: [0, 0, 0] for name in self._names}
         for entry in self._live.values():
             rx, tx, last_ms = self._observe(entry, now_ms)
-            conns.append(ConnectionInfo(
-                entry.exchange_id, entry.backend, entry.session_id, entry.model,
-                entry.streaming, entry.started_at, max(0, now_ms - entry.started_ms) / 1000,
-                wall - max(0, now_ms - last_ms) / 1000, rx, tx,
-            ))
+            conns.append(
+                ConnectionInfo(
+                    entry.exchange_id,
+                    entry.backend,
+                    entry.session_id,
+                    entry.model,
+                    entry.streaming,
+                    entry.started_at,
+                    max(0, now_ms - entry.started_ms) / 1000,
+                    wall - max(0, now_ms - last_ms) / 1000,
+                    rx,
+                    tx,
+                )
+            )
             acc = per.setdefault(entry.backend, [0, 0, 0])
             acc[0] += 1
             acc[1] += rx
@@ -275,10 +317,18 @@ class ActivityTracker:
         conns.sort(key=lambda c: c.exchange_id, reverse=True)
         live_rx = sum(b.bytes_rx for b in backends.values())
         live_tx = sum(b.bytes_tx for b in backends.values())
-        return ActivitySnapshot(wall, conns, backends, GlobalActivity(
-            len(self._live), live_rx, live_tx,
-            live_rx + sum(totals[0::2]), live_tx + sum(totals[1::2]),
-        ))
+        return ActivitySnapshot(
+            wall,
+            conns,
+            backends,
+            GlobalActivity(
+                len(self._live),
+                live_rx,
+                live_tx,
+                live_rx + sum(totals[0::2]),
+                live_tx + sum(totals[1::2]),
+            ),
+        )
 
     @property
     def segments(self) -> int:
@@ -356,8 +406,11 @@ class ActivityService:
     async def start(self) -> None:
         self._state.activity = self.tracker
         self._timer = self._state.loop.call_later(self._interval, self._sweep)
-        log.info("activity tracking on (stale after %.0fs, swept every %.1fs)",
-                 self.tracker.stale_timeout_s, self._interval)
+        log.info(
+            "activity tracking on (stale after %.0fs, swept every %.1fs)",
+            self.tracker.stale_timeout_s,
+            self._interval,
+        )
 
     def _sweep(self) -> None:
         try:

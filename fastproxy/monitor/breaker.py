@@ -97,7 +97,9 @@ class Transition:
         self.reason = reason
 
     def __repr__(self) -> str:
-        return f"Transition({self.backend}: {self.old.public} -> {self.new.public}, {self.reason!r})"
+        return (
+            f"Transition({self.backend}: {self.old.public} -> {self.new.public}, {self.reason!r})"
+        )
 
 
 class Breaker:
@@ -115,8 +117,9 @@ class Breaker:
         "trial_until",
     )
 
-    def __init__(self, name: str, failure_threshold: int, cooldown: float,
-                 trial_timeout: float | None = None) -> None:
+    def __init__(
+        self, name: str, failure_threshold: int, cooldown: float, trial_timeout: float | None = None
+    ) -> None:
         self.name = name
         self.threshold = failure_threshold
         self.cooldown = cooldown
@@ -155,11 +158,23 @@ class Breaker:
     def advance(self, now: float) -> list[Transition]:
         """Apply the transitions that time alone causes (cooldown over, trial lost)."""
         if self.state is State.OPEN and now >= self.open_until:
-            return [self._enter(State.HALF_OPEN, Event.COOLDOWN_ELAPSED, now,
-                                f"cooldown of {self.cooldown:g}s elapsed")]
+            return [
+                self._enter(
+                    State.HALF_OPEN,
+                    Event.COOLDOWN_ELAPSED,
+                    now,
+                    f"cooldown of {self.cooldown:g}s elapsed",
+                )
+            ]
         if self.state is State.TRIAL and now >= self.trial_until:
-            return [self._enter(State.HALF_OPEN, Event.TRIAL_EXPIRED, now,
-                                "no outcome for the trial request; another may try")]
+            return [
+                self._enter(
+                    State.HALF_OPEN,
+                    Event.TRIAL_EXPIRED,
+                    now,
+                    "no outcome for the trial request; another may try",
+                )
+            ]
         return []
 
     def allows_request(self, now: float) -> tuple[bool, list[Transition]]:
@@ -169,8 +184,9 @@ class Breaker:
         if state is State.CLOSED:
             return True, out
         if state is State.HALF_OPEN:
-            out.append(self._enter(State.TRIAL, Event.TRIAL_STARTED, now,
-                                   "trial request let through"))
+            out.append(
+                self._enter(State.TRIAL, Event.TRIAL_STARTED, now, "trial request let through")
+            )
             return True, out
         return False, out
 

@@ -54,42 +54,44 @@ class Price(NamedTuple):
 # cache writes are the 5-minute TTL price (1.25x input); OpenAI has no cache-write charge,
 # so its entries leave it to default to the input price (OpenAI never reports them anyway).
 TABLE_DATE = "2025-11-30"
-BUILTIN_PRICES: Mapping[str, Price] = MappingProxyType({
-    # OpenAI: input, output, cached input
-    "gpt-5": Price(1.25, 10.00, 0.125),
-    "gpt-5-mini": Price(0.25, 2.00, 0.025),
-    "gpt-5-nano": Price(0.05, 0.40, 0.005),
-    "gpt-4.1": Price(2.00, 8.00, 0.50),
-    "gpt-4.1-mini": Price(0.40, 1.60, 0.10),
-    "gpt-4.1-nano": Price(0.10, 0.40, 0.025),
-    "gpt-4o": Price(2.50, 10.00, 1.25),
-    "gpt-4o-mini": Price(0.15, 0.60, 0.075),
-    "chatgpt-4o-latest": Price(5.00, 15.00),
-    "gpt-4-turbo": Price(10.00, 30.00),
-    "gpt-4": Price(30.00, 60.00),
-    "gpt-3.5-turbo": Price(0.50, 1.50),
-    "o1": Price(15.00, 60.00, 7.50),
-    "o3": Price(2.00, 8.00, 0.50),
-    "o3-mini": Price(1.10, 4.40, 0.55),
-    "o4-mini": Price(1.10, 4.40, 0.275),
-    "text-embedding-3-small": Price(0.02, 0.0),
-    "text-embedding-3-large": Price(0.13, 0.0),
-    "text-embedding-ada-002": Price(0.10, 0.0),
-    # Anthropic: input, output, cache read, cache write (5 min)
-    "claude-opus-4-5": Price(5.00, 25.00, 0.50, 6.25),
-    "claude-opus-4-1": Price(15.00, 75.00, 1.50, 18.75),
-    "claude-opus-4": Price(15.00, 75.00, 1.50, 18.75),
-    "claude-opus-4-0": Price(15.00, 75.00, 1.50, 18.75),
-    "claude-sonnet-4-5": Price(3.00, 15.00, 0.30, 3.75),
-    "claude-sonnet-4": Price(3.00, 15.00, 0.30, 3.75),
-    "claude-sonnet-4-0": Price(3.00, 15.00, 0.30, 3.75),
-    "claude-3-7-sonnet": Price(3.00, 15.00, 0.30, 3.75),
-    "claude-3-5-sonnet": Price(3.00, 15.00, 0.30, 3.75),
-    "claude-haiku-4-5": Price(1.00, 5.00, 0.10, 1.25),
-    "claude-3-5-haiku": Price(0.80, 4.00, 0.08, 1.00),
-    "claude-3-haiku": Price(0.25, 1.25, 0.03, 0.30),
-    "claude-3-opus": Price(15.00, 75.00, 1.50, 18.75),
-})
+BUILTIN_PRICES: Mapping[str, Price] = MappingProxyType(
+    {
+        # OpenAI: input, output, cached input
+        "gpt-5": Price(1.25, 10.00, 0.125),
+        "gpt-5-mini": Price(0.25, 2.00, 0.025),
+        "gpt-5-nano": Price(0.05, 0.40, 0.005),
+        "gpt-4.1": Price(2.00, 8.00, 0.50),
+        "gpt-4.1-mini": Price(0.40, 1.60, 0.10),
+        "gpt-4.1-nano": Price(0.10, 0.40, 0.025),
+        "gpt-4o": Price(2.50, 10.00, 1.25),
+        "gpt-4o-mini": Price(0.15, 0.60, 0.075),
+        "chatgpt-4o-latest": Price(5.00, 15.00),
+        "gpt-4-turbo": Price(10.00, 30.00),
+        "gpt-4": Price(30.00, 60.00),
+        "gpt-3.5-turbo": Price(0.50, 1.50),
+        "o1": Price(15.00, 60.00, 7.50),
+        "o3": Price(2.00, 8.00, 0.50),
+        "o3-mini": Price(1.10, 4.40, 0.55),
+        "o4-mini": Price(1.10, 4.40, 0.275),
+        "text-embedding-3-small": Price(0.02, 0.0),
+        "text-embedding-3-large": Price(0.13, 0.0),
+        "text-embedding-ada-002": Price(0.10, 0.0),
+        # Anthropic: input, output, cache read, cache write (5 min)
+        "claude-opus-4-5": Price(5.00, 25.00, 0.50, 6.25),
+        "claude-opus-4-1": Price(15.00, 75.00, 1.50, 18.75),
+        "claude-opus-4": Price(15.00, 75.00, 1.50, 18.75),
+        "claude-opus-4-0": Price(15.00, 75.00, 1.50, 18.75),
+        "claude-sonnet-4-5": Price(3.00, 15.00, 0.30, 3.75),
+        "claude-sonnet-4": Price(3.00, 15.00, 0.30, 3.75),
+        "claude-sonnet-4-0": Price(3.00, 15.00, 0.30, 3.75),
+        "claude-3-7-sonnet": Price(3.00, 15.00, 0.30, 3.75),
+        "claude-3-5-sonnet": Price(3.00, 15.00, 0.30, 3.75),
+        "claude-haiku-4-5": Price(1.00, 5.00, 0.10, 1.25),
+        "claude-3-5-haiku": Price(0.80, 4.00, 0.08, 1.00),
+        "claude-3-haiku": Price(0.25, 1.25, 0.03, 0.30),
+        "claude-3-opus": Price(15.00, 75.00, 1.50, 18.75),
+    }
+)
 
 # What may follow a known model name and still be that model: a dated snapshot, an
 # alias for the newest one, and a provider revision tag.
@@ -118,8 +120,11 @@ class PriceTable:
         # (gpt-4o + "-mini-..." is not a snapshot suffix anyway; this is belt and braces).
         best: str | None = None
         for key in prices:
-            if (model.startswith(key) and _SNAPSHOT.fullmatch(model, len(key))
-                    and (best is None or len(key) > len(best))):
+            if (
+                model.startswith(key)
+                and _SNAPSHOT.fullmatch(model, len(key))
+                and (best is None or len(key) > len(best))
+            ):
                 best = key
         return prices[best] if best is not None else None
 
@@ -127,14 +132,19 @@ class PriceTable:
         return self.lookup(model) is not None
 
 
-def price_cost(price: Price, prompt: int, completion: int, cached: int = 0,
-               cache_write: int = 0) -> float:
+def price_cost(
+    price: Price, prompt: int, completion: int, cached: int = 0, cache_write: int = 0
+) -> float:
     """Rule 3: USD for normal-form token counts (prompt includes cached and cache_write)."""
     cached_price = price.input if price.cached_input is None else price.cached_input
     write_price = price.input if price.cache_write is None else price.cache_write
     uncached = max(0, prompt - cached - cache_write)
-    return (uncached * price.input + cached * cached_price + cache_write * write_price
-            + completion * price.output) / 1e6
+    return (
+        uncached * price.input
+        + cached * cached_price
+        + cache_write * write_price
+        + completion * price.output
+    ) / 1e6
 
 
 def compute_cost(
@@ -162,8 +172,11 @@ def compute_cost(
     if price is None:
         return None, None
     prompt = usage.prompt if usage is not None and usage.prompt is not None else prompt_tokens
-    completion = (usage.completion if usage is not None and usage.completion is not None
-                  else completion_tokens)
+    completion = (
+        usage.completion
+        if usage is not None and usage.completion is not None
+        else completion_tokens
+    )
     if prompt is None and completion is None:
         return None, None
     cached = (usage.cached or 0) if usage is not None else 0

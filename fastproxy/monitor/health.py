@@ -57,11 +57,32 @@ class Endpoint:
     """Probe state of one normalised api_url (shared by the backends that use it)."""
 
     __slots__ = (
-        "api_url", "backends", "condition", "host", "http_code", "http_error",
-        "http_failures", "http_kind", "http_latency_ms", "http_not_before", "http_ok",
-        "http_task", "http_timer", "last_http_at", "last_http_ok_at", "last_ping_at",
-        "last_ping_ok_at", "ping_error", "ping_failures", "ping_latency_ms", "ping_ok",
-        "ping_status", "ping_task", "ping_timer", "probe_backend", "skipped_ticks",
+        "api_url",
+        "backends",
+        "condition",
+        "host",
+        "http_code",
+        "http_error",
+        "http_failures",
+        "http_kind",
+        "http_latency_ms",
+        "http_not_before",
+        "http_ok",
+        "http_task",
+        "http_timer",
+        "last_http_at",
+        "last_http_ok_at",
+        "last_ping_at",
+        "last_ping_ok_at",
+        "ping_error",
+        "ping_failures",
+        "ping_latency_ms",
+        "ping_ok",
+        "ping_status",
+        "ping_task",
+        "ping_timer",
+        "probe_backend",
+        "skipped_ticks",
     )
 
     def __init__(self, api_url: str, backends: list[Backend], ping_on: bool, http_on: bool) -> None:
@@ -110,8 +131,14 @@ def verdict(ep: Endpoint, http_on: bool, http_threshold: int) -> str:
 
 
 class HealthService:
-    def __init__(self, state: GatewayState, *, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None, keepalive_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        state: GatewayState,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        keepalive_s: float = 15.0,
+    ) -> None:
         cfg = state.config.health_check
         self.state = state
         self.config = cfg
@@ -124,8 +151,11 @@ class HealthService:
         self.endpoints: dict[str, Endpoint] = {}
         self.breakers: dict[str, Breaker] = {}
         self.endpoint_of: dict[str, Endpoint] = {}
-        self.notifier = Notifier(outward=cfg.notify_backends, webhook_url=cfg.webhook_url,
-                                 log_repeat_window_s=cfg.log_repeat_window_seconds)
+        self.notifier = Notifier(
+            outward=cfg.notify_backends,
+            webhook_url=cfg.webhook_url,
+            log_repeat_window_s=cfg.log_repeat_window_seconds,
+        )
         self.pinger = Pinger(state.loop)
         self.stopping = False
         self.in_flight = 0  # probes holding a concurrency slot now, and the peak seen
@@ -168,8 +198,10 @@ class HealthService:
                     self._schedule(ep, kind, self._interval(kind) * self._rng.uniform(0.5, 1.5))
 
     def _first_round_cap(self) -> float:
-        timeouts = [self.config.ping.timeout_seconds if self.ping_on else 0.0,
-                    self.config.http.timeout_seconds if self.http_on else 0.0]
+        timeouts = [
+            self.config.ping.timeout_seconds if self.ping_on else 0.0,
+            self.config.http.timeout_seconds if self.http_on else 0.0,
+        ]
         return max(timeouts) + 1.0
 
     async def _first_round(self) -> None:
@@ -180,8 +212,12 @@ class HealthService:
                     tasks.append(self._start_probe(ep, kind))
         _, pending = await asyncio.wait(tasks, timeout=self._first_round_cap())
         if pending:
-            log.warning("health: %d first-round probes still running after %.0fs; start-up "
-                        "goes on and they report when done", len(pending), self._first_round_cap())
+            log.warning(
+                "health: %d first-round probes still running after %.0fs; start-up "
+                "goes on and they report when done",
+                len(pending),
+                self._first_round_cap(),
+            )
 
     async def stop(self) -> None:
         self.stopping = True
@@ -207,15 +243,20 @@ class HealthService:
 
     # -- scheduling -------------------------------------------------------------------
     def _interval(self, kind: str) -> float:
-        base = self.config.ping.interval_seconds if kind == "ping" else self.config.http.interval_seconds
+        base = (
+            self.config.ping.interval_seconds
+            if kind == "ping"
+            else self.config.http.interval_seconds
+        )
         return base * self._rng.uniform(1.0 - JITTER, 1.0 + JITTER)
 
     def _schedule(self, ep: Endpoint, kind: str, delay: float | None = None) -> None:
         old = ep.ping_timer if kind == "ping" else ep.http_timer
         if old is not None:
             old.cancel()
-        handle = self.loop.call_later(self._interval(kind) if delay is None else delay,
-                                      self._tick, ep, kind)
+        handle = self.loop.call_later(
+            self._interval(kind) if delay is None else delay, self._tick, ep, kind
+        )
         setattr(ep, f"{kind}_timer", handle)
 
     def _tick(self, ep: Endpoint, kind: str) -> None:
@@ -245,8 +286,13 @@ class HealthService:
                         self._apply_ping(ep, ping)
                     else:
                         http = self.config.http
-                        result = await http_probe(ep.probe_backend, self.loop, http.method,
-                                                  http.path, http.timeout_seconds)
+                        result = await http_probe(
+                            ep.probe_backend,
+                            self.loop,
+                            http.method,
+                            http.path,
+                            http.timeout_seconds,
+                        )
                         self._apply_http(ep, result)
                 finally:
                     self.in_flight -= 1
@@ -268,8 +314,9 @@ class HealthService:
         else:
             ep.ping_ok = False
             ep.ping_failures += 1
-            ep.ping_status = ("failing" if ep.ping_failures >= self.config.ping.failure_threshold
-                              else "ok")
+            ep.ping_status = (
+                "failing" if ep.ping_failures >= self.config.ping.failure_threshold else "ok"
+            )
         self._evaluate(ep, None)
 
     def _apply_http(self, ep: Endpoint, r: HttpResult) -> None:
@@ -331,8 +378,9 @@ class HealthService:
             self._after(b, transitions)
         return not allowed
 
-    def on_attempt(self, name: str, status: int, kind: str | None,
-                   retry_after: bytes | None = None) -> None:
+    def on_attempt(
+        self, name: str, status: int, kind: str | None, retry_after: bytes | None = None
+    ) -> None:
         """Attempt hook: the outcome of one upstream attempt, as soon as it is known.
         ``retry_after`` (a 429's header) is accepted and unused: a 429 is never a
         breaker failure."""
@@ -370,7 +418,8 @@ class HealthService:
         deadline = b.next_deadline()
         if deadline is not None and not self.stopping:
             self._breaker_timers[b.name] = self.loop.call_later(
-                max(0.0, deadline - self.now()), self._breaker_due, b)
+                max(0.0, deadline - self.now()), self._breaker_due, b
+            )
 
     def _breaker_due(self, b: Breaker) -> None:
         self._breaker_timers.pop(b.name, None)

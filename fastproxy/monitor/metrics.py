@@ -35,10 +35,40 @@ MAX_MODELS = 50
 MAX_MODEL_LABEL_LEN = 128
 OTHER = "other"
 # OpenTelemetry semantic conventions, recommended explicit bucket boundaries.
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
-                    20.48, 40.96, 81.92)
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                5.0, 7.5, 10.0)
+DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
 CIRCUIT_STATES = ("closed", "open", "half_open")
 
 
@@ -123,26 +153,45 @@ class MetricsCollector:
         m.family("fastproxy_build_info", "gauge", "Version and hot-path implementation.")
         from .._speedups import IMPLEMENTATION
 
-        m.sample("fastproxy_build_info", (("version", __version__),
-                                          ("speedups", IMPLEMENTATION)), 1)
-        m.family("fastproxy_requests_total", "counter",
-                 "LLM API requests finished, by frontend dialect, backend, model and status class.")
+        m.sample(
+            "fastproxy_build_info", (("version", __version__), ("speedups", IMPLEMENTATION)), 1
+        )
+        m.family(
+            "fastproxy_requests_total",
+            "counter",
+            "LLM API requests finished, by frontend dialect, backend, model and status class.",
+        )
         for (fe, be, model, sc), n in sorted(self.requests.items()):
-            m.sample("fastproxy_requests_total",
-                     (("frontend", fe), ("backend", be), ("model", model), ("status_class", sc)), n)
-        m.histograms("fastproxy_gen_ai_client_operation_duration_seconds",
-                     "Request duration, received to last byte relayed (gen_ai.client.operation.duration).",
-                     [((("frontend", fe), ("backend", be)), h)
-                      for (fe, be), h in sorted(self.durations.items())])
-        m.histograms("fastproxy_gen_ai_server_time_to_first_token_seconds",
-                     "Streams: request received to first content byte relayed "
-                     "(gen_ai.server.time_to_first_token).",
-                     [((("backend", be),), h) for be, h in sorted(self.ttft.items())])
-        m.family("fastproxy_gen_ai_client_token_usage_total", "counter",
-                 "Tokens reported by backends, by type (gen_ai.client.token.usage).")
+            m.sample(
+                "fastproxy_requests_total",
+                (("frontend", fe), ("backend", be), ("model", model), ("status_class", sc)),
+                n,
+            )
+        m.histograms(
+            "fastproxy_gen_ai_client_operation_duration_seconds",
+            "Request duration, received to last byte relayed (gen_ai.client.operation.duration).",
+            [
+                ((("frontend", fe), ("backend", be)), h)
+                for (fe, be), h in sorted(self.durations.items())
+            ],
+        )
+        m.histograms(
+            "fastproxy_gen_ai_server_time_to_first_token_seconds",
+            "Streams: request received to first content byte relayed "
+            "(gen_ai.server.time_to_first_token).",
+            [((("backend", be),), h) for be, h in sorted(self.ttft.items())],
+        )
+        m.family(
+            "fastproxy_gen_ai_client_token_usage_total",
+            "counter",
+            "Tokens reported by backends, by type (gen_ai.client.token.usage).",
+        )
         for (be, kind), n in sorted(self.tokens.items()):
-            m.sample("fastproxy_gen_ai_client_token_usage_total",
-                     (("backend", be), ("token_type", kind)), n)
+            m.sample(
+                "fastproxy_gen_ai_client_token_usage_total",
+                (("backend", be), ("token_type", kind)),
+                n,
+            )
         m.family("fastproxy_cost_usd_total", "counter", "Cost reported by backends, in USD.")
         for be, v in sorted(self.cost.items()):
             m.sample("fastproxy_cost_usd_total", (("backend", be),), v)
@@ -155,33 +204,58 @@ class MetricsCollector:
                 streams += bool(ex.streaming_started)
         m.gauge("fastproxy_requests_in_flight", "Requests being served now.", requests)
         m.gauge("fastproxy_streams_in_flight", "SSE responses being relayed now.", streams)
-        m.gauge("fastproxy_client_connections_open", "Open client connections on the data port.",
-                len(st.connections))
-        m.counter("fastproxy_client_connections_accepted_total", "Client connections accepted.",
-                  c.connections_total)
-        m.counter("fastproxy_client_connections_rejected_total",
-                  "Client connections refused at limits.max_connections.", c.connections_rejected)
-        m.family("fastproxy_upstream_errors_total", "counter",
-                 "Failed upstream attempts, by kind (connect, timeout, reset, tls, protocol).")
+        m.gauge(
+            "fastproxy_client_connections_open",
+            "Open client connections on the data port.",
+            len(st.connections),
+        )
+        m.counter(
+            "fastproxy_client_connections_accepted_total",
+            "Client connections accepted.",
+            c.connections_total,
+        )
+        m.counter(
+            "fastproxy_client_connections_rejected_total",
+            "Client connections refused at limits.max_connections.",
+            c.connections_rejected,
+        )
+        m.family(
+            "fastproxy_upstream_errors_total",
+            "counter",
+            "Failed upstream attempts, by kind (connect, timeout, reset, tls, protocol).",
+        )
         for kind, n in sorted(c.upstream_errors.items()):
             m.sample("fastproxy_upstream_errors_total", (("kind", kind),), n)
-        m.counter("fastproxy_client_aborts_total", "Requests the client abandoned.",
-                  c.client_aborts)
-        m.counter("fastproxy_client_stalls_total",
-                  "Clients dropped for reading nothing for timeouts.send_seconds.",
-                  c.client_stalls)
-        m.counter("fastproxy_stream_truncations_total",
-                  "Streams cut by the backend or the gateway before their final event.",
-                  c.stream_truncations)
-        m.counter("fastproxy_failovers_total", "Moves to the next backend candidate.",
-                  c.failovers)
-        m.family("fastproxy_upstream_connections", "gauge",
-                 "Pooled upstream connections: open (all) and idle (waiting for reuse).")
+        m.counter(
+            "fastproxy_client_aborts_total", "Requests the client abandoned.", c.client_aborts
+        )
+        m.counter(
+            "fastproxy_client_stalls_total",
+            "Clients dropped for reading nothing for timeouts.send_seconds.",
+            c.client_stalls,
+        )
+        m.counter(
+            "fastproxy_stream_truncations_total",
+            "Streams cut by the backend or the gateway before their final event.",
+            c.stream_truncations,
+        )
+        m.counter("fastproxy_failovers_total", "Moves to the next backend candidate.", c.failovers)
+        m.family(
+            "fastproxy_upstream_connections",
+            "gauge",
+            "Pooled upstream connections: open (all) and idle (waiting for reuse).",
+        )
         for name, pool in sorted(st.pools.items()):
-            m.sample("fastproxy_upstream_connections", (("backend", name), ("state", "open")),
-                     pool.open_connections)
-            m.sample("fastproxy_upstream_connections", (("backend", name), ("state", "idle")),
-                     pool.idle_connections)
+            m.sample(
+                "fastproxy_upstream_connections",
+                (("backend", name), ("state", "open")),
+                pool.open_connections,
+            )
+            m.sample(
+                "fastproxy_upstream_connections",
+                (("backend", name), ("state", "idle")),
+                pool.idle_connections,
+            )
         self._render_activity(m)
         self._render_storage(m)
         self._render_health(m)
@@ -192,28 +266,42 @@ class MetricsCollector:
         if tracker is None:
             return
         g = tracker.global_snapshot()
-        m.family("fastproxy_activity_bytes_total", "counter",
-                 "Body bytes of LLM responses: rx from backends, tx to clients.")
+        m.family(
+            "fastproxy_activity_bytes_total",
+            "counter",
+            "Body bytes of LLM responses: rx from backends, tx to clients.",
+        )
         m.sample("fastproxy_activity_bytes_total", (("direction", "rx"),), g.lifetime_bytes_rx)
         m.sample("fastproxy_activity_bytes_total", (("direction", "tx"),), g.lifetime_bytes_tx)
-        m.gauge("fastproxy_activity_connections", "Live activity entries.",
-                g.total_active_connections)
-        m.counter("fastproxy_activity_swept_total",
-                  "Activity entries removed as stale (no bytes for stale_timeout_seconds).",
-                  tracker.swept_total)
+        m.gauge(
+            "fastproxy_activity_connections", "Live activity entries.", g.total_active_connections
+        )
+        m.counter(
+            "fastproxy_activity_swept_total",
+            "Activity entries removed as stale (no bytes for stale_timeout_seconds).",
+            tracker.swept_total,
+        )
 
     def _render_storage(self, m: _Writer) -> None:
         fn = self.state.storage_status
         status = fn() if fn is not None else None
         if not status:
             return
-        m.gauge("fastproxy_usage_queue_depth", "Usage records waiting for the writer thread.",
-                status.get("queue_depth", 0))
-        m.counter("fastproxy_usage_dropped_records_total",
-                  "Usage records dropped because the queue was full.",
-                  status.get("dropped_records", 0))
-        m.counter("fastproxy_usage_write_errors_total", "Failed usage database writes.",
-                  status.get("write_errors", 0))
+        m.gauge(
+            "fastproxy_usage_queue_depth",
+            "Usage records waiting for the writer thread.",
+            status.get("queue_depth", 0),
+        )
+        m.counter(
+            "fastproxy_usage_dropped_records_total",
+            "Usage records dropped because the queue was full.",
+            status.get("dropped_records", 0),
+        )
+        m.counter(
+            "fastproxy_usage_write_errors_total",
+            "Failed usage database writes.",
+            status.get("write_errors", 0),
+        )
 
     def _render_health(self, m: _Writer) -> None:
         health = self.state.health
@@ -229,16 +317,21 @@ class MetricsCollector:
             healthy = bool(getattr(ep, "is_healthy", True)) if ep is not None else True
             up.append((name, int(healthy and cs != "open")))
             states.append((name, cs))
-        m.family("fastproxy_backend_up", "gauge",
-                 "1 when the backend's endpoint is healthy and its circuit is not open.")
+        m.family(
+            "fastproxy_backend_up",
+            "gauge",
+            "1 when the backend's endpoint is healthy and its circuit is not open.",
+        )
         for name, v in up:
             m.sample("fastproxy_backend_up", (("backend", name),), v)
-        m.family("fastproxy_circuit_state", "gauge",
-                 "Circuit breaker state per backend: 1 for the current state, 0 otherwise.")
+        m.family(
+            "fastproxy_circuit_state",
+            "gauge",
+            "Circuit breaker state per backend: 1 for the current state, 0 otherwise.",
+        )
         for name, cs in states:
             for s in CIRCUIT_STATES:
-                m.sample("fastproxy_circuit_state", (("backend", name), ("state", s)),
-                         int(cs == s))
+                m.sample("fastproxy_circuit_state", (("backend", name), ("state", s)), int(cs == s))
 
 
 class _Writer:
@@ -265,8 +358,12 @@ class _Writer:
         self.family(name, "counter", help_text)
         self.sample(name, (), value)
 
-    def histograms(self, name: str, help_text: str,
-                   series: Iterable[tuple[tuple[tuple[str, str], ...], Histogram]]) -> None:
+    def histograms(
+        self,
+        name: str,
+        help_text: str,
+        series: Iterable[tuple[tuple[tuple[str, str], ...], Histogram]],
+    ) -> None:
         self.family(name, "histogram", help_text)
         for labels, h in series:
             running = 0

@@ -59,8 +59,9 @@ def utc_iso(wall: float | None) -> str | None:
     """UTC ISO-8601 with milliseconds and ``Z`` (the contract's timestamp form)."""
     if wall is None:
         return None
-    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return (
+        datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def span(seconds: float) -> str:
@@ -82,8 +83,9 @@ class TransitionLog:
 
     __slots__ = ("_clock", "_repeats", "window_s")
 
-    def __init__(self, window_s: float = LOG_REPEAT_WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, window_s: float = LOG_REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.window_s = window_s  # 0: every transition is a WARNING line
         self._clock = clock
         # (kind, subject, from, to) -> [when its last WARNING line was written,
@@ -94,8 +96,15 @@ class TransitionLog:
         if new in RECOVERED:
             unlogged = self._forget(kind, subject)
             if unlogged:
-                log.warning("%s %s: %s -> %s (%s) (after %d repeated transitions logged "
-                            "at DEBUG only)", kind, subject, old, new, reason, unlogged)
+                log.warning(
+                    "%s %s: %s -> %s (%s) (after %d repeated transitions logged at DEBUG only)",
+                    kind,
+                    subject,
+                    old,
+                    new,
+                    reason,
+                    unlogged,
+                )
             else:
                 log.warning("%s %s: %s -> %s (%s)", kind, subject, old, new, reason)
             return
@@ -112,12 +121,28 @@ class TransitionLog:
         seen[1] += 1
         elapsed = now - seen[0]
         if elapsed >= self.window_s:
-            log.warning("%s %s: %s -> %s (%s) (repeated %d times in the last %s)",
-                        kind, subject, old, new, reason, seen[1], span(elapsed))
+            log.warning(
+                "%s %s: %s -> %s (%s) (repeated %d times in the last %s)",
+                kind,
+                subject,
+                old,
+                new,
+                reason,
+                seen[1],
+                span(elapsed),
+            )
             seen[0], seen[1] = now, 0
         else:
-            log.debug("%s %s: %s -> %s (%s) (repeat %d; summarised at WARNING every %s)",
-                      kind, subject, old, new, reason, seen[1], span(self.window_s))
+            log.debug(
+                "%s %s: %s -> %s (%s) (repeat %d; summarised at WARNING every %s)",
+                kind,
+                subject,
+                old,
+                new,
+                reason,
+                seen[1],
+                span(self.window_s),
+            )
 
     def _forget(self, kind: str, subject: str) -> int:
         """Drop the subject's entries; how many of its transitions went to DEBUG only
@@ -152,30 +177,42 @@ class Notifier:
         "webhook_timeout_s",
     )
 
-    def __init__(self, *, outward: bool, webhook_url: str | None,
-                 webhook_timeout_s: float = WEBHOOK_TIMEOUT_S,
-                 webhook_backoff_s: float = WEBHOOK_BACKOFF_S,
-                 log_repeat_window_s: float = LOG_REPEAT_WINDOW_S) -> None:
+    def __init__(
+        self,
+        *,
+        outward: bool,
+        webhook_url: str | None,
+        webhook_timeout_s: float = WEBHOOK_TIMEOUT_S,
+        webhook_backoff_s: float = WEBHOOK_BACKOFF_S,
+        log_repeat_window_s: float = LOG_REPEAT_WINDOW_S,
+    ) -> None:
         self.outward = outward  # health_check.notify_backends
         self.seq = 0
         self.transition_log = TransitionLog(log_repeat_window_s)
         self._subscribers: set[Subscription] = set()
         self._webhook: Backend | None = None
         if webhook_url and outward:
-            self._webhook = Backend("webhook", BackendConfig(type="openai", api_url=webhook_url),
-                                    env={})
+            self._webhook = Backend(
+                "webhook", BackendConfig(type="openai", api_url=webhook_url), env={}
+            )
         self._webhook_queue: asyncio.Queue[bytes] = asyncio.Queue(WEBHOOK_QUEUE)
         self._webhook_task: asyncio.Task[None] | None = None
         self.webhook_timeout_s = webhook_timeout_s
         self.webhook_backoff_s = webhook_backoff_s
-        self.counters = {"published": 0, "subscribers_dropped": 0, "webhook_sent": 0,
-                         "webhook_failed": 0, "webhook_dropped": 0}
+        self.counters = {
+            "published": 0,
+            "subscribers_dropped": 0,
+            "webhook_sent": 0,
+            "webhook_failed": 0,
+            "webhook_dropped": 0,
+        }
 
     # -- life cycle -------------------------------------------------------------------
     def start(self) -> None:
         if self._webhook is not None and self._webhook_task is None:
             self._webhook_task = asyncio.get_running_loop().create_task(
-                self._webhook_worker(), name="fastproxy-health-webhook")
+                self._webhook_worker(), name="fastproxy-health-webhook"
+            )
 
     async def stop(self) -> None:
         task, self._webhook_task = self._webhook_task, None
@@ -187,11 +224,24 @@ class Notifier:
             self._end(sub)
 
     # -- publishing -------------------------------------------------------------------
-    def publish(self, kind: str, subject_key: str, subject: str, old: str, new: str,
-                reason: str, wall: float | None = None) -> dict[str, Any]:
+    def publish(
+        self,
+        kind: str,
+        subject_key: str,
+        subject: str,
+        old: str,
+        new: str,
+        reason: str,
+        wall: float | None = None,
+    ) -> dict[str, Any]:
         """Announce one transition; ``kind`` is "endpoint" or "breaker"."""
-        event = {"at": utc_iso(time.time() if wall is None else wall), subject_key: subject,
-                 "from": old, "to": new, "reason": reason}
+        event = {
+            "at": utc_iso(time.time() if wall is None else wall),
+            subject_key: subject,
+            "from": old,
+            "to": new,
+            "reason": reason,
+        }
         self.transition_log.write(kind, subject, old, new, reason)
         self.counters["published"] += 1
         if not self.outward:
@@ -204,8 +254,10 @@ class Notifier:
                 sub.queue.put_nowait(frame)
             except asyncio.QueueFull:
                 self.counters["subscribers_dropped"] += 1
-                log.warning("health events: dropping a subscriber that is not reading "
-                            "(%d events queued)", sub.queue.qsize())
+                log.warning(
+                    "health events: dropping a subscriber that is not reading (%d events queued)",
+                    sub.queue.qsize(),
+                )
                 self._end(sub)
         if self._webhook_task is not None:
             try:
@@ -246,10 +298,13 @@ class Notifier:
                     break
                 if attempt + 1 == WEBHOOK_ATTEMPTS:
                     self.counters["webhook_failed"] += 1
-                    log.warning("health webhook: giving up on one event after %d attempts (%s)",
-                                WEBHOOK_ATTEMPTS, error)
+                    log.warning(
+                        "health webhook: giving up on one event after %d attempts (%s)",
+                        WEBHOOK_ATTEMPTS,
+                        error,
+                    )
                     break
-                await asyncio.sleep(self.webhook_backoff_s * (2 ** attempt))
+                await asyncio.sleep(self.webhook_backoff_s * (2**attempt))
 
     async def _post(self, data: bytes) -> str | None:
         """POST one event; None on a 2xx, else why it failed."""
@@ -258,9 +313,14 @@ class Notifier:
         loop = asyncio.get_running_loop()
         parts = urlsplit(hook.api_url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = (b"POST " + target.encode("latin-1") + b" HTTP/1.1\r\nhost: " + hook.host_header
-                + b"\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(data)
-                + b"user-agent: fastproxy-health\r\nconnection: close\r\n\r\n")
+        head = (
+            b"POST "
+            + target.encode("latin-1")
+            + b" HTTP/1.1\r\nhost: "
+            + hook.host_header
+            + b"\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(data)
+            + b"user-agent: fastproxy-health\r\nconnection: close\r\n\r\n"
+        )
         pool = UpstreamPool(hook, loop)
         try:
             async with asyncio.timeout(self.webhook_timeout_s):

@@ -56,8 +56,13 @@ FAILING = "failing"
 class PingResult:
     __slots__ = ("error", "latency_ms", "ok", "unavailable")
 
-    def __init__(self, ok: bool, latency_ms: float | None = None, error: str | None = None,
-                 unavailable: bool = False) -> None:
+    def __init__(
+        self,
+        ok: bool,
+        latency_ms: float | None = None,
+        error: str | None = None,
+        unavailable: bool = False,
+    ) -> None:
         self.ok = ok
         self.latency_ms = latency_ms
         self.error = error
@@ -67,8 +72,14 @@ class PingResult:
 class HttpResult:
     __slots__ = ("error", "kind", "latency_ms", "retry_after", "status")
 
-    def __init__(self, kind: str, status: int = 0, latency_ms: float | None = None,
-                 error: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        status: int = 0,
+        latency_ms: float | None = None,
+        error: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         self.kind = kind
         self.status = status
         self.latency_ms = latency_ms
@@ -102,8 +113,9 @@ class Pinger:
         except TimeoutError:
             return PingResult(False, error=f"DNS lookup of {host} timed out")
         except OSError as exc:
-            return PingResult(False, error=f"DNS lookup of {host} failed: "
-                                           f"{getattr(exc, 'strerror', None) or exc}")
+            return PingResult(
+                False, error=f"DNS lookup of {host} failed: {getattr(exc, 'strerror', None) or exc}"
+            )
         mode = self._mode.get(family)
         if mode == "unavailable":
             return PingResult(False, error=self.unavailable_reason, unavailable=True)
@@ -111,7 +123,8 @@ class Pinger:
         for privileged in candidates:
             try:
                 host_result = await icmplib.async_ping(
-                    address, count=1, timeout=timeout_s, privileged=privileged)
+                    address, count=1, timeout=timeout_s, privileged=privileged
+                )
             except icmplib.SocketPermissionError:
                 continue
             except icmplib.ICMPLibError as exc:
@@ -176,15 +189,28 @@ def parse_retry_after(value: bytes | None, now_wall: float) -> float | None:
 
 def probe_request(backend: Backend, method: str, path: str) -> bytes:
     target = backend.base_path + (path if path.startswith("/") else "/" + path).encode()
-    version = (b"anthropic-version: " + backend.config.anthropic_version.encode() + b"\r\n"
-               if backend.type == "anthropic" else b"")
-    return (method.encode() + b" " + target + b" HTTP/1.1\r\nhost: " + backend.host_header
-            + b"\r\naccept: application/json\r\naccept-encoding: identity\r\n" + USER_AGENT
-            + backend.auth_headers + version + b"connection: close\r\n\r\n")
+    version = (
+        b"anthropic-version: " + backend.config.anthropic_version.encode() + b"\r\n"
+        if backend.type == "anthropic"
+        else b""
+    )
+    return (
+        method.encode()
+        + b" "
+        + target
+        + b" HTTP/1.1\r\nhost: "
+        + backend.host_header
+        + b"\r\naccept: application/json\r\naccept-encoding: identity\r\n"
+        + USER_AGENT
+        + backend.auth_headers
+        + version
+        + b"connection: close\r\n\r\n"
+    )
 
 
-async def http_probe(backend: Backend, loop: asyncio.AbstractEventLoop, method: str,
-                     path: str, timeout_s: float) -> HttpResult:
+async def http_probe(
+    backend: Backend, loop: asyncio.AbstractEventLoop, method: str, path: str, timeout_s: float
+) -> HttpResult:
     """One request to the probe path on a fresh connection; never raises."""
     pool = UpstreamPool(backend, loop)
     started = time.monotonic()
@@ -221,8 +247,11 @@ async def http_probe(backend: Backend, loop: asyncio.AbstractEventLoop, method: 
         retry_after = parse_retry_after(resp.header(b"retry-after"), time.time())
         error = f"HTTP 429: rate limited (Retry-After: {retry_after if retry_after is not None else 'none'})"
     elif kind == MISCONFIGURED:
-        why = ("credentials rejected" if status in (401, 403)
-               else "the probe path or api_url looks wrong")
+        why = (
+            "credentials rejected"
+            if status in (401, 403)
+            else "the probe path or api_url looks wrong"
+        )
         error = f"HTTP {status}: {why}"
     elif kind == FAILING:
         error = f"HTTP {status}"

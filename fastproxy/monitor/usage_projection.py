@@ -59,6 +59,7 @@ COUNT_WINDOW = 1 << 20  # characters of one text counted at a time
 RAW_COUNT_BYTES = 16 << 20  # a body larger than this is estimated from its bytes
 _decode = msgspec.json.Decoder().decode
 
+
 # -- prompt analysis (writer thread) ------------------------------------------------------
 class PromptFacts:
     """What one request body says, for the record: counts and digests, no text kept."""
@@ -183,8 +184,11 @@ def _message(msg: Any, facts: PromptFacts) -> None:
 def _only_tool_results(content: Any) -> bool:
     """An Anthropic user message made only of tool results is the agent loop talking, not
     a new user turn (Chat sends those as role "tool"): turns stay comparable across APIs."""
-    return (isinstance(content, list) and bool(content)
-            and all(isinstance(p, dict) and p.get("type") == "tool_result" for p in content))
+    return (
+        isinstance(content, list)
+        and bool(content)
+        and all(isinstance(p, dict) and p.get("type") == "tool_result" for p in content)
+    )
 
 
 def _item(item: Any, facts: PromptFacts) -> None:
@@ -243,7 +247,7 @@ def session_digest(client_key_id: str | None, system: str | None, user: str | No
     for n, text in enumerate(parts):
         h.update(b',"' if n else b'"')
         for i in range(0, len(text), COUNT_WINDOW):
-            h.update(orjson.dumps(text[i:i + COUNT_WINDOW])[1:-1])
+            h.update(orjson.dumps(text[i : i + COUNT_WINDOW])[1:-1])
         h.update(b'"')
     h.update(b"]")
     return h.hexdigest()[:SESSION_HASH_CHARS]
@@ -293,7 +297,7 @@ def _estimate_raw(body: bytes | bytearray) -> int:
     est = TokenEstimator()
     view = memoryview(body)
     for i in range(0, len(view), COUNT_WINDOW):
-        est.feed(view[i:i + COUNT_WINDOW])
+        est.feed(view[i : i + COUNT_WINDOW])
     view.release()
     return int(est.tokens)
 
@@ -306,7 +310,7 @@ def count_prompt(facts: PromptFacts, count: Callable[[str], int], embeddings: bo
             # lists): a huge text is counted a window at a time, which costs at most one
             # token of error per window boundary.
             for i in range(0, len(piece), COUNT_WINDOW):
-                total += count(piece[i:i + COUNT_WINDOW])
+                total += count(piece[i : i + COUNT_WINDOW])
         elif piece:
             total += count(piece)
     if not embeddings and facts.messages:
@@ -341,8 +345,9 @@ class Projector:
 
     def record(self, c: UsageCapture, ms: int | None = None) -> dict[str, Any]:
         """The record dict (contract §6), as /recent returns it once stored."""
-        return record_from_values(self.values(
-            c, int(c.wall_started_at * 1000) if ms is None else ms))
+        return record_from_values(
+            self.values(c, int(c.wall_started_at * 1000) if ms is None else ms)
+        )
 
     def values(self, c: UsageCapture, ms: int) -> tuple[Any, ...]:
         """The record's values in ``usage_schema.RECORD_KEYS`` order, time as epoch ms and
@@ -388,14 +393,22 @@ class Projector:
             source = "estimated"
 
         sent = c.upstream_sent_at > 0.0
-        ptb = usage.prompt if usage is not None and usage.prompt is not None else (
-            ctp if sent else None)
+        ptb = (
+            usage.prompt
+            if usage is not None and usage.prompt is not None
+            else (ctp if sent else None)
+        )
         btp = self._btp(c, usage)
         ptc = self._ptc(c, btp)
         answered = 200 <= c.status < 300
-        cost, cost_source = compute_cost(usage, c.model_used, self.prices,
-                                         prompt_tokens=ptb, completion_tokens=btp,
-                                         answered=answered)
+        cost, cost_source = compute_cost(
+            usage,
+            c.model_used,
+            self.prices,
+            prompt_tokens=ptb,
+            completion_tokens=btp,
+            answered=answered,
+        )
 
         session_id = c.session_id
         turn: int | None = None
@@ -411,19 +424,44 @@ class Projector:
                 stream_tps = round(btp / elapsed, 3)
         overhead: float | None = None
         if c.upstream_sent_at and c.upstream_done_at and c.ended_at >= c.upstream_done_at:
-            overhead = round(((c.upstream_sent_at - c.started_at)
-                              + (c.ended_at - c.upstream_done_at)) * 1000.0, 3)
+            overhead = round(
+                ((c.upstream_sent_at - c.started_at) + (c.ended_at - c.upstream_done_at)) * 1000.0,
+                3,
+            )
         return (
             # 128 random bits as 32 hex digits, like uuid4().hex at a fraction of its cost.
-            f"{self._ids.getrandbits(128):032x}", ms, session_id, turn,
-            c.frontend, c.backend, c.backend_type, c.model_requested, c.model_used,
-            c.streaming, c.status or None, c.outcome, c.attempts,
-            c.tool_call_count, list(c.tool_names),
-            ctp, ptb, btp, ptc,
-            usage.as_row() if usage is not None else None, source,
-            ttft, _ms(c.backend_ttfb_at, c.upstream_sent_at), _ms(c.ended_at, c.started_at),
-            overhead, stream_tps,
-            cost, cost_source, c.replacement, c.proxy_user, c.user_agent, api,
+            f"{self._ids.getrandbits(128):032x}",
+            ms,
+            session_id,
+            turn,
+            c.frontend,
+            c.backend,
+            c.backend_type,
+            c.model_requested,
+            c.model_used,
+            c.streaming,
+            c.status or None,
+            c.outcome,
+            c.attempts,
+            c.tool_call_count,
+            list(c.tool_names),
+            ctp,
+            ptb,
+            btp,
+            ptc,
+            usage.as_row() if usage is not None else None,
+            source,
+            ttft,
+            _ms(c.backend_ttfb_at, c.upstream_sent_at),
+            _ms(c.ended_at, c.started_at),
+            overhead,
+            stream_tps,
+            cost,
+            cost_source,
+            c.replacement,
+            c.proxy_user,
+            c.user_agent,
+            api,
         )
 
     @staticmethod

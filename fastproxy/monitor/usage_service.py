@@ -46,11 +46,35 @@ class UsageCapture:
     """What the loop copies out of an ExchangeRecord: numbers, names, the raw body."""
 
     __slots__ = (
-        "attempts", "backend", "backend_ttfb_at", "backend_type", "body", "body_dropped",
-        "btp_est", "client_key_id", "ended_at", "first_content_at", "frontend", "held",
-        "model_requested", "model_used", "outcome", "path", "proxy_user", "ptc_est",
-        "replacement", "session_id", "started_at", "status", "streaming", "tool_call_count",
-        "tool_names", "upstream_done_at", "upstream_sent_at", "usage", "user_agent",
+        "attempts",
+        "backend",
+        "backend_ttfb_at",
+        "backend_type",
+        "body",
+        "body_dropped",
+        "btp_est",
+        "client_key_id",
+        "ended_at",
+        "first_content_at",
+        "frontend",
+        "held",
+        "model_requested",
+        "model_used",
+        "outcome",
+        "path",
+        "proxy_user",
+        "ptc_est",
+        "replacement",
+        "session_id",
+        "started_at",
+        "status",
+        "streaming",
+        "tool_call_count",
+        "tool_names",
+        "upstream_done_at",
+        "upstream_sent_at",
+        "usage",
+        "user_agent",
         "wall_started_at",
     )
 
@@ -135,17 +159,24 @@ class UsageService:
         except OSError as exc:
             # The store reports the file it cannot open as degraded (health, metrics);
             # a usage database that cannot be written never keeps traffic from flowing.
-            log.error("usage: cannot create %s (%s); usage tracking is degraded",
-                      self.path.parent, exc.strerror or exc)
+            log.error(
+                "usage: cannot create %s (%s); usage tracking is degraded",
+                self.path.parent,
+                exc.strerror or exc,
+            )
         # Loading the exact tokenizer (when installed) blocks for about a second; do it
         # now, before the listeners take traffic.
         exact = await asyncio.to_thread(ExactCounter.load)
         if exact is not None:
             log.info("usage: exact prompt counting for OpenAI models (quicktok)")
         self.projector = Projector(self.prices, exact)
-        store = UsageStore(str(self.path), flush_interval=cfg.flush_interval_seconds,
-                           max_queue=cfg.max_records_in_memory,
-                           retention_days=cfg.retention_days, build=self.build)
+        store = UsageStore(
+            str(self.path),
+            flush_interval=cfg.flush_interval_seconds,
+            max_queue=cfg.max_records_in_memory,
+            retention_days=cfg.retention_days,
+            build=self.build,
+        )
         await asyncio.to_thread(store.start)
         self.store = store
         state = self.state
@@ -184,8 +215,12 @@ class UsageService:
             # A bug here must not lose the request: record it without prompt facts.
             # Logged by type and place only: an exception's message may quote the body.
             frame = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("usage: projecting a record failed (%s at %s:%s); stored without "
-                      "prompt facts", type(exc).__name__, frame.filename, frame.lineno)
+            log.error(
+                "usage: projecting a record failed (%s at %s:%s); stored without prompt facts",
+                type(exc).__name__,
+                frame.filename,
+                frame.lineno,
+            )
             capture.body = None
             return projector.prepared(capture)
         finally:

@@ -21,8 +21,11 @@ def _records(conn: sqlite3.Connection, seqs: list[int]) -> list[dict[str, Any]]:
     """The stored records for ``seqs``, in that order."""
     if not seqs:
         return []
-    found = dict(conn.execute(
-        f"SELECT seq, record FROM usage_records WHERE seq IN ({','.join(map(str, seqs))})"))
+    found = dict(
+        conn.execute(
+            f"SELECT seq, record FROM usage_records WHERE seq IN ({','.join(map(str, seqs))})"
+        )
+    )
     return [load_record(found[s]) for s in seqs if s in found]
 
 
@@ -39,9 +42,14 @@ def recent(conn: sqlite3.Connection, f: Filters, limit: int, offset: int) -> dic
         seqs: list[int] = []
         if total > offset:
             terms, args = raw_terms(f, dims)
-            seqs = [r[0] for r in conn.execute(
-                f"SELECT seq FROM usage_requests INDEXED BY {_order_index(f)}{where(terms)} "
-                "ORDER BY ts DESC, seq DESC LIMIT ? OFFSET ?", [*args, limit, offset])]
+            seqs = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT seq FROM usage_requests INDEXED BY {_order_index(f)}{where(terms)} "
+                    "ORDER BY ts DESC, seq DESC LIMIT ? OFFSET ?",
+                    [*args, limit, offset],
+                )
+            ]
         records = _records(conn, seqs)
     return {"records": records, "total": total, "limit": limit, "offset": offset}
 
@@ -68,13 +76,16 @@ class ExportCursor:
         if self._dims == [] or not self.record_count:
             return
         terms, args = raw_terms(f, self._dims)
-        sql = (f"SELECT seq, ts FROM usage_requests INDEXED BY {_order_index(f)} "
-               f"WHERE {' AND '.join([*terms, 'ts >= ?', '(ts > ? OR seq > ?)'])} "
-               "ORDER BY ts, seq LIMIT ?")
+        sql = (
+            f"SELECT seq, ts FROM usage_requests INDEXED BY {_order_index(f)} "
+            f"WHERE {' AND '.join([*terms, 'ts >= ?', '(ts > ? OR seq > ?)'])} "
+            "ORDER BY ts, seq LIMIT ?"
+        )
         last_ts, last_seq = float("-inf"), 0
         while True:
             rows = self._conn.execute(
-                sql, [*args, last_ts, last_ts, last_seq, self.page_size]).fetchall()
+                sql, [*args, last_ts, last_ts, last_seq, self.page_size]
+            ).fetchall()
             if not rows:
                 return
             last_seq, last_ts = rows[-1]
@@ -94,6 +105,10 @@ class ExportCursor:
     def __enter__(self) -> ExportCursor:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()

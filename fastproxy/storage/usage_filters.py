@@ -28,13 +28,23 @@ LEGS = ("CTP", "PTB", "BTP", "PTC")
 _TYPES = tuple(sorted(get_args(BackendType)))
 DIM_FILTERS = ("backend_type", "backend", "frontend_type", "api", "proxy_user", "outcome")
 FILTER_PARAMS = (
-    "backend_type", "backend", "model", "frontend_type", "api", "leg", "session_id",
-    "proxy_user", "http_status_code", "outcome", "start_date", "end_date", "day_of_week",
+    "backend_type",
+    "backend",
+    "model",
+    "frontend_type",
+    "api",
+    "leg",
+    "session_id",
+    "proxy_user",
+    "http_status_code",
+    "outcome",
+    "start_date",
+    "end_date",
+    "day_of_week",
     "hour_of_day",
 )
 # The closed sets a value must come from (case-insensitive), so a typo is a 400.
-_CHOICES = {"backend_type": _TYPES, "frontend_type": _TYPES, "api": API_KINDS,
-            "outcome": OUTCOMES}
+_CHOICES = {"backend_type": _TYPES, "frontend_type": _TYPES, "api": API_KINDS, "outcome": OUTCOMES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +92,11 @@ def _instant(param: str, value: str) -> tuple[datetime, bool]:
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        raise FilterError(param, f"{value!r} is not an ISO-8601 date or date-time "
-                          "(e.g. 2025-12-01 or 2025-12-01T00:00:00Z)") from None
+        raise FilterError(
+            param,
+            f"{value!r} is not an ISO-8601 date or date-time "
+            "(e.g. 2025-12-01 or 2025-12-01T00:00:00Z)",
+        ) from None
     try:
         return (dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)), False
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
@@ -95,15 +108,17 @@ def iso(dt: datetime) -> str:
     return text + (f".{dt.microsecond:06d}Z" if dt.microsecond else "Z")
 
 
-def parse_filters(query: Mapping[str, list[str]],
-                  allowed_extra: frozenset[str] = frozenset()) -> Filters:
+def parse_filters(
+    query: Mapping[str, list[str]], allowed_extra: frozenset[str] = frozenset()
+) -> Filters:
     """The filters of one request. ``allowed_extra`` names the view's own parameters
     (limit, offset, format), which are checked here for repetition only."""
     values: dict[str, str] = {}
     for param, given in query.items():
         if param not in FILTER_PARAMS and param not in allowed_extra:
-            raise FilterError(param, "unknown parameter (filters: "
-                              + ", ".join(FILTER_PARAMS) + ")")
+            raise FilterError(
+                param, "unknown parameter (filters: " + ", ".join(FILTER_PARAMS) + ")"
+            )
         if len(given) > 1:
             raise FilterError(param, f"given {len(given)} times; give it once")
         if given and given[0] != "" and param in FILTER_PARAMS:
@@ -129,10 +144,13 @@ def parse_filters(query: Mapping[str, list[str]],
     elif "http_status_code" in values:
         try:
             out["http_status_code"] = echo["http_status_code"] = parse_int(
-                "http_status_code", values["http_status_code"], 100, 599)
+                "http_status_code", values["http_status_code"], 100, 599
+            )
         except FilterError as err:
-            raise FilterError("http_status_code", f"{str(err).split(': ', 1)[1]}, or "
-                              f"{NO_STATUS!r} (no status reached the client)") from None
+            raise FilterError(
+                "http_status_code",
+                f"{str(err).split(': ', 1)[1]}, or {NO_STATUS!r} (no status reached the client)",
+            ) from None
     for param, lo, hi in (("day_of_week", 0, 6), ("hour_of_day", 0, 23)):
         if param in values:
             out[param] = echo[param] = parse_int(param, values[param], lo, hi)
@@ -152,10 +170,14 @@ def parse_filters(query: Mapping[str, list[str]],
         else:
             out["end"] = end.timestamp()
             echo["end_date"] = iso(end)
-    if "start" in out and "end" in out and (
-            out["end"] <= out["start"] if out.get("end_exclusive") else out["end"] < out["start"]):
-        raise FilterError("end_date", f"{echo['end_date']} is before start_date "
-                          f"{echo['start_date']}")
+    if (
+        "start" in out
+        and "end" in out
+        and (out["end"] <= out["start"] if out.get("end_exclusive") else out["end"] < out["start"])
+    ):
+        raise FilterError(
+            "end_date", f"{echo['end_date']} is before start_date {echo['start_date']}"
+        )
     return Filters(**out, echo=echo)
 
 
@@ -190,7 +212,9 @@ def common_terms(f: Filters, dims: list[int] | None) -> tuple[list[str], list[An
     return terms, args
 
 
-def time_terms(lo: float | None, hi: float | None, hi_exclusive: bool) -> tuple[list[str], list[Any]]:
+def time_terms(
+    lo: float | None, hi: float | None, hi_exclusive: bool
+) -> tuple[list[str], list[Any]]:
     terms: list[str] = []
     args: list[Any] = []
     if lo is not None:

@@ -26,8 +26,16 @@ API_BY_PATH: dict[str, str] = {**_V1_PATHS, **{p[3:]: k for p, k in _V1_PATHS.it
 
 # Values of the record's ``outcome`` field and of the ``outcome`` filter. The data plane
 # sets them; a test checks it sets no other.
-OUTCOMES = ("ok", "rejected", "backend_error", "timeout", "truncated", "client_aborted",
-            "client_stalled", "gateway_shutdown")
+OUTCOMES = (
+    "ok",
+    "rejected",
+    "backend_error",
+    "timeout",
+    "truncated",
+    "client_aborted",
+    "client_stalled",
+    "gateway_shutdown",
+)
 
 # The stats key and filter value for requests that got no HTTP status (the client left,
 # or was dropped, before one was sent). Stored as 0 in ``http_status_code`` columns.

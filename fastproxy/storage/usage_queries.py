@@ -39,8 +39,20 @@ from .usage_filters import (
 from .usage_kinds import NO_STATUS
 from .usage_schema import ROLLUP_SUMS_SQL, SUMS_SQL, TIMINGS, VERSION
 
-__all__ = ["FILTER_PARAMS", "LEGS", "FilterError", "Filters", "Snapshot", "count", "count_in",
-           "open_reader", "parse_filters", "parse_int", "selected_dims", "stats"]
+__all__ = [
+    "FILTER_PARAMS",
+    "LEGS",
+    "FilterError",
+    "Filters",
+    "Snapshot",
+    "count",
+    "count_in",
+    "open_reader",
+    "parse_filters",
+    "parse_int",
+    "selected_dims",
+    "stats",
+]
 
 # A selection matching fewer than 1/NARROW_RATIO of all rows is fetched and sorted in
 # Python; a broader one is walked in the covering indexes (measured: bench/usage_db).
@@ -48,8 +60,7 @@ NARROW_RATIO = 12
 PERCENTILES = (50, 95, 99)
 NONE_KEY = "(none)"  # by_* / outcome_counts key for records without that value
 # The unit each timing column's summary names in its keys (min_ms, ..., or min_tps, ...).
-UNITS = {"ttft_ms": "ms", "total_duration_ms": "ms", "proxy_overhead_ms": "ms",
-         "stream_tps": "tps"}
+UNITS = {"ttft_ms": "ms", "total_duration_ms": "ms", "proxy_overhead_ms": "ms", "stream_tps": "tps"}
 
 # One aggregate row per (dim, status), the sums of usage_schema.SUMS in that order.
 _RAW_AGG = f"dim, http_status_code, {SUMS_SQL}"
@@ -72,14 +83,16 @@ _READ_MMAP = 1 << 30
 
 def open_reader(path: Path) -> sqlite3.Connection:
     """A read-only connection for one query or one export (any thread, one at a time)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5,
-                           isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, timeout=5, isolation_level=None, check_same_thread=False
+    )
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version != VERSION:
             raise sqlite3.DatabaseError(
                 f"{path} has usage schema version {version}; this fastproxy reads {VERSION} "
-                "(the gateway migrates the file when it starts)")
+                "(the gateway migrates the file when it starts)"
+            )
         conn.execute(f"PRAGMA mmap_size={_READ_MMAP}")
         conn.execute("PRAGMA query_only=1")
     except BaseException:
@@ -157,8 +170,9 @@ def _segments(f: Filters) -> list[tuple[str, float, float, bool]]:
     return [*out, ("day", d1, d2, True)]
 
 
-def _aggregate(conn: sqlite3.Connection, f: Filters, dims: list[int] | None,
-               only_count: bool = False) -> Groups:
+def _aggregate(
+    conn: sqlite3.Connection, f: Filters, dims: list[int] | None, only_count: bool = False
+) -> Groups:
     """Counts and sums per (dim, status) over the selection; with ``only_count``, just
     the count, as groups[(0, 0)][N] (what /recent and /export need)."""
     groups: Groups = {}
@@ -169,16 +183,23 @@ def _aggregate(conn: sqlite3.Connection, f: Filters, dims: list[int] | None,
     group_by = "" if only_count else " GROUP BY dim, http_status_code"
     if f.session_id is not None:  # sessions are not in the rollups; they are selective
         terms, args = raw_terms(f, dims)
-        _merge(groups, conn.execute(
-            f"SELECT {raw_agg} FROM usage_requests INDEXED BY usage_requests_session"
-            f"{where(terms)}{group_by}", args))
+        _merge(
+            groups,
+            conn.execute(
+                f"SELECT {raw_agg} FROM usage_requests INDEXED BY usage_requests_session"
+                f"{where(terms)}{group_by}",
+                args,
+            ),
+        )
         return groups
     for source, lo, hi, hi_exclusive in _segments(f):
         terms, args = common_terms(f, dims)
         if source == "raw":
             t_terms, t_args = time_terms(lo, hi, hi_exclusive)
-            sql = (f"SELECT {raw_agg} FROM usage_requests INDEXED BY usage_requests_ts"
-                   f"{where(terms + t_terms)}{group_by}")
+            sql = (
+                f"SELECT {raw_agg} FROM usage_requests INDEXED BY usage_requests_ts"
+                f"{where(terms + t_terms)}{group_by}"
+            )
             args += t_args
         else:
             unit = 3600 if source == "hour" else 86400
@@ -194,17 +215,23 @@ def _aggregate(conn: sqlite3.Connection, f: Filters, dims: list[int] | None,
 def _total_rows(conn: sqlite3.Connection) -> int:
     # Two subqueries: SQLite answers a lone MIN or MAX of the key from the b-tree's end,
     # but scans the whole table for both in one SELECT.
-    lo, hi = conn.execute("SELECT (SELECT MIN(seq) FROM usage_requests), "
-                          "(SELECT MAX(seq) FROM usage_requests)").fetchone()
+    lo, hi = conn.execute(
+        "SELECT (SELECT MIN(seq) FROM usage_requests), (SELECT MAX(seq) FROM usage_requests)"
+    ).fetchone()
     return 0 if lo is None else hi - lo + 1
 
 
-def _summary(col: str, n: int, vmin: float, vmax: float, total: float,
-             ranks: dict[int, float]) -> dict[str, Any]:
+def _summary(
+    col: str, n: int, vmin: float, vmax: float, total: float, ranks: dict[int, float]
+) -> dict[str, Any]:
     u = UNITS[col]  # every key names the unit of its value
-    return {"count": n, f"min_{u}": round(vmin, 3), f"max_{u}": round(vmax, 3),
-            f"avg_{u}": round(total / n, 3),
-            **{f"p{p}_{u}": round(ranks[p], 3) for p in PERCENTILES}}
+    return {
+        "count": n,
+        f"min_{u}": round(vmin, 3),
+        f"max_{u}": round(vmax, 3),
+        f"avg_{u}": round(total / n, 3),
+        **{f"p{p}_{u}": round(ranks[p], 3) for p in PERCENTILES},
+    }
 
 
 def _rank(p: int, n: int) -> int:
@@ -212,11 +239,14 @@ def _rank(p: int, n: int) -> int:
     return max(1, (p * n + 99) // 100)
 
 
-def _walk(conn: sqlite3.Connection, col: str, terms: list[str], args: list[Any],
-          n: int) -> dict[int, float] | None:
+def _walk(
+    conn: sqlite3.Connection, col: str, terms: list[str], args: list[Any], n: int
+) -> dict[int, float] | None:
     """Percentiles by walking the column's covering index from the nearer end."""
-    base = (f"SELECT {col} FROM usage_requests INDEXED BY usage_requests_{col} "
-            f"WHERE {col} IS NOT NULL{''.join(' AND ' + t for t in terms)} ORDER BY {col}")
+    base = (
+        f"SELECT {col} FROM usage_requests INDEXED BY usage_requests_{col} "
+        f"WHERE {col} IS NOT NULL{''.join(' AND ' + t for t in terms)} ORDER BY {col}"
+    )
     out: dict[int, float] = {}
     for p in PERCENTILES:
         r = _rank(p, n)
@@ -230,21 +260,34 @@ def _walk(conn: sqlite3.Connection, col: str, terms: list[str], args: list[Any],
     return out
 
 
-def _fetch(conn: sqlite3.Connection, f: Filters,
-           dims: list[int] | None) -> tuple[int, dict[str, dict[str, Any] | None]]:
+def _fetch(
+    conn: sqlite3.Connection, f: Filters, dims: list[int] | None
+) -> tuple[int, dict[str, dict[str, Any] | None]]:
     """Distinct sessions and the four summaries from the selected rows themselves."""
     terms, args = raw_terms(f, dims)
     index = "usage_requests_session" if f.session_id is not None else "usage_requests_ts"
-    rows = conn.execute(f"SELECT session_id, {', '.join(TIMINGS)} FROM usage_requests "
-                        f"INDEXED BY {index}{where(terms)}", args).fetchall()
+    rows = conn.execute(
+        f"SELECT session_id, {', '.join(TIMINGS)} FROM usage_requests "
+        f"INDEXED BY {index}{where(terms)}",
+        args,
+    ).fetchall()
     sessions = len({r[0] for r in rows} - {None})
     out: dict[str, dict[str, Any] | None] = {}
     for i, col in enumerate(TIMINGS, start=1):
         values = sorted(r[i] for r in rows if r[i] is not None)
         n = len(values)
-        out[col] = None if not n else _summary(
-            col, n, values[0], values[-1], sum(values),
-            {p: values[_rank(p, n) - 1] for p in PERCENTILES})
+        out[col] = (
+            None
+            if not n
+            else _summary(
+                col,
+                n,
+                values[0],
+                values[-1],
+                sum(values),
+                {p: values[_rank(p, n) - 1] for p in PERCENTILES},
+            )
+        )
     return sessions, out
 
 
@@ -253,11 +296,14 @@ def _sessions(conn: sqlite3.Connection, terms: list[str], args: list[Any]) -> in
     return conn.execute(
         "SELECT COUNT(*) FROM (SELECT session_id FROM usage_requests INDEXED BY "
         "usage_requests_session WHERE session_id IS NOT NULL"
-        f"{''.join(' AND ' + t for t in terms)} GROUP BY session_id)", args).fetchone()[0]
+        f"{''.join(' AND ' + t for t in terms)} GROUP BY session_id)",
+        args,
+    ).fetchone()[0]
 
 
-def _group(acc: dict[str, Any], vals: list[Any], prompt: int | None,
-           completion: int | None, code: int) -> None:
+def _group(
+    acc: dict[str, Any], vals: list[Any], prompt: int | None, completion: int | None, code: int
+) -> None:
     p = vals[prompt] if prompt is not None else 0
     c = vals[completion] if completion is not None else 0
     acc["request_count"] += vals[N]
@@ -276,10 +322,19 @@ def _group(acc: dict[str, Any], vals: list[Any], prompt: int | None,
 
 
 def _new_group() -> dict[str, Any]:
-    return {"request_count": 0, "total_prompt_tokens": 0, "total_completion_tokens": 0,
-            "total_tokens": 0, "backend_reported_total_tokens": 0, "total_cost": 0.0,
-            "cost_record_count": 0, "total_tool_calls": 0, "error_count": 0,
-            "_dur_n": 0, "_dur_sum": 0.0}
+    return {
+        "request_count": 0,
+        "total_prompt_tokens": 0,
+        "total_completion_tokens": 0,
+        "total_tokens": 0,
+        "backend_reported_total_tokens": 0,
+        "total_cost": 0.0,
+        "cost_record_count": 0,
+        "total_tool_calls": 0,
+        "error_count": 0,
+        "_dur_n": 0,
+        "_dur_sum": 0.0,
+    }
 
 
 def _finish(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -296,8 +351,13 @@ def _finish(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
     # The leg projects one token point; the other side is 0. Default: what crossed the
     # backend boundary (prompt sent to it, completion it produced).
-    prompt, completion = {None: (PTB, BTP), "CTP": (CTP, None), "PTB": (PTB, None),
-                          "BTP": (None, BTP), "PTC": (None, PTC)}[f.leg]
+    prompt, completion = {
+        None: (PTB, BTP),
+        "CTP": (CTP, None),
+        "PTB": (PTB, None),
+        "BTP": (None, BTP),
+        "PTC": (None, PTC),
+    }[f.leg]
     with Snapshot(conn):
         dims = selected_dims(conn, f)
         groups = _aggregate(conn, f, dims)
@@ -321,11 +381,16 @@ def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
                     _, fetched = _fetch(conn, f, dims)
                     timing[col] = fetched[col]
                 else:
-                    timing[col] = _summary(col, cn, total[at + 2], total[at + 3], total[at + 1],
-                                           ranks)
-        names = {r[0]: r[1:] for r in conn.execute(
-            "SELECT dim, backend, COALESCE(model_used, model_requested), api, outcome "
-            "FROM usage_dims")}
+                    timing[col] = _summary(
+                        col, cn, total[at + 2], total[at + 3], total[at + 1], ranks
+                    )
+        names = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT dim, backend, COALESCE(model_used, model_requested), api, outcome "
+                "FROM usage_dims"
+            )
+        }
     by_backend: dict[str, dict[str, Any]] = {}
     by_model: dict[str, dict[str, Any]] = {}
     by_api: dict[str, dict[str, Any]] = {}

@@ -24,15 +24,20 @@ def prune(conn: sqlite3.Connection, cutoff: float, batch: int, max_slices: int) 
         if first is None or first >= limit:
             conn.execute("PRAGMA optimize")  # planner statistics after large deletes
             return False
-        nth = conn.execute("SELECT ts FROM usage_requests WHERE ts < ? ORDER BY ts "
-                           "LIMIT 1 OFFSET ?", (limit, batch - 1)).fetchone()
+        nth = conn.execute(
+            "SELECT ts FROM usage_requests WHERE ts < ? ORDER BY ts LIMIT 1 OFFSET ?",
+            (limit, batch - 1),
+        ).fetchone()
         end = limit if nth is None else math.floor(nth[0] / 3600) * 3600.0
         end = max(end, math.floor(first / 3600) * 3600.0 + 3600.0)  # one busy hour
         end_hour = int(end // 3600)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("DELETE FROM usage_records WHERE seq IN "
-                         "(SELECT seq FROM usage_requests WHERE ts < ?)", (end,))
+            conn.execute(
+                "DELETE FROM usage_records WHERE seq IN "
+                "(SELECT seq FROM usage_requests WHERE ts < ?)",
+                (end,),
+            )
             conn.execute("DELETE FROM usage_requests WHERE ts < ?", (end,))
             conn.execute(SUBTRACT_HOURS_FROM_DAILY, (end_hour,))
             conn.execute("DELETE FROM usage_daily WHERE n <= 0")

@@ -57,17 +57,32 @@ _ROLL = ("ttft", "dur", "ovh", "tps")
 # Rollup sums per group, in this order everywhere (SQL, the writer, the queries): count,
 # the seven token sums, cost and its count, tool calls, first/last timestamp, then per
 # timing column: count, sum, min, max.
-SUMS = ("n", "ctp", "ptb", "btp", "ptc", "br_prompt", "br_completion", "br_total", "cost",
-        "cost_n", "tool_calls", "min_ts", "max_ts",
-        *(f"{p}_{k}" for p in _ROLL for k in ("n", "sum", "min", "max")))
+SUMS = (
+    "n",
+    "ctp",
+    "ptb",
+    "btp",
+    "ptc",
+    "br_prompt",
+    "br_completion",
+    "br_total",
+    "cost",
+    "cost_n",
+    "tool_calls",
+    "min_ts",
+    "max_ts",
+    *(f"{p}_{k}" for p in _ROLL for k in ("n", "sum", "min", "max")),
+)
 
 
 def _rollup_ddl(table: str, unit: str, extra: str) -> str:
     cols = ",\n        ".join(
         f"{c} {'REAL' if c in ('cost', 'min_ts', 'max_ts') or c.endswith(('_sum', '_min', '_max')) else 'INTEGER'}"
-        + ("" if c.endswith(("_min", "_max")) else " NOT NULL") for c in SUMS)
+        + ("" if c.endswith(("_min", "_max")) else " NOT NULL")
+        for c in SUMS
+    )
     return f"""CREATE TABLE {table} (
-        {unit} INTEGER NOT NULL,              -- floor(ts / {3600 if unit == 'hour' else 86400})
+        {unit} INTEGER NOT NULL,              -- floor(ts / {3600 if unit == "hour" else 86400})
         dim INTEGER NOT NULL,
         http_status_code INTEGER NOT NULL,
         day_of_week INTEGER NOT NULL,
@@ -109,8 +124,10 @@ _DDL_V2 = [
     "day_of_week, hour_of_day)",
     f"CREATE INDEX usage_requests_session ON usage_requests(session_id, {_COVER}) "
     "WHERE session_id IS NOT NULL",
-    *(f"CREATE INDEX usage_requests_{c} ON usage_requests({c}, {_COVER}) WHERE {c} IS NOT NULL"
-      for c in TIMINGS),
+    *(
+        f"CREATE INDEX usage_requests_{c} ON usage_requests({c}, {_COVER}) WHERE {c} IS NOT NULL"
+        for c in TIMINGS
+    ),
     """CREATE VIEW usage AS
         SELECT strftime('%Y-%m-%dT%H:%M:%fZ', r.ts, 'unixepoch') AS timestamp,
                d.backend, d.backend_type, d.frontend_type, d.model_requested, d.model_used,
@@ -127,36 +144,75 @@ _VIEW_V4 = """CREATE VIEW usage AS
 # The same sums in SQL over usage_requests (for a query over rows, and for the migration).
 SUMS_SQL = (
     "COUNT(*), "
-    + ", ".join(f"COALESCE(SUM({c}), 0)" for c in (
-        "ctp_prompt_tokens", "ptb_prompt_tokens", "btp_completion_tokens",
-        "ptc_completion_tokens", "br_prompt", "br_completion", "br_total"))
+    + ", ".join(
+        f"COALESCE(SUM({c}), 0)"
+        for c in (
+            "ctp_prompt_tokens",
+            "ptb_prompt_tokens",
+            "btp_completion_tokens",
+            "ptc_completion_tokens",
+            "br_prompt",
+            "br_completion",
+            "br_total",
+        )
+    )
     + ", TOTAL(cost), COUNT(cost), COALESCE(SUM(tool_call_count), 0), MIN(ts), MAX(ts), "
     + ", ".join(f"COUNT({c}), TOTAL({c}), MIN({c}), MAX({c})" for c in TIMINGS)
 )
 # ...and over rollup rows (sums of sums, min of mins, max of maxes).
 ROLLUP_SUMS_SQL = ", ".join(
-    f"MIN({c})" if c.endswith("_min") or c == "min_ts" else
-    f"MAX({c})" if c.endswith("_max") or c == "max_ts" else
-    f"TOTAL({c})" if c == "cost" or c.endswith("_sum") else f"SUM({c})" for c in SUMS
+    f"MIN({c})"
+    if c.endswith("_min") or c == "min_ts"
+    else f"MAX({c})"
+    if c.endswith("_max") or c == "max_ts"
+    else f"TOTAL({c})"
+    if c == "cost" or c.endswith("_sum")
+    else f"SUM({c})"
+    for c in SUMS
 )
 
 REQUEST_COLUMNS = (
-    "seq", "ts", "dim", "http_status_code", "day_of_week", "hour_of_day", "session_id",
-    "streaming", "outcome", "ctp_prompt_tokens", "ptb_prompt_tokens", "btp_completion_tokens",
-    "ptc_completion_tokens", "br_prompt", "br_completion", "br_total", "cost",
-    "tool_call_count", *TIMINGS,
+    "seq",
+    "ts",
+    "dim",
+    "http_status_code",
+    "day_of_week",
+    "hour_of_day",
+    "session_id",
+    "streaming",
+    "outcome",
+    "ctp_prompt_tokens",
+    "ptb_prompt_tokens",
+    "btp_completion_tokens",
+    "ptc_completion_tokens",
+    "br_prompt",
+    "br_completion",
+    "br_total",
+    "cost",
+    "tool_call_count",
+    *TIMINGS,
 )
 INSERT_REQUEST = (
     f"INSERT INTO usage_requests ({', '.join(REQUEST_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})"
 )
 INSERT_RECORD = "INSERT INTO usage_records (seq, record) VALUES (?, ?)"
-DIM_COLUMNS = ("backend", "backend_type", "frontend_type", "model_requested", "model_used",
-               "proxy_user", "api", "outcome")
+DIM_COLUMNS = (
+    "backend",
+    "backend_type",
+    "frontend_type",
+    "model_requested",
+    "model_used",
+    "proxy_user",
+    "api",
+    "outcome",
+)
 # The dims of versions 1 to 3; version 4 added the last two.
 _DIM_COLUMNS_V3 = DIM_COLUMNS[:6]
-INSERT_DIM = (f"INSERT INTO usage_dims ({', '.join(DIM_COLUMNS)}) "
-              f"VALUES ({', '.join('?' for _ in DIM_COLUMNS)})")
+INSERT_DIM = (
+    f"INSERT INTO usage_dims ({', '.join(DIM_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in DIM_COLUMNS)})"
+)
 
 
 def _merge(col: str) -> str:
@@ -178,11 +234,14 @@ def _rollup_batch(table: str, keys: tuple[str, ...], unit: int) -> str:
     row held the GIL on the writer thread, beside the event loop (a 500-record insert went
     from ~15 to ~13 µs per record)."""
     key_sql = f"CAST(ts / {unit} AS INTEGER), dim, http_status_code, day_of_week" + (
-        ", hour_of_day" if "hour_of_day" in keys else "")
-    return (f"INSERT INTO {table} ({', '.join((*keys, *SUMS))}) "
-            f"SELECT {key_sql}, {SUMS_SQL} FROM usage_requests WHERE seq >= ? AND seq < ? "
-            f"GROUP BY 1, 2, 3 ON CONFLICT ({', '.join(keys[:3])}) DO UPDATE SET "
-            + ", ".join(_merge(c) for c in SUMS))
+        ", hour_of_day" if "hour_of_day" in keys else ""
+    )
+    return (
+        f"INSERT INTO {table} ({', '.join((*keys, *SUMS))}) "
+        f"SELECT {key_sql}, {SUMS_SQL} FROM usage_requests WHERE seq >= ? AND seq < ? "
+        f"GROUP BY 1, 2, 3 ON CONFLICT ({', '.join(keys[:3])}) DO UPDATE SET "
+        + ", ".join(_merge(c) for c in SUMS)
+    )
 
 
 ROLLUP_BATCH_HOURLY = _rollup_batch("usage_hourly", HOURLY_KEYS, 3600)
@@ -191,11 +250,17 @@ ROLLUP_BATCH_DAILY = _rollup_batch("usage_daily", DAILY_KEYS, 86400)
 # (min/max of a day being emptied stay until the day's row goes at n = 0).
 SUBTRACT_HOURS_FROM_DAILY = (
     "UPDATE usage_daily AS d SET "
-    + ", ".join(f"{c} = d.{c} - h.{c}" for c in SUMS
-                if not c.endswith(("_min", "_max")) and c not in ("min_ts", "max_ts"))
+    + ", ".join(
+        f"{c} = d.{c} - h.{c}"
+        for c in SUMS
+        if not c.endswith(("_min", "_max")) and c not in ("min_ts", "max_ts")
+    )
     + " FROM (SELECT hour / 24 AS day, dim, http_status_code, "
-    + ", ".join(f"SUM({c}) AS {c}" for c in SUMS
-                if not c.endswith(("_min", "_max")) and c not in ("min_ts", "max_ts"))
+    + ", ".join(
+        f"SUM({c}) AS {c}"
+        for c in SUMS
+        if not c.endswith(("_min", "_max")) and c not in ("min_ts", "max_ts")
+    )
     + " FROM usage_hourly WHERE hour < ? GROUP BY 1, 2, 3) AS h "
     "WHERE d.day = h.day AND d.dim = h.dim AND d.http_status_code = h.http_status_code"
 )
@@ -219,12 +284,18 @@ def _create_current(conn: sqlite3.Connection) -> None:
 
 def _rebuild_rollups(conn: sqlite3.Connection) -> None:
     """Both rollups computed again from every row, in SQL."""
-    for table, keys, unit in (("usage_hourly", HOURLY_KEYS, 3600), ("usage_daily", DAILY_KEYS, 86400)):
+    for table, keys, unit in (
+        ("usage_hourly", HOURLY_KEYS, 3600),
+        ("usage_daily", DAILY_KEYS, 86400),
+    ):
         key_sql = f"CAST(ts / {unit} AS INTEGER), dim, http_status_code, day_of_week" + (
-            ", hour_of_day" if "hour_of_day" in keys else "")
+            ", hour_of_day" if "hour_of_day" in keys else ""
+        )
         conn.execute(f"DELETE FROM {table}")
-        conn.execute(f"INSERT INTO {table} ({', '.join((*keys, *SUMS))}) "
-                     f"SELECT {key_sql}, {SUMS_SQL} FROM usage_requests GROUP BY 1, 2, 3")
+        conn.execute(
+            f"INSERT INTO {table} ({', '.join((*keys, *SUMS))}) "
+            f"SELECT {key_sql}, {SUMS_SQL} FROM usage_requests GROUP BY 1, 2, 3"
+        )
 
 
 def _v1_to_v2(conn: sqlite3.Connection) -> None:
@@ -248,8 +319,10 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     if "record" in cols:  # the very first layout kept the JSON in the wide row
         conn.execute("INSERT INTO usage_records (seq, record) SELECT rowid, record FROM usage_v1")
     else:
-        conn.execute("INSERT INTO usage_records (seq, record) SELECT u.rowid, r.record "
-                     "FROM usage_v1 u JOIN usage_record r ON r.id = u.id")
+        conn.execute(
+            "INSERT INTO usage_records (seq, record) SELECT u.rowid, r.record "
+            "FROM usage_v1 u JOIN usage_record r ON r.id = u.id"
+        )
         conn.execute("DROP TABLE usage_record")
     _rebuild_rollups(conn)
     conn.execute("DROP TABLE usage_v1")
@@ -268,23 +341,31 @@ def _v3_to_v4(conn: sqlite3.Connection) -> None:
     seen: set[int] = set()
     moves: list[tuple[int, str | None, int]] = []
     for dim, outcome in conn.execute(
-            "SELECT dim, outcome FROM usage_requests GROUP BY dim, outcome "
-            "ORDER BY dim, COUNT(*) DESC, outcome").fetchall():
+        "SELECT dim, outcome FROM usage_requests GROUP BY dim, outcome "
+        "ORDER BY dim, COUNT(*) DESC, outcome"
+    ).fetchall():
         if dim not in seen:
             seen.add(dim)
             conn.execute("UPDATE usage_dims SET outcome = ? WHERE dim = ?", (outcome, dim))
             continue
-        new = conn.execute(f"INSERT INTO usage_dims ({cols}, outcome) SELECT {cols}, ? "
-                           "FROM usage_dims WHERE dim = ?", (outcome, dim)).lastrowid
+        new = conn.execute(
+            f"INSERT INTO usage_dims ({cols}, outcome) SELECT {cols}, ? "
+            "FROM usage_dims WHERE dim = ?",
+            (outcome, dim),
+        ).lastrowid
         assert new is not None
         moves.append((dim, outcome, new))
     if moves:
-        conn.execute("CREATE TEMP TABLE usage_v4_moves (old INTEGER NOT NULL, outcome TEXT, "
-                     "new INTEGER NOT NULL)")
+        conn.execute(
+            "CREATE TEMP TABLE usage_v4_moves (old INTEGER NOT NULL, outcome TEXT, "
+            "new INTEGER NOT NULL)"
+        )
         conn.execute("CREATE INDEX temp.usage_v4_moves_old ON usage_v4_moves(old)")
         conn.executemany("INSERT INTO usage_v4_moves VALUES (?, ?, ?)", moves)
-        conn.execute("UPDATE usage_requests SET dim = m.new FROM usage_v4_moves m "
-                     "WHERE m.old = usage_requests.dim AND m.outcome IS usage_requests.outcome")
+        conn.execute(
+            "UPDATE usage_requests SET dim = m.new FROM usage_v4_moves m "
+            "WHERE m.old = usage_requests.dim AND m.outcome IS usage_requests.outcome"
+        )
         conn.execute("DROP TABLE usage_v4_moves")
         _rebuild_rollups(conn)
     conn.execute("DROP VIEW IF EXISTS usage")
@@ -295,7 +376,10 @@ def _v3_to_v4(conn: sqlite3.Connection) -> None:
 # usage tables (version 0) gets the current layout at once. A later version adds an entry
 # here: a function, or an SQL script (statements run one by one in the same transaction).
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None] | str] = {
-    2: _v1_to_v2, 3: "", 4: _v3_to_v4}
+    2: _v1_to_v2,
+    3: "",
+    4: _v3_to_v4,
+}
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -388,14 +472,26 @@ def prepare(r: dict[str, Any]) -> Prepared:
     key = tuple(_text(r.get(c)) for c in DIM_COLUMNS)
     dt = dt.astimezone(UTC)
     row = (
-        ts, _int(r.get("http_status_code")) or 0, dt.weekday(), dt.hour,
-        _text(r.get("session_id")), int(bool(r.get("streaming"))), _text(r.get("outcome")),
-        _int(r.get("ctp_prompt_tokens")), _int(r.get("ptb_prompt_tokens")),
-        _int(r.get("btp_completion_tokens")), _int(r.get("ptc_completion_tokens")),
-        _int(br.get("prompt")), _int(br.get("completion")), _int(br.get("total")),
-        _real(r.get("cost")), _int(r.get("tool_call_count")) or 0,
-        _real(r.get("ttft_ms")), _real(r.get("total_duration_ms")),
-        _real(r.get("proxy_overhead_ms")), _real(r.get("stream_tps")),
+        ts,
+        _int(r.get("http_status_code")) or 0,
+        dt.weekday(),
+        dt.hour,
+        _text(r.get("session_id")),
+        int(bool(r.get("streaming"))),
+        _text(r.get("outcome")),
+        _int(r.get("ctp_prompt_tokens")),
+        _int(r.get("ptb_prompt_tokens")),
+        _int(r.get("btp_completion_tokens")),
+        _int(r.get("ptc_completion_tokens")),
+        _int(br.get("prompt")),
+        _int(br.get("completion")),
+        _int(br.get("total")),
+        _real(r.get("cost")),
+        _int(r.get("tool_call_count")) or 0,
+        _real(r.get("ttft_ms")),
+        _real(r.get("total_duration_ms")),
+        _real(r.get("proxy_overhead_ms")),
+        _real(r.get("stream_tps")),
     )
     return key, math.floor(ts / 3600), row, orjson.dumps(r).decode()
 
@@ -418,18 +514,42 @@ RECORD_FORMAT = 2
 # CONTRACT.md's record fields in its order, then the fields added since, each at the end
 # so that CSV columns keep their positions (also the CSV export's columns).
 RECORD_KEYS = (
-    "id", "timestamp", "session_id", "turn_number", "frontend_type", "backend",
-    "backend_type", "model_requested", "model_used", "streaming", "http_status_code",
-    "outcome", "attempts", "tool_call_count", "tool_names", "ctp_prompt_tokens",
-    "ptb_prompt_tokens", "btp_completion_tokens", "ptc_completion_tokens",
-    "backend_reported_usage", "usage_source", "ttft_ms", "backend_ttfb_ms",
-    "total_duration_ms", "proxy_overhead_ms", "stream_tps", "cost", "cost_source",
-    "replacement", "proxy_user", "user_agent", "api",
+    "id",
+    "timestamp",
+    "session_id",
+    "turn_number",
+    "frontend_type",
+    "backend",
+    "backend_type",
+    "model_requested",
+    "model_used",
+    "streaming",
+    "http_status_code",
+    "outcome",
+    "attempts",
+    "tool_call_count",
+    "tool_names",
+    "ctp_prompt_tokens",
+    "ptb_prompt_tokens",
+    "btp_completion_tokens",
+    "ptc_completion_tokens",
+    "backend_reported_usage",
+    "usage_source",
+    "ttft_ms",
+    "backend_ttfb_ms",
+    "total_duration_ms",
+    "proxy_overhead_ms",
+    "stream_tps",
+    "cost",
+    "cost_source",
+    "replacement",
+    "proxy_user",
+    "user_agent",
+    "api",
 )
 # Fields a stored record may lack (it was stored before they existed): null on reading.
 _ADDED_KEYS = ("api",)
-BACKEND_USAGE_KEYS = ("cache_write", "cached", "completion", "cost", "prompt", "reasoning",
-                      "total")
+BACKEND_USAGE_KEYS = ("cache_write", "cached", "completion", "cost", "prompt", "reasoning", "total")
 _BR = RECORD_KEYS.index("backend_reported_usage")
 _TS = RECORD_KEYS.index("timestamp")
 
@@ -471,20 +591,66 @@ def prepare_values(v: tuple[Any, ...], ms: int) -> Prepared:
     the rest the projector made itself. ``ms / 1000`` is the float that parsing the
     timestamp text gives, so the row equals `prepare` of the loaded record
     (tests/usage/test_prepare_values.py)."""
-    (_id, _ts, session_id, _turn, frontend, backend, backend_type, model_requested,
-     model_used, streaming, status, outcome, _attempts, tool_call_count, _names, ctp, ptb,
-     btp, ptc, br, _source, ttft, _ttfb, duration, overhead, tps, cost, _cost_source,
-     _replacement, proxy_user, _ua, api) = v
+    (
+        _id,
+        _ts,
+        session_id,
+        _turn,
+        frontend,
+        backend,
+        backend_type,
+        model_requested,
+        model_used,
+        streaming,
+        status,
+        outcome,
+        _attempts,
+        tool_call_count,
+        _names,
+        ctp,
+        ptb,
+        btp,
+        ptc,
+        br,
+        _source,
+        ttft,
+        _ttfb,
+        duration,
+        overhead,
+        tps,
+        cost,
+        _cost_source,
+        _replacement,
+        proxy_user,
+        _ua,
+        api,
+    ) = v
     tm = time.gmtime(ms // 1000)
-    key = (backend, backend_type, frontend, model_requested, model_used, proxy_user, api,
-           outcome)
+    key = (backend, backend_type, frontend, model_requested, model_used, proxy_user, api, outcome)
     if br is None:
         br_prompt = br_completion = br_total = None
     else:
         br_prompt, br_completion, br_total = _int(br[4]), _int(br[2]), _int(br[6])
     row = (
-        ms / 1000, status or 0, tm.tm_wday, tm.tm_hour, session_id, 1 if streaming else 0,
-        outcome, ctp, _int(ptb), _int(btp), _int(ptc), br_prompt, br_completion, br_total,
-        _real(cost), tool_call_count, ttft, duration, overhead, tps,
+        ms / 1000,
+        status or 0,
+        tm.tm_wday,
+        tm.tm_hour,
+        session_id,
+        1 if streaming else 0,
+        outcome,
+        ctp,
+        _int(ptb),
+        _int(btp),
+        _int(ptc),
+        br_prompt,
+        br_completion,
+        br_total,
+        _real(cost),
+        tool_call_count,
+        ttft,
+        duration,
+        overhead,
+        tps,
     )
     return key, ms // 3_600_000, row, orjson.dumps((RECORD_FORMAT, *v)).decode()

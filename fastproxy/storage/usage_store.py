@@ -80,14 +80,28 @@ ROLLUP_SLICE = 128  # rows folded into the rollups per statement, then a yield
 _yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 # Errors that come from a record's values rather than from the file (the file's own
 # errors are OperationalError / DatabaseError: locked, full, read-only, corrupt).
-_DATA_ERRORS = (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.InterfaceError,
-                sqlite3.DataError, OverflowError, TypeError, ValueError)
+_DATA_ERRORS = (
+    sqlite3.ProgrammingError,
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
 
 
 class UsageStore:
-    def __init__(self, path: str | Path, *, flush_interval: float, max_queue: int,
-                 retention_days: int, batch_size: int = 500,
-                 build: Callable[[Any], Prepared] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        flush_interval: float,
+        max_queue: int,
+        retention_days: int,
+        batch_size: int = 500,
+        build: Callable[[Any], Prepared] | None = None,
+    ) -> None:
         self.path = Path(path)
         self._build = build
         self.flush_interval = flush_interval
@@ -101,13 +115,13 @@ class UsageStore:
         self._stopping = threading.Event()
         self._stop_deadline = math.inf
         # Counters: each written by exactly one thread (no lock needed), summed on read.
-        self._dropped_full = 0      # loop thread: queue full at submit()
-        self._dropped_writer = 0    # writer thread: retry overflow, unwritable at stop
+        self._dropped_full = 0  # loop thread: queue full at submit()
+        self._dropped_writer = 0  # writer thread: retry overflow, unwritable at stop
         self.write_errors = 0
-        self.record_errors = 0      # items (thunks) that raised or were not records
+        self.record_errors = 0  # items (thunks) that raised or were not records
         self.rows_written = 0
-        self.batches_written = 0    # transactions that committed rows
-        self._in_hand = 0           # writer thread: items taken off the queue, not yet kept
+        self.batches_written = 0  # transactions that committed rows
+        self._in_hand = 0  # writer thread: items taken off the queue, not yet kept
         # Writer-thread state.
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
@@ -127,8 +141,9 @@ class UsageStore:
         self._ready.clear()
         self._stopping.clear()
         self._stop_deadline = math.inf
-        self._thread = threading.Thread(target=self._run, name="fastproxy-usage-writer",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="fastproxy-usage-writer", daemon=True
+        )
         self._thread.start()
         # An interpreter that exits without stop() (an unhandled error in the gateway, a
         # script that forgot) still writes what is queued: atexit runs while daemon
@@ -164,8 +179,11 @@ class UsageStore:
         self._wake.set()
         thread.join(timeout)
         if thread.is_alive():
-            log.error("usage writer did not finish within %.1fs; %d records still queued",
-                      timeout, len(self._items) + len(self._retry))
+            log.error(
+                "usage writer did not finish within %.1fs; %d records still queued",
+                timeout,
+                len(self._items) + len(self._retry),
+            )
         self._thread = None
 
     def _stop_at_exit(self) -> None:
@@ -196,14 +214,16 @@ class UsageStore:
         with contextlib.closing(self._reader()) as conn:
             return usage_queries.count(conn, filters)
 
-    def open_export(self, filters: usage_queries.Filters,
-                    page_size: int = 1000) -> usage_export.ExportCursor:
+    def open_export(
+        self, filters: usage_queries.Filters, page_size: int = 1000
+    ) -> usage_export.ExportCursor:
         """An export over one consistent snapshot: ``record_count`` then ``pages()``.
         Close it (it is a context manager) to release the read connection."""
         return usage_export.ExportCursor(self._reader(), filters, page_size)
 
-    def export_pages(self, filters: usage_queries.Filters,
-                     page_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+    def export_pages(
+        self, filters: usage_queries.Filters, page_size: int = 1000
+    ) -> Iterator[list[dict[str, Any]]]:
         with self.open_export(filters, page_size) as cursor:
             yield from cursor.pages()
 
@@ -258,11 +278,17 @@ class UsageStore:
                 prepared = []  # now in self._retry
                 tries += 1
                 if (self._last_kind != "locked" and tries >= 3) or (
-                        time.monotonic() >= self._stop_deadline):
+                    time.monotonic() >= self._stop_deadline
+                ):
                     lost = len(self._retry) + len(self._items)
                     self._dropped_writer += lost
-                    log.error("usage database %s: %d records could not be written before "
-                              "shutdown; last error: %s", self.path, lost, self._last_kind)
+                    log.error(
+                        "usage database %s: %d records could not be written before "
+                        "shutdown; last error: %s",
+                        self.path,
+                        lost,
+                        self._last_kind,
+                    )
                     self._retry = []
                     return
                 time.sleep(0.1)  # writer thread only: give a lock holder a moment
@@ -294,16 +320,20 @@ class UsageStore:
         except Exception as exc:
             self.record_errors += 1
             # Type only: a message could quote request content.
-            self._log_once("record", "a usage record could not be built (%s); it is skipped",
-                           type(exc).__name__)
+            self._log_once(
+                "record",
+                "a usage record could not be built (%s); it is skipped",
+                type(exc).__name__,
+            )
             return None
 
     # -- opening, moving a bad file aside ----------------------------------------------
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=0.5, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=0.5, isolation_level=None, check_same_thread=False
+            )
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -311,10 +341,13 @@ class UsageStore:
                 # Planner statistics, sampled so a large file costs milliseconds here.
                 conn.execute("PRAGMA analysis_limit=1000")
                 conn.execute("PRAGMA optimize=0x10002")
-                self._dims = {tuple(r[1:]): r[0] for r in conn.execute(
-                    f"SELECT dim, {', '.join(DIM_COLUMNS)} FROM usage_dims")}
+                self._dims = {
+                    tuple(r[1:]): r[0]
+                    for r in conn.execute(f"SELECT dim, {', '.join(DIM_COLUMNS)} FROM usage_dims")
+                }
                 self._next_seq = conn.execute(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM usage_requests").fetchone()[0]
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM usage_requests"
+                ).fetchone()[0]
             except BaseException:
                 conn.close()
                 raise
@@ -340,8 +373,11 @@ class UsageStore:
         except OSError as exc:
             self._fail("corrupt", exc)
             return False
-        log.warning("usage database %s is not a usable database: moved aside to %s; "
-                    "starting a new one", self.path, target)
+        log.warning(
+            "usage database %s is not a usable database: moved aside to %s; starting a new one",
+            self.path,
+            target,
+        )
         return True
 
     def _check_file(self) -> None:
@@ -354,8 +390,11 @@ class UsageStore:
         # it on close). Left there, it would be replayed onto whatever file now has the
         # name, so it goes aside: it belonged to the file that is gone.
         stale = set_aside_logs(self.path, "stale")
-        log.warning("usage database %s was replaced or removed; reopening%s", self.path,
-                    f" (its old write-ahead log kept as {stale})" if stale else "")
+        log.warning(
+            "usage database %s was replaced or removed; reopening%s",
+            self.path,
+            f" (its old write-ahead log kept as {stale})" if stale else "",
+        )
         self._open()
 
     # -- writing -------------------------------------------------------------------
@@ -387,15 +426,15 @@ class UsageStore:
             self.batches_written += 1
             self._retry, self._in_hand = [], 0
             if self._degraded:
-                log.info("usage database %s writable again; %d records written",
-                         self.path, written)
+                log.info("usage database %s writable again; %d records written", self.path, written)
                 self._degraded = False
             return True
         self._keep(pending, final)
         return False
 
-    def _insert_each(self, conn: sqlite3.Connection,
-                     pending: list[Prepared]) -> tuple[int, list[Prepared]]:
+    def _insert_each(
+        self, conn: sqlite3.Connection, pending: list[Prepared]
+    ) -> tuple[int, list[Prepared]]:
         """A batch failed on its data, not on the file: write the items one by one and
         skip the bad ones, so one bad record cannot hold back every later one. Returns
         (written, []). An error of the file itself propagates, with ``pending`` cut in
@@ -406,8 +445,11 @@ class UsageStore:
                 self._insert(conn, [item])
             except _DATA_ERRORS as exc:
                 self.record_errors += 1
-                self._log_once("record-data", "a usage record could not be stored (%s); it "
-                               "is skipped", type(exc).__name__)
+                self._log_once(
+                    "record-data",
+                    "a usage record could not be stored (%s); it is skipped",
+                    type(exc).__name__,
+                )
                 continue
             except sqlite3.DatabaseError:
                 self.rows_written += written  # those are committed: never retry them
@@ -440,8 +482,8 @@ class UsageStore:
                 records.append((seq, text))
                 seq += 1
             for i in range(0, len(requests), YIELD_EVERY):
-                conn.executemany(INSERT_REQUEST, requests[i:i + YIELD_EVERY])
-                conn.executemany(INSERT_RECORD, records[i:i + YIELD_EVERY])
+                conn.executemany(INSERT_REQUEST, requests[i : i + YIELD_EVERY])
+                conn.executemany(INSERT_RECORD, records[i : i + YIELD_EVERY])
                 self._courtesy()
             # The batch's rows are the ones at seq0 <= seq < seq: the rollups fold them in
             # SQL, a slice at a time (a whole batch is a few ms in one statement).
@@ -467,8 +509,12 @@ class UsageStore:
         if now < self._next_retention:
             return
         try:
-            more = prune(self._conn, time.time() - self.retention_days * 86400.0,
-                         RETENTION_BATCH, RETENTION_BATCHES_PER_ROUND)
+            more = prune(
+                self._conn,
+                time.time() - self.retention_days * 86400.0,
+                RETENTION_BATCH,
+                RETENTION_BATCHES_PER_ROUND,
+            )
         except sqlite3.Error as exc:
             self._fail(error_kind(exc, "retention"), exc)
             more = False
@@ -480,8 +526,13 @@ class UsageStore:
         self._last_kind = kind
         self.write_errors += 1
         self._degraded = True
-        self._log_once(kind, "usage database %s: %s (%s); records are kept and retried, "
-                       "see status()", self.path, exc, kind)
+        self._log_once(
+            kind,
+            "usage database %s: %s (%s); records are kept and retried, see status()",
+            self.path,
+            exc,
+            kind,
+        )
 
     def _log_once(self, kind: str, message: str, *args: Any) -> None:
         if kind not in self._logged:

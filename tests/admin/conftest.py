@@ -31,12 +31,18 @@ class Admin:
 
 
 @pytest.fixture
-def admin_factory(gateway_factory: Callable[..., RunningGateway],
-                  mock_llm: Any) -> Callable[..., Admin]:
+def admin_factory(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: Any
+) -> Callable[..., Admin]:
     def make(tree: dict[str, Any] | None = None, **kw: Any) -> Admin:
         tree = dict(tree or {})
-        tree.setdefault("backends", {"openai.1": backend_for(mock_llm, "openai"),
-                                     "anthropic.1": backend_for(mock_llm, "anthropic")})
+        tree.setdefault(
+            "backends",
+            {
+                "openai.1": backend_for(mock_llm, "openai"),
+                "anthropic.1": backend_for(mock_llm, "anthropic"),
+            },
+        )
         tree.setdefault("default_backend", "openai.1")
         # Probes would add traffic and timers these tests do not look at.
         tree.setdefault("health_check", {"enabled": False})
@@ -54,8 +60,13 @@ def admin(admin_factory: Callable[..., Admin]) -> Admin:
 def non_loopback_ipv4() -> str | None:
     """An address of this machine that is not loopback (the default interface's)."""
     try:
-        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
-                             capture_output=True, text=True, timeout=5, check=False).stdout
+        out = subprocess.run(
+            ["ip", "-4", "-o", "addr", "show", "scope", "global"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     for line in out.splitlines():

@@ -32,10 +32,11 @@ def seed_style_ages(base_url: str) -> list[tuple[float, float, float]]:
     local clock, its age by the document's own ``timestamp``, and ``duration_seconds``."""
     with urllib.request.urlopen(base_url + "/v1/diagnostics", timeout=10) as resp:
         doc = json.loads(resp.read())
-    return [(time.time() - c["started_at"], doc["timestamp"] - c["started_at"],
-             c["duration_seconds"])
-            for inst in doc["instances"]
-            for c in (inst["activity"] or {}).get("connections", [])]
+    return [
+        (time.time() - c["started_at"], doc["timestamp"] - c["started_at"], c["duration_seconds"])
+        for inst in doc["instances"]
+        for c in (inst["activity"] or {}).get("connections", [])
+    ]
 
 
 def from_iso(text: str) -> float:
@@ -48,10 +49,14 @@ def hold_a_stream(url: str) -> tuple[threading.Thread, threading.Event]:
     started = threading.Event()
 
     def run() -> None:
-        body = {"model": "gpt-4o", "stream": True,
-                "messages": [{"role": "user", "content": "hi"}]}
-        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30,
-                          headers={"x-mock-tokens": "6", "x-mock-interval-ms": "400"}) as r:
+        body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream(
+            "POST",
+            url + "/v1/chat/completions",
+            json=body,
+            timeout=30,
+            headers={"x-mock-tokens": "6", "x-mock-interval-ms": "400"},
+        ) as r:
             assert r.status_code == 200
             for _ in r.iter_raw():
                 started.set()
@@ -61,8 +66,7 @@ def hold_a_stream(url: str) -> tuple[threading.Thread, threading.Event]:
     return t, started
 
 
-def test_seed_script_arithmetic_and_iso_twins_agree(
-        admin_factory: Callable[..., Admin]) -> None:
+def test_seed_script_arithmetic_and_iso_twins_agree(admin_factory: Callable[..., Admin]) -> None:
     admin = admin_factory({"enable_activity_tracking": True})
     stream, started = hold_a_stream(admin.gw.url)
     assert started.wait(10), "the stream did not start"
@@ -71,8 +75,9 @@ def test_seed_script_arithmetic_and_iso_twins_agree(
         rows = seed_style_ages(admin.gw.url)
         return rows if rows and rows[0][2] >= 0.5 else None
 
-    (local_age, doc_age, duration), = wait_until(live_for_a_while, timeout=10,
-                                                 what="a connection live for 0.5 s")
+    ((local_age, doc_age, duration),) = wait_until(
+        live_for_a_while, timeout=10, what="a connection live for 0.5 s"
+    )
     # The seed's arithmetic gives the connection's age: by the document's timestamp it
     # is duration_seconds (one wall clock against one monotonic clock, both in ms), by
     # the client's clock a little more (the time the answer took to arrive and parse).
@@ -94,15 +99,21 @@ def test_seed_script_arithmetic_and_iso_twins_agree(
     stream.join(15)
 
 
-def test_every_timestamp_of_the_payload_has_both_forms(admin_factory: Callable[..., Admin],
-                                                      mock_llm: Any) -> None:
+def test_every_timestamp_of_the_payload_has_both_forms(
+    admin_factory: Callable[..., Admin], mock_llm: Any
+) -> None:
     """No timestamp is left in one form only: walk the document and pair the fields."""
     admin = admin_factory({"enable_activity_tracking": True})
     stream, started = hold_a_stream(admin.gw.url)
     assert started.wait(10)
-    doc = wait_until(lambda: (d := httpx.get(admin.url + "/v1/diagnostics").json())
-                     and d["global_activity"]["total_active_connections"] and d,
-                     what="one live connection")
+    doc = wait_until(
+        lambda: (
+            (d := httpx.get(admin.url + "/v1/diagnostics").json())
+            and d["global_activity"]["total_active_connections"]
+            and d
+        ),
+        what="one live connection",
+    )
     seen: list[str] = []
 
     def walk(node: Any) -> None:

@@ -38,8 +38,12 @@ def test_routes_404_405_head(admin: Admin) -> None:
     r = httpx.get(admin.url + "/v1/diagnostics/activity")
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"
-    assert r.json() == {"enabled": False, "total_active_connections": 0,
-                        "total_bytes_rx": 0, "total_bytes_tx": 0}
+    assert r.json() == {
+        "enabled": False,
+        "total_active_connections": 0,
+        "total_bytes_rx": 0,
+        "total_bytes_tx": 0,
+    }
 
     r = httpx.get(admin.url + "/no/such/path")
     assert r.status_code == 404
@@ -73,15 +77,19 @@ def test_keep_alive_and_pipelining(admin: Admin) -> None:
         sock.close()
 
 
-@pytest.mark.parametrize(("raw", "status"), [
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET /metrics HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
-    (b"GET /metrics HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
-    (b"GET /metrics HTTP/1.1\r\nhost: localhost\r\ncontent-length: x\r\n\r\n", 400),
-    (b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-])
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET /metrics HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\nhost: localhost\r\ncontent-length: x\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    ],
+)
 def test_malformed_requests_get_4xx_and_the_listener_keeps_serving(
-        admin: Admin, raw: bytes, status: int) -> None:
+    admin: Admin, raw: bytes, status: int
+) -> None:
     sock = connect(admin)
     try:
         sock.sendall(raw)
@@ -98,16 +106,20 @@ def test_body_limit(admin: Admin) -> None:
     big = admin_protocol.MAX_BODY_BYTES + 1
     sock = connect(admin)
     try:  # declared too large: answered before the body is read, then closed
-        sock.sendall(b"POST /v1/diagnostics/backends/openai.1/reactivate HTTP/1.1\r\n"
-                     b"host: localhost\r\ncontent-length: %d\r\n\r\n" % big)
+        sock.sendall(
+            b"POST /v1/diagnostics/backends/openai.1/reactivate HTTP/1.1\r\n"
+            b"host: localhost\r\ncontent-length: %d\r\n\r\n" % big
+        )
         assert read_response(sock).status == 413
         assert connection_closed(sock)
     finally:
         sock.close()
     sock = connect(admin)
     try:  # chunked, so the size is only known while reading
-        sock.sendall(b"POST /v1/diagnostics/backends/openai.1/reactivate HTTP/1.1\r\n"
-                     b"host: localhost\r\ntransfer-encoding: chunked\r\n\r\n")
+        sock.sendall(
+            b"POST /v1/diagnostics/backends/openai.1/reactivate HTTP/1.1\r\n"
+            b"host: localhost\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
         piece = b"x" * 65536
         try:
             for _ in range(big // len(piece) + 2):
@@ -155,7 +167,8 @@ def test_non_loopback_peer_gets_403(admin_factory: Callable[..., Admin]) -> None
 
 
 def test_allowed_network_reads_metrics_but_not_diagnostics(
-        admin_factory: Callable[..., Admin]) -> None:
+    admin_factory: Callable[..., Admin],
+) -> None:
     addr = non_loopback_ipv4()
     if addr is None:
         pytest.skip("this machine has no non-loopback IPv4 address to connect from")
@@ -219,8 +232,10 @@ def test_slow_handler_does_not_block_other_connections(admin: Admin) -> None:
     sock = connect(admin)
     try:
         sock.sendall(b"GET /test/slow HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        wait_until(lambda: any(p._task is not None for p in _connections(admin)),
-                   what="the slow handler to start")
+        wait_until(
+            lambda: any(p._task is not None for p in _connections(admin)),
+            what="the slow handler to start",
+        )
         assert httpx.get(admin.url + "/v1/diagnostics/activity", timeout=5).status_code == 200
         admin.gw.lt.call(release.set)
         assert read_response(sock).status == 200
@@ -255,8 +270,10 @@ def test_stream_is_chunked_and_flow_controlled(admin: Admin) -> None:
     with httpx.Client(timeout=30) as client, client.stream("GET", admin.url + "/test/stream") as r:
         assert r.headers["transfer-encoding"] == "chunked"
         # Not reading: the server must pause instead of buffering 16 MiB.
-        wait_until(lambda: any(p.write_paused for p in _connections(admin)),
-                   what="the admin protocol to see pause_writing")
+        wait_until(
+            lambda: any(p.write_paused for p in _connections(admin)),
+            what="the admin protocol to see pause_writing",
+        )
         assert produced[0] < total
         received = 0
         digest = hashlib.sha256()
@@ -271,7 +288,8 @@ def test_stream_is_chunked_and_flow_controlled(admin: Admin) -> None:
 
 
 def test_idle_keep_alive_and_incomplete_head_are_closed(
-        admin_factory: Callable[..., Admin]) -> None:
+    admin_factory: Callable[..., Admin],
+) -> None:
     admin = admin_factory({"timeouts": {"keepalive_seconds": 0.3, "header_seconds": 0.3}})
     sock = connect(admin)
     try:
@@ -308,7 +326,8 @@ def test_connection_cap(admin: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_admin_disabled_keeps_monitoring_on_the_data_port(
-        admin_factory: Callable[..., Admin]) -> None:
+    admin_factory: Callable[..., Admin],
+) -> None:
     admin = admin_factory({"admin": {"enabled": False}})
     assert admin.gw.gateway.admin_port is None
     r = httpx.get(admin.gw.url + "/v1/diagnostics")

@@ -30,6 +30,7 @@ from .conftest import Admin
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
+
 def retry_after(admin: Admin, name: str = "openai.1") -> tuple[bool, float | None]:
     doc = httpx.get(admin.url + "/v1/diagnostics", timeout=10).json()
     inst = next(i for i in doc["instances"] if i["name"] == name)
@@ -47,15 +48,16 @@ def http_date(seconds_from_now: float) -> bytes:
 @pytest.mark.parametrize(
     ("header", "low", "high"),
     [
-        (b"30", 29.0, 30.0),                # delta-seconds
-        (b"600", 599.0, 600.0),             # longer than the old fixed 60 s
-        (b"86400", 3599.0, 3600.0),         # a day's quota: capped at an hour
-        (None, 59.0, 60.0),                 # absent: the default
-        (b"soon", 59.0, 60.0),              # unreadable: the default
+        (b"30", 29.0, 30.0),  # delta-seconds
+        (b"600", 599.0, 600.0),  # longer than the old fixed 60 s
+        (b"86400", 3599.0, 3600.0),  # a day's quota: capped at an hour
+        (None, 59.0, 60.0),  # absent: the default
+        (b"soon", 59.0, 60.0),  # unreadable: the default
     ],
 )
-def test_the_hold_is_what_the_header_says(admin: Admin, header: bytes | None, low: float,
-                                          high: float) -> None:
+def test_the_hold_is_what_the_header_says(
+    admin: Admin, header: bytes | None, low: float, high: float
+) -> None:
     hook = watch(admin)
     admin.gw.lt.call(lambda: hook("openai.1", 429, None, header))
     limited, left = retry_after(admin)
@@ -83,8 +85,11 @@ def test_a_success_still_clears_the_hold(admin: Admin) -> None:
 
 
 def test_a_real_429_with_retry_after_seconds(admin: Admin) -> None:
-    r = httpx.post(admin.gw.url + "/v1/chat/completions", json=CHAT,
-                   headers={"x-mock-status": "429", "x-mock-retry-after": "600"})
+    r = httpx.post(
+        admin.gw.url + "/v1/chat/completions",
+        json=CHAT,
+        headers={"x-mock-status": "429", "x-mock-retry-after": "600"},
+    )
     assert r.status_code == 429 and r.headers["retry-after"] == "600"
     limited, left = retry_after(admin)
     assert limited is True and left is not None and 595.0 <= left <= 600.0
@@ -92,20 +97,25 @@ def test_a_real_429_with_retry_after_seconds(admin: Admin) -> None:
 
 def raw_429(extra: bytes) -> bytes:
     body = b'{"error":{"message":"slow down","type":"rate_limit_error"}}'
-    return (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n%bconnection: close\r\n\r\n%b" % (len(body), extra, body))
+    return (
+        b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n%bconnection: close\r\n\r\n%b" % (len(body), extra, body)
+    )
 
 
 @pytest.fixture
-def raw_gateway(gateway_factory: Callable[..., Any], raw_backend: Callable[[bytes], str]
-                ) -> Callable[[bytes], Admin]:
+def raw_gateway(
+    gateway_factory: Callable[..., Any], raw_backend: Callable[[bytes], str]
+) -> Callable[[bytes], Admin]:
     def make(response: bytes) -> Admin:
         url = raw_backend(response)
-        gw = gateway_factory({
-            "backends": {"openai.1": {"api_url": url, "api_key": "k", "models": ["gpt-4o"]}},
-            "health_check": {"enabled": False},
-            "usage_tracking": {"enabled": False},
-        })
+        gw = gateway_factory(
+            {
+                "backends": {"openai.1": {"api_url": url, "api_key": "k", "models": ["gpt-4o"]}},
+                "health_check": {"enabled": False},
+                "usage_tracking": {"enabled": False},
+            }
+        )
         return Admin(gw)
 
     return make
@@ -120,7 +130,8 @@ def test_a_real_429_with_an_http_date(raw_gateway: Callable[[bytes], Admin]) -> 
 
 
 def test_a_real_429_without_retry_after_holds_the_default(
-        raw_gateway: Callable[[bytes], Admin]) -> None:
+    raw_gateway: Callable[[bytes], Admin],
+) -> None:
     admin = raw_gateway(raw_429(b""))
     r = httpx.post(admin.gw.url + "/v1/chat/completions", json=CHAT)
     assert r.status_code == 429 and "retry-after" not in r.headers

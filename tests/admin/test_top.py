@@ -27,31 +27,51 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "inspect_activity.py"
 
 
-def conn(cid: int, session: str, model: str, rx: int, tx: int, dur: float,
-         kind: str = "streaming") -> dict[str, Any]:
-    return {"connection_id": cid, "session_id": session, "connection_type": kind,
-            "started_at": 1767225600.0, "started_at_iso": "2026-01-01T00:00:00.000Z",
-            "duration_seconds": dur, "last_activity_at": 1767225601.0,
-            "last_activity_at_iso": "2026-01-01T00:00:01.000Z", "model": model,
-            "bytes_rx": rx, "bytes_tx": tx}
+def conn(
+    cid: int, session: str, model: str, rx: int, tx: int, dur: float, kind: str = "streaming"
+) -> dict[str, Any]:
+    return {
+        "connection_id": cid,
+        "session_id": session,
+        "connection_type": kind,
+        "started_at": 1767225600.0,
+        "started_at_iso": "2026-01-01T00:00:00.000Z",
+        "duration_seconds": dur,
+        "last_activity_at": 1767225601.0,
+        "last_activity_at_iso": "2026-01-01T00:00:01.000Z",
+        "model": model,
+        "bytes_rx": rx,
+        "bytes_tx": tx,
+    }
 
 
 def doc(conns_a: list[dict[str, Any]], conns_b: list[dict[str, Any]]) -> dict[str, Any]:
     all_c = conns_a + conns_b
 
     def act(cs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"active_connections": len(cs), "connections": cs,
-                "total_bytes_rx": sum(c["bytes_rx"] for c in cs),
-                "total_bytes_tx": sum(c["bytes_tx"] for c in cs),
-                "lifetime_bytes_rx": 0, "lifetime_bytes_tx": 0}
+        return {
+            "active_connections": len(cs),
+            "connections": cs,
+            "total_bytes_rx": sum(c["bytes_rx"] for c in cs),
+            "total_bytes_tx": sum(c["bytes_tx"] for c in cs),
+            "lifetime_bytes_rx": 0,
+            "lifetime_bytes_tx": 0,
+        }
 
-    return {"timestamp": 1767225602.0, "timestamp_iso": "2026-01-01T00:00:02.000Z",
-            "activity_tracking_enabled": True,
-            "instances": [{"name": "openai.1", "activity": act(conns_a)},
-                          {"name": "anthropic", "activity": act(conns_b)}],
-            "global_activity": {"total_active_connections": len(all_c),
-                                "total_bytes_rx": sum(c["bytes_rx"] for c in all_c),
-                                "total_bytes_tx": sum(c["bytes_tx"] for c in all_c)}}
+    return {
+        "timestamp": 1767225602.0,
+        "timestamp_iso": "2026-01-01T00:00:02.000Z",
+        "activity_tracking_enabled": True,
+        "instances": [
+            {"name": "openai.1", "activity": act(conns_a)},
+            {"name": "anthropic", "activity": act(conns_b)},
+        ],
+        "global_activity": {
+            "total_active_connections": len(all_c),
+            "total_bytes_rx": sum(c["bytes_rx"] for c in all_c),
+            "total_bytes_tx": sum(c["bytes_tx"] for c in all_c),
+        },
+    }
 
 
 def render(view: ActivityView, d: dict[str, Any], now: float) -> str:
@@ -62,8 +82,10 @@ def render(view: ActivityView, d: dict[str, Any], now: float) -> str:
 
 def test_table_rows_sorted_by_activity_with_totals_and_rates() -> None:
     view = ActivityView()
-    first = doc([conn(1, "abc123def456ghi789", "gpt-4", 15360, 14848, 12.3)],
-                [conn(2, "xyz789", "claude-3-sonnet", 100, 100, 5.7)])
+    first = doc(
+        [conn(1, "abc123def456ghi789", "gpt-4", 15360, 14848, 12.3)],
+        [conn(2, "xyz789", "claude-3-sonnet", 100, 100, 5.7)],
+    )
     text = render(view, first, now=100.0)
     for header in ("Backend", "Session", "Type", "Model", "Duration", "RX", "TX", "RX/s", "TX/s"):
         assert header in text
@@ -72,8 +94,10 @@ def test_table_rows_sorted_by_activity_with_totals_and_rates() -> None:
     assert text.index("gpt-4") < text.index("claude-3-sonnet")  # busier first
     assert "12.3s" in text and "15.0 KB" in text and "Total" in text
     # Two seconds later the Anthropic stream moved 20 KB, the other nothing: it leads.
-    second = doc([conn(1, "abc123def456ghi789", "gpt-4", 15360, 14848, 14.3)],
-                 [conn(2, "xyz789", "claude-3-sonnet", 20580, 20580, 7.7)])
+    second = doc(
+        [conn(1, "abc123def456ghi789", "gpt-4", 15360, 14848, 14.3)],
+        [conn(2, "xyz789", "claude-3-sonnet", 20580, 20580, 7.7)],
+    )
     text = render(view, second, now=102.0)
     assert text.index("claude-3-sonnet") < text.index("gpt-4")
     assert "10.0 KB/s" in text and "0 B/s" in text
@@ -82,14 +106,28 @@ def test_table_rows_sorted_by_activity_with_totals_and_rates() -> None:
 def test_empty_table_and_humanised_units() -> None:
     text = render(ActivityView(), doc([], []), now=1.0)
     assert "No active connections." in text
-    assert (human_bytes(0), human_bytes(1536), human_bytes(3 * 1024**3)) == ("0 B", "1.5 KB", "3.0 GB")
-    assert (human_duration(5.25), human_duration(125), human_duration(7300)) == ("5.2s", "2m05s", "2h01m")
+    assert (human_bytes(0), human_bytes(1536), human_bytes(3 * 1024**3)) == (
+        "0 B",
+        "1.5 KB",
+        "3.0 GB",
+    )
+    assert (human_duration(5.25), human_duration(125), human_duration(7300)) == (
+        "5.2s",
+        "2m05s",
+        "2h01m",
+    )
 
 
 def run_script(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "160"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 def test_script_snapshot_raw_and_messages(admin_factory: Callable[..., Admin]) -> None:
@@ -98,11 +136,20 @@ def test_script_snapshot_raw_and_messages(admin_factory: Callable[..., Admin]) -
 
     def stream() -> None:
         try:
-            httpx.post(admin.gw.url + "/v1/chat/completions", timeout=60,
-                       json={"model": "top-model", "stream": True,
-                             "messages": [{"role": "user", "content": "hi"}]},
-                       headers={"x-session-id": "top-session", "x-mock-tokens": "40",
-                                "x-mock-interval-ms": "100"})
+            httpx.post(
+                admin.gw.url + "/v1/chat/completions",
+                timeout=60,
+                json={
+                    "model": "top-model",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+                headers={
+                    "x-session-id": "top-session",
+                    "x-mock-tokens": "40",
+                    "x-mock-interval-ms": "100",
+                },
+            )
         finally:
             done.set()
 
@@ -133,9 +180,14 @@ def test_script_tracking_off_and_unreachable(admin: Admin) -> None:
 def test_top_watch_exits_cleanly_on_ctrl_c(admin_factory: Callable[..., Admin]) -> None:
     admin = admin_factory({"enable_activity_tracking": True})
     master, slave = pty.openpty()  # a real terminal, so rich renders live updates
-    proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "top", admin.url,
-                             "--interval", "0.2"], stdin=slave, stdout=slave, stderr=slave,
-                            env={**os.environ, "COLUMNS": "120", "LINES": "40"}, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastproxy", "top", admin.url, "--interval", "0.2"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "COLUMNS": "120", "LINES": "40"},
+        cwd=ROOT,
+    )
     os.close(slave)
     seen = b""
     try:

@@ -47,8 +47,9 @@ def test_config_is_frozen() -> None:
 
 
 def test_yaml_then_env_then_cli(tmp_path: Path) -> None:
-    path = write(tmp_path, "port: 9100\nusage_tracking:\n  flush_interval_seconds: 5\n"
-                           "log_level: WARNING\n")
+    path = write(
+        tmp_path, "port: 9100\nusage_tracking:\n  flush_interval_seconds: 5\nlog_level: WARNING\n"
+    )
     only_file = load_config(config_file=path, env={})
     assert only_file.config.port == 9100
     assert only_file.origin("port") == f"file {path}"
@@ -71,8 +72,18 @@ def test_yaml_then_env_then_cli(tmp_path: Path) -> None:
     ("var", "value", "key", "expected"),
     [
         ("USAGE_TRACKING_ENABLED", "false", ("usage_tracking", "enabled"), False),
-        ("USAGE_TRACKING_PERSISTENCE_PATH", "/tmp/u.db", ("usage_tracking", "persistence_path"), "/tmp/u.db"),
-        ("USAGE_TRACKING_MAX_RECORDS_IN_MEMORY", "500", ("usage_tracking", "max_records_in_memory"), 500),
+        (
+            "USAGE_TRACKING_PERSISTENCE_PATH",
+            "/tmp/u.db",
+            ("usage_tracking", "persistence_path"),
+            "/tmp/u.db",
+        ),
+        (
+            "USAGE_TRACKING_MAX_RECORDS_IN_MEMORY",
+            "500",
+            ("usage_tracking", "max_records_in_memory"),
+            500,
+        ),
         ("WIRE_CAPTURE_ENABLED", "true", ("wire_capture", "enabled"), True),
         ("WIRE_CAPTURE_OUTPUT_DIR", "/tmp/caps", ("wire_capture", "output_dir"), "/tmp/caps"),
         ("ENABLE_ACTIVITY_TRACKING", "1", ("enable_activity_tracking",), True),
@@ -84,11 +95,17 @@ def test_yaml_then_env_then_cli(tmp_path: Path) -> None:
         ("FASTPROXY_WORKERS", "1", ("workers",), 1),
         ("FASTPROXY_ADMIN_PORT", "9999", ("admin", "port"), 9999),
         ("FASTPROXY_ADMIN_HOST", "::1", ("admin", "host"), "::1"),
-        ("FASTPROXY_ADMIN_API_KEYS", "adm-0123456789abcdef, adm-fedcba9876543210",
-         ("admin", "api_keys"), ("adm-0123456789abcdef", "adm-fedcba9876543210")),
+        (
+            "FASTPROXY_ADMIN_API_KEYS",
+            "adm-0123456789abcdef, adm-fedcba9876543210",
+            ("admin", "api_keys"),
+            ("adm-0123456789abcdef", "adm-fedcba9876543210"),
+        ),
     ],
 )
-def test_every_documented_env_var_is_read(var: str, value: str, key: tuple[str, ...], expected: object) -> None:
+def test_every_documented_env_var_is_read(
+    var: str, value: str, key: tuple[str, ...], expected: object
+) -> None:
     c = load_config(env={var: value}, use_files=False).config
     node: object = c
     for part in key:
@@ -104,9 +121,9 @@ def test_replacement_rules_from_env_json_and_cli() -> None:
 
     cli = {"replacement.replacement_rules": [parse_replacement_rule("*=demo:mini")]}
     c2 = load_config(cli, env={"REPLACEMENT_RULES": rules}, use_files=False).config
-    assert [(r.from_pattern, r.to_backend, r.to_model) for r in c2.replacement.replacement_rules] == [
-        ("*", "demo", "mini")
-    ]
+    assert [
+        (r.from_pattern, r.to_backend, r.to_model) for r in c2.replacement.replacement_rules
+    ] == [("*", "demo", "mini")]
     with pytest.raises(ConfigError, match="FROM=BACKEND:MODEL"):
         parse_replacement_rule("nonsense")
 
@@ -115,25 +132,35 @@ def test_replacement_rules_from_env_json_and_cli() -> None:
     ("yaml_text", "fragments"),
     [
         # a misspelt key
-        ("health_check:\n  ping:\n    intervl_seconds: 3\n",
-         ["health_check.ping.intervl_seconds", "unknown key"]),
+        (
+            "health_check:\n  ping:\n    intervl_seconds: 3\n",
+            ["health_check.ping.intervl_seconds", "unknown key"],
+        ),
         # a string where a number belongs
-        ("usage_tracking:\n  flush_interval_seconds: soon\n",
-         ["usage_tracking.flush_interval_seconds", "'soon'", "expected a number"]),
+        (
+            "usage_tracking:\n  flush_interval_seconds: soon\n",
+            ["usage_tracking.flush_interval_seconds", "'soon'", "expected a number"],
+        ),
         # a probability out of range
         ("replacement:\n  probability: 1.5\n", ["replacement.probability", "1.5", "<= 1.0"]),
         # a bad backend field names the backend
-        ("backends:\n  openai.1:\n    api_url: http://x/v1\n    max_connections: 0\n",
-         ["backends.openai.1.max_connections", "0", ">= 1"]),
+        (
+            "backends:\n  openai.1:\n    api_url: http://x/v1\n    max_connections: 0\n",
+            ["backends.openai.1.max_connections", "0", ">= 1"],
+        ),
         ("backends:\n  mine:\n    api_url: http://x/v1\n", ["backends.mine.type", "missing"]),
-        ("usage_tracking:\n  persistence_path: ./var/usage_data.json\n",
-         ["usage_tracking.persistence_path", "SQLite"]),
+        (
+            "usage_tracking:\n  persistence_path: ./var/usage_data.json\n",
+            ["usage_tracking.persistence_path", "SQLite"],
+        ),
         ("default_backend: nope\n", ["default_backend", "'nope'"]),
         ("admin:\n  allow_networks: [not-a-net]\n", ["admin.allow_networks[0]", "CIDR"]),
         ("port: 70000\n", ["port", "70000", "<= 65535"]),
     ],
 )
-def test_bad_values_give_one_line_naming_the_key(tmp_path: Path, yaml_text: str, fragments: list[str]) -> None:
+def test_bad_values_give_one_line_naming_the_key(
+    tmp_path: Path, yaml_text: str, fragments: list[str]
+) -> None:
     path = write(tmp_path, yaml_text)
     with pytest.raises(ConfigError) as info:
         load_config(config_file=path, env={})
@@ -149,8 +176,10 @@ def test_admin_keys_off_by_default_and_separate_from_client_keys() -> None:
     assert c.health_check.log_repeat_window_seconds == 600
     long_key = "adm-0123456789abcdef"
     with pytest.raises(ConfigError) as info:
-        load_config(env={"FASTPROXY_ADMIN_API_KEYS": long_key, "FASTPROXY_API_KEYS": long_key},
-                    use_files=False)
+        load_config(
+            env={"FASTPROXY_ADMIN_API_KEYS": long_key, "FASTPROXY_API_KEYS": long_key},
+            use_files=False,
+        )
     assert str(info.value).startswith("admin.api_keys[0]: the same key is in auth.api_keys")
     assert long_key not in str(info.value)
 
@@ -158,20 +187,27 @@ def test_admin_keys_off_by_default_and_separate_from_client_keys() -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "fragments"),
     [
-        ("admin:\n  api_keys: [short-secret]\n",
-         ["admin.api_keys[0]", "12 characters", "at least 16"]),
-        ("admin:\n  api_keys: ['adm-0123456789 abcdef']\n",
-         ["admin.api_keys[0]", "whitespace or a comma"]),
+        (
+            "admin:\n  api_keys: [short-secret]\n",
+            ["admin.api_keys[0]", "12 characters", "at least 16"],
+        ),
+        (
+            "admin:\n  api_keys: ['adm-0123456789 abcdef']\n",
+            ["admin.api_keys[0]", "whitespace or a comma"],
+        ),
         ("admin:\n  remote_writes: true\n", ["admin.remote_writes", "needs admin.api_keys"]),
         # a key written where the list belongs: named, typed, never echoed
         ("admin:\n  api_keys: short-secret\n", ["admin.api_keys", "not shown", "array"]),
         ("auth:\n  api_keys: short-secret\n", ["auth.api_keys", "not shown", "array"]),
-        ("health_check:\n  log_repeat_window_seconds: -1\n",
-         ["health_check.log_repeat_window_seconds", "-1", ">= 0"]),
+        (
+            "health_check:\n  log_repeat_window_seconds: -1\n",
+            ["health_check.log_repeat_window_seconds", "-1", ">= 0"],
+        ),
     ],
 )
 def test_admin_key_errors_name_the_key_and_never_show_it(
-        tmp_path: Path, yaml_text: str, fragments: list[str]) -> None:
+    tmp_path: Path, yaml_text: str, fragments: list[str]
+) -> None:
     path = write(tmp_path, yaml_text)
     with pytest.raises(ConfigError) as info:
         load_config(config_file=path, env={})
@@ -192,8 +228,11 @@ def test_non_loopback_bind_requires_auth() -> None:
     with pytest.raises(ConfigError, match=r"requires auth\.api_keys"):
         load_config({"host": "0.0.0.0"}, env={}, use_files=False)
     with pytest.raises(ConfigError, match="without authentication"):
-        load_config({"host": "0.0.0.0", "auth.disable_auth": True},
-                    env={"FASTPROXY_API_KEYS": "k"}, use_files=False)
+        load_config(
+            {"host": "0.0.0.0", "auth.disable_auth": True},
+            env={"FASTPROXY_API_KEYS": "k"},
+            use_files=False,
+        )
     ok = load_config({"host": "0.0.0.0"}, env={"FASTPROXY_API_KEYS": "k"}, use_files=False)
     assert ok.config.auth.api_keys == ("k",)
 
@@ -224,18 +263,28 @@ def test_state_directory_under_systemd(tmp_path: Path) -> None:
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTPROXY", "USAGE_", "WIRE_"))}
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("FASTPROXY", "USAGE_", "WIRE_"))
+    }
     full_env["XDG_CONFIG_HOME"] = "/nonexistent"
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "fastproxy", *args], capture_output=True,
-                          text=True, env=full_env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "fastproxy", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize(
     ("yaml_text", "key"),
     [
         ("health_check:\n  ping:\n    intervl_seconds: 3\n", "health_check.ping.intervl_seconds"),
-        ("usage_tracking:\n  flush_interval_seconds: soon\n", "usage_tracking.flush_interval_seconds"),
+        (
+            "usage_tracking:\n  flush_interval_seconds: soon\n",
+            "usage_tracking.flush_interval_seconds",
+        ),
         ("replacement:\n  probability: 1.5\n", "replacement.probability"),
     ],
 )
@@ -251,10 +300,19 @@ def test_check_config_cli_rejects_with_exit_2(tmp_path: Path, yaml_text: str, ke
 
 
 def test_check_config_prints_sources_and_masks_secrets(tmp_path: Path) -> None:
-    path = write(tmp_path, "backends:\n  openai.1:\n    api_url: http://127.0.0.1:1/v1\n"
-                           "    api_key: sk-live-supersecret\n")
-    proc = _cli("check-config", "--config", path, "--port", "9999",
-                env={"FASTPROXY_API_KEYS": "client-secret-1", "FASTPROXY_ADMIN_PORT": "9998"})
+    path = write(
+        tmp_path,
+        "backends:\n  openai.1:\n    api_url: http://127.0.0.1:1/v1\n"
+        "    api_key: sk-live-supersecret\n",
+    )
+    proc = _cli(
+        "check-config",
+        "--config",
+        path,
+        "--port",
+        "9999",
+        env={"FASTPROXY_API_KEYS": "client-secret-1", "FASTPROXY_ADMIN_PORT": "9998"},
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "sk-live-supersecret" not in out and "client-secret-1" not in out
@@ -270,8 +328,14 @@ def test_version_and_help() -> None:
     assert _cli("--version").stdout.strip() == f"fastproxy {__version__}"
     helped = _cli("run", "--help")
     assert helped.returncode == 0
-    for flag in ("--enable-activity-tracking", "--wire-capture-enabled", "--disable-usage-tracking",
-                 "--random-model-replacement-from-to", "--drain-timeout", "--admin-port"):
+    for flag in (
+        "--enable-activity-tracking",
+        "--wire-capture-enabled",
+        "--disable-usage-tracking",
+        "--random-model-replacement-from-to",
+        "--drain-timeout",
+        "--admin-port",
+    ):
         assert flag in helped.stdout
 
 

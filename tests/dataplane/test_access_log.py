@@ -32,32 +32,44 @@ def _fields(line: str) -> dict[str, str]:
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, str]]:
-    return [_fields(line) for line in stream.getvalue().splitlines()
-            if "logger=fastproxy.access" in line]
+    return [
+        _fields(line)
+        for line in stream.getvalue().splitlines()
+        if "logger=fastproxy.access" in line
+    ]
 
 
-@pytest.mark.parametrize(("method", "path", "status", "outcome"), [
-    ("GET", "/v1/usage/stats", "200", "ok"),
-    ("GET", "/v1/usage/recent", "200", "ok"),
-    ("GET", "/internal/health", "200", "ok"),
-    ("GET", "/v1/diagnostics/activity", "200", "ok"),
-    ("POST", "/v1/diagnostics/backends/openai.1/reactivate", "200", "ok"),
-    ("GET", "/v1/models", "200", "ok"),
-    ("HEAD", "/v1/models", "200", "ok"),
-    ("GET", "/v1/models/gpt-4o", "200", "ok"),
-    ("GET", "/v1/models/no-such-model", "404", "rejected"),
-    ("GET", "/v1/chat/completions", "405", "rejected"),
-    ("DELETE", "/v1/usage/stats", "405", "rejected"),
-    ("GET", "/no/such/path", "404", "rejected"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "status", "outcome"),
+    [
+        ("GET", "/v1/usage/stats", "200", "ok"),
+        ("GET", "/v1/usage/recent", "200", "ok"),
+        ("GET", "/internal/health", "200", "ok"),
+        ("GET", "/v1/diagnostics/activity", "200", "ok"),
+        ("POST", "/v1/diagnostics/backends/openai.1/reactivate", "200", "ok"),
+        ("GET", "/v1/models", "200", "ok"),
+        ("HEAD", "/v1/models", "200", "ok"),
+        ("GET", "/v1/models/gpt-4o", "200", "ok"),
+        ("GET", "/v1/models/no-such-model", "404", "rejected"),
+        ("GET", "/v1/chat/completions", "405", "rejected"),
+        ("DELETE", "/v1/usage/stats", "405", "rejected"),
+        ("GET", "/no/such/path", "404", "rejected"),
+    ],
+)
 def test_every_request_on_the_data_port_is_logged_as_it_was(
-    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer,
-    log: io.StringIO, method: str, path: str, status: str, outcome: str,
+    gateway_factory: Callable[..., RunningGateway],
+    mock_llm: MockLLMServer,
+    log: io.StringIO,
+    method: str,
+    path: str,
+    status: str,
+    outcome: str,
 ) -> None:
     """Sends one request (a monitoring path, a listing, a wrong method, an unknown path)
     with the access log on: exactly one line naming that method, path and status."""
-    gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm, models=["gpt-4o"])},
-                          "access_log": True})
+    gw = gateway_factory(
+        {"backends": {"openai.1": backend_for(mock_llm, models=["gpt-4o"])}, "access_log": True}
+    )
     r = httpx.request(method, gw.url + path, timeout=10)
     assert str(r.status_code) == status
     lines = wait_until(lambda: _lines(log), what="the access line")
@@ -71,11 +83,20 @@ def test_an_api_call_and_a_refusal_from_the_head_are_logged(
     gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, log: io.StringIO
 ) -> None:
     """Sends a chat completion with the key, then one without (401 from the head)."""
-    gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm, models=["gpt-4o"])},
-                          "access_log": True, "auth": {"api_keys": ["k-1"]}})
+    gw = gateway_factory(
+        {
+            "backends": {"openai.1": backend_for(mock_llm, models=["gpt-4o"])},
+            "access_log": True,
+            "auth": {"api_keys": ["k-1"]},
+        }
+    )
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-    assert httpx.post(gw.url + "/v1/chat/completions", json=body,
-                      headers={"x-api-key": "k-1"}, timeout=10).status_code == 200
+    assert (
+        httpx.post(
+            gw.url + "/v1/chat/completions", json=body, headers={"x-api-key": "k-1"}, timeout=10
+        ).status_code
+        == 200
+    )
     assert httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=10).status_code == 401
     lines = wait_until(lambda: len(_lines(log)) == 2 and _lines(log), what="two access lines")
     assert [(f["method"], f["path"], f["status"], f["outcome"]) for f in lines] == [

@@ -19,10 +19,14 @@ CLAUDE_IDS = [*CLAUDE_MODELS, *(f"anthropic.1:{m}" for m in CLAUDE_MODELS)]
 
 @pytest.fixture
 def gw(gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer) -> RunningGateway:
-    return gateway_factory({"backends": {
-        "openai.1": backend_for(mock_llm, "openai", models=OPENAI_MODELS),
-        "anthropic.1": backend_for(mock_llm, "anthropic", models=CLAUDE_MODELS),
-    }})
+    return gateway_factory(
+        {
+            "backends": {
+                "openai.1": backend_for(mock_llm, "openai", models=OPENAI_MODELS),
+                "anthropic.1": backend_for(mock_llm, "anthropic", models=CLAUDE_MODELS),
+            }
+        }
+    )
 
 
 def test_the_anthropic_sdk_lists_the_anthropic_models_in_its_shape(gw: RunningGateway) -> None:
@@ -47,8 +51,9 @@ def test_the_anthropic_sdk_lists_the_anthropic_models_in_its_shape(gw: RunningGa
 def test_the_openai_sdk_still_gets_every_model_in_its_shape(gw: RunningGateway) -> None:
     with openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0) as client:
         ids = sorted(m.id for m in client.models.list())
-        assert ids == sorted([*OPENAI_MODELS, *(f"openai.1:{m}" for m in OPENAI_MODELS),
-                              *CLAUDE_IDS])
+        assert ids == sorted(
+            [*OPENAI_MODELS, *(f"openai.1:{m}" for m in OPENAI_MODELS), *CLAUDE_IDS]
+        )
         assert client.models.retrieve("gpt-4o").owned_by == "openai.1"
 
 
@@ -56,9 +61,12 @@ def test_a_bad_page_query_is_refused_in_the_anthropic_dialect(gw: RunningGateway
     """Sends `limit=0`, `limit=x`, an unknown `after_id`, and both `after_id` and
     `before_id`: 400 with Anthropic's error shape naming the parameter."""
     headers = {"anthropic-version": "2023-06-01"}
-    for query, name in [("limit=0", "limit"), ("limit=x", "limit"),
-                        ("after_id=nope", "after_id"),
-                        ("after_id=claude-haiku-4-5&before_id=claude-sonnet-4-5", "before_id")]:
+    for query, name in [
+        ("limit=0", "limit"),
+        ("limit=x", "limit"),
+        ("after_id=nope", "after_id"),
+        ("after_id=claude-haiku-4-5&before_id=claude-sonnet-4-5", "before_id"),
+    ]:
         r = httpx.get(f"{gw.url}/v1/models?{query}", headers=headers, timeout=10)
         assert r.status_code == 400, r.text
         body = r.json()

@@ -13,20 +13,31 @@ from tests.conftest import RunningGateway
 from tests.support.waiting import wait_until
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-MSG = {"model": "claude-haiku-4-5", "max_tokens": 4096,
-       "messages": [{"role": "user", "content": "hi"}]}
+MSG = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 4096,
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 def raw_post(path: str, body: dict, headers: dict[str, str]) -> bytes:
     data = orjson.dumps(body)
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
-    return (f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(data)}\r\n").encode() + extra + b"\r\n" + data
+    return (
+        (
+            f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(data)}\r\n"
+        ).encode()
+        + extra
+        + b"\r\n"
+        + data
+    )
 
 
 def test_sse_headers(gateway: RunningGateway) -> None:
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions",
-                      json={**CHAT, "stream": True}, timeout=10) as r:
+    with httpx.stream(
+        "POST", gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=10
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["cache-control"] == "no-cache"
         assert r.headers["x-accel-buffering"] == "no"
@@ -37,28 +48,59 @@ def test_sse_headers(gateway: RunningGateway) -> None:
 
 # -- client aborts: the upstream connection must close at once ----------------------------
 ABORT_CASES = [
-    ("before the backend answered (non-streaming)", "/v1/chat/completions", CHAT,
-     {"x-mock-ttfb-ms": "20000"}, False),
-    ("before the backend answered (streaming)", "/v1/chat/completions", {**CHAT, "stream": True},
-     {"x-mock-ttfb-ms": "20000"}, False),
-    ("during the first-token wait", "/v1/messages", {**MSG, "stream": True},
-     {"x-mock-ttft-ms": "20000"}, True),
-    ("mid-stream", "/v1/chat/completions", {**CHAT, "stream": True},
-     {"x-mock-tokens": "100000", "x-mock-interval-ms": "20"}, True),
-    ("non-streaming body trickling in", "/v1/chat/completions", CHAT,
-     {"x-mock-tokens": "2000", "x-mock-fault": "trickle", "x-mock-interval-ms": "20"}, False),
+    (
+        "before the backend answered (non-streaming)",
+        "/v1/chat/completions",
+        CHAT,
+        {"x-mock-ttfb-ms": "20000"},
+        False,
+    ),
+    (
+        "before the backend answered (streaming)",
+        "/v1/chat/completions",
+        {**CHAT, "stream": True},
+        {"x-mock-ttfb-ms": "20000"},
+        False,
+    ),
+    (
+        "during the first-token wait",
+        "/v1/messages",
+        {**MSG, "stream": True},
+        {"x-mock-ttft-ms": "20000"},
+        True,
+    ),
+    (
+        "mid-stream",
+        "/v1/chat/completions",
+        {**CHAT, "stream": True},
+        {"x-mock-tokens": "100000", "x-mock-interval-ms": "20"},
+        True,
+    ),
+    (
+        "non-streaming body trickling in",
+        "/v1/chat/completions",
+        CHAT,
+        {"x-mock-tokens": "2000", "x-mock-fault": "trickle", "x-mock-interval-ms": "20"},
+        False,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "headers", "wait_for_headers"),
-                         [c[1:] for c in ABORT_CASES], ids=[c[0] for c in ABORT_CASES])
-def test_client_abort_closes_upstream(gateway: RunningGateway, mock_llm, path: str, body: dict,
-                                      headers: dict, wait_for_headers: bool) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "wait_for_headers"),
+    [c[1:] for c in ABORT_CASES],
+    ids=[c[0] for c in ABORT_CASES],
+)
+def test_client_abort_closes_upstream(
+    gateway: RunningGateway, mock_llm, path: str, body: dict, headers: dict, wait_for_headers: bool
+) -> None:
     sock = socket.create_connection(("127.0.0.1", gateway.port))
     try:
         sock.sendall(raw_post(path, body, headers))
-        wait_until(lambda: mock_llm.stats.requests_total == 1 and
-                   mock_llm.stats.open_connections == 1, what="request reached the mock")
+        wait_until(
+            lambda: mock_llm.stats.requests_total == 1 and mock_llm.stats.open_connections == 1,
+            what="request reached the mock",
+        )
         if wait_for_headers:
             sock.settimeout(10)
             assert sock.recv(1024).startswith(b"HTTP/1.1 200")
@@ -67,8 +109,11 @@ def test_client_abort_closes_upstream(gateway: RunningGateway, mock_llm, path: s
         sock.close()
     # The mock would hold the request for 20 s; seeing the close within 3 s proves the
     # gateway closed its upstream socket as soon as the client went away.
-    wait_until(lambda: mock_llm.stats.open_connections == 0, timeout=3,
-               what="the mock sees the upstream connection close")
+    wait_until(
+        lambda: mock_llm.stats.open_connections == 0,
+        timeout=3,
+        what="the mock sees the upstream connection close",
+    )
     wait_until(lambda: gateway.state.counters.client_aborts == aborts + 1, timeout=3)
     assert all(p.open_connections == 0 for p in gateway.state.pools.values())
     r = httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=10)
@@ -77,10 +122,16 @@ def test_client_abort_closes_upstream(gateway: RunningGateway, mock_llm, path: s
 
 # -- streams cut by the backend ------------------------------------------------------------
 @pytest.mark.parametrize("fault", ["reset_after:3", "close_after:3"])
-def test_openai_stream_cut_gets_error_event_and_no_done(gateway: RunningGateway, fault: str) -> None:
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions",
-                      json={**CHAT, "stream": True},
-                      headers={"x-mock-fault": fault, "x-mock-tokens": "50"}, timeout=10) as r:
+def test_openai_stream_cut_gets_error_event_and_no_done(
+    gateway: RunningGateway, fault: str
+) -> None:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        json={**CHAT, "stream": True},
+        headers={"x-mock-fault": fault, "x-mock-tokens": "50"},
+        timeout=10,
+    ) as r:
         assert r.status_code == 200
         body = r.read()
     events = [e for e in body.split(b"\n\n") if e.strip()]
@@ -91,14 +142,22 @@ def test_openai_stream_cut_gets_error_event_and_no_done(gateway: RunningGateway,
     assert content, "the client keeps what it got before the cut"
     assert gateway.state.counters.stream_truncations >= 1
     # The gateway still serves, on the same keep-alive client.
-    assert httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=10).status_code == 200
+    assert (
+        httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=10).status_code == 200
+    )
 
 
 @pytest.mark.parametrize("fault", ["reset_after:3", "close_after:3"])
-def test_anthropic_stream_cut_gets_error_event_and_no_message_stop(gateway: RunningGateway,
-                                                                  fault: str) -> None:
-    with httpx.stream("POST", gateway.url + "/v1/messages", json={**MSG, "stream": True},
-                      headers={"x-mock-fault": fault, "x-mock-tokens": "50"}, timeout=10) as r:
+def test_anthropic_stream_cut_gets_error_event_and_no_message_stop(
+    gateway: RunningGateway, fault: str
+) -> None:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/messages",
+        json={**MSG, "stream": True},
+        headers={"x-mock-fault": fault, "x-mock-tokens": "50"},
+        timeout=10,
+    ) as r:
         body = r.read()
     assert b"message_stop" not in body
     last = [e for e in body.split(b"\n\n") if e.strip()][-1]
@@ -112,8 +171,11 @@ def test_sdk_sees_the_cut(gateway: RunningGateway) -> None:
 
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0) as client:
         stream = client.chat.completions.create(
-            model="gpt-4o", messages=CHAT["messages"], stream=True,
-            extra_headers={"x-mock-fault": "reset_after:4"})
+            model="gpt-4o",
+            messages=CHAT["messages"],
+            stream=True,
+            extra_headers={"x-mock-fault": "reset_after:4"},
+        )
         got = []
         with pytest.raises(openai.APIError):
             for chunk in stream:
@@ -122,11 +184,18 @@ def test_sdk_sees_the_cut(gateway: RunningGateway) -> None:
 
 
 def test_backend_malformed_sse_is_relayed_then_cut_cleanly(gateway: RunningGateway) -> None:
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True},
-                      headers={"x-mock-fault": "malformed_sse"}, timeout=10) as r:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        json={**CHAT, "stream": True},
+        headers={"x-mock-fault": "malformed_sse"},
+        timeout=10,
+    ) as r:
         body = r.read()
     assert r.status_code == 200 and body
-    assert httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=10).status_code == 200
+    assert (
+        httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=10).status_code == 200
+    )
 
 
 # -- backpressure ----------------------------------------------------------------------------
@@ -142,8 +211,13 @@ def test_slow_reader_100mib_memory_bounded(gateway: RunningGateway, mock_llm) ->
     tokens = (100 * 1024 * 1024) // event_bytes
     sock = socket.create_connection(("127.0.0.1", gateway.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall(raw_post("/v1/chat/completions", {**CHAT, "stream": True},
-                          {"x-mock-tokens": str(tokens), "x-mock-event-bytes": str(event_bytes)}))
+    sock.sendall(
+        raw_post(
+            "/v1/chat/completions",
+            {**CHAT, "stream": True},
+            {"x-mock-tokens": str(tokens), "x-mock-event-bytes": str(event_bytes)},
+        )
+    )
     start_rss = _rss_bytes()
     peak_buffer = 0
     peak_rss = start_rss
@@ -171,15 +245,17 @@ def test_slow_reader_100mib_memory_bounded(gateway: RunningGateway, mock_llm) ->
     assert received > 100 * 1024 * 1024
     # uvloop's default high-water mark is 64 KiB; allow slack for one upstream chunk.
     assert peak_buffer < 4 * 1024 * 1024, peak_buffer
-    assert peak_rss - start_rss < 64 * 1024 * 1024, (peak_rss - start_rss)
+    assert peak_rss - start_rss < 64 * 1024 * 1024, peak_rss - start_rss
 
 
 def test_http10_client_gets_a_close_delimited_stream(gateway: RunningGateway) -> None:
     """HTTP/1.0 has no chunked encoding: the stream is the raw events, ended by close."""
     data = orjson.dumps({**CHAT, "stream": True})
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.0\r\ncontent-type: application/json\r\n"
-                     b"content-length: %d\r\n\r\n" % len(data) + data)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.0\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(data) + data
+        )
         sock.settimeout(10)
         raw = b""
         while chunk := sock.recv(65536):
@@ -192,10 +268,15 @@ def test_http10_client_gets_a_close_delimited_stream(gateway: RunningGateway) ->
 
 @pytest.mark.parametrize(
     ("path", "body"),
-    [("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}}),
-     ("/v1/messages", {**MSG, "stream": True}),
-     ("/v1/responses", {"model": "gpt-4o", "input": "hi", "stream": True}),
-     ("/v1/chat/completions", CHAT)],
+    [
+        (
+            "/v1/chat/completions",
+            {**CHAT, "stream": True, "stream_options": {"include_usage": True}},
+        ),
+        ("/v1/messages", {**MSG, "stream": True}),
+        ("/v1/responses", {"model": "gpt-4o", "input": "hi", "stream": True}),
+        ("/v1/chat/completions", CHAT),
+    ],
     ids=["openai-sse", "anthropic-sse", "responses-sse", "openai-json"],
 )
 def test_relay_is_byte_exact(gateway: RunningGateway, mock_llm, path: str, body: dict) -> None:

@@ -9,14 +9,16 @@ import pytest
 
 from tests.conftest import RunningGateway
 
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 MSGS = [{"role": "user", "content": "Say something about the weather in Paris."}]
 
 
@@ -35,7 +37,8 @@ def direct_text(mock_url: str, path: str, body: dict) -> httpx.Response:
 def test_openai_chat_json(gateway: RunningGateway, mock_llm) -> None:
     with oai(gateway) as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=MSGS, extra_headers={"x-mock-tokens": "12"})
+            model="gpt-4o", messages=MSGS, extra_headers={"x-mock-tokens": "12"}
+        )
     resp = raw.parse()
     assert resp.choices[0].message.content
     assert resp.usage.completion_tokens == 12
@@ -51,15 +54,17 @@ def test_openai_chat_json(gateway: RunningGateway, mock_llm) -> None:
     assert "client-key" not in repr(seen.headers)
     assert headers["x-fastproxy-hop"] == "1"
     # Identical to what the mock gives directly (content is deterministic).
-    direct = direct_text(mock_llm.url, "/chat/completions",
-                         {"model": "gpt-4o", "messages": MSGS, "max_tokens": 12}).json()
+    direct = direct_text(
+        mock_llm.url, "/chat/completions", {"model": "gpt-4o", "messages": MSGS, "max_tokens": 12}
+    ).json()
     assert direct["choices"][0]["message"]["content"] == resp.choices[0].message.content
 
 
 def test_openai_chat_stream_usage_injected_and_stripped(gateway: RunningGateway, mock_llm) -> None:
     with oai(gateway) as client:
         stream = client.chat.completions.create(
-            model="gpt-4o", messages=MSGS, stream=True, extra_headers={"x-mock-tokens": "20"})
+            model="gpt-4o", messages=MSGS, stream=True, extra_headers={"x-mock-tokens": "20"}
+        )
         chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
@@ -74,8 +79,12 @@ def test_openai_chat_stream_usage_injected_and_stripped(gateway: RunningGateway,
 def test_openai_chat_stream_client_asked_for_usage(gateway: RunningGateway) -> None:
     with oai(gateway) as client:
         stream = client.chat.completions.create(
-            model="gpt-4o", messages=MSGS, stream=True, stream_options={"include_usage": True},
-            extra_headers={"x-mock-tokens": "7"})
+            model="gpt-4o",
+            messages=MSGS,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-mock-tokens": "7"},
+        )
         chunks = list(stream)
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1 and usage[0].completion_tokens == 7
@@ -95,8 +104,9 @@ def test_openai_tool_calls_json_and_stream(gateway: RunningGateway) -> None:
         resp = client.chat.completions.create(model="gpt-4o", messages=MSGS, tools=TOOLS)
         call = resp.choices[0].message.tool_calls[0]
         assert call.function.name == "get_weather"
-        stream = client.chat.completions.create(model="gpt-4o", messages=MSGS, tools=TOOLS,
-                                                stream=True)
+        stream = client.chat.completions.create(
+            model="gpt-4o", messages=MSGS, tools=TOOLS, stream=True
+        )
         name, args = "", ""
         for ch in stream:
             for tc in (ch.choices[0].delta.tool_calls or []) if ch.choices else []:
@@ -124,13 +134,18 @@ def test_openai_responses_and_embeddings(gateway: RunningGateway) -> None:
 def test_anthropic_messages_json_and_stream(gateway: RunningGateway, mock_llm) -> None:
     with ant(gateway) as client:
         msg = client.messages.create(
-            model="claude-haiku-4-5", max_tokens=64, messages=MSGS,
-            extra_headers={"x-mock-cache-read": "30", "x-mock-cache-write": "5"})
+            model="claude-haiku-4-5",
+            max_tokens=64,
+            messages=MSGS,
+            extra_headers={"x-mock-cache-read": "30", "x-mock-cache-write": "5"},
+        )
         assert msg.content[0].text
         assert msg.usage.cache_read_input_tokens == 30
         assert msg.usage.cache_creation_input_tokens == 5
         with client.messages.stream(
-            model="claude-haiku-4-5", max_tokens=64, messages=MSGS,
+            model="claude-haiku-4-5",
+            max_tokens=64,
+            messages=MSGS,
             extra_headers={"x-mock-cache-read": "30"},
         ) as stream:
             text = "".join(stream.text_stream)
@@ -145,15 +160,22 @@ def test_anthropic_messages_json_and_stream(gateway: RunningGateway, mock_llm) -
 
 
 async def test_anthropic_async_and_tool_use(gateway: RunningGateway) -> None:
-    tools = [{"name": "get_weather", "description": "w",
-              "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    tools = [
+        {
+            "name": "get_weather",
+            "description": "w",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
     async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key="k", max_retries=0) as c:
-        msg = await c.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=MSGS,
-                                      tools=tools)
+        msg = await c.messages.create(
+            model="claude-haiku-4-5", max_tokens=64, messages=MSGS, tools=tools
+        )
         blocks = [b for b in msg.content if b.type == "tool_use"]
         assert blocks and blocks[0].name == "get_weather"
-        async with c.messages.stream(model="claude-haiku-4-5", max_tokens=64, messages=MSGS,
-                                     tools=tools) as s:
+        async with c.messages.stream(
+            model="claude-haiku-4-5", max_tokens=64, messages=MSGS, tools=tools
+        ) as s:
             final = await s.get_final_message()
     streamed = [b for b in final.content if b.type == "tool_use"]
     assert streamed and streamed[0].name == "get_weather"
@@ -162,8 +184,9 @@ async def test_anthropic_async_and_tool_use(gateway: RunningGateway) -> None:
 
 def test_explicit_backend_model_selection(gateway: RunningGateway, mock_llm) -> None:
     with oai(gateway) as client:
-        raw = client.chat.completions.with_raw_response.create(model="openai.1:gpt-4o-mini",
-                                                               messages=MSGS)
+        raw = client.chat.completions.with_raw_response.create(
+            model="openai.1:gpt-4o-mini", messages=MSGS
+        )
     assert raw.headers["x-fastproxy-backend"] == "openai.1"
     assert raw.parse().model == "gpt-4o-mini"  # the backend got the bare model name
     assert b'"model":"gpt-4o-mini"' in mock_llm.stats.requests[-1].body

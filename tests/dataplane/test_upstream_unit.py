@@ -48,17 +48,21 @@ async def test_pause_on_the_final_chunk_is_undone_before_pooling() -> None:
     resp = UpstreamResponse(loop)
     conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", resp)
     resp.attach(lambda chunk: conn.pause_reading())  # the client's buffer just filled up
-    conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                       b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
     assert resp.done.done()
     assert pool.idle_connections == 1
     assert transport.reading, "a pooled connection must be reading"
 
 
-def _pooled_conn(loop: asyncio.AbstractEventLoop) -> tuple[UpstreamPool, UpstreamConnection,
-                                                             RecordingTransport]:
-    backend = Backend("openai.1", BackendConfig(type="openai", api_url="http://127.0.0.1:9/v1"),
-                      env={})
+def _pooled_conn(
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[UpstreamPool, UpstreamConnection, RecordingTransport]:
+    backend = Backend(
+        "openai.1", BackendConfig(type="openai", api_url="http://127.0.0.1:9/v1"), env={}
+    )
     pool = UpstreamPool(backend, loop)
     conn = UpstreamConnection(pool)
     transport = RecordingTransport()
@@ -77,8 +81,10 @@ async def test_a_stream_that_ended_before_its_relay_never_pauses_the_pooled_conn
     pool, conn, transport = _pooled_conn(loop)
     resp = UpstreamResponse(loop)
     conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", resp)
-    conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                       b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
     assert resp.done.done() and pool.idle_connections == 1
     resp.attach(lambda chunk: conn.pause_reading())  # the slow client's buffer fills up
     assert transport.reading, "a pooled connection was paused by a finished relay"
@@ -101,8 +107,9 @@ async def test_reading_is_held_until_the_exchange_decides_how_to_relay() -> None
     resp = UpstreamResponse(loop)
     conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", resp)
     piece = b"x" * 65536
-    conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                       b"transfer-encoding: chunked\r\n\r\n")
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
     for _ in range(HOLD_UNDECIDED // len(piece) + 1):
         conn.data_received(b"%x\r\n%b\r\n" % (len(piece), piece))
     assert not transport.reading, "reading went on with no relay to take the bytes"

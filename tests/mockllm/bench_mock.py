@@ -55,10 +55,10 @@ class BenchClient(asyncio.Protocol):
                 return
             head = self.buf[:end].lower()
             start = head.find(b"content-length: ") + 16
-            length = int(head[start:head.find(b"\r\n", start)])
+            length = int(head[start : head.find(b"\r\n", start)])
             if len(self.buf) < end + 4 + length:
                 return
-            self.buf = self.buf[end + 4 + length:]
+            self.buf = self.buf[end + 4 + length :]
             self.count += 1
             assert self.transport is not None
             if time.monotonic() >= self.deadline:
@@ -93,8 +93,9 @@ def main() -> int:
     cmd = [sys.executable, "-m", "fastproxy.mockllm", "--port", "0", "--log-level", "WARNING"]
     if ns.server_cpu is not None:
         cmd = ["taskset", "-c", str(ns.server_cpu), *cmd]
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(root)))
+    proc = subprocess.Popen(
+        cmd, cwd=root, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(root))
+    )
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().split()[-1]
@@ -102,8 +103,10 @@ def main() -> int:
         if ns.client_cpu is not None:
             os.sched_setaffinity(0, {ns.client_cpu})
         rate = uvloop.run(drive(port, ns.connections, ns.seconds))
-        print(f"{rate:,.0f} non-streaming chat completions/s "
-              f"({ns.connections} keep-alive connections, {ns.seconds:g} s)")
+        print(
+            f"{rate:,.0f} non-streaming chat completions/s "
+            f"({ns.connections} keep-alive connections, {ns.seconds:g} s)"
+        )
     finally:
         proc.terminate()
         proc.wait(10)

@@ -9,9 +9,7 @@ from tests.support.loop_thread import LoopThread
 from tests.support.waiting import wait_until
 
 
-def raw_request(
-    port: int, data: bytes, until: bytes | None = None, timeout: float = 5.0
-) -> bytes:
+def raw_request(port: int, data: bytes, until: bytes | None = None, timeout: float = 5.0) -> bytes:
     """Send raw bytes, read until ``until`` appears or the server closes; return all read."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
@@ -29,6 +27,9 @@ def stat(lt: LoopThread, srv: MockLLMServer, name: str) -> int:
     return lt.call(lambda: getattr(srv.stats, name))
 
 
-def wait_stat(lt: LoopThread, srv: MockLLMServer, name: str, value: int, timeout: float = 10.0) -> None:
-    wait_until(lambda: stat(lt, srv, name) == value, timeout=timeout,
-               what=f"stats.{name} == {value}")
+def wait_stat(
+    lt: LoopThread, srv: MockLLMServer, name: str, value: int, timeout: float = 10.0
+) -> None:
+    wait_until(
+        lambda: stat(lt, srv, name) == value, timeout=timeout, what=f"stats.{name} == {value}"
+    )

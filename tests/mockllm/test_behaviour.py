@@ -32,10 +32,18 @@ def test_split_model() -> None:
 
 @pytest.mark.parametrize(
     ("data", "match"),
-    [({"tokens": "x"}, "integer"), ({"tokens": -1}, ">= 0"), ({"ttfb_ms": "soon"}, "number"),
-     ({"status": 700}, "HTTP status"), ({"tokens": True}, "number"), ({"fault": 3}, "string"),
-     ({"fault": "explode"}, "unknown fault"), ({"fault": "reset_after"}, ":N"),
-     ({"fault": "hang:3"}, "no argument"), ({"nope": 1}, "unknown steering field")],
+    [
+        ({"tokens": "x"}, "integer"),
+        ({"tokens": -1}, ">= 0"),
+        ({"ttfb_ms": "soon"}, "number"),
+        ({"status": 700}, "HTTP status"),
+        ({"tokens": True}, "number"),
+        ({"fault": 3}, "string"),
+        ({"fault": "explode"}, "unknown fault"),
+        ({"fault": "reset_after"}, ":N"),
+        ({"fault": "hang:3"}, "no argument"),
+        ({"nope": 1}, "unknown steering field"),
+    ],
 )
 def test_from_mapping_rejects(data: dict[str, object], match: str) -> None:
     with pytest.raises(SteeringError, match=match):
@@ -43,8 +51,9 @@ def test_from_mapping_rejects(data: dict[str, object], match: str) -> None:
 
 
 def test_from_headers_coerces_dashed_names() -> None:
-    layer = from_headers([("x-mock-ttfb-ms", "12.5"), ("x-mock-tokens", "3"),
-                          ("x-mock-retry-after", "2")])
+    layer = from_headers(
+        [("x-mock-ttfb-ms", "12.5"), ("x-mock-tokens", "3"), ("x-mock-retry-after", "2")]
+    )
     assert layer == MockBehaviour(ttfb_ms=12.5, tokens=3, retry_after=2.0)
     assert from_headers([]) is None
 
@@ -58,8 +67,11 @@ def test_parse_fault() -> None:
 
 def test_resolve_precedence_header_over_model_over_persistent() -> None:
     assert resolve(None, None, None) is DEFAULT_PLAN
-    plan = resolve(MockBehaviour(tokens=1, ttfb_ms=5, cost=0.1), MockBehaviour(tokens=2),
-                   MockBehaviour(tokens=3, fault="close_after:4"))
+    plan = resolve(
+        MockBehaviour(tokens=1, ttfb_ms=5, cost=0.1),
+        MockBehaviour(tokens=2),
+        MockBehaviour(tokens=3, fault="close_after:4"),
+    )
     assert (plan.tokens, plan.ttfb, plan.cost) == (3, 0.005, 0.1)
     assert (plan.fault, plan.fault_after) == ("close_after", 4)
     assert not plan.immediate

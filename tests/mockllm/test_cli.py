@@ -21,8 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # blocks until the server printed its URL (or died)
@@ -31,7 +35,7 @@ def spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
         proc.kill()
         _, err = proc.communicate(timeout=10)
         pytest.fail(f"unexpected first line {line!r}; stderr: {err}")
-    return proc, line[len(prefix):].strip()
+    return proc, line[len(prefix) :].strip()
 
 
 def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
@@ -46,14 +50,20 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_module_entry_serves_until_signal(sig: int) -> None:
-    proc, url = spawn("-m", "fastproxy.mockllm", "--port", "0", "--models", "m1, m2",
-                      "--log-level", "warning")
+    proc, url = spawn(
+        "-m", "fastproxy.mockllm", "--port", "0", "--models", "m1, m2", "--log-level", "warning"
+    )
     try:
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
         assert [m["id"] for m in httpx.get(url + "/models", timeout=5).json()["data"]] == [
-            "m1", "m2"]
-        r = httpx.post(url + "/chat/completions", timeout=5,
-                       json={"model": "m1", "messages": [{"role": "user", "content": "hi"}]})
+            "m1",
+            "m2",
+        ]
+        r = httpx.post(
+            url + "/chat/completions",
+            timeout=5,
+            json={"model": "m1", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 200 and r.json()["model"] == "m1"
     finally:
         code = stop(proc, sig)
@@ -67,12 +77,22 @@ def test_gateway_cli_subcommand_and_tls(tmp_path: Path) -> None:
     cert.cert_chain_pems[0].write_to_path(str(cert_path))
     cert.private_key_pem.write_to_path(str(key_path))
     ca.cert_pem.write_to_path(str(ca_path))
-    proc, url = spawn("-m", "fastproxy", "mock-llm", "--port", "0", "--tls-cert",
-                      str(cert_path), "--tls-key", str(key_path))
+    proc, url = spawn(
+        "-m",
+        "fastproxy",
+        "mock-llm",
+        "--port",
+        "0",
+        "--tls-cert",
+        str(cert_path),
+        "--tls-key",
+        str(key_path),
+    )
     try:
         assert url.startswith("https://")
-        r = httpx.get(url + "/models", timeout=5,
-                      verify=ssl.create_default_context(cafile=str(ca_path)))
+        r = httpx.get(
+            url + "/models", timeout=5, verify=ssl.create_default_context(cafile=str(ca_path))
+        )
         assert r.status_code == 200
     finally:
         code = stop(proc)

@@ -20,8 +20,11 @@ from .helpers import stat, wait_stat
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello world!"}]}
 STREAM = {**CHAT, "stream": True}
-ANTHROPIC = {"model": "claude-haiku-4-5", "max_tokens": 100,
-             "messages": [{"role": "user", "content": "hello world!"}]}
+ANTHROPIC = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 100,
+    "messages": [{"role": "user", "content": "hello world!"}],
+}
 
 
 @pytest.fixture
@@ -40,8 +43,9 @@ def content_events(lines: list[str]) -> list[str]:
     return out
 
 
-def read_lines(http: httpx.Client, body: dict[str, object], headers: dict[str, str]
-               ) -> tuple[list[str], Exception | None]:
+def read_lines(
+    http: httpx.Client, body: dict[str, object], headers: dict[str, str]
+) -> tuple[list[str], Exception | None]:
     """Stream a chat request; return the SSE lines read and the error that ended it, if any."""
     lines: list[str] = []
     try:
@@ -62,8 +66,13 @@ def test_status_openai_dialect(http: httpx.Client, status: int) -> None:
         assert r.headers["content-type"] == "application/json"
         err = r.json()["error"]
         assert set(err) == {"message", "type", "param", "code"}
-        assert err["type"] == ("invalid_request_error" if status < 500 else
-                               "overloaded_error" if status == 529 else "server_error")
+        assert err["type"] == (
+            "invalid_request_error"
+            if status < 500
+            else "overloaded_error"
+            if status == 529
+            else "server_error"
+        )
         assert "retry-after" not in r.headers
 
 
@@ -71,13 +80,17 @@ def test_status_429_retry_after(http: httpx.Client) -> None:
     r = http.post("/v1/chat/completions", json=CHAT, headers={"x-mock-status": "429"})
     assert r.status_code == 429 and r.headers["retry-after"] == "1"
     assert r.json()["error"]["type"] == "rate_limit_error"
-    r = http.post("/v1/messages", json=ANTHROPIC,
-                  headers={"x-mock-status": "429", "x-mock-retry-after": "7"})
+    r = http.post(
+        "/v1/messages", json=ANTHROPIC, headers={"x-mock-status": "429", "x-mock-retry-after": "7"}
+    )
     assert r.status_code == 429 and r.headers["retry-after"] == "7"
-    assert r.json() == {"type": "error", "error": {"type": "rate_limit_error",
-                                                    "message": r.json()["error"]["message"]}}
-    r = http.post("/v1/messages", json=ANTHROPIC,
-                  headers={"x-mock-status": "503", "x-mock-retry-after": "2"})
+    assert r.json() == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": r.json()["error"]["message"]},
+    }
+    r = http.post(
+        "/v1/messages", json=ANTHROPIC, headers={"x-mock-status": "503", "x-mock-retry-after": "2"}
+    )
     assert r.status_code == 503 and r.headers["retry-after"] == "2"
     assert r.json()["error"]["type"] == "api_error"
 
@@ -93,8 +106,11 @@ def test_ttft_and_interval_pace_the_stream(http: httpx.Client) -> None:
     t0 = time.monotonic()
     with http.stream("POST", "/v1/chat/completions", json=STREAM, headers=headers) as r:
         t_headers = time.monotonic() - t0
-        times = [time.monotonic() - t0 for line in r.iter_lines()
-                 if '"content":"' in line and '"content":""' not in line]
+        times = [
+            time.monotonic() - t0
+            for line in r.iter_lines()
+            if '"content":"' in line and '"content":""' not in line
+        ]
     assert len(times) == 4
     assert times[0] >= 0.2 and times[0] - t_headers >= 0.1  # headers first, then the wait
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -109,8 +125,9 @@ def test_event_bytes_pads_each_token(http: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("n", [0, 3])
-def test_reset_after_n_events(lt: LoopThread, server: MockLLMServer, http: httpx.Client,
-                              n: int) -> None:
+def test_reset_after_n_events(
+    lt: LoopThread, server: MockLLMServer, http: httpx.Client, n: int
+) -> None:
     lines, err = read_lines(http, STREAM, {"x-mock-fault": f"reset_after:{n}"})
     assert err is not None, "the stream must end in a connection error"
     assert len(content_events(lines)) == n
@@ -121,8 +138,9 @@ def test_reset_after_n_events(lt: LoopThread, server: MockLLMServer, http: httpx
 
 def test_reset_after_seen_by_openai_sdk(server: MockLLMServer) -> None:
     with openai.OpenAI(base_url=server.url, api_key="test", max_retries=0, timeout=10) as c:
-        stream = c.chat.completions.create(model="gpt-4o@fault=reset_after:2", stream=True,
-                                           messages=CHAT["messages"])  # type: ignore[arg-type]
+        stream = c.chat.completions.create(
+            model="gpt-4o@fault=reset_after:2", stream=True, messages=CHAT["messages"]
+        )  # type: ignore[arg-type]
         got: list[str] = []
         # The SDK wraps the transport error of a broken stream in APIConnectionError.
         with pytest.raises(openai.APIConnectionError):
@@ -140,8 +158,7 @@ def test_close_after_truncates_stream(http: httpx.Client) -> None:
 
 
 def test_close_after_beyond_token_count_still_has_no_terminal_event(http: httpx.Client) -> None:
-    lines, err = read_lines(http, STREAM, {"x-mock-fault": "close_after:99",
-                                           "x-mock-tokens": "3"})
+    lines, err = read_lines(http, STREAM, {"x-mock-fault": "close_after:99", "x-mock-tokens": "3"})
     assert err is not None and len(content_events(lines)) == 3 and "data: [DONE]" not in lines
 
 
@@ -153,8 +170,10 @@ def test_close_after_truncates_json_body(http: httpx.Client) -> None:
 def test_hang_then_client_gives_up(lt: LoopThread, server: MockLLMServer) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         body = json.dumps(CHAT).encode()
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-mock-fault: hang\r\n"
-                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-mock-fault: hang\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
         wait_stat(lt, server, "requests_total", 1)
         sock.settimeout(0.3)
         with pytest.raises(TimeoutError):
@@ -165,17 +184,22 @@ def test_hang_then_client_gives_up(lt: LoopThread, server: MockLLMServer) -> Non
 
 
 def test_hang_seen_by_httpx_timeout(lt: LoopThread, server: MockLLMServer) -> None:
-    with httpx.Client(base_url=server.root_url, timeout=0.3) as c, pytest.raises(
-        httpx.ReadTimeout
-    ):
+    with httpx.Client(base_url=server.root_url, timeout=0.3) as c, pytest.raises(httpx.ReadTimeout):
         c.post("/v1/messages", json=ANTHROPIC, headers={"x-mock-fault": "hang"})
     wait_stat(lt, server, "open_connections", 0)
 
 
 def test_hang_after_headers(lt: LoopThread, server: MockLLMServer) -> None:
     c = httpx.Client(base_url=server.root_url, timeout=httpx.Timeout(5, read=0.3))
-    with c, c.stream("POST", "/v1/chat/completions", json=STREAM,
-                     headers={"x-mock-fault": "hang_after_headers"}) as r:
+    with (
+        c,
+        c.stream(
+            "POST",
+            "/v1/chat/completions",
+            json=STREAM,
+            headers={"x-mock-fault": "hang_after_headers"},
+        ) as r,
+    ):
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         with pytest.raises(httpx.ReadTimeout):
@@ -187,8 +211,9 @@ def test_hang_after_headers(lt: LoopThread, server: MockLLMServer) -> None:
 def test_drop(lt: LoopThread, server: MockLLMServer, http: httpx.Client) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         http.post("/v1/chat/completions", json=CHAT, headers={"x-mock-fault": "drop"})
-    with openai.OpenAI(base_url=server.url, api_key="test", max_retries=0) as c, pytest.raises(
-        openai.APIConnectionError
+    with (
+        openai.OpenAI(base_url=server.url, api_key="test", max_retries=0) as c,
+        pytest.raises(openai.APIConnectionError),
     ):
         c.chat.completions.create(model="gpt-4o@fault=drop", messages=CHAT["messages"])  # type: ignore[arg-type]
     assert stat(lt, server, "faults_injected") == 2
@@ -208,8 +233,7 @@ def test_malformed_sse(http: httpx.Client) -> None:
             broken.append(line)
     assert len(broken) == 1
     assert "this line has no colon" in lines
-    assert content_events([x for x in lines if x not in broken]) == list(
-        _tokens("gpt-4o", 4))
+    assert content_events([x for x in lines if x not in broken]) == list(_tokens("gpt-4o", 4))
     assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]"
 
 
@@ -243,13 +267,16 @@ def test_trickle_delivers_same_bytes(server: MockLLMServer, http: httpx.Client) 
     reads = 0
     data = b""
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
-                     b"x-mock-fault: trickle\r\nx-mock-interval-ms: 2\r\n"
-                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+            b"x-mock-fault: trickle\r\nx-mock-interval-ms: 2\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
         while piece := sock.recv(65536):
             reads += 1
             data += piece
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert reads > 20
-    assert json.loads(data.split(b"\r\n\r\n", 1)[1])["choices"][0]["message"]["content"] == \
-        content_text("gpt-4o", 16)
+    assert json.loads(data.split(b"\r\n\r\n", 1)[1])["choices"][0]["message"][
+        "content"
+    ] == content_text("gpt-4o", 16)

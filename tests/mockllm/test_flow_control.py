@@ -33,13 +33,17 @@ def server_buffer(lt: LoopThread, server: MockLLMServer) -> tuple[bool, int]:
     return lt.call(probe)
 
 
-def test_huge_stream_to_slow_reader_has_bounded_memory(lt: LoopThread,
-                                                       server: MockLLMServer) -> None:
-    body = json.dumps({"model": "gpt-4o", "stream": True,
-                       "messages": [{"role": "user", "content": "go"}]}).encode()
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: m\r\nconnection: close\r\n"
-               b"x-mock-tokens: %d\r\nx-mock-event-bytes: %d\r\ncontent-length: %d\r\n\r\n%s"
-               % (TOKENS, EVENT_BYTES, len(body), body))
+def test_huge_stream_to_slow_reader_has_bounded_memory(
+    lt: LoopThread, server: MockLLMServer
+) -> None:
+    body = json.dumps(
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+    ).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: m\r\nconnection: close\r\n"
+        b"x-mock-tokens: %d\r\nx-mock-event-bytes: %d\r\ncontent-length: %d\r\n\r\n%s"
+        % (TOKENS, EVENT_BYTES, len(body), body)
+    )
     baseline = rss_bytes()
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)

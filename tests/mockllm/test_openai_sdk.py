@@ -20,8 +20,11 @@ WEATHER_TOOL = {
         "description": "Weather for a city",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
-                           "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
             "required": ["city"],
         },
     },
@@ -63,10 +66,15 @@ def test_chat_is_deterministic_except_ids(client: openai.OpenAI) -> None:
 
 def test_chat_usage_steering_fields(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=HELLO,  # type: ignore[arg-type]
-        extra_headers={"x-mock-tokens": "5", "x-mock-cache-read": "100",
-                       "x-mock-cache-write": "20", "x-mock-reasoning-tokens": "8",
-                       "x-mock-cost": "0.0125"},
+        model="gpt-4o",
+        messages=HELLO,  # type: ignore[arg-type]
+        extra_headers={
+            "x-mock-tokens": "5",
+            "x-mock-cache-read": "100",
+            "x-mock-cache-write": "20",
+            "x-mock-reasoning-tokens": "8",
+            "x-mock-cost": "0.0125",
+        },
     )
     data = json.loads(raw.text)
     usage = data["usage"]
@@ -84,7 +92,9 @@ def test_max_tokens_caps_default_but_not_steered_count(client: openai.OpenAI) ->
     assert capped.choices[0].finish_reason == "length"
     assert capped.usage is not None and capped.usage.completion_tokens == 4
     steered = client.chat.completions.create(
-        model="gpt-4o@tokens=10", messages=HELLO, max_tokens=4  # type: ignore[arg-type]
+        model="gpt-4o@tokens=10",
+        messages=HELLO,
+        max_tokens=4,  # type: ignore[arg-type]
     )
     assert steered.usage is not None and steered.usage.completion_tokens == 10
 
@@ -100,12 +110,16 @@ def test_model_name_steering_echoes_plain_model(client: openai.OpenAI) -> None:
 def test_chat_stream(client: openai.OpenAI, include_usage: bool) -> None:
     kwargs = {"stream_options": {"include_usage": True}} if include_usage else {}
     stream = client.chat.completions.create(
-        model="gpt-4o@tokens=12", messages=HELLO, stream=True, **kwargs  # type: ignore[arg-type]
+        model="gpt-4o@tokens=12",
+        messages=HELLO,
+        stream=True,
+        **kwargs,  # type: ignore[arg-type]
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
-    content = [c.choices[0].delta.content for c in chunks[1:] if c.choices
-               and c.choices[0].delta.content]
+    content = [
+        c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].delta.content
+    ]
     assert len(content) == 12  # one token per content event
     assert "".join(content) == content_text("gpt-4o", 12)
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -123,7 +137,9 @@ def test_chat_stream(client: openai.OpenAI, include_usage: bool) -> None:
 
 def test_chat_tool_call_json(client: openai.OpenAI) -> None:
     resp = client.chat.completions.create(
-        model="gpt-4o", messages=HELLO, tools=[WEATHER_TOOL]  # type: ignore[arg-type,list-item]
+        model="gpt-4o",
+        messages=HELLO,
+        tools=[WEATHER_TOOL],  # type: ignore[arg-type,list-item]
     )
     choice = resp.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -137,13 +153,25 @@ def test_chat_tool_call_json(client: openai.OpenAI) -> None:
 
 
 def test_chat_after_tool_result_answers_in_text(client: openai.OpenAI) -> None:
-    messages = [*HELLO,
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_1", "type": "function",
-                     "function": {"name": "get_weather", "arguments": "{}"}}]},
-                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    messages = [
+        *HELLO,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
     resp = client.chat.completions.create(
-        model="gpt-4o", messages=messages, tools=[WEATHER_TOOL]  # type: ignore[arg-type,list-item]
+        model="gpt-4o",
+        messages=messages,
+        tools=[WEATHER_TOOL],  # type: ignore[arg-type,list-item]
     )
     assert resp.choices[0].finish_reason == "stop"
     assert resp.choices[0].message.content
@@ -151,7 +179,10 @@ def test_chat_after_tool_result_answers_in_text(client: openai.OpenAI) -> None:
 
 def test_chat_tool_call_stream(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="gpt-4o", messages=HELLO, tools=[WEATHER_TOOL], stream=True,  # type: ignore[arg-type,list-item]
+        model="gpt-4o",
+        messages=HELLO,
+        tools=[WEATHER_TOOL],
+        stream=True,  # type: ignore[arg-type,list-item]
     )
     chunks = list(stream)
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
@@ -164,8 +195,9 @@ def test_chat_tool_call_stream(client: openai.OpenAI) -> None:
 
 
 def test_responses_json(client: openai.OpenAI) -> None:
-    resp = client.responses.create(model="gpt-4o@tokens=6", input="hello world!",
-                                   instructions="be brief")
+    resp = client.responses.create(
+        model="gpt-4o@tokens=6", input="hello world!", instructions="be brief"
+    )
     assert resp.model == "gpt-4o" and resp.status == "completed"
     assert resp.output_text == content_text("gpt-4o", 6)
     assert resp.usage is not None
@@ -178,9 +210,13 @@ def test_responses_json(client: openai.OpenAI) -> None:
 
 
 def test_responses_stream(client: openai.OpenAI) -> None:
-    events = list(client.responses.create(
-        model="gpt-4o@tokens=5", input=[{"role": "user", "content": "hello world!"}], stream=True,
-    ))
+    events = list(
+        client.responses.create(
+            model="gpt-4o@tokens=5",
+            input=[{"role": "user", "content": "hello world!"}],
+            stream=True,
+        )
+    )
     types = [e.type for e in events]
     assert types[:2] == ["response.created", "response.in_progress"]
     assert "response.output_item.added" in types
@@ -202,16 +238,28 @@ def test_responses_stream_helper_accumulates(client: openai.OpenAI) -> None:
 
 
 def test_responses_tool_call(client: openai.OpenAI) -> None:
-    tool = {"type": "function", "name": "lookup",
-            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    tool = {
+        "type": "function",
+        "name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    }
     resp = client.responses.create(model="gpt-4o", input="find", tools=[tool])  # type: ignore[list-item]
     call = resp.output[0]
     assert call.type == "function_call"
     assert call.name == "lookup" and json.loads(call.arguments) == {"q": "mock"}
-    events = list(client.responses.create(model="gpt-4o", input="find", tools=[tool],  # type: ignore[list-item]
-                                          stream=True))
-    args = "".join(e.delta for e in events  # type: ignore[union-attr]
-                   if e.type == "response.function_call_arguments.delta")
+    events = list(
+        client.responses.create(
+            model="gpt-4o",
+            input="find",
+            tools=[tool],  # type: ignore[list-item]
+            stream=True,
+        )
+    )
+    args = "".join(
+        e.delta
+        for e in events  # type: ignore[union-attr]
+        if e.type == "response.function_call_arguments.delta"
+    )
     assert json.loads(args) == {"q": "mock"}
     assert events[-1].type == "response.completed"
 
@@ -223,8 +271,9 @@ def test_embeddings_base64_default_and_float(client: openai.OpenAI) -> None:
     expected = embedding_vector("alpha", 1536)
     assert resp.data[0].embedding == pytest.approx(expected, abs=1e-6)
     assert resp.usage.prompt_tokens == resp.usage.total_tokens == 2
-    small = client.embeddings.create(model="m", input="alpha", dimensions=8,
-                                     encoding_format="float")
+    small = client.embeddings.create(
+        model="m", input="alpha", dimensions=8, encoding_format="float"
+    )
     assert small.data[0].embedding == pytest.approx(embedding_vector("alpha", 8))
     norm = sum(x * x for x in small.data[0].embedding)
     assert norm == pytest.approx(1.0, abs=1e-4)
@@ -252,12 +301,16 @@ def test_custom_models_list(lt, server: MockLLMServer) -> None:  # type: ignore[
 def test_async_client_concurrent(server: MockLLMServer) -> None:
     async def main() -> list[str]:
         async with openai.AsyncOpenAI(base_url=server.url, api_key="test", max_retries=0) as c:
+
             async def one(i: int) -> str:
                 stream = await c.chat.completions.create(
-                    model=f"gpt-4o@tokens={i + 1}", messages=HELLO, stream=True,  # type: ignore[arg-type]
+                    model=f"gpt-4o@tokens={i + 1}",
+                    messages=HELLO,
+                    stream=True,  # type: ignore[arg-type]
                 )
-                return "".join([ch.choices[0].delta.content or "" async for ch in stream
-                                if ch.choices])
+                return "".join(
+                    [ch.choices[0].delta.content or "" async for ch in stream if ch.choices]
+                )
 
             plain = await c.chat.completions.create(model="gpt-4o", messages=HELLO)  # type: ignore[arg-type]
             assert plain.choices[0].message.content == content_text("gpt-4o", 16)
@@ -269,8 +322,11 @@ def test_async_client_concurrent(server: MockLLMServer) -> None:
 
 def test_openai_error_dialect(client: openai.OpenAI) -> None:
     with pytest.raises(openai.AuthenticationError) as info:
-        client.chat.completions.create(model="gpt-4o", messages=HELLO,  # type: ignore[arg-type]
-                                       extra_headers={"x-mock-status": "401"})
+        client.chat.completions.create(
+            model="gpt-4o",
+            messages=HELLO,  # type: ignore[arg-type]
+            extra_headers={"x-mock-status": "401"},
+        )
     body = info.value.body
     assert isinstance(body, dict)
     assert set(body) == {"message", "type", "param", "code"}

@@ -23,8 +23,14 @@ CHAT_BYTES = json.dumps(CHAT).encode()
 
 
 def post(path: bytes, body: bytes, extra: bytes = b"") -> bytes:
-    return (b"POST " + path + b" HTTP/1.1\r\nhost: mock\r\ncontent-type: application/json\r\n"
-            + extra + b"content-length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nhost: mock\r\ncontent-type: application/json\r\n"
+        + extra
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
 
 
 def split_responses(data: bytes) -> list[tuple[int, bytes]]:
@@ -34,8 +40,9 @@ def split_responses(data: bytes) -> list[tuple[int, bytes]]:
         head, _, rest = data.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split()[1])
-        length = next(int(x.split(b":")[1]) for x in lines[1:]
-                      if x.lower().startswith(b"content-length:"))
+        length = next(
+            int(x.split(b":")[1]) for x in lines[1:] if x.lower().startswith(b"content-length:")
+        )
         out.append((status, rest[:length]))
         data = rest[length:]
     return out
@@ -47,8 +54,9 @@ def http(server: MockLLMServer) -> Iterator[httpx.Client]:
         yield c
 
 
-def test_keep_alive_one_connection(lt: LoopThread, server: MockLLMServer,
-                                   http: httpx.Client) -> None:
+def test_keep_alive_one_connection(
+    lt: LoopThread, server: MockLLMServer, http: httpx.Client
+) -> None:
     for _ in range(10):
         assert http.post("/v1/chat/completions", json=CHAT).status_code == 200
         assert http.get("/v1/models").status_code == 200
@@ -70,8 +78,9 @@ def test_recorded_requests(lt: LoopThread, server: MockLLMServer, http: httpx.Cl
     assert rec.received_at > 0
 
 
-def test_streams_aborted_when_client_leaves(lt: LoopThread, server: MockLLMServer,
-                                            http: httpx.Client) -> None:
+def test_streams_aborted_when_client_leaves(
+    lt: LoopThread, server: MockLLMServer, http: httpx.Client
+) -> None:
     body = {**CHAT, "stream": True}
     headers = {"x-mock-tokens": "100000", "x-mock-interval-ms": "5"}
     with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
@@ -89,9 +98,11 @@ def test_pipelining_answers_in_order(server: MockLLMServer) -> None:
     # Three requests in one send, the first one slow: answers must still come in order.
     slow = post(b"/v1/chat/completions", CHAT_BYTES, b"x-mock-ttfb-ms: 50\r\n")
     models = b"GET /v1/models HTTP/1.1\r\nhost: mock\r\n\r\n"
-    last = post(b"/v1/chat/completions",
-                json.dumps({**CHAT, "model": "demo@tokens=2"}).encode(),
-                b"connection: close\r\n")
+    last = post(
+        b"/v1/chat/completions",
+        json.dumps({**CHAT, "model": "demo@tokens=2"}).encode(),
+        b"connection: close\r\n",
+    )
     data = raw_request(server.port, slow + models + last)
     answers = split_responses(data)
     assert [s for s, _ in answers] == [200, 200, 200]
@@ -101,10 +112,14 @@ def test_pipelining_answers_in_order(server: MockLLMServer) -> None:
 
 
 def test_pipelined_stream_then_json(server: MockLLMServer) -> None:
-    stream = post(b"/v1/chat/completions", json.dumps({**CHAT, "stream": True}).encode(),
-                  b"x-mock-tokens: 3\r\n")
-    data = raw_request(server.port,
-                       stream + b"GET /v1/models HTTP/1.1\r\nhost: m\r\nconnection: close\r\n\r\n")
+    stream = post(
+        b"/v1/chat/completions",
+        json.dumps({**CHAT, "stream": True}).encode(),
+        b"x-mock-tokens: 3\r\n",
+    )
+    data = raw_request(
+        server.port, stream + b"GET /v1/models HTTP/1.1\r\nhost: m\r\nconnection: close\r\n\r\n"
+    )
     first, _, second = data.partition(b"0\r\n\r\n")
     assert b"text/event-stream" in first and b"data: [DONE]" in first
     assert second.startswith(b"HTTP/1.1 200 OK") and b'"object":"list"' in second
@@ -112,11 +127,17 @@ def test_pipelined_stream_then_json(server: MockLLMServer) -> None:
 
 def test_chunked_request_body(server: MockLLMServer) -> None:
     half = len(CHAT_BYTES) // 2
-    body = (b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"
-            % (half, CHAT_BYTES[:half], len(CHAT_BYTES) - half, CHAT_BYTES[half:]))
-    req = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: m\r\ntransfer-encoding: chunked\r\n"
-           b"connection: close\r\n\r\n" + body)
-    (status, payload), = split_responses(raw_request(server.port, req))
+    body = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+        half,
+        CHAT_BYTES[:half],
+        len(CHAT_BYTES) - half,
+        CHAT_BYTES[half:],
+    )
+    req = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: m\r\ntransfer-encoding: chunked\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+    ((status, payload),) = split_responses(raw_request(server.port, req))
     assert status == 200 and json.loads(payload)["usage"]["prompt_tokens"] == 7
 
 
@@ -130,8 +151,10 @@ def test_http10_stream_is_close_delimited(server: MockLLMServer) -> None:
 
 
 def test_expect_100_continue(server: MockLLMServer) -> None:
-    data = raw_request(server.port, post(b"/v1/chat/completions", CHAT_BYTES,
-                                         b"expect: 100-continue\r\nconnection: close\r\n"))
+    data = raw_request(
+        server.port,
+        post(b"/v1/chat/completions", CHAT_BYTES, b"expect: 100-continue\r\nconnection: close\r\n"),
+    )
     assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
 
 
@@ -160,8 +183,9 @@ def test_malformed_http_gets_400_and_close(server: MockLLMServer) -> None:
     assert data.startswith(b"HTTP/1.1 400 ")
 
 
-def test_set_behaviour_persistent_and_header_wins(lt: LoopThread, server: MockLLMServer,
-                                                  http: httpx.Client) -> None:
+def test_set_behaviour_persistent_and_header_wins(
+    lt: LoopThread, server: MockLLMServer, http: httpx.Client
+) -> None:
     lt.call(lambda: server.set_behaviour(tokens=3))
     lt.call(lambda: server.set_behaviour(path_prefix="/v1/models", status=503))
     r = http.post("/v1/chat/completions", json=CHAT)
@@ -170,8 +194,11 @@ def test_set_behaviour_persistent_and_header_wins(lt: LoopThread, server: MockLL
     assert http.get("/models").status_code == 503  # the prefix names the endpoint either way
     r = http.post("/v1/chat/completions", json={**CHAT, "model": "gpt-4o@tokens=4"})
     assert r.json()["usage"]["completion_tokens"] == 4  # model name beats persistent
-    r = http.post("/v1/chat/completions", json={**CHAT, "model": "gpt-4o@tokens=4"},
-                  headers={"x-mock-tokens": "5"})
+    r = http.post(
+        "/v1/chat/completions",
+        json={**CHAT, "model": "gpt-4o@tokens=4"},
+        headers={"x-mock-tokens": "5"},
+    )
     assert r.json()["usage"]["completion_tokens"] == 5  # header beats everything
     lt.call(server.clear_behaviour)
     assert http.get("/v1/models").status_code == 200
@@ -192,8 +219,11 @@ def test_control_endpoints(lt: LoopThread, server: MockLLMServer, http: httpx.Cl
     r = http.post("/_mock/behaviour", json={"path_prefix": "/v1/messages", "status": 529})
     assert r.status_code == 200
     assert r.json()["by_prefix"] == {"/v1/messages": {"status": 529}}
-    anth = {"model": "claude-haiku-4-5", "max_tokens": 5,
-            "messages": [{"role": "user", "content": "x"}]}
+    anth = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "x"}],
+    }
     r = http.post("/v1/messages", json=anth)
     assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
     assert http.post("/v1/chat/completions", json=CHAT).status_code == 200  # other paths untouched
@@ -248,8 +278,9 @@ def test_tls(lt: LoopThread) -> None:
             r = c.post(srv.url + "/chat/completions", json=CHAT)
             assert r.status_code == 200
             assert r.json()["choices"][0]["message"]["content"] == content_text("gpt-4o", 16)
-            with c.stream("POST", srv.url + "/chat/completions",
-                          json={**CHAT, "stream": True}) as s:
+            with c.stream(
+                "POST", srv.url + "/chat/completions", json={**CHAT, "stream": True}
+            ) as s:
                 assert list(s.iter_lines())[-2:] == ["data: [DONE]", ""]
         with pytest.raises(httpx.ConnectError):  # and a client not trusting the CA refuses it
             httpx.get(srv.url + "/models", timeout=5)

@@ -44,19 +44,45 @@ def test_prompt_tokens_formula() -> None:
     assert prompt_tokens([]) == 1  # never zero
     assert prompt_tokens("abcdefgh") == 2 + 4  # a plain string is one message
     assert prompt_tokens([{"role": "user", "content": "é" * 8}]) == 4 + 4  # UTF-8 bytes
-    parts = [{"role": "user", "content": [{"type": "text", "text": "abcd"},
-                                          {"type": "image_url", "image_url": {"url": "x" * 99}}]}]
+    parts = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "abcd"},
+                {"type": "image_url", "image_url": {"url": "x" * 99}},
+            ],
+        }
+    ]
     assert prompt_tokens(parts) == 1 + 4  # only text counts
-    anthropic = [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
-                                               "content": [{"type": "text", "text": "abcdabcd"}]}]}]
+    anthropic = [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "t",
+                    "content": [{"type": "text", "text": "abcdabcd"}],
+                }
+            ],
+        }
+    ]
     assert prompt_tokens(anthropic, "system!!") == (8 + 8) // 4 + 4
     system_blocks = [{"type": "text", "text": "abcd"}]
     assert prompt_tokens([{"role": "user", "content": "abcd"}], system_blocks) == 2 + 4
-    responses = [{"type": "function_call_output", "call_id": "c", "output": "abcdabcd"},
-                 {"role": "user", "content": [{"type": "input_text", "text": "abcd"}]}]
+    responses = [
+        {"type": "function_call_output", "call_id": "c", "output": "abcdabcd"},
+        {"role": "user", "content": [{"type": "input_text", "text": "abcd"}]},
+    ]
     assert prompt_tokens(responses) == 3 + 8
-    tool_calls = [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}]
+    tool_calls = [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+            ],
+        }
+    ]
     assert prompt_tokens(tool_calls) == 7 // 4 + 4
 
 
@@ -72,13 +98,27 @@ def test_embeddings() -> None:
 
 
 def test_tool_arguments() -> None:
-    schema = {"type": "object", "properties": {
-        "s": {"type": "string"}, "i": {"type": "integer"}, "n": {"type": "number"},
-        "b": {"type": "boolean"}, "e": {"enum": ["x", "y"]}, "a": {"type": "array",
-        "items": {"type": "integer"}}, "o": {"type": "object", "properties": {
-            "z": {"type": ["null", "string"]}}}}}
-    assert sample_arguments(schema) == {"s": "mock", "i": 1, "n": 1.5, "b": True, "e": "x",
-                                        "a": [1], "o": {"z": "mock"}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "s": {"type": "string"},
+            "i": {"type": "integer"},
+            "n": {"type": "number"},
+            "b": {"type": "boolean"},
+            "e": {"enum": ["x", "y"]},
+            "a": {"type": "array", "items": {"type": "integer"}},
+            "o": {"type": "object", "properties": {"z": {"type": ["null", "string"]}}},
+        },
+    }
+    assert sample_arguments(schema) == {
+        "s": "mock",
+        "i": 1,
+        "n": 1.5,
+        "b": True,
+        "e": "x",
+        "a": [1],
+        "o": {"z": "mock"},
+    }
     assert sample_arguments({}) == "mock"
     args = json.dumps(sample_arguments(schema))
     frags = argument_fragments(args)

@@ -35,8 +35,9 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
 def make(impl: ModuleType, **kw: object) -> tuple[ActivityTracker, FakeClock]:
     clock = FakeClock()
     kw.setdefault("stale_timeout_s", 10.0)
-    tracker = ActivityTracker(["openai.1", "anthropic.1"], clock=clock,
-                              counter_block=impl.CounterBlock, **kw)  # type: ignore[arg-type]
+    tracker = ActivityTracker(
+        ["openai.1", "anthropic.1"], clock=clock, counter_block=impl.CounterBlock, **kw
+    )  # type: ignore[arg-type]
     return tracker, clock
 
 
@@ -62,7 +63,11 @@ def test_entries_count_and_leave(impl: ModuleType) -> None:
     snap = t.snapshot()
     be = snap.backends["openai.1"]
     assert (be.active_connections, be.bytes_rx, be.lifetime_bytes_rx, be.lifetime_bytes_tx) == (
-        1, 7, 157, 97)
+        1,
+        7,
+        157,
+        97,
+    )
     assert snap.backends["anthropic.1"].active_connections == 0
     assert (t.opened_total, t.closed_total) == (2, 1)
 
@@ -75,7 +80,12 @@ def test_snapshot_connection_fields(impl: ModuleType) -> None:
     snap = t.snapshot()
     (c,) = snap.connections
     assert (c.exchange_id, c.backend, c.session_id, c.model, c.streaming) == (
-        42, "anthropic.1", None, "claude", False)
+        42,
+        "anthropic.1",
+        None,
+        "claude",
+        False,
+    )
     assert c.duration_seconds == pytest.approx(2.5)
     assert (c.bytes_rx, c.bytes_tx) == (10, 5)
     # The bytes were first observed by this snapshot: last activity is "now".

@@ -113,7 +113,10 @@ def test_outcomes_while_open_are_ignored() -> None:
 def test_live_outcome_in_half_open_without_a_trial_decides() -> None:
     b = make(threshold=1, cooldown=1.0)
     b.feed(Event.LIVE_FAILURE, 0.0)
-    assert states(b.feed(Event.LIVE_SUCCESS, 1.5)) == [("open", "half_open"), ("half_open", "closed")]
+    assert states(b.feed(Event.LIVE_SUCCESS, 1.5)) == [
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
 
 
 @pytest.mark.parametrize("state", [State.OPEN, State.HALF_OPEN, State.TRIAL])
@@ -145,7 +148,9 @@ def test_next_deadline() -> None:
 def test_table_invariants() -> None:
     """Every state can reach CLOSED; nothing but THRESHOLD/PROBE_UNHEALTHY leaves CLOSED."""
     assert {e for (s, e) in TRANSITIONS if s is State.CLOSED} == {
-        Event.THRESHOLD, Event.PROBE_UNHEALTHY}
+        Event.THRESHOLD,
+        Event.PROBE_UNHEALTHY,
+    }
     for s in State:
         if s is not State.CLOSED:
             assert TRANSITIONS.get((s, Event.RESET)) is State.CLOSED

@@ -28,13 +28,17 @@ def pair(gateway_factory, mock_factory):
     a, b = mock_factory(), mock_factory()
 
     def make(primary: dict | None = None, health: dict | None = None, threshold: int = 3):
-        return gateway_factory({
-            "backends": {"openai.1": primary or backend_for(a, models=["gpt-4o"]),
-                         "openai.2": backend_for(b, models=["gpt-4o-mini"])},
-            "failover_routes": {"gpt-4o": ["openai.2:gpt-4o-mini"]},
-            "health_check": {**QUIET_PROBES, **(health or {})},
-            "circuit_breaker": {"failure_threshold": threshold, "open_cooldown_seconds": 60},
-        })
+        return gateway_factory(
+            {
+                "backends": {
+                    "openai.1": primary or backend_for(a, models=["gpt-4o"]),
+                    "openai.2": backend_for(b, models=["gpt-4o-mini"]),
+                },
+                "failover_routes": {"gpt-4o": ["openai.2:gpt-4o-mini"]},
+                "health_check": {**QUIET_PROBES, **(health or {})},
+                "circuit_breaker": {"failure_threshold": threshold, "open_cooldown_seconds": 60},
+            }
+        )
 
     return make, a, b
 
@@ -68,8 +72,9 @@ def test_500s_from_live_traffic_open_the_breaker_while_the_probe_is_fine(pair, s
 def test_4xx_and_429_never_open_it(pair, server_loop, status: int) -> None:
     make, a, _ = pair
     gw = make(threshold=2)
-    server_loop.call(lambda: a.set_behaviour(path_prefix="/v1/chat/completions", status=status,
-                                             retry_after=0))
+    server_loop.call(
+        lambda: a.set_behaviour(path_prefix="/v1/chat/completions", status=status, retry_after=0)
+    )
     for _ in range(6):
         chat(gw)
     assert a.stats.requests_by_path["/v1/chat/completions"] == 6
@@ -104,11 +109,15 @@ def test_connect_errors_open_it_and_routing_stops_trying(pair) -> None:
 
 
 def test_all_open_falls_back_to_the_original_plan(gateway_factory) -> None:
-    gw = gateway_factory({
-        "backends": {"openai.1": {"api_url": _dead_url(), "api_key": "k", "models": ["gpt-4o"]}},
-        "health_check": QUIET_PROBES,
-        "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 60},
-    })
+    gw = gateway_factory(
+        {
+            "backends": {
+                "openai.1": {"api_url": _dead_url(), "api_key": "k", "models": ["gpt-4o"]}
+            },
+            "health_check": QUIET_PROBES,
+            "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 60},
+        }
+    )
     assert chat(gw).status_code == 502
     assert gw.state.health.circuit_state("openai.1") == "open"
     chat(gw)  # still tried: an excluded-everything plan is the original plan
@@ -159,19 +168,23 @@ def test_reactivate_forces_closed(pair, server_loop) -> None:
     assert chat(gw).headers["x-fastproxy-backend"] == "openai.1"
 
 
-def test_half_open_lets_exactly_one_trial_through(gateway_factory, mock_factory,
-                                                  server_loop) -> None:
+def test_half_open_lets_exactly_one_trial_through(
+    gateway_factory, mock_factory, server_loop
+) -> None:
     a = mock_factory()
-    gw = gateway_factory({
-        "backends": {"openai.1": backend_for(a, models=["gpt-4o"])},
-        "health_check": QUIET_PROBES,
-        "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 0.3},
-    })
+    gw = gateway_factory(
+        {
+            "backends": {"openai.1": backend_for(a, models=["gpt-4o"])},
+            "health_check": QUIET_PROBES,
+            "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 0.3},
+        }
+    )
     health = gw.state.health
     server_loop.call(lambda: a.set_behaviour(path_prefix="/v1/chat/completions", status=500))
     chat(gw)
-    wait_until(lambda: health.circuit_state("openai.1") == "half_open", timeout=5,
-               what="cooldown elapsed")
+    wait_until(
+        lambda: health.circuit_state("openai.1") == "half_open", timeout=5, what="cooldown elapsed"
+    )
     # Routing's view, asked on the loop as routing does: one trial, then refusals.
     answers = server_loop.call(lambda: [health.is_open("openai.1") for _ in range(3)])
     assert answers == [False, True, True]

@@ -41,8 +41,10 @@ class SSEReader:
         self._buf = b""
         self._sock = socket.create_connection((host, int(port)), timeout=10)
         self._sock.settimeout(None)
-        self._sock.sendall(b"GET /internal/health/events HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-                           b"accept: text/event-stream\r\n\r\n")
+        self._sock.sendall(
+            b"GET /internal/health/events HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+            b"accept: text/event-stream\r\n\r\n"
+        )
         self._parser = httptools.HttpResponseParser(self)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -171,19 +173,24 @@ def health(gw) -> dict[str, Any]:
 
 
 def test_probe_failure_opens_breaker_fails_over_and_recovers(
-        gateway_factory, mock_factory, server_loop, webhook) -> None:
+    gateway_factory, mock_factory, server_loop, webhook
+) -> None:
     a, b = mock_factory(), mock_factory()
-    gw = gateway_factory({
-        "backends": {"openai.1": backend_for(a, models=["gpt-4o"]),
-                     "openai.2": backend_for(b, models=["gpt-4o-mini"])},
-        "failover_routes": {"gpt-4o": ["openai.2:gpt-4o-mini"]},
-        "health_check": {
-            "ping": {"interval_seconds": 0.2, "timeout_seconds": 1},
-            "http": {"interval_seconds": 0.2, "timeout_seconds": 1, "failure_threshold": 2},
-            "webhook_url": webhook.url,
-        },
-        "circuit_breaker": {"failure_threshold": 3, "open_cooldown_seconds": 3},
-    })
+    gw = gateway_factory(
+        {
+            "backends": {
+                "openai.1": backend_for(a, models=["gpt-4o"]),
+                "openai.2": backend_for(b, models=["gpt-4o-mini"]),
+            },
+            "failover_routes": {"gpt-4o": ["openai.2:gpt-4o-mini"]},
+            "health_check": {
+                "ping": {"interval_seconds": 0.2, "timeout_seconds": 1},
+                "http": {"interval_seconds": 0.2, "timeout_seconds": 1, "failure_threshold": 2},
+                "webhook_url": webhook.url,
+            },
+            "circuit_breaker": {"failure_threshold": 3, "open_cooldown_seconds": 3},
+        }
+    )
     a_url = gw.state.backends["openai.1"].normalized_url
     sse = SSEReader(gw.url)
     try:
@@ -213,8 +220,12 @@ def test_probe_failure_opens_breaker_fails_over_and_recovers(
         assert be["circuit_state"] == "open" and be["open_until"].endswith("Z")
         assert be["is_endpoint_healthy"] is False
 
-        wait_until(lambda: any(x.get("backend") == "openai.1" and x["to"] == "open"
-                               for x in webhook.bodies), what="webhook POST of the opening")
+        wait_until(
+            lambda: any(
+                x.get("backend") == "openai.1" and x["to"] == "open" for x in webhook.bodies
+            ),
+            what="webhook POST of the opening",
+        )
 
         # Recovery: the probe passes, the cooldown ends, the half-open trial closes it.
         server_loop.call(a.clear_behaviour)
@@ -225,24 +236,34 @@ def test_probe_failure_opens_breaker_fails_over_and_recovers(
         assert closed["from"] == "half_open"
         r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=10)
         assert r.status_code == 200 and r.headers["x-fastproxy-backend"] == "openai.1"
-        wait_until(lambda: any(x.get("backend") == "openai.1" and x["to"] == "closed"
-                               for x in webhook.bodies), what="webhook POST of the closing")
+        wait_until(
+            lambda: any(
+                x.get("backend") == "openai.1" and x["to"] == "closed" for x in webhook.bodies
+            ),
+            what="webhook POST of the closing",
+        )
         assert health(gw)["status"] == "ok"
     finally:
         sse.close()
 
 
-def test_webhook_retries_and_never_delays_the_stream(gateway_factory, mock_factory,
-                                                     server_loop) -> None:
+def test_webhook_retries_and_never_delays_the_stream(
+    gateway_factory, mock_factory, server_loop
+) -> None:
     flaky = WebhookReceiver(fail_first=2)
     a = mock_factory()
     try:
-        gw = gateway_factory({
-            "backends": {"openai.1": backend_for(a, models=["gpt-4o"])},
-            "health_check": {"ping": {"enabled": False}, "webhook_url": flaky.url,
-                             "http": {"interval_seconds": 60}},
-            "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 60},
-        })
+        gw = gateway_factory(
+            {
+                "backends": {"openai.1": backend_for(a, models=["gpt-4o"])},
+                "health_check": {
+                    "ping": {"enabled": False},
+                    "webhook_url": flaky.url,
+                    "http": {"interval_seconds": 60},
+                },
+                "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 60},
+            }
+        )
         sse = SSEReader(gw.url)
         try:
             server_loop.call(lambda: a.set_behaviour(status=500))
@@ -254,8 +275,9 @@ def test_webhook_retries_and_never_delays_the_stream(gateway_factory, mock_facto
             counters = gw.state.health.notifier.counters
             # The receiver keeps the body before its answer reaches the notifier, which
             # counts the delivery only then: wait for the count, do not race it.
-            wait_until(lambda: counters["webhook_sent"] == 1, timeout=5,
-                       what="the delivery counted")
+            wait_until(
+                lambda: counters["webhook_sent"] == 1, timeout=5, what="the delivery counted"
+            )
             assert counters["webhook_failed"] == 0
         finally:
             sse.close()
@@ -264,8 +286,12 @@ def test_webhook_retries_and_never_delays_the_stream(gateway_factory, mock_facto
 
 
 def test_events_stream_ends_when_the_gateway_stops(gateway_factory, mock_llm) -> None:
-    gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)},
-                          "health_check": {"ping": {"enabled": False}}})
+    gw = gateway_factory(
+        {
+            "backends": {"openai.1": backend_for(mock_llm)},
+            "health_check": {"ping": {"enabled": False}},
+        }
+    )
     sse = SSEReader(gw.url)
     try:
         assert sse.comments[0].startswith(": fastproxy health events")
@@ -276,14 +302,17 @@ def test_events_stream_ends_when_the_gateway_stops(gateway_factory, mock_llm) ->
         sse.close()
 
 
-def test_admin_listener_serves_the_same_document_and_stream(gateway_factory, mock_factory,
-                                                            server_loop) -> None:
+def test_admin_listener_serves_the_same_document_and_stream(
+    gateway_factory, mock_factory, server_loop
+) -> None:
     a = mock_factory()
-    gw = gateway_factory({
-        "backends": {"openai.1": backend_for(a, models=["gpt-4o"])},
-        "health_check": {"ping": {"enabled": False}},
-        "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 60},
-    })
+    gw = gateway_factory(
+        {
+            "backends": {"openai.1": backend_for(a, models=["gpt-4o"])},
+            "health_check": {"ping": {"enabled": False}},
+            "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 60},
+        }
+    )
     admin_port = gw.gateway.admin_port
     if not admin_port:
         pytest.skip("the admin listener is not built in this tree")

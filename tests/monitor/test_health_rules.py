@@ -30,16 +30,19 @@ def _ep(http_failures: int = 0, ping_status: str = "ok", http_kind: str = OK) ->
     return ep
 
 
-@pytest.mark.parametrize(("http_failures", "ping_status", "http_kind", "expected"), [
-    (0, "failing", OK, "healthy"),  # ping alone never decides (defect §12.6)
-    (0, "unavailable", OK, "healthy"),
-    (1, "ok", FAILING, "healthy"),  # below the HTTP threshold (2)
-    (1, "failing", FAILING, "unhealthy"),  # both signals agree
-    (2, "ok", FAILING, "unhealthy"),
-    (2, "unavailable", FAILING, "unhealthy"),
-    (0, "ok", MISCONFIGURED, "misconfigured"),
-    (0, "failing", RATE_LIMITED, "rate_limited"),
-])
+@pytest.mark.parametrize(
+    ("http_failures", "ping_status", "http_kind", "expected"),
+    [
+        (0, "failing", OK, "healthy"),  # ping alone never decides (defect §12.6)
+        (0, "unavailable", OK, "healthy"),
+        (1, "ok", FAILING, "healthy"),  # below the HTTP threshold (2)
+        (1, "failing", FAILING, "unhealthy"),  # both signals agree
+        (2, "ok", FAILING, "unhealthy"),
+        (2, "unavailable", FAILING, "unhealthy"),
+        (0, "ok", MISCONFIGURED, "misconfigured"),
+        (0, "failing", RATE_LIMITED, "rate_limited"),
+    ],
+)
 def test_verdict(http_failures: int, ping_status: str, http_kind: str, expected: str) -> None:
     assert verdict(_ep(http_failures, ping_status, http_kind), True, 2) == expected
 
@@ -48,11 +51,23 @@ def test_verdict_without_http_probe_is_never_unhealthy() -> None:
     assert verdict(_ep(5, "failing", FAILING), False, 2) == "healthy"
 
 
-@pytest.mark.parametrize(("status", "kind"), [
-    (200, OK), (204, OK), (301, MISCONFIGURED), (400, MISCONFIGURED), (401, MISCONFIGURED),
-    (403, MISCONFIGURED), (404, MISCONFIGURED), (429, RATE_LIMITED), (500, FAILING),
-    (502, FAILING), (503, FAILING), (529, FAILING),
-])
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (200, OK),
+        (204, OK),
+        (301, MISCONFIGURED),
+        (400, MISCONFIGURED),
+        (401, MISCONFIGURED),
+        (403, MISCONFIGURED),
+        (404, MISCONFIGURED),
+        (429, RATE_LIMITED),
+        (500, FAILING),
+        (502, FAILING),
+        (503, FAILING),
+        (529, FAILING),
+    ],
+)
 def test_status_classes(status: int, kind: str) -> None:
     assert classify_status(status) == kind
 
@@ -69,14 +84,18 @@ def test_retry_after() -> None:
 
 
 def test_probe_request_bytes() -> None:
-    oa = Backend("openai.1", BackendConfig(api_url="https://api.example.com/v1",
-                                           api_key="sk-test-123456"), env={})
+    oa = Backend(
+        "openai.1",
+        BackendConfig(api_url="https://api.example.com/v1", api_key="sk-test-123456"),
+        env={},
+    )
     req = probe_request(oa, "GET", "/models")
     assert req.startswith(b"GET /v1/models HTTP/1.1\r\nhost: api.example.com\r\n")
     assert b"authorization: Bearer sk-test-123456\r\n" in req
     assert b"connection: close\r\n" in req and req.endswith(b"\r\n\r\n")
-    an = Backend("anthropic.1", BackendConfig(api_url="http://127.0.0.1:8080/v1",
-                                              api_key="k"), env={})
+    an = Backend(
+        "anthropic.1", BackendConfig(api_url="http://127.0.0.1:8080/v1", api_key="k"), env={}
+    )
     req = probe_request(an, "HEAD", "models")
     assert req.startswith(b"HEAD /v1/models HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n")
     assert b"x-api-key: k\r\n" in req and b"anthropic-version: 2023-06-01\r\n" in req
@@ -135,8 +154,11 @@ async def test_intervals_are_jittered_within_ten_percent() -> None:
     from fastproxy.monitor.health import HealthService
     from fastproxy.state import GatewayState
 
-    cfg = Config(health_check=HealthCheckConfig(ping=PingConfig(interval_seconds=30.0),
-                                                http=HttpProbeConfig(interval_seconds=60.0)))
+    cfg = Config(
+        health_check=HealthCheckConfig(
+            ping=PingConfig(interval_seconds=30.0), http=HttpProbeConfig(interval_seconds=60.0)
+        )
+    )
     svc = HealthService(GatewayState(cfg, asyncio.get_running_loop()), rng=random.Random(7))
     pings = [svc._interval("ping") for _ in range(1000)]
     https = [svc._interval("http") for _ in range(1000)]

@@ -19,8 +19,11 @@ from tests.conftest import RunningGateway, backend_for
 from tests.support.waiting import wait_until
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-MSG = {"model": "claude-haiku-4-5", "max_tokens": 100,
-       "messages": [{"role": "user", "content": "hi"}]}
+MSG = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 100,
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 def scrape(gw: RunningGateway) -> dict[str, Any]:
@@ -34,21 +37,28 @@ def total(fams: dict[str, Any], family: str, sample: str | None = None, **labels
     fam = fams.get(family)
     if fam is None:
         return 0.0
-    return sum(s.value for s in fam.samples
-               if (sample is None or s.name == sample)
-               and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for s in fam.samples
+        if (sample is None or s.name == sample)
+        and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 @pytest.fixture
 def gw(gateway_factory: Callable[..., RunningGateway], mock_llm: Any) -> RunningGateway:
-    return gateway_factory({
-        "backends": {"openai.1": backend_for(mock_llm, "openai"),
-                     "anthropic.1": backend_for(mock_llm, "anthropic")},
-        "default_backend": "openai.1",
-        "enable_activity_tracking": True,
-        "health_check": {"enabled": False},
-        "usage_tracking": {"enabled": False},
-    })
+    return gateway_factory(
+        {
+            "backends": {
+                "openai.1": backend_for(mock_llm, "openai"),
+                "anthropic.1": backend_for(mock_llm, "anthropic"),
+            },
+            "default_backend": "openai.1",
+            "enable_activity_tracking": True,
+            "health_check": {"enabled": False},
+            "usage_tracking": {"enabled": False},
+        }
+    )
 
 
 def test_request_counter_moves_exactly(gw: RunningGateway) -> None:
@@ -59,18 +69,34 @@ def test_request_counter_moves_exactly(gw: RunningGateway) -> None:
         for _ in range(3):
             assert c.post(url + "/v1/chat/completions", json=CHAT).status_code == 200
         for _ in range(2):
-            assert c.post(url + "/v1/chat/completions", json={**CHAT, "stream": True}).status_code == 200
+            assert (
+                c.post(url + "/v1/chat/completions", json={**CHAT, "stream": True}).status_code
+                == 200
+            )
         assert c.post(url + "/v1/messages", json=MSG).status_code == 200
-        assert c.post(url + "/v1/chat/completions", json=CHAT,
-                      headers={"x-mock-status": "400"}).status_code == 400
+        assert (
+            c.post(
+                url + "/v1/chat/completions", json=CHAT, headers={"x-mock-status": "400"}
+            ).status_code
+            == 400
+        )
         # Monitoring traffic is not LLM traffic and is not counted.
         c.get(url + "/v1/diagnostics")
         c.get(url + "/v1/models")
     fams = scrape(gw)
     assert total(fams, "fastproxy_requests") - req0 == 7
     assert total(fams, "fastproxy_requests", status_class="4xx") == 1
-    assert total(fams, "fastproxy_requests", frontend="anthropic", backend="anthropic.1",
-                 model="claude-haiku-4-5", status_class="2xx") == 1
+    assert (
+        total(
+            fams,
+            "fastproxy_requests",
+            frontend="anthropic",
+            backend="anthropic.1",
+            model="claude-haiku-4-5",
+            status_class="2xx",
+        )
+        == 1
+    )
     dur = "fastproxy_gen_ai_client_operation_duration_seconds"
     assert total(fams, dur, dur + "_count") == 7
     assert total(fams, dur, dur + "_bucket", le="+Inf") == 7
@@ -90,17 +116,22 @@ def test_in_flight_gauges(gw: RunningGateway) -> None:
 
     def stream() -> None:
         try:
-            httpx.post(gw.url + "/v1/chat/completions", json={**CHAT, "stream": True},
-                       headers={"x-mock-tokens": "8", "x-mock-interval-ms": "250"}, timeout=30)
+            httpx.post(
+                gw.url + "/v1/chat/completions",
+                json={**CHAT, "stream": True},
+                headers={"x-mock-tokens": "8", "x-mock-interval-ms": "250"},
+                timeout=30,
+            )
         finally:
             done.set()
 
     t = threading.Thread(target=stream)
     t.start()
     try:
-        fams = wait_until(lambda: (f := scrape(gw)) and
-                          total(f, "fastproxy_streams_in_flight") == 1 and f,
-                          what="the stream to show in flight")
+        fams = wait_until(
+            lambda: (f := scrape(gw)) and total(f, "fastproxy_streams_in_flight") == 1 and f,
+            what="the stream to show in flight",
+        )
         assert total(fams, "fastproxy_requests_in_flight") == 1
         assert total(fams, "fastproxy_activity_connections") == 1
     finally:
@@ -110,8 +141,11 @@ def test_in_flight_gauges(gw: RunningGateway) -> None:
 
 
 def test_no_secrets_sessions_or_addresses_in_labels(gw: RunningGateway) -> None:
-    httpx.post(gw.url + "/v1/chat/completions", json=CHAT,
-               headers={"x-session-id": "sess-very-private", "authorization": "Bearer sk-client-x"})
+    httpx.post(
+        gw.url + "/v1/chat/completions",
+        json=CHAT,
+        headers={"x-session-id": "sess-very-private", "authorization": "Bearer sk-client-x"},
+    )
     text = scrape(gw)["_text"]
     for secret in ("sess-very-private", "sk-client", "sk-backend", "127.0.0.1"):
         assert secret not in text
@@ -119,12 +153,17 @@ def test_no_secrets_sessions_or_addresses_in_labels(gw: RunningGateway) -> None:
 
 def test_failures_and_aborts_are_counted(gw: RunningGateway, mock_llm: Any) -> None:
     before = scrape(gw)
-    r = httpx.post(gw.url + "/v1/chat/completions", json={**CHAT, "stream": True},
-                   headers={"x-mock-tokens": "50", "x-mock-fault": "reset_after:3"}, timeout=30)
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={**CHAT, "stream": True},
+        headers={"x-mock-tokens": "50", "x-mock-fault": "reset_after:3"},
+        timeout=30,
+    )
     assert b"stream_truncated" in r.content
     fams = scrape(gw)
-    assert (total(fams, "fastproxy_stream_truncations")
-            - total(before, "fastproxy_stream_truncations")) == 1
+    assert (
+        total(fams, "fastproxy_stream_truncations") - total(before, "fastproxy_stream_truncations")
+    ) == 1
 
 
 # -- the collector without sockets ------------------------------------------------------------
@@ -139,8 +178,15 @@ class FakeState:
         self.storage_status: Callable[[], dict[str, Any]] | None = None
 
 
-def record(model: str, status: int = 200, *, duration: float = 0.05, streaming: bool = False,
-           ttft: float = 0.0, usage: BackendUsage | None = None) -> ExchangeRecord:
+def record(
+    model: str,
+    status: int = 200,
+    *,
+    duration: float = 0.05,
+    streaming: bool = False,
+    ttft: float = 0.0,
+    usage: BackendUsage | None = None,
+) -> ExchangeRecord:
     rec = ExchangeRecord(1, 1, 0.0)  # started at 0: durations stay exact floats
     rec.frontend, rec.backend, rec.model_used, rec.status = "openai", "b1", model, status
     rec.ended_at = duration
@@ -180,8 +226,7 @@ def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
         m.observe(record("m", duration=d, streaming=True, ttft=0.001))
     fams = parse(m.render().decode())
     name = "fastproxy_gen_ai_client_operation_duration_seconds"
-    buckets = {s.labels["le"]: s.value for s in fams[name].samples
-               if s.name == name + "_bucket"}
+    buckets = {s.labels["le"]: s.value for s in fams[name].samples if s.name == name + "_bucket"}
     assert buckets["0.01"] == 1 and buckets["0.02"] == 2
     assert buckets[repr(DURATION_BUCKETS[-1])] == 2 and buckets["+Inf"] == 3
     assert total(fams, name, name + "_sum") == pytest.approx(100.025)
@@ -193,8 +238,12 @@ def test_tokens_cost_storage_and_counters() -> None:
     st = FakeState()
     st.counters.upstream_errors = {"connect": 2, "timeout": 1}
     st.counters.failovers = 3
-    st.storage_status = lambda: {"usage_db": "ok", "queue_depth": 7, "dropped_records": 2,
-                                 "write_errors": 0}
+    st.storage_status = lambda: {
+        "usage_db": "ok",
+        "queue_depth": 7,
+        "dropped_records": 2,
+        "write_errors": 0,
+    }
     m = MetricsCollector(st)
     m.observe(record("m", usage=BackendUsage(prompt=10, completion=5, cost=0.25)))
     m.observe(record("m", usage=BackendUsage(prompt=1, completion=2, cost=0.5)))

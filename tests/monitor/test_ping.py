@@ -75,8 +75,13 @@ def _can_unshare() -> str | None:
 
 def _run(shell_prefix: str) -> dict:
     cmd = f"{shell_prefix} {shlex.quote(sys.executable)} -c {shlex.quote(SCRIPT)}"
-    r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONWARNINGS": "error"})
+    r = subprocess.run(
+        ["sh", "-c", cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
     assert r.returncode == 0, f"subprocess failed:\n{r.stderr[-3000:]}"
     result = json.loads(r.stdout.strip().splitlines()[-1])
     result["stderr"] = r.stderr
@@ -84,8 +89,10 @@ def _run(shell_prefix: str) -> dict:
 
 
 def _netns(range_: str, then: str) -> str:
-    return (f"unshare -n sh -c 'ip link set lo up && "
-            f"sysctl -qw net.ipv4.ping_group_range=\"{range_}\" && exec {then} \"$@\"' sh")
+    return (
+        f"unshare -n sh -c 'ip link set lo up && "
+        f'sysctl -qw net.ipv4.ping_group_range="{range_}" && exec {then} "$@"\' sh'
+    )
 
 
 def _endpoint(result: dict) -> dict:

@@ -33,8 +33,9 @@ def webhook() -> Any:
     r.close()
 
 
-def cycling_gateway(gateway_factory: Any, mock: Any, webhook_url: str,
-                    window: float | None = None) -> Any:
+def cycling_gateway(
+    gateway_factory: Any, mock: Any, webhook_url: str, window: float | None = None
+) -> Any:
     health: dict[str, Any] = {
         "ping": {"enabled": False},
         "http": {"interval_seconds": 0.2, "timeout_seconds": 1, "failure_threshold": 1},
@@ -42,11 +43,13 @@ def cycling_gateway(gateway_factory: Any, mock: Any, webhook_url: str,
     }
     if window is not None:
         health["log_repeat_window_seconds"] = window
-    return gateway_factory({
-        "backends": {"openai.1": backend_for(mock, models=["gpt-4o"])},
-        "health_check": health,
-        "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 0.25},
-    })
+    return gateway_factory(
+        {
+            "backends": {"openai.1": backend_for(mock, models=["gpt-4o"])},
+            "health_check": health,
+            "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 0.25},
+        }
+    )
 
 
 class Events:
@@ -58,6 +61,7 @@ class Events:
 
     def until(self, old: str, new: str, count: int = 1, timeout: float = 20.0) -> None:
         """Read on until (old -> new) has been seen ``count`` times in all."""
+
         def enough(kind: str, e: dict[str, Any]) -> bool:
             if kind == "breaker" and e.get("backend") == "openai.1":
                 self.seen.append((e["from"], e["to"]))
@@ -83,8 +87,12 @@ def levels(lines: list[tuple[int, str, str, str]], old: str, new: str) -> Counte
 
 
 def test_a_dead_endpoint_logs_each_transition_once_but_streams_every_one(
-        gateway_factory: Any, mock_factory: Any, server_loop: Any, webhook: WebhookReceiver,
-        caplog: pytest.LogCaptureFixture) -> None:
+    gateway_factory: Any,
+    mock_factory: Any,
+    server_loop: Any,
+    webhook: WebhookReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG, logger="fastproxy.monitor")
     a = mock_factory()
     gw = cycling_gateway(gateway_factory, a, webhook.url)
@@ -112,9 +120,10 @@ def test_a_dead_endpoint_logs_each_transition_once_but_streams_every_one(
         assert f"(after {unlogged} repeated transitions logged at DEBUG only)" in recovery
         # The endpoint went down once and came back once: one WARNING line each.
         ep_lines = [r for r in caplog.records if r.getMessage().startswith("endpoint ")]
-        assert [(r.levelno, r.getMessage().split(": ", 1)[1].split(" (")[0])
-                for r in ep_lines] == [(logging.WARNING, "healthy -> unhealthy"),
-                                       (logging.WARNING, "unhealthy -> healthy")]
+        assert [(r.levelno, r.getMessage().split(": ", 1)[1].split(" (")[0]) for r in ep_lines] == [
+            (logging.WARNING, "healthy -> unhealthy"),
+            (logging.WARNING, "unhealthy -> healthy"),
+        ]
 
         # The webhook got every transition, not the summary.
         def delivered() -> list[tuple[str, str]] | None:
@@ -135,8 +144,12 @@ def test_a_dead_endpoint_logs_each_transition_once_but_streams_every_one(
 
 
 def test_repeats_are_summarised_with_their_count_once_per_window(
-        gateway_factory: Any, mock_factory: Any, server_loop: Any, webhook: WebhookReceiver,
-        caplog: pytest.LogCaptureFixture) -> None:
+    gateway_factory: Any,
+    mock_factory: Any,
+    server_loop: Any,
+    webhook: WebhookReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG, logger="fastproxy.monitor")
     a = mock_factory()
     gw = cycling_gateway(gateway_factory, a, webhook.url, window=1.0)
@@ -146,21 +159,28 @@ def test_repeats_are_summarised_with_their_count_once_per_window(
         server_loop.call(lambda: a.set_behaviour(status=503))
 
         def summary() -> bool:
-            return any("repeated" in m for level, a_, b_, m in breaker_lines(caplog)
-                       if (a_, b_) == ("open", "half_open") and level == logging.WARNING)
+            return any(
+                "repeated" in m
+                for level, a_, b_, m in breaker_lines(caplog)
+                if (a_, b_) == ("open", "half_open") and level == logging.WARNING
+            )
 
         wait_until(summary, timeout=20, what="a summary line after the 1 s window")
         server_loop.call(a.clear_behaviour)
         events.until("half_open", "closed", timeout=20)
-        cycle = [(level, m) for level, a_, b_, m in breaker_lines(caplog)
-                 if (a_, b_) == ("open", "half_open")]
+        cycle = [
+            (level, m)
+            for level, a_, b_, m in breaker_lines(caplog)
+            if (a_, b_) == ("open", "half_open")
+        ]
         first, second = [i for i, (level, _) in enumerate(cycle) if level == logging.WARNING][:2]
         assert "repeated" not in cycle[first][1]
         # The count is every occurrence since the previous WARNING line, this one included.
-        n = int(re.search(r"\(repeated (\d+) times in the last [\d.]+ s\)$",
-                          cycle[second][1]).group(1))  # type: ignore[union-attr]
+        n = int(
+            re.search(r"\(repeated (\d+) times in the last [\d.]+ s\)$", cycle[second][1]).group(1)
+        )  # type: ignore[union-attr]
         assert n == second - first >= 2
-        assert all(level == logging.DEBUG for level, _ in cycle[first + 1:second])
+        assert all(level == logging.DEBUG for level, _ in cycle[first + 1 : second])
         # Summarised in the log, never in the stream: one event per transition.
         assert Counter(events.seen)[("open", "half_open")] == len(cycle)
     finally:
@@ -188,7 +208,8 @@ def test_transition_log_rules_on_a_hand_driven_clock(caplog: pytest.LogCaptureFi
     now[0] = 600.0
     assert write("open", "half_open", "cooldown") == (
         logging.WARNING,
-        "breaker b: open -> half_open (cooldown) (repeated 6 times in the last 10 min)")
+        "breaker b: open -> half_open (cooldown) (repeated 6 times in the last 10 min)",
+    )
     now[0] += 1
     assert write("open", "half_open")[0] == logging.DEBUG  # the window starts again
     # Another subject's first transition is its own news.
@@ -197,7 +218,8 @@ def test_transition_log_rules_on_a_hand_driven_clock(caplog: pytest.LogCaptureFi
     assert caplog.records[0].levelno == logging.WARNING
     assert write("half_open", "closed") == (
         logging.WARNING,
-        "breaker b: half_open -> closed (r) (after 1 repeated transitions logged at DEBUG only)")
+        "breaker b: half_open -> closed (r) (after 1 repeated transitions logged at DEBUG only)",
+    )
     assert write("open", "half_open")[0] == logging.WARNING  # forgotten at the recovery
     # Window 0: every transition at WARNING, as before the summaries existed.
     every = TransitionLog(window_s=0, clock=lambda: now[0])

@@ -37,20 +37,41 @@ ANTHROPIC_MODEL = "claude-haiku-4-5"
 
 # The error `type` each dialect gives a status when the gateway itself refuses: the
 # providers' own names where they have one, so their SDKs raise the matching error class.
-OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                404: "invalid_request_error", 405: "invalid_request_error",
-                408: "timeout_error", 413: "invalid_request_error",
-                414: "invalid_request_error", 431: "invalid_request_error",
-                502: "server_error", 503: "server_error", 504: "server_error"}
-ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                   404: "not_found_error", 405: "invalid_request_error",
-                   408: "timeout_error",
-                   413: "request_too_large", 414: "request_too_large", 431: "request_too_large",
-                   502: "api_error", 503: "overloaded_error", 504: "timeout_error"}
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    414: "invalid_request_error",
+    431: "invalid_request_error",
+    502: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    414: "request_too_large",
+    431: "request_too_large",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
 
 # Small limits and short deadlines, so every case is quick and none waits long.
-LIMITS = {"max_request_line_bytes": 1024, "max_head_bytes": 4096, "max_headers": 20,
-          "max_body_bytes": 10_000, "max_connections": 50}
+LIMITS = {
+    "max_request_line_bytes": 1024,
+    "max_head_bytes": 4096,
+    "max_headers": 20,
+    "max_body_bytes": 10_000,
+    "max_connections": 50,
+}
 TIMEOUTS = {"header_seconds": 0.3, "body_idle_seconds": 0.3}
 
 
@@ -61,23 +82,45 @@ def is_anthropic(path: str) -> bool:
 def payload(path: str = CHAT_PATH, **extra: Any) -> bytes:
     """A valid JSON body for the path's API."""
     if is_anthropic(path):
-        body: dict[str, Any] = {"model": ANTHROPIC_MODEL, "max_tokens": 64,
-                                "messages": [{"role": "user", "content": "hi"}]}
+        body: dict[str, Any] = {
+            "model": ANTHROPIC_MODEL,
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
     else:
         body = {"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "hi"}]}
     return orjson.dumps({**body, **extra})
 
 
-def request(path: str = CHAT_PATH, body: bytes | None = None, *, extra: bytes = b"",
-            method: bytes = b"POST", version: bytes = b"HTTP/1.1",
-            host: bytes = b"host: localhost\r\n", framing: bytes | None = None) -> bytes:
+def request(
+    path: str = CHAT_PATH,
+    body: bytes | None = None,
+    *,
+    extra: bytes = b"",
+    method: bytes = b"POST",
+    version: bytes = b"HTTP/1.1",
+    host: bytes = b"host: localhost\r\n",
+    framing: bytes | None = None,
+) -> bytes:
     """One request, byte for byte. ``framing`` replaces the Content-Length line (pass the
     framing headers under test, or b"" for none)."""
     body = payload(path) if body is None else body
     if framing is None:
         framing = b"content-length: %d\r\n" % len(body)
-    return (method + b" " + path.encode() + b" " + version + b"\r\n" + host
-            + b"content-type: application/json\r\n" + extra + framing + b"\r\n" + body)
+    return (
+        method
+        + b" "
+        + path.encode()
+        + b" "
+        + version
+        + b"\r\n"
+        + host
+        + b"content-type: application/json\r\n"
+        + extra
+        + framing
+        + b"\r\n"
+        + body
+    )
 
 
 def follow_up(path: str = CHAT_PATH, tokens: int = 3, body: bytes | None = None) -> bytes:
@@ -162,9 +205,11 @@ class RawClient:
         deadline = time.monotonic() + timeout
         while not self._done:
             if self.eof:
-                raise AssertionError(f"the connection closed before a complete response "
-                                     f"(got status {self._current.status}, "
-                                     f"body {self._current.body[:200]!r})")
+                raise AssertionError(
+                    f"the connection closed before a complete response "
+                    f"(got status {self._current.status}, "
+                    f"body {self._current.body[:200]!r})"
+                )
             if self._recv(deadline) is None:
                 raise AssertionError(f"no complete response within {timeout}s")
         self._answered += 1
@@ -178,12 +223,14 @@ class RawClient:
             if self._recv(deadline) is None:
                 return False
         assert self._begun == self._answered, (
-            f"{self._begun - self._answered} more response(s) before the close: {self._done}")
+            f"{self._begun - self._answered} more response(s) before the close: {self._done}"
+        )
         return True
 
 
-def assert_error(resp: Response, status: int, path: str, code: str, *,
-                 etype: str | None = None) -> None:
+def assert_error(
+    resp: Response, status: int, path: str, code: str, *, etype: str | None = None
+) -> None:
     """``resp`` is ``status`` with an error body in the dialect of ``path``, exactly.
 
     ``code`` is the OpenAI ``error.code``; the Anthropic dialect has no code, so its
@@ -261,15 +308,17 @@ def assert_closed(client: RawClient) -> None:
     assert client.closed(), "the gateway kept a connection open that it had to close"
 
 
-def assert_in_sync(client: RawClient, path: str = CHAT_PATH, tokens: int = 3,
-                   body: bytes | None = None) -> None:
+def assert_in_sync(
+    client: RawClient, path: str = CHAT_PATH, tokens: int = 3, body: bytes | None = None
+) -> None:
     """The same connection carries one more request and gets that request's answer."""
     client.send(follow_up(path, tokens, body))
     assert_answers(client.read(), path, tokens)
 
 
-def assert_in_sync_or_closed(client: RawClient, resp: Response, path: str = CHAT_PATH,
-                             body: bytes | None = None) -> None:
+def assert_in_sync_or_closed(
+    client: RawClient, resp: Response, path: str = CHAT_PATH, body: bytes | None = None
+) -> None:
     """Whichever the gateway announced: ``connection: close`` must be kept, otherwise
     the connection must be usable for the next request."""
     if resp.headers.get("connection") == "close":
@@ -278,8 +327,9 @@ def assert_in_sync_or_closed(client: RawClient, resp: Response, path: str = CHAT
         assert_in_sync(client, path, body=body)
 
 
-def assert_still_serves(gw: RunningGateway, path: str = CHAT_PATH,
-                        body: bytes | None = None) -> None:
+def assert_still_serves(
+    gw: RunningGateway, path: str = CHAT_PATH, body: bytes | None = None
+) -> None:
     with RawClient(gw.port) as client:
         client.send(request(path, body))
         assert_answers(client.read(), path)
@@ -288,13 +338,17 @@ def assert_still_serves(gw: RunningGateway, path: str = CHAT_PATH,
 @pytest.fixture
 def gw(gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer) -> RunningGateway:
     """One OpenAI and one Anthropic backend on the same mock, small limits, short deadlines."""
-    return gateway_factory({
-        "backends": {"openai.1": backend_for(mock_llm, "openai"),
-                     "anthropic.1": backend_for(mock_llm, "anthropic")},
-        "default_backend": "openai.1",
-        "limits": dict(LIMITS),
-        "timeouts": dict(TIMEOUTS),
-    })
+    return gateway_factory(
+        {
+            "backends": {
+                "openai.1": backend_for(mock_llm, "openai"),
+                "anthropic.1": backend_for(mock_llm, "anthropic"),
+            },
+            "default_backend": "openai.1",
+            "limits": dict(LIMITS),
+            "timeouts": dict(TIMEOUTS),
+        }
+    )
 
 
 @pytest.fixture

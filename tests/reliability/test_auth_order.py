@@ -37,19 +37,27 @@ KEY = b"client-key-1"
 
 
 @pytest.fixture
-def keyed(gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer) -> RunningGateway:
-    return gateway_factory({
-        "backends": {"openai.1": backend_for(mock_llm, "openai"),
-                     "anthropic.1": backend_for(mock_llm, "anthropic")},
-        "default_backend": "openai.1",
-        "auth": {"api_keys": [KEY.decode()]},
-        "limits": {"max_body_bytes": 1_000_000},
-    })
+def keyed(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+) -> RunningGateway:
+    return gateway_factory(
+        {
+            "backends": {
+                "openai.1": backend_for(mock_llm, "openai"),
+                "anthropic.1": backend_for(mock_llm, "anthropic"),
+            },
+            "default_backend": "openai.1",
+            "auth": {"api_keys": [KEY.decode()]},
+            "limits": {"max_body_bytes": 1_000_000},
+        }
+    )
 
 
 def _head(path: str, length: int, extra: bytes = b"") -> bytes:
-    return (b"POST " + path.encode() + b" HTTP/1.1\r\nhost: localhost\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\n" % length + extra + b"\r\n")
+    return (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nhost: localhost\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n" % length + extra + b"\r\n"
+    )
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -66,8 +74,9 @@ def test_no_key_is_refused_before_the_body(
     assert backend_requests(mock_llm) == 0
 
 
-@pytest.mark.parametrize("key_header", [b"authorization: Bearer wrong-key\r\n",
-                                        b"x-api-key: wrong-key\r\n"])
+@pytest.mark.parametrize(
+    "key_header", [b"authorization: Bearer wrong-key\r\n", b"x-api-key: wrong-key\r\n"]
+)
 def test_a_wrong_key_gets_no_100_continue(
     keyed: RunningGateway, mock_llm: MockLLMServer, key_header: bytes
 ) -> None:
@@ -81,13 +90,20 @@ def test_a_wrong_key_gets_no_100_continue(
     assert backend_requests(mock_llm) == 0
 
 
-@pytest.mark.parametrize(("target", "length", "status", "code"), [
-    ("/v1/no-such-api", 500, 404, "not_found"),
-    ("/v1/models", 500, 405, "method_not_allowed"),
-    (CHAT_PATH, 2_000_000, 413, "request_too_large"),
-])
+@pytest.mark.parametrize(
+    ("target", "length", "status", "code"),
+    [
+        ("/v1/no-such-api", 500, 404, "not_found"),
+        ("/v1/models", 500, 405, "method_not_allowed"),
+        (CHAT_PATH, 2_000_000, 413, "request_too_large"),
+    ],
+)
 def test_no_100_continue_for_a_request_that_will_be_refused(
-    keyed: RunningGateway, mock_llm: MockLLMServer, target: str, length: int, status: int,
+    keyed: RunningGateway,
+    mock_llm: MockLLMServer,
+    target: str,
+    length: int,
+    status: int,
     code: str,
 ) -> None:
     """Sends a valid key and `Expect: 100-continue` to an unknown path, to a GET-only path
@@ -111,8 +127,15 @@ def test_a_valid_key_gets_100_continue_then_the_answer(
     the body: one 200 answer in the path's dialect."""
     body = payload(path)
     with RawClient(keyed.port) as client:
-        client.send(_head(path, len(body), b"expect: 100-continue\r\nauthorization: Bearer "
-                          + KEY + b"\r\nx-mock-tokens: 4\r\n"))
+        client.send(
+            _head(
+                path,
+                len(body),
+                b"expect: 100-continue\r\nauthorization: Bearer "
+                + KEY
+                + b"\r\nx-mock-tokens: 4\r\n",
+            )
+        )
         client.sock.settimeout(3)
         interim = client.sock.recv(25)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -121,11 +144,17 @@ def test_a_valid_key_gets_100_continue_then_the_answer(
     assert backend_requests(mock_llm) == 1
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/v1/usage/stats"), ("GET", "/v1/usage/export"), ("GET", "/internal/health"),
-    ("GET", "/v1/diagnostics"), ("POST", "/v1/diagnostics/backends/openai.1/reactivate"),
-    ("GET", "/v1/models"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/usage/stats"),
+        ("GET", "/v1/usage/export"),
+        ("GET", "/internal/health"),
+        ("GET", "/v1/diagnostics"),
+        ("POST", "/v1/diagnostics/backends/openai.1/reactivate"),
+        ("GET", "/v1/models"),
+    ],
+)
 def test_monitoring_on_the_data_port_needs_a_key_when_keys_are_set(
     keyed: RunningGateway, method: str, path: str
 ) -> None:
@@ -150,8 +179,10 @@ def test_a_rejected_request_is_recorded_once(
         client.send(request(MESSAGES_PATH, extra=b"x-api-key: nope\r\n"))
         assert client.read().status == 401
     admin = f"http://127.0.0.1:{keyed.gateway.admin_port}/v1/usage/recent"
-    records = wait_until(lambda: httpx.get(admin, timeout=10).json()["records"],
-                         what="the record of the refused request")
+    records = wait_until(
+        lambda: httpx.get(admin, timeout=10).json()["records"],
+        what="the record of the refused request",
+    )
     assert len(records) == 1
     assert records[0]["outcome"] == "rejected" and records[0]["http_status_code"] == 401
     assert records[0]["frontend_type"] == "anthropic"
@@ -160,8 +191,11 @@ def test_a_rejected_request_is_recorded_once(
 # -- memory: a 60 MiB body is held once --------------------------------------------------
 @pytest.fixture
 def mock_process() -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "fastproxy", "mock-llm", "--port", "0"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastproxy", "mock-llm", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     url = proc.stdout.readline().split()[-1]
     yield url
@@ -180,7 +214,7 @@ def _post(port: int, body: bytes) -> bytes:
         s.sendall(_head(CHAT_PATH, len(body)))
         view = memoryview(body)
         for i in range(0, len(body), 1 << 20):
-            s.sendall(view[i:i + (1 << 20)])
+            s.sendall(view[i : i + (1 << 20)])
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = s.recv(65536)
@@ -200,12 +234,25 @@ def test_a_60_mib_request_is_held_once(mock_process: str, usage: bool) -> None:
     most = 1.25
     tmp = tempfile.mkdtemp()
     cfg = Path(tmp) / "config.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "port": 0, "admin": {"port": 0}, "state_dir": tmp,
-        "backends": {"openai.1": {"type": "openai", "api_url": mock_process, "api_key": "k",
-                                  "models": ["gpt-4o"]}},
-        "usage_tracking": {"enabled": usage}, "health_check": {"enabled": False},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "port": 0,
+                "admin": {"port": 0},
+                "state_dir": tmp,
+                "backends": {
+                    "openai.1": {
+                        "type": "openai",
+                        "api_url": mock_process,
+                        "api_key": "k",
+                        "models": ["gpt-4o"],
+                    }
+                },
+                "usage_tracking": {"enabled": usage},
+                "health_check": {"enabled": False},
+            }
+        )
+    )
     gw = GatewayProcess(["--config", str(cfg)])
     try:
         port = gw.wait_ready()
@@ -214,14 +261,18 @@ def test_a_60_mib_request_is_held_once(mock_process: str, usage: bool) -> None:
             assert _post(port, small) == b"HTTP/1.1 200 OK"
         before = _peak_rss(gw.pid)
         size = 60 << 20
-        big = orjson.dumps({"model": "gpt-4o",
-                            "messages": [{"role": "user", "content": "word " * (size // 5)}]})
+        big = orjson.dumps(
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": "word " * (size // 5)}]}
+        )
         assert _post(port, big) == b"HTTP/1.1 200 OK"
         del big
         if usage:  # the writer has parsed the body once its record is stored
             admin = f"http://127.0.0.1:{gw.admin_port}/v1/usage/recent"
-            page = wait_until(lambda: (p := httpx.get(admin, timeout=10).json())["total"] == 4
-                              and p, timeout=30, what="the large request's record")
+            page = wait_until(
+                lambda: (p := httpx.get(admin, timeout=10).json())["total"] == 4 and p,
+                timeout=30,
+                what="the large request's record",
+            )
             big_rec = page["records"][0]  # newest first
             # Estimated from the bytes: about a token per "word " (5 bytes) of the prompt.
             assert 0.8 * size / 5 < big_rec["ctp_prompt_tokens"] < 1.5 * size / 5

@@ -32,15 +32,27 @@ from tests.support.waiting import wait_until
 
 
 def _gateway(factory: Callable[..., RunningGateway], url: str, **limits: int) -> RunningGateway:
-    return factory({
-        "backends": {"openai.1": {"type": "openai", "api_url": url, "api_key": "k",
-                                  "models": ["gpt-4o"]},
-                     "anthropic.1": {"type": "anthropic", "api_url": url, "api_key": "k",
-                                     "models": ["claude-haiku-4-5"]}},
-        "default_backend": "openai.1",
-        "limits": limits,
-        "usage_tracking": {"flush_interval_seconds": 0.05},
-    })
+    return factory(
+        {
+            "backends": {
+                "openai.1": {
+                    "type": "openai",
+                    "api_url": url,
+                    "api_key": "k",
+                    "models": ["gpt-4o"],
+                },
+                "anthropic.1": {
+                    "type": "anthropic",
+                    "api_url": url,
+                    "api_key": "k",
+                    "models": ["claude-haiku-4-5"],
+                },
+            },
+            "default_backend": "openai.1",
+            "limits": limits,
+            "usage_tracking": {"flush_interval_seconds": 0.05},
+        }
+    )
 
 
 def _records(gw: RunningGateway) -> list[dict[str, Any]]:
@@ -50,13 +62,16 @@ def _records(gw: RunningGateway) -> list[dict[str, Any]]:
 
 def _sse(*events: bytes) -> bytes:
     body = b"".join(events)
-    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-            b"content-length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"content-length: %d\r\n\r\n" % len(body) + body
+    )
 
 
 @pytest.mark.parametrize("path", [CHAT_PATH, MESSAGES_PATH])
 def test_an_sse_event_over_the_limit_ends_the_stream_with_an_error(
-    gateway_factory: Callable[..., RunningGateway], raw_backend: Callable[[bytes], str],
+    gateway_factory: Callable[..., RunningGateway],
+    raw_backend: Callable[[bytes], str],
     path: str,
 ) -> None:
     """The backend streams a small event, a 100 KiB event (the limit is 64 KiB), another
@@ -69,10 +84,14 @@ def test_an_sse_event_over_the_limit_ends_the_stream_with_an_error(
         later = b'data: {"choices":[{"delta":{"content":"later"}}]}\n\n'
         terminal = b"data: [DONE]\n\n"
     else:
-        first = (b'event: content_block_delta\ndata: {"type":"content_block_delta",'
-                 b'"delta":{"type":"text_delta","text":"first"}}\n\n')
-        huge = (b'event: content_block_delta\ndata: {"type":"content_block_delta",'
-                b'"delta":{"type":"text_delta","text":"' + b"h" * 100_000 + b'"}}\n\n')
+        first = (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta",'
+            b'"delta":{"type":"text_delta","text":"first"}}\n\n'
+        )
+        huge = (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta",'
+            b'"delta":{"type":"text_delta","text":"' + b"h" * 100_000 + b'"}}\n\n'
+        )
         later = first.replace(b"first", b"later")
         terminal = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     url = raw_backend(_sse(first, huge, later, terminal))
@@ -92,20 +111,30 @@ def test_an_sse_event_over_the_limit_ends_the_stream_with_an_error(
 
 
 @pytest.mark.parametrize("path", [CHAT_PATH, MESSAGES_PATH])
-@pytest.mark.parametrize("head", [
-    b"x-huge: " + b"v" * 10_000 + b"\r\n",  # one header past max_head_bytes (4096)
-    b"".join(b"x-h%d: v\r\n" % i for i in range(60)),  # more than max_headers (40)
-], ids=["huge-header", "many-headers"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"x-huge: " + b"v" * 10_000 + b"\r\n",  # one header past max_head_bytes (4096)
+        b"".join(b"x-h%d: v\r\n" % i for i in range(60)),  # more than max_headers (40)
+    ],
+    ids=["huge-header", "many-headers"],
+)
 def test_a_response_head_over_the_limits_is_a_502(
-    gateway_factory: Callable[..., RunningGateway], raw_backend: Callable[[bytes], str],
-    path: str, head: bytes,
+    gateway_factory: Callable[..., RunningGateway],
+    raw_backend: Callable[[bytes], str],
+    path: str,
+    head: bytes,
 ) -> None:
     """The backend answers with a 10 kB header (limit 4096 bytes) or 60 headers (limit
     40): 502 in the caller's dialect, none of the backend's headers relayed, and the
     gateway still serves."""
     body = orjson.dumps({"ok": True})
-    url = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n" + head
-                      + b"content-length: %d\r\n\r\n" % len(body) + body)
+    url = raw_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        + head
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
     gw = _gateway(gateway_factory, url, max_head_bytes=4096, max_headers=40)
     with RawClient(gw.port) as client:
         client.send(request(path))
@@ -125,8 +154,10 @@ class _Flood:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                     b"transfer-encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
         chunk = b"100000\r\n" + b" " * 0x100000 + b"\r\n"
         try:
             for _ in range(256):
@@ -164,8 +195,10 @@ def _rss() -> int:
 
 @pytest.mark.parametrize("path", [CHAT_PATH, MESSAGES_PATH])
 def test_a_json_body_over_the_limit_is_a_502_with_bounded_memory(
-    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer,
-    flood: tuple[str, _Flood], path: str,
+    gateway_factory: Callable[..., RunningGateway],
+    mock_llm: MockLLMServer,
+    flood: tuple[str, _Flood],
+    path: str,
 ) -> None:
     """The backend sends a non-streaming body that does not end (up to 256 MiB; the
     limit is 4 MiB): the client gets 502 in its dialect as soon as 4 MiB are past, the

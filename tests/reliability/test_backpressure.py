@@ -21,17 +21,20 @@ from tests.support.waiting import wait_until
 BIG = b"x-mock-tokens: 2000\r\nx-mock-event-bytes: 16384\r\n"
 
 
-def _gateway(factory: Callable[..., RunningGateway], mock: MockLLMServer,
-             **timeouts: float) -> RunningGateway:
-    return factory({
-        "backends": {
-            "openai.1": backend_for(mock, "openai", idle_timeout_s=0.5),
-            "anthropic.1": backend_for(mock, "anthropic", idle_timeout_s=0.5),
-        },
-        "default_backend": "openai.1",
-        "usage_tracking": {"flush_interval_seconds": 0.05},
-        "timeouts": timeouts,
-    })
+def _gateway(
+    factory: Callable[..., RunningGateway], mock: MockLLMServer, **timeouts: float
+) -> RunningGateway:
+    return factory(
+        {
+            "backends": {
+                "openai.1": backend_for(mock, "openai", idle_timeout_s=0.5),
+                "anthropic.1": backend_for(mock, "anthropic", idle_timeout_s=0.5),
+            },
+            "default_backend": "openai.1",
+            "usage_tracking": {"flush_interval_seconds": 0.05},
+            "timeouts": timeouts,
+        }
+    )
 
 
 def _slow_socket(port: int) -> socket.socket:
@@ -54,16 +57,24 @@ def _backend_state(gw: RunningGateway, name: str) -> dict[str, Any]:
 def _paused(gw: RunningGateway) -> bool:
     def check() -> bool:
         return any(c.write_paused for c in gw.state.connections)
+
     return bool(gw.lt.call(check))
 
 
-@pytest.mark.parametrize(("path", "backend", "terminal"), [
-    (CHAT_PATH, "openai.1", b"data: [DONE]"),
-    (MESSAGES_PATH, "anthropic.1", b"message_stop"),
-])
+@pytest.mark.parametrize(
+    ("path", "backend", "terminal"),
+    [
+        (CHAT_PATH, "openai.1", b"data: [DONE]"),
+        (MESSAGES_PATH, "anthropic.1", b"message_stop"),
+    ],
+)
 def test_a_slow_reader_is_not_cut_by_the_backend_idle_timeout(
-    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer,
-    caplog: pytest.LogCaptureFixture, path: str, backend: str, terminal: bytes,
+    gateway_factory: Callable[..., RunningGateway],
+    mock_llm: MockLLMServer,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    backend: str,
+    terminal: bytes,
 ) -> None:
     """Sends a 32 MiB stream request and reads nothing for 4x the backend's
     `idle_timeout_s` (0.5 s) while the gateway holds the backend paused, then reads it
@@ -123,8 +134,12 @@ def test_a_client_that_stops_reading_is_dropped_as_client_stalled(
         assert state["consecutive_failures"] == 0 and state["circuit_state"] == "closed"
     metrics = httpx.get(f"http://127.0.0.1:{gw.gateway.admin_port}/metrics", timeout=10).text
     assert "fastproxy_client_stalls_total 1" in metrics
-    r = httpx.post(gw.url + path, content=payload(path),
-                   headers={"content-type": "application/json"}, timeout=10)
+    r = httpx.post(
+        gw.url + path,
+        content=payload(path),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
     assert r.status_code == 200
 
 
@@ -138,11 +153,19 @@ def test_many_concurrent_streams_to_one_backend_need_no_pool_setting(
     socks = []
     for _ in range(300):
         sock = socket.create_connection(("127.0.0.1", gw.port))
-        sock.sendall(request(CHAT_PATH, payload(CHAT_PATH, stream=True),
-                             extra=b"x-mock-tokens: 3\r\nx-mock-interval-ms: 400\r\n"))
+        sock.sendall(
+            request(
+                CHAT_PATH,
+                payload(CHAT_PATH, stream=True),
+                extra=b"x-mock-tokens: 3\r\nx-mock-interval-ms: 400\r\n",
+            )
+        )
         socks.append(sock)
-    wait_until(lambda: mock_llm.stats.streams_started == 300, timeout=20,
-               what="300 streams open at the backend at once")
+    wait_until(
+        lambda: mock_llm.stats.streams_started == 300,
+        timeout=20,
+        what="300 streams open at the backend at once",
+    )
     assert gw.state.pools["openai.1"].open_connections == 300
     for sock in socks:
         sock.settimeout(20)

@@ -47,15 +47,23 @@ from .conftest import (
 PER_REQUEST_S = 1.0
 
 
-def tracked(gateway_factory: Callable[..., RunningGateway], mock: MockLLMServer, db: Path,
-            **usage: Any) -> RunningGateway:
-    return gateway_factory({
-        "backends": {"openai.1": backend_for(mock, "openai"),
-                     "anthropic.1": backend_for(mock, "anthropic")},
-        "default_backend": "openai.1",
-        "usage_tracking": {"persistence_path": str(db), "flush_interval_seconds": 0.05,
-                           **usage},
-    })
+def tracked(
+    gateway_factory: Callable[..., RunningGateway], mock: MockLLMServer, db: Path, **usage: Any
+) -> RunningGateway:
+    return gateway_factory(
+        {
+            "backends": {
+                "openai.1": backend_for(mock, "openai"),
+                "anthropic.1": backend_for(mock, "anthropic"),
+            },
+            "default_backend": "openai.1",
+            "usage_tracking": {
+                "persistence_path": str(db),
+                "flush_interval_seconds": 0.05,
+                **usage,
+            },
+        }
+    )
 
 
 def storage(gw: RunningGateway) -> dict[str, Any]:
@@ -78,8 +86,13 @@ def serve_traffic(gw: RunningGateway) -> int:
         for path in PATHS:
             for stream in (False, True):
                 t0 = time.monotonic()
-                client.send(request(path, payload(path, stream=True) if stream else None,
-                                    extra=b"x-mock-tokens: 4\r\n"))
+                client.send(
+                    request(
+                        path,
+                        payload(path, stream=True) if stream else None,
+                        extra=b"x-mock-tokens: 4\r\n",
+                    )
+                )
                 resp = client.read()
                 assert time.monotonic() - t0 < PER_REQUEST_S
                 if stream:
@@ -93,14 +106,17 @@ def serve_traffic(gw: RunningGateway) -> int:
 
 
 def wait_degraded(gw: RunningGateway, queued: int) -> dict[str, Any]:
-    st = wait_until(lambda: (s := storage(gw))["write_errors"] >= 1
-                    and s["queue_depth"] == queued and s, what="the write failure counted")
+    st = wait_until(
+        lambda: (s := storage(gw))["write_errors"] >= 1 and s["queue_depth"] == queued and s,
+        what="the write failure counted",
+    )
     assert st["usage_db"] == "degraded" and st["status"] == "degraded", st
     return st
 
 
-def test_locked_database(gateway_factory: Callable[..., RunningGateway],
-                         mock_llm: MockLLMServer, tmp_path: Path) -> None:
+def test_locked_database(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, tmp_path: Path
+) -> None:
     """Another connection holds BEGIN EXCLUSIVE on the usage database while requests
     flow: answered as usual, records kept in memory, all written once the lock goes."""
     db = tmp_path / "usage.db"
@@ -122,8 +138,9 @@ def test_locked_database(gateway_factory: Callable[..., RunningGateway],
     assert_still_serves(gw)
 
 
-def test_locked_database_with_a_full_queue(gateway_factory: Callable[..., RunningGateway],
-                                           mock_llm: MockLLMServer, tmp_path: Path) -> None:
+def test_locked_database_with_a_full_queue(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, tmp_path: Path
+) -> None:
     """Locked as above, with room for 3 records in memory: the 4th record on is dropped
     and counted, never waited for; every request is still answered."""
     db = tmp_path / "usage.db"
@@ -144,10 +161,15 @@ def test_locked_database_with_a_full_queue(gateway_factory: Callable[..., Runnin
     assert_still_serves(gw)
 
 
-@pytest.mark.parametrize("where", ["directory-immutable", "directory-missing-in-immutable",
-                                   "parent-is-a-file"])
-def test_unwritable_location(gateway_factory: Callable[..., RunningGateway],
-                             mock_llm: MockLLMServer, tmp_path: Path, where: str) -> None:
+@pytest.mark.parametrize(
+    "where", ["directory-immutable", "directory-missing-in-immutable", "parent-is-a-file"]
+)
+def test_unwritable_location(
+    gateway_factory: Callable[..., RunningGateway],
+    mock_llm: MockLLMServer,
+    tmp_path: Path,
+    where: str,
+) -> None:
     """The database file cannot be created: its directory is immutable (chattr +i), or
     it is missing inside an immutable one, or its parent is a regular file. The gateway
     starts anyway and serves, with storage degraded and the failures counted."""
@@ -170,8 +192,10 @@ def test_unwritable_location(gateway_factory: Callable[..., RunningGateway],
 
 @contextlib.contextmanager
 def _immutable(path: Path) -> Iterator[None]:
-    if shutil.which("chattr") is None or subprocess.run(
-            ["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+    if (
+        shutil.which("chattr") is None
+        or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0
+    ):
         pytest.skip("chattr +i is not permitted here")
     try:
         yield
@@ -179,8 +203,9 @@ def _immutable(path: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
-def test_read_only_database(gateway_factory: Callable[..., RunningGateway],
-                            mock_llm: MockLLMServer, tmp_path: Path) -> None:
+def test_read_only_database(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, tmp_path: Path
+) -> None:
     """The database file exists but is immutable (chattr +i) when the gateway starts."""
     db = tmp_path / "usage.db"
     store = UsageStore(db, flush_interval=0.05, max_queue=10, retention_days=0)
@@ -199,9 +224,13 @@ def test_read_only_database(gateway_factory: Callable[..., RunningGateway],
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-            capture_output=True).returncode != 0:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a tmpfs is not permitted here")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
@@ -220,8 +249,9 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
-def test_full_disk(small_disk: Path, gateway_factory: Callable[..., RunningGateway],
-                   mock_llm: MockLLMServer) -> None:
+def test_full_disk(
+    small_disk: Path, gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+) -> None:
     """The disk holding the database fills up: traffic goes on, records wait in memory
     and are written once space is freed."""
     db = small_disk / "usage.db"

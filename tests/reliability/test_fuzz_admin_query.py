@@ -55,20 +55,75 @@ PARAMS = [*FILTER_PARAMS, "limit", "offset", "format"]
 # --------------------------------------------------------------------------------------
 # query strings
 
-edge_values = st.sampled_from([
-    "", " ", "0", "-1", "1", "5", "6", "7", "23", "24", "99", "100", "599", "600", "1_0",
-    " 5", "5 ", "+5", "0x10", "1e3", "9" * 5000, "١٢", "²",
-    "openai", "OPENAI", "anthropic", "gemini", "CTP", "ptb", "XYZ",
-    "json", "ndjson", "CSV", "xml",
-    "2025-12-01", "2025-12-01T00:00:00Z", "2025-12-01T00:00:00+05:00", "2025-13-01",
-    "2025-02-30", "20251201", "2025-W01-1", "2025-12-01T24:00:00", "2025-12-01 10:00",
-    "9999-12-31", "9999-12-31T23:59:59-01:00", "0001-01-01", "0001-01-01T00:00:00+01:00",
-    "0001-01-01T00:00:00Z", "0000-01-01", "2025-12-01T00:00:00.123456789Z",
-    "%", "%zz", "%ff", "%00", "a&b", "a=b", "\u00e9", "\ud7ff",
-])
-values = st.one_of(edge_values, st.text(max_size=12),
-                   st.dates().map(str), st.datetimes().map(lambda d: d.isoformat()),
-                   st.integers().map(str))
+edge_values = st.sampled_from(
+    [
+        "",
+        " ",
+        "0",
+        "-1",
+        "1",
+        "5",
+        "6",
+        "7",
+        "23",
+        "24",
+        "99",
+        "100",
+        "599",
+        "600",
+        "1_0",
+        " 5",
+        "5 ",
+        "+5",
+        "0x10",
+        "1e3",
+        "9" * 5000,
+        "١٢",
+        "²",
+        "openai",
+        "OPENAI",
+        "anthropic",
+        "gemini",
+        "CTP",
+        "ptb",
+        "XYZ",
+        "json",
+        "ndjson",
+        "CSV",
+        "xml",
+        "2025-12-01",
+        "2025-12-01T00:00:00Z",
+        "2025-12-01T00:00:00+05:00",
+        "2025-13-01",
+        "2025-02-30",
+        "20251201",
+        "2025-W01-1",
+        "2025-12-01T24:00:00",
+        "2025-12-01 10:00",
+        "9999-12-31",
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01",
+        "0001-01-01T00:00:00+01:00",
+        "0001-01-01T00:00:00Z",
+        "0000-01-01",
+        "2025-12-01T00:00:00.123456789Z",
+        "%",
+        "%zz",
+        "%ff",
+        "%00",
+        "a&b",
+        "a=b",
+        "\u00e9",
+        "\ud7ff",
+    ]
+)
+values = st.one_of(
+    edge_values,
+    st.text(max_size=12),
+    st.dates().map(str),
+    st.datetimes().map(lambda d: d.isoformat()),
+    st.integers().map(str),
+)
 names = st.one_of(st.sampled_from(PARAMS), st.sampled_from(PARAMS), st.text(max_size=6))
 
 
@@ -76,14 +131,22 @@ names = st.one_of(st.sampled_from(PARAMS), st.sampled_from(PARAMS), st.text(max_
 # so in a random mix an earlier refusal would usually hide what they do.
 instants = st.one_of(
     st.sampled_from(["9999-12-31", "9999-12-30", "0001-01-01", "2025-06-30"]),
-    st.builds(lambda d, t, z: f"{d}T{t}{z}",
-              st.sampled_from(["9999-12-31", "0001-01-01", "2025-06-30", "1970-01-01"]),
-              st.sampled_from(["00:00:00", "23:59:59", "12:00", "23:59:59.999999"]),
-              st.sampled_from(["", "Z", "+00:00", "+01:00", "-01:00", "+23:59", "-23:59"])),
+    st.builds(
+        lambda d, t, z: f"{d}T{t}{z}",
+        st.sampled_from(["9999-12-31", "0001-01-01", "2025-06-30", "1970-01-01"]),
+        st.sampled_from(["00:00:00", "23:59:59", "12:00", "23:59:59.999999"]),
+        st.sampled_from(["", "Z", "+00:00", "+01:00", "-01:00", "+23:59", "-23:59"]),
+    ),
     # Fixed offsets rather than st.timezones(): no dependence on the host's tz database.
-    st.datetimes(timezones=st.builds(timezone, st.timedeltas(
-        min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23, minutes=59),
-    ))).map(lambda d: d.isoformat()),
+    st.datetimes(
+        timezones=st.builds(
+            timezone,
+            st.timedeltas(
+                min_value=-timedelta(hours=23, minutes=59),
+                max_value=timedelta(hours=23, minutes=59),
+            ),
+        )
+    ).map(lambda d: d.isoformat()),
 )
 time_pairs = st.tuples(st.sampled_from(["start_date", "end_date"]), instants)
 
@@ -109,15 +172,18 @@ def query_strings(draw: st.DrawFn) -> str:
 @given(raw=st.one_of(query_strings(), st.text(max_size=40)))
 def test_parse_query_never_raises(raw: str) -> None:
     query = AdminRequest.parse_query(raw)
-    assert all(isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
-               for k, v in query.items())
+    assert all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
+        for k, v in query.items()
+    )
 
 
 @fuzz(ci=400)
 @given(raw=query_strings(), view=st.sampled_from(sorted(VIEWS)))
 @example(raw="end_date=9999-12-31", view="/v1/usage/stats").via("the last day of the calendar")
 @example(raw="start_date=0001-01-01T00:00:00%2B01:00", view="/v1/usage/stats").via(
-    "a zone that moves the first instant before year 1")
+    "a zone that moves the first instant before year 1"
+)
 def test_parse_filters_returns_filters_or_names_the_parameter(raw: str, view: str) -> None:
     query = AdminRequest.parse_query(raw)
     try:
@@ -186,8 +252,15 @@ def test_views_answer_200_or_400_naming_the_parameter(raw: str, view: str) -> No
     handler, params, _ = router.resolve("GET", view)
     assert handler is not None
     query = AdminRequest.parse_query(raw)
-    req = AdminRequest(method="GET", path=view, query=query, headers={}, body=b"",
-                       peer_ip="127.0.0.1", params=params)
+    req = AdminRequest(
+        method="GET",
+        path=view,
+        query=query,
+        headers={},
+        body=b"",
+        peer_ip="127.0.0.1",
+        params=params,
+    )
 
     async def call() -> Any:
         resp = await handler(req)
@@ -221,7 +294,7 @@ def _status_and_body(written: bytes) -> tuple[int, bytes, int]:
             if size == 0:
                 break
             body += rest[:size]
-            rest = rest[size + 2:]
+            rest = rest[size + 2 :]
     else:
         body = rest
     return status, body, count
@@ -243,7 +316,9 @@ def ask(loop: FakeClockLoop, protocol: Any, request: bytes) -> tuple[FakeTranspo
 
 
 @fuzz(ci=200)
-@given(raw=query_strings().map(lambda q: quote(q, safe="=&%+:")), view=st.sampled_from(sorted(VIEWS)))
+@given(
+    raw=query_strings().map(lambda q: quote(q, safe="=&%+:")), view=st.sampled_from(sorted(VIEWS))
+)
 @example(raw="end_date=9999-12-31", view="/v1/usage/stats").via("the last day of the calendar")
 @example(raw="format=ndjson", view="/v1/usage/export").via("an empty ndjson export")
 def test_both_listeners_give_the_same_answer(
@@ -276,11 +351,22 @@ def test_both_listeners_give_the_same_answer(
 
 
 targets = st.one_of(
-    st.builds(lambda p, q: p + "?" + q,
-              st.sampled_from(["/v1/usage/stats", "//v1/usage/stats", "//[x/v1/usage/stats",
-                               "http://127.0.0.1/v1/usage/stats", "//127.0.0.1:8001/x",
-                               "/v1/usage/%2e%2e/stats", "/v1/usage/stats;x", "*"]),
-              query_strings().map(lambda q: quote(q, safe="=&%+:[]"))),
+    st.builds(
+        lambda p, q: p + "?" + q,
+        st.sampled_from(
+            [
+                "/v1/usage/stats",
+                "//v1/usage/stats",
+                "//[x/v1/usage/stats",
+                "http://127.0.0.1/v1/usage/stats",
+                "//127.0.0.1:8001/x",
+                "/v1/usage/%2e%2e/stats",
+                "/v1/usage/stats;x",
+                "*",
+            ]
+        ),
+        query_strings().map(lambda q: quote(q, safe="=&%+:[]")),
+    ),
     st.text(alphabet=[chr(c) for c in range(0x21, 0x7F)], min_size=1, max_size=30),
 )
 

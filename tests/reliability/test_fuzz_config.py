@@ -46,12 +46,18 @@ from .fuzz_settings import fuzz
 # values by declared type
 
 any_scalar = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=12),
     st.dates(min_value=date(1990, 1, 1), max_value=date(2100, 1, 1)),
 )
 any_value = st.recursive(
     any_scalar,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -67,8 +73,12 @@ class Built:
 
 
 def _number_ok(t: Any, v: float) -> bool:
-    return ((t.gt is None or v > t.gt) and (t.ge is None or v >= t.ge)
-            and (t.lt is None or v < t.lt) and (t.le is None or v <= t.le))
+    return (
+        (t.gt is None or v > t.gt)
+        and (t.ge is None or v >= t.ge)
+        and (t.lt is None or v < t.lt)
+        and (t.le is None or v <= t.le)
+    )
 
 
 def _bounds(t: Any) -> list[float]:
@@ -97,15 +107,22 @@ def value_for(draw: st.DrawFn, t: Any, built: Built, secret: bool = False) -> An
             v: float = draw(st.one_of(st.sampled_from(edges or [0]), st.integers(-10, 10**6)))
             v = int(v)
         else:
-            v = draw(st.one_of(st.sampled_from(edges or [0.0]), st.floats(-10, 1e6),
-                               st.sampled_from([math.inf, 1e-300, 0.5])))
+            v = draw(
+                st.one_of(
+                    st.sampled_from(edges or [0.0]),
+                    st.floats(-10, 1e6),
+                    st.sampled_from([math.inf, 1e-300, 0.5]),
+                )
+            )
         if not _number_ok(t, v):
             if built.valid_only:
                 return next(e for e in edges if _number_ok(t, e)) if edges else 0
             built.suspect = True
         return v
     if isinstance(t, mi.StrType):
-        value = draw(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=12))
+        value = draw(
+            st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=12)
+        )
         if secret:
             value = "sk-secret-" + value
             built.secrets.append(value)
@@ -113,8 +130,13 @@ def value_for(draw: st.DrawFn, t: Any, built: Built, secret: bool = False) -> An
     if isinstance(t, mi.VarTupleType | mi.ListType):
         return [value_for(draw, t.item_type, built, secret) for _ in range(draw(st.integers(0, 2)))]
     if isinstance(t, mi.DictType):
-        keys = draw(st.lists(st.text(alphabet="abcdefgh.-_0123456789", min_size=1, max_size=8),
-                             max_size=2, unique=True))
+        keys = draw(
+            st.lists(
+                st.text(alphabet="abcdefgh.-_0123456789", min_size=1, max_size=8),
+                max_size=2,
+                unique=True,
+            )
+        )
         return {k: value_for(draw, t.value_type, built) for k in keys}
     if isinstance(t, mi.StructType):
         return section(draw, t, built)
@@ -125,14 +147,25 @@ def value_for(draw: st.DrawFn, t: Any, built: Built, secret: bool = False) -> An
 SECRET_FIELDS = {"api_key", "api_keys", "webhook_url"}
 # Keys the loader itself accepts (names, not struct fields) in a backend section.
 _PLAIN_KEY = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10)
-_ODD_KEY = st.one_of(st.integers(-5, 5), st.text(max_size=6), st.sampled_from(
-    ["a\nb", "a`b", "port ", " port", "x: y", "$", "[0]", "a.b"]))
+_ODD_KEY = st.one_of(
+    st.integers(-5, 5),
+    st.text(max_size=6),
+    st.sampled_from(["a\nb", "a`b", "port ", " port", "x: y", "$", "[0]", "a.b"]),
+)
 
 
 def section(draw: st.DrawFn, t: Any, built: Built) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     fields = list(t.fields)
-    chosen = draw(st.lists(st.sampled_from(fields), max_size=min(4, len(fields)), unique_by=lambda f: f.name)) if fields else []
+    chosen = (
+        draw(
+            st.lists(
+                st.sampled_from(fields), max_size=min(4, len(fields)), unique_by=lambda f: f.name
+            )
+        )
+        if fields
+        else []
+    )
     for f in fields:
         if f.required and f not in chosen:
             if not built.valid_only and draw(st.integers(0, 7)) == 0:
@@ -153,7 +186,11 @@ def section(draw: st.DrawFn, t: Any, built: Built) -> dict[Any, Any]:
 
 
 CONFIG_TYPE = mi.type_info(Config)
-BACKEND_TYPE = mi.type_info(Config).fields[[f.name for f in CONFIG_TYPE.fields].index("backends")].type.value_type
+BACKEND_TYPE = (
+    mi.type_info(Config)
+    .fields[[f.name for f in CONFIG_TYPE.fields].index("backends")]
+    .type.value_type
+)
 
 
 @st.composite
@@ -162,13 +199,20 @@ def config_trees(draw: st.DrawFn, valid_only: bool = False) -> Built:
     tree = section(draw, CONFIG_TYPE, built)
     # Backends named as users name them (openai.1, anthropic.eu), each a real section.
     if draw(st.booleans()):
-        names = draw(st.lists(st.sampled_from(["openai.1", "anthropic.1", "openai.eu", "local"]),
-                              max_size=2, unique=True))
+        names = draw(
+            st.lists(
+                st.sampled_from(["openai.1", "anthropic.1", "openai.eu", "local"]),
+                max_size=2,
+                unique=True,
+            )
+        )
         backends: dict[Any, Any] = {}
         for name in names:
             body = section(draw, BACKEND_TYPE, built)
             if "api_url" in body and draw(st.booleans()):
-                body["api_url"] = draw(st.sampled_from(["http://127.0.0.1:9", "https://api.example"]))
+                body["api_url"] = draw(
+                    st.sampled_from(["http://127.0.0.1:9", "https://api.example"])
+                )
             backends[name] = body
         tree["backends"] = backends
     tree.pop("state_dir", None)
@@ -230,11 +274,10 @@ def resolves(key: str, node: Any) -> bool:
         # Longest key first ("openai.1" over "openai"); a key may look like "[0]" too.
         for k in sorted(node, key=lambda k: -len(str(k))):
             for ks in _spellings(k):
-                tail = rest[len(ks):]
+                tail = rest[len(ks) :]
                 # The key, then a separator (merged into a name's own trailing dot when
                 # a message collapses a run of dots), a list index, or nothing.
-                named = rest.startswith(ks) and (
-                    not tail or tail[0] in ".[" or ks.endswith("."))
+                named = rest.startswith(ks) and (not tail or tail[0] in ".[" or ks.endswith("."))
                 if named and resolves(tail, node[k]):
                     return True
         if rest.startswith("[..]"):
@@ -243,7 +286,7 @@ def resolves(key: str, node: Any) -> bool:
     m = _LIST_INDEX.match(rest)
     if m and isinstance(node, list):
         i = int(m.group(1))
-        return i < len(node) and resolves(rest[m.end():], node[i])
+        return i < len(node) and resolves(rest[m.end() :], node[i])
     return False
 
 
@@ -253,7 +296,8 @@ def _spellings(key: Any) -> set[str]:
     escaped = text.encode("unicode_escape").decode("ascii")
     # Only the unprintable characters escaped (a backslash left as it is).
     unprintable = "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
     # Leading/trailing dots are lost where a message joins a path with dots; accepted.
     forms = {text, escaped, unprintable, repr(text), repr(text)[1:-1], ascii(text)[1:-1]}
     # Dots at a name's ends may merge with the path's own separators in a message.
@@ -276,22 +320,30 @@ def check_error(err: ConfigError, tree: Any, secrets: list[str]) -> None:
     # The key ends at a ": " (a key may itself hold one, so every such point is tried).
     starts = [m.start() for m in re.finditer(": ", message)]
     assert any(resolves(_unquote(message[:i]), tree) for i in starts), (
-        f"the message does not name a key of the tree: {message!r}\n tree: {tree!r}")
+        f"the message does not name a key of the tree: {message!r}\n tree: {tree!r}"
+    )
 
 
 @fuzz(ci=300)
 @given(built=config_trees())
 @example(built=Built({"admin": {5: 1}})).via("a non-string key in a section")
 @example(built=Built({"a\nb": 1}, True)).via("an unknown key with a newline")
-@example(built=Built({"backends": {"openai.1": {"api_url": "http://x", "api_key": "sk-secret-1",
-                                                7: 1}}}, True, ["sk-secret-1"])).via(
-    "a non-string key beside a backend's api_key")
+@example(
+    built=Built(
+        {"backends": {"openai.1": {"api_url": "http://x", "api_key": "sk-secret-1", 7: 1}}},
+        True,
+        ["sk-secret-1"],
+    )
+).via("a non-string key beside a backend's api_key")
 @example(built=Built({"auth": {"api_keys": "sk-secret-2"}}, True, ["sk-secret-2"])).via(
-    "api_keys given as a string")
-@example(built=Built({"backends": {"openai.1": {"api_key": "sk-secret-3"}}}, True,
-                     ["sk-secret-3"])).via("a backend without its api_url")
+    "api_keys given as a string"
+)
+@example(
+    built=Built({"backends": {"openai.1": {"api_key": "sk-secret-3"}}}, True, ["sk-secret-3"])
+).via("a backend without its api_url")
 @example(built=Built({"backends": {"0..": {"type": []}}}, True)).via(
-    "a backend name ending in dots")
+    "a backend name ending in dots"
+)
 def test_tree_loads_or_fails_with_one_line_naming_the_key(workdir: Path, built: Built) -> None:
     config, seen = load_tree(workdir, built.tree)
     if isinstance(config, ConfigError):
@@ -326,8 +378,22 @@ def test_in_range_values_of_the_right_type_load(workdir: Path, built: Built) -> 
 yaml_texts = st.one_of(
     st.text(max_size=80),
     st.builds(lambda n, c: c * n, st.integers(1, 200), st.sampled_from(["[", "{", "- ", "a: "])),
-    st.sampled_from(["", "---", "[]", "5", "null", "- a\n- b", "a: [", "a: {b: c", "\t",
-                     "key: &x [*x]", "!!python/object:os.system {}", "a: !!binary AAAA"]),
+    st.sampled_from(
+        [
+            "",
+            "---",
+            "[]",
+            "5",
+            "null",
+            "- a\n- b",
+            "a: [",
+            "a: {b: c",
+            "\t",
+            "key: &x [*x]",
+            "!!python/object:os.system {}",
+            "a: !!binary AAAA",
+        ]
+    ),
 )
 
 
@@ -345,13 +411,36 @@ def test_any_yaml_text_loads_or_fails_with_a_config_error(workdir: Path, text: s
 
 env_strings = st.one_of(
     st.text(max_size=10),
-    st.sampled_from(["", "0", "1", "-1", "1e3", "inf", "nan", "70000", "true", "off", "[]", "{}",
-                     "[{}]", '[{"from_pattern": 1}]', "INFO", "debug", "0.5", "2", "a,b,,c"]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "1",
+            "-1",
+            "1e3",
+            "inf",
+            "nan",
+            "70000",
+            "true",
+            "off",
+            "[]",
+            "{}",
+            "[{}]",
+            '[{"from_pattern": 1}]',
+            "INFO",
+            "debug",
+            "0.5",
+            "2",
+            "a,b,,c",
+        ]
+    ),
 )
 
 
 @fuzz(ci=200)
-@given(values=st.dictionaries(st.sampled_from(sorted(ENV_VARS)), env_strings, min_size=1, max_size=3))
+@given(
+    values=st.dictionaries(st.sampled_from(sorted(ENV_VARS)), env_strings, min_size=1, max_size=3)
+)
 def test_env_strings_load_or_name_the_variable(values: dict[str, str]) -> None:
     try:
         load_config(None, env=values, use_files=False)
@@ -359,7 +448,8 @@ def test_env_strings_load_or_name_the_variable(values: dict[str, str]) -> None:
         message = str(err)
         assert "\n" not in message, message
         named = [v for v in values if v in message] + [
-            ENV_VARS[v][0] for v in values if message.startswith(ENV_VARS[v][0].split(".")[0])]
+            ENV_VARS[v][0] for v in values if message.startswith(ENV_VARS[v][0].split(".")[0])
+        ]
         assert named, f"names neither a variable nor its key: {message!r} ({values})"
 
 

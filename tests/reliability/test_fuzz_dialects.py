@@ -40,23 +40,57 @@ COUNT_FIELDS = ("prompt", "completion", "total", "cached", "cache_write", "reaso
 # --------------------------------------------------------------------------------------
 # JSON values, as orjson decodes them from a backend's text
 
-edge_numbers = st.sampled_from([
-    0, 1, -1, 2**40, 2**40 + 1, 2**53, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**30, -(2**63),
-    0.0, -0.0, 0.5, 1.0, 1e308, 1e-320, 3.0, -3.0,
-])
+edge_numbers = st.sampled_from(
+    [
+        0,
+        1,
+        -1,
+        2**40,
+        2**40 + 1,
+        2**53,
+        2**63 - 1,
+        2**63,
+        2**64 - 1,
+        2**64,
+        10**30,
+        -(2**63),
+        0.0,
+        -0.0,
+        0.5,
+        1.0,
+        1e308,
+        1e-320,
+        3.0,
+        -3.0,
+    ]
+)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), edge_numbers,
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    edge_numbers,
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 USAGE_KEYS = [
-    "prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens",
-    "cache_read_input_tokens", "cache_creation_input_tokens", "cost",
-    "prompt_tokens_details", "completion_tokens_details", "input_tokens_details",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cost",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "input_tokens_details",
     "output_tokens_details",
 ]
 DETAIL = st.one_of(
@@ -164,8 +198,12 @@ def test_merge_keeps_the_invariants(first: Any, second: Any, dialect: str) -> No
     for name, value in a.as_dict().items():
         # A later report fills what it has; what it lacks keeps the earlier value.
         expected = later[name] if later[name] is not None else before[name]
-        if name == "total" and later["total"] is None and a.prompt is not None \
-                and a.completion is not None:
+        if (
+            name == "total"
+            and later["total"] is None
+            and a.prompt is not None
+            and a.completion is not None
+        ):
             expected = a.prompt + a.completion
         assert value == expected, (name, before, later)
 
@@ -173,26 +211,50 @@ def test_merge_keeps_the_invariants(first: Any, second: Any, dialect: str) -> No
 # --------------------------------------------------------------------------------------
 # stream events
 
-EVENTS = [b"", b"message_start", b"message_delta", b"message_stop", b"content_block_delta",
-          b"response.completed", b"response.failed", b"response.incomplete",
-          b"response.output_text.delta", b"error", b"ping"]
+EVENTS = [
+    b"",
+    b"message_start",
+    b"message_delta",
+    b"message_stop",
+    b"content_block_delta",
+    b"response.completed",
+    b"response.failed",
+    b"response.incomplete",
+    b"response.output_text.delta",
+    b"error",
+    b"ping",
+]
 
 event_payloads = st.one_of(
-    st.builds(lambda u, ch: {"usage": u, **({"choices": ch} if ch is not None else {})},
-              usage_objects, st.one_of(st.none(), st.just([]), json_values)),
+    st.builds(
+        lambda u, ch: {"usage": u, **({"choices": ch} if ch is not None else {})},
+        usage_objects,
+        st.one_of(st.none(), st.just([]), json_values),
+    ),
     st.builds(lambda u: {"type": "message_start", "message": {"usage": u}}, usage_objects),
     st.builds(lambda m: {"type": "message_start", "message": m}, json_values),
     st.builds(lambda u: {"type": "message_delta", "usage": u}, usage_objects),
-    st.builds(lambda r: {"type": "response.completed", "response": r},
-              st.one_of(json_values, st.builds(lambda u: {"usage": u}, usage_objects))),
+    st.builds(
+        lambda r: {"type": "response.completed", "response": r},
+        st.one_of(json_values, st.builds(lambda u: {"usage": u}, usage_objects)),
+    ),
     json_values,
 )
 event_data = st.one_of(
     event_payloads.map(json_text),
     event_payloads.map(json_text).flatmap(lambda t: st.integers(0, len(t)).map(lambda n: t[:n])),
     st.binary(max_size=40),
-    st.sampled_from([b"[DONE]", b"[DONE] ", b"null", b"{}", b'{"usage": null, "choices": []}',
-                     b'{"usage": {"prompt_tokens": 1e400}}', b"\xff\xfe"]),
+    st.sampled_from(
+        [
+            b"[DONE]",
+            b"[DONE] ",
+            b"null",
+            b"{}",
+            b'{"usage": null, "choices": []}',
+            b'{"usage": {"prompt_tokens": 1e400}}',
+            b"\xff\xfe",
+        ]
+    ),
 )
 
 
@@ -231,19 +293,38 @@ messages = st.text(max_size=60)  # str from the gateway: never lone surrogates (
 # refuses those on input, and the gateway builds messages from decoded text)
 codes = st.one_of(st.none(), st.text(max_size=20))
 # The error types each provider documents: an SDK maps only these to its error classes.
-OPENAI_TYPES = {"invalid_request_error", "authentication_error", "permission_error",
-                "timeout_error", "rate_limit_error", "server_error"}
-ANTHROPIC_TYPES = {"invalid_request_error", "authentication_error", "permission_error",
-                   "not_found_error", "request_too_large", "rate_limit_error", "api_error",
-                   "overloaded_error", "timeout_error"}
-statuses = st.one_of(st.integers(100, 599), st.sampled_from([400, 401, 404, 408, 413, 429,
-                                                              431, 500, 502, 503, 504, 529]))
+OPENAI_TYPES = {
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "timeout_error",
+    "rate_limit_error",
+    "server_error",
+}
+ANTHROPIC_TYPES = {
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
+    "timeout_error",
+}
+statuses = st.one_of(
+    st.integers(100, 599),
+    st.sampled_from([400, 401, 404, 408, 413, 429, 431, 500, 502, 503, 504, 529]),
+)
 
 
 @fuzz(ci=300)
-@given(status=statuses, message=messages, code=codes, param=st.one_of(st.none(), st.text(max_size=10)))
-def test_error_bodies_have_the_dialect_shape(status: int, message: str, code: str | None,
-                                             param: str | None) -> None:
+@given(
+    status=statuses, message=messages, code=codes, param=st.one_of(st.none(), st.text(max_size=10))
+)
+def test_error_bodies_have_the_dialect_shape(
+    status: int, message: str, code: str | None, param: str | None
+) -> None:
     body = orjson.loads(openai.error_body(status, message, code, param))
     assert set(body) == {"error"}
     err = body["error"]
@@ -270,8 +351,9 @@ def test_stream_error_events_are_one_sse_event(message: str, code: str) -> None:
         assert item.event == event_name and item.raw == raw
         obj = orjson.loads(item.data)
         if dialect is openai:
-            assert obj == {"error": {"message": message, "type": "server_error", "param": None,
-                                     "code": code}}
+            assert obj == {
+                "error": {"message": message, "type": "server_error", "param": None, "code": code}
+            }
             # A truncation event is not mistaken for the end of the stream.
             assert not openai.is_terminal(item.event, item.data)
         else:

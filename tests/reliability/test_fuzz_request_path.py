@@ -76,8 +76,18 @@ PATHS = [
     b"/v1/usage/stats",
     b"*",
 ]
-METHODS = [b"GET", b"GET", b"POST", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS",
-           b"CONNECT", b"PATCH"]
+METHODS = [
+    b"GET",
+    b"GET",
+    b"POST",
+    b"POST",
+    b"HEAD",
+    b"PUT",
+    b"DELETE",
+    b"OPTIONS",
+    b"CONNECT",
+    b"PATCH",
+]
 JSON_BODIES = [
     b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}',
     b'{"model":"claude-haiku-4-5","max_tokens":8,"messages":[]}',
@@ -107,11 +117,28 @@ def body_framing(draw: st.DrawFn) -> Framing:
     """How a request carries its body: none, Content-Length, chunked, or a conflict."""
     size = draw(st.sampled_from([0, 1, 17, 200, 1100, 1300, 2500, 4096, 4097, 5000]))
     content = draw(st.sampled_from(JSON_BODIES)) if draw(st.booleans()) else b"b" * size
-    kind = draw(st.sampled_from(
-        ["none", "cl", "cl", "cl", "chunked", "chunked", "cl+te", "te+cl", "cl-short",
-         "cl-bad", "cl-dup", "te-identity", "te-gzip-chunked", "chunked-bad-size",
-         "chunked-ext", "chunked-trailer"]
-    ))
+    kind = draw(
+        st.sampled_from(
+            [
+                "none",
+                "cl",
+                "cl",
+                "cl",
+                "chunked",
+                "chunked",
+                "cl+te",
+                "te+cl",
+                "cl-short",
+                "cl-bad",
+                "cl-dup",
+                "te-identity",
+                "te-gzip-chunked",
+                "chunked-bad-size",
+                "chunked-ext",
+                "chunked-trailer",
+            ]
+        )
+    )
     if kind == "none":
         return Framing([], b"")
     if kind == "cl":
@@ -119,26 +146,42 @@ def body_framing(draw: st.DrawFn) -> Framing:
     if kind == "cl-short":  # announces more than follows: the next request is body
         return Framing([b"Content-Length: %d" % (len(content) + 40)], content)
     if kind == "cl-bad":
-        bad = draw(st.sampled_from([b"abc", b"-1", b"+5", b"1 2", b"0x10", b"", b"99999999999999999999"]))
+        bad = draw(
+            st.sampled_from([b"abc", b"-1", b"+5", b"1 2", b"0x10", b"", b"99999999999999999999"])
+        )
         return Framing([b"Content-Length: " + bad], content)
     if kind == "cl-dup":
         other = draw(st.sampled_from([len(content), len(content) + 1]))
-        return Framing([b"Content-Length: %d" % len(content), b"Content-Length: %d" % other], content)
+        return Framing(
+            [b"Content-Length: %d" % len(content), b"Content-Length: %d" % other], content
+        )
     chunks = _chunks(draw, content)
     if kind == "chunked":
         return Framing([b"Transfer-Encoding: chunked"], chunks + b"0\r\n\r\n")
     if kind == "chunked-ext":
-        return Framing([b"Transfer-Encoding: chunked"],
-                       chunks.replace(b"\r\n", b";ext=1\r\n", 1) + b"0\r\n\r\n")
+        return Framing(
+            [b"Transfer-Encoding: chunked"],
+            chunks.replace(b"\r\n", b";ext=1\r\n", 1) + b"0\r\n\r\n",
+        )
     if kind == "chunked-trailer":
-        trailer = draw(st.sampled_from([b"x-trailer: 1\r\n", b"Host: evil\r\n",
-                                        b"x-fastproxy-hop: 1\r\n", b"Content-Length: 5\r\n"]))
+        trailer = draw(
+            st.sampled_from(
+                [
+                    b"x-trailer: 1\r\n",
+                    b"Host: evil\r\n",
+                    b"x-fastproxy-hop: 1\r\n",
+                    b"Content-Length: 5\r\n",
+                ]
+            )
+        )
         return Framing([b"Transfer-Encoding: chunked"], chunks + b"0\r\n" + trailer + b"\r\n")
     if kind == "chunked-bad-size":
         return Framing([b"Transfer-Encoding: chunked"], b"zz\r\n" + content + b"\r\n0\r\n\r\n")
     if kind == "cl+te":
-        return Framing([b"Content-Length: %d" % len(content), b"Transfer-Encoding: chunked"],
-                       chunks + b"0\r\n\r\n")
+        return Framing(
+            [b"Content-Length: %d" % len(content), b"Transfer-Encoding: chunked"],
+            chunks + b"0\r\n\r\n",
+        )
     if kind == "te+cl":
         return Framing([b"Transfer-Encoding: chunked", b"Content-Length: 3"], chunks + b"0\r\n\r\n")
     if kind == "te-identity":
@@ -151,7 +194,7 @@ def _chunks(draw: st.DrawFn, content: bytes) -> bytes:
     pos = 0
     while pos < len(content):
         n = draw(st.integers(1, max(1, len(content) - pos)))
-        out.append(b"%x\r\n%b\r\n" % (n, content[pos:pos + n]))
+        out.append(b"%x\r\n%b\r\n" % (n, content[pos : pos + n]))
         pos += n
     return b"".join(out)
 
@@ -159,10 +202,12 @@ def _chunks(draw: st.DrawFn, content: bytes) -> bytes:
 @st.composite
 def one_request(draw: st.DrawFn) -> bytes:
     method = draw(st.sampled_from(METHODS))
-    path = draw(st.one_of(
-        st.sampled_from(PATHS),
-        st.integers(240, 1500).map(lambda n: b"/" + b"p" * n),  # around the 256-byte limit
-    ))
+    path = draw(
+        st.one_of(
+            st.sampled_from(PATHS),
+            st.integers(240, 1500).map(lambda n: b"/" + b"p" * n),  # around the 256-byte limit
+        )
+    )
     if draw(st.booleans()):
         path += b"?" + draw(st.sampled_from([b"a=1", b"backend=x&leg=CTP", b"q=%ff%", b""]))
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]))
@@ -173,15 +218,22 @@ def one_request(draw: st.DrawFn) -> bytes:
         headers.append(b"Content-Type: application/json")
     extra = draw(st.lists(st.tuples(token, value_bytes), max_size=6))
     headers += [b"x-" + k + b": " + v for k, v in extra]
-    headers += draw(st.lists(st.sampled_from([
-        b"Connection: close",
-        b"Connection: keep-alive",
-        b"Expect: 100-continue",
-        b"Connection: upgrade\r\nUpgrade: websocket",
-        b"Upgrade: h2c",
-        b"x-fastproxy-hop: 1",
-        b"Authorization: Bearer sk-test",
-    ]), max_size=2))
+    headers += draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    b"Connection: close",
+                    b"Connection: keep-alive",
+                    b"Expect: 100-continue",
+                    b"Connection: upgrade\r\nUpgrade: websocket",
+                    b"Upgrade: h2c",
+                    b"x-fastproxy-hop: 1",
+                    b"Authorization: Bearer sk-test",
+                ]
+            ),
+            max_size=2,
+        )
+    )
     framing = draw(body_framing())
     headers += framing.headers
     # Many small headers: the header-count limit (12) and the head size.
@@ -194,11 +246,24 @@ def one_request(draw: st.DrawFn) -> bytes:
 
 def _mutate(draw: st.DrawFn, head: bytes) -> bytes:
     """Occasionally break the head in one of the ways parsers differ on."""
-    how = draw(st.sampled_from(
-        ["none"] * 12 + ["bare-lf", "all-bare-lf", "space-in-name", "nul-in-value",
-                         "ctl-in-value", "obs-fold", "space-before-colon", "no-colon",
-                         "lf-cr", "leading-crlf", "garbage-version"]
-    ))
+    how = draw(
+        st.sampled_from(
+            ["none"] * 12
+            + [
+                "bare-lf",
+                "all-bare-lf",
+                "space-in-name",
+                "nul-in-value",
+                "ctl-in-value",
+                "obs-fold",
+                "space-before-colon",
+                "no-colon",
+                "lf-cr",
+                "leading-crlf",
+                "garbage-version",
+            ]
+        )
+    )
     lines = head.split(b"\r\n")
     if how == "none" or len(lines) < 3:
         return head
@@ -231,9 +296,13 @@ def _mutate(draw: st.DrawFn, head: bytes) -> bytes:
 @st.composite
 def client_stream(draw: st.DrawFn) -> tuple[bytes, bool]:
     """Pipelined requests, perhaps raw noise, perhaps cut short; and whether EOF follows."""
-    parts = draw(st.lists(st.one_of(one_request(), one_request(),
-                                    st.binary(min_size=1, max_size=64)),
-                          min_size=1, max_size=4))
+    parts = draw(
+        st.lists(
+            st.one_of(one_request(), one_request(), st.binary(min_size=1, max_size=64)),
+            min_size=1,
+            max_size=4,
+        )
+    )
     data = b"".join(parts)
     if draw(st.integers(0, 5)) == 0:
         data = data[: draw(st.integers(1, len(data)))]
@@ -333,8 +402,7 @@ def statuses(written: bytes) -> list[int]:
 # the property
 
 
-def check_split_invariance(loop: FakeClockLoop, data: bytes, points: list[int],
-                           eof: bool) -> None:
+def check_split_invariance(loop: FakeClockLoop, data: bytes, points: list[int], eof: bool) -> None:
     whole = run(loop, [data], eof)
     split = run(loop, cut(data, points), eof)
     assert not whole.errors, whole.errors
@@ -368,8 +436,7 @@ _PIPELINED_AFTER_BODILESS = (
 # of headers) but 1291 bytes on the wire: whether it is refused must not depend on
 # whether its last CRLF came in the same read.
 _HEAD_AT_THE_LIMITS = (
-    b"GET /" + b"p" * 249 + b" HTTP/1.1\r\nHost: localhost\r\nx-a: " + b"v" * 1000
-    + b"\r\n\r\n"
+    b"GET /" + b"p" * 249 + b" HTTP/1.1\r\nHost: localhost\r\nx-a: " + b"v" * 1000 + b"\r\n\r\n"
 )
 # A request whose Upgrade the gateway ignores, then one refused from a parser callback
 # (too many headers): in one read the refusal happens while the upgrade is being handled.
@@ -377,7 +444,8 @@ _UPGRADE_THEN_REFUSED = (
     b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\n"
     b"Upgrade: websocket\r\n\r\n"
     b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n"
-    + b"".join(b"x-n%d: %d\r\n" % (i, i) for i in range(13)) + b"\r\n"
+    + b"".join(b"x-n%d: %d\r\n" % (i, i) for i in range(13))
+    + b"\r\n"
 )
 # Where the explicit examples are split: inside the (last) head, before its last CRLF, or
 # between the requests.
@@ -395,8 +463,9 @@ _EXPLICIT_SPLITS = {
 @example(data=None, stream=(_PIPELINED_AFTER_BODILESS, False)).via("pipelined after bodiless")
 @example(data=None, stream=(_HEAD_AT_THE_LIMITS, False)).via("raw head bytes vs parsed size")
 @example(data=None, stream=(_UPGRADE_THEN_REFUSED, False)).via("ignored upgrade, then a 431")
-def test_answer_does_not_depend_on_the_split(loop: FakeClockLoop, data: Any,
-                                             stream: tuple[bytes, bool]) -> None:
+def test_answer_does_not_depend_on_the_split(
+    loop: FakeClockLoop, data: Any, stream: tuple[bytes, bool]
+) -> None:
     raw, eof = stream
     # The explicit examples come with their split; drawn streams draw one.
     points = _EXPLICIT_SPLITS[raw] if data is None else data.draw(splits(len(raw)), label="splits")
@@ -409,7 +478,10 @@ def test_fake_transport_sees_the_limits(loop: FakeClockLoop) -> None:
     assert statuses(out.written) == [414] and out.closed
     out = run(loop, [b"GET /nope HTTP/1.1\r\nHost: x\r\nx-a: " + b"v" * 1100 + b"\r\n\r\n"], False)
     assert statuses(out.written) == [431] and out.closed
-    out = run(loop, [b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"],
-              False)
+    out = run(
+        loop,
+        [b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"],
+        False,
+    )
     assert statuses(out.written) == [404, 200] and not out.closed
     assert len(_SPLIT_HEAD_BIG_BODY) - 60 > HEAD_ALLOWANCE

@@ -129,8 +129,24 @@ def _text_line(n: int) -> bytes:
 
 
 line_bodies = st.one_of(
-    st.sampled_from([b"data: x", b"data:y", b"data", b"event: e", b"id: 7", b"id: a\x00b",
-                     b": c", b":", b"retry: 5", b"foo: bar", b"", b"", b"", BOM + b"data: b"]),
+    st.sampled_from(
+        [
+            b"data: x",
+            b"data:y",
+            b"data",
+            b"event: e",
+            b"id: 7",
+            b"id: a\x00b",
+            b": c",
+            b":",
+            b"retry: 5",
+            b"foo: bar",
+            b"",
+            b"",
+            b"",
+            BOM + b"data: b",
+        ]
+    ),
     st.integers(0, 90).map(lambda n: b"data: " + _text_line(n)),
     st.integers(0, 90).map(lambda n: b": " + _text_line(n)),
     st.integers(0, 40).map(lambda n: b"event: " + _text_line(n)),
@@ -177,8 +193,9 @@ _EXACT = b"data: 0123456789\n\n"  # 16 bytes before its blank line
 @given(stream=streams, cuts=cut_points, limit=limits)
 @example(stream=_EXACT, cuts=[], limit=16).via("an event exactly at the limit passes")
 @example(stream=_EXACT, cuts=[], limit=15).via("one byte over fails")
-@example(stream=b"data: 0123456789\n: c\ndata: 0123456789\n\ndata: ok\n\n", cuts=[3, 19],
-         limit=30).via("a comment inside a block carries the block's size")
+@example(
+    stream=b"data: 0123456789\n: c\ndata: 0123456789\n\ndata: ok\n\n", cuts=[3, 19], limit=30
+).via("a comment inside a block carries the block's size")
 @example(stream=b"\n" * 30 + b"data: a\n\n", cuts=[7], limit=10).via("blank lines alone")
 @example(stream=b"\n" * 11, cuts=[], limit=10).via("blank lines exactly at the limit")
 @example(stream=b"\n" * 12, cuts=[5], limit=10).via("blank lines one over")
@@ -203,7 +220,8 @@ def test_matches_the_reference_with_limits_for_any_split(
 @fuzz(ci=200)
 @given(stream=streams, cuts=cut_points, limit=limits)
 @example(stream=b"data: a\r\n\r\ndata: 0123456789\n\n", cuts=[10], limit=16).via(
-    "a CRLF split before an event exactly at the limit")
+    "a CRLF split before an event exactly at the limit"
+)
 def test_any_split_gives_the_items_of_one_feed(
     impl: ModuleType, stream: bytes, cuts: list[int], limit: int
 ) -> None:
@@ -223,5 +241,5 @@ def test_compiled_and_pure_agree_with_the_limit(
 ) -> None:
     if core is None:
         pytest.skip(CORE_MISSING)
-    pieces = [stream[i:i + 1] for i in range(len(stream))] if bytewise else split_at(stream, cuts)
+    pieces = [stream[i : i + 1] for i in range(len(stream))] if bytewise else split_at(stream, cuts)
     assert scan(core, pieces, limit) == scan(pure, pieces, limit), (pieces, limit)

@@ -46,28 +46,53 @@ def _sized_body(path: str, size: int) -> bytes:
 
 # (id, builder of the raw request for a path, status, OpenAI error code)
 CASES: list[tuple[str, Callable[[str], bytes], int, str]] = [
-    ("request target of 2,000 bytes over a 1 KiB limit",
-     lambda p: request(p + "?" + "x" * 2000), 414, "uri_too_long"),
-    ("30 headers over a limit of 20",
-     lambda p: request(p, extra=b"".join(b"x-h%d: v\r\n" % i for i in range(30))),
-     431, "too_many_headers"),
-    ("one 5,000-byte header over a 4 KiB head",
-     lambda p: request(p, extra=b"x-big: " + b"v" * 5000 + b"\r\n"), 431, "head_too_large"),
-    ("15 headers of 300 bytes: each small, together over a 4 KiB head",
-     lambda p: request(p, extra=b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 300) for i in range(15))),
-     431, "head_too_large"),
-    ("chunked body growing past the 10,000-byte limit",
-     lambda p: request(p, (b"1000\r\n" + b"a" * 4096 + b"\r\n") * 3,
-                       framing=b"transfer-encoding: chunked\r\n"), 413, "request_too_large"),
+    (
+        "request target of 2,000 bytes over a 1 KiB limit",
+        lambda p: request(p + "?" + "x" * 2000),
+        414,
+        "uri_too_long",
+    ),
+    (
+        "30 headers over a limit of 20",
+        lambda p: request(p, extra=b"".join(b"x-h%d: v\r\n" % i for i in range(30))),
+        431,
+        "too_many_headers",
+    ),
+    (
+        "one 5,000-byte header over a 4 KiB head",
+        lambda p: request(p, extra=b"x-big: " + b"v" * 5000 + b"\r\n"),
+        431,
+        "head_too_large",
+    ),
+    (
+        "15 headers of 300 bytes: each small, together over a 4 KiB head",
+        lambda p: request(p, extra=b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 300) for i in range(15))),
+        431,
+        "head_too_large",
+    ),
+    (
+        "chunked body growing past the 10,000-byte limit",
+        lambda p: request(
+            p, (b"1000\r\n" + b"a" * 4096 + b"\r\n") * 3, framing=b"transfer-encoding: chunked\r\n"
+        ),
+        413,
+        "request_too_large",
+    ),
 ]
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(("build", "status", "code"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
-def test_over_a_limit_refused(gw: RunningGateway, mock_llm: MockLLMServer,
-                              build: Callable[[str], bytes], status: int, code: str,
-                              path: str) -> None:
+@pytest.mark.parametrize(
+    ("build", "status", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_over_a_limit_refused(
+    gw: RunningGateway,
+    mock_llm: MockLLMServer,
+    build: Callable[[str], bytes],
+    status: int,
+    code: str,
+    path: str,
+) -> None:
     """Bad input: the request the case names, with a valid request pipelined behind it."""
     with RawClient(gw.port) as client:
         client.send(build(path) + follow_up(path))
@@ -80,14 +105,15 @@ def test_over_a_limit_refused(gw: RunningGateway, mock_llm: MockLLMServer,
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_endless_header_refused_at_the_limit(gw: RunningGateway, mock_llm: MockLLMServer,
-                                             path: str) -> None:
+def test_endless_header_refused_at_the_limit(
+    gw: RunningGateway, mock_llm: MockLLMServer, path: str
+) -> None:
     """One header value that never ends, written 100 bytes at a time: the head is
     refused once its raw bytes pass the memory guard (twice the head limits, 10 KiB here:
     431), not left to grow until the header deadline (which would be a 408), so the bytes
     counted are the whole head's, across reads."""
     start = request(path, extra=b"x-big: ")
-    start = start[:start.index(b"x-big: ") + 7]
+    start = start[: start.index(b"x-big: ") + 7]
     with RawClient(gw.port) as client:
         client.send(start)
         try:
@@ -105,7 +131,8 @@ def test_endless_header_refused_at_the_limit(gw: RunningGateway, mock_llm: MockL
 
 @pytest.mark.parametrize("path", PATHS)
 def test_content_length_over_the_limit_refused_before_the_body(
-        gw: RunningGateway, mock_llm: MockLLMServer, path: str) -> None:
+    gw: RunningGateway, mock_llm: MockLLMServer, path: str
+) -> None:
     """The head announces 50,000 bytes; the client sends no body at all and still gets
     its 413 at once: the gateway does not wait for (or read) a body it will refuse."""
     with RawClient(gw.port) as client:
@@ -120,7 +147,8 @@ def test_content_length_over_the_limit_refused_before_the_body(
 
 @pytest.mark.parametrize("path", PATHS)
 def test_body_at_the_limit_accepted_one_more_byte_refused(
-        gw: RunningGateway, mock_llm: MockLLMServer, path: str) -> None:
+    gw: RunningGateway, mock_llm: MockLLMServer, path: str
+) -> None:
     """The limit is inclusive: exactly 10,000 bytes are relayed (and the connection goes
     on), 10,001 are refused."""
     with RawClient(gw.port) as client:

@@ -44,9 +44,10 @@ _RAW_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u2
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
 _LINE = re.compile(
     r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) "
-    rf"logger=fastproxy(?:\.\w+)* msg=({_QUOTED})((?: [\w.-]+=(?:{_QUOTED}|[^\s\"]+))*)")
+    rf"logger=fastproxy(?:\.\w+)* msg=({_QUOTED})((?: [\w.-]+=(?:{_QUOTED}|[^\s\"]+))*)"
+)
 _FIELD = re.compile(rf'([\w.-]+)=({_QUOTED}|[^\s"]+)')
-_ESCAPE = re.compile(r'\\(?:x([0-9a-f]{2})|u([0-9a-f]{4})|(.))')
+_ESCAPE = re.compile(r"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4})|(.))")
 _SIMPLE = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
 
 
@@ -118,23 +119,31 @@ def log_capture() -> Iterator[LogCapture]:
 
 
 @pytest.fixture
-def gw(gateway_factory: Callable[..., RunningGateway], mock_llm: Any,
-       log_capture: LogCapture) -> RunningGateway:
-    return gateway_factory({
-        "backends": {"openai.1": backend_for(mock_llm, "openai")},
-        "default_backend": "openai.1",  # any model name reaches the mock
-        "access_log": True,
-        "health_check": {"enabled": False},
-        "usage_tracking": {"enabled": False},
-    })
+def gw(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: Any, log_capture: LogCapture
+) -> RunningGateway:
+    return gateway_factory(
+        {
+            "backends": {"openai.1": backend_for(mock_llm, "openai")},
+            "default_backend": "openai.1",  # any model name reaches the mock
+            "access_log": True,
+            "health_check": {"enabled": False},
+            "usage_tracking": {"enabled": False},
+        }
+    )
 
 
-def chat(model: str = "gpt-4o", headers: bytes = b"",
-         path: bytes = b"/v1/chat/completions") -> bytes:
+def chat(
+    model: str = "gpt-4o", headers: bytes = b"", path: bytes = b"/v1/chat/completions"
+) -> bytes:
     body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-    return (b"POST " + path + b" HTTP/1.1\r\nhost: localhost\r\n"
-            b"content-type: application/json\r\n" + headers
-            + b"content-length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"POST " + path + b" HTTP/1.1\r\nhost: localhost\r\n"
+        b"content-type: application/json\r\n"
+        + headers
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
 
 
 def send(port: int, raw: bytes) -> int:
@@ -164,7 +173,7 @@ def assert_still_serves(gw: RunningGateway, log: LogCapture) -> None:
     assert status == 200
     # An ordinary request's line reads as it always did: plain values, unquoted.
     assert f["model"] == "gpt-4o" and f["path"] == "/v1/chat/completions"
-    assert 'model=gpt-4o ' in log.access()[-1]
+    assert "model=gpt-4o " in log.access()[-1]
 
 
 MODELS = [
@@ -172,18 +181,23 @@ MODELS = [
     ("model with LF and a forged access line", "gpt-4o\n" + FORGED),
     ("model with a lone CR and a forged access line", "gpt-4o\r" + FORGED),
     ("model with NUL, ESC sequences and DEL", "gpt-4o\x00\x1b[2K\x1b[1A\x7f" + FORGED),
-    ("model with VT, FF and the file, group and record separators",
-     "gpt-4o\x0b\x0c\x1c\x1d\x1e" + FORGED),
+    (
+        "model with VT, FF and the file, group and record separators",
+        "gpt-4o\x0b\x0c\x1c\x1d\x1e" + FORGED,
+    ),
     ("model with NEL, U+2028 and U+2029", "gpt-4o\x85" + FORGED + "\u2028x\u2029y"),
     ("model with a right-to-left override", "gpt-4o\u202e" + FORGED),
-    ("model with a quote and a backslash that would end the field early",
-     'gpt-4o" status=200 outcome=ok x="\\'),
+    (
+        "model with a quote and a backslash that would end the field early",
+        'gpt-4o" status=200 outcome=ok x="\\',
+    ),
 ]
 
 
 @pytest.mark.parametrize("model", [m[1] for m in MODELS], ids=[m[0] for m in MODELS])
-def test_json_body_model_is_escaped_in_the_access_line(gw: RunningGateway, log_capture: LogCapture,
-                                                       model: str) -> None:
+def test_json_body_model_is_escaped_in_the_access_line(
+    gw: RunningGateway, log_capture: LogCapture, model: str
+) -> None:
     status, f = one_access_line(gw, log_capture, chat(model))
     assert f["model"] == model  # escaped on the way in, exactly the client's text back out
     assert f["status"] == str(status)
@@ -198,20 +212,27 @@ HEADERS = [
     ("x-proxy-user with NEL", b"x-proxy-user: alice\x85" + FORGED.encode() + b"\r\n"),
     ("user-agent with NEL", b"user-agent: ua/1.0\x85" + FORGED.encode() + b"\r\n"),
     # The rest the parser refuses: still one access line, for the refusal.
-    ("x-session-id with CRLF and a forged line",
-     b"x-session-id: s1\r\n" + FORGED.encode() + b"\r\n"),
-    ("x-proxy-user with a bare LF and a forged line",
-     b"x-proxy-user: alice\n" + FORGED.encode() + b"\r\n"),
+    (
+        "x-session-id with CRLF and a forged line",
+        b"x-session-id: s1\r\n" + FORGED.encode() + b"\r\n",
+    ),
+    (
+        "x-proxy-user with a bare LF and a forged line",
+        b"x-proxy-user: alice\n" + FORGED.encode() + b"\r\n",
+    ),
     ("user-agent with a lone CR", b"user-agent: ua/1.0\r" + FORGED.encode() + b"\r\n"),
     ("x-session-id with NUL and ESC", b"x-session-id: s1\x00\x1b[2K\r\n"),
-    ("x-session-id as an obs-fold continuation carrying a forged line",
-     b"x-session-id: s1\r\n " + FORGED.encode() + b"\r\n"),
+    (
+        "x-session-id as an obs-fold continuation carrying a forged line",
+        b"x-session-id: s1\r\n " + FORGED.encode() + b"\r\n",
+    ),
 ]
 
 
 @pytest.mark.parametrize("header", [h[1] for h in HEADERS], ids=[h[0] for h in HEADERS])
-def test_header_values_cannot_forge_a_line(gw: RunningGateway, log_capture: LogCapture,
-                                           header: bytes) -> None:
+def test_header_values_cannot_forge_a_line(
+    gw: RunningGateway, log_capture: LogCapture, header: bytes
+) -> None:
     status, f = one_access_line(gw, log_capture, chat(headers=header))
     assert status in (200, 400), status
     assert f["status"] == str(status)
@@ -219,18 +240,23 @@ def test_header_values_cannot_forge_a_line(gw: RunningGateway, log_capture: LogC
 
 
 PATHS = [
-    ("path with percent-encoded CRLF and a forged line",
-     b"/v1/chat/completions%0d%0a" + FORGED.replace(" ", "%20").replace('"', "%22").encode()),
+    (
+        "path with percent-encoded CRLF and a forged line",
+        b"/v1/chat/completions%0d%0a" + FORGED.replace(" ", "%20").replace('"', "%22").encode(),
+    ),
     ("path with a raw control byte", b"/v1/chat/\x01completions"),
-    ("path with raw CRLF inside the request line",
-     b"/v1/chat/completions\r\n" + FORGED.encode() + b"\r\nx: /v1/chat/completions"),
+    (
+        "path with raw CRLF inside the request line",
+        b"/v1/chat/completions\r\n" + FORGED.encode() + b"\r\nx: /v1/chat/completions",
+    ),
     ("monitoring path with percent-encoded CRLF", b"/v1/diagnostics%0d%0a%1b[2K"),
 ]
 
 
 @pytest.mark.parametrize("path", [p[1] for p in PATHS], ids=[p[0] for p in PATHS])
-def test_request_path_cannot_forge_a_line(gw: RunningGateway, log_capture: LogCapture,
-                                          path: bytes) -> None:
+def test_request_path_cannot_forge_a_line(
+    gw: RunningGateway, log_capture: LogCapture, path: bytes
+) -> None:
     status, f = one_access_line(gw, log_capture, chat(path=path))
     assert status in (400, 404), status
     assert "\n" not in f["path"] and "\r" not in f["path"]
@@ -238,7 +264,8 @@ def test_request_path_cannot_forge_a_line(gw: RunningGateway, log_capture: LogCa
 
 
 def test_admin_path_in_a_handler_failure_cannot_forge_a_line(
-        gw: RunningGateway, log_capture: LogCapture) -> None:
+    gw: RunningGateway, log_capture: LogCapture
+) -> None:
     """The admin listener logs the (percent-decoded) path when a handler fails, with the
     traceback: all of it one line."""
 
@@ -267,13 +294,16 @@ def test_admin_path_in_a_handler_failure_cannot_forge_a_line(
 
 # -- the formatter and access_line on their own ----------------------------------------------
 
-HOSTILE = ("a\r\n" + FORGED + "\x00\x07\x1b[31m\x7f\x85\x9f\u2028\u2029\u202e\t"
-           + 'q"uote back\\slash \\" end\\')
+HOSTILE = (
+    "a\r\n"
+    + FORGED
+    + "\x00\x07\x1b[31m\x7f\x85\x9f\u2028\u2029\u202e\t"
+    + 'q"uote back\\slash \\" end\\'
+)
 
 
 def _record(msg: str, *args: Any, exc_info: Any = None, **kv: Any) -> logging.LogRecord:
-    record = logging.LogRecord("fastproxy.data", logging.WARNING, __file__, 1, msg, args,
-                               exc_info)
+    record = logging.LogRecord("fastproxy.data", logging.WARNING, __file__, 1, msg, args, exc_info)
     if kv:
         record.kv = kv
     return record
@@ -290,7 +320,7 @@ def test_formatter_quotes_and_escapes_kv_values() -> None:
     line = KeyValueFormatter().format(_record("x", model=HOSTILE, n=3, empty="", plain="a.b"))
     _, extra = parse_line(line)
     assert extra == {"model": HOSTILE, "n": "3", "empty": "", "plain": "a.b"}
-    assert line.endswith(" n=3 empty=\"\" plain=a.b")
+    assert line.endswith(' n=3 empty="" plain=a.b')
 
 
 def test_formatter_keeps_a_traceback_on_the_same_line() -> None:
@@ -311,17 +341,29 @@ def test_formatter_still_masks_credentials_everywhere() -> None:
     except RuntimeError:
         exc_info = sys.exc_info()
     line = KeyValueFormatter().format(
-        _record("key sk-abcdefghijklmnop\nx", exc_info=exc_info, key="sk-abcdefghijklmnop"))
+        _record("key sk-abcdefghijklmnop\nx", exc_info=exc_info, key="sk-abcdefghijklmnop")
+    )
     assert "abcdefghijklmnop" not in line
     parse_line(line)
 
 
 def _exchange_record(**overrides: Any) -> SimpleNamespace:
-    rec = SimpleNamespace(id=7, method="POST", path="/v1/chat/completions", status=200,
-                          outcome="ok",
-                          frontend="openai", backend="openai.1", model_used=None,
-                          model_requested="gpt-4o", streaming=False, attempts=1, bytes_rx=10,
-                          bytes_tx=20, duration_ms=1.25)
+    rec = SimpleNamespace(
+        id=7,
+        method="POST",
+        path="/v1/chat/completions",
+        status=200,
+        outcome="ok",
+        frontend="openai",
+        backend="openai.1",
+        model_used=None,
+        model_requested="gpt-4o",
+        streaming=False,
+        attempts=1,
+        bytes_rx=10,
+        bytes_tx=20,
+        duration_ms=1.25,
+    )
     for k, v in overrides.items():
         setattr(rec, k, v)
     return rec
@@ -330,11 +372,11 @@ def _exchange_record(**overrides: Any) -> SimpleNamespace:
 def test_access_line_of_an_ordinary_request_is_unchanged() -> None:
     assert access_line(_exchange_record()) == (
         "rid=7 method=POST path=/v1/chat/completions status=200 outcome=ok frontend=openai "
-        "backend=openai.1 model=gpt-4o stream=0 attempts=1 bytes_in=10 bytes_out=20 ms=1.2")
+        "backend=openai.1 model=gpt-4o stream=0 attempts=1 bytes_in=10 bytes_out=20 ms=1.2"
+    )
 
 
-@pytest.mark.parametrize("field", ["model_requested", "model_used", "path", "backend",
-                                   "method"])
+@pytest.mark.parametrize("field", ["model_requested", "model_used", "path", "backend", "method"])
 def test_access_line_quotes_and_escapes_each_client_field(field: str) -> None:
     line = access_line(_exchange_record(**{field: HOSTILE}))
     assert _RAW_CONTROL.search(line) is None
@@ -374,7 +416,10 @@ def test_access_line_field_memo_is_exact_and_bounded() -> None:
     for i in range(3 * AccessLine.MAX_FIELDS):
         name = f"m{i}\r\n{FORGED}"
         first = render(_exchange_record(model_requested=name))
-        assert render(_exchange_record(model_requested=name)) == first == access_line(
-            _exchange_record(model_requested=name))
+        assert (
+            render(_exchange_record(model_requested=name))
+            == first
+            == access_line(_exchange_record(model_requested=name))
+        )
         assert fields(first)["model"] == name
         assert len(render._fields) <= AccessLine.MAX_FIELDS

@@ -27,8 +27,10 @@ BODY_S = 30.0
 KEEPALIVE_S = 75.0
 TOLERANCE = 0.002  # the protocol treats a deadline within 1 ms as due
 
-CHAT_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
-             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
+CHAT_HEAD = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+)
 BODY = b'{"model":"no-such-model","messages":[]}'
 MODELS = b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
@@ -44,10 +46,17 @@ class Conn:
 
     def __init__(self, loop: FakeClockLoop, **timeouts: float) -> None:
         self.loop = loop
-        state = make_state(loop, {"timeouts": {
-            "header_seconds": HEADER_S, "body_idle_seconds": BODY_S,
-            "keepalive_seconds": KEEPALIVE_S, **timeouts,
-        }})
+        state = make_state(
+            loop,
+            {
+                "timeouts": {
+                    "header_seconds": HEADER_S,
+                    "body_idle_seconds": BODY_S,
+                    "keepalive_seconds": KEEPALIVE_S,
+                    **timeouts,
+                }
+            },
+        )
         self.transport = FakeTransport(loop)
         self.protocol = ClientProtocol(state)
         self.t0 = loop.time()
@@ -75,7 +84,8 @@ class Conn:
 
     def assert_open(self) -> None:
         assert not self.transport.closed, (
-            f"closed at t0+{self.closed_after}; written {bytes(self.transport.written)!r}")
+            f"closed at t0+{self.closed_after}; written {bytes(self.transport.written)!r}"
+        )
 
 
 def assert_closed_at(conn: Conn, seconds: float) -> None:
@@ -281,8 +291,10 @@ def test_long_body_deadline_after_short_header_deadline_is_honoured(
     conn = Conn(loop)
     conn.send(b"POST /v1/chat/completions HTTP/1.1\r\n")
     conn.at(9.0)
-    conn.send(b"Host: localhost\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(BODY))
+    conn.send(
+        b"Host: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(BODY)
+    )
     conn.at(9.0 + BODY_S - 0.01)
     conn.assert_open()
     assert conn.statuses == []

@@ -36,10 +36,14 @@ def test_chunked_trailers_never_become_headers(
     """Sends a chunked body whose trailers carry x-leak, Authorization and the loop-guard
     header: none reaches the backend, none trips the loop guard (no 508)."""
     client = client_for()
-    trailers = (b"x-leak: planted\r\nauthorization: Bearer sk-trailer-secret\r\n"
-                b"x-fastproxy-hop: 1\r\n")
-    client.send(request(path, framing=b"transfer-encoding: chunked\r\n",
-                        body=_chunked(payload(path), trailers)))
+    trailers = (
+        b"x-leak: planted\r\nauthorization: Bearer sk-trailer-secret\r\nx-fastproxy-hop: 1\r\n"
+    )
+    client.send(
+        request(
+            path, framing=b"transfer-encoding: chunked\r\n", body=_chunked(payload(path), trailers)
+        )
+    )
     assert_answers(client.read(), path)
     forwarded = dict(mock_llm.stats.requests[-1].headers)
     assert "x-leak" not in forwarded
@@ -54,18 +58,32 @@ def test_an_authorization_trailer_is_not_an_api_key(
     backend sees nothing."""
     from tests.conftest import backend_for
 
-    gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)},
-                          "auth": {"api_keys": ["client-key-1"]}})
+    gw = gateway_factory(
+        {"backends": {"openai.1": backend_for(mock_llm)}, "auth": {"api_keys": ["client-key-1"]}}
+    )
     with RawClient(gw.port) as client:
-        client.send(request(CHAT_PATH, framing=b"transfer-encoding: chunked\r\n",
-                            body=_chunked(payload(), b"authorization: Bearer client-key-1\r\n")))
-        assert_error(client.read(), 401, CHAT_PATH, "invalid_api_key",
-                     etype="authentication_error")
+        client.send(
+            request(
+                CHAT_PATH,
+                framing=b"transfer-encoding: chunked\r\n",
+                body=_chunked(payload(), b"authorization: Bearer client-key-1\r\n"),
+            )
+        )
+        assert_error(client.read(), 401, CHAT_PATH, "invalid_api_key", etype="authentication_error")
     assert backend_requests(mock_llm) == 0
 
 
-@pytest.mark.parametrize("path", ["/v1/models", CHAT_PATH, "/v1/messages", "/internal/health",
-                                  "/no/such/path", "/v1/diagnostics/activity"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models",
+        CHAT_PATH,
+        "/v1/messages",
+        "/internal/health",
+        "/no/such/path",
+        "/v1/diagnostics/activity",
+    ],
+)
 def test_head_is_answered_with_headers_only(
     gw: RunningGateway, client_for: Callable[[], RawClient], path: str
 ) -> None:
@@ -97,8 +115,9 @@ def test_upgrade_on_a_request_with_a_body_is_ignored(
     then a second request pipelined in the same write: two answers, each its own, and no
     Upgrade header reaches the backend."""
     client = client_for()
-    first = request(path, extra=b"upgrade: websocket\r\nconnection: upgrade\r\n"
-                    b"x-mock-tokens: 5\r\n")
+    first = request(
+        path, extra=b"upgrade: websocket\r\nconnection: upgrade\r\nx-mock-tokens: 5\r\n"
+    )
     client.send(first + request(path, extra=b"x-mock-tokens: 4\r\n"))
     assert_answers(client.read(), path, tokens=5)
     assert_answers(client.read(), path, tokens=4)
@@ -112,9 +131,14 @@ def test_upgrade_with_a_chunked_body_is_ignored(
 ) -> None:
     """Sends `Upgrade: h2c` on a chunked chat request: answered once, connection in sync."""
     client = client_for()
-    client.send(request(CHAT_PATH, extra=b"upgrade: h2c\r\nconnection: upgrade\r\n"
-                        b"x-mock-tokens: 6\r\n", framing=b"transfer-encoding: chunked\r\n",
-                        body=_chunked(payload(), b"")))
+    client.send(
+        request(
+            CHAT_PATH,
+            extra=b"upgrade: h2c\r\nconnection: upgrade\r\nx-mock-tokens: 6\r\n",
+            framing=b"transfer-encoding: chunked\r\n",
+            body=_chunked(payload(), b""),
+        )
+    )
     assert_answers(client.read(), CHAT_PATH, tokens=6)
     assert_in_sync(client)
 
@@ -124,8 +148,10 @@ def test_upgrade_on_a_bodiless_request_is_ignored(
 ) -> None:
     """Sends `GET /v1/models` with `Upgrade: websocket`: one 200 listing, in sync."""
     client = client_for()
-    client.send(b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nupgrade: websocket\r\n"
-                b"connection: upgrade\r\n\r\n")
+    client.send(
+        b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nupgrade: websocket\r\n"
+        b"connection: upgrade\r\n\r\n"
+    )
     resp = client.read()
     assert resp.status == 200 and resp.json()["object"] == "list"
     assert_in_sync(client)
@@ -137,8 +163,10 @@ def test_connect_gets_one_error_and_a_close(
     """Sends `CONNECT api.openai.com:443` followed by tunnel bytes: one 405, then the
     connection closes with nothing more written; nothing reaches the backend."""
     client = client_for()
-    client.send(b"CONNECT api.openai.com:443 HTTP/1.1\r\nhost: api.openai.com:443\r\n\r\n"
-                b"\x16\x03\x01 tunnel bytes")
+    client.send(
+        b"CONNECT api.openai.com:443 HTTP/1.1\r\nhost: api.openai.com:443\r\n\r\n"
+        b"\x16\x03\x01 tunnel bytes"
+    )
     assert_error(client.read(), 405, CHAT_PATH, "method_not_allowed")
     assert_closed(client)
     assert backend_requests(mock_llm) == 0
@@ -209,9 +237,11 @@ def test_an_error_in_the_request_after_an_ignored_upgrade_is_not_a_500(
     was while the rest was parsed inside the upgrade's exception handler (found by the
     20,000-example run of the split-invariance fuzzer)."""
     client = client_for()
-    client.send(b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nconnection: upgrade\r\n"
-                b"upgrade: websocket\r\n\r\n"
-                b"GET /" + b"p" * 1100 + b" HTTP/1.1\r\nhost: localhost\r\n\r\n")
+    client.send(
+        b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nconnection: upgrade\r\n"
+        b"upgrade: websocket\r\n\r\n"
+        b"GET /" + b"p" * 1100 + b" HTTP/1.1\r\nhost: localhost\r\n\r\n"
+    )
     assert client.read().status == 200
     assert_error(client.read(), 414, CHAT_PATH, "uri_too_long")
     assert_closed(client)

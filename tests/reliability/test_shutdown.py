@@ -40,23 +40,32 @@ def test_requests_cut_at_the_drain_deadline_are_all_recorded(
     end with a `gateway_shutdown` error event and no terminal event, the waiting requests
     get a 503 in their dialect, and the database holds five records, all
     `gateway_shutdown`."""
-    gw = gateway_factory({
-        "backends": {"openai.1": backend_for(mock_llm, "openai"),
-                     "anthropic.1": backend_for(mock_llm, "anthropic")},
-        "default_backend": "openai.1",
-        "timeouts": {"drain_seconds": 0.3},
-        "usage_tracking": {"flush_interval_seconds": 0.05},
-    })
+    gw = gateway_factory(
+        {
+            "backends": {
+                "openai.1": backend_for(mock_llm, "openai"),
+                "anthropic.1": backend_for(mock_llm, "anthropic"),
+            },
+            "default_backend": "openai.1",
+            "timeouts": {"drain_seconds": 0.3},
+            "usage_tracking": {"flush_interval_seconds": 0.05},
+        }
+    )
     db = Path(gw.gateway.config.state_dir) / "usage.db"
-    streams = [(CHAT_PATH, RawClient(gw.port)), (MESSAGES_PATH, RawClient(gw.port)),
-               (CHAT_PATH, RawClient(gw.port))]
+    streams = [
+        (CHAT_PATH, RawClient(gw.port)),
+        (MESSAGES_PATH, RawClient(gw.port)),
+        (CHAT_PATH, RawClient(gw.port)),
+    ]
     waiting = [(CHAT_PATH, RawClient(gw.port)), (MESSAGES_PATH, RawClient(gw.port))]
     for path, client in streams:
         client.send(request(path, payload(path, stream=True), extra=SLOW_STREAM))
     for path, client in waiting:
         client.send(request(path, extra=SLOW_HEAD))
-    wait_until(lambda: backend_requests(mock_llm) == 5 and mock_llm.stats.streams_started == 3,
-               what="five requests in flight")
+    wait_until(
+        lambda: backend_requests(mock_llm) == 5 and mock_llm.stats.streams_started == 3,
+        what="five requests in flight",
+    )
     gw.stop()
     for _path, client in streams:
         resp = client.read()

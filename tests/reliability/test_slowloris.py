@@ -34,12 +34,11 @@ BODY_IDLE_S = TIMEOUTS["body_idle_seconds"]
 def _head_start(path: str) -> bytes:
     """The request line and the first headers of a valid request, and no end of head."""
     raw = request(path)
-    return raw[:raw.index(b"content-type")]
+    return raw[: raw.index(b"content-type")]
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_unfinished_head_gets_408(gw: RunningGateway, mock_llm: MockLLMServer,
-                                  path: str) -> None:
+def test_unfinished_head_gets_408(gw: RunningGateway, mock_llm: MockLLMServer, path: str) -> None:
     """The request line and Host arrive, then nothing: 408 at the header deadline."""
     with RawClient(gw.port) as client:
         t0 = time.monotonic()
@@ -55,9 +54,9 @@ def test_unfinished_head_gets_408(gw: RunningGateway, mock_llm: MockLLMServer,
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_dripping_head_does_not_extend_the_deadline(gw: RunningGateway,
-                                                    mock_llm: MockLLMServer,
-                                                    path: str) -> None:
+def test_dripping_head_does_not_extend_the_deadline(
+    gw: RunningGateway, mock_llm: MockLLMServer, path: str
+) -> None:
     """Slowloris proper: one byte of a header every 20 ms, never ending the head. Bytes
     arriving must not push the header deadline back: 408 about when it was due."""
     with RawClient(gw.port) as client:
@@ -86,7 +85,7 @@ def test_stalled_body_gets_408(gw: RunningGateway, mock_llm: MockLLMServer, path
     the body has been idle for the body deadline."""
     body = payload(path)
     with RawClient(gw.port) as client:
-        client.send(request(path, body)[:-len(body) + 10])
+        client.send(request(path, body)[: -len(body) + 10])
         t0 = time.monotonic()
         resp = client.read(timeout=5)
         waited = time.monotonic() - t0

@@ -530,7 +530,8 @@ def _is_ordered_subsequence(needle: bytes, hay: bytes) -> bool:
 
 @pytest.mark.parametrize("then", [b"data: 0123456789\n\n", b": note\ndata: 0123456789\n\n"])
 def test_a_crlf_cut_between_chunks_does_not_count_toward_the_next_event(
-        speedups_impl: ModuleType, then: bytes) -> None:
+    speedups_impl: ModuleType, then: bytes
+) -> None:
     """An event ends with CRLF CRLF and the chunk is cut between the last CR and LF; the
     next event is exactly at max_event_size (16). The stray LF is not a byte of that
     event: cut or not, no error (found by the split-invariance fuzzer)."""

@@ -111,7 +111,9 @@ def old_file(path: Path, version: int, items: list[dict[str, Any] | tuple[Any, .
         if dim is None:
             dim = dims[key[:6]] = conn.execute(
                 "INSERT INTO usage_dims (backend, backend_type, frontend_type, model_requested, "
-                "model_used, proxy_user) VALUES (?, ?, ?, ?, ?, ?)", key[:6]).lastrowid
+                "model_used, proxy_user) VALUES (?, ?, ?, ?, ?, ?)",
+                key[:6],
+            ).lastrowid
         conn.execute(usage_schema.INSERT_REQUEST, (seq, row[0], dim, *row[1:]))
         conn.execute(usage_schema.INSERT_RECORD, (seq, text))
     conn.execute(usage_schema.ROLLUP_BATCH_HOURLY, (1, len(items) + 1))
@@ -167,10 +169,19 @@ def test_a_version_3_file_gets_api_and_outcome_dims(tmp_path: Path) -> None:
     t0 = 1_764_590_400.0  # 2025-12-01T12:00:00Z
     dicts = []
     for i in range(30):
-        outcome, status = (("client_aborted", None) if i % 10 == 3 else
-                           ("truncated", 200) if i % 10 == 7 else ("ok", 200))
-        r = record(timestamp=f"2025-12-01T1{i % 10}:{i:02d}:00.000Z", outcome=outcome,
-                   http_status_code=status, total_duration_ms=float(i + 1))
+        outcome, status = (
+            ("client_aborted", None)
+            if i % 10 == 3
+            else ("truncated", 200)
+            if i % 10 == 7
+            else ("ok", 200)
+        )
+        r = record(
+            timestamp=f"2025-12-01T1{i % 10}:{i:02d}:00.000Z",
+            outcome=outcome,
+            http_status_code=status,
+            total_duration_ms=float(i + 1),
+        )
         del r["api"]
         dicts.append(r)
     compact = [_values("client_aborted", 0, t0 + i) for i in range(4)]
@@ -178,26 +189,40 @@ def test_a_version_3_file_gets_api_and_outcome_dims(tmp_path: Path) -> None:
     old_file(db, 3, [*dicts, *compact])
 
     s = open_store(db)
-    s.submit(lambda: Projector(PriceTable({})).prepared(
-        UsageCapture.take(_rec(False, None, t0 + 3600), True)))
+    s.submit(
+        lambda: Projector(PriceTable({})).prepared(
+            UsageCapture.take(_rec(False, None, t0 + 3600), True)
+        )
+    )
     s.stop()
 
     assert user_version(db) == 4
     with sqlite3.connect(db) as conn:
         # Every row's dim carries the row's own outcome; no old dim has an API kind.
-        assert conn.execute("SELECT COUNT(*) FROM usage_requests r JOIN usage_dims d "
-                            "USING (dim) WHERE r.outcome IS NOT d.outcome").fetchone()[0] == 0
-        assert conn.execute("SELECT api, COUNT(*) FROM usage GROUP BY api ORDER BY api"
-                            ).fetchall() == [(None, 40), ("chat", 1)]
+        assert (
+            conn.execute(
+                "SELECT COUNT(*) FROM usage_requests r JOIN usage_dims d "
+                "USING (dim) WHERE r.outcome IS NOT d.outcome"
+            ).fetchone()[0]
+            == 0
+        )
+        assert conn.execute(
+            "SELECT api, COUNT(*) FROM usage GROUP BY api ORDER BY api"
+        ).fetchall() == [(None, 40), ("chat", 1)]
     exported = [r for page in s.export_pages(parse_filters({})) for r in page]
     assert len(exported) == 41 and all(tuple(r) == usage_schema.RECORD_KEYS for r in exported)
     assert [r["api"] for r in exported].count(None) == 40
     old_compact = [r for r in exported if r["user_agent"] is None and r["api"] is None]
     assert len(old_compact) == 10
     assert sum(r["http_status_code"] is None for r in old_compact) == 4
-    for q in ({}, {"outcome": ["client_aborted"]}, {"outcome": ["truncated"]},
-              {"http_status_code": ["none"]}, {"api": ["chat"]},
-              {"outcome": ["ok"], "start_date": ["2025-12-01T12:30:00Z"]}):
+    for q in (
+        {},
+        {"outcome": ["client_aborted"]},
+        {"outcome": ["truncated"]},
+        {"http_status_code": ["none"]},
+        {"api": ["chat"]},
+        {"outcome": ["ok"], "start_date": ["2025-12-01T12:30:00Z"]},
+    ):
         f = parse_filters(q)
         assert_like_reference(s.stats(f), _reference(exported, f), q)
     stats = s.stats(parse_filters({}))

@@ -78,21 +78,22 @@ class FakeClockLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self._now
 
-    def call_soon(self, callback: Callable[..., object], *args: Any,
-                  context: Any = None) -> asyncio.Handle:
+    def call_soon(
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.Handle:
         box: list[int] = []
         handle = super().call_soon(self._run_soon, box, callback, *args, context=context)
         box.append(id(handle))
         self._soon[id(handle)] = handle
         return handle
 
-    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,
-                             context: Any = None) -> asyncio.Handle:
+    def call_soon_threadsafe(
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.Handle:
         # Tracked like call_soon: with the inline executor this is how a "thread's"
         # result comes back to the loop.
         box: list[int] = []
-        handle = super().call_soon_threadsafe(self._run_soon, box, callback, *args,
-                                              context=context)
+        handle = super().call_soon_threadsafe(self._run_soon, box, callback, *args, context=context)
         box.append(id(handle))
         self._soon[id(handle)] = handle
         return handle
@@ -101,8 +102,9 @@ class FakeClockLoop(asyncio.SelectorEventLoop):
         self._soon.pop(box[0], None)
         callback(*args)
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any,
-                context: Any = None) -> asyncio.TimerHandle:
+    def call_at(
+        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
         box: list[int] = []
         handle = super().call_at(when, self._run_timer, box, callback, *args, context=context)
         box.append(id(handle))
@@ -187,8 +189,13 @@ class FakeTransport(asyncio.Transport):
     that cannot happen.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, port: int = 40000,
-                 high_water: int = 64 * 1024, low_water: int = 16 * 1024) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        port: int = 40000,
+        high_water: int = 64 * 1024,
+        low_water: int = 16 * 1024,
+    ) -> None:
         super().__init__()
         self.loop = loop
         self.protocol: asyncio.Protocol | None = None
@@ -374,14 +381,21 @@ def make_config(tree: dict[str, Any] | None = None, tmp_dir: str | Path | None =
 def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value and key not in ("backends", "pricing", "extra_headers"):
+        if (
+            isinstance(value, dict)
+            and value
+            and key not in ("backends", "pricing", "extra_headers")
+        ):
             out.update(_dotted(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
 
 
-def make_state(loop: asyncio.AbstractEventLoop, tree: dict[str, Any] | None = None,
-               config: Config | None = None) -> GatewayState:
+def make_state(
+    loop: asyncio.AbstractEventLoop,
+    tree: dict[str, Any] | None = None,
+    config: Config | None = None,
+) -> GatewayState:
     """A `GatewayState` on ``loop``: no backends, no services (usage, health, ... off)."""
     return GatewayState(config if config is not None else make_config(tree), loop)

@@ -12,15 +12,23 @@ from pathlib import Path
 
 
 class GatewayProcess:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 cwd: str | None = None) -> None:
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("FASTPROXY", "USAGE_TRACKING", "WIRE_CAPTURE"))}
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> None:
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("FASTPROXY", "USAGE_TRACKING", "WIRE_CAPTURE"))
+        }
         full_env["XDG_CONFIG_HOME"] = "/nonexistent"
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastproxy", "run", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            text=True,
         )
         self.lines: list[str] = []
         self.port: int | None = None
@@ -67,8 +75,16 @@ class GatewayProcess:
 
     def tcp_states(self) -> dict[str, int]:
         """TCP states of this process's sockets (from /proc/net/tcp{,6})."""
-        names = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN",
-                 "04": "FIN_WAIT1", "05": "FIN_WAIT2", "07": "CLOSE", "09": "LAST_ACK"}
+        names = {
+            "01": "ESTABLISHED",
+            "06": "TIME_WAIT",
+            "08": "CLOSE_WAIT",
+            "0A": "LISTEN",
+            "04": "FIN_WAIT1",
+            "05": "FIN_WAIT2",
+            "07": "CLOSE",
+            "09": "LAST_ACK",
+        }
         inodes = self.socket_inodes()
         counts: dict[str, int] = {}
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):

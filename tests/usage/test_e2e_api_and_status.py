@@ -29,16 +29,27 @@ from tests.usage.test_e2e_records import MSGS, oai, recent, tracked_tree
 from tests.usage.test_store_cli import fastproxy
 
 # The records one test's traffic leaves, by API kind (the stream is a chat without /v1).
-KINDS = {"chat": 2, "responses": 1, "embeddings": 1, "completions": 1, "messages": 1,
-         "count_tokens": 1}
+KINDS = {
+    "chat": 2,
+    "responses": 1,
+    "embeddings": 1,
+    "completions": 1,
+    "messages": 1,
+    "count_tokens": 1,
+}
 
 
 @pytest.fixture
 def gw(gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer) -> RunningGateway:
-    return gateway_factory(tracked_tree({
-        "openai.1": backend_for(mock_llm, "openai"),
-        "anthropic.1": backend_for(mock_llm, "anthropic"),
-    }, default_backend="openai.1"))
+    return gateway_factory(
+        tracked_tree(
+            {
+                "openai.1": backend_for(mock_llm, "openai"),
+                "anthropic.1": backend_for(mock_llm, "anthropic"),
+            },
+            default_backend="openai.1",
+        )
+    )
 
 
 def get(gw: RunningGateway, path: str, **params: str) -> httpx.Response:
@@ -56,10 +67,13 @@ def exports(gw: RunningGateway, **params: str) -> dict[str, list[dict[str, Any]]
     (CSV cells are text: an empty one is null)."""
     doc = get(gw, "/v1/usage/export", format="json", **params).json()
     assert doc["record_count"] == len(doc["records"])
-    nd = [orjson.loads(line) for line in
-          get(gw, "/v1/usage/export", format="ndjson", **params).content.splitlines()]
-    rows = list(csv.DictReader(io.StringIO(get(gw, "/v1/usage/export", format="csv",
-                                               **params).text)))
+    nd = [
+        orjson.loads(line)
+        for line in get(gw, "/v1/usage/export", format="ndjson", **params).content.splitlines()
+    ]
+    rows = list(
+        csv.DictReader(io.StringIO(get(gw, "/v1/usage/export", format="csv", **params).text))
+    )
     return {"json": doc["records"], "ndjson": nd, "csv": rows}
 
 
@@ -75,9 +89,13 @@ def cli_json(gw: RunningGateway, *flags: str) -> dict[str, Any]:
 
 def cli_table(gw: RunningGateway) -> str:
     # Wide enough that rich never wraps a row: the test looks for whole phrases.
-    out = subprocess.run([sys.executable, "-m", "fastproxy", "usage", "stats", "--db",
-                          str(db_path(gw))], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "COLUMNS": "200"})
+    out = subprocess.run(
+        [sys.executable, "-m", "fastproxy", "usage", "stats", "--db", str(db_path(gw))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -91,8 +109,11 @@ def test_every_api_kind_is_recorded_filtered_and_broken_down(gw: RunningGateway)
         client.completions.create(model="gpt-4o", prompt="Say hi")
     # A client whose base URL lacks /v1 calls /chat/completions: the same kind.
     with openai.OpenAI(base_url=gw.url, api_key="sk-client", max_retries=0) as bare:
-        chunks = list(bare.chat.completions.create(
-            model="gpt-4o", messages=MSGS, stream=True, extra_headers={"x-mock-tokens": "30"}))
+        chunks = list(
+            bare.chat.completions.create(
+                model="gpt-4o", messages=MSGS, stream=True, extra_headers={"x-mock-tokens": "30"}
+            )
+        )
     assert chunks
     with anthropic.Anthropic(base_url=gw.url, api_key="sk-client", max_retries=0) as a:
         a.messages.create(model="claude-haiku-4-5", max_tokens=32, messages=MSGS)
@@ -123,11 +144,24 @@ def test_every_api_kind_is_recorded_filtered_and_broken_down(gw: RunningGateway)
     # The stream's rate is tokens per second, and its keys say so.
     stream = next(r for r in records if r["streaming"])
     tps = s["stream_tps_stats"]
-    assert tps == {"count": 1, "min_tps": stream["stream_tps"], "max_tps": stream["stream_tps"],
-                   "avg_tps": stream["stream_tps"], "p50_tps": stream["stream_tps"],
-                   "p95_tps": stream["stream_tps"], "p99_tps": stream["stream_tps"]}
-    assert set(s["ttft_stats"]) == {"count", "min_ms", "max_ms", "avg_ms", "p50_ms", "p95_ms",
-                                    "p99_ms"}
+    assert tps == {
+        "count": 1,
+        "min_tps": stream["stream_tps"],
+        "max_tps": stream["stream_tps"],
+        "avg_tps": stream["stream_tps"],
+        "p50_tps": stream["stream_tps"],
+        "p95_tps": stream["stream_tps"],
+        "p99_tps": stream["stream_tps"],
+    }
+    assert set(s["ttft_stats"]) == {
+        "count",
+        "min_ms",
+        "max_ms",
+        "avg_ms",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+    }
 
     # The CLI reads the gateway's file: the same figures, filter and breakdown.
     assert cli_json(gw, "--api", "count_tokens")["request_count"] == 1
@@ -146,9 +180,13 @@ def _raw_request(gw: RunningGateway, extra: bytes) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", gw.port))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                 b"content-type: application/json\r\n" + extra
-                 + b"content-length: %d\r\n\r\n" % len(body) + body)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+        b"content-type: application/json\r\n"
+        + extra
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
     return sock
 
 
@@ -160,27 +198,36 @@ def _exchange(gw: RunningGateway, ready: Callable[[Any], bool]) -> bool:
 def test_aborted_requests_are_visible_and_filterable_in_every_view(gw: RunningGateway) -> None:
     # 1. A client that leaves before any status: the backend has the request, and hangs.
     sock = _raw_request(gw, b"x-mock-fault: hang\r\n")
-    wait_until(lambda: gw.lt.call(lambda: _exchange(
-        gw, lambda c: c.current.record.upstream_sent_at > 0)), what="request at the backend")
+    wait_until(
+        lambda: gw.lt.call(lambda: _exchange(gw, lambda c: c.current.record.upstream_sent_at > 0)),
+        what="request at the backend",
+    )
     sock.close()
     wait_until(lambda: recent(gw)["total"] == 1, what="the first abort's record")
     # 2. A client that leaves mid-stream: it got 200 and part of the stream.
     sock = _raw_request(gw, b"x-mock-tokens: 100000\r\nx-mock-event-bytes: 2000\r\n")
-    wait_until(lambda: gw.lt.call(lambda: _exchange(gw, lambda c: c.write_paused)),
-               what="gateway paused by the client")
+    wait_until(
+        lambda: gw.lt.call(lambda: _exchange(gw, lambda c: c.write_paused)),
+        what="gateway paused by the client",
+    )
     sock.close()
     # 3. Two answered requests beside them.
     with oai(gw) as client:
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
         with pytest.raises(openai.RateLimitError):
-            client.chat.completions.create(model="gpt-4o", messages=MSGS,
-                                           extra_headers={"x-mock-status": "429"})
+            client.chat.completions.create(
+                model="gpt-4o", messages=MSGS, extra_headers={"x-mock-status": "429"}
+            )
     wait_until(lambda: recent(gw)["total"] == 4, what="four records")
 
     records = recent(gw)["records"]
     by_outcome = Counter((r["outcome"], r["http_status_code"]) for r in records)
-    assert by_outcome == {("client_aborted", None): 1, ("client_aborted", 200): 1,
-                          ("ok", 200): 1, ("rejected", 429): 1}
+    assert by_outcome == {
+        ("client_aborted", None): 1,
+        ("client_aborted", 200): 1,
+        ("ok", 200): 1,
+        ("rejected", 429): 1,
+    }
 
     s = stats(gw)
     # No code "0": the request without a status is its own bucket, after the codes.
@@ -205,8 +252,9 @@ def test_aborted_requests_are_visible_and_filterable_in_every_view(gw: RunningGa
         assert len(got) == 1 and got[0]["outcome"] == "client_aborted", fmt
         assert got[0]["http_status_code"] in (None, ""), fmt  # CSV: an empty cell
     for fmt, got in exports(gw, outcome="client_aborted").items():
-        assert sorted(str(r["http_status_code"]) for r in got) in (
-            ["200", "None"], ["", "200"]), fmt
+        assert sorted(str(r["http_status_code"]) for r in got) in (["200", "None"], ["", "200"]), (
+            fmt
+        )
 
     assert cli_json(gw, "--http-status-code", "none")["request_count"] == 1
     assert cli_json(gw, "--outcome", "client_aborted")["request_count"] == 2

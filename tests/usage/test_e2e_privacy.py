@@ -23,34 +23,58 @@ def _db_bytes(db: Path) -> bytes:
 
 
 def test_db_holds_no_keys_and_no_prompt_text(gateway_factory, mock_llm) -> None:
-    gw = gateway_factory({
-        "backends": {
-            "openai.1": {**backend_for(mock_llm, "openai"), "api_key": BACKEND_KEY},
-            "anthropic.1": {**backend_for(mock_llm, "anthropic"), "api_key": BACKEND_KEY},
+    gw = gateway_factory(
+        {
+            "backends": {
+                "openai.1": {**backend_for(mock_llm, "openai"), "api_key": BACKEND_KEY},
+                "anthropic.1": {**backend_for(mock_llm, "anthropic"), "api_key": BACKEND_KEY},
+            },
+            "default_backend": "openai.1",
+            "auth": {"api_keys": [CLIENT_KEY]},
+            "usage_tracking": dict(FAST_FLUSH),
+        }
+    )
+    msgs = [
+        {"role": "system", "content": f"system {PHRASE}"},
+        {"role": "user", "content": f"user {PHRASE}"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": f'{{"q": "{PHRASE}"}}'},
+                }
+            ],
         },
-        "default_backend": "openai.1",
-        "auth": {"api_keys": [CLIENT_KEY]},
-        "usage_tracking": dict(FAST_FLUSH),
-    })
-    msgs = [{"role": "system", "content": f"system {PHRASE}"},
-            {"role": "user", "content": f"user {PHRASE}"},
-            {"role": "assistant", "content": None, "tool_calls": [{
-                "id": "c1", "type": "function",
-                "function": {"name": "lookup", "arguments": f'{{"q": "{PHRASE}"}}'}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": f"result {PHRASE}"}]
-    tools = [{"type": "function", "function": {
-        "name": "lookup", "description": f"tool {PHRASE}",
-        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+        {"role": "tool", "tool_call_id": "c1", "content": f"result {PHRASE}"},
+    ]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": f"tool {PHRASE}",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+    ]
     with openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY, max_retries=0) as c:
         c.chat.completions.create(model="gpt-4o", messages=msgs, tools=tools)
         list(c.chat.completions.create(model="gpt-4o", messages=msgs, stream=True))
         c.embeddings.create(model="text-embedding-3-small", input=[PHRASE])
     with anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0) as a:
-        a.messages.create(model="claude-haiku-4-5", max_tokens=32, system=f"sys {PHRASE}",
-                          messages=[{"role": "user", "content": f"hello {PHRASE}"}])
+        a.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=32,
+            system=f"sys {PHRASE}",
+            messages=[{"role": "user", "content": f"hello {PHRASE}"}],
+        )
     # A rejected request carries a key too (a wrong one, in a header the record skips).
-    with openai.OpenAI(base_url=gw.url + "/v1", api_key=CLIENT_KEY + "-wrong",
-                       max_retries=0) as bad:
+    with openai.OpenAI(
+        base_url=gw.url + "/v1", api_key=CLIENT_KEY + "-wrong", max_retries=0
+    ) as bad:
         try:
             bad.chat.completions.create(model="gpt-4o", messages=msgs)
         except openai.AuthenticationError:

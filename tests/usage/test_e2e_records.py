@@ -24,9 +24,16 @@ from tests.conftest import RunningGateway, backend_for
 from tests.support.waiting import wait_until
 
 MSGS = [{"role": "user", "content": "How far is the moon?"}]
-TOOLS = [{"type": "function", "function": {
-    "name": "lookup", "description": "Look a fact up",
-    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look a fact up",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+]
 FAST_FLUSH = {"flush_interval_seconds": 0.05}
 SENTINEL = "usage-test-sentinel"
 
@@ -36,11 +43,18 @@ def tracked_tree(backends: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def tracked(gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer) -> RunningGateway:
-    return gateway_factory(tracked_tree({
-        "openai.1": backend_for(mock_llm, "openai"),
-        "anthropic.1": backend_for(mock_llm, "anthropic"),
-    }, default_backend="openai.1"))
+def tracked(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+) -> RunningGateway:
+    return gateway_factory(
+        tracked_tree(
+            {
+                "openai.1": backend_for(mock_llm, "openai"),
+                "anthropic.1": backend_for(mock_llm, "anthropic"),
+            },
+            default_backend="openai.1",
+        )
+    )
 
 
 def recent(gw: RunningGateway, **params: Any) -> dict[str, Any]:
@@ -53,12 +67,17 @@ def only_record(gw: RunningGateway, before: int = 0) -> dict[str, Any]:
     """The one record the test's request left. A sentinel request after it proves there
     is no second one: the writer is FIFO, so once the sentinel is visible, all is."""
     wait_until(lambda: recent(gw)["total"] > before, what="the usage record")
-    r = httpx.post(gw.url + "/v1/chat/completions", timeout=10,
-                   headers={"x-proxy-user": SENTINEL, "x-mock-tokens": "1"},
-                   json={"model": "gpt-4o", "messages": [{"role": "user", "content": "."}]})
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        timeout=10,
+        headers={"x-proxy-user": SENTINEL, "x-mock-tokens": "1"},
+        json={"model": "gpt-4o", "messages": [{"role": "user", "content": "."}]},
+    )
     assert r.status_code == 200
-    page = wait_until(lambda: (p := recent(gw)) and p["records"][0]["proxy_user"] == SENTINEL
-                      and p, what="the sentinel record")
+    page = wait_until(
+        lambda: (p := recent(gw)) and p["records"][0]["proxy_user"] == SENTINEL and p,
+        what="the sentinel record",
+    )
     assert page["total"] == before + 2, page["records"]
     return page["records"][1]  # type: ignore[no-any-return]
 
@@ -78,7 +97,8 @@ def oai(gw: RunningGateway) -> openai.OpenAI:
 def test_openai_stream(tracked: RunningGateway) -> None:
     with oai(tracked) as client:
         stream = client.chat.completions.create(
-            model="gpt-4o", messages=MSGS, stream=True, extra_headers={"x-mock-tokens": "40"})
+            model="gpt-4o", messages=MSGS, stream=True, extra_headers={"x-mock-tokens": "40"}
+        )
         text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
     rec = only_record(tracked)
     mock_prompt = prompt_tokens(MSGS)
@@ -103,11 +123,21 @@ def test_openai_stream(tracked: RunningGateway) -> None:
 
 
 def test_anthropic_stream_with_cache_tokens(tracked: RunningGateway) -> None:
-    with anthropic.Anthropic(base_url=tracked.url, api_key="sk-client", max_retries=0) as c, \
-            c.messages.stream(model="claude-haiku-4-5", max_tokens=64, system="Be brief.",
-                              messages=MSGS, extra_headers={
-                                  "x-mock-tokens": "20", "x-mock-cache-read": "1024",
-                                  "x-mock-cache-write": "256", "x-session-id": "s-42"}) as s:
+    with (
+        anthropic.Anthropic(base_url=tracked.url, api_key="sk-client", max_retries=0) as c,
+        c.messages.stream(
+            model="claude-haiku-4-5",
+            max_tokens=64,
+            system="Be brief.",
+            messages=MSGS,
+            extra_headers={
+                "x-mock-tokens": "20",
+                "x-mock-cache-read": "1024",
+                "x-mock-cache-write": "256",
+                "x-session-id": "s-42",
+            },
+        ) as s,
+    ):
         final = s.get_final_message()
     u = final.usage
     rec = only_record(tracked)
@@ -117,8 +147,14 @@ def test_anthropic_stream_with_cache_tokens(tracked: RunningGateway) -> None:
     assert rec["frontend_type"] == "anthropic" and rec["backend"] == "anthropic.1"
     assert rec["session_id"] == "s-42"
     assert rec["backend_reported_usage"] == {
-        "prompt": visible + 1280, "completion": 20, "total": visible + 1280 + 20,
-        "cached": 1024, "cache_write": 256, "reasoning": None, "cost": None}
+        "prompt": visible + 1280,
+        "completion": 20,
+        "total": visible + 1280 + 20,
+        "cached": 1024,
+        "cache_write": 256,
+        "reasoning": None,
+        "cost": None,
+    }
     assert rec["ptb_prompt_tokens"] == visible + 1280
     assert rec["btp_completion_tokens"] == rec["ptc_completion_tokens"] == 20
     body = {"system": "Be brief.", "messages": MSGS}
@@ -136,18 +172,24 @@ def test_tool_call_response(tracked: RunningGateway) -> None:
     assert rec["streaming"] is False and rec["ttft_ms"] is None and rec["stream_tps"] is None
     assert rec["btp_completion_tokens"] == resp.usage.completion_tokens
     assert rec["ptb_prompt_tokens"] == resp.usage.prompt_tokens
-    assert rec["ctp_prompt_tokens"] == expected_ctp({"messages": MSGS, "tools": TOOLS},
-                                                    "gpt-4o-mini")
+    assert rec["ctp_prompt_tokens"] == expected_ctp(
+        {"messages": MSGS, "tools": TOOLS}, "gpt-4o-mini"
+    )
     blob = orjson.dumps(rec)
     assert b"Look a fact up" not in blob and b"moon" not in blob
 
 
 def test_failover_is_one_record(gateway_factory, mock_factory) -> None:
     a, b = mock_factory(), mock_factory()
-    gw = gateway_factory(tracked_tree(
-        {"openai.1": backend_for(a, models=["gpt-4o"]),
-         "openai.2": backend_for(b, models=["gpt-4o-mini"])},
-        failover_routes={"gpt-4o": ["openai.2:gpt-4o-mini"]}))
+    gw = gateway_factory(
+        tracked_tree(
+            {
+                "openai.1": backend_for(a, models=["gpt-4o"]),
+                "openai.2": backend_for(b, models=["gpt-4o-mini"]),
+            },
+            failover_routes={"gpt-4o": ["openai.2:gpt-4o-mini"]},
+        )
+    )
     a.set_behaviour(path_prefix="/v1/chat", status=503)
     with oai(gw) as client:
         resp = client.chat.completions.create(model="gpt-4o", messages=MSGS)
@@ -160,7 +202,8 @@ def test_failover_is_one_record(gateway_factory, mock_factory) -> None:
     assert rec["btp_completion_tokens"] == b_usage.completion_tokens
     # priced as the model that answered: gpt-4o-mini at $0.15 / $0.60
     assert rec["cost"] == pytest.approx(
-        (b_usage.prompt_tokens * 0.15 + b_usage.completion_tokens * 0.60) / 1e6)
+        (b_usage.prompt_tokens * 0.15 + b_usage.completion_tokens * 0.60) / 1e6
+    )
 
 
 def test_client_abort_mid_stream(tracked: RunningGateway) -> None:
@@ -170,9 +213,11 @@ def test_client_abort_mid_stream(tracked: RunningGateway) -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", tracked.port))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                 b"x-mock-tokens: 100000\r\nx-mock-event-bytes: 2000\r\n"
-                 b"content-length: %d\r\n\r\n" % len(body) + body)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"x-mock-tokens: 100000\r\nx-mock-event-bytes: 2000\r\n"
+        b"content-length: %d\r\n\r\n" % len(body) + body
+    )
 
     def client_buffer_full() -> bool:
         conns = [c for c in tracked.state.connections if c.current is not None]
@@ -192,24 +237,33 @@ def test_backend_reset_mid_stream(tracked: RunningGateway) -> None:
     got: list[str] = []
     with oai(tracked) as client, pytest.raises(openai.APIError):
         stream = client.chat.completions.create(
-            model="gpt-4o", messages=MSGS, stream=True,
-            extra_headers={"x-mock-tokens": "20", "x-mock-fault": "reset_after:3"})
+            model="gpt-4o",
+            messages=MSGS,
+            stream=True,
+            extra_headers={"x-mock-tokens": "20", "x-mock-fault": "reset_after:3"},
+        )
         for ch in stream:
             if ch.choices:
                 got.append(ch.choices[0].delta.content or "")  # noqa: PERF401 (kept up to the error)
     rec = only_record(tracked)
     assert rec["outcome"] == "truncated" and rec["http_status_code"] == 200
     assert rec["backend_reported_usage"] is None
-    assert rec["btp_completion_tokens"] == rec["ptc_completion_tokens"] == estimate_tokens(
-        "".join(got))
+    assert (
+        rec["btp_completion_tokens"]
+        == rec["ptc_completion_tokens"]
+        == estimate_tokens("".join(got))
+    )
     assert rec["usage_source"] == ("counted" if ExactCounter.load() else "estimated")
     assert rec["cost_source"] == "price_table"  # a cut stream is still billed
 
 
 def test_rate_limited(tracked: RunningGateway) -> None:
     with oai(tracked) as client, pytest.raises(openai.RateLimitError):
-        client.chat.completions.create(model="gpt-4o", messages=MSGS, extra_headers={
-            "x-mock-status": "429", "x-mock-retry-after": "30"})
+        client.chat.completions.create(
+            model="gpt-4o",
+            messages=MSGS,
+            extra_headers={"x-mock-status": "429", "x-mock-retry-after": "30"},
+        )
     rec = only_record(tracked)
     assert rec["http_status_code"] == 429 and rec["outcome"] == "rejected"
     assert rec["attempts"] == 1 and rec["backend_reported_usage"] is None
@@ -231,8 +285,9 @@ def test_disabled_records_nothing(gateway_factory, mock_llm: MockLLMServer) -> N
     gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)}}, **_cli_overrides(ns))
     assert gw.state.usage is None and gw.state.accounting is False
     assert gw.state.storage_status is None
-    assert not any(isinstance(getattr(o, "__self__", None), UsageService)
-                   for o in gw.state.observers)
+    assert not any(
+        isinstance(getattr(o, "__self__", None), UsageService) for o in gw.state.observers
+    )
     with oai(gw) as client:
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
         list(client.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True))

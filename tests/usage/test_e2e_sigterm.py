@@ -30,11 +30,17 @@ def _rows(db: Path) -> int:
 def test_sigterm_flushes_every_queued_record(mock_llm, tmp_path: Path) -> None:
     db = tmp_path / "state" / "usage.db"
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "port": 0, "admin": {"port": 0}, "state_dir": str(tmp_path / "state"),
-        "backends": {"openai.1": backend_for(mock_llm, "openai")},
-        "usage_tracking": {"persistence_path": str(db), "flush_interval_seconds": 60},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "port": 0,
+                "admin": {"port": 0},
+                "state_dir": str(tmp_path / "state"),
+                "backends": {"openai.1": backend_for(mock_llm, "openai")},
+                "usage_tracking": {"persistence_path": str(db), "flush_interval_seconds": 60},
+            }
+        )
+    )
     proc = GatewayProcess(["--config", str(config)])
     lock: sqlite3.Connection | None = None
     try:
@@ -43,9 +49,15 @@ def test_sigterm_flushes_every_queued_record(mock_llm, tmp_path: Path) -> None:
         lock.execute("BEGIN EXCLUSIVE")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             for i in range(N):
-                r = client.post("/v1/chat/completions", headers={"x-mock-tokens": "2"}, json={
-                    "model": "gpt-4o", "stream": i % 2 == 0,
-                    "messages": [{"role": "user", "content": f"request {i}"}]})
+                r = client.post(
+                    "/v1/chat/completions",
+                    headers={"x-mock-tokens": "2"},
+                    json={
+                        "model": "gpt-4o",
+                        "stream": i % 2 == 0,
+                        "messages": [{"role": "user", "content": f"request {i}"}],
+                    },
+                )
                 assert r.status_code == 200
 
             def queued() -> int:

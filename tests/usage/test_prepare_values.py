@@ -16,8 +16,15 @@ from fastproxy.monitor.usage_projection import Projector
 from fastproxy.monitor.usage_service import UsageCapture
 from fastproxy.storage.usage_schema import RECORD_KEYS, load_record, prepare
 
-BODY = orjson.dumps({"model": "gpt-4o", "messages": [
-    {"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]})
+BODY = orjson.dumps(
+    {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello there"},
+        ],
+    }
+)
 
 
 def _rec(streaming: bool, usage: BackendUsage | None, wall: float) -> ExchangeRecord:
@@ -33,19 +40,33 @@ def _rec(streaming: bool, usage: BackendUsage | None, wall: float) -> ExchangeRe
     return r
 
 
-@pytest.mark.parametrize("usage", [
-    BackendUsage(prompt=12, completion=40, total=52, cached=4, reasoning=0),
-    None,  # nothing reported: the estimates and the price table
-    # A broken backend: absurd, boolean, negative and non-finite values (parsed as the
-    # data plane parses them) are not reported, and the record is still written.
-    from_openai({"prompt_tokens": 2**70, "completion_tokens": True, "total_tokens": -5,
-                 "cost": float("inf")}),
-], ids=["reported", "estimated", "wild-values"])
+@pytest.mark.parametrize(
+    "usage",
+    [
+        BackendUsage(prompt=12, completion=40, total=52, cached=4, reasoning=0),
+        None,  # nothing reported: the estimates and the price table
+        # A broken backend: absurd, boolean, negative and non-finite values (parsed as the
+        # data plane parses them) are not reported, and the record is still written.
+        from_openai(
+            {
+                "prompt_tokens": 2**70,
+                "completion_tokens": True,
+                "total_tokens": -5,
+                "cost": float("inf"),
+            }
+        ),
+    ],
+    ids=["reported", "estimated", "wild-values"],
+)
 @pytest.mark.parametrize("streaming", [False, True])
-@pytest.mark.parametrize("wall", [time.time(), 1_700_000_000.9996, 1_767_225_599.999],
-                         ids=["now", "rounding-edge", "year-end"])
-def test_fast_row_equals_general_prepare(usage: BackendUsage | None, streaming: bool,
-                                         wall: float) -> None:
+@pytest.mark.parametrize(
+    "wall",
+    [time.time(), 1_700_000_000.9996, 1_767_225_599.999],
+    ids=["now", "rounding-edge", "year-end"],
+)
+def test_fast_row_equals_general_prepare(
+    usage: BackendUsage | None, streaming: bool, wall: float
+) -> None:
     projector = Projector(PriceTable({}))
     fast = projector.prepared(UsageCapture.take(_rec(streaming, usage, wall), True))
     record = load_record(fast[3])

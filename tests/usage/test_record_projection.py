@@ -22,12 +22,38 @@ from fastproxy.monitor.usage_projection import (
 from fastproxy.monitor.usage_service import UsageCapture
 
 CONTRACT_FIELDS = [
-    "id", "timestamp", "session_id", "turn_number", "frontend_type", "backend", "backend_type",
-    "model_requested", "model_used", "streaming", "http_status_code", "outcome", "attempts",
-    "tool_call_count", "tool_names", "ctp_prompt_tokens", "ptb_prompt_tokens",
-    "btp_completion_tokens", "ptc_completion_tokens", "backend_reported_usage", "usage_source",
-    "ttft_ms", "backend_ttfb_ms", "total_duration_ms", "proxy_overhead_ms", "stream_tps", "cost",
-    "cost_source", "replacement", "proxy_user", "user_agent", "api",
+    "id",
+    "timestamp",
+    "session_id",
+    "turn_number",
+    "frontend_type",
+    "backend",
+    "backend_type",
+    "model_requested",
+    "model_used",
+    "streaming",
+    "http_status_code",
+    "outcome",
+    "attempts",
+    "tool_call_count",
+    "tool_names",
+    "ctp_prompt_tokens",
+    "ptb_prompt_tokens",
+    "btp_completion_tokens",
+    "ptc_completion_tokens",
+    "backend_reported_usage",
+    "usage_source",
+    "ttft_ms",
+    "backend_ttfb_ms",
+    "total_duration_ms",
+    "proxy_overhead_ms",
+    "stream_tps",
+    "cost",
+    "cost_source",
+    "replacement",
+    "proxy_user",
+    "user_agent",
+    "api",
 ]
 SECRET_PHRASE = "purple-elephant-umbrella"
 ESTIMATOR = Projector(PriceTable())  # no exact tokenizer: every count is the estimator's
@@ -37,9 +63,14 @@ def est(*texts: str) -> int:
     return sum(estimate_tokens(t) for t in texts)
 
 
-def make_rec(body: dict | None = None, *, model: str = "claude-haiku-4-5",
-             backend_type: str = "anthropic", path: str = "/v1/messages",
-             streaming: bool = False) -> ExchangeRecord:
+def make_rec(
+    body: dict | None = None,
+    *,
+    model: str = "claude-haiku-4-5",
+    backend_type: str = "anthropic",
+    path: str = "/v1/messages",
+    streaming: bool = False,
+) -> ExchangeRecord:
     rec = ExchangeRecord(7, 1, 100.0)
     rec.wall_started_at = 1_764_590_400.25  # 2025-12-01T12:00:00.250Z
     rec.frontend = "anthropic" if path.endswith("messages") else "openai"
@@ -64,77 +95,154 @@ def project(rec: ExchangeRecord, projector: Projector = ESTIMATOR, keep: bool = 
 
 # -- prompt formula ------------------------------------------------------------------------
 def test_chat_prompt_counts_texts_and_per_message_overhead() -> None:
-    body = {"model": "gpt-4o", "messages": [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": [{"type": "text", "text": "hello there"},
-                                     {"type": "image_url", "image_url": {"url": "data:x"}}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function",
-             "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "42"},
-        {"role": "user", "content": "thanks", "name": "bob"},
-    ], "tools": [{"type": "function", "function": {
-        "name": "lookup", "description": "Look it up",
-        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]}
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "hello there"},
+                    {"type": "image_url", "image_url": {"url": "data:x"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q":"x"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            {"role": "user", "content": "thanks", "name": "bob"},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "lookup",
+                    "description": "Look it up",
+                    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+                },
+            }
+        ],
+    }
     facts = analyse_prompt(body)
     schema = orjson.dumps(body["tools"][0]["function"]["parameters"]).decode()
-    expected = est("You are terse.", "hello there", "lookup", '{"q":"x"}', "42", "thanks", "bob",
-                   "lookup", "Look it up", schema) + 5 * MESSAGE_OVERHEAD + 1 + REPLY_PRIMING
+    expected = (
+        est(
+            "You are terse.",
+            "hello there",
+            "lookup",
+            '{"q":"x"}',
+            "42",
+            "thanks",
+            "bob",
+            "lookup",
+            "Look it up",
+            schema,
+        )
+        + 5 * MESSAGE_OVERHEAD
+        + 1
+        + REPLY_PRIMING
+    )
     assert count_prompt(facts, estimate_tokens, embeddings=False) == expected
     assert facts.turns == 2
     assert facts.system_text == "You are terse." and facts.user_text == "hello there"
 
 
 def test_anthropic_system_blocks_tool_results_and_tools() -> None:
-    body = {"model": "claude-haiku-4-5", "max_tokens": 10,
-            "system": [{"type": "text", "text": "Be brief."}],
-            "messages": [
-                {"role": "user", "content": "weather?"},
-                {"role": "assistant", "content": [
-                    {"type": "tool_use", "id": "t1", "name": "wx", "input": {"city": "Oslo"}}]},
-                {"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": "t1", "content": "rain"}]},
-            ],
-            "tools": [{"name": "wx", "description": "Weather", "input_schema": {"type": "object"}}]}
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 10,
+        "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "t1", "name": "wx", "input": {"city": "Oslo"}}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "rain"}],
+            },
+        ],
+        "tools": [{"name": "wx", "description": "Weather", "input_schema": {"type": "object"}}],
+    }
     facts = analyse_prompt(body)
-    expected = est("Be brief.", "weather?", "wx", '{"city":"Oslo"}', "rain", "wx", "Weather",
-                   '{"type":"object"}') + 4 * MESSAGE_OVERHEAD + REPLY_PRIMING
+    expected = (
+        est(
+            "Be brief.",
+            "weather?",
+            "wx",
+            '{"city":"Oslo"}',
+            "rain",
+            "wx",
+            "Weather",
+            '{"type":"object"}',
+        )
+        + 4 * MESSAGE_OVERHEAD
+        + REPLY_PRIMING
+    )
     assert count_prompt(facts, estimate_tokens, embeddings=False) == expected
     # The tool-result message is the agent loop, not the user: one turn, as in Chat.
     assert facts.turns == 1 and facts.system_text == "Be brief."
 
 
 def test_responses_instructions_and_items() -> None:
-    body = {"model": "gpt-4.1", "instructions": "Answer in French.", "input": [
-        {"role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
-        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
-        {"type": "function_call_output", "call_id": "c", "output": "done"},
-        {"type": "reasoning", "summary": []},
-    ]}
+    body = {
+        "model": "gpt-4.1",
+        "instructions": "Answer in French.",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "done"},
+            {"type": "reasoning", "summary": []},
+        ],
+    }
     facts = analyse_prompt(body)
     assert count_prompt(facts, estimate_tokens, embeddings=False) == (
-        est("Answer in French.", "Hi", "f", "{}", "done") + 4 * MESSAGE_OVERHEAD + REPLY_PRIMING)
+        est("Answer in French.", "Hi", "f", "{}", "done") + 4 * MESSAGE_OVERHEAD + REPLY_PRIMING
+    )
     assert facts.turns == 1
     plain = analyse_prompt({"model": "gpt-4.1", "input": "Bonjour"})
     assert plain.turns == 1 and plain.user_text == "Bonjour"
 
 
 def test_embeddings_count_inputs_and_token_arrays_without_overhead() -> None:
-    facts = analyse_prompt({"model": "text-embedding-3-small",
-                            "input": ["alpha beta", "gamma", [1, 2, 3]]}, embeddings=True)
+    facts = analyse_prompt(
+        {"model": "text-embedding-3-small", "input": ["alpha beta", "gamma", [1, 2, 3]]},
+        embeddings=True,
+    )
     assert count_prompt(facts, estimate_tokens, embeddings=True) == est("alpha beta", "gamma") + 3
     assert facts.turns == 0
 
 
 # -- session id and turn number ---------------------------------------------------------------
 def test_derived_session_id_is_stable_across_turns_and_keyed_by_client() -> None:
-    turn1 = {"model": "m", "messages": [{"role": "system", "content": "S"},
-                                        {"role": "user", "content": "first question"}]}
-    turn3 = {"model": "m", "messages": [*turn1["messages"],
-                                        {"role": "assistant", "content": "a"},
-                                        {"role": "user", "content": "second"},
-                                        {"role": "assistant", "content": "b"},
-                                        {"role": "user", "content": "third"}]}
+    turn1 = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "first question"},
+        ],
+    }
+    turn3 = {
+        "model": "m",
+        "messages": [
+            *turn1["messages"],
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "second"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "third"},
+        ],
+    }
     r1, r3 = project(make_rec(turn1)), project(make_rec(turn3))
     assert r1["session_id"] == r3["session_id"] and len(r1["session_id"]) == 16
     assert (r1["turn_number"], r3["turn_number"]) == (1, 3)
@@ -150,20 +258,32 @@ def test_derived_session_id_is_stable_across_turns_and_keyed_by_client() -> None
 
 # -- the four token points -------------------------------------------------------------------
 def test_backend_usage_sets_ptb_btp_ptc_and_source() -> None:
-    rec = make_rec({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]},
-                   streaming=True)
-    rec.usage = from_anthropic({"input_tokens": 20, "cache_read_input_tokens": 100,
-                                "output_tokens": 16})
+    rec = make_rec(
+        {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]},
+        streaming=True,
+    )
+    rec.usage = from_anthropic(
+        {"input_tokens": 20, "cache_read_input_tokens": 100, "output_tokens": 16}
+    )
     rec.btp_completion_est = rec.ptc_completion_est = 15
     r = project(rec)
     assert list(r) == CONTRACT_FIELDS
     assert r["ctp_prompt_tokens"] == est("hi") + MESSAGE_OVERHEAD + REPLY_PRIMING
     assert (r["ptb_prompt_tokens"], r["btp_completion_tokens"], r["ptc_completion_tokens"]) == (
-        120, 16, 16)
+        120,
+        16,
+        16,
+    )
     assert r["usage_source"] == "backend"
-    assert r["backend_reported_usage"] == {"prompt": 120, "completion": 16, "total": 136,
-                                           "cached": 100, "cache_write": None,
-                                           "reasoning": None, "cost": None}
+    assert r["backend_reported_usage"] == {
+        "prompt": 120,
+        "completion": 16,
+        "total": 136,
+        "cached": 100,
+        "cache_write": None,
+        "reasoning": None,
+        "cost": None,
+    }
     # claude-haiku-4-5: 20 * 1 + 100 * 0.10 + 16 * 5 = 20 + 10 + 80 = 110 / 1e6
     assert r["cost"] == pytest.approx(0.00011) and r["cost_source"] == "price_table"
     assert r["timestamp"] == "2025-12-01T12:00:00.250Z"
@@ -184,9 +304,13 @@ def test_without_backend_usage_the_estimates_are_used() -> None:
 
 
 def test_client_abort_ptc_below_btp() -> None:
-    rec = make_rec({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
-                   model="gpt-4o", backend_type="openai", path="/v1/chat/completions",
-                   streaming=True)
+    rec = make_rec(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+        model="gpt-4o",
+        backend_type="openai",
+        path="/v1/chat/completions",
+        streaming=True,
+    )
     rec.outcome = "client_aborted"
     rec.btp_completion_est, rec.ptc_completion_est = 900, 300
     r = project(rec)
@@ -220,7 +344,12 @@ def test_timings() -> None:
 
 def test_rejected_request_has_no_backend_points_and_no_cost() -> None:
     rec = ExchangeRecord(1, 1, 50.0)
-    rec.frontend, rec.path, rec.status, rec.outcome = "openai", "/v1/chat/completions", 401, "rejected"
+    rec.frontend, rec.path, rec.status, rec.outcome = (
+        "openai",
+        "/v1/chat/completions",
+        401,
+        "rejected",
+    )
     rec.model_requested = "gpt-4o"
     rec.ended_at = 50.001
     r = project(rec)
@@ -230,8 +359,12 @@ def test_rejected_request_has_no_backend_points_and_no_cost() -> None:
 
 
 def test_429_is_not_priced() -> None:
-    rec = make_rec({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
-                   model="gpt-4o", backend_type="openai", path="/v1/chat/completions")
+    rec = make_rec(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+        model="gpt-4o",
+        backend_type="openai",
+        path="/v1/chat/completions",
+    )
     rec.status, rec.outcome = 429, "rejected"  # as the data plane records a relayed 4xx
     r = project(rec)
     assert r["ptb_prompt_tokens"] == r["ctp_prompt_tokens"]
@@ -249,11 +382,22 @@ def test_dropped_body_marks_the_prompt_unavailable() -> None:
 
 
 def test_record_holds_no_text() -> None:
-    body = {"model": "gpt-4o", "messages": [
-        {"role": "system", "content": f"system {SECRET_PHRASE}"},
-        {"role": "user", "content": f"user {SECRET_PHRASE}"},
-        {"role": "assistant", "tool_calls": [{"type": "function", "function": {
-            "name": "f", "arguments": f'{{"a": "{SECRET_PHRASE}"}}'}}]}]}
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": f"system {SECRET_PHRASE}"},
+            {"role": "user", "content": f"user {SECRET_PHRASE}"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "arguments": f'{{"a": "{SECRET_PHRASE}"}}'},
+                    }
+                ],
+            },
+        ],
+    }
     rec = make_rec(body, model="gpt-4o", backend_type="openai", path="/v1/chat/completions")
     rec.client_key_id = "k" * 12
     blob = orjson.dumps(project(rec))
@@ -309,14 +453,24 @@ def test_a_prompt_over_the_raw_count_size_is_estimated_from_its_bytes() -> None:
     from fastproxy.monitor.usage_projection import RAW_COUNT_BYTES
 
     words = RAW_COUNT_BYTES // 5 + 1000
-    big = make_rec({"model": "claude-haiku-4-5", "max_tokens": 8,
-                    "messages": [{"role": "user", "content": "word " * words}]})
+    big = make_rec(
+        {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "word " * words}],
+        }
+    )
     assert len(big.request_body) > RAW_COUNT_BYTES
     r = project(big)
     assert r["usage_source"] == "estimated"
     assert r["turn_number"] is None and r["session_id"] is None
     assert 0.9 * words < r["ctp_prompt_tokens"] < 1.2 * words
-    small = make_rec({"model": "claude-haiku-4-5", "max_tokens": 8,
-                      "messages": [{"role": "user", "content": "word " * 1000}]})
+    small = make_rec(
+        {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "word " * 1000}],
+        }
+    )
     r = project(small)
     assert r["turn_number"] == 1 and r["session_id"] is not None

@@ -58,8 +58,9 @@ def rec_with_body(text: str) -> ExchangeRecord:
     rec.frontend, rec.path = "openai", "/v1/chat/completions"
     rec.model_requested = rec.model_used = "gpt-4o"
     rec.status, rec.ended_at = 200, 10.5
-    rec.request_body = orjson.dumps({"model": "gpt-4o",
-                                     "messages": [{"role": "user", "content": text}]})
+    rec.request_body = orjson.dumps(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+    )
     return rec
 
 
@@ -89,12 +90,15 @@ def test_a_refused_submit_releases_its_body() -> None:
 
 
 def test_a_failing_projection_still_records_and_logs_no_text(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = HeldStore()
     service = make_service(store, limit=1 << 20)
     rec = rec_with_body("secret words")
-    rec.request_body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": 7}], ' \
-                       b'"tools": "secret words"}'
+    rec.request_body = (
+        b'{"model": "gpt-4o", "messages": [{"role": "user", "content": 7}], '
+        b'"tools": "secret words"}'
+    )
 
     def broken(body: object, embeddings: bool = False) -> object:
         raise ValueError("body says: secret words")

@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def fastproxy(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fastproxy", *args], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "fastproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +35,30 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     s = UsageStore(path, flush_interval=0.05, max_queue=100, retention_days=0)
     s.start()
     for i in range(6):
-        s.submit(record(backend_type="anthropic" if i % 3 == 0 else "openai",
-                        backend="anthropic.1" if i % 3 == 0 else "openai.1",
-                        timestamp=f"2025-12-0{1 + i}T08:00:00.000Z", tool_names=["t"]))
+        s.submit(
+            record(
+                backend_type="anthropic" if i % 3 == 0 else "openai",
+                backend="anthropic.1" if i % 3 == 0 else "openai.1",
+                timestamp=f"2025-12-0{1 + i}T08:00:00.000Z",
+                tool_names=["t"],
+            )
+        )
     s.stop()
     return path
 
 
 def test_stats_json_with_filters(db: Path) -> None:
-    out = fastproxy("usage", "stats", "--db", str(db), "--json", "--backend-type", "openai",
-                    "--start-date", "2025-12-02")
+    out = fastproxy(
+        "usage",
+        "stats",
+        "--db",
+        str(db),
+        "--json",
+        "--backend-type",
+        "openai",
+        "--start-date",
+        "2025-12-02",
+    )
     assert out.returncode == 0, out.stderr
     stats = orjson.loads(out.stdout)
     assert stats["request_count"] == 4 and stats["filters"]["backend_type"] == "openai"
@@ -55,8 +74,18 @@ def test_stats_table(db: Path) -> None:
 def test_export_all_three_formats(db: Path, tmp_path: Path) -> None:
     for fmt in ("csv", "ndjson", "json"):
         target = tmp_path / f"out.{fmt}"
-        out = fastproxy("usage", "export", "--db", str(db), "--format", fmt, "--out", str(target),
-                        "--end-date", "2025-12-05")
+        out = fastproxy(
+            "usage",
+            "export",
+            "--db",
+            str(db),
+            "--format",
+            fmt,
+            "--out",
+            str(target),
+            "--end-date",
+            "2025-12-05",
+        )
         assert out.returncode == 0, out.stderr
         assert "exported 5 records" in out.stderr
         if fmt == "csv":
@@ -67,7 +96,8 @@ def test_export_all_three_formats(db: Path, tmp_path: Path) -> None:
         elif fmt == "ndjson":
             lines = target.read_bytes().splitlines()
             assert [orjson.loads(x)["timestamp"][:10] for x in lines] == [
-                f"2025-12-0{d}" for d in range(1, 6)]
+                f"2025-12-0{d}" for d in range(1, 6)
+            ]
         else:
             doc = orjson.loads(target.read_bytes())
             assert doc["record_count"] == len(doc["records"]) == 5 and doc["version"] == 1
@@ -76,8 +106,11 @@ def test_export_all_three_formats(db: Path, tmp_path: Path) -> None:
 def test_database_path_from_the_config(db: Path, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     # ./var/... lives under state_dir, exactly as the gateway resolves it.
-    config.write_text(yaml.safe_dump({"state_dir": str(db.parent),
-                                      "usage_tracking": {"persistence_path": "./var/usage.db"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {"state_dir": str(db.parent), "usage_tracking": {"persistence_path": "./var/usage.db"}}
+        )
+    )
     out = fastproxy("usage", "stats", "--config", str(config), "--json")
     assert out.returncode == 0, out.stderr
     assert orjson.loads(out.stdout)["request_count"] == 6
@@ -116,8 +149,9 @@ def test_export_of_the_gateways_compact_records(tmp_path: Path) -> None:
     usage = BackendUsage(prompt=12, completion=40, total=52, cached=4, reasoning=0)
 
     def capture(i: int) -> UsageCapture:
-        return UsageCapture.take(_rec(i % 2 == 0, usage if i % 2 else None,
-                                      1_764_500_000.0 + i), True)
+        return UsageCapture.take(
+            _rec(i % 2 == 0, usage if i % 2 else None, 1_764_500_000.0 + i), True
+        )
 
     captures = [capture(i) for i in range(4)]
     expected = [projector.record(capture(i)) for i in range(4)]
@@ -130,8 +164,9 @@ def test_export_of_the_gateways_compact_records(tmp_path: Path) -> None:
         assert all(t.startswith("[2,") for (t,) in conn.execute("SELECT record FROM usage_records"))
 
     target = tmp_path / "out.ndjson"
-    out = fastproxy("usage", "export", "--db", str(path), "--format", "ndjson", "--out",
-                    str(target))
+    out = fastproxy(
+        "usage", "export", "--db", str(path), "--format", "ndjson", "--out", str(target)
+    )
     assert out.returncode == 0, out.stderr
     got = [orjson.loads(x) for x in target.read_bytes().splitlines()]
     # The ids are random per projection: everything else must be equal, in contract order.
@@ -141,8 +176,9 @@ def test_export_of_the_gateways_compact_records(tmp_path: Path) -> None:
     assert got[1]["backend_reported_usage"]["cached"] == 4 and got[0]["streaming"] is True
 
     csv_target = tmp_path / "out.csv"
-    out = fastproxy("usage", "export", "--db", str(path), "--format", "csv", "--out",
-                    str(csv_target))
+    out = fastproxy(
+        "usage", "export", "--db", str(path), "--format", "csv", "--out", str(csv_target)
+    )
     assert out.returncode == 0, out.stderr
     with csv_target.open(newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -28,13 +28,17 @@ from tests.usage.test_store_writer import make, rows
 
 
 def _errors(caplog: pytest.LogCaptureFixture, kind: str) -> int:
-    return sum(f"({kind})" in r.getMessage() for r in caplog.records
-               if r.name == "fastproxy.storage" and r.levelno == logging.ERROR)
+    return sum(
+        f"({kind})" in r.getMessage()
+        for r in caplog.records
+        if r.name == "fastproxy.storage" and r.levelno == logging.ERROR
+    )
 
 
 @pytest.mark.parametrize("how", ["garbage-file", "database-overwritten"])
 def test_garbage_file_at_start_moved_aside_and_replaced(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
     db = tmp_path / "u.db"
     if how == "database-overwritten":  # a real database whose first pages were clobbered
         s = make(db)
@@ -57,7 +61,8 @@ def test_garbage_file_at_start_moved_aside_and_replaced(
 
 @pytest.mark.parametrize("how", ["replaced-by-garbage", "deleted"])
 def test_file_replaced_while_running_next_records_land(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
     """Writing on through the old handle would put records in an unlinked inode, lost
     without an error: the writer notices the file changed and reopens it."""
     db = tmp_path / "u.db"
@@ -83,8 +88,9 @@ def test_file_replaced_while_running_next_records_land(
         assert any("moved aside" in m for m in messages)
 
 
-def test_locked_database_counted_then_written(tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_locked_database_counted_then_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "u.db"
     s = make(db)
     s.submit(record())
@@ -131,16 +137,21 @@ def test_stop_waits_out_a_lock_and_writes_everything(tmp_path: Path) -> None:
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-            capture_output=True).returncode != 0:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a tmpfs is not permitted here (see the RLIMIT_FSIZE test)")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_counted_kept_and_written_when_space_returns(
-        small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = small_disk / "u.db"
     s = make(db, max_queue=100_000)
     s.submit(record())
@@ -184,9 +195,13 @@ _FSIZE_CHILD = textwrap.dedent("""
 
 
 def test_file_size_limit_counted_in_a_child_process(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", _FSIZE_CHILD, str(tmp_path / "u.db")],
-                         capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", _FSIZE_CHILD, str(tmp_path / "u.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout.strip().splitlines()[-1])
     assert st["accepted"] == 300 and st["usage_db"] == "degraded"
@@ -196,22 +211,29 @@ def test_file_size_limit_counted_in_a_child_process(tmp_path: Path) -> None:
 def _read_only(db: Path, tmp_path: Path) -> tuple[Path, list[list[str]]]:
     """The database made unwritable for root: chattr +i on the file, else a read-only
     bind mount of its directory. Returns the path to open and the undo commands."""
-    if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(db)],
-                                                 capture_output=True).returncode == 0:
+    if (
+        shutil.which("chattr")
+        and subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode == 0
+    ):
         return db, [["chattr", "-i", str(db)]]
     ro = tmp_path / "ro"
     ro.mkdir()
-    if (subprocess.run(["mount", "--bind", str(db.parent), str(ro)],
-                       capture_output=True).returncode == 0
-            and subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)],
-                               capture_output=True).returncode == 0):
+    if (
+        subprocess.run(["mount", "--bind", str(db.parent), str(ro)], capture_output=True).returncode
+        == 0
+        and subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True
+        ).returncode
+        == 0
+    ):
         return ro / db.name, [["umount", "-l", str(ro)]]
     subprocess.run(["umount", "-l", str(ro)], capture_output=True)
     pytest.skip("neither chattr +i nor a read-only bind mount is permitted here")
 
 
 def test_read_only_file_is_counted_and_traffic_unaffected(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "data").mkdir()
     db = tmp_path / "data" / "u.db"
     s = make(db)
@@ -227,8 +249,10 @@ def test_read_only_file_is_counted_and_traffic_unaffected(
             assert st["usage_db"] == "degraded" and st["queue_depth"] == 20
             s2.stop(timeout=5)
         assert _errors(caplog, "read_only") == 1
-        assert any("20 records could not be written before shutdown" in r.getMessage()
-                   for r in caplog.records)
+        assert any(
+            "20 records could not be written before shutdown" in r.getMessage()
+            for r in caplog.records
+        )
         assert s2.status()["dropped_records"] == 20  # counted when stop gave up
     finally:
         for cmd in undo:

@@ -35,18 +35,46 @@ from fastproxy.storage.usage_store import UsageStore
 def record(**over: Any) -> dict[str, Any]:
     """A record with every CONTRACT §6 field set."""
     base: dict[str, Any] = {
-        "id": uuid.uuid4().hex, "timestamp": "2025-12-01T10:00:00.000Z", "session_id": "s1",
-        "turn_number": 1, "frontend_type": "openai", "backend": "openai.1",
-        "backend_type": "openai", "model_requested": "gpt-4", "model_used": "gpt-4",
-        "streaming": False, "http_status_code": 200, "outcome": "ok", "attempts": 1,
-        "tool_call_count": 0, "tool_names": [], "ctp_prompt_tokens": 10,
-        "ptb_prompt_tokens": 10, "btp_completion_tokens": 5, "ptc_completion_tokens": 5,
-        "backend_reported_usage": {"prompt": 11, "completion": 5, "total": 16, "cached": 0,
-                                   "cache_write": None, "reasoning": None, "cost": None},
-        "usage_source": "backend", "ttft_ms": None, "backend_ttfb_ms": 2.0,
-        "total_duration_ms": 10.0, "proxy_overhead_ms": 0.5, "stream_tps": None,
-        "cost": 0.001, "cost_source": "price_table", "replacement": None, "proxy_user": None,
-        "user_agent": "test-agent/1.0", "api": "chat",
+        "id": uuid.uuid4().hex,
+        "timestamp": "2025-12-01T10:00:00.000Z",
+        "session_id": "s1",
+        "turn_number": 1,
+        "frontend_type": "openai",
+        "backend": "openai.1",
+        "backend_type": "openai",
+        "model_requested": "gpt-4",
+        "model_used": "gpt-4",
+        "streaming": False,
+        "http_status_code": 200,
+        "outcome": "ok",
+        "attempts": 1,
+        "tool_call_count": 0,
+        "tool_names": [],
+        "ctp_prompt_tokens": 10,
+        "ptb_prompt_tokens": 10,
+        "btp_completion_tokens": 5,
+        "ptc_completion_tokens": 5,
+        "backend_reported_usage": {
+            "prompt": 11,
+            "completion": 5,
+            "total": 16,
+            "cached": 0,
+            "cache_write": None,
+            "reasoning": None,
+            "cost": None,
+        },
+        "usage_source": "backend",
+        "ttft_ms": None,
+        "backend_ttfb_ms": 2.0,
+        "total_duration_ms": 10.0,
+        "proxy_overhead_ms": 0.5,
+        "stream_tps": None,
+        "cost": 0.001,
+        "cost_source": "price_table",
+        "replacement": None,
+        "proxy_user": None,
+        "user_agent": "test-agent/1.0",
+        "api": "chat",
     }
     base.update(over)
     return base
@@ -54,8 +82,7 @@ def record(**over: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[UsageStore]:
-    s = UsageStore(tmp_path / "usage.db", flush_interval=0.05, max_queue=20_000,
-                   retention_days=0)
+    s = UsageStore(tmp_path / "usage.db", flush_interval=0.05, max_queue=20_000, retention_days=0)
     s.start()
     yield s
     s.stop()
@@ -71,8 +98,9 @@ def fill(store: UsageStore, records: list[dict[str, Any]]) -> None:
 async def call(router: Router, path: str, **query: str) -> tuple[int, Any]:
     handler, params, _ = router.resolve("GET", path)
     assert handler is not None
-    req = AdminRequest("GET", path, {k: [v] for k, v in query.items()}, {}, b"", "127.0.0.1",
-                       params)
+    req = AdminRequest(
+        "GET", path, {k: [v] for k, v in query.items()}, {}, b"", "127.0.0.1", params
+    )
     resp = await handler(req)
     if resp.stream is not None:
         return resp.status, b"".join([piece async for piece in resp.stream])
@@ -83,15 +111,40 @@ async def call(router: Router, path: str, **query: str) -> tuple[int, Any]:
 def data(store: UsageStore) -> Router:
     # 100 OpenAI records, durations 1..100 ms over Dec 1-3, sessions s0..s6; and one
     # Anthropic 429 on Sunday Dec 7 at 23:30 with its own token figures.
-    recs = [record(total_duration_ms=float(d), timestamp=f"2025-12-0{1 + i % 3}T1{i % 10}:00:00.000Z",
-                   session_id=f"s{i % 7}") for i, d in enumerate(range(1, 101))]
-    recs.append(record(backend="anthropic.1", backend_type="anthropic", frontend_type="anthropic",
-                       model_requested="claude-x", model_used="claude-x-2025", http_status_code=429,
-                       outcome="rejected", cost=None, total_duration_ms=None, proxy_user="alice",
-                       timestamp="2025-12-07T23:30:00.000Z", ctp_prompt_tokens=40,
-                       ptb_prompt_tokens=30, btp_completion_tokens=20, ptc_completion_tokens=7,
-                       tool_call_count=2, tool_names=["a", "b"], backend_reported_usage=None,
-                       streaming=True, ttft_ms=12.5, stream_tps=40.0, api="messages"))
+    recs = [
+        record(
+            total_duration_ms=float(d),
+            timestamp=f"2025-12-0{1 + i % 3}T1{i % 10}:00:00.000Z",
+            session_id=f"s{i % 7}",
+        )
+        for i, d in enumerate(range(1, 101))
+    ]
+    recs.append(
+        record(
+            backend="anthropic.1",
+            backend_type="anthropic",
+            frontend_type="anthropic",
+            model_requested="claude-x",
+            model_used="claude-x-2025",
+            http_status_code=429,
+            outcome="rejected",
+            cost=None,
+            total_duration_ms=None,
+            proxy_user="alice",
+            timestamp="2025-12-07T23:30:00.000Z",
+            ctp_prompt_tokens=40,
+            ptb_prompt_tokens=30,
+            btp_completion_tokens=20,
+            ptc_completion_tokens=7,
+            tool_call_count=2,
+            tool_names=["a", "b"],
+            backend_reported_usage=None,
+            streaming=True,
+            ttft_ms=12.5,
+            stream_tps=40.0,
+            api="messages",
+        )
+    )
     fill(store, recs)
     router = Router()
     register_usage_routes(router, store)
@@ -106,8 +159,11 @@ async def test_stats_every_field(data: Router) -> None:
     assert s["total_prompt_tokens"] == 100 * 10 + 30  # default: PTB prompt
     assert s["total_completion_tokens"] == 100 * 5 + 20  # default: BTP completion
     assert s["total_tokens"] == 1030 + 520
-    assert (s["backend_reported_prompt_tokens"], s["backend_reported_completion_tokens"],
-            s["backend_reported_total_tokens"]) == (1100, 500, 1600)
+    assert (
+        s["backend_reported_prompt_tokens"],
+        s["backend_reported_completion_tokens"],
+        s["backend_reported_total_tokens"],
+    ) == (1100, 500, 1600)
     assert s["cost_record_count"] == 100 and s["total_cost"] == pytest.approx(0.1)
     assert s["total_tool_calls"] == 2
     assert s["status_code_counts"] == {"200": 100, "429": 1}
@@ -116,20 +172,48 @@ async def test_stats_every_field(data: Router) -> None:
     assert s["completion_tokens_per_second"] == round(520 / 5.05, 3)
     span = datetime(2025, 12, 7, 23, 30) - datetime(2025, 12, 1, 10)
     assert s["time_window_seconds"] == span.total_seconds()
-    assert s["duration_stats"] == {"count": 100, "min_ms": 1.0, "max_ms": 100.0, "avg_ms": 50.5,
-                                   "p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0}
-    one = {"count": 1, "min_ms": 12.5, "max_ms": 12.5, "avg_ms": 12.5, "p50_ms": 12.5,
-           "p95_ms": 12.5, "p99_ms": 12.5}
+    assert s["duration_stats"] == {
+        "count": 100,
+        "min_ms": 1.0,
+        "max_ms": 100.0,
+        "avg_ms": 50.5,
+        "p50_ms": 50.0,
+        "p95_ms": 95.0,
+        "p99_ms": 99.0,
+    }
+    one = {
+        "count": 1,
+        "min_ms": 12.5,
+        "max_ms": 12.5,
+        "avg_ms": 12.5,
+        "p50_ms": 12.5,
+        "p95_ms": 12.5,
+        "p99_ms": 12.5,
+    }
     assert s["ttft_stats"] == one
     # Tokens per second: every key names that unit, none claims milliseconds.
-    assert s["stream_tps_stats"] == {"count": 1, "min_tps": 40.0, "max_tps": 40.0,
-                                     "avg_tps": 40.0, "p50_tps": 40.0, "p95_tps": 40.0,
-                                     "p99_tps": 40.0}
+    assert s["stream_tps_stats"] == {
+        "count": 1,
+        "min_tps": 40.0,
+        "max_tps": 40.0,
+        "avg_tps": 40.0,
+        "p50_tps": 40.0,
+        "p95_tps": 40.0,
+        "p99_tps": 40.0,
+    }
     assert s["proxy_overhead_stats"]["count"] == 101
     assert s["by_backend"]["anthropic.1"] == {
-        "request_count": 1, "total_prompt_tokens": 30, "total_completion_tokens": 20,
-        "total_tokens": 50, "backend_reported_total_tokens": 0, "total_cost": 0.0,
-        "cost_record_count": 0, "total_tool_calls": 2, "error_count": 1, "avg_duration_ms": None}
+        "request_count": 1,
+        "total_prompt_tokens": 30,
+        "total_completion_tokens": 20,
+        "total_tokens": 50,
+        "backend_reported_total_tokens": 0,
+        "total_cost": 0.0,
+        "cost_record_count": 0,
+        "total_tool_calls": 2,
+        "error_count": 1,
+        "avg_duration_ms": None,
+    }
     assert s["by_backend"]["openai.1"]["request_count"] == 100
     assert s["by_backend"]["openai.1"]["avg_duration_ms"] == 50.5
     assert set(s["by_model"]) == {"gpt-4", "claude-x-2025"}  # the model that answered
@@ -144,30 +228,51 @@ async def test_empty_database_answers_zeros_and_nulls(store: UsageStore) -> None
     _, s = await call(router, "/v1/usage/stats")
     assert s["request_count"] == 0 and s["by_backend"] == {} and s["status_code_counts"] == {}
     assert s["outcome_counts"] == {} and s["by_api"] == {}
-    for key in ("ttft_stats", "duration_stats", "proxy_overhead_stats", "stream_tps_stats",
-                "time_window_seconds", "completion_tokens_per_second"):
+    for key in (
+        "ttft_stats",
+        "duration_stats",
+        "proxy_overhead_stats",
+        "stream_tps_stats",
+        "time_window_seconds",
+        "completion_tokens_per_second",
+    ):
         assert s[key] is None
 
 
 @pytest.mark.parametrize(
     ("query", "count"),
-    [({"backend_type": "anthropic"}, 1), ({"backend_type": "OpenAI"}, 100),
-     ({"backend": "openai.1"}, 100), ({"model": "gpt-4"}, 100),
-     ({"model": "claude-x-2025"}, 1),  # matches model_used
-     ({"model": "claude-x"}, 1),  # matches model_requested
-     ({"frontend_type": "anthropic"}, 1), ({"session_id": "s0"}, 15),
-     ({"proxy_user": "alice"}, 1), ({"http_status_code": "429"}, 1),
-     ({"http_status_code": "none"}, 0), ({"outcome": "rejected"}, 1),
-     ({"outcome": "OK"}, 100), ({"outcome": "client_aborted"}, 0),
-     ({"api": "messages"}, 1), ({"api": "chat"}, 100), ({"api": "embeddings"}, 0),
-     ({"start_date": "2025-12-03T00:00:00Z"}, 34), ({"end_date": "2025-12-01"}, 34),
-     ({"end_date": "2025-12-01T10:00:00Z"}, 4),  # inclusive to the instant
-     ({"start_date": "2025-12-02", "end_date": "2025-12-02"}, 33),
-     ({"start_date": "2025-12-01T12:30:00", "end_date": "2025-12-01T15:00:00+00:00"}, 10),
-     ({"start_date": "2025-12-08T00:30:00+01:00"}, 1),  # 23:30 UTC on the 7th
-     ({"day_of_week": "6"}, 1), ({"day_of_week": "0"}, 34), ({"hour_of_day": "23"}, 1),
-     ({"hour_of_day": "10"}, 10), ({"backend_type": "openai", "model": "claude-x"}, 0),
-     ({"backend": "nope"}, 0), ({"backend": ""}, 101)],  # empty = not given
+    [
+        ({"backend_type": "anthropic"}, 1),
+        ({"backend_type": "OpenAI"}, 100),
+        ({"backend": "openai.1"}, 100),
+        ({"model": "gpt-4"}, 100),
+        ({"model": "claude-x-2025"}, 1),  # matches model_used
+        ({"model": "claude-x"}, 1),  # matches model_requested
+        ({"frontend_type": "anthropic"}, 1),
+        ({"session_id": "s0"}, 15),
+        ({"proxy_user": "alice"}, 1),
+        ({"http_status_code": "429"}, 1),
+        ({"http_status_code": "none"}, 0),
+        ({"outcome": "rejected"}, 1),
+        ({"outcome": "OK"}, 100),
+        ({"outcome": "client_aborted"}, 0),
+        ({"api": "messages"}, 1),
+        ({"api": "chat"}, 100),
+        ({"api": "embeddings"}, 0),
+        ({"start_date": "2025-12-03T00:00:00Z"}, 34),
+        ({"end_date": "2025-12-01"}, 34),
+        ({"end_date": "2025-12-01T10:00:00Z"}, 4),  # inclusive to the instant
+        ({"start_date": "2025-12-02", "end_date": "2025-12-02"}, 33),
+        ({"start_date": "2025-12-01T12:30:00", "end_date": "2025-12-01T15:00:00+00:00"}, 10),
+        ({"start_date": "2025-12-08T00:30:00+01:00"}, 1),  # 23:30 UTC on the 7th
+        ({"day_of_week": "6"}, 1),
+        ({"day_of_week": "0"}, 34),
+        ({"hour_of_day": "23"}, 1),
+        ({"hour_of_day": "10"}, 10),
+        ({"backend_type": "openai", "model": "claude-x"}, 0),
+        ({"backend": "nope"}, 0),
+        ({"backend": ""}, 101),
+    ],  # empty = not given
 )
 async def test_each_filter(data: Router, query: dict[str, str], count: int) -> None:
     status, s = await call(data, "/v1/usage/stats", **query)
@@ -176,8 +281,10 @@ async def test_each_filter(data: Router, query: dict[str, str], count: int) -> N
     assert page["total"] == count and len(page["records"]) == count
 
 
-@pytest.mark.parametrize(("leg", "prompt", "completion"),
-                         [("CTP", 1040, 0), ("PTB", 1030, 0), ("BTP", 0, 520), ("ptc", 0, 507)])
+@pytest.mark.parametrize(
+    ("leg", "prompt", "completion"),
+    [("CTP", 1040, 0), ("PTB", 1030, 0), ("BTP", 0, 520), ("ptc", 0, 507)],
+)
 async def test_leg_projects_one_point(data: Router, leg: str, prompt: int, completion: int) -> None:
     _, s = await call(data, "/v1/usage/stats", leg=leg)
     assert (s["total_prompt_tokens"], s["total_completion_tokens"]) == (prompt, completion)
@@ -187,40 +294,54 @@ async def test_leg_projects_one_point(data: Router, leg: str, prompt: int, compl
 
 
 async def test_filters_echo_the_parsed_values(data: Router) -> None:
-    _, s = await call(data, "/v1/usage/stats", backend_type="OpenAI", start_date="2025-12-01",
-                      end_date="2025-12-02", http_status_code="200", hour_of_day="10")
-    assert s["filters"] == {"backend_type": "openai", "http_status_code": 200,
-                            "hour_of_day": 10, "start_date": "2025-12-01T00:00:00Z",
-                            "end_date": "2025-12-02T23:59:59.999999Z"}
+    _, s = await call(
+        data,
+        "/v1/usage/stats",
+        backend_type="OpenAI",
+        start_date="2025-12-01",
+        end_date="2025-12-02",
+        http_status_code="200",
+        hour_of_day="10",
+    )
+    assert s["filters"] == {
+        "backend_type": "openai",
+        "http_status_code": 200,
+        "hour_of_day": 10,
+        "start_date": "2025-12-01T00:00:00Z",
+        "end_date": "2025-12-02T23:59:59.999999Z",
+    }
 
 
 @pytest.mark.parametrize(
     ("path", "query", "param"),
-    [("/v1/usage/stats", {"start_date": "yesterday"}, "start_date"),
-     ("/v1/usage/stats", {"end_date": "2025-13-01"}, "end_date"),
-     ("/v1/usage/stats", {"start_date": "2025-12-02", "end_date": "2025-12-01"}, "end_date"),
-     ("/v1/usage/stats", {"leg": "XYZ"}, "leg"),
-     ("/v1/usage/stats", {"backend_type": "gemini"}, "backend_type"),
-     ("/v1/usage/stats", {"frontend_type": "x"}, "frontend_type"),
-     ("/v1/usage/stats", {"day_of_week": "7"}, "day_of_week"),
-     ("/v1/usage/stats", {"hour_of_day": "-1"}, "hour_of_day"),
-     ("/v1/usage/stats", {"hour_of_day": "1.5"}, "hour_of_day"),
-     ("/v1/usage/stats", {"http_status_code": "abc"}, "http_status_code"),
-     ("/v1/usage/stats", {"http_status_code": "99"}, "http_status_code"),
-     ("/v1/usage/stats", {"http_status_code": "0"}, "http_status_code"),  # it is "none"
-     ("/v1/usage/stats", {"api": "chat_completions"}, "api"),
-     ("/v1/usage/recent", {"outcome": "aborted"}, "outcome"),
-     ("/v1/usage/stats", {"colour": "red"}, "colour"),
-     ("/v1/usage/stats", {"limit": "5"}, "limit"),  # /recent's parameter, not a filter
-     ("/v1/usage/recent", {"limit": "0"}, "limit"),
-     ("/v1/usage/recent", {"limit": "1001"}, "limit"),
-     ("/v1/usage/recent", {"limit": "ten"}, "limit"),
-     ("/v1/usage/recent", {"offset": "-1"}, "offset"),
-     ("/v1/usage/export", {"format": "xml"}, "format"),
-     ("/v1/usage/export", {"model": "a", "modle": "b"}, "modle")],
+    [
+        ("/v1/usage/stats", {"start_date": "yesterday"}, "start_date"),
+        ("/v1/usage/stats", {"end_date": "2025-13-01"}, "end_date"),
+        ("/v1/usage/stats", {"start_date": "2025-12-02", "end_date": "2025-12-01"}, "end_date"),
+        ("/v1/usage/stats", {"leg": "XYZ"}, "leg"),
+        ("/v1/usage/stats", {"backend_type": "gemini"}, "backend_type"),
+        ("/v1/usage/stats", {"frontend_type": "x"}, "frontend_type"),
+        ("/v1/usage/stats", {"day_of_week": "7"}, "day_of_week"),
+        ("/v1/usage/stats", {"hour_of_day": "-1"}, "hour_of_day"),
+        ("/v1/usage/stats", {"hour_of_day": "1.5"}, "hour_of_day"),
+        ("/v1/usage/stats", {"http_status_code": "abc"}, "http_status_code"),
+        ("/v1/usage/stats", {"http_status_code": "99"}, "http_status_code"),
+        ("/v1/usage/stats", {"http_status_code": "0"}, "http_status_code"),  # it is "none"
+        ("/v1/usage/stats", {"api": "chat_completions"}, "api"),
+        ("/v1/usage/recent", {"outcome": "aborted"}, "outcome"),
+        ("/v1/usage/stats", {"colour": "red"}, "colour"),
+        ("/v1/usage/stats", {"limit": "5"}, "limit"),  # /recent's parameter, not a filter
+        ("/v1/usage/recent", {"limit": "0"}, "limit"),
+        ("/v1/usage/recent", {"limit": "1001"}, "limit"),
+        ("/v1/usage/recent", {"limit": "ten"}, "limit"),
+        ("/v1/usage/recent", {"offset": "-1"}, "offset"),
+        ("/v1/usage/export", {"format": "xml"}, "format"),
+        ("/v1/usage/export", {"model": "a", "modle": "b"}, "modle"),
+    ],
 )
-async def test_bad_parameters_400_naming_the_parameter(data: Router, path: str,
-                                                       query: dict[str, str], param: str) -> None:
+async def test_bad_parameters_400_naming_the_parameter(
+    data: Router, path: str, query: dict[str, str], param: str
+) -> None:
     status, body = await call(data, path, **query)
     assert status == 400 and body["detail"].startswith(param + ":"), body
 
@@ -228,8 +349,11 @@ async def test_bad_parameters_400_naming_the_parameter(data: Router, path: str,
 async def test_repeated_parameter_is_400(data: Router) -> None:
     handler, params, _ = data.resolve("GET", "/v1/usage/stats")
     assert handler is not None
-    resp = await handler(AdminRequest("GET", "/v1/usage/stats", {"backend": ["a", "b"]}, {},
-                                      b"", "127.0.0.1", params))
+    resp = await handler(
+        AdminRequest(
+            "GET", "/v1/usage/stats", {"backend": ["a", "b"]}, {}, b"", "127.0.0.1", params
+        )
+    )
     assert resp.status == 400 and orjson.loads(resp.body)["detail"].startswith("backend:")
 
 
@@ -253,9 +377,19 @@ async def test_recent_newest_first_with_paging_and_bounds(data: Router) -> None:
 
 
 async def test_recent_returns_records_exactly_as_submitted(store: UsageStore) -> None:
-    r = record(tool_names=["x", "y"], replacement={"from": "a:b", "to": "c:d"},
-               backend_reported_usage={"prompt": 1, "completion": 2, "total": 3, "cached": 1,
-                                       "cache_write": 0, "reasoning": 1, "cost": 0.5})
+    r = record(
+        tool_names=["x", "y"],
+        replacement={"from": "a:b", "to": "c:d"},
+        backend_reported_usage={
+            "prompt": 1,
+            "completion": 2,
+            "total": 3,
+            "cached": 1,
+            "cache_write": 0,
+            "reasoning": 1,
+            "cost": 0.5,
+        },
+    )
     fill(store, [r])
     router = Router()
     register_usage_routes(router, store)
@@ -280,14 +414,17 @@ async def test_export_three_formats_oldest_first(data: Router) -> None:
     assert last["backend"] == "anthropic.1" and last["streaming"] == "true"
     assert orjson.loads(last["tool_names"]) == ["a", "b"]  # nested values: JSON text
     assert last["backend_reported_usage"] == "" and last["cost"] == ""  # None: empty
-    _, window = await call(data, "/v1/usage/export", start_date="2025-12-02",
-                           end_date="2025-12-02", format="json")
+    _, window = await call(
+        data, "/v1/usage/export", start_date="2025-12-02", end_date="2025-12-02", format="json"
+    )
     doc = orjson.loads(window)
     assert doc["record_count"] == len(doc["records"]) == 33
     assert doc["filters"]["start_date"] == "2025-12-02T00:00:00Z"
 
 
-async def test_export_pages_through_many_pages(store: UsageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_export_pages_through_many_pages(
+    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Equal timestamps across page boundaries: the keyset (ts, seq) neither repeats nor skips.
     recs = [record(timestamp=f"2025-12-01T10:00:0{i % 3}.000Z") for i in range(25)]
     fill(store, recs)
@@ -320,8 +457,9 @@ async def test_disabled_routes_answer_503() -> None:
 
 async def test_unreadable_database_is_503_not_500(tmp_path: Path) -> None:
     router = Router()
-    register_usage_routes(router, UsageStore(tmp_path / "absent.db", flush_interval=1,
-                                             max_queue=1, retention_days=0))
+    register_usage_routes(
+        router, UsageStore(tmp_path / "absent.db", flush_interval=1, max_queue=1, retention_days=0)
+    )
     for path in ("/v1/usage/stats", "/v1/usage/recent", "/v1/usage/export"):
         status, body = await call(router, path)
         assert status == 503 and body["detail"].startswith("usage database unavailable")
@@ -333,7 +471,9 @@ def test_parse_filters_dates() -> None:
     c = parse_filters({"start_date": ["2025-12-01T01:00:00+01:00"]})
     assert a.start == b.start == c.start == datetime(2025, 12, 1, tzinfo=UTC).timestamp()
     whole_day = parse_filters({"end_date": ["2025-12-01"]})
-    assert whole_day.end == datetime(2025, 12, 2, tzinfo=UTC).timestamp() and whole_day.end_exclusive
+    assert (
+        whole_day.end == datetime(2025, 12, 2, tzinfo=UTC).timestamp() and whole_day.end_exclusive
+    )
     assert parse_filters({"start_date": ["2025-12-01"], "end_date": ["2025-12-01"]})
     with pytest.raises(FilterError) as err:
         parse_filters({"start_date": ["2025-12-02"], "end_date": ["2025-12-01"]})
@@ -349,26 +489,34 @@ def _random_records(rng: random.Random, n: int) -> list[dict[str, Any]]:
     for _ in range(n):
         ts = T0 + timedelta(seconds=rng.uniform(0, 9 * 86400))
         stream = rng.random() < 0.6
-        out.append(record(
-            timestamp=ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-            session_id=rng.choice([None, *[f"s{i}" for i in range(30)]]),
-            backend=rng.choice(["openai.1", "openai.2", "anthropic.1"]),
-            backend_type=rng.choice(["openai", "anthropic"]),
-            frontend_type=rng.choice(["openai", "anthropic"]),
-            model_requested=rng.choice(["m1", "m2", "m3"]),
-            model_used=rng.choice([None, "m1", "m2-x"]),
-            proxy_user=rng.choice([None, None, "u1", "u2"]),
-            http_status_code=rng.choice([200, 200, 200, 429, 500, None]),
-            outcome=rng.choice(["ok", "ok", "ok", "truncated", "client_aborted", "rejected"]),
-            api=rng.choice([None, "chat", "responses", "messages"]),
-            ctp_prompt_tokens=rng.randint(1, 100), ptb_prompt_tokens=rng.choice([None, 7, 50]),
-            btp_completion_tokens=rng.randint(0, 50), ptc_completion_tokens=rng.randint(0, 50),
-            backend_reported_usage=rng.choice([None, {"prompt": 3, "completion": 4, "total": 7}]),
-            cost=rng.choice([None, 0.25, 0.5]), tool_call_count=rng.randint(0, 2),
-            ttft_ms=round(rng.uniform(1, 500), 3) if stream else None,
-            total_duration_ms=rng.choice([None, round(rng.uniform(1, 9000), 3)]),
-            proxy_overhead_ms=round(rng.uniform(0, 3), 3),
-            stream_tps=round(rng.uniform(5, 90), 3) if stream else None))
+        out.append(
+            record(
+                timestamp=ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                session_id=rng.choice([None, *[f"s{i}" for i in range(30)]]),
+                backend=rng.choice(["openai.1", "openai.2", "anthropic.1"]),
+                backend_type=rng.choice(["openai", "anthropic"]),
+                frontend_type=rng.choice(["openai", "anthropic"]),
+                model_requested=rng.choice(["m1", "m2", "m3"]),
+                model_used=rng.choice([None, "m1", "m2-x"]),
+                proxy_user=rng.choice([None, None, "u1", "u2"]),
+                http_status_code=rng.choice([200, 200, 200, 429, 500, None]),
+                outcome=rng.choice(["ok", "ok", "ok", "truncated", "client_aborted", "rejected"]),
+                api=rng.choice([None, "chat", "responses", "messages"]),
+                ctp_prompt_tokens=rng.randint(1, 100),
+                ptb_prompt_tokens=rng.choice([None, 7, 50]),
+                btp_completion_tokens=rng.randint(0, 50),
+                ptc_completion_tokens=rng.randint(0, 50),
+                backend_reported_usage=rng.choice(
+                    [None, {"prompt": 3, "completion": 4, "total": 7}]
+                ),
+                cost=rng.choice([None, 0.25, 0.5]),
+                tool_call_count=rng.randint(0, 2),
+                ttft_ms=round(rng.uniform(1, 500), 3) if stream else None,
+                total_duration_ms=rng.choice([None, round(rng.uniform(1, 9000), 3)]),
+                proxy_overhead_ms=round(rng.uniform(0, 3), 3),
+                stream_tps=round(rng.uniform(5, 90), 3) if stream else None,
+            )
+        )
     return out
 
 
@@ -379,22 +527,24 @@ def _ts(r: dict[str, Any]) -> float:
 def _matches(r: dict[str, Any], f: usage_queries.Filters) -> bool:
     dt = datetime.fromisoformat(r["timestamp"])
     ts = dt.timestamp()
-    return all((
-        f.backend_type is None or r["backend_type"] == f.backend_type,
-        f.backend is None or r["backend"] == f.backend,
-        f.model is None or f.model in (r["model_requested"], r["model_used"]),
-        f.frontend_type is None or r["frontend_type"] == f.frontend_type,
-        f.session_id is None or r["session_id"] == f.session_id,
-        f.proxy_user is None or r["proxy_user"] == f.proxy_user,
-        # A record without a status is selected by 0 (http_status_code=none).
-        f.http_status_code is None or (r["http_status_code"] or 0) == f.http_status_code,
-        f.outcome is None or r["outcome"] == f.outcome,
-        f.api is None or r["api"] == f.api,
-        f.start is None or ts >= f.start,
-        f.end is None or (ts < f.end if f.end_exclusive else ts <= f.end),
-        f.day_of_week is None or dt.weekday() == f.day_of_week,
-        f.hour_of_day is None or dt.hour == f.hour_of_day,
-    ))
+    return all(
+        (
+            f.backend_type is None or r["backend_type"] == f.backend_type,
+            f.backend is None or r["backend"] == f.backend,
+            f.model is None or f.model in (r["model_requested"], r["model_used"]),
+            f.frontend_type is None or r["frontend_type"] == f.frontend_type,
+            f.session_id is None or r["session_id"] == f.session_id,
+            f.proxy_user is None or r["proxy_user"] == f.proxy_user,
+            # A record without a status is selected by 0 (http_status_code=none).
+            f.http_status_code is None or (r["http_status_code"] or 0) == f.http_status_code,
+            f.outcome is None or r["outcome"] == f.outcome,
+            f.api is None or r["api"] == f.api,
+            f.start is None or ts >= f.start,
+            f.end is None or (ts < f.end if f.end_exclusive else ts <= f.end),
+            f.day_of_week is None or dt.weekday() == f.day_of_week,
+            f.hour_of_day is None or dt.hour == f.hour_of_day,
+        )
+    )
 
 
 def _reference(records: list[dict[str, Any]], f: usage_queries.Filters) -> dict[str, Any]:
@@ -408,9 +558,13 @@ def _reference(records: list[dict[str, Any]], f: usage_queries.Filters) -> dict[
         if not v:
             return None
         rank = {p: v[max(1, math.ceil(p * len(v) / 100)) - 1] for p in (50, 95, 99)}
-        return {"count": len(v), f"min_{unit}": round(v[0], 3), f"max_{unit}": round(v[-1], 3),
-                f"avg_{unit}": round(sum(v) / len(v), 3),
-                **{f"p{p}_{unit}": round(x, 3) for p, x in rank.items()}}
+        return {
+            "count": len(v),
+            f"min_{unit}": round(v[0], 3),
+            f"max_{unit}": round(v[-1], 3),
+            f"avg_{unit}": round(sum(v) / len(v), 3),
+            **{f"p{p}_{unit}": round(x, 3) for p, x in rank.items()},
+        }
 
     def counts(key: str) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -430,18 +584,21 @@ def _reference(records: list[dict[str, Any]], f: usage_queries.Filters) -> dict[
         "unique_sessions": len({r["session_id"] for r in sel} - {None}),
         "total_prompt_tokens": total("ptb_prompt_tokens"),
         "total_completion_tokens": total("btp_completion_tokens"),
-        "backend_reported_total_tokens": sum((r["backend_reported_usage"] or {}).get("total", 0)
-                                             for r in sel),
+        "backend_reported_total_tokens": sum(
+            (r["backend_reported_usage"] or {}).get("total", 0) for r in sel
+        ),
         "cost_record_count": sum(r["cost"] is not None for r in sel),
         "total_tool_calls": total("tool_call_count"),
         "status_code_counts": codes,
         "outcome_counts": dict(sorted(counts("outcome").items())),
         "time_window_seconds": round(max(map(_ts, sel)) - min(map(_ts, sel)), 3) if sel else None,
-        "ttft_stats": summary("ttft_ms"), "duration_stats": summary("total_duration_ms"),
+        "ttft_stats": summary("ttft_ms"),
+        "duration_stats": summary("total_duration_ms"),
         "proxy_overhead_stats": summary("proxy_overhead_ms"),
         "stream_tps_stats": summary("stream_tps", "tps"),
-        "by_backend": {b: sum(r["backend"] == b for r in sel)
-                       for b in sorted({r["backend"] for r in sel})},
+        "by_backend": {
+            b: sum(r["backend"] == b for r in sel) for b in sorted({r["backend"] for r in sel})
+        },
         "by_api": dict(sorted(counts("api").items())),
     }
 
@@ -449,11 +606,17 @@ def _reference(records: list[dict[str, Any]], f: usage_queries.Filters) -> dict[
 def _random_query(rng: random.Random) -> dict[str, list[str]]:
     q: dict[str, list[str]] = {}
     pool = {
-        "backend_type": ["openai", "anthropic"], "backend": ["openai.1", "anthropic.1"],
-        "model": ["m1", "m2", "m2-x"], "frontend_type": ["openai"], "proxy_user": ["u1"],
-        "http_status_code": ["200", "429", "none"], "session_id": ["s3", "s7"],
-        "day_of_week": [str(d) for d in range(7)], "hour_of_day": ["0", "13", "22"],
-        "outcome": ["ok", "client_aborted"], "api": ["chat", "messages"],
+        "backend_type": ["openai", "anthropic"],
+        "backend": ["openai.1", "anthropic.1"],
+        "model": ["m1", "m2", "m2-x"],
+        "frontend_type": ["openai"],
+        "proxy_user": ["u1"],
+        "http_status_code": ["200", "429", "none"],
+        "session_id": ["s3", "s7"],
+        "day_of_week": [str(d) for d in range(7)],
+        "hour_of_day": ["0", "13", "22"],
+        "outcome": ["ok", "client_aborted"],
+        "api": ["chat", "messages"],
     }
     for key in rng.sample(sorted(pool), rng.randint(0, 2)):
         q[key] = [rng.choice(pool[key])]
@@ -475,14 +638,17 @@ def assert_like_reference(got: dict[str, Any], want: dict[str, Any], q: object) 
         avg = "avg_tps" if key == "stream_tps_stats" else "avg_ms"
         if want[key] is not None and got_slice[key] is not None:
             got_slice[key] = dict(got_slice[key])
-            assert got_slice[key].pop(avg) == pytest.approx(want[key].pop(avg),
-                                                            abs=0.0011), (q, key)
+            assert got_slice[key].pop(avg) == pytest.approx(want[key].pop(avg), abs=0.0011), (
+                q,
+                key,
+            )
     assert got_slice == want, q
 
 
 @pytest.mark.parametrize("ratio", [1, 10**9], ids=["fetch-and-sort", "index-walk"])
-def test_stats_equal_a_plain_reference(store: UsageStore, ratio: int,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stats_equal_a_plain_reference(
+    store: UsageStore, ratio: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = random.Random(20251201)
     recs = _random_records(rng, 1500)
     fill(store, recs)
@@ -503,8 +669,7 @@ async def test_export_abandoned_releases_its_snapshot(store: UsageStore, pieces_
     register_usage_routes(router, store)
     handler, params, _ = router.resolve("GET", "/v1/usage/export")
     assert handler is not None
-    resp = await handler(AdminRequest("GET", "/v1/usage/export", {}, {}, b"", "127.0.0.1",
-                                      params))
+    resp = await handler(AdminRequest("GET", "/v1/usage/export", {}, {}, b"", "127.0.0.1", params))
     assert resp.stream is not None
     for _ in range(pieces_read):
         await resp.stream.__anext__()

@@ -41,8 +41,13 @@ def rows(path: Path) -> int:
 
 def test_status_shape(tmp_path: Path) -> None:
     s = make(tmp_path / "u.db")
-    assert s.status() == {"usage_db": "ok", "queue_depth": 0, "dropped_records": 0,
-                          "write_errors": 0, "path": str(tmp_path / "u.db")}
+    assert s.status() == {
+        "usage_db": "ok",
+        "queue_depth": 0,
+        "dropped_records": 0,
+        "write_errors": 0,
+        "path": str(tmp_path / "u.db"),
+    }
     s.stop()
 
 
@@ -56,7 +61,8 @@ def test_1000_queued_records_all_written_on_stop(tmp_path: Path) -> None:
 
 
 def test_thunks_run_on_the_writer_thread_and_failures_are_counted(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     seen: list[str] = []
 
     def thunk() -> dict[str, Any]:
@@ -127,7 +133,8 @@ def test_batches_are_one_transaction_each(tmp_path: Path) -> None:
 
 
 def test_the_writer_yields_the_core_only_while_it_keeps_up(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Yields let a woken event loop in mid-batch (the c=1 tail latency); with a backlog
     of a batch or more they would starve the writer at saturation, so there are none."""
     queued_at_yield: list[int] = []
@@ -214,38 +221,85 @@ CREATE TABLE usage (rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, ts REAL 
 CREATE INDEX usage_ts ON usage(ts);
 CREATE INDEX usage_session ON usage(session_id);
 """
-_V1_COLS = ("id", "ts", "day_of_week", "hour_of_day", "session_id", "frontend_type", "backend",
-            "backend_type", "model_requested", "model_used", "streaming", "http_status_code",
-            "outcome", "proxy_user", "ctp_prompt_tokens", "ptb_prompt_tokens",
-            "btp_completion_tokens", "ptc_completion_tokens", "br_prompt", "br_completion",
-            "br_total", "cost", "tool_call_count", "ttft_ms", "total_duration_ms",
-            "proxy_overhead_ms", "stream_tps")
+_V1_COLS = (
+    "id",
+    "ts",
+    "day_of_week",
+    "hour_of_day",
+    "session_id",
+    "frontend_type",
+    "backend",
+    "backend_type",
+    "model_requested",
+    "model_used",
+    "streaming",
+    "http_status_code",
+    "outcome",
+    "proxy_user",
+    "ctp_prompt_tokens",
+    "ptb_prompt_tokens",
+    "btp_completion_tokens",
+    "ptc_completion_tokens",
+    "br_prompt",
+    "br_completion",
+    "br_total",
+    "cost",
+    "tool_call_count",
+    "ttft_ms",
+    "total_duration_ms",
+    "proxy_overhead_ms",
+    "stream_tps",
+)
 
 
 def _v1_db(path: Path, recs: list[dict[str, Any]], json_apart: bool) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(_V1_WIDE.format(record="" if json_apart else ", record TEXT NOT NULL"))
     if json_apart:
-        conn.execute("CREATE TABLE usage_record (id TEXT PRIMARY KEY, record TEXT NOT NULL) "
-                     "WITHOUT ROWID")
+        conn.execute(
+            "CREATE TABLE usage_record (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID"
+        )
     for r in recs:
         dt = datetime.fromisoformat(r["timestamp"])
         br = r["backend_reported_usage"] or {}
-        vals = [r["id"], dt.timestamp(), dt.weekday(), dt.hour, r["session_id"],
-                r["frontend_type"], r["backend"], r["backend_type"], r["model_requested"],
-                r["model_used"], int(r["streaming"]), r["http_status_code"], r["outcome"],
-                r["proxy_user"], r["ctp_prompt_tokens"], r["ptb_prompt_tokens"],
-                r["btp_completion_tokens"], r["ptc_completion_tokens"], br.get("prompt"),
-                br.get("completion"), br.get("total"), r["cost"], r["tool_call_count"],
-                r["ttft_ms"], r["total_duration_ms"], r["proxy_overhead_ms"], r["stream_tps"]]
+        vals = [
+            r["id"],
+            dt.timestamp(),
+            dt.weekday(),
+            dt.hour,
+            r["session_id"],
+            r["frontend_type"],
+            r["backend"],
+            r["backend_type"],
+            r["model_requested"],
+            r["model_used"],
+            int(r["streaming"]),
+            r["http_status_code"],
+            r["outcome"],
+            r["proxy_user"],
+            r["ctp_prompt_tokens"],
+            r["ptb_prompt_tokens"],
+            r["btp_completion_tokens"],
+            r["ptc_completion_tokens"],
+            br.get("prompt"),
+            br.get("completion"),
+            br.get("total"),
+            r["cost"],
+            r["tool_call_count"],
+            r["ttft_ms"],
+            r["total_duration_ms"],
+            r["proxy_overhead_ms"],
+            r["stream_tps"],
+        ]
         cols = list(_V1_COLS)
         if json_apart:
             conn.execute("INSERT INTO usage_record VALUES (?, ?)", (r["id"], orjson.dumps(r)))
         else:
             cols.append("record")
             vals.append(orjson.dumps(r).decode())
-        conn.execute(f"INSERT INTO usage ({', '.join(cols)}) VALUES "
-                     f"({', '.join('?' for _ in cols)})", vals)
+        conn.execute(
+            f"INSERT INTO usage ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})", vals
+        )
     conn.execute("PRAGMA user_version = 1")
     conn.close()
 
@@ -268,9 +322,14 @@ def test_version_1_file_is_migrated_in_place(tmp_path: Path, json_apart: bool) -
     assert "usage_v1" not in tables and "usage_record" not in tables
     assert rows(db) == 301
     everything = [*recs, new]
-    for q in ({}, {"backend": ["openai.2"]}, {"start_date": ["2025-11-03T05:30:00Z"],
-                                              "end_date": ["2025-11-06"]}, {"hour_of_day": ["4"]},
-              {"outcome": ["client_aborted"]}, {"http_status_code": ["none"]}):
+    for q in (
+        {},
+        {"backend": ["openai.2"]},
+        {"start_date": ["2025-11-03T05:30:00Z"], "end_date": ["2025-11-06"]},
+        {"hour_of_day": ["4"]},
+        {"outcome": ["client_aborted"]},
+        {"http_status_code": ["none"]},
+    ):
         f = parse_filters(q)
         assert_like_reference(s.stats(f), _reference(everything, f), q)
     oldest_first = sorted(everything, key=lambda r: r["timestamp"])
@@ -284,13 +343,20 @@ def _iso(dt: datetime) -> str:
 
 
 def test_retention_removes_whole_old_days_and_keeps_rollups_exact(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(usage_store, "RETENTION_BATCH", 7)  # many small slices
     now = datetime.now(UTC)
-    old = [record(timestamp=_iso(now - timedelta(days=40, hours=h * 1.7)), total_duration_ms=1000.0 + h)
-           for h in range(40)]
-    keep = [record(timestamp=_iso(now - timedelta(days=d, minutes=7 * d)), total_duration_ms=float(d))
-            for d in range(0, 25)]
+    old = [
+        record(
+            timestamp=_iso(now - timedelta(days=40, hours=h * 1.7)), total_duration_ms=1000.0 + h
+        )
+        for h in range(40)
+    ]
+    keep = [
+        record(timestamp=_iso(now - timedelta(days=d, minutes=7 * d)), total_duration_ms=float(d))
+        for d in range(0, 25)
+    ]
     db = tmp_path / "u.db"
     s = make(db)  # keep forever while loading
     for r in old + keep:
@@ -300,8 +366,11 @@ def test_retention_removes_whole_old_days_and_keeps_rollups_exact(
     s = make(db, retention_days=30)  # the first round prunes
     wait_until(lambda: rows(db) == 25, what="old rows removed")
     s.stop()
-    for q in ({}, {"hour_of_day": [str(now.hour)]},
-              {"start_date": [_iso(now - timedelta(days=60))]}):
+    for q in (
+        {},
+        {"hour_of_day": [str(now.hour)]},
+        {"start_date": [_iso(now - timedelta(days=60))]},
+    ):
         f = parse_filters(q)
         assert_like_reference(s.stats(f), _reference(keep, f), q)
     with sqlite3.connect(db) as conn:
@@ -312,7 +381,8 @@ def test_retention_removes_whole_old_days_and_keeps_rollups_exact(
 
 
 def test_a_later_step_runs_in_place_and_a_failing_one_rolls_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "u.db"
     s = make(db)
     for _ in range(3):
@@ -320,9 +390,12 @@ def test_a_later_step_runs_in_place_and_a_failing_one_rolls_back(
     s.stop()
     nxt = usage_schema.VERSION + 1
     monkeypatch.setattr(usage_schema, "VERSION", nxt)
-    monkeypatch.setitem(usage_schema.MIGRATIONS, nxt,
-                        "ALTER TABLE usage_requests ADD COLUMN region TEXT;\n"
-                        "CREATE INDEX broken ON no_such_table(x);\n")
+    monkeypatch.setitem(
+        usage_schema.MIGRATIONS,
+        nxt,
+        "ALTER TABLE usage_requests ADD COLUMN region TEXT;\n"
+        "CREATE INDEX broken ON no_such_table(x);\n",
+    )
     with caplog.at_level(logging.ERROR, logger="fastproxy.storage"):
         s = make(db)
         assert s.submit(record())  # callers never see the schema
@@ -335,9 +408,12 @@ def test_a_later_step_runs_in_place_and_a_failing_one_rolls_back(
     assert "region" not in cols and rows(db) == 3  # the first statement was rolled back
     assert list(tmp_path.glob("u.db.corrupt-*")) == []  # a schema problem is not corruption
     assert sum("(open)" in r.getMessage() for r in caplog.records) == 1
-    monkeypatch.setitem(usage_schema.MIGRATIONS, nxt,
-                        "ALTER TABLE usage_requests ADD COLUMN region TEXT;\n"
-                        "CREATE INDEX usage_requests_region ON usage_requests(region);\n")
+    monkeypatch.setitem(
+        usage_schema.MIGRATIONS,
+        nxt,
+        "ALTER TABLE usage_requests ADD COLUMN region TEXT;\n"
+        "CREATE INDEX usage_requests_region ON usage_requests(region);\n",
+    )
     s = make(db)
     s.submit(record())
     s.stop()
@@ -352,20 +428,28 @@ def test_queued_records_survive_an_exit_without_stop(tmp_path: Path) -> None:
     import sys
 
     db = tmp_path / "u.db"
-    code = ("import sys\n"
-            "from fastproxy.storage.usage_store import UsageStore\n"
-            "from tests.usage.test_store_queries import record\n"
-            "s = UsageStore(sys.argv[1], flush_interval=3600.0, max_queue=5000, retention_days=0)\n"
-            "s.start()\n"
-            "assert all(s.submit(record()) for _ in range(2000))\n")
-    out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True,
-                         timeout=60, cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys\n"
+        "from fastproxy.storage.usage_store import UsageStore\n"
+        "from tests.usage.test_store_queries import record\n"
+        "s = UsageStore(sys.argv[1], flush_interval=3600.0, max_queue=5000, retention_days=0)\n"
+        "s.start()\n"
+        "assert all(s.submit(record()) for _ in range(2000))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr
     assert rows(db) == 2000
 
 
 def test_a_record_that_cannot_be_inserted_does_not_block_the_others(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = usage_store.prepare
 
     def prepare(r: dict[str, Any]) -> Any:
@@ -385,10 +469,20 @@ def test_a_record_that_cannot_be_inserted_does_not_block_the_others(
 
 
 def test_stray_values_are_stored_safely() -> None:
-    key, _, row, _ = usage_schema.prepare(record(
-        backend=7, http_status_code=200.0, ctp_prompt_tokens=2**62, ptb_prompt_tokens="12",
-        btp_completion_tokens=3.0, cost=float("nan"), ttft_ms=float("inf"), streaming=True,
-        backend_reported_usage=["not", "a", "dict"], tool_call_count=True))
+    key, _, row, _ = usage_schema.prepare(
+        record(
+            backend=7,
+            http_status_code=200.0,
+            ctp_prompt_tokens=2**62,
+            ptb_prompt_tokens="12",
+            btp_completion_tokens=3.0,
+            cost=float("nan"),
+            ttft_ms=float("inf"),
+            streaming=True,
+            backend_reported_usage=["not", "a", "dict"],
+            tool_call_count=True,
+        )
+    )
     assert key[0] == "7" and row[1] == 200 and isinstance(row[1], int)
     assert row[7:11] == (None, None, 3, 5) and row[11:14] == (None, None, None)
     assert row[14] is None and row[15] == 0 and row[16] is None

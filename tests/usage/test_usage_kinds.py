@@ -40,8 +40,11 @@ def _assigned_outcomes() -> set[str]:
             else:
                 continue
             if any(isinstance(t, ast.Attribute) and t.attr == "outcome" for t in targets):
-                found |= {c.value for c in ast.walk(value)
-                          if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+                found |= {
+                    c.value
+                    for c in ast.walk(value)
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                }
     return found
 
 

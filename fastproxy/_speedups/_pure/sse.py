@@ -15,8 +15,6 @@ _CR = 13
 _COLON = 58
 
 
-
-
 class SSEEvent:
     """One item produced by :class:`SSEScanner` (immutable)."""
 

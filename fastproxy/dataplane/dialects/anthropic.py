@@ -31,8 +31,12 @@ def error_type(status: int) -> str:
     return _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
-    return orjson.dumps({"type": "error", "error": {"type": error_type(status), "message": message}})
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    return orjson.dumps(
+        {"type": "error", "error": {"type": error_type(status), "message": message}}
+    )
 
 
 def stream_error_event(message: str, code: str) -> bytes:

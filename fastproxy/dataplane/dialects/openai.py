@@ -23,16 +23,16 @@ _TYPES = {
 
 DONE = b"[DONE]"
 # Responses API streams end with one of these event types instead of [DONE].
-_RESPONSES_TERMINAL = frozenset(
-    {b"response.completed", b"response.failed", b"response.incomplete"}
-)
+_RESPONSES_TERMINAL = frozenset({b"response.completed", b"response.failed", b"response.incomplete"})
 
 
 def error_type(status: int) -> str:
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> bytes:
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> bytes:
     return orjson.dumps(
         {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
     )
@@ -40,8 +40,9 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
 
 def stream_error_event(message: str, code: str) -> bytes:
     """What a client receives when a stream is cut: an error object, and no [DONE]."""
-    body = orjson.dumps({"error": {"message": message, "type": "server_error", "param": None,
-                                   "code": code}})
+    body = orjson.dumps(
+        {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    )
     return b"data: " + body + b"\n\n"
 
 

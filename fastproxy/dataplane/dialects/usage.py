@@ -49,8 +49,15 @@ class BackendUsage:
 
     def as_row(self) -> tuple[int | float | None, ...]:
         """The values in ``__slots__`` order (sorted, as ``as_dict``): the stored form."""
-        return (self.cache_write, self.cached, self.completion, self.cost, self.prompt,
-                self.reasoning, self.total)
+        return (
+            self.cache_write,
+            self.cached,
+            self.completion,
+            self.cost,
+            self.prompt,
+            self.reasoning,
+            self.total,
+        )
 
     def __repr__(self) -> str:
         return f"BackendUsage({self.as_dict()})"
