@@ -20,6 +20,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 DATA = "fastproxy.data"
@@ -84,7 +85,9 @@ def redact(text: str) -> str:
 class KeyValueFormatter(logging.Formatter):
     """``ts=... level=... logger=... msg="..." k=v`` with UTC timestamps."""
 
-    converter = time.gmtime
+    # Declared as the base class declares it: assigned bare, a type checker would take
+    # the function for a method and bind ``self`` to its one (optional) argument.
+    converter: Callable[[float | None], time.struct_time] = time.gmtime
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -125,11 +128,15 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Install the one handler on the ``fastproxy`` logger tree (idempotent)."""
     root = logging.getLogger("fastproxy")
-    for handler in list(root.handlers):
-        if getattr(handler, "_fastproxy", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    for previous in list(root.handlers):
+        if getattr(previous, "_fastproxy", False):
+            root.removeHandler(previous)
+    handler: logging.Handler = (
+        logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    )
     handler.setFormatter(KeyValueFormatter())
+    # The mark lives on the handler (read back with getattr above), so a later call finds
+    # the handler an earlier one installed; logging.Handler declares no such attribute.
     handler._fastproxy = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)

@@ -33,17 +33,21 @@ BackendType = Literal["openai", "anthropic"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Base for every config section: immutable, no unknown keys."""
+    """Base for every config section: immutable, no unknown keys.
+
+    Subclasses repeat ``frozen=True``: msgspec inherits it anyway, but a type checker
+    reads a subclass's own class keywords (dataclass_transform) and would otherwise
+    take it for a mutable struct deriving from a frozen one."""
 
 
-class PingConfig(_Section, kw_only=True):
+class PingConfig(_Section, frozen=True, kw_only=True):
     enabled: bool = True
     interval_seconds: PositiveFloat = 30.0
     timeout_seconds: PositiveFloat = 5.0
     failure_threshold: PositiveInt = 3
 
 
-class HttpProbeConfig(_Section, kw_only=True):
+class HttpProbeConfig(_Section, frozen=True, kw_only=True):
     enabled: bool = True
     interval_seconds: PositiveFloat = 60.0
     timeout_seconds: PositiveFloat = 10.0
@@ -52,7 +56,7 @@ class HttpProbeConfig(_Section, kw_only=True):
     method: Literal["GET", "HEAD"] = "GET"
 
 
-class HealthCheckConfig(_Section, kw_only=True):
+class HealthCheckConfig(_Section, frozen=True, kw_only=True):
     enabled: bool = True
     circuit_breaker_enabled: bool = True
     notify_backends: bool = True
@@ -66,7 +70,7 @@ class HealthCheckConfig(_Section, kw_only=True):
     log_repeat_window_seconds: NonNegFloat = 600.0
 
 
-class PriceEntry(_Section, kw_only=True):
+class PriceEntry(_Section, frozen=True, kw_only=True):
     """USD per 1M tokens."""
 
     input: NonNegFloat
@@ -75,7 +79,7 @@ class PriceEntry(_Section, kw_only=True):
     cache_write: NonNegFloat | None = None
 
 
-class UsageTrackingConfig(_Section, kw_only=True):
+class UsageTrackingConfig(_Section, frozen=True, kw_only=True):
     enabled: bool = True
     persistence_path: str = "./var/usage.db"
     flush_interval_seconds: PositiveFloat = 1.0
@@ -84,7 +88,7 @@ class UsageTrackingConfig(_Section, kw_only=True):
     pricing: dict[str, PriceEntry] = field(default_factory=dict)
 
 
-class WireCaptureConfig(_Section, kw_only=True):
+class WireCaptureConfig(_Section, frozen=True, kw_only=True):
     enabled: bool = False
     output_dir: str = "./var/wire_captures"
     max_file_bytes: Annotated[int, Meta(ge=64 * KiB)] = 100 * MiB
@@ -92,30 +96,30 @@ class WireCaptureConfig(_Section, kw_only=True):
     redact_headers: tuple[str, ...] = ()
 
 
-class ActivityConfig(_Section, kw_only=True):
+class ActivityConfig(_Section, frozen=True, kw_only=True):
     stale_timeout_seconds: PositiveFloat = 300.0
     sweep_interval_seconds: PositiveFloat = 5.0
 
 
-class ReplacementRule(_Section, kw_only=True):
+class ReplacementRule(_Section, frozen=True, kw_only=True):
     from_pattern: str
     to_backend: str
     to_model: str
 
 
-class ReplacementConfig(_Section, kw_only=True):
+class ReplacementConfig(_Section, frozen=True, kw_only=True):
     enabled: bool = False
     probability: Probability = 0.0
     turn_count: PositiveInt = 1
     replacement_rules: tuple[ReplacementRule, ...] = ()
 
 
-class AuthConfig(_Section, kw_only=True):
+class AuthConfig(_Section, frozen=True, kw_only=True):
     disable_auth: bool = False
     api_keys: tuple[str, ...] = ()
 
 
-class LimitsConfig(_Section, kw_only=True):
+class LimitsConfig(_Section, frozen=True, kw_only=True):
     max_connections: PositiveInt = 10_000
     max_request_line_bytes: Annotated[int, Meta(ge=256)] = 8 * KiB
     max_head_bytes: Annotated[int, Meta(ge=1 * KiB)] = 64 * KiB
@@ -129,7 +133,7 @@ class LimitsConfig(_Section, kw_only=True):
     max_sse_event_bytes: Annotated[int, Meta(ge=64 * KiB)] = 8 * MiB
 
 
-class TimeoutsConfig(_Section, kw_only=True):
+class TimeoutsConfig(_Section, frozen=True, kw_only=True):
     header_seconds: PositiveFloat = 10.0
     body_idle_seconds: PositiveFloat = 30.0
     keepalive_seconds: PositiveFloat = 75.0
@@ -139,12 +143,12 @@ class TimeoutsConfig(_Section, kw_only=True):
     send_seconds: PositiveFloat = 60.0
 
 
-class CircuitBreakerConfig(_Section, kw_only=True):
+class CircuitBreakerConfig(_Section, frozen=True, kw_only=True):
     failure_threshold: PositiveInt = 5
     open_cooldown_seconds: PositiveFloat = 30.0
 
 
-class AdminConfig(_Section, kw_only=True):
+class AdminConfig(_Section, frozen=True, kw_only=True):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 8001
@@ -156,7 +160,7 @@ class AdminConfig(_Section, kw_only=True):
     remote_writes: bool = False
 
 
-class BackendConfig(_Section, kw_only=True):
+class BackendConfig(_Section, frozen=True, kw_only=True):
     """One backend instance. Its connector type defaults to the name's text before '.'."""
 
     type: BackendType | None = None
@@ -178,7 +182,7 @@ class BackendConfig(_Section, kw_only=True):
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 
-class Config(_Section, kw_only=True):
+class Config(_Section, frozen=True, kw_only=True):
     """The whole effective configuration. Built once by `load_config`, then read-only."""
 
     host: str = "127.0.0.1"
