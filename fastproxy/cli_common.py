@@ -196,7 +196,7 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def open_url(url: str, timeout: float) -> HTTPResponse:
     """The response to ``GET url`` (status 2xx); ``CliError`` for anything else."""
     try:
-        return _OPENER.open(url, timeout=timeout)  # type: ignore[no-any-return]
+        return _OPENER.open(url, timeout=timeout)
     except urllib.error.HTTPError as exc:
         detail = _detail(exc)
         raise CliError(

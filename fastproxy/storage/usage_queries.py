@@ -361,7 +361,9 @@ def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
     with Snapshot(conn):
         dims = selected_dims(conn, f)
         groups = _aggregate(conn, f, dims)
-        total = [0] * 11 + [None, None] + [0, 0.0, None, None] * len(TIMINGS)
+        # One group row (the value type of Groups): counts, sums, then min/max slots
+        # that stay None until a value arrives, all read by position.
+        total: list[Any] = [0] * 11 + [None, None] + [0, 0.0, None, None] * len(TIMINGS)
         _merge({(0, 0): total}, ((0, 0, *v) for v in groups.values()))
         n = total[N]
         timing: dict[str, dict[str, Any] | None] = dict.fromkeys(TIMINGS)

@@ -562,7 +562,7 @@ def load_record(text: str | bytes) -> dict[str, Any]:
         for key in _ADDED_KEYS:
             if key not in obj:
                 obj[key] = None
-        return obj  # type: ignore[no-any-return]
+        return obj
     fmt = obj[0]
     if fmt == RECORD_FORMAT:
         return record_from_values(obj[1:])

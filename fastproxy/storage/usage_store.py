@@ -255,7 +255,8 @@ class UsageStore:
         return batch
 
     def _take(self, limit: int) -> list[Any]:
-        items, batch = self._items, []
+        items = self._items
+        batch: list[Any] = []  # the queue's items: records, thunks or captures for build
         while len(batch) < limit:
             try:
                 batch.append(items.popleft())
