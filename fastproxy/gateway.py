@@ -22,9 +22,9 @@ import orjson
 import uvloop
 
 from .config import BackendConfig, Config, LoadedConfig
-from .dataplane.backends import Backend
 from .dataplane.protocol import ClientProtocol
-from .dataplane.upstream import UpstreamPool
+from .httpclient.backend import Backend
+from .httpclient.pool import UpstreamPool
 from .logs import configure_logging
 from .memory import IdleTrimmer
 from .state import GatewayState
@@ -144,7 +144,7 @@ class Gateway:
                 log.info("backend %s: discovered %d models", backend.name, len(result))
 
     async def _fetch_models(self, state: GatewayState, backend: Backend) -> list[str]:
-        from .dataplane.upstream import UpstreamResponse
+        from .httpclient.response import UpstreamResponse
 
         pool = UpstreamPool(backend, state.loop)
         try:

@@ -15,15 +15,15 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from .admin.access import AccessPolicy
 from .admin.routes import Router
 from .config import Config
+from .core.access import AccessPolicy
 from .logs import AccessLine
 
 if TYPE_CHECKING:
-    from .dataplane.backends import Backend
-    from .dataplane.record import ExchangeRecord
-    from .dataplane.upstream import UpstreamPool
+    from .core.records import ExchangeRecord
+    from .httpclient.backend import Backend
+    from .httpclient.pool import UpstreamPool
 
 
 class Counters:

@@ -23,9 +23,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from fastproxy._speedups import _pure
+from fastproxy.core.records import ExchangeRecord
 from fastproxy.dataplane.dialects import openai
 from fastproxy.dataplane.dialects.usage import BackendUsage
-from fastproxy.dataplane.record import ExchangeRecord
 from fastproxy.dataplane.relay import SSERelay
 from fastproxy.monitor.activity import ActivityTracker
 from fastproxy.monitor.metrics import DURATION_BUCKETS, TTFT_BUCKETS, MetricsCollector

@@ -27,10 +27,10 @@ import pytest
 from fastproxy._speedups import _pure
 from fastproxy.config import BackendConfig
 from fastproxy.dataplane import wire
-from fastproxy.dataplane.backends import Backend
 from fastproxy.dataplane.dialects import openai
 from fastproxy.dataplane.relay import MAX_EVENT_BYTES, SSERelay
 from fastproxy.dataplane.routing import plan
+from fastproxy.httpclient.backend import Backend
 
 try:
     _core: ModuleType | None = importlib.import_module("fastproxy._speedups._core")

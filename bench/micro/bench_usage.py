@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
+from fastproxy.core.records import ExchangeRecord
 from fastproxy.dataplane.dialects.usage import BackendUsage
-from fastproxy.dataplane.record import ExchangeRecord
 from fastproxy.monitor.costs import PriceTable
 from fastproxy.monitor.usage_projection import ExactCounter, Projector
 from fastproxy.monitor.usage_service import UsageCapture

@@ -1,6 +1,6 @@
 """The admin plane: monitoring endpoints on a strict h11 listener (and the data port)."""
 
-from .access import AccessPolicy
+from ..core.access import AccessPolicy
 from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
 
 __all__ = [

@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ..core.access import LOCAL_ONLY, is_loopback
 from ..monitor.probes import MAX_RETRY_AFTER_S, parse_retry_after
-from .access import LOCAL_ONLY, is_loopback
 from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
 
 if TYPE_CHECKING:

@@ -44,8 +44,8 @@ from ..logs import quote
 from .routes import AdminRequest, AdminResponse, error_response
 
 if TYPE_CHECKING:
+    from ..core.access import AccessPolicy
     from ..state import GatewayState
-    from .access import AccessPolicy
 
 log = logging.getLogger("fastproxy.admin")
 

@@ -17,7 +17,7 @@ import logging
 import socket
 from typing import Any
 
-from .access import AccessPolicy
+from ..core.access import AccessPolicy
 from .diagnostics_views import register_diagnostics
 from .protocol import AdminProtocol
 

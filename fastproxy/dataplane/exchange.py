@@ -22,18 +22,20 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import orjson
 
+from ..core.errors import UpstreamError
+from ..core.records import ExchangeRecord
+from ..httpclient.pool import UpstreamConnection
+from ..httpclient.response import UpstreamResponse
 from . import models, wire
 from .dialects import anthropic, openai
 from .errors import Abort
-from .record import ExchangeRecord
 from .relay import SSERelay
 from .responses import ResponseRelay
 from .routing import RoutingError, plan
-from .upstream import UpstreamConnection, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
+    from ..httpclient.backend import Backend
     from ..state import GatewayState
-    from .backends import Backend
     from .protocol import ClientProtocol, Request
 
 log = logging.getLogger("fastproxy.data")

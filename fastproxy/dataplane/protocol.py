@@ -45,8 +45,8 @@ from .dialects import anthropic, openai
 from .exchange import API_PATHS, Exchange, record_rejection
 
 if TYPE_CHECKING:
+    from ..httpclient.pool import UpstreamConnection
     from ..state import GatewayState
-    from .upstream import UpstreamConnection
 
 log = logging.getLogger("fastproxy.data")
 

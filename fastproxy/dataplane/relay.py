@@ -19,8 +19,8 @@ from types import ModuleType
 from typing import Any
 
 from .._speedups import SSE_ERROR, SSE_EVENT, SSEScanner
+from ..core.records import BackendUsage
 from .accounting import StreamAccounting
-from .dialects.usage import BackendUsage
 
 # Larger than any sane event; past it the stream is treated as broken rather than
 # buffered without bound (the default of limits.max_sse_event_bytes).

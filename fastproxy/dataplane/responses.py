@@ -15,18 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..core.errors import UpstreamError
+from ..httpclient.pool import UpstreamConnection
+from ..httpclient.response import UpstreamResponse
 from . import wire
 from .accounting import StreamAccounting, json_completion_tokens, json_tool_names
 from .dialects import anthropic, from_anthropic, from_openai, openai
 from .errors import Abort
 from .relay import SSERelay
-from .upstream import UpstreamConnection, UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
+    from ..core.records import ExchangeRecord
+    from ..httpclient.backend import Backend
     from ..state import GatewayState
-    from .backends import Backend
     from .protocol import ClientProtocol, Request
-    from .record import ExchangeRecord
 
 log = logging.getLogger("fastproxy.data")
 

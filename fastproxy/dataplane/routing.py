@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from .backends import Backend
+from ..httpclient.backend import Backend
 
 
 class RoutingError(Exception):

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from ..dataplane.dialects.usage import BackendUsage
+from ..core.records import BackendUsage
 
 __all__ = ["BUILTIN_PRICES", "TABLE_DATE", "Price", "PriceTable", "compute_cost"]
 

@@ -43,7 +43,7 @@ from .notify import Notifier
 from .probes import FAILING, MISCONFIGURED, RATE_LIMITED, HttpResult, Pinger, PingResult, http_probe
 
 if TYPE_CHECKING:
-    from ..dataplane.backends import Backend
+    from ..httpclient.backend import Backend
     from ..state import GatewayState
 
 log = logging.getLogger("fastproxy.monitor")

@@ -26,7 +26,7 @@ from .._version import __version__
 from ..admin.routes import AdminRequest, AdminResponse
 
 if TYPE_CHECKING:
-    from ..dataplane.record import ExchangeRecord
+    from ..core.records import ExchangeRecord
 
 log = logging.getLogger("fastproxy.monitor")
 

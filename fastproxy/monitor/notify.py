@@ -41,8 +41,10 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..config import BackendConfig
-from ..dataplane.backends import Backend
-from ..dataplane.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from ..core.errors import UpstreamError
+from ..httpclient.backend import Backend
+from ..httpclient.pool import UpstreamPool
+from ..httpclient.response import UpstreamResponse
 
 log = logging.getLogger("fastproxy.monitor")
 

@@ -38,8 +38,10 @@ from email.utils import parsedate_to_datetime
 
 import icmplib
 
-from ..dataplane.backends import Backend
-from ..dataplane.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from ..core.errors import UpstreamError
+from ..httpclient.backend import Backend
+from ..httpclient.pool import UpstreamPool
+from ..httpclient.response import UpstreamResponse
 
 log = logging.getLogger("fastproxy.monitor")
 

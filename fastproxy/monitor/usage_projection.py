@@ -41,7 +41,7 @@ from ..storage.usage_schema import Prepared, prepare_values, record_from_values
 from .costs import PriceTable, compute_cost
 
 if TYPE_CHECKING:
-    from ..dataplane.dialects.usage import BackendUsage
+    from ..core.records import BackendUsage
     from .usage_service import UsageCapture
 
 log = logging.getLogger("fastproxy.usage")

@@ -30,7 +30,7 @@ from .costs import PriceTable
 from .usage_projection import ExactCounter, Projector
 
 if TYPE_CHECKING:
-    from ..dataplane.record import ExchangeRecord
+    from ..core.records import ExchangeRecord
     from ..state import GatewayState
     from ..storage.usage_schema import Prepared
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from fastproxy._speedups import estimate_tokens
-from fastproxy.dataplane.record import ExchangeRecord
+from fastproxy.core.records import ExchangeRecord
 from tests.conftest import RunningGateway
 from tests.support.waiting import wait_until
 

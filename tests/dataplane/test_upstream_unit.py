@@ -6,8 +6,9 @@ import asyncio
 from typing import Any
 
 from fastproxy.config import BackendConfig
-from fastproxy.dataplane.backends import Backend
-from fastproxy.dataplane.upstream import UpstreamConnection, UpstreamPool, UpstreamResponse
+from fastproxy.httpclient.backend import Backend
+from fastproxy.httpclient.pool import UpstreamConnection, UpstreamPool
+from fastproxy.httpclient.response import UpstreamResponse
 
 
 class RecordingTransport(asyncio.Transport):
@@ -100,7 +101,7 @@ async def test_reading_is_held_until_the_exchange_decides_how_to_relay() -> None
     """A response body bigger than HOLD_UNDECIDED arriving before the exchange attached a
     relay (or chose to buffer JSON) pauses reading, so that gap cannot read a whole
     stream into memory; attaching the relay gets every held byte to it."""
-    from fastproxy.dataplane.upstream import HOLD_UNDECIDED
+    from fastproxy.httpclient.pool import HOLD_UNDECIDED
 
     loop = asyncio.get_running_loop()
     _, conn, transport = _pooled_conn(loop)

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from fastproxy.config import BackendConfig
-from fastproxy.dataplane.backends import Backend
+from fastproxy.httpclient.backend import Backend
 from fastproxy.monitor.health import Endpoint, verdict
 from fastproxy.monitor.notify import SUBSCRIBER_QUEUE, Notifier, utc_iso
 from fastproxy.monitor.probes import (

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fastproxy.core.records import ExchangeRecord
 from fastproxy.dataplane.dialects.usage import BackendUsage
-from fastproxy.dataplane.record import ExchangeRecord
 from fastproxy.monitor.metrics import CONTENT_TYPE, DURATION_BUCKETS, MetricsCollector
 from fastproxy.state import Counters
 from tests.conftest import RunningGateway, backend_for

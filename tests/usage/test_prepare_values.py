@@ -9,8 +9,8 @@ import time
 import orjson
 import pytest
 
+from fastproxy.core.records import ExchangeRecord
 from fastproxy.dataplane.dialects.usage import BackendUsage, from_openai
-from fastproxy.dataplane.record import ExchangeRecord
 from fastproxy.monitor.costs import PriceTable
 from fastproxy.monitor.usage_projection import Projector
 from fastproxy.monitor.usage_service import UsageCapture

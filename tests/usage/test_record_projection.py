@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from fastproxy._speedups import estimate_tokens
+from fastproxy.core.records import ExchangeRecord
 from fastproxy.dataplane.dialects.usage import BackendUsage, from_anthropic
-from fastproxy.dataplane.record import ExchangeRecord
 from fastproxy.monitor.costs import PriceTable
 from fastproxy.monitor.usage_projection import (
     MESSAGE_OVERHEAD,

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from fastproxy.config import load_config
-from fastproxy.dataplane.record import ExchangeRecord
+from fastproxy.core.records import ExchangeRecord
 from fastproxy.monitor.usage_projection import ExactCounter, Projector
 from fastproxy.monitor.usage_service import UsageService
 from fastproxy.storage.usage_schema import load_record

@@ -1,11 +1,7 @@
-"""Backend-reported usage, normalised across dialects.
+"""Backend-reported usage parsed from each dialect into `BackendUsage` (core/records.py).
 
-Normal form: ``prompt`` counts every prompt token the backend processed, cached ones
-included (OpenAI's convention). Anthropic reports ``input_tokens`` *excluding* cache reads
-and writes, so its prompt is ``input + cache_read + cache_write``; ``cached`` and
-``cache_write`` then say how many of those were cache reads and writes. ``reasoning`` is
-inside ``completion`` in both dialects. One normal form means cost and stats code has
-one formula, not one per provider.
+The normal form itself is described there: one form, so cost and stats code has one
+formula, not one per provider.
 """
 
 from __future__ import annotations
@@ -13,55 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
-class BackendUsage:
-    __slots__ = ("cache_write", "cached", "completion", "cost", "prompt", "reasoning", "total")
-
-    def __init__(
-        self,
-        prompt: int | None = None,
-        completion: int | None = None,
-        total: int | None = None,
-        cached: int | None = None,
-        cache_write: int | None = None,
-        reasoning: int | None = None,
-        cost: float | None = None,
-    ) -> None:
-        self.prompt = prompt
-        self.completion = completion
-        self.total = total
-        self.cached = cached
-        self.cache_write = cache_write
-        self.reasoning = reasoning
-        self.cost = cost
-
-    def merge(self, other: BackendUsage) -> None:
-        """Fill fields from a later report (Anthropic sends input at start, output at end)."""
-        for name in self.__slots__:
-            value = getattr(other, name)
-            if value is not None:
-                setattr(self, name, value)
-        if other.total is None and self.prompt is not None and self.completion is not None:
-            self.total = self.prompt + self.completion
-
-    def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in sorted(self.__slots__)}
-
-    def as_row(self) -> tuple[int | float | None, ...]:
-        """The values in ``__slots__`` order (sorted, as ``as_dict``): the stored form."""
-        return (
-            self.cache_write,
-            self.cached,
-            self.completion,
-            self.cost,
-            self.prompt,
-            self.reasoning,
-            self.total,
-        )
-
-    def __repr__(self) -> str:
-        return f"BackendUsage({self.as_dict()})"
-
+from ...core.records import BackendUsage
 
 # A count or cost outside these bounds is a broken backend, not a request: it is treated
 # as not reported (the record says null), so no sum, price or JSON encoding ever meets it.

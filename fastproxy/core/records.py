@@ -1,14 +1,73 @@
-"""What one exchange leaves behind: the facts monitoring services consume.
+"""The values the planes hand each other: what one exchange leaves behind
+(`ExchangeRecord`) and backend-reported usage in its normal form (`BackendUsage`).
 
-Filled by the exchange as it runs and handed to the observers once, at the end. It holds
-numbers and names only: no message text, no keys (usage tracking stores a projection).
+This module imports nothing of the gateway: the data plane fills these, monitoring
+services and storage read them, and none of them needs the others' modules for it.
+
+Usage normal form: ``prompt`` counts every prompt token the backend processed, cached
+ones included (OpenAI's convention). Anthropic reports ``input_tokens`` *excluding* cache
+reads and writes, so its prompt is ``input + cache_read + cache_write``; ``cached`` and
+``cache_write`` then say how many of those were cache reads and writes. ``reasoning`` is
+inside ``completion`` in both dialects. One normal form means cost and stats code has one
+formula, not one per provider.
+
+An exchange record is filled by the request cycle as it runs and handed to the
+monitoring services once, at the end. It holds numbers and names only: no message text, no keys (usage tracking stores a projection).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from .dialects.usage import BackendUsage
+
+class BackendUsage:
+    __slots__ = ("cache_write", "cached", "completion", "cost", "prompt", "reasoning", "total")
+
+    def __init__(
+        self,
+        prompt: int | None = None,
+        completion: int | None = None,
+        total: int | None = None,
+        cached: int | None = None,
+        cache_write: int | None = None,
+        reasoning: int | None = None,
+        cost: float | None = None,
+    ) -> None:
+        self.prompt = prompt
+        self.completion = completion
+        self.total = total
+        self.cached = cached
+        self.cache_write = cache_write
+        self.reasoning = reasoning
+        self.cost = cost
+
+    def merge(self, other: BackendUsage) -> None:
+        """Fill fields from a later report (Anthropic sends input at start, output at end)."""
+        for name in self.__slots__:
+            value = getattr(other, name)
+            if value is not None:
+                setattr(self, name, value)
+        if other.total is None and self.prompt is not None and self.completion is not None:
+            self.total = self.prompt + self.completion
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in sorted(self.__slots__)}
+
+    def as_row(self) -> tuple[int | float | None, ...]:
+        """The values in ``__slots__`` order (sorted, as ``as_dict``): the stored form."""
+        return (
+            self.cache_write,
+            self.cached,
+            self.completion,
+            self.cost,
+            self.prompt,
+            self.reasoning,
+            self.total,
+        )
+
+    def __repr__(self) -> str:
+        return f"BackendUsage({self.as_dict()})"
 
 
 class ExchangeRecord:

@@ -17,11 +17,12 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
 
 import httptools
 
-from .backends import Backend
+from ..core.errors import UpstreamError
+from .backend import Backend
+from .response import UpstreamResponse
 
 log = logging.getLogger("fastproxy.data")
 
@@ -33,15 +34,6 @@ _JOIN_MAX = 64 * 1024
 HOLD_UNDECIDED = 256 * 1024
 
 
-class UpstreamError(Exception):
-    """A failure of the upstream leg; ``kind`` classifies it for failover and metrics."""
-
-    def __init__(self, kind: str, message: str, *, sent_nothing: bool = False) -> None:
-        super().__init__(message)
-        self.kind = kind  # connect | timeout | reset | protocol | too_large | closed
-        self.sent_nothing = sent_nothing
-
-
 class _TooLarge(Exception):
     """Raised in a parser callback: the backend sent more than a limit allows."""
 
@@ -51,62 +43,6 @@ def _check_head(headers: list[tuple[bytes, bytes]], max_bytes: int, max_headers:
         raise _TooLarge(f"response from backend has more than {max_headers} headers")
     if sum(len(k) + len(v) + 4 for k, v in headers) > max_bytes:
         raise _TooLarge(f"response head from backend exceeds {max_bytes} bytes")
-
-
-class UpstreamResponse:
-    """One response from a backend, filled by parser callbacks on the loop thread."""
-
-    __slots__ = (
-        "body",
-        "bytes_rx",
-        "close_delimited",
-        "decided",
-        "done",
-        "error",
-        "first_byte_at",
-        "head",
-        "headers",
-        "keep_alive",
-        "on_chunk",
-        "status",
-    )
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head: asyncio.Future[None] = loop.create_future()
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.body: list[bytes] = []
-        self.on_chunk: Callable[[bytes], None] | None = None
-        self.decided = False  # the exchange chose how to relay the body
-        self.bytes_rx = 0
-        self.keep_alive = False
-        self.close_delimited = False
-        self.error: UpstreamError | None = None
-        self.first_byte_at = 0.0
-
-    def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-    def attach(self, on_chunk: Callable[[bytes], None]) -> None:
-        """Switch from buffering to relaying: flush what arrived, then stream."""
-        self.decided = True
-        self.on_chunk = on_chunk
-        pending, self.body = self.body, []
-        for piece in pending:
-            on_chunk(piece)
-
-    def fail(self, error: UpstreamError) -> None:
-        if self.error is None:
-            self.error = error
-        for fut in (self.head, self.done):
-            if not fut.done():
-                fut.set_exception(error)
-                # The exchange may never await `done` (e.g. it gave up at the head).
-                fut.exception()
 
 
 class UpstreamConnection(asyncio.Protocol):

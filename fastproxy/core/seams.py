@@ -1,0 +1,154 @@
+"""The interfaces the planes talk through, and nothing else.
+
+Each is a small `typing.Protocol`: the side that implements it does not import the side
+that uses it, and the gateway (gateway.py) is the one place that plugs an
+implementation into a user. A feature that is off is simply absent (None, or an empty
+fan-out), so the data plane pays one attribute test for it and nothing more.
+
+Who implements what:
+
+- `BreakerView` (routing's question): the health service. Free of side effects: asking
+  never moves a breaker; a half-open trial is claimed only by `AttemptSink`'s
+  ``attempt_started`` when the request actually goes to that backend.
+- `AttemptSink` (what the data plane reports per upstream attempt): the health service
+  (circuit breakers) and the rate-limit board.
+- `ExchangeSink` (what the data plane reports per finished request): metrics and usage.
+- `LiveActivity` (live byte counters per request): the activity tracker.
+- `MonitoringPort` (monitoring paths answered on the data port): the admin plane's route
+  table, with the data port's access rules.
+- `PlaneStats` (what views read of the data plane): the data plane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .records import ExchangeRecord
+
+
+class BreakerState(Enum):
+    """A backend's circuit as routing sees it. ``BUSY``: half-open with its one trial
+    request already in flight, so this caller must not be the second."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    BUSY = "busy"
+
+    @property
+    def routable(self) -> bool:
+        return self is BreakerState.CLOSED or self is BreakerState.HALF_OPEN
+
+    @property
+    def public(self) -> str:
+        """The state as the API reports it (a trial in flight is still "half_open")."""
+        return "half_open" if self is BreakerState.BUSY else self.value
+
+
+class BreakerView(Protocol):
+    def breaker_state(self, backend: str) -> BreakerState: ...
+
+
+class AttemptSink(Protocol):
+    def attempt_started(self, backend: str) -> None:
+        """The request is being sent to ``backend`` now (claims a half-open trial)."""
+
+    def attempt_finished(
+        self, backend: str, status: int, kind: str | None, retry_after: bytes | None
+    ) -> None:
+        """An attempt's outcome, the moment it is known: the head arrived (``status``,
+        ``kind`` None), or it failed (``status`` 0, ``kind`` connect | timeout | reset |
+        tls | protocol | too_large); a response cut after its head reports once more
+        with status 0. ``retry_after``: a 429's raw Retry-After header, else None."""
+
+
+class ExchangeSink(Protocol):
+    def on_exchange(self, record: ExchangeRecord) -> None:
+        """One finished request, on the loop; must not block."""
+
+
+class ActivityHandle(Protocol):
+    def count(self, rx: int, tx: int) -> None: ...
+
+
+class LiveActivity(Protocol):
+    def open(
+        self,
+        exchange_id: int,
+        backend: str,
+        session_id: str | None,
+        model: str | None,
+        streaming: bool,
+    ) -> ActivityHandle: ...
+
+    def close(self, entry: ActivityHandle) -> None: ...
+
+
+class Reporter:
+    """The fixed fan-out of data-plane reports to the services that are on. Built once
+    by the gateway from the services it made; a service never adds itself."""
+
+    __slots__ = ("attempts", "exchanges")
+
+    def __init__(self, attempts: Sequence[AttemptSink], exchanges: Sequence[ExchangeSink]) -> None:
+        self.attempts = tuple(attempts)
+        self.exchanges = tuple(exchanges)
+
+
+# -- the monitoring API on the data port ---------------------------------------------------
+@dataclass(slots=True)
+class MonitorRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names; a repeated header keeps the last value
+    body: bytes
+    peer_ip: str | None
+    params: dict[str, str] = field(default_factory=dict)  # from {name} path segments
+    # True when the admin listener admitted a non-loopback peer by a valid admin key
+    # (admin.api_keys): handlers that are loopback-only serve it too. Never set on the
+    # data port, which does not accept admin keys.
+    admin_key: bool = False
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+
+@dataclass(slots=True)
+class MonitorResponse:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    # A streamed body (SSE, exports) is sent with chunked framing; `body` is then ignored.
+    stream: AsyncIterator[bytes] | None = None
+
+
+class MonitoringPort(Protocol):
+    def allowed_methods(self, path: str) -> list[str]:
+        """The methods ``path`` answers (empty: no such monitoring path)."""
+
+    async def serve_data_port(
+        self, req: MonitorRequest, host: str | None
+    ) -> MonitorResponse:
+        """Answer one monitoring request that arrived on the data port, under the data
+        port's access rules (peer and Host; no admin keys)."""
+
+
+class PlaneStats(Protocol):
+    """What views read of the data plane: counters and live connections."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    def counters_snapshot(self) -> Mapping[str, int | Mapping[str, int]]: ...
+
+    def open_connections(self) -> int: ...
+
+    def pool_stats(self) -> Mapping[str, tuple[int, int]]:
+        """backend name -> (open upstream connections, idle ones)."""
