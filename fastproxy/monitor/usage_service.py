@@ -30,7 +30,7 @@ from .costs import PriceTable
 from .usage_projection import ExactCounter, Projector
 
 if TYPE_CHECKING:
-    from ..core.records import ExchangeRecord
+    from ..core.records import BackendUsage, ExchangeRecord
     from ..state import GatewayState
     from ..storage.usage_schema import Prepared
 
@@ -77,6 +77,39 @@ class UsageCapture:
         "user_agent",
         "wall_started_at",
     )
+
+    # Declared for the type checker (``take`` fills every slot): the same types as the
+    # ExchangeRecord fields they copy, the body as the data plane holds it.
+    attempts: int
+    backend: str | None
+    backend_ttfb_at: float
+    backend_type: str | None
+    body: bytes | bytearray | None
+    body_dropped: bool
+    btp_est: int | None
+    client_key_id: str | None
+    ended_at: float
+    first_content_at: float
+    frontend: str
+    held: int
+    model_requested: str | None
+    model_used: str | None
+    outcome: str
+    path: str
+    proxy_user: str | None
+    ptc_est: int | None
+    replacement: dict[str, str] | None
+    session_id: str | None
+    started_at: float
+    status: int
+    streaming: bool
+    tool_call_count: int
+    tool_names: list[str]
+    upstream_done_at: float
+    upstream_sent_at: float
+    usage: BackendUsage | None
+    user_agent: str | None
+    wall_started_at: float
 
     @classmethod
     def take(cls, rec: ExchangeRecord, keep_body: bool, held: int = 0) -> UsageCapture:
