@@ -20,14 +20,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
-
-DATA = "fastproxy.data"
-ADMIN = "fastproxy.admin"
-MONITOR = "fastproxy.monitor"
-STORAGE = "fastproxy.storage"
-ACCESS = "fastproxy.access"
 
 _SECRET_RE = re.compile(
     r"(?i)(bearer\s+|x-api-key[\"']?\s*[:=]\s*[\"']?|api[_-]?key[\"']?\s*[:=]\s*[\"']?)"
@@ -85,11 +78,9 @@ def redact(text: str) -> str:
 class KeyValueFormatter(logging.Formatter):
     """``ts=... level=... logger=... msg="..." k=v`` with UTC timestamps."""
 
-    # Declared as the base class declares it: assigned bare, a type checker would take
-    # the function for a method and bind ``self`` to its one (optional) argument.
-    converter: Callable[[float | None], time.struct_time] = time.gmtime
-
     def format(self, record: logging.LogRecord) -> str:
+        # The time is formatted here, in UTC: Formatter.formatTime (and its ``converter``)
+        # is never called, so neither is overridden.
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         # Redact before escaping: the credential patterns match the text as sent.
         msg = escape(redact(record.getMessage()))

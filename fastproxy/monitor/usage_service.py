@@ -51,7 +51,6 @@ class UsageCapture:
         "backend_ttfb_at",
         "backend_type",
         "body",
-        "body_dropped",
         "btp_est",
         "client_key_id",
         "ended_at",
@@ -85,7 +84,6 @@ class UsageCapture:
     backend_ttfb_at: float
     backend_type: str | None
     body: bytes | bytearray | None
-    body_dropped: bool
     btp_est: int | None
     client_key_id: str | None
     ended_at: float
@@ -143,7 +141,6 @@ class UsageCapture:
         c.user_agent = rec.user_agent
         body = rec.request_body
         c.body = body if keep_body else None
-        c.body_dropped = body is not None and not keep_body
         c.held = held  # bytes of PendingBodies this capture holds, released once built
         return c
 
