@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Install fastproxy with its test extras into ./.venv and run the whole suite:
-# lint, then every test with the compiled _speedups core, then every test again with the
-# pure-Python twin (FASTPROXY_NO_EXTENSIONS=1): the package must work without a compiler.
+# Install fastproxy with its test extras into ./.venv and run the suite: lint and format
+# check, then every test once with the compiled _speedups core, then, with the
+# pure-Python twin forced (FASTPROXY_NO_EXTENSIONS=1), the two suites that cover what
+# differs between the builds: tests/speedups (both implementations side by side, in one
+# process) and tests/twin (a real gateway process per implementation). Each of those two
+# runs once, in the second pass, since it tests both builds itself; docs/testing.md says
+# why this replaces running the whole suite a second time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -25,6 +29,13 @@ fi
 FASTPROXY_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e '.[test,exact-tokens]'
 .venv/bin/python -c "import fastproxy._speedups as s; assert s.IMPLEMENTATION == 'cython', s.IMPLEMENTATION; print('speedups:', s.IMPLEMENTATION)"
 .venv/bin/ruff check fastproxy tests bench scripts
-.venv/bin/python -m pytest "$@"
+.venv/bin/ruff format --check fastproxy tests bench scripts
+# ---- type check: a later step adds `.venv/bin/mypy fastproxy` here ----------------------
+# ----------------------------------------------------------------------------------------
+# Pass 1, compiled core: everything except the two suites that test both builds themselves.
+# Arguments go to this pass only (a path, -k or -x for the suite a developer is working on;
+# a path under tests/speedups or tests/twin given here is run here, --ignore or not).
+.venv/bin/python -m pytest --ignore=tests/speedups --ignore=tests/twin "$@"
+# Pass 2, pure-Python twin selected in this process too.
 FASTPROXY_NO_EXTENSIONS=1 .venv/bin/python -c "import fastproxy._speedups as s; assert s.IMPLEMENTATION == 'python'; print('speedups:', s.IMPLEMENTATION)"
-FASTPROXY_NO_EXTENSIONS=1 .venv/bin/python -m pytest "$@"
+FASTPROXY_NO_EXTENSIONS=1 .venv/bin/python -m pytest tests/speedups tests/twin
