@@ -422,15 +422,7 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
                 f"admin.allow_networks[{i}]: got {net!r}; expected a CIDR such as 10.0.0.0/8"
             ) from None
     _check_admin_keys(config)
-    rep = config.replacement
-    if rep.enabled and not rep.replacement_rules:
-        raise ConfigError("replacement.replacement_rules: empty; replacement.enabled needs a rule")
-    for i, rule in enumerate(rep.replacement_rules):
-        if names and rule.to_backend not in names and rule.to_backend != "demo":
-            raise ConfigError(
-                f"replacement.replacement_rules[{i}].to_backend: got {rule.to_backend!r}; "
-                f"expected one of {sorted(names)}"
-            )
+    _check_not_built(config, origins)
     if config.workers != 1:
         raise ConfigError(
             f"workers: got {config.workers}; multi-process mode is not built yet, so only 1 "
@@ -447,7 +439,39 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
                 f"host: got {config.host!r}; a non-loopback bind requires auth.api_keys "
                 "(or FASTPROXY_API_KEYS)"
             )
-    _ = origins
+
+
+# Sections whose feature is not built: their keys still parse (they are in the contract,
+# and a misspelt one is still caught), but a value other than the default is refused, so
+# no setting is ever accepted and then silently ignored. An entry goes when its feature
+# is built, and the feature's own cross-key checks come with it (replacement had two:
+# enabled needs a rule, a rule's to_backend must be configured; see git log -S
+# "needs a rule").
+_NOT_BUILT: dict[str, str] = {
+    "wire_capture": "wire capture",
+    "replacement": "random model replacement",
+}
+
+
+def _check_not_built(config: Config, origins: Mapping[str, str]) -> None:
+    for section, feature in _NOT_BUILT.items():
+        value = getattr(config, section)
+        default = type(value)()
+        for f in msgspec.structs.fields(value):
+            got, want = getattr(value, f.name), getattr(default, f.name)
+            if got == want:
+                continue
+            key = f"{section}.{f.name}"
+            # Env and flags are named: they are set far from the config file, often by a
+            # unit file or a script the operator no longer looks at.
+            origin = origins.get(key, "")
+            source = f" ({origin})" if origin.startswith(("env ", "flag ")) else ""
+            # A default is a scalar or an empty tuple, which YAML writes as [].
+            allowed = repr(list(want)) if isinstance(want, tuple) else repr(want)
+            raise ConfigError(
+                f"{key}: got {_shown(got)}{source}; {feature} is not built yet, so only "
+                f"the default ({allowed}) is allowed"
+            )
 
 
 def resolve_state_path(config: Config, path: str) -> Path:

@@ -89,6 +89,8 @@ class UsageTrackingConfig(_Section, frozen=True, kw_only=True):
 
 
 class WireCaptureConfig(_Section, frozen=True, kw_only=True):
+    """Not built yet: the loader refuses any value but these defaults (loader._NOT_BUILT)."""
+
     enabled: bool = False
     output_dir: str = "./var/wire_captures"
     max_file_bytes: Annotated[int, Meta(ge=64 * KiB)] = 100 * MiB
@@ -108,6 +110,8 @@ class ReplacementRule(_Section, frozen=True, kw_only=True):
 
 
 class ReplacementConfig(_Section, frozen=True, kw_only=True):
+    """Not built yet: the loader refuses any value but these defaults (loader._NOT_BUILT)."""
+
     enabled: bool = False
     probability: Probability = 0.0
     turn_count: PositiveInt = 1
@@ -203,6 +207,6 @@ class Config(_Section, frozen=True, kw_only=True):
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
-    workers: PositiveInt = 1
+    workers: PositiveInt = 1  # only 1: multi-process mode is not built yet (loader._check)
     # Derived at load time (not user keys): where state lives, and where the file came from.
     state_dir: str = "./var"

@@ -58,21 +58,48 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
         "--disable-usage-tracking", "usage_tracking.enabled", "record no usage", action="false"
     ),
     CliFlag("--usage-db", "usage_tracking.persistence_path", "usage SQLite file", metavar="PATH"),
-    CliFlag("--wire-capture-enabled", "wire_capture.enabled", "record full wire captures", "true"),
-    CliFlag("--wire-capture-dir", "wire_capture.output_dir", "capture directory", metavar="DIR"),
+    # The wire capture and replacement flags exist because the contract names them; their
+    # features are not built yet, so the loader refuses them (config/loader.py, _NOT_BUILT).
+    CliFlag(
+        "--wire-capture-enabled",
+        "wire_capture.enabled",
+        "record full wire captures (not built yet: refused)",
+        "true",
+    ),
+    CliFlag(
+        "--wire-capture-dir",
+        "wire_capture.output_dir",
+        "capture directory (not built yet: refused)",
+        metavar="DIR",
+    ),
     CliFlag(
         "--enable-activity-tracking",
         "enable_activity_tracking",
         "track live connections and bytes",
         action="true",
     ),
-    CliFlag("--enable-replacement", "replacement.enabled", "random model replacement", "true"),
-    CliFlag("--replacement-probability", "replacement.probability", "0.0..1.0", metavar="P"),
-    CliFlag("--replacement-turn-count", "replacement.turn_count", "turns served", metavar="N"),
+    CliFlag(
+        "--enable-replacement",
+        "replacement.enabled",
+        "random model replacement (not built yet: refused)",
+        "true",
+    ),
+    CliFlag(
+        "--replacement-probability",
+        "replacement.probability",
+        "0.0..1.0 (not built yet: refused)",
+        metavar="P",
+    ),
+    CliFlag(
+        "--replacement-turn-count",
+        "replacement.turn_count",
+        "turns served (not built yet: refused)",
+        metavar="N",
+    ),
     CliFlag(
         "--random-model-replacement-from-to",
         "replacement.replacement_rules",
-        "replacement rule FROM=BACKEND:MODEL (repeatable)",
+        "replacement rule FROM=BACKEND:MODEL (repeatable; not built yet: refused)",
         action="append_rule",
         metavar="FROM=BACKEND:MODEL",
     ),
@@ -80,7 +107,9 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
     CliFlag("--log-level", "log_level", "DEBUG, INFO, WARNING, ERROR", metavar="LEVEL"),
     CliFlag("--access-log", "access_log", "one log line per request", action="true"),
     CliFlag("--drain-timeout", "timeouts.drain_seconds", "graceful drain seconds", metavar="S"),
-    CliFlag("--workers", "workers", "worker processes", metavar="N"),
+    CliFlag(
+        "--workers", "workers", "worker processes (only 1: more is not built yet)", metavar="N"
+    ),
 )
 
 # Keys whose values are secrets: masked by check-config and never logged.

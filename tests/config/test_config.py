@@ -84,11 +84,12 @@ def test_yaml_then_env_then_cli(tmp_path: Path) -> None:
             ("usage_tracking", "max_records_in_memory"),
             500,
         ),
-        ("WIRE_CAPTURE_ENABLED", "true", ("wire_capture", "enabled"), True),
-        ("WIRE_CAPTURE_OUTPUT_DIR", "/tmp/caps", ("wire_capture", "output_dir"), "/tmp/caps"),
+        # Off and default values of features not built yet load; others are refused
+        # (test_not_built_features_are_refused_unless_default).
+        ("WIRE_CAPTURE_ENABLED", "false", ("wire_capture", "enabled"), False),
+        ("REPLACEMENT_ENABLED", "0", ("replacement", "enabled"), False),
+        ("REPLACEMENT_PROBABILITY", "0", ("replacement", "probability"), 0.0),
         ("ENABLE_ACTIVITY_TRACKING", "1", ("enable_activity_tracking",), True),
-        ("REPLACEMENT_PROBABILITY", "0.25", ("replacement", "probability"), 0.25),
-        ("REPLACEMENT_TURN_COUNT", "3", ("replacement", "turn_count"), 3),
         ("FASTPROXY_API_KEYS", "k1, k2", ("auth", "api_keys"), ("k1", "k2")),
         ("FASTPROXY_LOG_LEVEL", "ERROR", ("log_level",), "ERROR"),
         ("FASTPROXY_ACCESS_LOG", "yes", ("access_log",), True),
@@ -114,18 +115,100 @@ def test_every_documented_env_var_is_read(
 
 
 def test_replacement_rules_from_env_json_and_cli() -> None:
+    # Replacement is not built: rules from either source parse, then are refused, the
+    # message naming where they came from. An empty list is the default and loads.
     rules = '[{"from_pattern": "gpt-4o", "to_backend": "demo", "to_model": "x"}]'
-    c = load_config(env={"REPLACEMENT_RULES": rules}, use_files=False).config
-    assert c.replacement.replacement_rules[0].from_pattern == "gpt-4o"
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"REPLACEMENT_RULES": rules}, use_files=False)
+    assert str(info.value).startswith(
+        "replacement.replacement_rules: got a list (env REPLACEMENT_RULES); random model "
+        "replacement is not built yet"
+    )
     from fastproxy.config import parse_replacement_rule
 
     cli = {"replacement.replacement_rules": [parse_replacement_rule("*=demo:mini")]}
-    c2 = load_config(cli, env={"REPLACEMENT_RULES": rules}, use_files=False).config
-    assert [
-        (r.from_pattern, r.to_backend, r.to_model) for r in c2.replacement.replacement_rules
-    ] == [("*", "demo", "mini")]
+    with pytest.raises(ConfigError, match=r"\(flag --random-model-replacement-from-to\)"):
+        load_config(cli, env={"REPLACEMENT_RULES": rules}, use_files=False)
+    empty = load_config(env={"REPLACEMENT_RULES": "[]"}, use_files=False).config
+    assert empty.replacement.replacement_rules == ()
     with pytest.raises(ConfigError, match="FROM=BACKEND:MODEL"):
         parse_replacement_rule("nonsense")
+
+
+# Every key of a feature that is not built, with a value other than its default.
+NOT_BUILT_YAML = [
+    ("wire_capture:\n  enabled: true\n", "wire_capture.enabled", "True", "False"),
+    ("wire_capture:\n  output_dir: /srv/caps\n", "wire_capture.output_dir", "'/srv/caps'", ""),
+    ("wire_capture:\n  max_file_bytes: 1048576\n", "wire_capture.max_file_bytes", "", ""),
+    ("wire_capture:\n  max_total_bytes: 1048576\n", "wire_capture.max_total_bytes", "", ""),
+    ("wire_capture:\n  redact_headers: [x-a]\n", "wire_capture.redact_headers", "a list", "[]"),
+    ("replacement:\n  enabled: true\n", "replacement.enabled", "True", "False"),
+    ("replacement:\n  probability: 0.5\n", "replacement.probability", "0.5", "0.0"),
+    ("replacement:\n  turn_count: 3\n", "replacement.turn_count", "3", "(1)"),
+    (
+        "replacement:\n  replacement_rules:\n"
+        "    - {from_pattern: gpt-4o, to_backend: demo, to_model: x}\n",
+        "replacement.replacement_rules",
+        "a list",
+        "[]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("yaml_text", "key", "got", "default"), NOT_BUILT_YAML)
+def test_not_built_features_are_refused_unless_default(
+    tmp_path: Path, yaml_text: str, key: str, got: str, default: str
+) -> None:
+    path = write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=path, env={})
+    message = str(info.value)
+    assert message.startswith(f"{key}: got ") and "not built yet" in message
+    assert got in message and default in message and "\n" not in message
+
+
+def test_not_built_features_at_their_defaults_load(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "wire_capture:\n  enabled: false\n  output_dir: ./var/wire_captures\n"
+        "  redact_headers: []\n"
+        "replacement:\n  enabled: false\n  probability: 0.0\n  turn_count: 1\n"
+        "  replacement_rules: []\n",
+    )
+    c = load_config(config_file=path, env={}).config
+    assert (c.wire_capture.enabled, c.replacement.enabled) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"WIRE_CAPTURE_ENABLED": "true"}, "wire_capture.enabled: got True (env WIRE_CAPTURE"),
+        ({"WIRE_CAPTURE_OUTPUT_DIR": "/tmp/caps"}, "(env WIRE_CAPTURE_OUTPUT_DIR)"),
+        ({"REPLACEMENT_ENABLED": "1"}, "(env REPLACEMENT_ENABLED)"),
+        ({"REPLACEMENT_PROBABILITY": "0.25"}, "(env REPLACEMENT_PROBABILITY)"),
+        ({"REPLACEMENT_TURN_COUNT": "3"}, "(env REPLACEMENT_TURN_COUNT)"),
+    ],
+)
+def test_not_built_env_vars_are_refused_naming_the_variable(
+    env: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(ConfigError, match="not built yet") as info:
+        load_config(env=env, use_files=False)
+    assert fragment in str(info.value)
+
+
+def test_not_built_flags_are_refused_by_the_cli(tmp_path: Path) -> None:
+    for args in (
+        ("--wire-capture-enabled",),
+        ("--wire-capture-dir", str(tmp_path)),
+        ("--enable-replacement",),
+        ("--replacement-probability", "0.5"),
+        ("--replacement-turn-count", "2"),
+        ("--random-model-replacement-from-to", "gpt-4o=demo:mini"),
+    ):
+        proc = _cli("check-config", *args)
+        assert proc.returncode == 2, (args, proc.stdout)
+        assert "not built yet" in proc.stderr and f"(flag {args[0]})" in proc.stderr
 
 
 @pytest.mark.parametrize(
