@@ -12,7 +12,8 @@ Rules, and why:
   each with a timeout and up to ``WEBHOOK_ATTEMPTS`` tries with exponential backoff.
   A dead receiver therefore delays only later webhook deliveries, never the prober or
   traffic; when the queue is full new events are counted as dropped. The POST goes
-  through the gateway's own upstream client (same TLS handling as backends).
+  through the gateway's own upstream client (``httpclient.fetch``: same TLS handling
+  as backends).
 - **Every transition is logged in one line**, whatever ``notify_backends`` says: the log
   is the operator's record. ``notify_backends: false`` silences the outward channels
   (SSE events and webhook) only.
@@ -43,8 +44,7 @@ import orjson
 from ..config import BackendConfig
 from ..core.errors import UpstreamError
 from ..httpclient.backend import Backend
-from ..httpclient.pool import UpstreamPool
-from ..httpclient.response import UpstreamResponse
+from ..httpclient.fetch import fetch
 
 log = logging.getLogger("fastproxy.monitor")
 
@@ -55,6 +55,7 @@ WEBHOOK_TIMEOUT_S = 5.0
 WEBHOOK_BACKOFF_S = 0.5  # 0.5 s, then 1 s between the three attempts
 LOG_REPEAT_WINDOW_S = 600.0  # health_check.log_repeat_window_seconds' default
 RECOVERED = frozenset({"closed", "healthy"})  # transitions into these are recoveries
+USER_AGENT = b"fastproxy-health"  # the health probe's: one gateway health client
 
 
 def utc_iso(wall: float | None) -> str | None:
@@ -312,32 +313,36 @@ class Notifier:
         """POST one event; None on a 2xx, else why it failed."""
         hook = self._webhook
         assert hook is not None
-        loop = asyncio.get_running_loop()
-        parts = urlsplit(hook.api_url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = (
-            b"POST "
-            + target.encode("latin-1")
-            + b" HTTP/1.1\r\nhost: "
-            + hook.host_header
-            + b"\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(data)
-            + b"user-agent: fastproxy-health\r\nconnection: close\r\n\r\n"
-        )
-        pool = UpstreamPool(hook, loop)
         try:
-            async with asyncio.timeout(self.webhook_timeout_s):
-                conn, _ = await pool.acquire(self.webhook_timeout_s)
-                resp = UpstreamResponse(loop)
-                conn.send(head, data, resp)
-                await resp.head
-                with contextlib.suppress(UpstreamError):
-                    await resp.done  # read the (small) answer: no reset to the receiver
-        except TimeoutError:
-            return f"timeout after {self.webhook_timeout_s:g}s"
-        except (UpstreamError, OSError) as exc:
+            # need_body=False: the status decides; the (small) answer is read only so
+            # the receiver sees a complete exchange rather than a reset.
+            resp = await fetch(
+                hook,
+                b"POST",
+                webhook_target(hook.api_url),
+                timeout_s=self.webhook_timeout_s,
+                loop=asyncio.get_running_loop(),
+                body=data,
+                user_agent=USER_AGENT,
+                identity=False,
+                auth=False,  # a receiver is no backend: it has no key to be sent
+                need_body=False,
+            )
+        except UpstreamError as exc:
+            if exc.kind == "timeout":
+                return f"timeout after {self.webhook_timeout_s:g}s"
             return str(exc)
-        finally:
-            pool.close()
+        if resp.body_error is not None and resp.body_error.kind == "timeout":
+            # A receiver still sending its answer at the deadline may not have taken
+            # the event yet: a failed attempt, tried again. One that reset the
+            # connection after a complete head has answered.
+            return f"timeout after {self.webhook_timeout_s:g}s"
         if 200 <= resp.status < 300:
             return None
         return f"HTTP {resp.status}"
+
+
+def webhook_target(url: str) -> bytes:
+    """The request target of a webhook URL: its path (``/`` if none) and query."""
+    parts = urlsplit(url)
+    return ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("latin-1")

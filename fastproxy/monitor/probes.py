@@ -14,11 +14,12 @@ Rules, and why:
 - **No thread pool.** ``icmplib.async_ping`` waits on the socket through the event loop;
   host names are resolved with ``loop.getaddrinfo`` (itself asynchronous), and a failed
   lookup is a probe failure whose reason says so.
-- **The HTTP probe is the gateway's own client.** It goes through ``UpstreamPool`` and
-  ``UpstreamConnection`` with the backend's TLS context and credentials, so it fails for
-  the same reasons live traffic would (a wrong CA bundle, an expired key). It opens a
-  fresh connection each time (a pooled one would hide connect and TLS failures), sends
-  ``connection: close`` and never a completion request: a probe costs no tokens.
+- **The HTTP probe is the gateway's own client.** It is one ``httpclient.fetch`` of the
+  backend (its pool and connection classes, the backend's TLS context and credentials),
+  so it fails for the same reasons live traffic would (a wrong CA bundle, an expired
+  key). It opens a fresh connection each time (a pooled one would hide connect and TLS
+  failures), sends ``connection: close`` and never a completion request: a probe costs
+  no tokens.
 - **Status classes.** 2xx is ok. 401/403 is "misconfigured": the endpoint is up and
   answering, our credentials are wrong; an outage would be the wrong diagnosis and
   opening the breaker would not help. Other 3xx/4xx are "misconfigured" too (a probe
@@ -40,13 +41,13 @@ import icmplib
 
 from ..core.errors import UpstreamError
 from ..httpclient.backend import Backend
-from ..httpclient.pool import UpstreamPool
-from ..httpclient.response import UpstreamResponse
+from ..httpclient.fetch import fetch
 
 log = logging.getLogger("fastproxy.monitor")
 
 MAX_RETRY_AFTER_S = 3600.0  # a Retry-After beyond an hour is treated as an hour
-USER_AGENT = b"user-agent: fastproxy-health\r\n"
+USER_AGENT = b"fastproxy-health"
+ACCEPT_JSON = b"accept: application/json\r\n"
 
 # HTTP status classes (the probe's verdict on one answer).
 OK = "ok"
@@ -189,58 +190,37 @@ def parse_retry_after(value: bytes | None, now_wall: float) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-def probe_request(backend: Backend, method: str, path: str) -> bytes:
-    target = backend.base_path + (path if path.startswith("/") else "/" + path).encode()
-    version = (
-        b"anthropic-version: " + backend.config.anthropic_version.encode() + b"\r\n"
-        if backend.type == "anthropic"
-        else b""
-    )
-    return (
-        method.encode()
-        + b" "
-        + target
-        + b" HTTP/1.1\r\nhost: "
-        + backend.host_header
-        + b"\r\naccept: application/json\r\naccept-encoding: identity\r\n"
-        + USER_AGENT
-        + backend.auth_headers
-        + version
-        + b"connection: close\r\n\r\n"
-    )
+def probe_target(backend: Backend, path: str) -> bytes:
+    """The probe path under the api_url's path: ``/models`` → ``/v1/models``.
+
+    Joined, not `Backend.upstream_path`: the probe path is configured relative to
+    api_url, so a leading ``/v1/`` of its own is not the client API prefix to replace."""
+    return backend.base_path + (path if path.startswith("/") else "/" + path).encode()
 
 
 async def http_probe(
     backend: Backend, loop: asyncio.AbstractEventLoop, method: str, path: str, timeout_s: float
 ) -> HttpResult:
     """One request to the probe path on a fresh connection; never raises."""
-    pool = UpstreamPool(backend, loop)
     started = time.monotonic()
     try:
-        try:
-            async with asyncio.timeout(timeout_s):
-                conn, _ = await pool.acquire(timeout_s)
-                resp = UpstreamResponse(loop)
-                conn.send(probe_request(backend, method, path), b"", resp)
-                await resp.head
-        except TimeoutError:
-            return HttpResult(FAILING, error=f"timeout: no answer within {timeout_s:g}s")
-        except UpstreamError as exc:
-            return HttpResult(FAILING, error=f"{exc.kind}: {exc}")
-        except OSError as exc:
-            return HttpResult(FAILING, error=f"connect: {exc.strerror or exc}")
-        latency = (time.monotonic() - started) * 1000.0
-        if method != "HEAD" and not resp.done.done():
-            # The status decides; the body is read only so the server sees a complete
-            # exchange, within what is left of the same budget.
-            remaining = timeout_s - (time.monotonic() - started)
-            try:
-                async with asyncio.timeout(max(remaining, 0.0)):
-                    await resp.done
-            except (TimeoutError, UpstreamError):
-                pass
-    finally:
-        pool.close()
+        # need_body=False: the status decides; the body is read only so the server sees
+        # a complete exchange, within what is left of the same budget.
+        resp = await fetch(
+            backend,
+            method.encode(),
+            probe_target(backend, path),
+            timeout_s=timeout_s,
+            loop=loop,
+            extra=ACCEPT_JSON,
+            user_agent=USER_AGENT,
+            need_body=False,
+        )
+    except UpstreamError as exc:
+        # The kind first ("timeout: no answer within 10s", "connect: cannot connect to
+        # ..."): this is the endpoint's http_error and the reason of its transitions.
+        return HttpResult(FAILING, error=f"{exc.kind}: {exc}")
+    latency = (resp.head_at - started) * 1000.0
     status = resp.status
     kind = classify_status(status)
     error = None

@@ -1,4 +1,4 @@
-"""The pure rules: endpoint verdict, HTTP status classes, Retry-After, probe request bytes,
+"""The pure rules: endpoint verdict, HTTP status classes, Retry-After, the probe's target,
 and the notifier's fan-out (bounded queues, a slow subscriber dropped, the switch)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fastproxy.monitor.probes import (
     Pinger,
     classify_status,
     parse_retry_after,
-    probe_request,
+    probe_target,
 )
 
 
@@ -83,22 +83,16 @@ def test_retry_after() -> None:
     assert parse_retry_after(date, now) == pytest.approx(20.0)
 
 
-def test_probe_request_bytes() -> None:
-    oa = Backend(
-        "openai.1",
-        BackendConfig(api_url="https://api.example.com/v1", api_key="sk-test-123456"),
-        env={},
-    )
-    req = probe_request(oa, "GET", "/models")
-    assert req.startswith(b"GET /v1/models HTTP/1.1\r\nhost: api.example.com\r\n")
-    assert b"authorization: Bearer sk-test-123456\r\n" in req
-    assert b"connection: close\r\n" in req and req.endswith(b"\r\n\r\n")
-    an = Backend(
-        "anthropic.1", BackendConfig(api_url="http://127.0.0.1:8080/v1", api_key="k"), env={}
-    )
-    req = probe_request(an, "HEAD", "models")
-    assert req.startswith(b"HEAD /v1/models HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n")
-    assert b"x-api-key: k\r\n" in req and b"anthropic-version: 2023-06-01\r\n" in req
+def test_probe_target() -> None:
+    # The bytes the probe sends are checked on a real socket in
+    # tests/httpclient/test_monitor_clients.py; the target is the pure part.
+    oa = Backend("openai.1", BackendConfig(api_url="https://api.example.com/v1"), env={})
+    assert probe_target(oa, "/models") == b"/v1/models"
+    assert probe_target(oa, "models") == b"/v1/models"
+    # Relative to api_url, not a client API path: its own /v1 is kept.
+    assert probe_target(oa, "/v1/models") == b"/v1/v1/models"
+    root = Backend("openai.2", BackendConfig(api_url="http://127.0.0.1:8080"), env={})
+    assert probe_target(root, "health") == b"/health"
 
 
 async def test_dns_failure_is_a_ping_failure_with_its_reason() -> None:
