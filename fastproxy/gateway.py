@@ -1,8 +1,9 @@
 """Gateway: builds the runtime from a Config, opens the listeners, stops gracefully.
 
 Start-up order: backends (and the embedded demo backend when none is configured) →
-model discovery → monitoring services → data listener → admin listener → `started`
-is set and systemd hears READY. Stop: stop accepting, let in-flight exchanges finish up
+model discovery → monitoring services → the data plane with the services plugged into
+its seams → the monitoring route table → data listener → admin listener → `started` is
+set and systemd hears READY. Stop: stop accepting, let in-flight exchanges finish up
 to `timeouts.drain_seconds`, end the rest with a dialect error event, close pools,
 flush services, exit 0. A second signal exits at once.
 """
@@ -16,18 +17,32 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Protocol
 
 import orjson
 import uvloop
 
+from .admin.service import AdminService
+from .admin.table import MonitoringApi
+from .admin.views import Views
 from .config import BackendConfig, Config, LoadedConfig
+from .core.access import AccessPolicy
+from .core.clock import HttpDate
+from .core.records import Counters
+from .core.seams import ExchangeSink, Reporter
+from .dataplane.plane import DataPlane
 from .dataplane.protocol import ClientProtocol
 from .httpclient.backend import Backend
 from .httpclient.pool import UpstreamPool
+from .httpclient.response import UpstreamResponse
 from .logs import configure_logging
 from .memory import IdleTrimmer
-from .state import GatewayState
+from .mockllm import MockLLMServer
+from .monitor.activity import ActivityService
+from .monitor.health import HealthService
+from .monitor.metrics import MetricsCollector
+from .monitor.rate_limits import RateLimitWatch
+from .monitor.usage_service import UsageService
 from .systemd import Notifier
 
 log = logging.getLogger("fastproxy")
@@ -37,30 +52,44 @@ CUT_EXCHANGES_WAIT_S = 5.0
 
 
 class Gateway:
+    """Builds the runtime from a Config and is the one place that wires it together:
+    it makes the backends and pools, the monitoring services, the data plane and the
+    admin plane, and plugs each service into the seams (core/seams.py) that use it.
+    No service registers itself anywhere, so what runs does not depend on the order
+    services start in."""
+
     def __init__(self, config: Config, *, env: dict[str, str] | None = None) -> None:
         self.config = config
         self._env = dict(os.environ) if env is None else env
-        self.state: GatewayState | None = None
+        self.plane: DataPlane | None = None
         self.started = asyncio.Event()
         self.stopped = asyncio.Event()
         self.port: int | None = None
         self.admin_port: int | None = None
-        self.demo: Any = None
-        self.services: list[Any] = []
+        self.demo: MockLLMServer | None = None
+        # The services, for tests and views; None when configured off.
+        self.health: HealthService | None = None
+        self.usage: UsageService | None = None
+        self.activity: ActivityService | None = None
+        self.metrics: MetricsCollector | None = None
+        self.rate_limits: RateLimitWatch | None = None
+        self.admin: AdminService | None = None
+        self.monitoring: MonitoringApi | None = None
+        self._services: list[Service] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._ticker: asyncio.TimerHandle | None = None
         self._notifier = Notifier(self._env)
         self._trimmer = IdleTrimmer()
+        self._date = HttpDate()
 
     # -- start ------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        state = GatewayState(self.config, loop)
-        self.state = state
-        await self._build_backends(state)
-        limits = self.config.limits
-        for b in state.backends.values():
-            state.pools[b.name] = UpstreamPool(
+        cfg = self.config
+        backends, default_backend = await self._build_backends()
+        limits = cfg.limits
+        pools = {
+            b.name: UpstreamPool(
                 b,
                 loop,
                 max_head_bytes=limits.max_head_bytes,
@@ -68,36 +97,76 @@ class Gateway:
                 max_body_bytes=limits.max_response_body_bytes,
                 max_connections=limits.max_connections,
             )
-        await self._discover_models(state)
-        for factory in _service_factories():
-            service = factory(self, state)
-            if service is not None:
-                await service.start()
-                self.services.append(service)
-        cfg = self.config
+            for b in backends.values()
+        }
+        await self._discover_models(backends, loop)
+
+        # Monitoring services: made, then started; each knows only its own inputs.
+        health = self.health = HealthService(cfg, backends, loop)
+        rate_limits = self.rate_limits = RateLimitWatch()
+        metrics = self.metrics = MetricsCollector()
+        usage = self.usage = UsageService(cfg) if cfg.usage_tracking.enabled else None
+        activity = self.activity = (
+            ActivityService(cfg, backends, loop) if cfg.enable_activity_tracking else None
+        )
+        services: list[Service] = [s for s in (usage, activity, health) if s is not None]
+        for service in services:
+            await service.start()
+            self._services.append(service)
+
+        # The data plane, with the services plugged into its seams.
+        sinks: list[ExchangeSink] = [metrics]
+        if usage is not None:
+            sinks.append(usage)
+        plane = self.plane = DataPlane(
+            cfg,
+            loop,
+            backends=backends,
+            pools=pools,
+            default_backend=default_backend,
+            breakers=health,
+            reporter=Reporter((health, rate_limits), sinks),
+            activity=activity.tracker if activity is not None else None,
+            accounting=usage is not None,
+            counters=Counters(),
+            date=self._date,
+        )
+        # The admin plane's one route table, read through the views, served on the data
+        # port (through the MonitoringPort seam) and on the admin listener.
+        views = Views(
+            config=cfg,
+            backends=backends,
+            plane=plane,
+            health=health,
+            rate_limits=rate_limits,
+            metrics=metrics,
+            activity=activity.tracker if activity is not None else None,
+            usage=usage,
+        )
+        data_port_policy = AccessPolicy(cfg.admin.allow_networks, (cfg.host, cfg.admin.host))
+        monitoring = self.monitoring = MonitoringApi(views, data_port_policy)
+        plane.monitoring = monitoring
+
         server = await loop.create_server(
-            lambda: ClientProtocol(state), cfg.host, cfg.port, backlog=2048, reuse_address=True
+            lambda: ClientProtocol(plane), cfg.host, cfg.port, backlog=2048, reuse_address=True
         )
         self._servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
-        for service in self.services:
-            hook = getattr(service, "after_listen", None)
-            if hook is not None:
-                await hook()
+        if cfg.admin.enabled:
+            self.admin = AdminService(cfg, loop, monitoring.router, self._date, plane)
+            self.admin_port = await self.admin.listen()
         self._tick()
         log.info(
             "fastproxy data plane listening on http://%s:%d (backends: %s)",
             cfg.host,
             self.port,
-            ", ".join(state.backends) or "none",
+            ", ".join(backends) or "none",
         )
         self.started.set()
         self._notifier.ready(f"listening on {cfg.host}:{self.port}")
 
-    async def _build_backends(self, state: GatewayState) -> None:
+    async def _build_backends(self) -> tuple[dict[str, Backend], str | None]:
         if not self.config.backends:
-            from .mockllm import MockLLMServer
-
             self.demo = MockLLMServer(host="127.0.0.1", port=0)
             await self.demo.start()
             demo = Backend(
@@ -106,12 +175,11 @@ class Gateway:
                 env=self._env,
                 dialects=frozenset({"openai", "anthropic"}),
             )
-            state.backends["demo"] = demo
-            state.default_backend = "demo"
             log.info(
                 "no backends configured: serving the embedded demo backend at %s", self.demo.url
             )
-            return
+            return {"demo": demo}, "demo"
+        backends: dict[str, Backend] = {}
         for name, bcfg in self.config.backends.items():
             backend = Backend(name, bcfg, env=self._env)
             if not backend.has_key and bcfg.api_key_env:
@@ -121,15 +189,18 @@ class Gateway:
                     name,
                     bcfg.api_key_env,
                 )
-            state.backends[name] = backend
+            backends[name] = backend
+        return backends, self.config.default_backend
 
-    async def _discover_models(self, state: GatewayState) -> None:
+    async def _discover_models(
+        self, backends: dict[str, Backend], loop: asyncio.AbstractEventLoop
+    ) -> None:
         """GET {api_url}/models for every backend that lists none, concurrently."""
-        todo = [b for b in state.backends.values() if b.models is None]
+        todo = [b for b in backends.values() if b.models is None]
         if not todo:
             return
         results = await asyncio.gather(
-            *(self._fetch_models(state, b) for b in todo), return_exceptions=True
+            *(self._fetch_models(b, loop) for b in todo), return_exceptions=True
         )
         for backend, result in zip(todo, results, strict=True):
             if isinstance(result, BaseException):
@@ -143,13 +214,11 @@ class Gateway:
                 backend.models = frozenset(result)
                 log.info("backend %s: discovered %d models", backend.name, len(result))
 
-    async def _fetch_models(self, state: GatewayState, backend: Backend) -> list[str]:
-        from .httpclient.response import UpstreamResponse
-
-        pool = UpstreamPool(backend, state.loop)
+    async def _fetch_models(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> list[str]:
+        pool = UpstreamPool(backend, loop)
         try:
             conn, _ = await pool.acquire(DISCOVERY_TIMEOUT_S)
-            resp = UpstreamResponse(state.loop)
+            resp = UpstreamResponse(loop)
             head = (
                 b"GET "
                 + backend.upstream_path(b"/v1/models")
@@ -170,53 +239,42 @@ class Gateway:
             pool.close()
 
     def _tick(self) -> None:
-        state = self.state
-        if state is None:
+        plane = self.plane
+        if plane is None:
             return
-        state.tick()
-        for pool in state.pools.values():
+        self._date.tick()
+        for pool in plane.pools.values():
             pool.sweep()
-        counters = state.counters
-        self._trimmer.tick(
-            counters.requests_total + counters.connections_total,
-            lambda: any(c.current is not None for c in state.connections),
-        )
+        counters = plane.counters
+        self._trimmer.tick(counters.requests_total + counters.connections_total, lambda: plane.busy)
         if self._notifier.watchdog_interval:
             self._notifier.watchdog()
         # Wake at the next whole second so the Date header is right to the second.
-        self._ticker = state.loop.call_later(1.0 - (time.time() % 1.0), self._tick)
+        self._ticker = plane.loop.call_later(1.0 - (time.time() % 1.0), self._tick)
 
     # -- stop ---------------------------------------------------------------------------
     async def stop(self) -> None:
-        state = self.state
-        if state is None or self.stopped.is_set():
+        plane = self.plane
+        if plane is None or self.stopped.is_set():
             return
         self._notifier.stopping()
-        state.draining = True
+        plane.draining = True
         for server in self._servers:
             server.close()
-        for conn in list(state.connections):
+        for conn in list(plane.connections):
             conn.shutdown()
-        deadline = time.monotonic() + self.config.timeouts.drain_seconds
-        while any(c.current is not None for c in state.connections):
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.02)
-        cut: list[asyncio.Task[None]] = []
-        for conn in list(state.connections):
-            if conn.current is not None:
-                task = conn.current.abort_stream("the gateway is shutting down")
-                if task is not None:
-                    cut.append(task)
-            elif conn.transport is not None:
-                conn.transport.close()
-        if cut:
-            # Each cut exchange still hands its record to the usage service as it ends:
-            # wait for them (they only unwind) before the store closes.
-            await asyncio.wait(cut, timeout=CUT_EXCHANGES_WAIT_S)
-        for pool in state.pools.values():
+        await _until_idle(plane, self.config.timeouts.drain_seconds)
+        # Past the drain deadline: cut what is left (idle connections just close).
+        for conn in list(plane.connections):
+            conn.abort("the gateway is shutting down")
+        # Each cut request still hands its record to the usage service as it ends: wait
+        # for them (they only unwind) before the store closes.
+        await _until_idle(plane, CUT_EXCHANGES_WAIT_S)
+        for pool in plane.pools.values():
             pool.close()
-        for service in reversed(self.services):
+        if self.admin is not None:
+            await self.admin.stop()
+        for service in reversed(self._services):
             await service.stop()
         if self.demo is not None:
             await self.demo.close()
@@ -228,10 +286,20 @@ class Gateway:
         log.info("fastproxy stopped")
 
 
-def _service_factories() -> list[Any]:
-    from .services import service_factories
+async def _until_idle(plane: DataPlane, seconds: float) -> None:
+    """Wait until no request is in progress, or ``seconds`` passed (polled: a stop
+    sequence runs once, and the requests it waits for end in their own time)."""
+    deadline = time.monotonic() + seconds
+    while plane.busy:
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.02)
 
-    return service_factories()
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 async def serve(config: Config) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fastproxy.config import load_config
+from fastproxy.core.seams import Reporter
 from fastproxy.gateway import Gateway
 from fastproxy.mockllm import MockLLMServer
 from tests.support.loop_thread import LoopThread
@@ -53,7 +54,31 @@ class RunningGateway:
 
     @property
     def state(self) -> Any:
-        return self.gateway.state
+        """The data plane (what connections share: connections, counters, pools)."""
+        return self.gateway.plane
+
+    @property
+    def plane(self) -> Any:
+        return self.gateway.plane
+
+    @property
+    def health(self) -> Any:
+        return self.gateway.health
+
+    def observe(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(record)`` for every finished request, after the gateway's own
+        sinks: the test adds one sink to the plane's fixed fan-out (on the server loop)."""
+
+        class _Sink:
+            def on_exchange(self, record: Any) -> None:
+                callback(record)
+
+        def add() -> None:
+            plane = self.gateway.plane
+            assert plane is not None
+            plane.reporter = Reporter(plane.reporter.attempts, (*plane.reporter.exchanges, _Sink()))
+
+        self.lt.call(add)
 
     def stop(self) -> None:
         self.lt.run(self.gateway.stop())

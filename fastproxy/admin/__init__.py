@@ -1,13 +1,2 @@
-"""The admin plane: monitoring endpoints on a strict h11 listener (and the data port)."""
-
-from ..core.access import AccessPolicy
-from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
-
-__all__ = [
-    "AccessPolicy",
-    "AdminRequest",
-    "AdminResponse",
-    "Router",
-    "error_response",
-    "json_response",
-]
+"""The admin plane: the monitoring API's route table, served on a strict h11 listener
+and, through the `MonitoringPort` seam, on the data port."""

@@ -10,7 +10,7 @@ Decisions:
 - ``status`` is "degraded" when an endpoint is unhealthy or misconfigured, a breaker is
   not closed, or storage reports "degraded". A rate-limited endpoint alone is not
   degradation of the gateway (it is shown per endpoint).
-- ``storage`` comes from ``state.storage_status()``; with usage tracking off it reads
+- ``storage`` comes from the usage service's ``status()``; with usage tracking off it reads
   ``{"usage_db": "disabled", "queue_depth": 0, "dropped_records": 0, "write_errors": 0}``.
 - The events stream starts with a comment line (so clients see the stream open), sends
   a ``: keepalive`` comment every ~15 s, and ends when the gateway drains or when the
@@ -22,13 +22,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..monitor.health import Endpoint
 from ..monitor.notify import Subscription, utc_iso
-from .routes import AdminRequest, AdminResponse, Router, json_response
-
-if TYPE_CHECKING:
-    from ..monitor.health import Endpoint, HealthService
+from .routes import AdminRequest, AdminResponse, json_response
+from .views import Views
 
 DRAIN_POLL_S = 0.25  # how often an idle events stream checks whether the gateway drains
 STORAGE_DISABLED = {
@@ -39,21 +38,18 @@ STORAGE_DISABLED = {
 }
 
 
-def register(router: Router, service: HealthService) -> None:
-    async def health(req: AdminRequest) -> AdminResponse:
-        return json_response(health_document(service))
+async def health(views: Views, req: AdminRequest) -> AdminResponse:
+    return json_response(health_document(views))
 
-    async def events(req: AdminRequest) -> AdminResponse:
-        sub = service.notifier.subscribe()
-        return AdminResponse(
-            status=200,
-            content_type="text/event-stream",
-            headers=[("cache-control", "no-cache"), ("x-accel-buffering", "no")],
-            stream=event_stream(service, sub),
-        )
 
-    router.add("GET", "/internal/health", health)
-    router.add("GET", "/internal/health/events", events)
+async def events(views: Views, req: AdminRequest) -> AdminResponse:
+    sub = views.health.notifier.subscribe()
+    return AdminResponse(
+        status=200,
+        content_type="text/event-stream",
+        headers=[("cache-control", "no-cache"), ("x-accel-buffering", "no")],
+        stream=event_stream(views, sub),
+    )
 
 
 def endpoint_view(ep: Endpoint, ping_mode: str | None) -> dict[str, Any]:
@@ -81,8 +77,9 @@ def endpoint_view(ep: Endpoint, ping_mode: str | None) -> dict[str, Any]:
     }
 
 
-def health_document(service: HealthService) -> dict[str, Any]:
-    state = service.state
+def health_document(views: Views) -> dict[str, Any]:
+    """The document at the moment of the call; reading it changes nothing."""
+    service = views.health
     endpoints = list(service.endpoints.values())
     ping_mode = service.pinger.mode()
     backends = []
@@ -91,7 +88,7 @@ def health_document(service: HealthService) -> dict[str, Any]:
         ep = service.endpoint_of[name]
         circuit = service.circuit_state(name)
         degraded |= circuit != "closed"
-        backend = state.backends.get(name)
+        backend = views.backends.get(name)
         backends.append(
             {
                 "name": name,
@@ -106,10 +103,8 @@ def health_document(service: HealthService) -> dict[str, Any]:
         )
     healthy = sum(1 for ep in endpoints if ep.is_healthy)
     degraded |= any(ep.condition in ("unhealthy", "misconfigured") for ep in endpoints)
-    storage_fn = state.storage_status
-    storage = storage_fn() if storage_fn is not None else None
-    if storage is None:
-        storage = dict(STORAGE_DISABLED)
+    store = views.store
+    storage = dict(store.status()) if store is not None else dict(STORAGE_DISABLED)
     degraded |= storage.get("usage_db") == "degraded"
     return {
         "status": "degraded" if degraded else "ok",
@@ -129,16 +124,17 @@ def health_document(service: HealthService) -> dict[str, Any]:
     }
 
 
-async def event_stream(service: HealthService, sub: Subscription) -> AsyncIterator[bytes]:
+async def event_stream(views: Views, sub: Subscription) -> AsyncIterator[bytes]:
+    service = views.health
     notifier = service.notifier
-    state = service.state
+    plane = views.plane
     try:
         if notifier.outward:
             yield b": fastproxy health events\nretry: 3000\n\n"
         else:
             yield b": notifications are off (health_check.notify_backends: false)\n\n"
         last_sent = time.monotonic()
-        while not (service.stopping or state.draining):
+        while not (service.stopping or plane.draining):
             try:
                 async with asyncio.timeout(DRAIN_POLL_S):
                     frame = await sub.queue.get()

@@ -26,7 +26,7 @@ Rules this class keeps (and why):
   incomplete request by ``timeouts.header_seconds`` and an idle keep-alive connection by
   ``timeouts.keepalive_seconds``.
 * **Streams honour flow control.** ``AdminResponse.stream`` pieces go out as chunks;
-  while the transport has paused us the writer awaits ``drain()``.
+  while the transport has paused us the writer awaits the `FlowControl`'s ``drain()``.
 """
 
 from __future__ import annotations
@@ -34,18 +34,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import h11
 
-from ..dataplane.auth import presented_key
+from ..config import Config
+from ..core.access import AccessPolicy
+from ..core.auth import presented_key
+from ..core.clock import HttpDate
+from ..core.flow import FlowControl
+from ..core.seams import PlaneStats
 from ..logs import quote
-from .routes import AdminRequest, AdminResponse, error_response
-
-if TYPE_CHECKING:
-    from ..core.access import AccessPolicy
-    from ..state import GatewayState
+from .routes import AdminRequest, AdminResponse, Router, error_response, parse_query
 
 log = logging.getLogger("fastproxy.admin")
 
@@ -62,44 +64,49 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 _OBS_FOLD = re.compile(rb"\n[ \t]")
 
 
+@dataclass(frozen=True, slots=True)
+class AdminContext:
+    """What every admin connection shares: given by the admin service, read only."""
+
+    config: Config
+    loop: asyncio.AbstractEventLoop
+    router: Router
+    policy: AccessPolicy
+    date: HttpDate
+    plane: PlaneStats  # whether the gateway is draining (then every answer closes)
+
+
 class AdminProtocol(asyncio.Protocol):
     __slots__ = (
         "_admin_key",
         "_body",
         "_conn",
         "_connections",
-        "_drain",
         "_head",
         "_policy",
         "_scan_head",
         "_tail",
         "_task",
         "_timer",
+        "ctx",
+        "flow",
         "peer_ip",
-        "state",
         "transport",
-        "write_paused",
     )
 
-    def __init__(
-        self,
-        state: GatewayState,
-        connections: set[AdminProtocol],
-        policy: AccessPolicy | None = None,
-    ) -> None:
-        self.state = state
+    def __init__(self, ctx: AdminContext, connections: set[AdminProtocol]) -> None:
+        self.ctx = ctx
         self._connections = connections
-        # The admin listener's own policy knows the admin keys; state.access, shared
-        # with the data port, does not (the data port never accepts an admin key).
-        self._policy = policy if policy is not None else state.access
+        # The admin listener's own policy knows the admin keys; the data port's does
+        # not (the data port never accepts an admin key).
+        self._policy = ctx.policy
         self._admin_key = False  # the request in progress was admitted by an admin key
         self._conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=state.config.limits.max_head_bytes
+            h11.SERVER, max_incomplete_event_size=ctx.config.limits.max_head_bytes
         )
         self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
         self.peer_ip: str | None = None
-        self.write_paused = False
-        self._drain: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._head: h11.Request | None = None
@@ -115,6 +122,7 @@ class AdminProtocol(asyncio.Protocol):
         # uvloop's TCPTransport is not an asyncio.Transport subclass; it has its methods.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        self.flow = FlowControl(transport)
         if len(self._connections) >= MAX_CONNECTIONS:
             transport.write(_BUSY_RESPONSE)
             transport.close()
@@ -122,17 +130,15 @@ class AdminProtocol(asyncio.Protocol):
         self._connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) and peer else None
-        self._arm(self.state.config.timeouts.header_seconds)
+        self._arm(self.ctx.config.timeouts.header_seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
         self._cancel_timer()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_exception(ConnectionResetError("admin client went away"))
-            self._drain.exception()  # retrieved here, so no "never retrieved" warning
-        self._drain = None
+        if self.flow is not None:
+            self.flow.connection_lost()
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -155,19 +161,12 @@ class AdminProtocol(asyncio.Protocol):
         return True  # keep our side open: a response may still be on its way
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        if self.flow is not None:
+            self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._drain = None
-
-    async def drain(self) -> None:
-        if self.write_paused and self.transport is not None:
-            if self._drain is None:
-                self._drain = self.state.loop.create_future()
-            await self._drain
+        if self.flow is not None:
+            self.flow.resume_writing()
 
     def shutdown(self) -> None:
         """Gateway stop: end the connection now, whatever it is doing."""
@@ -221,7 +220,7 @@ class AdminProtocol(asyncio.Protocol):
         size = len(head.method) + len(head.target) + 12
         for name, value in head.headers:
             size += len(name) + len(value) + 4
-        if size > self.state.config.limits.max_head_bytes:
+        if size > self.ctx.config.limits.max_head_bytes:
             self._fail(431, "request head too large")
             return
         if _header(head.headers, b"transfer-encoding") is not None:
@@ -267,11 +266,11 @@ class AdminProtocol(asyncio.Protocol):
                 return
             raw_path, query = parts.path, parts.query
         path = unquote(raw_path) or "/"
-        handler, params, allowed = self.state.router.resolve(method, path)
+        handler, params, allowed = self.ctx.router.resolve(method, path)
         req = AdminRequest(
             method=method,
             path=path,
-            query=AdminRequest.parse_query(query),
+            query=parse_query(query),
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers},
             body=bytes(self._body),
             peer_ip=self.peer_ip,
@@ -279,7 +278,7 @@ class AdminProtocol(asyncio.Protocol):
             admin_key=self._admin_key,
         )
         self._body.clear()
-        self._task = self.state.loop.create_task(self._run(handler, allowed, req))
+        self._task = self.ctx.loop.create_task(self._run(handler, allowed, req))
 
     # -- responding ---------------------------------------------------------------------------
     async def _run(self, handler: Any, allowed: list[str], req: AdminRequest) -> None:
@@ -328,7 +327,7 @@ class AdminProtocol(asyncio.Protocol):
                     return
                 if piece:
                     self._send(h11.Data(data=piece))
-                    await self.drain()
+                    await self.flow.drain()  # type: ignore[union-attr]
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
@@ -344,11 +343,11 @@ class AdminProtocol(asyncio.Protocol):
     def _headers(self, resp: AdminResponse) -> list[tuple[bytes, bytes]]:
         headers = [
             (b"content-type", resp.content_type.encode("latin-1")),
-            (b"date", self.state.date_header[6:].strip()),
+            (b"date", self.ctx.date.value),
             (b"cache-control", b"no-store"),  # monitoring data is never cacheable
         ]
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
-        if self.state.draining:
+        if self.ctx.plane.draining:
             headers.append((b"connection", b"close"))
         return headers
 
@@ -370,7 +369,7 @@ class AdminProtocol(asyncio.Protocol):
             self._head = None
             self._scan_head = True  # a pipelined head may already be buffered
             transport.resume_reading()
-            self._arm(self.state.config.timeouts.keepalive_seconds)
+            self._arm(self.ctx.config.timeouts.keepalive_seconds)
             self._process()  # a pipelined request may already be buffered
         else:
             transport.close()  # MUST_CLOSE, or a body we chose not to read
@@ -397,7 +396,7 @@ class AdminProtocol(asyncio.Protocol):
     # -- timers -------------------------------------------------------------------------------
     def _arm(self, seconds: float) -> None:
         self._cancel_timer()
-        self._timer = self.state.loop.call_later(seconds, self._on_timer)
+        self._timer = self.ctx.loop.call_later(seconds, self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -428,7 +427,7 @@ def _raw_head_problem(buffered: bytes) -> str | None:
 def _header(headers: Any, name: bytes) -> str | None:
     for k, v in headers:
         if k == name:
-            return v.decode("latin-1")  # type: ignore[no-any-return]
+            return v.decode("latin-1")
     return None
 
 

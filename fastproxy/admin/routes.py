@@ -1,52 +1,29 @@
-"""The monitoring API's routing table, shared by the admin listener and the data port.
+"""Path matching for the monitoring API, and the request/response helpers handlers use.
 
-Handlers are plain async functions ``(AdminRequest) -> AdminResponse``: they know nothing
-of h11 or httptools, so the same handler answers on the strict admin listener and on the
-data port (the seed documents curl ``localhost:8000/...``). Services register their
-routes at start-up; the table is the single place that says which paths exist.
+`Router` maps (method, path) to a handler, with ``{name}`` segments for parameterised
+paths. Which paths exist is said once, in table.py; handlers are plain async functions
+that know nothing of h11 or httptools, so the same handler answers on the strict admin
+listener and on the data port (the seed documents curl ``localhost:8000/...``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 import orjson
 
+from ..core.seams import MonitorRequest, MonitorResponse
 
-@dataclass(slots=True)
-class AdminRequest:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # lower-cased names; a repeated header keeps the last value
-    body: bytes
-    peer_ip: str | None
-    params: dict[str, str] = field(default_factory=dict)  # from {name} path segments
-    # True when the admin listener admitted a non-loopback peer by a valid admin key
-    # (admin.api_keys): handlers that are loopback-only serve it too. Never set on the
-    # data port, which does not accept admin keys.
-    admin_key: bool = False
-
-    def arg(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[-1] if values else None
-
-    @staticmethod
-    def parse_query(raw: str) -> dict[str, list[str]]:
-        return parse_qs(raw, keep_blank_values=True)
+# The monitoring API's request and response are neutral types (core/seams.py): the data
+# port builds and writes them too, without importing this plane.
+AdminRequest = MonitorRequest
+AdminResponse = MonitorResponse
 
 
-@dataclass(slots=True)
-class AdminResponse:
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    # A streamed body (SSE, exports) is sent with chunked framing; `body` is then ignored.
-    stream: AsyncIterator[bytes] | None = None
+def parse_query(raw: str) -> dict[str, list[str]]:
+    return parse_qs(raw, keep_blank_values=True)
 
 
 def json_response(obj: object, status: int = 200) -> AdminResponse:

@@ -1,9 +1,9 @@
-"""The admin listener as a gateway service: binds ``admin.host:admin.port`` after the data
-listener, serves ``state.router`` over h11, and registers the diagnostics routes.
+"""The admin listener: binds ``admin.host:admin.port`` after the data listener and serves
+the monitoring route table (table.py) over h11.
 
-``admin.enabled: false`` removes the listener only: the diagnostics routes are still
-registered, because the data port answers the monitoring paths too (CONTRACT.md §1, the
-seed documents curl ``localhost:8000/v1/diagnostics``), under the same access rules.
+``admin.enabled: false`` removes the listener only: the data port answers the monitoring
+paths too (the seed documents curl ``localhost:8000/v1/diagnostics``), under the same
+access rules, so the route table exists either way.
 
 Binding ``::`` makes one dual-stack socket (IPV6_V6ONLY off), so IPv4 clients reach it
 as ``::ffff:a.b.c.d``; the access policy maps those back to IPv4 before comparing
@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
 
+from ..config import Config
 from ..core.access import AccessPolicy
-from .diagnostics_views import register_diagnostics
-from .protocol import AdminProtocol
+from ..core.clock import HttpDate
+from ..core.seams import PlaneStats
+from .protocol import AdminContext, AdminProtocol
+from .routes import Router
 
 log = logging.getLogger("fastproxy.admin")
 
@@ -27,35 +29,45 @@ BACKLOG = 128
 
 
 class AdminService:
-    def __init__(self, gateway: Any, state: Any) -> None:
-        self._gateway = gateway
-        self._state = state
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        router: Router,
+        date: HttpDate,
+        plane: PlaneStats,
+    ) -> None:
+        self._config = config
+        self._loop = loop
+        self._router = router
+        self._date = date
+        self._plane = plane
         self._server: asyncio.base_events.Server | None = None
         self.connections: set[AdminProtocol] = set()
+        self.port: int | None = None
 
-    async def start(self) -> None:
-        pass  # the listener opens in after_listen(), once the data port is bound
-
-    async def after_listen(self) -> None:
-        state = self._state
-        cfg = state.config.admin
+    async def listen(self) -> int:
+        """Bind and serve; returns the bound port."""
+        config = self._config
+        cfg = config.admin
         host = cfg.host.strip("[]")
         # The data port's policy plus the admin keys: only this listener accepts them.
         policy = AccessPolicy(
             cfg.allow_networks,
-            (state.config.host, cfg.host),
+            (config.host, cfg.host),
             admin_keys=cfg.api_keys,
             remote_writes=cfg.remote_writes,
         )
+        ctx = AdminContext(config, self._loop, self._router, policy, self._date, self._plane)
 
         def factory() -> AdminProtocol:
-            return AdminProtocol(state, self.connections, policy)
+            return AdminProtocol(ctx, self.connections)
 
         if host == "::" and socket.has_ipv6:
             sock = _dual_stack_socket(cfg.port)
-            self._server = await state.loop.create_server(factory, sock=sock, backlog=BACKLOG)
+            self._server = await self._loop.create_server(factory, sock=sock, backlog=BACKLOG)
         else:
-            self._server = await state.loop.create_server(
+            self._server = await self._loop.create_server(
                 factory, host, cfg.port, backlog=BACKLOG, reuse_address=True
             )
             ports = {s.getsockname()[1] for s in self._server.sockets}
@@ -65,11 +77,11 @@ class AdminService:
                 chosen = self._server.sockets[0].getsockname()[1]
                 self._server.close()
                 await self._server.wait_closed()
-                self._server = await state.loop.create_server(
+                self._server = await self._loop.create_server(
                     factory, host, chosen, backlog=BACKLOG, reuse_address=True
                 )
         port = self._server.sockets[0].getsockname()[1]
-        self._gateway.admin_port = port
+        self.port = port
         shown = f"[{host}]" if ":" in host else host
         log.info("fastproxy admin listening on http://%s:%d (diagnostics, /metrics)", shown, port)
         if cfg.api_keys:
@@ -80,6 +92,7 @@ class AdminService:
                 "reads and writes" if cfg.remote_writes else "reads",
                 len(cfg.api_keys),
             )
+        return port
 
     async def stop(self) -> None:
         server = self._server
@@ -104,11 +117,3 @@ def _dual_stack_socket(port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def admin_service(gateway: Any, state: Any) -> AdminService | None:
-    # Registered even without a listener: the data port serves these paths as well.
-    register_diagnostics(state)
-    if not state.config.admin.enabled:
-        return None
-    return AdminService(gateway, state)

@@ -1,4 +1,4 @@
-"""/v1/usage/stats, /v1/usage/recent, /v1/usage/export (CONTRACT.md §5).
+"""/v1/usage/stats, /v1/usage/recent, /v1/usage/export over the usage store.
 
 Every query runs in a worker thread (asyncio.to_thread) with its own read connection,
 so a slow query never stalls the relay. An export opens one read snapshot, then fetches
@@ -23,7 +23,9 @@ import orjson
 from ..storage.usage_export import ExportCursor
 from ..storage.usage_queries import FilterError, parse_filters, parse_int
 from ..storage.usage_schema import RECORD_KEYS
-from .routes import AdminRequest, AdminResponse, Router, error_response, json_response
+from ..storage.usage_store import UsageStore
+from .routes import AdminRequest, AdminResponse, error_response, json_response
+from .views import Views
 
 log = logging.getLogger("fastproxy.admin")
 
@@ -35,64 +37,55 @@ FORMATS = {
 }
 DISABLED = "usage tracking is disabled (usage_tracking.enabled=false)"
 PAGE_SIZE = 1000
-# CSV columns: the record fields of CONTRACT.md, in its order (the order records are
+# CSV columns: the record fields of the usage contract (docs/usage-tracking.md), in its order (the order records are
 # stored in), then the fields added since (``api``), last so no column moves. Nested
 # values (backend_reported_usage, tool_names, replacement) are JSON text in their cell.
 CSV_FIELDS = RECORD_KEYS
 
 
-def register_usage_routes(router: Router, store: Any) -> None:
-    """The three views over ``store`` (a UsageStore: stats/recent/open_export)."""
-
-    async def stats(req: AdminRequest) -> AdminResponse:
-        try:
-            f = parse_filters(req.query)
-        except FilterError as err:
-            return error_response(400, str(err))
-        return await _answer(store.stats, f)
-
-    async def recent(req: AdminRequest) -> AdminResponse:
-        try:
-            f = parse_filters(req.query, frozenset({"limit", "offset"}))
-            limit = _int_arg(req, "limit", 50, 1, 1000)
-            offset = _int_arg(req, "offset", 0, 0, 2**62)
-        except FilterError as err:
-            return error_response(400, str(err))
-        return await _answer(store.recent, f, limit, offset)
-
-    async def export(req: AdminRequest) -> AdminResponse:
-        try:
-            f = parse_filters(req.query, frozenset({"format"}))
-            fmt = (req.arg("format") or "json").lower()
-            if fmt not in FORMATS:
-                raise FilterError("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
-        except FilterError as err:
-            return error_response(400, str(err))
-        try:
-            cursor = await asyncio.to_thread(store.open_export, f, PAGE_SIZE)
-        except sqlite3.Error as exc:
-            return _unavailable(exc)
-        name = f"usage-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.{fmt}"
-        return AdminResponse(
-            status=200,
-            content_type=FORMATS[fmt],
-            headers=[("Content-Disposition", f'attachment; filename="{name}"')],
-            stream=_ExportStream(cursor, fmt),
-        )
-
-    router.add("GET", "/v1/usage/stats", stats)
-    router.add("GET", "/v1/usage/recent", recent)
-    router.add("GET", "/v1/usage/export", export)
+def _store(views: Views) -> UsageStore:
+    store = views.store
+    assert store is not None  # the route table answers 503 before a handler runs
+    return store
 
 
-def register_disabled_usage_routes(router: Router) -> None:
-    """The same paths answering 503, so a client learns why rather than getting a 404."""
+async def stats(views: Views, req: AdminRequest) -> AdminResponse:
+    try:
+        f = parse_filters(req.query)
+    except FilterError as err:
+        return error_response(400, str(err))
+    return await _answer(_store(views).stats, f)
 
-    async def disabled(req: AdminRequest) -> AdminResponse:
-        return error_response(503, DISABLED)
 
-    for path in PATHS:
-        router.add("GET", path, disabled)
+async def recent(views: Views, req: AdminRequest) -> AdminResponse:
+    try:
+        f = parse_filters(req.query, frozenset({"limit", "offset"}))
+        limit = _int_arg(req, "limit", 50, 1, 1000)
+        offset = _int_arg(req, "offset", 0, 0, 2**62)
+    except FilterError as err:
+        return error_response(400, str(err))
+    return await _answer(_store(views).recent, f, limit, offset)
+
+
+async def export(views: Views, req: AdminRequest) -> AdminResponse:
+    try:
+        f = parse_filters(req.query, frozenset({"format"}))
+        fmt = (req.arg("format") or "json").lower()
+        if fmt not in FORMATS:
+            raise FilterError("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    except FilterError as err:
+        return error_response(400, str(err))
+    try:
+        cursor = await asyncio.to_thread(_store(views).open_export, f, PAGE_SIZE)
+    except sqlite3.Error as exc:
+        return _unavailable(exc)
+    name = f"usage-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.{fmt}"
+    return AdminResponse(
+        status=200,
+        content_type=FORMATS[fmt],
+        headers=[("Content-Disposition", f'attachment; filename="{name}"')],
+        stream=_ExportStream(cursor, fmt),
+    )
 
 
 async def _answer(fn: Any, *args: Any) -> AdminResponse:
@@ -210,6 +203,7 @@ __all__ = [
     "CSV_FIELDS",
     "FORMATS",
     "encode_export",
-    "register_disabled_usage_routes",
-    "register_usage_routes",
+    "export",
+    "recent",
+    "stats",
 ]

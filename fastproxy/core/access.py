@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from ..dataplane.auth import verify
+from .auth import verify
 
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 LOCAL_ONLY = "Diagnostic endpoint is restricted to local access only"

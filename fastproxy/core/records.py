@@ -162,3 +162,29 @@ class ExchangeRecord:
     @property
     def duration_ms(self) -> float:
         return (self.ended_at - self.started_at) * 1000.0
+
+
+class Counters:
+    """Plain integer counters of the data plane: it increments them, metrics and
+    diagnostics read them. A plain object, so a count costs one attribute add."""
+
+    __slots__ = (
+        "client_aborts",
+        "client_stalls",
+        "connections_rejected",
+        "connections_total",
+        "failovers",
+        "requests_total",
+        "stream_truncations",
+        "upstream_errors",
+    )
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.connections_rejected = 0
+        self.requests_total = 0
+        self.client_aborts = 0
+        self.client_stalls = 0
+        self.stream_truncations = 0
+        self.failovers = 0
+        self.upstream_errors: dict[str, int] = {}

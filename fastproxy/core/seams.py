@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .records import ExchangeRecord
+    from .records import Counters, ExchangeRecord
 
 
 class BreakerState(Enum):
@@ -133,9 +133,7 @@ class MonitoringPort(Protocol):
     def allowed_methods(self, path: str) -> list[str]:
         """The methods ``path`` answers (empty: no such monitoring path)."""
 
-    async def serve_data_port(
-        self, req: MonitorRequest, host: str | None
-    ) -> MonitorResponse:
+    async def serve_data_port(self, req: MonitorRequest, host: str | None) -> MonitorResponse:
         """Answer one monitoring request that arrived on the data port, under the data
         port's access rules (peer and Host; no admin keys)."""
 
@@ -146,9 +144,21 @@ class PlaneStats(Protocol):
     @property
     def draining(self) -> bool: ...
 
-    def counters_snapshot(self) -> Mapping[str, int | Mapping[str, int]]: ...
+    @property
+    def counters(self) -> Counters: ...
 
     def open_connections(self) -> int: ...
 
+    def in_flight(self) -> tuple[int, int]:
+        """(requests being answered, of which streams being relayed) right now."""
+
+    def backend_names(self) -> list[str]: ...
+
     def pool_stats(self) -> Mapping[str, tuple[int, int]]:
         """backend name -> (open upstream connections, idle ones)."""
+
+
+class StorageStatus(Protocol):
+    """The usage store's condition, for health and metrics (None when usage is off)."""
+
+    def status(self) -> Mapping[str, Any]: ...

@@ -1,53 +1,54 @@
-"""Monitoring paths answered on the data port, through the admin plane's handlers.
+"""Monitoring paths answered on the data port, through the monitoring API's handlers.
 
-Same handlers, same access rules as the admin listener (CONTRACT.md §1): the peer must
-be loopback or in ``admin.allow_networks`` and the Host must name this server.
+The handlers are the admin plane's, reached through the `MonitoringPort` seam: the same
+answers and the same access rules as on the admin listener (the peer must be loopback
+or in ``admin.allow_networks``, the Host must name this server). This module only
+turns the neutral request and response into bytes on the client's connection.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from urllib.parse import parse_qs
 
-from ..admin.routes import AdminRequest, AdminResponse, error_response
+from ..core.flow import FlowControl
+from ..core.seams import MonitoringPort, MonitorRequest, MonitorResponse
 from . import wire
+from .plane import DataPlane
+from .request import Request
 
-if TYPE_CHECKING:
-    from .protocol import ClientProtocol, Request
 
-
-async def serve_monitoring(proto: ClientProtocol, req: Request) -> tuple[bool, int]:
+async def serve_monitoring(
+    plane: DataPlane,
+    monitoring: MonitoringPort,
+    req: Request,
+    transport: asyncio.Transport,
+    flow: FlowControl,
+    peer_ip: str | None,
+) -> tuple[bool, int]:
     """Answer one monitoring request; returns (keep the connection, status sent)."""
-    state = proto.state
-    path = req.path.decode("latin-1")
-    method = req.method.decode("latin-1")
-    peer_ip = proto.peer[0] if proto.peer else None
     host = req.header(b"host")
-    denied = state.access.check(peer_ip, host.decode("latin-1") if host else None)
-    if denied is not None:
-        resp = error_response(*denied)
-    else:
-        handler, params, allowed = state.router.resolve(method, path)
-        if handler is None:
-            resp = error_response(405, f"method {method} not allowed; use {', '.join(allowed)}")
-            resp.headers.append(("allow", ", ".join(allowed)))
-        else:
-            areq = AdminRequest(
-                method=method,
-                path=path,
-                query=AdminRequest.parse_query(req.query.decode("latin-1")),
-                headers={k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers},
-                body=req.body,
-                peer_ip=peer_ip,
-                params=params,
-            )
-            resp = await handler(areq)
-    return await write_admin_response(proto, req, resp), resp.status
+    mreq = MonitorRequest(
+        method=req.method.decode("latin-1"),
+        path=req.path.decode("latin-1"),
+        query=parse_qs(req.query.decode("latin-1"), keep_blank_values=True),
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in req.headers},
+        body=bytes(req.body),
+        peer_ip=peer_ip,
+    )
+    resp = await monitoring.serve_data_port(mreq, host.decode("latin-1") if host else None)
+    return await write_monitor_response(plane, req, transport, flow, resp), resp.status
 
 
-async def write_admin_response(proto: ClientProtocol, req: Request, resp: AdminResponse) -> bool:
-    keep = req.keep_alive and not proto.state.draining
-    transport = proto.transport
-    assert transport is not None
+async def write_monitor_response(
+    plane: DataPlane,
+    req: Request,
+    transport: asyncio.Transport,
+    flow: FlowControl,
+    resp: MonitorResponse,
+) -> bool:
+    keep = req.keep_alive and not plane.draining
+    date = plane.date.line
     extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in resp.headers)
     ctype = b"content-type: " + resp.content_type.encode("latin-1") + b"\r\n"
     if resp.stream is None or req.head_only:
@@ -59,7 +60,7 @@ async def write_admin_response(proto: ClientProtocol, req: Request, resp: AdminR
                 resp.status,
                 resp.body,
                 keep_alive=keep,
-                date=proto.state.date_header,
+                date=date,
                 content_type=ctype,
                 extra=extra,
                 head_only=req.head_only,
@@ -70,7 +71,7 @@ async def write_admin_response(proto: ClientProtocol, req: Request, resp: AdminR
         b"".join(
             (
                 wire.STATUS_LINE.get(resp.status, b"HTTP/1.1 200 OK\r\n"),
-                proto.state.date_header,
+                date,
                 ctype,
                 b"transfer-encoding: chunked\r\n",
                 wire.KEEP_ALIVE if keep else wire.CLOSE,
@@ -81,14 +82,14 @@ async def write_admin_response(proto: ClientProtocol, req: Request, resp: AdminR
     )
     try:
         async for piece in resp.stream:
-            if proto.closed:
+            if transport.is_closing():
                 break
             if piece:
                 transport.write(wire.chunk(piece))
-                await proto.drain()
+                await flow.drain()
     finally:
         await _close_stream(resp.stream)
-    if not proto.closed:
+    if not transport.is_closing():
         transport.write(wire.CHUNKED_END)
     return keep
 

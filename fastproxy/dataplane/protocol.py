@@ -2,7 +2,8 @@
 
 Rules this class keeps (and why):
 - Callbacks never block, never await and never let an exception escape: they parse,
-  update state, write canned bytes or schedule the exchange task.
+  update state, write canned bytes or start the request cycle (cycle.py), which gets
+  the transport, the flow control and an on-done callback, never this object.
 - One deadline at a time, named by phase: IDLE (keep-alive, or a fresh connection that
   has sent nothing), HEAD (header deadline: slowloris), BODY (idle time between body
   bytes). Deadlines are plain numbers and the one timer is lazy: setting a deadline
@@ -35,22 +36,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from enum import IntEnum
+from typing import cast
 
 import httptools
 
+from ..core.auth import presented_key, verify
+from ..core.errors import GatewayError, RequestRejected
+from ..core.flow import FlowControl
 from . import wire
-from .auth import presented_key, verify
-from .dialects import anthropic, openai
-from .exchange import API_PATHS, Exchange, record_rejection
-
-if TYPE_CHECKING:
-    from ..httpclient.pool import UpstreamConnection
-    from ..state import GatewayState
+from .cycle import RequestCycle, record_rejection
+from .dialects import openai
+from .plane import DataPlane
+from .request import Request, is_model_path
+from .responses import error_response
 
 log = logging.getLogger("fastproxy.data")
 
-IDLE, HEAD, BODY = 0, 1, 2
+
+class Phase(IntEnum):
+    """What the connection is waiting for, which names the deadline that applies."""
+
+    IDLE = 0  # a request to begin (keep-alive, or a fresh connection)
+    HEAD = 1  # the rest of a request head (the header deadline: slowloris)
+    BODY = 2  # more body bytes (idle time between them)
+
+
 MAX_PIPELINE = 16
 # Head of the synthetic message that lets a fresh parser go on reading the body of a
 # request whose Upgrade the gateway ignores (httptools hands everything after an upgrade
@@ -74,75 +85,9 @@ def _put(buf: bytearray, sized: int, end: int, piece: bytes | bytearray) -> None
         buf += piece
 
 
-class Reject(Exception):
-    """Raised inside a parser callback to refuse the request with ``status``."""
-
-    def __init__(self, status: int, message: str, code: str, close: bool = True) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.close = close
-
-
-class Request:
-    __slots__ = (
-        "body",
-        "body_buf",
-        "body_size",
-        "client_key_id",
-        "content_length",
-        "expects_body",
-        "head_size",
-        "headers",
-        "host_count",
-        "http11",
-        "keep_alive",
-        "method",
-        "path",
-        "query",
-        "received_at",
-        "reject",
-        "te_present",
-    )
-
-    def __init__(self, now: float) -> None:
-        self.method = b""
-        self.path = b""
-        self.query = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_size = 0  # header names and values, 4 bytes each for ": " and CRLF
-        # The body: the one chunk it came in, or a bytearray once a second chunk arrives
-        # (grown in place: a 60 MiB body is held once, never as parts plus a join).
-        self.body: bytes | bytearray = b""
-        self.body_buf: bytearray | None = None
-        self.body_size = 0
-        self.expects_body = False
-        self.content_length = 0  # declared length; 0 when chunked or absent
-        self.client_key_id: str | None = None
-        self.http11 = True
-        self.keep_alive = True
-        self.received_at = now
-        self.reject: Reject | None = None
-        self.host_count = 0
-        self.te_present = False
-
-    def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-    @property
-    def dialect(self):  # type: ignore[no-untyped-def]
-        if self.path.startswith((b"/v1/messages", b"/messages")):
-            return anthropic
-        if self.path.startswith((b"/v1/models", b"/models")) and self.header(b"anthropic-version"):
-            return anthropic  # Anthropic's SDK listing models (see models.py)
-        return openai
-
-    @property
-    def head_only(self) -> bool:
-        return self.method == b"HEAD"
+def _refuse(status: int, message: str, code: str) -> RequestRejected:
+    """A refusal decided while parsing: answered in order, then the connection closes."""
+    return RequestRejected(message, status=status, code=code, close=True)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -160,7 +105,6 @@ class ClientProtocol(asyncio.Protocol):
         "_mute",
         "_parser",
         "_phase",
-        "_read_paused",
         "_send_timer",
         "_timeouts",
         "_timer",
@@ -169,21 +113,19 @@ class ClientProtocol(asyncio.Protocol):
         "closed",
         "connection_id",
         "current",
-        "drain_waiter",
+        "flow",
         "peer",
+        "plane",
         "queue",
         "req",
-        "state",
         "transport",
-        "upstream",
-        "write_paused",
     )
 
-    def __init__(self, state: GatewayState) -> None:
-        self.state = state
-        self._loop = state.loop
-        self._limits = state.config.limits
-        self._timeouts = state.config.timeouts
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self._loop = plane.loop
+        self._limits = plane.config.limits
+        self._timeouts = plane.config.timeouts
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
@@ -201,7 +143,7 @@ class ClientProtocol(asyncio.Protocol):
         self._in_head = False  # between a message's first byte and its parsed head
         self._messages = 0  # messages begun on this connection
         self._mute = False  # the parser is reading a synthetic head (see _ignore_upgrade)
-        auth = state.config.auth
+        auth = plane.config.auth
         self._auth_keys: tuple[bytes, ...] | None = (
             None
             if auth.disable_auth or not auth.api_keys
@@ -210,34 +152,52 @@ class ClientProtocol(asyncio.Protocol):
         self._last_body_at = 0.0
         self._body_seen_at = 0.0
         self.queue: deque[Request] = deque()
-        self.current: Exchange | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.write_paused = False
-        self.drain_waiter: asyncio.Future[None] | None = None
-        self._read_paused = False
+        self.current: RequestCycle | None = None
+        self.flow: FlowControl | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when the armed timer fires (loop time)
         self._deadline = 0.0  # when the current phase times out; 0: no deadline
-        self._phase = IDLE
+        self._phase = Phase.IDLE
         self.closed = False
+
+    @property
+    def busy(self) -> bool:
+        """A request of this connection is being answered."""
+        return self.current is not None
+
+    @property
+    def streaming(self) -> bool:
+        """A response stream is being relayed on this connection."""
+        return self.current is not None and self.current.streaming_started
+
+    def abort(self, message: str) -> None:
+        """The gateway stops and will not wait longer: end the request in progress
+        (an error event for a stream, a 503 otherwise), or close an idle connection."""
+        if self.current is not None:
+            self.current.abort(message)
+        elif self.transport is not None:
+            self.transport.close()
 
     # -- connection lifecycle ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        state = self.state
-        state.counters.connections_total += 1
-        if len(state.connections) >= self._limits.max_connections or state.draining:
-            state.counters.connections_rejected += 1
-            transport.write(_OVER_CAPACITY)  # type: ignore[attr-defined]
+        # uvloop's TCPTransport is not an asyncio.Transport subclass; it has its methods.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        plane = self.plane
+        plane.counters.connections_total += 1
+        if len(plane.connections) >= self._limits.max_connections or plane.draining:
+            plane.counters.connections_rejected += 1
+            transport.write(_OVER_CAPACITY)
             transport.close()
             self.closed = True
             return
-        self.connection_id = state.new_connection_id()
+        self.connection_id = plane.new_connection_id()
         self.peer = transport.get_extra_info("peername")
-        state.connections.add(self)
+        plane.connections.add(self)
         # A fresh connection gets the header deadline to send its first request.
-        self._arm(IDLE, self._timeouts.header_seconds)
+        self._arm(Phase.IDLE, self._timeouts.header_seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -247,33 +207,29 @@ class ClientProtocol(asyncio.Protocol):
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
-        self.state.connections.discard(self)
+        self.plane.connections.discard(self)
+        if self.flow is not None:
+            self.flow.connection_lost()
         current = self.current
         if current is not None:
             current.client_gone()
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("client disconnected"))
-            waiter.exception()
         self.queue.clear()
         self._parser = None  # type: ignore[assignment]
 
     # -- flow control -----------------------------------------------------------------
     def pause_writing(self) -> None:
-        self.write_paused = True
+        assert self.flow is not None
+        self.flow.pause_writing()
         if self._send_timer is None and not self.closed:
             self._send_timer = self._loop.call_later(self._timeouts.send_seconds, self._stalled)
-        up = self.upstream
-        if up is not None:
-            up.pause_reading()
 
     def _stalled(self) -> None:
         """The client read nothing for ``timeouts.send_seconds`` while we had bytes for
         it: drop it. Its own fault, so the backend (paused meanwhile) is never blamed."""
         self._send_timer = None
-        if self.closed or not self.write_paused:
+        if self.closed or self.flow is None or not self.flow.write_paused:
             return
-        self.state.counters.client_stalls += 1
+        self.plane.counters.client_stalls += 1
         if self.current is not None:
             self.current.client_stalled()
         log.info(
@@ -284,37 +240,23 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.abort()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
-        self.write_paused = False
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
-        up = self.upstream
-        if up is not None:
-            up.resume_reading()
-        waiter = self.drain_waiter
-        if waiter is not None:
-            self.drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def drain(self) -> None:
-        if self.write_paused and not self.closed:
-            if self.drain_waiter is None:
-                self.drain_waiter = self._loop.create_future()
-            await self.drain_waiter
+        assert self.flow is not None
+        self.flow.resume_writing()
 
     def _pause_reading(self) -> None:
-        if not self._read_paused and not self.closed:
-            self._read_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+        if not self.closed and self.flow is not None:
+            self.flow.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._read_paused and not self.closed:
-            self._read_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
+        if not self.closed and self.flow is not None:
+            self.flow.resume_reading()
 
     # -- timers -------------------------------------------------------------------------
-    def _arm(self, phase: int, seconds: float) -> None:
+    def _arm(self, phase: Phase, seconds: float) -> None:
+        """Enter ``phase``: the one place the phase changes, with its deadline."""
         self._phase = phase
         deadline = self._loop.time() + seconds
         self._deadline = deadline
@@ -335,7 +277,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed or not deadline:
             return
         phase = self._phase
-        if phase == BODY:
+        if phase is Phase.BODY:
             deadline = max(deadline, self._last_body_at + self._timeouts.body_idle_seconds)
         # Within a millisecond counts as due: the loop's timers are that coarse, and a
         # timer re-armed for less could fire again at once, still "early".
@@ -343,11 +285,11 @@ class ClientProtocol(asyncio.Protocol):
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
             return
-        if phase == IDLE:
+        if phase is Phase.IDLE:
             self.transport.close()  # type: ignore[union-attr]
             return
-        what = "request headers" if phase == HEAD else "request body"
-        self._reject_now(Reject(408, f"timed out waiting for the {what}", "request_timeout"))
+        what = "request headers" if phase is Phase.HEAD else "request body"
+        self._reject_now(_refuse(408, f"timed out waiting for the {what}", "request_timeout"))
 
     # -- parsing -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -369,7 +311,7 @@ class ClientProtocol(asyncio.Protocol):
                 req = self.req
                 self._head_bytes = sum(map(len, self._url)) + (req.head_size if req else 0)
             if self._head_bytes > self._head_guard:
-                self._reject_now(Reject(431, "request head too large", "head_too_large"))
+                self._reject_now(_refuse(431, "request head too large", "head_too_large"))
 
     def _feed(self, data: bytes) -> None:
         rest: bytes | None = None
@@ -377,17 +319,17 @@ class ClientProtocol(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             err = exc.__context__
-            if isinstance(err, Reject):
+            if isinstance(err, GatewayError):
                 self._reject_now(err)
             else:
                 log.error("bug in request callback", exc_info=err)
-                self._reject_now(Reject(500, "internal error", "internal_error"))
+                self._reject_now(_refuse(500, "internal error", "internal_error"))
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0] :] if exc.args else b""
         except httptools.HttpParserInvalidURLError:
-            self._reject_now(Reject(400, "malformed request target", "bad_request"))
+            self._reject_now(_refuse(400, "malformed request target", "bad_request"))
         except httptools.HttpParserError as exc:
-            self._reject_now(Reject(400, f"malformed HTTP request: {exc}", "bad_request"))
+            self._reject_now(_refuse(400, f"malformed HTTP request: {exc}", "bad_request"))
         if rest is not None:
             # Outside the handler: an error the rest raises must not carry the upgrade as
             # its context (a Reject would be mistaken for a bug in a callback).
@@ -419,14 +361,14 @@ class ClientProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._in_head = True
         self._messages += 1
-        self._arm(HEAD, self._timeouts.header_seconds)
+        self._arm(Phase.HEAD, self._timeouts.header_seconds)
 
     def on_url(self, url: bytes) -> None:
         if self._mute:
             return
         self._url.append(url)
         if sum(map(len, self._url)) > self._limits.max_request_line_bytes:
-            raise Reject(414, "request line too long", "uri_too_long")
+            raise _refuse(414, "request line too long", "uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
@@ -436,10 +378,10 @@ class ClientProtocol(asyncio.Protocol):
         name = name.lower()
         req.headers.append((name, value))
         if len(req.headers) > self._limits.max_headers:
-            raise Reject(431, "too many request headers", "too_many_headers")
+            raise _refuse(431, "too many request headers", "too_many_headers")
         req.head_size += len(name) + len(value) + 4
         if req.head_size > self._limits.max_head_bytes:
-            raise Reject(431, "request headers too large", "head_too_large")
+            raise _refuse(431, "request headers too large", "head_too_large")
         if name == b"host":
             req.host_count += 1
         elif name == b"transfer-encoding":
@@ -457,14 +399,14 @@ class ClientProtocol(asyncio.Protocol):
         req.keep_alive = parser.should_keep_alive()
         target = b"".join(self._url)
         path, _, query = target.partition(b"?")
-        req.path = path
+        req.resolve(path)
         req.query = query
         if req.http11 and req.host_count != 1:
-            raise Reject(400, "HTTP/1.1 requires exactly one Host header", "bad_request")
+            raise _refuse(400, "HTTP/1.1 requires exactly one Host header", "bad_request")
         if not req.http11 and req.te_present:
-            raise Reject(400, "Transfer-Encoding is not allowed in HTTP/1.0", "bad_request")
+            raise _refuse(400, "Transfer-Encoding is not allowed in HTTP/1.0", "bad_request")
         if req.method == b"CONNECT":
-            raise Reject(
+            raise _refuse(
                 405,
                 "CONNECT is not supported: this is an API gateway, not a forward proxy",
                 "method_not_allowed",
@@ -473,16 +415,16 @@ class ClientProtocol(asyncio.Protocol):
         if keys is not None:
             req.client_key_id = verify(keys, presented_key(req.headers))
             if req.client_key_id is None:
-                raise Reject(401, "invalid or missing API key", "invalid_api_key")
+                raise _refuse(401, "invalid or missing API key", "invalid_api_key")
         cl = req.header(b"content-length")
         if cl is not None:
             try:
                 length = int(cl)
             except ValueError:
-                raise Reject(400, "invalid Content-Length", "bad_request") from None
+                raise _refuse(400, "invalid Content-Length", "bad_request") from None
             req.content_length = length
             if length > self._limits.max_body_bytes:
-                raise Reject(
+                raise _refuse(
                     413,
                     f"request body of {length} bytes exceeds the limit of "
                     f"{self._limits.max_body_bytes}",
@@ -495,7 +437,7 @@ class ClientProtocol(asyncio.Protocol):
             # is answered now, before the client sends it (or waits for 100 Continue).
             self._check_route(req)
             self._last_body_at = self._loop.time()
-            self._arm(BODY, self._timeouts.body_idle_seconds)
+            self._arm(Phase.BODY, self._timeouts.body_idle_seconds)
             if req.header(b"expect") == b"100-continue" and self.current is None and not self.queue:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
         else:
@@ -504,26 +446,28 @@ class ClientProtocol(asyncio.Protocol):
     def _check_route(self, req: Request) -> None:
         """Refuse, from the head alone, a request with a body that no endpoint takes."""
         path = req.path
-        if path in API_PATHS:
+        if req.api is not None:
             if req.method != b"POST":
-                raise Reject(405, "use POST for this endpoint", "method_not_allowed")
-        elif path in (b"/v1/models", b"/models") or path.startswith(b"/v1/models/"):
+                raise _refuse(405, "use POST for this endpoint", "method_not_allowed")
+        elif is_model_path(path):
             if req.method not in (b"GET", b"HEAD"):
-                raise Reject(405, "use GET for this path", "method_not_allowed")
+                raise _refuse(405, "use GET for this path", "method_not_allowed")
         else:
             text = path.decode("latin-1")
-            router = self.state.router
-            if not router.knows(text):
-                raise Reject(404, f"no such endpoint: {text}", "not_found")
-            if router.resolve(req.method.decode("latin-1"), text)[0] is None:
-                raise Reject(405, f"method not allowed for {text}", "method_not_allowed")
+            monitoring = self.plane.monitoring
+            allowed = monitoring.allowed_methods(text) if monitoring is not None else []
+            if not allowed:
+                raise _refuse(404, f"no such endpoint: {text}", "not_found")
+            method = req.method.decode("latin-1")
+            if method not in allowed and not (method == "HEAD" and "GET" in allowed):
+                raise _refuse(405, f"method not allowed for {text}", "method_not_allowed")
 
     def on_body(self, body: bytes) -> None:
         req = self.req
         assert req is not None
         req.body_size += len(body)
         if req.body_size > self._limits.max_body_bytes:
-            raise Reject(413, "request body exceeds the limit", "request_too_large")
+            raise _refuse(413, "request body exceeds the limit", "request_too_large")
         self._last_body_at = self._loop.time()
         buf = req.body_buf
         if buf is None:
@@ -557,7 +501,7 @@ class ClientProtocol(asyncio.Protocol):
             self._pause_reading()
 
     # -- responses -------------------------------------------------------------------
-    def _reject_now(self, err: Reject) -> None:
+    def _reject_now(self, err: GatewayError) -> None:
         """Refuse the request being parsed; respond in order, then close."""
         req = self.req
         if req is None:
@@ -565,7 +509,7 @@ class ClientProtocol(asyncio.Protocol):
         elif not req.path and self._url:
             # Refused before the head was complete: the request line already says which
             # API (and so which error dialect) the client speaks.
-            req.path = b"".join(self._url).partition(b"?")[0]
+            req.resolve(b"".join(self._url).partition(b"?")[0])
         self.req = None
         req.reject = err
         req.keep_alive = False
@@ -581,52 +525,47 @@ class ClientProtocol(asyncio.Protocol):
             req = self.queue.popleft()
             if req.reject is not None:
                 err = req.reject
-                self.write_error(req, err.status, str(err), err.code, close=True)
-                record_rejection(self.state, req, self.connection_id, err.status)
+                assert isinstance(err, GatewayError)
+                self._refuse_now(req, err)
+                record_rejection(self.plane, req, self.connection_id, err.status)
                 continue
-            self.current = Exchange(self, req)
+            assert self.transport is not None and self.flow is not None
+            peer_ip = self.peer[0] if self.peer else None
+            self.current = RequestCycle(
+                self.plane,
+                req,
+                self.transport,
+                self.flow,
+                self.connection_id,
+                peer_ip,
+                self._cycle_done,
+            )
             self.current.start()
             return
         if not self.closed and self.current is None:
             self._resume_reading()
-            if self.state.draining:
+            if self.plane.draining:
                 self.transport.close()  # type: ignore[union-attr]
             elif self.req is None:
-                self._arm(IDLE, self._timeouts.keepalive_seconds)
+                self._arm(Phase.IDLE, self._timeouts.keepalive_seconds)
 
-    def exchange_done(self, keep_alive: bool) -> None:
+    def _cycle_done(self, keep_alive: bool) -> None:
+        """The request cycle's on_done: its response is complete (or abandoned)."""
         self.current = None
-        self.upstream = None
         if self.closed:
             return
-        if not keep_alive or (self.state.draining and not self.queue):
+        if not keep_alive or (self.plane.draining and not self.queue):
             self.closed = True
             self._cancel_timer()
             self.transport.close()  # type: ignore[union-attr]
             return
         self._next()
 
-    def write_error(
-        self,
-        req: Request,
-        status: int,
-        message: str,
-        code: str,
-        *,
-        close: bool = False,
-        extra: bytes = b"",
-    ) -> None:
-        keep = req.keep_alive and not close and not self.state.draining
-        body = req.dialect.error_body(status, message, code)
+    def _refuse_now(self, req: Request, err: GatewayError) -> None:
+        """Answer a request refused from its head, in its dialect."""
+        keep = req.keep_alive and not err.close and not self.plane.draining
         self.transport.write(  # type: ignore[union-attr]
-            wire.simple_response(
-                status,
-                body,
-                keep_alive=keep,
-                date=self.state.date_header,
-                extra=extra,
-                head_only=req.head_only,
-            )
+            error_response(req, err, self.plane.date.line, keep)
         )
         if not keep:
             self.closed = True

@@ -129,9 +129,9 @@ class SSERelay:
         usage, usage_only = self._dialect.stream_usage(event, data)
         if usage is not None:
             if self.usage is None:
-                self.usage = usage  # type: ignore[assignment]
+                self.usage = usage
             else:
-                self.usage.merge(usage)  # type: ignore[arg-type]
+                self.usage.merge(usage)
         return usage_only and self._strip_usage
 
     def _is_stripped(self, item: object) -> bool:

@@ -1,6 +1,6 @@
 """Model string → ordered list of (backend, model) candidates. Pure: no I/O, no clock.
 
-Rules (CONTRACT.md §2-3, decisions written down in docs/routing.md):
+Rules (the decisions are written down in docs/routing.md):
 1. ``backend:model`` where ``backend`` is a configured instance selects it explicitly.
    Model names may themselves contain ':' (``ft:gpt-4o:org``); the prefix counts as a
    backend only when such an instance exists.
@@ -8,23 +8,17 @@ Rules (CONTRACT.md §2-3, decisions written down in docs/routing.md):
 3. Otherwise the default backend (which decides whether it knows the model).
 4. ``failover_routes[model]`` entries follow, in order, each resolved by rules 1-2.
 5. Only backends that speak the caller's dialect are candidates; duplicates are dropped.
-6. Backends whose circuit is open are moved out; if that leaves nothing, the original
-   plan is tried anyway (failing blind helps no one; the breaker may be wrong).
+6. Backends whose circuit is open (or half-open with its trial already in flight) are
+   moved out; if that leaves nothing, the original plan is tried anyway (failing blind helps no one; the breaker may be wrong).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
+from ..core.errors import RoutingError
+from ..core.seams import BreakerView
 from ..httpclient.backend import Backend
-
-
-class RoutingError(Exception):
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
 
 Candidate = tuple[Backend, str]
 
@@ -54,15 +48,15 @@ def plan(
     backends: Mapping[str, Backend],
     default: str | None,
     failover_routes: Mapping[str, Sequence[str]],
-    is_open: Callable[[str], bool] | None = None,
+    breakers: BreakerView | None = None,
 ) -> list[Candidate]:
     prefix, sep, _ = model.partition(":")
     if sep and prefix in backends and dialect not in backends[prefix].dialects:
         raise RoutingError(
-            400,
             f"backend {prefix!r} speaks {'/'.join(sorted(backends[prefix].dialects))}, "
             f"not the {dialect} API used by this request",
-            "backend_dialect_mismatch",
+            status=400,
+            code="backend_dialect_mismatch",
         )
     out: list[Candidate] = []
     seen: set[tuple[str, str]] = set()
@@ -72,13 +66,11 @@ def plan(
                 seen.add((b.name, m))
                 out.append((b, m))
     if not out:
-        raise RoutingError(
-            404,
-            f"The model {model!r} does not exist or no configured backend serves it",
-            "model_not_found",
-        )
-    if is_open is not None:
-        closed = [c for c in out if not is_open(c[0].name)]
-        if closed:
-            return closed
+        raise RoutingError(f"The model {model!r} does not exist or no configured backend serves it")
+    if breakers is not None:
+        # Asking is free of side effects: a half-open backend stays a candidate, and its
+        # one trial is claimed only if the request is actually sent there.
+        routable = [c for c in out if breakers.breaker_state(c[0].name).routable]
+        if routable:
+            return routable
     return out

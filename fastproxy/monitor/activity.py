@@ -2,8 +2,8 @@
 
 Rules this module keeps (docs/activity.md has the reasons and the measured costs):
 
-* **Off means absent.** With ``enable_activity_tracking`` false the factory returns None,
-  ``state.activity`` stays None and the relay tests one attribute per chunk, nothing more.
+* **Off means absent.** With ``enable_activity_tracking`` false the gateway makes no tracker,
+  the data plane's ``activity`` stays None and the relay tests one attribute per chunk, nothing more.
 * **Keyed by exchange id**, never by (backend, session): two concurrent requests of one
   session are two entries (the reference project overwrote one with the other).
 * **``count()`` is two counter adds.** Per-backend and global lifetime totals are *not*
@@ -31,13 +31,16 @@ handed out from a free list; slot ``k`` of a segment holds ``[rx, tx, last_ms, s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from .._speedups import CounterBlock
+from ..config import Config
+from ..core.seams import ActivityHandle
 
 log = logging.getLogger("fastproxy.monitor")
 
@@ -229,8 +232,11 @@ class ActivityTracker:
         self.opened_total += 1
         return entry
 
-    def close(self, entry: ActivityEntry) -> None:
-        """The exchange ended (completion, error, abort). Idempotent; swept entries too."""
+    def close(self, handle: ActivityHandle) -> None:
+        """The exchange ended (completion, error, abort). Idempotent; swept entries too.
+        ``handle`` is an entry this tracker opened (the seam's type says only that it
+        counts bytes)."""
+        entry = cast(ActivityEntry, handle)
         if not entry.live:
             return
         if self._live.get(entry.exchange_id) is entry:
@@ -394,18 +400,20 @@ class ActivityTracker:
 
 
 class ActivityService:
-    """Owns the tracker and its sweep timer; registers ``state.activity`` in start()."""
+    """Owns the tracker (the `LiveActivity` seam the data plane counts into) and its
+    sweep timer. Registers itself nowhere: the gateway hands the tracker to the plane."""
 
-    def __init__(self, gateway: Any, state: Any) -> None:
-        cfg = state.config.activity
-        self._state = state
+    def __init__(
+        self, config: Config, backends: Iterable[str], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        cfg = config.activity
+        self._loop = loop
         self._interval = cfg.sweep_interval_seconds
-        self.tracker = ActivityTracker(state.backends, stale_timeout_s=cfg.stale_timeout_seconds)
-        self._timer: Any = None
+        self.tracker = ActivityTracker(backends, stale_timeout_s=cfg.stale_timeout_seconds)
+        self._timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
-        self._state.activity = self.tracker
-        self._timer = self._state.loop.call_later(self._interval, self._sweep)
+        self._timer = self._loop.call_later(self._interval, self._sweep)
         log.info(
             "activity tracking on (stale after %.0fs, swept every %.1fs)",
             self.tracker.stale_timeout_s,
@@ -417,17 +425,11 @@ class ActivityService:
             self.tracker.sweep()
         except Exception:  # a bug here must not stop future sweeps
             log.exception("activity sweep failed")
-        self._timer = self._state.loop.call_later(self._interval, self._sweep)
+        self._timer = self._loop.call_later(self._interval, self._sweep)
 
     async def stop(self) -> None:
-        # state.activity stays set: exchanges finishing during the drain still close
+        # The tracker stays usable: requests finishing during the drain still close
         # their entries through it.
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def activity_service(gateway: Any, state: Any) -> ActivityService | None:
-    if not state.config.enable_activity_tracking:
-        return None
-    return ActivityService(gateway, state)

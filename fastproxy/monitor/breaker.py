@@ -177,6 +177,15 @@ class Breaker:
             ]
         return []
 
+    def state_at(self, now: float) -> State:
+        """The state ``advance(now)`` would leave, without applying it: for readers,
+        which must never move a breaker (the owner's timer applies it on time)."""
+        if self.state is State.OPEN and now >= self.open_until:
+            return State.HALF_OPEN
+        if self.state is State.TRIAL and now >= self.trial_until:
+            return State.HALF_OPEN
+        return self.state
+
     def allows_request(self, now: float) -> tuple[bool, list[Transition]]:
         """Routing's question. In HALF_OPEN the first caller becomes the trial."""
         out = self.advance(now)

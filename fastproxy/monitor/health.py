@@ -35,16 +35,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
 
+from ..config import Config
+from ..core.seams import BreakerState
+from ..httpclient.backend import Backend
 from .breaker import Breaker, Event, State, Transition
 from .notify import Notifier
 from .probes import FAILING, MISCONFIGURED, RATE_LIMITED, HttpResult, Pinger, PingResult, http_probe
-
-if TYPE_CHECKING:
-    from ..httpclient.backend import Backend
-    from ..state import GatewayState
 
 log = logging.getLogger("fastproxy.monitor")
 
@@ -131,18 +129,24 @@ def verdict(ep: Endpoint, http_on: bool, http_threshold: int) -> str:
 
 
 class HealthService:
+    """Implements the seams `BreakerView` (``breaker_state``) and `AttemptSink`
+    (``attempt_started``, ``attempt_finished``); the admin plane reads it for
+    /internal/health. It is given its configuration and backends and registers itself
+    nowhere: the gateway plugs it in."""
+
     def __init__(
         self,
-        state: GatewayState,
+        config: Config,
+        backends: Mapping[str, Backend],
+        loop: asyncio.AbstractEventLoop,
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         keepalive_s: float = 15.0,
     ) -> None:
-        cfg = state.config.health_check
-        self.state = state
+        cfg = config.health_check
         self.config = cfg
-        self.loop = state.loop
+        self.loop = loop
         self.now = clock
         self.keepalive_s = keepalive_s
         self.ping_on = cfg.enabled and cfg.ping.enabled
@@ -156,20 +160,18 @@ class HealthService:
             webhook_url=cfg.webhook_url,
             log_repeat_window_s=cfg.log_repeat_window_seconds,
         )
-        self.pinger = Pinger(state.loop)
+        self.pinger = Pinger(loop)
         self.stopping = False
         self.in_flight = 0  # probes holding a concurrency slot now, and the peak seen
         self.peak_in_flight = 0
         self._rng = rng or random.Random()
         self._sem = asyncio.Semaphore(cfg.max_concurrent_probes)
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
-
-    # -- life cycle -------------------------------------------------------------------
-    async def start(self) -> None:
-        state = self.state
-        cb = state.config.circuit_breaker
+        # Breakers and endpoints exist from construction: routing may ask about any
+        # backend whatever order services start in.
+        cb = config.circuit_breaker
         groups: dict[str, list[Backend]] = {}
-        for b in state.backends.values():
+        for b in backends.values():
             groups.setdefault(b.normalized_url, []).append(b)
             self.breakers[b.name] = Breaker(b.name, cb.failure_threshold, cb.open_cooldown_seconds)
         for url, members in groups.items():
@@ -177,12 +179,10 @@ class HealthService:
             self.endpoints[url] = ep
             for b in members:
                 self.endpoint_of[b.name] = ep
-        state.health = self
-        state.is_open = self.is_open
-        state.attempt_hooks.append(self.on_attempt)
-        from ..admin.health_views import register
 
-        register(state.router, self)
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
         self.notifier.start()
         if not (self.ping_on or self.http_on) or not self.endpoints:
             log.info("health probes off; circuit breakers follow live traffic only")
@@ -235,11 +235,6 @@ class HealthService:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.notifier.stop()
-        state = self.state
-        if self.on_attempt in state.attempt_hooks:
-            state.attempt_hooks.remove(self.on_attempt)
-        if state.is_open == self.is_open:
-            state.is_open = None
 
     # -- scheduling -------------------------------------------------------------------
     def _interval(self, kind: str) -> float:
@@ -365,23 +360,27 @@ class HealthService:
         return ep.http_error or condition
 
     # -- breakers -------------------------------------------------------------------------
-    def is_open(self, name: str) -> bool:
-        """Routing's question, once per candidate per request: keep it cheap."""
+    def breaker_state(self, name: str) -> BreakerState:
+        """Routing's question, once per candidate per request: cheap and free of side
+        effects. With ``circuit_breaker_enabled: false`` every backend is routable."""
         b = self.breakers.get(name)
-        if b is None or b.state is State.CLOSED:
-            return False
-        if not self.breaker_enabled:
-            self._after(b, b.advance(self.now()))
-            return False
-        allowed, transitions = b.allows_request(self.now())
+        if b is None or b.state is State.CLOSED or not self.breaker_enabled:
+            return BreakerState.CLOSED
+        return _ROUTING_STATE[b.state_at(self.now())]
+
+    def attempt_started(self, name: str) -> None:
+        """A request is being sent to ``name``: in half-open, it becomes the trial."""
+        b = self.breakers.get(name)
+        if b is None or b.state is State.CLOSED or not self.breaker_enabled:
+            return
+        _, transitions = b.allows_request(self.now())
         if transitions:
             self._after(b, transitions)
-        return not allowed
 
-    def on_attempt(
+    def attempt_finished(
         self, name: str, status: int, kind: str | None, retry_after: bytes | None = None
     ) -> None:
-        """Attempt hook: the outcome of one upstream attempt, as soon as it is known.
+        """The outcome of one upstream attempt, as soon as it is known.
         ``retry_after`` (a 429's header) is accepted and unused: a 429 is never a
         breaker failure."""
         b = self.breakers.get(name)
@@ -427,11 +426,12 @@ class HealthService:
 
     # -- the API other parts of the gateway use ----------------------------------------
     def circuit_state(self, name: str) -> str:
+        """The breaker's state as views show it. Reading changes nothing: timed
+        transitions are applied by the breaker's own timer, this only looks ahead."""
         b = self.breakers.get(name)
         if b is None:
             return "closed"
-        self._after(b, b.advance(self.now()))
-        return b.state.public
+        return b.state_at(self.now()).public
 
     def reactivate(self, name: str) -> bool:
         """Force a breaker closed (POST /v1/diagnostics/backends/{name}/reactivate)."""
@@ -446,7 +446,9 @@ class HealthService:
         return time.time() + (b.open_until - self.now())
 
 
-def health_service(gateway: Any, state: GatewayState) -> HealthService:
-    """Service factory (fastproxy/services.py). Always returns a service: with probing
-    off, the breakers still follow live traffic and /internal/health still answers."""
-    return HealthService(state)
+_ROUTING_STATE = {
+    State.CLOSED: BreakerState.CLOSED,
+    State.OPEN: BreakerState.OPEN,
+    State.HALF_OPEN: BreakerState.HALF_OPEN,
+    State.TRIAL: BreakerState.BUSY,
+}

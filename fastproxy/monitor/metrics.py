@@ -20,10 +20,12 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._version import __version__
-from ..admin.routes import AdminRequest, AdminResponse
+from ..core.seams import PlaneStats, StorageStatus
+from .activity import ActivityTracker
+from .health import HealthService
 
 if TYPE_CHECKING:
     from ..core.records import ExchangeRecord
@@ -91,8 +93,7 @@ class Histogram:
 class MetricsCollector:
     """Counters fed by ``observe(record)``; ``render()`` adds the live gauges."""
 
-    def __init__(self, state: Any, max_models: int = MAX_MODELS) -> None:
-        self.state = state
+    def __init__(self, max_models: int = MAX_MODELS) -> None:
         self.max_models = max_models
         self.models: set[str] = set()
         self.requests: dict[tuple[str, str, str, str], int] = {}
@@ -101,8 +102,8 @@ class MetricsCollector:
         self.tokens: dict[tuple[str, str], int] = {}
         self.cost: dict[str, float] = {}
 
-    # -- per request ---------------------------------------------------------------------
-    def observe(self, rec: ExchangeRecord) -> None:
+    # -- per request (the `ExchangeSink` seam) -------------------------------------------
+    def on_exchange(self, rec: ExchangeRecord) -> None:
         backend = rec.backend or "none"
         model = self._model(rec.model_used or rec.model_requested)
         status = rec.status
@@ -145,10 +146,17 @@ class MetricsCollector:
         return name
 
     # -- per scrape ----------------------------------------------------------------------
-    def render(self) -> bytes:
+    def render(
+        self,
+        plane: PlaneStats,
+        activity: ActivityTracker | None,
+        health: HealthService | None,
+        storage: StorageStatus | None,
+    ) -> bytes:
+        """The exposition, from what this collector counted plus the live state the
+        caller hands in (read at scrape time; nothing here holds on to it)."""
         out: list[str] = []
-        st = self.state
-        c = st.counters
+        c = plane.counters
         m = _Writer(out)
         m.family("fastproxy_build_info", "gauge", "Version and hot-path implementation.")
         from .._speedups import IMPLEMENTATION
@@ -196,18 +204,13 @@ class MetricsCollector:
         for be, v in sorted(self.cost.items()):
             m.sample("fastproxy_cost_usd_total", (("backend", be),), v)
 
-        requests = streams = 0
-        for conn in st.connections:
-            ex = getattr(conn, "current", None)
-            if ex is not None:
-                requests += 1
-                streams += bool(ex.streaming_started)
+        requests, streams = plane.in_flight()
         m.gauge("fastproxy_requests_in_flight", "Requests being served now.", requests)
         m.gauge("fastproxy_streams_in_flight", "SSE responses being relayed now.", streams)
         m.gauge(
             "fastproxy_client_connections_open",
             "Open client connections on the data port.",
-            len(st.connections),
+            plane.open_connections(),
         )
         m.counter(
             "fastproxy_client_connections_accepted_total",
@@ -245,24 +248,17 @@ class MetricsCollector:
             "gauge",
             "Pooled upstream connections: open (all) and idle (waiting for reuse).",
         )
-        for name, pool in sorted(st.pools.items()):
+        for name, (open_, idle) in sorted(plane.pool_stats().items()):
             m.sample(
-                "fastproxy_upstream_connections",
-                (("backend", name), ("state", "open")),
-                pool.open_connections,
+                "fastproxy_upstream_connections", (("backend", name), ("state", "open")), open_
             )
-            m.sample(
-                "fastproxy_upstream_connections",
-                (("backend", name), ("state", "idle")),
-                pool.idle_connections,
-            )
-        self._render_activity(m)
-        self._render_storage(m)
-        self._render_health(m)
+            m.sample("fastproxy_upstream_connections", (("backend", name), ("state", "idle")), idle)
+        self._render_activity(m, activity)
+        self._render_storage(m, storage)
+        self._render_health(m, health, plane.backend_names())
         return "".join(out).encode("utf-8")
 
-    def _render_activity(self, m: _Writer) -> None:
-        tracker = self.state.activity
+    def _render_activity(self, m: _Writer, tracker: ActivityTracker | None) -> None:
         if tracker is None:
             return
         g = tracker.global_snapshot()
@@ -282,9 +278,8 @@ class MetricsCollector:
             tracker.swept_total,
         )
 
-    def _render_storage(self, m: _Writer) -> None:
-        fn = self.state.storage_status
-        status = fn() if fn is not None else None
+    def _render_storage(self, m: _Writer, storage: StorageStatus | None) -> None:
+        status = storage.status() if storage is not None else None
         if not status:
             return
         m.gauge(
@@ -303,18 +298,19 @@ class MetricsCollector:
             status.get("write_errors", 0),
         )
 
-    def _render_health(self, m: _Writer) -> None:
-        health = self.state.health
-        circuit = getattr(health, "circuit_state", None) if health is not None else None
-        if not callable(circuit):
+    def _render_health(
+        self, m: _Writer, health: HealthService | None, backends: Iterable[str]
+    ) -> None:
+        if health is None:
             return
-        endpoints = getattr(health, "endpoint_of", {})
+        circuit = health.circuit_state
+        endpoints = health.endpoint_of
         up: list[tuple[str, int]] = []
         states: list[tuple[str, str]] = []
-        for name in sorted(self.state.backends):
+        for name in sorted(backends):
             cs = str(circuit(name))
             ep = endpoints.get(name)
-            healthy = bool(getattr(ep, "is_healthy", True)) if ep is not None else True
+            healthy = ep.is_healthy if ep is not None else True
             up.append((name, int(healthy and cs != "open")))
             states.append((name, cs))
         m.family(
@@ -387,25 +383,3 @@ def _num(value: float) -> str:
     if value in (float("inf"), float("-inf")):
         return "+Inf" if value > 0 else "-Inf"
     return repr(float(value))
-
-
-class MetricsService:
-    def __init__(self, gateway: Any, state: Any) -> None:
-        self._state = state
-        self.collector = MetricsCollector(state)
-
-    async def start(self) -> None:
-        state = self._state
-        state.metrics = self.collector
-        state.observers.append(self.collector.observe)
-        state.router.add("GET", "/metrics", self.handle)
-
-    async def handle(self, req: AdminRequest) -> AdminResponse:
-        return AdminResponse(body=self.collector.render(), content_type=CONTENT_TYPE)
-
-    async def stop(self) -> None:
-        pass
-
-
-def metrics_service(gateway: Any, state: Any) -> MetricsService:
-    return MetricsService(gateway, state)

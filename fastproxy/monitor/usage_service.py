@@ -25,13 +25,14 @@ import threading
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from ..config import Config
 from ..config.loader import resolve_state_path
+from ..storage.usage_store import UsageStore
 from .costs import PriceTable
 from .usage_projection import ExactCounter, Projector
 
 if TYPE_CHECKING:
     from ..core.records import BackendUsage, ExchangeRecord
-    from ..state import GatewayState
     from ..storage.usage_schema import Prepared
 
 log = logging.getLogger("fastproxy.usage")
@@ -171,18 +172,18 @@ class PendingBodies:
 
 
 class UsageService:
-    def __init__(self, gateway: Any, state: GatewayState) -> None:
-        self.state = state
-        self.config = state.config.usage_tracking
-        self.path = resolve_state_path(state.config, self.config.persistence_path)
+    """Implements the `ExchangeSink` seam (``on_exchange``) and owns the usage store the
+    admin plane queries; registers itself nowhere (the gateway plugs it in)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config.usage_tracking
+        self.path = resolve_state_path(config, self.config.persistence_path)
         self.prices = PriceTable(self.config.pricing)
         self.pending = PendingBodies(MAX_PENDING_BODY_BYTES)
         self.projector: Projector | None = None
-        self.store: Any = None
+        self.store: UsageStore | None = None
 
     async def start(self) -> None:
-        from ..storage.usage_store import UsageStore
-
         cfg = self.config
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,18 +210,9 @@ class UsageService:
         )
         await asyncio.to_thread(store.start)
         self.store = store
-        state = self.state
-        state.usage = self
-        state.accounting = True
-        state.storage_status = store.status
-        state.observers.append(self.on_exchange)
-        _register_routes(state, store)
         log.info("usage tracking: %s", self.path)
 
     async def stop(self) -> None:
-        state = self.state
-        if self.on_exchange in state.observers:
-            state.observers.remove(self.on_exchange)
         store = self.store
         if store is not None:
             # Blocks until every queued record is written: the SIGTERM path loses nothing.
@@ -232,7 +224,9 @@ class UsageService:
         size = len(body) if body is not None else 0
         keep = size == 0 or self.pending.reserve(size)
         capture = UsageCapture.take(rec, keep, size if keep else 0)
-        if not self.store.submit(capture) and capture.held:
+        store = self.store
+        assert store is not None  # sinks are plugged in only once started
+        if not store.submit(capture) and capture.held:
             self.pending.release(capture.held)  # dropped by a full queue: never built
 
     # -- the writer thread ---------------------------------------------------------------
@@ -263,34 +257,3 @@ class UsageService:
         out["pending_body_bytes"] = self.pending.bytes
         out["bodies_dropped"] = self.pending.dropped
         return out
-
-
-def _register_routes(state: GatewayState, store: Any) -> None:
-    try:
-        from ..admin.usage_api import register_usage_routes
-    except ModuleNotFoundError as exc:
-        if exc.name != "fastproxy.admin.usage_api":
-            raise
-        log.warning("usage endpoints are not built; records are still written")
-        return
-    register_usage_routes(state.router, store)
-
-
-def usage_service(gateway: Any, state: GatewayState) -> UsageService | None:
-    if not state.config.usage_tracking.enabled:
-        try:
-            from ..admin.usage_api import register_disabled_usage_routes
-        except ModuleNotFoundError as exc:
-            if exc.name != "fastproxy.admin.usage_api":
-                raise
-        else:
-            register_disabled_usage_routes(state.router)
-        return None
-    try:
-        import fastproxy.storage.usage_store  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "fastproxy.storage.usage_store":
-            raise
-        log.warning("usage tracking is on but the usage store is not built; nothing recorded")
-        return None
-    return UsageService(gateway, state)

@@ -2,7 +2,7 @@
 
 The API kind says which endpoint a request called (`frontend_type` only says which
 dialect): the writer thread derives it from the request path with `API_BY_PATH`. The
-data plane has its own table of the same paths (``fastproxy.dataplane.exchange.API_PATHS``),
+data plane has its own table of the same paths (``fastproxy.dataplane.request.API_PATHS``),
 which maps them to dialect modules; monitoring and storage must not import the data
 plane, so the path → kind part is repeated here, and a test keeps the two equal
 (tests/usage/test_usage_kinds.py).

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fastproxy.admin.diagnostics_views import RateLimitWatch
+from fastproxy.monitor.rate_limits import RateLimitWatch
 
 from .conftest import Admin
 

@@ -25,7 +25,7 @@ TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"typ
 def records(gateway: RunningGateway) -> list[ExchangeRecord]:
     got: list[ExchangeRecord] = []
     gateway.state.accounting = True
-    gateway.state.observers.append(got.append)
+    gateway.observe(got.append)
     return got
 
 
@@ -118,7 +118,7 @@ def test_json_completion_without_backend_usage_is_estimated(
     )
     got: list[ExchangeRecord] = []
     gw.state.accounting = True
-    gw.state.observers.append(got.append)
+    gw.observe(got.append)
     with openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as c:
         assert (
             c.chat.completions.create(model="m", messages=MSGS).choices[0].message.content

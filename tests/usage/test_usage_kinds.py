@@ -1,7 +1,7 @@
 """The usage store's closed vocabularies match what the data plane produces.
 
 Monitoring and storage may not import the data plane, so the path → API kind table lives
-twice: `fastproxy.dataplane.exchange.API_PATHS` (which routes requests) and
+twice: `fastproxy.dataplane.request.API_PATHS` (which routes requests) and
 `fastproxy.storage.usage_kinds.API_BY_PATH` (which names them in records). The outcomes
 the data plane assigns must all be ones the `outcome` filter accepts. A path or an
 outcome added on one side only fails here, not as records that no filter can select.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy.dataplane.exchange import API_PATHS
+from fastproxy.dataplane.request import API_PATHS
 from fastproxy.storage.usage_kinds import API_BY_PATH, API_KINDS, OUTCOMES
 from fastproxy.storage.usage_queries import FilterError, parse_filters
 
@@ -22,7 +22,7 @@ DATAPLANE = Path(__file__).resolve().parents[2] / "fastproxy" / "dataplane"
 
 
 def test_the_two_path_tables_agree() -> None:
-    routed = {path.decode("latin-1"): kind for path, (_dialect, kind) in API_PATHS.items()}
+    routed = {path.decode("latin-1"): route.kind for path, route in API_PATHS.items()}
     assert routed == API_BY_PATH
     assert sorted(API_KINDS) == sorted(set(API_BY_PATH.values()))
 

@@ -1,0 +1,39 @@
+"""Views: everything the monitoring API's handlers may read, handed over once.
+
+The gateway builds one `Views` after it made the services and the data plane; the
+route table (table.py) passes it to every handler. A service that is off is None here,
+and the table answers 503 for the routes that need it before any handler runs, so no
+handler tests for a missing service and no service knows an HTTP type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..config import Config
+from ..core.seams import PlaneStats
+from ..httpclient.backend import Backend
+from ..monitor.activity import ActivityTracker
+from ..monitor.health import HealthService
+from ..monitor.metrics import MetricsCollector
+from ..monitor.rate_limits import RateLimitWatch
+from ..monitor.usage_service import UsageService
+from ..storage.usage_store import UsageStore
+
+
+@dataclass(frozen=True, slots=True)
+class Views:
+    config: Config
+    backends: Mapping[str, Backend]
+    plane: PlaneStats
+    health: HealthService
+    rate_limits: RateLimitWatch
+    metrics: MetricsCollector
+    activity: ActivityTracker | None = None
+    usage: UsageService | None = None
+
+    @property
+    def store(self) -> UsageStore | None:
+        """The usage store to query (None when usage tracking is off)."""
+        return self.usage.store if self.usage is not None else None

@@ -1,0 +1,117 @@
+"""DataPlane: what every connection of the data port shares, typed and built once.
+
+The gateway (gateway.py) makes one, hands it the backends and pools, and plugs the
+monitoring services in through the seams (core/seams.py): the breakers routing asks,
+the reporter the request cycle tells, the live activity counters, the monitoring API
+for the monitoring paths the data port answers too. Services are given to the plane;
+none of them reaches into it. What the plane itself changes at run time is its own:
+the connection set, the counters, the request and connection ids, ``draining``.
+
+Nothing here is module-level; a process may run several gateways (the tests do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Protocol
+
+from ..config import Config
+from ..core.clock import HttpDate
+from ..core.records import Counters
+from ..core.seams import BreakerView, LiveActivity, MonitoringPort, Reporter
+from ..httpclient.backend import Backend
+from ..httpclient.pool import UpstreamPool
+from ..logs import AccessLine
+
+
+class Connection(Protocol):
+    """What the gateway's stop sequence needs of a data-port connection."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    @property
+    def streaming(self) -> bool: ...
+
+    def shutdown(self) -> None: ...
+
+    def abort(self, message: str) -> None: ...
+
+
+class DataPlane:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        backends: Mapping[str, Backend] | None = None,
+        pools: Mapping[str, UpstreamPool] | None = None,
+        default_backend: str | None = None,
+        breakers: BreakerView | None = None,
+        reporter: Reporter | None = None,
+        activity: LiveActivity | None = None,
+        accounting: bool = False,
+        monitoring: MonitoringPort | None = None,
+        counters: Counters | None = None,
+        date: HttpDate | None = None,
+    ) -> None:
+        self.config = config
+        self.loop = loop
+        self.backends: Mapping[str, Backend] = backends if backends is not None else {}
+        self.pools: Mapping[str, UpstreamPool] = pools if pools is not None else {}
+        self.default_backend = default_backend if default_backend else config.default_backend
+        self.breakers = breakers
+        self.reporter = reporter if reporter is not None else Reporter((), ())
+        # Live activity entries per request, when tracking is on; None costs one test.
+        self.activity = activity
+        # Completion accounting (token estimates, tool calls, TTFT) for the usage record;
+        # on only when usage tracking is, so the relay pays nothing otherwise.
+        self.accounting = accounting
+        self.monitoring = monitoring
+        self.counters = counters if counters is not None else Counters()
+        self.date = date if date is not None else HttpDate()
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._next_request_id = 0
+        self._next_connection_id = 0
+        self.access_line = AccessLine()
+        self.access_log: logging.Logger | None = (
+            logging.getLogger("fastproxy.access") if config.access_log else None
+        )
+
+    @property
+    def date_header(self) -> bytes:
+        return self.date.line
+
+    def new_request_id(self) -> int:
+        self._next_request_id += 1
+        return self._next_request_id
+
+    def new_connection_id(self) -> int:
+        self._next_connection_id += 1
+        return self._next_connection_id
+
+    @property
+    def busy(self) -> bool:
+        """Some connection still has a request in progress."""
+        return any(c.busy for c in self.connections)
+
+    # -- PlaneStats: what views read ------------------------------------------------------
+    def open_connections(self) -> int:
+        return len(self.connections)
+
+    def in_flight(self) -> tuple[int, int]:
+        requests = streams = 0
+        for conn in self.connections:
+            if conn.busy:
+                requests += 1
+                streams += conn.streaming
+        return requests, streams
+
+    def backend_names(self) -> list[str]:
+        return list(self.backends)
+
+    def pool_stats(self) -> Mapping[str, tuple[int, int]]:
+        return {n: (p.open_connections, p.idle_connections) for n, p in self.pools.items()}
