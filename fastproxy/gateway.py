@@ -33,8 +33,8 @@ from .core.seams import ExchangeSink, Reporter
 from .dataplane.plane import DataPlane
 from .dataplane.protocol import ClientProtocol
 from .httpclient.backend import Backend
+from .httpclient.fetch import fetch
 from .httpclient.pool import UpstreamPool
-from .httpclient.response import UpstreamResponse
 from .logs import configure_logging
 from .memory import IdleTrimmer
 from .mockllm import MockLLMServer
@@ -215,28 +215,18 @@ class Gateway:
                 log.info("backend %s: discovered %d models", backend.name, len(result))
 
     async def _fetch_models(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> list[str]:
-        pool = UpstreamPool(backend, loop)
-        try:
-            conn, _ = await pool.acquire(DISCOVERY_TIMEOUT_S)
-            resp = UpstreamResponse(loop)
-            head = (
-                b"GET "
-                + backend.upstream_path(b"/v1/models")
-                + b" HTTP/1.1\r\nhost: "
-                + backend.host_header
-                + b"\r\naccept-encoding: identity\r\n"
-                + backend.auth_headers
-                + b"connection: close\r\n\r\n"
-            )
-            conn.send(head, b"", resp)
-            async with asyncio.timeout(DISCOVERY_TIMEOUT_S):
-                await resp.done
-            if resp.status != 200:
-                raise RuntimeError(f"HTTP {resp.status}")
-            data = orjson.loads(b"".join(resp.body)).get("data") or []
-            return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        finally:
-            pool.close()
+        # Anthropic's API wants anthropic-version on every call, listing models included.
+        resp = await fetch(
+            backend,
+            b"GET",
+            backend.upstream_path(b"/v1/models"),
+            timeout_s=DISCOVERY_TIMEOUT_S,
+            loop=loop,
+        )
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}")
+        data = orjson.loads(resp.body).get("data") or []
+        return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     def _tick(self) -> None:
         plane = self.plane

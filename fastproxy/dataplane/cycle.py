@@ -37,6 +37,7 @@ from ..core.records import ExchangeRecord
 from ..core.seams import ActivityHandle
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamConnection
+from ..httpclient.request import request_head
 from ..httpclient.response import UpstreamResponse
 from . import models, wire
 from .accounting import StreamAccounting, json_completion_tokens, json_tool_names
@@ -82,6 +83,8 @@ def _splice_member(raw: bytes | bytearray, member: bytes) -> tuple[bytes, memory
     return bytes(raw[:start]) + member + (b"" if empty else b","), memoryview(raw)[start:]
 
 
+# Marks a request as relayed by a fastproxy gateway: a second one refuses it (loop guard).
+_HOP = b"x-fastproxy-hop: 1\r\n"
 FAILOVER_STATUSES = frozenset({429, 502, 503, 504, 529})
 MAX_RETRY_AFTER_S = 5.0
 
@@ -361,27 +364,17 @@ class RequestCycle:
             obj.update(edits)
             payload = orjson.dumps(obj)
         self.record.mutated = inject or drop_session or bool(edits)
-        lines = [
-            b"POST ",
+        head = request_head(
+            backend,
+            b"POST",
             backend.upstream_path(req.path),
-            b" HTTP/1.1\r\nhost: ",
-            backend.host_header,
-            b"\r\ncontent-type: application/json\r\ncontent-length: ",
-            b"%d" % (len(prefix) + len(payload)),
-            b"\r\nx-fastproxy-hop: 1\r\naccept-encoding: identity\r\n",
-            backend.auth_headers,
-        ]
-        has_version = False
-        for name, value in req.headers:
-            if name in wire.NOT_FORWARDED:
-                continue
-            if name == b"anthropic-version":
-                has_version = True
-            lines += (name, b": ", value, b"\r\n")
-        if backend.type == "anthropic" and not has_version:
-            lines += (b"anthropic-version: ", backend.config.anthropic_version.encode(), b"\r\n")
-        lines += (b"\r\n", prefix)
-        return b"".join(lines), payload, inject
+            content_length=len(prefix) + len(payload),
+            extra=_HOP,
+            headers=req.headers,
+            skip=wire.NOT_FORWARDED,
+            body_prefix=prefix,
+        )
+        return head, payload, inject
 
     async def _attempts(
         self,

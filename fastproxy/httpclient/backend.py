@@ -69,9 +69,9 @@ class Backend:
         self.port = parts.port or default_port
         self.base_path = parts.path.rstrip("/").encode()
         self.normalized_url = normalize_api_url(self.api_url)
-        self.host_header = (
-            self.host if self.port == default_port else f"{self.host}:{self.port}"
-        ).encode()
+        # An IPv6 literal keeps its brackets in Host (RFC 9110: host is uri-host).
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = (host if self.port == default_port else f"{host}:{self.port}").encode()
         self.server_hostname = self.host if self.scheme == "https" else None
         self.ssl = _ssl_context(config) if self.scheme == "https" else None
         key = config.api_key or (env.get(config.api_key_env) if config.api_key_env else None)
