@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install fastproxy with its test extras into ./.venv and run the suite: lint and format
-# check, then every test once with the compiled _speedups core, then, with the
+# Install fastproxy with its test extras into ./.venv and run the suite: lint, format and type
+# checks, then every test once with the compiled _speedups core, then, with the
 # pure-Python twin forced (FASTPROXY_NO_EXTENSIONS=1), the two suites that cover what
 # differs between the builds: tests/speedups (both implementations side by side, in one
 # process) and tests/twin (a real gateway process per implementation). Each of those two
@@ -30,8 +30,9 @@ FASTPROXY_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e '.[test,exa
 .venv/bin/python -c "import fastproxy._speedups as s; assert s.IMPLEMENTATION == 'cython', s.IMPLEMENTATION; print('speedups:', s.IMPLEMENTATION)"
 .venv/bin/ruff check fastproxy tests bench scripts
 .venv/bin/ruff format --check fastproxy tests bench scripts
-# ---- type check: a later step adds `.venv/bin/mypy fastproxy` here ----------------------
-# ----------------------------------------------------------------------------------------
+# Types: the package's seams are typed Protocols; mypy (settings in pyproject.toml) keeps
+# every implementation true to them. The import rules are a test (tests/test_architecture.py).
+.venv/bin/mypy fastproxy
 # Pass 1, compiled core: everything except the two suites that test both builds themselves.
 # Arguments go to this pass only (a path, -k or -x for the suite a developer is working on;
 # a path under tests/speedups or tests/twin given here is run here, --ignore or not).

@@ -42,7 +42,7 @@ from .costs import PriceTable, compute_cost
 
 if TYPE_CHECKING:
     from ..core.records import BackendUsage
-    from .usage_service import UsageCapture
+    from .usage_capture import UsageCapture
 
 log = logging.getLogger("fastproxy.usage")
 

@@ -1,8 +1,7 @@
 """Usage tracking: one record per finished request, written to SQLite off the loop.
 
-``usage_service(gateway, state)`` is the factory ``services.py`` names. With
-``usage_tracking.enabled`` false it registers the usage endpoints as 503 answers and
-returns None: no observer, no accounting, nothing on the hot path.
+With ``usage_tracking.enabled`` false the gateway makes no UsageService: no exchange
+sink, no accounting, nothing on the hot path, and the usage endpoints answer 503.
 
 When on, ``on_exchange`` runs on the event loop once per request. It copies numbers and
 names into a ``UsageCapture`` and queues it; the store hands it to ``build`` on its
@@ -29,10 +28,11 @@ from ..config import Config
 from ..config.loader import resolve_state_path
 from ..storage.usage_store import UsageStore
 from .costs import PriceTable
+from .usage_capture import UsageCapture
 from .usage_projection import ExactCounter, Projector
 
 if TYPE_CHECKING:
-    from ..core.records import BackendUsage, ExchangeRecord
+    from ..core.records import ExchangeRecord
     from ..storage.usage_schema import Prepared
 
 log = logging.getLogger("fastproxy.usage")
@@ -41,109 +41,6 @@ log = logging.getLogger("fastproxy.usage")
 # maximal request (limits.max_body_bytes default): enough that a healthy writer never
 # hits it, small enough that a stalled one cannot grow the process by more.
 MAX_PENDING_BODY_BYTES = 64 * 1024 * 1024
-
-
-class UsageCapture:
-    """What the loop copies out of an ExchangeRecord: numbers, names, the raw body."""
-
-    __slots__ = (
-        "attempts",
-        "backend",
-        "backend_ttfb_at",
-        "backend_type",
-        "body",
-        "btp_est",
-        "client_key_id",
-        "ended_at",
-        "first_content_at",
-        "frontend",
-        "held",
-        "model_requested",
-        "model_used",
-        "outcome",
-        "path",
-        "proxy_user",
-        "ptc_est",
-        "replacement",
-        "session_id",
-        "started_at",
-        "status",
-        "streaming",
-        "tool_call_count",
-        "tool_names",
-        "upstream_done_at",
-        "upstream_sent_at",
-        "usage",
-        "user_agent",
-        "wall_started_at",
-    )
-
-    # Declared for the type checker (``take`` fills every slot): the same types as the
-    # ExchangeRecord fields they copy, the body as the data plane holds it.
-    attempts: int
-    backend: str | None
-    backend_ttfb_at: float
-    backend_type: str | None
-    body: bytes | bytearray | None
-    btp_est: int | None
-    client_key_id: str | None
-    ended_at: float
-    first_content_at: float
-    frontend: str
-    held: int
-    model_requested: str | None
-    model_used: str | None
-    outcome: str
-    path: str
-    proxy_user: str | None
-    ptc_est: int | None
-    replacement: dict[str, str] | None
-    session_id: str | None
-    started_at: float
-    status: int
-    streaming: bool
-    tool_call_count: int
-    tool_names: list[str]
-    upstream_done_at: float
-    upstream_sent_at: float
-    usage: BackendUsage | None
-    user_agent: str | None
-    wall_started_at: float
-
-    @classmethod
-    def take(cls, rec: ExchangeRecord, keep_body: bool, held: int = 0) -> UsageCapture:
-        c = cls.__new__(cls)
-        c.wall_started_at = rec.wall_started_at
-        c.started_at = rec.started_at
-        c.ended_at = rec.ended_at
-        c.upstream_sent_at = rec.upstream_sent_at
-        c.backend_ttfb_at = rec.backend_ttfb_at
-        c.upstream_done_at = rec.upstream_done_at
-        c.first_content_at = rec.first_content_at
-        c.session_id = rec.session_id
-        c.client_key_id = rec.client_key_id
-        c.frontend = rec.frontend
-        c.path = rec.path
-        c.backend = rec.backend
-        c.backend_type = rec.backend_type
-        c.model_requested = rec.model_requested
-        c.model_used = rec.model_used
-        c.streaming = rec.streaming
-        c.status = rec.status
-        c.outcome = rec.outcome
-        c.attempts = rec.attempts
-        c.tool_call_count = rec.tool_call_count
-        c.tool_names = rec.tool_names  # a fresh list per exchange, never touched again
-        c.usage = rec.usage
-        c.btp_est = rec.btp_completion_est
-        c.ptc_est = rec.ptc_completion_est
-        c.replacement = rec.replacement
-        c.proxy_user = rec.proxy_user
-        c.user_agent = rec.user_agent
-        body = rec.request_body
-        c.body = body if keep_body else None
-        c.held = held  # bytes of PendingBodies this capture holds, released once built
-        return c
 
 
 class PendingBodies:
