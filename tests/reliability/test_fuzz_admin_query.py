@@ -1,7 +1,7 @@
 """Fuzz: query strings into the monitoring API give filters or a 400 naming the parameter.
 
 The usage views (/v1/usage/stats, /recent, /export; fastproxy/admin/usage_api.py) parse
-their query with ``AdminRequest.parse_query`` and ``parse_filters``
+their query with ``parse_query`` (fastproxy/admin/routes.py) and ``parse_filters``
 (fastproxy/storage/usage_filters.py): strict on purpose, every refusal a `FilterError`
 naming the parameter, turned into a 400 by the view. The properties:
 
@@ -35,13 +35,12 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fastproxy.admin.protocol import AdminProtocol
-from fastproxy.admin.routes import AdminRequest, Router
-from fastproxy.admin.usage_api import register_usage_routes
+from fastproxy.admin.routes import AdminRequest, parse_query
+from fastproxy.dataplane.plane import DataPlane
 from fastproxy.dataplane.protocol import ClientProtocol
-from fastproxy.state import GatewayState
 from fastproxy.storage.usage_filters import FILTER_PARAMS, FilterError, Filters, parse_filters
 from tests.support.fake_transport import FakeClockLoop, FakeTransport, fake_clock_loop, make_config
+from tests.support.monitoring import serve_routes, usage_router
 
 from .fuzz_settings import fuzz
 
@@ -171,7 +170,7 @@ def query_strings(draw: st.DrawFn) -> str:
 @fuzz(ci=400)
 @given(raw=st.one_of(query_strings(), st.text(max_size=40)))
 def test_parse_query_never_raises(raw: str) -> None:
-    query = AdminRequest.parse_query(raw)
+    query = parse_query(raw)
     assert all(
         isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
         for k, v in query.items()
@@ -185,7 +184,7 @@ def test_parse_query_never_raises(raw: str) -> None:
     "a zone that moves the first instant before year 1"
 )
 def test_parse_filters_returns_filters_or_names_the_parameter(raw: str, view: str) -> None:
-    query = AdminRequest.parse_query(raw)
+    query = parse_query(raw)
     try:
         filters = parse_filters(query, VIEWS[view])
     except FilterError as err:
@@ -246,12 +245,10 @@ def check_answer(status: int, body: bytes, query: dict[str, list[str]]) -> None:
 @given(raw=query_strings(), view=st.sampled_from(sorted(VIEWS)))
 @example(raw="end_date=9999-12-31", view="/v1/usage/recent").via("the last day of the calendar")
 def test_views_answer_200_or_400_naming_the_parameter(raw: str, view: str) -> None:
-    router = Router()
     store = StubStore()
-    register_usage_routes(router, store)
-    handler, params, _ = router.resolve("GET", view)
+    handler, params, _ = usage_router(store).resolve("GET", view)
     assert handler is not None
-    query = AdminRequest.parse_query(raw)
+    query = parse_query(raw)
     req = AdminRequest(
         method="GET",
         path=view,
@@ -273,12 +270,19 @@ def test_views_answer_200_or_400_naming_the_parameter(raw: str, view: str) -> No
     assert len(store.calls) == (1 if resp.status == 200 else 0)
 
 
+class Servers:
+    """The data plane and the admin listener serving the usage routes over one stub."""
+
+    def __init__(self, loop: FakeClockLoop) -> None:
+        self.loop = loop
+        self.plane = DataPlane(make_config(), loop)
+        self.admin = serve_routes(self.plane, usage_router(StubStore()))
+
+
 @pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[FakeClockLoop, GatewayState]]:
+def servers() -> Iterator[Servers]:
     with fake_clock_loop() as loop:
-        state = GatewayState(make_config(), loop)
-        register_usage_routes(state.router, StubStore())
-        yield loop, state
+        yield Servers(loop)
 
 
 def _status_and_body(written: bytes) -> tuple[int, bytes, int]:
@@ -321,14 +325,12 @@ def ask(loop: FakeClockLoop, protocol: Any, request: bytes) -> tuple[FakeTranspo
 )
 @example(raw="end_date=9999-12-31", view="/v1/usage/stats").via("the last day of the calendar")
 @example(raw="format=ndjson", view="/v1/usage/export").via("an empty ndjson export")
-def test_both_listeners_give_the_same_answer(
-    servers: tuple[FakeClockLoop, GatewayState], raw: str, view: str
-) -> None:
-    loop, state = servers
+def test_both_listeners_give_the_same_answer(servers: Servers, raw: str, view: str) -> None:
+    loop, plane = servers.loop, servers.plane
     request = f"GET {view}?{raw} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("latin-1")
-    query = AdminRequest.parse_query(raw)
+    query = parse_query(raw)
     answers = []
-    for protocol in (AdminProtocol(state, set()), ClientProtocol(state)):
+    for protocol in (servers.admin(), ClientProtocol(plane)):
         transport, errors = ask(loop, protocol, request)
         assert not errors, errors
         status, body, count = _status_and_body(bytes(transport.written))
@@ -336,7 +338,7 @@ def test_both_listeners_give_the_same_answer(
         if status == 414 and isinstance(protocol, ClientProtocol):
             # The data port's request-line limit (the admin listener has only h11's head
             # bound): a refusal both may make differently.
-            assert len(view) + 1 + len(raw) > state.config.limits.max_request_line_bytes
+            assert len(view) + 1 + len(raw) > plane.config.limits.max_request_line_bytes
             return
         check_answer(status, body, query)
         try:
@@ -374,13 +376,11 @@ targets = st.one_of(
 @fuzz(ci=200)
 @given(target=targets)
 @example(target="//[x/v1/usage/stats?a=1").via("a target urlsplit reads as a broken IPv6 host")
-def test_admin_listener_answers_any_target_once(
-    servers: tuple[FakeClockLoop, GatewayState], target: str
-) -> None:
-    loop, state = servers
+def test_admin_listener_answers_any_target_once(servers: Servers, target: str) -> None:
+    loop = servers.loop
     request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("latin-1")
     try:
-        transport, errors = ask(loop, AdminProtocol(state, set()), request)
+        transport, errors = ask(loop, servers.admin(), request)
     except Exception as exc:  # escaping data_received: uvloop drops the connection unanswered
         raise AssertionError(f"data_received raised {exc!r} for target {target!r}") from exc
     assert not errors, errors

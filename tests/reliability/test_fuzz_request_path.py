@@ -11,13 +11,14 @@ between reads as a real loop would. The bytes written back (Date headers and int
 must be identical.
 
 Only paths the gateway answers without a backend are used (unknown paths, the model
-list, monitoring paths that no service registered, LLM paths whose model no backend
-serves, wrong methods, malformed requests), so every answer is computed on the loop with
-no I/O and the test is deterministic and fast. Limits are set to the configuration's
+list, monitoring paths, which are unknown here since no monitoring API is plugged into
+the plane, LLM paths whose model no backend serves, wrong methods, malformed requests),
+so every answer is computed on the loop with no I/O and the test is deterministic and
+fast. Limits are set to the configuration's
 minimums (256-byte request line, 1 KiB head) so a body or a long header crosses them
 cheaply.
 
-Only the protocol's public surface is used: ``ClientProtocol(state)``,
+Only the protocol's public surface is used: ``ClientProtocol(plane)``,
 ``connection_made``, ``data_received``, ``eof_received``, ``connection_lost``, and what
 it does to its transport.
 
@@ -38,8 +39,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from fastproxy.dataplane.plane import DataPlane
 from fastproxy.dataplane.protocol import ClientProtocol
-from fastproxy.state import GatewayState
 from tests.support.fake_transport import (
     FakeClockLoop,
     FakeTransport,
@@ -368,9 +369,9 @@ def run(loop: FakeClockLoop, pieces: list[bytes], eof: bool) -> Outcome:
 
     loop.set_exception_handler(on_error)
     try:
-        state = GatewayState(CONFIG, loop)
+        plane = DataPlane(CONFIG, loop)
         transport = FakeTransport(loop)
-        transport.connect(ClientProtocol(state))
+        transport.connect(ClientProtocol(plane))
         for piece in pieces:
             transport.receive(piece)
             loop.settle()  # the loop runs between reads, as it does between socket reads
@@ -383,7 +384,7 @@ def run(loop: FakeClockLoop, pieces: list[bytes], eof: bool) -> Outcome:
         loop.settle()
         leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
         assert not leftovers, f"tasks outlive their connection: {leftovers}"
-        assert not state.connections, "a lost connection is still registered"
+        assert not plane.connections, "a lost connection is still registered"
     finally:
         loop.set_exception_handler(None)
     return Outcome(normalise(bytes(transport.written)), closed, errors)

@@ -8,7 +8,7 @@ instant the connection is closed, when the deadlines follow each other in every 
 that matters. `FakeClockLoop.advance` fires each timer at its own due instant, so the
 close time is compared exactly (within the protocol's stated 1 ms tolerance).
 
-Only the public surface is used: ``ClientProtocol(state)`` over a `FakeTransport`.
+Only the public surface is used: ``ClientProtocol(plane)`` over a `FakeTransport`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from fastproxy.dataplane.protocol import ClientProtocol
-from tests.support.fake_transport import FakeClockLoop, FakeTransport, fake_clock_loop, make_state
+from tests.support.fake_transport import FakeClockLoop, FakeTransport, fake_clock_loop, make_plane
 
 HEADER_S = 10.0
 BODY_S = 30.0
@@ -46,7 +46,7 @@ class Conn:
 
     def __init__(self, loop: FakeClockLoop, **timeouts: float) -> None:
         self.loop = loop
-        state = make_state(
+        plane = make_plane(
             loop,
             {
                 "timeouts": {
@@ -58,7 +58,7 @@ class Conn:
             },
         )
         self.transport = FakeTransport(loop)
-        self.protocol = ClientProtocol(state)
+        self.protocol = ClientProtocol(plane)
         self.t0 = loop.time()
         self.transport.connect(self.protocol)
         loop.settle()

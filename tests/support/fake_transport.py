@@ -13,7 +13,7 @@ or ``call_later`` fire, in order, at the instant they were scheduled for, and no
 sleeps. Its selector never blocks, so a mistake in a test spins instead of hanging on the
 wall clock; the loop is only ever run for a bounded number of iterations.
 
-`make_state` builds a real `GatewayState` from a real `Config` (``load_config`` on a YAML
+`make_plane` builds a real `DataPlane` from a real `Config` (``load_config`` on a YAML
 tree), so the protocol under test reads its limits and timeouts exactly as in production.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from fastproxy.config import Config, load_config
-from fastproxy.state import GatewayState
+from fastproxy.dataplane.plane import DataPlane
 
 # --------------------------------------------------------------------------------------
 # the clock
@@ -361,7 +361,7 @@ class FakeTransport(asyncio.Transport):
 
 
 # --------------------------------------------------------------------------------------
-# a real GatewayState
+# a real DataPlane
 
 
 def make_config(tree: dict[str, Any] | None = None, tmp_dir: str | Path | None = None) -> Config:
@@ -392,10 +392,11 @@ def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def make_state(
+def make_plane(
     loop: asyncio.AbstractEventLoop,
     tree: dict[str, Any] | None = None,
     config: Config | None = None,
-) -> GatewayState:
-    """A `GatewayState` on ``loop``: no backends, no services (usage, health, ... off)."""
-    return GatewayState(config if config is not None else make_config(tree), loop)
+) -> DataPlane:
+    """A `DataPlane` on ``loop``: no backends, no services plugged in (no breakers, no
+    reporter sinks, no activity, no monitoring API)."""
+    return DataPlane(config if config is not None else make_config(tree), loop)
