@@ -6,6 +6,7 @@ tests/admin/test_diagnostics_activity.py; here a fake clock drives the sweep rul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -14,8 +15,8 @@ from fastproxy.monitor.activity import (
     OVERFLOW_BACKEND,
     STRIDE,
     ActivityTracker,
-    activity_service,
 )
+from tests.conftest import RunningGateway
 from tests.speedups.helpers import IMPLS, impl_module
 
 
@@ -183,11 +184,11 @@ def test_layout_is_stride_four() -> None:
     assert STRIDE == 4
 
 
-def test_service_is_absent_when_off() -> None:
-    class Cfg:
-        enable_activity_tracking = False
-
-    class State:
-        config = Cfg()
-
-    assert activity_service(object(), State()) is None
+def test_service_is_absent_when_off(gateway_factory: Callable[..., RunningGateway]) -> None:
+    # Off means absent: the gateway makes no service and the plane counts into nothing.
+    off = gateway_factory()
+    assert off.gateway.activity is None
+    assert off.plane.activity is None
+    on = gateway_factory({"enable_activity_tracking": True})
+    assert on.gateway.activity is not None
+    assert on.plane.activity is on.gateway.activity.tracker
