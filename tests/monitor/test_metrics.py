@@ -11,10 +11,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastproxy.core.records import ExchangeRecord
+from fastproxy.core.records import Counters, ExchangeRecord
 from fastproxy.dataplane.dialects.usage import BackendUsage
 from fastproxy.monitor.metrics import CONTENT_TYPE, DURATION_BUCKETS, MetricsCollector
-from fastproxy.state import Counters
 from tests.conftest import RunningGateway, backend_for
 from tests.support.waiting import wait_until
 
@@ -167,15 +166,38 @@ def test_failures_and_aborts_are_counted(gw: RunningGateway, mock_llm: Any) -> N
 
 
 # -- the collector without sockets ------------------------------------------------------------
-class FakeState:
+class FakePlane:
+    """What render() reads of the data plane (the `PlaneStats` seam): an idle plane."""
+
+    draining = False
+
     def __init__(self) -> None:
         self.counters = Counters()
-        self.connections: set[Any] = set()
-        self.pools: dict[str, Any] = {}
-        self.backends: dict[str, Any] = {}
-        self.activity = None
-        self.health = None
-        self.storage_status: Callable[[], dict[str, Any]] | None = None
+
+    def open_connections(self) -> int:
+        return 0
+
+    def in_flight(self) -> tuple[int, int]:
+        return 0, 0
+
+    def backend_names(self) -> list[str]:
+        return []
+
+    def pool_stats(self) -> dict[str, tuple[int, int]]:
+        return {}
+
+
+class FakeStorage:
+    def __init__(self, status: dict[str, Any]) -> None:
+        self._status = status
+
+    def status(self) -> dict[str, Any]:
+        return self._status
+
+
+def render(m: MetricsCollector, plane: FakePlane | None = None, storage: Any = None) -> str:
+    """The exposition with no activity tracker and no health service."""
+    return m.render(plane or FakePlane(), None, None, storage).decode()
 
 
 def record(
@@ -201,30 +223,30 @@ def parse(text: str) -> dict[str, Any]:
 
 
 def test_model_labels_are_folded_beyond_the_cap() -> None:
-    m = MetricsCollector(FakeState(), max_models=3)
+    m = MetricsCollector(max_models=3)
     for i in range(10):
-        m.observe(record(f"model-{i}"))
-    m.observe(record("x" * 500))
-    m.observe(record("model-1"))  # a known model keeps its label
-    fams = parse(m.render().decode())
+        m.on_exchange(record(f"model-{i}"))
+    m.on_exchange(record("x" * 500))
+    m.on_exchange(record("model-1"))  # a known model keeps its label
+    fams = parse(render(m))
     models = {s.labels["model"]: s.value for s in fams["fastproxy_requests"].samples}
     assert models == {"model-0": 1, "model-1": 2, "model-2": 1, "other": 8}
 
 
 def test_label_values_are_escaped() -> None:
-    m = MetricsCollector(FakeState())
+    m = MetricsCollector()
     weird = 'a"b\\c\nd'
-    m.observe(record(weird))
-    fams = parse(m.render().decode())
+    m.on_exchange(record(weird))
+    fams = parse(render(m))
     (sample,) = fams["fastproxy_requests"].samples
     assert sample.labels["model"] == weird
 
 
 def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
-    m = MetricsCollector(FakeState())
+    m = MetricsCollector()
     for d in (0.01, 0.015, 100.0):  # 0.01 is exactly a bound: it belongs to le="0.01"
-        m.observe(record("m", duration=d, streaming=True, ttft=0.001))
-    fams = parse(m.render().decode())
+        m.on_exchange(record("m", duration=d, streaming=True, ttft=0.001))
+    fams = parse(render(m))
     name = "fastproxy_gen_ai_client_operation_duration_seconds"
     buckets = {s.labels["le"]: s.value for s in fams[name].samples if s.name == name + "_bucket"}
     assert buckets["0.01"] == 1 and buckets["0.02"] == 2
@@ -235,19 +257,16 @@ def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
 
 
 def test_tokens_cost_storage_and_counters() -> None:
-    st = FakeState()
-    st.counters.upstream_errors = {"connect": 2, "timeout": 1}
-    st.counters.failovers = 3
-    st.storage_status = lambda: {
-        "usage_db": "ok",
-        "queue_depth": 7,
-        "dropped_records": 2,
-        "write_errors": 0,
-    }
-    m = MetricsCollector(st)
-    m.observe(record("m", usage=BackendUsage(prompt=10, completion=5, cost=0.25)))
-    m.observe(record("m", usage=BackendUsage(prompt=1, completion=2, cost=0.5)))
-    fams = parse(m.render().decode())
+    plane = FakePlane()
+    plane.counters.upstream_errors = {"connect": 2, "timeout": 1}
+    plane.counters.failovers = 3
+    storage = FakeStorage(
+        {"usage_db": "ok", "queue_depth": 7, "dropped_records": 2, "write_errors": 0}
+    )
+    m = MetricsCollector()
+    m.on_exchange(record("m", usage=BackendUsage(prompt=10, completion=5, cost=0.25)))
+    m.on_exchange(record("m", usage=BackendUsage(prompt=1, completion=2, cost=0.5)))
+    fams = parse(render(m, plane, storage))
     usage = "fastproxy_gen_ai_client_token_usage"
     assert total(fams, usage, token_type="input") == 11
     assert total(fams, usage, token_type="output") == 7
@@ -259,13 +278,13 @@ def test_tokens_cost_storage_and_counters() -> None:
     assert "fastproxy_activity_bytes" not in fams  # tracking off: no series at all
 
 
-def test_observer_cost_is_small() -> None:
-    """A guard, not a benchmark: the per-request observer stays in the microseconds."""
-    m = MetricsCollector(FakeState())
+def test_exchange_sink_cost_is_small() -> None:
+    """A guard, not a benchmark: the per-request sink (on_exchange) stays in the microseconds."""
+    m = MetricsCollector()
     rec = record("m", streaming=True, ttft=0.01, usage=BackendUsage(prompt=3, completion=4))
     n = 20_000
     t0 = time.perf_counter()
     for _ in range(n):
-        m.observe(rec)
+        m.on_exchange(rec)
     per_call = (time.perf_counter() - t0) / n
     assert per_call < 50e-6
