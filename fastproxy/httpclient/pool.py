@@ -21,6 +21,7 @@ from collections import deque
 import httptools
 
 from ..core.errors import UpstreamError
+from ..core.flow import FlowControl
 from .backend import Backend
 from .response import UpstreamResponse
 
@@ -52,8 +53,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_idle_since",
         "_parser",
         "_pool",
-        "_reading_paused",
         "closed",
+        "flow",
         "last_rx",
         "requests",
         "response",
@@ -69,13 +70,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.last_rx = 0.0
         self._idle_since = 0.0
-        self._reading_paused = False
+        self.flow: FlowControl | None = None
         self._head_bytes = 0  # bytes read while the response head is incomplete
         self._feeding = 0  # size of the read being parsed
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.flow = FlowControl(transport)  # type: ignore[arg-type]
+
+    def pause_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.resume_writing()
 
     def data_received(self, data: bytes) -> None:
         resp = self.response
@@ -120,6 +130,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.flow is not None:
+            self.flow.connection_lost()
         resp = self.response
         self.response = None
         if resp is not None and not resp.done.done():
@@ -218,23 +230,21 @@ class UpstreamConnection(asyncio.Protocol):
         # is back in the pool (or about to be), and a pause would stall whichever
         # request uses it next: a relay still flushing its last bytes to a slow client
         # must not reach it.
-        if self.response is None:
+        if self.response is None or self.closed or self.flow is None:
             return
-        if not self._reading_paused and self.transport is not None and not self.closed:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        self.flow.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self.closed:
-            self._reading_paused = False
+        flow = self.flow
+        if flow is not None and flow.read_paused and not self.closed:
             # The backend's silence is measured from here: while the gateway was not
             # reading (a slow client), the backend could not have been heard.
             self.last_rx = time.monotonic()
-            self.transport.resume_reading()
+            flow.resume_reading()
 
     @property
     def reading_paused(self) -> bool:
-        return self._reading_paused
+        return self.flow is not None and self.flow.read_paused
 
     def close(self) -> None:
         """Close now, dropping anything buffered: never half-reuse.

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import httptools
 
+from ..core.flow import FlowControl
 from . import wire
 
 log = logging.getLogger("fastproxy.mockllm")
@@ -93,7 +94,6 @@ class MockProtocol(asyncio.Protocol):
         "_body",
         "_body_size",
         "_closing",
-        "_drain_waiter",
         "_eof",
         "_handler",
         "_headers",
@@ -103,13 +103,12 @@ class MockProtocol(asyncio.Protocol):
         "_on_close",
         "_on_open",
         "_parser",
-        "_paused",
         "_queue",
-        "_reading_paused",
         "_stats",
         "_too_big",
         "_url",
         "date",
+        "flow",
         "lost",
         "transport",
     )
@@ -139,9 +138,7 @@ class MockProtocol(asyncio.Protocol):
         self._job: asyncio.Task[None] | None = None
         self._closing = False
         self._eof = False
-        self._reading_paused = False
-        self._paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self.flow: FlowControl | None = None
         self._lost_waiter: asyncio.Future[None] | None = None
         self.lost = False
 
@@ -149,6 +146,7 @@ class MockProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.flow = FlowControl(transport)  # type: ignore[arg-type]
         self._stats.connections_opened += 1
         self._stats.open_connections += 1
         # Registered here, not in the factory: a TLS handshake that fails never reaches
@@ -187,9 +185,8 @@ class MockProtocol(asyncio.Protocol):
         self._stats.connections_closed += 1
         self._stats.open_connections -= 1
         self._queue.clear()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("connection lost"))
+        if self.flow is not None:
+            self.flow.connection_lost()
         if self._lost_waiter is not None and not self._lost_waiter.done():
             self._lost_waiter.set_result(None)
         if self._job is not None:
@@ -197,13 +194,12 @@ class MockProtocol(asyncio.Protocol):
         self._on_close(self)
 
     def pause_writing(self) -> None:
-        self._paused = True
+        if self.flow is not None:
+            self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self.flow is not None:
+            self.flow.resume_writing()
 
     # --- httptools callbacks ---------------------------------------------------------------
 
@@ -256,9 +252,8 @@ class MockProtocol(asyncio.Protocol):
         )
         if self._job is not None or self._queue:
             self._queue.append(req)
-            if len(self._queue) >= MAX_PIPELINED and not self._reading_paused and self.transport:
-                self._reading_paused = True
-                self.transport.pause_reading()
+            if len(self._queue) >= MAX_PIPELINED and self.flow is not None:
+                self.flow.pause_reading()
             return
         self._dispatch(req)
 
@@ -308,10 +303,14 @@ class MockProtocol(asyncio.Protocol):
         if self._eof and self._job is None and not self._queue:
             self.close()
             return
-        if self._reading_paused and len(self._queue) < MAX_PIPELINED // 2 and self.transport:
-            self._reading_paused = False
-            if not self._closing:
-                self.transport.resume_reading()
+        flow = self.flow
+        if (
+            flow is not None
+            and flow.read_paused
+            and len(self._queue) < MAX_PIPELINED // 2
+            and not self._closing
+        ):
+            flow.resume_reading()
 
     def _reject(self, status: int, message: str) -> None:
         body = wire.error_body("openai", status, message)
@@ -333,18 +332,13 @@ class MockProtocol(asyncio.Protocol):
 
     @property
     def paused(self) -> bool:
-        return self._paused
+        return self.flow is not None and self.flow.write_paused
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its low-water mark (no-op if not paused)."""
-        if self.lost:
+        if self.lost or self.flow is None:
             raise ConnectionResetError("connection lost")
-        if not self._paused:
-            return
-        waiter = self._drain_waiter
-        if waiter is None or waiter.done():
-            waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
-        await waiter
+        await self.flow.drain()
 
     async def flush(self) -> None:
         """Wait until everything written has left the transport's buffer (for cuts and RST)."""
