@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from fastproxy.admin.service import AdminService
 from tests.conftest import RunningGateway, backend_for
 
 
@@ -27,7 +28,15 @@ class Admin:
 
     @property
     def state(self) -> Any:
+        """The data plane (connections, counters, the activity tracker)."""
         return self.gw.state
+
+    @property
+    def service(self) -> AdminService:
+        """The admin listener (its connections, its server)."""
+        svc = self.gw.gateway.admin
+        assert svc is not None, "the admin listener is off"
+        return svc
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def connect(admin: Admin) -> socket.socket:
 
 
 def add_route(admin: Admin, method: str, path: str, handler: Any) -> None:
-    admin.gw.lt.call(lambda: admin.state.router.add(method, path, handler))
+    admin.gw.lt.call(lambda: admin.gw.gateway.monitoring.router.add(method, path, handler))
 
 
 def test_bound_port_is_exposed_and_differs_from_data_port(admin: Admin) -> None:
@@ -244,8 +244,7 @@ def test_slow_handler_does_not_block_other_connections(admin: Admin) -> None:
 
 
 def _connections(admin: Admin) -> set[Any]:
-    svc = next(s for s in admin.gw.gateway.services if hasattr(s, "connections"))
-    return svc.connections  # type: ignore[no-any-return]
+    return admin.service.connections
 
 
 def test_stream_is_chunked_and_flow_controlled(admin: Admin) -> None:
@@ -271,7 +270,7 @@ def test_stream_is_chunked_and_flow_controlled(admin: Admin) -> None:
         assert r.headers["transfer-encoding"] == "chunked"
         # Not reading: the server must pause instead of buffering 16 MiB.
         wait_until(
-            lambda: any(p.write_paused for p in _connections(admin)),
+            lambda: any(p.flow.write_paused for p in _connections(admin)),
             what="the admin protocol to see pause_writing",
         )
         assert produced[0] < total
@@ -337,8 +336,9 @@ def test_admin_disabled_keeps_monitoring_on_the_data_port(
 
 def test_host_name_with_port_zero_gets_one_port(admin_factory: Callable[..., Admin]) -> None:
     admin = admin_factory({"admin": {"host": "localhost"}})
-    svc = next(s for s in admin.gw.gateway.services if hasattr(s, "connections"))
-    ports = {s.getsockname()[1] for s in svc._server.sockets}
+    server = admin.service._server
+    assert server is not None
+    ports = {s.getsockname()[1] for s in server.sockets}
     assert ports == {admin.port}
     r = httpx.get(f"http://localhost:{admin.port}/v1/diagnostics/activity")
     assert r.status_code == 200

@@ -4,14 +4,14 @@ when the header is absent or unreadable.
 
 Two halves, both through a real gateway and its admin listener:
 
-* the diagnostics side: the rate-limit hook is called on the gateway's loop with the raw
-  header value, exactly as the data plane calls its attempt hooks, and the document is
-  read over HTTP;
+* the diagnostics side: the gateway's `RateLimitWatch` (one of the data plane's attempt
+  sinks) is told an attempt's outcome on the gateway's loop with the raw header value,
+  exactly as the request cycle tells its attempt sinks, and the document is read over
+  HTTP;
 * end to end: a real 429 from the mock LLM (``x-mock-retry-after``) or from a raw backend
-  (an HTTP-date, or no header) relayed by the data plane. These need the data plane to
-  hand the 429's ``Retry-After`` to the attempt hooks (fastproxy/dataplane/exchange.py,
-  ``Exchange._attempt``), which is outside this change; they are marked xfail(strict)
-  until it lands, so the marker must go in the same commit.
+  (an HTTP-date, or no header) relayed by the data plane, which hands the 429's raw
+  ``Retry-After`` to the attempt sinks (fastproxy/dataplane/cycle.py,
+  ``RequestCycle._attempts``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ def retry_after(admin: Admin, name: str = "openai.1") -> tuple[bool, float | Non
 
 
 def watch(admin: Admin) -> RateLimitWatch:
-    return next(h for h in admin.state.attempt_hooks if isinstance(h, RateLimitWatch))
+    """The gateway's rate-limit board: the one the data plane reports attempts to."""
+    board = admin.gw.gateway.rate_limits
+    assert isinstance(board, RateLimitWatch)
+    assert board in admin.gw.plane.reporter.attempts
+    return board
 
 
 def http_date(seconds_from_now: float) -> bytes:
@@ -58,27 +62,27 @@ def http_date(seconds_from_now: float) -> bytes:
 def test_the_hold_is_what_the_header_says(
     admin: Admin, header: bytes | None, low: float, high: float
 ) -> None:
-    hook = watch(admin)
-    admin.gw.lt.call(lambda: hook("openai.1", 429, None, header))
+    board = watch(admin)
+    admin.gw.lt.call(lambda: board.attempt_finished("openai.1", 429, None, header))
     limited, left = retry_after(admin)
     assert limited is True and left is not None and low <= left <= high
     assert retry_after(admin, "anthropic.1") == (False, None)
 
 
 def test_an_http_date_is_a_wall_clock_deadline(admin: Admin) -> None:
-    hook = watch(admin)
-    admin.gw.lt.call(lambda: hook("openai.1", 429, None, http_date(120)))
+    board = watch(admin)
+    admin.gw.lt.call(lambda: board.attempt_finished("openai.1", 429, None, http_date(120)))
     limited, left = retry_after(admin)
     # An HTTP-date has whole seconds: the hold is 119-120 s from when it was made.
     assert limited is True and left is not None and 118.0 <= left <= 120.0
     # A date already past means "now": nothing to hold.
-    admin.gw.lt.call(lambda: hook("openai.1", 429, None, http_date(-30)))
+    admin.gw.lt.call(lambda: board.attempt_finished("openai.1", 429, None, http_date(-30)))
     assert retry_after(admin) == (False, None)
 
 
 def test_a_success_still_clears_the_hold(admin: Admin) -> None:
-    hook = watch(admin)
-    admin.gw.lt.call(lambda: hook("openai.1", 429, None, b"900"))
+    board = watch(admin)
+    admin.gw.lt.call(lambda: board.attempt_finished("openai.1", 429, None, b"900"))
     assert retry_after(admin)[0] is True
     assert httpx.post(admin.gw.url + "/v1/chat/completions", json=CHAT).status_code == 200
     assert retry_after(admin) == (False, None)

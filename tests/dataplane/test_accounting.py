@@ -144,7 +144,7 @@ def test_client_abort_counts_only_what_left_the_gateway(gateway: RunningGateway,
 
     def client_buffer_full() -> bool:
         conns = [c for c in gateway.state.connections if c.current is not None]
-        return bool(conns) and conns[0].write_paused
+        return bool(conns) and conns[0].flow.write_paused
 
     wait_until(lambda: gateway.lt.call(client_buffer_full), what="gateway paused by the client")
     sock.close()

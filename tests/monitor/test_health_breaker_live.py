@@ -55,7 +55,7 @@ def test_500s_from_live_traffic_open_the_breaker_while_the_probe_is_fine(pair, s
     for _ in range(3):
         r = chat(gw)
         assert r.status_code == 500 and r.headers["x-fastproxy-backend"] == "openai.1"
-    health = gw.state.health
+    health = gw.health
     assert health.circuit_state("openai.1") == "open"
     # the probe of the same endpoint is fine: the endpoint stays healthy
     assert health.endpoint_of["openai.1"].is_healthy
@@ -78,7 +78,7 @@ def test_4xx_and_429_never_open_it(pair, server_loop, status: int) -> None:
     for _ in range(6):
         chat(gw)
     assert a.stats.requests_by_path["/v1/chat/completions"] == 6
-    b = gw.state.health.breakers["openai.1"]
+    b = gw.health.breakers["openai.1"]
     assert b.state.public == "closed" and b.failures == 0
 
 
@@ -92,8 +92,8 @@ def test_success_resets_the_count(pair, server_loop) -> None:
             assert r.status_code == 200 and r.headers["x-fastproxy-backend"] == "openai.2"
         server_loop.call(a.clear_behaviour)
         assert chat(gw).headers["x-fastproxy-backend"] == "openai.1"
-    assert gw.state.health.circuit_state("openai.1") == "closed"
-    assert gw.state.health.breakers["openai.1"].failures == 0
+    assert gw.health.circuit_state("openai.1") == "closed"
+    assert gw.health.breakers["openai.1"].failures == 0
 
 
 def test_connect_errors_open_it_and_routing_stops_trying(pair) -> None:
@@ -103,9 +103,9 @@ def test_connect_errors_open_it_and_routing_stops_trying(pair) -> None:
         r = chat(gw)
         assert r.status_code == 200 and r.headers["x-fastproxy-backend"] == "openai.2"
     assert gw.state.counters.upstream_errors.get("connect") == 3
-    assert gw.state.health.circuit_state("openai.1") == "open"
+    assert gw.health.circuit_state("openai.1") == "open"
     # the dead endpoint's probe failed at start-up too
-    assert gw.state.health.endpoint_of["openai.1"].http_failures >= 1
+    assert gw.health.endpoint_of["openai.1"].http_failures >= 1
 
 
 def test_all_open_falls_back_to_the_original_plan(gateway_factory) -> None:
@@ -119,7 +119,7 @@ def test_all_open_falls_back_to_the_original_plan(gateway_factory) -> None:
         }
     )
     assert chat(gw).status_code == 502
-    assert gw.state.health.circuit_state("openai.1") == "open"
+    assert gw.health.circuit_state("openai.1") == "open"
     chat(gw)  # still tried: an excluded-everything plan is the original plan
     assert gw.state.counters.upstream_errors.get("connect") == 2
 
@@ -130,7 +130,7 @@ def test_breaker_disabled_tracks_state_but_never_refuses(pair, server_loop) -> N
     server_loop.call(lambda: a.set_behaviour(path_prefix="/v1/chat/completions", status=500))
     for _ in range(4):
         assert chat(gw).headers["x-fastproxy-backend"] == "openai.1"
-    health = gw.state.health
+    health = gw.health
     assert health.circuit_state("openai.1") == "open"
     assert health.is_open("openai.1") is False
     doc = httpx.get(gw.url + "/internal/health", timeout=5).json()
@@ -149,7 +149,7 @@ def test_probing_disabled_keeps_the_live_breaker(pair, server_loop) -> None:
     server_loop.call(lambda: a.set_behaviour(status=502))
     for _ in range(3):
         assert chat(gw).headers["x-fastproxy-backend"] == "openai.2"
-    assert gw.state.health.circuit_state("openai.1") == "open"
+    assert gw.health.circuit_state("openai.1") == "open"
     assert "/v1/models" not in a.stats.requests_by_path  # no probe ever ran
     assert "/v1/models" not in b.stats.requests_by_path
 
@@ -159,7 +159,7 @@ def test_reactivate_forces_closed(pair, server_loop) -> None:
     gw = make(threshold=1)
     server_loop.call(lambda: a.set_behaviour(path_prefix="/v1/chat/completions", status=500))
     chat(gw)
-    health = gw.state.health
+    health = gw.health
     assert health.circuit_state("openai.1") == "open"
     server_loop.call(a.clear_behaviour)
     assert server_loop.call(lambda: health.reactivate("openai.1")) is True
@@ -179,7 +179,7 @@ def test_half_open_lets_exactly_one_trial_through(
             "circuit_breaker": {"failure_threshold": 1, "open_cooldown_seconds": 0.3},
         }
     )
-    health = gw.state.health
+    health = gw.health
     server_loop.call(lambda: a.set_behaviour(path_prefix="/v1/chat/completions", status=500))
     chat(gw)
     wait_until(

@@ -206,7 +206,7 @@ def test_probe_failure_opens_breaker_fails_over_and_recovers(
             r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, timeout=10)
             assert r.status_code == 200
             assert r.headers["x-fastproxy-backend"] == "openai.2"
-        assert gw.state.health.circuit_state("openai.1") == "open"
+        assert gw.health.circuit_state("openai.1") == "open"
         assert a.stats.requests_by_path.get("/v1/chat/completions", 0) == 0
 
         doc = health(gw)
@@ -272,7 +272,7 @@ def test_webhook_retries_and_never_delays_the_stream(
             wait_until(lambda: flaky.bodies, timeout=15, what="webhook delivered on the 3rd try")
             assert flaky.attempts == 3
             assert flaky.bodies[0]["backend"] == "openai.1" and flaky.bodies[0]["to"] == "open"
-            counters = gw.state.health.notifier.counters
+            counters = gw.health.notifier.counters
             # The receiver keeps the body before its answer reaches the notifier, which
             # counts the delivery only then: wait for the count, do not race it.
             wait_until(
@@ -295,7 +295,7 @@ def test_events_stream_ends_when_the_gateway_stops(gateway_factory, mock_llm) ->
     sse = SSEReader(gw.url)
     try:
         assert sse.comments[0].startswith(": fastproxy health events")
-        assert gw.state.health.notifier.subscriber_count == 1
+        assert gw.health.notifier.subscriber_count == 1
         gw.stop()
         assert sse.ended.wait(5), "the stream should end promptly on drain, not hold the stop"
     finally:

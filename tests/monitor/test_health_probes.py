@@ -133,7 +133,7 @@ def test_probe_uses_the_backends_credentials_and_never_costs_tokens(
     assert "anthropic-version" in dict(a.headers)
     for mock in (oa, an):  # probes only ever ask for the model list
         assert set(mock.stats.requests_by_path) == {"/v1/models"}
-    assert gw.state.health.endpoint_of["openai.1"].http_ok
+    assert gw.health.endpoint_of["openai.1"].http_ok
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
@@ -167,7 +167,7 @@ def test_429_is_rate_limited_and_retry_after_is_honoured(
     )
     wait_until(lambda: models_requests(m), what="a regular probe")
     server_loop.call(lambda: m.set_behaviour(path_prefix="/v1/models", status=429, retry_after=1.5))
-    ep = gw.state.health.endpoint_of["openai.1"]
+    ep = gw.health.endpoint_of["openai.1"]
     wait_until(lambda: ep.http_kind == "rate_limited", what="a 429 probe")
     limited_at = models_requests(m)[-1].received_at
     server_loop.call(m.clear_behaviour)
@@ -193,7 +193,7 @@ def test_a_slow_probe_is_never_started_twice(gateway_factory, mock_factory, serv
             },
         }
     )
-    ep = gw.state.health.endpoint_of["openai.1"]
+    ep = gw.health.endpoint_of["openai.1"]
     t0 = time.monotonic()
     wait_until(lambda: ep.skipped_ticks >= 10, what="ticks skipped while a probe runs")
     elapsed = time.monotonic() - t0
@@ -220,7 +220,7 @@ def test_concurrency_cap(gateway_factory, mock_factory, server_loop) -> None:
         }
     )
     started_in = time.monotonic() - t0
-    health_svc = gw.state.health
+    health_svc = gw.health
     assert health_svc.peak_in_flight == 2
     assert started_in >= 0.55  # two waves of 0.3 s: the first round finished inside start()
     assert all(ep.http_ok for ep in health_svc.endpoints.values())
@@ -256,7 +256,7 @@ def test_unreachable_port_fails_fast_and_breaker_opens_from_probes(
             "health_check": {**FAST, "http": {**FAST["http"], "failure_threshold": 2}},
         }
     )
-    health_svc = gw.state.health
+    health_svc = gw.health
     wait_until(lambda: health_svc.circuit_state("openai.1") == "open", what="breaker opened")
     ep = health_svc.endpoint_of["openai.1"]
     assert not ep.is_healthy and ep.ping_status == "ok"  # the host answers ICMP; HTTP is down
@@ -264,7 +264,7 @@ def test_unreachable_port_fails_fast_and_breaker_opens_from_probes(
 
 def test_stop_leaves_no_probe_tasks_or_timers(gateway_factory, mock_llm, server_loop) -> None:
     gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)}, "health_check": FAST})
-    health_svc = gw.state.health
+    health_svc = gw.health
     wait_until(lambda: len(models_requests(mock_llm)) >= 2, what="scheduled probes")
     gw.stop()
 
@@ -314,9 +314,9 @@ def test_probe_uses_the_backends_tls_settings(gateway_factory, mock_factory, tmp
             "health_check": {"ping": {"enabled": False}, "http": {"failure_threshold": 1}},
         }
     )
-    ok = gw.state.health.endpoint_of["openai.1"]
-    bad = gw.state.health.endpoint_of["openai.2"]
+    ok = gw.health.endpoint_of["openai.1"]
+    bad = gw.health.endpoint_of["openai.2"]
     assert ok.http_ok and ok.http_code == 200
     assert not bad.is_healthy and bad.http_code is None
     assert bad.http_error.startswith("tls") and "certificate" in bad.http_error.lower()
-    assert gw.state.health.circuit_state("openai.2") == "open"
+    assert gw.health.circuit_state("openai.2") == "open"

@@ -26,6 +26,7 @@ SCRIPT = r"""
 import asyncio, json, tempfile, time
 import uvloop, yaml
 from fastproxy.admin.health_views import health_document
+from fastproxy.admin.views import Views
 from fastproxy.config import load_config
 from fastproxy.gateway import Gateway
 from fastproxy.mockllm import MockLLMServer
@@ -43,7 +44,7 @@ async def main():
         yaml.safe_dump(tree, fh)
     gw = Gateway(load_config({}, config_file=d + "/c.yaml", env={}).config, env={})
     await gw.start()
-    ep = gw.state.health.endpoint_of["openai.1"]
+    ep = gw.health.endpoint_of["openai.1"]
     first_ping = ep.last_ping_at
     deadline = time.monotonic() + 20
     # several rounds of both probes, so a wrong verdict would have had time to show
@@ -51,8 +52,11 @@ async def main():
            or mock.stats.requests_by_path.get("/v1/models", 0) < 4):
         assert time.monotonic() < deadline, "probes did not run"
         await asyncio.sleep(0.02)
-    doc = health_document(gw.state.health)
-    print(json.dumps({"mode": gw.state.health.pinger.mode(), "doc": doc}))
+    views = Views(config=gw.config, backends=gw.plane.backends, plane=gw.plane,
+                  health=gw.health, rate_limits=gw.rate_limits, metrics=gw.metrics,
+                  usage=gw.usage)
+    doc = health_document(views)
+    print(json.dumps({"mode": gw.health.pinger.mode(), "doc": doc}))
     await gw.stop()
     await mock.close()
 

@@ -282,8 +282,7 @@ def test_admin_valid_chunked_and_content_length_requests_keep_the_connection(
 
 def _buffered_by_the_admin_listener(admin: Admin) -> bytes:
     """What the server side's h11 holds unparsed, over all admin connections."""
-    svc = next(s for s in admin.gw.gateway.services if hasattr(s, "connections"))
-    return b"".join(p._conn.trailing_data[0] for p in list(svc.connections))
+    return b"".join(p._conn.trailing_data[0] for p in list(admin.service.connections))
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def _backend_state(gw: RunningGateway, name: str) -> dict[str, Any]:
 
 def _paused(gw: RunningGateway) -> bool:
     def check() -> bool:
-        return any(c.write_paused for c in gw.state.connections)
+        return any(c.flow.write_paused for c in gw.state.connections)
 
     return bool(gw.lt.call(check))
 

@@ -272,7 +272,7 @@ def test_admin_path_in_a_handler_failure_cannot_forge_a_line(
     async def boom(req: AdminRequest) -> AdminResponse:
         raise RuntimeError("handler failed for " + req.params["name"])
 
-    gw.lt.call(lambda: gw.state.router.add("GET", "/test/boom/{name}", boom))
+    gw.lt.call(lambda: gw.gateway.monitoring.router.add("GET", "/test/boom/{name}", boom))
     target = b"/test/boom/x%0d%0a" + FORGED.replace(" ", "%20").replace('"', "%22").encode()
     admin_port = gw.gateway.admin_port
     assert admin_port is not None

@@ -78,7 +78,7 @@ def exports(gw: RunningGateway, **params: str) -> dict[str, list[dict[str, Any]]
 
 
 def db_path(gw: RunningGateway) -> Path:
-    return Path(gw.state.usage.path)
+    return Path(gw.gateway.usage.path)
 
 
 def cli_json(gw: RunningGateway, *flags: str) -> dict[str, Any]:
@@ -207,7 +207,7 @@ def test_aborted_requests_are_visible_and_filterable_in_every_view(gw: RunningGa
     # 2. A client that leaves mid-stream: it got 200 and part of the stream.
     sock = _raw_request(gw, b"x-mock-tokens: 100000\r\nx-mock-event-bytes: 2000\r\n")
     wait_until(
-        lambda: gw.lt.call(lambda: _exchange(gw, lambda c: c.write_paused)),
+        lambda: gw.lt.call(lambda: _exchange(gw, lambda c: c.flow.write_paused)),
         what="gateway paused by the client",
     )
     sock.close()

@@ -221,7 +221,7 @@ def test_client_abort_mid_stream(tracked: RunningGateway) -> None:
 
     def client_buffer_full() -> bool:
         conns = [c for c in tracked.state.connections if c.current is not None]
-        return bool(conns) and conns[0].write_paused
+        return bool(conns) and conns[0].flow.write_paused
 
     wait_until(lambda: tracked.lt.call(client_buffer_full), what="gateway paused by the client")
     sock.close()
@@ -283,11 +283,8 @@ def test_embeddings(tracked: RunningGateway) -> None:
 def test_disabled_records_nothing(gateway_factory, mock_llm: MockLLMServer) -> None:
     ns = build_parser().parse_args(["run", "--disable-usage-tracking"])
     gw = gateway_factory({"backends": {"openai.1": backend_for(mock_llm)}}, **_cli_overrides(ns))
-    assert gw.state.usage is None and gw.state.accounting is False
-    assert gw.state.storage_status is None
-    assert not any(
-        isinstance(getattr(o, "__self__", None), UsageService) for o in gw.state.observers
-    )
+    assert gw.gateway.usage is None and gw.plane.accounting is False
+    assert not any(isinstance(s, UsageService) for s in gw.plane.reporter.exchanges)
     with oai(gw) as client:
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
         list(client.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True))

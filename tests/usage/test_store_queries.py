@@ -21,15 +21,11 @@ import orjson
 import pytest
 
 from fastproxy.admin.routes import AdminRequest, Router
-from fastproxy.admin.usage_api import (
-    CSV_FIELDS,
-    DISABLED,
-    register_disabled_usage_routes,
-    register_usage_routes,
-)
+from fastproxy.admin.usage_api import CSV_FIELDS, DISABLED
 from fastproxy.storage import usage_queries
 from fastproxy.storage.usage_queries import FilterError, parse_filters
 from fastproxy.storage.usage_store import UsageStore
+from tests.support.monitoring import usage_router
 
 
 def record(**over: Any) -> dict[str, Any]:
@@ -146,8 +142,7 @@ def data(store: UsageStore) -> Router:
         )
     )
     fill(store, recs)
-    router = Router()
-    register_usage_routes(router, store)
+    router = usage_router(store)
     return router
 
 
@@ -223,8 +218,7 @@ async def test_stats_every_field(data: Router) -> None:
 
 
 async def test_empty_database_answers_zeros_and_nulls(store: UsageStore) -> None:
-    router = Router()
-    register_usage_routes(router, store)
+    router = usage_router(store)
     _, s = await call(router, "/v1/usage/stats")
     assert s["request_count"] == 0 and s["by_backend"] == {} and s["status_code_counts"] == {}
     assert s["outcome_counts"] == {} and s["by_api"] == {}
@@ -391,8 +385,7 @@ async def test_recent_returns_records_exactly_as_submitted(store: UsageStore) ->
         },
     )
     fill(store, [r])
-    router = Router()
-    register_usage_routes(router, store)
+    router = usage_router(store)
     _, page = await call(router, "/v1/usage/recent")
     assert page["records"] == [r]
 
@@ -447,8 +440,7 @@ async def test_export_is_one_snapshot(store: UsageStore) -> None:
 
 
 async def test_disabled_routes_answer_503() -> None:
-    router = Router()
-    register_disabled_usage_routes(router)
+    router = usage_router(None)  # usage tracking off: the route table answers for it
     for path in ("/v1/usage/stats", "/v1/usage/recent", "/v1/usage/export"):
         status, body = await call(router, path)
         assert (status, body) == (503, {"detail": DISABLED})
@@ -456,9 +448,8 @@ async def test_disabled_routes_answer_503() -> None:
 
 
 async def test_unreadable_database_is_503_not_500(tmp_path: Path) -> None:
-    router = Router()
-    register_usage_routes(
-        router, UsageStore(tmp_path / "absent.db", flush_interval=1, max_queue=1, retention_days=0)
+    router = usage_router(
+        UsageStore(tmp_path / "absent.db", flush_interval=1, max_queue=1, retention_days=0)
     )
     for path in ("/v1/usage/stats", "/v1/usage/recent", "/v1/usage/export"):
         status, body = await call(router, path)
@@ -665,8 +656,7 @@ async def test_export_abandoned_releases_its_snapshot(store: UsageStore, pieces_
     """A HEAD request or a client gone mid-export closes the stream: the read snapshot
     must go with it, or the write-ahead log could never be checkpointed again."""
     fill(store, [record() for _ in range(5)])
-    router = Router()
-    register_usage_routes(router, store)
+    router = usage_router(store)
     handler, params, _ = router.resolve("GET", "/v1/usage/export")
     assert handler is not None
     resp = await handler(AdminRequest("GET", "/v1/usage/export", {}, {}, b"", "127.0.0.1", params))
