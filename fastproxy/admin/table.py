@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from ..core.access import AccessPolicy
+from ..core.errors import GatewayError
 from ..core.seams import MonitorRequest, MonitorResponse
 from ..monitor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from . import diagnostics_views, health_views, usage_api
@@ -64,6 +65,15 @@ async def _unavailable(reason: str, req: AdminRequest) -> AdminResponse:
     return error_response(503, reason)
 
 
+async def _answer(handler: ViewHandler, views: Views, req: AdminRequest) -> AdminResponse:
+    """Run a handler; a GatewayError it raises (a bad parameter, say) becomes the
+    monitoring API's error shape here, the one place for every route and listener."""
+    try:
+        return await handler(views, req)
+    except GatewayError as err:
+        return error_response(err.status, str(err))
+
+
 def build_router(views: object, routes: tuple[Route, ...] = ROUTES) -> Router:
     """The table bound to ``views``: each handler gets them as its first argument."""
     router = Router()
@@ -72,7 +82,7 @@ def build_router(views: object, routes: tuple[Route, ...] = ROUTES) -> Router:
         if r.needs is not None and getattr(views, r.needs) is None:
             handler = partial(_unavailable, UNAVAILABLE[r.needs])
         else:
-            handler = partial(r.handler, views)  # type: ignore[arg-type]
+            handler = partial(_answer, r.handler, views)  # type: ignore[arg-type]
         router.add(r.method, r.path, handler)
     return router
 

@@ -265,10 +265,7 @@ class RequestCycle:
             from urllib.parse import parse_qsl
 
             query = dict(parse_qsl(self.req.query.decode("latin-1")))
-            try:
-                listing = models.anthropic_page(backends, query)
-            except models.ModelListError as err:
-                raise RequestRejected(str(err), code="invalid_request") from None
+            listing = models.anthropic_page(backends, query)
         else:
             listing = models.openai_list(backends)
         self._write_json(200, orjson.dumps(listing), b"")

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from ..core.errors import RequestRejected
+
 __all__ = ["ModelListError", "anthropic_page", "entry", "openai_list"]
 
 EPOCH = "1970-01-01T00:00:00Z"
@@ -30,8 +32,10 @@ class _Backend(Protocol):
     dialects: frozenset[str]
 
 
-class ModelListError(ValueError):
-    """A bad query parameter; the message names it."""
+class ModelListError(RequestRejected):
+    """A bad query parameter; the message names it (answered 400, invalid_request)."""
+
+    code = "invalid_request"
 
 
 def _ids(backends: Iterable[_Backend], dialect: str | None) -> list[tuple[str, str]]:

@@ -14,10 +14,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, get_args
 
 from ..config.schema import BackendType
+from ..core.errors import RequestRejected
 from .usage_kinds import API_KINDS, NO_STATUS, OUTCOMES
 
 
-class FilterError(ValueError):
+class FilterError(RequestRejected, ValueError):
+    """A bad query parameter: answered 400 wherever it surfaces (the monitoring API
+    renders every GatewayError in one place), named by ``param``."""
+
     def __init__(self, param: str, message: str) -> None:
         super().__init__(f"{param}: {message}")
         self.param = param
