@@ -36,6 +36,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 
 from ..config import Config
 from ..core.seams import BreakerState
@@ -47,7 +48,20 @@ from .probes import FAILING, MISCONFIGURED, RATE_LIMITED, HttpResult, Pinger, Pi
 log = logging.getLogger("fastproxy.monitor")
 
 TRANSIENT_KINDS = frozenset({"connect", "timeout", "reset", "tls"})
-HEALTHY, UNHEALTHY = "healthy", "unhealthy"
+
+
+class Condition(StrEnum):
+    """An endpoint's condition (rule 2 above). Changed only by ``_evaluate``; the three
+    other than UNHEALTHY all count as healthy. A str, so documents and events carry the
+    plain word."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    MISCONFIGURED = MISCONFIGURED
+    RATE_LIMITED = RATE_LIMITED
+
+
+HEALTHY, UNHEALTHY = Condition.HEALTHY, Condition.UNHEALTHY
 JITTER = 0.1
 
 
@@ -88,7 +102,7 @@ class Endpoint:
         self.backends = [b.name for b in backends]
         self.probe_backend = next((b for b in backends if b.has_key), backends[0])
         self.host = self.probe_backend.host
-        self.condition = HEALTHY
+        self.condition: Condition = Condition.HEALTHY
         self.ping_status = "pending" if ping_on else "disabled"
         self.ping_ok: bool | None = None
         self.ping_failures = 0
@@ -116,7 +130,7 @@ class Endpoint:
         return self.condition != UNHEALTHY
 
 
-def verdict(ep: Endpoint, http_on: bool, http_threshold: int) -> str:
+def verdict(ep: Endpoint, http_on: bool, http_threshold: int) -> Condition:
     """The endpoint's condition from its counters (rule 2 of the module header)."""
     if http_on:
         if ep.http_failures >= http_threshold:
@@ -124,7 +138,7 @@ def verdict(ep: Endpoint, http_on: bool, http_threshold: int) -> str:
         if ep.http_failures >= 1 and ep.ping_status == "failing":
             return UNHEALTHY  # two independent signals agree: do not wait for the threshold
         if ep.http_kind in (MISCONFIGURED, RATE_LIMITED):
-            return ep.http_kind
+            return Condition(ep.http_kind)
     return HEALTHY
 
 
@@ -347,7 +361,7 @@ class HealthService:
             for name in ep.backends:
                 self._feed(name, Event.PROBE_HEALTHY, f"probe answered HTTP {http.status}")
 
-    def _reason(self, ep: Endpoint, condition: str) -> str:
+    def _reason(self, ep: Endpoint, condition: Condition) -> str:
         if condition == UNHEALTHY:
             out = f"HTTP probe failed {ep.http_failures}x (last: {ep.http_error})"
             if ep.ping_status == "failing":
