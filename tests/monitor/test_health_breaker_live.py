@@ -8,6 +8,7 @@ import socket
 import httpx
 import pytest
 
+from fastproxy.core.seams import BreakerState
 from tests.conftest import backend_for
 from tests.support.waiting import wait_until
 
@@ -132,7 +133,7 @@ def test_breaker_disabled_tracks_state_but_never_refuses(pair, server_loop) -> N
         assert chat(gw).headers["x-fastproxy-backend"] == "openai.1"
     health = gw.health
     assert health.circuit_state("openai.1") == "open"
-    assert health.is_open("openai.1") is False
+    assert health.breaker_state("openai.1") is BreakerState.CLOSED  # routing never refused
     doc = httpx.get(gw.url + "/internal/health", timeout=5).json()
     assert doc["endpoint_health"]["circuit_breaker_enabled"] is False
 
@@ -185,8 +186,20 @@ def test_half_open_lets_exactly_one_trial_through(
     wait_until(
         lambda: health.circuit_state("openai.1") == "half_open", timeout=5, what="cooldown elapsed"
     )
-    # Routing's view, asked on the loop as routing does: one trial, then refusals.
-    answers = server_loop.call(lambda: [health.is_open("openai.1") for _ in range(3)])
-    assert answers == [False, True, True]
-    server_loop.call(lambda: health.on_attempt("openai.1", 200, None))
+    # Routing's view, asked on the loop as routing does: asking is free of side effects,
+    # so any number of questions leave the trial unclaimed.
+    answers = server_loop.call(lambda: [health.breaker_state("openai.1") for _ in range(3)])
+    assert answers == [BreakerState.HALF_OPEN] * 3
+
+    def claim() -> list[BreakerState]:
+        # The request cycle tells the sinks before it sends: that request is the trial,
+        # and every caller after it is refused until its outcome arrives.
+        health.attempt_started("openai.1")
+        return [health.breaker_state("openai.1") for _ in range(2)]
+
+    assert server_loop.call(claim) == [BreakerState.BUSY, BreakerState.BUSY]
+    assert not BreakerState.BUSY.routable and BreakerState.HALF_OPEN.routable
+    assert health.circuit_state("openai.1") == "half_open"  # a trial in flight, publicly
+    server_loop.call(lambda: health.attempt_finished("openai.1", 200, None))
     assert health.circuit_state("openai.1") == "closed"
+    assert server_loop.call(lambda: health.breaker_state("openai.1")) is BreakerState.CLOSED

@@ -281,7 +281,17 @@ def test_stop_leaves_no_probe_tasks_or_timers(gateway_factory, mock_llm, server_
     ep = health_svc.endpoint_of["openai.1"]
     assert ep.ping_timer is None and ep.http_timer is None
     count = len(models_requests(mock_llm))
-    assert health_svc.on_attempt not in gw.state.attempt_hooks
+    # The plane's fan-out is fixed (a cut request still reports while the gateway stops),
+    # so a stopped service keeps hearing outcomes: one that opens the breaker arms no timer.
+    assert health_svc in gw.plane.reporter.attempts
+
+    def report_failures() -> bool:
+        for _ in range(5):
+            health_svc.attempt_finished("openai.1", 500, None)
+        return not health_svc._breaker_timers
+
+    assert server_loop.call(report_failures)
+    assert health_svc.circuit_state("openai.1") == "open"
     # nothing probes after stop: a few intervals later the count has not moved
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:

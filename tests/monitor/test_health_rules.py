@@ -146,14 +146,13 @@ async def test_intervals_are_jittered_within_ten_percent() -> None:
 
     from fastproxy.config.schema import Config, HealthCheckConfig, HttpProbeConfig, PingConfig
     from fastproxy.monitor.health import HealthService
-    from fastproxy.state import GatewayState
 
     cfg = Config(
         health_check=HealthCheckConfig(
             ping=PingConfig(interval_seconds=30.0), http=HttpProbeConfig(interval_seconds=60.0)
         )
     )
-    svc = HealthService(GatewayState(cfg, asyncio.get_running_loop()), rng=random.Random(7))
+    svc = HealthService(cfg, {}, asyncio.get_running_loop(), rng=random.Random(7))
     pings = [svc._interval("ping") for _ in range(1000)]
     https = [svc._interval("http") for _ in range(1000)]
     assert 27.0 <= min(pings) < 27.3 and 32.7 < max(pings) <= 33.0
