@@ -74,9 +74,3 @@ class Router:
         if handler is None and method == "HEAD":
             handler = methods.get("GET")
         return handler, params, sorted(methods)
-
-    def knows(self, path: str) -> bool:
-        return self.resolve("GET", path)[2] != []
-
-    def paths(self) -> list[str]:
-        return sorted(self._exact) + [p.pattern for p, _ in self._patterns]

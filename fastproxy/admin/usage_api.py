@@ -29,7 +29,6 @@ from .views import Views
 
 log = logging.getLogger("fastproxy.admin")
 
-PATHS = ("/v1/usage/stats", "/v1/usage/recent", "/v1/usage/export")
 FORMATS = {
     "json": "application/json",
     "ndjson": "application/x-ndjson",

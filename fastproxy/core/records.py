@@ -90,18 +90,15 @@ class ExchangeRecord:
         "method",
         "model_requested",
         "model_used",
-        "mutated",
         "outcome",
         "path",
         "proxy_user",
         "ptc_completion_est",
         "replacement",
         "request_body",
-        "response_text_bytes",
         "session_id",
         "started_at",
         "status",
-        "stream_events",
         "streaming",
         "tool_call_count",
         "tool_names",
@@ -126,7 +123,6 @@ class ExchangeRecord:
         # relayed to the client (ptc); they differ when a client aborts or a stream is cut.
         self.btp_completion_est: int | None = None
         self.ptc_completion_est: int | None = None
-        self.response_text_bytes = 0
         self.tool_call_count = 0
         self.tool_names: list[str] = []
         self.replacement: dict[str, str] | None = None
@@ -148,13 +144,11 @@ class ExchangeRecord:
         self.attempts = 0
         self.bytes_rx = 0
         self.bytes_tx = 0
-        self.stream_events = 0
         self.usage: BackendUsage | None = None
         self.session_id: str | None = None
         self.proxy_user: str | None = None
         self.user_agent: str | None = None
         self.client_key_id: str | None = None
-        self.mutated = False
         # The raw request body, held only until observers ran (token counting needs it);
         # never stored by any observer. A bytearray when it arrived in several reads.
         self.request_body: bytes | bytearray | None = None

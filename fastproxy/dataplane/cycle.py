@@ -25,7 +25,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -41,6 +40,7 @@ from ..httpclient.request import request_head
 from ..httpclient.response import UpstreamResponse
 from . import models, wire
 from .accounting import StreamAccounting, json_completion_tokens, json_tool_names
+from .dialects.base import Dialect
 from .local import serve_monitoring
 from .plane import DataPlane
 from .relay import SSERelay
@@ -275,7 +275,7 @@ class RequestCycle:
         """Anthropic's SDK sends anthropic-version on every call, OpenAI's never does."""
         return self.req.header(b"anthropic-version") is not None
 
-    async def _llm(self, dialect: ModuleType, kind: str) -> bool:
+    async def _llm(self, dialect: Dialect, kind: str) -> bool:
         req, rec, plane = self.req, self.record, self.plane
         rec.frontend = dialect.name
         rec.path = req.path.decode("latin-1")
@@ -360,7 +360,6 @@ class RequestCycle:
             obj.pop("session_id", None)
             obj.update(edits)
             payload = orjson.dumps(obj)
-        self.record.mutated = inject or drop_session or bool(edits)
         head = request_head(
             backend,
             b"POST",
@@ -375,7 +374,7 @@ class RequestCycle:
 
     async def _attempts(
         self,
-        dialect: ModuleType,
+        dialect: Dialect,
         kind: str,
         body: RequestFields,
         candidates: list[tuple[Backend, str]],
@@ -505,7 +504,7 @@ class RequestCycle:
 
     # -- the response -----------------------------------------------------------------
     async def _relay_response(
-        self, resp: UpstreamResponse, backend: Backend, dialect: ModuleType, inject: bool
+        self, resp: UpstreamResponse, backend: Backend, dialect: Dialect, inject: bool
     ) -> bool:
         ctype = resp.header(b"content-type") or b""
         if resp.status == 200 and ctype.startswith(b"text/event-stream"):
@@ -591,7 +590,7 @@ class RequestCycle:
         self.transport.write(b"".join(parts))
 
     async def _relay_stream(
-        self, resp: UpstreamResponse, backend: Backend, dialect: ModuleType, inject: bool
+        self, resp: UpstreamResponse, backend: Backend, dialect: Dialect, inject: bool
     ) -> bool:
         rec, transport, flow = self.record, self.transport, self._flow
         chunked = self.req.http11
@@ -635,7 +634,6 @@ class RequestCycle:
             rec.bytes_rx = resp.bytes_rx
             rec.bytes_tx = relay.bytes_tx
             rec.first_tx_at = relay.first_tx_at
-            rec.stream_events = relay.events
             rec.usage = relay.usage
             if acct is not None:
                 rec.first_content_at = acct.first_content_at

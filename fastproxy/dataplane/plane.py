@@ -81,10 +81,6 @@ class DataPlane:
             logging.getLogger("fastproxy.access") if config.access_log else None
         )
 
-    @property
-    def date_header(self) -> bytes:
-        return self.date.line
-
     def new_request_id(self) -> int:
         self._next_request_id += 1
         return self._next_request_id

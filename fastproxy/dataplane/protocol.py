@@ -93,7 +93,6 @@ def _refuse(status: int, message: str, code: str) -> RequestRejected:
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "_auth_keys",
-        "_body_seen_at",
         "_deadline",
         "_head_bytes",
         "_head_guard",
@@ -150,7 +149,6 @@ class ClientProtocol(asyncio.Protocol):
             else tuple(k.encode() for k in auth.api_keys)
         )
         self._last_body_at = 0.0
-        self._body_seen_at = 0.0
         self.queue: deque[Request] = deque()
         self.current: RequestCycle | None = None
         self.flow: FlowControl | None = None

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 from .._speedups import SSE_ERROR, SSE_EVENT, SSEScanner
 from ..core.records import BackendUsage
 from .accounting import StreamAccounting
+from .dialects.base import Dialect
 
 # Larger than any sane event; past it the stream is treated as broken rather than
 # buffered without bound (the default of limits.max_sse_event_bytes).
@@ -49,7 +49,7 @@ class SSERelay:
     def __init__(
         self,
         transport: asyncio.Transport,
-        dialect: ModuleType,
+        dialect: Dialect,
         strip_usage: bool,
         accounting: StreamAccounting | None = None,
         activity_entry: Any = None,

@@ -8,9 +8,8 @@ each deciding again from the path.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from .dialects import anthropic, openai
+from .dialects.base import Dialect
 
 
 class ApiRoute:
@@ -18,7 +17,7 @@ class ApiRoute:
 
     __slots__ = ("dialect", "kind")
 
-    def __init__(self, dialect: ModuleType, kind: str) -> None:
+    def __init__(self, dialect: Dialect, kind: str) -> None:
         self.dialect = dialect
         self.kind = kind
 
@@ -88,7 +87,7 @@ class Request:
         # Decided by resolve(): the LLM API this path is (None: not an API call) and the
         # dialect every answer to this request is written in.
         self.api: ApiRoute | None = None
-        self.dialect: ModuleType = openai
+        self.dialect: Dialect = openai
 
     def resolve(self, path: bytes) -> None:
         """Set the path and decide, once, what the request is and which dialect its

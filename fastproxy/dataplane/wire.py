@@ -11,8 +11,6 @@ from __future__ import annotations
 import http
 import re
 
-import orjson
-
 STATUS_LINE: dict[int, bytes] = {
     s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in http.HTTPStatus
 }
@@ -114,8 +112,3 @@ def simple_response(
             b"" if head_only else body,
         )
     )
-
-
-def detail_body(message: str) -> bytes:
-    """The admin-style error body ``{"detail": ...}`` (CONTRACT.md §5)."""
-    return orjson.dumps({"detail": message})

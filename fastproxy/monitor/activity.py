@@ -249,9 +249,6 @@ class ActivityTracker:
     def active_connections(self) -> int:
         return len(self._live)
 
-    def entries(self) -> list[ActivityEntry]:
-        return list(self._live.values())
-
     def sweep(self) -> int:
         """Remove entries silent for ``stale_timeout_s``; returns how many went."""
         now_ms = self._now_ms()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import orjson
 
-name = "anthropic"
+from ...core.records import BackendUsage
+
+name: Final = "anthropic"
 
 _TYPES = {
     400: "invalid_request_error",
@@ -48,7 +52,7 @@ def is_terminal(event: bytes, data: bytes) -> bool:
     return event == b"message_stop"
 
 
-def stream_usage(event: bytes, data: bytes) -> tuple[object | None, bool]:
+def stream_usage(event: bytes, data: bytes) -> tuple[BackendUsage | None, bool]:
     """Input usage arrives in message_start, output in message_delta; never stripped."""
     from .usage import from_anthropic
 

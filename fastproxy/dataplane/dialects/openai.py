@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import orjson
 
-name = "openai"
+from ...core.records import BackendUsage
+
+name: Final = "openai"
 
 _TYPES = {
     400: "invalid_request_error",
@@ -50,7 +54,7 @@ def is_terminal(event: bytes, data: bytes) -> bool:
     return data == DONE or event in _RESPONSES_TERMINAL
 
 
-def stream_usage(event: bytes, data: bytes) -> tuple[object | None, bool]:
+def stream_usage(event: bytes, data: bytes) -> tuple[BackendUsage | None, bool]:
     """Usage carried by one SSE event, and whether the event is a usage-only chunk.
 
     Only called for events whose data contains ``"usage"``, so the JSON parse is rare.
