@@ -253,8 +253,12 @@ def fastproxy_config(
     activity: bool = False,
     capture: bool = False,
 ) -> dict[str, Any]:
-    """The generated gateway config: one OpenAI backend (the mock), monitoring as asked."""
-    return {
+    """The generated gateway config: one OpenAI backend (the mock), monitoring as asked.
+
+    The ``wire_capture`` section is written only when capture is asked for: the loader
+    refuses any wire_capture key away from its default ("not built yet"), even with
+    ``enabled: false``, so writing it always would make every config invalid."""
+    config: dict[str, Any] = {
         "host": "127.0.0.1",
         "backends": {
             "mock": {
@@ -267,10 +271,12 @@ def fastproxy_config(
         },
         "usage_tracking": {"enabled": usage, "persistence_path": str(workdir / "usage.db")},
         "enable_activity_tracking": activity,
-        "wire_capture": {"enabled": capture, "output_dir": str(workdir / "captures")},
         "log_level": "WARNING",
         "access_log": False,
     }
+    if capture:
+        config["wire_capture"] = {"enabled": True, "output_dir": str(workdir / "captures")}
+    return config
 
 
 def check_fastproxy_config(
@@ -305,6 +311,8 @@ def start_fastproxy(
     cfg_path = pdir / "config.yaml"
     config = {**config}
     for key in ("usage_tracking", "wire_capture"):  # keep state files per process
+        if key not in config:
+            continue
         section = dict(config[key])
         for sub in ("persistence_path", "output_dir"):
             if sub in section:

@@ -185,10 +185,6 @@ def test_sweep_1000_nothing_stale(benchmark) -> None:
 # ------------------------------------------------------------------ metrics observer
 
 
-class _State:
-    activity = health = storage_status = None
-
-
 def _record() -> ExchangeRecord:
     rec = ExchangeRecord(1, 1, 0.0)
     rec.frontend, rec.backend, rec.model_used, rec.status = "openai", "openai.1", "gpt-4o", 200
@@ -199,8 +195,8 @@ def _record() -> ExchangeRecord:
 
 @pytest.mark.benchmark(group="metrics-observer")
 def test_observer_handwritten(benchmark) -> None:
-    m = MetricsCollector(_State())
-    benchmark(m.observe, _record())
+    m = MetricsCollector()
+    benchmark(m.on_exchange, _record())
 
 
 @pytest.mark.benchmark(group="metrics-observer")

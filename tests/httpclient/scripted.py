@@ -1,5 +1,6 @@
 """A tiny HTTP/1.1 server for client tests: records each request's exact bytes and
-answers as the test scripts it, on a real socket on 127.0.0.1.
+answers as the test scripts it, on a real socket on 127.0.0.1 (or another loopback
+address given as ``host``, such as ``::1``).
 
 The script is a function of (connection number, request number on it, request bytes)
 returning the bytes to write and what to do next: ``KEEP`` reading the next request,
@@ -28,8 +29,9 @@ def answer(
 
 
 class ScriptedServer:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, host: str = "127.0.0.1") -> None:
         self.script = script
+        self.host = host
         self.requests: list[tuple[int, int, bytes]] = []  # (connection, request, bytes)
         self.ended: list[asyncio.Event] = []  # one per connection, set when it is over
         self._server: asyncio.Server | None = None
@@ -40,10 +42,11 @@ class ScriptedServer:
         return len(self.ended)
 
     def url(self, path: str = "/v1") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{path}"
 
     async def __aenter__(self) -> ScriptedServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
