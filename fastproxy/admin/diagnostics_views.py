@@ -1,17 +1,18 @@
 """GET /v1/diagnostics, GET /v1/diagnostics/activity, POST .../backends/{name}/reactivate.
 
-The shapes are the seed document's, with its fields; docs/admin-api.md lists them. The
-document builders are pure functions of the views and a snapshot, so they are tested
-without sockets; the handlers add the access rule and the JSON.
+The shapes and field names are the ones existing diagnostics clients read;
+docs/admin-api.md lists them. The document builders are pure functions of the views and
+a snapshot, so they are tested without sockets; the handlers add the access rule and the
+JSON.
 
 * **Loopback only**, compared as an IP address (127/8, ::1, ::ffff:127.x), even when
   ``admin.allow_networks`` lets a network read /metrics: diagnostics name sessions and
   models, so they stay on the machine. Same 403 body as the listener's access check.
   The one exception is a request the admin listener admitted by a valid admin key
   (``admin.api_keys``, ``AdminRequest.admin_key``): the operator opted in to remote reads.
-* **Timestamps** keep the seed document's form under the seed's names: ``timestamp``,
+* **Timestamps** keep the original epoch form under the original names: ``timestamp``,
   ``started_at`` (and ``last_activity_at``, for consistency) are UTC epoch seconds as
-  floats, because scripts written against the seed do arithmetic on them
+  floats, because existing diagnostics scripts do arithmetic on them
   (``time.time() - started_at``). Each has an ISO-8601 twin, ``<name>_iso``, the form
   every other monitoring endpoint uses. Durations stay numbers.
 * **Rate limiting** is what the gateway saw (monitor/rate_limits.py: a 429 holds a
@@ -40,7 +41,7 @@ def iso(epoch: float) -> str:
 
 
 def epoch(wall: float) -> float:
-    """UTC epoch seconds with milliseconds, the seed document's form: ``1701792000.123``."""
+    """UTC epoch seconds with milliseconds, the diagnostics' form: ``1701792000.123``."""
     return round(wall, 3)
 
 

@@ -1,10 +1,9 @@
-"""GET /internal/health and GET /internal/health/events (CONTRACT.md §5).
+"""GET /internal/health and GET /internal/health/events (docs/health.md).
 
 The document is built from the health service's state at the moment of the request:
 the service keeps plain attributes and this module only renders them (timestamps as
 UTC ISO-8601 with ``Z``, latencies in ms). The same handlers answer on the admin
-listener and on the data port (``curl localhost:8000/internal/health`` from the seed
-documents works).
+listener and on the data port (``curl localhost:8000/internal/health`` works).
 
 Decisions:
 - ``status`` is "degraded" when an endpoint is unhealthy or misconfigured, a breaker is

@@ -3,7 +3,7 @@
 `Router` maps (method, path) to a handler, with ``{name}`` segments for parameterised
 paths. Which paths exist is said once, in table.py; handlers are plain async functions
 that know nothing of h11 or httptools, so the same handler answers on the strict admin
-listener and on the data port (the seed documents curl ``localhost:8000/...``).
+listener and on the data port (``curl localhost:8000/...`` works as on the admin port).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def json_response(obj: object, status: int = 200) -> AdminResponse:
 
 
 def error_response(status: int, detail: str) -> AdminResponse:
-    """The contract's monitoring error shape: ``{"detail": "..."}``."""
+    """The monitoring API's error shape: ``{"detail": "..."}`` (docs/admin-api.md)."""
     return AdminResponse(status=status, body=orjson.dumps({"detail": detail}))
 
 

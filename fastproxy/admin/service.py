@@ -2,7 +2,7 @@
 the monitoring route table (table.py) over h11.
 
 ``admin.enabled: false`` removes the listener only: the data port answers the monitoring
-paths too (the seed documents curl ``localhost:8000/v1/diagnostics``), under the same
+paths too (``curl localhost:8000/v1/diagnostics`` works), under the same
 access rules, so the route table exists either way.
 
 Binding ``::`` makes one dual-stack socket (IPV6_V6ONLY off), so IPv4 clients reach it

@@ -441,7 +441,7 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
             )
 
 
-# Sections whose feature is not built: their keys still parse (they are in the contract,
+# Sections whose feature is not built: their keys still parse (they are in the config format,
 # and a misspelt one is still caught), but a value other than the default is refused, so
 # no setting is ever accepted and then silently ignored. An entry goes when its feature
 # is built, and the feature's own cross-key checks come with it (replacement had two:

@@ -2,13 +2,14 @@
 
 Why msgspec rather than hand-written checks or pydantic: one declaration gives the type,
 the default and the allowed range of every key; `forbid_unknown_fields` turns a misspelt
-key into an error instead of a silently ignored setting (the reference project's defect
-§12.8); its errors carry the exact path (``$.health_check.ping.interval_seconds``) that
+key into an error instead of a silently ignored setting (the reference project ignored
+misspelt keys); its errors carry the exact path (``$.health_check.ping.interval_seconds``) that
 our one-line messages need; and it converts a dict to frozen structs in microseconds with
 no runtime dependency tree. Every struct is frozen: the config is built once and never
 written back.
 
-Key names follow ../shared/spec/CONTRACT.md §4 and the seed documents.
+Key names are those of the configuration format docs/configuration.md describes (config
+files written for the reference project keep working).
 """
 
 from __future__ import annotations

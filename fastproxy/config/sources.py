@@ -1,8 +1,8 @@
 """Where settings come from besides the YAML file: environment variables and CLI flags.
 
 Each table maps an external name to one dotted key of the config tree, so every env var
-and flag of CONTRACT.md §4 is read by exactly one line here (a name the docs promise but
-the code never reads was a defect of the reference project). The CLI parser in
+and flag (docs/configuration.md lists them) is read by exactly one line here (a name the
+docs promise but the code never reads was a defect of the reference project). The CLI parser in
 ``fastproxy.cli`` builds its flags from ``CLI_FLAGS`` so the two cannot drift apart.
 """
 
@@ -58,7 +58,7 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
         "--disable-usage-tracking", "usage_tracking.enabled", "record no usage", action="false"
     ),
     CliFlag("--usage-db", "usage_tracking.persistence_path", "usage SQLite file", metavar="PATH"),
-    # The wire capture and replacement flags exist because the contract names them; their
+    # The wire capture and replacement flags exist because the config format has them; their
     # features are not built yet, so the loader refuses them (config/loader.py, _NOT_BUILT).
     CliFlag(
         "--wire-capture-enabled",

@@ -1,6 +1,6 @@
 """What a request cost, in USD: the backend's own figure first, else a price table.
 
-Rules (CONTRACT.md §6; docs/usage-tracking.md explains each):
+Rules (docs/usage-tracking.md explains each):
 
 1. A backend that reports a cost (OpenRouter-style ``usage.cost``) is believed:
    ``cost_source = "backend"``.

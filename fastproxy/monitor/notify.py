@@ -59,7 +59,7 @@ USER_AGENT = b"fastproxy-health"  # the health probe's: one gateway health clien
 
 
 def utc_iso(wall: float | None) -> str | None:
-    """UTC ISO-8601 with milliseconds and ``Z`` (the contract's timestamp form)."""
+    """UTC ISO-8601 with milliseconds and ``Z`` (the monitoring API's timestamp form)."""
     if wall is None:
         return None
     return (

@@ -3,8 +3,8 @@
 Rules, and why:
 
 - **Ping is evidence, never a verdict.** ICMP is blocked by many networks and cloud
-  providers while HTTPS works fine (the reference project marked such endpoints dead:
-  defect §12.6). A ping result is reported; the health service lets it degrade an
+  providers while HTTPS works fine (the reference project marked such endpoints dead).
+  A ping result is reported; the health service lets it degrade an
   endpoint only together with a failing HTTP probe.
 - **Socket privileges are found out, not assumed.** Unprivileged ICMP sockets
   (``SOCK_DGRAM``, allowed by ``net.ipv4.ping_group_range``) are tried first; then raw

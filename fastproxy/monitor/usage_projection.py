@@ -9,7 +9,7 @@ four token points, timings and cost. The loop pays for a copy; the writer for th
 Never kept: message text, tool arguments, keys, client IPs. The body is read only to
 count and hash; the record holds counts, names and a one-way session digest.
 
-Token points (CONTRACT.md §6; docs/usage-tracking.md has the rules): ctp is counted
+Token points (docs/usage-tracking.md has the rules): ctp is counted
 here; ptb is the backend's prompt, else ctp (the gateway only mutates ``model``,
 ``session_id`` and ``stream_options``, none of them prompt text); btp is the backend's
 completion, else the data plane's estimate; ptc is btp unless the client missed some.
@@ -344,7 +344,7 @@ class Projector:
         return prepare_values(self.values(c, ms), ms)
 
     def record(self, c: UsageCapture, ms: int | None = None) -> dict[str, Any]:
-        """The record dict (contract §6), as /recent returns it once stored."""
+        """The record dict (docs/usage-tracking.md), as /recent returns it once stored."""
         return record_from_values(
             self.values(c, int(c.wall_started_at * 1000) if ms is None else ms)
         )

@@ -1,4 +1,4 @@
-"""Query filters of /v1/usage/* (CONTRACT.md §5): parsing, validation, and SQL terms.
+"""Query filters of /v1/usage/* (docs/usage-storage.md): parsing, validation, and SQL terms.
 
 Parsing is strict because a typo must not silently answer "0 requests": an unknown
 parameter, a repeated one, or a bad value raises `FilterError` naming the parameter

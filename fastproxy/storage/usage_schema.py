@@ -497,7 +497,7 @@ def prepare(r: dict[str, Any]) -> Prepared:
 
 
 def utc_iso_ms(ms: int) -> str:
-    """Epoch milliseconds as the contract's timestamp (UTC, milliseconds, ``Z``)."""
+    """Epoch milliseconds as a record's timestamp (UTC ISO-8601, milliseconds, ``Z``)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
@@ -511,7 +511,7 @@ def utc_iso_ms(ms: int) -> str:
 # new field means a new RECORD_FORMAT whose reader keeps the old key list for old rows.
 # Format 2 added ``api`` (the last key); format 1 rows read back with ``api`` null.
 RECORD_FORMAT = 2
-# CONTRACT.md's record fields in its order, then the fields added since, each at the end
+# The record's original fields in their order, then the fields added since, each at the end
 # so that CSV columns keep their positions (also the CSV export's columns).
 RECORD_KEYS = (
     "id",
