@@ -144,7 +144,7 @@ class AccessLine:
     Paths, dialects, backends and most model names repeat request after request, so the
     rendered form of recent values is kept: a dict lookup instead of two regex passes
     (~2.5 us less per request). Bounded, because clients choose the model names. One
-    instance per gateway (``GatewayState.access_line``), not module state."""
+    instance per gateway (``DataPlane.access_line``), not module state."""
 
     __slots__ = ("_fields",)
 

@@ -149,8 +149,8 @@ class ExchangeRecord:
         self.proxy_user: str | None = None
         self.user_agent: str | None = None
         self.client_key_id: str | None = None
-        # The raw request body, held only until observers ran (token counting needs it);
-        # never stored by any observer. A bytearray when it arrived in several reads.
+        # The raw request body, held only until the exchange sinks ran (token counting
+        # needs it); never stored by any sink. A bytearray when it arrived in several reads.
         self.request_body: bytes | bytearray | None = None
 
     @property

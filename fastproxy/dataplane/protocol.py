@@ -330,7 +330,7 @@ class ClientProtocol(asyncio.Protocol):
             self._reject_now(_refuse(400, f"malformed HTTP request: {exc}", "bad_request"))
         if rest is not None:
             # Outside the handler: an error the rest raises must not carry the upgrade as
-            # its context (a Reject would be mistaken for a bug in a callback).
+            # its context (a RequestRejected would be mistaken for a bug in a callback).
             self._ignore_upgrade(rest)
 
     def _ignore_upgrade(self, rest: bytes) -> None:

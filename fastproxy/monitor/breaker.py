@@ -10,7 +10,9 @@ Rules of this module (h11's habit: the rules first, then the table):
    arrives while the breaker is open, for example). Counters and deadlines are updated
    only by ``_enter`` and by the counting rule in ``feed``, nowhere else.
 3. The breaker does not know where events come from. The health service turns live
-   attempt outcomes and probe verdicts into events; routing asks ``allows_request``.
+   attempt outcomes and probe verdicts into events, and calls ``allows_request`` when a
+   request is actually sent to the backend; readers (routing's question included) use
+   ``state_at``, which changes nothing.
 
 Theory of operation. CLOSED counts consecutive transient failures of live traffic (5xx,
 connect, timeout, reset, TLS; never 4xx, never 429, which are the caller's or a quota's
@@ -18,11 +20,11 @@ business). A success resets the count. At ``failure_threshold`` the event is rew
 THRESHOLD and the breaker OPENs; an unhealthy verdict from the health probes opens it at
 once (the probes already applied their own consecutive-failure threshold). OPEN refuses
 traffic until ``open_until``; then COOLDOWN_ELAPSED makes it HALF_OPEN. In HALF_OPEN the
-first request routing lets through is the trial (TRIAL, still reported as "half_open");
-every other caller is refused until the trial's outcome arrives. A probe verdict that
+first request sent to the backend is the trial (TRIAL, still reported as "half_open");
+routing leaves the backend out of other plans until the trial's outcome arrives. A probe verdict that
 arrives first decides as well: a probe is a trial that costs no tokens. Success closes
 the breaker, failure reopens it for another cooldown. A trial whose outcome never arrives
-(routing asked, but an earlier candidate served the request) is released after
+(the client left before the backend answered) is released after
 ``trial_timeout`` so the breaker cannot stay stuck half-open.
 
 Why a live outcome in HALF_OPEN (no trial claimed) decides too: with
@@ -53,7 +55,7 @@ class Event(Enum):
     PROBE_HEALTHY = "probe_healthy"  # a probe succeeded and the endpoint is healthy
     PROBE_UNHEALTHY = "probe_unhealthy"  # a probe ended with the endpoint unhealthy
     COOLDOWN_ELAPSED = "cooldown_elapsed"
-    TRIAL_STARTED = "trial_started"  # routing let one request through in HALF_OPEN
+    TRIAL_STARTED = "trial_started"  # a request was sent to the backend in HALF_OPEN
     TRIAL_EXPIRED = "trial_expired"  # the trial's outcome never arrived
     RESET = "reset"  # operator: POST /v1/diagnostics/backends/{name}/reactivate
 
@@ -67,7 +69,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     # open: refuses traffic; only time (or an operator) moves it
     (_O, Event.COOLDOWN_ELAPSED): _H,
     (_O, Event.RESET): _C,
-    # half-open: the first request routing lets through becomes the trial
+    # half-open: the first request sent to the backend becomes the trial
     (_H, Event.TRIAL_STARTED): _T,
     (_H, Event.LIVE_SUCCESS): _C,
     (_H, Event.LIVE_FAILURE): _O,
@@ -187,7 +189,8 @@ class Breaker:
         return self.state
 
     def allows_request(self, now: float) -> tuple[bool, list[Transition]]:
-        """Routing's question. In HALF_OPEN the first caller becomes the trial."""
+        """A request is being sent (the health service's ``attempt_started``). In
+        HALF_OPEN the first caller becomes the trial."""
         out = self.advance(now)
         state = self.state
         if state is State.CLOSED:

@@ -1,13 +1,14 @@
-"""Prometheus metrics: one observer call per finished request, text rendered per scrape.
+"""Prometheus metrics: one call per finished request, text rendered per scrape.
 
 Rules this module keeps (docs/admin-api.md lists every metric):
 
-* **Per request, only arithmetic.** The observer does a few dict increments and one
-  ``bisect`` per histogram; everything that is state (in-flight, pools, breakers, the
-  usage queue, activity bytes) is read from ``GatewayState`` when /metrics is scraped.
+* **Per request, only arithmetic.** ``on_exchange`` (an `ExchangeSink`) does a few dict
+  increments and one ``bisect`` per histogram; everything that is state (in-flight, pools,
+  breakers, the usage queue, activity bytes) is read from the data plane's `PlaneStats`
+  and the services when /metrics is scraped.
 * **Hand-written exposition (format 0.0.4)**, not prometheus_client: its ``labels()`` and
   ``observe()`` take locks and build label objects per call, about 6x the cost of this
-  observer (measured in docs/admin-api.md), and it would be a runtime dependency.
+  per-request call (measured in docs/admin-api.md), and it would be a runtime dependency.
 * **Names** follow OpenTelemetry ``gen_ai.*`` where one exists, with the ``fastproxy_``
   prefix and base units (seconds, bytes, USD); buckets are the OTel-recommended ones.
 * **Bounded labels.** Never keys, sessions or addresses. Model names come from clients,

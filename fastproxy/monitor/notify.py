@@ -3,8 +3,9 @@
 Rules, and why:
 
 - **Publishing never blocks and never waits.** ``publish`` runs inside the prober and
-  inside the attempt hook on the request path, so it only formats one event, writes
-  one log line and does ``put_nowait`` on bounded queues.
+  inside the health service's attempt sink on the request path (``attempt_started``,
+  ``attempt_finished``), so it only formats one event, writes one log line and does
+  ``put_nowait`` on bounded queues.
 - **A slow SSE subscriber is dropped, not waited for.** Each subscriber has its own
   bounded queue; when it is full the subscriber's stream is ended (it can reconnect and
   read the current state from ``/internal/health``). Memory per subscriber is bounded.
