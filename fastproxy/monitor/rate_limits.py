@@ -21,7 +21,7 @@ RATE_LIMIT_MAX_HOLD_S = MAX_RETRY_AFTER_S
 
 
 class RateLimitWatch:
-    """An attempt hook: remembers which backends answered 429 lately, and for how long
+    """An attempt sink: remembers which backends answered 429 lately, and for how long
     they asked to be left alone."""
 
     __slots__ = ("_clock", "_until", "_wall", "hold_s", "max_hold_s")
