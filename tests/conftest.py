@@ -53,12 +53,8 @@ class RunningGateway:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def state(self) -> Any:
-        """The data plane (what connections share: connections, counters, pools)."""
-        return self.gateway.plane
-
-    @property
     def plane(self) -> Any:
+        """The data plane (what connections share: connections, counters, pools)."""
         return self.gateway.plane
 
     @property

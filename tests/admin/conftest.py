@@ -27,9 +27,9 @@ class Admin:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def state(self) -> Any:
+    def plane(self) -> Any:
         """The data plane (connections, counters, the activity tracker)."""
-        return self.gw.state
+        return self.gw.plane
 
     @property
     def service(self) -> AdminService:

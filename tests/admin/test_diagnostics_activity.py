@@ -203,7 +203,7 @@ def test_entry_leaves_on_client_abort(tracked: Admin) -> None:
     finally:
         sock.close()
     wait_until(lambda: active(admin) == 0, what="the entry to leave after the abort")
-    assert admin.state.activity.closed_total == 1
+    assert admin.plane.activity.closed_total == 1
 
 
 def test_entry_leaves_on_backend_reset(tracked: Admin) -> None:
@@ -246,7 +246,7 @@ def test_silent_stream_is_swept_slow_live_one_is_not(admin_factory: Callable[...
             timeout=10,
             what="the silent stream to be swept",
         )
-        assert admin.state.activity.swept_total == 1
+        assert admin.plane.activity.swept_total == 1
         # Let the slow stream live well past the stale timeout (measured by its own bytes:
         # 14 events at 250 ms is 3.5 s), then it must still be listed.
         first = slow.received
@@ -263,4 +263,4 @@ def test_silent_stream_is_swept_slow_live_one_is_not(admin_factory: Callable[...
         silent.close()
         thread.join(30)
     wait_until(lambda: active(admin) == 0, what="the slow stream's entry to leave")
-    assert admin.state.activity.swept_total == 1
+    assert admin.plane.activity.swept_total == 1

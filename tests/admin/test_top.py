@@ -156,7 +156,7 @@ def test_script_snapshot_raw_and_messages(admin_factory: Callable[..., Admin]) -
     t = threading.Thread(target=stream)
     t.start()
     try:
-        wait_until(lambda: admin.state.activity.active_connections == 1, what="a live stream")
+        wait_until(lambda: admin.plane.activity.active_connections == 1, what="a live stream")
         out = run_script(admin.url)
         assert out.returncode == 0, out.stderr
         assert "top-model" in out.stdout and "top-session" in out.stdout

@@ -24,7 +24,7 @@ TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"typ
 @pytest.fixture
 def records(gateway: RunningGateway) -> list[ExchangeRecord]:
     got: list[ExchangeRecord] = []
-    gateway.state.accounting = True
+    gateway.plane.accounting = True
     gateway.observe(got.append)
     return got
 
@@ -117,7 +117,7 @@ def test_json_completion_without_backend_usage_is_estimated(
         {"backends": {"openai.1": {"api_url": url, "models": ["m"]}}}
     )
     got: list[ExchangeRecord] = []
-    gw.state.accounting = True
+    gw.plane.accounting = True
     gw.observe(got.append)
     with openai.OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as c:
         assert (
@@ -143,7 +143,7 @@ def test_client_abort_counts_only_what_left_the_gateway(gateway: RunningGateway,
     )
 
     def client_buffer_full() -> bool:
-        conns = [c for c in gateway.state.connections if c.current is not None]
+        conns = [c for c in gateway.plane.connections if c.current is not None]
         return bool(conns) and conns[0].flow.write_paused
 
     wait_until(lambda: gateway.lt.call(client_buffer_full), what="gateway paused by the client")

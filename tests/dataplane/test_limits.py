@@ -138,7 +138,7 @@ def test_max_connections_fast_503(gateway_factory, mock_llm) -> None:
     try:
         from tests.support.waiting import wait_until
 
-        wait_until(lambda: len(gw.state.connections) == 3, what="3 accepted connections")
+        wait_until(lambda: len(gw.plane.connections) == 3, what="3 accepted connections")
         extra = socket.create_connection(("127.0.0.1", gw.port))
         with extra:
             resp = read_response(extra)
@@ -147,7 +147,7 @@ def test_max_connections_fast_503(gateway_factory, mock_llm) -> None:
     finally:
         for s in held:
             s.close()
-    wait_until(lambda: len(gw.state.connections) == 0, what="connections released")
+    wait_until(lambda: len(gw.plane.connections) == 0, what="connections released")
     assert_still_serves(gw)
 
 

@@ -32,7 +32,7 @@ def test_1000_sequential_requests_reuse_a_handful_of_connections(
             assert r.status_code == 200
     assert mock_llm.stats.requests_total == 1000
     assert mock_llm.stats.connections_opened <= 3, mock_llm.stats.connections_opened
-    assert gateway.state.pools["openai.1"].connects == mock_llm.stats.connections_opened
+    assert gateway.plane.pools["openai.1"].connects == mock_llm.stats.connections_opened
 
 
 @pytest.mark.slow

@@ -104,7 +104,7 @@ def test_client_abort_closes_upstream(
         if wait_for_headers:
             sock.settimeout(10)
             assert sock.recv(1024).startswith(b"HTTP/1.1 200")
-        aborts = gateway.state.counters.client_aborts
+        aborts = gateway.plane.counters.client_aborts
     finally:
         sock.close()
     # The mock would hold the request for 20 s; seeing the close within 3 s proves the
@@ -114,8 +114,8 @@ def test_client_abort_closes_upstream(
         timeout=3,
         what="the mock sees the upstream connection close",
     )
-    wait_until(lambda: gateway.state.counters.client_aborts == aborts + 1, timeout=3)
-    assert all(p.open_connections == 0 for p in gateway.state.pools.values())
+    wait_until(lambda: gateway.plane.counters.client_aborts == aborts + 1, timeout=3)
+    assert all(p.open_connections == 0 for p in gateway.plane.pools.values())
     r = httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=10)
     assert r.status_code == 200
 
@@ -140,7 +140,7 @@ def test_openai_stream_cut_gets_error_event_and_no_done(
     assert last["error"]["code"] == "stream_truncated"
     content = [e for e in events[:-1] if b'"content"' in e]
     assert content, "the client keeps what it got before the cut"
-    assert gateway.state.counters.stream_truncations >= 1
+    assert gateway.plane.counters.stream_truncations >= 1
     # The gateway still serves, on the same keep-alive client.
     assert (
         httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=10).status_code == 200
@@ -227,7 +227,7 @@ def test_slow_reader_100mib_memory_bounded(gateway: RunningGateway, mock_llm) ->
     lt = gateway.lt
 
     def buffered() -> int:
-        conns = list(gateway.state.connections)
+        conns = list(gateway.plane.connections)
         return max((c.transport.get_write_buffer_size() for c in conns if c.transport), default=0)
 
     while time.monotonic() < deadline:

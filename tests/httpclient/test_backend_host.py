@@ -1,4 +1,4 @@
-"""The Host header a backend is sent: ``uri-host [":" port]`` (RFC 9110 section 7.2), so an
+"""The Host header a backend is sent: ``uri-host [":" port]`` (as RFC 9110 defines it), so an
 IPv6 literal keeps its brackets (``host: [::1]:8080``, never ``host: ::1:8080``, which
 no server can split into a host and a port) while the connection itself is made to the
 bare address. The port is left out when it is the scheme's default.

@@ -103,7 +103,7 @@ def test_connect_errors_open_it_and_routing_stops_trying(pair) -> None:
     for _ in range(6):
         r = chat(gw)
         assert r.status_code == 200 and r.headers["x-fastproxy-backend"] == "openai.2"
-    assert gw.state.counters.upstream_errors.get("connect") == 3
+    assert gw.plane.counters.upstream_errors.get("connect") == 3
     assert gw.health.circuit_state("openai.1") == "open"
     # the dead endpoint's probe failed at start-up too
     assert gw.health.endpoint_of["openai.1"].http_failures >= 1
@@ -122,7 +122,7 @@ def test_all_open_falls_back_to_the_original_plan(gateway_factory) -> None:
     assert chat(gw).status_code == 502
     assert gw.health.circuit_state("openai.1") == "open"
     chat(gw)  # still tried: an excluded-everything plan is the original plan
-    assert gw.state.counters.upstream_errors.get("connect") == 2
+    assert gw.plane.counters.upstream_errors.get("connect") == 2
 
 
 def test_breaker_disabled_tracks_state_but_never_refuses(pair, server_loop) -> None:

@@ -20,7 +20,7 @@ def test_table_and_exit_code_ok(gateway_factory, mock_llm, capsys, monkeypatch) 
     assert run(_ns("--url", gw.url)) == 0
     out = capsys.readouterr().out
     assert "fastproxy health" in out and "openai.1" in out
-    assert gw.state.backends["openai.1"].normalized_url in out
+    assert gw.plane.backends["openai.1"].normalized_url in out
     assert "closed" in out and "healthy" in out
 
 

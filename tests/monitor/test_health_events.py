@@ -191,7 +191,7 @@ def test_probe_failure_opens_breaker_fails_over_and_recovers(
             "circuit_breaker": {"failure_threshold": 3, "open_cooldown_seconds": 3},
         }
     )
-    a_url = gw.state.backends["openai.1"].normalized_url
+    a_url = gw.plane.backends["openai.1"].normalized_url
     sse = SSEReader(gw.url)
     try:
         server_loop.call(lambda: a.set_behaviour(path_prefix="/v1/models", status=503))

@@ -33,7 +33,7 @@ def _ep(http_failures: int = 0, ping_status: str = "ok", http_kind: str = OK) ->
 @pytest.mark.parametrize(
     ("http_failures", "ping_status", "http_kind", "expected"),
     [
-        (0, "failing", OK, "healthy"),  # ping alone never decides (defect §12.6)
+        (0, "failing", OK, "healthy"),  # ping alone never decides (docs/health.md)
         (0, "unavailable", OK, "healthy"),
         (1, "ok", FAILING, "healthy"),  # below the HTTP threshold (2)
         (1, "failing", FAILING, "unhealthy"),  # both signals agree

@@ -56,7 +56,7 @@ def _backend_state(gw: RunningGateway, name: str) -> dict[str, Any]:
 
 def _paused(gw: RunningGateway) -> bool:
     def check() -> bool:
-        return any(c.flow.write_paused for c in gw.state.connections)
+        return any(c.flow.write_paused for c in gw.plane.connections)
 
     return bool(gw.lt.call(check))
 
@@ -166,7 +166,7 @@ def test_many_concurrent_streams_to_one_backend_need_no_pool_setting(
         timeout=20,
         what="300 streams open at the backend at once",
     )
-    assert gw.state.pools["openai.1"].open_connections == 300
+    assert gw.plane.pools["openai.1"].open_connections == 300
     for sock in socks:
         sock.settimeout(20)
         data = b""

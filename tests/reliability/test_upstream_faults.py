@@ -152,7 +152,7 @@ def test_connect_refused_gives_502(
     client, resp = _send(gw, request(path))
     with client:
         assert_error(resp, 502, path, "upstream_error")
-        assert gw.state.counters.upstream_errors.get("connect") == 1
+        assert gw.plane.counters.upstream_errors.get("connect") == 1
         assert backend_requests(mock_llm) == 0
         assert_in_sync(client, path, body=_live_body(path))
     assert_still_serves(gw, path, _live_body(path))
@@ -279,7 +279,7 @@ def test_fault_mid_stream_ends_with_an_error_event(
         assert_stream_cut(resp, path)
         assert backend_requests(mock_llm) == 1
         assert_in_sync(client, path)
-    assert short_gw.state.counters.stream_truncations == 1
+    assert short_gw.plane.counters.stream_truncations == 1
     assert_still_serves(short_gw, path)
 
 
@@ -337,7 +337,7 @@ def test_connect_error_fails_over(pair: Any) -> None:
     with client:
         assert resp.status == 200 and resp.headers["x-fastproxy-backend"] == "openai.2"
         assert resp.body.rstrip().endswith(b"data: [DONE]")
-        assert gw.state.counters.upstream_errors.get("connect") == 1
+        assert gw.plane.counters.upstream_errors.get("connect") == 1
         assert backend_requests(b) == 1
         assert_in_sync(client)
     assert_still_serves(gw)

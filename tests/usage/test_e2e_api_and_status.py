@@ -191,7 +191,7 @@ def _raw_request(gw: RunningGateway, extra: bytes) -> socket.socket:
 
 
 def _exchange(gw: RunningGateway, ready: Callable[[Any], bool]) -> bool:
-    conns = [c for c in gw.state.connections if c.current is not None]
+    conns = [c for c in gw.plane.connections if c.current is not None]
     return bool(conns) and ready(conns[0])
 
 

@@ -220,7 +220,7 @@ def test_client_abort_mid_stream(tracked: RunningGateway) -> None:
     )
 
     def client_buffer_full() -> bool:
-        conns = [c for c in tracked.state.connections if c.current is not None]
+        conns = [c for c in tracked.plane.connections if c.current is not None]
         return bool(conns) and conns[0].flow.write_paused
 
     wait_until(lambda: tracked.lt.call(client_buffer_full), what="gateway paused by the client")

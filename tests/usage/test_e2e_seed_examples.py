@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import RunningGateway, backend_for
 from tests.support.waiting import wait_until
 from tests.usage.test_e2e_records import FAST_FLUSH, MSGS, recent
-from tests.usage.test_record_projection import CONTRACT_FIELDS
+from tests.usage.test_record_projection import RECORD_FIELDS
 
 pytestmark = pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("jq") is None,
@@ -143,7 +143,7 @@ def test_recent_and_export(traffic) -> None:
     base = gw.url
     page = sh(f'curl -s "{base}/v1/usage/recent?limit=50"')
     assert (page["total"], page["limit"], page["offset"], len(page["records"])) == (5, 50, 0, 5)
-    assert all(list(r) == CONTRACT_FIELDS for r in page["records"])
+    assert all(list(r) == RECORD_FIELDS for r in page["records"])
     stamps = [r["timestamp"] for r in page["records"]]
     assert stamps == sorted(stamps, reverse=True)  # newest first
     # The seed's literal window (December 2025), and one around today: oldest first.

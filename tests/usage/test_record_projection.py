@@ -21,7 +21,9 @@ from fastproxy.monitor.usage_projection import (
 )
 from fastproxy.monitor.usage_service import UsageCapture
 
-CONTRACT_FIELDS = [
+# A usage record's fields, in the order records are stored and served
+# (docs/usage-tracking.md, "The record").
+RECORD_FIELDS = [
     "id",
     "timestamp",
     "session_id",
@@ -89,7 +91,7 @@ def make_rec(
 
 def project(rec: ExchangeRecord, projector: Projector = ESTIMATOR, keep: bool = True) -> dict:
     capture = UsageCapture.take(rec, keep)
-    rec.request_body = None  # what the data plane does right after observers
+    rec.request_body = None  # what the data plane does right after its exchange sinks
     return projector.record(capture)
 
 
@@ -267,7 +269,7 @@ def test_backend_usage_sets_ptb_btp_ptc_and_source() -> None:
     )
     rec.btp_completion_est = rec.ptc_completion_est = 15
     r = project(rec)
-    assert list(r) == CONTRACT_FIELDS
+    assert list(r) == RECORD_FIELDS
     assert r["ctp_prompt_tokens"] == est("hi") + MESSAGE_OVERHEAD + REPLY_PRIMING
     assert (r["ptb_prompt_tokens"], r["btp_completion_tokens"], r["ptc_completion_tokens"]) == (
         120,

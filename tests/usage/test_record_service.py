@@ -4,7 +4,6 @@ bound on request bodies held for the writer thread."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -45,7 +44,7 @@ class HeldStore:
 
 def make_service(store: HeldStore, limit: int) -> UsageService:
     config = load_config({}, env={}, use_files=False).config
-    service = UsageService(None, SimpleNamespace(config=config))  # type: ignore[arg-type]
+    service = UsageService(config)
     service.pending.limit = limit
     service.projector = Projector(service.prices, ExactCounter.load())
     service.store = store

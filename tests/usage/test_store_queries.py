@@ -29,7 +29,8 @@ from tests.support.monitoring import usage_router
 
 
 def record(**over: Any) -> dict[str, Any]:
-    """A record with every CONTRACT §6 field set."""
+    """A record with every field of a usage record set (docs/usage-tracking.md, "The
+    record")."""
     base: dict[str, Any] = {
         "id": uuid.uuid4().hex,
         "timestamp": "2025-12-01T10:00:00.000Z",
