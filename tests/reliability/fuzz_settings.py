@@ -1,6 +1,7 @@
 """Hypothesis settings for the ``test_fuzz_*`` modules: bounded in CI, long on demand.
 
-CI (the default) runs each property for a fixed, small number of examples so the whole
+CI (the default) runs each property for a fixed, small number of examples, the same
+ones every run (derandomized), so the whole
 ``tests/reliability/test_fuzz_*`` set finishes in well under half a minute on a 2-core
 machine. Longer runs are the same tests with more examples:
 
@@ -44,8 +45,13 @@ def examples(ci: int) -> int:
 
 
 def fuzz(ci: int = 150) -> settings:
+    # CI draws the same examples every run (derandomized): a red CI must mean a change
+    # broke something, not that this run's draw found an old, pinned defect. Searching
+    # for new ones is what the long runs (random draws) are for.
+    ci_run = PROFILE == "ci" and not os.environ.get("FASTPROXY_FUZZ_EXAMPLES")
     return settings(
         max_examples=examples(ci),
+        derandomize=ci_run,
         deadline=None,
         database=None,
         print_blob=True,
