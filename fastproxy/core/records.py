@@ -18,7 +18,6 @@ monitoring services once, at the end. It holds numbers and names only: no messag
 from __future__ import annotations
 
 import time
-from typing import Any
 
 
 class BackendUsage:
@@ -51,7 +50,7 @@ class BackendUsage:
         if other.total is None and self.prompt is not None and self.completion is not None:
             self.total = self.prompt + self.completion
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, int | float | None]:
         return {name: getattr(self, name) for name in sorted(self.__slots__)}
 
     def as_row(self) -> tuple[int | float | None, ...]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from .records import Counters, ExchangeRecord
@@ -158,7 +158,15 @@ class PlaneStats(Protocol):
         """backend name -> (open upstream connections, idle ones)."""
 
 
+class StorageStatusDoc(TypedDict):
+    usage_db: str  # "ok" | "degraded"
+    queue_depth: int
+    dropped_records: int
+    write_errors: int
+    path: NotRequired[str]
+
+
 class StorageStatus(Protocol):
     """The usage store's condition, for health and metrics (None when usage is off)."""
 
-    def status(self) -> Mapping[str, Any]: ...
+    def status(self) -> StorageStatusDoc: ...

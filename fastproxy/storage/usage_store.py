@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..core.seams import StorageStatusDoc
 from . import usage_export, usage_queries
 from .usage_files import error_kind, file_id, is_corrupt, set_aside, set_aside_logs
 from .usage_retention import prune
@@ -189,7 +190,7 @@ class UsageStore:
     def _stop_at_exit(self) -> None:
         self.stop(timeout=AT_EXIT_TIMEOUT_S)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StorageStatusDoc:
         return {
             "usage_db": "degraded" if self._degraded else "ok",
             "queue_depth": len(self._items) + self._in_hand + len(self._retry),
