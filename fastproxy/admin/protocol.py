@@ -44,7 +44,7 @@ from ..config import Config
 from ..core.access import AccessPolicy
 from ..core.auth import presented_key
 from ..core.clock import HttpDate
-from ..core.flow import FlowControl
+from ..core.flow import FlowControl, FlowControlled
 from ..core.seams import PlaneStats
 from ..logs import quote
 from .routes import AdminRequest, AdminResponse, Router, error_response, parse_query
@@ -76,7 +76,7 @@ class AdminContext:
     plane: PlaneStats  # whether the gateway is draining (then every answer closes)
 
 
-class AdminProtocol(asyncio.Protocol):
+class AdminProtocol(FlowControlled, asyncio.Protocol):
     __slots__ = (
         "_admin_key",
         "_body",
@@ -159,14 +159,6 @@ class AdminProtocol(asyncio.Protocol):
         if self._task is None:
             self._process()
         return True  # keep our side open: a response may still be on its way
-
-    def pause_writing(self) -> None:
-        if self.flow is not None:
-            self.flow.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.flow is not None:
-            self.flow.resume_writing()
 
     def shutdown(self) -> None:
         """Gateway stop: end the connection now, whatever it is doing."""

@@ -87,3 +87,21 @@ class FlowControl:
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("connection lost"))
             waiter.exception()  # retrieved: nobody may be waiting any more
+
+
+class FlowControlled:
+    """asyncio.Protocol's two writing callbacks, handed to the connection's FlowControl
+    (``self.flow``, made in ``connection_made``). A protocol that needs more on a pause
+    (the data port arms its send timer) writes its own."""
+
+    __slots__ = ()
+
+    flow: FlowControl | None
+
+    def pause_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.resume_writing()

@@ -21,7 +21,7 @@ from collections import deque
 import httptools
 
 from ..core.errors import UpstreamError
-from ..core.flow import FlowControl
+from ..core.flow import FlowControl, FlowControlled
 from .backend import Backend
 from .response import UpstreamResponse
 
@@ -46,7 +46,7 @@ def _check_head(headers: list[tuple[bytes, bytes]], max_bytes: int, max_headers:
         raise _TooLarge(f"response head from backend exceeds {max_bytes} bytes")
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(FlowControlled, asyncio.Protocol):
     __slots__ = (
         "_feeding",
         "_head_bytes",
@@ -78,14 +78,6 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.flow = FlowControl(transport)  # type: ignore[arg-type]
-
-    def pause_writing(self) -> None:
-        if self.flow is not None:
-            self.flow.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.flow is not None:
-            self.flow.resume_writing()
 
     def data_received(self, data: bytes) -> None:
         resp = self.response

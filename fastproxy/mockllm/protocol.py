@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import httptools
 
-from ..core.flow import FlowControl
+from ..core.flow import FlowControl, FlowControlled
 from . import wire
 
 log = logging.getLogger("fastproxy.mockllm")
@@ -87,7 +87,7 @@ class ConnectionCounters(Protocol):
     open_connections: int
 
 
-class MockProtocol(asyncio.Protocol):
+class MockProtocol(FlowControlled, asyncio.Protocol):
     """One client connection. ``handler(request, protocol)`` returns bytes, a job, or None."""
 
     __slots__ = (
@@ -192,14 +192,6 @@ class MockProtocol(asyncio.Protocol):
         if self._job is not None:
             self._job.cancel()
         self._on_close(self)
-
-    def pause_writing(self) -> None:
-        if self.flow is not None:
-            self.flow.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.flow is not None:
-            self.flow.resume_writing()
 
     # --- httptools callbacks ---------------------------------------------------------------
 
