@@ -4,6 +4,7 @@ Examples:
     python -m bench.load                         # everything: 10 rounds x 3 s per target
     python -m bench.load --quick                 # smoke run, about two minutes
     python -m bench.load --scenarios a,b --rounds 5 --duration 15
+    python -m bench.load --backend mock          # the Python mock LLM behind the relays
 Results: printed, and written to bench/results/<timestamp>.{json,md}.
 """
 
@@ -56,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers",
         default="",
         help="optional peers: litellm,reference (reference needs BENCH_REFERENCE_CMD)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["nginx", "mock"],
+        default="nginx",
+        help="what answers behind the relays: nginx serving canned responses from memory "
+        "(default; several times faster than the mock, so the relay is the bottleneck) or "
+        "the Python mock LLM. Scenarios that pace events (bp, c) always use the mock",
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     p.add_argument("--no-install", action="store_true", help="never apt-get install nginx")
@@ -234,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference_cmd=os.environ.get("BENCH_REFERENCE_CMD"),
         litellm_python=os.environ.get("BENCH_LITELLM_PYTHON"),
         keep=ns.keep,
+        backend=ns.backend,
         max_background=ns.max_background,
         retry_budget_s=ns.retry_budget,
     )
@@ -251,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "loadavg_before": loadavg(),
         "pinning": suite.pin.describe(),
+        "backend": ns.backend,
         "git": (
             {"commit": snap_commit, "dirty": False, "snapshot": str(src)}
             if snap_commit

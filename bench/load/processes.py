@@ -4,11 +4,12 @@ Each relay runs as its own OS process, started fresh for every scenario, so its 
 (VmHWM) and CPU time belong to that scenario alone. CPU time and memory are read from
 /proc, not from the process itself, so the measurement costs the relay nothing.
 
-Pinning (taskset): on two cores the mock gets CPU 1 and the relay CPU 0, so the relay
-has a core of its own and the backend is never the relay's competitor. The load
+Pinning (taskset): on two cores the backend (nginx serving canned answers, or the mock)
+gets CPU 1 and the relay CPU 0, so the relay has a core of its own and the backend is
+never the relay's competitor. The load
 generator cannot have a third core, so it runs unpinned and the scheduler puts it on
 whichever core has slack: the caveat is that under load it steals time from the relay
-or the mock. The "direct" figure (client → mock) shows the generator's own ceiling.
+or the backend. The "direct" figure (client → backend) shows the generator's own ceiling.
 With four or more cores the generator gets the remaining cores to itself.
 """
 
@@ -57,7 +58,7 @@ class Pinning:
     """Which CPUs each role may use; None means unpinned."""
 
     relay: tuple[int, ...] | None
-    mock: tuple[int, ...] | None
+    mock: tuple[int, ...] | None  # the backend: nginx serving canned answers, or the mock
     loadgen: tuple[int, ...] | None
 
     @classmethod
@@ -74,7 +75,8 @@ class Pinning:
             return "unpinned" if cpus is None else "CPU " + ",".join(map(str, cpus))
 
         return (
-            f"relay (nginx/fastproxy/peer) {one(self.relay)}; mock {one(self.mock)}; "
+            f"relay (nginx/fastproxy/peer) {one(self.relay)}; backend (canned nginx or mock) "
+            f"{one(self.mock)}; "
             f"load generator {one(self.loadgen)}"
         )
 
@@ -122,6 +124,51 @@ def cpu_seconds(pid: int) -> float:
     # The command name (field 2) may hold spaces; everything after its ')' is fixed.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """utime+stime per thread of ``pid`` (tid -> seconds), from /proc/PID/task/*/stat."""
+    out: dict[int, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended in between
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def thread_split(
+    before: dict[int, dict[int, float]], after: dict[int, dict[int, float]], main_pid: int
+) -> dict[str, float]:
+    """CPU seconds between two ``Proc.thread_cpu`` snapshots, split by role.
+
+    ``loop``: the main thread of the started process (fastproxy runs its event loop
+    there; for nginx it is the master); ``other threads``: every other thread of that
+    process (fastproxy's usage writer, asyncio's executor threads); ``busiest other
+    thread``: the largest of those; ``child processes``: everything in the children
+    (nginx's worker). A thread or process born during the round counts from zero."""
+    loop = others = busiest = children = 0.0
+    for pid, threads in after.items():
+        for tid, secs in threads.items():
+            delta = max(0.0, secs - before.get(pid, {}).get(tid, 0.0))
+            if pid != main_pid:
+                children += delta
+            elif tid == main_pid:
+                loop += delta
+            else:
+                others += delta
+                busiest = max(busiest, delta)
+    out = {"loop": loop, "other threads": others, "busiest other thread": busiest}
+    if len(after) > 1:
+        out["child processes"] = children
+    return out
 
 
 def machine_busy_seconds() -> float:
@@ -172,6 +219,10 @@ class Proc:
 
     def cpu(self) -> float:
         return sum(cpu_seconds(p) for p in self.pids())
+
+    def thread_cpu(self) -> dict[int, dict[int, float]]:
+        """pid -> tid -> CPU seconds, for every measured process."""
+        return {p: thread_cpu_seconds(p) for p in self.pids()}
 
     def rss_kib(self) -> int:
         return sum(status_kib(p, "VmRSS") for p in self.pids())

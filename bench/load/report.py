@@ -35,7 +35,7 @@ def aggregate(
     keys = {k for r in rounds for k, v in r.items() if isinstance(v, (int, float))}
     for k in sorted(keys):
         out[k] = _median([r[k] for r in rounds if k in r])
-    for k in ("lat_us", "ttft_us", "gap_us", "read_gap_us"):
+    for k in ("lat_us", "ttft_us", "gap_us", "read_gap_us", "thread_cpu_s_per_1k_req"):
         points = {p for r in rounds for p in r.get(k, {})}
         if points:
             out[k] = {
@@ -236,6 +236,8 @@ def _ratio_text(v: float) -> str:
 def scenario_markdown(sc: dict[str, Any]) -> str:
     sse = sc["workload"]["kind"] == "sse"
     lines = [f"### {sc['key']}: {sc['title']}", ""]
+    if sc.get("backend"):
+        lines += [f"Backend: {sc['backend']}.", ""]
     if not any(t.get("rounds") for t in sc["targets"].values()):
         return "\n".join(lines + [f"- {n}" for n in sc.get("notes", [])]) + "\n"
     head = ["target", "req/s"]
@@ -247,7 +249,7 @@ def scenario_markdown(sc: dict[str, Any]) -> str:
     head += ["relay CPU", "peak RSS MiB"]
     if sc["key"] == "c":
         head += ["RSS idle→during MiB", "KiB/stream"]
-    head += ["errors", "gen CPU", "mock CPU", "other CPU"]
+    head += ["errors", "gen CPU", "backend CPU", "other CPU"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, t in sc["targets"].items():
         if not t.get("rounds"):
@@ -282,12 +284,14 @@ def scenario_markdown(sc: dict[str, Any]) -> str:
         row += [
             str(sum(errs.values())) + (f" ({', '.join(errs)})" if errs else ""),
             _fmt(t.get("gen_cpu_util"), 0, 100) + "%",
-            _fmt(t.get("mock_cpu_util"), 0, 100) + "%",
+            # Result files written before the nginx backend call it mock_cpu_util.
+            _fmt(t.get("backend_cpu_util", t.get("mock_cpu_util")), 0, 100) + "%",
             _fmt(t.get("background_cpu"), 0, 100)
             + "%"
             + (f" ({t['noisy_rounds']} noisy)" if t.get("noisy_rounds") else ""),
         ]
         lines.append("| " + " | ".join(row) + " |")
+    lines += cpu_table(sc)
     derived = sc.get("derived", {})
     base = derived.get("baseline", "direct")
     ratio_lines = []
@@ -318,6 +322,43 @@ def scenario_markdown(sc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+THREAD_COLUMNS = ("loop", "other threads", "busiest other thread", "child processes")
+
+
+def cpu_table(sc: dict[str, Any]) -> list[str]:
+    """CPU µs per request (ms per 1,000) of each process of the chain, the relay split by thread.
+
+    ``loop`` is the relay's main thread (fastproxy's event loop; nginx's master), ``other
+    threads`` the rest of that process (fastproxy's usage writer and executor threads),
+    ``child processes`` nginx's worker. Medians over rounds of each round's figure."""
+    rows = []
+    for name, t in sc["targets"].items():
+        if not t.get("rounds") or t.get("backend_cpu_s_per_1k_req") is None:
+            continue
+        split = t.get("thread_cpu_s_per_1k_req", {})
+        cells = [
+            name,
+            _fmt(t.get("cpu_s_per_1k_req"), 1, 1000),
+            *[_fmt(split.get(k), 1, 1000) for k in THREAD_COLUMNS],
+            _fmt(t.get("backend_cpu_s_per_1k_req"), 1, 1000),
+            _fmt(t.get("gen_cpu_s_per_1k_req"), 1, 1000),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    head = [
+        "CPU µs per request",
+        "relay",
+        "relay: loop thread",
+        "relay: other threads",
+        "relay: busiest other",
+        "relay: child procs",
+        "backend",
+        "load gen",
+    ]
+    return ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows]
+
+
 def markdown(data: dict[str, Any]) -> str:
     m = data["meta"]
     mach = m["machine"]
@@ -329,6 +370,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"Python {mach['python']}",
         f"- load average before / after: {m['loadavg_before']} / {m.get('loadavg_after', '?')}",
         f"- pinning: {m['pinning']}",
+        f"- backend: {m.get('backend', 'mock')} (scenarios that pace events, bp and c, "
+        f"always use the mock LLM; each scenario names its backend)",
         f"- fastproxy: commit {m['git']['commit']}{' (dirty tree)' if m['git']['dirty'] else ''}"
         f", _speedups {m['speedups']}",
         f"- tools: {m['tools']['wrk']}; {m['tools']['nginx']}",

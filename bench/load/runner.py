@@ -22,6 +22,7 @@ from typing import Any
 
 from . import peers
 from . import processes as P
+from .backend import start_nginx_backend
 from .drivers import drive
 from .report import aggregate
 from .scenarios import FEATURE_MODULES, FEATURES, JSON_BODY, Scenario
@@ -45,6 +46,9 @@ class Options:
     # LiteLLM pulls in ~150 packages: it may live in a venv of its own.
     litellm_python: str | None = None
     keep: bool = False
+    # "nginx": canned answers from memory (bench/load/backend.py); "mock": fastproxy's mock
+    # LLM. Paced scenarios (bp, c) use the mock whatever this says.
+    backend: str = "nginx"
     # A round during which other processes used more than this many cores is measured
     # again (at most MAX_RETRIES times): on a shared machine a test suite starting in the
     # middle of a round would otherwise decide the figure.
@@ -57,7 +61,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def feature_available(feature: str, opts: Options, workdir: Path, mock_port: int) -> str | None:
+def feature_available(feature: str, opts: Options, workdir: Path, mock_port: int = 9) -> str | None:
     """None when the feature can be measured, else why not (recorded as a note)."""
     modules = FEATURE_MODULES[feature]
     code = (
@@ -90,7 +94,10 @@ class Suite:
         self.workdir = Path(tempfile.mkdtemp(prefix="fastproxy-bench-"))
         self.pin = P.Pinning.plan(opts.pin)
         self.notes = opts.notes
-        self.mock: P.Proc | None = None
+        # The backends started so far ("nginx", "mock"), kept across scenarios, and the one
+        # the current scenario uses.
+        self.backends: dict[str, P.Proc] = {}
+        self.backend: P.Proc | None = None  # the current scenario's
         self.nginx_bin: str | None = None
         self.unavailable: dict[str, str] = {}
         self.features = dict(FEATURES)
@@ -105,13 +112,14 @@ class Suite:
         self.nginx_bin = P.nginx_binary(self.opts.install_nginx)
         if self.nginx_bin is None:
             self.unavailable["nginx"] = "nginx is not installed (apt-get install -y nginx)"
-        self.mock = P.start_mock(
-            self.workdir, self.pin.mock, self.opts.python, self.opts.fastproxy_src
-        )
+        if self.opts.backend == "nginx" and self.nginx_bin is None:
+            self.notes.append(
+                "backend: nginx is not installed, so the mock LLM serves every scenario"
+            )
         if any(t in FEATURES for s in self.opts.scenarios for t in s.targets):
             ready = []
             for feature in FEATURE_MODULES:
-                why = feature_available(feature, self.opts, self.workdir, self.mock.port)
+                why = feature_available(feature, self.opts, self.workdir)
                 if why is None:
                     ready.append(feature)
                     continue
@@ -132,8 +140,30 @@ class Suite:
         if "reference" in self.opts.peers and not self.opts.reference_cmd:
             self.unavailable["reference"] = "BENCH_REFERENCE_CMD is not set"
 
+    def backend_kind(self, sc: Scenario) -> str:
+        """Which backend serves ``sc``: the canned nginx unless pacing or --backend say mock."""
+        if self.opts.backend == "mock" or sc.paced or self.nginx_bin is None:
+            return "mock"
+        return "nginx"
+
+    def use_backend(self, sc: Scenario) -> str:
+        """Start (once) the backend ``sc`` needs and make it current; returns its kind."""
+        kind = self.backend_kind(sc)
+        if kind not in self.backends:
+            if kind == "nginx":
+                assert self.nginx_bin is not None
+                self.backends[kind] = start_nginx_backend(
+                    self.nginx_bin, self.workdir, self.pin.mock
+                )
+            else:
+                self.backends[kind] = P.start_mock(
+                    self.workdir, self.pin.mock, self.opts.python, self.opts.fastproxy_src
+                )
+        self.backend = self.backends[kind]
+        return kind
+
     def start_target(self, name: str) -> P.Proc | None:
-        assert self.mock is not None
+        assert self.backend is not None
         sub = self.workdir / f"{name.replace('+', '_')}-{time.monotonic_ns()}"
         sub.mkdir()
         cpus = self.pin.relay
@@ -141,23 +171,31 @@ class Suite:
             return None
         if name == "nginx":
             assert self.nginx_bin is not None
-            return P.start_nginx(self.nginx_bin, self.mock.port, sub, cpus)
+            return P.start_nginx(self.nginx_bin, self.backend.port, sub, cpus)
         if name == "fastproxy" or name in FEATURES:
-            cfg = P.fastproxy_config(self.mock.port, sub, **self.features.get(name, {}))
+            cfg = P.fastproxy_config(self.backend.port, sub, **self.features.get(name, {}))
             return P.start_fastproxy(
                 name, cfg, sub, cpus, self.opts.python, self.opts.fastproxy_src
             )
         if name == "litellm":
-            return peers.start_litellm(self.mock.port, sub, cpus, self.litellm_python)
+            return peers.start_litellm(self.backend.port, sub, cpus, self.litellm_python)
         if name == "reference":
             assert self.opts.reference_cmd is not None
-            return peers.start_reference(self.opts.reference_cmd, self.mock.port, sub, cpus)
+            return peers.start_reference(self.opts.reference_cmd, self.backend.port, sub, cpus)
         raise ValueError(name)
 
     # -- one scenario ---------------------------------------------------------------
     def run_scenario(self, sc: Scenario) -> dict[str, Any]:
-        assert self.mock is not None
         notes: list[str] = []
+        kind = self.use_backend(sc)
+        assert self.backend is not None
+        if kind == "mock" and sc.paced and self.opts.backend == "nginx":
+            notes.append(
+                "backend: the mock LLM, since this scenario paces its events and a canned "
+                "nginx backend cannot (figures are capped by the mock, not comparable "
+                "with the nginx-backed scenarios)"
+            )
+        backend = "nginx (canned answers)" if kind == "nginx" else "mock LLM"
         procs: dict[str, P.Proc | None] = {}
         skipped = {n: self.unavailable[n] for n in sc.targets if n in self.unavailable}
         if sc.key.startswith("d-") and not set(FEATURES) - set(skipped):
@@ -165,6 +203,7 @@ class Suite:
             return {
                 "key": sc.key,
                 "title": sc.title,
+                "backend": backend,
                 "workload": sc.workload.__dict__,
                 "rounds": 0,
                 "duration_s": sc.duration_s,
@@ -205,7 +244,7 @@ class Suite:
                         if proc is not None:
                             proc.stop()
             names = list(procs)
-            idle = {n: (p.rss_kib() if p else self.mock.rss_kib()) for n, p in procs.items()}
+            idle = {n: (p.rss_kib() if p else self.backend.rss_kib()) for n, p in procs.items()}
             rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
             for r in range(sc.rounds):
                 order = names[r % len(names) :] + names[: r % len(names)] if names else []
@@ -219,6 +258,7 @@ class Suite:
         return {
             "key": sc.key,
             "title": sc.title,
+            "backend": backend,
             "workload": sc.workload.__dict__,
             "rounds": sc.rounds,
             "duration_s": sc.duration_s,
@@ -257,8 +297,8 @@ class Suite:
         return None
 
     def port(self, name: str, proc: P.Proc | None) -> int:
-        assert self.mock is not None
-        return self.mock.port if proc is None else proc.port
+        assert self.backend is not None
+        return self.backend.port if proc is None else proc.port
 
     def drive(self, name: str, proc: P.Proc | None, sc: Scenario, seconds: float) -> Any:
         return drive(
@@ -303,8 +343,8 @@ class Suite:
         return best
 
     def measure(self, name: str, proc: P.Proc | None, sc: Scenario) -> dict[str, Any]:
-        assert self.mock is not None
-        mock = self.mock
+        assert self.backend is not None
+        mock = self.backend
         samples: list[tuple[float, int]] = []
         stop = threading.Event()
         watched = proc or mock
@@ -316,12 +356,14 @@ class Suite:
         sampler = threading.Thread(target=sample_rss, daemon=True)
         sampler.start()
         cpu0 = proc.cpu() if proc else 0.0
+        threads0 = proc.thread_cpu() if proc else {}
         mock0 = mock.cpu()
         busy0 = P.machine_busy_seconds()
         t0 = time.monotonic()
         res = self.drive(name, proc, sc, sc.duration_s)
         wall = time.monotonic() - t0
         cpu = (proc.cpu() - cpu0) if proc else None
+        threads = P.thread_split(threads0, proc.thread_cpu(), proc.popen.pid) if proc else {}
         mock_cpu = mock.cpu() - mock0
         ours = (cpu or 0.0) + mock_cpu + res.gen_cpu_s
         background = max(0.0, P.machine_busy_seconds() - busy0 - ours) / wall
@@ -337,9 +379,13 @@ class Suite:
             "rps": res.completed / elapsed,
             "lat_us": res.lat_us,
             "gen_cpu_util": res.gen_cpu_s / elapsed,
-            "mock_cpu_util": mock_cpu / elapsed,
+            "backend_cpu_util": mock_cpu / elapsed,
             "background_cpu": background,
         }
+        if res.completed:
+            # CPU per request of every process of the chain, relay threads split below.
+            out["backend_cpu_s_per_1k_req"] = mock_cpu / res.completed * 1000
+            out["gen_cpu_s_per_1k_req"] = res.gen_cpu_s / res.completed * 1000
         if sc.workload.kind == "sse":
             out.update(
                 events=res.events,
@@ -353,6 +399,9 @@ class Suite:
             out["relay_cpu_util"] = cpu / elapsed
             if res.completed:
                 out["cpu_s_per_1k_req"] = cpu / res.completed * 1000
+                out["thread_cpu_s_per_1k_req"] = {
+                    k: v / res.completed * 1000 for k, v in threads.items()
+                }
             if res.events:
                 out["cpu_s_per_1k_events"] = cpu / res.events * 1000
         if sc.slow_streams:
@@ -380,8 +429,8 @@ class Suite:
                 log(f"scenario {sc.key}: {sc.title}")
                 results.append(self.run_scenario(sc))
         finally:
-            if self.mock is not None:
-                self.mock.stop()
+            for backend in self.backends.values():
+                backend.stop()
             if not self.opts.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             else:

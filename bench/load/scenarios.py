@@ -11,7 +11,13 @@ Groups (``--scenarios a,b,c,d``):
 - d: a1, a64 and b again on fastproxy with each monitoring feature on, interleaved with
   the baseline so that the cost of each feature is a ratio measured at the same time.
 
-Targets: ``direct`` (client → mock), ``nginx``, ``fastproxy`` (usage tracking off), the
+Backends: nginx serving canned answers from memory (the default, bench/load/backend.py)
+or the mock LLM (``--backend mock``). Scenarios that need pacing (bp, c) always use the
+mock: nginx cannot space events in time. Streams are asked for with the header
+``x-bench-stream: 1`` (the canned backend routes on it; the mock ignores it) as well as
+``"stream": true`` in the body.
+
+Targets: ``direct`` (client → backend), ``nginx``, ``fastproxy`` (usage tracking off), the
 ``fastproxy+<feature>`` variants, and the optional peers ``litellm`` and ``reference``.
 """
 
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 MODEL = "gpt-4o"
 MESSAGES = [{"role": "user", "content": "hello world!"}]
 JSON_BODY = json.dumps({"model": MODEL, "messages": MESSAGES}, separators=(",", ":"))
+STREAM_HEADER = "x-bench-stream: 1"
 SSE_BODY = json.dumps({"model": MODEL, "stream": True, "messages": MESSAGES}, separators=(",", ":"))
 
 # Monitoring variants of scenario d: target name -> fastproxy_config() keyword flags.
@@ -67,6 +74,8 @@ class Scenario:
     # c: one long round, RSS sampled while every stream is open, no warm-up load.
     slow_streams: bool = False
     stream_s: float = 0.0
+    # Events spaced in time: only the mock can do it, whatever --backend says.
+    paced: bool = False
 
 
 def build(
@@ -75,7 +84,7 @@ def build(
     """The scenarios to run, in order. ``quick`` shrinks every round to a smoke test."""
     warmup = 0.5 if quick else 2.0
     base = (*BASE_TARGETS, *peers)
-    sse = ("x-mock-tokens: 200",)
+    sse = ("x-mock-tokens: 200", STREAM_HEADER)
     json_a = Workload("json", 1, JSON_BODY)
     a64 = Workload("json", 64, JSON_BODY)
     b = Workload("sse", 64, SSE_BODY, sse)
@@ -89,7 +98,7 @@ def build(
         "sse",
         c_streams,
         SSE_BODY,
-        (f"x-mock-tokens: {tokens}", f"x-mock-interval-ms: {interval_ms}"),
+        (f"x-mock-tokens: {tokens}", f"x-mock-interval-ms: {interval_ms}", STREAM_HEADER),
         ramp_s=2.0 if quick else 4.0,
         requests_per_conn=1,
     )
@@ -131,6 +140,7 @@ def build(
             rounds,
             duration_s,
             warmup,
+            paced=True,
         ),
         "c": Scenario(
             "c",
@@ -142,6 +152,7 @@ def build(
             0.0,
             slow_streams=True,
             stream_s=c_seconds,
+            paced=True,
         ),
         "d-a1": Scenario(
             "d-a1", "a1 with monitoring features on", json_a, variants, rounds, duration_s, warmup
