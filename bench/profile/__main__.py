@@ -1,0 +1,190 @@
+"""``python -m bench.profile``: where the relay's CPU per request goes.
+
+Starts the mock LLM (CPU 1), the gateway under cProfile (CPU 0, ``bench/profile/child.py``)
+and wrk (CPU 1) for a fixed time against 127.0.0.1, stops the gateway with SIGTERM and
+prints the functions that took the loop's time, per request: own time (``tottime``) in
+µs per request, the share of the profiled total, and the same summed per module.
+
+cProfile adds a fixed cost to every Python call, so the absolute µs are inflated (about
+twice for call-heavy code) and the ranking leans toward code that makes many small calls.
+Compiled code (uvloop's transports, httptools, the Cython core) is counted in the own time
+of the Python function that called it: ``_write_json``'s time includes the socket write. Read the table as a map of
+where the next saving is, not as the gateway's speed (bench/load measures that).
+
+    python -m bench.profile                       # JSON, c=64, usage tracking on, 10 s
+    python -m bench.profile --stream --usage off  # SSE (200 events)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pstats
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from bench.load.processes import fastproxy_config, free_port, start_mock, wait_port
+from bench.load.scenarios import JSON_BODY, SSE_BODY
+
+ROOT = Path(__file__).resolve().parents[2]
+_LUA = """wrk.method = "POST"
+wrk.body = [[{body}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-mock-tokens"] = "{tokens}"
+"""
+
+
+def _requests(wrk_output: str) -> int:
+    m = re.search(r"(\d+) requests in", wrk_output)
+    if m is None:
+        raise SystemExit(f"wrk printed no request count:\n{wrk_output}")
+    return int(m.group(1))
+
+
+_LOOP = "the event loop itself (uvloop's C code: epoll, socket reads, callback dispatch)"
+
+
+def _where(func: tuple[str, int, str]) -> str:
+    path, line, name = func
+    if path.endswith("asyncio/runners.py") and name == "run":
+        return _LOOP
+    if path == "~":
+        return name  # a builtin or a C function
+    rel = path.split("site-packages/")[-1]
+    if str(ROOT) in path:
+        rel = os.path.relpath(path, ROOT)
+    return f"{rel}:{line}({name})"
+
+
+def _module(func: tuple[str, int, str]) -> str:
+    path = func[0]
+    if path.endswith("asyncio/runners.py"):
+        return _LOOP
+    if path == "~":
+        return "(builtins / C)"
+    if str(ROOT) in path:
+        return os.path.relpath(path, ROOT)
+    if "site-packages/" in path:
+        return path.split("site-packages/")[-1].split("/")[0] + " (library)"
+    return "stdlib: " + Path(path).name
+
+
+def report(stats_file: Path, requests: int, top: int) -> str:
+    st = pstats.Stats(str(stats_file))
+    raw = st.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in raw.values())
+    rows = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)
+    out = [
+        f"requests: {requests:,}; profiled loop time: {total:.2f} s = "
+        f"{total / requests * 1e6:.1f} µs per request (cProfile-inflated)",
+        "",
+        "| function | calls/request | own µs/request | share |",
+        "|---|---|---|---|",
+    ]
+    for func, (_cc, nc, tt, _ct, _callers) in rows[:top]:
+        out.append(
+            f"| `{_where(func)}` | {nc / requests:.2f} | {tt / requests * 1e6:.2f} | "
+            f"{tt / total:.1%} |"
+        )
+    by_module: dict[str, float] = defaultdict(float)
+    for func, (_cc, _nc, tt, _ct, _callers) in raw.items():
+        by_module[_module(func)] += tt
+    out += ["", "| module | own µs/request | share |", "|---|---|---|"]
+    for mod, tt in sorted(by_module.items(), key=lambda kv: kv[1], reverse=True)[:top]:
+        out.append(f"| `{mod}` | {tt / requests * 1e6:.2f} | {tt / total:.1%} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--stream", action="store_true", help="SSE (200 events) instead of JSON")
+    ap.add_argument("--usage", choices=("on", "off"), default="on")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (the .prof file)")
+    args = ap.parse_args(argv)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("bench.profile needs wrk (apt-get install wrk)")
+    work = Path(tempfile.mkdtemp(prefix="fastproxy-profile-"))
+    mock = start_mock(work, (1,))
+    gateway = None
+    try:
+        cfg = fastproxy_config(mock.port, work, usage=args.usage == "on")
+        port = free_port()
+        cfg["port"] = port
+        cfg["admin"] = {"enabled": False}
+        (work / "fastproxy.yaml").write_text(yaml.safe_dump(cfg))
+        prof = work / "gateway.prof"
+        env = {k: v for k, v in os.environ.items() if k != "FASTPROXY_NO_EXTENSIONS"}
+        gateway = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                "0",
+                sys.executable,
+                "-m",
+                "bench.profile.child",
+                str(work / "fastproxy.yaml"),
+                str(prof),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "gw.log").open("wb"),
+        )
+        wait_port(port, 30, gateway)
+        body = SSE_BODY if args.stream else JSON_BODY
+        (work / "post.lua").write_text(_LUA.format(body=body, tokens=200 if args.stream else 16))
+        wrk_out = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                "1",
+                wrk,
+                "-t1",
+                f"-c{args.connections}",
+                f"-d{args.seconds}s",
+                "-s",
+                str(work / "post.lua"),
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        requests = _requests(wrk_out)
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(60)
+        deadline = time.monotonic() + 10
+        while not prof.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kind = "SSE (200 events)" if args.stream else "JSON"
+        print(
+            f"# bench.profile: {kind}, c={args.connections}, {args.seconds:g} s, "
+            f"usage tracking {args.usage}\n"
+        )
+        print(report(prof, requests, args.top))
+        if args.keep:
+            print(f"\nkept: {work}")
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.kill()
+        mock.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
