@@ -25,6 +25,7 @@ import yaml
 from bench.load import backend
 from bench.load.backend import start_nginx_backend
 from bench.load.processes import fastproxy_config, nginx_binary, start_fastproxy
+from bench.load.report import derive
 from bench.load.scenarios import JSON_BODY, SSE_BODY, STREAM_HEADER, build
 from fastproxy.config import ConfigError, load_config
 
@@ -161,3 +162,23 @@ def test_the_nginx_backend_answers_through_fastproxy(tmp_path: Path) -> None:
             gateway.stop()
         nginx.stop()
     assert not Path(nginx.info["canned_dir"]).exists()
+
+
+def test_ratios_carry_their_spread_over_rounds() -> None:
+    def target(rps: list[float], cpu: list[float]) -> dict[str, object]:
+        rounds = [
+            {"rps": r, "cpu_s_per_1k_req": c, "errors": {}} for r, c in zip(rps, cpu, strict=True)
+        ]
+        return {"rounds": rounds, "rps": sorted(rps)[len(rps) // 2]}
+
+    sc = {
+        "key": "a64",
+        "targets": {
+            "nginx": target([100, 100, 100], [1, 1, 1]),
+            "fastproxy": target([30, 40, 35], [3, 2, 4]),
+        },
+    }
+    d = derive(sc)["fastproxy"]
+    assert d["throughput_vs_nginx"] == pytest.approx(0.35)
+    assert d["throughput_vs_nginx_range"] == pytest.approx([0.30, 0.40])
+    assert d["cpu_per_req_vs_nginx_range"] == [2, 4]

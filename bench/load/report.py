@@ -94,6 +94,25 @@ def _paired(
     return _median([v for v in values if v is not None])
 
 
+def _cpu_per_req(t: dict[str, Any]) -> float | None:
+    return _get(t, "cpu_s_per_1k_req")
+
+
+def _paired_range(
+    t: dict[str, Any],
+    other: dict[str, Any],
+    figure: Callable[[dict[str, Any]], float | None],
+    combine: Callable[[float | None, float | None], float | None],
+) -> list[float] | None:
+    """[min, max] over rounds of the per-round pairs ``_paired`` takes the median of."""
+    mine, theirs = t.get("rounds") or [], other.get("rounds") or []
+    if len(mine) != len(theirs) or len(mine) < 2:
+        return None
+    values = [combine(figure(a), figure(b)) for a, b in zip(mine, theirs, strict=True)]
+    present = [v for v in values if v is not None]
+    return [min(present), max(present)] if present else None
+
+
 def derive(sc: dict[str, Any]) -> dict[str, Any]:
     """Throughput ratios against direct, nginx and (in d) the fastproxy baseline; latency
     added over the baseline (direct, or in d the fastproxy baseline). Each is the median
@@ -111,10 +130,10 @@ def derive(sc: dict[str, Any]) -> dict[str, Any]:
             other = targets.get(ref)
             if ref != name and other is not None and other.get("rounds"):
                 d[f"throughput_vs_{ref}"] = _paired(t, other, throughput, _ratio)
+                d[f"throughput_vs_{ref}_range"] = _paired_range(t, other, throughput, _ratio)
         if name != "nginx" and nginx is not None and nginx.get("rounds"):
-            d["cpu_per_req_vs_nginx"] = _paired(
-                t, nginx, lambda r: _get(r, "cpu_s_per_1k_req"), _ratio
-            )
+            d["cpu_per_req_vs_nginx"] = _paired(t, nginx, _cpu_per_req, _ratio)
+            d["cpu_per_req_vs_nginx_range"] = _paired_range(t, nginx, _cpu_per_req, _ratio)
         if name != base_name and base is not None:
             for key, label in (
                 ("lat_us", "added_latency_us"),
@@ -233,6 +252,12 @@ def _ratio_text(v: float) -> str:
     return f"{v:.2g}" if abs(v) < 0.1 else f"{v:,.2f}"
 
 
+def _range_text(d: dict[str, Any], key: str) -> str:
+    """`` (lo-hi)``: the spread over rounds of a paired ratio, when there are rounds."""
+    r = d.get(f"{key}_range")
+    return f" ({_ratio_text(r[0])}-{_ratio_text(r[1])})" if r else ""
+
+
 def scenario_markdown(sc: dict[str, Any]) -> str:
     sse = sc["workload"]["kind"] == "sse"
     lines = [f"### {sc['key']}: {sc['title']}", ""]
@@ -299,12 +324,15 @@ def scenario_markdown(sc: dict[str, Any]) -> str:
         if name == "baseline":
             continue
         parts = [
-            f"{_ratio_text(d[f'throughput_vs_{ref}'])}x {ref}"
+            f"{_ratio_text(d[f'throughput_vs_{ref}'])}x {ref}{_range_text(d, f'throughput_vs_{ref}')}"
             for ref in ("direct", "nginx", "fastproxy")
             if d.get(f"throughput_vs_{ref}") is not None
         ]
         if d.get("cpu_per_req_vs_nginx") is not None:
-            parts.append(f"CPU/req {_ratio_text(d['cpu_per_req_vs_nginx'])}x nginx")
+            parts.append(
+                f"CPU/req {_ratio_text(d['cpu_per_req_vs_nginx'])}x nginx"
+                + _range_text(d, "cpu_per_req_vs_nginx")
+            )
         for key, label in (
             ("added_latency_us", "added latency"),
             ("added_ttft_us", "added TTFT"),
@@ -316,7 +344,13 @@ def scenario_markdown(sc: dict[str, Any]) -> str:
         if parts:
             ratio_lines.append(f"- **{name}**: " + "; ".join(parts))
     if ratio_lines:
-        lines += ["", f"Throughput ratios; latency added over {base}:", "", *ratio_lines]
+        lines += [
+            "",
+            f"Throughput ratios (median of per-round ratios, min-max over rounds); "
+            f"latency added over {base}:",
+            "",
+            *ratio_lines,
+        ]
     if sc.get("notes"):
         lines += ["", *[f"- note: {n}" for n in sc["notes"]]]
     return "\n".join(lines) + "\n"
