@@ -393,8 +393,7 @@ class RequestCycle:
             rec.backend, rec.backend_type, rec.model_used = backend.name, backend.type, model
             head, payload, inject = self._upstream_request(backend, model, body, kind)
             self._track(backend.name, model)
-            for sink in plane.reporter.attempts:
-                sink.attempt_started(backend.name)
+            self._started(backend.name)
             try:
                 resp = await self._send(backend, head, payload, deadline)
             except UpstreamError as err:
@@ -446,6 +445,14 @@ class RequestCycle:
             tracker.close(self._activity)
         rec = self.record
         self._activity = tracker.open(rec.id, backend, rec.session_id, model, rec.streaming)
+
+    def _started(self, backend: str) -> None:
+        # Guarded like _report: a failing sink must not fail the request it watches.
+        for sink in self.plane.reporter.attempts:
+            try:
+                sink.attempt_started(backend)
+            except Exception:
+                log.exception("attempt sink failed")
 
     def _report(
         self, backend: str, status: int, kind: str | None, retry_after: bytes | None = None
