@@ -19,6 +19,8 @@ __all__ = [
     "DELTA_ERROR",
     "DELTA_NAME",
     "DELTA_USAGE",
+    "EXCHANGE_FIELDS",
+    "EXCHANGE_USAGE",
     "IMPLEMENTATION",
     "SSE_COMMENT",
     "SSE_ERROR",
@@ -30,6 +32,8 @@ __all__ = [
     "TokenEstimator",
     "count_bytes",
     "estimate_tokens",
+    "pack_exchange",
+    "unpack_exchanges",
 ]
 
 
@@ -56,6 +60,8 @@ if TYPE_CHECKING:
         DELTA_ERROR,
         DELTA_NAME,
         DELTA_USAGE,
+        EXCHANGE_FIELDS,
+        EXCHANGE_USAGE,
         SSE_COMMENT,
         SSE_ERROR,
         SSE_EVENT,
@@ -66,6 +72,8 @@ if TYPE_CHECKING:
         TokenEstimator,
         count_bytes,
         estimate_tokens,
+        pack_exchange,
+        unpack_exchanges,
     )
 else:
     SSE_EVENT = _impl.SSE_EVENT
@@ -81,5 +89,9 @@ else:
     DELTA_NAME = _impl.DELTA_NAME
     DELTA_ERROR = _impl.DELTA_ERROR
     DeltaScanner = _impl.DeltaScanner
+    EXCHANGE_FIELDS = _impl.EXCHANGE_FIELDS
+    EXCHANGE_USAGE = _impl.EXCHANGE_USAGE
+    pack_exchange = _impl.pack_exchange
+    unpack_exchanges = _impl.unpack_exchanges
 
 del _select

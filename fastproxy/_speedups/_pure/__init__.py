@@ -12,6 +12,7 @@ Speed still matters here (a gateway without a compiler runs on this): the hot pa
 
 from .counters import CounterBlock, count_bytes
 from .delta import DELTA_ERROR, DELTA_NAME, DELTA_USAGE, DeltaScanner
+from .record import EXCHANGE_FIELDS, EXCHANGE_USAGE, pack_exchange, unpack_exchanges
 from .sse import SSE_COMMENT, SSE_ERROR, SSE_EVENT, SSEEvent, SSEScanner
 from .tokens import TokenEstimator, estimate_tokens
 
@@ -19,6 +20,8 @@ __all__ = [
     "DELTA_ERROR",
     "DELTA_NAME",
     "DELTA_USAGE",
+    "EXCHANGE_FIELDS",
+    "EXCHANGE_USAGE",
     "SSE_COMMENT",
     "SSE_ERROR",
     "SSE_EVENT",
@@ -29,4 +32,6 @@ __all__ = [
     "TokenEstimator",
     "count_bytes",
     "estimate_tokens",
+    "pack_exchange",
+    "unpack_exchanges",
 ]
