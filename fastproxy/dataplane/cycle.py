@@ -7,10 +7,22 @@ the protocol's callers and the cycle's can change independently; and nothing out
 assumes how the cycle runs: ``start()``, ``client_gone()``, ``client_stalled()`` and
 ``abort(message)`` are plain calls, and the end is announced through ``on_done``.
 
-Phases: dispatch (local endpoint or LLM API) → parse (model, stream) → plan (routing) →
-attempts (pool acquire, send, await the head, fail over while nothing has been sent to
-the client) → relay (buffered JSON, or the SSE relay in the upstream connection's
-callbacks) → record (the reporter's exchange sinks).
+Stages (`Stage`): dispatch (local endpoint or LLM API), parse (model, stream) and plan
+(routing), all synchronous → CONNECT (an idle pooled connection is taken at once; only a
+new connection waits, in a task) → HEAD (request sent; the upstream connection calls the
+cycle back, it is its `ResponseListener`) → BODY (a JSON answer read to its end) or
+STREAM (the SSE relay inside the connection's callbacks) → DONE (the one exit,
+``_finish``: upstream let go, the record to the reporter's exchange sinks, ``on_done``).
+
+No task, future or timer per request on the usual path: a keep-alive client, an idle
+pooled connection and a JSON or SSE answer run from ``start()`` through the upstream
+connection's callbacks to ``on_done`` without leaving them. Deadlines are the upstream
+connection's lazy timer (first byte, then idle time between body bytes). Tasks appear
+only where waiting is the point: a new connection, a monitoring endpoint, a 429's short
+Retry-After (a timer). Rare decisions (fail over, retry) are made after the parser
+callback that saw them has returned (``call_soon``), so another attempt never starts
+inside the read of the one it replaces. Each step runs through ``_guarded``: an error in
+it ends the request with an answer in the client's dialect, never an escaped exception.
 
 Failover happens only before the first byte reaches the client: on connect errors,
 timeouts before the head, 429 and 502/503/504/529. 4xx answers are the client's and
@@ -25,6 +37,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any
 
 import msgspec
@@ -46,7 +59,6 @@ from .plane import DataPlane
 from .relay import SSERelay
 from .request import Request, is_model_path
 from .responses import (
-    IdleWatch,
     error_response,
     json_head,
     json_obj,
@@ -91,14 +103,44 @@ MAX_RETRY_AFTER_S = 5.0
 Payload = bytes | bytearray | memoryview
 
 
+class Stage(IntEnum):
+    """Where the cycle is; names what an upstream event means to it."""
+
+    PREPARE = 0  # dispatch, parse, plan (synchronous)
+    CONNECT = 1  # waiting for a pooled or new upstream connection (a task)
+    HEAD = 2  # request sent, waiting for the response head
+    BODY = 3  # a JSON response being read to its end
+    STREAM = 4  # an SSE stream being relayed
+    LOCAL = 5  # a monitoring endpoint answering on the data port (a task)
+    DONE = 6
+
+
 class RequestCycle:
     __slots__ = (
+        "_acct",
         "_activity",
+        "_backend",
+        "_body",
+        "_candidates",
         "_conn",
+        "_deadline",
+        "_dialect",
         "_flow",
+        "_fresh_retry",
+        "_i",
+        "_inject",
+        "_kind",
+        "_last_error",
         "_on_done",
         "_peer_ip",
+        "_relay",
+        "_resp",
+        "_retried_429",
+        "_reused",
+        "_sending",
+        "_stage",
         "_task",
+        "_timer",
         "plane",
         "record",
         "req",
@@ -122,15 +164,20 @@ class RequestCycle:
         self._flow = flow
         self._peer_ip = peer_ip
         self._on_done = on_done
+        self._stage = Stage.PREPARE
         self._conn: UpstreamConnection | None = None
+        self._resp: UpstreamResponse | None = None
         self._activity: ActivityHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._relay: SSERelay | None = None
+        self._acct: StreamAccounting | None = None
         self.streaming_started = False
         self.record = ExchangeRecord(plane.new_request_id(), connection_id, time.monotonic())
 
     # -- what the connection tells the cycle --------------------------------------------
     def start(self) -> None:
-        self._task = self.plane.loop.create_task(self._run())
+        self._guarded(self._dispatch)
 
     def client_stalled(self) -> None:
         """The client stopped reading and is being dropped (the protocol's send timer)."""
@@ -139,18 +186,19 @@ class RequestCycle:
 
     def client_gone(self) -> None:
         """The client disconnected: close the upstream connection now, stop the work."""
+        if self._stage is Stage.DONE:
+            return
         rec = self.record
         if rec.outcome == "ok":
             rec.outcome = "client_aborted"
-        if self._conn is not None:
-            self._conn.close()
-        if self._task is not None:
-            self._task.cancel()
+        self._halt()
 
     def abort(self, message: str) -> None:
         """Graceful-stop deadline reached: end an active stream with an error event, or
-        answer a request still waiting for its backend with a 503. The record still
-        reaches the sinks as the cycle unwinds; ``on_done`` follows."""
+        answer a request still waiting for its backend with a 503. The record reaches
+        the sinks and ``on_done`` follows, at once."""
+        if self._stage is Stage.DONE:
+            return
         rec, transport = self.record, self.transport
         if not transport.is_closing():
             if self.streaming_started:
@@ -163,41 +211,69 @@ class RequestCycle:
                 transport.write(error_response(self.req, err, self.plane.date.line, False))
                 transport.close()
         rec.outcome = "gateway_shutdown"
+        self._halt()
+
+    def _halt(self) -> None:
+        """Stop wherever the cycle is (the client or the gateway ended it)."""
+        if self._stage is Stage.STREAM:
+            self._stream_facts()
         self._drop_conn()
+        self._finish(False)
+
+    # -- the one way out ------------------------------------------------------------------
+    def _finish(self, keep_alive: bool) -> None:
+        """Every cycle ends here exactly once: upstream let go, record handed over,
+        the connection told."""
+        if self._stage is Stage.DONE:
+            return
+        self._stage = Stage.DONE
+        resp = self._resp
+        if resp is not None:
+            resp.listener = None  # late upstream events are no longer this cycle's
+        conn = self._conn
+        if conn is not None and conn.response is not None:
+            conn.close()  # a response not read to its end is never reused
+        self._conn = None
         if self._task is not None:
             self._task.cancel()
+            self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._activity is not None and self.plane.activity is not None:
+            self.plane.activity.close(self._activity)
+            self._activity = None
+        finish_record(self.plane, self.record)
+        self._on_done(keep_alive and not self.transport.is_closing())
 
-    # -----------------------------------------------------------------------------------
-    async def _run(self) -> None:
-        req, rec = self.req, self.record
-        keep_alive = req.keep_alive
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """Run one step of the cycle; an error it raises ends the request with an
+        answer in the client's dialect (a `GatewayError`) or a 500 (a bug)."""
         try:
-            keep_alive = await self._dispatch()
+            step(*args)
         except GatewayError as err:
-            rec.status = err.status
-            if err.code == "upstream_timeout":
-                rec.outcome = "timeout"
-            else:
-                rec.outcome = "rejected" if err.status < 500 else "backend_error"
-            keep_alive = self._answer_error(err, keep_alive and not err.close)
-        except asyncio.CancelledError:
-            if rec.outcome == "ok":
-                rec.outcome = "client_aborted"
+            self._fail(err)
         except Exception:
             log.exception("request failed")
+            rec = self.record
             rec.status = 500
             rec.outcome = "backend_error"
-            keep_alive = False
-            if not self.streaming_started:
+            if self._stage is Stage.STREAM:
+                self._stream_facts()
+            elif self._stage is not Stage.DONE:
                 self._answer_error(GatewayError("internal gateway error"), False)
-        finally:
-            if self._conn is not None and self._conn.response is not None:
-                self._conn.close()  # a response not read to its end is never reused
-            if self._activity is not None and self.plane.activity is not None:
-                self.plane.activity.close(self._activity)
-                self._activity = None
-            finish_record(self.plane, rec)
-            self._on_done(keep_alive and not self.transport.is_closing())
+            self._finish(False)
+
+    def _fail(self, err: GatewayError) -> None:
+        if self._stage is Stage.DONE:
+            return
+        rec = self.record
+        rec.status = err.status
+        if err.code == "upstream_timeout":
+            rec.outcome = "timeout"
+        else:
+            rec.outcome = "rejected" if err.status < 500 else "backend_error"
+        self._finish(self._answer_error(err, self.req.keep_alive and not err.close))
 
     def _answer_error(self, err: GatewayError, keep_alive: bool) -> bool:
         """Write ``err`` in the request's dialect; whether the connection stays open."""
@@ -207,8 +283,8 @@ class RequestCycle:
         self.transport.write(error_response(self.req, err, self.plane.date.line, keep))
         return keep
 
-    # -----------------------------------------------------------------------------------
-    async def _dispatch(self) -> bool:
+    # -- dispatch -------------------------------------------------------------------------
+    def _dispatch(self) -> None:
         req, rec = self.req, self.record
         api = req.api
         if api is None:
@@ -217,8 +293,11 @@ class RequestCycle:
             rec.path = req.path.decode("latin-1")
             if is_model_path(req.path) and req.method in (b"GET", b"HEAD"):
                 if req.path.startswith(b"/v1/models/"):
-                    return self._model(req.path[11:].decode("latin-1"))
-                return self._models()
+                    self._model(req.path[11:].decode("latin-1"))
+                else:
+                    self._models()
+                self._finish(req.keep_alive)
+                return
             if is_model_path(req.path) and not req.path.startswith(b"/v1/models/"):
                 raise RequestRejected(
                     "use GET for this path",
@@ -228,12 +307,14 @@ class RequestCycle:
                 )
             monitoring = self.plane.monitoring
             if monitoring is not None and monitoring.allowed_methods(rec.path):
-                keep, rec.status = await serve_monitoring(
-                    self.plane, monitoring, req, self.transport, self._flow, self._peer_ip
+                self._stage = Stage.LOCAL
+                self._task = self.plane.loop.create_task(
+                    serve_monitoring(
+                        self.plane, monitoring, req, self.transport, self._flow, self._peer_ip
+                    )
                 )
-                if rec.status >= 400:
-                    rec.outcome = "rejected" if rec.status < 500 else "backend_error"
-                return keep
+                self._task.add_done_callback(self._local_done)
+                return
             raise RequestRejected(f"no such endpoint: {rec.path}", status=404, code="not_found")
         if req.method != b"POST":
             rec.method = req.method.decode("latin-1")
@@ -244,9 +325,23 @@ class RequestCycle:
                 code="method_not_allowed",
                 headers=b"allow: POST\r\n",
             )
-        return await self._llm(api.dialect, api.kind)
+        self._llm(api.dialect, api.kind)
 
-    def _model(self, model_id: str) -> bool:
+    def _local_done(self, task: asyncio.Task[tuple[bool, int]]) -> None:
+        if self._task is task:
+            self._task = None
+        if self._stage is Stage.DONE or task.cancelled():
+            return
+        self._guarded(self._local_result, task)
+
+    def _local_result(self, task: asyncio.Task[tuple[bool, int]]) -> None:
+        rec = self.record
+        keep, rec.status = task.result()
+        if rec.status >= 400:
+            rec.outcome = "rejected" if rec.status < 500 else "backend_error"
+        self._finish(keep)
+
+    def _model(self, model_id: str) -> None:
         """GET /v1/models/{id}: one entry of the union, as the SDKs' retrieve()."""
         from urllib.parse import unquote
 
@@ -257,9 +352,8 @@ class RequestCycle:
                 f"The model {model_id!r} does not exist", status=404, code="model_not_found"
             )
         self._write_json(200, orjson.dumps(found), b"")
-        return self.req.keep_alive
 
-    def _models(self) -> bool:
+    def _models(self) -> None:
         backends = self.plane.backends.values()
         if self._anthropic_client():
             from urllib.parse import parse_qsl
@@ -269,13 +363,12 @@ class RequestCycle:
         else:
             listing = models.openai_list(backends)
         self._write_json(200, orjson.dumps(listing), b"")
-        return self.req.keep_alive
 
     def _anthropic_client(self) -> bool:
         """Anthropic's SDK sends anthropic-version on every call, OpenAI's never does."""
         return self.req.header(b"anthropic-version") is not None
 
-    async def _llm(self, dialect: Dialect, kind: str) -> bool:
+    def _llm(self, dialect: Dialect, kind: str) -> None:
         req, rec, plane = self.req, self.record, self.plane
         rec.frontend = dialect.name
         rec.path = req.path.decode("latin-1")
@@ -322,7 +415,17 @@ class RequestCycle:
             plane.config.failover_routes,
             plane.breakers,
         )
-        return await self._attempts(dialect, kind, body, candidates)
+        self._dialect, self._kind, self._body = dialect, kind, body
+        self._candidates = candidates
+        # One budget for the whole request: no attempt waits for a first byte past the
+        # most patient candidate's first_byte_timeout_s; each attempt also keeps its own.
+        self._deadline = time.monotonic() + max(
+            b.config.first_byte_timeout_s for b, _ in candidates
+        )
+        self._last_error: UpstreamError | None = None
+        self._retried_429 = False
+        self._i = 0
+        self._attempt()
 
     def _upstream_request(
         self, backend: Backend, model: str, body: RequestFields, kind: str
@@ -372,69 +475,205 @@ class RequestCycle:
         )
         return head, payload, inject
 
-    async def _attempts(
-        self,
-        dialect: Dialect,
-        kind: str,
-        body: RequestFields,
-        candidates: list[tuple[Backend, str]],
-    ) -> bool:
-        rec, plane = self.record, self.plane
-        # One budget for the whole request: no attempt waits for a first byte past the
-        # most patient candidate's first_byte_timeout_s; each attempt also keeps its own.
-        deadline = time.monotonic() + max(b.config.first_byte_timeout_s for b, _ in candidates)
-        last_error: UpstreamError | None = None
-        retried_429 = False
-        i = 0
-        while i < len(candidates):
-            backend, model = candidates[i]
-            is_last = i == len(candidates) - 1
-            rec.attempts += 1
-            rec.backend, rec.backend_type, rec.model_used = backend.name, backend.type, model
-            head, payload, inject = self._upstream_request(backend, model, body, kind)
-            self._track(backend.name, model)
-            self._started(backend.name)
-            try:
-                resp = await self._send(backend, head, payload, deadline)
-            except UpstreamError as err:
-                self._report(backend.name, 0, err.kind)
-                last_error = err
-                counters = plane.counters.upstream_errors
-                counters[err.kind] = counters.get(err.kind, 0) + 1
-                if not is_last:
-                    plane.counters.failovers += 1
-                    log.warning("failover: %s failed (%s), trying next", backend.name, err)
-                i += 1
-                continue
-            self._report(
-                backend.name,
-                resp.status,
-                None,
-                resp.header(b"retry-after") if resp.status == 429 else None,
+    # -- attempts -------------------------------------------------------------------------
+    # Failover happens only before the first byte reaches the client. Each step below is
+    # a plain call, made from the previous one or from an upstream event; the usual
+    # request (an idle pooled connection, a head, a body) never leaves the callbacks.
+    def _attempt(self) -> None:
+        """Try candidate ``_i`` (again, after a 429's short Retry-After)."""
+        rec = self.record
+        backend, model = self._candidates[self._i]
+        self._backend = backend
+        rec.attempts += 1
+        rec.backend, rec.backend_type, rec.model_used = backend.name, backend.type, model
+        head, payload, self._inject = self._upstream_request(backend, model, self._body, self._kind)
+        self._sending = (head, payload)
+        self._track(backend.name, model)
+        self._started(backend.name)
+        self._fresh_retry = False
+        self._connect()
+
+    def _connect(self) -> None:
+        backend = self._backend
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            self._attempt_failed(
+                UpstreamError("timeout", "request deadline passed", sent_nothing=True)
             )
-            if resp.status in FAILOVER_STATUSES and not is_last:
+            return
+        pool = self.plane.pools[backend.name]
+        conn = pool.take_idle()
+        if conn is not None:
+            self._send(conn, True)
+            return
+        self._stage = Stage.CONNECT
+        wait = min(backend.config.connect_timeout_s, remaining)
+        self._task = task = self.plane.loop.create_task(pool.acquire(wait))
+        task.add_done_callback(self._acquired)
+
+    def _acquired(self, task: asyncio.Task[tuple[UpstreamConnection, bool]]) -> None:
+        if self._task is task:
+            self._task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if self._stage is not Stage.CONNECT:
+            if exc is None:  # finished meanwhile: the connection goes back unused
+                self.plane.pools[self._backend.name].release(task.result()[0])
+            return
+        if isinstance(exc, UpstreamError):
+            self._guarded(self._attempt_failed, exc)
+        elif exc is not None:
+            self._guarded(_reraise, exc)
+        else:
+            self._guarded(self._send, *task.result())
+
+    def _send(self, conn: UpstreamConnection, reused: bool) -> None:
+        self._conn, self._reused = conn, reused
+        self._stage = Stage.HEAD
+        resp = UpstreamResponse(self.plane.loop, self)
+        self._resp = resp
+        now = time.monotonic()
+        self.record.upstream_sent_at = now
+        cfg = self._backend.config
+        head, payload = self._sending
+        conn.send(head, payload, resp)
+        conn.watch(min(now + cfg.first_byte_timeout_s, self._deadline), cfg.idle_timeout_s)
+
+    def _attempt_failed(self, err: UpstreamError) -> None:
+        """Candidate ``_i`` gave no usable answer: the next one, or the error."""
+        plane, backend = self.plane, self._backend
+        self._report(backend.name, 0, err.kind)
+        self._last_error = err
+        counters = plane.counters.upstream_errors
+        counters[err.kind] = counters.get(err.kind, 0) + 1
+        self._i += 1
+        if self._i < len(self._candidates):
+            plane.counters.failovers += 1
+            log.warning("failover: %s failed (%s), trying next", backend.name, err)
+            self._attempt()
+            return
+        self.record.error_kind = err.kind
+        if err.kind == "timeout":
+            raise UpstreamError("timeout", f"backend timed out: {err}")
+        raise UpstreamError(err.kind, f"backend unavailable: {err}")
+
+    # -- upstream events (ResponseListener) ---------------------------------------------
+    def response_head(self, resp: UpstreamResponse) -> None:
+        if resp is not self._resp or self._stage is not Stage.HEAD:
+            return
+        rec = self.record
+        rec.backend_ttfb_at = resp.first_byte_at or time.monotonic()
+        rec.status = resp.status
+        if resp.status in FAILOVER_STATUSES:
+            # Rare: decided after the parser's callback returns, where starting another
+            # attempt (or closing this connection) cannot disturb the read in progress.
+            self.plane.loop.call_soon(self._guarded, self._failover_status, resp)
+            return
+        self._guarded(self._head_ok, resp)
+
+    def response_end(self, resp: UpstreamResponse) -> None:
+        if resp is not self._resp:
+            return
+        if self._stage is Stage.BODY:
+            self._guarded(self._json_done, resp)
+        elif self._stage is Stage.STREAM:
+            self._guarded(self._stream_done, None)
+
+    def response_failed(self, resp: UpstreamResponse, error: UpstreamError) -> None:
+        if resp is not self._resp or self._stage is Stage.DONE:
+            return
+        self.plane.loop.call_soon(self._guarded, self._upstream_failed, resp, error)
+
+    def _upstream_failed(self, resp: UpstreamResponse, err: UpstreamError) -> None:
+        if resp is not self._resp:
+            return
+        stage = self._stage
+        if stage is Stage.HEAD:
+            if err.kind == "timeout":
                 self._drop_conn()
-                plane.counters.failovers += 1
-                log.warning("failover: %s answered %d, trying next", backend.name, resp.status)
-                i += 1
-                continue
-            if resp.status == 429 and is_last and not retried_429:
-                wait = _retry_after(resp.header(b"retry-after"))
-                if (
-                    wait is not None
-                    and wait <= MAX_RETRY_AFTER_S
-                    and time.monotonic() + wait < deadline
-                ):
-                    self._drop_conn()
-                    retried_429 = True
-                    await asyncio.sleep(wait)
-                    continue
-            return await self._relay_response(resp, backend, dialect, inject)
-        assert last_error is not None
-        rec.error_kind = last_error.kind
-        if last_error.kind == "timeout":
-            raise UpstreamError("timeout", f"backend timed out: {last_error}")
-        raise UpstreamError(last_error.kind, f"backend unavailable: {last_error}")
+            else:
+                self._conn = None
+                if self._reused and err.sent_nothing and not self._fresh_retry:
+                    self._fresh_retry = True  # the backend closed an idle pooled socket
+                    self._connect()
+                    return
+            self._attempt_failed(err)
+        elif stage is Stage.BODY:
+            raise self._body_failed(err)
+        elif stage is Stage.STREAM:
+            self._stream_done(str(self._body_failed(err)))
+
+    def _failover_status(self, resp: UpstreamResponse) -> None:
+        if resp is not self._resp or self._stage is not Stage.HEAD:
+            return
+        backend = self._backend
+        retry_after = resp.header(b"retry-after") if resp.status == 429 else None
+        is_last = self._i == len(self._candidates) - 1
+        if not is_last:
+            self._report(backend.name, resp.status, None, retry_after)
+            self._drop_conn()
+            self.plane.counters.failovers += 1
+            log.warning("failover: %s answered %d, trying next", backend.name, resp.status)
+            self._i += 1
+            self._attempt()
+            return
+        if resp.status == 429 and not self._retried_429:
+            wait = _retry_after(retry_after)
+            if (
+                wait is not None
+                and wait <= MAX_RETRY_AFTER_S
+                and time.monotonic() + wait < self._deadline
+            ):
+                self._report(backend.name, resp.status, None, retry_after)
+                self._drop_conn()
+                self._retried_429 = True
+                self._stage = Stage.CONNECT
+                self._timer = self.plane.loop.call_later(wait, self._retry)
+                return
+        self._head_ok(resp)
+
+    def _retry(self) -> None:
+        self._timer = None
+        self._guarded(self._attempt)
+
+    def _head_ok(self, resp: UpstreamResponse) -> None:
+        """The answer to relay: a stream, or a body to read to its end."""
+        backend = self._backend
+        self._report(
+            backend.name,
+            resp.status,
+            None,
+            resp.header(b"retry-after") if resp.status == 429 else None,
+        )
+        ctype = resp.header(b"content-type") or b""
+        if resp.status == 200 and ctype.startswith(b"text/event-stream"):
+            self._start_stream(resp)
+            return
+        self._stage = Stage.BODY
+        resp.decided = True
+        conn = self._conn
+        if conn is not None:
+            conn.resume_reading()  # held while undecided (pool.HOLD_UNDECIDED)
+        if resp.finished:
+            self._json_done(resp)
+        elif resp.error is not None:
+            raise self._body_failed(resp.error)
+
+    def _body_failed(self, err: UpstreamError) -> UpstreamError:
+        """The backend failed after its head: what to tell the client (or end the
+        stream with)."""
+        backend = self._backend
+        self._conn = None
+        self.record.error_kind = err.kind
+        if err.kind == "timeout":
+            self._drop_conn()
+            self._report(backend.name, 0, "timeout")
+            return UpstreamError("timeout", f"backend {backend.name} stalled mid-response")
+        # A body past the gateway's own limit is not the backend failing; anything else
+        # mid-response is (a reset, a malformed body).
+        self._report(backend.name, 0, "too_large" if err.kind == "too_large" else "reset")
+        return UpstreamError(err.kind, f"backend {backend.name} failed mid-response: {err}")
 
     def _track(self, backend: str, model: str) -> None:
         """One live activity entry per request, following it across failover."""
@@ -463,63 +702,14 @@ class RequestCycle:
             except Exception:
                 log.exception("attempt sink failed")
 
-    async def _send(
-        self, backend: Backend, head: bytes, payload: Payload, deadline: float
-    ) -> UpstreamResponse:
-        plane = self.plane
-        pool = plane.pools[backend.name]
-        cfg = backend.config
-        fresh_retry = False
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise UpstreamError("timeout", "request deadline passed", sent_nothing=True)
-            conn, reused = await pool.acquire(min(cfg.connect_timeout_s, remaining))
-            self._conn = conn
-            resp = UpstreamResponse(plane.loop)
-            self.record.upstream_sent_at = time.monotonic()
-            conn.send(head, payload, resp)
-            if not resp.head.done():
-                # One plain timer instead of asyncio.timeout(): on expiry it fails the
-                # response itself (asyncio.timeout cost ~20% of gateway CPU in profiles).
-                wait = max(0.0, min(cfg.first_byte_timeout_s, deadline - time.monotonic()))
-                timer = plane.loop.call_later(wait, _first_byte_expired, resp, backend.name)
-                try:
-                    await resp.head
-                except UpstreamError as err:
-                    if err.kind == "timeout":
-                        self._drop_conn()
-                        raise
-                    self._conn = None
-                    if reused and err.sent_nothing and not fresh_retry:
-                        fresh_retry = True  # the backend closed an idle pooled socket
-                        continue
-                    raise
-                finally:
-                    timer.cancel()
-            elif resp.error is not None:
-                self._conn = None
-                raise resp.error
-            self.record.backend_ttfb_at = resp.first_byte_at or time.monotonic()
-            self.record.status = resp.status
-            return resp
-
     def _drop_conn(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     # -- the response -----------------------------------------------------------------
-    async def _relay_response(
-        self, resp: UpstreamResponse, backend: Backend, dialect: Dialect, inject: bool
-    ) -> bool:
-        ctype = resp.header(b"content-type") or b""
-        if resp.status == 200 and ctype.startswith(b"text/event-stream"):
-            return await self._relay_stream(resp, backend, dialect, inject)
-        resp.decided = True
-        if self._conn is not None:
-            self._conn.resume_reading()  # held while undecided (pool.HOLD_UNDECIDED)
-        await self._await_body(resp, backend)
+    def _json_done(self, resp: UpstreamResponse) -> None:
+        backend, dialect = self._backend, self._dialect
         body = resp.body[0] if len(resp.body) == 1 else b"".join(resp.body)
         self._conn = None
         rec = self.record
@@ -527,6 +717,7 @@ class RequestCycle:
         rec.upstream_done_at = time.monotonic()
         extra = [b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n"]
         parsed: Any = None
+        ctype = resp.header(b"content-type") or b""
         ok = 200 <= resp.status < 300 and b"json" in ctype
         if ok:
             parsed = json_obj(body)
@@ -555,32 +746,7 @@ class RequestCycle:
                 rec.btp_completion_est = rec.ptc_completion_est = json_completion_tokens(body)
             rec.tool_names = json_tool_names(parsed)
             rec.tool_call_count = len(rec.tool_names)
-        return self.req.keep_alive
-
-    async def _await_body(self, resp: UpstreamResponse, backend: Backend) -> None:
-        """Wait for the end of the response, failing it after idle_timeout_s of silence."""
-        done = resp.done
-        if not done.done():
-            watch = IdleWatch(self.plane.loop, resp, self._conn, backend.config.idle_timeout_s)
-            try:
-                await done
-            except UpstreamError:
-                pass
-            finally:
-                watch.cancel()
-        err = resp.error
-        if err is None:
-            return
-        self._conn = None
-        self.record.error_kind = err.kind
-        if err.kind == "timeout":
-            self._drop_conn()
-            self._report(backend.name, 0, "timeout")
-            raise UpstreamError("timeout", f"backend {backend.name} stalled mid-response")
-        # A body past the gateway's own limit is not the backend failing; anything else
-        # mid-response is (a reset, a malformed body).
-        self._report(backend.name, 0, "too_large" if err.kind == "too_large" else "reset")
-        raise UpstreamError(err.kind, f"backend {backend.name} failed mid-response: {err}")
+        self._finish(self.req.keep_alive)
 
     def _write_json(
         self,
@@ -596,17 +762,17 @@ class RequestCycle:
             parts.append(body)
         self.transport.write(b"".join(parts))
 
-    async def _relay_stream(
-        self, resp: UpstreamResponse, backend: Backend, dialect: Dialect, inject: bool
-    ) -> bool:
-        rec, transport, flow = self.record, self.transport, self._flow
+    def _start_stream(self, resp: UpstreamResponse) -> None:
+        transport, flow, backend = self.transport, self._flow, self._backend
         chunked = self.req.http11
         keep = chunked and self.req.keep_alive and not self.plane.draining
         transport.write(
             stream_head(self.plane.date.line, chunked, resp.headers, backend.name, keep)
         )
         self.streaming_started = True
+        self._stage = Stage.STREAM
         acct = StreamAccounting() if self.plane.accounting else None
+        self._acct = acct
         conn = self._conn
 
         def overflow(message: str) -> None:
@@ -616,41 +782,54 @@ class RequestCycle:
 
         relay = SSERelay(
             transport,
-            dialect,
-            inject,
+            self._dialect,
+            self._inject,
             acct,
             self._activity,
             chunked,
             self.plane.config.limits.max_sse_event_bytes,
             overflow,
         )
+        self._relay = relay
         # While the client cannot take more, the backend is not read: the stream is held
         # back at its source, not buffered here.
         flow.follow(conn)
         resp.attach(relay)
         if conn is not None and not flow.write_paused:
             conn.resume_reading()  # held while undecided (pool.HOLD_UNDECIDED)
-        cut: str | None = None
-        try:
-            await self._await_body(resp, backend)
-        except UpstreamError as err:
-            cut = str(err)
-        finally:
-            flow.follow(None)
-            rec.upstream_done_at = time.monotonic()
-            rec.bytes_rx = resp.bytes_rx
-            rec.bytes_tx = relay.bytes_tx
-            rec.first_tx_at = relay.first_tx_at
-            rec.usage = relay.usage
-            if acct is not None:
-                rec.first_content_at = acct.first_content_at
-                rec.btp_completion_est = acct.tokens
-                rec.ptc_completion_est = acct.delivered_tokens(
-                    relay.bytes_tx, aborted=transport.is_closing()
-                )
-                rec.tool_names = acct.tool_names
-                rec.tool_call_count = len(acct.tool_names)
+        if resp.finished:
+            self._stream_done(None)
+        elif resp.error is not None:
+            self._stream_done(str(self._body_failed(resp.error)))
+
+    def _stream_facts(self) -> None:
+        """What the stream carried, into the record (also when it was cut short)."""
+        relay, resp, rec = self._relay, self._resp, self.record
+        if relay is None or resp is None:
+            return
+        self._relay = None
+        self._flow.follow(None)
+        rec.upstream_done_at = time.monotonic()
+        rec.bytes_rx = resp.bytes_rx
+        rec.bytes_tx = relay.bytes_tx
+        rec.first_tx_at = relay.first_tx_at
+        rec.usage = relay.usage
+        acct = self._acct
+        if acct is not None:
+            rec.first_content_at = acct.first_content_at
+            rec.btp_completion_est = acct.tokens
+            rec.ptc_completion_est = acct.delivered_tokens(
+                relay.bytes_tx, aborted=self.transport.is_closing()
+            )
+            rec.tool_names = acct.tool_names
+            rec.tool_call_count = len(acct.tool_names)
+
+    def _stream_done(self, cut: str | None) -> None:
+        relay, transport, rec = self._relay, self.transport, self.record
+        assert relay is not None
+        self._stream_facts()
         self._conn = None
+        chunked = self.req.http11
         if cut is None and not relay.terminal:
             cut = "backend ended the stream without its final event"
         if cut is None and relay.overflow:
@@ -658,16 +837,16 @@ class RequestCycle:
         if cut is not None:
             relay.finish()
             rec.outcome = "truncated"
-            log.warning("stream from %s cut: %s", backend.name, cut)
-            event = dialect.stream_error_event(cut, "stream_truncated")
+            log.warning("stream from %s cut: %s", self._backend.name, cut)
+            event = self._dialect.stream_error_event(cut, "stream_truncated")
             transport.write(wire.chunk(event) if chunked else event)
         if chunked:
             transport.write(wire.CHUNKED_END)
-        return keep
+        self._finish(chunked and self.req.keep_alive and not self.plane.draining)
 
 
-def _first_byte_expired(resp: UpstreamResponse, backend: str) -> None:
-    resp.fail(UpstreamError("timeout", f"no response from {backend} in time"))
+def _reraise(exc: BaseException) -> None:
+    raise exc
 
 
 def _text(value: bytes | None) -> str | None:

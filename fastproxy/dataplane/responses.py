@@ -1,23 +1,18 @@
-"""Response bytes for the data port: heads, error answers, usage headers, the idle watch.
+"""Response bytes for the data port: heads, error answers, usage headers.
 
-Everything here is a function of its arguments (or, for `IdleWatch`, of one upstream
-response): the request cycle decides what to answer, this module says how it looks on
+Everything here is a function of its arguments: the request cycle decides what to answer, this module says how it looks on
 the wire. `error_response` is the one place a `GatewayError` becomes an answer in the
 caller's dialect.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import orjson
 
-from ..core.errors import GatewayError, UpstreamError
+from ..core.errors import GatewayError
 from ..core.records import BackendUsage
-from ..httpclient.pool import UpstreamConnection
-from ..httpclient.response import UpstreamResponse
 from . import wire
 from .dialects import from_anthropic, from_openai
 from .request import Request
@@ -119,47 +114,3 @@ def usage_headers(usage: BackendUsage) -> list[bytes]:
     if usage.cost is not None:
         out.append(b"x-usage-cost: " + repr(usage.cost).encode() + b"\r\n")
     return out
-
-
-class IdleWatch:
-    """Fails a response after ``idle`` seconds without a byte while the gateway reads.
-    Bytes only stamp ``conn.last_rx``; the timer re-arms itself lazily, so a fast stream
-    costs no timer churn (aiohttp's keep-alive habit). While reading is paused for a slow
-    client the backend cannot be heard, so the watch waits and does not blame it; the
-    client has its own deadline for that (``timeouts.send_seconds``)."""
-
-    __slots__ = ("_conn", "_handle", "_idle", "_loop", "_resp")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        resp: UpstreamResponse,
-        conn: UpstreamConnection | None,
-        idle: float,
-    ) -> None:
-        self._loop = loop
-        self._resp = resp
-        self._conn = conn
-        self._idle = idle
-        self._handle: asyncio.TimerHandle | None = loop.call_later(idle, self._check)
-
-    def _check(self) -> None:
-        self._handle = None
-        resp, conn = self._resp, self._conn
-        if resp.done.done():
-            return
-        if conn is not None and conn.reading_paused and not conn.closed:
-            self._handle = self._loop.call_later(self._idle, self._check)
-            return
-        left = (conn.last_rx if conn is not None else 0.0) + self._idle - time.monotonic()
-        if conn is not None and left > 0:
-            self._handle = self._loop.call_later(left, self._check)
-            return
-        resp.fail(UpstreamError("timeout", "backend stalled mid-response"))
-        if conn is not None:
-            conn.close()
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
