@@ -22,12 +22,24 @@ __all__ = [
     "EXCHANGE_FIELDS",
     "EXCHANGE_USAGE",
     "IMPLEMENTATION",
+    "NOTE_ERROR",
+    "NOTE_NAME",
+    "NOTE_TERMINAL",
+    "NOTE_USAGE",
+    "PASS_ANTHROPIC",
+    "PASS_CONTENT",
+    "PASS_GENERIC",
+    "PASS_NOTABLE",
+    "PASS_OPENAI",
+    "PASS_OVERFLOW",
+    "PASS_TERMINAL",
     "SSE_COMMENT",
     "SSE_ERROR",
     "SSE_EVENT",
     "CounterBlock",
     "DeltaScanner",
     "SSEEvent",
+    "SSEPass",
     "SSEScanner",
     "TokenEstimator",
     "count_bytes",
@@ -62,12 +74,24 @@ if TYPE_CHECKING:
         DELTA_USAGE,
         EXCHANGE_FIELDS,
         EXCHANGE_USAGE,
+        NOTE_ERROR,
+        NOTE_NAME,
+        NOTE_TERMINAL,
+        NOTE_USAGE,
+        PASS_ANTHROPIC,
+        PASS_CONTENT,
+        PASS_GENERIC,
+        PASS_NOTABLE,
+        PASS_OPENAI,
+        PASS_OVERFLOW,
+        PASS_TERMINAL,
         SSE_COMMENT,
         SSE_ERROR,
         SSE_EVENT,
         CounterBlock,
         DeltaScanner,
         SSEEvent,
+        SSEPass,
         SSEScanner,
         TokenEstimator,
         count_bytes,
@@ -77,6 +101,18 @@ if TYPE_CHECKING:
     )
 else:
     SSE_EVENT = _impl.SSE_EVENT
+    NOTE_ERROR = _impl.NOTE_ERROR
+    NOTE_NAME = _impl.NOTE_NAME
+    NOTE_TERMINAL = _impl.NOTE_TERMINAL
+    NOTE_USAGE = _impl.NOTE_USAGE
+    PASS_ANTHROPIC = _impl.PASS_ANTHROPIC
+    PASS_CONTENT = _impl.PASS_CONTENT
+    PASS_GENERIC = _impl.PASS_GENERIC
+    PASS_NOTABLE = _impl.PASS_NOTABLE
+    PASS_OPENAI = _impl.PASS_OPENAI
+    PASS_OVERFLOW = _impl.PASS_OVERFLOW
+    PASS_TERMINAL = _impl.PASS_TERMINAL
+    SSEPass = _impl.SSEPass
     SSE_COMMENT = _impl.SSE_COMMENT
     SSE_ERROR = _impl.SSE_ERROR
     SSEEvent = _impl.SSEEvent

@@ -109,3 +109,45 @@ cdef class DeltaScanner:
     cdef void _feed_text(self, const unsigned char* p, Py_ssize_t i, Py_ssize_t end,
                          bint escaped) noexcept nogil
     cdef int _walk(self, const unsigned char* p, Py_ssize_t n) noexcept nogil
+
+
+cdef class SSEPass:
+    cdef Py_ssize_t _max
+    cdef int _dialect
+    # Held bytes (the incomplete item since the last boundary) live in _buf[0:_len].
+    # During a feed the window scanned is _wb[0:_wlen]: _buf, or the caller's chunk
+    # itself when nothing was held.
+    cdef unsigned char* _buf
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _cap
+    cdef const unsigned char* _wb
+    cdef Py_ssize_t _wlen
+    cdef Py_ssize_t _line_start
+    cdef Py_ssize_t _boundary
+    cdef bint _skip_lf
+    cdef bint _bom_check
+    cdef bint _dead
+    # Current block, as spans of the window (a block never crosses a boundary, so its
+    # lines are all held): first field line, first data value, last event value.
+    cdef bint _has_fields
+    cdef Py_ssize_t _blk
+    cdef Py_ssize_t _ndata
+    cdef Py_ssize_t _data_len
+    cdef Py_ssize_t _d0s
+    cdef Py_ssize_t _d0e
+    cdef Py_ssize_t _ev_s
+    cdef Py_ssize_t _ev_e
+    cdef Py_ssize_t _events
+    cdef int _flags
+    cdef list _notable
+    cdef DeltaScanner _delta
+
+    cdef object feed_buffer(self, object whole, const unsigned char* p, Py_ssize_t n)
+    cdef int _scan(self, Py_ssize_t pos) except -1
+    cdef int _line(self, Py_ssize_t ls, Py_ssize_t le, Py_ssize_t te) except -1
+    cdef void _field(self, Py_ssize_t off, Py_ssize_t le) noexcept
+    cdef int _dispatch(self, Py_ssize_t ls, Py_ssize_t te) except -1
+    cdef bytes _join_data(self, Py_ssize_t end)
+    cdef int _keep_tail(self) except -1
+    cdef void _reset(self) noexcept
+    cdef void _reset_block(self) noexcept

@@ -1,9 +1,11 @@
 """Completion accounting for the usage record, without parsing every stream event.
 
-Per stream event the `_speedups.DeltaScanner` walks the JSON once in C: it finds content
-and tool-argument strings, estimates their tokens, and flags the rare events that need a
-real parse (tool-call starts, usage). Only those are parsed here, with orjson. For JSON
-responses the same scanner runs over the whole body.
+A relayed stream is counted by the relay's `_speedups.SSEPass`, in the same compiled
+scan that finds its event boundaries: content and tool-argument strings are estimated
+as they pass, and only the rare events that need a real parse (tool-call starts, usage)
+reach Python, where the tool names are read here with orjson. A caller that splits a
+stream itself feeds events to `StreamAccounting.event` (a `_speedups.DeltaScanner`);
+for JSON responses the same scanner runs over the whole body.
 
 Tool names are numbers-and-names facts (which tools were called); arguments are never
 kept.
@@ -12,8 +14,8 @@ kept.
 from __future__ import annotations
 
 import time
-from collections import deque
-from typing import Any
+from array import array
+from typing import Any, Protocol
 
 import orjson
 
@@ -25,51 +27,87 @@ from .._speedups import DELTA_NAME, DeltaScanner
 CHECKPOINTS = 1024
 
 
+class TextCounts(Protocol):
+    """What the accounting reads from a scanner (DeltaScanner or SSEPass)."""
+
+    @property
+    def tokens(self) -> int: ...
+
+    @property
+    def text_bytes(self) -> int: ...
+
+
 class StreamAccounting:
     """Counts what a stream carried (btp) and what reached the client (ptc)."""
 
     __slots__ = ("_checkpoints", "delta", "first_content_at", "tool_names", "unsent")
 
     def __init__(self) -> None:
-        self.delta = DeltaScanner()
+        # Created on first use: a relayed stream is counted by its relay's scanner
+        # (attach), and an open stream should cost as little memory as possible.
+        self.delta: TextCounts | None = None
         self.tool_names: list[str] = []
         self.first_content_at = 0.0
-        self._checkpoints: deque[tuple[int, int]] = deque(maxlen=CHECKPOINTS)
+        # Written byte and token totals, interleaved (16 bytes per write, no objects);
+        # only the last CHECKPOINTS pairs count, and it is trimmed at twice that.
+        self._checkpoints: array[int] | None = None
         # Bytes still in our client transport after the latest write: at a client abort
         # they never left the process (uvloop reports 0 once the connection is lost).
         self.unsent = 0
 
+    def attach(self, counts: TextCounts) -> None:
+        """Read tokens and text bytes from the relay's scanner from now on."""
+        self.delta = counts
+
     def event(self, event: bytes, data: bytes) -> None:
-        flags = self.delta.feed_event(data)
+        """One event's data, for a caller that splits the stream itself."""
+        delta = self.delta
+        if delta is None:
+            delta = self.delta = DeltaScanner()
+        if not isinstance(delta, DeltaScanner):
+            raise TypeError("this stream is counted by its relay's scanner")
+        flags = delta.feed_event(data)
         if flags & DELTA_NAME:
-            self.tool_names.extend(_stream_tool_names(event, data))
+            self.tool_names.extend(stream_tool_names(event, data))
 
     def wrote(self, bytes_tx: int, unsent: int) -> None:
         delta = self.delta
-        if not self.first_content_at and delta.text_bytes:
-            self.first_content_at = time.monotonic()
-        self._checkpoints.append((bytes_tx, delta.tokens))
+        tokens = 0
+        if delta is not None:
+            if not self.first_content_at and delta.text_bytes:
+                self.first_content_at = time.monotonic()
+            tokens = delta.tokens
+        cps = self._checkpoints
+        if cps is None:
+            cps = self._checkpoints = array("q")
+        elif len(cps) >= 4 * CHECKPOINTS:
+            del cps[: 2 * CHECKPOINTS]
+        cps.append(bytes_tx)
+        cps.append(tokens)
         self.unsent = unsent
 
     @property
     def tokens(self) -> int:
-        return self.delta.tokens
+        return self.delta.tokens if self.delta is not None else 0
 
     def delivered_tokens(self, bytes_tx: int, aborted: bool) -> int:
         """Tokens of the content the client can have received."""
         if not aborted or not self.unsent:
-            return self.delta.tokens
+            return self.tokens
         delivered = bytes_tx - self.unsent
+        cps = self._checkpoints
         best = 0
-        for cum_bytes, cum_tokens in self._checkpoints:
-            if cum_bytes <= delivered:
-                best = cum_tokens
-            else:
-                break
+        if cps is not None:
+            for i in range(max(0, len(cps) - 2 * CHECKPOINTS), len(cps), 2):
+                if cps[i] <= delivered:
+                    best = cps[i + 1]
+                else:
+                    break
         return best
 
 
-def _stream_tool_names(event: bytes, data: bytes) -> list[str]:
+def stream_tool_names(event: bytes, data: bytes) -> list[str]:
+    """Tool names started by one stream event (flagged DELTA_NAME / NOTE_NAME)."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:

@@ -5,9 +5,14 @@ await. Backpressure needs no code here: when the client's transport pauses writi
 client protocol pauses the upstream transport's reading (see protocol.py), so at most
 one socket buffer of data is ever held per direction.
 
-Events are forwarded byte-for-byte. The relay re-frames only when it must remove the
-usage-only chunk the gateway itself asked an OpenAI backend for; otherwise, when the
-chunk ends on an event boundary, the original chunk object is written as it is.
+A pass-through: each upstream chunk goes through one `SSEPass.feed` call, which finds
+the event boundaries in compiled code, estimates the streamed text's tokens and says
+(in flags) whether content, the final event or an overflow came by. The bytes up to the
+last complete event go out in one write; when the chunk ends on an event boundary (the
+usual case) that is the chunk object itself. Python looks at single events only when
+the scanner lists them as notable: usage (merged, and the usage-only chunk the gateway
+asked an OpenAI backend for is cut out), a tool call's name, an error event. So the
+Python work per chunk is constant, whatever the number of events in it.
 """
 
 from __future__ import annotations
@@ -17,14 +22,35 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._speedups import SSE_ERROR, SSE_EVENT, SSEScanner
+from .._speedups import (
+    NOTE_ERROR,
+    NOTE_NAME,
+    NOTE_USAGE,
+    PASS_ANTHROPIC,
+    PASS_GENERIC,
+    PASS_NOTABLE,
+    PASS_OPENAI,
+    PASS_OVERFLOW,
+    PASS_TERMINAL,
+    SSEPass,
+)
 from ..core.records import BackendUsage
-from .accounting import StreamAccounting
+from .accounting import StreamAccounting, stream_tool_names
 from .dialects.base import Dialect
 
 # Larger than any sane event; past it the stream is treated as broken rather than
 # buffered without bound (the default of limits.max_sse_event_bytes).
 MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+def dialect_code(name: str) -> int:
+    """The SSEPass dialect code of a dialect: which events end its streams. An unknown
+    dialect gets PASS_GENERIC, where every event is shown to its is_terminal."""
+    if name == "openai":
+        return PASS_OPENAI
+    if name == "anthropic":
+        return PASS_ANTHROPIC
+    return PASS_GENERIC
 
 
 class SSERelay:
@@ -33,13 +59,14 @@ class SSERelay:
         "_chunked",
         "_dialect",
         "_entry",
+        "_generic",
         "_max_event",
         "_on_overflow",
         "_scanner",
         "_strip_usage",
         "_transport",
+        "backend_errors",
         "bytes_tx",
-        "events",
         "first_tx_at",
         "overflow",
         "terminal",
@@ -56,61 +83,53 @@ class SSERelay:
         chunked: bool = True,
         max_event_bytes: int = MAX_EVENT_BYTES,
         on_overflow: Callable[[str], None] | None = None,
+        *,
+        scanner: SSEPass | None = None,
     ) -> None:
+        """``scanner`` replaces the default SSEPass (tests and benchmarks pass the other
+        implementation's); it must be new and built with this dialect's code."""
         self._transport = transport
         self._chunked = chunked
         self._dialect = dialect
         self._strip_usage = strip_usage
         self._acct = accounting
         self._entry = activity_entry
-        self._scanner = SSEScanner(max_event_bytes)
+        code = dialect_code(dialect.name)
+        if scanner is None:
+            scanner = SSEPass(max_event_bytes, code)
+        self._scanner = scanner
+        self._generic = code == PASS_GENERIC
+        if accounting is not None:
+            accounting.attach(scanner)
         self._max_event = max_event_bytes
         self._on_overflow = on_overflow
         self.terminal = False
         self.overflow = False
         self.usage: BackendUsage | None = None
         self.bytes_tx = 0
-        self.events = 0
         self.first_tx_at = 0.0
+        # Error events the backend sent inside the stream (their content is not kept).
+        self.backend_errors = 0
+
+    @property
+    def events(self) -> int:
+        return self._scanner.events
 
     def __call__(self, data: bytes) -> None:
         if self.overflow:
             return  # the stream is being ended: nothing more reaches the client
         scanner = self._scanner
-        had_pending = scanner.buffered > 0
-        items = scanner.feed(data)
-        if not items:
-            if self._entry is not None:
-                self._entry.count(len(data), 0)
-            return
-        stripped = False
-        is_terminal = self._dialect.is_terminal
-        acct = self._acct
-        for item in items:
-            kind = item.kind
-            if kind == SSE_EVENT:
-                self.events += 1
-                d = item.data
-                if is_terminal(item.event, d):
-                    self.terminal = True
-                elif b'"usage"' in d and self._take_usage(item.event, d):
-                    stripped = True
-                    continue
-                if acct is not None:
-                    acct.event(item.event, d)
-            elif kind == SSE_ERROR:
+        out = scanner.feed(data)
+        flags = scanner.flags
+        if flags:
+            if flags & PASS_TERMINAL:
+                self.terminal = True
+            if flags & PASS_NOTABLE:
+                out = self._notable(out)
+            if flags & PASS_OVERFLOW:
                 # An event past the limit: the events before it go out, nothing after it
                 # (relaying the rest would show a shorter answer as a complete one).
                 self.overflow = True
-                stripped = True
-                items = items[: items.index(item)]
-                break
-        if stripped:
-            out = b"".join([i.raw for i in items if not self._is_stripped(i)])
-        elif had_pending or scanner.buffered:
-            out = b"".join([i.raw for i in items])
-        else:
-            out = data
         n = len(out)
         if n:
             if not self.bytes_tx:
@@ -118,12 +137,36 @@ class SSERelay:
             self.bytes_tx += n
             transport = self._transport
             transport.write(b"%x\r\n%b\r\n" % (n, out) if self._chunked else out)
-            if acct is not None:
-                acct.wrote(self.bytes_tx, transport.get_write_buffer_size())
+            if self._acct is not None:
+                self._acct.wrote(self.bytes_tx, transport.get_write_buffer_size())
         if self._entry is not None:
             self._entry.count(len(data), n)
         if self.overflow and self._on_overflow is not None:
             self._on_overflow(f"backend sent a stream event larger than {self._max_event} bytes")
+
+    def _notable(self, out: bytes) -> bytes:
+        """The rare events: usage, tool names, errors (and, for an unknown dialect, its
+        terminal test). Returns out without the events to strip."""
+        cuts: list[tuple[int, int]] = []
+        acct = self._acct
+        for note, event, data, start, end in self._scanner.take_notable():
+            if self._generic and self._dialect.is_terminal(event, data):
+                self.terminal = True
+            if note & NOTE_USAGE and self._take_usage(event, data):
+                cuts.append((start, end))
+            if note & NOTE_NAME and acct is not None:
+                acct.tool_names.extend(stream_tool_names(event, data))
+            if note & NOTE_ERROR:
+                self.backend_errors += 1
+        if not cuts:
+            return out
+        pieces = []
+        pos = 0
+        for start, end in cuts:
+            pieces.append(out[pos:start])
+            pos = end
+        pieces.append(out[pos:])
+        return b"".join(pieces)
 
     def _take_usage(self, event: bytes, data: bytes) -> bool:
         usage, usage_only = self._dialect.stream_usage(event, data)
@@ -132,13 +175,6 @@ class SSERelay:
                 self.usage = usage
             else:
                 self.usage.merge(usage)
-        return usage_only and self._strip_usage
-
-    def _is_stripped(self, item: object) -> bool:
-        d = item.data  # type: ignore[attr-defined]
-        if item.kind != SSE_EVENT or b'"usage"' not in d:  # type: ignore[attr-defined]
-            return False
-        _, usage_only = self._dialect.stream_usage(item.event, d)  # type: ignore[attr-defined]
         return usage_only and self._strip_usage
 
     def finish(self) -> bytes:

@@ -13,7 +13,25 @@ Speed still matters here (a gateway without a compiler runs on this): the hot pa
 from .counters import CounterBlock, count_bytes
 from .delta import DELTA_ERROR, DELTA_NAME, DELTA_USAGE, DeltaScanner
 from .record import EXCHANGE_FIELDS, EXCHANGE_USAGE, pack_exchange, unpack_exchanges
-from .sse import SSE_COMMENT, SSE_ERROR, SSE_EVENT, SSEEvent, SSEScanner
+from .sse import (
+    NOTE_ERROR,
+    NOTE_NAME,
+    NOTE_TERMINAL,
+    NOTE_USAGE,
+    PASS_ANTHROPIC,
+    PASS_CONTENT,
+    PASS_GENERIC,
+    PASS_NOTABLE,
+    PASS_OPENAI,
+    PASS_OVERFLOW,
+    PASS_TERMINAL,
+    SSE_COMMENT,
+    SSE_ERROR,
+    SSE_EVENT,
+    SSEEvent,
+    SSEPass,
+    SSEScanner,
+)
 from .tokens import TokenEstimator, estimate_tokens
 
 __all__ = [
@@ -22,12 +40,24 @@ __all__ = [
     "DELTA_USAGE",
     "EXCHANGE_FIELDS",
     "EXCHANGE_USAGE",
+    "NOTE_ERROR",
+    "NOTE_NAME",
+    "NOTE_TERMINAL",
+    "NOTE_USAGE",
+    "PASS_ANTHROPIC",
+    "PASS_CONTENT",
+    "PASS_GENERIC",
+    "PASS_NOTABLE",
+    "PASS_OPENAI",
+    "PASS_OVERFLOW",
+    "PASS_TERMINAL",
     "SSE_COMMENT",
     "SSE_ERROR",
     "SSE_EVENT",
     "CounterBlock",
     "DeltaScanner",
     "SSEEvent",
+    "SSEPass",
     "SSEScanner",
     "TokenEstimator",
     "count_bytes",

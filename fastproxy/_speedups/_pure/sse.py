@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 
 SSE_EVENT = 0
 SSE_COMMENT = 1
@@ -361,3 +362,242 @@ class SSEScanner:
         self._lines = []
         self._pending = 0
         return _make_event(SSE_COMMENT, b"", value, None, raw)
+
+
+# ------------------------------------------------------------------ pass-through
+
+# Dialect codes of SSEPass: which events end a stream.
+PASS_GENERIC = 0  # unknown dialect: every event is notable, the caller decides
+PASS_OPENAI = 1  # Chat Completions `data: [DONE]`; Responses API completed/failed/incomplete
+PASS_ANTHROPIC = 2  # Messages API `event: message_stop`
+
+# Flags of one SSEPass.feed (SSEPass.flags).
+PASS_CONTENT = 1  # streamed text (content, tool arguments, ...) arrived in this chunk
+PASS_TERMINAL = 2  # the dialect's final event completed in this chunk
+PASS_NOTABLE = 4  # take_notable() has events for the caller
+PASS_OVERFLOW = 8  # an event grew past max_event_size: the scanner stopped
+
+# Per notable event: why it is notable (the first three are the DELTA_* flags).
+NOTE_USAGE = 1  # a non-null "usage" at any depth
+NOTE_NAME = 2  # a non-null "name" (a tool call starting)
+NOTE_ERROR = 4  # `event: error`, or a non-null "error" at any depth
+NOTE_TERMINAL = 8  # the dialect's final event
+
+_DONE = b"[DONE]"
+_OPENAI_TERMINAL = (b"response.completed", b"response.failed", b"response.incomplete")
+_TERM_RE = re.compile(rb"\r\n?|\n")
+
+
+class SSEPass:
+    """One call per upstream chunk: the bytes to forward, flags, and the rare events
+    the caller must see (``take_notable``).
+
+    The bytes up to the end of the last complete event (or comment, or blank line
+    between events) are returned; only the incomplete tail is held. When nothing was
+    held and the chunk ends on an event boundary, the chunk object itself is returned,
+    so an upstream read reaches the client as it arrived. Each event's data runs through
+    a `DeltaScanner` (token estimate of content and tool arguments, usage/name/error
+    flags) as it completes; events with a flag, the dialect's error event and, for
+    ``PASS_GENERIC``, every event, are kept for ``take_notable`` as ``(note, event,
+    data, start, end)`` with ``out[start:end]`` the event's bytes in the returned
+    output.
+    """
+
+    __slots__ = (
+        "_bom_check",
+        "_data",
+        "_dead",
+        "_delta",
+        "_dialect",
+        "_event",
+        "_events",
+        "_flags",
+        "_has_fields",
+        "_held",
+        "_line_start",
+        "_max",
+        "_notable",
+        "_skip_lf",
+    )
+
+    def __init__(self, max_event_size: int = 1048576, dialect: int = PASS_GENERIC) -> None:
+        max_event_size = operator.index(max_event_size)
+        dialect = operator.index(dialect)
+        if max_event_size <= 0:
+            raise ValueError("max_event_size must be positive")
+        if dialect not in (PASS_GENERIC, PASS_OPENAI, PASS_ANTHROPIC):
+            raise ValueError("unknown dialect code")
+        from .delta import DeltaScanner
+
+        self._max = max_event_size
+        self._dialect = dialect
+        self._delta = DeltaScanner()
+        self._events = 0
+        self._flags = 0
+        self._notable: list[tuple[int, bytes, bytes, int, int]] | None = None
+        self._dead = False
+        self._bom_check = True
+        self._reset()
+
+    def _reset(self) -> None:
+        # Bytes since the last boundary; _held[_line_start:] is the incomplete line.
+        self._held = bytearray()
+        self._line_start = 0
+        # The last byte seen was a CR that ended a line: an LF next completes a CRLF.
+        self._skip_lf = False
+        self._reset_block()
+
+    def _reset_block(self) -> None:
+        self._has_fields = False
+        self._data: list[bytes] = []
+        self._event = b""
+
+    @property
+    def flags(self) -> int:
+        return self._flags
+
+    @property
+    def buffered(self) -> int:
+        return len(self._held)
+
+    @property
+    def events(self) -> int:
+        return self._events
+
+    @property
+    def tokens(self) -> int:
+        return self._delta.tokens
+
+    @property
+    def text_bytes(self) -> int:
+        return self._delta.text_bytes
+
+    @property
+    def overflowed(self) -> bool:
+        return self._dead
+
+    def take_notable(self) -> list[tuple[int, bytes, bytes, int, int]]:
+        notable = self._notable
+        self._notable = None
+        return notable if notable is not None else []
+
+    def finish(self) -> bytes:
+        tail = bytes(self._held)
+        self._reset()
+        return tail
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
+        if type(chunk) is not bytes:
+            chunk = memoryview(chunk).tobytes()
+        self._flags = 0
+        self._notable = None
+        if self._dead or not chunk:
+            return b""
+        text0 = self._delta.text_bytes
+        skip = 0
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[0] == _LF:
+                skip = 1  # completes the CRLF of the line before: not a line of its own
+        line_start = self._line_start = self._line_start + skip
+        held = self._held
+        window: bytes | bytearray
+        if held:
+            # The held bytes past line_start hold no terminator: search the new ones.
+            search = max(line_start, len(held))
+            held += chunk
+            window = held
+            boundary = 0
+        else:
+            window = chunk
+            search = line_start
+            boundary = skip  # the line that LF ends went out already
+        boundary = self._scan(window, search, boundary)
+        if not self._dead and len(window) - boundary > self._max:
+            self._overflow()
+        if self._delta.text_bytes != text0:
+            self._flags |= PASS_CONTENT
+        if held:
+            out = bytes(window[:boundary])
+            if boundary == len(held):
+                self._held = bytearray()  # lets a grown buffer go
+            else:
+                del held[:boundary]
+            self._line_start -= boundary
+        else:
+            out = chunk if boundary == len(chunk) else chunk[:boundary]
+            if boundary < len(chunk):
+                self._held = bytearray(chunk[boundary:])
+                self._line_start -= boundary
+            else:
+                self._line_start = 0
+        if self._dead:
+            self._reset()
+        return out
+
+    def _overflow(self) -> None:
+        self._dead = True
+        self._flags |= PASS_OVERFLOW
+
+    def _scan(self, window: bytes | bytearray, pos: int, boundary: int) -> int:
+        """Process the lines of window completed from pos on; return the new boundary."""
+        max_size = self._max
+        end = len(window)
+        for m in _TERM_RE.finditer(window, pos):
+            le, te = m.span()
+            if te == end and window[le] == _CR and te == le + 1:
+                self._skip_lf = True
+            ls = self._line_start
+            self._line_start = te
+            off = ls
+            if self._bom_check:
+                # WHATWG: one BOM at the very start of the stream is not part of the line.
+                self._bom_check = False
+                if window.startswith(_BOM, ls):
+                    off = ls + 3
+            if le - boundary > max_size:
+                self._overflow()
+                break
+            if off == le:
+                if self._has_fields:
+                    self._dispatch(boundary, te)
+                boundary = te
+            elif window[off] == _COLON:
+                if not self._has_fields:
+                    boundary = te  # a comment between events goes out with them
+            else:
+                self._field(bytes(window[off:le]))
+        return boundary
+
+    def _field(self, line: bytes) -> None:
+        self._has_fields = True
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value
+
+    def _dispatch(self, start: int, end: int) -> None:
+        data_lines = self._data
+        data = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
+        event = self._event
+        self._reset_block()
+        self._events += 1
+        note = self._delta.feed_event(data)
+        if event == b"error":
+            note |= NOTE_ERROR
+        dialect = self._dialect
+        if dialect == PASS_OPENAI:
+            terminal = data == _DONE or event in _OPENAI_TERMINAL
+        else:
+            terminal = dialect == PASS_ANTHROPIC and event == b"message_stop"
+        if terminal:
+            self._flags |= PASS_TERMINAL
+            note |= NOTE_TERMINAL
+        if note & ~NOTE_TERMINAL or dialect == PASS_GENERIC:
+            self._flags |= PASS_NOTABLE
+            if self._notable is None:
+                self._notable = []
+            self._notable.append((note, event, data, start, end))
