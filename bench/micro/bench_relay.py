@@ -11,14 +11,26 @@ which piece of them is ours.
 - route-only: `routing.plan` alone;
 - sse-relay-*: `SSERelay` on one upstream chunk (one event, a 32 KiB read of ~140
   events as the mock writes unpaced streams, and a chunk ending in the usage-only event
-  the gateway strips), with the compiled and the pure SSE scanner;
+  the gateway strips), with the compiled and the pure scanner;
+- sse-stream-*: one whole 200-event OpenAI stream as the gateway relays it with usage
+  tracking on (include_usage injected, so every chunk carries `"usage":null`, the
+  usage-only chunk is stripped, accounting on, chunked framing): relay and accounting
+  built, every chunk fed, the record's figures read. Cut three ways: one event per
+  read (a token-paced backend), seeded random reads of 16-1024 bytes (a network
+  cutting anywhere), 32 KiB reads (an unpaced backend). Per chunk = per stream /
+  ``extra_info["chunks"]``. The file runs unchanged against the relay before the
+  pass-through (SSEScanner per event), so ``git worktree add /tmp/sse-before <commit>``
+  plus a copy of this file there gives the before figures in the same session (see
+  docs/speedups.md);
 - simple-response: `wire.simple_response` for a ~600-byte JSON answer.
 """
 
 from __future__ import annotations
 
 import importlib
+import random
 from types import ModuleType
+from typing import Any
 
 import httptools
 import orjson
@@ -27,6 +39,7 @@ import pytest
 from fastproxy._speedups import _pure
 from fastproxy.config import BackendConfig
 from fastproxy.dataplane import wire
+from fastproxy.dataplane.accounting import StreamAccounting
 from fastproxy.dataplane.dialects import openai
 from fastproxy.dataplane.relay import MAX_EVENT_BYTES, SSERelay
 from fastproxy.dataplane.routing import plan
@@ -155,10 +168,21 @@ class _NullTransport:
         return 0
 
 
-def _relay(impl: str) -> SSERelay:
-    relay = SSERelay(_NullTransport(), openai, True)  # type: ignore[arg-type]
+# Whether this checkout has the pass-through relay (SSEPass); the file also runs against
+# the relay before it, for the before/after figures.
+_PASS = hasattr(_pure, "SSEPass")
+
+
+def _relay(impl: str, acct: StreamAccounting | None = None, chunked: bool = False) -> SSERelay:
+    transport: Any = _NullTransport()
+    if impl == "python" and _PASS:
+        scanner = _pure.SSEPass(MAX_EVENT_BYTES, _pure.PASS_OPENAI)
+        return SSERelay(transport, openai, True, acct, None, chunked, scanner=scanner)
+    relay = SSERelay(transport, openai, True, acct, None, chunked)
     if impl == "python":
-        relay._scanner = _pure.SSEScanner(MAX_EVENT_BYTES)
+        relay._scanner = _pure.SSEScanner(MAX_EVENT_BYTES)  # type: ignore[assignment,attr-defined,unused-ignore]
+        if acct is not None:
+            acct.delta = _pure.DeltaScanner()
     return relay
 
 
@@ -187,6 +211,75 @@ def test_relay_usage_strip(benchmark, impl: str) -> None:
     relay = _relay(impl)
     benchmark(relay, USAGE_TAIL)
     assert relay.usage is not None
+
+
+# ------------------------------------------------------------------ whole streams
+
+_HEAD = (
+    b'data: {"id":"chatcmpl-8fb97f0000000001","object":"chat.completion.chunk",'
+    b'"created":1795418045,"model":"gpt-4o","system_fingerprint":"fp_mock","choices":['
+)
+_WORDS = ("narrow", "road", "stories", "glow", "über", "river", "quiet", "morning.")
+
+
+def _stream_events() -> list[bytes]:
+    """200 events as OpenAI sends them with include_usage: role, 196 deltas, finish,
+    the usage-only chunk, [DONE]; every chunk carries "usage":null."""
+    tail = b'"logprobs":null,"finish_reason":%s}],"usage":null}\n\n'
+    events = [_HEAD + b'{"index":0,"delta":{"role":"assistant","content":""},' + tail % b"null"]
+    for i in range(196):
+        word = orjson.dumps(" " + _WORDS[i % len(_WORDS)])
+        events.append(_HEAD + b'{"index":0,"delta":{"content":%b},' % word + tail % b"null")
+    events.append(_HEAD + b'{"index":0,"delta":{},' + tail % b'"stop"')
+    events.append(
+        _HEAD + b'],"usage":{"prompt_tokens":12,"completion_tokens":196,"total_tokens":208}}\n\n'
+    )
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+STREAM_EVENTS = _stream_events()
+STREAM = b"".join(STREAM_EVENTS)
+
+
+def _random_reads(data: bytes, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    out, pos = [], 0
+    while pos < len(data):
+        n = rng.randint(16, 1024)
+        out.append(data[pos : pos + n])
+        pos += n
+    return out
+
+
+CUTS = {
+    "per-event": STREAM_EVENTS,
+    "random-16-1024": _random_reads(STREAM),
+    "32k-reads": [STREAM[i : i + 32768] for i in range(0, len(STREAM), 32768)],
+}
+
+
+def _relay_stream(impl: str, chunks: list[bytes]) -> tuple[int, int, int]:
+    """What cycle.py does per stream: build, feed every chunk, read the figures."""
+    acct = StreamAccounting()
+    relay = _relay(impl, acct, chunked=True)
+    for chunk in chunks:
+        relay(chunk)
+    relay.finish()
+    assert relay.terminal and relay.usage is not None
+    return relay.bytes_tx, acct.tokens, acct.delivered_tokens(relay.bytes_tx, aborted=False)
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+@pytest.mark.benchmark(group="sse-stream-200-events")
+def test_relay_stream(benchmark, impl: str, cut: str) -> None:
+    chunks = CUTS[cut]
+    bytes_tx, tokens, delivered = benchmark(_relay_stream, impl, chunks)
+    benchmark.extra_info["chunks"] = len(chunks)
+    benchmark.extra_info["events"] = len(STREAM_EVENTS)
+    # Everything but the stripped usage-only chunk went out, and the text was counted.
+    assert bytes_tx == len(STREAM) - len(STREAM_EVENTS[-2])
+    assert tokens == delivered > 150
 
 
 # ------------------------------------------------------------------ response bytes
