@@ -243,3 +243,35 @@ def test_json_tool_names_only_where_the_dialect_puts_them() -> None:
     )
     assert json_tool_names([{"name": "z"}]) == []
     assert json_tool_names({"choices": [{"message": None}, "junk"]}) == []
+
+
+def test_an_open_stream_holds_little_memory() -> None:
+    """Nothing is allocated before it is needed (no scanner until the first event, no
+    checkpoint storage until the first write), and a write costs 16 bytes, not objects."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        accts = [StreamAccounting() for _ in range(200)]
+        for acct in accts:
+            for n in range(1, 31):  # a slow stream: 30 writes so far
+                acct.wrote(100 * n, 0)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert grown / len(accts) < 1200, grown / len(accts)
+    assert all(a.delta is None for a in accts)
+
+
+def test_a_relayed_stream_is_counted_by_its_scanner_only() -> None:
+    from fastproxy._speedups import PASS_OPENAI, SSEPass
+
+    acct = StreamAccounting()
+    scanner = SSEPass(1 << 20, PASS_OPENAI)
+    acct.attach(scanner)
+    scanner.feed(b"data: " + chat_delta(content=TEXT) + b"\n\n")
+    assert acct.tokens == estimate_tokens(TEXT)
+    with pytest.raises(TypeError):
+        acct.event(b"", chat_delta(content="more"))

@@ -21,6 +21,7 @@ from fastproxy._speedups import estimate_tokens
 from fastproxy.dataplane.accounting import StreamAccounting
 from fastproxy.dataplane.dialects import anthropic, openai
 from fastproxy.dataplane.relay import SSERelay
+from tests.speedups.helpers import IMPLS, impl_module
 from tests.support.fake_transport import FakeTransport, fake_clock_loop
 
 WORDS = ["Über", " the", " river", " 🌊", " a", " quiet", " morning."]
@@ -245,3 +246,198 @@ def test_activity_and_accounting_see_what_moved(transport: FakeTransport) -> Non
     # The completion estimate is of the streamed text, as one text.
     assert acct.tokens == estimate_tokens("".join(WORDS)) > 0
     assert acct.delivered_tokens(relay.bytes_tx, aborted=False) == acct.tokens
+
+
+# --------------------------------------------------------------------------------------
+# the pass-through: both scanner implementations, one write per chunk
+
+
+def scanner(impl: ModuleType, dialect: ModuleType) -> Any:
+    code = impl.PASS_OPENAI if dialect is openai else impl.PASS_ANTHROPIC
+    return impl.SSEPass(1 << 20, code)
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    return impl_module(request.param)
+
+
+class RecordingTransport:
+    """Keeps each object written, to check what the relay hands the transport."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_an_aligned_chunk_is_written_as_the_same_object(impl: ModuleType) -> None:
+    events, _ = chat_stream()
+    transport = RecordingTransport()
+    acct = StreamAccounting()
+    relay = SSERelay(
+        transport,  # type: ignore[arg-type]
+        openai,
+        True,
+        acct,
+        chunked=False,
+        scanner=scanner(impl, openai),
+    )
+    content = events[1:4]
+    for e in content:
+        relay(e)
+    assert len(transport.chunks) == 3
+    assert all(w is e for w, e in zip(transport.chunks, content, strict=True))
+    several = b"".join(events[4:7])
+    relay(several)
+    assert transport.chunks[-1] is several
+    assert acct.first_content_at > 0 and acct.tokens > 0
+
+
+def test_a_chunk_with_a_torn_event_is_one_write_of_the_complete_ones(impl: ModuleType) -> None:
+    events, _ = chat_stream()
+    transport = RecordingTransport()
+    relay = SSERelay(
+        transport,  # type: ignore[arg-type]
+        openai,
+        False,
+        chunked=False,
+        scanner=scanner(impl, openai),
+    )
+    relay(events[0] + events[1] + events[2][:9])
+    relay(events[2][9:] + events[3])
+    assert transport.chunks == [events[0] + events[1], events[2] + events[3]]
+    assert relay.events == 4
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_both_scanners_relay_the_same_stream(impl: ModuleType, strip: bool) -> None:
+    """Bytes, usage, terminal and accounting agree with the default relay for every cut."""
+    for dialect, data in (
+        (openai, b"".join(chat_stream()[0])),
+        (anthropic, b"".join(anthropic_stream(9))),
+    ):
+        for how, chunks in cuts(data):
+            results = []
+            for sc in (None, scanner(impl, dialect)):
+                with fake_clock_loop() as loop:
+                    transport = FakeTransport(loop)
+                    acct = StreamAccounting()
+                    kw: dict[str, Any] = {} if sc is None else {"scanner": sc}
+                    relay = SSERelay(transport, dialect, strip, acct, chunked=True, **kw)
+                    for chunk in chunks:
+                        relay(chunk)
+                    results.append(
+                        (
+                            bytes(transport.written),
+                            relay.terminal,
+                            repr(relay.usage),  # BackendUsage compares by identity
+                            relay.bytes_tx,
+                            acct.tokens,
+                            acct.tool_names,
+                        )
+                    )
+            assert results[0] == results[1], (dialect.name, how)
+
+
+def test_accounting_through_the_relay_equals_accounting_per_event(
+    transport: FakeTransport,
+) -> None:
+    """The relay's scanner counts what StreamAccounting.event counts, event by event, and
+    the checkpoints give the same delivered tokens at a client abort."""
+    events, _ = chat_stream()
+    tool = chat_event(
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [
+                            {"index": 0, "function": {"name": "get_weather", "arguments": ""}}
+                        ]
+                    }
+                }
+            ]
+        }
+    )
+    args = chat_event(
+        {"choices": [{"delta": {"tool_calls": [{"function": {"arguments": '{"city":"Oslo"}'}}]}}]}
+    )
+    events = [*events[:3], tool, args, *events[3:]]
+    via_relay = StreamAccounting()
+    relay = SSERelay(transport, openai, True, via_relay, chunked=False)
+    per_event = StreamAccounting()
+    bytes_tx = 0
+    for e in events:
+        relay(e)
+        per_event.event(b"", e[6:-2])
+        if e != chat_stream()[1]:  # the stripped usage chunk is not written
+            bytes_tx += len(e)
+            per_event.wrote(bytes_tx, 0)
+    assert relay.bytes_tx == bytes_tx
+    assert via_relay.tokens == per_event.tokens > 0
+    assert via_relay.tool_names == per_event.tool_names == ["get_weather"]
+    for acct in (via_relay, per_event):
+        acct.wrote(bytes_tx, 300)  # the client aborted with 300 bytes unread
+    assert via_relay.delivered_tokens(bytes_tx, aborted=True) == per_event.delivered_tokens(
+        bytes_tx, aborted=True
+    )
+
+
+def test_responses_api_stream_ends_on_its_final_event_with_its_usage(
+    transport: FakeTransport,
+) -> None:
+    def ev(name: str, obj: Any) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+    usage = {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}
+    data = b"".join(
+        [
+            ev("response.created", {"type": "response.created", "response": {"usage": None}}),
+            ev("response.output_text.delta", {"type": "response.output_text.delta", "delta": "Hi"}),
+            ev("response.completed", {"type": "response.completed", "response": {"usage": usage}}),
+        ]
+    )
+    acct = StreamAccounting()
+    relay = relay_all(transport, openai, [data[:50], data[50:]], strip_usage=True, accounting=acct)
+    assert bytes(transport.written) == data  # never stripped: the final event carries it
+    assert relay.terminal
+    assert relay.usage is not None and (relay.usage.prompt, relay.usage.completion) == (5, 2)
+    assert acct.tokens == estimate_tokens("Hi")
+
+
+def test_backend_error_events_are_counted_and_forwarded(transport: FakeTransport) -> None:
+    error = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"}}\n\n'
+    stream = anthropic_stream(3)
+    data = b"".join(stream[:4]) + error
+    relay = relay_all(transport, anthropic, [data], strip_usage=False)
+    assert bytes(transport.written) == data
+    assert relay.backend_errors == 1 and not relay.terminal
+
+
+class CustomDialect:
+    """A dialect the scanner has no code for: its own is_terminal decides."""
+
+    name = "custom"
+    stream_usage = staticmethod(openai.stream_usage)
+
+    @staticmethod
+    def is_terminal(event: bytes, data: bytes) -> bool:
+        return event == b"end"
+
+
+def test_an_unknown_dialect_is_asked_about_every_event(transport: FakeTransport) -> None:
+    events, usage_event = chat_stream()
+    data = b"".join(events[:-1]) + b"event: end\ndata: {}\n\n"
+    relay = relay_all(
+        transport,
+        CustomDialect,
+        [data[i : i + 64] for i in range(0, len(data), 64)],
+        strip_usage=True,
+    )  # type: ignore[arg-type]
+    assert relay.terminal
+    assert relay.usage is not None and relay.usage.completion == USAGE["completion_tokens"]
+    assert bytes(transport.written) == data.replace(usage_event, b"")
