@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1] / "fastproxy"
 ALLOWED: dict[str, set[str]] = {
     "_speedups": set(),
     "_version": set(),
-    "_compiled": set(),  # the import guard of the compiled request path: a leaf
     "config": set(),
     "core": {"config"},
     "httpclient": {"core", "config"},
@@ -37,16 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "memory": set(),
     "systemd": set(),
     "mockllm": {"core", "config", "_speedups", "logs"},
-    "monitor": {
-        "storage",
-        "httpclient",
-        "core",
-        "config",
-        "_speedups",
-        "_version",
-        "_compiled",
-        "logs",
-    },
+    "monitor": {"storage", "httpclient", "core", "config", "_speedups", "_version", "logs"},
     "dataplane": {"httpclient", "core", "config", "_speedups", "logs"},
     "admin": {"monitor", "storage", "httpclient", "core", "config", "logs"},
     # The wiring and the command line may use every part.

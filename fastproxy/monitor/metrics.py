@@ -159,16 +159,11 @@ class MetricsCollector:
         out: list[str] = []
         c = plane.counters
         m = _Writer(out)
-        m.family("fastproxy_build_info", "gauge", "Version and hot-path implementations.")
-        from .._compiled import compiled_modules
+        m.family("fastproxy_build_info", "gauge", "Version and hot-path implementation.")
         from .._speedups import IMPLEMENTATION
 
-        # "compiled" when the request cycle runs from its Cython build (setup.py).
-        path = "compiled" if "fastproxy.dataplane.cycle" in compiled_modules() else "source"
         m.sample(
-            "fastproxy_build_info",
-            (("version", __version__), ("speedups", IMPLEMENTATION), ("request_path", path)),
-            1,
+            "fastproxy_build_info", (("version", __version__), ("speedups", IMPLEMENTATION)), 1
         )
         m.family(
             "fastproxy_requests_total",
