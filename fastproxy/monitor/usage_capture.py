@@ -1,16 +1,20 @@
-"""UsageCapture: what the event loop copies out of an ExchangeRecord for the writer thread.
+"""UsageCapture: the numbers, names and raw request body a usage record is built from.
 
-Numbers, names and the raw request body; nothing is parsed, hashed or counted on the
-loop. The usage service makes one per finished request (usage_service.py), the writer
-thread projects it into the stored record (usage_projection.py).
+In the gateway the event loop packs these straight from the ExchangeRecord into a frame
+for the recorder process (``_speedups.pack_exchange``; no capture object on the loop).
+The recorder turns each unpacked frame into a capture (`from_frame`) and projects it
+into the stored record (usage_projection.py). `take` makes one in process, from a record,
+for tests and tools that drive the projector without a recorder.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from ..core.records import BackendUsage
 
 if TYPE_CHECKING:
-    from ..core.records import BackendUsage, ExchangeRecord
+    from ..core.records import ExchangeRecord
 
 
 class UsageCapture:
@@ -113,4 +117,42 @@ class UsageCapture:
         body = rec.request_body
         c.body = body if keep_body else None
         c.held = held  # bytes of PendingBodies this capture holds, released once built
+        return c
+
+    @classmethod
+    def from_frame(cls, f: tuple[Any, ...]) -> UsageCapture:
+        """A capture from an unpacked frame (fields in ``_speedups.EXCHANGE_FIELDS`` order)."""
+        c = cls.__new__(cls)
+        (
+            c.wall_started_at,
+            c.started_at,
+            c.ended_at,
+            c.upstream_sent_at,
+            c.backend_ttfb_at,
+            c.upstream_done_at,
+            c.first_content_at,
+            c.session_id,
+            c.client_key_id,
+            c.frontend,
+            c.path,
+            c.backend,
+            c.backend_type,
+            c.model_requested,
+            c.model_used,
+            c.outcome,
+            c.proxy_user,
+            c.user_agent,
+            c.streaming,
+            c.status,
+            c.attempts,
+            c.tool_call_count,
+            c.tool_names,
+            usage,
+            c.btp_est,
+            c.ptc_est,
+            c.replacement,
+            c.body,
+        ) = f
+        c.usage = BackendUsage(*usage) if usage is not None else None
+        c.held = 0
         return c

@@ -168,6 +168,14 @@ class UsageStore:
             self._wake.set()
         return True
 
+    def full(self) -> bool:
+        """The queue holds ``max_queue`` items: a `submit` now would be dropped."""
+        return len(self._items) >= self.max_queue
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
+
     def stop(self, timeout: float = 30.0) -> None:
         """Write everything queued, then close. Blocking: call it off the loop."""
         thread = self._thread

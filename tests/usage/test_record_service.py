@@ -1,9 +1,11 @@
-"""UsageService.on_exchange without a gateway: what the loop hands the store, and the
-bound on request bodies held for the writer thread."""
+"""UsageService.on_exchange without a gateway: what the loop hands the recorder (frames
+the recorder's codec builds into records), and the bounds on what may be pending."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,45 +13,52 @@ import pytest
 
 from fastproxy.config import load_config
 from fastproxy.core.records import ExchangeRecord
+from fastproxy.monitor.costs import PriceTable
 from fastproxy.monitor.usage_projection import ExactCounter, Projector
-from fastproxy.monitor.usage_service import UsageService
+from fastproxy.monitor.usage_service import FrameCodec, UsageService
+from fastproxy.storage.recorder_link import RecorderLink
 from fastproxy.storage.usage_schema import load_record
 
 
-class HeldStore:
-    """Accepts up to ``capacity`` items and builds nothing until told (a stalled writer)."""
+class HeldLink(RecorderLink):
+    """The gateway's end of the recorder channel with no recorder behind it (a stalled
+    or restarting one): frames stay in ``out``; `run_all` builds them as the recorder
+    would, with the recorder's codec."""
 
-    def __init__(self, capacity: int = 1000) -> None:
-        self.items: list[Any] = []
-        self.capacity = capacity
-        self.build: Callable[[Any], Any] | None = None  # what UsageStore gets as build=
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(
+            tmp / "usage.db",
+            flush_interval=1.0,
+            max_queue=100,
+            retention_days=0,
+            codec="",
+            settings="{}",
+            body_limit=1 << 20,
+            limit=1 << 21,
+        )
+        self._loop = asyncio.new_event_loop()  # never run: the flush it is asked for waits
 
-    def submit(self, item: Any) -> bool:
-        if len(self.items) >= self.capacity:
-            return False
-        self.items.append(item)
-        return True
-
-    def run_all(self) -> list[dict[str, Any]]:
-        """The records built from the queued captures, as the store would keep them: the
-        builder returns the prepared row, whose last element is the record's JSON."""
-        assert self.build is not None
-        out = [load_record(self.build(item)[3]) for item in self.items]
-        self.items.clear()
-        return out
-
-    def status(self) -> dict[str, Any]:
-        return {"queue_depth": len(self.items)}
+    def run_all(self, codec: FrameCodec) -> list[dict[str, Any]]:
+        frames, consumed = codec.unpack(self.out)
+        assert consumed == len(self.out)
+        del self.out[:]
+        self.unsent = 0
+        return [load_record(codec.build(f)[3]) for f in frames]
 
 
-def make_service(store: HeldStore, limit: int) -> UsageService:
+@pytest.fixture
+def link(tmp_path: Path) -> Iterator[HeldLink]:
+    held = HeldLink(tmp_path)
+    yield held
+    assert held._loop is not None
+    held._loop.close()
+
+
+def make_service(link: HeldLink) -> tuple[UsageService, FrameCodec]:
     config = load_config({}, env={}, use_files=False).config
     service = UsageService(config)
-    service.pending.limit = limit
-    service.projector = Projector(service.prices, ExactCounter.load())
-    service.store = store
-    store.build = service.build
-    return service
+    service.store = link
+    return service, FrameCodec(Projector(PriceTable(), ExactCounter.load()))
 
 
 def rec_with_body(text: str) -> ExchangeRecord:
@@ -63,36 +72,38 @@ def rec_with_body(text: str) -> ExchangeRecord:
     return rec
 
 
-def test_bodies_held_for_the_writer_are_bounded() -> None:
-    store = HeldStore()
+def test_bodies_pending_for_the_recorder_are_bounded(link: HeldLink) -> None:
     first = rec_with_body("a" * 100)
     size = len(first.request_body or b"")
-    service = make_service(store, limit=2 * size)
-    for _ in range(3):
+    service, codec = make_service(link)
+    service.on_exchange(first)
+    frame = len(link.out)
+    link.body_limit = 2 * frame  # room for two frames with their bodies
+    for _ in range(2):
         service.on_exchange(rec_with_body("a" * 100))
-    assert service.pending.bytes == 2 * size and service.pending.dropped == 1
-    records = store.run_all()
-    assert service.pending.bytes == 0
+    assert link.bodies_dropped == 1 and link.unsent == 3
+    assert len(link.out) == 3 * frame - size - 4  # the third: no body, no body length
+    records = link.run_all(codec)
     assert [r["ctp_prompt_tokens"] is None for r in records] == [False, False, True]
     assert service.status()["bodies_dropped"] == 1
 
 
-def test_a_refused_submit_releases_its_body() -> None:
-    store = HeldStore(capacity=1)
-    service = make_service(store, limit=1 << 20)
+def test_past_the_limit_records_are_dropped_and_counted(link: HeldLink) -> None:
+    service, codec = make_service(link)
     service.on_exchange(rec_with_body("x"))
-    held = service.pending.bytes
-    service.on_exchange(rec_with_body("y"))  # the queue is full: dropped by the store
-    assert service.pending.bytes == held
-    store.run_all()
-    assert service.pending.bytes == 0
+    link.limit = len(link.out)  # full: the next record has no room even without its body
+    held = bytes(link.out)
+    service.on_exchange(rec_with_body("y"))
+    assert bytes(link.out) == held and link.unsent == 1
+    st = service.status()
+    assert st["dropped_records"] == 1 and st["queue_depth"] == 1
+    assert len(link.run_all(codec)) == 1
 
 
 def test_a_failing_projection_still_records_and_logs_no_text(
-    caplog: pytest.LogCaptureFixture,
+    link: HeldLink, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = HeldStore()
-    service = make_service(store, limit=1 << 20)
+    service, codec = make_service(link)
     rec = rec_with_body("secret words")
     rec.request_body = (
         b'{"model": "gpt-4o", "messages": [{"role": "user", "content": 7}], '
@@ -105,7 +116,6 @@ def test_a_failing_projection_still_records_and_logs_no_text(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("fastproxy.monitor.usage_projection.analyse_prompt", broken)
         service.on_exchange(rec)
-        (record,) = store.run_all()
+        (record,) = link.run_all(codec)
     assert record["ctp_prompt_tokens"] is None and record["model_used"] == "gpt-4o"
-    assert service.pending.bytes == 0
     assert "ValueError" in caplog.text and "secret" not in caplog.text

@@ -1,0 +1,206 @@
+"""The usage recorder: a process of its own that owns the usage database.
+
+The gateway's event loop packs each finished exchange into a frame (``_speedups``'s
+``pack_exchange``) and writes the frames, a loop iteration's worth per syscall, to one
+end of a Unix socketpair (recorder_link.py). This process holds the other end: it reads
+the frames, unpacks them, and hands them to a `UsageStore` (the same writer machinery the
+gateway once ran as a thread: batches, retries, degraded/corrupt-file handling, stop
+drains), whose ``build`` projects each frame into its row. Everything proportional to a
+request's content (prompt counting, session digest, cost, the JSON text, SQLite) runs
+here, in another interpreter, on whatever core the kernel gives it.
+
+Run as ``python -m fastproxy.storage.recorder --fd N --path DB --codec MODULE:FUNC ...``
+(the gateway starts it with ``subprocess.Popen(pass_fds=...)``, never a fork of a running
+event loop). ``--codec`` names the function that makes the frame codec (unpack + build);
+storage imports no monitoring module, so the gateway tells this process by name which one
+to load, as it hands the in-process store its ``build`` callable.
+
+Back over the same socket go status frames (``u32 length`` + a JSON object): one "ready"
+frame once the database is open and migrated (or has failed to open: then it says
+degraded), then one after every written batch and at least every ``STATUS_EVERY_S``. The
+gateway keeps the latest and adds its own counts.
+
+Crash rules:
+- The gateway dies (SIGKILL included): the socket reads to EOF after the last frame the
+  gateway wrote; this process writes everything it has, then exits. It does not ask the
+  kernel to kill it with its parent, and it ignores SIGINT/SIGTERM (a terminal's ^C or a
+  service manager's signal to the whole group): the gateway decides when it ends, by
+  closing the channel.
+- Backpressure, not loss: while the store's queue is full and the database is healthy
+  this process stops reading, so the socket and then the gateway's bounded buffer fill
+  up (where the gateway sends records without their bodies, then drops and counts).
+  With a failing database the store keeps what ``max_records_in_memory`` allows and
+  counts the rest, as it always did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+
+from .usage_schema import Prepared
+from .usage_store import UsageStore
+
+log = logging.getLogger("fastproxy.usage")
+
+STATUS_EVERY_S = 0.5
+READ_CHUNK = 1 << 20
+POLL_S = 0.1
+# How long the recorder waits for the store's queue to make room before reading on.
+ROOM_WAIT_S = 0.002
+STOP_TIMEOUT_S = 30.0
+_LEN = struct.Struct("<I")
+
+
+class FrameCodec(Protocol):
+    """What ``--codec`` makes: the frame reader and the builder of a frame's row."""
+
+    def unpack(self, buf: bytearray) -> tuple[list[Any], int]: ...
+
+    def build(self, item: Any) -> Prepared: ...
+
+
+def status_frame(doc: dict[str, Any]) -> bytes:
+    body = orjson.dumps(doc)
+    return _LEN.pack(len(body)) + body
+
+
+def read_status_frames(buf: bytearray) -> list[dict[str, Any]]:
+    """The complete status frames at the start of ``buf`` (consumed from it)."""
+    out: list[dict[str, Any]] = []
+    pos = 0
+    while len(buf) - pos >= 4:
+        (n,) = _LEN.unpack_from(buf, pos)
+        if len(buf) - pos - 4 < n:
+            break
+        out.append(orjson.loads(bytes(buf[pos + 4 : pos + 4 + n])))
+        pos += 4 + n
+    del buf[:pos]
+    return out
+
+
+def load_codec(spec: str, settings: str) -> FrameCodec:
+    module, _, name = spec.partition(":")
+    factory: Callable[[str], FrameCodec] = getattr(importlib.import_module(module), name)
+    return factory(settings)
+
+
+class Recorder:
+    def __init__(self, sock: socket.socket, store: UsageStore, codec: FrameCodec) -> None:
+        self.sock = sock
+        self.store = store
+        self.codec = codec
+        self.received = 0
+        self._buf = bytearray()
+        self._sent_at = 0.0
+        self._last_batches = -1
+        self._peer_gone = False
+
+    def status(self, ready: bool = False) -> dict[str, Any]:
+        st = self.store
+        doc: dict[str, Any] = dict(st.status())
+        doc.update(
+            ready=ready,
+            pid=os.getpid(),
+            received=self.received,
+            rows_written=st.rows_written,
+            record_errors=st.record_errors,
+        )
+        return doc
+
+    def send_status(self, ready: bool = False) -> None:
+        self._sent_at = time.monotonic()
+        self._last_batches = self.store.batches_written
+        if self._peer_gone:
+            return
+        try:
+            self.sock.sendall(status_frame(self.status(ready)))
+        except OSError:
+            # The gateway is gone; what it sent is still read to EOF and written.
+            self._peer_gone = True
+
+    def run(self) -> None:
+        self.send_status(ready=True)
+        sock = self.sock
+        while True:
+            readable, _, _ = select.select([sock], [], [], POLL_S)
+            if readable:
+                try:
+                    data = sock.recv(READ_CHUNK)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    break
+                self._take(data)
+            self._maybe_report()
+        if self._buf:
+            log.error("usage recorder: %d bytes of an incomplete frame at EOF", len(self._buf))
+        self.store.stop(STOP_TIMEOUT_S)
+        self.send_status()
+
+    def _take(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        items, consumed = self.codec.unpack(buf)
+        del buf[:consumed]
+        self.received += len(items)
+        store = self.store
+        for item in items:
+            while store.full() and not store.degraded:
+                # A healthy writer behind: wait for room rather than drop. The socket fills
+                # meanwhile, and the gateway's bounded buffer after it.
+                time.sleep(ROOM_WAIT_S)
+                self._maybe_report()
+            store.submit(item)
+
+    def _maybe_report(self) -> None:
+        if (
+            self.store.batches_written != self._last_batches
+            or time.monotonic() - self._sent_at >= STATUS_EVERY_S
+        ):
+            self.send_status()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastproxy.storage.recorder")
+    p.add_argument("--fd", type=int, required=True, help="the channel's socket")
+    p.add_argument("--path", required=True, help="the usage database")
+    p.add_argument("--codec", required=True, help="MODULE:FUNCTION making the frame codec")
+    p.add_argument("--settings", default="{}", help="JSON handed to the codec factory")
+    p.add_argument("--flush-interval", type=float, default=1.0)
+    p.add_argument("--max-queue", type=int, default=100_000)
+    p.add_argument("--retention-days", type=int, default=0)
+    ns = p.parse_args(argv)
+    # The gateway ends this process by closing the channel, never by a signal to its group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=ns.fd)
+    sock.setblocking(True)
+    codec = load_codec(ns.codec, ns.settings)
+    store = UsageStore(
+        ns.path,
+        flush_interval=ns.flush_interval,
+        max_queue=ns.max_queue,
+        retention_days=ns.retention_days,
+        build=codec.build,
+    )
+    store.start()
+    Recorder(sock, store, codec).run()
+    sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
