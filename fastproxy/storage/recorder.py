@@ -57,7 +57,7 @@ log = logging.getLogger("fastproxy.usage")
 
 STATUS_EVERY_S = 0.5
 READ_CHUNK = 1 << 20
-POLL_S = 0.1
+POLL_S = 0.02  # also how soon a written batch is reported
 # How long the recorder waits for the store's queue to make room before reading on.
 ROOM_WAIT_S = 0.002
 STOP_TIMEOUT_S = 30.0
