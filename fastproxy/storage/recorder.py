@@ -44,6 +44,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -107,6 +108,7 @@ class Recorder:
         self._sent_at = 0.0
         self._last_batches = -1
         self._peer_gone = False
+        self._send_lock = threading.Lock()  # the main thread and the writer's on_write
 
     def status(self, ready: bool = False) -> dict[str, Any]:
         st = self.store
@@ -123,13 +125,14 @@ class Recorder:
     def send_status(self, ready: bool = False) -> None:
         self._sent_at = time.monotonic()
         self._last_batches = self.store.batches_written
-        if self._peer_gone:
-            return
-        try:
-            self.sock.sendall(status_frame(self.status(ready)))
-        except OSError:
-            # The gateway is gone; what it sent is still read to EOF and written.
-            self._peer_gone = True
+        with self._send_lock:
+            if self._peer_gone:
+                return
+            try:
+                self.sock.sendall(status_frame(self.status(ready)))
+            except OSError:
+                # The gateway is gone; what it sent is still read to EOF and written.
+                self._peer_gone = True
 
     def run(self) -> None:
         self.send_status(ready=True)
@@ -195,9 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_queue=ns.max_queue,
         retention_days=ns.retention_days,
         build=codec.build,
+        on_write=lambda: recorder.send_status(),
     )
+    recorder = Recorder(sock, store, codec)
     store.start()
-    Recorder(sock, store, codec).run()
+    recorder.run()
     sock.close()
     return 0
 

@@ -102,9 +102,13 @@ class UsageStore:
         retention_days: int,
         batch_size: int = 500,
         build: Callable[[Any], Prepared] | None = None,
+        on_write: Callable[[], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self._build = build
+        # Called on the writer thread after each write attempt (success or failure): the
+        # recorder process reports its status to the gateway at once.
+        self._on_write = on_write
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.retention_days = retention_days
@@ -438,9 +442,18 @@ class UsageStore:
             if self._degraded:
                 log.info("usage database %s writable again; %d records written", self.path, written)
                 self._degraded = False
+            self._notify()
             return True
         self._keep(pending, final)
+        self._notify()
         return False
+
+    def _notify(self) -> None:
+        if self._on_write is not None:
+            try:
+                self._on_write()
+            except Exception as exc:  # a report that fails must not stop the writer
+                self._log_once("notify", "usage status report failed (%s)", type(exc).__name__)
 
     def _insert_each(
         self, conn: sqlite3.Connection, pending: list[Prepared]
