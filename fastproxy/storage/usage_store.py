@@ -103,12 +103,14 @@ class UsageStore:
         batch_size: int = 500,
         build: Callable[[Any], Prepared] | None = None,
         on_write: Callable[[], None] | None = None,
+        pragmas: tuple[str, ...] = (),
     ) -> None:
         self.path = Path(path)
         self._build = build
         # Called on the writer thread after each write attempt (success or failure): the
         # recorder process reports its status to the gateway at once.
         self._on_write = on_write
+        self._pragmas = pragmas  # extra PRAGMAs for the writer's connection (the recorder's)
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.retention_days = retention_days
@@ -351,6 +353,8 @@ class UsageStore:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                for pragma in self._pragmas:
+                    conn.execute(pragma)
                 migrate(conn)
                 # Planner statistics, sampled so a large file costs milliseconds here.
                 conn.execute("PRAGMA analysis_limit=1000")
