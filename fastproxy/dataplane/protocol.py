@@ -395,6 +395,7 @@ class ClientProtocol(asyncio.Protocol):
         req.method = parser.get_method()
         req.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
+        req.index_headers()
         target = b"".join(self._url)
         path, _, query = target.partition(b"?")
         req.resolve(path)

@@ -42,6 +42,7 @@ def is_model_path(path: bytes) -> bool:
 
 class Request:
     __slots__ = (
+        "_index",
         "api",
         "body",
         "body_buf",
@@ -68,6 +69,9 @@ class Request:
         self.path = b""
         self.query = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        # name -> first value, built once the head is complete (index_headers): the
+        # cycle looks up half a dozen headers per request, each a scan of the list.
+        self._index: dict[bytes, bytes] | None = None
         self.head_size = 0  # header names and values, 4 bytes each for ": " and CRLF
         # The body: the one chunk it came in, or a bytearray once a second chunk arrives
         # (grown in place: a 60 MiB body is held once, never as parts plus a join).
@@ -104,7 +108,16 @@ class Request:
         else:
             self.dialect = openai
 
+    def index_headers(self) -> None:
+        """Freeze the head's headers into a lookup table (call once, at head end:
+        trailers never become headers, so nothing is added after)."""
+        # Reversed, so a repeated header's first value wins, as in the scan below.
+        self._index = dict(reversed(self.headers))
+
     def header(self, name: bytes) -> bytes | None:
+        index = self._index
+        if index is not None:
+            return index.get(name)
         for k, v in self.headers:
             if k == name:
                 return v

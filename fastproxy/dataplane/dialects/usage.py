@@ -17,7 +17,8 @@ MAX_TOKENS = 2**40
 
 
 def _int(v: Any) -> int | None:
-    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_TOKENS:
+    # type() is: a bool is an int subclass and never a count (and it is the quick test).
+    if type(v) is int and 0 <= v <= MAX_TOKENS:
         return v
     return None
 
@@ -33,20 +34,28 @@ def from_openai(usage: Any) -> BackendUsage | None:
     """Chat Completions, Responses API and embeddings ``usage`` objects."""
     if not isinstance(usage, dict):
         return None
-    prompt = _int(usage.get("prompt_tokens"))
+    get = usage.get
+    prompt = _int(get("prompt_tokens"))
     if prompt is None:
-        prompt = _int(usage.get("input_tokens"))
-    completion = _int(usage.get("completion_tokens"))
+        prompt = _int(get("input_tokens"))
+    completion = _int(get("completion_tokens"))
     if completion is None:
-        completion = _int(usage.get("output_tokens"))
-    total = _int(usage.get("total_tokens"))
-    pdet = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    cdet = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-    cached = _int(pdet.get("cached_tokens")) if isinstance(pdet, dict) else None
-    reasoning = _int(cdet.get("reasoning_tokens")) if isinstance(cdet, dict) else None
+        completion = _int(get("output_tokens"))
+    total = _int(get("total_tokens"))
+    cached = reasoning = None
+    # The detail objects are optional and often absent: looked into only when there.
+    pdet = get("prompt_tokens_details") or get("input_tokens_details")
+    if isinstance(pdet, dict):
+        cached = _int(pdet.get("cached_tokens"))
+    cdet = get("completion_tokens_details") or get("output_tokens_details")
+    if isinstance(cdet, dict):
+        reasoning = _int(cdet.get("reasoning_tokens"))
     if total is None and prompt is not None:
         total = prompt + (completion or 0)
-    return BackendUsage(prompt, completion, total, cached, None, reasoning, _num(usage.get("cost")))
+    cost = get("cost")
+    return BackendUsage(
+        prompt, completion, total, cached, None, reasoning, None if cost is None else _num(cost)
+    )
 
 
 def from_anthropic(usage: Any) -> BackendUsage | None:
