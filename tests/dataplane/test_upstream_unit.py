@@ -117,3 +117,55 @@ async def test_reading_is_held_until_the_exchange_decides_how_to_relay() -> None
     got: list[bytes] = []
     resp.attach(got.append)
     assert sum(map(len, got)) == resp.bytes_rx > HOLD_UNDECIDED
+
+
+async def test_one_lazy_timer_serves_every_request_on_a_connection() -> None:
+    """The first-byte and idle deadlines are plain numbers under one timer: a keep-alive
+    connection answering quickly re-arms nothing per request."""
+    import time
+
+    loop = asyncio.get_running_loop()
+    pool, conn, _ = _pooled_conn(loop)
+    handles = set()
+    for _ in range(100):
+        resp = UpstreamResponse(loop)
+        conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", resp)
+        conn.watch(time.monotonic() + 30.0, 30.0)
+        handles.add(id(conn._timer))
+        conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        assert resp.finished and resp.body == [b"ok"]
+        assert pool.take_idle() is conn
+    assert len(handles) == 1, f"{len(handles)} timers armed for 100 requests"
+
+
+async def test_the_lazy_timer_still_fails_a_silent_backend() -> None:
+    """Bad input: a backend that never sends a head, then one that stalls mid-body."""
+    import time
+
+    from fastproxy.core.errors import UpstreamError
+
+    loop = asyncio.get_running_loop()
+    _, conn, transport = _pooled_conn(loop)
+    resp = UpstreamResponse(loop)
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", resp)
+    conn.watch(time.monotonic() + 0.05, 5.0)
+    try:
+        await asyncio.wait_for(resp.head, 5)
+    except UpstreamError as err:
+        assert err.kind == "timeout" and "no response" in str(err)
+    else:
+        raise AssertionError("no first-byte timeout")
+    assert transport.closed
+
+    _, conn, transport = _pooled_conn(loop)
+    resp = UpstreamResponse(loop)
+    conn.send(b"POST / HTTP/1.1\r\n\r\n", b"", resp)
+    conn.watch(time.monotonic() + 5.0, 0.05)
+    conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+    try:
+        await asyncio.wait_for(resp.done, 5)
+    except UpstreamError as err:
+        assert err.kind == "timeout" and "stalled" in str(err)
+    else:
+        raise AssertionError("no idle timeout mid-body")
+    assert transport.closed
