@@ -29,3 +29,26 @@ def test_report_divides_own_time_by_requests(tmp_path: Path) -> None:
     calls = float(row.split("|")[2])
     assert calls == 1.0
     assert "| `tests/test_bench_profile.py` |" in text
+
+
+def test_perf_report_splits_the_measured_cpu_by_perf_shares() -> None:
+    """--perf: real CPU per request (from /proc) divided by perf's shares per binary."""
+    from bench.profile.__main__ import perf_report, perf_shares
+
+    sample = (
+        "# Samples: 12K of event 'cpu-clock'\n"
+        "#\n"
+        "    50.00%  libpython3.11.so.1.0\n"
+        "    40.00%  [kernel.kallsyms]\n"
+        "    10.00%  parser.cpython-311-x86_64-linux-gnu.so\n"
+    )
+    rows = perf_shares(sample)
+    assert rows == [
+        ("libpython3.11.so.1.0", 50.0),
+        ("[kernel.kallsyms]", 40.0),
+        ("parser.cpython-311-x86_64-linux-gnu.so", 10.0),
+    ]
+    text = perf_report(rows, [("[k] _raw_spin_unlock_irqrestore", 20.0)], 1000, 0.05, 10)
+    assert "= 50.0 µs per request" in text.splitlines()[0]
+    assert "| `kernel (syscalls, TCP, waking peers)` | 20.00 | 40.0% |" in text
+    assert "| `[k] _raw_spin_unlock_irqrestore` | 10.00 | 20.0% |" in text

@@ -13,6 +13,15 @@ where the next saving is, not as the gateway's speed (bench/load measures that).
 
     python -m bench.profile                       # JSON, c=64, usage tracking on, 10 s
     python -m bench.profile --stream --usage off  # SSE (200 events)
+    python -m bench.profile --perf                # no cProfile: perf's split by binary
+
+``--perf`` answers the question cProfile cannot: how the loop thread's real CPU per
+request divides between the kernel (socket calls, waking the peers), the interpreter
+and each compiled library. The gateway runs unprofiled on CPU 0 against the canned
+nginx backend (bench/load's default; the mock LLM when nginx is missing), ``perf record``
+samples its threads for the run, and the CPU time the process used in that window
+(/proc) is divided by the requests served and split by perf's shares per binary (and,
+for the kernel and the interpreter, their top symbols). Needs ``perf`` (linux-perf).
 """
 
 from __future__ import annotations
@@ -104,6 +113,136 @@ def report(stats_file: Path, requests: int, top: int) -> str:
     return "\n".join(out)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_PERF_LINE = re.compile(r"^\s*([\d.]+)%\s+(\S.*?)\s*$")
+
+
+def perf_shares(text: str) -> list[tuple[str, float]]:
+    """(name, percent) rows of ``perf report --stdio`` output, in its order."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = _PERF_LINE.match(line)
+        if m:
+            rows.append((m.group(2), float(m.group(1))))
+    return rows
+
+
+def perf_report(
+    by_binary: list[tuple[str, float]],
+    by_symbol: list[tuple[str, float]],
+    requests: int,
+    cpu_s: float,
+    top: int,
+) -> str:
+    """The loop's CPU per request split by binary, then the top symbols."""
+    per_req = cpu_s / requests * 1e6
+    out = [
+        f"requests: {requests:,}; gateway CPU in the window: {cpu_s:.2f} s = "
+        f"{per_req:.1f} µs per request (unprofiled; perf samples split it)",
+        "",
+        "| binary | µs/request | share |",
+        "|---|---|---|",
+    ]
+    for name, pct in by_binary[:top]:
+        out.append(f"| `{_binary(name)}` | {per_req * pct / 100:.2f} | {pct:.1f}% |")
+    out += ["", "| symbol | µs/request | share |", "|---|---|---|"]
+    for name, pct in by_symbol[:top]:
+        out.append(f"| `{name}` | {per_req * pct / 100:.2f} | {pct:.1f}% |")
+    return "\n".join(out)
+
+
+def _binary(name: str) -> str:
+    if name == "[kernel.kallsyms]":
+        return "kernel (syscalls, TCP, waking peers)"
+    if name.startswith("libpython"):
+        return name + " (the interpreter: all Python code)"
+    return name
+
+
+def _perf_run(args: argparse.Namespace, wrk: str, work: Path) -> None:
+    perf = shutil.which("perf")
+    if perf is None:
+        raise SystemExit("--perf needs perf (apt-get install linux-perf)")
+    from bench.load.backend import start_nginx_backend
+
+    nginx = shutil.which("nginx")
+    backend = start_nginx_backend(nginx, work, (1,)) if nginx else start_mock(work, (1,))
+    gateway = None
+    try:
+        cfg = fastproxy_config(backend.port, work, usage=args.usage == "on")
+        port = free_port()
+        cfg["port"] = port
+        cfg["admin"] = {"enabled": False}
+        (work / "fastproxy.yaml").write_text(yaml.safe_dump(cfg))
+        env = {k: v for k, v in os.environ.items() if k != "FASTPROXY_NO_EXTENSIONS"}
+        run = [sys.executable, "-m", "fastproxy", "run", "--config", str(work / "fastproxy.yaml")]
+        gateway = subprocess.Popen(
+            ["taskset", "-c", "0", *run],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "gw.log").open("wb"),
+        )
+        wait_port(port, 30, gateway)
+        body = SSE_BODY if args.stream else JSON_BODY
+        lua = _LUA.format(body=body, tokens=200 if args.stream else 16)
+        if args.stream:
+            lua += 'wrk.headers["x-bench-stream"] = "1"\n'
+        (work / "post.lua").write_text(lua)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        warm = ["taskset", "-c", "1", wrk, "-t1", f"-c{args.connections}", "-d1s"]
+        subprocess.run([*warm, "-s", str(work / "post.lua"), url], check=True, capture_output=True)
+        data = work / "perf.data"
+        record = subprocess.Popen(
+            [perf, "record", "-q", "-F", "2999", "-p", str(gateway.pid), "-o", str(data)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # perf attached before the load starts
+        cpu0 = _cpu_seconds(gateway.pid)
+        load = ["taskset", "-c", "1", wrk, "-t1", f"-c{args.connections}", f"-d{args.seconds}s"]
+        wrk_out = subprocess.run(
+            [*load, "-s", str(work / "post.lua"), url], check=True, capture_output=True, text=True
+        ).stdout
+        cpu_s = _cpu_seconds(gateway.pid) - cpu0
+        record.send_signal(signal.SIGINT)
+        record.wait(60)
+        requests = _requests(wrk_out)
+
+        def rep(sort: str) -> str:
+            return subprocess.run(
+                [perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+
+        kind = "SSE (200 events)" if args.stream else "JSON"
+        print(
+            f"# bench.profile --perf: {kind}, c={args.connections}, {args.seconds:g} s, "
+            f"usage tracking {args.usage}, backend "
+            f"{'nginx (canned)' if nginx else 'mock LLM'}\n"
+        )
+        print(
+            perf_report(perf_shares(rep("dso")), perf_shares(rep("sym")), requests, cpu_s, args.top)
+        )
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.send_signal(signal.SIGTERM)
+            try:
+                gateway.wait(30)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+        backend.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=10)
@@ -112,11 +251,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--usage", choices=("on", "off"), default="on")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--keep", action="store_true", help="keep the work dir (the .prof file)")
+    ap.add_argument(
+        "--perf", action="store_true", help="unprofiled run split by perf (kernel/interpreter/C)"
+    )
     args = ap.parse_args(argv)
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("bench.profile needs wrk (apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="fastproxy-profile-"))
+    if args.perf:
+        try:
+            _perf_run(args, wrk, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
     mock = start_mock(work, (1,))
     gateway = None
     try:
