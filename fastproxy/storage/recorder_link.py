@@ -51,7 +51,7 @@ STOP_TIMEOUT_S = 35.0  # the recorder's own drain gives up after 30 s
 class _Generation:
     """One recorder process and its channel."""
 
-    __slots__ = ("handed", "last", "proc", "ready", "started_at", "transport")
+    __slots__ = ("handed", "last", "proc", "ready", "started_at", "transport", "up")
 
     def __init__(self, proc: subprocess.Popen[bytes], ready: asyncio.Future[None]) -> None:
         self.proc = proc
@@ -59,6 +59,7 @@ class _Generation:
         self.handed = 0  # frames written to this recorder's channel
         self.last: dict[str, Any] | None = None  # its latest status frame
         self.ready = ready
+        self.up = False  # it reported ready: frames go to it from then on
         self.started_at = time.monotonic()
 
 
@@ -72,8 +73,11 @@ class _Channel(asyncio.Protocol):
         self.buf += data
         for doc in read_status_frames(self.buf):
             self.gen.last = doc
-            if doc.get("ready") and not self.gen.ready.done():
-                self.gen.ready.set_result(None)
+            if doc.get("ready") and not self.gen.up:
+                self.gen.up = True
+                if not self.gen.ready.done():
+                    self.gen.ready.set_result(None)
+                self.link._flush()  # what waited for a recorder
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link._lost(self.gen)
@@ -133,12 +137,14 @@ class RecorderLink(UsageStore):
             assert loop is not None  # the service packs only once launched
             loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
         self._scheduled = False
         gen = self._gen
         t = gen.transport if gen is not None else None
-        if gen is None or t is None or t.is_closing() or not self.out:
-            return  # no recorder yet: frames wait here, within the bounds
+        if gen is None or t is None or not (gen.up or force) or t.is_closing() or not self.out:
+            # No recorder ready: frames wait here, within the bounds (one that dies while
+            # starting takes none with it).
+            return
         # A fresh buffer each flush: the transport may keep the one it is given.
         data, self.out = self.out, bytearray()
         gen.handed += self.unsent
@@ -204,7 +210,6 @@ class RecorderLink(UsageStore):
         transport.set_write_buffer_limits(high=(1 << 31) - 1)
         gen.transport = transport
         log.info("usage recorder started (pid %d): %s", proc.pid, self.path)
-        self._flush()  # what waited for a recorder
         return gen
 
     async def close(self, wait_s: float = STOP_TIMEOUT_S) -> None:
@@ -218,7 +223,7 @@ class RecorderLink(UsageStore):
             if self.unsent:
                 log.error("usage: no recorder at shutdown; %d records not written", self.unsent)
             return
-        self._flush()
+        self._flush(force=True)  # a recorder still starting reads them once it is ready
         if gen.transport is not None:
             gen.transport.close()  # its buffer is written first, then EOF for the recorder
         try:
@@ -232,6 +237,8 @@ class RecorderLink(UsageStore):
 
     # -- a recorder that died ----------------------------------------------------------
     def _lost(self, gen: _Generation) -> None:
+        if not gen.ready.done():
+            gen.ready.set_result(None)  # a recorder that died starting: launch waits no more
         if gen is not self._gen or self._closing:
             return  # closing: the last status stays what status() reports
         self._gen = None
