@@ -130,9 +130,11 @@ cdef inline int64_t _int_of(object v) except? -1:
     return <int64_t>v
 
 
-def pack_exchange(object rec, object body, bytearray out):
+def pack_exchange(object rec, object body, bytearray out, bint defer_body=False):
     """Append one frame for ``rec`` (an ExchangeRecord) to ``out``, with ``body`` (the
     request body, or None to send the record without it). Returns the bytes appended.
+    With ``defer_body`` the frame stops after the body's length: the caller sends the
+    body's bytes next (a large body then goes out by reference, never copied).
     On an error (a field of the wrong type) ``out`` is left as it was."""
     cdef Py_ssize_t start = PyByteArray_GET_SIZE(out)
     cdef Py_ssize_t size = _HEAD_SIZE
@@ -206,7 +208,7 @@ def pack_exchange(object rec, object body, bytearray out):
         size += 4 + body_len
     if size - 4 > 0xFFFFFFFF:
         raise OverflowError("an exchange frame is limited to 4 GiB")
-    PyByteArray_Resize(out, start + size)
+    PyByteArray_Resize(out, start + size - (body_len if defer_body else 0))
     p = PyByteArray_AS_STRING(out) + start
     u32 = <uint32_t>(size - 4)
     memcpy(p, &u32, 4)
@@ -239,16 +241,17 @@ def pack_exchange(object rec, object body, bytearray out):
             u32 = <uint32_t>body_len
             memcpy(p + pos, &u32, 4)
             pos += 4
-            PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
-            try:
-                memcpy(p + pos, view.buf, body_len)
-            finally:
-                PyBuffer_Release(&view)
-            pos += body_len
+            if not defer_body:
+                PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+                try:
+                    memcpy(p + pos, view.buf, body_len)
+                finally:
+                    PyBuffer_Release(&view)
+                pos += body_len
     except BaseException:
         PyByteArray_Resize(out, start)
         raise
-    return size
+    return pos
 
 
 cdef inline int _need(Py_ssize_t pos, Py_ssize_t n, Py_ssize_t end) except -1:

@@ -55,6 +55,9 @@ MAX_PENDING_BODY_BYTES = 64 * 1024 * 1024
 # Past the body bound, records go without bodies (a few hundred bytes each) up to this:
 # tens of thousands of records, enough to ride out a recorder restart.
 MAX_PENDING_BYTES = MAX_PENDING_BODY_BYTES + 16 * 1024 * 1024
+# A body larger than this goes to the channel by reference instead of into the frame
+# buffer: the gateway then holds a large request once, not twice.
+INLINE_BODY_BYTES = 64 * 1024
 # The recorder loads the codec by name (storage imports no monitoring module).
 CODEC = f"{__name__}:recorder_codec"
 
@@ -119,7 +122,11 @@ class UsageService:
         if body is not None and pending + len(body) > link.body_limit:
             body = None
             link.bodies_dropped += 1
-        pack_exchange(rec, body, link.out)
+        if body is not None and len(body) > INLINE_BODY_BYTES:
+            pack_exchange(rec, body, link.out, True)
+            link.add_body(body)
+        else:
+            pack_exchange(rec, body, link.out)
         link.packed()
 
     def status(self) -> dict[str, Any]:

@@ -104,7 +104,10 @@ class RecorderLink(UsageStore):
         self.body_limit = body_limit
         self.limit = limit
         self.out = bytearray()  # packed frames not yet handed to a channel
-        self.unsent = 0  # frames in ``out``
+        # Before ``out``, in order: earlier frame bytes and large bodies sent by reference.
+        self._chunks: list[bytes | bytearray | memoryview] = []
+        self._chunk_bytes = 0
+        self.unsent = 0  # frames in ``out`` and ``_chunks``
         self.link_dropped = 0  # records dropped here: ``limit`` reached
         self.bodies_dropped = 0  # records sent without their body: ``body_limit`` reached
         self.lost = 0  # records handed to a recorder that died before reporting them done
@@ -126,7 +129,16 @@ class RecorderLink(UsageStore):
         """Bytes packed and not yet taken by the recorder's socket."""
         gen = self._gen
         t = gen.transport if gen is not None else None
-        return len(self.out) + (t.get_write_buffer_size() if t is not None else 0)
+        held = len(self.out) + self._chunk_bytes
+        return held + (t.get_write_buffer_size() if t is not None else 0)
+
+    def add_body(self, body: bytes | bytearray) -> None:
+        """The bytes of a frame packed with ``defer_body``, sent by reference: a large
+        request body is never copied on the loop (the gateway holds it once)."""
+        self._chunks.append(self.out)
+        self._chunks.append(body)
+        self._chunk_bytes += len(self.out) + len(body)
+        self.out = bytearray()
 
     def packed(self) -> None:
         """A frame was appended to ``out``: flush once, at the end of this iteration."""
@@ -141,7 +153,7 @@ class RecorderLink(UsageStore):
         self._scheduled = False
         gen = self._gen
         t = gen.transport if gen is not None else None
-        if gen is None or t is None or not (gen.up or force) or t.is_closing() or not self.out:
+        if gen is None or t is None or not (gen.up or force) or t.is_closing() or not self.unsent:
             # No recorder ready: frames wait here, within the bounds (one that dies while
             # starting takes none with it).
             return
@@ -149,7 +161,13 @@ class RecorderLink(UsageStore):
         data, self.out = self.out, bytearray()
         gen.handed += self.unsent
         self.unsent = 0
-        t.write(data)
+        if self._chunks:
+            chunks, self._chunks, self._chunk_bytes = self._chunks, [], 0
+            for chunk in chunks:
+                if chunk:
+                    t.write(chunk)
+        if data:
+            t.write(data)
 
     # -- start, stop (event loop) ----------------------------------------------------
     async def launch(self, ready_s: float = READY_TIMEOUT_S) -> None:

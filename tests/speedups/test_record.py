@@ -227,3 +227,19 @@ def test_fuzz_round_trip(
         setattr(rec, name, value)
     rec.tool_names, rec.replacement, rec.status = names, replacement, status
     assert roundtrip(speedups_impl, rec, body) == expected(rec, body)
+
+
+def test_a_deferred_body_is_sent_by_the_caller(speedups_impl: ModuleType) -> None:
+    rec = full_record()
+    body = bytearray(b"y" * 100_000)
+    whole, head = bytearray(), bytearray()
+    n = speedups_impl.pack_exchange(rec, body, whole)
+    m = speedups_impl.pack_exchange(rec, body, head, True)
+    assert (n, m) == (len(whole), len(head)) and m == n - len(body)
+    assert speedups_impl.unpack_exchanges(head) == ([], 0)  # the body is still to come
+    head += body
+    assert head == whole
+    frames, _ = speedups_impl.unpack_exchanges(head)
+    assert frames == [expected(rec, body)]
+    empty = bytearray()
+    assert speedups_impl.pack_exchange(rec, None, empty, True) == len(empty)

@@ -39,10 +39,13 @@ class HeldLink(RecorderLink):
         self._loop = asyncio.new_event_loop()  # never run: the flush it is asked for waits
 
     def run_all(self, codec: FrameCodec) -> list[dict[str, Any]]:
-        frames, consumed = codec.unpack(self.out)
-        assert consumed == len(self.out)
+        # What the channel carries, in order: earlier chunks (large bodies by reference),
+        # then the frame buffer.
+        wire = bytearray().join([*self._chunks, self.out])
+        frames, consumed = codec.unpack(wire)
+        assert consumed == len(wire)
         del self.out[:]
-        self.unsent = 0
+        self._chunks, self._chunk_bytes, self.unsent = [], 0, 0
         return [load_record(codec.build(f)[3]) for f in frames]
 
 
@@ -86,6 +89,19 @@ def test_bodies_pending_for_the_recorder_are_bounded(link: HeldLink) -> None:
     records = link.run_all(codec)
     assert [r["ctp_prompt_tokens"] is None for r in records] == [False, False, True]
     assert service.status()["bodies_dropped"] == 1
+
+
+def test_a_large_body_goes_by_reference_in_order(link: HeldLink) -> None:
+    service, codec = make_service(link)
+    big = rec_with_body("b " * 100_000)
+    service.on_exchange(rec_with_body("first"))
+    service.on_exchange(big)
+    service.on_exchange(rec_with_body("last"))
+    assert link._chunks[1] is big.request_body  # not copied on the loop
+    assert link.pending() == len(link.out) + link._chunk_bytes
+    records = link.run_all(codec)
+    assert [r["ctp_prompt_tokens"] is not None for r in records] == [True, True, True]
+    assert records[1]["ctp_prompt_tokens"] > 50_000 > records[0]["ctp_prompt_tokens"]
 
 
 def test_past_the_limit_records_are_dropped_and_counted(link: HeldLink) -> None:

@@ -111,20 +111,24 @@ def _text(out: bytearray, v: str | None) -> None:
     out += b
 
 
-def pack_exchange(rec: Any, body: bytes | bytearray | None, out: bytearray) -> int:
+def pack_exchange(
+    rec: Any, body: bytes | bytearray | None, out: bytearray, defer_body: bool = False
+) -> int:
     """Append one frame for ``rec`` (an ExchangeRecord) to ``out``, with ``body`` (the
     request body, or None to send the record without it). Returns the bytes appended.
+    With ``defer_body`` the frame stops after the body's length: the caller sends the
+    body's bytes next (a large body then goes out by reference, never copied).
     On an error (a field of the wrong type) ``out`` is left as it was."""
     start = len(out)
     try:
-        _pack(rec, body, out)
+        _pack(rec, body, out, defer_body)
     except BaseException:
         del out[start:]
         raise
     return len(out) - start
 
 
-def _pack(rec: Any, body: bytes | bytearray | None, out: bytearray) -> None:
+def _pack(rec: Any, body: bytes | bytearray | None, out: bytearray, defer_body: bool) -> None:
     start = len(out)
     flags = FLAG_STREAMING if rec.streaming else 0
     usage = rec.usage
@@ -195,10 +199,12 @@ def _pack(rec: Any, body: bytes | bytearray | None, out: bytearray) -> None:
         for k, v in replacement.items():
             _text(out, k)
             _text(out, v)
+    size = len(out) - start - 4
     if body is not None:
         out += _U32.pack(len(body))
-        out += body
-    size = len(out) - start - 4
+        size += 4 + len(body)
+        if not defer_body:
+            out += body
     if size > 0xFFFFFFFF:
         raise OverflowError("an exchange frame is limited to 4 GiB")
     out[start : start + 4] = _U32.pack(size)
