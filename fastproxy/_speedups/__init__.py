@@ -45,6 +45,7 @@ __all__ = [
     "count_bytes",
     "estimate_tokens",
     "pack_exchange",
+    "parse_simple_request",
     "unpack_exchanges",
 ]
 
@@ -97,6 +98,7 @@ if TYPE_CHECKING:
         count_bytes,
         estimate_tokens,
         pack_exchange,
+        parse_simple_request,
         unpack_exchanges,
     )
 else:
@@ -128,6 +130,7 @@ else:
     EXCHANGE_FIELDS = _impl.EXCHANGE_FIELDS
     EXCHANGE_USAGE = _impl.EXCHANGE_USAGE
     pack_exchange = _impl.pack_exchange
+    parse_simple_request = _impl.parse_simple_request
     unpack_exchanges = _impl.unpack_exchanges
 
 del _select

@@ -41,6 +41,8 @@ from typing import cast
 
 import httptools
 
+from .._speedups import IMPLEMENTATION as SPEEDUPS
+from .._speedups import parse_simple_request
 from ..core.auth import presented_key, verify
 from ..core.errors import GatewayError, RequestRejected
 from ..core.flow import FlowControl
@@ -109,6 +111,7 @@ class ClientProtocol(asyncio.Protocol):
         "_timer",
         "_timer_at",
         "_url",
+        "_whole_ok",
         "closed",
         "connection_id",
         "current",
@@ -158,6 +161,9 @@ class ClientProtocol(asyncio.Protocol):
         self._deadline = 0.0  # when the current phase times out; 0: no deadline
         self._phase = Phase.IDLE
         self.closed = False
+        # Only the compiled parser is worth the detour: the pure twin is as slow as the
+        # callbacks it would save.
+        self._whole_ok = SPEEDUPS == "cython"
 
     @property
     def busy(self) -> bool:
@@ -293,6 +299,14 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if (
+            self._whole_ok
+            and self.req is None
+            and self.current is None
+            and not self.queue
+            and self._whole(data)
+        ):
+            return
         in_head, begun, idle = self._in_head, self._messages, self.req is None
         self._feed(data)
         if self._in_head and not self.closed:
@@ -392,11 +406,30 @@ class ClientProtocol(asyncio.Protocol):
         req = self.req
         assert req is not None
         parser = self._parser
-        req.method = parser.get_method()
-        req.http11 = parser.get_http_version() == "1.1"
-        req.keep_alive = parser.should_keep_alive()
+        self._head_complete(
+            req,
+            parser.get_method(),
+            parser.get_http_version() == "1.1",
+            parser.should_keep_alive(),
+            b"".join(self._url),
+            False,
+        )
+
+    def _head_complete(
+        self,
+        req: Request,
+        method: bytes,
+        http11: bool,
+        keep_alive: bool,
+        target: bytes,
+        whole: bool,
+    ) -> None:
+        """Everything decided from a complete head, whichever parser read it; ``whole``:
+        the body is already here (no body deadline, no ``100 Continue``)."""
+        req.method = method
+        req.http11 = http11
+        req.keep_alive = keep_alive
         req.index_headers()
-        target = b"".join(self._url)
         path, _, query = target.partition(b"?")
         req.resolve(path)
         req.query = query
@@ -435,6 +468,8 @@ class ClientProtocol(asyncio.Protocol):
             # The body is read only for a request the gateway will serve: anything else
             # is answered now, before the client sends it (or waits for 100 Continue).
             self._check_route(req)
+            if whole:
+                return
             self._last_body_at = self._loop.time()
             self._arm(Phase.BODY, self._timeouts.body_idle_seconds)
             if req.header(b"expect") == b"100-continue" and self.current is None and not self.queue:
@@ -488,6 +523,9 @@ class ClientProtocol(asyncio.Protocol):
         assert req is not None
         if req.expects_body and not req.body_size and self._parser.should_upgrade():
             return  # its body follows the upgrade point: _ignore_upgrade reads it
+        self._complete(req)
+
+    def _complete(self, req: Request) -> None:
         self.req = None
         self._cancel_timer()
         req.body_buf = None
@@ -498,6 +536,35 @@ class ClientProtocol(asyncio.Protocol):
             self._pause_reading()
         if len(self.queue) > MAX_PIPELINE:
             self._pause_reading()
+
+    def _whole(self, data: bytes) -> bool:
+        """The usual request, whole in one read, parsed in one call (the compiled
+        `parse_simple_request`) instead of a Python callback per element. False: not
+        such a request; httptools reads it, and any verdict on it is its own."""
+        lim = self._limits
+        parsed = parse_simple_request(
+            data, lim.max_request_line_bytes, lim.max_head_bytes, lim.max_headers
+        )
+        if parsed is None:
+            return False
+        method, target, headers, head_size, body_start, length = parsed
+        req = Request(self._loop.time())
+        req.headers = headers
+        req.head_size = head_size
+        req.host_count = 1  # the parser takes no other count
+        self.req = req
+        self._url = [target]
+        self._messages += 1
+        try:
+            self._head_complete(req, method, True, True, target, True)
+        except GatewayError as err:
+            self._reject_now(err)
+            return True
+        if length:
+            req.body = data[body_start:] if body_start else data
+            req.body_size = length
+        self._complete(req)
+        return True
 
     # -- responses -------------------------------------------------------------------
     def _reject_now(self, err: GatewayError) -> None:

@@ -12,6 +12,7 @@ Speed still matters here (a gateway without a compiler runs on this): the hot pa
 
 from .counters import CounterBlock, count_bytes
 from .delta import DELTA_ERROR, DELTA_NAME, DELTA_USAGE, DeltaScanner
+from .head import parse_simple_request
 from .record import EXCHANGE_FIELDS, EXCHANGE_USAGE, pack_exchange, unpack_exchanges
 from .sse import (
     NOTE_ERROR,
@@ -63,5 +64,6 @@ __all__ = [
     "count_bytes",
     "estimate_tokens",
     "pack_exchange",
+    "parse_simple_request",
     "unpack_exchanges",
 ]

@@ -1,0 +1,102 @@
+"""parse_simple_request: one complete, plain HTTP/1.1 request in one call (the reference).
+
+The data port's usual request arrives whole in one read: a POST with a Content-Length
+body, a handful of ordinary headers. httptools parses it through a Python callback per
+element (message begin, URL, each header, head end, body, message end); this parses the
+same bytes in one call and hands back what those callbacks would have built.
+
+It accepts a deliberately narrow subset of HTTP/1.1 and returns None for anything else,
+so the caller feeds those bytes to httptools instead, which then decides (and refuses
+what must be refused). Never a different verdict: whatever this accepts, the strict
+parser accepts with the same method, target, headers and body (tests/speedups test it
+against httptools). None for:
+
+- a method outside GET/HEAD/POST/PUT/PATCH/DELETE/OPTIONS, a target that does not start
+  with "/" or holds a byte outside the URI characters, any version but HTTP/1.1;
+- a header name outside the token characters, a value with a byte outside visible
+  ASCII, space and tab, a folded line, a bare LF anywhere;
+- Transfer-Encoding, Upgrade, Expect, a Connection header other than "keep-alive", a
+  Content-Length that is not 1-18 digits or appears twice, a Host count other than one;
+- more headers, head bytes or target bytes than the caller's limits;
+- bytes before the end of the head or the body, or after the body (a pipelined request).
+
+The result: ``(method, target, headers, head_size, body_start, content_length)``, header
+names lower-cased, values without their leading spaces and tabs (as httptools gives them), ``head_size`` counted as
+the data port counts it (name + value + 4 per header).
+"""
+
+from __future__ import annotations
+
+METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"))
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_URI = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%"
+)
+_REFUSED = frozenset((b"transfer-encoding", b"upgrade", b"expect"))
+_DIGITS = frozenset(b"0123456789")
+
+Parsed = tuple[bytes, bytes, list[tuple[bytes, bytes]], int, int, int]
+
+
+def _value_ok(value: bytes) -> bool:
+    # Visible ASCII, space and tab only: obs-text (bytes >= 0x80) goes to httptools too.
+    return all(0x20 <= c < 0x7F or c == 0x09 for c in value)
+
+
+def parse_simple_request(
+    data: bytes, max_target: int, max_head: int, max_headers: int
+) -> Parsed | None:
+    if type(data) is not bytes:
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = data[:end]
+    if b"\n" in head.replace(b"\r\n", b""):
+        return None  # a bare LF (or a CR without its LF: refused below by _value_ok)
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        return None
+    method, target, version = parts
+    if method not in METHODS or version != b"HTTP/1.1":
+        return None
+    if not target.startswith(b"/") or len(target) > max_target:
+        return None
+    if any(c not in _URI for c in target):
+        return None
+    if len(lines) - 1 > max_headers:
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    head_size = 0
+    hosts = 0
+    length = -1
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or any(c not in _TCHAR for c in name):
+            return None
+        value = value.lstrip(b" \t")  # trailing spaces stay, as httptools leaves them
+        if not _value_ok(value):
+            return None
+        name = name.lower()
+        if name in _REFUSED:
+            return None
+        if name == b"connection":
+            if value.lower() != b"keep-alive":
+                return None
+        elif name == b"host":
+            hosts += 1
+        elif name == b"content-length":
+            if length >= 0 or not 0 < len(value) <= 18 or any(c not in _DIGITS for c in value):
+                return None
+            length = int(value)
+        head_size += len(name) + len(value) + 4
+        headers.append((name, value))
+    if hosts != 1 or head_size > max_head:
+        return None
+    body_start = end + 4
+    if length < 0:
+        length = 0
+    if len(data) != body_start + length:
+        return None
+    return method, target, headers, head_size, body_start, length
