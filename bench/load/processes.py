@@ -356,7 +356,11 @@ def start_fastproxy(
     cpus: tuple[int, ...] | None,
     python: str = sys.executable,
     src: Path | None = None,
+    helper_cpus: tuple[int, ...] | None = None,
 ) -> Proc:
+    """fastproxy with its helper processes (the usage recorder) measured with it and
+    pinned to ``helper_cpus``: the other core, like a writer process on a core of its
+    own, so the relay's core runs the event loop alone."""
     pdir = workdir / name
     pdir.mkdir()
     cfg_path = pdir / "config.yaml"
@@ -385,8 +389,22 @@ def start_fastproxy(
         str(admin_port),
     ]
     popen, log = spawn("fastproxy", argv, pdir, clean_env(src, python))
-    proc = Proc(name, popen, port, pdir, log, info={"config": config, "admin_port": admin_port})
-    return checked_start(proc, 30)
+    proc = Proc(
+        name,
+        popen,
+        port,
+        pdir,
+        log,
+        info={"config": config, "admin_port": admin_port},
+        measure_children=True,
+    )
+    proc = checked_start(proc, 30)
+    if helper_cpus is not None:
+        # The recorder is started before the data port listens: it exists by now.
+        for child in _children(popen.pid):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(child, helper_cpus)
+    return proc
 
 
 def python_cmd(python: str, src: Path | None) -> list[str]:

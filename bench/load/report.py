@@ -363,8 +363,9 @@ def cpu_table(sc: dict[str, Any]) -> list[str]:
     """CPU µs per request (ms per 1,000) of each process of the chain, the relay split by thread.
 
     ``loop`` is the relay's main thread (fastproxy's event loop; nginx's master), ``other
-    threads`` the rest of that process (fastproxy's usage writer and executor threads),
-    ``child processes`` nginx's worker. Medians over rounds of each round's figure."""
+    threads`` the rest of that process (fastproxy's executor threads), ``child
+    processes`` nginx's worker or fastproxy's usage recorder (pinned to the backend's
+    core). Medians over rounds of each round's figure."""
     rows = []
     for name, t in sc["targets"].items():
         if not t.get("rounds") or t.get("backend_cpu_s_per_1k_req") is None:

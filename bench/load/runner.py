@@ -175,7 +175,13 @@ class Suite:
         if name == "fastproxy" or name in FEATURES:
             cfg = P.fastproxy_config(self.backend.port, sub, **self.features.get(name, {}))
             return P.start_fastproxy(
-                name, cfg, sub, cpus, self.opts.python, self.opts.fastproxy_src
+                name,
+                cfg,
+                sub,
+                cpus,
+                self.opts.python,
+                self.opts.fastproxy_src,
+                helper_cpus=self.pin.mock,
             )
         if name == "litellm":
             return peers.start_litellm(self.backend.port, sub, cpus, self.litellm_python)
