@@ -113,6 +113,18 @@ def report(stats_file: Path, requests: int, top: int) -> str:
     return "\n".join(out)
 
 
+def _pin_helpers(pid: int) -> None:
+    """The gateway's helper processes (the usage recorder) to CPU 1, as bench/load pins
+    them: the profiled core runs the event loop alone."""
+    from bench.load.processes import _children
+
+    for child in _children(pid):
+        try:
+            os.sched_setaffinity(child, {1})
+        except OSError:
+            pass
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and all its threads so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -191,6 +203,7 @@ def _perf_run(args: argparse.Namespace, wrk: str, work: Path) -> None:
             stderr=(work / "gw.log").open("wb"),
         )
         wait_port(port, 30, gateway)
+        _pin_helpers(gateway.pid)
         body = SSE_BODY if args.stream else JSON_BODY
         lua = _LUA.format(body=body, tokens=200 if args.stream else 16)
         if args.stream:
@@ -293,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             stderr=(work / "gw.log").open("wb"),
         )
         wait_port(port, 30, gateway)
+        _pin_helpers(gateway.pid)
         body = SSE_BODY if args.stream else JSON_BODY
         (work / "post.lua").write_text(_LUA.format(body=body, tokens=200 if args.stream else 16))
         wrk_out = subprocess.run(
