@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import urllib.error
@@ -258,6 +259,9 @@ def watch(
     prog: str, first: Any, fetch: Callable[[], Any], ns: Any, table: Callable[[], None]
 ) -> int:
     """``--watch``: JSON lines with ``--json``, else the live table, until Ctrl-C."""
+    # Ctrl-C is how a watch ends, even when the shell that started it ignores SIGINT (a
+    # background job without job control): Python keeps an inherited SIG_IGN otherwise.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if ns.json:
             watch_json(prog, first, fetch, ns.interval)
