@@ -407,6 +407,32 @@ def start_fastproxy(
     return proc
 
 
+def start_pinned_gateway(
+    work: Path, config: dict[str, Any], args: list[str], ports: tuple[int, ...]
+) -> subprocess.Popen[bytes]:
+    """A gateway for the profiling tools (bench.profile, bench.usage.saturation): the
+    config written to ``work/fastproxy.yaml``, ``python *args`` on CPU 0 with
+    ``{config}`` in ``args`` replaced by its path, its helper processes (the usage
+    recorder) pinned to CPU 1 once ``ports`` listen, its log in ``work/gw.log``."""
+    path = work / "fastproxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "FASTPROXY_NO_EXTENSIONS"}
+    argv = [a.replace("{config}", str(path)) for a in args]
+    gateway = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, *argv],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "gw.log").open("wb"),
+    )
+    for port in ports:
+        wait_port(port, 30, gateway)
+    for child in _children(gateway.pid):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(child, {1})
+    return gateway
+
+
 def python_cmd(python: str, src: Path | None) -> list[str]:
     """How to start the interpreter for fastproxy code (see clean_env for the -S)."""
     return [python] if src is None else [python, "-S"]

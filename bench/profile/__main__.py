@@ -39,9 +39,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
-from bench.load.processes import fastproxy_config, free_port, start_mock, wait_port
+from bench.load.processes import fastproxy_config, free_port, start_mock, start_pinned_gateway
 from bench.load.scenarios import JSON_BODY, SSE_BODY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,18 +111,6 @@ def report(stats_file: Path, requests: int, top: int) -> str:
     return "\n".join(out)
 
 
-def _pin_helpers(pid: int) -> None:
-    """The gateway's helper processes (the usage recorder) to CPU 1, as bench/load pins
-    them: the profiled core runs the event loop alone."""
-    from bench.load.processes import _children
-
-    for child in _children(pid):
-        try:
-            os.sched_setaffinity(child, {1})
-        except OSError:
-            pass
-
-
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and all its threads so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -192,18 +178,8 @@ def _perf_run(args: argparse.Namespace, wrk: str, work: Path) -> None:
         port = free_port()
         cfg["port"] = port
         cfg["admin"] = {"enabled": False}
-        (work / "fastproxy.yaml").write_text(yaml.safe_dump(cfg))
-        env = {k: v for k, v in os.environ.items() if k != "FASTPROXY_NO_EXTENSIONS"}
-        run = [sys.executable, "-m", "fastproxy", "run", "--config", str(work / "fastproxy.yaml")]
-        gateway = subprocess.Popen(
-            ["taskset", "-c", "0", *run],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(work / "gw.log").open("wb"),
-        )
-        wait_port(port, 30, gateway)
-        _pin_helpers(gateway.pid)
+        run = ["-m", "fastproxy", "run", "--config", "{config}"]
+        gateway = start_pinned_gateway(work, cfg, run, (port,))
         body = SSE_BODY if args.stream else JSON_BODY
         lua = _LUA.format(body=body, tokens=200 if args.stream else 16)
         if args.stream:
@@ -286,27 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         cfg["port"] = port
         cfg["admin"] = {"enabled": False}
-        (work / "fastproxy.yaml").write_text(yaml.safe_dump(cfg))
         prof = work / "gateway.prof"
-        env = {k: v for k, v in os.environ.items() if k != "FASTPROXY_NO_EXTENSIONS"}
-        gateway = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                "0",
-                sys.executable,
-                "-m",
-                "bench.profile.child",
-                str(work / "fastproxy.yaml"),
-                str(prof),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(work / "gw.log").open("wb"),
-        )
-        wait_port(port, 30, gateway)
-        _pin_helpers(gateway.pid)
+        child = ["-m", "bench.profile.child", "{config}", str(prof)]
+        gateway = start_pinned_gateway(work, cfg, child, (port,))
         body = SSE_BODY if args.stream else JSON_BODY
         (work / "post.lua").write_text(_LUA.format(body=body, tokens=200 if args.stream else 16))
         wrk_out = subprocess.run(

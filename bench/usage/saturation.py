@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sqlite3
@@ -29,20 +28,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 from bench.load.backend import start_nginx_backend
 from bench.load.processes import (
     _children,
     cpu_seconds,
     fastproxy_config,
     free_port,
+    start_pinned_gateway,
     thread_cpu_seconds,
-    wait_port,
 )
 from bench.load.scenarios import JSON_BODY
 
-ROOT = Path(__file__).resolve().parents[2]
 _LUA = """wrk.method = "POST"
 wrk.body = [[{body}]]
 wrk.headers["Content-Type"] = "application/json"
@@ -73,21 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         port, admin_port = free_port(), free_port()
         cfg["port"] = port
         cfg["admin"] = {"port": admin_port}
-        (work / "fastproxy.yaml").write_text(yaml.safe_dump(cfg))
-        run = [sys.executable, "-m", "fastproxy", "run", "--config", str(work / "fastproxy.yaml")]
-        env = {k: v for k, v in os.environ.items() if k != "FASTPROXY_NO_EXTENSIONS"}
-        gateway = subprocess.Popen(
-            ["taskset", "-c", "0", *run],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(work / "gw.log").open("wb"),
-        )
-        wait_port(port, 30, gateway)
-        wait_port(admin_port, 30, gateway)
+        run = ["-m", "fastproxy", "run", "--config", "{config}"]
+        gateway = start_pinned_gateway(work, cfg, run, (port, admin_port))
         recorders = _children(gateway.pid)
-        for pid in recorders:
-            os.sched_setaffinity(pid, {1})
         (work / "post.lua").write_text(_LUA.format(body=JSON_BODY))
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         loop0 = thread_cpu_seconds(gateway.pid).get(gateway.pid, 0.0)
