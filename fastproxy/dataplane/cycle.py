@@ -123,6 +123,7 @@ class RequestCycle:
         "_body",
         "_candidates",
         "_conn",
+        "_ctype",
         "_deadline",
         "_dialect",
         "_flow",
@@ -646,7 +647,7 @@ class RequestCycle:
             None,
             resp.header(b"retry-after") if resp.status == 429 else None,
         )
-        ctype = resp.header(b"content-type") or b""
+        ctype = self._ctype = resp.header(b"content-type") or b""
         if resp.status == 200 and ctype.startswith(b"text/event-stream"):
             self._start_stream(resp)
             return
@@ -717,8 +718,7 @@ class RequestCycle:
         rec.upstream_done_at = time.monotonic()
         extra = [b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n"]
         parsed: Any = None
-        ctype = resp.header(b"content-type") or b""
-        ok = 200 <= resp.status < 300 and b"json" in ctype
+        ok = 200 <= resp.status < 300 and b"json" in self._ctype
         if ok:
             parsed = json_obj(body)
             usage = json_usage(parsed, dialect.name)

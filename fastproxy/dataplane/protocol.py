@@ -41,8 +41,7 @@ from typing import cast
 
 import httptools
 
-from .._speedups import IMPLEMENTATION as SPEEDUPS
-from .._speedups import parse_simple_request
+from .._speedups import IMPLEMENTATION, parse_simple_request
 from ..core.auth import presented_key, verify
 from ..core.errors import GatewayError, RequestRejected
 from ..core.flow import FlowControl
@@ -65,6 +64,9 @@ class Phase(IntEnum):
 
 
 MAX_PIPELINE = 16
+# A whole request in one read goes to the compiled `parse_simple_request` only when the
+# core is compiled: the pure twin is as slow as the callbacks it would save.
+WHOLE_IN_ONE_CALL = IMPLEMENTATION == "cython"
 # Head of the synthetic message that lets a fresh parser go on reading the body of a
 # request whose Upgrade the gateway ignores (httptools hands everything after an upgrade
 # request's head to "the other protocol"); its callbacks are muted.
@@ -111,7 +113,6 @@ class ClientProtocol(asyncio.Protocol):
         "_timer",
         "_timer_at",
         "_url",
-        "_whole_ok",
         "closed",
         "connection_id",
         "current",
@@ -161,9 +162,6 @@ class ClientProtocol(asyncio.Protocol):
         self._deadline = 0.0  # when the current phase times out; 0: no deadline
         self._phase = Phase.IDLE
         self.closed = False
-        # Only the compiled parser is worth the detour: the pure twin is as slow as the
-        # callbacks it would save.
-        self._whole_ok = SPEEDUPS == "cython"
 
     @property
     def busy(self) -> bool:
@@ -300,7 +298,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed:
             return
         if (
-            self._whole_ok
+            WHOLE_IN_ONE_CALL
             and self.req is None
             and self.current is None
             and not self.queue
@@ -561,7 +559,7 @@ class ClientProtocol(asyncio.Protocol):
             self._reject_now(err)
             return True
         if length:
-            req.body = data[body_start:] if body_start else data
+            req.body = data[body_start:]
             req.body_size = length
         self._complete(req)
         return True
