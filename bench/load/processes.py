@@ -114,6 +114,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Move every thread of ``pid`` to ``cpus``. ``sched_setaffinity(pid)`` alone moves
+    only the thread whose id is the pid: a helper's threads started before it (the
+    recorder's writer) would stay where they were, on the relay's core."""
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cpus)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime+stime of ``pid`` from /proc/PID/stat (fields 14 and 15), in seconds."""
     try:
@@ -402,8 +412,7 @@ def start_fastproxy(
     if helper_cpus is not None:
         # The recorder is started before the data port listens: it exists by now.
         for child in _children(popen.pid):
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(child, helper_cpus)
+            pin_process(child, set(helper_cpus))
     return proc
 
 
@@ -428,8 +437,7 @@ def start_pinned_gateway(
     for port in ports:
         wait_port(port, 30, gateway)
     for child in _children(gateway.pid):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(child, {1})
+        pin_process(child, {1})
     return gateway
 
 
