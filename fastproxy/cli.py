@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway (data and admin listeners)")
     _add_config_flags(run)
 
-    check = sub.add_parser("check-config", help="validate the config and print the result")
+    check = sub.add_parser(
+        "check-config",
+        help="validate the config, print the result and warn about unsafe combinations",
+    )
     _add_config_flags(check)
 
     sub.add_parser("mock-llm", help="run the mock LLM server (OpenAI + Anthropic)", add_help=False)
@@ -97,11 +100,19 @@ def _extra_commands() -> list[Any]:
 
 
 def _cmd_check_config(ns: argparse.Namespace) -> int:
+    from .config.lint import lint
+
     loaded = load_from_args(ns)
+    findings = lint(loaded.config)
     print(f"config file: {loaded.file or '(none found; built-in defaults)'}")
-    print("configuration is valid; effective values (secrets masked):")
+    warned = f" with {len(findings)} warning(s) on stderr" if findings else ""
+    print(f"configuration is valid{warned}; effective values (secrets masked):")
     for key, value in _flatten(msgspec.to_builtins(loaded.config)):
         print(f"  {key} = {_mask(key, value)}    # {loaded.origin(key)}")
+    # Warnings leave the exit status 0: the config starts, and a script that gates on
+    # check-config should not fail on what the operator may have meant.
+    for code, message in findings:
+        print(f"fastproxy check-config: warning [{code}]: {message}", file=sys.stderr)
     return 0
 
 

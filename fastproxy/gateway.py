@@ -26,6 +26,7 @@ from .admin.service import AdminService
 from .admin.table import MonitoringApi
 from .admin.views import Views
 from .config import BackendConfig, Config, LoadedConfig
+from .config.lint import log_findings
 from .core.access import AccessPolicy
 from .core.clock import HttpDate
 from .core.records import Counters
@@ -327,6 +328,7 @@ def run_gateway(loaded: LoadedConfig) -> int:
     configure_logging(loaded.config.log_level)
     if loaded.file:
         log.info("config file: %s", loaded.file)
+    log_findings(loaded.config, log)
     if sys.version_info >= (3, 12):
         return asyncio.run(serve(loaded.config), loop_factory=uvloop.new_event_loop)
     return uvloop.run(serve(loaded.config))
