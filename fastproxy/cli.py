@@ -9,14 +9,17 @@ gateway answered that something is off"; docs/cli.md has the whole table.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from ._version import __version__
 from .config import CLI_FLAGS, ConfigError, LoadedConfig, load_config, parse_replacement_rule
+from .service_unit import DEFAULT_CONFIG_PATH, render_unit
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +76,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(check)
 
+    service = sub.add_parser("service", help="run fastproxy as a system service")
+    service_sub = service.add_subparsers(dest="service_command", metavar="SUBCOMMAND")
+    service_sub.required = True
+    unit = service_sub.add_parser(
+        "unit",
+        help="print a systemd unit for this install",
+        description="Print a systemd unit that runs this install's fastproxy "
+        "(the Python running this command). Its stop timeout and file limit follow "
+        "the config file, when it exists here.",
+    )
+    unit.add_argument(
+        "--config",
+        metavar="PATH",
+        default=DEFAULT_CONFIG_PATH,
+        help=f"the config file the service reads (default {DEFAULT_CONFIG_PATH})",
+    )
+    unit.add_argument(
+        "--python",
+        metavar="PATH",
+        default=sys.executable,
+        help="the Python of the install to run (default: this one, %(default)s)",
+    )
+    unit.add_argument(
+        "--cap-net-raw",
+        action="store_true",
+        help="grant CAP_NET_RAW for raw-socket ICMP pings (only where "
+        "net.ipv4.ping_group_range refuses unprivileged ICMP sockets)",
+    )
+
     sub.add_parser("mock-llm", help="run the mock LLM server (OpenAI + Anthropic)", add_help=False)
     for module in _extra_commands():
         before = set(sub.choices)
@@ -113,6 +145,43 @@ def _cmd_check_config(ns: argparse.Namespace) -> int:
     # check-config should not fail on what the operator may have meant.
     for code, message in findings:
         print(f"fastproxy check-config: warning [{code}]: {message}", file=sys.stderr)
+    return 0
+
+
+def _cmd_service(ns: argparse.Namespace) -> int:
+    from .config.lint import fds_needed
+    from .gateway import CUT_EXCHANGES_WAIT_S
+    from .storage.recorder_link import STOP_TIMEOUT_S
+
+    config_path = os.path.abspath(ns.config)
+    python = os.path.abspath(ns.python)
+    if Path(config_path).is_file():
+        # Only the file: the service's environment is its EnvironmentFile, not this
+        # shell's, and neither drain_seconds nor max_connections has a variable.
+        loaded = load_config(config_file=config_path, env={}, use_files=False)
+        origin = f"read from {config_path}"
+    else:
+        loaded = load_config(env={}, use_files=False)
+        origin = f"the default ({config_path} did not exist where this unit was made)"
+    config = loaded.config
+    if not os.access(python, os.X_OK):
+        print(
+            f"fastproxy service unit: note: {python} is not an executable here; "
+            "the unit is for the machine where it is",
+            file=sys.stderr,
+        )
+    print(
+        render_unit(
+            python=python,
+            config_path=config_path,
+            drain_seconds=config.timeouts.drain_seconds,
+            drain_origin=origin,
+            stop_after_drain_seconds=CUT_EXCHANGES_WAIT_S + STOP_TIMEOUT_S + 5.0,
+            fds_needed=fds_needed(config),
+            cap_net_raw=ns.cap_net_raw,
+        ),
+        end="",
+    )
     return 0
 
 
@@ -157,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check_config(ns)
         if ns.command == "run":
             return _cmd_run(ns)
+        if ns.command == "service":
+            return _cmd_service(ns)
         runner = getattr(ns, "run_command", None)
         if runner is not None:
             return int(runner(ns))

@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "logs": {"core", "config"},
     "memory": set(),
     "systemd": set(),
+    "service_unit": set(),
     "mockllm": {"core", "config", "_speedups", "logs"},
     "monitor": {"storage", "httpclient", "core", "config", "_speedups", "_version", "logs"},
     "dataplane": {"httpclient", "core", "config", "_speedups", "logs"},
