@@ -25,7 +25,7 @@ import uvloop
 from .admin.service import AdminService
 from .admin.table import MonitoringApi
 from .admin.views import Views
-from .config import BackendConfig, Config, LoadedConfig
+from .config import BackendConfig, Config, ConfigError, LoadedConfig
 from .config.lint import log_findings
 from .core.access import AccessPolicy
 from .core.clock import HttpDate
@@ -44,6 +44,7 @@ from .monitor.health import HealthService
 from .monitor.metrics import MetricsCollector
 from .monitor.rate_limits import RateLimitWatch
 from .monitor.usage_service import UsageService
+from .reload import ReloadPlan, plan_reload
 from .systemd import Notifier
 
 log = logging.getLogger("fastproxy")
@@ -77,6 +78,10 @@ class Gateway:
         self.admin: AdminService | None = None
         self.monitoring: MonitoringApi | None = None
         self._services: list[Service] = []
+        self._sinks: list[ExchangeSink] = []
+        self._views: Views | None = None
+        self._retired_pools: list[UpstreamPool] = []
+        self._reload_lock = asyncio.Lock()
         self._servers: list[asyncio.base_events.Server] = []
         self._ticker: asyncio.TimerHandle | None = None
         self._notifier = Notifier(self._env)
@@ -88,18 +93,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         cfg = self.config
         backends, default_backend = await self._build_backends()
-        limits = cfg.limits
-        pools = {
-            b.name: UpstreamPool(
-                b,
-                loop,
-                max_head_bytes=limits.max_head_bytes,
-                max_headers=limits.max_headers,
-                max_body_bytes=limits.max_response_body_bytes,
-                max_connections=limits.max_connections,
-            )
-            for b in backends.values()
-        }
+        pools = {b.name: self._pool(b, loop) for b in backends.values()}
         await self._discover_models(backends, loop)
 
         # Monitoring services: made, then started; each knows only its own inputs.
@@ -116,7 +110,7 @@ class Gateway:
             self._services.append(service)
 
         # The data plane, with the services plugged into its seams.
-        sinks: list[ExchangeSink] = [metrics]
+        sinks = self._sinks = [metrics]
         if usage is not None:
             sinks.append(usage)
         plane = self.plane = DataPlane(
@@ -134,7 +128,7 @@ class Gateway:
         )
         # The admin plane's one route table, read through the views, served on the data
         # port (through the MonitoringPort seam) and on the admin listener.
-        views = Views(
+        views = self._views = Views(
             config=cfg,
             backends=backends,
             plane=plane,
@@ -166,8 +160,21 @@ class Gateway:
         self.started.set()
         self._notifier.ready(f"listening on {cfg.host}:{self.port}")
 
+    def _pool(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> UpstreamPool:
+        limits = self.config.limits
+        return UpstreamPool(
+            backend,
+            loop,
+            max_head_bytes=limits.max_head_bytes,
+            max_headers=limits.max_headers,
+            max_body_bytes=limits.max_response_body_bytes,
+            max_connections=limits.max_connections,
+        )
+
     async def _build_backends(self) -> tuple[dict[str, Backend], str | None]:
         if not self.config.backends:
+            if self.demo is not None:  # a reload that still configures none
+                return {"demo": self.plane.backends["demo"]}, "demo"  # type: ignore[union-attr]
             self.demo = MockLLMServer(host="127.0.0.1", port=0)
             await self.demo.start()
             demo = Backend(
@@ -243,6 +250,85 @@ class Gateway:
         # Wake at the next whole second so the Date header is right to the second.
         self._ticker = plane.loop.call_later(1.0 - (time.time() % 1.0), self._tick)
 
+    # -- reload (fastproxy/reload.py says what changes and why it is safe) --------------
+    async def reload(self, loaded: LoadedConfig) -> ReloadPlan | None:
+        """Apply ``loaded`` to the running gateway; None when nothing was applied (not
+        started, stopping, or building the new generation failed: logged)."""
+        async with self._reload_lock:
+            plane, views, old_health = self.plane, self._views, self.health
+            if plane is None or views is None or old_health is None or plane.draining:
+                return None
+            self._notifier.reloading()
+            try:
+                plan = await self._reload(loaded, plane, views, old_health)
+            except Exception as exc:
+                log.error("reload failed (%s); the running config is kept", exc, exc_info=True)
+                plan = None
+            self._notifier.ready(f"listening on {self.config.host}:{self.port}")
+            return plan
+
+    async def _reload(
+        self, loaded: LoadedConfig, plane: DataPlane, views: Views, old_health: HealthService
+    ) -> ReloadPlan:
+        loop = plane.loop
+        plan = plan_reload(self.config, loaded.config)
+        for key in plan.restart_keys:
+            log.warning(
+                "reload: %s changed in the config; it takes effect after a restart "
+                "(the running value is kept)",
+                key,
+            )
+        running = self.config
+        self.config = plan.config  # _build_backends and _pool read the new config
+        try:
+            built, default_backend = await self._build_backends()
+            kept = set(plan.kept) | ({"demo"} if "demo" in plane.backends else set())
+            # A backend unchanged by the reload keeps its object (discovered models, key,
+            # pool, breaker); anything else is new.
+            backends = {n: plane.backends[n] if n in kept else b for n, b in built.items()}
+            fresh = {n: b for n, b in backends.items() if n not in kept}
+            await self._discover_models(fresh, loop)
+            pools = {
+                n: plane.pools[n] if n in kept else self._pool(b, loop) for n, b in backends.items()
+            }
+            limits = plan.config.limits
+            for pool in pools.values():
+                pool.max_head_bytes = limits.max_head_bytes
+                pool.max_headers = limits.max_headers
+                pool.max_body_bytes = limits.max_response_body_bytes
+            health = HealthService(plan.config, backends, loop)
+            health.adopt(old_health, kept)
+            await health.start()
+        except BaseException:
+            self.config = running
+            raise
+        # The swap: synchronous, so no request is planned half on each generation.
+        retired = [p for n, p in plane.pools.items() if pools.get(n) is not p]
+        rate_limits = self.rate_limits
+        attempt_sinks = (health, rate_limits) if rate_limits is not None else (health,)
+        plane.reconfigure(
+            plan.config,
+            backends,
+            pools,
+            default_backend,
+            health,
+            Reporter(attempt_sinks, self._sinks),
+        )
+        views.config, views.backends, views.health = plan.config, backends, health
+        self._services = [health if s is old_health else s for s in self._services]
+        self.health = health
+        for pool in retired:
+            pool.retire()
+        self._retired_pools = [p for p in self._retired_pools if p.open_connections]
+        self._retired_pools += retired
+        await old_health.stop()
+        log.info(
+            "reload: config re-read%s: %s",
+            f" from {loaded.file}" if loaded.file else "",
+            plan.summary(),
+        )
+        return plan
+
     # -- stop ---------------------------------------------------------------------------
     async def stop(self) -> None:
         plane = self.plane
@@ -261,7 +347,7 @@ class Gateway:
         # Each cut request still hands its record to the usage service as it ends: wait
         # for them (they only unwind) before the store closes.
         await _until_idle(plane, CUT_EXCHANGES_WAIT_S)
-        for pool in plane.pools.values():
+        for pool in [*plane.pools.values(), *self._retired_pools]:
             pool.close()
         if self.admin is not None:
             await self.admin.stop()
@@ -293,11 +379,27 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-async def serve(config: Config) -> int:
+async def serve(loaded: LoadedConfig) -> int:
+    config = loaded.config
     gateway = Gateway(config)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals = 0
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def _reload() -> None:
+        try:
+            fresh = loaded.reread()
+        except ConfigError as exc:
+            log.error("reload refused: %s; the running config is kept", exc)
+            return
+        await gateway.reload(fresh)
+
+    def _on_hup() -> None:
+        # Each SIGHUP re-reads the file; Gateway.reload runs them one after another.
+        task = loop.create_task(_reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     def _on_signal() -> None:
         nonlocal signals
@@ -309,6 +411,7 @@ async def serve(config: Config) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal)
+    loop.add_signal_handler(signal.SIGHUP, _on_hup)
     try:
         await gateway.start()
     except OSError as exc:
@@ -330,5 +433,5 @@ def run_gateway(loaded: LoadedConfig) -> int:
         log.info("config file: %s", loaded.file)
     log_findings(loaded.config, log)
     if sys.version_info >= (3, 12):
-        return asyncio.run(serve(loaded.config), loop_factory=uvloop.new_event_loop)
-    return uvloop.run(serve(loaded.config))
+        return asyncio.run(serve(loaded), loop_factory=uvloop.new_event_loop)
+    return uvloop.run(serve(loaded))

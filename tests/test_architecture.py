@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "logs": {"core", "config"},
     "memory": set(),
     "systemd": set(),
+    "reload": {"config"},
     "service_unit": set(),
     "mockllm": {"core", "config", "_speedups", "logs"},
     "monitor": {"storage", "httpclient", "core", "config", "_speedups", "_version", "logs"},

@@ -22,8 +22,10 @@ from ..monitor.usage_service import UsageService
 from ..storage.usage_store import UsageStore
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Views:
+    # Not frozen: a reload (SIGHUP) sets config, backends and health to the new
+    # generation's, and every route built over this object reads them from then on.
     config: Config
     backends: Mapping[str, Backend]
     plane: PlaneStats

@@ -55,9 +55,17 @@ class LoadedConfig:
     config: Config
     file: str | None
     origins: Mapping[str, str] = field(default_factory=dict)
+    # What it was built from, so a reload (SIGHUP) can build it again the same way.
+    cli: Mapping[str, Any] = field(default_factory=dict)
 
     def origin(self, key: str) -> str:
         return self.origins.get(key, "default")
+
+    def reread(self, env: Mapping[str, str] | None = None) -> LoadedConfig:
+        """The config built again: the same file (as found at start-up, not looked for
+        again), the environment and the same command-line flags. Raises ConfigError
+        like `load_config` for a file that no longer reads or validates."""
+        return load_config(self.cli, config_file=self.file, env=env, use_files=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,7 +252,7 @@ def load_config(
     except RecursionError:
         raise ConfigError("configuration nested too deeply") from None
     _check(config, origins)
-    return LoadedConfig(config=config, file=path, origins=origins)
+    return LoadedConfig(config=config, file=path, origins=origins, cli=dict(cli or {}))
 
 
 # ---------------------------------------------------------------------------------------

@@ -134,6 +134,7 @@ class RequestCycle:
         "_last_error",
         "_on_done",
         "_peer_ip",
+        "_pools",
         "_relay",
         "_resp",
         "_retried_429",
@@ -418,6 +419,9 @@ class RequestCycle:
         )
         self._dialect, self._kind, self._body = dialect, kind, body
         self._candidates = candidates
+        # The pools of this routing generation: a reload replaces the plane's mapping,
+        # and a failover after it must still reach the backends planned here.
+        self._pools = plane.pools
         # One budget for the whole request: no attempt waits for a first byte past the
         # most patient candidate's first_byte_timeout_s; each attempt also keeps its own.
         self._deadline = time.monotonic() + max(
@@ -502,7 +506,7 @@ class RequestCycle:
                 UpstreamError("timeout", "request deadline passed", sent_nothing=True)
             )
             return
-        pool = self.plane.pools[backend.name]
+        pool = self._pools[backend.name]
         conn = pool.take_idle()
         if conn is not None:
             self._send(conn, True)
@@ -520,7 +524,7 @@ class RequestCycle:
         exc = task.exception()
         if self._stage is not Stage.CONNECT:
             if exc is None:  # finished meanwhile: the connection goes back unused
-                self.plane.pools[self._backend.name].release(task.result()[0])
+                self._pools[self._backend.name].release(task.result()[0])
             return
         if isinstance(exc, UpstreamError):
             self._guarded(self._attempt_failed, exc)

@@ -26,6 +26,14 @@ from ..httpclient.pool import UpstreamPool
 from ..logs import AccessLine
 
 
+def client_keys(config: Config) -> tuple[bytes, ...] | None:
+    """The API keys a client must present, as bytes; None when none is required."""
+    auth = config.auth
+    if auth.disable_auth or not auth.api_keys:
+        return None
+    return tuple(k.encode() for k in auth.api_keys)
+
+
 class Connection(Protocol):
     """What the gateway's stop sequence needs of a data-port connection."""
 
@@ -58,6 +66,7 @@ class DataPlane:
         date: HttpDate | None = None,
     ) -> None:
         self.config = config
+        self.auth_keys = client_keys(config)
         self.loop = loop
         self.backends: Mapping[str, Backend] = backends if backends is not None else {}
         self.pools: Mapping[str, UpstreamPool] = pools if pools is not None else {}
@@ -80,6 +89,26 @@ class DataPlane:
         self.access_log: logging.Logger | None = (
             logging.getLogger("fastproxy.access") if config.access_log else None
         )
+
+    def reconfigure(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend],
+        pools: Mapping[str, UpstreamPool],
+        default_backend: str | None,
+        breakers: BreakerView,
+        reporter: Reporter,
+    ) -> None:
+        """A reload's new routing generation. Each is replaced, never changed in place:
+        a request already planned keeps the backends and pools it was planned with, and
+        every request planned from now on gets the new ones."""
+        self.config = config
+        self.auth_keys = client_keys(config)
+        self.backends = backends
+        self.pools = pools
+        self.default_backend = default_backend if default_backend else config.default_backend
+        self.breakers = breakers
+        self.reporter = reporter
 
     def new_request_id(self) -> int:
         self._next_request_id += 1

@@ -97,6 +97,7 @@ def _refuse(status: int, message: str, code: str) -> RequestRejected:
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "_auth_keys",
+        "_config",
         "_deadline",
         "_head_bytes",
         "_head_guard",
@@ -127,8 +128,7 @@ class ClientProtocol(asyncio.Protocol):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self._loop = plane.loop
-        self._limits = plane.config.limits
-        self._timeouts = plane.config.timeouts
+        self._follow_config()
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
@@ -136,22 +136,9 @@ class ClientProtocol(asyncio.Protocol):
         self.req: Request | None = None
         self._url: list[bytes] = []
         self._head_bytes = 0  # bytes of the head in progress, counted as reads arrive
-        # The head limits are on what a head says (the request line, header names and
-        # values: checked exactly as the parser reports them, whatever the reads). Raw
-        # bytes also hold separators and optional whitespace the parser drops, so they
-        # only guard memory, against a head that never ends: twice the limits, so a head
-        # within them is never refused by the guard because of how it was split.
-        lim = self._limits
-        self._head_guard = 2 * (lim.max_head_bytes + lim.max_request_line_bytes)
         self._in_head = False  # between a message's first byte and its parsed head
         self._messages = 0  # messages begun on this connection
         self._mute = False  # the parser is reading a synthetic head (see _ignore_upgrade)
-        auth = plane.config.auth
-        self._auth_keys: tuple[bytes, ...] | None = (
-            None
-            if auth.disable_auth or not auth.api_keys
-            else tuple(k.encode() for k in auth.api_keys)
-        )
         self._last_body_at = 0.0
         self.queue: deque[Request] = deque()
         self.current: RequestCycle | None = None
@@ -162,6 +149,22 @@ class ClientProtocol(asyncio.Protocol):
         self._deadline = 0.0  # when the current phase times out; 0: no deadline
         self._phase = Phase.IDLE
         self.closed = False
+
+    def _follow_config(self) -> None:
+        """Take the plane's current limits, timeouts and API keys: at the start, and
+        when a request begins after a reload (SIGHUP), so that the next request on a
+        keep-alive connection is held to the new ones."""
+        plane = self.plane
+        self._config = config = plane.config
+        self._limits = lim = config.limits
+        self._timeouts = config.timeouts
+        self._auth_keys = plane.auth_keys
+        # The head limits are on what a head says (the request line, header names and
+        # values: checked exactly as the parser reports them, whatever the reads). Raw
+        # bytes also hold separators and optional whitespace the parser drops, so they
+        # only guard memory, against a head that never ends: twice the limits, so a head
+        # within them is never refused by the guard because of how it was split.
+        self._head_guard = 2 * (lim.max_head_bytes + lim.max_request_line_bytes)
 
     @property
     def busy(self) -> bool:
@@ -366,6 +369,8 @@ class ClientProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._mute:
             return
+        if self.plane.config is not self._config:
+            self._follow_config()  # reloaded: this request meets the new config
         self.req = Request(self._loop.time())
         self._url = []
         self._head_bytes = 0
@@ -539,6 +544,8 @@ class ClientProtocol(asyncio.Protocol):
         """The usual request, whole in one read, parsed in one call (the compiled
         `parse_simple_request`) instead of a Python callback per element. False: not
         such a request; httptools reads it, and any verdict on it is its own."""
+        if self.plane.config is not self._config:
+            self._follow_config()  # reloaded: this request meets the new config
         lim = self._limits
         parsed = parse_simple_request(
             data, lim.max_request_line_bytes, lim.max_head_bytes, lim.max_headers

@@ -342,6 +342,7 @@ class UpstreamPool:
         "max_head_bytes",
         "max_headers",
         "max_idle",
+        "retired",
     )
 
     def __init__(
@@ -371,6 +372,9 @@ class UpstreamPool:
         self._members: set[UpstreamConnection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.connects = 0
+        # A reload replaced this pool (its backend was removed or changed): requests
+        # still using its connections finish on them, and none goes back to the pool.
+        self.retired = False
 
     @property
     def open_connections(self) -> int:
@@ -445,7 +449,18 @@ class UpstreamPool:
             raise
         return conn
 
+    def retire(self) -> None:
+        """No more requests: idle connections close now, busy ones when their response
+        ends (or at once, should one be handed back)."""
+        self.retired = True
+        for conn in list(self._idle):
+            conn.close()
+        self._idle.clear()
+
     def release(self, conn: UpstreamConnection) -> None:
+        if self.retired:
+            conn.close()
+            return
         conn._idle_since = time.monotonic()
         self._idle.append(conn)
         self._wake()

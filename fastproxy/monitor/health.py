@@ -35,7 +35,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 
 from ..config import Config
@@ -183,7 +183,7 @@ class HealthService:
         self._breaker_timers: dict[str, asyncio.TimerHandle] = {}
         # Breakers and endpoints exist from construction: routing may ask about any
         # backend whatever order services start in.
-        cb = config.circuit_breaker
+        cb = self._cb = config.circuit_breaker
         groups: dict[str, list[Backend]] = {}
         for b in backends.values():
             groups.setdefault(b.normalized_url, []).append(b)
@@ -437,6 +437,25 @@ class HealthService:
     def _breaker_due(self, b: Breaker) -> None:
         self._breaker_timers.pop(b.name, None)
         self._after(b, b.advance(self.now()))
+
+    def adopt(self, old: HealthService, names: Iterable[str]) -> None:
+        """A reload made this service for the new backend set: the breakers of
+        ``names`` (backends the reload kept as they were) carry on with their state
+        and history, under the new thresholds; every other backend starts closed.
+        Called before `start`; the old service is stopped after."""
+        cb_threshold = self._cb.failure_threshold
+        cb_cooldown = self._cb.open_cooldown_seconds
+        for name in names:
+            b = old.breakers.get(name)
+            if b is None or name not in self.breakers:
+                continue
+            b.threshold, b.cooldown = cb_threshold, cb_cooldown
+            self.breakers[name] = b
+            deadline = b.next_deadline()
+            if deadline is not None:
+                self._breaker_timers[name] = self.loop.call_later(
+                    max(0.0, deadline - self.now()), self._breaker_due, b
+                )
 
     # -- the API other parts of the gateway use ----------------------------------------
     def circuit_state(self, name: str) -> str:
