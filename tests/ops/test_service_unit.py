@@ -7,14 +7,19 @@ of whether systemd knows every option; without it those tests skip, the rest sti
 from __future__ import annotations
 
 import configparser
+import json
 import math
 import os
+import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fastproxy.config import load_config
@@ -194,3 +199,57 @@ def test_paths_with_spaces_and_percent_reach_systemd_intact(tmp_path: Path) -> N
     assert verify(path) == []
     argv = exec_argv(parse(path.read_text())["Service"])
     assert argv[0] == str(python) and argv[-1] == str(venv_bin / "c 1%.yaml")
+
+
+def test_the_exec_start_line_runs_a_gateway_that_keeps_state_in_the_state_directory(
+    tmp_path: Path,
+) -> None:
+    """Run ExecStart= as systemd would: its exact argv, a notify socket, $STATE_DIRECTORY,
+    the working directory /. READY=1 names the port; a request's usage record lands in
+    the state directory; SIGTERM ends it with status 0 well within TimeoutStopSec=."""
+    config = tmp_path / "config.yaml"
+    config.write_text("port: 0\nadmin:\n  port: 0\nlimits:\n  max_connections: 100\n")
+    service = parse(unit_text("--config", str(config)))["Service"]
+    state = tmp_path / "state"
+    state.mkdir()
+    notify = tmp_path / "notify.sock"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTPROXY", "USAGE_"))}
+    env.update(NOTIFY_SOCKET=str(notify), STATE_DIRECTORY=str(state))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify))
+        sock.settimeout(30)
+        proc = subprocess.Popen(
+            exec_argv(service),
+            cwd="/",
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            message = ""
+            while "READY=1" not in message:
+                message = sock.recv(4096).decode()
+            m = re.search(r"STATUS=listening on [^\s:]+:(\d+)", message)
+            assert m, message
+            r = httpx.post(
+                f"http://127.0.0.1:{m.group(1)}/v1/chat/completions",
+                json={"model": "demo", "messages": [{"role": "user", "content": "x"}]},
+                timeout=10,
+            )
+            assert r.status_code == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=int(service["TimeoutStopSec"]))
+        assert proc.returncode == 0, err
+    assert "level=ERROR" not in err, err
+    # The record was written where the unit says state lives (/ is not writable there).
+    db = str(state / "usage.db")
+    stats = subprocess.run(
+        [sys.executable, "-m", "fastproxy", "usage", "stats", "--json", "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["request_count"] == 1
