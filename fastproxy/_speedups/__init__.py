@@ -44,6 +44,7 @@ __all__ = [
     "TokenEstimator",
     "count_bytes",
     "estimate_tokens",
+    "fold_rollups",
     "pack_exchange",
     "parse_simple_request",
     "unpack_exchanges",
@@ -97,6 +98,7 @@ if TYPE_CHECKING:
         TokenEstimator,
         count_bytes,
         estimate_tokens,
+        fold_rollups,
         pack_exchange,
         parse_simple_request,
         unpack_exchanges,
@@ -123,6 +125,7 @@ else:
     count_bytes = _impl.count_bytes
     TokenEstimator = _impl.TokenEstimator
     estimate_tokens = _impl.estimate_tokens
+    fold_rollups = _impl.fold_rollups
     DELTA_USAGE = _impl.DELTA_USAGE
     DELTA_NAME = _impl.DELTA_NAME
     DELTA_ERROR = _impl.DELTA_ERROR

@@ -26,6 +26,7 @@ from ._pure import SSEScanner as SSEScanner
 from ._pure import TokenEstimator as TokenEstimator
 from ._pure import count_bytes as count_bytes
 from ._pure import estimate_tokens as estimate_tokens
+from ._pure import fold_rollups as fold_rollups
 from ._pure import pack_exchange as pack_exchange
 from ._pure import parse_simple_request as parse_simple_request
 from ._pure import unpack_exchanges as unpack_exchanges

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import orjson
 
-from .._speedups import pack_exchange, unpack_exchanges
+from .._speedups import fold_rollups, pack_exchange, unpack_exchanges
 from ..config import Config
 from ..config.loader import resolve_state_path
 from ..config.schema import PriceEntry
@@ -147,6 +147,12 @@ class FrameCodec:
 
     def build(self, frame: tuple[Any, ...]) -> Prepared:
         return build_prepared(self.projector, UsageCapture.from_frame(frame))
+
+    def fold_rollups(
+        self, rows: list[tuple[Any, ...]]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """A batch's hourly and daily rollups, compiled (the store's SQL fold's work)."""
+        return fold_rollups(rows)
 
 
 def build_prepared(projector: Projector, capture: UsageCapture) -> Prepared:

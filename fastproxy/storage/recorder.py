@@ -60,9 +60,18 @@ log = logging.getLogger("fastproxy.usage")
 STATUS_EVERY_S = 0.5
 READ_CHUNK = 1 << 20
 POLL_S = 0.02  # also how soon a written batch is reported
-# How long the recorder waits for the store's queue to make room before reading on.
-ROOM_WAIT_S = 0.002
+# The longest the recorder waits for the writer to take a batch before it reports.
+ROOM_WAIT_S = 0.1
 STOP_TIMEOUT_S = 30.0
+# Records per transaction once there is a backlog (below it the flush interval decides):
+# each commit writes every page it dirtied, and the session and timing indexes take
+# their entries at scattered places, so a larger batch shares those pages among more
+# rows (2,000 against 500: about 1.5 µs/record less, bench.usage.recorder_rate).
+BATCH = 2000
+# Frames read ahead of the writer while the database is healthy: enough to keep it busy,
+# few enough that their bodies stay in cache and the heap does not grow to the store's
+# max_queue (the rest waits in the socket and the gateway's bounded buffer).
+WINDOW_BATCHES = 4
 _LEN = struct.Struct("<I")
 # The writer's connection in a process of its own, where its memory competes with no
 # event loop: a 64 MiB page cache keeps the indexes' hot pages, and checkpoints run every
@@ -79,6 +88,10 @@ class FrameCodec(Protocol):
     def unpack(self, buf: bytearray) -> tuple[list[Any], int]: ...
 
     def build(self, item: Any) -> Prepared: ...
+
+    def fold_rollups(
+        self, rows: list[tuple[Any, ...]]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]: ...
 
 
 def status_frame(doc: dict[str, Any]) -> bytes:
@@ -117,6 +130,7 @@ class Recorder:
         self._last_batches = -1
         self._peer_gone = False
         self._send_lock = threading.Lock()  # the main thread and the writer's on_write
+        self.window = min(store.max_queue, WINDOW_BATCHES * store.batch_size)
 
     def status(self, ready: bool = False) -> dict[str, Any]:
         st = self.store
@@ -168,11 +182,16 @@ class Recorder:
         del buf[:consumed]
         self.received += len(items)
         store = self.store
+        window = self.window
+        taken = store.taken
         for item in items:
-            while store.full() and not store.degraded:
-                # A healthy writer behind: wait for room rather than drop. The socket fills
-                # meanwhile, and the gateway's bounded buffer after it.
-                time.sleep(ROOM_WAIT_S)
+            while True:
+                taken.clear()
+                if store.queued() < window or store.degraded:
+                    break
+                # A healthy writer behind: wait for it to take a batch rather than drop.
+                # The socket fills meanwhile, and the gateway's bounded buffer after it.
+                taken.wait(ROOM_WAIT_S)
                 self._maybe_report()
             store.submit(item)
 
@@ -208,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         build=codec.build,
         on_write=lambda: recorder.send_status(),
         pragmas=PRAGMAS,
+        batch_size=BATCH,
+        fold=codec.fold_rollups,
+        courteous=False,
     )
     recorder = Recorder(sock, store, codec)
     store.start()

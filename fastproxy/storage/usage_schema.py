@@ -246,6 +246,23 @@ def _rollup_batch(table: str, keys: tuple[str, ...], unit: int) -> str:
 
 ROLLUP_BATCH_HOURLY = _rollup_batch("usage_hourly", HOURLY_KEYS, 3600)
 ROLLUP_BATCH_DAILY = _rollup_batch("usage_daily", DAILY_KEYS, 86400)
+
+
+def _rollup_upsert(table: str, keys: tuple[str, ...]) -> str:
+    """Add one group's sums, folded outside SQL (a `RollupFold`), to a rollup table."""
+    cols = (*keys, *SUMS)
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+        f"ON CONFLICT ({', '.join(keys[:3])}) DO UPDATE SET " + ", ".join(_merge(c) for c in SUMS)
+    )
+
+
+UPSERT_HOURLY = _rollup_upsert("usage_hourly", HOURLY_KEYS)
+UPSERT_DAILY = _rollup_upsert("usage_daily", DAILY_KEYS)
+# What a writer may use instead of the SQL fold: the request rows of one batch, as
+# inserted (REQUEST_COLUMNS order), to (hourly, daily) rows for UPSERT_HOURLY/_DAILY.
+# The recorder's codec supplies the compiled one (``_speedups.fold_rollups``).
+RollupFold = Callable[[list[tuple[Any, ...]]], tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]
 # Retention removes whole hours; the daily rows of those hours lose exactly their sums
 # (min/max of a day being emptied stay until the day's row goes at n = 0).
 SUBTRACT_HOURS_FROM_DAILY = (
@@ -631,6 +648,7 @@ def prepare_values(v: tuple[Any, ...], ms: int) -> Prepared:
         br_prompt = br_completion = br_total = None
     else:
         br_prompt, br_completion, br_total = _int(br[4]), _int(br[2]), _int(br[6])
+    # The usual values (None, an int in range, a float) pass without a call to _int/_real.
     row = (
         ms / 1000,
         status or 0,
@@ -640,13 +658,13 @@ def prepare_values(v: tuple[Any, ...], ms: int) -> Prepared:
         1 if streaming else 0,
         outcome,
         ctp,
-        _int(ptb),
-        _int(btp),
-        _int(ptc),
+        ptb if ptb is None or (type(ptb) is int and -_INT_MAX <= ptb <= _INT_MAX) else _int(ptb),
+        btp if btp is None or (type(btp) is int and -_INT_MAX <= btp <= _INT_MAX) else _int(btp),
+        ptc if ptc is None or (type(ptc) is int and -_INT_MAX <= ptc <= _INT_MAX) else _int(ptc),
         br_prompt,
         br_completion,
         br_total,
-        _real(cost),
+        cost if cost is None or (type(cost) is float and math.isfinite(cost)) else _real(cost),
         tool_call_count,
         ttft,
         duration,

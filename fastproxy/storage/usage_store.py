@@ -56,7 +56,10 @@ from .usage_schema import (
     INSERT_REQUEST,
     ROLLUP_BATCH_DAILY,
     ROLLUP_BATCH_HOURLY,
+    UPSERT_DAILY,
+    UPSERT_HOURLY,
     Prepared,
+    RollupFold,
     migrate,
     prepare,
 )
@@ -104,6 +107,8 @@ class UsageStore:
         build: Callable[[Any], Prepared] | None = None,
         on_write: Callable[[], None] | None = None,
         pragmas: tuple[str, ...] = (),
+        fold: RollupFold | None = None,
+        courteous: bool = True,
     ) -> None:
         self.path = Path(path)
         self._build = build
@@ -111,12 +116,18 @@ class UsageStore:
         # recorder process reports its status to the gateway at once.
         self._on_write = on_write
         self._pragmas = pragmas  # extra PRAGMAs for the writer's connection (the recorder's)
+        # The batch's rollups folded outside SQL (the recorder's compiled fold), else in SQL.
+        self._fold = fold
+        # Yield the core to a runnable event loop now and then (module text). A store in a
+        # process of its own (the recorder) shares its core with no loop: it never yields.
+        self._courteous = courteous
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.retention_days = retention_days
         self.batch_size = batch_size
         self._items: deque[Any] = deque()
         self._wake = threading.Event()  # a full batch is waiting, or stop() was called
+        self.taken = threading.Event()  # set when the writer takes items off the queue
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopping = threading.Event()
@@ -173,6 +184,9 @@ class UsageStore:
         if n + 1 == self.batch_size:  # once per batch: the writer's only wake-up call
             self._wake.set()
         return True
+
+    def queued(self) -> int:
+        return len(self._items)
 
     def full(self) -> bool:
         """The queue holds ``max_queue`` items: a `submit` now would be dropped."""
@@ -278,6 +292,8 @@ class UsageStore:
             except IndexError:
                 break
         self._in_hand = len(batch)
+        if batch:
+            self.taken.set()
         return batch
 
     def _drain(self) -> None:
@@ -320,7 +336,7 @@ class UsageStore:
         return out
 
     def _courtesy(self) -> None:
-        if len(self._items) < self.batch_size:
+        if self._courteous and len(self._items) < self.batch_size:
             _yield()
 
     def _prepare(self, item: Any) -> Prepared | None:
@@ -508,17 +524,27 @@ class UsageStore:
                 requests.append((seq, row[0], dim, *row[1:]))
                 records.append((seq, text))
                 seq += 1
-            for i in range(0, len(requests), YIELD_EVERY):
-                conn.executemany(INSERT_REQUEST, requests[i : i + YIELD_EVERY])
-                conn.executemany(INSERT_RECORD, records[i : i + YIELD_EVERY])
-                self._courtesy()
-            # The batch's rows are the ones at seq0 <= seq < seq: the rollups fold them in
-            # SQL, a slice at a time (a whole batch is a few ms in one statement).
-            for lo in range(seq0, seq, ROLLUP_SLICE):
-                hi = min(lo + ROLLUP_SLICE, seq)
-                conn.execute(ROLLUP_BATCH_HOURLY, (lo, hi))
-                conn.execute(ROLLUP_BATCH_DAILY, (lo, hi))
-                self._courtesy()
+            if not self._courteous:
+                conn.executemany(INSERT_REQUEST, requests)
+                conn.executemany(INSERT_RECORD, records)
+            else:
+                for i in range(0, len(requests), YIELD_EVERY):
+                    conn.executemany(INSERT_REQUEST, requests[i : i + YIELD_EVERY])
+                    conn.executemany(INSERT_RECORD, records[i : i + YIELD_EVERY])
+                    self._courtesy()
+            if self._fold is not None:
+                # A few groups per batch (hour x dim x status): one upsert each.
+                hourly, daily = self._fold(requests)
+                conn.executemany(UPSERT_HOURLY, hourly)
+                conn.executemany(UPSERT_DAILY, daily)
+            else:
+                # The batch's rows are the ones at seq0 <= seq < seq: the rollups fold them
+                # in SQL, a slice at a time (a whole batch is a few ms in one statement).
+                for lo in range(seq0, seq, ROLLUP_SLICE):
+                    hi = min(lo + ROLLUP_SLICE, seq)
+                    conn.execute(ROLLUP_BATCH_HOURLY, (lo, hi))
+                    conn.execute(ROLLUP_BATCH_DAILY, (lo, hi))
+                    self._courtesy()
             conn.execute("COMMIT")
             self._next_seq = seq
         except BaseException:

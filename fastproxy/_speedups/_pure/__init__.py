@@ -14,6 +14,7 @@ from .counters import CounterBlock, count_bytes
 from .delta import DELTA_ERROR, DELTA_NAME, DELTA_USAGE, DeltaScanner
 from .head import parse_simple_request
 from .record import EXCHANGE_FIELDS, EXCHANGE_USAGE, pack_exchange, unpack_exchanges
+from .rollup import fold_rollups
 from .sse import (
     NOTE_ERROR,
     NOTE_NAME,
@@ -63,6 +64,7 @@ __all__ = [
     "TokenEstimator",
     "count_bytes",
     "estimate_tokens",
+    "fold_rollups",
     "pack_exchange",
     "parse_simple_request",
     "unpack_exchanges",
