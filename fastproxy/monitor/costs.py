@@ -23,7 +23,8 @@ Rules (docs/usage-tracking.md explains each):
    estimated. Requests that got no successful answer and no usage are not billed by
    providers, so they get no cost.
 
-Pure functions and immutable data: the table is built once per service and only read.
+Pure functions and immutable data: the table is built once per service and only read
+(apart from a memo of its answers per model name).
 """
 
 from __future__ import annotations
@@ -95,23 +96,40 @@ BUILTIN_PRICES: Mapping[str, Price] = MappingProxyType(
 
 # What may follow a known model name and still be that model: a dated snapshot, an
 # alias for the newest one, and a provider revision tag.
+MEMO_MODELS = 4096  # model names whose lookup a PriceTable keeps
 _SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)(?:-v\d+(?::\d+)?)?|-v\d+(?::\d+)?")
 
 
 class PriceTable:
     """Config prices over the built-in ones; lookups by exact name or snapshot suffix."""
 
-    __slots__ = ("_prices",)
+    __slots__ = ("_memo", "_prices")
 
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         prices = dict(BUILTIN_PRICES)
         for model, entry in (overrides or {}).items():
             prices[model] = Price(entry.input, entry.output, entry.cached_input, entry.cache_write)
         self._prices: Mapping[str, Price] = MappingProxyType(prices)
+        # A snapshot name ("claude-3-5-sonnet-20241022") is no key, and matching it walks
+        # every key: ~4 µs per usage record on the recorder. A deployment sees a handful
+        # of model names, so each answer is kept; the bound only stops a client that
+        # makes up names from growing it.
+        self._memo: dict[str, Price | None] = {}
 
     def lookup(self, model: str | None) -> Price | None:
         if not model:
             return None
+        memo = self._memo
+        try:
+            return memo[model]
+        except KeyError:
+            pass
+        price = self._match(model)
+        if len(memo) < MEMO_MODELS:
+            memo[model] = price
+        return price
+
+    def _match(self, model: str) -> Price | None:
         prices = self._prices
         price = prices.get(model)
         if price is not None:

@@ -38,7 +38,7 @@ import orjson
 from .._speedups import TokenEstimator, estimate_tokens
 from ..storage.usage_kinds import API_BY_PATH
 from ..storage.usage_schema import Prepared, prepare_values, record_from_values
-from .costs import PriceTable, compute_cost
+from .costs import MEMO_MODELS, PriceTable, compute_cost
 
 if TYPE_CHECKING:
     from ..core.records import BackendUsage
@@ -272,12 +272,15 @@ class ExactCounter:
     """quicktok encodings, all loaded up front: loading o200k holds the GIL for about a
     second, which must happen before the listeners open, never in the middle of traffic."""
 
-    __slots__ = ("_counters",)
+    __slots__ = ("_counters", "_memo")
 
     ENCODINGS = ("o200k_base", "cl100k_base")
 
     def __init__(self, counters: dict[str, Callable[[str], int]]) -> None:
         self._counters = counters
+        # Model name -> its counter (or None): the prefix tests cost 0.25-0.5 µs a
+        # record, and a deployment sees a handful of names (bounded like the prices' memo).
+        self._memo: dict[str | None, Callable[[str], int] | None] = {}
 
     @classmethod
     def load(cls) -> ExactCounter | None:
@@ -288,8 +291,16 @@ class ExactCounter:
         return cls({name: quicktok.get_encoding(name).count for name in cls.ENCODINGS})
 
     def counter_for(self, model: str | None) -> Callable[[str], int] | None:
+        memo = self._memo
+        try:
+            return memo[model]
+        except KeyError:
+            pass
         name = exact_encoding_name(model)
-        return self._counters.get(name) if name is not None else None
+        counter = self._counters.get(name) if name is not None else None
+        if len(memo) < MEMO_MODELS:
+            memo[model] = counter
+        return counter
 
 
 def _estimate_raw(body: bytes | bytearray) -> int:
