@@ -278,6 +278,7 @@ class Gateway:
                 "(the running value is kept)",
                 key,
             )
+        log_findings(plan.config, log)  # the same warnings as at start-up
         running = self.config
         self.config = plan.config  # _build_backends and _pool read the new config
         try:

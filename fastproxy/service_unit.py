@@ -96,6 +96,11 @@ Type=notify
 NotifyAccess=main
 WatchdogSec={WATCHDOG_SEC}
 ExecStart={exec_start}
+# systemctl reload: SIGHUP makes the gateway re-read its config file and apply backends,
+# routing, health checks, limits, timeouts and client keys without dropping a request
+# (docs/configuration.md, "Reload"). Type=notify-reload (systemd 253+) would send it
+# itself; Type=notify and this line work on older systemd too.
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=2
 # Exit status 2 is a config error: restarting cannot fix it.

@@ -329,3 +329,23 @@ def _drain(sock: socket.socket) -> list[str]:
             out.append(sock.recv(4096).decode())
         except (TimeoutError, BlockingIOError):
             return out
+
+
+def test_printed_unit_reloads_by_sighup() -> None:
+    """`systemctl reload` runs the unit's ExecReload=: it must send the main process the
+    SIGHUP the tests above exercise, with a kill that exists."""
+    import shlex
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "fastproxy", "service", "unit"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = [x for x in out.splitlines() if x.startswith("ExecReload=")]
+    assert len(lines) == 1, out
+    argv = shlex.split(lines[0].removeprefix("ExecReload="))
+    assert argv[1:] == ["-HUP", "$MAINPID"]
+    assert Path(argv[0]).is_file()
