@@ -83,12 +83,18 @@ def _text(rng: random.Random, n_bytes: int) -> str:
     return " ".join(out)
 
 
-def make_records(n: int, seed: int = 7) -> list[ExchangeRecord]:
+def make_records(n: int, seed: int = 7, turns: int = 1) -> list[ExchangeRecord]:
+    """N exchanges. With ``turns`` > 1, consecutive records are the turns of
+    conversations of that many requests: each sends its system prompt and the whole
+    history again (an assistant reply of 200-800 bytes after each user message), as chat
+    clients do."""
     rng = random.Random(seed)
     now = time.time()
     recs: list[ExchangeRecord] = []
+    system, history = "", []
     for i in range(n):
-        anthropic = i % 3 == 2
+        conv = i // turns  # one dialect, model and tool set per conversation
+        anthropic = conv % 3 == 2
         stream = i % 2 == 0
         started = 1000.0 + i * 0.01
         rec = ExchangeRecord(i, i // 8, started)
@@ -99,8 +105,15 @@ def make_records(n: int, seed: int = 7) -> list[ExchangeRecord]:
         rec.upstream_done_at = started + 0.3
         rec.ended_at = started + 0.3003
         rec.streaming, rec.status, rec.attempts, rec.outcome = stream, 200, 1, "ok"
-        system = _text(rng, rng.randint(50, 400))
+        if turns == 1 or i % turns == 0:
+            system, history = _text(rng, rng.randint(50, 400)), []
+        elif turns > 1:
+            history.append(_text(rng, rng.randint(200, 800)))  # the previous answer
         user = _text(rng, rng.randint(100, 3500))
+        earlier = [
+            {"role": "user" if k % 2 == 0 else "assistant", "content": text}
+            for k, text in enumerate(history)
+        ]
         if anthropic:
             rec.frontend, rec.path = "anthropic", "/v1/messages"
             rec.backend, rec.backend_type = "anthropic.1", "anthropic"
@@ -110,23 +123,24 @@ def make_records(n: int, seed: int = 7) -> list[ExchangeRecord]:
                 "max_tokens": 512,
                 "system": system,
                 "stream": stream,
-                "messages": [{"role": "user", "content": user}],
+                "messages": [*earlier, {"role": "user", "content": user}],
             }
             prompt = len(user) // 4 + 40
             rec.usage = BackendUsage(prompt=prompt, completion=120, total=prompt + 120, cached=0)
         else:
             rec.frontend, rec.path = "openai", "/v1/chat/completions"
             rec.backend, rec.backend_type = "openai.1", "openai"
-            rec.model_requested = rec.model_used = "gpt-4o" if i % 4 else "gpt-4o-mini"
+            rec.model_requested = rec.model_used = "gpt-4o" if conv % 4 else "gpt-4o-mini"
             body = {
                 "model": rec.model_used,
                 "stream": stream,
                 "messages": [
                     {"role": "system", "content": system},
+                    *earlier,
                     {"role": "user", "content": user},
                 ],
             }
-            if i % 5 == 0:
+            if conv % 5 == 0:
                 body["tools"] = [
                     {
                         "type": "function",
@@ -144,6 +158,8 @@ def make_records(n: int, seed: int = 7) -> list[ExchangeRecord]:
             if i % 7:  # some backends report no usage: the record estimates
                 prompt = len(user) // 4 + 30
                 rec.usage = BackendUsage(prompt=prompt, completion=100, total=prompt + 100)
+        if turns > 1:
+            history.append(user)
         rec.btp_completion_est = rec.ptc_completion_est = 100
         rec.user_agent = "bench/1.0"
         rec.request_body = orjson.dumps(body)
@@ -274,13 +290,17 @@ def main() -> None:
     p.add_argument("--records", type=int, default=50_000)
     p.add_argument("--window", type=int, default=8 << 20, help="bytes pending before waiting")
     p.add_argument("--compare", action="store_true", help="also run the in-process writer")
+    p.add_argument(
+        "--turns", type=int, default=1, help="requests per conversation (history resent)"
+    )
     ns = p.parse_args()
-    recs = make_records(ns.records)
+    recs = make_records(ns.records, turns=ns.turns)
     sizes = [len(r.request_body or b"") for r in recs]
     print(
         f"{len(recs)} records, bodies {min(sizes)}-{max(sizes)} B (mean {sum(sizes) // len(sizes)}), "
         f"{sum(r.streaming for r in recs)} streams, "
         f"{sum(r.frontend == 'anthropic' for r in recs)} Anthropic"
+        + (f", conversations of {ns.turns} turns" if ns.turns > 1 else "")
     )
     tmp = Path(tempfile.mkdtemp(prefix="recorder-rate-"))
     try:
