@@ -8,13 +8,13 @@ stage timed with ``time.process_time`` and the objects of one buffer dropped bef
 next (as the recorder's batches are):
 
 - unpack: ``unpack_exchanges`` (frame -> tuple);
-- capture: ``UsageCapture.from_frame``;
 - parse / analyse / count / digest: the parts of the projection that look at the body
   (``orjson.loads``, ``analyse_prompt``, ``count_prompt`` with the projector's memo of
   counts, ``session_digest``), run on their own to split it;
-- values: the whole ``Projector.values`` again (the stages above plus the rest: cost,
-  timings, ids, the record tuple); "glue" is values minus those four;
-- prepare: ``prepare_values`` (the row, the dims key, the compact JSON text);
+- project: the whole ``Projector.prepared_frame`` again, what the recorder's codec runs
+  (the stages above plus the rest: ``_speedups.usage_row`` for token points, timings,
+  cost, the record's values, key and row, then the record's JSON text); "rest" is
+  project minus those four;
 - insert: ``UsageStore._insert`` with the recorder's settings (its PRAGMAs, 2,000-record
   transactions, the compiled rollup fold, no yields).
 
@@ -36,7 +36,6 @@ import orjson
 
 from fastproxy._speedups import estimate_tokens, fold_rollups, pack_exchange, unpack_exchanges
 from fastproxy.monitor.costs import PriceTable
-from fastproxy.monitor.usage_capture import UsageCapture
 from fastproxy.monitor.usage_projection import (
     ExactCounter,
     Projector,
@@ -45,12 +44,11 @@ from fastproxy.monitor.usage_projection import (
     session_digest,
 )
 from fastproxy.storage.recorder import BATCH, GC_THRESHOLD, PRAGMAS
-from fastproxy.storage.usage_schema import prepare_values
 from fastproxy.storage.usage_store import UsageStore
 
 from .recorder_rate import make_records
 
-STAGES = ("unpack", "capture", "parse", "analyse", "count", "digest", "values", "prepare", "insert")
+STAGES = ("unpack", "parse", "analyse", "count", "digest", "project", "insert")
 
 
 def measure(n: int, turns: int, db: Path) -> dict[str, float]:
@@ -87,33 +85,27 @@ def measure(n: int, turns: int, db: Path) -> dict[str, float]:
         t0 = clock()
         frames, _ = unpack_exchanges(buf)
         t1 = clock()
-        caps = [UsageCapture.from_frame(f) for f in frames]
+        parsed = [orjson.loads(f[27]) for f in frames if f[27] is not None]
         t2 = clock()
-        parsed = [orjson.loads(c.body) for c in caps if c.body is not None]
-        t3 = clock()
         facts = [analyse_prompt(p) for p in parsed]
-        t4 = clock()
-        for f, c in zip(facts, caps, strict=True):
-            counter = exact.counter_for(c.model_used) if exact is not None else None
+        t3 = clock()
+        for f, fr in zip(facts, frames, strict=True):
+            counter = exact.counter_for(fr[14]) if exact is not None else None
             count_prompt(f, counter or estimate_tokens, False, seen)
+        t4 = clock()
+        for f, fr in zip(facts, frames, strict=True):
+            session_digest(fr[8], f.system_text, f.user_text)
         t5 = clock()
-        for f, c in zip(facts, caps, strict=True):
-            session_digest(c.client_key_id, f.system_text, f.user_text)
-        t6 = clock()
         del parsed, facts
-        values = [projector.values(c, int(c.wall_started_at * 1000)) for c in caps]
-        t7 = clock()
-        prepared = [prepare_values(v, v[1]) for v in values]
-        t8 = clock()
+        prepared = [projector.prepared_frame(fr) for fr in frames]
+        t6 = clock()
         store._insert(conn, prepared)
-        t9 = clock()
+        t7 = clock()
         for stage, dt in zip(
-            STAGES,
-            (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6, t8 - t7, t9 - t8),
-            strict=True,
+            STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6), strict=True
         ):
             spent[stage] += dt
-        del frames, caps, values, prepared
+        del frames, prepared
     conn.close()
     return {k: v / n * 1e6 for k, v in spent.items()}
 
@@ -128,13 +120,12 @@ def main() -> None:
         us = measure(ns.records, ns.turns, tmp / "stages.db")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    glue = us["values"] - us["parse"] - us["analyse"] - us["count"] - us["digest"]
+    rest = us["project"] - us["parse"] - us["analyse"] - us["count"] - us["digest"]
     print(
         "µs CPU/record: "
-        + ", ".join(f"{k} {us[k]:.2f}" for k in ("unpack", "capture", "parse", "analyse"))
-        + f", count {us['count']:.2f}, digest {us['digest']:.2f}, glue {glue:.2f}"
-        + f" (values {us['values']:.2f}), prepare {us['prepare']:.2f}, insert {us['insert']:.2f}"
-        + f"; total {us['unpack'] + us['capture'] + us['values'] + us['prepare'] + us['insert']:.2f}"
+        + ", ".join(f"{k} {us[k]:.2f}" for k in ("unpack", "parse", "analyse", "count", "digest"))
+        + f", rest {rest:.2f} (project {us['project']:.2f}), insert {us['insert']:.2f}"
+        + f"; total {us['unpack'] + us['project'] + us['insert']:.2f}"
     )
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "pack_exchange",
     "parse_simple_request",
     "unpack_exchanges",
+    "usage_row",
 ]
 
 
@@ -102,6 +103,7 @@ if TYPE_CHECKING:
         pack_exchange,
         parse_simple_request,
         unpack_exchanges,
+        usage_row,
     )
 else:
     SSE_EVENT = _impl.SSE_EVENT
@@ -135,5 +137,6 @@ else:
     pack_exchange = _impl.pack_exchange
     parse_simple_request = _impl.parse_simple_request
     unpack_exchanges = _impl.unpack_exchanges
+    usage_row = _impl.usage_row
 
 del _select

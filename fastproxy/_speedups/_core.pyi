@@ -30,3 +30,4 @@ from ._pure import fold_rollups as fold_rollups
 from ._pure import pack_exchange as pack_exchange
 from ._pure import parse_simple_request as parse_simple_request
 from ._pure import unpack_exchanges as unpack_exchanges
+from ._pure import usage_row as usage_row

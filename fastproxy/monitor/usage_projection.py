@@ -35,13 +35,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import orjson
 
-from .._speedups import TokenEstimator, estimate_tokens
+from .._speedups import TokenEstimator, estimate_tokens, usage_row
 from ..storage.usage_kinds import API_BY_PATH
-from ..storage.usage_schema import Prepared, prepare_values, record_from_values
-from .costs import MEMO_MODELS, PriceTable, compute_cost
+from ..storage.usage_schema import RECORD_FORMAT, Prepared, record_from_values
+from .costs import MEMO_MODELS, PriceTable
 
 if TYPE_CHECKING:
-    from ..core.records import BackendUsage
     from .usage_capture import UsageCapture
 
 log = logging.getLogger("fastproxy.usage")
@@ -351,12 +350,6 @@ def count_prompt(
 
 
 # -- the record (writer thread) ----------------------------------------------------------
-def _ms(later: float, earlier: float) -> float | None:
-    if not later or not earlier or later < earlier:
-        return None
-    return round((later - earlier) * 1000.0, 3)
-
-
 class Projector:
     """Builds record dicts on the writer thread. Holds read-only things (prices, the
     exact tokenizer) and memos whose every entry is final, so it needs no lock.
@@ -383,7 +376,13 @@ class Projector:
     def prepared(self, c: UsageCapture) -> Prepared:
         """The record, already as the store's row (what the writer thread submits)."""
         ms = int(c.wall_started_at * 1000)
-        return prepare_values(self.values(c, ms), ms)
+        return self._prepared(self._project(_frame_of(c), self._take_body(c), ms))
+
+    def prepared_frame(self, frame: tuple[Any, ...], read_body: bool = True) -> Prepared:
+        """`prepared` straight from an unpacked exchange frame (the recorder's path: no
+        capture object). ``read_body=False`` makes the record without prompt facts."""
+        ms = int(frame[0] * 1000)
+        return self._prepared(self._project(frame, frame[27] if read_body else None, ms))
 
     def record(self, c: UsageCapture, ms: int | None = None) -> dict[str, Any]:
         """The record dict (docs/usage-tracking.md), as /recent returns it once stored."""
@@ -394,137 +393,107 @@ class Projector:
     def values(self, c: UsageCapture, ms: int) -> tuple[Any, ...]:
         """The record's values in ``usage_schema.RECORD_KEYS`` order, time as epoch ms and
         backend usage as a row: the stored form, with no dict and no time text built."""
+        return self._project(_frame_of(c), self._take_body(c), ms)[0]
+
+    @staticmethod
+    def _take_body(c: UsageCapture) -> bytes | bytearray | None:
+        # The capture may hold the last reference to the body: handing it over lets the
+        # bytes go before the texts are counted (a large body is never held as bytes,
+        # text and counts at once).
+        body, c.body = c.body, None
+        return body
+
+    @staticmethod
+    def _prepared(
+        projected: tuple[tuple[Any, ...], tuple[Any, ...], int, tuple[Any, ...]],
+    ) -> Prepared:
+        values, key, hour, row = projected
+        return key, hour, row, orjson.dumps((RECORD_FORMAT, *values)).decode()
+
+    def _project(
+        self, frame: tuple[Any, ...], body: bytes | bytearray | None, ms: int
+    ) -> tuple[tuple[Any, ...], tuple[Any, ...], int, tuple[Any, ...]]:
+        """(values, dims key, hour, row) of an exchange (``EXCHANGE_FIELDS`` order) and its
+        request body: the body is read here, the rest is ``_speedups.usage_row``."""
         # The endpoint's kind, from the path the data plane recorded ("" when a request
         # was refused before its path was known to be an API): one dict lookup.
-        api = API_BY_PATH.get(c.path)
+        api = API_BY_PATH.get(frame[10])
+        model = frame[14]
         embeddings = api == "embeddings"
         facts: PromptFacts | None = None
-        raw_tokens: int | None = None
-        if c.body is not None and len(c.body) > RAW_COUNT_BYTES:
+        ctp: int | None = None
+        if body is not None and len(body) > RAW_COUNT_BYTES:
             # A huge prompt is estimated from its bytes, never parsed: parsing would hold
             # its text beside the bytes, a second copy of the body at once. The estimate
             # counts the JSON around the text too (a little high), and there is no turn
             # count or session digest for it (a session id the client sent still holds).
-            body, c.body = c.body, None
-            raw_tokens = _estimate_raw(body)
-            del body
-        elif c.body is not None:
-            body, c.body = c.body, None
+            ctp = _estimate_raw(body)
+        elif body is not None:
             try:
                 # orjson builds a long string in a scratch buffer first (twice its size
                 # for a moment); msgspec does not, and is as quick for a large body.
                 parsed = orjson.loads(body) if len(body) < COUNT_WINDOW else _decode(body)
             except (orjson.JSONDecodeError, msgspec.DecodeError):  # checked by the data plane
                 parsed = None
-            # The capture held the last reference: the bytes go now, before the texts are
-            # counted, so a large body is never held as bytes, text and counts at once.
             del body
             facts = analyse_prompt(parsed, embeddings)
             del parsed
-        exact = self.exact.counter_for(c.model_used) if self.exact is not None else None
-        ctp: int | None = raw_tokens
+        exact = self.exact.counter_for(model) if self.exact is not None else None
         if facts is not None:
             ctp = count_prompt(facts, exact or estimate_tokens, embeddings, self._seen)
-        usage = c.usage
-        reported = usage is not None and (usage.prompt is not None or usage.completion is not None)
-        if reported:
-            source = "backend"
-        elif exact is not None and facts is not None and ctp is not None:
-            source = "counted"
-        else:
-            source = "estimated"
-
-        sent = c.upstream_sent_at > 0.0
-        ptb = (
-            usage.prompt
-            if usage is not None and usage.prompt is not None
-            else (ctp if sent else None)
-        )
-        btp = self._btp(c, usage)
-        ptc = self._ptc(c, btp)
-        answered = 200 <= c.status < 300
-        cost, cost_source = compute_cost(
-            usage,
-            c.model_used,
-            self.prices,
-            prompt_tokens=ptb,
-            completion_tokens=btp,
-            answered=answered,
-        )
-
-        session_id = c.session_id
+        session_id = frame[7]
         turn: int | None = None
         if facts is not None:
             turn = facts.turns
             if session_id is None:
-                session_id = session_digest(c.client_key_id, facts.system_text, facts.user_text)
-        ttft = _ms(c.first_content_at, c.started_at) if c.streaming else None
-        stream_tps: float | None = None
-        if c.streaming and c.first_content_at and btp:
-            elapsed = c.ended_at - c.first_content_at
-            if elapsed > 0:
-                stream_tps = round(btp / elapsed, 3)
-        overhead: float | None = None
-        if c.upstream_sent_at and c.upstream_done_at and c.ended_at >= c.upstream_done_at:
-            overhead = round(
-                ((c.upstream_sent_at - c.started_at) + (c.ended_at - c.upstream_done_at)) * 1000.0,
-                3,
-            )
-        return (
+                session_id = session_digest(frame[8], facts.system_text, facts.user_text)
+        return usage_row(
+            frame,
+            ms,
             # 128 random bits as 32 hex digits, like uuid4().hex at a fraction of its cost.
             f"{self._ids.getrandbits(128):032x}",
-            ms,
-            session_id,
-            turn,
-            c.frontend,
-            c.backend,
-            c.backend_type,
-            c.model_requested,
-            c.model_used,
-            c.streaming,
-            c.status or None,
-            c.outcome,
-            c.attempts,
-            c.tool_call_count,
-            list(c.tool_names),
-            ctp,
-            ptb,
-            btp,
-            ptc,
-            usage.as_row() if usage is not None else None,
-            source,
-            ttft,
-            _ms(c.backend_ttfb_at, c.upstream_sent_at),
-            _ms(c.ended_at, c.started_at),
-            overhead,
-            stream_tps,
-            cost,
-            cost_source,
-            c.replacement,
-            c.proxy_user,
-            c.user_agent,
             api,
+            ctp,
+            turn,
+            session_id,
+            exact is not None and facts is not None and ctp is not None,
+            self.prices.lookup(model),
         )
 
-    @staticmethod
-    def _btp(c: UsageCapture, usage: BackendUsage | None) -> int | None:
-        est = c.btp_est
-        if usage is None or usage.completion is None:
-            return est
-        if c.streaming and c.outcome != "ok" and est is not None:
-            # A stream that did not finish carries no final count, only the opening
-            # placeholder (Anthropic's output_tokens: 1): what arrived is the better figure.
-            return max(usage.completion, est)
-        return usage.completion
 
-    @staticmethod
-    def _ptc(c: UsageCapture, btp: int | None) -> int | None:
-        sent, got = c.ptc_est, c.btp_est
-        if btp is None:
-            return sent
-        if sent is None or got is None or sent >= got:
-            return btp  # the client received everything the backend produced
-        if btp == got:
-            return sent  # btp is the estimate itself
-        # btp is the backend's figure: keep its scale, apply the delivered share.
-        return round(btp * sent / got) if got else 0
+def _frame_of(c: UsageCapture) -> tuple[Any, ...]:
+    """A capture's fields as an unpacked frame holds them (``EXCHANGE_FIELDS`` order),
+    without the body (the projection is handed it apart)."""
+    u = c.usage
+    return (
+        c.wall_started_at,
+        c.started_at,
+        c.ended_at,
+        c.upstream_sent_at,
+        c.backend_ttfb_at,
+        c.upstream_done_at,
+        c.first_content_at,
+        c.session_id,
+        c.client_key_id,
+        c.frontend,
+        c.path,
+        c.backend,
+        c.backend_type,
+        c.model_requested,
+        c.model_used,
+        c.outcome,
+        c.proxy_user,
+        c.user_agent,
+        c.streaming,
+        c.status,
+        c.attempts,
+        c.tool_call_count,
+        c.tool_names,
+        None
+        if u is None
+        else (u.prompt, u.completion, u.total, u.cached, u.cache_write, u.reasoning, u.cost),
+        c.btp_est,
+        c.ptc_est,
+        c.replacement,
+        None,
+    )

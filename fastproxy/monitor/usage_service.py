@@ -146,7 +146,12 @@ class FrameCodec:
         return unpack_exchanges(buf)
 
     def build(self, frame: tuple[Any, ...]) -> Prepared:
-        return build_prepared(self.projector, UsageCapture.from_frame(frame))
+        projector = self.projector
+        try:
+            return projector.prepared_frame(frame)
+        except Exception as exc:
+            _log_projection_error(exc)
+            return projector.prepared_frame(frame, read_body=False)
 
     def fold_rollups(
         self, rows: list[tuple[Any, ...]]
@@ -159,17 +164,21 @@ def build_prepared(projector: Projector, capture: UsageCapture) -> Prepared:
     try:
         return projector.prepared(capture)
     except Exception as exc:
-        # A bug here must not lose the request: record it without prompt facts.
-        # Logged by type and place only: an exception's message may quote the body.
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        log.error(
-            "usage: projecting a record failed (%s at %s:%s); stored without prompt facts",
-            type(exc).__name__,
-            frame.filename,
-            frame.lineno,
-        )
+        _log_projection_error(exc)
         capture.body = None
         return projector.prepared(capture)
+
+
+def _log_projection_error(exc: Exception) -> None:
+    # A bug here must not lose the request: it is recorded without prompt facts.
+    # Logged by type and place only: an exception's message may quote the body.
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    log.error(
+        "usage: projecting a record failed (%s at %s:%s); stored without prompt facts",
+        type(exc).__name__,
+        frame.filename,
+        frame.lineno,
+    )
 
 
 def recorder_codec(settings: str) -> FrameCodec:

@@ -35,6 +35,7 @@ from .sse import (
     SSEScanner,
 )
 from .tokens import TokenEstimator, estimate_tokens
+from .usagerow import usage_row
 
 __all__ = [
     "DELTA_ERROR",
@@ -68,4 +69,5 @@ __all__ = [
     "pack_exchange",
     "parse_simple_request",
     "unpack_exchanges",
+    "usage_row",
 ]
