@@ -12,6 +12,8 @@ import builtins as _builtins
 import time as _time
 
 from cpython.float cimport PyFloat_FromDouble
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.math cimport copysign, fabs, floor
 from libc.math cimport isfinite as _isfinite
 
 cdef object _py_round = _builtins.round
@@ -43,10 +45,32 @@ cdef object _ur_real(object v):
     return None
 
 
+cdef object _round3(double x):
+    """round(x, 3), as Python computes it: the decimal nearest to x's exact value with 3
+    places (ties to even), then the double nearest to that decimal. For |x| < 1e6 the
+    product y = x * 1000 is within 1.2e-7 of the exact one, so unless y is within 1e-6
+    of a tie, the nearest integer n of y is the decimal's digits, and n / 1000 (exact
+    operands, one rounding) is the double nearest to it. Ties, large and non-finite
+    values go to Python's round."""
+    cdef double y, n, frac
+    if not (-1e6 < x < 1e6):
+        return _py_round(PyFloat_FromDouble(x), 3)
+    y = x * 1000.0
+    n = floor(y)
+    frac = y - n  # exact: y and n are within 1 of each other
+    if fabs(frac - 0.5) < 1e-6:
+        return _py_round(PyFloat_FromDouble(x), 3)
+    if frac > 0.5:
+        n += 1.0
+    if n == 0.0:
+        return PyFloat_FromDouble(copysign(0.0, x))  # round(-0.0001, 3) is -0.0
+    return PyFloat_FromDouble(n / 1000.0)
+
+
 cdef inline object _ur_ms(double later, double earlier):
     if not later or not earlier or later < earlier:
         return None
-    return _py_round(PyFloat_FromDouble((later - earlier) * 1000.0), 3)
+    return _round3((later - earlier) * 1000.0)
 
 
 cdef tuple _ur_cost(object usage, object price, object prompt_tokens, object completion_tokens,
@@ -134,12 +158,11 @@ def usage_row(tuple frame, object ms, object rid, object api, object ctp, object
     if streaming and first_at and btp:
         elapsed = ended - first_at
         if elapsed > 0:
-            stream_tps = _py_round(btp / PyFloat_FromDouble(elapsed), 3)
+            tps = btp / PyFloat_FromDouble(elapsed)
+            stream_tps = _round3(tps) if type(tps) is float else _py_round(tps, 3)
     overhead = None
     if sent_at and done_at and ended >= done_at:
-        overhead = _py_round(
-            PyFloat_FromDouble(((sent_at - started) + (ended - done_at)) * 1000.0), 3
-        )
+        overhead = _round3(((sent_at - started) + (ended - done_at)) * 1000.0)
     duration = _ur_ms(ended, started)
     if usage is None:
         br = None
@@ -183,13 +206,21 @@ def usage_row(tuple frame, object ms, object rid, object api, object ctp, object
         user_agent,
         api,
     )
-    tm = _gmtime(ms // 1000)
+    secs = ms // 1000
+    cdef int overflow = 0
+    cdef long long t = PyLong_AsLongLongAndOverflow(secs, &overflow) if type(secs) is int else -1
+    if overflow or not (0 <= t < 253402300800):  # before 1970 or after 9999: the C library
+        tm = _gmtime(secs)
+        wday, hour = tm.tm_wday, tm.tm_hour
+    else:
+        wday = (t // 86400 + 3) % 7  # 1970-01-01 was a Thursday (Monday is 0)
+        hour = (t % 86400) // 3600
     key = (backend, backend_type, frontend, model_requested, model_used, proxy_user, api, outcome)
     row = (
         ms / 1000,
         status or 0,
-        tm.tm_wday,
-        tm.tm_hour,
+        wday,
+        hour,
         session_id,
         1 if streaming else 0,
         outcome,

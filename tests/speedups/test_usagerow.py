@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from types import ModuleType
 from typing import Any
 
@@ -157,3 +158,41 @@ def test_both_agree_on_any_frame(frame: tuple[Any, ...], seed: int) -> None:
     assert _bits(_call(core, frame, random.Random(seed))) == _bits(
         _call(pure, frame, random.Random(seed))
     )
+
+
+def test_timings_round_like_python_at_ties_and_edges(speedups_impl: ModuleType) -> None:
+    """Durations whose milliseconds sit at or near a half of the third decimal, tiny and
+    negative overheads, and huge values: the same rounding as Python's round(x, 3)."""
+    other = other_impl(speedups_impl)
+    rng = random.Random(11)
+    base = list(random_frame(random.Random(2)))
+    base[18], base[19] = True, 200
+    for i in range(20000):
+        k = rng.randint(0, 10**7)
+        d = rng.choice(
+            [
+                (k + 0.5) / 1e6,
+                (2 * k + 1) / 2e6,
+                k / 1e6,
+                rng.random() * 1e-6,
+                rng.random() * 5e3,
+                rng.random() * 1e7,
+            ]
+        )
+        started = rng.choice([1.0, 1000.25, 1.7e9])
+        frame = list(base)
+        # ttft: first - started; overhead: (sent - started) + (ended - done), may be -0.0
+        frame[1], frame[6] = started, started + d
+        sent = started + rng.choice([d / 3, -d / 5, -rng.random() * 1e-6])
+        frame[3], frame[5], frame[2] = sent, started + d, started + d + rng.choice([0.0, d / 7])
+        frame[23], frame[24] = None, rng.choice([1, 7, 10**6])
+        args = (tuple(frame), 1_790_000_000_000 + i, "id", None, None, None, None, False, None)
+        assert _bits(speedups_impl.usage_row(*args)) == _bits(other.usage_row(*args)), (i, d)
+
+
+def test_the_hour_and_weekday_of_any_time(speedups_impl: ModuleType) -> None:
+    frame = random_frame(random.Random(3))
+    for ms in (0, 999, 86_399_999, 1_790_000_000_123, 253_402_300_799_999, -1, -86_400_001):
+        row = speedups_impl.usage_row(frame, ms, "id", None, None, None, None, False, None)[3]
+        tm = time.gmtime(ms // 1000)
+        assert row[2:4] == (tm.tm_wday, tm.tm_hour), ms
