@@ -46,6 +46,7 @@ from .monitor.rate_limits import RateLimitWatch
 from .monitor.usage_service import UsageService
 from .reload import ReloadPlan, plan_reload
 from .systemd import Notifier
+from .workers.primary import WorkerHub
 
 log = logging.getLogger("fastproxy")
 
@@ -81,6 +82,7 @@ class Gateway:
         self._sinks: list[ExchangeSink] = []
         self._views: Views | None = None
         self._retired_pools: list[UpstreamPool] = []
+        self.hub: WorkerHub | None = None  # workers > 1: the data planes are workers
         self._reload_lock = asyncio.Lock()
         self._servers: list[asyncio.base_events.Server] = []
         self._ticker: asyncio.TimerHandle | None = None
@@ -109,6 +111,9 @@ class Gateway:
             await service.start()
             self._services.append(service)
 
+        if cfg.workers > 1:
+            await self._start_workers(backends, default_backend)
+            return
         # The data plane, with the services plugged into its seams.
         sinks = self._sinks = [metrics]
         if usage is not None:
@@ -159,6 +164,81 @@ class Gateway:
         )
         self.started.set()
         self._notifier.ready(f"listening on {cfg.host}:{self.port}")
+
+    async def _start_workers(
+        self, backends: dict[str, Backend], default_backend: str | None
+    ) -> None:
+        """Multi-process mode (fastproxy/workers): this process keeps the services and
+        the admin listener; ``workers`` processes serve the data port."""
+        cfg, loop = self.config, asyncio.get_running_loop()
+        health, metrics, usage = self.health, self.metrics, self.usage
+        assert health is not None and metrics is not None and self.rate_limits is not None
+        forward = None
+        if usage is not None:
+            link = usage.store
+
+            def forward(frames: memoryview, count: int) -> None:
+                # The workers packed these frames as the usage service would have: they
+                # go on to the recorder as they are, within the link's bounds.
+                assert link is not None
+                if link.pending() + len(frames) > link.limit:
+                    link.link_dropped += count
+                    return
+                link.out += frames
+                for _ in range(count):
+                    link.packed()
+
+        interval = self._notifier.watchdog_interval
+        hub = self.hub = WorkerHub(
+            cfg,
+            backends,
+            default_backend,
+            health,
+            (health, self.rate_limits),
+            (metrics,),
+            forward,
+            # A worker silent for this long has a stuck loop and is replaced: the
+            # service's own watchdog interval when systemd gives one, else 10 s.
+            max(2.0, 2 * interval) if interval else 10.0,
+        )
+        views = self._views = Views(
+            config=cfg,
+            backends=backends,
+            plane=hub.plane,
+            health=health,
+            rate_limits=self.rate_limits,
+            metrics=metrics,
+            activity=None,
+            usage=usage,
+            workers=hub.describe,
+        )
+        data_port_policy = AccessPolicy(cfg.admin.allow_networks, (cfg.host, cfg.admin.host))
+        self.monitoring = MonitoringApi(views, data_port_policy)
+        self.port = await hub.start()
+        if cfg.admin.enabled:
+            self.admin = AdminService(cfg, loop, self.monitoring.router, self._date, hub.plane)
+            self.admin_port = await self.admin.listen()
+        self._tick_primary()
+        log.info(
+            "fastproxy data plane listening on http://%s:%d (backends: %s; %d workers)",
+            cfg.host,
+            self.port,
+            ", ".join(backends) or "none",
+            cfg.workers,
+        )
+        self.started.set()
+        self._notifier.ready(f"listening on {cfg.host}:{self.port}; {hub.summary()}")
+
+    def _tick_primary(self) -> None:
+        hub = self.hub
+        if hub is None or hub.stopping:
+            return
+        self._date.tick()
+        if self._notifier.watchdog_interval:
+            self._notifier.watchdog()
+        if self._notifier.enabled:
+            self._notifier.notify(f"STATUS={hub.summary()}")
+        self._ticker = hub.loop.call_later(1.0 - (time.time() % 1.0), self._tick_primary)
 
     def _pool(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> UpstreamPool:
         limits = self.config.limits
@@ -255,6 +335,12 @@ class Gateway:
         """Apply ``loaded`` to the running gateway; None when nothing was applied (not
         started, stopping, or building the new generation failed: logged)."""
         async with self._reload_lock:
+            if self.hub is not None:
+                log.warning(
+                    "reload with workers is not built yet: restart to apply the changed "
+                    "config (the running config is kept)"
+                )
+                return None
             plane, views, old_health = self.plane, self._views, self.health
             if plane is None or views is None or old_health is None or plane.draining:
                 return None
@@ -332,6 +418,9 @@ class Gateway:
 
     # -- stop ---------------------------------------------------------------------------
     async def stop(self) -> None:
+        if self.hub is not None:
+            await self._stop_workers(self.hub)
+            return
         plane = self.plane
         if plane is None or self.stopped.is_set():
             return
@@ -360,6 +449,25 @@ class Gateway:
             self._ticker.cancel()
         for server in self._servers:
             await server.wait_closed()
+        self.stopped.set()
+        log.info("fastproxy stopped")
+
+    async def _stop_workers(self, hub: WorkerHub) -> None:
+        if self.stopped.is_set() or hub.stopping:
+            return
+        self._notifier.stopping()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        # Each worker drains its own requests for timeouts.drain_seconds, then cuts
+        # what is left and hands over the last records; their channels deliver those
+        # before the usage link below is closed.
+        await hub.stop(self.config.timeouts.drain_seconds + CUT_EXCHANGES_WAIT_S + 5.0)
+        if self.admin is not None:
+            await self.admin.stop()
+        for service in reversed(self._services):
+            await service.stop()
+        if self.demo is not None:
+            await self.demo.close()
         self.stopped.set()
         log.info("fastproxy stopped")
 

@@ -123,6 +123,8 @@ def diagnostics_document(
     doc["activity_tracking_enabled"] = snapshot is not None
     doc["instances"] = instances
     doc["global_activity"] = global_activity
+    if views.workers is not None:
+        doc["workers"] = views.workers()
     return doc
 
 

@@ -8,8 +8,9 @@ handler tests for a missing service and no service knows an HTTP type.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import Config
 from ..core.seams import PlaneStats
@@ -34,6 +35,9 @@ class Views:
     metrics: MetricsCollector
     activity: ActivityTracker | None = None
     usage: UsageService | None = None
+    # Multi-process mode: one entry per worker (index, pid, up, restarts, connections);
+    # None with one process, and /v1/diagnostics then has no "workers" key.
+    workers: Callable[[], list[dict[str, Any]]] | None = None
 
     @property
     def store(self) -> UsageStore | None:

@@ -154,6 +154,8 @@ def _coerce(source: str, key: str, raw: str, kind: str) -> Any:
     if kind == "path":
         return raw
     base = _strip(_leaf_type(key))
+    if key == "workers" and raw.strip().lower() == "auto":
+        return "auto"  # the number of usable cores, decided in load_config
     try:
         if base is bool:
             return _coerce(source, key, raw, "bool")
@@ -247,6 +249,10 @@ def load_config(
         tree["state_dir"] = state_dir.split(":")[0]
         origins["state_dir"] = "env STATE_DIRECTORY"
 
+    if tree.get("workers") == "auto":
+        # One worker per CPU this process may run on (its affinity mask, which a
+        # container's or systemd's CPU limits narrow), decided once, at load.
+        tree["workers"] = max(1, len(os.sched_getaffinity(0)))
     try:
         config = _convert(tree)
     except RecursionError:
@@ -431,10 +437,10 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
             ) from None
     _check_admin_keys(config)
     _check_not_built(config, origins)
-    if config.workers != 1:
+    if config.workers > 1 and config.enable_activity_tracking:
         raise ConfigError(
-            f"workers: got {config.workers}; multi-process mode is not built yet, so only 1 "
-            "is allowed (run several instances behind a balancer meanwhile)"
+            f"workers: got {config.workers} with enable_activity_tracking; live activity "
+            "across workers is not built yet, so activity tracking needs workers: 1"
         )
     if not is_loopback_host(config.host):
         if config.auth.disable_auth:

@@ -208,6 +208,8 @@ class Config(_Section, frozen=True, kw_only=True):
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
-    workers: PositiveInt = 1  # only 1: multi-process mode is not built yet (loader._check)
+    # Data-plane worker processes; above 1 a primary process supervises them
+    # (fastproxy/workers). Not with activity tracking yet (loader._check).
+    workers: PositiveInt = 1
     # Derived at load time (not user keys): where state lives, and where the file came from.
     state_dir: str = "./var"

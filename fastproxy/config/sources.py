@@ -108,7 +108,10 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
     CliFlag("--access-log", "access_log", "one log line per request", action="true"),
     CliFlag("--drain-timeout", "timeouts.drain_seconds", "graceful drain seconds", metavar="S"),
     CliFlag(
-        "--workers", "workers", "worker processes (only 1: more is not built yet)", metavar="N"
+        "--workers",
+        "workers",
+        "data-plane worker processes on the one port, or auto (one per usable CPU)",
+        metavar="N",
     ),
 )
 

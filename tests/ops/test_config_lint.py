@@ -124,10 +124,7 @@ def test_a_file_limit_below_what_max_connections_needs() -> None:
 
 # -- workers ----------------------------------------------------------------------------
 def test_more_workers_than_usable_cores() -> None:
-    # The loader still refuses workers > 1 (not built yet); the rule is ready for when
-    # it is, so it is checked on a Config made directly.
-    with pytest.raises(ConfigError, match="not built yet"):
-        loaded(workers=4)
+    assert loaded(workers=4).workers == 4
     assert codes(Config(workers=4), cores=2) == ["workers-above-cores"]
     assert "2 CPUs" in lint(Config(workers=4), nofile=ROOMY, cores=2)[0].message
     assert codes(Config(workers=4), cores=4) == []

@@ -1,0 +1,443 @@
+"""The primary's side of multi-process mode: it spawns the workers, restarts one that
+dies or hangs, and makes their reports the one view operators read.
+
+The primary keeps every service there is one of per gateway: the health service (one
+round of probes for the gateway, breaker states pushed to every worker), the usage
+recorder link, the metrics, the admin listener. Workers keep only data planes. Why a
+primary that serves no traffic: the kernel balances connections over the workers'
+SO_REUSEPORT sockets, so a primary that also served would get a share of the traffic and
+its services' work on top; and a worker that dies takes nothing but its own in-flight
+requests with it.
+
+What the views read (`AggregatePlane`, the `PlaneStats` seam):
+- requests, client aborts and cut streams are counted from the records the workers hand
+  over, so each request is counted exactly once, whichever worker served it;
+- connection counters, open connections, in-flight requests and pools are the sums of
+  the workers' latest heartbeats; a replaced worker's last counts are kept, so totals
+  never go backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+import orjson
+
+from .._speedups import EXCHANGE_FIELDS, unpack_exchanges
+from ..config import Config
+from ..core.records import BackendUsage, Counters
+from ..core.seams import AttemptSink, BreakerView, ExchangeSink
+from ..httpclient.backend import Backend
+from .channel import Channel, Kind
+
+log = logging.getLogger("fastproxy.workers")
+
+BREAKERS_EVERY_S = 0.25  # time-driven breaker changes (open -> half-open) reach workers
+RESTART_MIN_S, RESTART_MAX_S = 0.5, 10.0
+STABLE_S = 30.0  # alive this long: the next death restarts at the shortest backoff
+START_TIMEOUT_S = 60.0
+_COUNTER_KEYS = ("connections_total", "connections_rejected", "client_stalls", "failovers")
+_F = {name: i for i, name in enumerate(EXCHANGE_FIELDS)}
+
+
+class RecordView:
+    """An unpacked exchange frame read as an `ExchangeRecord` by the exchange sinks that
+    run in the primary (metrics). Only what those read is here."""
+
+    __slots__ = (
+        "backend",
+        "ended_at",
+        "first_content_at",
+        "first_tx_at",
+        "frontend",
+        "model_requested",
+        "model_used",
+        "outcome",
+        "started_at",
+        "status",
+        "streaming",
+        "usage",
+    )
+
+    def __init__(self, t: tuple[Any, ...]) -> None:
+        self.frontend = t[_F["frontend"]]
+        self.backend = t[_F["backend"]]
+        self.model_requested = t[_F["model_requested"]]
+        self.model_used = t[_F["model_used"]]
+        self.status = t[_F["status"]]
+        self.outcome = t[_F["outcome"]]
+        self.started_at = t[_F["started_at"]]
+        self.ended_at = t[_F["ended_at"]]
+        self.streaming = t[_F["streaming"]]
+        self.first_content_at = t[_F["first_content_at"]]
+        self.first_tx_at = 0.0
+        usage = t[_F["usage"]]
+        self.usage = BackendUsage(*usage) if usage is not None else None
+
+
+class WorkerProc:
+    """One worker slot: its process, channel and latest heartbeat."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: Channel | None = None
+        self.ready = False
+        self.started_at = 0.0
+        self.last_seen = 0.0
+        self.stats: dict[str, Any] = {}
+        self.restarts = 0
+        self.backoff = RESTART_MIN_S
+        self.ready_waiter: asyncio.Future[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+
+class AggregatePlane:
+    """`PlaneStats` over every worker (what /metrics and /v1/diagnostics read)."""
+
+    def __init__(self, hub: WorkerHub) -> None:
+        self._hub = hub
+        self.draining = False
+        # From the records: exact, each request once.
+        self._records = Counters()
+        # From heartbeats of workers that were replaced: their last counts.
+        self._gone: dict[str, Any] = {k: 0 for k in _COUNTER_KEYS}
+        self._gone_errors: dict[str, int] = {}
+
+    @property
+    def counters(self) -> Counters:
+        c = Counters()
+        r = self._records
+        c.requests_total = r.requests_total
+        c.client_aborts = r.client_aborts
+        c.stream_truncations = r.stream_truncations
+        errors = dict(self._gone_errors)
+        for key in _COUNTER_KEYS:
+            total = self._gone[key]
+            for w in self._hub.workers:
+                total += w.stats.get(key, 0)
+            setattr(c, key, total)
+        for w in self._hub.workers:
+            for kind, n in w.stats.get("upstream_errors", {}).items():
+                errors[kind] = errors.get(kind, 0) + n
+        c.upstream_errors = errors
+        return c
+
+    def count_record(self, outcome: str) -> None:
+        r = self._records
+        r.requests_total += 1
+        if outcome == "client_aborted":
+            r.client_aborts += 1
+        elif outcome == "truncated":
+            r.stream_truncations += 1
+
+    def retire(self, stats: Mapping[str, Any]) -> None:
+        """A worker is gone: keep its last counts in the totals."""
+        for key in _COUNTER_KEYS:
+            self._gone[key] += stats.get(key, 0)
+        for kind, n in stats.get("upstream_errors", {}).items():
+            self._gone_errors[kind] = self._gone_errors.get(kind, 0) + n
+
+    def open_connections(self) -> int:
+        return sum(w.stats.get("open_connections", 0) for w in self._hub.workers)
+
+    def in_flight(self) -> tuple[int, int]:
+        ws = self._hub.workers
+        return (
+            sum(w.stats.get("in_flight", 0) for w in ws),
+            sum(w.stats.get("streams", 0) for w in ws),
+        )
+
+    def backend_names(self) -> list[str]:
+        return list(self._hub.backends)
+
+    def pool_stats(self) -> Mapping[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {name: (0, 0) for name in self._hub.backends}
+        for w in self._hub.workers:
+            for name, (open_, idle) in w.stats.get("pools", {}).items():
+                o, i = out.get(name, (0, 0))
+                out[name] = (o + open_, i + idle)
+        return out
+
+
+class WorkerHub:
+    """Spawns and supervises the workers and turns their reports into the primary's
+    services' inputs."""
+
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend],
+        default_backend: str | None,
+        breakers: BreakerView,
+        attempt_sinks: tuple[AttemptSink, ...],
+        exchange_sinks: tuple[ExchangeSink, ...],
+        forward_records: Callable[[memoryview, int], None] | None,
+        watchdog_s: float,
+    ) -> None:
+        self.config = config
+        self.backends = backends
+        self.default_backend = default_backend
+        self.breakers = breakers
+        self.attempt_sinks = attempt_sinks
+        self.exchange_sinks = exchange_sinks
+        self.forward_records = forward_records
+        self.watchdog_s = watchdog_s
+        self.loop = asyncio.get_running_loop()
+        self.workers = [WorkerProc(i) for i in range(config.workers)]
+        self.plane = AggregatePlane(self)
+        self.port = 0
+        self.stopping = False
+        self._reserve: socket.socket | None = None
+        self._breaker_doc = b""
+        self._ticker: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- start ------------------------------------------------------------------------
+    async def start(self) -> int:
+        """Reserve the port, start every worker, return once all listen."""
+        cfg = self.config
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Bound, never listening: the port stays ours (port 0 picks it once for all the
+        # workers) while the kernel hands connections only to listening sockets.
+        sock.bind((cfg.host, cfg.port))
+        self._reserve = sock
+        self.port = sock.getsockname()[1]
+        waits = [self._spawn(w) for w in self.workers]
+        await asyncio.wait_for(asyncio.gather(*waits), START_TIMEOUT_S)
+        self._tick()
+        return self.port
+
+    async def _spawn(self, w: WorkerProc) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # Off the loop: fork and exec of a large process take milliseconds, and a
+            # restart happens while the other workers' reports keep arriving.
+            w.proc = await asyncio.to_thread(
+                subprocess.Popen,
+                [sys.executable, "-m", "fastproxy.workers.worker", "--fd", str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        w.ready = False
+        w.stats = {}
+        w.started_at = w.last_seen = time.monotonic()
+        w.ready_waiter = self.loop.create_future()
+        w.channel = await Channel.open(
+            parent,
+            lambda kind, payload: self._on_frame(w, kind, payload),
+            lambda: self._on_lost(w),
+        )
+        w.channel.send_json(Kind.CONFIG, self._config_doc())
+        await w.ready_waiter
+
+    def _config_doc(self) -> dict[str, Any]:
+        return {
+            "config": msgspec.to_builtins(self.config),
+            "backends": {
+                name: {
+                    "config": msgspec.to_builtins(b.config),
+                    "models": sorted(b.models) if b.models is not None else None,
+                    "dialects": sorted(b.dialects),
+                }
+                for name, b in self.backends.items()
+            },
+            "default_backend": self.default_backend,
+            "breakers": self._breaker_states(),
+            "port": self.port,
+        }
+
+    def _breaker_states(self) -> dict[str, str]:
+        return {name: self.breakers.breaker_state(name).value for name in self.backends}
+
+    # -- what workers report ----------------------------------------------------------
+    def _on_frame(self, w: WorkerProc, kind: Kind, payload: memoryview) -> None:
+        w.last_seen = time.monotonic()
+        if kind is Kind.RECORDS:
+            self._records(payload)
+        elif kind is Kind.ATTEMPTS:
+            self._attempts(orjson.loads(payload))
+        elif kind is Kind.STATS:
+            w.stats = orjson.loads(payload)
+        elif kind is Kind.READY:
+            w.ready = True
+            if w.ready_waiter is not None and not w.ready_waiter.done():
+                w.ready_waiter.set_result(None)
+
+    def _records(self, payload: memoryview) -> None:
+        frames, end = unpack_exchanges(payload)
+        if end != len(payload):
+            log.error("worker sent a partial exchange frame; %d bytes dropped", len(payload) - end)
+        plane = self.plane
+        outcome = _F["outcome"]
+        for t in frames:
+            plane.count_record(t[outcome])
+            if self.exchange_sinks:
+                view = RecordView(t)
+                for sink in self.exchange_sinks:
+                    try:
+                        sink.on_exchange(view)  # type: ignore[arg-type]
+                    except Exception:
+                        log.exception("exchange sink failed")
+        if self.forward_records is not None and frames:
+            self.forward_records(payload[:end], len(frames))
+
+    def _attempts(self, events: list[list[Any]]) -> None:
+        for ev in events:
+            for sink in self.attempt_sinks:
+                try:
+                    if ev[0] == "s":
+                        sink.attempt_started(ev[1])
+                    else:
+                        after = ev[4].encode("latin-1") if ev[4] is not None else None
+                        sink.attempt_finished(ev[1], ev[2], ev[3], after)
+                except Exception:
+                    log.exception("attempt sink failed")
+        self._push_breakers()
+
+    def _push_breakers(self, force: bool = False) -> None:
+        doc = orjson.dumps(self._breaker_states())
+        if doc == self._breaker_doc and not force:
+            return
+        self._breaker_doc = doc
+        for w in self.workers:
+            if w.channel is not None and not w.channel.closed:
+                w.channel.send(Kind.BREAKERS, doc)
+
+    def _on_lost(self, w: WorkerProc) -> None:
+        self.plane.retire(w.stats)
+        w.stats = {}
+        w.channel = None
+        proc = w.proc
+        if w.ready_waiter is not None and not w.ready_waiter.done():
+            w.ready_waiter.set_exception(RuntimeError(f"worker {w.index} exited while starting"))
+            w.ready_waiter.exception()
+        if proc is not None:
+            self._hold(self.loop.create_task(self._reap(w, proc)))
+
+    async def _reap(self, w: WorkerProc, proc: subprocess.Popen[bytes]) -> None:
+        # The channel closed first; the exit follows within moments.
+        await asyncio.to_thread(proc.wait)
+        if self.stopping:
+            return
+        log.error(
+            "worker %d (pid %d) exited with status %s; restarting in %.1fs",
+            w.index,
+            proc.pid,
+            proc.returncode,
+            w.backoff,
+        )
+        alive = time.monotonic() - w.started_at
+        delay = RESTART_MIN_S if alive > STABLE_S else w.backoff
+        w.backoff = min(RESTART_MAX_S, delay * 2)
+        await asyncio.sleep(delay)
+        if self.stopping:
+            return
+        w.restarts += 1
+        try:
+            await asyncio.wait_for(self._spawn(w), START_TIMEOUT_S)
+        except Exception as exc:
+            log.error("worker %d did not start: %s", w.index, exc)
+
+    def _hold(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _tick(self) -> None:
+        self._push_breakers(force=False)
+        now = time.monotonic()
+        for w in self.workers:
+            # A worker that stopped reporting has a stuck loop: replace it.
+            if (
+                w.ready
+                and w.channel is not None
+                and now - w.last_seen > self.watchdog_s
+                and w.proc is not None
+                and w.proc.poll() is None
+            ):
+                log.error(
+                    "worker %d (pid %d) sent nothing for %.0fs: killed",
+                    w.index,
+                    w.proc.pid,
+                    now - w.last_seen,
+                )
+                with contextlib.suppress(OSError):
+                    w.proc.kill()
+        self._ticker = self.loop.call_later(BREAKERS_EVERY_S, self._tick)
+
+    # -- what the gateway asks ----------------------------------------------------------
+    def all_alive(self) -> bool:
+        return all(w.ready and w.channel is not None for w in self.workers)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The workers as /v1/diagnostics lists them."""
+        return [
+            {
+                "index": w.index,
+                "pid": w.pid,
+                "up": w.ready and w.channel is not None,
+                "restarts": w.restarts,
+                "open_connections": w.stats.get("open_connections", 0),
+                "connections_total": w.stats.get("connections_total", 0),
+                "in_flight": w.stats.get("in_flight", 0),
+            }
+            for w in self.workers
+        ]
+
+    def summary(self) -> str:
+        live = sum(1 for w in self.workers if w.ready and w.channel is not None)
+        open_ = self.plane.open_connections()
+        return f"{live}/{len(self.workers)} workers up, {open_} connections open"
+
+    def signal_all(self, sig: int) -> None:
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.kill(w.proc.pid, sig)
+
+    async def stop(self, wait_s: float) -> None:
+        """SIGTERM every worker (each drains its requests), wait, then kill what is left."""
+        self.stopping = True
+        self.plane.draining = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if all(w.proc is None or w.proc.poll() is not None for w in self.workers):
+                break
+            await asyncio.sleep(0.02)
+        self.signal_all(signal.SIGKILL)
+        for w in self.workers:
+            if w.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    w.proc.wait(5)
+        # Let the channels deliver what the workers wrote before they exited.
+        deadline = time.monotonic() + 5
+        while any(w.channel is not None for w in self.workers):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._reserve is not None:
+            self._reserve.close()

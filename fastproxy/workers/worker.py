@@ -1,0 +1,307 @@
+"""A worker: one data plane on the shared port, reporting everything to the primary.
+
+Run as ``python -m fastproxy.workers.worker --fd N`` by the primary (primary.py), never by
+hand: ``N`` is its end of the control channel, on which the primary sends the config and
+the backends (with the models it discovered, so N workers do not ask the providers N
+times). The worker then serves the data port (SO_REUSEPORT: the kernel spreads new
+connections over the workers) and owns nothing else:
+
+- breaker state comes from the primary, which runs the one health service (probes once
+  for the gateway); the worker's attempt events go back to it;
+- each finished request is packed (`_speedups.pack_exchange`, the same frame the usage
+  recorder reads) and handed to the primary, once per loop iteration, which counts it in
+  /metrics and /v1/diagnostics and passes it on to the usage recorder;
+- every ``HEARTBEAT_S`` it sends its connection counters, open connections and pools:
+  the primary's views add them up, and a worker that stops sending (a stuck loop) is
+  restarted.
+
+SIGTERM drains like the single-process gateway (in-flight requests finish for up to
+``timeouts.drain_seconds``). SIGINT is ignored: a terminal's ^C reaches the whole
+process group, and the primary decides. A primary that goes away makes the worker
+drain and exit too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import msgspec
+import orjson
+import uvloop
+
+from .._speedups import pack_exchange
+from ..config import BackendConfig, Config
+from ..core.clock import HttpDate
+from ..core.records import Counters, ExchangeRecord
+from ..core.seams import BreakerState, Reporter
+from ..dataplane.plane import DataPlane
+from ..dataplane.protocol import ClientProtocol
+from ..httpclient.backend import Backend
+from ..httpclient.pool import UpstreamPool
+from ..logs import configure_logging
+from .channel import Channel, Kind
+
+log = logging.getLogger("fastproxy.workers")
+
+HEARTBEAT_S = 0.5
+# Records waiting for the primary past this many bytes go without their request body,
+# and past twice as many are dropped and counted: a primary that stopped reading must
+# not make the worker hold requests' bodies without bound.
+BODY_BACKLOG = 64 * 1024 * 1024
+RECORD_BACKLOG = 2 * BODY_BACKLOG
+CUT_WAIT_S = 5.0
+
+
+class RemoteBreakers:
+    """The `BreakerView` routing asks: the primary's breaker states, as last sent."""
+
+    __slots__ = ("states",)
+
+    def __init__(self) -> None:
+        self.states: dict[str, BreakerState] = {}
+
+    def update(self, doc: dict[str, str]) -> None:
+        self.states = {name: BreakerState(state) for name, state in doc.items()}
+
+    def breaker_state(self, name: str) -> BreakerState:
+        return self.states.get(name, BreakerState.CLOSED)
+
+
+class Forwarder:
+    """The worker's `AttemptSink` and `ExchangeSink`: both go to the primary, batched
+    per loop iteration (one RECORDS frame, one ATTEMPTS frame)."""
+
+    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop, accounting: bool) -> None:
+        self.channel = channel
+        self.loop = loop
+        self.accounting = accounting
+        self.records = bytearray()
+        self.attempts: list[list[Any]] = []
+        self.dropped = 0
+        self.bodies_dropped = 0
+        self._scheduled = False
+
+    def _later(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def attempt_started(self, backend: str) -> None:
+        self.attempts.append(["s", backend])
+        self._later()
+
+    def attempt_finished(
+        self, backend: str, status: int, kind: str | None, retry_after: bytes | None = None
+    ) -> None:
+        after = retry_after.decode("latin-1") if retry_after is not None else None
+        self.attempts.append(["f", backend, status, kind, after])
+        self._later()
+
+    def on_exchange(self, rec: ExchangeRecord) -> None:
+        backlog = self.channel.buffered() + len(self.records)
+        if backlog > RECORD_BACKLOG:
+            self.dropped += 1
+            return
+        body = rec.request_body if self.accounting else None
+        if body is not None and backlog + len(body) > BODY_BACKLOG:
+            body = None
+            self.bodies_dropped += 1
+        if not self.accounting and rec.streaming and not rec.first_content_at:
+            # /metrics times a stream's first byte when no content was timed (usage
+            # off); the frame carries one such time, so it takes the first byte's.
+            rec.first_content_at = rec.first_tx_at
+        pack_exchange(rec, body, self.records)
+        self._later()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self.attempts:
+            self.channel.send_json(Kind.ATTEMPTS, self.attempts)
+            self.attempts = []
+        if self.records:
+            self.channel.send(Kind.RECORDS, self.records)
+            self.records = bytearray()
+        self.channel.flush()
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.channel: Channel  # set by _main once open (frames may come before that)
+        self.loop = asyncio.get_running_loop()
+        self.config: Config | None = None
+        self.plane: DataPlane | None = None
+        self.breakers = RemoteBreakers()
+        self.forwarder: Forwarder | None = None
+        self.server: asyncio.base_events.Server | None = None
+        self.stop_requested = asyncio.Event()
+        self.configured: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self._date = HttpDate()
+        self._ticker: asyncio.TimerHandle | None = None
+
+    # -- the channel ------------------------------------------------------------------
+    def on_frame(self, kind: Kind, payload: memoryview) -> None:
+        if kind is Kind.CONFIG and not self.configured.done():
+            self.configured.set_result(orjson.loads(payload))
+        elif kind is Kind.BREAKERS:
+            self.breakers.update(orjson.loads(payload))
+
+    def on_lost(self) -> None:
+        # The primary is gone: nobody reads our records or restarts us. Drain and exit.
+        self.stop_requested.set()
+
+    # -- start ------------------------------------------------------------------------
+    async def start(self) -> None:
+        doc = await self.configured
+        config = self.config = msgspec.convert(doc["config"], Config)
+        configure_logging(config.log_level)
+        loop = self.loop
+        backends: dict[str, Backend] = {}
+        for name, b in doc["backends"].items():
+            backend = Backend(
+                name,
+                msgspec.convert(b["config"], BackendConfig),
+                dialects=frozenset(b["dialects"]),
+            )
+            backend.models = frozenset(b["models"]) if b["models"] is not None else None
+            backends[name] = backend
+        limits = config.limits
+        pools = {
+            name: UpstreamPool(
+                b,
+                loop,
+                max_head_bytes=limits.max_head_bytes,
+                max_headers=limits.max_headers,
+                max_body_bytes=limits.max_response_body_bytes,
+                max_connections=limits.max_connections,
+            )
+            for name, b in backends.items()
+        }
+        self.breakers.update(doc["breakers"])
+        accounting = config.usage_tracking.enabled
+        forwarder = self.forwarder = Forwarder(self.channel, loop, accounting)
+        plane = self.plane = DataPlane(
+            config,
+            loop,
+            backends=backends,
+            pools=pools,
+            default_backend=doc["default_backend"],
+            breakers=self.breakers,
+            reporter=Reporter((forwarder,), (forwarder,)),
+            accounting=accounting,
+            counters=Counters(),
+            date=self._date,
+        )
+        # Monitoring paths are served by the primary's admin listener, which sees every
+        # worker; on the data port they are not found (docs/workers.md).
+        self.server = await loop.create_server(
+            lambda: ClientProtocol(plane),
+            config.host,
+            doc["port"],
+            backlog=2048,
+            reuse_address=True,
+            reuse_port=True,
+        )
+        self.channel.send_json(Kind.READY, {"pid": os.getpid()})
+        self._tick()
+
+    def _tick(self) -> None:
+        plane = self.plane
+        if plane is None:
+            return
+        self._date.tick()
+        for pool in plane.pools.values():
+            pool.sweep()
+        self.heartbeat()
+        self._ticker = self.loop.call_later(HEARTBEAT_S, self._tick)
+
+    def heartbeat(self) -> None:
+        plane, fwd = self.plane, self.forwarder
+        if plane is None or fwd is None:
+            return
+        c = plane.counters
+        requests, streams = plane.in_flight()
+        self.channel.send_json(
+            Kind.STATS,
+            {
+                "at": time.time(),
+                "connections_total": c.connections_total,
+                "connections_rejected": c.connections_rejected,
+                "client_stalls": c.client_stalls,
+                "failovers": c.failovers,
+                "upstream_errors": c.upstream_errors,
+                "open_connections": plane.open_connections(),
+                "in_flight": requests,
+                "streams": streams,
+                "pools": {n: list(v) for n, v in plane.pool_stats().items()},
+                "records_dropped": fwd.dropped,
+                "bodies_dropped": fwd.bodies_dropped,
+            },
+        )
+
+    # -- stop -------------------------------------------------------------------------
+    async def stop(self) -> None:
+        plane, config = self.plane, self.config
+        if plane is None or config is None:
+            return
+        plane.draining = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(plane.connections):
+            conn.shutdown()
+        await _until_idle(plane, config.timeouts.drain_seconds)
+        for conn in list(plane.connections):
+            conn.abort("the gateway is shutting down")
+        await _until_idle(plane, CUT_WAIT_S)
+        for pool in plane.pools.values():
+            pool.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self.heartbeat()  # the last counts, so the primary's totals end exact
+        if self.forwarder is not None:
+            self.forwarder.flush()
+        self.channel.close()
+
+
+async def _until_idle(plane: DataPlane, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while plane.busy:
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _main(fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    worker = Worker()
+    worker.channel = await Channel.open(socket.socket(fileno=fd), worker.on_frame, worker.on_lost)
+    loop.add_signal_handler(signal.SIGTERM, worker.stop_requested.set)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        await asyncio.wait_for(worker.start(), 60)
+    except (OSError, TimeoutError) as exc:
+        log.error("worker cannot start: %s", exc)
+        return 1
+    await worker.stop_requested.wait()
+    await worker.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastproxy.workers.worker")
+    parser.add_argument("--fd", type=int, required=True)
+    ns = parser.parse_args(argv)
+    if sys.version_info >= (3, 12):
+        return asyncio.run(_main(ns.fd), loop_factory=uvloop.new_event_loop)
+    return uvloop.run(_main(ns.fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

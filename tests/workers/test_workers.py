@@ -1,0 +1,304 @@
+"""Multi-process mode: ``workers: 2`` behind one port, seen by operators as one gateway.
+
+Every test runs ``fastproxy run`` as a process (a primary and its workers) against the
+mock LLM on 127.0.0.1, sends real traffic over many connections, and reads the
+answers where an operator would: /metrics, /v1/diagnostics, /v1/usage/stats, the log,
+the systemd notify socket, the usage database.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from fastproxy.mockllm import MockLLMServer
+from tests.conftest import backend_for
+from tests.support.proc import GatewayProcess
+
+CHAT = "/v1/chat/completions"
+BODY = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def _start(
+    tmp_path: Path, mock: MockLLMServer, extra: dict[str, Any] | None = None, **env: str
+) -> GatewayProcess:
+    tree: dict[str, Any] = {
+        "port": 0,
+        "admin": {"port": 0},
+        "workers": 2,
+        "backends": {"openai": backend_for(mock)},
+        "usage_tracking": {"persistence_path": str(tmp_path / "usage.db")},
+        **(extra or {}),
+    }
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(tree))
+    gw = GatewayProcess(["--config", str(cfg)], cwd=str(tmp_path), env=env)
+    gw.wait_ready()
+    return gw
+
+
+@pytest.fixture
+def stop_all() -> Iterator[list[GatewayProcess]]:
+    procs: list[GatewayProcess] = []
+    yield procs
+    for gw in procs:
+        if gw.proc.poll() is None:
+            gw.kill()
+
+
+def _get(port: int, path: str) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        body = r.read()
+        assert r.status == 200, body
+        return body if path == "/metrics" else orjson.loads(body)
+    finally:
+        conn.close()
+
+
+def _requests(port: int, connections: int, per_connection: int) -> list[int]:
+    """``connections`` keep-alive connections in parallel, ``per_connection`` requests
+    each; every status (0: the exchange failed)."""
+    out: list[int] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        got = []
+        for _ in range(per_connection):
+            try:
+                conn.request("POST", CHAT, BODY, {"content-type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                got.append(r.status)
+            except (OSError, http.client.HTTPException):
+                got.append(0)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.close()
+        with lock:
+            out.extend(got)
+
+    threads = [threading.Thread(target=run) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def _poll(what: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if ok(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+def _metric_sum(text: bytes, name: str) -> float:
+    total = 0.0
+    for line in text.decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_two_workers_count_every_request_once(
+    tmp_path: Path, mock_llm: MockLLMServer, stop_all: list[GatewayProcess]
+) -> None:
+    gw = _start(tmp_path, mock_llm)
+    stop_all.append(gw)
+    admin = gw.admin_port
+    assert admin is not None
+    n_conn, per = 40, 10  # 40 connections: both workers' sockets get some
+    statuses = _requests(gw.port or 0, n_conn, per)
+    n = n_conn * per
+    assert statuses.count(200) == n, {s: statuses.count(s) for s in set(statuses)}
+
+    metrics = _poll(lambda: _get(admin, "/metrics"), lambda m: True)
+    assert _metric_sum(metrics, "fastproxy_requests_total") == n
+    stats = _poll(
+        lambda: _get(admin, "/v1/usage/stats"), lambda s: s["request_count"] >= n, timeout=20
+    )
+    assert stats["request_count"] == n
+    diag = _poll(
+        lambda: _get(admin, "/v1/diagnostics"),
+        lambda d: sum(w["connections_total"] for w in d["workers"]) >= n_conn,
+    )
+    workers = diag["workers"]
+    assert [w["index"] for w in workers] == [0, 1] and all(w["up"] for w in workers)
+    assert sum(w["connections_total"] for w in workers) == n_conn
+    assert all(w["connections_total"] > 0 for w in workers), workers  # both served
+    # The mock saw exactly n chat requests: none was sent twice.
+    chats = [r for r in mock_llm.stats.requests if r.path == CHAT]
+    assert len(chats) == n
+    assert gw.stop() == 0
+
+
+def test_a_killed_worker_is_replaced_and_clients_lose_only_its_requests(
+    tmp_path: Path, mock_llm: MockLLMServer, stop_all: list[GatewayProcess]
+) -> None:
+    gw = _start(tmp_path, mock_llm)
+    stop_all.append(gw)
+    admin, port = gw.admin_port or 0, gw.port or 0
+    before = _get(admin, "/v1/diagnostics")["workers"]
+    victim = before[0]["pid"]
+    stop = threading.Event()
+    results: list[int] = []
+    conns = 8
+
+    def load() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while not stop.is_set():
+            try:
+                conn.request("POST", CHAT, BODY, {"content-type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                results.append(r.status)
+            except (OSError, http.client.HTTPException):
+                results.append(0)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.close()
+
+    threads = [threading.Thread(target=load) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    _poll(lambda: len(results), lambda k: k > 200)
+    os.kill(victim, signal.SIGKILL)
+    diag = _poll(
+        lambda: _get(admin, "/v1/diagnostics")["workers"],
+        lambda ws: ws[0]["restarts"] == 1 and ws[0]["up"],
+    )
+    assert diag[0]["pid"] != victim and diag[0]["restarts"] == 1
+    mark = len(results)
+    _poll(lambda: len(results), lambda k: k > mark + 200)
+    stop.set()
+    for t in threads:
+        t.join(20)
+    # A client connection to the killed worker loses at most its one request in flight;
+    # after the replacement every request is answered.
+    assert results.count(0) <= conns, results.count(0)
+    assert set(results[mark:]) <= {200, 0} and results[mark + 50 :].count(0) == 0
+    assert any(f"(pid {victim}) exited" in line for line in gw.lines)
+    assert gw.stop() == 0
+
+
+def test_a_stuck_worker_is_restarted(
+    tmp_path: Path, mock_llm: MockLLMServer, stop_all: list[GatewayProcess]
+) -> None:
+    # WATCHDOG_USEC=1 s: a worker silent for 2 s is taken for stuck.
+    gw = _start(tmp_path, mock_llm, WATCHDOG_USEC="1000000")
+    stop_all.append(gw)
+    admin = gw.admin_port or 0
+    victim = _get(admin, "/v1/diagnostics")["workers"][1]["pid"]
+    os.kill(victim, signal.SIGSTOP)  # its loop stops: no heartbeat, no requests
+    diag = _poll(
+        lambda: _get(admin, "/v1/diagnostics")["workers"],
+        lambda ws: ws[1]["restarts"] == 1 and ws[1]["up"],
+        timeout=20,
+    )
+    assert diag[1]["pid"] != victim
+    assert any(f"(pid {victim}) sent nothing for" in line for line in gw.lines), gw.lines
+    statuses = _requests(gw.port or 0, 10, 5)
+    assert statuses.count(200) == 50
+    assert gw.stop() == 0
+
+
+def test_notify_ready_after_every_worker_then_stopping(
+    tmp_path: Path, mock_llm: MockLLMServer, stop_all: list[GatewayProcess]
+) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        tree: dict[str, Any] = {
+            "port": 0,
+            "admin": {"port": 0},
+            "workers": 2,
+            "backends": {"openai": backend_for(mock_llm)},
+            "usage_tracking": {"enabled": False},
+        }
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(yaml.safe_dump(tree))
+        gw = GatewayProcess(
+            ["--config", str(cfg)],
+            cwd=str(tmp_path),
+            env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"},
+        )
+        stop_all.append(gw)
+        heard = _recv_until(sock, "READY=1")
+        ready = next(m for m in heard if "READY=1" in m)
+        assert "2/2 workers up" in ready
+        # READY means every worker listens: a burst of new connections all succeed.
+        port = gw.wait_ready()
+        assert _requests(port, 20, 1).count(200) == 20
+        status = _recv_until(sock, "STATUS=2/2 workers up")
+        assert any("WATCHDOG=1" in m for m in status + _recv_until(sock, "WATCHDOG=1"))
+        gw.proc.send_signal(signal.SIGTERM)
+        _recv_until(sock, "STOPPING=1")
+        assert gw.wait() == 0
+
+
+def test_sigterm_under_load_loses_no_usage_record(
+    tmp_path: Path, mock_llm: MockLLMServer, stop_all: list[GatewayProcess]
+) -> None:
+    gw = _start(tmp_path, mock_llm)
+    stop_all.append(gw)
+    port = gw.port or 0
+    answered: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while not stop.is_set():
+            try:
+                conn.request("POST", CHAT, BODY, {"content-type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                if r.status == 200:
+                    answered.append(1)
+            except (OSError, http.client.HTTPException):
+                break  # draining: the gateway closes connections; the load ends
+        conn.close()
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    _poll(lambda: len(answered), lambda k: k > 300)
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.wait(60) == 0
+    stop.set()
+    for t in threads:
+        t.join(20)
+    with sqlite3.connect(tmp_path / "usage.db") as db:
+        rows = db.execute("SELECT COUNT(*) FROM usage_requests").fetchone()[0]
+    assert rows == len(answered), (rows, len(answered))
+
+
+def _recv_until(sock: socket.socket, wanted: str, timeout: float = 30.0) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+        if any(wanted in m for m in got):
+            return got
+    raise AssertionError(f"no {wanted!r}; got {got}")
