@@ -184,16 +184,18 @@ class Recorder:
         store = self.store
         window = self.window
         taken = store.taken
-        for item in items:
-            while True:
-                taken.clear()
-                if store.queued() < window or store.degraded:
-                    break
+        i, n = 0, len(items)
+        while i < n:
+            taken.clear()
+            room = n - i if store.degraded else window - store.queued()
+            if room <= 0:
                 # A healthy writer behind: wait for it to take a batch rather than drop.
                 # The socket fills meanwhile, and the gateway's bounded buffer after it.
                 taken.wait(ROOM_WAIT_S)
                 self._maybe_report()
-            store.submit(item)
+                continue
+            store.submit_many(items[i : i + room])
+            i += room
 
     def _maybe_report(self) -> None:
         if (

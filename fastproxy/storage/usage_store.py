@@ -185,6 +185,23 @@ class UsageStore:
             self._wake.set()
         return True
 
+    def submit_many(self, batch: list[Any]) -> int:
+        """`submit` for several items at once (the recorder's read of a socket's worth);
+        returns how many were queued, the rest are dropped and counted."""
+        if self._thread is None or self._stopping.is_set():
+            self._dropped_full += len(batch)
+            return 0
+        items = self._items
+        n = len(items)
+        take = max(0, min(len(batch), self.max_queue - n))
+        if take < len(batch):
+            self._dropped_full += len(batch) - take
+            batch = batch[:take]
+        items.extend(batch)
+        if n < self.batch_size <= n + take:  # crossed a full batch: wake the writer once
+            self._wake.set()
+        return take
+
     def queued(self) -> int:
         return len(self._items)
 
