@@ -195,7 +195,7 @@ class Gateway:
             default_backend,
             health,
             (health, self.rate_limits),
-            (metrics,),
+            metrics,
             forward,
             # A worker silent for this long has a stuck loop and is replaced: the
             # service's own watchdog interval when systemd gives one, else 10 s.

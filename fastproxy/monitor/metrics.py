@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..core.seams import PlaneStats, StorageStatus
@@ -91,6 +91,22 @@ class Histogram:
         self.count += 1
 
 
+def _add(
+    hists: dict[Any, Histogram],
+    key: Any,
+    bounds: tuple[float, ...],
+    counts: list[int],
+    total: float,
+    count: int,
+) -> None:
+    hist = hists.get(key)
+    if hist is None:
+        hist = hists[key] = Histogram(bounds)
+    hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
+    hist.sum += total
+    hist.count += count
+
+
 class MetricsCollector:
     """Counters fed by ``observe(record)``; ``render()`` adds the live gauges."""
 
@@ -145,6 +161,40 @@ class MetricsCollector:
             return OTHER
         models.add(name)
         return name
+
+    # -- multi-process mode: each worker counts, the primary adds up ---------------------
+    def take_delta(self) -> dict[str, Any]:
+        """What was counted since the last call, JSON-able, and start again from empty
+        (a worker's side, sent with each heartbeat)."""
+        doc = {
+            "requests": [[*k, n] for k, n in self.requests.items()],
+            "durations": [[*k, h.counts, h.sum, h.count] for k, h in self.durations.items()],
+            "ttft": [[k, h.counts, h.sum, h.count] for k, h in self.ttft.items()],
+            "tokens": [[*k, n] for k, n in self.tokens.items()],
+            "cost": [[k, v] for k, v in self.cost.items()],
+        }
+        self.requests, self.durations, self.ttft, self.tokens, self.cost = {}, {}, {}, {}, {}
+        return doc
+
+    def merge(self, doc: dict[str, Any]) -> None:
+        """Add a worker's `take_delta` (the primary's side): the model label bound
+        applies to the sum, as it does to one process's counts."""
+        requests = self.requests
+        for fe, be, model, sc, n in doc["requests"]:
+            if model not in ("none", OTHER):
+                model = self._model(model)
+            key = (fe, be, model, sc)
+            requests[key] = requests.get(key, 0) + n
+        for fe, be, counts, total, count in doc["durations"]:
+            _add(self.durations, (fe, be), DURATION_BUCKETS, counts, total, count)
+        for be, counts, total, count in doc["ttft"]:
+            _add(self.ttft, be, TTFT_BUCKETS, counts, total, count)
+        tokens = self.tokens
+        for be, kind, n in doc["tokens"]:
+            tokens[(be, kind)] = tokens.get((be, kind), 0) + n
+        cost = self.cost
+        for be, v in doc["cost"]:
+            cost[be] = cost.get(be, 0.0) + v
 
     # -- per scrape ----------------------------------------------------------------------
     def render(

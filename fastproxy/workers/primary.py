@@ -9,12 +9,12 @@ SO_REUSEPORT sockets, so a primary that also served would get a share of the tra
 its services' work on top; and a worker that dies takes nothing but its own in-flight
 requests with it.
 
-What the views read (`AggregatePlane`, the `PlaneStats` seam):
-- requests, client aborts and cut streams are counted from the records the workers hand
-  over, so each request is counted exactly once, whichever worker served it;
-- connection counters, open connections, in-flight requests and pools are the sums of
-  the workers' latest heartbeats; a replaced worker's last counts are kept, so totals
-  never go backwards.
+What the views read: each worker counts its own requests (its metrics collector and
+counters) and sends what it counted with its heartbeat every 0.5 s; the primary adds
+the metrics into its collector and keeps each worker's latest counters
+(`AggregatePlane`, the `PlaneStats` seam), with a replaced worker's last counts kept so
+totals never go backwards. The primary does no work per request: with usage tracking
+on, the workers' record frames pass through it to the recorder unread.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -34,11 +35,11 @@ from typing import Any
 import msgspec
 import orjson
 
-from .._speedups import EXCHANGE_FIELDS, unpack_exchanges
 from ..config import Config
-from ..core.records import BackendUsage, Counters
-from ..core.seams import AttemptSink, BreakerView, ExchangeSink
+from ..core.records import Counters
+from ..core.seams import AttemptSink, BreakerView
 from ..httpclient.backend import Backend
+from ..monitor.metrics import MetricsCollector
 from .channel import Channel, Kind
 
 log = logging.getLogger("fastproxy.workers")
@@ -47,43 +48,16 @@ BREAKERS_EVERY_S = 0.25  # time-driven breaker changes (open -> half-open) reach
 RESTART_MIN_S, RESTART_MAX_S = 0.5, 10.0
 STABLE_S = 30.0  # alive this long: the next death restarts at the shortest backoff
 START_TIMEOUT_S = 60.0
-_COUNTER_KEYS = ("connections_total", "connections_rejected", "client_stalls", "failovers")
-_F = {name: i for i, name in enumerate(EXCHANGE_FIELDS)}
-
-
-class RecordView:
-    """An unpacked exchange frame read as an `ExchangeRecord` by the exchange sinks that
-    run in the primary (metrics). Only what those read is here."""
-
-    __slots__ = (
-        "backend",
-        "ended_at",
-        "first_content_at",
-        "first_tx_at",
-        "frontend",
-        "model_requested",
-        "model_used",
-        "outcome",
-        "started_at",
-        "status",
-        "streaming",
-        "usage",
-    )
-
-    def __init__(self, t: tuple[Any, ...]) -> None:
-        self.frontend = t[_F["frontend"]]
-        self.backend = t[_F["backend"]]
-        self.model_requested = t[_F["model_requested"]]
-        self.model_used = t[_F["model_used"]]
-        self.status = t[_F["status"]]
-        self.outcome = t[_F["outcome"]]
-        self.started_at = t[_F["started_at"]]
-        self.ended_at = t[_F["ended_at"]]
-        self.streaming = t[_F["streaming"]]
-        self.first_content_at = t[_F["first_content_at"]]
-        self.first_tx_at = 0.0
-        usage = t[_F["usage"]]
-        self.usage = BackendUsage(*usage) if usage is not None else None
+_COUNTER_KEYS = (
+    "requests_total",
+    "client_aborts",
+    "stream_truncations",
+    "connections_total",
+    "connections_rejected",
+    "client_stalls",
+    "failovers",
+)
+_U32 = struct.Struct("<I")
 
 
 class WorkerProc:
@@ -112,8 +86,6 @@ class AggregatePlane:
     def __init__(self, hub: WorkerHub) -> None:
         self._hub = hub
         self.draining = False
-        # From the records: exact, each request once.
-        self._records = Counters()
         # From heartbeats of workers that were replaced: their last counts.
         self._gone: dict[str, Any] = {k: 0 for k in _COUNTER_KEYS}
         self._gone_errors: dict[str, int] = {}
@@ -121,10 +93,6 @@ class AggregatePlane:
     @property
     def counters(self) -> Counters:
         c = Counters()
-        r = self._records
-        c.requests_total = r.requests_total
-        c.client_aborts = r.client_aborts
-        c.stream_truncations = r.stream_truncations
         errors = dict(self._gone_errors)
         for key in _COUNTER_KEYS:
             total = self._gone[key]
@@ -136,14 +104,6 @@ class AggregatePlane:
                 errors[kind] = errors.get(kind, 0) + n
         c.upstream_errors = errors
         return c
-
-    def count_record(self, outcome: str) -> None:
-        r = self._records
-        r.requests_total += 1
-        if outcome == "client_aborted":
-            r.client_aborts += 1
-        elif outcome == "truncated":
-            r.stream_truncations += 1
 
     def retire(self, stats: Mapping[str, Any]) -> None:
         """A worker is gone: keep its last counts in the totals."""
@@ -185,7 +145,7 @@ class WorkerHub:
         default_backend: str | None,
         breakers: BreakerView,
         attempt_sinks: tuple[AttemptSink, ...],
-        exchange_sinks: tuple[ExchangeSink, ...],
+        metrics: MetricsCollector,
         forward_records: Callable[[memoryview, int], None] | None,
         watchdog_s: float,
     ) -> None:
@@ -194,7 +154,7 @@ class WorkerHub:
         self.default_backend = default_backend
         self.breakers = breakers
         self.attempt_sinks = attempt_sinks
-        self.exchange_sinks = exchange_sinks
+        self.metrics = metrics
         self.forward_records = forward_records
         self.watchdog_s = watchdog_s
         self.loop = asyncio.get_running_loop()
@@ -277,29 +237,19 @@ class WorkerHub:
         elif kind is Kind.ATTEMPTS:
             self._attempts(orjson.loads(payload))
         elif kind is Kind.STATS:
-            w.stats = orjson.loads(payload)
+            stats = orjson.loads(payload)
+            self.metrics.merge(stats.pop("metrics"))
+            w.stats = stats
         elif kind is Kind.READY:
             w.ready = True
             if w.ready_waiter is not None and not w.ready_waiter.done():
                 w.ready_waiter.set_result(None)
 
     def _records(self, payload: memoryview) -> None:
-        frames, end = unpack_exchanges(payload)
-        if end != len(payload):
-            log.error("worker sent a partial exchange frame; %d bytes dropped", len(payload) - end)
-        plane = self.plane
-        outcome = _F["outcome"]
-        for t in frames:
-            plane.count_record(t[outcome])
-            if self.exchange_sinks:
-                view = RecordView(t)
-                for sink in self.exchange_sinks:
-                    try:
-                        sink.on_exchange(view)  # type: ignore[arg-type]
-                    except Exception:
-                        log.exception("exchange sink failed")
-        if self.forward_records is not None and frames:
-            self.forward_records(payload[:end], len(frames))
+        if self.forward_records is None or len(payload) < _U32.size:
+            return
+        (count,) = _U32.unpack_from(payload)
+        self.forward_records(payload[_U32.size :], count)
 
     def _attempts(self, events: list[list[Any]]) -> None:
         for ev in events:

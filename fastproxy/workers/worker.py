@@ -8,9 +8,10 @@ connections over the workers) and owns nothing else:
 
 - breaker state comes from the primary, which runs the one health service (probes once
   for the gateway); the worker's attempt events go back to it;
-- each finished request is packed (`_speedups.pack_exchange`, the same frame the usage
-  recorder reads) and handed to the primary, once per loop iteration, which counts it in
-  /metrics and /v1/diagnostics and passes it on to the usage recorder;
+- it counts its requests for /metrics and /v1/diagnostics itself and sends what it
+  counted with each heartbeat; with usage tracking on, each finished request is also
+  packed (`_speedups.pack_exchange`, the usage recorder's own frame) and handed to the
+  primary once per loop iteration, which passes the frames on to the recorder unread;
 - every ``HEARTBEAT_S`` it sends its connection counters, open connections and pools:
   the primary's views add them up, and a worker that stops sending (a stuck loop) is
   restarted.
@@ -29,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from typing import Any
@@ -41,12 +43,13 @@ from .._speedups import pack_exchange
 from ..config import BackendConfig, Config
 from ..core.clock import HttpDate
 from ..core.records import Counters, ExchangeRecord
-from ..core.seams import BreakerState, Reporter
+from ..core.seams import BreakerState, ExchangeSink, Reporter
 from ..dataplane.plane import DataPlane
 from ..dataplane.protocol import ClientProtocol
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import configure_logging
+from ..monitor.metrics import MetricsCollector
 from .channel import Channel, Kind
 
 log = logging.getLogger("fastproxy.workers")
@@ -58,6 +61,7 @@ HEARTBEAT_S = 0.5
 BODY_BACKLOG = 64 * 1024 * 1024
 RECORD_BACKLOG = 2 * BODY_BACKLOG
 CUT_WAIT_S = 5.0
+_U32 = struct.Struct("<I")
 
 
 class RemoteBreakers:
@@ -79,11 +83,11 @@ class Forwarder:
     """The worker's `AttemptSink` and `ExchangeSink`: both go to the primary, batched
     per loop iteration (one RECORDS frame, one ATTEMPTS frame)."""
 
-    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop, accounting: bool) -> None:
+    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
         self.channel = channel
         self.loop = loop
-        self.accounting = accounting
         self.records = bytearray()
+        self.count = 0
         self.attempts: list[list[Any]] = []
         self.dropped = 0
         self.bodies_dropped = 0
@@ -106,19 +110,17 @@ class Forwarder:
         self._later()
 
     def on_exchange(self, rec: ExchangeRecord) -> None:
+        """Plugged in only with usage tracking on: the records go to the recorder."""
         backlog = self.channel.buffered() + len(self.records)
         if backlog > RECORD_BACKLOG:
             self.dropped += 1
             return
-        body = rec.request_body if self.accounting else None
+        body = rec.request_body
         if body is not None and backlog + len(body) > BODY_BACKLOG:
             body = None
             self.bodies_dropped += 1
-        if not self.accounting and rec.streaming and not rec.first_content_at:
-            # /metrics times a stream's first byte when no content was timed (usage
-            # off); the frame carries one such time, so it takes the first byte's.
-            rec.first_content_at = rec.first_tx_at
         pack_exchange(rec, body, self.records)
+        self.count += 1
         self._later()
 
     def flush(self) -> None:
@@ -126,9 +128,11 @@ class Forwarder:
         if self.attempts:
             self.channel.send_json(Kind.ATTEMPTS, self.attempts)
             self.attempts = []
-        if self.records:
-            self.channel.send(Kind.RECORDS, self.records)
+        if self.count:
+            # The count first: the primary passes the frames on without reading them.
+            self.channel.send(Kind.RECORDS, _U32.pack(self.count) + self.records)
             self.records = bytearray()
+            self.count = 0
         self.channel.flush()
 
 
@@ -140,6 +144,7 @@ class Worker:
         self.plane: DataPlane | None = None
         self.breakers = RemoteBreakers()
         self.forwarder: Forwarder | None = None
+        self.metrics: MetricsCollector | None = None
         self.server: asyncio.base_events.Server | None = None
         self.stop_requested = asyncio.Event()
         self.configured: asyncio.Future[dict[str, Any]] = self.loop.create_future()
@@ -186,7 +191,13 @@ class Worker:
         }
         self.breakers.update(doc["breakers"])
         accounting = config.usage_tracking.enabled
-        forwarder = self.forwarder = Forwarder(self.channel, loop, accounting)
+        forwarder = self.forwarder = Forwarder(self.channel, loop)
+        # Counted here, added up by the primary from each heartbeat: the primary does no
+        # work per request (records cross only for the usage recorder).
+        # No model-label bound here: the primary applies it to the sum (each worker
+        # bounding its own labels would pick different models in each).
+        metrics = self.metrics = MetricsCollector(max_models=sys.maxsize)
+        sinks: tuple[ExchangeSink, ...] = (metrics, forwarder) if accounting else (metrics,)
         plane = self.plane = DataPlane(
             config,
             loop,
@@ -194,7 +205,7 @@ class Worker:
             pools=pools,
             default_backend=doc["default_backend"],
             breakers=self.breakers,
-            reporter=Reporter((forwarder,), (forwarder,)),
+            reporter=Reporter((forwarder,), sinks),
             accounting=accounting,
             counters=Counters(),
             date=self._date,
@@ -223,15 +234,20 @@ class Worker:
         self._ticker = self.loop.call_later(HEARTBEAT_S, self._tick)
 
     def heartbeat(self) -> None:
-        plane, fwd = self.plane, self.forwarder
-        if plane is None or fwd is None:
+        plane, fwd, metrics = self.plane, self.forwarder, self.metrics
+        if plane is None or fwd is None or metrics is None:
             return
+        fwd.flush()  # records of requests counted below reach the primary first
         c = plane.counters
         requests, streams = plane.in_flight()
         self.channel.send_json(
             Kind.STATS,
             {
                 "at": time.time(),
+                "requests_total": c.requests_total,
+                "client_aborts": c.client_aborts,
+                "stream_truncations": c.stream_truncations,
+                "metrics": metrics.take_delta(),
                 "connections_total": c.connections_total,
                 "connections_rejected": c.connections_rejected,
                 "client_stalls": c.client_stalls,

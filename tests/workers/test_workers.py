@@ -130,8 +130,15 @@ def test_two_workers_count_every_request_once(
     n = n_conn * per
     assert statuses.count(200) == n, {s: statuses.count(s) for s in set(statuses)}
 
-    metrics = _poll(lambda: _get(admin, "/metrics"), lambda m: True)
+    # Workers report with their heartbeat (every 0.5 s): poll until the counts arrive,
+    # then they must be exactly n, not more.
+    metrics = _poll(
+        lambda: _get(admin, "/metrics"),
+        lambda m: _metric_sum(m, "fastproxy_requests_total") >= n,
+    )
     assert _metric_sum(metrics, "fastproxy_requests_total") == n
+    assert _metric_sum(metrics, "fastproxy_gen_ai_client_operation_duration_seconds_count") == n
+    assert _metric_sum(metrics, "fastproxy_client_connections_accepted_total") == n_conn
     stats = _poll(
         lambda: _get(admin, "/v1/usage/stats"), lambda s: s["request_count"] >= n, timeout=20
     )
