@@ -253,8 +253,9 @@ class Gateway:
 
     async def _build_backends(self) -> tuple[dict[str, Backend], str | None]:
         if not self.config.backends:
-            if self.demo is not None:  # a reload that still configures none
-                return {"demo": self.plane.backends["demo"]}, "demo"  # type: ignore[union-attr]
+            if self.demo is not None and self._views is not None:
+                # A reload that still configures none: the demo backend carries on.
+                return {"demo": self._views.backends["demo"]}, "demo"
             self.demo = MockLLMServer(host="127.0.0.1", port=0)
             await self.demo.start()
             demo = Backend(
@@ -335,18 +336,14 @@ class Gateway:
         """Apply ``loaded`` to the running gateway; None when nothing was applied (not
         started, stopping, or building the new generation failed: logged)."""
         async with self._reload_lock:
-            if self.hub is not None:
-                log.warning(
-                    "reload with workers is not built yet: restart to apply the changed "
-                    "config (the running config is kept)"
-                )
+            plane, views, old_health, hub = self.plane, self._views, self.health, self.hub
+            if views is None or old_health is None:
                 return None
-            plane, views, old_health = self.plane, self._views, self.health
-            if plane is None or views is None or old_health is None or plane.draining:
+            if (plane is None or plane.draining) and (hub is None or hub.stopping):
                 return None
             self._notifier.reloading()
             try:
-                plan = await self._reload(loaded, plane, views, old_health)
+                plan = await self._reload(loaded, plane, hub, views, old_health)
             except Exception as exc:
                 log.error("reload failed (%s); the running config is kept", exc, exc_info=True)
                 plan = None
@@ -354,9 +351,18 @@ class Gateway:
             return plan
 
     async def _reload(
-        self, loaded: LoadedConfig, plane: DataPlane, views: Views, old_health: HealthService
+        self,
+        loaded: LoadedConfig,
+        plane: DataPlane | None,
+        hub: WorkerHub | None,
+        views: Views,
+        old_health: HealthService,
     ) -> ReloadPlan:
-        loop = plane.loop
+        loop = asyncio.get_running_loop()
+        # The running backends and pools: the plane's, or with workers the primary's
+        # (the workers keep their own pools for the backends a reload keeps).
+        running_backends = plane.backends if plane is not None else views.backends
+        running_pools = plane.pools if plane is not None else {}
         plan = plan_reload(self.config, loaded.config)
         for key in plan.restart_keys:
             log.warning(
@@ -369,15 +375,18 @@ class Gateway:
         self.config = plan.config  # _build_backends and _pool read the new config
         try:
             built, default_backend = await self._build_backends()
-            kept = set(plan.kept) | ({"demo"} if "demo" in plane.backends else set())
+            kept = set(plan.kept) | ({"demo"} if "demo" in running_backends else set())
             # A backend unchanged by the reload keeps its object (discovered models, key,
             # pool, breaker); anything else is new.
-            backends = {n: plane.backends[n] if n in kept else b for n, b in built.items()}
+            backends = {n: running_backends[n] if n in kept else b for n, b in built.items()}
             fresh = {n: b for n, b in backends.items() if n not in kept}
             await self._discover_models(fresh, loop)
-            pools = {
-                n: plane.pools[n] if n in kept else self._pool(b, loop) for n, b in backends.items()
-            }
+            pools: dict[str, UpstreamPool] = {}
+            if plane is not None:
+                pools = {
+                    n: running_pools[n] if n in kept else self._pool(b, loop)
+                    for n, b in backends.items()
+                }
             limits = plan.config.limits
             for pool in pools.values():
                 pool.max_head_bytes = limits.max_head_bytes
@@ -390,17 +399,22 @@ class Gateway:
             self.config = running
             raise
         # The swap: synchronous, so no request is planned half on each generation.
-        retired = [p for n, p in plane.pools.items() if pools.get(n) is not p]
+        retired = [p for n, p in running_pools.items() if pools.get(n) is not p]
         rate_limits = self.rate_limits
         attempt_sinks = (health, rate_limits) if rate_limits is not None else (health,)
-        plane.reconfigure(
-            plan.config,
-            backends,
-            pools,
-            default_backend,
-            health,
-            Reporter(attempt_sinks, self._sinks),
-        )
+        if plane is not None:
+            plane.reconfigure(
+                plan.config,
+                backends,
+                pools,
+                default_backend,
+                health,
+                Reporter(attempt_sinks, self._sinks),
+            )
+        if hub is not None:
+            hub.reconfigure(
+                plan.config, backends, default_backend, health, attempt_sinks, sorted(kept)
+            )
         views.config, views.backends, views.health = plan.config, backends, health
         self._services = [health if s is old_health else s for s in self._services]
         self.health = health

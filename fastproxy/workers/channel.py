@@ -31,6 +31,7 @@ class Kind(IntEnum):
     ATTEMPTS = 4  # worker -> primary: attempt events for the breakers
     STATS = 5  # worker -> primary: the heartbeat (counters, connections, pools)
     READY = 6  # worker -> primary: listening
+    RECONFIGURE = 7  # primary -> worker: a reload's config and backends (as CONFIG)
 
 
 class Channel(asyncio.Protocol):

@@ -226,6 +226,29 @@ class WorkerHub:
             "port": self.port,
         }
 
+    def reconfigure(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend],
+        default_backend: str | None,
+        breakers: BreakerView,
+        attempt_sinks: tuple[AttemptSink, ...],
+        kept: list[str],
+    ) -> None:
+        """A reload: every worker switches to the new generation (a worker started from
+        now on gets it with its CONFIG)."""
+        self.config = config
+        self.backends = backends
+        self.default_backend = default_backend
+        self.breakers = breakers
+        self.attempt_sinks = attempt_sinks
+        doc = {**self._config_doc(), "kept": kept}
+        payload = orjson.dumps(doc)
+        for w in self.workers:
+            if w.channel is not None and not w.channel.closed:
+                w.channel.send(Kind.RECONFIGURE, payload)
+        self._push_breakers(force=True)
+
     def _breaker_states(self) -> dict[str, str]:
         return {name: self.breakers.breaker_state(name).value for name in self.backends}
 

@@ -157,38 +157,71 @@ class Worker:
             self.configured.set_result(orjson.loads(payload))
         elif kind is Kind.BREAKERS:
             self.breakers.update(orjson.loads(payload))
+        elif kind is Kind.RECONFIGURE:
+            self.reconfigure(orjson.loads(payload))
 
     def on_lost(self) -> None:
         # The primary is gone: nobody reads our records or restarts us. Drain and exit.
         self.stop_requested.set()
 
     # -- start ------------------------------------------------------------------------
+    def _backends(
+        self, doc: dict[str, Any], config: Config, keep: dict[str, tuple[Backend, UpstreamPool]]
+    ) -> tuple[dict[str, Backend], dict[str, UpstreamPool]]:
+        """The backends and pools ``doc`` describes; those in ``keep`` (unchanged by a
+        reload) stay the objects they are, warm connections and all."""
+        backends: dict[str, Backend] = {}
+        pools: dict[str, UpstreamPool] = {}
+        limits = config.limits
+        for name, b in doc["backends"].items():
+            if name in keep:
+                backends[name], pools[name] = keep[name]
+            else:
+                backend = Backend(
+                    name,
+                    msgspec.convert(b["config"], BackendConfig),
+                    dialects=frozenset(b["dialects"]),
+                )
+                backend.models = frozenset(b["models"]) if b["models"] is not None else None
+                backends[name] = backend
+                pools[name] = UpstreamPool(
+                    backend, self.loop, max_connections=limits.max_connections
+                )
+            pool = pools[name]
+            pool.max_head_bytes = limits.max_head_bytes
+            pool.max_headers = limits.max_headers
+            pool.max_body_bytes = limits.max_response_body_bytes
+        return backends, pools
+
+    def reconfigure(self, doc: dict[str, Any]) -> None:
+        """A reload in the primary: new requests use the new generation, requests in
+        flight finish on the one they were planned with (as in one process:
+        fastproxy/reload.py)."""
+        plane = self.plane
+        if plane is None:
+            return
+        config = msgspec.convert(doc["config"], Config)
+        keep = {
+            name: (plane.backends[name], plane.pools[name])
+            for name in doc["kept"]
+            if name in plane.backends and name in plane.pools
+        }
+        backends, pools = self._backends(doc, config, keep)
+        retired = [p for n, p in plane.pools.items() if pools.get(n) is not p]
+        self.breakers.update(doc["breakers"])
+        plane.reconfigure(
+            config, backends, pools, doc["default_backend"], self.breakers, plane.reporter
+        )
+        self.config = config
+        for pool in retired:
+            pool.retire()
+
     async def start(self) -> None:
         doc = await self.configured
         config = self.config = msgspec.convert(doc["config"], Config)
         configure_logging(config.log_level)
         loop = self.loop
-        backends: dict[str, Backend] = {}
-        for name, b in doc["backends"].items():
-            backend = Backend(
-                name,
-                msgspec.convert(b["config"], BackendConfig),
-                dialects=frozenset(b["dialects"]),
-            )
-            backend.models = frozenset(b["models"]) if b["models"] is not None else None
-            backends[name] = backend
-        limits = config.limits
-        pools = {
-            name: UpstreamPool(
-                b,
-                loop,
-                max_head_bytes=limits.max_head_bytes,
-                max_headers=limits.max_headers,
-                max_body_bytes=limits.max_response_body_bytes,
-                max_connections=limits.max_connections,
-            )
-            for name, b in backends.items()
-        }
+        backends, pools = self._backends(doc, config, {})
         self.breakers.update(doc["breakers"])
         accounting = config.usage_tracking.enabled
         forwarder = self.forwarder = Forwarder(self.channel, loop)

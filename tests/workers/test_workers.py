@@ -309,3 +309,67 @@ def _recv_until(sock: socket.socket, wanted: str, timeout: float = 30.0) -> list
         if any(wanted in m for m in got):
             return got
     raise AssertionError(f"no {wanted!r}; got {got}")
+
+
+def test_sighup_with_workers_adds_a_backend_under_load_without_a_failure(
+    tmp_path: Path, mock_factory: Callable[..., MockLLMServer], stop_all: list[GatewayProcess]
+) -> None:
+    a = mock_factory(models=["model-a"])
+    b = mock_factory(models=["model-b"])
+    tree: dict[str, Any] = {
+        "port": 0,
+        "admin": {"port": 0},
+        "workers": 2,
+        "backends": {"a": backend_for(a)},
+        "usage_tracking": {"enabled": False},
+    }
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(tree))
+    gw = GatewayProcess(["--config", str(cfg)], cwd=str(tmp_path))
+    stop_all.append(gw)
+    port = gw.wait_ready()
+    stop = threading.Event()
+    results: list[int] = []
+
+    def load() -> None:
+        body = orjson.dumps({"model": "model-a", "messages": [{"role": "user", "content": "x"}]})
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while not stop.is_set():
+            try:
+                conn.request("POST", CHAT, body, {"content-type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                results.append(r.status)
+            except (OSError, http.client.HTTPException):
+                results.append(0)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.close()
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    _poll(lambda: len(results), lambda k: k > 200)
+    tree["backends"]["b"] = backend_for(b)
+    cfg.write_text(yaml.safe_dump(tree))
+    gw.proc.send_signal(signal.SIGHUP)
+    _poll(lambda: any("reload: config re-read" in x for x in gw.lines), bool)
+    mark = len(results)
+    _poll(lambda: len(results), lambda k: k > mark + 200)
+    # New connections land on either worker: every one of them routes model-b to b.
+    body_b = orjson.dumps({"model": "model-b", "messages": [{"role": "user", "content": "x"}]})
+    served_by = set()
+    for _ in range(20):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", CHAT, body_b, {"content-type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200
+        served_by.add(r.getheader("x-fastproxy-backend"))
+        conn.close()
+    stop.set()
+    for t in threads:
+        t.join(20)
+    assert served_by == {"b"}
+    assert set(results) == {200}, {s: results.count(s) for s in set(results)}
+    assert gw.stop() == 0
