@@ -113,6 +113,13 @@ def read_status_frames(buf: bytearray) -> list[dict[str, Any]]:
     return out
 
 
+def batch_size(max_queue: int) -> int:
+    """The store's batch: BATCH, or max_queue when that is smaller. The writer is woken
+    when its queue reaches a batch; a batch larger than the queue can hold would leave it
+    waiting for the flush interval with the queue full."""
+    return min(BATCH, max_queue)
+
+
 def load_codec(spec: str, settings: str) -> FrameCodec:
     module, _, name = spec.partition(":")
     factory: Callable[[str], FrameCodec] = getattr(importlib.import_module(module), name)
@@ -229,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build=codec.build,
         on_write=lambda: recorder.send_status(),
         pragmas=PRAGMAS,
-        batch_size=BATCH,
+        batch_size=batch_size(ns.max_queue),
         fold=codec.fold_rollups,
         courteous=False,
     )

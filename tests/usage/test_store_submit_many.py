@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from fastproxy.storage import recorder
 from fastproxy.storage.usage_store import UsageStore
 from tests.support.waiting import wait_until
 from tests.usage.test_store_queries import record
@@ -43,3 +44,20 @@ def test_beyond_max_queue_items_are_dropped_and_counted(tmp_path: Path) -> None:
     assert _rows(db) == 5
     assert s.submit_many([record()]) == 0  # stopped: nothing is taken
     assert s.status()["dropped_records"] == 4
+
+
+def test_the_recorders_batch_fits_its_queue() -> None:
+    assert recorder.batch_size(100_000) == recorder.BATCH
+    assert recorder.batch_size(700) == 700  # a full queue is a full batch: the writer wakes
+
+
+def test_a_queue_smaller_than_a_batch_still_wakes_the_writer(tmp_path: Path) -> None:
+    db = tmp_path / "u.db"
+    size = recorder.batch_size(8)
+    s = UsageStore(db, flush_interval=60.0, max_queue=8, retention_days=0, batch_size=size)
+    s.start()
+    try:
+        assert s.submit_many([record() for _ in range(8)]) == 8
+        wait_until(lambda: s.rows_written == 8, timeout=10, what="a full queue written")
+    finally:
+        s.stop()
