@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 import orjson
 import uvloop
@@ -39,7 +39,7 @@ from .httpclient.pool import UpstreamPool
 from .logs import configure_logging
 from .memory import IdleTrimmer
 from .mockllm import MockLLMServer
-from .monitor.activity import ActivityService
+from .monitor.activity import ActivityService, ActivityTracker
 from .monitor.health import HealthService
 from .monitor.metrics import MetricsCollector
 from .monitor.rate_limits import RateLimitWatch
@@ -208,7 +208,8 @@ class Gateway:
             health=health,
             rate_limits=self.rate_limits,
             metrics=metrics,
-            activity=None,
+            # Duck-typed as the tracker: the reads views make, merged from the workers.
+            activity=cast(ActivityTracker | None, hub.activity),
             usage=usage,
             workers=hub.describe,
         )

@@ -437,11 +437,6 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
             ) from None
     _check_admin_keys(config)
     _check_not_built(config, origins)
-    if config.workers > 1 and config.enable_activity_tracking:
-        raise ConfigError(
-            f"workers: got {config.workers} with enable_activity_tracking; live activity "
-            "across workers is not built yet, so activity tracking needs workers: 1"
-        )
     if not is_loopback_host(config.host):
         if config.auth.disable_auth:
             raise ConfigError(

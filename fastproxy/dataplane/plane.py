@@ -84,6 +84,9 @@ class DataPlane:
         self.connections: set[Connection] = set()
         self.draining = False
         self._next_request_id = 0
+        # Multi-process mode: worker i of n numbers its requests i+1, i+1+n, ... so
+        # exchange ids are unique across the gateway (fastproxy/workers/activity.py).
+        self.id_step = 1
         self._next_connection_id = 0
         self.access_line = AccessLine()
         self.access_log: logging.Logger | None = (
@@ -111,8 +114,13 @@ class DataPlane:
         self.reporter = reporter
 
     def new_request_id(self) -> int:
-        self._next_request_id += 1
+        self._next_request_id += self.id_step
         return self._next_request_id
+
+    def number_requests(self, first: int, step: int) -> None:
+        """Request ids from now on: ``first``, ``first + step``, ..."""
+        self._next_request_id = first - step
+        self.id_step = step
 
     def new_connection_id(self) -> int:
         self._next_connection_id += 1

@@ -40,6 +40,7 @@ from ..core.records import Counters
 from ..core.seams import AttemptSink, BreakerView
 from ..httpclient.backend import Backend
 from ..monitor.metrics import MetricsCollector
+from .activity import MergedActivity
 from .channel import Channel, Kind
 
 log = logging.getLogger("fastproxy.workers")
@@ -160,6 +161,7 @@ class WorkerHub:
         self.loop = asyncio.get_running_loop()
         self.workers = [WorkerProc(i) for i in range(config.workers)]
         self.plane = AggregatePlane(self)
+        self.activity = MergedActivity() if config.enable_activity_tracking else None
         self.port = 0
         self.stopping = False
         self._reserve: socket.socket | None = None
@@ -207,7 +209,9 @@ class WorkerHub:
             lambda kind, payload: self._on_frame(w, kind, payload),
             lambda: self._on_lost(w),
         )
-        w.channel.send_json(Kind.CONFIG, self._config_doc())
+        w.channel.send_json(
+            Kind.CONFIG, {**self._config_doc(), "index": w.index, "workers": len(self.workers)}
+        )
         await w.ready_waiter
 
     def _config_doc(self) -> dict[str, Any]:
@@ -262,6 +266,9 @@ class WorkerHub:
         elif kind is Kind.STATS:
             stats = orjson.loads(payload)
             self.metrics.merge(stats.pop("metrics"))
+            activity = stats.pop("activity", None)
+            if activity is not None and self.activity is not None:
+                self.activity.update(w.index, activity)
             w.stats = stats
         elif kind is Kind.READY:
             w.ready = True
@@ -298,6 +305,8 @@ class WorkerHub:
 
     def _on_lost(self, w: WorkerProc) -> None:
         self.plane.retire(w.stats)
+        if self.activity is not None:
+            self.activity.retire(w.index)
         w.stats = {}
         w.channel = None
         proc = w.proc

@@ -49,7 +49,9 @@ from ..dataplane.protocol import ClientProtocol
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import configure_logging
+from ..monitor.activity import ActivityService
 from ..monitor.metrics import MetricsCollector
+from .activity import snapshot_doc
 from .channel import Channel, Kind
 
 log = logging.getLogger("fastproxy.workers")
@@ -145,6 +147,7 @@ class Worker:
         self.breakers = RemoteBreakers()
         self.forwarder: Forwarder | None = None
         self.metrics: MetricsCollector | None = None
+        self.activity: ActivityService | None = None
         self.server: asyncio.base_events.Server | None = None
         self.stop_requested = asyncio.Event()
         self.configured: asyncio.Future[dict[str, Any]] = self.loop.create_future()
@@ -243,6 +246,13 @@ class Worker:
             counters=Counters(),
             date=self._date,
         )
+        plane.number_requests(doc["index"] + 1, doc["workers"])
+        if config.enable_activity_tracking:
+            # Tracked here, per chunk, on this worker's loop; the primary merges the
+            # snapshots each heartbeat carries (fastproxy/workers/activity.py).
+            self.activity = ActivityService(config, list(backends), loop)
+            await self.activity.start()
+            plane.activity = self.activity.tracker
         # Monitoring paths are served by the primary's admin listener, which sees every
         # worker; on the data port they are not found (docs/workers.md).
         self.server = await loop.create_server(
@@ -281,6 +291,9 @@ class Worker:
                 "client_aborts": c.client_aborts,
                 "stream_truncations": c.stream_truncations,
                 "metrics": metrics.take_delta(),
+                "activity": (
+                    snapshot_doc(self.activity.tracker) if self.activity is not None else None
+                ),
                 "connections_total": c.connections_total,
                 "connections_rejected": c.connections_rejected,
                 "client_stalls": c.client_stalls,
@@ -313,6 +326,8 @@ class Worker:
             pool.close()
         if self._ticker is not None:
             self._ticker.cancel()
+        if self.activity is not None:
+            await self.activity.stop()
         self.heartbeat()  # the last counts, so the primary's totals end exact
         if self.forwarder is not None:
             self.forwarder.flush()

@@ -422,15 +422,12 @@ def test_version_and_help() -> None:
         assert flag in helped.stdout
 
 
-def test_workers_auto_is_the_usable_cores_and_activity_needs_one() -> None:
+def test_workers_auto_is_the_usable_cores() -> None:
     import os
 
     cfg = load_config(env={"FASTPROXY_WORKERS": "auto"}, use_files=False).config
     assert cfg.workers == len(os.sched_getaffinity(0))
     assert load_config(env={"FASTPROXY_WORKERS": "2"}, use_files=False).config.workers == 2
-    # Live activity across workers is not built: the combination is refused, not ignored.
-    with pytest.raises(ConfigError, match="activity tracking needs workers: 1"):
-        load_config({"workers": 2, "enable_activity_tracking": True}, env={}, use_files=False)
     with pytest.raises(ConfigError, match="workers"):
         load_config(env={"FASTPROXY_WORKERS": "0"}, use_files=False)
 

@@ -373,3 +373,67 @@ def test_sighup_with_workers_adds_a_backend_under_load_without_a_failure(
     assert served_by == {"b"}
     assert set(results) == {200}, {s: results.count(s) for s in set(results)}
     assert gw.stop() == 0
+
+
+def test_activity_and_top_show_the_streams_of_every_worker(
+    tmp_path: Path, mock_llm: MockLLMServer, stop_all: list[GatewayProcess]
+) -> None:
+    import subprocess
+    import sys
+
+    gw = _start(tmp_path, mock_llm, {"enable_activity_tracking": True})
+    stop_all.append(gw)
+    admin, port = gw.admin_port or 0, gw.port or 0
+    k = 12  # slow streams on new connections: the kernel spreads them over both workers
+    done = threading.Event()
+    bodies: list[bytes] = []
+
+    def stream() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        body = orjson.dumps(
+            {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        )
+        conn.request(
+            "POST",
+            CHAT,
+            body,
+            {"content-type": "application/json", "x-mock-tokens": "40", "x-mock-interval-ms": "50"},
+        )
+        r = conn.getresponse()
+        bodies.append(r.read())
+        conn.close()
+        if len(bodies) == k:
+            done.set()
+
+    threads = [threading.Thread(target=stream) for _ in range(k)]
+    for t in threads:
+        t.start()
+    diag = _poll(
+        lambda: _get(admin, "/v1/diagnostics"),
+        lambda d: d["global_activity"]["total_active_connections"] == k,
+    )
+    conns = diag["instances"][0]["activity"]["connections"]
+    assert len(conns) == k and len({c["connection_id"] for c in conns}) == k
+    assert all(w["in_flight"] > 0 for w in diag["workers"]), diag["workers"]  # both serve
+    top = subprocess.run(
+        [sys.executable, "-m", "fastproxy", "top", "--once", "--url", f"http://127.0.0.1:{admin}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "250"},  # wide enough that no id is cut short
+    )
+    assert top.returncode == 0, top.stderr
+    assert f"Active Connections: {k} " in top.stdout, top.stdout
+    rows = [line for line in top.stdout.splitlines() if "│ streaming │" in line]
+    assert len(rows) == k, top.stdout
+    assert done.wait(30)
+    for t in threads:
+        t.join(10)
+    assert all(b.rstrip().endswith(b"data: [DONE]") for b in bodies)
+    # Finished streams leave the live view; their bytes stay in the lifetime totals.
+    act = _poll(
+        lambda: _get(admin, "/v1/diagnostics"),
+        lambda d: d["global_activity"]["total_active_connections"] == 0,
+    )["instances"][0]["activity"]
+    assert act["lifetime_bytes_tx"] >= sum(len(b) for b in bodies) * 0.5
+    assert gw.stop() == 0
