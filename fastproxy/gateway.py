@@ -536,6 +536,18 @@ async def serve(loaded: LoadedConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal)
     loop.add_signal_handler(signal.SIGHUP, _on_hup)
+
+    def _on_usr2() -> None:
+        # Workers only: replace them one by one (an upgrade path for the data plane).
+        hub = gateway.hub
+        if hub is None:
+            log.warning("SIGUSR2 (rolling restart) needs workers above 1; ignored")
+            return
+        task = loop.create_task(hub.roll())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGUSR2, _on_usr2)
     try:
         await gateway.start()
     except OSError as exc:

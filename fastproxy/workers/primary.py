@@ -64,8 +64,10 @@ _U32 = struct.Struct("<I")
 class WorkerProc:
     """One worker slot: its process, channel and latest heartbeat."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, serial: int) -> None:
         self.index = index
+        self.serial = serial  # unique per process started: keys its activity snapshot
+        self.retiring = False  # replaced by a rolling restart: drains, is not restarted
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: Channel | None = None
         self.ready = False
@@ -97,10 +99,10 @@ class AggregatePlane:
         errors = dict(self._gone_errors)
         for key in _COUNTER_KEYS:
             total = self._gone[key]
-            for w in self._hub.workers:
+            for w in self._hub.procs():
                 total += w.stats.get(key, 0)
             setattr(c, key, total)
-        for w in self._hub.workers:
+        for w in self._hub.procs():
             for kind, n in w.stats.get("upstream_errors", {}).items():
                 errors[kind] = errors.get(kind, 0) + n
         c.upstream_errors = errors
@@ -114,10 +116,10 @@ class AggregatePlane:
             self._gone_errors[kind] = self._gone_errors.get(kind, 0) + n
 
     def open_connections(self) -> int:
-        return sum(w.stats.get("open_connections", 0) for w in self._hub.workers)
+        return sum(w.stats.get("open_connections", 0) for w in self._hub.procs())
 
     def in_flight(self) -> tuple[int, int]:
-        ws = self._hub.workers
+        ws = self._hub.procs()
         return (
             sum(w.stats.get("in_flight", 0) for w in ws),
             sum(w.stats.get("streams", 0) for w in ws),
@@ -128,7 +130,7 @@ class AggregatePlane:
 
     def pool_stats(self) -> Mapping[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {name: (0, 0) for name in self._hub.backends}
-        for w in self._hub.workers:
+        for w in self._hub.procs():
             for name, (open_, idle) in w.stats.get("pools", {}).items():
                 o, i = out.get(name, (0, 0))
                 out[name] = (o + open_, i + idle)
@@ -159,7 +161,10 @@ class WorkerHub:
         self.forward_records = forward_records
         self.watchdog_s = watchdog_s
         self.loop = asyncio.get_running_loop()
-        self.workers = [WorkerProc(i) for i in range(config.workers)]
+        self.workers = [WorkerProc(i, i) for i in range(config.workers)]
+        self.retiring: list[WorkerProc] = []  # replaced, still draining
+        self._serial = config.workers
+        self._roll_lock = asyncio.Lock()
         self.plane = AggregatePlane(self)
         self.activity = MergedActivity() if config.enable_activity_tracking else None
         self.port = 0
@@ -268,7 +273,7 @@ class WorkerHub:
             self.metrics.merge(stats.pop("metrics"))
             activity = stats.pop("activity", None)
             if activity is not None and self.activity is not None:
-                self.activity.update(w.index, activity)
+                self.activity.update(w.serial, activity)
             w.stats = stats
         elif kind is Kind.READY:
             w.ready = True
@@ -306,13 +311,19 @@ class WorkerHub:
     def _on_lost(self, w: WorkerProc) -> None:
         self.plane.retire(w.stats)
         if self.activity is not None:
-            self.activity.retire(w.index)
+            self.activity.retire(w.serial)
         w.stats = {}
         w.channel = None
         proc = w.proc
         if w.ready_waiter is not None and not w.ready_waiter.done():
             w.ready_waiter.set_exception(RuntimeError(f"worker {w.index} exited while starting"))
             w.ready_waiter.exception()
+        if w.retiring:
+            if w in self.retiring:
+                self.retiring.remove(w)
+            if proc is not None:
+                self._hold(self.loop.create_task(asyncio.to_thread(proc.wait)))  # type: ignore[arg-type]
+            return
         if proc is not None:
             self._hold(self.loop.create_task(self._reap(w, proc)))
 
@@ -366,6 +377,40 @@ class WorkerHub:
                     w.proc.kill()
         self._ticker = self.loop.call_later(BREAKERS_EVERY_S, self._tick)
 
+    def procs(self) -> list[WorkerProc]:
+        """Every worker process whose counts are live: the slots, and replaced workers
+        still draining (so totals do not dip while a rolling restart runs)."""
+        return [*self.workers, *self.retiring]
+
+    async def roll(self) -> None:
+        """Replace every worker, one at a time (SIGUSR2): the new process listens before
+        the old one stops accepting and drains its requests. New code installed in the
+        environment is what the new workers run (docs/workers.md, "Upgrades")."""
+        async with self._roll_lock:
+            log.info("rolling restart of %d workers", len(self.workers))
+            for i, old in enumerate(list(self.workers)):
+                if self.stopping:
+                    return
+                new = WorkerProc(old.index, self._serial)
+                self._serial += 1
+                new.restarts = old.restarts
+                try:
+                    await asyncio.wait_for(self._spawn(new), START_TIMEOUT_S)
+                except Exception as exc:
+                    log.error("rolling restart: worker %d did not start (%s); stopped", i, exc)
+                    if new.proc is not None and new.proc.poll() is None:
+                        new.retiring = True
+                        new.proc.kill()
+                    return
+                old.retiring = True
+                self.workers[i] = new
+                if old.channel is not None:
+                    self.retiring.append(old)
+                if old.proc is not None and old.proc.poll() is None:
+                    with contextlib.suppress(OSError):
+                        os.kill(old.proc.pid, signal.SIGTERM)
+            log.info("rolling restart done: %s", self.summary())
+
     # -- what the gateway asks ----------------------------------------------------------
     def all_alive(self) -> bool:
         return all(w.ready and w.channel is not None for w in self.workers)
@@ -391,7 +436,7 @@ class WorkerHub:
         return f"{live}/{len(self.workers)} workers up, {open_} connections open"
 
     def signal_all(self, sig: int) -> None:
-        for w in self.workers:
+        for w in self.procs():
             if w.proc is not None and w.proc.poll() is None:
                 with contextlib.suppress(OSError):
                     os.kill(w.proc.pid, sig)
@@ -405,17 +450,17 @@ class WorkerHub:
         self.signal_all(signal.SIGTERM)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if all(w.proc is None or w.proc.poll() is not None for w in self.workers):
+            if all(w.proc is None or w.proc.poll() is not None for w in self.procs()):
                 break
             await asyncio.sleep(0.02)
         self.signal_all(signal.SIGKILL)
-        for w in self.workers:
+        for w in self.procs():
             if w.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     w.proc.wait(5)
         # Let the channels deliver what the workers wrote before they exited.
         deadline = time.monotonic() + 5
-        while any(w.channel is not None for w in self.workers):
+        while any(w.channel is not None for w in self.procs()):
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.02)

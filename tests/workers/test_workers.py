@@ -437,3 +437,60 @@ def test_activity_and_top_show_the_streams_of_every_worker(
     )["instances"][0]["activity"]
     assert act["lifetime_bytes_tx"] >= sum(len(b) for b in bodies) * 0.5
     assert gw.stop() == 0
+
+
+def test_sigusr2_replaces_every_worker_under_load(
+    tmp_path: Path, mock_llm: MockLLMServer, stop_all: list[GatewayProcess]
+) -> None:
+    gw = _start(tmp_path, mock_llm)
+    stop_all.append(gw)
+    admin, port = gw.admin_port or 0, gw.port or 0
+    before = {w["pid"] for w in _get(admin, "/v1/diagnostics")["workers"]}
+    stop = threading.Event()
+    statuses: list[int] = []
+    closed = [0]
+
+    def load() -> None:
+        # Like the SDKs: a keep-alive connection the server closed before answering is
+        # retried once on a new connection (a draining worker closes idle ones).
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while not stop.is_set():
+            for attempt in range(2):
+                try:
+                    conn.request("POST", CHAT, BODY, {"content-type": "application/json"})
+                    r = conn.getresponse()
+                    r.read()
+                    statuses.append(r.status)
+                    break
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    closed[0] += 1
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    if attempt:
+                        statuses.append(0)
+        conn.close()
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    _poll(lambda: len(statuses), lambda k: k > 200)
+    gw.proc.send_signal(signal.SIGUSR2)
+    _poll(lambda: any("rolling restart done" in x for x in gw.lines), bool, timeout=30)
+    after = _poll(
+        lambda: _get(admin, "/v1/diagnostics")["workers"],
+        lambda ws: all(w["up"] for w in ws),
+    )
+    mark = len(statuses)
+    _poll(lambda: len(statuses), lambda k: k > mark + 200)
+    stop.set()
+    for t in threads:
+        t.join(20)
+    assert {w["pid"] for w in after}.isdisjoint(before)  # every worker is a new process
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    # Totals carried across the replacement: every answered request is counted.
+    metrics = _poll(
+        lambda: _get(admin, "/metrics"),
+        lambda m: _metric_sum(m, "fastproxy_requests_total") >= len(statuses),
+    )
+    assert _metric_sum(metrics, "fastproxy_requests_total") == len(statuses)
+    assert gw.stop() == 0
