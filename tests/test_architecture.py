@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "memory": set(),
     "systemd": set(),
     "reload": {"config"},
-    "workers": {"_speedups", "config", "core", "dataplane", "httpclient", "logs"},
+    "workers": {"_speedups", "config", "core", "dataplane", "httpclient", "logs", "monitor"},
     "service_unit": set(),
     "mockllm": {"core", "config", "_speedups", "logs"},
     "monitor": {"storage", "httpclient", "core", "config", "_speedups", "_version", "logs"},
