@@ -40,6 +40,7 @@ from .logs import configure_logging
 from .memory import IdleTrimmer
 from .mockllm import MockLLMServer
 from .monitor.activity import ActivityService, ActivityTracker
+from .monitor.capture import CaptureService
 from .monitor.health import HealthService
 from .monitor.metrics import MetricsCollector
 from .monitor.rate_limits import RateLimitWatch
@@ -74,6 +75,7 @@ class Gateway:
         self.health: HealthService | None = None
         self.usage: UsageService | None = None
         self.activity: ActivityService | None = None
+        self.capture: CaptureService | None = None
         self.metrics: MetricsCollector | None = None
         self.rate_limits: RateLimitWatch | None = None
         self.admin: AdminService | None = None
@@ -106,7 +108,14 @@ class Gateway:
         activity = self.activity = (
             ActivityService(cfg, backends, loop) if cfg.enable_activity_tracking else None
         )
-        services: list[Service] = [s for s in (usage, activity, health) if s is not None]
+        # With workers, each worker captures its own exchanges (workers/worker.py).
+        capture = self.capture = (
+            CaptureService(cfg, self._env)
+            if cfg.wire_capture.enabled and cfg.workers == 1
+            else None
+        )
+        # Capture first: stopped last, after the drain has captured the last exchanges.
+        services: list[Service] = [s for s in (capture, usage, activity, health) if s is not None]
         for service in services:
             await service.start()
             self._services.append(service)
@@ -128,6 +137,7 @@ class Gateway:
             reporter=Reporter((health, rate_limits), sinks),
             activity=activity.tracker if activity is not None else None,
             accounting=usage is not None,
+            capture=capture,
             counters=Counters(),
             date=self._date,
         )
@@ -142,6 +152,7 @@ class Gateway:
             metrics=metrics,
             activity=activity.tracker if activity is not None else None,
             usage=usage,
+            capture=capture.status if capture is not None else None,
         )
         data_port_policy = AccessPolicy(cfg.admin.allow_networks, (cfg.host, cfg.admin.host))
         monitoring = self.monitoring = MonitoringApi(views, data_port_policy)

@@ -120,6 +120,7 @@ def health_document(views: Views) -> dict[str, Any]:
             "backends": backends,
         },
         "storage": storage,
+        "wire_capture": views.capture() if views.capture is not None else {"enabled": False},
     }
 
 

@@ -38,6 +38,9 @@ class Views:
     # Multi-process mode: one entry per worker (index, pid, up, restarts, connections);
     # None with one process, and /v1/diagnostics then has no "workers" key.
     workers: Callable[[], list[dict[str, Any]]] | None = None
+    # Wire capture's counters (monitor/capture.py), None when capture is off or runs in
+    # the workers; /internal/health shows them under "wire_capture".
+    capture: Callable[[], dict[str, Any]] | None = None
 
     @property
     def store(self) -> UsageStore | None:

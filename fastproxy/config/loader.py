@@ -437,6 +437,12 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
             ) from None
     _check_admin_keys(config)
     _check_not_built(config, origins)
+    wc = config.wire_capture
+    if wc.max_total_bytes < wc.max_file_bytes:
+        raise ConfigError(
+            f"wire_capture.max_total_bytes: got {wc.max_total_bytes}, below "
+            f"wire_capture.max_file_bytes ({wc.max_file_bytes}); the total must hold one file"
+        )
     if not is_loopback_host(config.host):
         if config.auth.disable_auth:
             raise ConfigError(
@@ -457,7 +463,6 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
 # enabled needs a rule, a rule's to_backend must be configured; see git log -S
 # "needs a rule").
 _NOT_BUILT: dict[str, str] = {
-    "wire_capture": "wire capture",
     "replacement": "random model replacement",
 }
 

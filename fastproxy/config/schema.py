@@ -90,7 +90,8 @@ class UsageTrackingConfig(_Section, frozen=True, kw_only=True):
 
 
 class WireCaptureConfig(_Section, frozen=True, kw_only=True):
-    """Not built yet: the loader refuses any value but these defaults (loader._NOT_BUILT)."""
+    """Wire capture (docs/capture.md): every byte of each API exchange, redacted, to CBOR
+    files written by a process of their own."""
 
     enabled: bool = False
     output_dir: str = "./var/wire_captures"

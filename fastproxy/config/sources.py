@@ -58,18 +58,16 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
         "--disable-usage-tracking", "usage_tracking.enabled", "record no usage", action="false"
     ),
     CliFlag("--usage-db", "usage_tracking.persistence_path", "usage SQLite file", metavar="PATH"),
-    # The wire capture and replacement flags exist because the config format has them; their
-    # features are not built yet, so the loader refuses them (config/loader.py, _NOT_BUILT).
     CliFlag(
         "--wire-capture-enabled",
         "wire_capture.enabled",
-        "record full wire captures (not built yet: refused)",
+        "record every byte of each API exchange, redacted (docs/capture.md)",
         "true",
     ),
     CliFlag(
         "--wire-capture-dir",
         "wire_capture.output_dir",
-        "capture directory (not built yet: refused)",
+        "wire capture directory",
         metavar="DIR",
     ),
     CliFlag(
@@ -78,6 +76,8 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
         "track live connections and bytes",
         action="true",
     ),
+    # The replacement flags exist because the config format has them; the feature is not
+    # built yet, so the loader refuses them (config/loader.py, _NOT_BUILT).
     CliFlag(
         "--enable-replacement",
         "replacement.enabled",

@@ -17,14 +17,17 @@ Who implements what:
 - `MonitoringPort` (monitoring paths answered on the data port): the admin plane's route
   table, with the data port's access rules.
 - `PlaneStats` (what views read of the data plane): the data plane.
+- `WireTap` → `ExchangeTap` (the bytes of one exchange, all four directions, for wire
+  capture): the capture service. None when capture is off.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from .records import Counters, ExchangeRecord
@@ -86,6 +89,26 @@ class LiveActivity(Protocol):
     ) -> ActivityHandle: ...
 
     def close(self, entry: ActivityHandle) -> None: ...
+
+
+class ExchangeTap(Protocol):
+    """One exchange's wire capture. Each call is on the loop: it redacts credentials and
+    appends to a buffer; encoding and file I/O happen off the loop (docs/capture.md)."""
+
+    def event(
+        self, direction: int, data: bytes | bytearray | memoryview, meta: dict[str, Any] | None
+    ) -> None:
+        """Bytes that crossed one leg: 0 client→proxy, 1 proxy→client, 2 proxy→backend,
+        3 backend→proxy. ``meta``: short keys (``be``, ``mod``, ``sc``, ``ss``, ``se``);
+        an empty ``data`` with a marker is allowed."""
+
+    def wrap(self, transport: asyncio.Transport) -> asyncio.Transport:
+        """The client transport, seen through the capture: every write is a dir-1 event."""
+
+
+class WireTap(Protocol):
+    def open(self, request_id: int, session_id: str | None) -> ExchangeTap | None:
+        """A new exchange's capture; None while capture is disabled (its disk failed)."""
 
 
 class Reporter:

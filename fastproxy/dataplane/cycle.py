@@ -46,7 +46,7 @@ import orjson
 from ..core.errors import GatewayError, RequestRejected, UpstreamError
 from ..core.flow import FlowControl
 from ..core.records import ExchangeRecord
-from ..core.seams import ActivityHandle
+from ..core.seams import ActivityHandle, ExchangeTap, WireTap
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamConnection
 from ..httpclient.request import request_head
@@ -141,6 +141,7 @@ class RequestCycle:
         "_reused",
         "_sending",
         "_stage",
+        "_tap",
         "_task",
         "_timer",
         "plane",
@@ -174,6 +175,7 @@ class RequestCycle:
         self._timer: asyncio.TimerHandle | None = None
         self._relay: SSERelay | None = None
         self._acct: StreamAccounting | None = None
+        self._tap: ExchangeTap | None = None  # wire capture of this exchange, when on
         self.streaming_started = False
         self.record = ExchangeRecord(plane.new_request_id(), connection_id, time.monotonic())
 
@@ -245,6 +247,9 @@ class RequestCycle:
         if self._activity is not None and self.plane.activity is not None:
             self.plane.activity.close(self._activity)
             self._activity = None
+        if self._tap is not None and self.streaming_started:
+            rec = self.record
+            self._tap.event(1, b"", {"se": True, "sc": rec.status, "oc": rec.outcome})
         finish_record(self.plane, self.record)
         self._on_done(keep_alive and not self.transport.is_closing())
 
@@ -372,6 +377,8 @@ class RequestCycle:
 
     def _llm(self, dialect: Dialect, kind: str) -> None:
         req, rec, plane = self.req, self.record, self.plane
+        if plane.capture is not None:
+            self._open_tap(plane.capture)
         rec.frontend = dialect.name
         rec.path = req.path.decode("latin-1")
         rec.client_key_id = req.client_key_id  # checked with the head (auth.py)
@@ -431,6 +438,23 @@ class RequestCycle:
         self._retried_429 = False
         self._i = 0
         self._attempt()
+
+    def _open_tap(self, capture: WireTap) -> None:
+        """Wire capture is on: this exchange's tap, the client's request as read, and the
+        client transport seen through the tap (each write a proxy→client event)."""
+        req = self.req
+        tap = capture.open(self.record.id, _text(req.header(b"x-session-id")))
+        if tap is None:
+            return
+        self._tap = tap
+        self.transport = tap.wrap(self.transport)
+        target = req.path + b"?" + req.query if req.query else req.path
+        version = b" HTTP/1.1\r\n" if req.http11 else b" HTTP/1.0\r\n"
+        parts: list[bytes | bytearray] = [req.method, b" ", target, version]
+        for name, value in req.headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"\r\n", req.body)
+        tap.event(0, b"".join(parts), None)
 
     def _upstream_request(
         self, backend: Backend, model: str, body: RequestFields, kind: str
@@ -542,6 +566,10 @@ class RequestCycle:
         self.record.upstream_sent_at = now
         cfg = self._backend.config
         head, payload = self._sending
+        if self._tap is not None:
+            self._tap.event(
+                2, head + payload, {"be": self._backend.name, "mod": self.record.model_used}
+            )
         conn.send(head, payload, resp)
         conn.watch(min(now + cfg.first_byte_timeout_s, self._deadline), cfg.idle_timeout_s)
 
@@ -570,6 +598,8 @@ class RequestCycle:
         rec = self.record
         rec.backend_ttfb_at = resp.first_byte_at or time.monotonic()
         rec.status = resp.status
+        if self._tap is not None:
+            self._tap.event(3, _response_head(resp), {"be": self._backend.name, "sc": resp.status})
         if resp.status in FAILOVER_STATUSES:
             # Rare: decided after the parser's callback returns, where starting another
             # attempt (or closing this connection) cannot disturb the read in progress.
@@ -717,6 +747,8 @@ class RequestCycle:
         backend, dialect = self._backend, self._dialect
         body = resp.body[0] if len(resp.body) == 1 else b"".join(resp.body)
         self._conn = None
+        if self._tap is not None:
+            self._tap.event(3, body, None)
         rec = self.record
         rec.bytes_rx = resp.bytes_rx
         rec.upstream_done_at = time.monotonic()
@@ -769,6 +801,8 @@ class RequestCycle:
     def _start_stream(self, resp: UpstreamResponse) -> None:
         transport, flow, backend = self.transport, self._flow, self._backend
         chunked = self.req.http11
+        if self._tap is not None:
+            self._tap.event(1, b"", {"ss": True, "be": backend.name})
         keep = chunked and self.req.keep_alive and not self.plane.draining
         transport.write(
             stream_head(self.plane.date.line, chunked, resp.headers, backend.name, keep)
@@ -798,7 +832,7 @@ class RequestCycle:
         # While the client cannot take more, the backend is not read: the stream is held
         # back at its source, not buffered here.
         flow.follow(conn)
-        resp.attach(relay)
+        resp.attach(relay if self._tap is None else _tapped(self._tap, relay))
         if conn is not None and not flow.write_paused:
             conn.resume_reading()  # held while undecided (pool.HOLD_UNDECIDED)
         if resp.finished:
@@ -847,6 +881,25 @@ class RequestCycle:
         if chunked:
             transport.write(wire.CHUNKED_END)
         self._finish(chunked and self.req.keep_alive and not self.plane.draining)
+
+
+def _response_head(resp: UpstreamResponse) -> bytes:
+    """A backend's response head as parsed (wire capture; the reason phrase is not kept)."""
+    parts = [b"HTTP/1.1 %d\r\n" % resp.status]
+    for name, value in resp.headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _tapped(tap: ExchangeTap, relay: SSERelay) -> Callable[[bytes], None]:
+    """The relay with each backend chunk captured first (only when capture is on)."""
+
+    def on_chunk(data: bytes) -> None:
+        tap.event(3, data, None)
+        relay(data)
+
+    return on_chunk
 
 
 def _reraise(exc: BaseException) -> None:

@@ -20,7 +20,7 @@ from typing import Protocol
 from ..config import Config
 from ..core.clock import HttpDate
 from ..core.records import Counters
-from ..core.seams import BreakerView, LiveActivity, MonitoringPort, Reporter
+from ..core.seams import BreakerView, LiveActivity, MonitoringPort, Reporter, WireTap
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import AccessLine
@@ -62,6 +62,7 @@ class DataPlane:
         activity: LiveActivity | None = None,
         accounting: bool = False,
         monitoring: MonitoringPort | None = None,
+        capture: WireTap | None = None,
         counters: Counters | None = None,
         date: HttpDate | None = None,
     ) -> None:
@@ -79,6 +80,8 @@ class DataPlane:
         # on only when usage tracking is, so the relay pays nothing otherwise.
         self.accounting = accounting
         self.monitoring = monitoring
+        # Wire capture, when on; None costs one test per request and nothing per chunk.
+        self.capture = capture
         self.counters = counters if counters is not None else Counters()
         self.date = date if date is not None else HttpDate()
         self.connections: set[Connection] = set()

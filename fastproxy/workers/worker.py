@@ -50,6 +50,7 @@ from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import configure_logging
 from ..monitor.activity import ActivityService
+from ..monitor.capture import CaptureService
 from ..monitor.metrics import MetricsCollector
 from .activity import snapshot_doc
 from .channel import Channel, Kind
@@ -148,6 +149,7 @@ class Worker:
         self.forwarder: Forwarder | None = None
         self.metrics: MetricsCollector | None = None
         self.activity: ActivityService | None = None
+        self.capture: CaptureService | None = None
         self.server: asyncio.base_events.Server | None = None
         self.stop_requested = asyncio.Event()
         self.configured: asyncio.Future[dict[str, Any]] = self.loop.create_future()
@@ -247,6 +249,15 @@ class Worker:
             date=self._date,
         )
         plane.number_requests(doc["index"] + 1, doc["workers"])
+        if config.wire_capture.enabled:
+            # Each worker writes its own files (its own writer process, a file prefix of
+            # its own, its share of the total cap): no two processes append to one file.
+            index = doc["index"] + 1
+            self.capture = CaptureService(
+                config, os.environ, prefix=f"w{index}-", share=doc["workers"], worker=index
+            )
+            await self.capture.start()
+            plane.capture = self.capture
         if config.enable_activity_tracking:
             # Tracked here, per chunk, on this worker's loop; the primary merges the
             # snapshots each heartbeat carries (fastproxy/workers/activity.py).
@@ -328,6 +339,8 @@ class Worker:
             self._ticker.cancel()
         if self.activity is not None:
             await self.activity.stop()
+        if self.capture is not None:
+            await self.capture.stop()
         self.heartbeat()  # the last counts, so the primary's totals end exact
         if self.forwarder is not None:
             self.forwarder.flush()

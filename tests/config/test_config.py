@@ -137,11 +137,6 @@ def test_replacement_rules_from_env_json_and_cli() -> None:
 
 # Every key of a feature that is not built, with a value other than its default.
 NOT_BUILT_YAML = [
-    ("wire_capture:\n  enabled: true\n", "wire_capture.enabled", "True", "False"),
-    ("wire_capture:\n  output_dir: /srv/caps\n", "wire_capture.output_dir", "'/srv/caps'", ""),
-    ("wire_capture:\n  max_file_bytes: 1048576\n", "wire_capture.max_file_bytes", "", ""),
-    ("wire_capture:\n  max_total_bytes: 1048576\n", "wire_capture.max_total_bytes", "", ""),
-    ("wire_capture:\n  redact_headers: [x-a]\n", "wire_capture.redact_headers", "a list", "[]"),
     ("replacement:\n  enabled: true\n", "replacement.enabled", "True", "False"),
     ("replacement:\n  probability: 0.5\n", "replacement.probability", "0.5", "0.0"),
     ("replacement:\n  turn_count: 3\n", "replacement.turn_count", "3", "(1)"),
@@ -182,8 +177,6 @@ def test_not_built_features_at_their_defaults_load(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
-        ({"WIRE_CAPTURE_ENABLED": "true"}, "wire_capture.enabled: got True (env WIRE_CAPTURE"),
-        ({"WIRE_CAPTURE_OUTPUT_DIR": "/tmp/caps"}, "(env WIRE_CAPTURE_OUTPUT_DIR)"),
         ({"REPLACEMENT_ENABLED": "1"}, "(env REPLACEMENT_ENABLED)"),
         ({"REPLACEMENT_PROBABILITY": "0.25"}, "(env REPLACEMENT_PROBABILITY)"),
         ({"REPLACEMENT_TURN_COUNT": "3"}, "(env REPLACEMENT_TURN_COUNT)"),
@@ -199,8 +192,6 @@ def test_not_built_env_vars_are_refused_naming_the_variable(
 
 def test_not_built_flags_are_refused_by_the_cli(tmp_path: Path) -> None:
     for args in (
-        ("--wire-capture-enabled",),
-        ("--wire-capture-dir", str(tmp_path)),
         ("--enable-replacement",),
         ("--replacement-probability", "0.5"),
         ("--replacement-turn-count", "2"),

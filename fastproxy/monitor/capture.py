@@ -1,0 +1,255 @@
+"""Wire capture: the loop's side (redaction, framing) behind the `WireTap` seam.
+
+The request cycle opens one `ExchangeTap` per API request when capture is on and hands
+it the bytes of every leg. Here, on the loop, each piece is redacted (credentials never
+leave the loop, not even to the writer process), framed and appended to the link's
+buffer; the link hands the buffer to the writer process once per loop iteration
+(storage/capture_link.py), which encodes CBOR, compresses and writes files
+(storage/capture_writer.py). docs/capture.md has the format and the rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..config import Config
+from ..config.loader import resolve_state_path
+from ..storage.capture_link import CaptureLink
+from ..storage.capture_writer import pack_event
+
+log = logging.getLogger("fastproxy.capture")
+
+# Credentials a client or the gateway sends in a head (or a backend in Set-Cookie).
+REDACT_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "cookie",
+    "set-cookie",
+)
+REDACTED = b"[REDACTED]"
+# JSON members whose string value is a credential, whatever the API.
+_JSON_SECRET = re.compile(
+    rb'(?i)("(?:[a-z0-9_-]*api[_-]?key|access[_-]?token|refresh[_-]?token|id[_-]?token'
+    rb'|client[_-]?secret|secret[_-]?key|password|authorization)"\s*:\s*")'
+    rb'(?:[^"\\]|\\.)*"'
+)
+# Strings shaped like provider keys (OpenAI and Anthropic sk-..., Google AIza...).
+_KEY_SHAPE = re.compile(rb"sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,}")
+# A key in a query string (Google's ?key=).
+_QUERY_KEY = re.compile(rb"(?i)([?&](?:key|api[_-]?key|access[_-]?token)=)[^&\s\"#]+")
+# Configured secrets shorter than this are not searched for literally: they would
+# blank ordinary words all over the payloads (the header rules still hold).
+MIN_LITERAL = 8
+
+
+class Redactor:
+    """Everything captured passes here, on the loop, before it is appended anywhere."""
+
+    def __init__(self, extra_headers: Iterable[str], secrets: Iterable[str]) -> None:
+        names = sorted({*REDACT_HEADERS, *(h.strip().lower() for h in extra_headers if h.strip())})
+        alternatives = b"|".join(re.escape(n.encode("latin-1")) for n in names)
+        # Multiline: a head is several lines; a body line that looks like a credential
+        # header is redacted too, which costs nothing but a few bytes of payload.
+        self._header = re.compile(rb"(?im)^(" + alternatives + rb")([ \t]*:)[^\r\n]*")
+        known = sorted({s for s in secrets if len(s) >= MIN_LITERAL}, key=len, reverse=True)
+        self._literal = (
+            re.compile(b"|".join(re.escape(s.encode("utf-8")) for s in known)) if known else None
+        )
+
+    def __call__(self, data: bytes) -> bytes:
+        if self._literal is not None:
+            data = self._literal.sub(REDACTED, data)
+        data = self._header.sub(rb"\1\2 [REDACTED]", data)
+        data = _JSON_SECRET.sub(rb'\1[REDACTED]"', data)
+        data = _KEY_SHAPE.sub(REDACTED, data)
+        return _QUERY_KEY.sub(rb"\1[REDACTED]", data)
+
+
+def known_secrets(config: Config, env: Mapping[str, str]) -> list[str]:
+    """The keys the gateway itself holds: each backend's, the clients', the admins'. They
+    are searched for literally in everything captured, so even a key a client pasted into
+    a prompt, or a backend echoed, is not written."""
+    out: list[str] = [*config.auth.api_keys, *config.admin.api_keys]
+    for b in config.backends.values():
+        if b.api_key:
+            out.append(b.api_key)
+        if b.api_key_env and env.get(b.api_key_env):
+            out.append(env[b.api_key_env])
+    return out
+
+
+class _TapTransport(asyncio.Transport):
+    """The client transport with every write also captured as a dir-1 event."""
+
+    __slots__ = ("_inner", "_tap")
+
+    def __init__(self, inner: asyncio.Transport, tap: _Exchange) -> None:
+        super().__init__()
+        self._inner = inner
+        self._tap = tap
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._tap.event(1, data, None)
+        self._inner.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def is_closing(self) -> bool:
+        return self._inner.is_closing()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._inner.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._inner.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._inner.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._inner.get_extra_info(name, default)
+
+    def can_write_eof(self) -> bool:
+        return self._inner.can_write_eof()
+
+    def write_eof(self) -> None:
+        self._inner.write_eof()
+
+    def is_reading(self) -> bool:
+        return self._inner.is_reading()
+
+    def pause_reading(self) -> None:
+        self._inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._inner.resume_reading()
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._inner.get_protocol()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._inner.set_protocol(protocol)
+
+
+class _Exchange:
+    __slots__ = ("_rid", "_service", "_sid")
+
+    def __init__(self, service: CaptureService, rid: int, sid: str | None) -> None:
+        self._service = service
+        self._rid = rid
+        self._sid = sid
+
+    def event(
+        self, direction: int, data: bytes | bytearray | memoryview, meta: dict[str, Any] | None
+    ) -> None:
+        m: dict[str, Any] = {"rid": self._rid}
+        if self._sid is not None:
+            m["sid"] = self._sid
+        if meta:
+            m.update(meta)
+        self._service.append(direction, data, m)
+
+    def wrap(self, transport: asyncio.Transport) -> asyncio.Transport:
+        return _TapTransport(transport, self)
+
+
+class CaptureService:
+    """The `WireTap` the gateway plugs into the data plane when wire_capture is on."""
+
+    def __init__(
+        self,
+        config: Config,
+        env: Mapping[str, str],
+        *,
+        prefix: str = "",
+        share: int = 1,
+        worker: int | None = None,
+    ) -> None:
+        wc = config.wire_capture
+        self.dir = resolve_state_path(config, wc.output_dir)
+        self.redact = Redactor(wc.redact_headers, known_secrets(config, env))
+        meta: dict[str, Any] = {"gateway": "fastproxy", "pid": os.getpid()}
+        if worker is not None:
+            meta["worker"] = worker
+        self.link = CaptureLink(
+            Path(self.dir),
+            prefix=prefix,
+            max_file_bytes=wc.max_file_bytes,
+            # Workers share the directory's cap: each keeps its own files within its share.
+            max_total_bytes=max(wc.max_total_bytes // share, 1),
+            meta=meta,
+            on_disabled=self._disabled,
+        )
+        self.events = 0
+        self._seq = 0
+        # Wall-clock stamps that never go backwards: one wall reading, then the monotonic
+        # clock (a clock step while capturing would otherwise reorder events by ts).
+        self._wall0 = time.time()
+        self._mono0 = time.monotonic()
+
+    async def start(self) -> None:
+        log.info("wire capture: %s", self.dir)
+        await self.link.launch()
+
+    async def stop(self) -> None:
+        await self.link.close()
+
+    def _disabled(self, reason: str) -> None:
+        log.error("wire capture disabled: %s; traffic is not affected", reason)
+
+    # -- WireTap -----------------------------------------------------------------------
+    def open(self, request_id: int, session_id: str | None) -> _Exchange | None:
+        if self.link.disabled is not None:
+            return None
+        return _Exchange(self, request_id, session_id)
+
+    def append(
+        self, direction: int, data: bytes | bytearray | memoryview, meta: dict[str, Any]
+    ) -> None:
+        link = self.link
+        if link.disabled is not None:
+            return
+        if link.pending() > link.limit:
+            link.dropped += 1
+            return
+        clean = self.redact(bytes(data))
+        self._seq += 1
+        self.events += 1
+        ts = self._wall0 + (time.monotonic() - self._mono0)
+        link.out += pack_event(ts, self._seq, direction, orjson.dumps(meta), clean)
+        link.packed()
+
+    def status(self) -> dict[str, Any]:
+        link, last = self.link, self.link.last
+        return {
+            "enabled": True,
+            "state": "disabled" if link.disabled is not None else "on",
+            "reason": link.disabled,
+            "dir": os.fspath(self.dir),
+            "events_captured": self.events,
+            "events_written": last.get("events_written", 0),
+            "bytes_written": last.get("bytes_written", 0),
+            "files_opened": last.get("files_opened", 0),
+            "files_deleted": last.get("files_deleted", 0),
+            "dropped": link.dropped,
+        }

@@ -1,0 +1,182 @@
+"""The gateway's end of the wire-capture writer (capture_writer.py).
+
+The loop's part per captured event is to append one frame to ``out`` and call
+`packed`: the first frame of a loop iteration schedules one `_flush` (``call_soon``),
+which hands the whole buffer to the channel's non-blocking transport, so there is one
+``write`` per loop iteration, never one per event, and nothing here waits for the disk.
+
+Bounds: frames pending here (``out`` plus the transport's buffer) are capped at
+``limit`` bytes; past it an event is dropped and counted (`dropped`). A writer that
+reports itself disabled (its disk failed) or exits stops the capture: `disabled` holds
+the reason and ``on_disabled`` is called once, which logs the one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+PENDING_LIMIT = 64 * 1024 * 1024
+
+
+class _Channel(asyncio.Protocol):
+    def __init__(self, link: CaptureLink) -> None:
+        self.link = link
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\n")
+            if end < 0:
+                return
+            line = bytes(self.buf[:end])
+            del self.buf[: end + 1]
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            self.link._status(doc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link._lost()
+
+
+class CaptureLink:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        prefix: str,
+        max_file_bytes: int,
+        max_total_bytes: int,
+        meta: dict[str, Any],
+        on_disabled: Callable[[str], None],
+        limit: int = PENDING_LIMIT,
+    ) -> None:
+        self.dir = directory
+        self.prefix = prefix
+        self.max_file_bytes = max_file_bytes
+        self.max_total_bytes = max_total_bytes
+        self.meta = meta
+        self.on_disabled = on_disabled
+        self.limit = limit
+        self.out = bytearray()
+        self.dropped = 0  # events dropped here: ``limit`` reached
+        self.disabled: str | None = None
+        self.last: dict[str, Any] = {}  # the writer's latest status
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._scheduled = False
+        self._closing = False
+
+    # -- the hot path (event loop) ---------------------------------------------------
+    def pending(self) -> int:
+        t = self._transport
+        return len(self.out) + (t.get_write_buffer_size() if t is not None else 0)
+
+    def packed(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        t = self._transport
+        if t is None or t.is_closing() or not self.out:
+            return
+        # A fresh buffer each flush: the transport may keep the one it is given.
+        data, self.out = self.out, bytearray()
+        t.write(data)
+
+    # -- the writer's reports --------------------------------------------------------
+    def _status(self, doc: dict[str, Any]) -> None:
+        self.last = doc
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+        reason = doc.get("disabled")
+        if reason and self.disabled is None:
+            self._disable(str(reason))
+
+    def _lost(self) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+        if not self._closing and self.disabled is None:
+            self._disable("the capture writer exited")
+
+    def _disable(self, reason: str) -> None:
+        self.disabled = reason
+        self.out = bytearray()
+        self.on_disabled(reason)
+
+    # -- start, stop -----------------------------------------------------------------
+    async def launch(self) -> None:
+        """Start the writer; returns once it reported its directory usable or not."""
+        loop = self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        args = [
+            sys.executable,
+            "-m",
+            "fastproxy.storage.capture_writer",
+            "--fd",
+            str(theirs.fileno()),
+            "--dir",
+            os.fspath(self.dir.absolute()),
+            "--prefix",
+            self.prefix,
+            "--max-file-bytes",
+            str(self.max_file_bytes),
+            "--max-total-bytes",
+            str(self.max_total_bytes),
+            "--meta",
+            json.dumps(self.meta),
+        ]
+        try:
+            # Off the loop: fork and exec of a large process take milliseconds.
+            self.proc = await asyncio.to_thread(
+                subprocess.Popen, args, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            ours.close()
+            self._disable(f"the capture writer did not start: {exc}")
+            return
+        finally:
+            theirs.close()
+        self._ready = loop.create_future()
+        self._transport, _ = await loop.connect_accepted_socket(lambda: _Channel(self), ours)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT_S)
+        except TimeoutError:
+            self._disable(f"the capture writer did not report in {READY_TIMEOUT_S:.0f}s")
+
+    async def close(self) -> None:
+        """Hand over what is pending, end the channel, wait (off the loop) for the writer."""
+        self._closing = True
+        self._flush()
+        t = self._transport
+        if t is not None and not t.is_closing():
+            if t.can_write_eof():
+                t.write_eof()  # the writer reads to EOF, writes it all, then exits
+            else:
+                t.close()
+        proc = self.proc
+        if proc is not None:
+            try:
+                await asyncio.to_thread(proc.wait, STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        if t is not None:
+            t.close()

@@ -1,0 +1,312 @@
+"""The wire-capture writer: a process of its own that turns event frames into CBOR files.
+
+Started by the gateway's `CaptureLink` (capture_link.py) with one end of a Unix
+socketpair: ``python -m fastproxy.storage.capture_writer --fd N --dir DIR ...``. The
+gateway's loop only redacts and appends frames; encoding, compression and every file
+operation happen here, so a slow or failing disk never reaches the loop.
+
+Frames in (gateway → writer), each already redacted: ``FRAME`` (u32 length of the rest,
+f64 wall-clock ts, u64 seq, u8 direction, u32 meta length), the meta as JSON, the data.
+
+Files out: ``capture-{prefix}{UTC time}-{n}.cbor``, concatenated CBOR items in the V2
+layout (docs/capture.md): one header map, then one map per event. A file is closed and a
+new one opened before an event would take it past ``max_file_bytes``; after each write
+the oldest files (this prefix's) are deleted while the total is over ``max_total_bytes``.
+
+Status out (writer → gateway): one JSON object per line, after a batch and at least every
+half second: bytes written, files, events, deleted files, and ``disabled`` with its
+reason. Any OSError on a file (disk full, a read-only or removed directory) disables the
+writer for good: it keeps reading its socket so the gateway never backs up, and says so
+once in its status; the gateway logs the one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+MAGIC = "LLMPROXY-CAPTURE-V2"
+VERSION = 2
+FRAME = struct.Struct("<IdQBI")  # length of the rest, ts, seq, dir, meta length
+_REST = struct.Struct("<dQBI")
+STATUS_EVERY_S = 0.5
+# Below this, zlib's own header and checksum make the data longer, never shorter.
+COMPRESS_MIN = 64
+
+
+def pack_event(ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
+    """One frame as the gateway sends it (the link uses the same layout)."""
+    return (
+        FRAME.pack(_REST.size + len(meta) + len(data), ts, seq, direction, len(meta)) + meta + data
+    )
+
+
+def event_item(
+    ts: float, seq: int, direction: int, meta: dict[str, Any] | None, data: bytes
+) -> bytes:
+    event: dict[str, Any] = {"ts": ts, "dir": direction, "seq": seq}
+    if len(data) >= COMPRESS_MIN:
+        packed = zlib.compress(data, 6)
+        if len(packed) < len(data):
+            event["data"] = packed
+            event["enc"] = "zlib"
+        else:
+            event["data"] = data
+    else:
+        event["data"] = data
+    if meta:
+        event["meta"] = meta
+    return cbor2.dumps(event)
+
+
+class CaptureFiles:
+    """The directory side: the open file, rotation, the total cap."""
+
+    def __init__(
+        self,
+        directory: Path,
+        prefix: str,
+        max_file_bytes: int,
+        max_total_bytes: int,
+        meta: dict[str, Any],
+    ) -> None:
+        self.dir = directory
+        self.prefix = prefix
+        # A file larger than the total cap could never be kept whole.
+        self.max_file = min(max_file_bytes, max_total_bytes)
+        self.max_total = max_total_bytes
+        self.meta = meta
+        self.session_id = uuid.uuid4().hex
+        self.fd = -1
+        self.size = 0
+        self.events_in_file = 0
+        self.files: list[tuple[Path, int]] = []  # closed files of this prefix, oldest first
+        self.closed_bytes = 0
+        self.n = 0
+        self.bytes_written = 0
+        self.files_opened = 0
+        self.files_deleted = 0
+        self.events = 0
+
+    def open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.dir.glob(f"capture-{self.prefix}*.cbor")):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            self.files.append((path, size))
+            self.closed_bytes += size
+        self._new_file()
+
+    def _new_file(self) -> None:
+        self.n += 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = self.dir / f"capture-{self.prefix}{stamp}-{os.getpid()}-{self.n:06d}.cbor"
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        self.path = path
+        self.size = 0
+        self.events_in_file = 0
+        self.files_opened += 1
+        header = cbor2.dumps(
+            {
+                "magic": MAGIC,
+                "version": VERSION,
+                "created_at": time.time(),
+                "session_id": self.session_id,
+                "metadata": {**self.meta, "file_index": self.n},
+            }
+        )
+        self._write(header)
+        self._cap()
+
+    def add(self, items: list[bytes]) -> None:
+        """Write a batch of encoded events, rotating between them as needed."""
+        batch: list[bytes] = []
+        size = self.size
+        for item in items:
+            if self.events_in_file and size + len(item) > self.max_file:
+                if batch:
+                    self._write(b"".join(batch))
+                    batch = []
+                self._rotate()
+                size = self.size
+            batch.append(item)
+            size += len(item)
+            self.events_in_file += 1
+            self.events += 1
+        if batch:
+            self._write(b"".join(batch))
+        # Writing into a file whose directory was removed succeeds on Linux and is lost:
+        # a file without a name means the capture has nowhere to go.
+        if os.fstat(self.fd).st_nlink == 0:
+            raise FileNotFoundError(f"capture file {self.path} was removed")
+        self._cap()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.size += len(data)
+        self.bytes_written += len(data)
+
+    def _rotate(self) -> None:
+        os.close(self.fd)
+        self.files.append((self.path, self.size))
+        self.closed_bytes += self.size
+        self.fd = -1
+        self._new_file()
+
+    def _cap(self) -> None:
+        while self.files and self.closed_bytes + self.size > self.max_total:
+            path, size = self.files.pop(0)
+            self.closed_bytes -= size
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            self.files_deleted += 1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def read_frames(buf: bytearray) -> list[tuple[float, int, int, bytes, bytes]]:
+    """The whole frames at the start of ``buf`` (removed from it)."""
+    out = []
+    pos = 0
+    end = len(buf)
+    head = FRAME.size
+    while end - pos >= head:
+        length, ts, seq, direction, meta_len = FRAME.unpack_from(buf, pos)
+        stop = pos + 4 + length
+        if stop > end:
+            break
+        meta_at = pos + head
+        data_at = meta_at + meta_len
+        out.append((ts, seq, direction, bytes(buf[meta_at:data_at]), bytes(buf[data_at:stop])))
+        pos = stop
+    if pos:
+        del buf[:pos]
+    return out
+
+
+class Writer:
+    def __init__(self, sock: socket.socket, files: CaptureFiles) -> None:
+        self.sock = sock
+        self.files = files
+        self.disabled: str | None = None
+        self.received = 0
+        self.discarded = 0
+        self._last_status = 0.0
+
+    def status(self) -> None:
+        f = self.files
+        doc = {
+            "bytes_written": f.bytes_written,
+            "files_opened": f.files_opened,
+            "files_deleted": f.files_deleted,
+            "events_written": f.events,
+            "events_received": self.received,
+            "events_discarded": self.discarded,
+            "disabled": self.disabled,
+            "pid": os.getpid(),
+        }
+        self.sock.sendall(json.dumps(doc).encode() + b"\n")
+        self._last_status = time.monotonic()
+
+    def fail(self, exc: OSError) -> None:
+        if exc.strerror and exc.filename:
+            self.disabled = f"{exc.strerror}: {exc.filename}"
+        else:
+            self.disabled = exc.strerror or str(exc)
+        try:
+            self.files.close()
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        try:
+            self.files.open()
+        except OSError as exc:
+            self.fail(exc)
+        self.status()  # the first status is the "ready" the gateway waits for
+        self.sock.settimeout(STATUS_EVERY_S)
+        buf = bytearray()
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except TimeoutError:
+                self.status()
+                continue
+            if not chunk:
+                break
+            buf += chunk
+            frames = read_frames(buf)
+            self.received += len(frames)
+            if self.disabled is None:
+                try:
+                    self.files.add(
+                        [
+                            event_item(ts, seq, d, json.loads(meta) if meta else None, data)
+                            for ts, seq, d, meta, data in frames
+                        ]
+                    )
+                except OSError as exc:
+                    self.fail(exc)
+                    self.status()
+            else:
+                self.discarded += len(frames)
+            if time.monotonic() - self._last_status >= STATUS_EVERY_S / 5:
+                self.status()
+        self.files.close()
+        try:
+            self.status()
+        except OSError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastproxy.storage.capture_writer")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--prefix", default="")
+    parser.add_argument("--max-file-bytes", type=int, required=True)
+    parser.add_argument("--max-total-bytes", type=int, required=True)
+    parser.add_argument("--meta", default="{}")
+    args = parser.parse_args(argv)
+    # The gateway decides when capture ends (it closes the socket): a ^C or SIGTERM to
+    # the process group must not cut the events still queued in the socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    files = CaptureFiles(
+        Path(args.dir),
+        args.prefix,
+        args.max_file_bytes,
+        args.max_total_bytes,
+        json.loads(args.meta),
+    )
+    try:
+        Writer(sock, files).run()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the gateway is gone: what it sent is written
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
