@@ -393,6 +393,12 @@ def test_each_worker_writes_its_own_files(mock_llm: MockLLMServer, tmp_path: Pat
     try:
         port = gw.wait_ready()
         body = orjson.dumps(CHAT)
+        assert gw.admin_port is not None
+        health = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
+        health.request("GET", "/internal/health")
+        doc = orjson.loads(health.getresponse().read())["wire_capture"]
+        health.close()
+        assert doc == {"enabled": True, "state": "in_workers", "dir": str(out)}
         for _ in range(40):  # a new connection each: the kernel spreads them over both
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
