@@ -55,7 +55,11 @@ MIN_LITERAL = 8
 
 
 class Redactor:
-    """Everything captured passes here, on the loop, before it is appended anywhere."""
+    """Everything captured passes here, on the loop, before it is appended anywhere.
+
+    Each rule runs only when a substring test (memchr-fast) finds what it looks for:
+    a stream chunk usually holds none of it, and a regular expression scanning it anyway
+    costs tens of microseconds per 10 KB where the tests cost one or two."""
 
     def __init__(self, extra_headers: Iterable[str], secrets: Iterable[str]) -> None:
         names = sorted({*REDACT_HEADERS, *(h.strip().lower() for h in extra_headers if h.strip())})
@@ -63,18 +67,39 @@ class Redactor:
         # Multiline: a head is several lines; a body line that looks like a credential
         # header is redacted too, which costs nothing but a few bytes of payload.
         self._header = re.compile(rb"(?im)^(" + alternatives + rb")([ \t]*:)[^\r\n]*")
+        builtin = set(REDACT_HEADERS)
+        self._extra = tuple(n.encode("latin-1") for n in names if n not in builtin)
         known = sorted({s for s in secrets if len(s) >= MIN_LITERAL}, key=len, reverse=True)
+        self._secrets = tuple(s.encode("utf-8") for s in known)
         self._literal = (
             re.compile(b"|".join(re.escape(s.encode("utf-8")) for s in known)) if known else None
         )
 
     def __call__(self, data: bytes) -> bytes:
-        if self._literal is not None:
-            data = self._literal.sub(REDACTED, data)
-        data = self._header.sub(rb"\1\2 [REDACTED]", data)
-        data = _JSON_SECRET.sub(rb'\1[REDACTED]"', data)
-        data = _KEY_SHAPE.sub(REDACTED, data)
-        return _QUERY_KEY.sub(rb"\1[REDACTED]", data)
+        # One lower-cased copy, then plain substring tests (about 1 ns a byte each),
+        # shared between the rules: "key" covers x-api-key, api-key, x-goog-api-key and
+        # the JSON and query names; "authorization" covers Proxy-Authorization.
+        low = data.lower()
+        for secret in self._secrets:
+            if secret in data:
+                assert self._literal is not None
+                data = self._literal.sub(REDACTED, data)
+                break
+        key = b"key" in low
+        token = b"token" in low
+        auth = b"authorization" in low
+        if key or auth or b"cookie" in low or (self._extra and self._extra_hit(low)):
+            data = self._header.sub(rb"\1\2 [REDACTED]", data)
+        if key or token or auth or b"secret" in low or b"password" in low:
+            data = _JSON_SECRET.sub(rb'\1[REDACTED]"', data)
+        if b"sk-" in data or b"aiza" in low:
+            data = _KEY_SHAPE.sub(REDACTED, data)
+        if key or token:
+            data = _QUERY_KEY.sub(rb"\1[REDACTED]", data)
+        return data
+
+    def _extra_hit(self, low: bytes) -> bool:
+        return any(name in low for name in self._extra)
 
 
 def known_secrets(config: Config, env: Mapping[str, str]) -> list[str]:
