@@ -226,6 +226,7 @@ class CaptureService:
             on_disabled=self._disabled,
         )
         self.events = 0
+        self.skipped = 0  # exchanges not captured: capture was disabled by then
         self._seq = 0
         # Wall-clock stamps that never go backwards: one wall reading, then the monotonic
         # clock (a clock step while capturing would otherwise reorder events by ts).
@@ -245,6 +246,7 @@ class CaptureService:
     # -- WireTap -----------------------------------------------------------------------
     def open(self, request_id: int, session_id: str | None) -> _Exchange | None:
         if self.link.disabled is not None:
+            self.skipped += 1
             return None
         return _Exchange(self, request_id, session_id)
 
@@ -277,4 +279,5 @@ class CaptureService:
             "files_opened": last.get("files_opened", 0),
             "files_deleted": last.get("files_deleted", 0),
             "dropped": link.dropped,
+            "exchanges_skipped": self.skipped,
         }

@@ -336,6 +336,7 @@ def test_directory_removed_while_running(
             assert client.post(gw.url + "/v1/chat/completions", json=CHAT).status_code == 200
         doc = client.get(gw.url + "/internal/health").json()["wire_capture"]
     assert doc["state"] == "disabled" and "removed" in doc["reason"]
+    assert doc["exchanges_skipped"] >= 20
     assert len(_disabled_lines(caplog)) == 1
     assert not out.exists()
 
@@ -359,6 +360,7 @@ def test_unusable_directory_at_start(
             assert client.post(gw.url + "/v1/chat/completions", json=CHAT).status_code == 200
         doc = client.get(gw.url + "/internal/health").json()["wire_capture"]
     assert doc["state"] == "disabled" and doc["events_captured"] == 0
+    assert doc["exchanges_skipped"] == 5 and "Not a directory" in doc["reason"]
     assert len(_disabled_lines(caplog)) == 1
 
 
