@@ -17,8 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import orjson
 import uvloop
@@ -28,7 +27,6 @@ from .admin.table import MonitoringApi
 from .admin.views import Views
 from .config import BackendConfig, Config, ConfigError, LoadedConfig
 from .config.lint import log_findings
-from .config.loader import resolve_state_path
 from .core.access import AccessPolicy
 from .core.clock import HttpDate
 from .core.records import Counters
@@ -225,8 +223,8 @@ class Gateway:
             activity=cast(ActivityTracker | None, hub.activity),
             usage=usage,
             workers=hub.describe,
-            # Each worker captures to its own files; their counters stay in the workers.
-            capture=_capture_in_workers(cfg) if cfg.wire_capture.enabled else None,
+            # Each worker captures to its own files; the primary adds up their counters.
+            capture=hub.capture_status if cfg.wire_capture.enabled else None,
         )
         data_port_policy = AccessPolicy(cfg.admin.allow_networks, (cfg.host, cfg.admin.host))
         self.monitoring = MonitoringApi(views, data_port_policy)
@@ -500,11 +498,6 @@ class Gateway:
             await self.demo.close()
         self.stopped.set()
         log.info("fastproxy stopped")
-
-
-def _capture_in_workers(cfg: Config) -> Callable[[], dict[str, Any]]:
-    where = str(resolve_state_path(cfg, cfg.wire_capture.output_dir))
-    return lambda: {"enabled": True, "state": "in_workers", "dir": where}
 
 
 async def _until_idle(plane: DataPlane, seconds: float) -> None:

@@ -59,6 +59,15 @@ _COUNTER_KEYS = (
     "failovers",
 )
 _U32 = struct.Struct("<I")
+_CAPTURE_COUNTS = (
+    "events_captured",
+    "events_written",
+    "bytes_written",
+    "files_opened",
+    "files_deleted",
+    "dropped",
+    "exchanges_skipped",
+)
 
 
 class WorkerProc:
@@ -167,6 +176,7 @@ class WorkerHub:
         self._roll_lock = asyncio.Lock()
         self.plane = AggregatePlane(self)
         self.activity = MergedActivity() if config.enable_activity_tracking else None
+        self._gone_capture: dict[str, int] = {}
         self.port = 0
         self.stopping = False
         self._reserve: socket.socket | None = None
@@ -310,6 +320,9 @@ class WorkerHub:
 
     def _on_lost(self, w: WorkerProc) -> None:
         self.plane.retire(w.stats)
+        for key, n in (w.stats.get("capture") or {}).items():
+            if key in _CAPTURE_COUNTS:
+                self._gone_capture[key] = self._gone_capture.get(key, 0) + n
         if self.activity is not None:
             self.activity.retire(w.serial)
         w.stats = {}
@@ -414,6 +427,26 @@ class WorkerHub:
     # -- what the gateway asks ----------------------------------------------------------
     def all_alive(self) -> bool:
         return all(w.ready and w.channel is not None for w in self.workers)
+
+    def capture_status(self) -> dict[str, Any]:
+        """Wire capture across workers: each captures to its own files and reports its
+        counters with its heartbeat; here they are added up (a replaced worker's last
+        counts included). ``state`` is "disabled" when any worker's capture is, with
+        each such worker's reason."""
+        docs = [d for w in self.procs() if (d := w.stats.get("capture"))]
+        out: dict[str, Any] = {
+            "enabled": True,
+            "state": "on",
+            "reason": None,
+            "dir": docs[0]["dir"] if docs else None,
+            "workers_reporting": len(docs),
+        }
+        reasons = [f"worker {i}: {d['reason']}" for i, d in enumerate(docs) if d["reason"]]
+        if reasons:
+            out["state"], out["reason"] = "disabled", "; ".join(reasons)
+        for key in _CAPTURE_COUNTS:
+            out[key] = self._gone_capture.get(key, 0) + sum(d.get(key, 0) for d in docs)
+        return out
 
     def describe(self) -> list[dict[str, Any]]:
         """The workers as /v1/diagnostics lists them."""

@@ -305,6 +305,7 @@ class Worker:
                 "activity": (
                     snapshot_doc(self.activity.tracker) if self.activity is not None else None
                 ),
+                "capture": self.capture.status() if self.capture is not None else None,
                 "connections_total": c.connections_total,
                 "connections_rejected": c.connections_rejected,
                 "client_stalls": c.client_stalls,

@@ -396,17 +396,32 @@ def test_each_worker_writes_its_own_files(mock_llm: MockLLMServer, tmp_path: Pat
         port = gw.wait_ready()
         body = orjson.dumps(CHAT)
         assert gw.admin_port is not None
-        health = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
-        health.request("GET", "/internal/health")
-        doc = orjson.loads(health.getresponse().read())["wire_capture"]
-        health.close()
-        assert doc == {"enabled": True, "state": "in_workers", "dir": str(out)}
+        admin = gw.admin_port
+
+        def capture_doc() -> dict[str, Any]:
+            health = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+            health.request("GET", "/internal/health")
+            doc: dict[str, Any] = orjson.loads(health.getresponse().read())["wire_capture"]
+            health.close()
+            return doc
+
         for _ in range(40):  # a new connection each: the kernel spreads them over both
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
             resp = conn.getresponse()
             assert resp.status == 200 and resp.read()
             conn.close()
+        # The primary adds up the workers' counters (sent with their heartbeats): 40
+        # exchanges of 4 events each (client in, backend out, backend head and body,
+        # client out), all written.
+        deadline = time.monotonic() + 15
+        doc = capture_doc()
+        while doc.get("events_written", 0) < 40 * 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            doc = capture_doc()
+        assert doc["state"] == "on" and doc["workers_reporting"] == 2, doc
+        assert doc["dir"] == str(out)
+        assert doc["events_written"] == doc["events_captured"] >= 40 * 4, doc
         assert gw.stop() == 0  # each worker's writer drains before the worker exits
     finally:
         gw.kill()
