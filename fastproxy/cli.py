@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Operator commands that live in their own modules, each with add_parser(sub) and run(ns).
-_EXTRA_COMMAND_MODULES = ("usage_cli", "cli_top", "cli_health")
+_EXTRA_COMMAND_MODULES = ("usage_cli", "cli_top", "cli_health", "capture_cli")
 
 
 def _extra_commands() -> list[Any]:

@@ -38,7 +38,8 @@ ALLOWED: dict[str, set[str]] = {
     "reload": {"config"},
     "workers": {"_speedups", "config", "core", "dataplane", "httpclient", "logs", "monitor"},
     "service_unit": set(),
-    "mockllm": {"core", "config", "_speedups", "logs"},
+    # storage: --from-capture reads capture files with the capture reader.
+    "mockllm": {"core", "config", "_speedups", "logs", "storage"},
     "monitor": {"storage", "httpclient", "core", "config", "_speedups", "_version", "logs"},
     "dataplane": {"httpclient", "core", "config", "_speedups", "logs"},
     "admin": {"monitor", "storage", "httpclient", "core", "config", "logs"},
@@ -49,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     "cli_health": {"*"},
     "cli_top": {"*"},
     "usage_cli": {"*"},
+    "capture_cli": {"*"},
     "__init__": {"*"},
     "__main__": {"*"},
 }

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import uvloop
 
 from ..logs import configure_logging
+from .from_capture import CaptureReplayServer, load_answers
 from .server import DEFAULT_MODELS, MockLLMServer
 
 log = logging.getLogger("fastproxy.mockllm")
@@ -36,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
     parser.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     parser.add_argument(
+        "--from-capture",
+        metavar="FILE",
+        action="append",
+        help="serve the backend answers of this wire capture (file or directory; repeatable)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="with --from-capture: stream pacing, 1 as captured, 0 no pauses (default 1)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
@@ -50,7 +64,7 @@ def _tls_context(cert: str, key: str | None) -> ssl.SSLContext:
     return ctx
 
 
-async def _serve(server: MockLLMServer) -> None:
+async def _serve(server: MockLLMServer | CaptureReplayServer) -> None:
     await server.start()
     # The first stdout line is a contract: scripts and tests read the bound URL from it.
     print(f"mock-llm listening on {server.url}", flush=True)
@@ -73,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.tls_key and not ns.tls_cert:
         print("fastproxy mock-llm: --tls-key needs --tls-cert", file=sys.stderr)
         return 2
+    if ns.from_capture:
+        return _main_from_capture(ns)
     models = [m.strip() for m in ns.models.split(",") if m.strip()] if ns.models else None
     try:
         tls = _tls_context(ns.tls_cert, ns.tls_key) if ns.tls_cert else None
@@ -80,6 +96,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fastproxy mock-llm: cannot load TLS certificate: {exc}", file=sys.stderr)
         return 2
     server = MockLLMServer(host=ns.host, port=ns.port, models=models, ssl=tls)
+    try:
+        uvloop.run(_serve(server))
+    except OSError as exc:
+        print(f"fastproxy mock-llm: cannot listen on {ns.host}:{ns.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _main_from_capture(ns: argparse.Namespace) -> int:
+    from ..storage.capture_reader import CaptureError
+
+    if ns.tls_cert or ns.models:
+        print("fastproxy mock-llm: --from-capture takes no --tls-cert or --models", file=sys.stderr)
+        return 2
+    if ns.speed < 0:
+        print("fastproxy mock-llm: --speed must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        answers = load_answers(ns.from_capture)
+    except CaptureError as exc:
+        print(f"fastproxy mock-llm: {exc}", file=sys.stderr)
+        return 2
+    log.info("mock-llm: %d captured backend answers", len(answers))
+    server = CaptureReplayServer(answers, host=ns.host, port=ns.port, speed=ns.speed)
     try:
         uvloop.run(_serve(server))
     except OSError as exc:
