@@ -225,11 +225,16 @@ class Selection:
 
 
 def select(capture: Capture, ns: argparse.Namespace) -> Selection:
-    """Direction, search and time select events; backend and session select exchanges
-    (an event without a backend, the client's request say, belongs to an exchange that
-    tried the backend or not)."""
+    """Direction, search and time select events; session selects exchanges; backend
+    selects that backend's legs and the client legs of exchanges that tried it."""
     all_exchanges = group_exchanges(capture.events)
     by_key = {ex.key: ex for ex in all_exchanges}
+    leg_backend: dict[int, str | None | list[str]] = {}
+    for ex in all_exchanges:
+        for a in ex.attempts:
+            for leg in (a.request, a.head_event, *a.body):
+                if leg is not None:
+                    leg_backend[id(leg)] = a.backend
     needle = ns.search.encode() if ns.search else None
     chosen: list[CaptureEvent] = []
     keys: dict[tuple[str, Any], None] = {}
@@ -237,8 +242,11 @@ def select(capture: Capture, ns: argparse.Namespace) -> Selection:
         ex = by_key[(e.writer, e.rid)]
         if ns.direction is not None and e.dir not in ns.direction:
             continue
-        if ns.backend is not None and ns.backend not in ex.backends:
-            continue
+        if ns.backend is not None:
+            # A backend leg must be that backend's; the client's legs go with the exchange.
+            owner = leg_backend.get(id(e), ex.backends)
+            if ns.backend not in (owner if isinstance(owner, list) else [owner]):
+                continue
         if ns.session_id is not None and ex.session != ns.session_id:
             continue
         if needle is not None and needle not in e.data:
