@@ -229,7 +229,7 @@ def select(capture: Capture, ns: argparse.Namespace) -> Selection:
     selects that backend's legs and the client legs of exchanges that tried it."""
     all_exchanges = group_exchanges(capture.events)
     by_key = {ex.key: ex for ex in all_exchanges}
-    leg_backend: dict[int, str | None | list[str]] = {}
+    leg_backend: dict[int, str | list[str] | None] = {}
     for ex in all_exchanges:
         for a in ex.attempts:
             for leg in (a.request, a.head_event, *a.body):
