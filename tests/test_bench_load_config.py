@@ -49,11 +49,11 @@ def test_every_built_variant_loads(tmp_path: Path, flags: dict[str, bool]) -> No
     assert config.enable_activity_tracking is bool(flags.get("activity"))  # type: ignore[attr-defined]
 
 
-def test_the_capture_variant_is_refused_as_not_built(tmp_path: Path) -> None:
+def test_the_capture_variant_loads(tmp_path: Path) -> None:
     tree = fastproxy_config(9, tmp_path, capture=True)
-    assert tree["wire_capture"]["enabled"] is True
-    with pytest.raises(ConfigError, match="not built yet"):
-        _load(tree, tmp_path)
+    config = _load(tree, tmp_path)
+    assert config.wire_capture.enabled is True  # type: ignore[attr-defined]
+    assert str(tmp_path) in config.wire_capture.output_dir  # type: ignore[attr-defined]
 
 
 def test_the_load_benchmark_cli_starts() -> None:
