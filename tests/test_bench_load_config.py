@@ -27,7 +27,7 @@ from bench.load.backend import start_nginx_backend
 from bench.load.processes import fastproxy_config, nginx_binary, start_fastproxy
 from bench.load.report import derive
 from bench.load.scenarios import JSON_BODY, SSE_BODY, STREAM_HEADER, build
-from fastproxy.config import ConfigError, load_config
+from fastproxy.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -316,9 +316,8 @@ def fastproxy_config(
 ) -> dict[str, Any]:
     """The generated gateway config: one OpenAI backend (the mock), monitoring as asked.
 
-    The ``wire_capture`` section is written only when capture is asked for: the loader
-    refuses any wire_capture key away from its default ("not built yet"), even with
-    ``enabled: false``, so writing it always would make every config invalid."""
+    The ``wire_capture`` section is written only when capture is asked for, so the
+    other variants run exactly the default configuration."""
     config: dict[str, Any] = {
         "host": "127.0.0.1",
         "backends": {
