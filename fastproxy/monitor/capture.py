@@ -76,25 +76,41 @@ class Redactor:
         )
 
     def __call__(self, data: bytes) -> bytes:
-        # One lower-cased copy, then plain substring tests (about 1 ns a byte each),
-        # shared between the rules: "key" covers x-api-key, api-key, x-goog-api-key and
-        # the JSON and query names; "authorization" covers Proxy-Authorization.
+        # One lower-cased copy, then plain substring tests (about 1 ns a byte each)
+        # that say which rules can match at all. The tests are as narrow as the rules:
+        # every usage block holds "_tokens", so a bare "token" test would send every
+        # JSON answer through the member rule for nothing.
         low = data.lower()
         for secret in self._secrets:
             if secret in data:
                 assert self._literal is not None
                 data = self._literal.sub(REDACTED, data)
                 break
-        key = b"key" in low
-        token = b"token" in low
-        auth = b"authorization" in low
-        if key or auth or b"cookie" in low or (self._extra and self._extra_hit(low)):
-            data = self._header.sub(rb"\1\2 [REDACTED]", data)
-        if key or token or auth or b"secret" in low or b"password" in low:
+        if (
+            b"key" in low
+            or b"authorization" in low
+            or b"cookie" in low
+            or (self._extra and self._extra_hit(low))
+        ):
+            # Credential headers live in a head: when the data has one, only the head is
+            # searched (the body can be large and its lines are not headers).
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                data = self._header.sub(rb"\1\2 [REDACTED]", data)
+            else:
+                data = self._header.sub(rb"\1\2 [REDACTED]", data[:end]) + data[end:]
+            low = data.lower()
+        if (
+            b'key"' in low
+            or b'token"' in low
+            or b'secret"' in low
+            or b'password"' in low
+            or b'authorization"' in low
+        ):
             data = _JSON_SECRET.sub(rb'\1[REDACTED]"', data)
         if b"sk-" in data or b"aiza" in low:
             data = _KEY_SHAPE.sub(REDACTED, data)
-        if key or token:
+        if b"key=" in low or b"token=" in low:
             data = _QUERY_KEY.sub(rb"\1[REDACTED]", data)
         return data
 

@@ -41,8 +41,11 @@ VERSION = 2
 FRAME = struct.Struct("<IdQBI")  # length of the rest, ts, seq, dir, meta length
 _REST = struct.Struct("<dQBI")
 STATUS_EVERY_S = 0.5
-# Below this, zlib's own header and checksum make the data longer, never shorter.
-COMPRESS_MIN = 64
+# Below this an event is stored as it is. zlib starts every stream by setting up ~256
+# KiB of state: ~7 µs whatever the level, on a few hundred bytes that shrink by a
+# quarter at best. Heads and short JSON answers are most events, and the writer shares
+# its core with everything else; a kilobyte and up is where compressing pays.
+COMPRESS_MIN = 1024
 
 
 def pack_event(ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
