@@ -453,28 +453,23 @@ class Gateway:
         if plane is None or self.stopped.is_set():
             return
         self._notifier.stopping()
-        plane.draining = True
-        for server in self._servers:
-            server.close()
-        for conn in list(plane.connections):
-            conn.shutdown()
-        await _until_idle(plane, self.config.timeouts.drain_seconds)
-        # Past the drain deadline: cut what is left (idle connections just close).
-        for conn in list(plane.connections):
-            conn.abort("the gateway is shutting down")
-        # Each cut request still hands its record to the usage service as it ends: wait
-        # for them (they only unwind) before the store closes.
-        await _until_idle(plane, CUT_EXCHANGES_WAIT_S)
-        for pool in [*plane.pools.values(), *self._retired_pools]:
+        # The cut requests' records reach the usage service before it closes below.
+        await plane.drain(self._servers, self.config.timeouts.drain_seconds, CUT_EXCHANGES_WAIT_S)
+        for pool in self._retired_pools:
             pool.close()
+        await self._stop_services()
+
+    async def _stop_services(self) -> None:
+        """The end of every stop: the admin listener, the services (usage last written
+        here), the demo backend; then ``stopped``."""
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self.admin is not None:
             await self.admin.stop()
         for service in reversed(self._services):
             await service.stop()
         if self.demo is not None:
             await self.demo.close()
-        if self._ticker is not None:
-            self._ticker.cancel()
         for server in self._servers:
             await server.wait_closed()
         self.stopped.set()
@@ -484,30 +479,11 @@ class Gateway:
         if self.stopped.is_set() or hub.stopping:
             return
         self._notifier.stopping()
-        if self._ticker is not None:
-            self._ticker.cancel()
         # Each worker drains its own requests for timeouts.drain_seconds, then cuts
         # what is left and hands over the last records; their channels deliver those
         # before the usage link below is closed.
         await hub.stop(self.config.timeouts.drain_seconds + CUT_EXCHANGES_WAIT_S + 5.0)
-        if self.admin is not None:
-            await self.admin.stop()
-        for service in reversed(self._services):
-            await service.stop()
-        if self.demo is not None:
-            await self.demo.close()
-        self.stopped.set()
-        log.info("fastproxy stopped")
-
-
-async def _until_idle(plane: DataPlane, seconds: float) -> None:
-    """Wait until no request is in progress, or ``seconds`` passed (polled: a stop
-    sequence runs once, and the requests it waits for end in their own time)."""
-    deadline = time.monotonic() + seconds
-    while plane.busy:
-        if time.monotonic() >= deadline:
-            return
-        await asyncio.sleep(0.02)
+        await self._stop_services()
 
 
 class Service(Protocol):

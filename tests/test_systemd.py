@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
 from fastproxy.systemd import Notifier
+from tests.support.notify import recv_until
 from tests.support.proc import GatewayProcess
-
-
-def _recv_until(sock: socket.socket, wanted: str, timeout: float = 15.0) -> list[str]:
-    got: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            got.append(sock.recv(4096).decode())
-        except TimeoutError:
-            break
-        if any(wanted in m for m in got):
-            return got
-    raise AssertionError(f"no {wanted!r} from the gateway; got {got}")
 
 
 def test_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
@@ -41,7 +27,7 @@ def test_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
             },
         )
         try:
-            ready = _recv_until(sock, "READY=1")
+            ready = recv_until(sock, "READY=1")
             port = gw.wait_ready()
             # READY means the data listener already accepts requests.
             r = httpx.post(
@@ -51,7 +37,7 @@ def test_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
             )
             assert r.status_code == 200
             assert any("READY=1" in m for m in ready)
-            _recv_until(sock, "WATCHDOG=1")
+            recv_until(sock, "WATCHDOG=1")
         finally:
             # Keep reading while the gateway stops, as systemd does: a receiver that
             # stops reading fills its queue and the gateway drops pings (never waits).
@@ -67,7 +53,7 @@ def test_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
 def _drain(sock: socket.socket, timeout: float) -> list[str]:
     """Datagrams until STOPPING=1 arrives or ``timeout`` passes."""
     try:
-        return _recv_until(sock, "STOPPING=1", timeout)
+        return recv_until(sock, "STOPPING=1", timeout)
     except AssertionError as exc:
         return [str(exc)]
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from ..config import Config
@@ -116,6 +117,26 @@ class DataPlane:
         self.breakers = breakers
         self.reporter = reporter
 
+    async def drain(
+        self, servers: Sequence[asyncio.AbstractServer], drain_s: float, cut_wait_s: float
+    ) -> None:
+        """The data plane's part of a graceful stop (one process's, or one worker's):
+        stop accepting, let requests in flight finish for ``drain_s``, then cut what is
+        left and wait ``cut_wait_s`` for the cut ones to unwind (each still hands its
+        record to the exchange sinks), and close the pools."""
+        self.draining = True
+        for server in servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        await _until_idle(self, drain_s)
+        # Past the drain deadline: cut what is left (idle connections just close).
+        for conn in list(self.connections):
+            conn.abort("the gateway is shutting down")
+        await _until_idle(self, cut_wait_s)
+        for pool in self.pools.values():
+            pool.close()
+
     def new_request_id(self) -> int:
         self._next_request_id += self.id_step
         return self._next_request_id
@@ -151,3 +172,13 @@ class DataPlane:
 
     def pool_stats(self) -> Mapping[str, tuple[int, int]]:
         return {n: (p.open_connections, p.idle_connections) for n, p in self.pools.items()}
+
+
+async def _until_idle(plane: DataPlane, seconds: float) -> None:
+    """Wait until no request is in progress, or ``seconds`` passed (polled: a stop
+    sequence runs once, and the requests it waits for end in their own time)."""
+    deadline = time.monotonic() + seconds
+    while plane.busy:
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(0.02)

@@ -325,17 +325,8 @@ class Worker:
         plane, config = self.plane, self.config
         if plane is None or config is None:
             return
-        plane.draining = True
-        if self.server is not None:
-            self.server.close()
-        for conn in list(plane.connections):
-            conn.shutdown()
-        await _until_idle(plane, config.timeouts.drain_seconds)
-        for conn in list(plane.connections):
-            conn.abort("the gateway is shutting down")
-        await _until_idle(plane, CUT_WAIT_S)
-        for pool in plane.pools.values():
-            pool.close()
+        servers = [self.server] if self.server is not None else []
+        await plane.drain(servers, config.timeouts.drain_seconds, CUT_WAIT_S)
         if self._ticker is not None:
             self._ticker.cancel()
         if self.activity is not None:
@@ -346,14 +337,6 @@ class Worker:
         if self.forwarder is not None:
             self.forwarder.flush()
         self.channel.close()
-
-
-async def _until_idle(plane: DataPlane, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while plane.busy:
-        if time.monotonic() >= deadline:
-            return
-        await asyncio.sleep(0.02)
 
 
 async def _main(fd: int) -> int:

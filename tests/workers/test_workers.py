@@ -25,6 +25,7 @@ import yaml
 
 from fastproxy.mockllm import MockLLMServer
 from tests.conftest import backend_for
+from tests.support.notify import recv_until
 from tests.support.proc import GatewayProcess
 
 CHAT = "/v1/chat/completions"
@@ -110,6 +111,62 @@ def _poll(what: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 1
         time.sleep(0.05)
 
 
+class Load:
+    """``n`` threads sending chat requests on keep-alive connections until `stop`;
+    every status lands in ``statuses`` (0: the exchange failed). ``retry_closed``: a
+    connection the server closed before answering is retried once on a new one, as the
+    SDKs do. ``end_on_error``: a thread stops at its first failed exchange (a draining
+    gateway closes connections)."""
+
+    def __init__(
+        self,
+        port: int,
+        n: int,
+        body: bytes = BODY,
+        *,
+        retry_closed: bool = False,
+        end_on_error: bool = False,
+    ) -> None:
+        self.port, self.body = port, body
+        self.retry_closed, self.end_on_error = retry_closed, end_on_error
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def _run(self) -> None:
+        conn = self._connect()
+        while not self._stop.is_set():
+            for attempt in range(2 if self.retry_closed else 1):
+                try:
+                    conn.request("POST", CHAT, self.body, {"content-type": "application/json"})
+                    r = conn.getresponse()
+                    r.read()
+                    self.statuses.append(r.status)
+                    break
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    if self.end_on_error:
+                        return
+                    conn = self._connect()
+                    if attempt or not self.retry_closed:
+                        self.statuses.append(0)
+        conn.close()
+
+    def wait_for(self, count: int) -> None:
+        _poll(lambda: len(self.statuses), lambda k: k >= count, timeout=30)
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(20)
+        return self.statuses
+
+
 def _metric_sum(text: bytes, name: str) -> float:
     total = 0.0
     for line in text.decode().splitlines():
@@ -165,28 +222,10 @@ def test_a_killed_worker_is_replaced_and_clients_lose_only_its_requests(
     admin, port = gw.admin_port or 0, gw.port or 0
     before = _get(admin, "/v1/diagnostics")["workers"]
     victim = before[0]["pid"]
-    stop = threading.Event()
-    results: list[int] = []
     conns = 8
-
-    def load() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        while not stop.is_set():
-            try:
-                conn.request("POST", CHAT, BODY, {"content-type": "application/json"})
-                r = conn.getresponse()
-                r.read()
-                results.append(r.status)
-            except (OSError, http.client.HTTPException):
-                results.append(0)
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.close()
-
-    threads = [threading.Thread(target=load) for _ in range(conns)]
-    for t in threads:
-        t.start()
-    _poll(lambda: len(results), lambda k: k > 200)
+    load = Load(port, conns)
+    results = load.statuses
+    load.wait_for(200)
     os.kill(victim, signal.SIGKILL)
     diag = _poll(
         lambda: _get(admin, "/v1/diagnostics")["workers"],
@@ -194,10 +233,8 @@ def test_a_killed_worker_is_replaced_and_clients_lose_only_its_requests(
     )
     assert diag[0]["pid"] != victim and diag[0]["restarts"] == 1
     mark = len(results)
-    _poll(lambda: len(results), lambda k: k > mark + 200)
-    stop.set()
-    for t in threads:
-        t.join(20)
+    load.wait_for(mark + 200)
+    load.stop()
     # A client connection to the killed worker loses at most its one request in flight;
     # after the replacement every request is answered.
     assert results.count(0) <= conns, results.count(0)
@@ -248,16 +285,16 @@ def test_notify_ready_after_every_worker_then_stopping(
             env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "2000000"},
         )
         stop_all.append(gw)
-        heard = _recv_until(sock, "READY=1")
+        heard = recv_until(sock, "READY=1", 30)
         ready = next(m for m in heard if "READY=1" in m)
         assert "2/2 workers up" in ready
         # READY means every worker listens: a burst of new connections all succeed.
         port = gw.wait_ready()
         assert _requests(port, 20, 1).count(200) == 20
-        status = _recv_until(sock, "STATUS=2/2 workers up")
-        assert any("WATCHDOG=1" in m for m in status + _recv_until(sock, "WATCHDOG=1"))
+        status = recv_until(sock, "STATUS=2/2 workers up", 30)
+        assert any("WATCHDOG=1" in m for m in status + recv_until(sock, "WATCHDOG=1"))
         gw.proc.send_signal(signal.SIGTERM)
-        _recv_until(sock, "STOPPING=1")
+        recv_until(sock, "STOPPING=1")
         assert gw.wait() == 0
 
 
@@ -267,48 +304,15 @@ def test_sigterm_under_load_loses_no_usage_record(
     gw = _start(tmp_path, mock_llm)
     stop_all.append(gw)
     port = gw.port or 0
-    answered: list[int] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        while not stop.is_set():
-            try:
-                conn.request("POST", CHAT, BODY, {"content-type": "application/json"})
-                r = conn.getresponse()
-                r.read()
-                if r.status == 200:
-                    answered.append(1)
-            except (OSError, http.client.HTTPException):
-                break  # draining: the gateway closes connections; the load ends
-        conn.close()
-
-    threads = [threading.Thread(target=load) for _ in range(8)]
-    for t in threads:
-        t.start()
-    _poll(lambda: len(answered), lambda k: k > 300)
+    # Draining closes the connections: each load thread ends at its first failure.
+    load = Load(port, 8, end_on_error=True)
+    load.wait_for(300)
     gw.proc.send_signal(signal.SIGTERM)
     assert gw.wait(60) == 0
-    stop.set()
-    for t in threads:
-        t.join(20)
+    answered = [s for s in load.stop() if s == 200]
     with sqlite3.connect(tmp_path / "usage.db") as db:
         rows = db.execute("SELECT COUNT(*) FROM usage_requests").fetchone()[0]
     assert rows == len(answered), (rows, len(answered))
-
-
-def _recv_until(sock: socket.socket, wanted: str, timeout: float = 30.0) -> list[str]:
-    got: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            got.append(sock.recv(4096).decode())
-        except TimeoutError:
-            break
-        if any(wanted in m for m in got):
-            return got
-    raise AssertionError(f"no {wanted!r}; got {got}")
 
 
 def test_sighup_with_workers_adds_a_backend_under_load_without_a_failure(
@@ -328,34 +332,15 @@ def test_sighup_with_workers_adds_a_backend_under_load_without_a_failure(
     gw = GatewayProcess(["--config", str(cfg)], cwd=str(tmp_path))
     stop_all.append(gw)
     port = gw.wait_ready()
-    stop = threading.Event()
-    results: list[int] = []
-
-    def load() -> None:
-        body = orjson.dumps({"model": "model-a", "messages": [{"role": "user", "content": "x"}]})
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        while not stop.is_set():
-            try:
-                conn.request("POST", CHAT, body, {"content-type": "application/json"})
-                r = conn.getresponse()
-                r.read()
-                results.append(r.status)
-            except (OSError, http.client.HTTPException):
-                results.append(0)
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.close()
-
-    threads = [threading.Thread(target=load) for _ in range(6)]
-    for t in threads:
-        t.start()
-    _poll(lambda: len(results), lambda k: k > 200)
+    body_a = orjson.dumps({"model": "model-a", "messages": [{"role": "user", "content": "x"}]})
+    load = Load(port, 6, body_a)
+    results = load.statuses
+    load.wait_for(200)
     tree["backends"]["b"] = backend_for(b)
     cfg.write_text(yaml.safe_dump(tree))
     gw.proc.send_signal(signal.SIGHUP)
     _poll(lambda: any("reload: config re-read" in x for x in gw.lines), bool)
-    mark = len(results)
-    _poll(lambda: len(results), lambda k: k > mark + 200)
+    load.wait_for(len(results) + 200)
     # New connections land on either worker: every one of them routes model-b to b.
     body_b = orjson.dumps({"model": "model-b", "messages": [{"role": "user", "content": "x"}]})
     served_by = set()
@@ -367,9 +352,7 @@ def test_sighup_with_workers_adds_a_backend_under_load_without_a_failure(
         assert r.status == 200
         served_by.add(r.getheader("x-fastproxy-backend"))
         conn.close()
-    stop.set()
-    for t in threads:
-        t.join(20)
+    load.stop()
     assert served_by == {"b"}
     assert set(results) == {200}, {s: results.count(s) for s in set(results)}
     assert gw.stop() == 0
@@ -446,45 +429,19 @@ def test_sigusr2_replaces_every_worker_under_load(
     stop_all.append(gw)
     admin, port = gw.admin_port or 0, gw.port or 0
     before = {w["pid"] for w in _get(admin, "/v1/diagnostics")["workers"]}
-    stop = threading.Event()
-    statuses: list[int] = []
-    closed = [0]
-
-    def load() -> None:
-        # Like the SDKs: a keep-alive connection the server closed before answering is
-        # retried once on a new connection (a draining worker closes idle ones).
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        while not stop.is_set():
-            for attempt in range(2):
-                try:
-                    conn.request("POST", CHAT, BODY, {"content-type": "application/json"})
-                    r = conn.getresponse()
-                    r.read()
-                    statuses.append(r.status)
-                    break
-                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                    closed[0] += 1
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                    if attempt:
-                        statuses.append(0)
-        conn.close()
-
-    threads = [threading.Thread(target=load) for _ in range(6)]
-    for t in threads:
-        t.start()
-    _poll(lambda: len(statuses), lambda k: k > 200)
+    # Like the SDKs, the load retries once a request on a keep-alive connection the
+    # server closed before answering (a draining worker closes its idle ones).
+    load = Load(port, 6, retry_closed=True)
+    statuses = load.statuses
+    load.wait_for(200)
     gw.proc.send_signal(signal.SIGUSR2)
     _poll(lambda: any("rolling restart done" in x for x in gw.lines), bool, timeout=30)
     after = _poll(
         lambda: _get(admin, "/v1/diagnostics")["workers"],
         lambda ws: all(w["up"] for w in ws),
     )
-    mark = len(statuses)
-    _poll(lambda: len(statuses), lambda k: k > mark + 200)
-    stop.set()
-    for t in threads:
-        t.join(20)
+    load.wait_for(len(statuses) + 200)
+    load.stop()
     assert {w["pid"] for w in after}.isdisjoint(before)  # every worker is a new process
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     # Totals carried across the replacement: every answered request is counted.
