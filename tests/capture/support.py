@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import zlib
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,18 @@ def stream_ended(directory: Path) -> list[dict[str, Any]] | None:
             rid = e["meta"]["rid"]
             return [x for x in events if x.get("meta", {}).get("rid") == rid]
     return None
+
+
+def abort_a_stream(port: int, body: bytes, client_key: str) -> None:
+    """Start a long, paced stream (1,000 events 20 ms apart) on a raw socket, read until
+    the first event arrives, then hang up: a client abort mid-stream."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + f"authorization: Bearer {client_key}\r\n".encode()
+        + b"x-mock-tokens: 1000\r\nx-mock-interval-ms: 20\r\n"
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    assert b"data: " in sock.recv(65536) or b"data: " in sock.recv(65536)
+    sock.close()

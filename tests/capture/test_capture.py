@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from fastproxy.mockllm import MockLLMServer
 from tests.capture.support import (
+    abort_a_stream,
     all_events,
     capture_files,
     data_of,
@@ -182,16 +182,7 @@ def test_client_abort_mid_stream(
 ) -> None:
     gw, out = capturing(gateway_factory, tmp_path, {"openai.1": backend_for(mock_llm)})
     body = orjson.dumps({**CHAT, "stream": True})
-    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        + f"authorization: Bearer {CLIENT_KEY}\r\n".encode()
-        + b"x-mock-tokens: 1000\r\nx-mock-interval-ms: 20\r\n"
-        + b"content-length: %d\r\n\r\n" % len(body)
-        + body
-    )
-    assert b"data: " in sock.recv(65536) or b"data: " in sock.recv(65536)
-    sock.close()
+    abort_a_stream(gw.port, body, CLIENT_KEY)
     events = wait_until(lambda: stream_ended(out), what="the stream's end marker")
     end = next(e for e in events if meta(e).get("se"))
     assert meta(end)["oc"] == "client_aborted"

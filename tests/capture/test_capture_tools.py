@@ -3,7 +3,6 @@ mock-llm --from-capture, on captures made by a real gateway against the mock LLM
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +14,7 @@ import orjson
 
 from fastproxy.mockllm import MockLLMServer
 from fastproxy.storage.capture_reader import group_exchanges, read_capture
-from tests.capture.support import all_events, capture_files
+from tests.capture.support import abort_a_stream, all_events, capture_files
 from tests.capture.test_capture import AUTH, CHAT, CLIENT_KEY, MSG, capturing
 from tests.conftest import RunningGateway, backend_for
 from tests.support.waiting import wait_until
@@ -69,16 +68,7 @@ def test_inspect_streams_failover_and_abort(
         assert c.post(gw.url + "/v1/chat/completions", json=CHAT).status_code == 200
         a.clear_behaviour()
     body = orjson.dumps({**CHAT, "stream": True})
-    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        + f"authorization: Bearer {CLIENT_KEY}\r\n".encode()
-        + b"x-mock-tokens: 1000\r\nx-mock-interval-ms: 20\r\n"
-        + b"content-length: %d\r\n\r\n" % len(body)
-        + body
-    )
-    assert b"data: " in sock.recv(65536) or b"data: " in sock.recv(65536)
-    sock.close()
+    abort_a_stream(gw.port, body, CLIENT_KEY)
     ends(out, 3)
     gw.stop()
     rc, doc, _ = cli(
