@@ -33,6 +33,11 @@ __all__ = [
     "PASS_OPENAI",
     "PASS_OVERFLOW",
     "PASS_TERMINAL",
+    "REDACT_HEADER",
+    "REDACT_JSON",
+    "REDACT_LITERAL",
+    "REDACT_QUERY",
+    "REDACT_SHAPE",
     "SSE_COMMENT",
     "SSE_ERROR",
     "SSE_EVENT",
@@ -42,11 +47,13 @@ __all__ = [
     "SSEPass",
     "SSEScanner",
     "TokenEstimator",
+    "append_capture_frame",
     "count_bytes",
     "estimate_tokens",
     "fold_rollups",
     "pack_exchange",
     "parse_simple_request",
+    "redact_flags",
     "unpack_exchanges",
     "usage_row",
 ]
@@ -88,6 +95,11 @@ if TYPE_CHECKING:
         PASS_OPENAI,
         PASS_OVERFLOW,
         PASS_TERMINAL,
+        REDACT_HEADER,
+        REDACT_JSON,
+        REDACT_LITERAL,
+        REDACT_QUERY,
+        REDACT_SHAPE,
         SSE_COMMENT,
         SSE_ERROR,
         SSE_EVENT,
@@ -97,11 +109,13 @@ if TYPE_CHECKING:
         SSEPass,
         SSEScanner,
         TokenEstimator,
+        append_capture_frame,
         count_bytes,
         estimate_tokens,
         fold_rollups,
         pack_exchange,
         parse_simple_request,
+        redact_flags,
         unpack_exchanges,
         usage_row,
     )
@@ -138,5 +152,12 @@ else:
     parse_simple_request = _impl.parse_simple_request
     unpack_exchanges = _impl.unpack_exchanges
     usage_row = _impl.usage_row
+    REDACT_HEADER = _impl.REDACT_HEADER
+    REDACT_JSON = _impl.REDACT_JSON
+    REDACT_LITERAL = _impl.REDACT_LITERAL
+    REDACT_QUERY = _impl.REDACT_QUERY
+    REDACT_SHAPE = _impl.REDACT_SHAPE
+    append_capture_frame = _impl.append_capture_frame
+    redact_flags = _impl.redact_flags
 
 del _select

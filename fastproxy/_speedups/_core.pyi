@@ -15,6 +15,11 @@ from ._pure import PASS_NOTABLE as PASS_NOTABLE
 from ._pure import PASS_OPENAI as PASS_OPENAI
 from ._pure import PASS_OVERFLOW as PASS_OVERFLOW
 from ._pure import PASS_TERMINAL as PASS_TERMINAL
+from ._pure import REDACT_HEADER as REDACT_HEADER
+from ._pure import REDACT_JSON as REDACT_JSON
+from ._pure import REDACT_LITERAL as REDACT_LITERAL
+from ._pure import REDACT_QUERY as REDACT_QUERY
+from ._pure import REDACT_SHAPE as REDACT_SHAPE
 from ._pure import SSE_COMMENT as SSE_COMMENT
 from ._pure import SSE_ERROR as SSE_ERROR
 from ._pure import SSE_EVENT as SSE_EVENT
@@ -24,10 +29,12 @@ from ._pure import SSEEvent as SSEEvent
 from ._pure import SSEPass as SSEPass
 from ._pure import SSEScanner as SSEScanner
 from ._pure import TokenEstimator as TokenEstimator
+from ._pure import append_capture_frame as append_capture_frame
 from ._pure import count_bytes as count_bytes
 from ._pure import estimate_tokens as estimate_tokens
 from ._pure import fold_rollups as fold_rollups
 from ._pure import pack_exchange as pack_exchange
 from ._pure import parse_simple_request as parse_simple_request
+from ._pure import redact_flags as redact_flags
 from ._pure import unpack_exchanges as unpack_exchanges
 from ._pure import usage_row as usage_row

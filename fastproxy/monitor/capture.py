@@ -21,10 +21,18 @@ from typing import Any
 
 import orjson
 
+from .._speedups import (
+    REDACT_HEADER,
+    REDACT_JSON,
+    REDACT_LITERAL,
+    REDACT_QUERY,
+    REDACT_SHAPE,
+    append_capture_frame,
+    redact_flags,
+)
 from ..config import Config
 from ..config.loader import resolve_state_path
 from ..storage.capture_link import CaptureLink
-from ..storage.capture_writer import pack_event
 
 log = logging.getLogger("fastproxy.capture")
 
@@ -57,9 +65,10 @@ MIN_LITERAL = 8
 class Redactor:
     """Everything captured passes here, on the loop, before it is appended anywhere.
 
-    Each rule runs only when a substring test (memchr-fast) finds what it looks for:
-    a stream chunk usually holds none of it, and a regular expression scanning it anyway
-    costs tens of microseconds per 10 KB where the tests cost one or two."""
+    Most pieces hold nothing to redact, so the first step is `_speedups.redact_flags`:
+    one compiled pass that names the rules whose trigger words occur (a rule cannot
+    match without its trigger). Only those rules run, as regular expressions; a stream
+    chunk or a head usually needs none of them."""
 
     def __init__(self, extra_headers: Iterable[str], secrets: Iterable[str]) -> None:
         names = sorted({*REDACT_HEADERS, *(h.strip().lower() for h in extra_headers if h.strip())})
@@ -68,30 +77,26 @@ class Redactor:
         # header is redacted too, which costs nothing but a few bytes of payload.
         self._header = re.compile(rb"(?im)^(" + alternatives + rb")([ \t]*:)[^\r\n]*")
         builtin = set(REDACT_HEADERS)
-        self._extra = tuple(n.encode("latin-1") for n in names if n not in builtin)
+        self.extras = tuple(n.encode("latin-1") for n in names if n not in builtin)
         known = sorted({s for s in secrets if len(s) >= MIN_LITERAL}, key=len, reverse=True)
-        self._secrets = tuple(s.encode("utf-8") for s in known)
+        self.secrets = tuple(s.encode("utf-8") for s in known)
         self._literal = (
             re.compile(b"|".join(re.escape(s.encode("utf-8")) for s in known)) if known else None
         )
 
+    def flags(self, data: bytes | bytearray | memoryview) -> int:
+        """Which rules ``data`` needs (0: none, the usual answer)."""
+        return redact_flags(data, self.secrets, self.extras)
+
     def __call__(self, data: bytes) -> bytes:
-        # One lower-cased copy, then plain substring tests (about 1 ns a byte each)
-        # that say which rules can match at all. The tests are as narrow as the rules:
-        # every usage block holds "_tokens", so a bare "token" test would send every
-        # JSON answer through the member rule for nothing.
-        low = data.lower()
-        for secret in self._secrets:
-            if secret in data:
-                assert self._literal is not None
-                data = self._literal.sub(REDACTED, data)
-                break
-        if (
-            b"key" in low
-            or b"authorization" in low
-            or b"cookie" in low
-            or (self._extra and self._extra_hit(low))
-        ):
+        return self.apply(data, self.flags(data))
+
+    def apply(self, data: bytes, flags: int) -> bytes:
+        """Run the rules named by ``flags`` (from `flags` on the same data). Each rule
+        works on the result of the one before."""
+        if flags & REDACT_LITERAL and self._literal is not None:
+            data = self._literal.sub(REDACTED, data)
+        if flags & REDACT_HEADER:
             # Credential headers live in a head: when the data has one, only the head is
             # searched (the body can be large and its lines are not headers).
             end = data.find(b"\r\n\r\n")
@@ -99,23 +104,13 @@ class Redactor:
                 data = self._header.sub(rb"\1\2 [REDACTED]", data)
             else:
                 data = self._header.sub(rb"\1\2 [REDACTED]", data[:end]) + data[end:]
-            low = data.lower()
-        if (
-            b'key"' in low
-            or b'token"' in low
-            or b'secret"' in low
-            or b'password"' in low
-            or b'authorization"' in low
-        ):
+        if flags & REDACT_JSON:
             data = _JSON_SECRET.sub(rb'\1[REDACTED]"', data)
-        if b"sk-" in data or b"aiza" in low:
+        if flags & REDACT_SHAPE:
             data = _KEY_SHAPE.sub(REDACTED, data)
-        if b"key=" in low or b"token=" in low:
+        if flags & REDACT_QUERY:
             data = _QUERY_KEY.sub(rb"\1[REDACTED]", data)
         return data
-
-    def _extra_hit(self, low: bytes) -> bool:
-        return any(name in low for name in self._extra)
 
 
 def known_secrets(config: Config, env: Mapping[str, str]) -> list[str]:
@@ -193,22 +188,25 @@ class _TapTransport(asyncio.Transport):
 
 
 class _Exchange:
-    __slots__ = ("_rid", "_service", "_sid")
+    """One exchange's tap. Its meta (request id, session) is serialised once; an event
+    with meta of its own adds only those members."""
+
+    __slots__ = ("_open", "_plain", "_service")
 
     def __init__(self, service: CaptureService, rid: int, sid: str | None) -> None:
         self._service = service
-        self._rid = rid
-        self._sid = sid
+        head: dict[str, Any] = {"rid": rid}
+        if sid is not None:
+            head["sid"] = sid
+        self._plain = orjson.dumps(head)
+        self._open = self._plain[:-1] + b","
 
     def event(
         self, direction: int, data: bytes | bytearray | memoryview, meta: dict[str, Any] | None
     ) -> None:
-        m: dict[str, Any] = {"rid": self._rid}
-        if self._sid is not None:
-            m["sid"] = self._sid
-        if meta:
-            m.update(meta)
-        self._service.append(direction, data, m)
+        self._service.append(
+            direction, data, self._open + orjson.dumps(meta)[1:] if meta else self._plain
+        )
 
     def wrap(self, transport: asyncio.Transport) -> asyncio.Transport:
         return _TapTransport(transport, self)
@@ -266,20 +264,22 @@ class CaptureService:
             return None
         return _Exchange(self, request_id, session_id)
 
-    def append(
-        self, direction: int, data: bytes | bytearray | memoryview, meta: dict[str, Any]
-    ) -> None:
+    def append(self, direction: int, data: bytes | bytearray | memoryview, meta: bytes) -> None:
+        """One event: redacted, framed and appended to the link's buffer, here on the
+        loop (the credentials never leave it); the writer process does the rest."""
         link = self.link
         if link.disabled is not None:
             return
         if link.pending() > link.limit:
             link.dropped += 1
             return
-        clean = self.redact(bytes(data))
+        flags = self.redact.flags(data)
+        if flags:
+            data = self.redact.apply(bytes(data), flags)
         self._seq += 1
         self.events += 1
         ts = self._wall0 + (time.monotonic() - self._mono0)
-        link.out += pack_event(ts, self._seq, direction, orjson.dumps(meta), clean)
+        append_capture_frame(link.out, ts, self._seq, direction, meta, data)
         link.packed()
 
     def status(self) -> dict[str, Any]:

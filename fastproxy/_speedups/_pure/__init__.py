@@ -10,6 +10,15 @@ Speed still matters here (a gateway without a compiler runs on this): the hot pa
 ``bytes.splitlines``/``find``/``partition``, which run in C, instead of per-byte loops.
 """
 
+from .capture import (
+    REDACT_HEADER,
+    REDACT_JSON,
+    REDACT_LITERAL,
+    REDACT_QUERY,
+    REDACT_SHAPE,
+    append_capture_frame,
+    redact_flags,
+)
 from .counters import CounterBlock, count_bytes
 from .delta import DELTA_ERROR, DELTA_NAME, DELTA_USAGE, DeltaScanner
 from .head import parse_simple_request
@@ -54,6 +63,11 @@ __all__ = [
     "PASS_OPENAI",
     "PASS_OVERFLOW",
     "PASS_TERMINAL",
+    "REDACT_HEADER",
+    "REDACT_JSON",
+    "REDACT_LITERAL",
+    "REDACT_QUERY",
+    "REDACT_SHAPE",
     "SSE_COMMENT",
     "SSE_ERROR",
     "SSE_EVENT",
@@ -63,11 +77,13 @@ __all__ = [
     "SSEPass",
     "SSEScanner",
     "TokenEstimator",
+    "append_capture_frame",
     "count_bytes",
     "estimate_tokens",
     "fold_rollups",
     "pack_exchange",
     "parse_simple_request",
+    "redact_flags",
     "unpack_exchanges",
     "usage_row",
 ]
