@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from typing import Protocol, cast
 
 import orjson
@@ -30,6 +31,7 @@ from .config.lint import log_findings
 from .core.access import AccessPolicy
 from .core.clock import HttpDate
 from .core.records import Counters
+from .core.replacement import LocalReplacer, ReplacementPolicy
 from .core.seams import ExchangeSink, Reporter
 from .dataplane.plane import DataPlane
 from .dataplane.protocol import ClientProtocol
@@ -78,6 +80,9 @@ class Gateway:
         self.capture: CaptureService | None = None
         self.metrics: MetricsCollector | None = None
         self.rate_limits: RateLimitWatch | None = None
+        # Random model replacement's policy, None when off. With workers it lives here, in
+        # the primary, and decides for every worker (docs/workers.md).
+        self.replacement: ReplacementPolicy | None = None
         self.admin: AdminService | None = None
         self.monitoring: MonitoringApi | None = None
         self._services: list[Service] = []
@@ -120,6 +125,7 @@ class Gateway:
             await service.start()
             self._services.append(service)
 
+        self.replacement = replacement_policy(cfg, backends)
         if cfg.workers > 1:
             await self._start_workers(backends, default_backend)
             return
@@ -138,6 +144,7 @@ class Gateway:
             activity=activity.tracker if activity is not None else None,
             accounting=usage is not None,
             capture=capture,
+            replacement=LocalReplacer(self.replacement) if self.replacement is not None else None,
             counters=Counters(),
             date=self._date,
         )
@@ -153,6 +160,7 @@ class Gateway:
             activity=activity.tracker if activity is not None else None,
             usage=usage,
             capture=capture.status if capture is not None else None,
+            replacement=self.replacement,
         )
         data_port_policy = AccessPolicy(cfg.admin.allow_networks, (cfg.host, cfg.admin.host))
         monitoring = self.monitoring = MonitoringApi(views, data_port_policy)
@@ -211,6 +219,7 @@ class Gateway:
             # A worker silent for this long has a stuck loop and is replaced: the
             # service's own watchdog interval when systemd gives one, else 10 s.
             max(2.0, 2 * interval) if interval else 10.0,
+            self.replacement,
         )
         views = self._views = Views(
             config=cfg,
@@ -225,6 +234,7 @@ class Gateway:
             workers=hub.describe,
             # Each worker captures to its own files; the primary adds up their counters.
             capture=hub.capture_status if cfg.wire_capture.enabled else None,
+            replacement=self.replacement,
         )
         data_port_policy = AccessPolicy(cfg.admin.allow_networks, (cfg.host, cfg.admin.host))
         self.monitoring = MonitoringApi(views, data_port_policy)
@@ -412,6 +422,7 @@ class Gateway:
         except BaseException:
             self.config = running
             raise
+        replacement = reload_replacement(self.replacement, running, plan.config, backends)
         # The swap: synchronous, so no request is planned half on each generation.
         retired = [p for n, p in running_pools.items() if pools.get(n) is not p]
         rate_limits = self.rate_limits
@@ -425,11 +436,19 @@ class Gateway:
                 health,
                 Reporter(attempt_sinks, self._sinks),
             )
+            plane.replacement = LocalReplacer(replacement) if replacement is not None else None
         if hub is not None:
             hub.reconfigure(
-                plan.config, backends, default_backend, health, attempt_sinks, sorted(kept)
+                plan.config,
+                backends,
+                default_backend,
+                health,
+                attempt_sinks,
+                sorted(kept),
+                replacement,
             )
         views.config, views.backends, views.health = plan.config, backends, health
+        views.replacement = self.replacement = replacement
         self._services = [health if s is old_health else s for s in self._services]
         self.health = health
         for pool in retired:
@@ -484,6 +503,40 @@ class Gateway:
         # before the usage link below is closed.
         await hub.stop(self.config.timeouts.drain_seconds + CUT_EXCHANGES_WAIT_S + 5.0)
         await self._stop_services()
+
+
+def replacement_policy(config: Config, backends: Mapping[str, Backend]) -> ReplacementPolicy | None:
+    """The policy for ``config`` (None when replacement is off), knowing which APIs each
+    backend speaks: a rule never sends a request to a backend that cannot answer it."""
+    if not config.replacement.enabled:
+        return None
+    policy = ReplacementPolicy.from_config(config.replacement)
+    policy.set_target_dialects({name: b.dialects for name, b in backends.items()})
+    return policy
+
+
+def reload_replacement(
+    running: ReplacementPolicy | None,
+    old: Config,
+    new: Config,
+    backends: Mapping[str, Backend],
+) -> ReplacementPolicy | None:
+    """Replacement after a reload (docs/configuration.md, "Reload"): the same policy when
+    only ``probability`` or ``turn_count`` changed (sessions, their replacements and the
+    counters go on; the new values apply from the next decision), a new one (sessions
+    start afresh, counters from zero) when ``enabled`` or the rules changed."""
+    was, now = old.replacement, new.replacement
+    if running is not None and now.enabled and was.replacement_rules == now.replacement_rules:
+        running.probability = now.probability
+        running.turn_count = now.turn_count
+        running.set_target_dialects({name: b.dialects for name, b in backends.items()})
+        return running
+    if was != now:
+        log.info(
+            "reload: replacement %s",
+            "off" if not now.enabled else "rules changed; sessions start afresh",
+        )
+    return replacement_policy(new, backends)
 
 
 class Service(Protocol):

@@ -2,7 +2,9 @@
 
 What a reload changes: the backends (added, removed, changed), routing
 (``default_backend``, ``failover_routes``), health checks and circuit breakers, limits,
-timeouts and the client API keys (``auth``: keys rotate without a restart). Everything
+timeouts, the client API keys (``auth``: keys rotate without a restart) and random model
+replacement (``replacement``: a new probability or turn count applies to the running
+policy; new rules or ``enabled`` make a new one, gateway.reload_replacement). Everything
 else is bound to something already open (the listening sockets, the admin listener,
 the usage recorder, the activity tracker, logging, the state directory): a change to it
 is logged, one line per key, and the running value is kept until a restart.
@@ -44,6 +46,7 @@ RELOADABLE = (
     "failover_routes",
     "health_check",
     "limits",
+    "replacement",
     "timeouts",
 )
 

@@ -151,7 +151,7 @@ def local_or_keyed(req: AdminRequest) -> bool:
     return req.admin_key or is_loopback(req.peer_ip)
 
 
-def _foreign_origin(req: AdminRequest) -> bool:
+def foreign_origin(req: AdminRequest) -> bool:
     """A browser page on another origin (CSRF against 127.0.0.1) sends its Origin."""
     origin = req.headers.get("origin")
     if origin is None:
@@ -179,7 +179,7 @@ async def reactivate(views: Views, req: AdminRequest) -> AdminResponse:
     # access check refuses it otherwise).
     if not local_or_keyed(req):
         return error_response(403, LOCAL_ONLY)
-    if _foreign_origin(req):
+    if foreign_origin(req):
         return error_response(403, "cross-origin requests may not change gateway state")
     name = req.params.get("name", "")
     if name not in views.backends:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
+from ..core.replacement import ReplacementPolicy
 from ..core.seams import PlaneStats
 from ..httpclient.backend import Backend
 from ..monitor.activity import ActivityTracker
@@ -41,6 +42,9 @@ class Views:
     # Wire capture's counters (monitor/capture.py), None when capture is off or runs in
     # the workers; /internal/health shows them under "wire_capture".
     capture: Callable[[], dict[str, Any]] | None = None
+    # Random model replacement's policy (with workers, the primary's, which decides for
+    # all of them); None when replacement is off. A reload may set another.
+    replacement: ReplacementPolicy | None = None
 
     @property
     def store(self) -> UsageStore | None:

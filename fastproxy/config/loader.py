@@ -436,6 +436,7 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
                 f"admin.allow_networks[{i}]: got {net!r}; expected a CIDR such as 10.0.0.0/8"
             ) from None
     _check_admin_keys(config)
+    _check_replacement(config, origins)
     _check_not_built(config, origins)
     wc = config.wire_capture
     if wc.max_total_bytes < wc.max_file_bytes:
@@ -459,12 +460,47 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
 # Sections whose feature is not built: their keys still parse (they are in the config format,
 # and a misspelt one is still caught), but a value other than the default is refused, so
 # no setting is ever accepted and then silently ignored. An entry goes when its feature
-# is built, and the feature's own cross-key checks come with it (replacement had two:
-# enabled needs a rule, a rule's to_backend must be configured; see git log -S
-# "needs a rule").
-_NOT_BUILT: dict[str, str] = {
-    "replacement": "random model replacement",
-}
+# is built, and the feature's own cross-key checks come with it. Empty today: every
+# section of the format is built (random model replacement was the last).
+_NOT_BUILT: dict[str, str] = {}
+
+
+def _check_replacement(config: Config, origins: Mapping[str, str]) -> None:
+    """Rules that the types cannot say. Each message starts with the key of the rule's
+    field (``replacement.replacement_rules[1].to_backend``), shows the whole rule and
+    names the env var or flag it came from."""
+    rep = config.replacement
+    origin = origins.get("replacement.replacement_rules", "")
+    source = f", from {origin}" if origin.startswith(("env ", "flag ")) else ""
+    if rep.enabled and not rep.replacement_rules:
+        enabled_from = origins.get("replacement.enabled", "")
+        where = f" ({enabled_from})" if enabled_from.startswith(("env ", "flag ")) else ""
+        raise ConfigError(
+            f"replacement.enabled: got True{where} with no rule in "
+            "replacement.replacement_rules; add one (REPLACEMENT_RULES, "
+            "--random-model-replacement-from-to FROM=BACKEND:MODEL)"
+        )
+    # With no backends configured the gateway serves its embedded demo backend.
+    names = sorted(config.backends) or ["demo"]
+    for i, rule in enumerate(rep.replacement_rules):
+        key = f"replacement.replacement_rules[{i}]"
+        shown = f"(rule {rule.from_pattern!r} -> {rule.to_backend}:{rule.to_model}{source})"
+        if not rule.from_pattern.strip():
+            raise ConfigError(
+                f"{key}.from_pattern: got {rule.from_pattern!r} {shown}; expected '*' for "
+                "every model, 'backend:model', or a part of a model name"
+            )
+        if rule.from_pattern != rule.from_pattern.strip():
+            raise ConfigError(
+                f"{key}.from_pattern: got {rule.from_pattern!r} {shown}; leading or "
+                "trailing spaces (patterns are compared exactly)"
+            )
+        if rule.to_backend not in names:
+            raise ConfigError(
+                f"{key}.to_backend: got {rule.to_backend!r} {shown}; expected one of {names}"
+            )
+        if not rule.to_model.strip():
+            raise ConfigError(f"{key}.to_model: got {rule.to_model!r} {shown}; expected a model")
 
 
 def _check_not_built(config: Config, origins: Mapping[str, str]) -> None:

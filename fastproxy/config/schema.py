@@ -112,7 +112,8 @@ class ReplacementRule(_Section, frozen=True, kw_only=True):
 
 
 class ReplacementConfig(_Section, frozen=True, kw_only=True):
-    """Not built yet: the loader refuses any value but these defaults (loader._NOT_BUILT)."""
+    """Random model replacement (core/replacement.py; docs/routing.md). The loader checks
+    what types cannot: enabled needs a rule, each rule's to_backend must be configured."""
 
     enabled: bool = False
     probability: Probability = 0.0

@@ -76,30 +76,28 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
         "track live connections and bytes",
         action="true",
     ),
-    # The replacement flags exist because the config format has them; the feature is not
-    # built yet, so the loader refuses them (config/loader.py, _NOT_BUILT).
     CliFlag(
         "--enable-replacement",
         "replacement.enabled",
-        "random model replacement (not built yet: refused)",
+        "random model replacement (needs a rule; docs/routing.md)",
         "true",
     ),
     CliFlag(
         "--replacement-probability",
         "replacement.probability",
-        "0.0..1.0 (not built yet: refused)",
+        "chance 0.0..1.0 that an eligible turn is replaced",
         metavar="P",
     ),
     CliFlag(
         "--replacement-turn-count",
         "replacement.turn_count",
-        "turns served (not built yet: refused)",
+        "completed turns a replaced session stays on the target (default 1)",
         metavar="N",
     ),
     CliFlag(
         "--random-model-replacement-from-to",
         "replacement.replacement_rules",
-        "replacement rule FROM=BACKEND:MODEL (repeatable; not built yet: refused)",
+        "replacement rule FROM=BACKEND:MODEL (repeatable; replaces the configured list)",
         action="append_rule",
         metavar="FROM=BACKEND:MODEL",
     ),

@@ -2,9 +2,10 @@
 
 Sans-I/O on purpose: no sockets, no event loop, no global state. The random source
 (``random.Random``) and the clock (a ``() -> float`` of seconds) are injected, so the
-same object can be driven by the data plane later and by tests now with a seeded
-generator and a hand-moved clock. Not wired into routing, the gateway, the admin API or
-the config loader yet: the ``replacement.*`` keys are still refused as "not built yet".
+same object is driven by the data plane (through ``dataplane/replacing.py``; with
+workers, by the primary on the workers' behalf) and by tests with a seeded generator and
+a hand-moved clock. ``metrics_document`` builds the counters part of
+``/v1/replacement/metrics``; the admin plane adds the effectiveness from the usage store.
 
 Rules (``{from_pattern, to_backend, to_model}``, CONTRACT.md section 7), matched against
 the backend and model a request would otherwise go to:
@@ -14,7 +15,10 @@ the backend and model a request would otherwise go to:
 - otherwise the pattern is a case-sensitive substring of the requested model.
 
 The **first matching rule wins**: rules are checked in the configured order and the
-rest are not looked at, so put narrow rules before broad ones.
+rest are not looked at, so put narrow rules before broad ones. A rule whose target does
+not speak the request's API (``set_target_dialects``; an OpenAI-type target for an
+Anthropic ``/v1/messages`` request, say) does not match that request: the gateway does
+not translate between dialects, so replacing it could only fail.
 
 A request's decision, in this order:
 
@@ -43,6 +47,13 @@ on success (``ok=True``); an error or a client abort (``ok=False``) consumes not
 A streamed response's turn completes at the end of the stream, so the caller calls
 ``finished`` when the stream ends, not when its head is sent.
 
+Metrics beside the counters: activations and opt-outs in the last 60 seconds (sixty
+one-second buckets, not a list of times), sessions counted once per kind (checked,
+activated, opted out) since the last reset, and how many turns each replacement served
+before its session returned. A session is counted once while it is tracked: one
+forgotten (idle, or over the cap) and seen again counts again, which keeps the unique
+counts in the same bounded memory as the sessions themselves.
+
 Memory is bounded: a session idle for ``idle_seconds`` is forgotten (swept on every
 ``decide``/``finished``/``opt_out_session``, driven by the injected clock) and at most
 ``max_sessions`` are tracked, the least recently used dropped first. A forgotten session
@@ -56,7 +67,7 @@ from __future__ import annotations
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -72,6 +83,7 @@ Reason = Literal[
     "sticky",  # served by an already active replacement
     "rolled_original",  # a roll failed on this request
     "held",  # the pending turn already rolled and failed; not rolled again
+    "unavailable",  # (workers) the primary did not answer in time: served as asked
 ]
 
 
@@ -128,8 +140,21 @@ class Decision:
     activation: int = 0
 
 
+# What a session has been counted as since the last reset (bits of _Session.counted).
+_CHECKED, _ACTIVATED, _OPTED_OUT = 1, 2, 4
+
+
 class _Session:
-    __slots__ = ("activation", "held", "last_seen", "opted_out", "rule_index", "turns_done")
+    __slots__ = (
+        "activation",
+        "counted",
+        "epoch",
+        "held",
+        "last_seen",
+        "opted_out",
+        "rule_index",
+        "turns_done",
+    )
 
     def __init__(self, now: float) -> None:
         self.last_seen = now
@@ -138,6 +163,36 @@ class _Session:
         self.rule_index: int | None = None  # set while a replacement is active
         self.activation = 0
         self.turns_done = 0
+        self.counted = 0  # _CHECKED | _ACTIVATED | _OPTED_OUT, for the unique counts
+        self.epoch = 0  # the counters' reset generation ``counted`` belongs to
+
+
+class _Window:
+    """Events in the last ``span`` seconds: one counter per whole second, so a burst of
+    a million activations costs sixty integers, not a million timestamps."""
+
+    __slots__ = ("_counts", "_seconds", "span")
+
+    def __init__(self, span: int = 60) -> None:
+        self.span = span
+        self._seconds = [-1] * span
+        self._counts = [0] * span
+
+    def add(self, now: float) -> None:
+        second = int(now)
+        slot = second % self.span
+        if self._seconds[slot] != second:
+            self._seconds[slot] = second
+            self._counts[slot] = 0
+        self._counts[slot] += 1
+
+    def total(self, now: float) -> int:
+        second = int(now)
+        return sum(
+            c
+            for s, c in zip(self._seconds, self._counts, strict=True)
+            if second - self.span < s <= second
+        )
 
 
 class ReplacementPolicy:
@@ -178,6 +233,9 @@ class ReplacementPolicy:
         # Least recently used first: both the idle sweep and the cap pop from the front.
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._active = 0  # sessions currently replaced (a gauge, kept by reset)
+        self._epoch = 0
+        # Backend -> the dialects it speaks; None: every target takes every request.
+        self._dialects: Mapping[str, frozenset[str]] | None = None
         self._reset_counters()
 
     @classmethod
@@ -190,6 +248,16 @@ class ReplacementPolicy:
         )
 
     def _reset_counters(self) -> None:
+        self._epoch += 1
+        self.started_at = self._clock()
+        self.started_wall = time.time()  # the effectiveness window's start, in the store's time
+        self.activation_window = _Window()
+        self.opt_out_window = _Window()
+        self.unique_checked = 0
+        self.unique_activated = 0
+        self.unique_opted_out = 0
+        # Turns a replacement served before its session returned -> how many did.
+        self.turns_before_return: dict[int, int] = {}
         self.decisions = 0
         self.probability_checks = 0
         self.activations = 0
@@ -205,12 +273,43 @@ class ReplacementPolicy:
 
     # -- rules -------------------------------------------------------------------------
 
-    def match(self, backend: str, model: str) -> int | None:
+    def set_target_dialects(self, dialects: Mapping[str, frozenset[str]] | None) -> None:
+        """The APIs each backend speaks (routing's view; replaced again by a reload). A
+        rule only matches requests of an API its target speaks."""
+        self._dialects = dialects
+
+    def _usable(self, rule: Rule, dialect: str | None) -> bool:
+        dialects = self._dialects
+        if dialect is None or dialects is None:
+            return True
+        return dialect in dialects.get(rule.to_backend, ())
+
+    def match(self, backend: str, model: str, dialect: str | None = None) -> int | None:
         """Index of the first rule matching the request, or None."""
         for index, rule in enumerate(self.rules):
-            if rule.matches(backend, model):
+            if rule.matches(backend, model) and self._usable(rule, dialect):
                 return index
         return None
+
+    def _count(self, state: _Session | None, kind: int) -> bool:
+        """Whether ``state`` is counted as ``kind`` for the first time since the reset."""
+        if state is None:
+            return False
+        if state.epoch != self._epoch:
+            state.epoch = self._epoch
+            state.counted = 0
+        if state.counted & kind:
+            return False
+        state.counted |= kind
+        return True
+
+    def _returned(self, state: _Session) -> None:
+        """An active replacement ends: the session goes back to the original."""
+        state.rule_index = None
+        self._active -= 1
+        self.returns_to_original += 1
+        done = state.turns_done
+        self.turns_before_return[done] = self.turns_before_return.get(done, 0) + 1
 
     # -- sessions ----------------------------------------------------------------------
 
@@ -264,9 +363,7 @@ class ReplacementPolicy:
         state.opted_out = True
         state.held = False
         if state.rule_index is not None:
-            state.rule_index = None
-            self._active -= 1
-            self.returns_to_original += 1
+            self._returned(state)
 
     def opt_in_session(self, session_id: str) -> None:
         """Undo ``opt_out_session``."""
@@ -282,7 +379,12 @@ class ReplacementPolicy:
     # -- decisions ---------------------------------------------------------------------
 
     def decide(
-        self, session_id: str | None, model: str, backend: str, opt_out: bool = False
+        self,
+        session_id: str | None,
+        model: str,
+        backend: str,
+        opt_out: bool = False,
+        dialect: str | None = None,
     ) -> Decision:
         now = self._clock()
         self._sweep(now)
@@ -298,20 +400,24 @@ class ReplacementPolicy:
             state = self._touch(session_id, now, create=False)
         if state is not None and state.rule_index is not None:
             index = state.rule_index
-            if not self.rules[index].matches(backend, model):
+            active = self.rules[index]
+            if not (active.matches(backend, model) and self._usable(active, dialect)):
                 return original("no_rule")
         else:
-            found = self.match(backend, model)
+            found = self.match(backend, model, dialect)
             if found is None:
                 return original("no_rule")
             index = found
             if session_id is not None and state is None:
                 state = self._touch(session_id, now, create=True)
 
-        if opt_out:
-            self.header_opt_outs += 1
-            return original("opt_out_header", index)
-        if state is not None and state.opted_out:
+        if opt_out or (state is not None and state.opted_out):
+            self.opt_out_window.add(now)
+            if self._count(state, _OPTED_OUT):
+                self.unique_opted_out += 1
+            if opt_out:
+                self.header_opt_outs += 1
+                return original("opt_out_header", index)
             self.session_opt_outs += 1
             return original("opt_out_session", index)
 
@@ -334,8 +440,13 @@ class ReplacementPolicy:
             return original("held", index)
 
         self.probability_checks += 1
+        if self._count(state, _CHECKED):
+            self.unique_checked += 1
         if self._rng.random() < self.probability:
             self.activations += 1
+            self.activation_window.add(now)
+            if self._count(state, _ACTIVATED):
+                self.unique_activated += 1
             self.activations_per_rule[index] += 1
             self.replaced_requests += 1
             self.replaced_per_rule[index] += 1
@@ -381,9 +492,7 @@ class ReplacementPolicy:
             state.turns_done += 1
             self.turns_completed += 1
             if state.turns_done >= self.turn_count:
-                state.rule_index = None
-                self._active -= 1
-                self.returns_to_original += 1
+                self._returned(state)
         elif decision.reason in ("rolled_original", "held"):
             state.held = False
 
@@ -418,7 +527,112 @@ class ReplacementPolicy:
             ],
         }
 
+    def metrics_document(self, enabled: bool = True) -> dict[str, Any]:
+        """The counters as ``/v1/replacement/metrics`` shows them (the contract's shape
+        without ``effectiveness``, which the admin plane adds from the usage store; the
+        per-rule counters it needs are ``snapshot()["rules"]``)."""
+        now = self._clock()
+        returns = sum(self.turns_before_return.values())
+        served = sum(t * n for t, n in self.turns_before_return.items())
+        checks = self.probability_checks
+        return {
+            "enabled": enabled,
+            "elapsed_seconds": round(max(0.0, now - self.started_at), 3),
+            "activation_metrics": {
+                "total_activations": self.activations,
+                "activation_rate": self.activations / checks if checks else 0.0,
+                "activations_last_60s": self.activation_window.total(now),
+                "unique_sessions_activated": self.unique_activated,
+            },
+            "turn_count_metrics": {
+                "total_turns_completed": self.turns_completed,
+                "average_turns_before_return": served / returns if returns else 0.0,
+                "turn_count_distribution": {
+                    str(t): n for t, n in sorted(self.turns_before_return.items())
+                },
+            },
+            "opt_out_metrics": {
+                "total_opt_outs": self.header_opt_outs + self.session_opt_outs,
+                "header_opt_outs": self.header_opt_outs,
+                "session_opt_outs": self.session_opt_outs,
+                "opt_outs_last_60s": self.opt_out_window.total(now),
+                "unique_sessions_opted_out": self.unique_opted_out,
+            },
+            "probability_check_metrics": {
+                "total_probability_checks": checks,
+                "unique_sessions_checked": self.unique_checked,
+            },
+        }
+
     def reset(self) -> None:
         """Zero the counters. Sessions and their replacements go on: they are state,
         not metrics, and a metrics reset must not change which model serves anyone."""
         self._reset_counters()
+
+
+# -- what the data plane calls ---------------------------------------------------------
+
+Resume = Callable[[Decision], None]
+
+
+class Replacer(Protocol):
+    """The request cycle's view of replacement (None on the plane when it is off).
+
+    ``decide`` returns the decision at once, or None when it must be asked elsewhere
+    (a worker asks the primary): then ``resume(decision)`` is called exactly once, later,
+    on the same loop. ``finished`` reports the end of a decided request, as
+    ``ReplacementPolicy.finished``. Neither blocks."""
+
+    def decide(
+        self,
+        session_id: str | None,
+        model: str,
+        backend: str,
+        opt_out: bool,
+        dialect: str,
+        resume: Resume,
+    ) -> Decision | None: ...
+
+    def finished(self, session_id: str | None, decision: Decision, ok: bool) -> None: ...
+
+
+class LocalReplacer:
+    """One process: the policy in this process, asked synchronously."""
+
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: ReplacementPolicy) -> None:
+        self.policy = policy
+
+    def decide(
+        self,
+        session_id: str | None,
+        model: str,
+        backend: str,
+        opt_out: bool,
+        dialect: str,
+        resume: Resume,
+    ) -> Decision | None:
+        return self.policy.decide(session_id, model, backend, opt_out, dialect)
+
+    def finished(self, session_id: str | None, decision: Decision, ok: bool) -> None:
+        self.policy.finished(session_id, decision, ok)
+
+
+def decision_to_wire(d: Decision) -> list[Any]:
+    """A decision as the workers' control channel carries it (JSON)."""
+    return [
+        d.backend,
+        d.model,
+        d.replaced,
+        d.reason,
+        d.original_backend,
+        d.original_model,
+        d.session_id,
+        d.rule_index,
+        d.activation,
+    ]
+
+
+def decision_from_wire(v: list[Any]) -> Decision:
+    return Decision(v[0], v[1], bool(v[2]), v[3], v[4], v[5], v[6], v[7], int(v[8]))

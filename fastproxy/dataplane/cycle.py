@@ -46,6 +46,7 @@ import orjson
 from ..core.errors import GatewayError, RequestRejected, UpstreamError
 from ..core.flow import FlowControl
 from ..core.records import ExchangeRecord
+from ..core.replacement import Decision, Replacer
 from ..core.seams import ActivityHandle, ExchangeTap, WireTap
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamConnection
@@ -63,6 +64,7 @@ from .responses import (
     json_head,
     json_obj,
     json_usage,
+    replaced_from_header,
     stream_head,
     usage_headers,
 )
@@ -113,6 +115,7 @@ class Stage(IntEnum):
     STREAM = 4  # an SSE stream being relayed
     LOCAL = 5  # a monitoring endpoint answering on the data port (a task)
     DONE = 6
+    ROUTE = 7  # waiting for a replacement decision from the primary (workers only)
 
 
 class RequestCycle:
@@ -125,6 +128,7 @@ class RequestCycle:
         "_conn",
         "_ctype",
         "_deadline",
+        "_decision",
         "_dialect",
         "_flow",
         "_fresh_retry",
@@ -136,6 +140,7 @@ class RequestCycle:
         "_peer_ip",
         "_pools",
         "_relay",
+        "_replacer",
         "_resp",
         "_retried_429",
         "_reused",
@@ -176,6 +181,8 @@ class RequestCycle:
         self._relay: SSERelay | None = None
         self._acct: StreamAccounting | None = None
         self._tap: ExchangeTap | None = None  # wire capture of this exchange, when on
+        # Set only when replacement is on (with _decision): the one test _finish makes.
+        self._replacer: Replacer | None = None
         self.streaming_started = False
         self.record = ExchangeRecord(plane.new_request_id(), connection_id, time.monotonic())
 
@@ -250,6 +257,8 @@ class RequestCycle:
         if self._tap is not None and self.streaming_started:
             rec = self.record
             self._tap.event(1, b"", {"se": True, "sc": rec.status, "oc": rec.outcome})
+        if self._replacer is not None:
+            self._turn_ended()
         finish_record(self.plane, self.record)
         self._on_done(keep_alive and not self.transport.is_closing())
 
@@ -287,7 +296,9 @@ class RequestCycle:
         if self.transport.is_closing():
             return False
         keep = keep_alive and not self.plane.draining
-        self.transport.write(error_response(self.req, err, self.plane.date.line, keep))
+        replaced = self.record.replacement
+        extra = replaced_from_header(replaced["from"]) if replaced is not None else b""
+        self.transport.write(error_response(self.req, err, self.plane.date.line, keep, extra))
         return keep
 
     # -- dispatch -------------------------------------------------------------------------
@@ -416,6 +427,8 @@ class RequestCycle:
         rec.user_agent = _text(req.header(b"user-agent"))
         rec.proxy_user = _text(req.header(b"x-proxy-user"))
         rec.session_id = _text(req.header(b"x-session-id"))
+        if rec.session_id is None and isinstance(body.session_id, str):
+            rec.session_id = body.session_id
         candidates = plan(
             model,
             dialect.name,
@@ -425,10 +438,75 @@ class RequestCycle:
             plane.breakers,
         )
         self._dialect, self._kind, self._body = dialect, kind, body
-        self._candidates = candidates
         # The pools of this routing generation: a reload replaces the plane's mapping,
         # and a failover after it must still reach the backends planned here.
         self._pools = plane.pools
+        replacer = plane.replacement
+        if replacer is not None:
+            self._candidates = candidates
+            self._replacer = replacer
+            self._decision: Decision | None = None
+            backend, first_model = candidates[0]
+            opt_out = (req.header(b"x-disable-replacement") or b"").strip().lower() == b"true"
+            decision = replacer.decide(
+                rec.session_id, first_model, backend.name, opt_out, dialect.name, self._decided
+            )
+            if decision is None:
+                self._stage = Stage.ROUTE  # a worker asked the primary: _decided resumes
+                return
+            candidates = self._replace(decision, candidates)
+        self._go(candidates)
+
+    def _decided(self, decision: Decision) -> None:
+        """The primary's decision for this request (workers): route it now. A request
+        that ended meanwhile (its client left) is not sent anywhere."""
+        if self._stage is not Stage.ROUTE:
+            return
+        self._stage = Stage.PREPARE
+        self._guarded(self._route_decided, decision)
+
+    def _route_decided(self, decision: Decision) -> None:
+        self._go(self._replace(decision, self._candidates))
+
+    def _replace(
+        self, decision: Decision, candidates: list[tuple[Backend, str]]
+    ) -> list[tuple[Backend, str]]:
+        """The candidates ``decision`` sends the request to: the plan as it was, or the
+        replacement target followed by the target's own failover routes."""
+        self._decision = decision
+        if not decision.replaced:
+            return candidates
+        plane, rec = self.plane, self.record
+        source = f"{decision.original_backend}:{decision.original_model}"
+        target = f"{decision.backend}:{decision.model}"
+        rec.replacement = {"from": source, "to": target}
+        routes = plane.config.failover_routes
+        alternatives = routes.get(target) or routes.get(decision.model) or ()
+        return plan(
+            target,
+            self._dialect.name,
+            plane.backends,
+            None,
+            {target: alternatives},
+            plane.breakers,
+        )
+
+    def _turn_ended(self) -> None:
+        """Tell the policy how the decided request ended: a turn completes only on a
+        2xx answered whole (a stream to its final event); errors and aborts consume none."""
+        replacer, decision = self._replacer, self._decision
+        if replacer is None or decision is None:
+            return
+        self._decision = None
+        rec = self.record
+        ok = rec.outcome == "ok" and 200 <= rec.status < 300
+        try:
+            replacer.finished(rec.session_id, decision, ok)
+        except Exception:
+            log.exception("replacement finished() failed")
+
+    def _go(self, candidates: list[tuple[Backend, str]]) -> None:
+        self._candidates = candidates
         # One budget for the whole request: no attempt waits for a first byte past the
         # most patient candidate's first_byte_timeout_s; each attempt also keeps its own.
         self._deadline = time.monotonic() + max(
@@ -473,8 +551,6 @@ class RequestCycle:
         if body.model != model:
             edits["model"] = model
         drop_session = body.session_id is not msgspec.UNSET
-        if drop_session and self.record.session_id is None and isinstance(body.session_id, str):
-            self.record.session_id = body.session_id
         inject = False
         if kind == "chat" and body.stream is True:
             opts = body.stream_options
@@ -753,6 +829,8 @@ class RequestCycle:
         rec.bytes_rx = resp.bytes_rx
         rec.upstream_done_at = time.monotonic()
         extra = [b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n"]
+        if rec.replacement is not None:
+            extra.append(replaced_from_header(rec.replacement["from"]))
         parsed: Any = None
         ok = 200 <= resp.status < 300 and b"json" in self._ctype
         if ok:
@@ -804,8 +882,16 @@ class RequestCycle:
         if self._tap is not None:
             self._tap.event(1, b"", {"ss": True, "be": backend.name})
         keep = chunked and self.req.keep_alive and not self.plane.draining
+        replaced = self.record.replacement
         transport.write(
-            stream_head(self.plane.date.line, chunked, resp.headers, backend.name, keep)
+            stream_head(
+                self.plane.date.line,
+                chunked,
+                resp.headers,
+                backend.name,
+                keep,
+                replaced_from_header(replaced["from"]) if replaced is not None else b"",
+            )
         )
         self.streaming_started = True
         self._stage = Stage.STREAM

@@ -21,6 +21,7 @@ from typing import Protocol
 from ..config import Config
 from ..core.clock import HttpDate
 from ..core.records import Counters
+from ..core.replacement import Replacer
 from ..core.seams import BreakerView, LiveActivity, MonitoringPort, Reporter, WireTap
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
@@ -64,6 +65,7 @@ class DataPlane:
         accounting: bool = False,
         monitoring: MonitoringPort | None = None,
         capture: WireTap | None = None,
+        replacement: Replacer | None = None,
         counters: Counters | None = None,
         date: HttpDate | None = None,
     ) -> None:
@@ -83,6 +85,9 @@ class DataPlane:
         self.monitoring = monitoring
         # Wire capture, when on; None costs one test per request and nothing per chunk.
         self.capture = capture
+        # Random model replacement, when on; None costs one test per request. A reload
+        # may replace it (gateway.py), between requests, like the routing generation.
+        self.replacement = replacement
         self.counters = counters if counters is not None else Counters()
         self.date = date if date is not None else HttpDate()
         self.connections: set[Connection] = set()

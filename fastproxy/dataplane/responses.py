@@ -8,6 +8,7 @@ caller's dialect.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -18,7 +19,9 @@ from .dialects import from_anthropic, from_openai
 from .request import Request
 
 
-def error_response(req: Request, err: GatewayError, date: bytes, keep_alive: bool) -> bytes:
+def error_response(
+    req: Request, err: GatewayError, date: bytes, keep_alive: bool, extra: bytes = b""
+) -> bytes:
     """``err`` as a complete response in the dialect the request speaks."""
     body = req.dialect.error_body(err.status, str(err), err.code)
     return wire.simple_response(
@@ -26,9 +29,19 @@ def error_response(req: Request, err: GatewayError, date: bytes, keep_alive: boo
         body,
         keep_alive=keep_alive,
         date=date,
-        extra=err.headers,
+        extra=err.headers + extra if extra else err.headers,
         head_only=req.head_only,
     )
+
+
+# Printable ASCII a header value may hold as it is; anything else in a model name (it is
+# the client's text: a CR or LF would split the head) is percent-encoded.
+_HEADER_SAFE = "!#$&'()*+,/:;=?@[]~^`{|}<>"
+
+
+def replaced_from_header(original: str) -> bytes:
+    """``x-fastproxy-replaced-from``: the backend:model a replaced request was meant for."""
+    return b"x-fastproxy-replaced-from: " + quote(original, safe=_HEADER_SAFE).encode() + b"\r\n"
 
 
 def json_head(
@@ -69,6 +82,7 @@ def stream_head(
     upstream_headers: list[tuple[bytes, bytes]],
     backend: str,
     keep_alive: bool,
+    extra: bytes = b"",
 ) -> bytes:
     """The head of a relayed event stream (chunked for HTTP/1.1, close-delimited for
     HTTP/1.0); the gateway sets the stream's own headers."""
@@ -82,6 +96,7 @@ def stream_head(
         b"x-fastproxy-backend: ",
         backend.encode(),
         b"\r\n",
+        extra,
         wire.KEEP_ALIVE if keep_alive else wire.CLOSE,
         wire.CRLF,
     )

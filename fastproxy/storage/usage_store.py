@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.seams import StorageStatusDoc
-from . import usage_export, usage_queries
+from . import usage_export, usage_queries, usage_replacement
 from .usage_files import error_kind, file_id, is_corrupt, set_aside, set_aside_logs
 from .usage_retention import prune
 from .usage_schema import (
@@ -255,6 +255,10 @@ class UsageStore:
     def recent(self, filters: usage_queries.Filters, limit: int, offset: int) -> dict[str, Any]:
         with contextlib.closing(self._reader()) as conn:
             return usage_export.recent(conn, filters, limit, offset)
+
+    def replacement_groups(self, since: float) -> list[usage_replacement.Group]:
+        """Replaced and original requests since ``since``, grouped (effectiveness)."""
+        return usage_replacement.replacement_groups(self.path, since)
 
     def count(self, filters: usage_queries.Filters) -> int:
         with contextlib.closing(self._reader()) as conn:

@@ -32,6 +32,9 @@ class Kind(IntEnum):
     STATS = 5  # worker -> primary: the heartbeat (counters, connections, pools)
     READY = 6  # worker -> primary: listening
     RECONFIGURE = 7  # primary -> worker: a reload's config and backends (as CONFIG)
+    DECIDE = 8  # worker -> primary: replacement decisions to make [[token, sid, ...], ...]
+    DECIDED = 9  # primary -> worker: their answers [[token, decision], ...]
+    TURNS = 10  # worker -> primary: decided requests that ended [[sid, decision, ok], ...]
 
 
 class Channel(asyncio.Protocol):

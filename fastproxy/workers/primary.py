@@ -37,11 +37,13 @@ import orjson
 
 from ..config import Config
 from ..core.records import Counters
+from ..core.replacement import ReplacementPolicy
 from ..core.seams import AttemptSink, BreakerView
 from ..httpclient.backend import Backend
 from ..monitor.metrics import MetricsCollector
 from .activity import MergedActivity
 from .channel import Channel, Kind
+from .replacing import answer, turns
 
 log = logging.getLogger("fastproxy.workers")
 
@@ -160,6 +162,7 @@ class WorkerHub:
         metrics: MetricsCollector,
         forward_records: Callable[[memoryview, int], None] | None,
         watchdog_s: float,
+        replacement: ReplacementPolicy | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -169,6 +172,8 @@ class WorkerHub:
         self.metrics = metrics
         self.forward_records = forward_records
         self.watchdog_s = watchdog_s
+        # The one replacement policy: it decides for every worker (workers/replacing.py).
+        self.replacement = replacement
         self.loop = asyncio.get_running_loop()
         self.workers = [WorkerProc(i, i) for i in range(config.workers)]
         self.retiring: list[WorkerProc] = []  # replaced, still draining
@@ -253,6 +258,7 @@ class WorkerHub:
         breakers: BreakerView,
         attempt_sinks: tuple[AttemptSink, ...],
         kept: list[str],
+        replacement: ReplacementPolicy | None = None,
     ) -> None:
         """A reload: every worker switches to the new generation (a worker started from
         now on gets it with its CONFIG)."""
@@ -261,6 +267,7 @@ class WorkerHub:
         self.default_backend = default_backend
         self.breakers = breakers
         self.attempt_sinks = attempt_sinks
+        self.replacement = replacement
         doc = {**self._config_doc(), "kept": kept}
         payload = orjson.dumps(doc)
         for w in self.workers:
@@ -278,6 +285,11 @@ class WorkerHub:
             self._records(payload)
         elif kind is Kind.ATTEMPTS:
             self._attempts(orjson.loads(payload))
+        elif kind is Kind.DECIDE:
+            if w.channel is not None:
+                w.channel.send(Kind.DECIDED, answer(self.replacement, payload))
+        elif kind is Kind.TURNS:
+            turns(self.replacement, payload)
         elif kind is Kind.STATS:
             stats = orjson.loads(payload)
             self.metrics.merge(stats.pop("metrics"))

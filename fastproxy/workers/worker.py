@@ -54,6 +54,7 @@ from ..monitor.capture import CaptureService
 from ..monitor.metrics import MetricsCollector
 from .activity import snapshot_doc
 from .channel import Channel, Kind
+from .replacing import RemoteReplacer
 
 log = logging.getLogger("fastproxy.workers")
 
@@ -150,6 +151,7 @@ class Worker:
         self.metrics: MetricsCollector | None = None
         self.activity: ActivityService | None = None
         self.capture: CaptureService | None = None
+        self.replacer: RemoteReplacer | None = None  # made once the channel is open
         self.server: asyncio.base_events.Server | None = None
         self.stop_requested = asyncio.Event()
         self.configured: asyncio.Future[dict[str, Any]] = self.loop.create_future()
@@ -164,10 +166,24 @@ class Worker:
             self.breakers.update(orjson.loads(payload))
         elif kind is Kind.RECONFIGURE:
             self.reconfigure(orjson.loads(payload))
+        elif kind is Kind.DECIDED and self.replacer is not None:
+            self.replacer.decided(payload)
 
     def on_lost(self) -> None:
         # The primary is gone: nobody reads our records or restarts us. Drain and exit.
+        if self.replacer is not None:
+            self.replacer.abandon()  # nobody will answer: served as asked
         self.stop_requested.set()
+
+    def _replacing(self, config: Config, backends: dict[str, Backend]) -> RemoteReplacer | None:
+        """The plane's `Replacer` for ``config``: asks the primary, which holds the one
+        policy (workers/replacing.py); None when replacement is off."""
+        if not config.replacement.enabled:
+            return None
+        if self.replacer is None:
+            self.replacer = RemoteReplacer(self.channel, self.loop)
+        self.replacer.configure(config, {n: b.dialects for n, b in backends.items()})
+        return self.replacer
 
     # -- start ------------------------------------------------------------------------
     def _backends(
@@ -217,6 +233,7 @@ class Worker:
         plane.reconfigure(
             config, backends, pools, doc["default_backend"], self.breakers, plane.reporter
         )
+        plane.replacement = self._replacing(config, backends)
         self.config = config
         for pool in retired:
             pool.retire()
@@ -245,6 +262,7 @@ class Worker:
             breakers=self.breakers,
             reporter=Reporter((forwarder,), sinks),
             accounting=accounting,
+            replacement=self._replacing(config, backends),
             counters=Counters(),
             date=self._date,
         )
@@ -284,6 +302,8 @@ class Worker:
         self._date.tick()
         for pool in plane.pools.values():
             pool.sweep()
+        if self.replacer is not None:
+            self.replacer.expire(time.monotonic())
         self.heartbeat()
         self._ticker = self.loop.call_later(HEARTBEAT_S, self._tick)
 

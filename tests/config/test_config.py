@@ -84,11 +84,10 @@ def test_yaml_then_env_then_cli(tmp_path: Path) -> None:
             ("usage_tracking", "max_records_in_memory"),
             500,
         ),
-        # Off and default values of features not built yet load; others are refused
-        # (test_not_built_features_are_refused_unless_default).
         ("WIRE_CAPTURE_ENABLED", "false", ("wire_capture", "enabled"), False),
         ("REPLACEMENT_ENABLED", "0", ("replacement", "enabled"), False),
-        ("REPLACEMENT_PROBABILITY", "0", ("replacement", "probability"), 0.0),
+        ("REPLACEMENT_PROBABILITY", "0.5", ("replacement", "probability"), 0.5),
+        ("REPLACEMENT_TURN_COUNT", "4", ("replacement", "turn_count"), 4),
         ("ENABLE_ACTIVITY_TRACKING", "1", ("enable_activity_tracking",), True),
         ("FASTPROXY_API_KEYS", "k1, k2", ("auth", "api_keys"), ("k1", "k2")),
         ("FASTPROXY_LOG_LEVEL", "ERROR", ("log_level",), "ERROR"),
@@ -114,92 +113,44 @@ def test_every_documented_env_var_is_read(
     assert node == expected
 
 
-def test_replacement_rules_from_env_json_and_cli() -> None:
-    # Replacement is not built: rules from either source parse, then are refused, the
-    # message naming where they came from. An empty list is the default and loads.
-    rules = '[{"from_pattern": "gpt-4o", "to_backend": "demo", "to_model": "x"}]'
-    with pytest.raises(ConfigError) as info:
-        load_config(env={"REPLACEMENT_RULES": rules}, use_files=False)
-    assert str(info.value).startswith(
-        "replacement.replacement_rules: got a list (env REPLACEMENT_RULES); random model "
-        "replacement is not built yet"
-    )
+def test_replacement_keys_load_from_every_source(tmp_path: Path) -> None:
+    # Random model replacement is built: its keys load from YAML, env and flags, each
+    # layer above the one below (invalid rules: tests/replacement/test_config.py).
     from fastproxy.config import parse_replacement_rule
 
-    cli = {"replacement.replacement_rules": [parse_replacement_rule("*=demo:mini")]}
-    with pytest.raises(ConfigError, match=r"\(flag --random-model-replacement-from-to\)"):
-        load_config(cli, env={"REPLACEMENT_RULES": rules}, use_files=False)
+    path = write(
+        tmp_path,
+        "replacement:\n  enabled: true\n  probability: 0.1\n  turn_count: 2\n"
+        "  replacement_rules:\n    - {from_pattern: gpt-4o, to_backend: demo, to_model: a}\n",
+    )
+    from_file = load_config(config_file=path, env={}).config.replacement
+    assert (from_file.enabled, from_file.probability, from_file.turn_count) == (True, 0.1, 2)
+    assert from_file.replacement_rules[0].to_model == "a"
+    env = {
+        "REPLACEMENT_PROBABILITY": "0.25",
+        "REPLACEMENT_TURN_COUNT": "3",
+        "REPLACEMENT_RULES": '[{"from_pattern": "*", "to_backend": "demo", "to_model": "b"}]',
+    }
+    from_env = load_config(config_file=path, env=env).config.replacement
+    assert (from_env.probability, from_env.turn_count) == (0.25, 3)
+    assert [r.to_model for r in from_env.replacement_rules] == ["b"]
+    cli = {
+        "replacement.probability": "1",
+        "replacement.replacement_rules": [
+            parse_replacement_rule("gpt=demo:c"),
+            parse_replacement_rule("*=demo:d"),
+        ],
+    }
+    loaded = load_config(cli, config_file=path, env=env)
+    rep = loaded.config.replacement
+    assert rep.probability == 1.0 and [r.to_model for r in rep.replacement_rules] == ["c", "d"]
+    assert loaded.origin("replacement.replacement_rules") == (
+        "flag --random-model-replacement-from-to"
+    )
     empty = load_config(env={"REPLACEMENT_RULES": "[]"}, use_files=False).config
     assert empty.replacement.replacement_rules == ()
     with pytest.raises(ConfigError, match="FROM=BACKEND:MODEL"):
         parse_replacement_rule("nonsense")
-
-
-# Every key of a feature that is not built, with a value other than its default.
-NOT_BUILT_YAML = [
-    ("replacement:\n  enabled: true\n", "replacement.enabled", "True", "False"),
-    ("replacement:\n  probability: 0.5\n", "replacement.probability", "0.5", "0.0"),
-    ("replacement:\n  turn_count: 3\n", "replacement.turn_count", "3", "(1)"),
-    (
-        "replacement:\n  replacement_rules:\n"
-        "    - {from_pattern: gpt-4o, to_backend: demo, to_model: x}\n",
-        "replacement.replacement_rules",
-        "a list",
-        "[]",
-    ),
-]
-
-
-@pytest.mark.parametrize(("yaml_text", "key", "got", "default"), NOT_BUILT_YAML)
-def test_not_built_features_are_refused_unless_default(
-    tmp_path: Path, yaml_text: str, key: str, got: str, default: str
-) -> None:
-    path = write(tmp_path, yaml_text)
-    with pytest.raises(ConfigError) as info:
-        load_config(config_file=path, env={})
-    message = str(info.value)
-    assert message.startswith(f"{key}: got ") and "not built yet" in message
-    assert got in message and default in message and "\n" not in message
-
-
-def test_not_built_features_at_their_defaults_load(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "wire_capture:\n  enabled: false\n  output_dir: ./var/wire_captures\n"
-        "  redact_headers: []\n"
-        "replacement:\n  enabled: false\n  probability: 0.0\n  turn_count: 1\n"
-        "  replacement_rules: []\n",
-    )
-    c = load_config(config_file=path, env={}).config
-    assert (c.wire_capture.enabled, c.replacement.enabled) == (False, False)
-
-
-@pytest.mark.parametrize(
-    ("env", "fragment"),
-    [
-        ({"REPLACEMENT_ENABLED": "1"}, "(env REPLACEMENT_ENABLED)"),
-        ({"REPLACEMENT_PROBABILITY": "0.25"}, "(env REPLACEMENT_PROBABILITY)"),
-        ({"REPLACEMENT_TURN_COUNT": "3"}, "(env REPLACEMENT_TURN_COUNT)"),
-    ],
-)
-def test_not_built_env_vars_are_refused_naming_the_variable(
-    env: dict[str, str], fragment: str
-) -> None:
-    with pytest.raises(ConfigError, match="not built yet") as info:
-        load_config(env=env, use_files=False)
-    assert fragment in str(info.value)
-
-
-def test_not_built_flags_are_refused_by_the_cli(tmp_path: Path) -> None:
-    for args in (
-        ("--enable-replacement",),
-        ("--replacement-probability", "0.5"),
-        ("--replacement-turn-count", "2"),
-        ("--random-model-replacement-from-to", "gpt-4o=demo:mini"),
-    ):
-        proc = _cli("check-config", *args)
-        assert proc.returncode == 2, (args, proc.stdout)
-        assert "not built yet" in proc.stderr and f"(flag {args[0]})" in proc.stderr
 
 
 @pytest.mark.parametrize(
