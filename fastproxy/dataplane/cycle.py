@@ -491,15 +491,21 @@ class RequestCycle:
             plane.breakers,
         )
 
-    def _turn_ended(self) -> None:
+    def _turn_ended(self, ok: bool | None = None) -> None:
         """Tell the policy how the decided request ended: a turn completes only on a
-        2xx answered whole (a stream to its final event); errors and aborts consume none."""
+        2xx answered whole (a stream to its final event); errors and aborts consume none.
+
+        A successful answer reports just before its last bytes are written (``ok``
+        given), so with workers the primary hears of the turn before the client can
+        send its next request, to whichever worker; everything else reports from
+        ``_finish``, once."""
         replacer, decision = self._replacer, self._decision
         if replacer is None or decision is None:
             return
         self._decision = None
         rec = self.record
-        ok = rec.outcome == "ok" and 200 <= rec.status < 300
+        if ok is None:
+            ok = rec.outcome == "ok" and 200 <= rec.status < 300
         try:
             replacer.finished(rec.session_id, decision, ok)
         except Exception:
@@ -847,6 +853,8 @@ class RequestCycle:
                 if resp.status >= 500
                 else ("rejected" if resp.status >= 400 else "ok")
             )
+        if self._replacer is not None:
+            self._turn_ended(ok and rec.outcome == "ok")
         self._write_json(resp.status, body, b"".join(extra), resp.headers)
         rec.bytes_tx = len(body)
         rec.first_tx_at = time.monotonic()
@@ -964,6 +972,8 @@ class RequestCycle:
             log.warning("stream from %s cut: %s", self._backend.name, cut)
             event = self._dialect.stream_error_event(cut, "stream_truncated")
             transport.write(wire.chunk(event) if chunked else event)
+        if self._replacer is not None:
+            self._turn_ended(cut is None and rec.outcome == "ok")
         if chunked:
             transport.write(wire.CHUNKED_END)
         self._finish(chunked and self.req.keep_alive and not self.plane.draining)
