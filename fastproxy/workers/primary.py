@@ -287,7 +287,9 @@ class WorkerHub:
             self._attempts(orjson.loads(payload))
         elif kind is Kind.DECIDE:
             if w.channel is not None:
+                # Answered at once: the worker's request waits for it (replacing.py).
                 w.channel.send(Kind.DECIDED, answer(self.replacement, payload))
+                w.channel.flush()
         elif kind is Kind.TURNS:
             turns(self.replacement, payload)
         elif kind is Kind.STATS:
