@@ -41,6 +41,7 @@ __all__ = [
     "SSE_COMMENT",
     "SSE_ERROR",
     "SSE_EVENT",
+    "CaptureBuffer",
     "CounterBlock",
     "DeltaScanner",
     "SSEEvent",
@@ -48,6 +49,7 @@ __all__ = [
     "SSEScanner",
     "TokenEstimator",
     "append_capture_frame",
+    "capture_items",
     "count_bytes",
     "estimate_tokens",
     "fold_rollups",
@@ -103,6 +105,7 @@ if TYPE_CHECKING:
         SSE_COMMENT,
         SSE_ERROR,
         SSE_EVENT,
+        CaptureBuffer,
         CounterBlock,
         DeltaScanner,
         SSEEvent,
@@ -110,6 +113,7 @@ if TYPE_CHECKING:
         SSEScanner,
         TokenEstimator,
         append_capture_frame,
+        capture_items,
         count_bytes,
         estimate_tokens,
         fold_rollups,
@@ -159,5 +163,7 @@ else:
     REDACT_SHAPE = _impl.REDACT_SHAPE
     append_capture_frame = _impl.append_capture_frame
     redact_flags = _impl.redact_flags
+    CaptureBuffer = _impl.CaptureBuffer
+    capture_items = _impl.capture_items
 
 del _select

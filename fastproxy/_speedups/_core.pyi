@@ -23,6 +23,7 @@ from ._pure import REDACT_SHAPE as REDACT_SHAPE
 from ._pure import SSE_COMMENT as SSE_COMMENT
 from ._pure import SSE_ERROR as SSE_ERROR
 from ._pure import SSE_EVENT as SSE_EVENT
+from ._pure import CaptureBuffer as CaptureBuffer
 from ._pure import CounterBlock as CounterBlock
 from ._pure import DeltaScanner as DeltaScanner
 from ._pure import SSEEvent as SSEEvent
@@ -30,6 +31,7 @@ from ._pure import SSEPass as SSEPass
 from ._pure import SSEScanner as SSEScanner
 from ._pure import TokenEstimator as TokenEstimator
 from ._pure import append_capture_frame as append_capture_frame
+from ._pure import capture_items as capture_items
 from ._pure import count_bytes as count_bytes
 from ._pure import estimate_tokens as estimate_tokens
 from ._pure import fold_rollups as fold_rollups

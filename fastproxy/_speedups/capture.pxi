@@ -21,6 +21,8 @@ cdef enum:
     _R_WORDS = 15  # every flag the word scan can set
     _CAPTURE_FRAME_HEAD = 25  # u32 rest, f64 ts, u64 seq, u8 dir, u32 meta length
 
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
 cdef extern from "string.h":
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
 
@@ -102,60 +104,367 @@ cdef bint _ci_find(const unsigned char* p, Py_ssize_t n, bytes word):
     return False
 
 
-def redact_flags(data, tuple secrets=(), tuple extras=()):
-    cdef Py_buffer view
-    cdef const unsigned char* p
-    cdef Py_ssize_t n
-    cdef int flags
+cdef int _scan_all(const unsigned char* p, Py_ssize_t n, tuple secrets, tuple extras) except -1:
+    cdef int flags = _scan_words(p, n)
     cdef object s
+    if not flags & _R_HEADER:
+        for s in extras:
+            if _ci_find(p, n, <bytes?>s):
+                flags |= _R_HEADER
+                break
+    for s in secrets:
+        if PyBytes_GET_SIZE(<bytes?>s) == 0 or memmem(
+            p, n, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s)
+        ) != NULL:
+            flags |= _R_LITERAL
+            break
+    return flags
+
+
+def redact_flags(data, tuple secrets not None=(), tuple extras not None=()):
+    cdef Py_buffer view
     _get_buffer(data, &view)
     try:
-        p = <const unsigned char*>view.buf
-        n = view.len
-        flags = _scan_words(p, n)
-        if not flags & _R_HEADER:
-            for s in extras:
-                if _ci_find(p, n, <bytes?>s):
-                    flags |= _R_HEADER
-                    break
-        for s in secrets:
-            if PyBytes_GET_SIZE(<bytes?>s) == 0 or memmem(
-                p, n, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s)
-            ) != NULL:
-                flags |= _R_LITERAL
-                break
-        return flags
+        return _scan_all(<const unsigned char*>view.buf, view.len, secrets, extras)
     finally:
         PyBuffer_Release(&view)
 
 
-def append_capture_frame(bytearray out not None, double ts, seq, int direction, bytes meta not None, data):
-    cdef Py_buffer view
-    cdef Py_ssize_t start, m, n
+cdef int _frame_into(bytearray out, double ts, uint64_t seq, int direction, bytes meta,
+                     const char* data, Py_ssize_t n) except -1:
+    cdef Py_ssize_t start, m
     cdef char* w
     cdef uint32_t u32
-    cdef uint64_t u64 = seq
-    cdef uint8_t d
     if not 0 <= direction <= 255:
         raise ValueError("direction must be 0..255")
-    d = <uint8_t>direction
     m = PyBytes_GET_SIZE(meta)
+    if _CAPTURE_FRAME_HEAD - 4 + m + n > 0xFFFFFFFF:
+        raise ValueError("capture event too large for one frame")
+    start = PyByteArray_GET_SIZE(out)
+    PyByteArray_Resize(out, start + _CAPTURE_FRAME_HEAD + m + n)
+    w = PyByteArray_AS_STRING(out) + start
+    u32 = <uint32_t>(_CAPTURE_FRAME_HEAD - 4 + m + n)
+    memcpy(w, &u32, 4)
+    memcpy(w + 4, &ts, 8)
+    memcpy(w + 12, &seq, 8)
+    w[20] = <char><uint8_t>direction
+    u32 = <uint32_t>m
+    memcpy(w + 21, &u32, 4)
+    memcpy(w + 25, PyBytes_AS_STRING(meta), m)
+    memcpy(w + 25 + m, data, n)
+    return 0
+
+
+def append_capture_frame(bytearray out not None, double ts, seq, int direction,
+                         bytes meta not None, data):
+    cdef Py_buffer view
+    cdef uint64_t u64 = seq
     _get_buffer(data, &view)
     try:
-        n = view.len
-        if _CAPTURE_FRAME_HEAD - 4 + m + n > 0xFFFFFFFF:
-            raise ValueError("capture event too large for one frame")
-        start = PyByteArray_GET_SIZE(out)
-        PyByteArray_Resize(out, start + _CAPTURE_FRAME_HEAD + m + n)
-        w = PyByteArray_AS_STRING(out) + start
-        u32 = <uint32_t>(_CAPTURE_FRAME_HEAD - 4 + m + n)
-        memcpy(w, &u32, 4)
-        memcpy(w + 4, &ts, 8)
-        memcpy(w + 12, &u64, 8)
-        w[20] = <char>d
-        u32 = <uint32_t>m
-        memcpy(w + 21, &u32, 4)
-        memcpy(w + 25, PyBytes_AS_STRING(meta), m)
-        memcpy(w + 25 + m, view.buf, n)
+        _frame_into(out, ts, u64, direction, meta, <const char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef class CaptureBuffer:
+    """Captured events waiting for their hand-off to the writer: the loop's whole part of
+    wire capture per event, in one call (see _pure/capture.py)."""
+
+    cdef bytearray _out
+    cdef public Py_ssize_t backlog
+    cdef public bint disabled
+    cdef readonly uint64_t seq
+    cdef readonly uint64_t dropped
+    cdef Py_ssize_t _limit
+    cdef Py_ssize_t _full
+    cdef tuple _secrets
+    cdef tuple _extras
+    cdef object _redact
+    cdef object _wake
+    cdef double _wall0
+    cdef double _mono0
+
+    def __init__(self, tuple secrets not None, tuple extras not None, redact, wake,
+                 Py_ssize_t limit, Py_ssize_t full, double wall0, double mono0):
+        self._out = bytearray()
+        self.backlog = 0
+        self.disabled = False
+        self.seq = 0
+        self.dropped = 0
+        self._limit = limit
+        self._full = full
+        self._secrets = secrets
+        self._extras = extras
+        self._redact = redact
+        self._wake = wake
+        self._wall0 = wall0
+        self._mono0 = mono0
+
+    def __len__(self):
+        return PyByteArray_GET_SIZE(self._out)
+
+    def take(self):
+        cdef bytearray out = self._out
+        self._out = bytearray()
+        return out
+
+    def clear(self):
+        self._out = bytearray()
+
+    def event(self, int direction, bytes meta not None, data):
+        cdef Py_buffer view
+        cdef int flags
+        cdef Py_ssize_t before
+        cdef timespec now
+        cdef double ts
+        cdef object clean
+        if self.disabled:
+            return
+        before = PyByteArray_GET_SIZE(self._out)
+        if before + self.backlog > self._limit:
+            self.dropped += 1
+            return
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        ts = self._wall0 + ((<double>now.tv_sec + <double>now.tv_nsec * 1e-9) - self._mono0)
+        _get_buffer(data, &view)
+        try:
+            flags = _scan_all(<const unsigned char*>view.buf, view.len,
+                              self._secrets, self._extras)
+            if flags == 0:
+                self.seq += 1
+                _frame_into(self._out, ts, self.seq, direction, meta,
+                            <const char*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+        if flags:
+            clean = self._redact(bytes(data), flags)
+            self.seq += 1
+            _frame_into(self._out, ts, self.seq, direction, meta,
+                        PyBytes_AS_STRING(<bytes?>clean), PyBytes_GET_SIZE(clean))
+        if PyByteArray_GET_SIZE(self._out) >= self._full:
+            self._wake(True)
+        elif before == 0:
+            self._wake(False)
+
+
+# -- the writer's side: frames to CBOR event items ------------------------------------
+# The capture writer turns each frame into one CBOR map (docs/capture.md): ts, dir, seq,
+# data and, when the frame has any, meta. For the usual small event with a flat meta
+# object this is written here byte by byte; anything else (data to compress, a meta that
+# is not a flat object of strings, integers, booleans and nulls without escapes) goes to
+# the caller's ``slow(ts, seq, direction, meta, data)``, which builds it with cbor2.
+
+cdef inline Py_ssize_t _cbor_head_size(uint64_t v) noexcept:
+    if v < 24:
+        return 1
+    if v < 0x100:
+        return 2
+    if v < 0x10000:
+        return 3
+    if v < 0x100000000:
+        return 5
+    return 9
+
+
+cdef inline Py_ssize_t _cbor_head(char* w, int major, uint64_t v) noexcept:
+    cdef int i, n
+    cdef unsigned char mt = <unsigned char>(major << 5)
+    if v < 24:
+        w[0] = <char>(mt | v)
+        return 1
+    if v < 0x100:
+        w[0] = <char>(mt | 24)
+        n = 1
+    elif v < 0x10000:
+        w[0] = <char>(mt | 25)
+        n = 2
+    elif v < 0x100000000:
+        w[0] = <char>(mt | 26)
+        n = 4
+    else:
+        w[0] = <char>(mt | 27)
+        n = 8
+    for i in range(n):
+        w[n - i] = <char>(v >> (8 * i) & 0xFF)
+    return 1 + n
+
+
+cdef Py_ssize_t _meta_cbor(const unsigned char* p, Py_ssize_t n, char* w) noexcept:
+    """A flat JSON object (as orjson writes it) as a CBOR map; its size. With ``w`` NULL
+    only sizes it. -1: not a flat object this handles (the caller takes the slow way)."""
+    cdef Py_ssize_t i = 1, o = 0, start, pairs = 0, k
+    cdef uint64_t num
+    cdef bint neg
+    cdef int field
+    if n < 2 or p[0] != 123 or p[n - 1] != 125:
+        return -1
+    if w != NULL:
+        o = 1  # the map head, written last (its pair count is known at the end)
+    else:
+        o = 1
+    if n == 2:
+        if w != NULL:
+            w[0] = <char>0xA0
+        return 1
+    while i < n:
+        for field in range(2):  # the key, then the value
+            if p[i] == 34:  # a string: key or value, copied as CBOR text
+                i += 1
+                start = i
+                while i < n and p[i] != 34:
+                    if p[i] == 92 or p[i] < 32:
+                        return -1
+                    i += 1
+                if i >= n:
+                    return -1
+                k = i - start
+                if w != NULL:
+                    o += _cbor_head(w + o, 3, <uint64_t>k)
+                    memcpy(w + o, p + start, k)
+                else:
+                    o += _cbor_head_size(<uint64_t>k)
+                o += k
+                i += 1
+            elif field == 0:
+                return -1
+            elif p[i] == 116 and i + 4 <= n and memcmp(p + i, b"true", 4) == 0:
+                if w != NULL:
+                    w[o] = <char>0xF5
+                o += 1
+                i += 4
+            elif p[i] == 102 and i + 5 <= n and memcmp(p + i, b"false", 5) == 0:
+                if w != NULL:
+                    w[o] = <char>0xF4
+                o += 1
+                i += 5
+            elif p[i] == 110 and i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
+                if w != NULL:
+                    w[o] = <char>0xF6
+                o += 1
+                i += 4
+            elif p[i] == 45 or 48 <= p[i] <= 57:
+                neg = p[i] == 45
+                if neg:
+                    i += 1
+                start = i
+                num = 0
+                while i < n and 48 <= p[i] <= 57:
+                    if i - start >= 18:
+                        return -1  # beyond what fits without overflow checks
+                    num = num * 10 + (p[i] - 48)
+                    i += 1
+                if i == start or (i < n and (p[i] == 46 or p[i] == 101 or p[i] == 69)):
+                    return -1  # no digits, or a float
+                if neg and num == 0:
+                    return -1  # -0 is not an integer CBOR can say apart
+                if w != NULL:
+                    o += _cbor_head(w + o, 1 if neg else 0, num - 1 if neg else num)
+                else:
+                    o += _cbor_head_size(num - 1 if neg else num)
+            else:
+                return -1
+            if i >= n:
+                return -1
+            if field == 0:
+                if p[i] != 58:
+                    return -1
+                i += 1
+        pairs += 1
+        if p[i] == 44:
+            i += 1
+        elif p[i] == 125 and i == n - 1:
+            break
+        else:
+            return -1
+    if pairs >= 24:
+        return -1
+    if w != NULL:
+        w[0] = <char>(0xA0 | pairs)
+    return o
+
+
+cdef bytes _K_TS = b"\x62ts"
+cdef bytes _K_DIR = b"\x63dir"
+cdef bytes _K_SEQ = b"\x63seq"
+cdef bytes _K_DATA = b"\x64data"
+cdef bytes _K_META = b"\x64meta"
+
+
+def capture_items(buf, Py_ssize_t compress_min, slow):
+    """The CBOR items of the whole frames at the start of ``buf``, and how many bytes
+    they took (the caller drops them)."""
+    cdef Py_buffer view
+    cdef const unsigned char* p
+    cdef Py_ssize_t end, pos = 0, stop, meta_at, data_at, m, d, msize, size, o
+    cdef uint32_t length, mlen
+    cdef double ts
+    cdef uint64_t seq, bits
+    cdef int direction, i
+    cdef bytes item
+    cdef char* w
+    cdef list items = []
+    _get_buffer(buf, &view)
+    try:
+        p = <const unsigned char*>view.buf
+        end = view.len
+        while end - pos >= _CAPTURE_FRAME_HEAD:
+            memcpy(&length, p + pos, 4)
+            stop = pos + 4 + length
+            if stop > end or length < _CAPTURE_FRAME_HEAD - 4:
+                break
+            memcpy(&ts, p + pos + 4, 8)
+            memcpy(&seq, p + pos + 12, 8)
+            direction = p[pos + 20]
+            memcpy(&mlen, p + pos + 21, 4)
+            meta_at = pos + _CAPTURE_FRAME_HEAD
+            data_at = meta_at + mlen
+            if data_at > stop:
+                break
+            m = mlen
+            d = stop - data_at
+            msize = 0
+            if m:
+                msize = _meta_cbor(p + meta_at, m, NULL)
+                if msize == 1:
+                    m = 0  # an empty object: no meta, as cbor2's writer leaves it out
+            if d >= compress_min or msize < 0:
+                items.append(slow(ts, seq, direction,
+                                  PyBytes_FromStringAndSize(<const char*>p + meta_at, mlen),
+                                  PyBytes_FromStringAndSize(<const char*>p + data_at, d)))
+                pos = stop
+                continue
+            size = (1 + 3 + 9 + 4 + _cbor_head_size(<uint64_t>direction)
+                    + 4 + _cbor_head_size(seq) + 5 + _cbor_head_size(<uint64_t>d) + d)
+            if m:
+                size += 5 + msize
+            item = PyBytes_FromStringAndSize(NULL, size)
+            w = PyBytes_AS_STRING(item)
+            w[0] = <char>(0xA5 if m else 0xA4)
+            o = 1
+            memcpy(w + o, PyBytes_AS_STRING(_K_TS), 3)
+            o += 3
+            w[o] = <char>0xFB
+            memcpy(&bits, &ts, 8)
+            for i in range(8):
+                w[o + 8 - i] = <char>(bits >> (8 * i) & 0xFF)
+            o += 9
+            memcpy(w + o, PyBytes_AS_STRING(_K_DIR), 4)
+            o += 4
+            o += _cbor_head(w + o, 0, <uint64_t>direction)
+            memcpy(w + o, PyBytes_AS_STRING(_K_SEQ), 4)
+            o += 4
+            o += _cbor_head(w + o, 0, seq)
+            memcpy(w + o, PyBytes_AS_STRING(_K_DATA), 5)
+            o += 5
+            o += _cbor_head(w + o, 2, <uint64_t>d)
+            memcpy(w + o, p + data_at, d)
+            o += d
+            if m:
+                memcpy(w + o, PyBytes_AS_STRING(_K_META), 5)
+                o += 5
+                o += _meta_cbor(p + meta_at, m, w + o)
+            items.append(item)
+            pos = stop
+        return items, pos
     finally:
         PyBuffer_Release(&view)

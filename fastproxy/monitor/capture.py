@@ -27,12 +27,12 @@ from .._speedups import (
     REDACT_LITERAL,
     REDACT_QUERY,
     REDACT_SHAPE,
-    append_capture_frame,
+    CaptureBuffer,
     redact_flags,
 )
 from ..config import Config
 from ..config.loader import resolve_state_path
-from ..storage.capture_link import CaptureLink
+from ..storage.capture_link import FLUSH_BYTES, CaptureLink
 
 log = logging.getLogger("fastproxy.capture")
 
@@ -129,15 +129,16 @@ def known_secrets(config: Config, env: Mapping[str, str]) -> list[str]:
 class _TapTransport(asyncio.Transport):
     """The client transport with every write also captured as a dir-1 event."""
 
-    __slots__ = ("_inner", "_tap")
+    __slots__ = ("_buffer", "_inner", "_meta")
 
-    def __init__(self, inner: asyncio.Transport, tap: _Exchange) -> None:
+    def __init__(self, inner: asyncio.Transport, buffer: CaptureBuffer, meta: bytes) -> None:
         super().__init__()
         self._inner = inner
-        self._tap = tap
+        self._buffer = buffer
+        self._meta = meta
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._tap.event(1, data, None)
+        self._buffer.event(1, self._meta, data)
         self._inner.write(data)
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -191,10 +192,10 @@ class _Exchange:
     """One exchange's tap. Its meta (request id, session) is serialised once; an event
     with meta of its own adds only those members."""
 
-    __slots__ = ("_open", "_plain", "_service")
+    __slots__ = ("_buffer", "_open", "_plain")
 
-    def __init__(self, service: CaptureService, rid: int, sid: str | None) -> None:
-        self._service = service
+    def __init__(self, buffer: CaptureBuffer, rid: int, sid: str | None) -> None:
+        self._buffer = buffer
         head: dict[str, Any] = {"rid": rid}
         if sid is not None:
             head["sid"] = sid
@@ -204,12 +205,12 @@ class _Exchange:
     def event(
         self, direction: int, data: bytes | bytearray | memoryview, meta: dict[str, Any] | None
     ) -> None:
-        self._service.append(
-            direction, data, self._open + orjson.dumps(meta)[1:] if meta else self._plain
+        self._buffer.event(
+            direction, self._open + orjson.dumps(meta)[1:] if meta else self._plain, data
         )
 
     def wrap(self, transport: asyncio.Transport) -> asyncio.Transport:
-        return _TapTransport(transport, self)
+        return _TapTransport(transport, self._buffer, self._plain)
 
 
 class CaptureService:
@@ -239,13 +240,20 @@ class CaptureService:
             meta=meta,
             on_disabled=self._disabled,
         )
-        self.events = 0
         self.skipped = 0  # exchanges not captured: capture was disabled by then
-        self._seq = 0
         # Wall-clock stamps that never go backwards: one wall reading, then the monotonic
         # clock (a clock step while capturing would otherwise reorder events by ts).
-        self._wall0 = time.time()
-        self._mono0 = time.monotonic()
+        self.buffer = CaptureBuffer(
+            self.redact.secrets,
+            self.redact.extras,
+            self.redact.apply,
+            self.link.wake,
+            self.link.limit,
+            FLUSH_BYTES,
+            time.time(),
+            time.monotonic(),
+        )
+        self.link.attach(self.buffer)
 
     async def start(self) -> None:
         log.info("wire capture: %s", self.dir)
@@ -262,25 +270,7 @@ class CaptureService:
         if self.link.disabled is not None:
             self.skipped += 1
             return None
-        return _Exchange(self, request_id, session_id)
-
-    def append(self, direction: int, data: bytes | bytearray | memoryview, meta: bytes) -> None:
-        """One event: redacted, framed and appended to the link's buffer, here on the
-        loop (the credentials never leave it); the writer process does the rest."""
-        link = self.link
-        if link.disabled is not None:
-            return
-        if link.pending() > link.limit:
-            link.dropped += 1
-            return
-        flags = self.redact.flags(data)
-        if flags:
-            data = self.redact.apply(bytes(data), flags)
-        self._seq += 1
-        self.events += 1
-        ts = self._wall0 + (time.monotonic() - self._mono0)
-        append_capture_frame(link.out, ts, self._seq, direction, meta, data)
-        link.packed()
+        return _Exchange(self.buffer, request_id, session_id)
 
     def status(self) -> dict[str, Any]:
         link, last = self.link, self.link.last
@@ -289,11 +279,11 @@ class CaptureService:
             "state": "disabled" if link.disabled is not None else "on",
             "reason": link.disabled,
             "dir": os.fspath(self.dir),
-            "events_captured": self.events,
+            "events_captured": self.buffer.seq,
             "events_written": last.get("events_written", 0),
             "bytes_written": last.get("bytes_written", 0),
             "files_opened": last.get("files_opened", 0),
             "files_deleted": last.get("files_deleted", 0),
-            "dropped": link.dropped,
+            "dropped": self.buffer.dropped,
             "exchanges_skipped": self.skipped,
         }

@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+import orjson
+
+from .._speedups import IMPLEMENTATION, capture_items
 
 MAGIC = "LLMPROXY-CAPTURE-V2"
 VERSION = 2
@@ -188,21 +191,30 @@ class CaptureFiles:
             self.fd = -1
 
 
+def _slow_item(ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
+    return event_item(ts, seq, direction, orjson.loads(meta) if meta else None, data)
+
+
 def read_frames(buf: bytearray) -> list[tuple[float, int, int, bytes, bytes]]:
     """The whole frames at the start of ``buf`` (removed from it)."""
     out = []
     pos = 0
     end = len(buf)
     head = FRAME.size
-    while end - pos >= head:
-        length, ts, seq, direction, meta_len = FRAME.unpack_from(buf, pos)
-        stop = pos + 4 + length
-        if stop > end:
-            break
-        meta_at = pos + head
-        data_at = meta_at + meta_len
-        out.append((ts, seq, direction, bytes(buf[meta_at:data_at]), bytes(buf[data_at:stop])))
-        pos = stop
+    unpack = FRAME.unpack_from
+    # Slices of a view: one copy per piece (a bytearray slice would be a second).
+    with memoryview(buf) as view:
+        while end - pos >= head:
+            length, ts, seq, direction, meta_len = unpack(view, pos)
+            stop = pos + 4 + length
+            if stop > end:
+                break
+            meta_at = pos + head
+            data_at = meta_at + meta_len
+            out.append(
+                (ts, seq, direction, bytes(view[meta_at:data_at]), bytes(view[data_at:stop]))
+            )
+            pos = stop
     if pos:
         del buf[:pos]
     return out
@@ -216,6 +228,19 @@ class Writer:
         self.received = 0
         self.discarded = 0
         self._last_status = 0.0
+
+    @staticmethod
+    def items(buf: bytearray) -> list[bytes]:
+        """The CBOR items of the whole frames at the start of ``buf`` (removed from it).
+        The compiled core writes the usual small event itself (~0.4 µs against ~3.5 µs
+        through cbor2, which the writer's core shares with the gateway's peers); the
+        pure twin's byte-level version is slower than cbor2, so without the core every
+        event goes through cbor2."""
+        if IMPLEMENTATION == "cython":
+            items, used = capture_items(buf, COMPRESS_MIN, _slow_item)
+            del buf[:used]
+            return items
+        return [_slow_item(*frame) for frame in read_frames(buf)]
 
     def status(self) -> None:
         f = self.files
@@ -259,21 +284,16 @@ class Writer:
             if not chunk:
                 break
             buf += chunk
-            frames = read_frames(buf)
-            self.received += len(frames)
+            items = self.items(buf)
+            self.received += len(items)
             if self.disabled is None:
                 try:
-                    self.files.add(
-                        [
-                            event_item(ts, seq, d, json.loads(meta) if meta else None, data)
-                            for ts, seq, d, meta, data in frames
-                        ]
-                    )
+                    self.files.add(items)
                 except OSError as exc:
                     self.fail(exc)
                     self.status()
             else:
-                self.discarded += len(frames)
+                self.discarded += len(items)
             if time.monotonic() - self._last_status >= STATUS_EVERY_S / 5:
                 self.status()
         self.files.close()

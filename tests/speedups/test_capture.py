@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import struct
 from types import ModuleType
+from typing import Any
 
+import cbor2
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastproxy.storage.capture_writer import pack_event
+from fastproxy.storage.capture_writer import event_item, pack_event, read_frames
 
 from .helpers import FUZZ, other_impl
 
@@ -149,3 +152,153 @@ def test_frame_refuses_bad_input(speedups_impl: ModuleType) -> None:
     with pytest.raises(TypeError):
         speedups_impl.append_capture_frame(out, 0.0, 1, 1, None, b"x")  # meta must be bytes
     assert out == bytearray()
+
+
+class Owner:
+    """What the capture link is to a CaptureBuffer: its wake calls and the redactor."""
+
+    def __init__(self) -> None:
+        self.wakes: list[bool] = []
+        self.redacted: list[tuple[bytes, int]] = []
+
+    def wake(self, full: bool) -> None:
+        self.wakes.append(full)
+
+    def redact(self, data: bytes, flags: int) -> bytes:
+        self.redacted.append((data, flags))
+        return data.replace(b"sk-abcdefghijklmnopqrstuv", b"[REDACTED]")
+
+
+def frames(raw: bytes | bytearray) -> list[tuple[float, int, int, bytes, bytes]]:
+    out, at = [], 0
+    while at < len(raw):
+        length, ts, seq, direction, mlen = struct.unpack_from("<IdQBI", raw, at)
+        body = bytes(raw[at + 25 : at + 4 + length])
+        out.append((ts, seq, direction, body[:mlen], body[mlen:]))
+        at += 4 + length
+    return out
+
+
+def make(m: ModuleType, owner: Owner, limit: int = 1 << 20, full: int = 1 << 16) -> Any:
+    return m.CaptureBuffer(
+        (b"literal-secret",), (b"x-team",), owner.redact, owner.wake, limit, full, 1000.0, 0.0
+    )
+
+
+def test_buffer_frames_redacts_and_wakes(speedups_impl: ModuleType) -> None:
+    owner = Owner()
+    buf = make(speedups_impl, owner)
+    buf.event(0, b'{"rid":1}', b"POST / HTTP/1.1\r\n\r\n")
+    buf.event(2, b'{"rid":1}', memoryview(b"key sk-abcdefghijklmnopqrstuv"))
+    buf.event(1, b"{}", bytearray(b"ok"))
+    # The first frame into an empty buffer arms the owner's timer, once.
+    assert owner.wakes == [False]
+    # Only the piece with a trigger went through the redactor, with its flags.
+    assert owner.redacted == [(b"key sk-abcdefghijklmnopqrstuv", H | S)]
+    got = frames(buf.take())
+    assert [(seq, d, meta, data) for _, seq, d, meta, data in got] == [
+        (1, 0, b'{"rid":1}', b"POST / HTTP/1.1\r\n\r\n"),
+        (2, 2, b'{"rid":1}', b"key [REDACTED]"),
+        (3, 1, b"{}", b"ok"),
+    ]
+    stamps = [ts for ts, *_ in got]
+    assert stamps == sorted(stamps) and stamps[0] > 1000.0  # wall0 + monotonic since mono0
+    assert len(buf) == 0 and buf.seq == 3 and buf.dropped == 0
+    buf.event(1, b"{}", b"again")
+    assert owner.wakes == [False, False]  # empty again after take: the next frame wakes
+
+
+def test_buffer_full_hands_over_now(speedups_impl: ModuleType) -> None:
+    owner = Owner()
+    buf = make(speedups_impl, owner, full=100)
+    buf.event(1, b"{}", b"x" * 40)
+    buf.event(1, b"{}", b"x" * 40)  # 2 x (25 + 2 + 40) bytes: past full
+    assert owner.wakes == [False, True]
+
+
+def test_buffer_bound_drops_and_counts(speedups_impl: ModuleType) -> None:
+    owner = Owner()
+    buf = make(speedups_impl, owner, limit=100)
+    buf.event(1, b"{}", b"x" * 90)  # under the bound when it arrives: kept
+    buf.event(1, b"{}", b"y")  # 117 bytes wait: dropped
+    assert buf.seq == 1 and buf.dropped == 1
+    buf.take()
+    buf.backlog = 200  # the channel's transport still holds this much
+    buf.event(1, b"{}", b"z")
+    assert buf.dropped == 2 and len(buf) == 0
+    buf.backlog = 0
+    buf.event(1, b"{}", b"z")
+    assert buf.seq == 2
+
+
+def test_buffer_disabled_keeps_nothing(speedups_impl: ModuleType) -> None:
+    owner = Owner()
+    buf = make(speedups_impl, owner)
+    buf.event(1, b"{}", b"a")
+    buf.disabled = True
+    buf.clear()
+    buf.event(1, b"{}", b"b")
+    assert len(buf) == 0 and buf.seq == 1 and owner.wakes == [False]
+
+
+def reference_item(ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
+    """What the writer's cbor2 path makes of a frame: the bytes capture_items must equal."""
+    return event_item(ts, seq, direction, orjson.loads(meta) if meta else None, data)
+
+
+METAS = [
+    b"",
+    b"{}",
+    b'{"rid":12345}',
+    b'{"rid":1,"sid":"s\xc3\xa9ss","be":"openai","mod":"gpt-4o"}',
+    b'{"rid":0,"se":true,"sc":-500,"oc":null,"x":false}',
+    b'{"a":-1,"b":-24,"c":-25,"d":-256,"e":65536,"f":4294967296,"g":23,"h":24}',
+    # Not flat, or not written by hand: these take the slow way, with the same result.
+    b'{"a":1.5}',
+    b'{"a":"x\\"y"}',
+    b'{"a":{"b":1}}',
+    b'{"a":[1]}',
+    b'{"rid":123456789012345678901}',
+]
+
+
+def test_items_are_cbor2s_bytes(speedups_impl: ModuleType) -> None:
+    buf = bytearray()
+    for i, meta in enumerate(METAS):
+        for data in (b"", b"abc", b"x" * 300, b"z" * 2000):
+            pack = speedups_impl.append_capture_frame
+            pack(buf, 1733370000.5 + i, i * 100_003 + 7, i % 4, meta, data)
+    whole = len(buf)
+    buf += pack_event(1.0, 1, 1, b"{}", b"cut")[:-1]  # a frame not all here yet
+    slow: list[int] = []
+
+    def counted(ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
+        slow.append(seq)
+        return reference_item(ts, seq, direction, meta, data)
+
+    items, used = speedups_impl.capture_items(buf, 1024, counted)
+    assert used == whole
+    assert items == [reference_item(*f) for f in read_frames(bytearray(buf[:whole]))]
+    # The slow way is taken for the data to compress and the metas above marked so.
+    assert len(slow) == len(METAS) + 5 * 3
+    assert all(cbor2.loads(item)["dir"] in (0, 1, 2, 3) for item in items)
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=10)),
+        max_size=6,
+    ),
+    st.binary(max_size=40),
+    st.integers(0, 2**64 - 1),
+)
+def test_items_agree_with_cbor2_on_any_flat_meta(
+    speedups_impl: ModuleType, meta: dict[str, Any], data: bytes, seq: int
+) -> None:
+    raw = orjson.dumps(meta)
+    buf = bytearray()
+    speedups_impl.append_capture_frame(buf, 12.25, seq, 2, raw, data)
+    items, used = speedups_impl.capture_items(buf, 1024, reference_item)
+    assert used == len(buf) and items == [reference_item(12.25, seq, 2, raw, data)]

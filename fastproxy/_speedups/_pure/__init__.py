@@ -16,7 +16,9 @@ from .capture import (
     REDACT_LITERAL,
     REDACT_QUERY,
     REDACT_SHAPE,
+    CaptureBuffer,
     append_capture_frame,
+    capture_items,
     redact_flags,
 )
 from .counters import CounterBlock, count_bytes
@@ -71,6 +73,7 @@ __all__ = [
     "SSE_COMMENT",
     "SSE_ERROR",
     "SSE_EVENT",
+    "CaptureBuffer",
     "CounterBlock",
     "DeltaScanner",
     "SSEEvent",
@@ -78,6 +81,7 @@ __all__ = [
     "SSEScanner",
     "TokenEstimator",
     "append_capture_frame",
+    "capture_items",
     "count_bytes",
     "estimate_tokens",
     "fold_rollups",

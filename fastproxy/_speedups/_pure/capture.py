@@ -20,12 +20,25 @@ Trigger words, ASCII letters compared without case unless said otherwise:
 
 A frame (gateway → capture writer): u32 length of the rest, f64 wall-clock timestamp,
 u64 sequence number, u8 direction, u32 meta length, little-endian; then the meta (JSON)
-and the data. ``append_capture_frame`` appends one to the link's buffer in place.
+and the data. ``append_capture_frame`` appends one to a buffer in place.
+
+``CaptureBuffer`` is the loop's whole part per captured event, in one call: the bound
+(``limit`` bytes waiting here plus ``backlog``, what the channel's transport still holds;
+past it the event is dropped and counted), the timestamp (``wall0`` plus monotonic time
+since ``mono0``, so stamps never go backwards when the wall clock is stepped), the
+redaction test, the redaction itself through ``redact(data, flags)`` when a rule may
+apply, and the frame. ``wake(full)`` tells the owner when to hand the frames over: with
+``False`` when the first frame lands in an empty buffer (arm a timer), with ``True`` when
+the buffer reached ``full`` bytes (hand over now). ``take`` returns the frames and
+empties the buffer. ``seq`` numbers the events kept (1, 2, ...) and counts them.
 """
 
 from __future__ import annotations
 
+import re
 import struct
+import time
+from collections.abc import Callable
 
 REDACT_HEADER = 1
 REDACT_JSON = 2
@@ -80,3 +93,185 @@ def append_capture_frame(
     out += _FRAME.pack(_REST + len(meta) + size, ts, seq, direction, len(meta))
     out += meta
     out += data
+
+
+class CaptureBuffer:
+    __slots__ = (
+        "_extras",
+        "_full",
+        "_limit",
+        "_mono0",
+        "_out",
+        "_redact",
+        "_secrets",
+        "_wake",
+        "_wall0",
+        "backlog",
+        "disabled",
+        "dropped",
+        "seq",
+    )
+
+    def __init__(
+        self,
+        secrets: tuple[bytes, ...],
+        extras: tuple[bytes, ...],
+        redact: Callable[[bytes, int], bytes],
+        wake: Callable[[bool], None],
+        limit: int,
+        full: int,
+        wall0: float,
+        mono0: float,
+    ) -> None:
+        self._out = bytearray()
+        self.backlog = 0
+        self.disabled = False
+        self.seq = 0
+        self.dropped = 0
+        self._limit = limit
+        self._full = full
+        self._secrets = secrets
+        self._extras = extras
+        self._redact = redact
+        self._wake = wake
+        self._wall0 = wall0
+        self._mono0 = mono0
+
+    def __len__(self) -> int:
+        return len(self._out)
+
+    def take(self) -> bytearray:
+        out, self._out = self._out, bytearray()
+        return out
+
+    def clear(self) -> None:
+        self._out = bytearray()
+
+    def event(self, direction: int, meta: bytes, data: Buffer) -> None:
+        if self.disabled:
+            return
+        before = len(self._out)
+        if before + self.backlog > self._limit:
+            self.dropped += 1
+            return
+        ts = self._wall0 + (time.monotonic() - self._mono0)
+        flags = redact_flags(data, self._secrets, self._extras)
+        if flags:
+            data = self._redact(bytes(data), flags)
+        self.seq += 1
+        append_capture_frame(self._out, ts, self.seq, direction, meta, data)
+        if len(self._out) >= self._full:
+            self._wake(True)
+        elif before == 0:
+            self._wake(False)
+
+
+# -- the writer's side: frames to CBOR event items ------------------------------------
+# One CBOR map per frame: ts (float64), dir, seq, data and, when the frame has one, meta,
+# in that order, every head in its shortest form (what cbor2 writes for the same dict).
+# For the usual small event with a flat meta object the bytes are written here; data of
+# ``compress_min`` bytes or more, or a meta that is not a flat JSON object of strings
+# without escapes, integers, booleans and nulls, go to ``slow(ts, seq, direction, meta,
+# data)`` instead.
+
+_FLAT_STRING = re.compile(rb'"([^"\\\x00-\x1f]*)"')
+_FLAT_INT = re.compile(rb"-?[0-9]{1,18}(?![0-9.eE])")
+
+
+def _cbor_head(major: int, value: int) -> bytes:
+    mt = major << 5
+    if value < 24:
+        return bytes((mt | value,))
+    if value < 0x100:
+        return bytes((mt | 24, value))
+    if value < 0x10000:
+        return bytes((mt | 25,)) + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return bytes((mt | 26,)) + value.to_bytes(4, "big")
+    return bytes((mt | 27,)) + value.to_bytes(8, "big")
+
+
+def _meta_cbor(meta: bytes) -> bytes | None:
+    if len(meta) < 2 or meta[:1] != b"{" or meta[-1:] != b"}":
+        return None
+    if meta == b"{}":
+        return b"\xa0"
+    out = bytearray()
+    i, n, pairs = 1, len(meta), 0
+    while True:
+        key = _FLAT_STRING.match(meta, i)
+        if key is None or meta[key.end() : key.end() + 1] != b":":
+            return None
+        out += _cbor_head(3, len(key.group(1))) + key.group(1)
+        i = key.end() + 1
+        if (text := _FLAT_STRING.match(meta, i)) is not None:
+            out += _cbor_head(3, len(text.group(1))) + text.group(1)
+            i = text.end()
+        elif meta.startswith(b"true", i):
+            out += b"\xf5"
+            i += 4
+        elif meta.startswith(b"false", i):
+            out += b"\xf4"
+            i += 5
+        elif meta.startswith(b"null", i):
+            out += b"\xf6"
+            i += 4
+        elif (num := _FLAT_INT.match(meta, i)) is not None:
+            value = int(num.group())
+            if num.group() == b"-0":
+                return None
+            out += _cbor_head(1, -1 - value) if value < 0 else _cbor_head(0, value)
+            i = num.end()
+        else:
+            return None
+        pairs += 1
+        if meta[i : i + 1] == b",":
+            i += 1
+        elif i == n - 1:
+            break
+        else:
+            return None
+    if pairs >= 24:
+        return None
+    return bytes((0xA0 | pairs,)) + bytes(out)
+
+
+def capture_items(
+    buf: Buffer,
+    compress_min: int,
+    slow: Callable[[float, int, int, bytes, bytes], bytes],
+) -> tuple[list[bytes], int]:
+    view = memoryview(buf).cast("B")
+    items: list[bytes] = []
+    pos, end = 0, len(view)
+    while end - pos >= _FRAME.size:
+        length, ts, seq, direction, mlen = _FRAME.unpack_from(view, pos)
+        stop = pos + 4 + length
+        if stop > end or length < _REST:
+            break
+        meta_at = pos + _FRAME.size
+        data_at = meta_at + mlen
+        if data_at > stop:
+            break
+        meta, data = bytes(view[meta_at:data_at]), bytes(view[data_at:stop])
+        cbor_meta = _meta_cbor(meta) if meta else b""
+        if len(data) >= compress_min or cbor_meta is None:
+            items.append(slow(ts, seq, direction, meta, data))
+        else:
+            if cbor_meta == b"\xa0":
+                cbor_meta = b""  # an empty object: no meta, as cbor2's writer leaves it out
+            items.append(
+                (b"\xa5" if cbor_meta else b"\xa4")
+                + b"\x62ts\xfb"
+                + struct.pack(">d", ts)
+                + b"\x63dir"
+                + _cbor_head(0, direction)
+                + b"\x63seq"
+                + _cbor_head(0, seq)
+                + b"\x64data"
+                + _cbor_head(2, len(data))
+                + data
+                + (b"\x64meta" + cbor_meta if cbor_meta else b"")
+            )
+        pos = stop
+    return items, pos
