@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import time
 from typing import Any
@@ -46,7 +47,8 @@ async def metrics(views: Views, req: AdminRequest) -> AdminResponse:
         return json_response(doc)
     doc = policy.metrics_document()
     doc["sessions_replaced"] = policy.sessions_replaced
-    since = policy.started_wall
+    # Records keep milliseconds: a request in the reset's own millisecond is in the window.
+    since = math.floor(policy.started_wall * 1000) / 1000
     store = views.store
     groups: list[Group] | None = None
     source = "usage store"

@@ -27,7 +27,8 @@ A request's decision, in this order:
    say) is served as asked and consumes no turn; no other rule is rolled for it.
    Otherwise the first matching rule is taken; no rule, no replacement.
 2. Opt-outs: the header (the caller passes ``opt_out=True`` for
-   ``X-Disable-Replacement: true``) and then the session (``opt_out_session``). An
+   ``X-Disable-Replacement: true`` or ``session``; ``decide_request``) and then the
+   session (``opt_out_session``, which ``X-Disable-Replacement: session`` calls). An
    opted-out request is served as asked; an active replacement is not consumed by it.
 3. An active replacement serves the request with its target (``sticky``).
 4. Otherwise ``random() < probability`` is rolled once per eligible turn. A failed roll
@@ -574,6 +575,38 @@ class ReplacementPolicy:
 
 Resume = Callable[[Decision], None]
 
+# What a request's ``X-Disable-Replacement`` header asks for: ``true`` this request
+# served as asked; ``session`` the same, and the session opted out from now on (while
+# it is tracked: an idle session is forgotten, its opt-out with it). Anything else, or
+# no header: nothing.
+NO_OPT_OUT, OPT_OUT_REQUEST, OPT_OUT_SESSION = 0, 1, 2
+
+
+def opt_out_of(header: bytes | None) -> int:
+    if header is None:
+        return NO_OPT_OUT
+    value = header.strip().lower()
+    if value == b"true":
+        return OPT_OUT_REQUEST
+    if value == b"session":
+        return OPT_OUT_SESSION
+    return NO_OPT_OUT
+
+
+def decide_request(
+    policy: ReplacementPolicy,
+    session_id: str | None,
+    model: str,
+    backend: str,
+    opt_out: int,
+    dialect: str | None,
+) -> Decision:
+    """``policy.decide`` for a request's header opt-out (``opt_out_of``): a session
+    opt-out is recorded first; the request itself counts as a header opt-out."""
+    if opt_out == OPT_OUT_SESSION and session_id is not None:
+        policy.opt_out_session(session_id)
+    return policy.decide(session_id, model, backend, opt_out != NO_OPT_OUT, dialect)
+
 
 class Replacer(Protocol):
     """The request cycle's view of replacement (None on the plane when it is off).
@@ -588,7 +621,7 @@ class Replacer(Protocol):
         session_id: str | None,
         model: str,
         backend: str,
-        opt_out: bool,
+        opt_out: int,
         dialect: str,
         resume: Resume,
     ) -> Decision | None: ...
@@ -609,11 +642,11 @@ class LocalReplacer:
         session_id: str | None,
         model: str,
         backend: str,
-        opt_out: bool,
+        opt_out: int,
         dialect: str,
         resume: Resume,
     ) -> Decision | None:
-        return self.policy.decide(session_id, model, backend, opt_out, dialect)
+        return decide_request(self.policy, session_id, model, backend, opt_out, dialect)
 
     def finished(self, session_id: str | None, decision: Decision, ok: bool) -> None:
         self.policy.finished(session_id, decision, ok)

@@ -46,7 +46,7 @@ import orjson
 from ..core.errors import GatewayError, RequestRejected, UpstreamError
 from ..core.flow import FlowControl
 from ..core.records import ExchangeRecord
-from ..core.replacement import Decision, Replacer
+from ..core.replacement import Decision, Replacer, opt_out_of
 from ..core.seams import ActivityHandle, ExchangeTap, WireTap
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamConnection
@@ -447,7 +447,7 @@ class RequestCycle:
             self._replacer = replacer
             self._decision: Decision | None = None
             backend, first_model = candidates[0]
-            opt_out = (req.header(b"x-disable-replacement") or b"").strip().lower() == b"true"
+            opt_out = opt_out_of(req.header(b"x-disable-replacement"))
             decision = replacer.decide(
                 rec.session_id, first_model, backend.name, opt_out, dialect.name, self._decided
             )

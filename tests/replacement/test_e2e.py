@@ -247,8 +247,8 @@ def test_backend_error_does_not_consume_a_turn(
     recs = records(gw.url, 3)
     assert [r["http_status_code"] for r in recs] == [200, 500, 200]
     assert all(r["replacement"] == {"from": OPENAI_FROM, "to": OPENAI_TO} for r in recs)
-    # Effectiveness over the same records: one error in three replaced requests.
-    (rule, _) = doc["effectiveness"]
+    # Effectiveness over the same records (now stored): one error in three replaced.
+    (rule, _) = metrics(gw.url)["effectiveness"]
     assert rule["recorded_requests"] == 3 and rule["error_rate"] == pytest.approx(1 / 3)
 
 
@@ -422,3 +422,25 @@ def test_requests_without_a_matching_rule_are_not_counted(
     doc = metrics(gw.url)
     assert doc["probability_check_metrics"]["total_probability_checks"] == 0
     wait_until(lambda: records(gw.url, 1), what="the record")
+
+
+def test_session_opt_out_header_keeps_the_session_on_the_original(
+    start: Start, mocks: tuple[MockLLMServer, MockLLMServer]
+) -> None:
+    # X-Disable-Replacement: session on one request opts the whole session out: that
+    # request is a header opt-out, the session's later requests (no header) are
+    # session opt-outs, all served as asked; another session is still replaced.
+    orig, target = mocks
+    gw = start(turn_count=1)
+    with oai(gw) as client:
+        first = openai_turn(
+            client, "sess-out", stream=False, **{"X-Disable-Replacement": "session"}
+        )
+        later = [openai_turn(client, "sess-out", stream=True) for _ in range(2)]
+        other = openai_turn(client, "sess-in", stream=False)
+    assert [h["x-fastproxy-backend"] for h in (first, *later)] == ["openai.1"] * 3
+    assert other["x-fastproxy-backend"] == "openai.2"
+    assert models_seen(orig) == ["gpt-4o"] * 3 and models_seen(target) == ["gpt-4o-mini"]
+    opt = metrics(gw.url)["opt_out_metrics"]
+    assert (opt["header_opt_outs"], opt["session_opt_outs"], opt["total_opt_outs"]) == (1, 2, 3)
+    assert opt["unique_sessions_opted_out"] == 1
