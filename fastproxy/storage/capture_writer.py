@@ -49,6 +49,11 @@ STATUS_EVERY_S = 0.5
 # quarter at best. Heads and short JSON answers are most events, and the writer shares
 # its core with everything else; a kilobyte and up is where compressing pays.
 COMPRESS_MIN = 1024
+# zlib's fastest level: on stream chunks it compresses ~2.7x faster than the default (6)
+# for files ~15 % larger (0.024 of the input against 0.021 on a capture of SSE chunks).
+# The writer shares a core with everything else on a small machine, and at saturation
+# its compression rate, not the disk, decides how much of the traffic is captured.
+COMPRESS_LEVEL = 1
 
 
 def pack_event(ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
@@ -63,7 +68,7 @@ def event_item(
 ) -> bytes:
     event: dict[str, Any] = {"ts": ts, "dir": direction, "seq": seq}
     if len(data) >= COMPRESS_MIN:
-        packed = zlib.compress(data, 6)
+        packed = zlib.compress(data, COMPRESS_LEVEL)
         if len(packed) < len(data):
             event["data"] = packed
             event["enc"] = "zlib"
