@@ -444,3 +444,33 @@ def test_session_opt_out_header_keeps_the_session_on_the_original(
     opt = metrics(gw.url)["opt_out_metrics"]
     assert (opt["header_opt_outs"], opt["session_opt_outs"], opt["total_opt_outs"]) == (1, 2, 3)
     assert opt["unique_sessions_opted_out"] == 1
+
+
+def test_replaced_request_fails_over_along_the_targets_routes(
+    gateway_factory: Callable[..., RunningGateway],
+    mocks: tuple[MockLLMServer, MockLLMServer],
+) -> None:
+    # Bad input: the target backend answers 503 to everything. The replaced request
+    # fails over along the target's route (gpt-4o-mini -> openai.3:gpt-4o-mini), never
+    # the original's (gpt-4o -> openai.1:x: model "x" never reaches a backend), and is
+    # still marked replaced; 503 then 200 is one completed turn.
+    orig, target = mocks
+    cfg = tree(orig, target, turn_count=1)
+    cfg["backends"]["openai.3"] = {
+        **cfg["backends"]["openai.1"],
+        "models": ["gpt-4o-mini"],
+    }
+    cfg["failover_routes"] = {"gpt-4o-mini": ["openai.3:gpt-4o-mini"], "gpt-4o": ["openai.1:x"]}
+    gw = gateway_factory(cfg)
+    gw.lt.call(lambda: target.set_behaviour(status=503))
+    with oai(gw) as client:
+        headers = openai_turn(client, "sess-fo", stream=True)
+    assert headers["x-fastproxy-backend"] == "openai.3"
+    assert headers["x-fastproxy-replaced-from"] == OPENAI_FROM
+    assert models_seen(target) == ["gpt-4o-mini"]  # the 503
+    assert models_seen(orig) == ["gpt-4o-mini"]  # openai.3 is on the originals' mock
+    (rec,) = records(gw.url, 1)
+    assert rec["backend"] == "openai.3" and rec["attempts"] == 2
+    assert rec["replacement"] == {"from": OPENAI_FROM, "to": OPENAI_TO}
+    doc = metrics(gw.url)
+    assert doc["turn_count_metrics"]["total_turns_completed"] == 1
