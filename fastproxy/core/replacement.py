@@ -2,12 +2,12 @@
 
 Sans-I/O on purpose: no sockets, no event loop, no global state. The random source
 (``random.Random``) and the clock (a ``() -> float`` of seconds) are injected, so the
-same object is driven by the data plane (through ``dataplane/replacing.py``; with
-workers, by the primary on the workers' behalf) and by tests with a seeded generator and
-a hand-moved clock. ``metrics_document`` builds the counters part of
+same object is driven by the request cycle (``dataplane/cycle.py``, through
+``LocalReplacer`` below; with workers, by the primary on the workers' behalf:
+``workers/replacing.py``) and by tests with a seeded generator and a hand-moved clock. ``metrics_document`` builds the counters part of
 ``/v1/replacement/metrics``; the admin plane adds the effectiveness from the usage store.
 
-Rules (``{from_pattern, to_backend, to_model}``, CONTRACT.md section 7), matched against
+Rules (``{from_pattern, to_backend, to_model}``, as the contract defines them), matched against
 the backend and model a request would otherwise go to:
 
 - ``*`` matches every request;

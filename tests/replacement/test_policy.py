@@ -1,6 +1,7 @@
 """The replacement policy as a plain object: a seeded (or scripted) random source and a
-hand-moved clock, no gateway. CONTRACT.md section 7 is what is pinned here; the wiring
-into routing and the admin API is not built yet.
+hand-moved clock, no gateway. The contract's replacement semantics are what is pinned
+here; the wiring (routing, workers, the admin API) is tested end to end in test_e2e.py
+and test_workers.py.
 """
 
 from __future__ import annotations
