@@ -23,6 +23,9 @@ cdef enum:
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+cdef extern from *:
+    int _ctz64 "__builtin_ctzll"(unsigned long long x) noexcept nogil
+
 cdef extern from "string.h":
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
 
@@ -55,40 +58,102 @@ cdef inline int _after(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexc
     return 0
 
 
-cdef int _scan_words(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
+# Each trigger word is found from an anchor: a byte it holds at a known offset, chosen
+# rare in payloads: 'k' (key, token, cookie, sk-), 'z' (authorization, aiza), 'w'
+# (password); secret" from its last two bytes, t and the quote. SSE chunks are mostly
+# JSON text full of the letters that start trigger words, so testing each such letter
+# cost ~2 ns a byte; memchr finds the rare anchors at ~0.02 ns a byte, and the
+# t-then-quote pairs are found eight bytes at a time (a quote alone is too common an
+# anchor in JSON: every member name has two).
+
+cdef inline int _at_k(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     cdef int flags = 0
-    cdef int f
-    cdef unsigned char c
-    for i in range(n):
-        c = _lc(p[i])
-        if c == 107:  # k: key, key", key=
-            if _ci_word(p + i, n - i, "key", 3):
-                flags |= _R_HEADER | _after(p, i + 3, n)
-        elif c == 116:  # t: token", token=
-            if _ci_word(p + i, n - i, "token", 5):
-                flags |= _after(p, i + 5, n)
-        elif c == 97:  # a: authorization, authorization", aiza
-            if _ci_word(p + i, n - i, "authorization", 13):
-                f = _after(p, i + 13, n)
-                flags |= _R_HEADER | (f & _R_JSON)
-            elif _ci_word(p + i, n - i, "aiza", 4):
-                flags |= _R_SHAPE
-        elif c == 99:  # c: cookie
-            if _ci_word(p + i, n - i, "cookie", 6):
-                flags |= _R_HEADER
-        elif c == 115:  # s: secret", and sk- (case-sensitive: provider keys are lower case)
-            if p[i] == 115 and i + 2 < n and p[i + 1] == 107 and p[i + 2] == 45:
-                flags |= _R_SHAPE
-            elif _ci_word(p + i, n - i, "secret\"", 7):
-                flags |= _R_JSON
-        elif c == 112:  # p: password"
-            if _ci_word(p + i, n - i, "password\"", 9):
-                flags |= _R_JSON
-        else:
-            continue
-        if flags == _R_WORDS:
-            break
+    if _ci_word(p + i, n - i, "key", 3):  # key, key", key=
+        flags |= _R_HEADER | _after(p, i + 3, n)
+    if i >= 2 and _ci_word(p + i - 2, n - i + 2, "token", 5):  # to-k-en", to-k-en=
+        flags |= _after(p, i + 3, n)
+    if i >= 3 and _ci_word(p + i - 3, n - i + 3, "cookie", 6):  # coo-k-ie
+        flags |= _R_HEADER
+    # sk- (case-sensitive: provider keys are lower case)
+    if p[i] == 107 and i >= 1 and p[i - 1] == 115 and i + 1 < n and p[i + 1] == 45:
+        flags |= _R_SHAPE
+    return flags
+
+
+cdef inline int _at_z(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    cdef int flags = 0
+    # authori-z-ation, and authorization" (the byte after it is at i + 6)
+    if i >= 7 and _ci_word(p + i - 7, n - i + 7, "authorization", 13):
+        flags |= _R_HEADER | (_after(p, i + 6, n) & _R_JSON)
+    if i >= 2 and _ci_word(p + i - 2, n - i + 2, "aiza", 4):  # ai-z-a
+        flags |= _R_SHAPE
+    return flags
+
+
+cdef inline int _at_w(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    if i >= 4 and _ci_word(p + i - 4, n - i + 4, "password\"", 9):  # pass-w-ord"
+        return _R_JSON
+    return 0
+
+
+cdef inline int _at_quote(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    if i >= 6 and _ci_word(p + i - 6, n - i + 6, "secret\"", 7):  # secret-"
+        return _R_JSON
+    return 0
+
+
+cdef enum:
+    _ANCHORS = 6
+
+cdef unsigned char _ANCHOR_BYTES[_ANCHORS]
+_ANCHOR_BYTES[:] = [107, 75, 122, 90, 119, 87]  # k K z Z w W
+
+cdef uint64_t _L7F = 0x7F7F7F7F7F7F7F7FULL
+cdef uint64_t _QUOTES = 0x2222222222222222ULL
+cdef uint64_t _SPACES = 0x2020202020202020ULL
+cdef uint64_t _TS = 0x7474747474747474ULL
+
+
+cdef inline uint64_t _eq_bytes(uint64_t x, uint64_t pattern) noexcept nogil:
+    """0x80 in each byte of ``x`` equal to ``pattern``'s, 0 elsewhere (exact)."""
+    cdef uint64_t y = x ^ pattern
+    return ~(((y & _L7F) + _L7F) | y | _L7F)
+
+
+cdef int _scan_words(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef int flags = 0
+    cdef int a
+    cdef Py_ssize_t i, at
+    cdef const unsigned char* q
+    cdef const unsigned char* end = p + n
+    cdef uint64_t x, quotes, ts, hits, carry = 0
+    for a in range(_ANCHORS):
+        q = p
+        while q < end:
+            q = <const unsigned char*>memchr(q, _ANCHOR_BYTES[a], end - q)
+            if q == NULL:
+                break
+            i = q - p
+            flags |= _at_k(p, i, n) if a < 2 else (_at_z(p, i, n) if a < 4 else _at_w(p, i, n))
+            q += 1
+    # secret": a quote right after a t or T, eight bytes at a time (little-endian
+    # lanes: byte j of the word is p[i + j], so a t in lane j marks the quote in j + 1).
+    i = 0
+    while i + 8 <= n and not flags & _R_JSON:
+        memcpy(&x, p + i, 8)
+        quotes = _eq_bytes(x, _QUOTES)
+        ts = _eq_bytes(x | _SPACES, _TS)
+        hits = quotes & ((ts << 8) | carry)
+        carry = ts >> 56
+        while hits:
+            at = i + (_ctz64(hits) >> 3)
+            flags |= _at_quote(p, at, n)
+            hits &= hits - 1
+        i += 8
+    while i < n and not flags & _R_JSON:
+        if p[i] == 34:
+            flags |= _at_quote(p, i, n)
+        i += 1
     return flags
 
 
