@@ -257,6 +257,9 @@ class Suite:
                 for name in order:
                     rounds[name].append(self.clean_round(name, procs[name], sc, r))
             hwm = {n: (p.hwm_kib() if p else None) for n, p in procs.items()}
+            for name, proc in procs.items():
+                if proc is not None and self.features.get(name, {}).get("capture"):
+                    notes.append(f"{name}: {self.capture_kept(proc)}")
         finally:
             for proc in procs.values():
                 if proc is not None:
@@ -301,6 +304,18 @@ class Suite:
             if not (isinstance(diag, dict) and diag.get("activity_tracking_enabled") is True):
                 return "/v1/diagnostics does not report activity_tracking_enabled: true"
         return None
+
+    def capture_kept(self, proc: P.Proc) -> str:
+        """How much of the traffic the capture kept: a throughput figure with capture on
+        means little if the capture dropped events to reach it (its bound is full when
+        the writer falls behind, and traffic is never slowed for it)."""
+        health = P.http_get_json(proc.info["admin_port"], "/internal/health")
+        wc = health.get("wire_capture") if isinstance(health, dict) else None
+        if not isinstance(wc, dict):
+            return "wire capture status not reported"
+        kept, dropped = wc.get("events_captured", 0), wc.get("dropped", 0)
+        share = 100 * dropped / (kept + dropped) if kept + dropped else 0.0
+        return f"wire capture kept {kept} events, dropped {dropped} ({share:.2f} %)"
 
     def port(self, name: str, proc: P.Proc | None) -> int:
         assert self.backend is not None
