@@ -474,3 +474,39 @@ def test_replaced_request_fails_over_along_the_targets_routes(
     assert rec["replacement"] == {"from": OPENAI_FROM, "to": OPENAI_TO}
     doc = metrics(gw.url)
     assert doc["turn_count_metrics"]["total_turns_completed"] == 1
+
+
+def test_client_abort_does_not_consume_a_turn(
+    start: Start, mocks: tuple[MockLLMServer, MockLLMServer]
+) -> None:
+    # Bad input: the client closes a replaced stream after its first event. No turn is
+    # completed (turn_count 1: had the abort counted, the session would have returned
+    # and its next request would be a second activation).
+    _, target = mocks
+    gw = start(turn_count=1)
+    with oai(gw) as client:
+        with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o",
+            messages=MSGS,
+            stream=True,
+            extra_headers={
+                "x-session-id": "sess-abort",
+                "x-mock-tokens": "20",
+                "x-mock-interval-ms": "200",
+            },
+        ) as resp:
+            next(iter(resp.parse()))
+        # The gateway has finished with the aborted request once its record is stored.
+        (aborted,) = records(gw.url, 1)
+        assert aborted["outcome"] == "client_aborted"
+        assert aborted["replacement"] == {"from": OPENAI_FROM, "to": OPENAI_TO}
+        mid = metrics(gw.url)
+        assert mid["turn_count_metrics"]["total_turns_completed"] == 0
+        assert mid["sessions_replaced"] == 1
+        assert openai_turn(client, "sess-abort", stream=False)["x-fastproxy-backend"] == (
+            "openai.2"
+        )
+    doc = metrics(gw.url)
+    assert doc["activation_metrics"]["total_activations"] == 1
+    assert doc["turn_count_metrics"]["turn_count_distribution"] == {"1": 1}
+    assert models_seen(target) == ["gpt-4o-mini"] * 2
