@@ -1,0 +1,451 @@
+"""Load balancing: the order in which the backends that serve a model are tried.
+
+Sans-I/O, like ``core/replacement.py``: no sockets, no event loop, no global state; the
+random source (``random.Random``) and the clock (a ``() -> float`` of seconds) are
+injected, so tests drive the same objects with a seeded generator and a hand-moved
+clock. Not wired yet: routing still uses config order (docs/policy.md, "Load
+balancing", says what the wiring must do).
+
+The data plane tries candidates in order and fails over down the list, so balancing is
+an *ordering*, not a single pick. Three objects, because their state has three lifetimes:
+
+- ``BackendStats``: per backend, the requests in flight and a moving average of time to
+  first token. One per process, shared by every pool: a backend busy with slow
+  ``gpt-4o`` streams is busy for any model it serves.
+- ``Affinity``: session → backend, bounded (idle expiry and an LRU cap). One per process.
+- ``Balancer``: one per pool (a model several backends serve, or a group), holding the
+  strategy and its weights.
+
+Strategies (``Balancer.order``):
+
+- ``ordered``: config order, today's behaviour. With no affinity ``make_balancer``
+  returns None and the wiring skips balancing entirely, so it costs nothing.
+- ``weighted``: one ``random()`` picks the first candidate with probability
+  weight / total over the live candidates; the others follow in config order (a
+  second draw per failover step would cost on every request for a path that is rare).
+  A weight of 0 keeps a backend out of first place; it stays a failover candidate.
+- ``least_busy``: fewest requests in flight first (``BackendStats.started`` and
+  ``finished``). Ties for first place are broken **randomly** (seeded ``rng``): at low
+  load every count is 0, and config order would send everything to the first backend.
+  The others follow by count, ties in config order.
+- ``latency``: lowest exponentially weighted moving average of time to first token
+  first (``BackendStats.observed``). A backend whose newest sample is older than
+  ``reprobe_seconds`` (or that has none) is *due*: the first due candidate is put first
+  for one request (a probe), and is not due again until ``reprobe_seconds`` after that
+  grant or after its next sample. A sample arriving after such a gap replaces the average
+  instead of blending into it, so a backend that has recovered wins again from its first
+  probe. Backends with no sample that are not due go after the sampled ones, in config
+  order.
+
+Health and the breaker stay in charge. ``unavailable`` names the backends whose circuit
+is open (or half-open with its trial in flight); those are dropped, exactly as
+``dataplane/routing.py`` does today, and if that leaves nothing the input is returned
+unchanged (routing's "the original plan is tried anyway"). So an unavailable backend is
+never placed before a live one, by any strategy, affinity included.
+
+Affinity: a session is kept on the backend it was last bound to while that backend is
+among the live candidates of the pool. Otherwise the strategy orders and the session is
+bound to the new first candidate; ``served`` rebinds it to the backend that actually
+answered after a failover. So a session whose backend fails over moves and sticks to the
+new one, even once the old one recovers.
+
+``pool``: only the first ``pool`` candidates (the backends that serve the model as
+asked) are balanced; the rest (``failover_routes`` entries) keep their order after them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
+from typing import Literal, Protocol, TypeVar
+
+Strategy = Literal["ordered", "weighted", "least_busy", "latency"]
+STRATEGIES: tuple[Strategy, ...] = ("ordered", "weighted", "least_busy", "latency")
+
+
+class Named(Protocol):
+    """What a candidate's backend needs here (``httpclient.Backend`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+# A routing candidate: (backend, model), as ``dataplane.routing.Candidate`` is.
+C = TypeVar("C", bound=tuple[Named, str])
+
+
+class _Backend:
+    __slots__ = ("ewma", "in_flight", "probed_at", "sampled_at")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.ewma: float | None = None
+        self.sampled_at = -math.inf
+        self.probed_at = -math.inf
+
+
+class BackendStats:
+    """Requests in flight and time-to-first-token averages, per backend name.
+
+    Memory: one small record per backend name ever reported (the configured backends);
+    ``forget`` drops one a reload removed. Per process: with ``--workers`` each worker
+    balances its own traffic by its own counts.
+    """
+
+    __slots__ = ("_alpha", "_backends", "_clock", "reprobe_seconds")
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.3,
+        reprobe_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be within (0, 1], got {alpha}")
+        if not reprobe_seconds > 0:
+            raise ValueError(f"reprobe_seconds must be positive, got {reprobe_seconds}")
+        self._alpha = alpha
+        self.reprobe_seconds = reprobe_seconds
+        self._clock = clock
+        self._backends: dict[str, _Backend] = {}
+
+    def _get(self, backend: str) -> _Backend:
+        state = self._backends.get(backend)
+        if state is None:
+            state = self._backends[backend] = _Backend()
+        return state
+
+    def started(self, backend: str) -> None:
+        """A request is being sent to ``backend`` (each attempt, failovers included)."""
+        self._get(backend).in_flight += 1
+
+    def finished(self, backend: str) -> None:
+        """That attempt has ended, however it ended. Never below zero: a ``finished``
+        without its ``started`` (a reload in between) must not make a backend look
+        idler than idle."""
+        state = self._backends.get(backend)
+        if state is not None and state.in_flight > 0:
+            state.in_flight -= 1
+
+    def observed(self, backend: str, ttft_s: float) -> None:
+        """A successful attempt's time to first token. Failures are not fed in: the
+        breaker judges them, and a timeout's duration says nothing about speed."""
+        if not ttft_s >= 0.0 or ttft_s == math.inf:  # NaN, negative, inf: a caller bug
+            return
+        now = self._clock()
+        state = self._get(backend)
+        if state.ewma is None or now - state.sampled_at >= self.reprobe_seconds:
+            # After a gap the old average describes the backend as it was.
+            state.ewma = ttft_s
+        else:
+            state.ewma += self._alpha * (ttft_s - state.ewma)
+        state.sampled_at = now
+
+    def in_flight(self, backend: str) -> int:
+        state = self._backends.get(backend)
+        return 0 if state is None else state.in_flight
+
+    def latency(self, backend: str) -> float | None:
+        """The moving average in seconds, or None before the first sample."""
+        state = self._backends.get(backend)
+        return None if state is None else state.ewma
+
+    def forget(self, backend: str) -> None:
+        self._backends.pop(backend, None)
+
+    def _due(self, state: _Backend, now: float) -> bool:
+        return now - max(state.sampled_at, state.probed_at) >= self.reprobe_seconds
+
+
+class _Binding:
+    __slots__ = ("backend", "last_seen")
+
+    def __init__(self, backend: str, now: float) -> None:
+        self.backend = backend
+        self.last_seen = now
+
+
+class Affinity:
+    """Session → backend, per pool. A binding idle for ``idle_seconds`` is forgotten
+    (swept on every lookup and bind), and at most ``max_sessions`` are kept, the least
+    recently used dropped first. A forgotten session is balanced afresh."""
+
+    __slots__ = ("_bindings", "_clock", "_idle", "_max", "dropped", "expired")
+
+    def __init__(
+        self,
+        *,
+        idle_seconds: float = 3600.0,
+        max_sessions: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not idle_seconds > 0:
+            raise ValueError(f"idle_seconds must be positive, got {idle_seconds}")
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        self._idle = idle_seconds
+        self._max = max_sessions
+        self._clock = clock
+        # Least recently used first: the idle sweep and the cap both pop from the front.
+        self._bindings: OrderedDict[tuple[str, str], _Binding] = OrderedDict()
+        self.expired = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._bindings)
+
+    def _sweep(self, now: float) -> None:
+        bindings = self._bindings
+        while bindings:
+            binding = next(iter(bindings.values()))
+            if now - binding.last_seen < self._idle:
+                return
+            bindings.popitem(last=False)
+            self.expired += 1
+
+    def lookup(self, pool: str, session_id: str) -> str | None:
+        now = self._clock()
+        self._sweep(now)
+        key = (pool, session_id)
+        binding = self._bindings.get(key)
+        if binding is None:
+            return None
+        binding.last_seen = now
+        self._bindings.move_to_end(key)
+        return binding.backend
+
+    def bind(self, pool: str, session_id: str, backend: str) -> None:
+        now = self._clock()
+        self._sweep(now)
+        key = (pool, session_id)
+        binding = self._bindings.get(key)
+        if binding is not None:
+            binding.backend = backend
+            binding.last_seen = now
+            self._bindings.move_to_end(key)
+            return
+        self._bindings[key] = _Binding(backend, now)
+        if len(self._bindings) > self._max:
+            self._bindings.popitem(last=False)
+            self.dropped += 1
+
+
+class Balancer:
+    """The order to try one pool's candidates in; see the module docstring."""
+
+    __slots__ = (
+        "_affinity",
+        "_backend_weights",
+        "_member_weights",
+        "_rng",
+        "_stats",
+        "name",
+        "strategy",
+    )
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        name: str = "",
+        weights: Mapping[str, float] | None = None,
+        member_weights: Mapping[tuple[str, str], float] | None = None,
+        stats: BackendStats | None = None,
+        affinity: Affinity | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``name``: the pool (public model or group name), which keys affinity.
+        ``weights``: per backend name; ``member_weights``: per (backend, model), for
+        groups that list one backend with several models; it wins over ``weights``.
+        Missing weights are 1. ``stats`` is required by least_busy and latency."""
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+        if strategy in ("least_busy", "latency") and stats is None:
+            raise ValueError(f"strategy {strategy!r} needs the BackendStats it reads")
+        for key, w in (*(weights or {}).items(), *(member_weights or {}).items()):
+            if not (w >= 0.0 and math.isfinite(w)):
+                raise ValueError(f"weight of {key!r} must be a finite number >= 0, got {w}")
+        self.strategy = strategy
+        self.name = name
+        self._backend_weights = dict(weights or {})
+        self._member_weights = dict(member_weights or {})
+        self._stats = stats
+        self._affinity = affinity
+        self._rng = rng if rng is not None else random.Random()
+
+    def order(
+        self,
+        candidates: Sequence[C],
+        session_id: str | None = None,
+        unavailable: Container[str] = (),
+        pool: int | None = None,
+    ) -> list[C]:
+        """The candidates in the order to try them: a new list, without the
+        ``unavailable`` backends unless every candidate is one (then the input as it
+        is). Only the first ``pool`` candidates are balanced (all by default)."""
+        n = len(candidates)
+        k = n if pool is None or pool > n else pool
+        if unavailable:
+            live: list[C] = []
+            for i, c in enumerate(candidates):
+                if c[0].name in unavailable:
+                    if i < k:
+                        k -= 1
+                else:
+                    live.append(c)
+            if not live:
+                return list(candidates)
+        else:
+            live = list(candidates)
+        if k <= 1:
+            return live  # nothing to choose between (and nothing worth remembering)
+        head = live[:k] if k < len(live) else live
+        affinity = self._affinity
+        if affinity is not None and session_id is not None:
+            bound = affinity.lookup(self.name, session_id)
+            if bound is not None:
+                for i, c in enumerate(head):
+                    if c[0].name == bound:
+                        if i == 0:
+                            return live
+                        return [c, *live[:i], *live[i + 1 :]]
+            ordered = self._order(head)
+            affinity.bind(self.name, session_id, ordered[0][0].name)
+        else:
+            ordered = self._order(head)
+        if head is live:
+            return ordered
+        ordered.extend(live[k:])
+        return ordered
+
+    def served(self, session_id: str | None, backend: str) -> None:
+        """The pool's request for ``session_id`` was answered by ``backend`` (a 2xx
+        head): after a failover the session now sticks to it."""
+        if self._affinity is not None and session_id is not None:
+            self._affinity.bind(self.name, session_id, backend)
+
+    # -- strategies --------------------------------------------------------------------
+
+    def _order(self, head: list[C]) -> list[C]:
+        strategy = self.strategy
+        if strategy == "weighted":
+            return self._weighted(head)
+        if strategy == "least_busy":
+            return self._least_busy(head)
+        if strategy == "latency":
+            return self._latency(head)
+        return list(head)
+
+    def _weight(self, c: C) -> float:
+        name = c[0].name
+        if self._member_weights:
+            w = self._member_weights.get((name, c[1]))
+            if w is not None:
+                return w
+        return self._backend_weights.get(name, 1.0)
+
+    def _weighted(self, head: list[C]) -> list[C]:
+        weights = [self._weight(c) for c in head]
+        total = sum(weights)
+        if total <= 0.0:
+            return list(head)
+        x = self._rng.random() * total
+        pick = 0
+        for i, w in enumerate(weights):
+            if w > 0.0:
+                pick = i  # the last positive weight absorbs float rounding at the top
+                x -= w
+                if x < 0.0:
+                    break
+        if pick == 0:
+            return list(head)
+        return [head[pick], *head[:pick], *head[pick + 1 :]]
+
+    def _least_busy(self, head: list[C]) -> list[C]:
+        stats = self._stats
+        assert stats is not None
+        counts = [stats.in_flight(c[0].name) for c in head]
+        low = min(counts)
+        tied = [i for i, v in enumerate(counts) if v == low]
+        first = tied[0] if len(tied) == 1 else tied[self._rng.randrange(len(tied))]
+        rest = sorted((i for i in range(len(head)) if i != first), key=counts.__getitem__)
+        return [head[first], *(head[i] for i in rest)]
+
+    def _latency(self, head: list[C]) -> list[C]:
+        stats = self._stats
+        assert stats is not None
+        now = stats._clock()
+        probe: int | None = None
+        sampled: list[tuple[float, int]] = []
+        unsampled: list[int] = []
+        for i, c in enumerate(head):
+            state = stats._get(c[0].name)
+            if probe is None and stats._due(state, now):
+                probe = i
+                state.probed_at = now
+            elif state.ewma is None:
+                unsampled.append(i)
+            else:
+                sampled.append((state.ewma, i))
+        sampled.sort()  # ties: config order, through the index
+        out = [] if probe is None else [head[probe]]
+        out.extend(head[i] for _, i in sampled)
+        out.extend(head[i] for i in unsampled)
+        return out
+
+
+def make_balancer(
+    strategy: Strategy,
+    *,
+    name: str = "",
+    weights: Mapping[str, float] | None = None,
+    member_weights: Mapping[tuple[str, str], float] | None = None,
+    stats: BackendStats | None = None,
+    affinity: Affinity | None = None,
+    rng: random.Random | None = None,
+) -> Balancer | None:
+    """A balancer, or None when it would only return its input (``ordered`` with no
+    affinity): the wiring then skips balancing and pays one ``is None`` test."""
+    if strategy == "ordered" and affinity is None:
+        return None
+    return Balancer(
+        strategy,
+        name=name,
+        weights=weights,
+        member_weights=member_weights,
+        stats=stats,
+        affinity=affinity,
+        rng=rng,
+    )
+
+
+def validate_balancing(
+    where: str,
+    strategy: object,
+    weights: Mapping[str, object] | None = None,
+    backends: Collection[str] | None = None,
+) -> list[str]:
+    """Errors for one pool's settings, each naming ``where`` (the config key, e.g.
+    ``load_balancing.models['gpt-4o']``); empty when valid. ``backends``: the
+    configured backend names, to catch a weight for a backend that does not exist."""
+    errors: list[str] = []
+    if strategy not in STRATEGIES:
+        errors.append(f"{where}.strategy: got {strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    positive = False
+    for backend, w in (weights or {}).items():
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+            errors.append(f"{where}.weights[{backend!r}]: got {w!r}; allowed: a number >= 0")
+            continue
+        positive = positive or w > 0
+        if backends is not None and backend not in backends:
+            errors.append(
+                f"{where}.weights[{backend!r}]: no such backend; configured: "
+                f"{', '.join(sorted(backends)) or '(none)'}"
+            )
+    if weights and not positive and not errors:
+        errors.append(f"{where}.weights: every weight is 0; at least one must be positive")
+    return errors
