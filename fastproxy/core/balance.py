@@ -291,12 +291,13 @@ class Balancer:
         k = n if pool is None or pool > n else pool
         if unavailable:
             live: list[C] = []
+            dropped = 0
             for i, c in enumerate(candidates):
                 if c[0].name in unavailable:
-                    if i < k:
-                        k -= 1
+                    dropped += i < k
                 else:
                     live.append(c)
+            k -= dropped
             if not live:
                 return list(candidates)
         else:

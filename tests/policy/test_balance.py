@@ -383,6 +383,11 @@ def test_failover_routes_stay_after_the_pool(strategy: Strategy) -> None:
     # A pool member that is open shrinks the pool, not the failover part.
     assert names(b.order(cs, pool=2, unavailable={"b"})) == ["a", "x", "y"]
     assert names(b.order(cs, pool=2, unavailable={"a", "b"})) == ["x", "y"]
+    # Open members before and after a live one: the failover route is still not balanced
+    # into the pool.
+    wide = [*cands("a", "b", "c"), (B("x"), "other-model")]
+    for _ in range(50):
+        assert names(b.order(wide, pool=3, unavailable={"a", "c"})) == ["b", "x"]
 
 
 def test_order_returns_a_new_list() -> None:
