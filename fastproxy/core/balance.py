@@ -157,9 +157,6 @@ class BackendStats:
     def forget(self, backend: str) -> None:
         self._backends.pop(backend, None)
 
-    def _due(self, state: _Backend, now: float) -> bool:
-        return now - max(state.sampled_at, state.probed_at) >= self.reprobe_seconds
-
 
 class _Binding:
     __slots__ = ("backend", "last_seen")
@@ -208,7 +205,14 @@ class Affinity:
             self.expired += 1
 
     def lookup(self, pool: str, session_id: str) -> str | None:
+        return self._lookup(pool, session_id, self._clock())
+
+    def bind(self, pool: str, session_id: str, backend: str) -> None:
         now = self._clock()
+        self._sweep(now)
+        self._bind(pool, session_id, backend, now)
+
+    def _lookup(self, pool: str, session_id: str, now: float) -> str | None:
         self._sweep(now)
         key = (pool, session_id)
         binding = self._bindings.get(key)
@@ -218,9 +222,8 @@ class Affinity:
         self._bindings.move_to_end(key)
         return binding.backend
 
-    def bind(self, pool: str, session_id: str, backend: str) -> None:
-        now = self._clock()
-        self._sweep(now)
+    def _bind(self, pool: str, session_id: str, backend: str, now: float) -> None:
+        # ``order`` has just swept at ``now`` when it binds a session it looked up.
         key = (pool, session_id)
         binding = self._bindings.get(key)
         if binding is not None:
@@ -307,7 +310,8 @@ class Balancer:
         head = live[:k] if k < len(live) else live
         affinity = self._affinity
         if affinity is not None and session_id is not None:
-            bound = affinity.lookup(self.name, session_id)
+            now = affinity._clock()
+            bound = affinity._lookup(self.name, session_id, now)
             if bound is not None:
                 for i, c in enumerate(head):
                     if c[0].name == bound:
@@ -315,7 +319,7 @@ class Balancer:
                             return live
                         return [c, *live[:i], *live[i + 1 :]]
             ordered = self._order(head)
-            affinity.bind(self.name, session_id, ordered[0][0].name)
+            affinity._bind(self.name, session_id, ordered[0][0].name, now)
         else:
             ordered = self._order(head)
         if head is live:
@@ -341,16 +345,12 @@ class Balancer:
             return self._latency(head)
         return list(head)
 
-    def _weight(self, c: C) -> float:
-        name = c[0].name
-        if self._member_weights:
-            w = self._member_weights.get((name, c[1]))
-            if w is not None:
-                return w
-        return self._backend_weights.get(name, 1.0)
-
     def _weighted(self, head: list[C]) -> list[C]:
-        weights = [self._weight(c) for c in head]
+        member, backend = self._member_weights, self._backend_weights
+        weights: list[float] = []
+        for c in head:
+            w = member.get((c[0].name, c[1])) if member else None
+            weights.append(backend.get(c[0].name, 1.0) if w is None else w)
         total = sum(weights)
         if total <= 0.0:
             return list(head)
@@ -367,31 +367,49 @@ class Balancer:
         return [head[pick], *head[:pick], *head[pick + 1 :]]
 
     def _least_busy(self, head: list[C]) -> list[C]:
-        stats = self._stats
-        assert stats is not None
-        counts = [stats.in_flight(c[0].name) for c in head]
-        low = min(counts)
-        tied = [i for i, v in enumerate(counts) if v == low]
-        first = tied[0] if len(tied) == 1 else tied[self._rng.randrange(len(tied))]
-        rest = sorted((i for i in range(len(head)) if i != first), key=counts.__getitem__)
-        return [head[first], *(head[i] for i in rest)]
+        assert self._stats is not None
+        states = self._stats._backends
+        counts: list[int] = []
+        for c in head:
+            state = states.get(c[0].name)
+            counts.append(0 if state is None else state.in_flight)
+        if len(head) == 2:  # the common pool: no sort, no lists of ties
+            a, b = counts
+            if a < b or (a == b and self._rng.random() < 0.5):
+                return list(head)
+            return [head[1], head[0]]
+        ranked = sorted(range(len(head)), key=counts.__getitem__)  # stable: config order
+        low = counts[ranked[0]]
+        tied = 1
+        while tied < len(ranked) and counts[ranked[tied]] == low:
+            tied += 1
+        if tied > 1:
+            pick = int(self._rng.random() * tied)
+            ranked.insert(0, ranked.pop(pick))
+        return [head[i] for i in ranked]
 
     def _latency(self, head: list[C]) -> list[C]:
         stats = self._stats
         assert stats is not None
         now = stats._clock()
+        states = stats._backends
+        reprobe = stats.reprobe_seconds
         probe: int | None = None
         sampled: list[tuple[float, int]] = []
         unsampled: list[int] = []
         for i, c in enumerate(head):
-            state = stats._get(c[0].name)
-            if probe is None and stats._due(state, now):
+            state = states.get(c[0].name)
+            if state is None:
+                state = stats._get(c[0].name)
+            if probe is None and now - max(state.sampled_at, state.probed_at) >= reprobe:
                 probe = i
                 state.probed_at = now
             elif state.ewma is None:
                 unsampled.append(i)
             else:
                 sampled.append((state.ewma, i))
+        if probe is None and not unsampled and len(sampled) == 2:
+            return list(head) if sampled[0] <= sampled[1] else [head[1], head[0]]
         sampled.sort()  # ties: config order, through the index
         out = [] if probe is None else [head[probe]]
         out.extend(head[i] for _, i in sampled)

@@ -181,6 +181,15 @@ def test_least_busy_ties_are_random_not_config_order() -> None:
     counts = first_counts(b, cands("a", "b", "c"), 3000)
     for n in "abc":
         assert 900 <= counts[n] <= 1100, counts
+    two = first_counts(b, cands("a", "b"), 1000)
+    assert 450 <= two["a"] <= 550, two
+    # Only the tied lowest share first place: the busiest stays last.
+    b.order(cands("a", "b", "c"))
+    b._stats.started("c")  # type: ignore[union-attr]
+    for _ in range(100):
+        order = names(b.order(cands("a", "b", "c")))
+        assert order[2] == "c"
+        assert sorted(order[:2]) == ["a", "b"]
 
 
 def test_least_busy_rest_sorted_by_load() -> None:
