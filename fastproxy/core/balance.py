@@ -47,7 +47,12 @@ Affinity: a session is kept on the backend it was last bound to while that backe
 among the live candidates of the pool. Otherwise the strategy orders and the session is
 bound to the new first candidate; ``served`` rebinds it to the backend that actually
 answered after a failover. So a session whose backend fails over moves and sticks to the
-new one, even once the old one recovers.
+new one, even once the old one recovers. Under ``weighted`` a new session's first backend
+comes from weighted rendezvous hashing of its id rather than the random draw: the same
+shares, but every process (each worker keeps its own ``Affinity``) starts a session on
+the same backend and moves it to the same one when its backend's breaker opens. Under
+``least_busy`` and ``latency`` the pick follows the process's own counts. Sessions are
+keyed per pool (``Balancer.name``): a session that asks two models is bound once for each.
 
 ``pool``: only the first ``pool`` candidates (the backends that serve the model as
 asked) are balanced; the rest (``failover_routes`` entries) keep their order after them.
@@ -58,6 +63,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from typing import Literal, Protocol, TypeVar
@@ -318,7 +324,10 @@ class Balancer:
                         if i == 0:
                             return live
                         return [c, *live[:i], *live[i + 1 :]]
-            ordered = self._order(head)
+            if self.strategy == "weighted":
+                ordered = self._rendezvous(head, session_id)
+            else:
+                ordered = self._order(head)
             affinity._bind(self.name, session_id, ordered[0][0].name, now)
         else:
             ordered = self._order(head)
@@ -365,6 +374,32 @@ class Balancer:
         if pick == 0:
             return list(head)
         return [head[pick], *head[:pick], *head[pick + 1 :]]
+
+    def _rendezvous(self, head: list[C], session_id: str) -> list[C]:
+        """A new session's first backend under ``weighted`` with affinity: weighted
+        rendezvous hashing of the session id instead of a random draw. The share per
+        backend is the same (weight / total over many sessions), but every process picks
+        the same backend for a session without sharing state, so sessions whose requests
+        reach different workers, or a restarted gateway, start on one backend."""
+        member, backend = self._member_weights, self._backend_weights
+        best = -1
+        best_score = math.inf
+        key = session_id.encode("utf-8", "surrogatepass")
+        for i, c in enumerate(head):
+            w = member.get((c[0].name, c[1])) if member else None
+            if w is None:
+                w = backend.get(c[0].name, 1.0)
+            if w <= 0.0:
+                continue
+            # A stable hash (Python's own is salted per process) mapped into (0, 1).
+            h = zlib.crc32(c[1].encode(), zlib.crc32(c[0].name.encode(), zlib.crc32(key)))
+            h = (h * 0x9E3779B1) & 0xFFFFFFFF  # crc32 of near-equal inputs is too regular
+            score = -math.log((h + 0.5) / 4294967296.0) / w
+            if score < best_score:
+                best, best_score = i, score
+        if best <= 0:
+            return list(head)
+        return [head[best], *head[:best], *head[best + 1 :]]
 
     def _least_busy(self, head: list[C]) -> list[C]:
         assert self._stats is not None

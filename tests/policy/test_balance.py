@@ -319,6 +319,33 @@ def test_affinity_spreads_sessions_and_is_per_pool() -> None:
     assert two.order(cs, session_id="s0")[0][0].name == "b"
 
 
+def test_weighted_affinity_spreads_new_sessions_by_weight() -> None:
+    b, _, _ = balancer("weighted", affinity=True, weights={"a": 3, "b": 1})
+    homes = Counter(b.order(cands("a", "b"), session_id=f"s{i}")[0][0].name for i in range(1000))
+    assert 0.70 <= homes["a"] / 1000 <= 0.80, homes
+
+
+def test_weighted_affinity_agrees_across_processes() -> None:
+    # Two workers: separate balancers, separate random sources, no shared state. A
+    # session starts on the same backend in both, and moves to the same one when its
+    # backend's breaker opens.
+    w1, _, _ = balancer("weighted", seed=1, affinity=True, weights={"a": 1, "b": 1, "c": 1})
+    w2, _, _ = balancer("weighted", seed=2, affinity=True, weights={"a": 1, "b": 1, "c": 1})
+    cs = cands("a", "b", "c")
+    homes = set()
+    for i in range(300):
+        sid = f"session-{i}"
+        home = w1.order(cs, session_id=sid)[0][0].name
+        homes.add(home)
+        assert w2.order(cs, session_id=sid)[0][0].name == home
+    assert homes == {"a", "b", "c"}
+    for i in range(300, 400):
+        sid = f"session-{i}"
+        home = w1.order(cs, session_id=sid)[0][0].name
+        moved = w1.order(cs, session_id=sid, unavailable={home})[0][0].name
+        assert w2.order(cs, session_id=sid, unavailable={home})[0][0].name == moved != home
+
+
 def test_affinity_idle_expiry_and_lru_cap() -> None:
     clock = Clock()
     aff = Affinity(idle_seconds=60, max_sessions=2, clock=clock)
