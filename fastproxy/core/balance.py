@@ -46,7 +46,9 @@ never placed before a live one, by any strategy, affinity included.
 Affinity: a session is kept on the backend it was last bound to while that backend is
 among the live candidates of the pool. Otherwise the strategy orders and the session is
 bound to the new first candidate; ``served`` rebinds it to the backend that actually
-answered after a failover. So a session whose backend fails over moves and sticks to the
+answered after a failover. Under ``latency`` a request that carries a probe binds
+nothing (the probed backend is first because it is unmeasured, not because it is fast);
+the session is bound on its next request. So a session whose backend fails over moves and sticks to the
 new one, even once the old one recovers. Under ``weighted`` a new session's first backend
 comes from weighted rendezvous hashing of its id rather than the random draw: the same
 shares, but every process (each worker keeps its own ``Affinity``) starts a session on
@@ -228,6 +230,17 @@ class Affinity:
         self._bindings.move_to_end(key)
         return binding.backend
 
+    def move(self, pool: str, session_id: str, backend: str) -> None:
+        """Rebind a session that is bound (and not yet expired); others are left alone."""
+        now = self._clock()
+        self._sweep(now)
+        key = (pool, session_id)
+        binding = self._bindings.get(key)
+        if binding is not None:
+            binding.backend = backend
+            binding.last_seen = now
+            self._bindings.move_to_end(key)
+
     def _bind(self, pool: str, session_id: str, backend: str, now: float) -> None:
         # ``order`` has just swept at ``now`` when it binds a session it looked up.
         key = (pool, session_id)
@@ -326,6 +339,12 @@ class Balancer:
                         return [c, *live[:i], *live[i + 1 :]]
             if self.strategy == "weighted":
                 ordered = self._rendezvous(head, session_id)
+            elif self.strategy == "latency":
+                ordered, probing = self._latency_probing(head)
+                if probing:
+                    # A probe goes to a backend because it is unmeasured, not because
+                    # it is fast: the session is bound on its next request instead.
+                    return ordered + live[k:] if head is not live else ordered
             else:
                 ordered = self._order(head)
             affinity._bind(self.name, session_id, ordered[0][0].name, now)
@@ -338,9 +357,10 @@ class Balancer:
 
     def served(self, session_id: str | None, backend: str) -> None:
         """The pool's request for ``session_id`` was answered by ``backend`` (a 2xx
-        head): after a failover the session now sticks to it."""
+        head): a bound session that failed over now sticks to it. It binds no new
+        session: ``order`` decides whether a session is bound (a latency probe is not)."""
         if self._affinity is not None and session_id is not None:
-            self._affinity.bind(self.name, session_id, backend)
+            self._affinity.move(self.name, session_id, backend)
 
     # -- strategies --------------------------------------------------------------------
 
@@ -424,6 +444,10 @@ class Balancer:
         return [head[i] for i in ranked]
 
     def _latency(self, head: list[C]) -> list[C]:
+        return self._latency_probing(head)[0]
+
+    def _latency_probing(self, head: list[C]) -> tuple[list[C], bool]:
+        """The latency order, and whether its first candidate is a probe."""
         stats = self._stats
         assert stats is not None
         now = stats._clock()
@@ -444,12 +468,12 @@ class Balancer:
             else:
                 sampled.append((state.ewma, i))
         if probe is None and not unsampled and len(sampled) == 2:
-            return list(head) if sampled[0] <= sampled[1] else [head[1], head[0]]
+            return (list(head) if sampled[0] <= sampled[1] else [head[1], head[0]]), False
         sampled.sort()  # ties: config order, through the index
         out = [] if probe is None else [head[probe]]
         out.extend(head[i] for _, i in sampled)
         out.extend(head[i] for i in unsampled)
-        return out
+        return out, probe is not None
 
 
 def make_balancer(

@@ -313,10 +313,40 @@ def test_affinity_spreads_sessions_and_is_per_pool() -> None:
     cs = cands("a", "b")
     homes = Counter(one.order(cs, session_id=f"s{i}")[0][0].name for i in range(400))
     assert 150 <= homes["a"] <= 250, homes
+    two.order(cs, session_id="s0")
     one.served("s0", "a")
     two.served("s0", "b")
     assert one.order(cs, session_id="s0")[0][0].name == "a"
     assert two.order(cs, session_id="s0")[0][0].name == "b"
+
+
+def test_served_moves_a_bound_session_but_binds_no_new_one() -> None:
+    b, _, _ = balancer("ordered", affinity=True)
+    cs = cands("a", "b")
+    b.served("new", "b")
+    assert names(b.order(cs, session_id="new")) == ["a", "b"]  # bound to a only now
+    b.served("new", "b")
+    assert names(b.order(cs, session_id="new")) == ["b", "a"]
+
+
+def test_latency_probe_does_not_bind_the_session() -> None:
+    b, stats, clock = balancer("latency", affinity=True)
+    cs = cands("a", "b")
+    stats.observed("a", 0.1)
+    clock.now += 0.01
+    # b has no sample: this session's first request probes it, and is not bound to it.
+    assert names(b.order(cs, session_id="s")) == ["b", "a"]
+    b.served("s", "b")
+    stats.observed("b", 3.0)
+    for _ in range(50):
+        assert names(b.order(cs, session_id="s")) == ["a", "b"]
+    # Bound to a now: a later probe of b goes to a session-less request or a new
+    # session, not to this one.
+    clock.now += stats.reprobe_seconds
+    stats.observed("a", 0.1)  # a keeps serving; b has been silent for reprobe_seconds
+    assert names(b.order(cs, session_id="s")) == ["a", "b"]
+    assert names(b.order(cs, session_id="other")) == ["b", "a"]
+    assert names(b.order(cs, session_id="s")) == ["a", "b"]
 
 
 def test_weighted_affinity_spreads_new_sessions_by_weight() -> None:
