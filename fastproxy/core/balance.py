@@ -45,16 +45,17 @@ never placed before a live one, by any strategy, affinity included.
 
 Affinity: a session is kept on the backend it was last bound to while that backend is
 among the live candidates of the pool. Otherwise the strategy orders and the session is
-bound to the new first candidate; ``served`` rebinds it to the backend that actually
-answered after a failover. Under ``latency`` a request that carries a probe binds
-nothing (the probed backend is first because it is unmeasured, not because it is fast);
-the session is bound on its next request. So a session whose backend fails over moves and sticks to the
-new one, even once the old one recovers. Under ``weighted`` a new session's first backend
-comes from weighted rendezvous hashing of its id rather than the random draw: the same
-shares, but every process (each worker keeps its own ``Affinity``) starts a session on
-the same backend and moves it to the same one when its backend's breaker opens. Under
-``least_busy`` and ``latency`` the pick follows the process's own counts. Sessions are
-keyed per pool (``Balancer.name``): a session that asks two models is bound once for each.
+bound to the new first candidate; ``served`` moves a bound session to the backend that
+actually answered after a failover (it binds no new session). So a session whose
+backend fails over moves and sticks to the new one, even once the old one recovers.
+Under ``weighted`` a new session's first backend comes from weighted rendezvous hashing
+of its id rather than the random draw: the same shares, but every process (each worker
+keeps its own ``Affinity``) starts a session on the same backend and moves it to the
+same one when its backend's breaker opens. Under ``least_busy`` and ``latency`` the pick
+follows the process's own counts, and a ``latency`` request that carries a probe binds
+nothing (the probed backend is first because it is unmeasured, not because it is fast):
+the session is bound on its next request. Sessions are keyed per pool
+(``Balancer.name``): a session that asks two models is bound once for each.
 
 ``pool``: only the first ``pool`` candidates (the backends that serve the model as
 asked) are balanced; the rest (``failover_routes`` entries) keep their order after them.

@@ -61,7 +61,8 @@ def balancer(
     clock = clock or Clock()
     stats = BackendStats(clock=clock)
     aff = Affinity(clock=clock) if affinity else None
-    b = Balancer(strategy, name="pool", stats=stats, affinity=aff, rng=random.Random(seed), **kw)  # type: ignore[arg-type]
+    rng = random.Random(seed)
+    b = Balancer(strategy, name="pool", stats=stats, affinity=aff, rng=rng, **kw)  # type: ignore[arg-type]
     return b, stats, clock
 
 
