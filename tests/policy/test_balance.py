@@ -211,6 +211,15 @@ def test_finished_never_goes_below_zero() -> None:
     assert stats.in_flight("b") == 0
 
 
+def test_forget_drops_a_removed_backends_state() -> None:
+    stats = BackendStats()
+    stats.started("gone")
+    stats.observed("gone", 1.0)
+    stats.forget("gone")
+    assert stats.in_flight("gone") == 0
+    assert stats.latency("gone") is None
+
+
 # -- latency ---------------------------------------------------------------------------
 
 
