@@ -380,6 +380,8 @@ class _Lease:
         "used_at",
         "used_r",
         "used_t",
+        "waiting_r",
+        "waiting_t",
     )
 
     def __init__(self, scope: Scope, now: float) -> None:
@@ -390,6 +392,8 @@ class _Lease:
         self.used_r = 0  # used since the last report
         self.used_t = 0
         self.used_at = 0.0  # when the latest of those uses happened
+        self.waiting_r = 0  # requests waiting for a grant, and their estimates: an ask
+        self.waiting_t = 0  # wants enough for all of them, not one per round trip
         self.asking = False  # an ask is in flight (at most one)
         self.asked_at = 0.0
         self.seq = 0
@@ -586,6 +590,7 @@ class Limiter:
         while self._waiting and now - self._waiting[0].since >= self._wait_timeout:
             waited = self._waiting.pop(0)
             leases = self._leases_for(waited.scopes, now)
+            self._count_waiting(leases, waited.tokens, -1)
             out.append((waited, self._admit(leases, now, waited.tokens)))
         out.extend(self._resume(now))
         return out
@@ -674,10 +679,12 @@ class Limiter:
 
     def _wants(self, lease: _Lease, tokens: int) -> tuple[int, int]:
         scope = lease.scope
-        want_r = self._lease_size(scope.rpm) - lease.left_r if scope.rpm is not None else 0
+        want_r = 0
+        if scope.rpm is not None:
+            want_r = self._lease_size(scope.rpm) + lease.waiting_r - lease.left_r
         want_t = 0
         if scope.tpm is not None:
-            want_t = max(self._lease_size(scope.tpm), tokens) - lease.left_t
+            want_t = max(self._lease_size(scope.tpm), tokens) + lease.waiting_t - lease.left_t
         return max(0, want_r), max(0, want_t)
 
     def _blocked(self, lease: _Lease, now: float) -> Refusal | None:
@@ -750,18 +757,27 @@ class Limiter:
     def _park(self, scopes: Sequence[Scope], tokens: int, now: float) -> Wait:
         waiting = Wait(scopes, tokens, now)
         self._waiting.append(waiting)
+        self._count_waiting(self._leases_for(scopes, now), tokens, 1)
         return waiting
+
+    def _count_waiting(self, leases: Sequence[_Lease], tokens: int, sign: int) -> None:
+        for lease in leases:
+            lease.waiting_r += sign
+            lease.waiting_t += sign * tokens
 
     def _resume(self, now: float) -> list[tuple[Wait, Handle | Refusal]]:
         out: list[tuple[Wait, Handle | Refusal]] = []
-        still: list[Wait] = []
-        for waited in self._waiting:
+        pending, self._waiting = self._waiting, []
+        for waited in pending:
+            leases = self._leases_for(waited.scopes, now)
+            # Not counted while it is decided, so an ask it makes wants for the others.
+            self._count_waiting(leases, waited.tokens, -1)
             outcome = self._try(waited.scopes, waited.tokens, now)
             if outcome is None:
-                still.append(waited)
+                self._waiting.append(waited)
+                self._count_waiting(leases, waited.tokens, 1)
             else:
                 out.append((waited, outcome))
-        self._waiting = still
         return out
 
     def _info(self, leases: Sequence[_Lease], now: float) -> RateInfo:

@@ -30,11 +30,17 @@ class Cluster:
         start: float = 0.0,
         lease_fraction: float = 0.005,
         lease_seconds: float = 5.0,
+        wait_timeout: float = 2.0,
     ) -> None:
         self.clock = Clock(start)
         self.ledger = Ledger(clock=self.clock, lease_seconds=lease_seconds)
         self.limiters = [
-            Limiter(clock=self.clock, worker=i, lease_fraction=lease_fraction)
+            Limiter(
+                clock=self.clock,
+                worker=i,
+                lease_fraction=lease_fraction,
+                wait_timeout=wait_timeout,
+            )
             for i in range(workers)
         ]
         self.delay = delay

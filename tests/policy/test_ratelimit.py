@@ -316,6 +316,16 @@ def test_a_worker_waits_for_its_first_grant_then_admits_locally() -> None:
     admitted(lim.reserve(scopes, 0))
 
 
+def test_a_burst_on_a_fresh_worker_waits_at_most_two_round_trips() -> None:
+    cluster = Cluster(workers=2, delay=0.01)
+    scopes = (Scope("key:a", rpm=60, tpm=100_000),)  # leases of 1 request
+    for _ in range(30):
+        cluster.arrive(0.0, 0, scopes, 100)
+    cluster.run(0.05)  # two round trips of 20 ms
+    assert len(cluster.admitted) == 30 and not cluster.refused
+    assert cluster.asks <= 3
+
+
 def test_a_stale_grant_is_ignored() -> None:
     clock = Clock()
     ledger = Ledger(clock=clock)
@@ -471,7 +481,9 @@ def test_two_workers_share_tokens_per_minute_with_settled_usage() -> None:
 def test_no_60_seconds_ever_admit_more_than_the_limit(
     gaps: list[float], workers: list[int], limit: int, delay: float
 ) -> None:
-    cluster = Cluster(workers=2, delay=delay, lease_fraction=0.1)
+    # A grant slower than wait_timeout admits without a permit (fail open, tested
+    # apart): the bound is about the leases, so the wait never times out here.
+    cluster = Cluster(workers=2, delay=delay, lease_fraction=0.1, wait_timeout=1e9)
     scopes = (Scope("key:a", rpm=limit),)
     at = 0.0
     for gap, w in zip(gaps, workers, strict=False):
