@@ -359,6 +359,10 @@ class Ledger:
 # -- the limiter -----------------------------------------------------------------------
 
 
+def _lease_size(limit: int, fraction: float) -> int:
+    return max(1, math.ceil(limit * fraction))
+
+
 class _Lease:
     """One scope's permits in a limiter."""
 
@@ -371,6 +375,10 @@ class _Lease:
         "last_use",
         "left_r",
         "left_t",
+        "low_r",
+        "low_t",
+        "need_r",
+        "need_t",
         "reset_at",
         "retry_r",
         "retry_t",
@@ -384,8 +392,8 @@ class _Lease:
         "waiting_t",
     )
 
-    def __init__(self, scope: Scope, now: float) -> None:
-        self.scope = scope
+    def __init__(self, scope: Scope, now: float, fraction: float) -> None:
+        self.set_scope(scope, fraction)
         self.left_r = 0  # permits held, not used
         self.left_t = 0
         self.tok_held = 0  # estimates of requests in flight
@@ -405,6 +413,15 @@ class _Lease:
         self.last_use = now
         self.last_report = now
 
+    def set_scope(self, scope: Scope, fraction: float) -> None:
+        # Precomputed so the request path compares plain ints: a resource that is not
+        # limited needs 0 permits and never reaches low water (-1).
+        self.scope = scope
+        self.need_r = 0 if scope.rpm is None else 1
+        self.need_t = 0 if scope.tpm is None else 1
+        self.low_r = -1 if scope.rpm is None else _lease_size(scope.rpm, fraction) // 2
+        self.low_t = -1 if scope.tpm is None else _lease_size(scope.tpm, fraction) // 2
+
 
 class Handle:
     """An admitted request: give it back to ``settle`` when the request ends."""
@@ -415,12 +432,13 @@ class Handle:
         self.leases = leases
         self.tokens = tokens
         # Per lease, the part of the estimate that came out of the lease (the rest was
-        # borrowed past zero): only that part can go back into it at settle.
+        # borrowed past zero): only that part can go back into it at settle. -1: the
+        # lease does not limit tokens.
         self.taken = taken
         self.settled = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per response, and frozen __init__ is slow
 class RateInfo:
     """The values of the x-ratelimit-* headers; None: that resource is not limited."""
 
@@ -508,6 +526,21 @@ class Limiter:
         """Admit (a ``Handle``), refuse (a ``Refusal``) or, in a worker whose lease ran
         dry, ``Wait``. ``tokens``: the prompt estimate."""
         now = self._clock()
+        # The common case: every scope's lease holds a permit. Plain lookups only.
+        leases = self._leases
+        got = []
+        for scope in scopes:
+            lease = leases.get(scope.name)
+            if (
+                lease is None
+                or lease.scope is not scope
+                or lease.left_r < lease.need_r
+                or lease.left_t < lease.need_t
+            ):
+                break
+            got.append(lease)
+        else:
+            return self._admit(got, now, tokens)
         # A scope with requests waiting has an ask in flight and no permits, so a new
         # request for it waits too (behind them); other scopes are not held up.
         outcome = self._try(scopes, tokens, now)
@@ -522,11 +555,14 @@ class Limiter:
             return
         handle.settled = True
         estimate = handle.tokens
-        actual = estimate if actual_tokens is None else max(0, actual_tokens)
+        actual = estimate if actual_tokens is None or actual_tokens < 0 else actual_tokens
         now = self._clock()
-        for lease, taken in zip(handle.leases, handle.taken, strict=True):
-            if lease.scope.tpm is None:
-                continue
+        leases, takens = handle.leases, handle.taken
+        for i in range(len(leases)):  # (zip(strict=True) costs more than the body)
+            taken = takens[i]
+            if taken < 0:
+                continue  # tokens were not limited when it was admitted
+            lease = leases[i]
             lease.tok_held -= estimate
             lease.used_t += actual
             lease.used_at = now
@@ -536,7 +572,8 @@ class Limiter:
             # What the request took from the lease and did not use goes back; what it
             # used beyond that comes out of the lease, and past zero it is simply
             # counted (as used, in the next report): the ledger never loses it.
-            lease.left_t = max(0, lease.left_t + taken - actual)
+            left = lease.left_t + taken - actual
+            lease.left_t = left if left > 0 else 0
 
     def info(self, handle: Handle) -> RateInfo:
         """Header values for an admitted request: the tightest of its scopes."""
@@ -606,11 +643,11 @@ class Limiter:
         for scope in scopes:
             lease = leases.get(scope.name)
             if lease is None:
-                lease = leases[scope.name] = _Lease(scope, now)
+                lease = leases[scope.name] = _Lease(scope, now, self._fraction)
             elif lease.scope is not scope:
                 # A reload changed the limit: what the ledger said under the old one
                 # no longer holds.
-                lease.scope = scope
+                lease.set_scope(scope, self._fraction)
                 lease.retry_r = lease.retry_t = 0.0
             out.append(lease)
         return tuple(out)
@@ -643,48 +680,47 @@ class Limiter:
         # nothing without saying until when does this; refuse rather than loop.
         return self._refuse(short, now) if short is not None else None
 
-    def _admit(self, leases: tuple[_Lease, ...], now: float, tokens: int) -> Handle:
+    def _admit(self, leases: Sequence[_Lease], now: float, tokens: int) -> Handle:
         taken = []
         for lease in leases:
             lease.last_use = now
-            scope = lease.scope
-            if scope.rpm is not None:
+            if lease.need_r:
                 lease.used_at = now
                 lease.used_r += 1
-                if lease.left_r > 0:
+                if lease.left_r > 0:  # 0 only when a wait timed out (fail open)
                     lease.left_r -= 1
-            if scope.tpm is not None:
+            if lease.need_t:
                 lease.tok_held += tokens
-                took = tokens if tokens < lease.left_t else lease.left_t
-                lease.left_t -= took
+                left = lease.left_t
+                took = tokens if tokens < left else left
+                lease.left_t = left - took
                 taken.append(took)
             else:
-                taken.append(0)
-            if not lease.asking and (
-                (scope.rpm is not None and lease.left_r * 2 <= self._lease_size(scope.rpm))
-                or (scope.tpm is not None and lease.left_t * 2 <= self._lease_size(scope.tpm))
-            ):
-                # Low water: refill before it runs dry, so the next request need not wait.
-                # Blocked resources want nothing until their retry time.
-                want_r, want_t = self._wants(lease, 0)
-                if now < lease.retry_r:
-                    want_r = 0
-                if now < lease.retry_t:
-                    want_t = 0
-                self._ask(lease, want_r, want_t, now)
-        return Handle(leases, tokens, tuple(taken))
+                taken.append(-1)
+            if (lease.left_r <= lease.low_r or lease.left_t <= lease.low_t) and not lease.asking:
+                self._refill(lease, now)
+        return Handle(tuple(leases), tokens, tuple(taken))
 
-    def _lease_size(self, limit: int) -> int:
-        return max(1, math.ceil(limit * self._fraction))
+    def _refill(self, lease: _Lease, now: float) -> None:
+        # Low water: refill before it runs dry, so the next request need not wait.
+        # Blocked resources want nothing until their retry time.
+        want_r, want_t = self._wants(lease, 0)
+        if now < lease.retry_r:
+            want_r = 0
+        if now < lease.retry_t:
+            want_t = 0
+        self._ask(lease, want_r, want_t, now)
 
     def _wants(self, lease: _Lease, tokens: int) -> tuple[int, int]:
         scope = lease.scope
         want_r = 0
         if scope.rpm is not None:
-            want_r = self._lease_size(scope.rpm) + lease.waiting_r - lease.left_r
+            want_r = _lease_size(scope.rpm, self._fraction) + lease.waiting_r - lease.left_r
         want_t = 0
         if scope.tpm is not None:
-            want_t = max(self._lease_size(scope.tpm), tokens) + lease.waiting_t - lease.left_t
+            want_t = (
+                max(_lease_size(scope.tpm, self._fraction), tokens) + lease.waiting_t - lease.left_t
+            )
         return max(0, want_r), max(0, want_t)
 
     def _blocked(self, lease: _Lease, now: float) -> Refusal | None:
@@ -785,15 +821,24 @@ class Limiter:
         reset_r = reset_t = None
         for lease in leases:
             scope = lease.scope
-            reset = max(0.0, max(lease.reset_at, lease.last_use + self._window) - now)
-            if scope.rpm is not None:
-                remaining = min(scope.rpm, lease.free_r + lease.left_r)
+            reset = lease.last_use + self._window
+            if lease.reset_at > reset:
+                reset = lease.reset_at
+            reset = reset - now if reset > now else 0.0
+            rpm = scope.rpm
+            if rpm is not None:
+                remaining = lease.free_r + lease.left_r
+                if remaining > rpm:
+                    remaining = rpm
                 if remaining_r is None or remaining < remaining_r:
-                    limit_r, remaining_r, reset_r = scope.rpm, remaining, reset
-            if scope.tpm is not None:
-                remaining = min(scope.tpm, lease.free_t + lease.left_t)
+                    limit_r, remaining_r, reset_r = rpm, remaining, reset
+            tpm = scope.tpm
+            if tpm is not None:
+                remaining = lease.free_t + lease.left_t
+                if remaining > tpm:
+                    remaining = tpm
                 if remaining_t is None or remaining < remaining_t:
-                    limit_t, remaining_t, reset_t = scope.tpm, remaining, reset
+                    limit_t, remaining_t, reset_t = tpm, remaining, reset
         return RateInfo(limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t)
 
 
@@ -802,22 +847,32 @@ class Limiter:
 
 def format_duration(seconds: float) -> str:
     """A duration as OpenAI writes its reset headers (Go's time.Duration format):
-    ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h0m0s``. Rounded *up* to the millisecond, so
-    a client that waits that long is never early."""
-    ms = math.ceil(seconds * 1000 - 1e-6) if seconds > 0 else 0
-    if ms == 0:
+    ``20ms``, ``1s``, ``6m0s``, ``1h0m0s``. Rounded *up*, so a client that waits that long
+    is never early: to the millisecond below a second, to the second from one second up
+    (a pacing hint does not need more, and whole seconds render from a table)."""
+    if seconds <= 0:
         return "0s"
-    if ms < 1000:
-        return f"{ms}ms"
-    hours, rest = divmod(ms, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    whole, frac = divmod(rest, 1000)
-    secs = f"{whole}.{frac:03d}".rstrip("0").rstrip(".") if frac else str(whole)
+    if seconds < 1:
+        ms = math.ceil(seconds * 1000 - 1e-6)
+        return f"{ms}ms" if ms < 1000 else "1s"
+    whole = math.ceil(seconds - 1e-6)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours}h{minutes}m{secs}s"
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+# Whole seconds up to two windows, rendered once: a reset is almost always among them.
+_SECONDS = tuple(format_duration(float(i)).encode() for i in range(121))
+
+
+def _duration(seconds: float) -> bytes:
+    if 1.0 <= seconds <= 120.0:
+        return _SECONDS[math.ceil(seconds - 1e-6)]
+    return format_duration(seconds).encode()
 
 
 def retry_after_seconds(seconds: float) -> int:
@@ -838,9 +893,9 @@ def render_headers(info: RateInfo, retry_after: float | None = None) -> list[tup
     if info.remaining_tokens is not None:
         out.append((_H_REMAINING_T, b"%d" % info.remaining_tokens))
     if info.reset_requests is not None:
-        out.append((_H_RESET_R, format_duration(info.reset_requests).encode()))
+        out.append((_H_RESET_R, _duration(info.reset_requests)))
     if info.reset_tokens is not None:
-        out.append((_H_RESET_T, format_duration(info.reset_tokens).encode()))
+        out.append((_H_RESET_T, _duration(info.reset_tokens)))
     if retry_after is not None:
         out.append((_H_RETRY, b"%d" % retry_after_seconds(retry_after)))
     return out

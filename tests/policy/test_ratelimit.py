@@ -197,12 +197,15 @@ def test_scope_rejects_nonpositive_limits() -> None:
         (0.0004, "1ms"),
         (0.020, "20ms"),
         (0.999, "999ms"),
+        (0.9999, "1s"),
         (1.0, "1s"),
-        (1.5, "1.5s"),
-        (6.25, "6.25s"),
+        (1.5, "2s"),
+        (6.25, "7s"),
         (59.9991, "1m0s"),
         (60.0, "1m0s"),
-        (60.5, "1m0.5s"),
+        (60.5, "1m1s"),
+        (119.2, "2m0s"),
+        (121.0, "2m1s"),
         (360.0, "6m0s"),
         (3600.0, "1h0m0s"),
         (3725.0, "1h2m5s"),
@@ -230,7 +233,7 @@ def test_render_headers_names_values_and_order() -> None:
                           retry_after=2.5) == [
         (b"x-ratelimit-limit-requests", b"5"),
         (b"x-ratelimit-remaining-requests", b"0"),
-        (b"x-ratelimit-reset-requests", b"2.5s"),
+        (b"x-ratelimit-reset-requests", b"3s"),
         (b"retry-after", b"3"),
     ]  # fmt: skip
     assert render_headers(RateInfo()) == []
