@@ -270,7 +270,7 @@ class Ledger:
         for other, lease in acc.leases.items():
             if other != worker and lease[column] and lease[2] < soonest:
                 soonest = lease[2]
-        return max(soonest, now + self._width)
+        return max(soonest, now)
 
     def handle(self, ask: Ask) -> Grant:
         """Record what a limiter used and holds, and lease it what it wants, if there is
@@ -280,6 +280,7 @@ class Ledger:
         if acc is None:
             acc = self._accounts[ask.scope] = _Account()
         self._advance(acc, now)
+        self._expire(acc, now)
         # Dated when the uses happened, not when they were reported: a permit then stays
         # counted for exactly a window after its last use (it was leased until now), so
         # a report's delay costs no capacity.
@@ -322,6 +323,11 @@ class Ledger:
             reset_at,
         )
 
+    def _expire(self, acc: _Account, now: float) -> None:
+        if acc.leases:
+            for worker in [w for w, lease in acc.leases.items() if lease[2] <= now]:
+                self._set_lease(acc, worker, 0, 0, 0.0)
+
     def forget_worker(self, worker: int) -> None:
         """A worker exited: its leases go back at once. What it used and had not
         reported yet is not counted (at most one lease per scope)."""
@@ -336,8 +342,7 @@ class Ledger:
         idle = []
         for name, acc in self._accounts.items():
             self._advance(acc, now)
-            for worker in [w for w, lease in acc.leases.items() if lease[2] <= now]:
-                self._set_lease(acc, worker, 0, 0, 0.0)
+            self._expire(acc, now)
             if not acc.buckets and not acc.leases:
                 idle.append(name)
         for name in idle:

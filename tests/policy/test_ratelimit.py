@@ -142,6 +142,59 @@ def test_settle_corrects_tokens_up() -> None:
     refused(lim.reserve(scopes, 5))
 
 
+def test_settle_moves_the_difference_in_the_workers_own_lease_at_once() -> None:
+    """Before any report: what a request took and did not use is the worker's to spend
+    again (and a request that used more eats into the lease), no round trip needed."""
+    clock = Clock()
+    ledger = Ledger(clock=clock)
+    lim = Limiter(clock=clock, worker=1, lease_fraction=1.0)  # leases of 1,000 tokens
+    scopes = (Scope("key:a", tpm=1000),)
+    assert isinstance(lim.reserve(scopes, 400), Wait)
+    (ask,) = lim.take_messages()
+    ((_, first),) = lim.on_grant(ledger.handle(ask))
+    second = admitted(lim.reserve(scopes, 400))  # 200 left: low water, asks
+    (refill,) = lim.take_messages()
+    assert lim.on_grant(ledger.handle(refill)) == []  # nothing free: blocked
+    assert lim.info(second).remaining_tokens == 200
+    lim.settle(admitted(first), 100)
+    assert lim.info(second).remaining_tokens == 500
+    lim.settle(second, 700)
+    assert lim.info(second).remaining_tokens == 200
+    assert lim.take_messages() == []  # all of it local
+
+
+def test_the_ledger_counts_a_use_for_exactly_one_window() -> None:
+    clock = Clock()
+    ledger = Ledger(clock=clock)
+
+    def ask(used: int, want: int) -> Grant:
+        return ledger.handle(Ask(0, 1, "key:a", 3, None, used, 0, 0.0, 0, 0, want, 0))
+
+    assert ask(0, 3).requests == 3
+    clock.now += 10.0
+    assert ask(3, 3).requests == 0  # three used, reported 10 s later, dated now
+    assert ledger.usage("key:a") == (3, 0, 0, 0)
+    clock.now += 59.999
+    blocked = ask(0, 1)
+    assert blocked.requests == 0 and blocked.retry_requests_at == pytest.approx(1070.0)
+    clock.now += 0.001
+    assert ledger.usage("key:a") == (0, 0, 0, 0)
+    assert ask(0, 3).requests == 3
+
+
+def test_a_use_reported_late_is_dated_when_it_happened() -> None:
+    clock = Clock()
+    ledger = Ledger(clock=clock)
+    ledger.handle(Ask(0, 1, "key:a", 3, None, 0, 0, 0.0, 0, 0, 3, 0))
+    clock.now = 1005.0
+    # Used at 1001 (the ask says so), reported at 1005: leaves at 1061, not 1065.
+    ledger.handle(Ask(0, 2, "key:a", 3, None, 3, 0, 1001.0, 0, 0, 0, 0))
+    clock.now = 1060.9
+    assert ledger.usage("key:a")[0] == 3
+    clock.now = 1061.0
+    assert ledger.usage("key:a")[0] == 0
+
+
 def test_settle_without_usage_keeps_the_estimate_and_settles_once() -> None:
     clock, ledger, lim = local()
     scopes = (Scope("key:alice", tpm=1000),)
