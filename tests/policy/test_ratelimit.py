@@ -584,3 +584,32 @@ def test_idle_scopes_are_forgotten_after_settling() -> None:
         lim.tick()
         ledger.sweep()
     assert len(lim) == 0 and len(ledger) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 1), st.integers(0, 3000), st.integers(0, 3000)),
+        min_size=1,
+        max_size=60,
+    ),
+    tpm=st.integers(1, 20_000),
+)
+def test_the_ledger_ends_up_counting_exactly_the_tokens_used(
+    ops: list[tuple[int, int, int]], tpm: int
+) -> None:
+    """Whatever the estimates, borrowing and corrections: once every request is settled
+    and reported, the window holds the backend's figures, nothing more or less."""
+    cluster = Cluster(workers=2, lease_fraction=0.05)
+    scopes = (Scope("key:a", tpm=tpm),)
+    for i, (worker, estimate, _) in enumerate(ops):
+        cluster.arrive(i * 0.01, worker, scopes, estimate)
+    cluster.run(len(ops) * 0.01 + 0.1)
+    # The backend's figures, drawn with the ops (one per admitted request, in order).
+    actuals = [ops[i][2] for i in range(len(cluster.handles))]
+    for (worker, handle), actual in zip(cluster.handles, actuals, strict=True):
+        cluster.limiters[worker].settle(handle, actual)
+    cluster.run(cluster.clock.now + 3.0)  # reports, and idle leases given back
+    _, window_tokens, _, leased_tokens = cluster.ledger.usage("key:a")
+    assert window_tokens == sum(actuals)
+    assert leased_tokens == 0
