@@ -15,16 +15,17 @@ plain-data messages, so the same code runs in one process and across worker proc
 
 Algorithm: a sliding window with sub-second buckets, counted against leases.
 
-- The ledger counts a scope's usage in buckets of ``window / buckets`` seconds (0.5 s by
-  default), kept sparse (only buckets with usage, in a deque). Usage leaves the window
-  when the *end* of its bucket is ``window`` seconds old, never earlier.
+- The ledger counts a scope's usage in buckets of ``window / buckets`` seconds (0.1 s by
+  default), kept sparse (only buckets with usage, in a deque). A bucket's usage leaves
+  the window ``window`` seconds after the *last* use in it: never early, and on time for
+  a scope that is not busy.
 - A permit is counted from the moment it is leased (as outstanding) until it is reported
-  used, and from the report (in the report's bucket) until its bucket leaves the window.
-  Reports come after use, so every request admitted is counted for at least ``window``
-  seconds after it started: **in any 60-second interval, at most the limit is admitted**.
-  The error is all on the side of admitting less: permits leased to a worker that does
-  not use them (at most one lease per worker per scope, ``lease_fraction`` of the limit),
-  the bucket width (half a bucket on average) and the report delay.
+  used, and from then in the window, dated when it was used (the ask says when), until
+  ``window`` seconds after that use. So **no interval of ``window`` seconds admits more
+  than the limit**. The error is all on the side of admitting less: permits leased to a
+  worker that has no request for them (at most one lease per worker per scope,
+  ``lease_fraction`` of the limit) and the bucket width. docs/policy.md has the figures
+  from the 2-worker simulation.
 - Why not a token bucket (GCRA): a bucket that starts full admits its burst *plus* the
   refill in the first minute, twice the limit at a steady over-limit rate, and RPM is read
   by users as "at most N in any minute". Why not an exact log of request times: memory per
@@ -43,14 +44,15 @@ Requests per minute count at ``reserve``; a refused request counts nothing.
 Workers: a limiter with no permits for a scope asks and returns ``Wait`` (the request
 waits for the grant, one round trip, like a replacement decision); ``on_grant`` resumes
 the waiting requests in order. While the ledger has answered "nothing until T" the limiter
-refuses locally until T (``Refusal.retry_after``) and asks again after. So a worker asks
-once per ``lease_fraction`` of the limit, and waits only when its lease ran dry.
+refuses locally until T (``Refusal.retry_after``) and asks again after. A limiter asks for
+``lease_fraction`` of the limit at a time, again when half of it is left (in the
+background), and waits only when its lease ran dry.
 A grant not answered within ``wait_timeout`` admits the waiting requests (a primary that
 stopped reading must not stop traffic): fail open, as replacement does.
 
-Leases expire: a lease not renewed by a report within ``lease_seconds`` is dropped by the
-ledger's ``sweep`` (a dead worker's unused permits come back within seconds, not at the
-end of the window), and ``forget_worker`` drops one at once. A live limiter reports every
+Leases expire: a lease not renewed by a report within ``lease_seconds`` is dropped at the
+ledger's next ask or ``sweep`` (a dead worker's unused permits come back within seconds,
+not at the end of the window), and ``forget_worker`` drops one at once. A live limiter reports every
 ``report_interval`` while it holds anything, and returns an allowance it has not touched
 for ``idle_return`` seconds.
 
