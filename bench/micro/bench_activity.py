@@ -15,7 +15,6 @@ Groups (docs/activity.md and docs/admin-api.md quote the figures):
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import orjson
@@ -30,17 +29,9 @@ from fastproxy.dataplane.relay import SSERelay
 from fastproxy.monitor.activity import ActivityTracker
 from fastproxy.monitor.metrics import DURATION_BUCKETS, TTFT_BUCKETS, MetricsCollector
 
-try:
-    _core: ModuleType | None = importlib.import_module("fastproxy._speedups._core")
-except ImportError:
-    _core = None
+from .impls import IMPLS
+from .impls import core as _core
 
-IMPLS = [
-    pytest.param(
-        "cython", id="cython", marks=pytest.mark.skipif(_core is None, reason="_core not built")
-    ),
-    pytest.param("python", id="python"),
-]
 CALLS = 100
 
 

@@ -16,7 +16,6 @@ None`` at five points per request (docs/capture.md, "What it costs"); the load h
 
 from __future__ import annotations
 
-import importlib
 import json
 from types import ModuleType
 from typing import Any
@@ -24,21 +23,10 @@ from typing import Any
 import orjson
 import pytest
 
-from fastproxy._speedups import _pure
 from fastproxy.monitor.capture import Redactor
 from fastproxy.storage.capture_writer import COMPRESS_MIN, event_item
 
-try:
-    _core: ModuleType | None = importlib.import_module("fastproxy._speedups._core")
-except ImportError:
-    _core = None
-
-IMPLS = [
-    pytest.param(
-        "cython", id="cython", marks=pytest.mark.skipif(_core is None, reason="_core not built")
-    ),
-    pytest.param("python", id="python"),
-]
+from .impls import IMPLS, impl_module
 
 HEAD = (
     b"POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\n"
@@ -78,8 +66,7 @@ def _buffer(mod: ModuleType) -> Any:
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(("piece", "data"), [("head", HEAD), ("answer", ANSWER), ("sse", CHUNK)])
 def test_event(benchmark: Any, impl: str, piece: str, data: bytes) -> None:
-    mod = _core if impl == "cython" else _pure
-    assert mod is not None
+    mod = impl_module(impl)
     buf = _buffer(mod)
     benchmark.group = f"capture-event-{piece}"
     benchmark.extra_info["bytes"] = len(data)
@@ -94,8 +81,7 @@ def test_event(benchmark: Any, impl: str, piece: str, data: bytes) -> None:
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_redact(benchmark: Any, impl: str) -> None:
-    mod = _core if impl == "cython" else _pure
-    assert mod is not None
+    mod = impl_module(impl)
     buf = _buffer(mod)
     benchmark.group = "capture-redact"
 
@@ -109,8 +95,7 @@ def test_redact(benchmark: Any, impl: str) -> None:
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_items(benchmark: Any, impl: str) -> None:
-    mod = _core if impl == "cython" else _pure
-    assert mod is not None
+    mod = impl_module(impl)
     frames = bytearray()
     for d, data in ((0, HEAD), (2, HEAD), (3, ANSWER[:120]), (3, ANSWER[120:]), (1, ANSWER)):
         mod.append_capture_frame(frames, 1733370000.25, 7, d, META, data)

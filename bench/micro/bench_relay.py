@@ -27,9 +27,7 @@ which piece of them is ours.
 
 from __future__ import annotations
 
-import importlib
 import random
-from types import ModuleType
 from typing import Any
 
 import httptools
@@ -45,17 +43,7 @@ from fastproxy.dataplane.relay import MAX_EVENT_BYTES, SSERelay
 from fastproxy.dataplane.routing import plan
 from fastproxy.httpclient.backend import Backend
 
-try:
-    _core: ModuleType | None = importlib.import_module("fastproxy._speedups._core")
-except ImportError:
-    _core = None
-
-IMPLS = [
-    pytest.param(
-        "cython", id="cython", marks=pytest.mark.skipif(_core is None, reason="_core not built")
-    ),
-    pytest.param("python", id="python"),
-]
+from .impls import IMPLS
 
 # ------------------------------------------------------------------ request + route
 

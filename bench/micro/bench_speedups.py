@@ -7,7 +7,6 @@ speed-up figure quoted in docs/speedups.md.
 
 from __future__ import annotations
 
-import importlib
 import random
 from pathlib import Path
 from types import ModuleType
@@ -17,17 +16,8 @@ import pytest
 
 from fastproxy._speedups import _pure
 
-try:
-    _core: ModuleType | None = importlib.import_module("fastproxy._speedups._core")
-except ImportError:
-    _core = None
-
-IMPLS = [
-    pytest.param(
-        "cython", id="cython", marks=pytest.mark.skipif(_core is None, reason="_core not built")
-    ),
-    pytest.param("python", id="python"),
-]
+from .impls import IMPLS
+from .impls import core as _core
 
 
 @pytest.fixture(params=IMPLS)
