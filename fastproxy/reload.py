@@ -47,6 +47,9 @@ RELOADABLE = (
     "health_check",
     "limits",
     "replacement",
+    "load_balancing",
+    "model_aliases",
+    "groups",
     "timeouts",
 )
 

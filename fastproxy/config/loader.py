@@ -437,6 +437,7 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
             ) from None
     _check_admin_keys(config)
     _check_replacement(config, origins)
+    _check_policy(config)
     _check_not_built(config, origins)
     wc = config.wire_capture
     if wc.max_total_bytes < wc.max_file_bytes:
@@ -501,6 +502,32 @@ def _check_replacement(config: Config, origins: Mapping[str, str]) -> None:
             )
         if not rule.to_model.strip():
             raise ConfigError(f"{key}.to_model: got {rule.to_model!r} {shown}; expected a model")
+
+
+def _check_policy(config: Config) -> None:
+    """Load balancing, model aliases and groups, with the sans-I/O core's own validators:
+    every problem at once, one line each, naming its key (``groups['fast'].members[0]
+    .backend``). Imported here, not at the top: a config without these keys never loads
+    the core modules' regex and balancing code."""
+    lb = config.load_balancing
+    if lb == type(lb)() and not config.model_aliases and not config.groups:
+        return
+    from ..core.aliases import validate_aliases, validate_groups
+    from ..core.balance import validate_balancing
+
+    names = set(config.backends) or {"demo"}
+    errors = validate_balancing("load_balancing", lb.strategy, lb.weights, names)
+    for model, pool in lb.models.items():
+        errors += validate_balancing(
+            f"load_balancing.models[{model!r}]",
+            pool.strategy if pool.strategy is not None else lb.strategy,
+            pool.weights,
+            names,
+        )
+    errors += validate_aliases(config.model_aliases)
+    errors += validate_groups(config.groups, names)
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 def _check_not_built(config: Config, origins: Mapping[str, str]) -> None:

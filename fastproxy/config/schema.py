@@ -189,6 +189,57 @@ class BackendConfig(_Section, frozen=True, kw_only=True):
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 
+class PoolBalancingConfig(_Section, frozen=True, kw_only=True):
+    """One model's balancing (``load_balancing.models[name]``); unset keys inherit the
+    ``load_balancing`` defaults. Strategy and weights are checked by the loader with
+    ``core.balance.validate_balancing``, whose messages name the rule."""
+
+    strategy: str | None = None
+    weights: dict[str, float] | None = None
+    affinity: bool | None = None
+
+
+class LatencyConfig(_Section, frozen=True, kw_only=True):
+    alpha: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.3
+    reprobe_seconds: PositiveFloat = 30.0
+
+
+class AffinityConfig(_Section, frozen=True, kw_only=True):
+    enabled: bool = False
+    idle_seconds: PositiveFloat = 3600.0
+    max_sessions: PositiveInt = 100_000
+
+
+class LoadBalancingConfig(_Section, frozen=True, kw_only=True):
+    """The order in which the backends that serve a model are tried (core/balance.py;
+    docs/policy.md, "Load balancing")."""
+
+    strategy: str = "ordered"
+    weights: dict[str, float] = field(default_factory=dict)
+    models: dict[str, PoolBalancingConfig] = field(default_factory=dict)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+
+
+class AliasRuleConfig(_Section, frozen=True, kw_only=True):
+    pattern: str
+    target: str
+
+
+class GroupMemberConfig(_Section, frozen=True, kw_only=True):
+    backend: str
+    model: str
+    weight: float = 1.0
+
+
+class GroupConfig(_Section, frozen=True, kw_only=True):
+    """One public model name over several backend models (core/aliases.py)."""
+
+    strategy: str = "ordered"
+    affinity: bool = False
+    members: tuple[GroupMemberConfig, ...] = ()
+
+
 class Config(_Section, frozen=True, kw_only=True):
     """The whole effective configuration. Built once by `load_config`, then read-only."""
 
@@ -204,6 +255,9 @@ class Config(_Section, frozen=True, kw_only=True):
     enable_activity_tracking: bool = False
     activity: ActivityConfig = field(default_factory=ActivityConfig)
     replacement: ReplacementConfig = field(default_factory=ReplacementConfig)
+    load_balancing: LoadBalancingConfig = field(default_factory=LoadBalancingConfig)
+    model_aliases: tuple[AliasRuleConfig, ...] = ()
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: LogLevel = "INFO"
     access_log: bool = False

@@ -43,6 +43,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from ..core.balance import BackendStats, Balancer
 from ..core.errors import GatewayError, RequestRejected, UpstreamError
 from ..core.flow import FlowControl
 from ..core.records import ExchangeRecord
@@ -123,9 +124,11 @@ class RequestCycle:
         "_acct",
         "_activity",
         "_backend",
+        "_balancer",
         "_body",
         "_candidates",
         "_conn",
+        "_counted",
         "_ctype",
         "_deadline",
         "_decision",
@@ -146,6 +149,7 @@ class RequestCycle:
         "_reused",
         "_sending",
         "_stage",
+        "_stats",
         "_tap",
         "_task",
         "_timer",
@@ -155,6 +159,9 @@ class RequestCycle:
         "streaming_started",
         "transport",
     )
+    # Set with _stats, when a routing policy is on.
+    _balancer: Balancer | None
+    _counted: str | None
 
     def __init__(
         self,
@@ -183,6 +190,9 @@ class RequestCycle:
         self._tap: ExchangeTap | None = None  # wire capture of this exchange, when on
         # Set only when replacement is on (with _decision): the one test _finish makes.
         self._replacer: Replacer | None = None
+        # Set only when a routing policy is on (with _balancer and _counted): the one
+        # test each attempt, head and end makes.
+        self._stats: BackendStats | None = None
         self.streaming_started = False
         self.record = ExchangeRecord(plane.new_request_id(), connection_id, time.monotonic())
 
@@ -259,6 +269,9 @@ class RequestCycle:
             self._tap.event(1, b"", {"se": True, "sc": rec.status, "oc": rec.outcome})
         if self._replacer is not None:
             self._turn_ended()
+        if self._stats is not None and self._counted is not None:
+            self._stats.finished(self._counted)  # a stream's attempt ends with it
+            self._counted = None
         finish_record(self.plane, self.record)
         self._on_done(keep_alive and not self.transport.is_closing())
 
@@ -429,14 +442,28 @@ class RequestCycle:
         rec.session_id = _text(req.header(b"x-session-id"))
         if rec.session_id is None and isinstance(body.session_id, str):
             rec.session_id = body.session_id
-        candidates = plan(
-            model,
-            dialect.name,
-            plane.backends,
-            plane.default_backend,
-            plane.config.failover_routes,
-            plane.breakers,
-        )
+        policy = plane.policy
+        if policy is None:
+            candidates = plan(
+                model,
+                dialect.name,
+                plane.backends,
+                plane.default_backend,
+                plane.config.failover_routes,
+                plane.breakers,
+            )
+        else:
+            candidates, self._balancer = policy.plan(
+                model,
+                dialect.name,
+                plane.backends,
+                plane.default_backend,
+                plane.config.failover_routes,
+                plane.breakers,
+                rec.session_id,
+            )
+            self._stats = policy.stats
+            self._counted = None
         self._dialect, self._kind, self._body = dialect, kind, body
         # The pools of this routing generation: a reload replaces the plane's mapping,
         # and a failover after it must still reach the backends planned here.
@@ -476,6 +503,8 @@ class RequestCycle:
         self._decision = decision
         if not decision.replaced:
             return candidates
+        if self._stats is not None:
+            self._balancer = None  # the target is not the pool's: affinity stays put
         plane, rec = self.plane, self.record
         source = f"{decision.original_backend}:{decision.original_model}"
         target = f"{decision.backend}:{decision.model}"
@@ -600,6 +629,12 @@ class RequestCycle:
         head, payload, self._inject = self._upstream_request(backend, model, self._body, self._kind)
         self._sending = (head, payload)
         self._track(backend.name, model)
+        stats = self._stats
+        if stats is not None:
+            if self._counted is not None:
+                stats.finished(self._counted)  # the previous attempt (failover, retry)
+            stats.started(backend.name)
+            self._counted = backend.name
         self._started(backend.name)
         self._fresh_retry = False
         self._connect()
@@ -764,6 +799,8 @@ class RequestCycle:
             resp.header(b"retry-after") if resp.status == 429 else None,
         )
         ctype = self._ctype = resp.header(b"content-type") or b""
+        if self._stats is not None and 200 <= resp.status < 300:
+            self._served(resp, ctype)
         if resp.status == 200 and ctype.startswith(b"text/event-stream"):
             self._start_stream(resp)
             return
@@ -776,6 +813,38 @@ class RequestCycle:
             self._json_done(resp)
         elif resp.error is not None:
             raise self._body_failed(resp.error)
+
+    def _served(self, resp: UpstreamResponse, ctype: bytes) -> None:
+        """A 2xx head (routing policy on): a session that failed over sticks to the
+        backend that answered, and its time to first byte (a JSON answer) feeds the
+        latency average; a stream's is taken at its first event (``_first_event``)."""
+        balancer, backend = self._balancer, self._backend
+        if balancer is not None:
+            balancer.served(self.record.session_id, backend.name)
+        if not ctype.startswith(b"text/event-stream"):
+            assert self._stats is not None
+            sent = self.record.upstream_sent_at
+            self._stats.observed(backend.name, (resp.first_byte_at or time.monotonic()) - sent)
+
+    def _first_event(
+        self, resp: UpstreamResponse, inner: Callable[[bytes], None]
+    ) -> Callable[[bytes], None]:
+        """``inner`` with the stream's time to first event fed to the latency average
+        once; then ``inner`` itself is put back, so later chunks pay nothing."""
+        stats, name, sent = self._stats, self._backend.name, self.record.upstream_sent_at
+        assert stats is not None
+        seen = False
+
+        def on_chunk(data: bytes) -> None:
+            nonlocal seen
+            if not seen:
+                seen = True
+                stats.observed(name, time.monotonic() - sent)
+                if resp.on_chunk is on_chunk:
+                    resp.on_chunk = inner
+            inner(data)
+
+        return on_chunk
 
     def _body_failed(self, err: UpstreamError) -> UpstreamError:
         """The backend failed after its head: what to tell the client (or end the
@@ -926,7 +995,8 @@ class RequestCycle:
         # While the client cannot take more, the backend is not read: the stream is held
         # back at its source, not buffered here.
         flow.follow(conn)
-        resp.attach(relay if self._tap is None else _tapped(self._tap, relay))
+        on_chunk = relay if self._tap is None else _tapped(self._tap, relay)
+        resp.attach(on_chunk if self._stats is None else self._first_event(resp, on_chunk))
         if conn is not None and not flow.write_paused:
             conn.resume_reading()  # held while undecided (pool.HOLD_UNDECIDED)
         if resp.finished:

@@ -26,6 +26,7 @@ from ..core.seams import BreakerView, LiveActivity, MonitoringPort, Reporter, Wi
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import AccessLine
+from .routing import Policy
 
 
 def client_keys(config: Config) -> tuple[bytes, ...] | None:
@@ -88,6 +89,9 @@ class DataPlane:
         # Random model replacement, when on; None costs one test per request. A reload
         # may replace it (gateway.py), between requests, like the routing generation.
         self.replacement = replacement
+        # Aliases, groups and load balancing, when configured; None costs one test per
+        # request. Each plane (each worker) keeps its own stats and affinity.
+        self.policy: Policy | None = Policy(config) if Policy.configured(config) else None
         self.counters = counters if counters is not None else Counters()
         self.date = date if date is not None else HttpDate()
         self.connections: set[Connection] = set()
@@ -114,6 +118,12 @@ class DataPlane:
         """A reload's new routing generation. Each is replaced, never changed in place:
         a request already planned keeps the backends and pools it was planned with, and
         every request planned from now on gets the new ones."""
+        removed = [n for n in self.backends if n not in backends]
+        policy = self.policy
+        if policy is not None:
+            self.policy = policy.rebuilt(config, removed)
+        elif Policy.configured(config):
+            self.policy = Policy(config)
         self.config = config
         self.auth_keys = client_keys(config)
         self.backends = backends

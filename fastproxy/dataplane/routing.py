@@ -14,8 +14,12 @@ Rules (the decisions are written down in docs/routing.md):
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 
+from ..config import Config
+from ..core.aliases import ModelResolver
+from ..core.balance import Affinity, BackendStats, Balancer, make_balancer
 from ..core.errors import RoutingError
 from ..core.seams import BreakerView
 from ..httpclient.backend import Backend
@@ -74,3 +78,173 @@ def plan(
         if routable:
             return routable
     return out
+
+
+class Policy:
+    """Model aliases, groups and load balancing, built from one config (docs/policy.md).
+
+    The plane holds None when none of them is configured, so requests pay one ``is None``
+    test. ``stats`` and ``affinity`` outlive a reload (``rebuilt``): the requests in
+    flight and the sessions' bindings belong to the backends, not to the config.
+    Per process: with workers each worker has its own."""
+
+    __slots__ = ("_balancers", "_lb", "affinity", "groups", "resolver", "rng", "stats")
+
+    def __init__(
+        self,
+        config: Config,
+        stats: BackendStats | None = None,
+        affinity: Affinity | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        lb = self._lb = config.load_balancing
+        self.rng = rng if rng is not None else random.Random()
+        self.stats = (
+            stats
+            if stats is not None
+            else BackendStats(alpha=lb.latency.alpha, reprobe_seconds=lb.latency.reprobe_seconds)
+        )
+        # Latency settings may change on a reload; the samples stay.
+        self.stats._alpha = lb.latency.alpha
+        self.stats.reprobe_seconds = lb.latency.reprobe_seconds
+        wants_affinity = (
+            lb.affinity.enabled
+            or any(p.affinity for p in lb.models.values())
+            or any(g.affinity for g in config.groups.values())
+        )
+        if wants_affinity and affinity is None:
+            affinity = Affinity(
+                idle_seconds=lb.affinity.idle_seconds, max_sessions=lb.affinity.max_sessions
+            )
+        elif affinity is not None:
+            affinity._idle = lb.affinity.idle_seconds
+            affinity._max = lb.affinity.max_sessions
+        self.affinity = affinity if wants_affinity else None
+        # Validated at load (config/loader.py); the backends were checked there too.
+        resolver = ModelResolver(config.model_aliases, config.groups)
+        self.resolver = resolver if resolver.active else None
+        self.groups: dict[str, Balancer | None] = {
+            name: make_balancer(
+                g.strategy,
+                name=name,
+                member_weights=g.member_weights(),
+                stats=self.stats,
+                affinity=self.affinity if g.affinity else None,
+                rng=self.rng,
+            )
+            for name, g in resolver.groups.items()
+        }
+        # Model pools get their balancer the first time several backends serve one
+        # (models may be discovered at start), then keep it: bounded by the models
+        # the backends list.
+        self._balancers: dict[str, Balancer | None] = {}
+
+    @staticmethod
+    def configured(config: Config) -> bool:
+        lb = config.load_balancing
+        return bool(config.model_aliases or config.groups or lb.affinity.enabled or lb.models) or (
+            lb.strategy != "ordered"
+        )
+
+    def rebuilt(self, config: Config, removed: Sequence[str]) -> Policy | None:
+        """The policy for a reloaded ``config``, keeping stats and affinity."""
+        for name in removed:
+            self.stats.forget(name)
+        if not Policy.configured(config):
+            return None
+        return Policy(config, self.stats, self.affinity, self.rng)
+
+    def _pool_balancer(self, model: str) -> Balancer | None:
+        try:
+            return self._balancers[model]
+        except KeyError:
+            pass
+        lb = self._lb
+        pool = lb.models.get(model)
+        strategy = lb.strategy
+        weights: Mapping[str, float] = lb.weights
+        affinity = lb.affinity.enabled
+        if pool is not None:
+            strategy = pool.strategy if pool.strategy is not None else strategy
+            weights = pool.weights if pool.weights is not None else weights
+            affinity = pool.affinity if pool.affinity is not None else affinity
+        balancer = self._balancers[model] = make_balancer(
+            strategy,  # type: ignore[arg-type]  # validated at load
+            name=model,
+            weights=weights,
+            stats=self.stats,
+            affinity=self.affinity if affinity else None,
+            rng=self.rng,
+        )
+        return balancer
+
+    def plan(
+        self,
+        model: str,
+        dialect: str,
+        backends: Mapping[str, Backend],
+        default: str | None,
+        failover_routes: Mapping[str, Sequence[str]],
+        breakers: BreakerView | None,
+        session_id: str | None,
+    ) -> tuple[list[Candidate], Balancer | None]:
+        """``plan`` with aliases, groups and balancing: the candidates in the order to
+        try them, and the balancer that ordered the pool (told who served, for affinity)."""
+        resolver = self.resolver
+        res = resolver.resolve(model) if resolver is not None else None
+        name = model if res is None else res.model
+        balancer: Balancer | None = None
+        if res is not None and res.group is not None:
+            members = res.group.members
+            pool = [
+                (backends[m.backend], m.model)
+                for m in members
+                if m.backend in backends and dialect in backends[m.backend].dialects
+            ]
+            balancer = self.groups.get(res.group.name)
+        else:
+            prefix, sep, _ = name.partition(":")
+            if sep and prefix in backends and dialect not in backends[prefix].dialects:
+                raise RoutingError(
+                    f"backend {prefix!r} speaks {'/'.join(sorted(backends[prefix].dialects))}"
+                    f", not the {dialect} API used by this request",
+                    status=400,
+                    code="backend_dialect_mismatch",
+                )
+            pool = _resolve(name, dialect, backends, default)
+            if len(pool) > 1:
+                balancer = self._pool_balancer(name)
+        routes: Sequence[str] = ()
+        for key in (model,) if res is None else res.failover_keys:
+            routes = failover_routes.get(key, ())
+            if routes:
+                break
+        out = pool
+        seen = {(b.name, m) for b, m in pool}
+        if len(seen) < len(pool):  # a group listing one member twice cannot load; a model can
+            out, seen = [], set()
+            for b, m in pool:
+                if (b.name, m) not in seen:
+                    seen.add((b.name, m))
+                    out.append((b, m))
+        size = len(out)
+        for route in routes:
+            for b, m in _resolve(route, dialect, backends, None):
+                if (b.name, m) not in seen:
+                    seen.add((b.name, m))
+                    out.append((b, m))
+        if not out:
+            raise RoutingError(
+                f"The model {model!r} does not exist or no configured backend serves it"
+            )
+        if breakers is None:
+            unavailable: set[str] = set()
+        else:
+            unavailable = {b.name for b, _ in out if not breakers.breaker_state(b.name).routable}
+        if balancer is not None:
+            return balancer.order(out, session_id, unavailable, size), balancer
+        if unavailable:
+            routable = [c for c in out if c[0].name not in unavailable]
+            if routable:
+                return routable, None
+        return out, None
