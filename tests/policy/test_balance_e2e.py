@@ -206,3 +206,60 @@ def test_affinity_keeps_a_session_until_it_fails_over(
         # Requests without a session are still balanced over both.
         counts = Counter(served(client) for _ in range(100))
     assert len(counts) == 2, counts
+
+
+def test_workers_balance_a_group_and_apply_a_reload(tmp_path: Any, mocks: Mocks) -> None:
+    """``workers: 2``: each worker builds the policy from the config the primary sends,
+    and a SIGHUP's new weights reach every worker."""
+    import signal
+
+    import yaml
+
+    from tests.support.proc import GatewayProcess
+
+    base = tree(*mocks)
+    cfg: dict[str, Any] = {
+        **base,
+        "port": 0,
+        "admin": {"port": 0},
+        "workers": 2,
+        "model_aliases": [{"pattern": "pub-(.*)", "target": r"\1"}],
+        "groups": {
+            "pair": {
+                "strategy": "weighted",
+                "members": [
+                    {"backend": "openai.1", "model": "gpt-4o", "weight": 1},
+                    {"backend": "openai.2", "model": "gpt-4o", "weight": 1},
+                ],
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    gw = GatewayProcess(["--config", str(path)], cwd=str(tmp_path))
+    try:
+        port = gw.wait_ready()
+        url = f"http://127.0.0.1:{port}"
+
+        def spread(n: int) -> Counter[str]:
+            out: Counter[str] = Counter()
+            for _ in range(n):
+                # A new connection each time: the kernel spreads them over both workers.
+                with openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as c:
+                    out[served(c, model="pub-pair")] += 1
+            return out
+
+        first = spread(60)
+        assert first["openai.1"] > 10 and first["openai.2"] > 10, first
+        cfg["groups"]["pair"]["members"][0]["weight"] = 0
+        path.write_text(yaml.safe_dump(cfg))
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: any("reload: config re-read" in line for line in gw.lines),
+            what="the reload",
+        )
+        # Each worker swaps the generation when the primary's message arrives.
+        wait_until(lambda: spread(10) == {"openai.2": 10}, what="the new weights")
+        assert spread(40) == {"openai.2": 40}
+    finally:
+        gw.stop()
