@@ -1,7 +1,8 @@
 """Model aliases and groups: which name routing plans for the model a client asked for.
 
-Sans-I/O and pure: no clock, no randomness, no global state. Not wired yet
-(docs/policy.md, "Model aliases and groups", says what the wiring must do).
+Sans-I/O and pure: no clock, no randomness, no global state. Used by
+``dataplane/routing.py`` (``Policy``; docs/policy.md, "Model aliases and groups", says
+how it is wired).
 
 - ``model_aliases``: ordered rules ``{pattern, target}``. The pattern is a regular
   expression matched against the **whole** model name (``re.fullmatch``: ``^`` and ``$``

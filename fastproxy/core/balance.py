@@ -3,8 +3,8 @@
 Sans-I/O, like ``core/replacement.py``: no sockets, no event loop, no global state; the
 random source (``random.Random``) and the clock (a ``() -> float`` of seconds) are
 injected, so tests drive the same objects with a seeded generator and a hand-moved
-clock. Not wired yet: routing still uses config order (docs/policy.md, "Load
-balancing", says what the wiring must do).
+clock. Used by ``dataplane/routing.py`` (``Policy``) and the request cycle
+(docs/policy.md, "Load balancing", says how it is wired).
 
 The data plane tries candidates in order and fails over down the list, so balancing is
 an *ordering*, not a single pick. Three objects, because their state has three lifetimes:

@@ -10,6 +10,11 @@ Rules (the decisions are written down in docs/routing.md):
 5. Only backends that speak the caller's dialect are candidates; duplicates are dropped.
 6. Backends whose circuit is open (or half-open with its trial already in flight) are
    moved out; if that leaves nothing, the original plan is tried anyway (failing blind helps no one; the breaker may be wrong).
+
+``Policy`` adds model aliases, groups and load balancing when they are configured
+(docs/policy.md): the name is resolved first, and the pool (rule 2's backends, or a
+group's members) is ordered by its balancer, whose stats the request cycle feeds. With
+none configured the plane holds no policy and ``plan`` runs as it always did.
 """
 
 from __future__ import annotations
