@@ -263,3 +263,27 @@ def test_workers_balance_a_group_and_apply_a_reload(tmp_path: Any, mocks: Mocks)
         assert spread(40) == {"openai.2": 40}
     finally:
         gw.stop()
+
+
+def test_an_open_breaker_is_never_chosen_whatever_its_weight(
+    server_loop: Any, gateway_factory: Callable[..., RunningGateway], mocks: Mocks
+) -> None:
+    gw = gateway_factory(
+        tree(
+            *mocks,
+            load_balancing={"strategy": "weighted", "weights": {"openai.1": 100, "openai.2": 1}},
+            circuit_breaker={"failure_threshold": 2, "open_cooldown_seconds": 600},
+        )
+    )
+    server_loop.call(lambda: mocks[0].set_behaviour(status=503))
+    with oai(gw) as client:
+        # openai.1 fails, each request fails over to openai.2, until the breaker opens.
+        for _ in range(10):
+            assert served(client) == "openai.2"
+        state = gw.lt.call(lambda: gw.health.breaker_state("openai.1"))
+        assert not state.routable, state
+        server_loop.call(lambda: mocks[0].set_behaviour(status=None))
+        before = api_calls(mocks[0])
+        counts = Counter(served(client) for _ in range(50))
+    assert counts == {"openai.2": 50}
+    assert api_calls(mocks[0]) == before  # not even tried
