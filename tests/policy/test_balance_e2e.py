@@ -287,3 +287,31 @@ def test_an_open_breaker_is_never_chosen_whatever_its_weight(
         counts = Counter(served(client) for _ in range(50))
     assert counts == {"openai.2": 50}
     assert api_calls(mocks[0]) == before  # not even tried
+
+
+def test_replacement_matches_the_first_candidate_after_balancing(
+    gateway_factory: Callable[..., RunningGateway], mocks: Mocks
+) -> None:
+    # Config order puts openai.1 first; the weights put openai.2 first, and the rule
+    # names openai.2: it applies only because the decision sees the balanced plan.
+    gw = gateway_factory(
+        tree(
+            *mocks,
+            load_balancing={"strategy": "weighted", "weights": {"openai.1": 0, "openai.2": 1}},
+            replacement={
+                "enabled": True,
+                "probability": 1.0,
+                "replacement_rules": [
+                    {"from_pattern": "openai.2:gpt-4o", "to_backend": "openai.1", "to_model": "m2"}
+                ],
+            },
+        )
+    )
+    with oai(gw) as client:
+        for i in range(5):
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=MSGS, extra_headers={"x-session-id": f"s{i}"}
+            )
+            assert raw.headers["x-fastproxy-backend"] == "openai.1"
+            assert raw.headers["x-fastproxy-replaced-from"] == "openai.2:gpt-4o"
+    assert api_calls(mocks[0]) == 5 and api_calls(mocks[1]) == 0
