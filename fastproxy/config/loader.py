@@ -12,6 +12,7 @@ and what is allowed; the CLI prints it and exits with status 2.
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import os
 import re
@@ -527,7 +528,24 @@ def _check_policy(config: Config) -> None:
     errors += validate_aliases(config.model_aliases)
     errors += validate_groups(config.groups, names)
     if errors:
-        raise ConfigError("; ".join(errors))
+        raise ConfigError("; ".join(_dotted(e) for e in errors))
+
+
+# The key at the start of a core validator's message: names, [i], and ['name'] as repr.
+_SUBSCRIPTED_KEY = re.compile(
+    r"[A-Za-z_]+(?:\.[A-Za-z_]+|\[\d+\]|\[(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\])*"
+)
+_NAME_SUBSCRIPT = re.compile(r"\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]")
+
+
+def _dotted(error: str) -> str:
+    """A core validator's ``groups['fast'].members[0]`` as every config message names
+    a key: ``groups.fast.members[0]`` (as ``backends.openai.1.api_url``)."""
+    m = _SUBSCRIPTED_KEY.match(error)
+    if m is None:
+        return error
+    key = _NAME_SUBSCRIPT.sub(lambda n: "." + str(ast.literal_eval(n.group(1))), m.group())
+    return key + error[m.end() :]
 
 
 def _check_not_built(config: Config, origins: Mapping[str, str]) -> None:

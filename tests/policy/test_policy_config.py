@@ -89,7 +89,7 @@ def test_nothing_configured_means_no_policy() -> None:
         ),
         (
             {"groups": {"fast": {"members": [{"backend": "openai.9", "model": "m"}]}}},
-            "groups['fast'].members[0].backend: got 'openai.9'; configured: anthropic.1, local",
+            "groups.fast.members[0].backend: got 'openai.9'; configured: anthropic.1, local",
         ),
         (
             {
@@ -97,11 +97,11 @@ def test_nothing_configured_means_no_policy() -> None:
                     "fast": {"strategy": "fastest", "members": [{"backend": "local", "model": "m"}]}
                 }
             },
-            "groups['fast'].strategy: got 'fastest'",
+            "groups.fast.strategy: got 'fastest'",
         ),
         (
             {"groups": {"fast": {"members": []}}},
-            "groups['fast'].members: empty",
+            "groups.fast.members: empty",
         ),
         (
             {"load_balancing": {"strategy": "round_robin"}},
@@ -113,11 +113,11 @@ def test_nothing_configured_means_no_policy() -> None:
                     "models": {"gpt-4o": {"strategy": "weighted", "weights": {"openai.9": 1}}}
                 }
             },
-            "load_balancing.models['gpt-4o'].weights['openai.9']: no such backend",
+            "load_balancing.models.gpt-4o.weights.openai.9: no such backend",
         ),
         (
             {"load_balancing": {"strategy": "weighted", "weights": {"openai.1": -1}}},
-            "load_balancing.weights['openai.1']: got -1.0; allowed: a number >= 0",
+            "load_balancing.weights.openai.1: got -1.0; allowed: a number >= 0",
         ),
         (
             {"load_balancing": {"affinity": {"enabled": True, "idle_seconds": 0}}},
@@ -149,7 +149,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(config_file=path, env={})
     message = str(err.value)
-    assert "model_aliases[0].pattern" in message and "groups['g'].members[0].backend" in message
+    assert "model_aliases[0].pattern" in message and "groups.g.members[0].backend" in message
     assert "\n" not in message
 
 
@@ -162,7 +162,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ),
         (
             {"groups": {"fast": {"members": [{"backend": "openai.9", "model": "gpt-4o"}]}}},
-            "groups['fast'].members[0].backend: got 'openai.9'",
+            "groups.fast.members[0].backend: got 'openai.9'",
         ),
     ],
 )
