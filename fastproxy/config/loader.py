@@ -26,6 +26,7 @@ import msgspec
 import orjson
 import yaml
 
+from .policy_rules import validate_aliases, validate_balancing, validate_groups
 from .schema import BackendConfig, Config
 from .sources import CLI_FLAGS, ENV_VARS
 
@@ -507,15 +508,11 @@ def _check_replacement(config: Config, origins: Mapping[str, str]) -> None:
 
 def _check_policy(config: Config) -> None:
     """Load balancing, model aliases and groups, with the sans-I/O core's own validators:
-    every problem at once, one line each, naming its key (``groups['fast'].members[0]
-    .backend``). Imported here, not at the top: a config without these keys never loads
-    the core modules' regex and balancing code."""
+    every problem at once, in one message, each naming its key
+    (``groups.fast.members[0].backend``)."""
     lb = config.load_balancing
     if lb == type(lb)() and not config.model_aliases and not config.groups:
         return
-    from ..core.aliases import validate_aliases, validate_groups
-    from ..core.balance import validate_balancing
-
     names = set(config.backends) or {"demo"}
     errors = validate_balancing("load_balancing", lb.strategy, lb.weights, names)
     for model, pool in lb.models.items():

@@ -68,11 +68,14 @@ import random
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Container, Mapping, Sequence
-from typing import Literal, Protocol, TypeVar
+from collections.abc import Callable, Container, Mapping, Sequence
+from typing import Protocol, TypeVar
 
-Strategy = Literal["ordered", "weighted", "least_busy", "latency"]
-STRATEGIES: tuple[Strategy, ...] = ("ordered", "weighted", "least_busy", "latency")
+# The strategies and the config checks live with the config (the loader runs them, and
+# config imports nothing of core); the names are re-exported here, where they are used.
+from ..config.policy_rules import STRATEGIES as STRATEGIES
+from ..config.policy_rules import Strategy as Strategy
+from ..config.policy_rules import validate_balancing as validate_balancing
 
 
 class Named(Protocol):
@@ -500,31 +503,3 @@ def make_balancer(
         affinity=affinity,
         rng=rng,
     )
-
-
-def validate_balancing(
-    where: str,
-    strategy: object,
-    weights: Mapping[str, object] | None = None,
-    backends: Collection[str] | None = None,
-) -> list[str]:
-    """Errors for one pool's settings, each naming ``where`` (the config key, e.g.
-    ``load_balancing.models['gpt-4o']``); empty when valid. ``backends``: the
-    configured backend names, to catch a weight for a backend that does not exist."""
-    errors: list[str] = []
-    if strategy not in STRATEGIES:
-        errors.append(f"{where}.strategy: got {strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    positive = False
-    for backend, w in (weights or {}).items():
-        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
-            errors.append(f"{where}.weights[{backend!r}]: got {w!r}; allowed: a number >= 0")
-            continue
-        positive = positive or w > 0
-        if backends is not None and backend not in backends:
-            errors.append(
-                f"{where}.weights[{backend!r}]: no such backend; configured: "
-                f"{', '.join(sorted(backends)) or '(none)'}"
-            )
-    if weights and not positive and not errors:
-        errors.append(f"{where}.weights: every weight is 0; at least one must be positive")
-    return errors
