@@ -19,13 +19,7 @@ from fastproxy.mockllm import MockLLMServer
 from tests.conftest import RunningGateway, backend_for
 from tests.support.waiting import wait_until
 
-MSGS = [{"role": "user", "content": "Name a prime number."}]
-Mocks = tuple[MockLLMServer, MockLLMServer]
-
-
-@pytest.fixture
-def mocks(mock_factory: Callable[..., MockLLMServer]) -> Mocks:
-    return mock_factory(), mock_factory()
+from .e2e import MSGS, Mocks
 
 
 def tree(a: MockLLMServer, b: MockLLMServer, **extra: Any) -> dict[str, Any]:
