@@ -194,12 +194,26 @@ def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix.rstrip("."), tree)]
 
 
+_SECRET_LEAVES = ("api_key", "api_keys", "webhook_url", "secret", "secret_sha256")
+
+
+def _hide(value: Any) -> Any:
+    """A list of mappings (``auth.keys``) with the secrets inside masked."""
+    if isinstance(value, dict):
+        return {k: "***" if k in _SECRET_LEAVES and v else _hide(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide(v) for v in value]
+    return value
+
+
 def _mask(key: str, value: Any) -> str:
     leaf = key.rsplit(".", 1)[-1]
-    if value and (leaf in ("api_key", "api_keys", "webhook_url")):
+    if value and leaf in _SECRET_LEAVES:
         if isinstance(value, list):
             return "[" + ", ".join("***" for _ in value) + "]"
         return "***"
+    if isinstance(value, list):
+        return str(_hide(value))
     return repr(value) if isinstance(value, str) else str(value)
 
 

@@ -26,6 +26,7 @@ import msgspec
 import orjson
 import yaml
 
+from .key_rules import check_client_keys
 from .policy_rules import validate_aliases, validate_balancing, validate_groups
 from .schema import BackendConfig, Config
 from .sources import CLI_FLAGS, ENV_VARS
@@ -259,7 +260,7 @@ def load_config(
         config = _convert(tree)
     except RecursionError:
         raise ConfigError("configuration nested too deeply") from None
-    _check(config, origins)
+    _check(config, origins, env)
     return LoadedConfig(config=config, file=path, origins=origins, cli=dict(cli or {}))
 
 
@@ -329,7 +330,7 @@ def _shown(value: Any) -> str:
 def _is_secret(key: str) -> bool:
     """Whether a dotted key (``admin.api_keys[0]``) holds a secret: never show its value."""
     leaf = re.sub(r"\[\d+\]$", "", key).rsplit(".", 1)[-1]
-    return leaf in ("api_key", "api_keys", "webhook_url")
+    return leaf in ("api_key", "api_keys", "webhook_url", "secret", "secret_sha256")
 
 
 ADMIN_KEY_MIN_CHARS = 16
@@ -401,7 +402,7 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _check(config: Config, origins: Mapping[str, str]) -> None:
+def _check(config: Config, origins: Mapping[str, str], env: Mapping[str, str]) -> None:
     """Cross-field rules that a type cannot express."""
     names = set(config.backends)
     if config.default_backend is not None and config.default_backend not in names:
@@ -440,6 +441,7 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
     _check_admin_keys(config)
     _check_replacement(config, origins)
     _check_policy(config)
+    _check_keys(config, env)
     _check_not_built(config, origins)
     wc = config.wire_capture
     if wc.max_total_bytes < wc.max_file_bytes:
@@ -453,10 +455,10 @@ def _check(config: Config, origins: Mapping[str, str]) -> None:
                 f"host: got {config.host!r} with auth.disable_auth; refusing to serve a "
                 "non-loopback address without authentication"
             )
-        if not config.auth.api_keys:
+        if not config.auth.api_keys and not config.auth.keys:
             raise ConfigError(
                 f"host: got {config.host!r}; a non-loopback bind requires auth.api_keys "
-                "(or FASTPROXY_API_KEYS)"
+                "(or FASTPROXY_API_KEYS) or auth.keys"
             )
 
 
@@ -543,6 +545,27 @@ def _dotted(error: str) -> str:
         return error
     key = _NAME_SUBSCRIPT.sub(lambda n: "." + str(ast.literal_eval(n.group(1))), m.group())
     return key + error[m.end() :]
+
+
+def _check_keys(config: Config, env: Mapping[str, str]) -> None:
+    """Named client keys, teams and rate limits: every problem at once, one per line."""
+    auth = config.auth
+    if not auth.keys and not auth.teams and not config.rate_limits.models:
+        return
+    errors = check_client_keys(config, env)
+    # Until the limiter and the budget book are wired, their keys are refused rather
+    # than accepted and ignored.
+    for i, key in enumerate(auth.keys):
+        if key.limits is not None:
+            errors.append(f"auth.keys[{i}].limits: rate limits are not built yet")
+        if key.budget is not None:
+            errors.append(f"auth.keys[{i}].budget: budgets are not built yet")
+    if auth.teams:
+        errors.append("auth.teams: team budgets are not built yet")
+    if config.rate_limits.models:
+        errors.append("rate_limits.models: rate limits are not built yet")
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 def _check_not_built(config: Config, origins: Mapping[str, str]) -> None:

@@ -121,9 +121,56 @@ class ReplacementConfig(_Section, frozen=True, kw_only=True):
     replacement_rules: tuple[ReplacementRule, ...] = ()
 
 
+class RateLimit(_Section, frozen=True, kw_only=True):
+    """Requests and tokens per minute (core/ratelimit.py); an unset one is not limited."""
+
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+
+
+class BudgetConfig(_Section, frozen=True, kw_only=True):
+    """Spend in USD over a UTC day or month (core/budget.py)."""
+
+    usd: PositiveFloat
+    period: Literal["day", "month"] = "month"
+
+
+class ClientKeyConfig(_Section, frozen=True, kw_only=True):
+    """A named client key (core/keys.py; docs/policy.md, "Named keys"). The secret is
+    given by exactly one of: the environment variable that holds it (``secret_env``),
+    its SHA-256 in hex (``secret_sha256``), or, only with
+    ``auth.allow_plaintext_secrets``, the secret itself."""
+
+    name: str
+    secret_env: str | None = None
+    secret_sha256: str | None = None
+    secret: str | None = None
+    team: str | None = None
+    # Model names (globs, fnmatch) the key may ask for; empty: every model.
+    models: tuple[str, ...] = ()
+    limits: RateLimit | None = None
+    budget: BudgetConfig | None = None
+
+
+class TeamConfig(_Section, frozen=True, kw_only=True):
+    budget: BudgetConfig | None = None
+
+
 class AuthConfig(_Section, frozen=True, kw_only=True):
     disable_auth: bool = False
     api_keys: tuple[str, ...] = ()
+    keys: tuple[ClientKeyConfig, ...] = ()
+    teams: dict[str, TeamConfig] = field(default_factory=dict)
+    # A plain ``secret:`` in the file is refused unless this is set: config files are
+    # copied, committed and pasted into tickets; an env var or a hash is not a secret.
+    allow_plaintext_secrets: bool = False
+
+
+class RateLimitsConfig(_Section, frozen=True, kw_only=True):
+    """Limits per model over every key (``models``, exact public names); per-key limits
+    live on the key (``auth.keys[].limits``)."""
+
+    models: dict[str, RateLimit] = field(default_factory=dict)
 
 
 class LimitsConfig(_Section, frozen=True, kw_only=True):
@@ -259,6 +306,7 @@ class Config(_Section, frozen=True, kw_only=True):
     model_aliases: tuple[AliasRuleConfig, ...] = ()
     groups: dict[str, GroupConfig] = field(default_factory=dict)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     log_level: LogLevel = "INFO"
     access_log: bool = False
     limits: LimitsConfig = field(default_factory=LimitsConfig)

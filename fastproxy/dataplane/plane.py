@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from ..config import Config
 from ..core.clock import HttpDate
+from ..core.keys import Keyring, keyring_from_config
 from ..core.records import Counters
 from ..core.replacement import Replacer
 from ..core.seams import BreakerView, LiveActivity, MonitoringPort, Reporter, WireTap
@@ -27,14 +29,6 @@ from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import AccessLine
 from .routing import Policy
-
-
-def client_keys(config: Config) -> tuple[bytes, ...] | None:
-    """The API keys a client must present, as bytes; None when none is required."""
-    auth = config.auth
-    if auth.disable_auth or not auth.api_keys:
-        return None
-    return tuple(k.encode() for k in auth.api_keys)
 
 
 class Connection(Protocol):
@@ -71,7 +65,7 @@ class DataPlane:
         date: HttpDate | None = None,
     ) -> None:
         self.config = config
-        self.auth_keys = client_keys(config)
+        self.keyring: Keyring | None = keyring_from_config(config, os.environ)
         self.loop = loop
         self.backends: Mapping[str, Backend] = backends if backends is not None else {}
         self.pools: Mapping[str, UpstreamPool] = pools if pools is not None else {}
@@ -125,7 +119,7 @@ class DataPlane:
         elif Policy.configured(config):
             self.policy = Policy(config)
         self.config = config
-        self.auth_keys = client_keys(config)
+        self.keyring = keyring_from_config(config, os.environ)
         self.backends = backends
         self.pools = pools
         self.default_backend = default_backend if default_backend else config.default_backend

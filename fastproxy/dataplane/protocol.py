@@ -42,7 +42,7 @@ from typing import cast
 import httptools
 
 from .._speedups import IMPLEMENTATION, parse_simple_request
-from ..core.auth import presented_key, verify
+from ..core.auth import presented_key
 from ..core.errors import GatewayError, RequestRejected
 from ..core.flow import FlowControl
 from . import wire
@@ -96,12 +96,12 @@ def _refuse(status: int, message: str, code: str) -> RequestRejected:
 
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
-        "_auth_keys",
         "_config",
         "_deadline",
         "_head_bytes",
         "_head_guard",
         "_in_head",
+        "_keyring",
         "_last_body_at",
         "_limits",
         "_loop",
@@ -158,7 +158,7 @@ class ClientProtocol(asyncio.Protocol):
         self._config = config = plane.config
         self._limits = lim = config.limits
         self._timeouts = config.timeouts
-        self._auth_keys = plane.auth_keys
+        self._keyring = plane.keyring
         # The head limits are on what a head says (the request line, header names and
         # values: checked exactly as the parser reports them, whatever the reads). Raw
         # bytes also hold separators and optional whitespace the parser drops, so they
@@ -446,11 +446,13 @@ class ClientProtocol(asyncio.Protocol):
                 "CONNECT is not supported: this is an API gateway, not a forward proxy",
                 "method_not_allowed",
             )
-        keys = self._auth_keys
-        if keys is not None:
-            req.client_key_id = verify(keys, presented_key(req.headers))
-            if req.client_key_id is None:
+        keyring = self._keyring
+        if keyring is not None:
+            key = keyring.identify(presented_key(req.headers))
+            if key is None:
                 raise _refuse(401, "invalid or missing API key", "invalid_api_key")
+            req.client_key = key
+            req.client_key_id = key.key_id
         cl = req.header(b"content-length")
         if cl is not None:
             try:

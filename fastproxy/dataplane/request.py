@@ -8,8 +8,13 @@ each deciding again from the path.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .dialects import anthropic, openai
 from .dialects.base import Dialect
+
+if TYPE_CHECKING:
+    from ..core.keys import ClientKey
 
 
 class ApiRoute:
@@ -47,6 +52,7 @@ class Request:
         "body",
         "body_buf",
         "body_size",
+        "client_key",
         "client_key_id",
         "content_length",
         "dialect",
@@ -80,6 +86,7 @@ class Request:
         self.body_size = 0
         self.expects_body = False
         self.content_length = 0  # declared length; 0 when chunked or absent
+        self.client_key: ClientKey | None = None  # who, when keys are required (core/keys.py)
         self.client_key_id: str | None = None
         self.http11 = True
         self.keep_alive = True

@@ -118,6 +118,13 @@ def known_secrets(config: Config, env: Mapping[str, str]) -> list[str]:
     are searched for literally in everything captured, so even a key a client pasted into
     a prompt, or a backend echoed, is not written."""
     out: list[str] = [*config.auth.api_keys, *config.admin.api_keys]
+    for k in config.auth.keys:
+        # A key known only by its hash cannot be searched for; the headers that carry
+        # keys are redacted whatever they hold.
+        if k.secret:
+            out.append(k.secret)
+        if k.secret_env and env.get(k.secret_env):
+            out.append(env[k.secret_env])
     for b in config.backends.values():
         if b.api_key:
             out.append(b.api_key)
