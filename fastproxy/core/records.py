@@ -86,6 +86,7 @@ class ExchangeRecord:
         "first_tx_at",
         "frontend",
         "id",
+        "key_name",
         "method",
         "model_requested",
         "model_used",
@@ -99,6 +100,7 @@ class ExchangeRecord:
         "started_at",
         "status",
         "streaming",
+        "team",
         "tool_call_count",
         "tool_names",
         "upstream_done_at",
@@ -148,6 +150,9 @@ class ExchangeRecord:
         self.proxy_user: str | None = None
         self.user_agent: str | None = None
         self.client_key_id: str | None = None
+        # A named key's name and team (auth.keys); None for the plain api_keys list.
+        self.key_name: str | None = None
+        self.team: str | None = None
         # The raw request body, held only until the exchange sinks ran (token counting
         # needs it); never stored by any sink. A bytearray when it arrived in several reads.
         self.request_body: bytes | bytearray | None = None

@@ -405,7 +405,11 @@ class RequestCycle:
             self._open_tap(plane.capture)
         rec.frontend = dialect.name
         rec.path = req.path.decode("latin-1")
-        rec.client_key_id = req.client_key_id  # checked with the head (auth.py)
+        rec.client_key_id = req.client_key_id  # checked with the head (core/keys.py)
+        key = req.client_key
+        if key is not None:
+            rec.key_name = key.name
+            rec.team = key.team
         if req.header(b"x-fastproxy-hop") is not None:
             raise RequestRejected(
                 "request already passed through a fastproxy gateway",
@@ -435,6 +439,14 @@ class RequestCycle:
                 "'model' is required and must be a non-empty string", code="missing_model"
             )
         rec.model_requested = model
+        if key is not None and not key.allows(model):
+            # The public name the client asked for, before aliases and groups: a key
+            # is granted names, not the backends behind them.
+            raise RequestRejected(
+                f"this API key ({key.name}) may not use model {model!r}",
+                status=403,
+                code="model_not_allowed",
+            )
         rec.streaming = body.stream is True
         rec.request_body = req.body
         rec.user_agent = _text(req.header(b"user-agent"))
