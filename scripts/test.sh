@@ -24,6 +24,14 @@ fi
 .venv/bin/python -m pip --version >/dev/null 2>&1 ||
     fail ".venv has no pip (made without ensurepip?); remove .venv, install python3-venv, rerun"
 .venv/bin/python -m pip install -q --upgrade pip
+# tests/dashboard drive a real headless Chromium; a fresh machine (root, apt) gets Debian's.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 &&
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing chromium and chromium-driver (apt-get) for tests/dashboard" >&2
+    out=$( { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends chromium chromium-driver; } 2>&1) ||
+        fail "apt-get install chromium chromium-driver failed: $(printf '%s\n' "$out" | tail -n 3)"
+fi
 # Editable install builds the Cython extension in place, so tests import the compiled
 # core from the source tree. FASTPROXY_REQUIRE_EXTENSIONS makes a failed build loud.
 FASTPROXY_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e '.[test,exact-tokens]'

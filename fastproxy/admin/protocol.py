@@ -47,6 +47,7 @@ from ..core.clock import HttpDate
 from ..core.flow import FlowControl, FlowControlled
 from ..core.seams import PlaneStats
 from ..logs import quote
+from . import dashboard
 from .routes import AdminRequest, AdminResponse, Router, error_response, parse_query
 
 log = logging.getLogger("fastproxy.admin")
@@ -258,7 +259,15 @@ class AdminProtocol(FlowControlled, asyncio.Protocol):
                 return
             raw_path, query = parts.path, parts.query
         path = unquote(raw_path) or "/"
-        handler, params, allowed = self.ctx.router.resolve(method, path)
+        # The dashboard (its page and assets) is this listener's own, not the route
+        # table's, so the data port never serves it; _on_head admitted the request under
+        # the same rules as the JSON endpoints.
+        page = dashboard.resolve(method, path)
+        if page is not None:
+            handler, allowed = page
+            params: dict[str, str] = {}
+        else:
+            handler, params, allowed = self.ctx.router.resolve(method, path)
         req = AdminRequest(
             method=method,
             path=path,
@@ -304,7 +313,8 @@ class AdminProtocol(FlowControlled, asyncio.Protocol):
     async def _respond(self, resp: AdminResponse, head_only: bool) -> None:
         headers = self._headers(resp)
         if resp.stream is None or head_only:
-            if resp.stream is None:
+            if resp.stream is None and resp.status != 304:
+                # A 304's Content-Length would have to be the full body's; none is simpler.
                 headers.append((b"content-length", b"%d" % len(resp.body)))
             self._send(h11.Response(status_code=resp.status, headers=headers))
             if resp.body and not head_only:
@@ -336,9 +346,13 @@ class AdminProtocol(FlowControlled, asyncio.Protocol):
         headers = [
             (b"content-type", resp.content_type.encode("latin-1")),
             (b"date", self.ctx.date.value),
-            (b"cache-control", b"no-store"),  # monitoring data is never cacheable
         ]
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
+        own = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
+        if not any(k.lower() == b"etag" for k, _ in own):
+            # Monitoring data is never cacheable. A response with an ETag (the dashboard's
+            # files) is meant to be kept and revalidated, and names its own Cache-Control.
+            headers.append((b"cache-control", b"no-store"))
+        headers += own
         if self.ctx.plane.draining:
             headers.append((b"connection", b"close"))
         return headers
