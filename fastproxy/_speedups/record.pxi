@@ -48,6 +48,8 @@ EXCHANGE_FIELDS = (
     "ptc_est",
     "replacement",
     "body",
+    "key_name",
+    "team",
 )
 EXCHANGE_USAGE = ("prompt", "completion", "total", "cached", "cache_write", "reasoning", "cost")
 
@@ -60,7 +62,7 @@ cdef enum:
     _FL_PTC = 16
     # u32 length, 4 x u8, 3 x i64, 2 x u32, 7 x f64, 2 x i64, 6 x i64, f64
     _HEAD_SIZE = 4 + 4 + 24 + 8 + 56 + 16 + 48 + 8
-    _N_TEXTS = 11
+    _N_TEXTS = 13
 
 cdef tuple _TEXT_ATTRS = (
     "session_id",
@@ -74,6 +76,8 @@ cdef tuple _TEXT_ATTRS = (
     "outcome",
     "proxy_user",
     "user_agent",
+    "key_name",
+    "team",
 )
 
 
@@ -360,6 +364,8 @@ cdef tuple _unpack_frame(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end)
         ests[1] if flags & _FL_PTC else None,
         replacement,
         body,
+        texts[11],
+        texts[12],
     )
 
 

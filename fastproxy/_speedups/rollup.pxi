@@ -23,7 +23,7 @@ cdef enum:
     _RW_COST = 16
     _RW_TOOLS = 17
     _RW_TIMING = 18     # four optional timings from here on
-    _RW_SIZE = 22
+    _RW_SIZE = 24
 
 
 cdef struct _Roll:

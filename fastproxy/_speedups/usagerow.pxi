@@ -105,8 +105,8 @@ cdef tuple _ur_cost(object usage, object price, object prompt_tokens, object com
 
 def usage_row(tuple frame, object ms, object rid, object api, object ctp, object turn,
               object session_id, bint counted, object price):
-    if len(frame) != 28:
-        raise ValueError("an exchange frame has 28 fields")
+    if len(frame) != 30:
+        raise ValueError("an exchange frame has 30 fields")
     cdef double started = frame[1]
     cdef double ended = frame[2]
     cdef double sent_at = frame[3]
@@ -131,6 +131,8 @@ def usage_row(tuple frame, object ms, object rid, object api, object ctp, object
     btp_est = frame[24]
     ptc_est = frame[25]
     replacement = frame[26]
+    key_name = frame[28]
+    team = frame[29]
 
     reported = usage is not None and (usage[0] is not None or usage[1] is not None)
     source = _SRC_BACKEND if reported else _SRC_COUNTED if counted else _SRC_ESTIMATED
@@ -205,6 +207,8 @@ def usage_row(tuple frame, object ms, object rid, object api, object ctp, object
         proxy_user,
         user_agent,
         api,
+        key_name,
+        team,
     )
     secs = ms // 1000
     cdef int overflow = 0
@@ -215,7 +219,8 @@ def usage_row(tuple frame, object ms, object rid, object api, object ctp, object
     else:
         wday = (t // 86400 + 3) % 7  # 1970-01-01 was a Thursday (Monday is 0)
         hour = (t % 86400) // 3600
-    key = (backend, backend_type, frontend, model_requested, model_used, proxy_user, api, outcome)
+    key = (backend, backend_type, frontend, model_requested, model_used, proxy_user, api, outcome,
+           key_name, team)
     row = (
         ms / 1000,
         status or 0,
@@ -237,5 +242,7 @@ def usage_row(tuple frame, object ms, object rid, object api, object ctp, object
         duration,
         overhead,
         stream_tps,
+        key_name,
+        team,
     )
     return values, key, ms // 3_600_000, row

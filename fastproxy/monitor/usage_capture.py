@@ -32,6 +32,7 @@ class UsageCapture:
         "first_content_at",
         "frontend",
         "held",
+        "key_name",
         "model_requested",
         "model_used",
         "outcome",
@@ -43,6 +44,7 @@ class UsageCapture:
         "started_at",
         "status",
         "streaming",
+        "team",
         "tool_call_count",
         "tool_names",
         "upstream_done_at",
@@ -65,6 +67,7 @@ class UsageCapture:
     first_content_at: float
     frontend: str
     held: int
+    key_name: str | None
     model_requested: str | None
     model_used: str | None
     outcome: str
@@ -76,6 +79,7 @@ class UsageCapture:
     started_at: float
     status: int
     streaming: bool
+    team: str | None
     tool_call_count: int
     tool_names: list[str]
     upstream_done_at: float
@@ -114,6 +118,8 @@ class UsageCapture:
         c.replacement = rec.replacement
         c.proxy_user = rec.proxy_user
         c.user_agent = rec.user_agent
+        c.key_name = rec.key_name
+        c.team = rec.team
         body = rec.request_body
         c.body = body if keep_body else None
         c.held = held  # bytes of PendingBodies this capture holds, released once built
@@ -152,6 +158,8 @@ class UsageCapture:
             c.ptc_est,
             c.replacement,
             c.body,
+            c.key_name,
+            c.team,
         ) = f
         c.usage = BackendUsage(*usage) if usage is not None else None
         c.held = 0

@@ -496,4 +496,6 @@ def _frame_of(c: UsageCapture) -> tuple[Any, ...]:
         c.ptc_est,
         c.replacement,
         None,
+        c.key_name,
+        c.team,
     )

@@ -31,6 +31,9 @@ LEGS = ("CTP", "PTB", "BTP", "PTC")
 # Both dialects a client can speak are also the backend types (config BackendType).
 _TYPES = tuple(sorted(get_args(BackendType)))
 DIM_FILTERS = ("backend_type", "backend", "frontend_type", "api", "proxy_user", "outcome")
+# Parameters whose usage_dims column has another name: ``key`` is a named client key's
+# name (auth.keys), stored as key_name beside the 12-hex client_key_id of every key.
+_DIM_COLUMN = {"key": "key_name", "team": "team"}
 FILTER_PARAMS = (
     "backend_type",
     "backend",
@@ -42,6 +45,8 @@ FILTER_PARAMS = (
     "proxy_user",
     "http_status_code",
     "outcome",
+    "key",
+    "team",
     "start_date",
     "end_date",
     "day_of_week",
@@ -67,6 +72,8 @@ class Filters:
     # store 0 for them.
     http_status_code: int | None = None
     outcome: str | None = None
+    key: str | None = None  # a named key's name (auth.keys)
+    team: str | None = None
     start: float | None = None
     end: float | None = None
     end_exclusive: bool = False
@@ -135,7 +142,7 @@ def parse_filters(
             if v not in choices:
                 raise FilterError(param, f"{values[param]!r} is not one of {', '.join(choices)}")
             out[param] = echo[param] = v
-    for param in ("backend", "model", "session_id", "proxy_user"):
+    for param in ("backend", "model", "session_id", "proxy_user", "key", "team"):
         if param in values:
             out[param] = echo[param] = values[param]
     if "leg" in values:
@@ -190,6 +197,11 @@ def dim_query(f: Filters) -> tuple[str, list[Any]] | None:
     terms, args = [], []
     for col in DIM_FILTERS:
         v = getattr(f, col)
+        if v is not None:
+            terms.append(f"{col} = ?")
+            args.append(v)
+    for param, col in _DIM_COLUMN.items():
+        v = getattr(f, param)
         if v is not None:
             terms.append(f"{col} = ?")
             args.append(v)

@@ -73,6 +73,7 @@ _INF = float("inf")
 _ROLLUPS = {"hour": "usage_hourly", "day": "usage_daily"}
 
 Groups = dict[tuple[int, int], list[Any]]
+_NO_NAMES: tuple[None, ...] = (None,) * 6
 
 
 # Read connections map the file: a stats call opens a fresh connection, and mapping spares
@@ -389,18 +390,28 @@ def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
         names = {
             r[0]: r[1:]
             for r in conn.execute(
-                "SELECT dim, backend, COALESCE(model_used, model_requested), api, outcome "
-                "FROM usage_dims"
+                "SELECT dim, backend, COALESCE(model_used, model_requested), api, outcome, "
+                "key_name, team FROM usage_dims"
             )
         }
     by_backend: dict[str, dict[str, Any]] = {}
     by_model: dict[str, dict[str, Any]] = {}
     by_api: dict[str, dict[str, Any]] = {}
+    by_key: dict[str, dict[str, Any]] = {}
+    by_team: dict[str, dict[str, Any]] = {}
     codes: dict[int, int] = {}
     outcomes: dict[str, int] = {}
     for (dim, code), vals in groups.items():
-        backend, model, api, outcome = names.get(dim, (None, None, None, None))
-        for table, key in ((by_backend, backend), (by_model, model), (by_api, api)):
+        backend, model, api, outcome, key_name, team = names.get(dim, _NO_NAMES)
+        # Requests made with the plain api_keys list (or without auth) have no key name
+        # or team: they are grouped under "(none)" like any other absent value.
+        for table, key in (
+            (by_backend, backend),
+            (by_model, model),
+            (by_api, api),
+            (by_key, key_name),
+            (by_team, team),
+        ):
             name = NONE_KEY if key is None else str(key)
             _group(table.setdefault(name, _new_group()), vals, prompt, completion, code)
         codes[code] = codes.get(code, 0) + vals[N]
@@ -441,6 +452,8 @@ def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
         "by_backend": _finish(by_backend),
         "by_model": _finish(by_model),
         "by_api": _finish(by_api),
+        "by_key": _finish(by_key),
+        "by_team": _finish(by_team),
         "filters": f.echo,
     }
 

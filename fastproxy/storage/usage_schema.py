@@ -1,15 +1,19 @@
 """The usage database schema and its in-place migrations (PRAGMA user_version).
 
-Layout (version 4), a small star schema, because stats on a million rows must answer in
+Layout (version 5), a small star schema, because stats on a million rows must answer in
 well under a second and SQLite has no hash aggregation (every GROUP BY is a sort):
 
 - ``usage_dims``: one row per distinct (backend, backend_type, frontend_type,
-  model_requested, model_used, proxy_user, api, outcome). A request row carries its
+  model_requested, model_used, proxy_user, api, outcome, key_name, team). A request row carries its
   1-byte..2-byte ``dim`` id instead of eight strings, so rows and index entries stay
   narrow and a text filter becomes ``dim IN (...)`` over a handful of ids.
 - ``usage_requests``: one narrow row per request: every filterable field (through
   ``dim``), the time as epoch seconds plus UTC ``day_of_week``/``hour_of_day``, the four
-  token points, backend-reported totals, cost and the four timings.
+  token points, backend-reported totals, cost and the four timings; and the named
+  client key's ``key_name`` and ``team`` (null for the plain api_keys list or no auth).
+  These two are also in the row's dim (so stats filter and group by them through the
+  rollups); on the row they serve the per-key and per-team spend of a period (budgets,
+  GET /v1/keys), read through their own partial indexes (key or team, then ts and cost).
 - ``usage_records``: the record as submitted (JSON), keyed by the same ``seq``; /recent
   and /export return it as it came. The projector's records are stored as compact JSON
   arrays (see `prepare_values`), other records as objects. Kept apart so aggregate scans
@@ -31,6 +35,9 @@ file instead. A version-2 file needs no change (its object records stay readable
 Version 4 adds ``api`` and ``outcome`` to ``usage_dims``, so both filter and group like
 the other dims through the rollups and the covering indexes (`_v3_to_v4`), and the
 compact record format 2, which holds the record's ``api``.
+Version 5 adds ``key_name`` and ``team`` to ``usage_dims`` and to ``usage_requests``,
+their two partial indexes, and record format 3, which holds both (`_v4_to_v5`). Every
+row before it was made without a named key, so the columns are null and no row moves.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from typing import Any
 
 import orjson
 
-VERSION = 4
+VERSION = 5
 
 # The four timing columns: each has a covering partial index named usage_requests_<col>.
 TIMINGS = ("ttft_ms", "total_duration_ms", "proxy_overhead_ms", "stream_tps")
@@ -191,7 +198,12 @@ REQUEST_COLUMNS = (
     "cost",
     "tool_call_count",
     *TIMINGS,
+    # Version 5: the named client key (auth.keys) and its team, null otherwise.
+    "key_name",
+    "team",
 )
+# The columns of versions 2 to 4 (what the v1 rebuild fills).
+_REQUEST_COLUMNS_V2 = REQUEST_COLUMNS[:-2]
 INSERT_REQUEST = (
     f"INSERT INTO usage_requests ({', '.join(REQUEST_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})"
@@ -206,8 +218,10 @@ DIM_COLUMNS = (
     "proxy_user",
     "api",
     "outcome",
+    "key_name",
+    "team",
 )
-# The dims of versions 1 to 3; version 4 added the last two.
+# The dims of versions 1 to 3; version 4 added api and outcome, version 5 the key and team.
 _DIM_COLUMNS_V3 = DIM_COLUMNS[:6]
 INSERT_DIM = (
     f"INSERT INTO usage_dims ({', '.join(DIM_COLUMNS)}) "
@@ -297,6 +311,7 @@ def _create_current(conn: sqlite3.Connection) -> None:
     # one definition of each table, whichever way a file reaches the current version.
     _create_v2(conn)
     _v3_to_v4(conn)
+    _v4_to_v5(conn)
 
 
 def _rebuild_rollups(conn: sqlite3.Connection) -> None:
@@ -325,7 +340,7 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     conn.execute(f"INSERT INTO usage_dims ({dims}) SELECT DISTINCT {dims} FROM usage_v1")
     join = " AND ".join(f"d.{c} IS u.{c}" for c in _DIM_COLUMNS_V3)
     conn.execute(
-        f"INSERT INTO usage_requests ({', '.join(REQUEST_COLUMNS)}) "
+        f"INSERT INTO usage_requests ({', '.join(_REQUEST_COLUMNS_V2)}) "
         "SELECT u.rowid, u.ts, d.dim, COALESCE(u.http_status_code, 0), u.day_of_week, "
         "u.hour_of_day, u.session_id, u.streaming, u.outcome, u.ctp_prompt_tokens, "
         "u.ptb_prompt_tokens, u.btp_completion_tokens, u.ptc_completion_tokens, u.br_prompt, "
@@ -389,6 +404,28 @@ def _v3_to_v4(conn: sqlite3.Connection) -> None:
     conn.execute(_VIEW_V4)
 
 
+# Version 5's indexes: a key's (a team's) rows in time order with their cost, so the spend
+# of a period is a range walk of the index alone. Partial: traffic of the plain api_keys
+# list (or without auth) adds no entry, so it pays nothing for them.
+_KEY_INDEXES = (
+    "CREATE INDEX usage_requests_key ON usage_requests(key_name, ts, cost) "
+    "WHERE key_name IS NOT NULL",
+    "CREATE INDEX usage_requests_team ON usage_requests(team, ts, cost) WHERE team IS NOT NULL",
+)
+
+
+def _v4_to_v5(conn: sqlite3.Connection) -> None:
+    """Add ``key_name`` and ``team`` to the dims and the rows. No row before this version
+    was made with a named key, so every existing dim and row has both null, the dims keep
+    their ids and the rollups stay as they are: four ALTERs and two empty indexes, instant
+    whatever the file's size. (The view's ``r.*`` shows the rows' two new columns.)"""
+    for table in ("usage_dims", "usage_requests"):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN key_name TEXT")
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN team TEXT")
+    for stmt in _KEY_INDEXES:
+        conn.execute(stmt)
+
+
 # version -> the step that brings a file at version-1 to version. A file without the
 # usage tables (version 0) gets the current layout at once. A later version adds an entry
 # here: a function, or an SQL script (statements run one by one in the same transaction).
@@ -396,6 +433,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None] | str] = {
     2: _v1_to_v2,
     3: "",
     4: _v3_to_v4,
+    5: _v4_to_v5,
 }
 
 
@@ -509,6 +547,8 @@ def prepare(r: dict[str, Any]) -> Prepared:
         _real(r.get("total_duration_ms")),
         _real(r.get("proxy_overhead_ms")),
         _real(r.get("stream_tps")),
+        key[8],
+        key[9],
     )
     return key, math.floor(ts / 3600), row, orjson.dumps(r).decode()
 
@@ -526,8 +566,9 @@ def utc_iso_ms(ms: int) -> str:
 # the bytes the writer puts in the write-ahead log per request. Records from anywhere else
 # (a dict given to ``UsageStore.submit``) stay JSON objects; `load_record` reads both. A
 # new field means a new RECORD_FORMAT whose reader keeps the old key list for old rows.
-# Format 2 added ``api`` (the last key); format 1 rows read back with ``api`` null.
-RECORD_FORMAT = 2
+# Format 2 added ``api``; format 1 rows read back with ``api`` null. Format 3 added
+# ``key_name`` and ``team`` (the last two keys); older rows read back with both null.
+RECORD_FORMAT = 3
 # The record's original fields in their order, then the fields added since, each at the end
 # so that CSV columns keep their positions (also the CSV export's columns).
 RECORD_KEYS = (
@@ -563,9 +604,13 @@ RECORD_KEYS = (
     "proxy_user",
     "user_agent",
     "api",
+    "key_name",
+    "team",
 )
 # Fields a stored record may lack (it was stored before they existed): null on reading.
-_ADDED_KEYS = ("api",)
+_ADDED_KEYS = ("api", "key_name", "team")
+# How many values each older compact format holds (RECORD_KEYS' first ones).
+_FORMAT_VALUES = {1: len(RECORD_KEYS) - 3, 2: len(RECORD_KEYS) - 2}
 BACKEND_USAGE_KEYS = ("cache_write", "cached", "completion", "cost", "prompt", "reasoning", "total")
 _BR = RECORD_KEYS.index("backend_reported_usage")
 _TS = RECORD_KEYS.index("timestamp")
@@ -583,8 +628,9 @@ def load_record(text: str | bytes) -> dict[str, Any]:
     fmt = obj[0]
     if fmt == RECORD_FORMAT:
         return record_from_values(obj[1:])
-    if fmt == 1:  # before ``api``: its values are RECORD_KEYS without the last
-        obj.append(None)
+    held = _FORMAT_VALUES.get(fmt)
+    if held is not None:  # an older format: RECORD_KEYS without the keys added since
+        obj.extend([None] * (len(RECORD_KEYS) - held))
         return record_from_values(obj[1:])
     # A newer format comes with a newer schema version, which migrate refuses to open;
     # should one be met anyway, say so, not fail the page.
@@ -641,9 +687,22 @@ def prepare_values(v: tuple[Any, ...], ms: int) -> Prepared:
         proxy_user,
         _ua,
         api,
+        key_name,
+        team,
     ) = v
     tm = time.gmtime(ms // 1000)
-    key = (backend, backend_type, frontend, model_requested, model_used, proxy_user, api, outcome)
+    key = (
+        backend,
+        backend_type,
+        frontend,
+        model_requested,
+        model_used,
+        proxy_user,
+        api,
+        outcome,
+        key_name,
+        team,
+    )
     if br is None:
         br_prompt = br_completion = br_total = None
     else:
@@ -670,5 +729,7 @@ def prepare_values(v: tuple[Any, ...], ms: int) -> Prepared:
         duration,
         overhead,
         tps,
+        key_name,
+        team,
     )
     return key, ms // 3_600_000, row, orjson.dumps((RECORD_FORMAT, *v)).decode()

@@ -53,6 +53,7 @@ def full_record() -> ExchangeRecord:
     rec.usage = BackendUsage(prompt=120, completion=30, total=150, cached=100, cost=0.0125)
     rec.btp_completion_est, rec.ptc_completion_est = 31, 29
     rec.replacement = {"from": "gpt-4", "to": "gpt-4o"}
+    rec.key_name, rec.team = "ci-bot", "plätform"
     return rec
 
 
@@ -76,6 +77,8 @@ def expected(rec: ExchangeRecord, body: bytes | bytearray | None) -> tuple[Any, 
         rec.ptc_completion_est,
         rec.replacement,
         None if body is None else bytes(body),
+        rec.key_name,
+        rec.team,
     )
 
 
@@ -103,6 +106,8 @@ def test_fields_are_named_in_frame_order(speedups_impl: ModuleType) -> None:
         "ptc_est",
         "replacement",
         "body",
+        "key_name",
+        "team",
     ) == speedups_impl.EXCHANGE_FIELDS
     assert speedups_impl.EXCHANGE_USAGE[-1] == "cost"
 
@@ -117,7 +122,8 @@ def test_none_fields_and_no_body(speedups_impl: ModuleType) -> None:
     rec = ExchangeRecord(1, 1, 5.0)  # every optional field at its default (None / 0 / "")
     frame = roundtrip(speedups_impl, rec, None)
     assert frame == expected(rec, None)
-    assert frame[-1] is None and frame[23] is None and frame[26] is None
+    assert frame[27] is None and frame[23] is None and frame[26] is None
+    assert frame[28] is None and frame[29] is None  # no named key
 
 
 def test_partial_usage_and_empty_body(speedups_impl: ModuleType) -> None:
@@ -173,7 +179,7 @@ def test_partial_frames_wait_and_many_frames_stream(speedups_impl: ModuleType) -
         del buf[:consumed]
     assert not buf
     assert [f[19] for f in got] == [200 + i for i in range(50)]
-    assert [f[-1] for f in got] == [b"x" * i if i % 3 else None for i in range(50)]
+    assert [f[27] for f in got] == [b"x" * i if i % 3 else None for i in range(50)]
 
 
 def test_malformed_frames_are_refused(speedups_impl: ModuleType) -> None:

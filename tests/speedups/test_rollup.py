@@ -56,6 +56,8 @@ def request_row(rng: random.Random, seq: int, span_s: float = 3 * 86400) -> tupl
         None if rng.random() < 0.4 else rng.random() / 100,
         rng.randint(0, 3),
         *(opt_real() for _ in range(4)),
+        rng.choice((None, "ci-bot")),  # key_name and team: carried, never folded
+        rng.choice((None, "platform")),
     )
 
 
@@ -102,8 +104,10 @@ def test_groups_in_order_of_first_appearance_with_the_first_rows_hour_fields(
         1,
         7.0,
         *none4[1:],
+        "ci-bot",
+        "platform",
     )
-    b = (2, T0 + 7200, 1, 200, 3, 7, None, 0, "ok", *([None] * 7), None, 0, *none4)
+    b = (2, T0 + 7200, 1, 200, 3, 7, None, 0, "ok", *([None] * 7), None, 0, *none4, None, None)
     c = (
         3,
         T0 + 1,
@@ -125,6 +129,8 @@ def test_groups_in_order_of_first_appearance_with_the_first_rows_hour_fields(
         2,
         3.0,
         *none4[1:],
+        None,
+        None,
     )
     hourly, daily = speedups_impl.fold_rollups([a, b, c])
     h0 = int(T0 / 3600)
@@ -141,7 +147,7 @@ def test_groups_in_order_of_first_appearance_with_the_first_rows_hour_fields(
 
 
 def test_the_unit_truncates_toward_zero_like_the_sql_cast(speedups_impl: ModuleType) -> None:
-    row = (1, -5400.0, 1, 0, 3, 22, None, 0, None, *([None] * 8), 0, None, None, None, None)
+    row = (1, -5400.0, 1, 0, 3, 22, None, 0, None, *([None] * 8), 0, *([None] * 6))
     hourly, daily = speedups_impl.fold_rollups([row])
     assert hourly[0][0] == -1 and daily[0][0] == 0  # int(-1.5), int(-0.0625)
 
@@ -177,7 +183,7 @@ def test_a_sum_beyond_64_bits_raises(speedups_impl: ModuleType) -> None:
         speedups_impl.fold_rollups([tuple(row)] * 2)
 
 
-@pytest.mark.parametrize("bad", [(1, 2), [0] * 22, None])
+@pytest.mark.parametrize("bad", [(1, 2), [0] * 24, (0,) * 22, None])
 def test_a_row_that_is_not_a_request_row_is_refused(speedups_impl: ModuleType, bad: Any) -> None:
     with pytest.raises(ValueError):
         speedups_impl.fold_rollups([bad])
@@ -234,7 +240,9 @@ rows_strategy = st.lists(
         st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers(-9, 9)),
         st.integers(0, 2**20),
         st.lists(st.one_of(st.none(), st.floats(-1e9, 1e9), st.just(-0.0)), min_size=4, max_size=4),
-    ).map(lambda t: (0, t[0], t[1], t[2], 0, 0, None, 0, None, *t[3], t[4], t[5], *t[6])),
+    ).map(
+        lambda t: (0, t[0], t[1], t[2], 0, 0, None, 0, None, *t[3], t[4], t[5], *t[6], None, None)
+    ),
     max_size=60,
 )
 

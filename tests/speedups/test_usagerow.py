@@ -74,6 +74,8 @@ def random_frame(rng: random.Random) -> tuple[Any, ...]:
         opt(count),
         opt(lambda: {"from": "a", "to": "b"}, 0.8),
         None,
+        opt(lambda: "ci-bot", 0.5),
+        opt(lambda: "platform", 0.5),
     )
 
 
@@ -137,13 +139,15 @@ def test_token_points_and_timings_of_a_finished_stream(speedups_impl: ModuleType
     frame[15], frame[18], frame[19] = "client_aborted", True, 200
     frame[23] = (120, 1, 121, 100, None, None, None)  # Anthropic's placeholder completion
     frame[24], frame[25] = 40, 30
+    frame[28], frame[29] = "ci-bot", None  # a named key without a team
     values, key, hour, row = speedups_impl.usage_row(
         tuple(frame), 1_790_000_000_123, "id", "messages", 118, 2, "s", True, None
     )
     assert values[15:19] == (118, 120, 40, 30)  # ctp, ptb, btp (what arrived), ptc
     assert values[20] == "backend"
     assert values[21:26] == (750.0, 250.0, 1500.0, 500.0, round(40 / 0.75, 3))
-    assert key[-2:] == ("messages", "client_aborted")
+    assert key[-4:] == ("messages", "client_aborted", "ci-bot", None)
+    assert values[-2:] == ("ci-bot", None) and row[-2:] == ("ci-bot", None)
     assert hour == 1_790_000_000_123 // 3_600_000 and row[0] == 1_790_000_000.123
 
 

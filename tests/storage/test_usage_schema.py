@@ -93,7 +93,8 @@ def old_file(path: Path, version: int, items: list[dict[str, Any] | tuple[Any, .
     later migrations start from, kept as ``usage_schema._DDL_V2``), dims of six strings,
     both rollups folded by the writer's own statements, and each record as those versions
     stored it: a dict as a JSON object, a projector's values (version 3 only) as a compact
-    format-1 array, which had no ``api``."""
+    format-1 array, which had no ``api``, ``key_name`` or ``team``. (Version 4 files are
+    written from their own CREATE statements: tests/keys/test_migration.py.)"""
     conn = sqlite3.connect(path, isolation_level=None)
     for stmt in usage_schema._DDL_V2:
         conn.execute(stmt)
@@ -103,9 +104,9 @@ def old_file(path: Path, version: int, items: list[dict[str, Any] | tuple[Any, .
         if isinstance(item, dict):
             rec, text = item, orjson.dumps(item).decode()
         else:
-            assert version == 3 and item[-1] is None  # no api before version 4
+            assert version == 3 and item[-3:] == (None,) * 3  # no api before version 4
             rec = usage_schema.record_from_values(item)
-            text = orjson.dumps([1, *item[:-1]]).decode()
+            text = orjson.dumps([1, *item[:-3]]).decode()
         key, _hour, row, _ = usage_schema.prepare(rec)
         dim = dims.get(key[:6])
         if dim is None:
@@ -114,7 +115,11 @@ def old_file(path: Path, version: int, items: list[dict[str, Any] | tuple[Any, .
                 "model_used, proxy_user) VALUES (?, ?, ?, ?, ?, ?)",
                 key[:6],
             ).lastrowid
-        conn.execute(usage_schema.INSERT_REQUEST, (seq, row[0], dim, *row[1:]))
+        conn.execute(
+            f"INSERT INTO usage_requests ({', '.join(usage_schema._REQUEST_COLUMNS_V2)}) "
+            f"VALUES ({', '.join('?' for _ in usage_schema._REQUEST_COLUMNS_V2)})",
+            (seq, row[0], dim, *row[1:-2]),
+        )
         conn.execute(usage_schema.INSERT_RECORD, (seq, text))
     conn.execute(usage_schema.ROLLUP_BATCH_HOURLY, (1, len(items) + 1))
     conn.execute(usage_schema.ROLLUP_BATCH_DAILY, (1, len(items) + 1))
@@ -130,7 +135,8 @@ def test_a_version_2_file_takes_compact_records_beside_its_own(tmp_path: Path) -
     # first, with the fields added since then null.
     db = tmp_path / "u.db"
     old = record(timestamp="2025-11-30T10:00:00.000Z")
-    del old["api"]  # version 2 knew no API kind
+    for added in ("api", "key_name", "team"):  # version 2 knew no API kind, no named keys
+        del old[added]
     old_file(db, 2, [old])
 
     projector = Projector(PriceTable({}))
@@ -139,12 +145,12 @@ def test_a_version_2_file_takes_compact_records_beside_its_own(tmp_path: Path) -
     s.submit(lambda: projector.prepared(capture))
     s.stop()
 
-    assert user_version(db) == usage_schema.VERSION == 4
+    assert user_version(db) == usage_schema.VERSION == 5
     with sqlite3.connect(db) as conn:
         texts = [r[0] for r in conn.execute("SELECT record FROM usage_records ORDER BY seq")]
-    assert texts[0].startswith("{") and texts[1].startswith("[2,")
+    assert texts[0].startswith("{") and texts[1].startswith("[3,")
     pages = [r for page in s.export_pages(parse_filters({})) for r in page]
-    assert pages[0] == {**old, "api": None}
+    assert pages[0] == {**old, "api": None, "key_name": None, "team": None}
     new = pages[1]
     assert tuple(new) == usage_schema.RECORD_KEYS
     assert new["timestamp"] == "2025-11-30T10:53:20.250Z" and new["streaming"] is True
@@ -153,11 +159,12 @@ def test_a_version_2_file_takes_compact_records_beside_its_own(tmp_path: Path) -
 
 
 def _values(outcome: str, status: int, wall: float) -> tuple[Any, ...]:
-    """What a version-3 gateway's projector made of a request: the values without api."""
+    """What a version-3 gateway's projector made of a request: the values without api
+    (nor key_name and team, which came later)."""
     rec = _rec(True, None, wall)
     rec.outcome, rec.status = outcome, status
     values = Projector(PriceTable({})).values(UsageCapture.take(rec, True), int(wall * 1000))
-    return (*values[:-1], None)
+    return (*values[:-3], None, None, None)
 
 
 def test_a_version_3_file_gets_api_and_outcome_dims(tmp_path: Path) -> None:
@@ -182,7 +189,8 @@ def test_a_version_3_file_gets_api_and_outcome_dims(tmp_path: Path) -> None:
             http_status_code=status,
             total_duration_ms=float(i + 1),
         )
-        del r["api"]
+        for added in ("api", "key_name", "team"):
+            del r[added]
         dicts.append(r)
     compact = [_values("client_aborted", 0, t0 + i) for i in range(4)]
     compact += [_values("ok", 200, t0 + 10 + i) for i in range(6)]
@@ -196,7 +204,7 @@ def test_a_version_3_file_gets_api_and_outcome_dims(tmp_path: Path) -> None:
     )
     s.stop()
 
-    assert user_version(db) == 4
+    assert user_version(db) == usage_schema.VERSION
     with sqlite3.connect(db) as conn:
         # Every row's dim carries the row's own outcome; no old dim has an API kind.
         assert (

@@ -125,7 +125,8 @@ def test_every_api_kind_is_recorded_filtered_and_broken_down(gw: RunningGateway)
     assert Counter(r["api"] for r in records) == KINDS
     dialect = {"messages": "anthropic", "count_tokens": "anthropic"}
     assert all(r["frontend_type"] == dialect.get(r["api"], "openai") for r in records)
-    assert all(list(r)[-1] == "api" for r in records)  # the new field comes last
+    # The fields added since come last, in the order they were added.
+    assert all(list(r)[-3:] == ["api", "key_name", "team"] for r in records)
 
     s = stats(gw)
     assert {k: g["request_count"] for k, g in s["by_api"].items()} == KINDS
@@ -139,7 +140,10 @@ def test_every_api_kind_is_recorded_filtered_and_broken_down(gw: RunningGateway)
     for fmt, got in exports(gw, api="chat").items():
         assert [r["api"] for r in got] == ["chat", "chat"], fmt
     rows = exports(gw)["csv"]
-    assert list(rows[0])[-1] == "api" and Counter(r["api"] for r in rows) == KINDS
+    assert (
+        list(rows[0])[-3:] == ["api", "key_name", "team"]
+        and Counter(r["api"] for r in rows) == KINDS
+    )
 
     # The stream's rate is tokens per second, and its keys say so.
     stream = next(r for r in records if r["streaming"])

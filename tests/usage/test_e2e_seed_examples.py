@@ -48,6 +48,8 @@ STATS_KEYS = {
     "filters",
     "outcome_counts",
     "by_api",
+    "by_key",
+    "by_team",
 }
 PCT_KEYS = {"count", "min_ms", "max_ms", "avg_ms", "p50_ms", "p95_ms", "p99_ms"}
 

@@ -56,6 +56,8 @@ RECORD_FIELDS = [
     "proxy_user",
     "user_agent",
     "api",
+    "key_name",
+    "team",
 ]
 SECRET_PHRASE = "purple-elephant-umbrella"
 ESTIMATOR = Projector(PriceTable())  # no exact tokenizer: every count is the estimator's

@@ -161,7 +161,7 @@ def test_export_of_the_gateways_compact_records(tmp_path: Path) -> None:
         s.submit(lambda c=c: projector.prepared(c))
     s.stop()
     with sqlite3.connect(path) as conn:
-        assert all(t.startswith("[2,") for (t,) in conn.execute("SELECT record FROM usage_records"))
+        assert all(t.startswith("[3,") for (t,) in conn.execute("SELECT record FROM usage_records"))
 
     target = tmp_path / "out.ndjson"
     out = fastproxy(

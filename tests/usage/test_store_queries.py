@@ -72,6 +72,8 @@ def record(**over: Any) -> dict[str, Any]:
         "proxy_user": None,
         "user_agent": "test-agent/1.0",
         "api": "chat",
+        "key_name": None,
+        "team": None,
     }
     base.update(over)
     return base

@@ -308,8 +308,12 @@ def _v1_db(path: Path, recs: list[dict[str, Any]], json_apart: bool) -> None:
 def test_version_1_file_is_migrated_in_place(tmp_path: Path, json_apart: bool) -> None:
     import random
 
-    # Version 1 knew no API kind: its records read back, and count, with api null.
-    recs = [{**r, "api": None} for r in _random_records(random.Random(7), 300)]
+    # Version 1 knew no API kind nor named keys: its records read back, and count, with
+    # api, key_name and team null.
+    recs = [
+        {**r, "api": None, "key_name": None, "team": None}
+        for r in _random_records(random.Random(7), 300)
+    ]
     db = tmp_path / "u.db"
     _v1_db(db, recs, json_apart)
     s = make(db)

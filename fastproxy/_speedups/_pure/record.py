@@ -18,7 +18,9 @@ Layout (little-endian; both ends run on one machine)::
     f64  7 times (wall_started_at .. first_content_at, EXCHANGE_FIELDS order)
     i64  btp_est, ptc_est (0 when absent, see flags)
     i64  6 usage counts, f64 usage cost (0 when absent, see the mask)
-    str  11 texts: i32 length (-1: None), then UTF-8 (surrogates passed through)
+    str  13 texts: i32 length (-1: None), then UTF-8 (surrogates passed through); the
+         last two (a named key's name and team) are the last two EXCHANGE_FIELDS, after
+         the body, so the fields before them kept their positions when they were added
     str  tool names, then the replacement: i32 pairs (-1: None) and its key/value texts
     u32  body length, then the body (only with FLAG_BODY)
 
@@ -68,6 +70,8 @@ EXCHANGE_FIELDS = (
     "ptc_est",
     "replacement",
     "body",
+    "key_name",
+    "team",
 )
 # BackendUsage's fields in its constructor's order; the last (cost) is a float.
 EXCHANGE_USAGE = ("prompt", "completion", "total", "cached", "cache_write", "reasoning", "cost")
@@ -89,6 +93,8 @@ _TEXTS = (
     "outcome",
     "proxy_user",
     "user_agent",
+    "key_name",
+    "team",
 )
 _NONE = _I32.pack(-1)
 
@@ -306,7 +312,7 @@ def _frame(view: memoryview, pos: int) -> tuple[Any, ...]:
     if flags & FLAG_USAGE:
         usage = tuple(v if mask & (1 << i) else None for i, v in enumerate(rest))
     (session_id, client_key_id, frontend, path, backend, backend_type) = texts[:6]
-    (model_requested, model_used, outcome, proxy_user, user_agent) = texts[6:]
+    (model_requested, model_used, outcome, proxy_user, user_agent, key_name, team) = texts[6:]
     return (
         wall,
         started,
@@ -336,4 +342,6 @@ def _frame(view: memoryview, pos: int) -> tuple[Any, ...]:
         ptc if flags & FLAG_PTC else None,
         replacement,
         body,
+        key_name,
+        team,
     )

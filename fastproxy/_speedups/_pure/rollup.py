@@ -3,7 +3,8 @@
 ``fold_rollups(rows)`` takes the rows of one write batch as they are inserted into
 ``usage_requests`` (tuples in ``usage_schema.REQUEST_COLUMNS`` order: seq, ts, dim,
 http_status_code, day_of_week, hour_of_day, session_id, streaming, outcome, the seven
-token counts, cost, tool_call_count, the four timings) and returns ``(hourly, daily)``:
+token counts, cost, tool_call_count, the four timings, key_name, team; the last two are
+not read) and returns ``(hourly, daily)``:
 one tuple per group, groups in order of first appearance, ready to be upserted into
 ``usage_hourly`` / ``usage_daily``:
 
@@ -16,7 +17,7 @@ first row's. ``sums`` are ``usage_schema.SUMS``: the row count; the seven token 
 (None skipped; 0 when none); the cost's sum (a float, 0.0 when none) and count; the tool
 calls' sum; the first and last ts; per timing its count, sum (0.0 when none), min and max
 (None when none). Every float sum adds the rows in their order, so both implementations
-give the same bits. Errors: a row that is not a 22-tuple is a ValueError, as is a ts
+give the same bits. Errors: a row that is not a 24-tuple is a ValueError, as is a ts
 that is not finite; a value of the wrong type a TypeError; an integer or a sum outside
 64 bits (or a ts whose hour is) an OverflowError.
 """
@@ -28,7 +29,7 @@ from typing import Any
 
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _TS, _DIM, _STATUS, _DOW, _HOD = 1, 2, 3, 4, 5
-_CTP, _COST, _TOOLS, _TIMING, _SIZE = 9, 16, 17, 18, 22
+_CTP, _COST, _TOOLS, _TIMING, _SIZE = 9, 16, 17, 18, 24
 
 
 def _real(v: Any) -> float:

@@ -129,6 +129,8 @@ def usage_row(
         ptc_est,
         replacement,
         _body,
+        key_name,
+        team,
     ) = frame
     reported = usage is not None and (usage[0] is not None or usage[1] is not None)
     source = "backend" if reported else "counted" if counted else "estimated"
@@ -201,9 +203,22 @@ def usage_row(
         proxy_user,
         user_agent,
         api,
+        key_name,
+        team,
     )
     tm = time.gmtime(ms // 1000)
-    key = (backend, backend_type, frontend, model_requested, model_used, proxy_user, api, outcome)
+    key = (
+        backend,
+        backend_type,
+        frontend,
+        model_requested,
+        model_used,
+        proxy_user,
+        api,
+        outcome,
+        key_name,
+        team,
+    )
     row = (
         ms / 1000,
         status or 0,
@@ -225,5 +240,7 @@ def usage_row(
         duration,
         overhead,
         stream_tps,
+        key_name,
+        team,
     )
     return values, key, ms // 3_600_000, row
