@@ -30,9 +30,12 @@ from .config import BackendConfig, Config, ConfigError, LoadedConfig
 from .config.lint import log_findings
 from .core.access import AccessPolicy
 from .core.clock import HttpDate
+from .core.ratelimit import Ledger
 from .core.records import Counters
 from .core.replacement import LocalReplacer, ReplacementPolicy
 from .core.seams import ExchangeSink, Reporter
+from .dataplane import admission
+from .dataplane.admission import Admission
 from .dataplane.plane import DataPlane
 from .dataplane.protocol import ClientProtocol
 from .httpclient.backend import Backend
@@ -83,6 +86,9 @@ class Gateway:
         # Random model replacement's policy, None when off. With workers it lives here, in
         # the primary, and decides for every worker (docs/workers.md).
         self.replacement: ReplacementPolicy | None = None
+        # Rate limits' one ledger, when limits are configured: the truth for every
+        # scope (with workers, theirs too: docs/policy.md, "Rate limits").
+        self.ledger: Ledger | None = None
         self.admin: AdminService | None = None
         self.monitoring: MonitoringApi | None = None
         self._services: list[Service] = []
@@ -147,6 +153,7 @@ class Gateway:
             replacement=LocalReplacer(self.replacement) if self.replacement is not None else None,
             counters=Counters(),
             date=self._date,
+            admission=self._admission(cfg, None),
         )
         # The admin plane's one route table, read through the views, served on the data
         # port (through the MonitoringPort seam) and on the admin listener.
@@ -220,6 +227,7 @@ class Gateway:
             # service's own watchdog interval when systemd gives one, else 10 s.
             max(2.0, 2 * interval) if interval else 10.0,
             self.replacement,
+            ledger=self._reload_ledger(cfg),
         )
         views = self._views = Views(
             config=cfg,
@@ -258,6 +266,8 @@ class Gateway:
         if hub is None or hub.stopping:
             return
         self._date.tick()
+        if self.ledger is not None:
+            self.ledger.sweep()
         if self._notifier.watchdog_interval:
             self._notifier.watchdog()
         if self._notifier.enabled:
@@ -341,11 +351,44 @@ class Gateway:
         data = orjson.loads(resp.body).get("data") or []
         return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
+    def _set_ledger(self, cfg: Config) -> bool:
+        """The ledger for ``cfg``'s limits (None without any); True if it is new."""
+        if not admission.limits_configured(cfg):
+            self.ledger = None
+            return False
+        if self.ledger is None or self.ledger.window != cfg.rate_limits.window_seconds:
+            self.ledger = admission.new_ledger(cfg)
+            return True
+        return False
+
+    def _reload_ledger(self, cfg: Config) -> Ledger | None:
+        self._set_ledger(cfg)
+        return self.ledger
+
+    def _admission(self, cfg: Config, running: Admission | None) -> Admission | None:
+        """One process's admission for ``cfg`` (None when nothing is limited): the
+        ledger and limiter carry over a reload, so counts survive for scopes that stay;
+        a new window starts both afresh."""
+        if self._set_ledger(cfg):
+            running = None
+        if not admission.configured(cfg):
+            return None
+        if running is not None and running.limiter is not None and self.ledger is not None:
+            running.configure(cfg)
+            return running
+        return admission.local_admission(
+            cfg, ledger=self.ledger, book=None, cost_of=None, charged=None
+        )
+
     def _tick(self) -> None:
         plane = self.plane
         if plane is None:
             return
         self._date.tick()
+        if plane.admission is not None:
+            plane.admission.tick()
+        if self.ledger is not None:
+            self.ledger.sweep()
         for pool in plane.pools.values():
             pool.sweep()
         counters = plane.counters
@@ -437,6 +480,7 @@ class Gateway:
                 Reporter(attempt_sinks, self._sinks),
             )
             plane.replacement = LocalReplacer(replacement) if replacement is not None else None
+            plane.admission = self._admission(plan.config, plane.admission)
         if hub is not None:
             hub.reconfigure(
                 plan.config,
@@ -446,6 +490,7 @@ class Gateway:
                 attempt_sinks,
                 sorted(kept),
                 replacement,
+                ledger=self._reload_ledger(plan.config),
             )
         views.config, views.backends, views.health = plan.config, backends, health
         views.replacement = self.replacement = replacement

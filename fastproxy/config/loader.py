@@ -553,17 +553,13 @@ def _check_keys(config: Config, env: Mapping[str, str]) -> None:
     if not auth.keys and not auth.teams and not config.rate_limits.models:
         return
     errors = check_client_keys(config, env)
-    # Until the limiter and the budget book are wired, their keys are refused rather
-    # than accepted and ignored.
+    # Until the budget book is wired, budgets are refused rather than accepted and
+    # ignored.
     for i, key in enumerate(auth.keys):
-        if key.limits is not None:
-            errors.append(f"auth.keys[{i}].limits: rate limits are not built yet")
         if key.budget is not None:
             errors.append(f"auth.keys[{i}].budget: budgets are not built yet")
     if auth.teams:
         errors.append("auth.teams: team budgets are not built yet")
-    if config.rate_limits.models:
-        errors.append("rate_limits.models: rate limits are not built yet")
     if errors:
         raise ConfigError("; ".join(errors))
 

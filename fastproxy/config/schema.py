@@ -171,6 +171,9 @@ class RateLimitsConfig(_Section, frozen=True, kw_only=True):
     live on the key (``auth.keys[].limits``)."""
 
     models: dict[str, RateLimit] = field(default_factory=dict)
+    # The window every limit counts over: "rpm" and "tpm" mean per window (60 s unless
+    # set; a shorter one is for tests and demos, and is what the headers report).
+    window_seconds: PositiveFloat = 60.0
 
 
 class LimitsConfig(_Section, frozen=True, kw_only=True):

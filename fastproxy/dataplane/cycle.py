@@ -46,6 +46,8 @@ import orjson
 from ..core.balance import BackendStats, Balancer
 from ..core.errors import GatewayError, RequestRejected, UpstreamError
 from ..core.flow import FlowControl
+from ..core.keys import ClientKey
+from ..core.ratelimit import Handle, Refusal
 from ..core.records import ExchangeRecord
 from ..core.replacement import Decision, Replacer, opt_out_of
 from ..core.seams import ActivityHandle, ExchangeTap, WireTap
@@ -55,6 +57,7 @@ from ..httpclient.request import request_head
 from ..httpclient.response import UpstreamResponse
 from . import models, wire
 from .accounting import StreamAccounting, json_completion_tokens, json_tool_names
+from .admission import Admission, estimate_tokens, rate_refused
 from .dialects.base import Dialect
 from .local import serve_monitoring
 from .plane import DataPlane
@@ -117,12 +120,14 @@ class Stage(IntEnum):
     LOCAL = 5  # a monitoring endpoint answering on the data port (a task)
     DONE = 6
     ROUTE = 7  # waiting for a replacement decision from the primary (workers only)
+    ADMIT = 8  # waiting for a rate-limit grant from the primary (workers only)
 
 
 class RequestCycle:
     __slots__ = (
         "_acct",
         "_activity",
+        "_adm",
         "_backend",
         "_balancer",
         "_body",
@@ -142,6 +147,7 @@ class RequestCycle:
         "_on_done",
         "_peer_ip",
         "_pools",
+        "_rate",
         "_relay",
         "_replacer",
         "_resp",
@@ -193,6 +199,10 @@ class RequestCycle:
         # Set only when a routing policy is on (with _balancer and _counted): the one
         # test each attempt, head and end makes.
         self._stats: BackendStats | None = None
+        # Set only when rate limits or budgets are configured (``_rate`` when a limit
+        # admitted this request): the one test _finish makes.
+        self._adm: Admission | None = None
+        self._rate: Handle | None = None
         self.streaming_started = False
         self.record = ExchangeRecord(plane.new_request_id(), connection_id, time.monotonic())
 
@@ -272,6 +282,11 @@ class RequestCycle:
         if self._stats is not None and self._counted is not None:
             self._stats.finished(self._counted)  # a stream's attempt ends with it
             self._counted = None
+        if self._adm is not None:
+            try:
+                self._adm.finished(self._rate, self.record)
+            except Exception:
+                log.exception("rate limit or budget settlement failed")
         finish_record(self.plane, self.record)
         self._on_done(keep_alive and not self.transport.is_closing())
 
@@ -454,6 +469,55 @@ class RequestCycle:
         rec.session_id = _text(req.header(b"x-session-id"))
         if rec.session_id is None and isinstance(body.session_id, str):
             rec.session_id = body.session_id
+        self._dialect, self._kind, self._body = dialect, kind, body
+        admission = plane.admission
+        if admission is not None and self._admit(admission, key, model):
+            return  # a worker asked the primary for permits: _admitted resumes
+        self._plan()
+
+    def _admit(self, adm: Admission, key: ClientKey | None, model: str) -> bool:
+        """Budgets, then rate limits, before any backend is chosen: a refusal is the
+        gateway's own 429 and never fails over. True: the request waits for a grant."""
+        self._adm = adm
+        refused = adm.check_budget(key, time.time())
+        if refused is not None:
+            raise refused
+        if adm.limiter is None:
+            return False
+        scopes = adm.scopes(key, model)
+        if not scopes:
+            return False
+        outcome = adm.reserve(scopes, estimate_tokens(len(self.req.body)), self._admitted)
+        if outcome is None:
+            self._stage = Stage.ADMIT
+            return True
+        self._take(outcome)
+        return False
+
+    def _take(self, outcome: Handle | Refusal) -> None:
+        if type(outcome) is Refusal:
+            raise rate_refused(outcome)
+        self._rate = outcome  # type: ignore[assignment]
+
+    def _admitted(self, outcome: Handle | Refusal) -> None:
+        """The limiter decided a request that waited for a grant (workers). One that
+        ended meanwhile (its client left) gives its permit back unused."""
+        if self._stage is not Stage.ADMIT:
+            if type(outcome) is Handle and self._adm is not None and self._adm.limiter:
+                self._adm.limiter.settle(outcome, 0)
+            return
+        self._stage = Stage.PREPARE
+        self._guarded(self._admitted_go, outcome)
+
+    def _admitted_go(self, outcome: Handle | Refusal) -> None:
+        self._take(outcome)
+        self._plan()
+
+    def _plan(self) -> None:
+        """Routing (aliases, groups, balancing, replacement), then the first attempt."""
+        req, rec, plane = self.req, self.record, self.plane
+        model, dialect = rec.model_requested, self._dialect
+        assert model is not None
         policy = plane.policy
         if policy is None:
             candidates = plan(
@@ -476,7 +540,6 @@ class RequestCycle:
             )
             self._stats = policy.stats
             self._counted = None
-        self._dialect, self._kind, self._body = dialect, kind, body
         # The pools of this routing generation: a reload replaces the plane's mapping,
         # and a failover after it must still reach the backends planned here.
         self._pools = plane.pools
@@ -918,6 +981,9 @@ class RequestCycle:
         extra = [b"x-fastproxy-backend: ", backend.name.encode(), b"\r\n"]
         if rec.replacement is not None:
             extra.append(replaced_from_header(rec.replacement["from"]))
+        if self._rate is not None:
+            assert self._adm is not None
+            extra.append(self._adm.headers(self._rate))
         parsed: Any = None
         ok = 200 <= resp.status < 300 and b"json" in self._ctype
         if ok:
@@ -972,15 +1038,12 @@ class RequestCycle:
             self._tap.event(1, b"", {"ss": True, "be": backend.name})
         keep = chunked and self.req.keep_alive and not self.plane.draining
         replaced = self.record.replacement
+        extra = replaced_from_header(replaced["from"]) if replaced is not None else b""
+        if self._rate is not None:
+            assert self._adm is not None
+            extra += self._adm.headers(self._rate)
         transport.write(
-            stream_head(
-                self.plane.date.line,
-                chunked,
-                resp.headers,
-                backend.name,
-                keep,
-                replaced_from_header(replaced["from"]) if replaced is not None else b"",
-            )
+            stream_head(self.plane.date.line, chunked, resp.headers, backend.name, keep, extra)
         )
         self.streaming_started = True
         self._stage = Stage.STREAM

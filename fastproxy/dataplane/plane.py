@@ -28,6 +28,7 @@ from ..core.seams import BreakerView, LiveActivity, MonitoringPort, Reporter, Wi
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import AccessLine
+from .admission import Admission
 from .routing import Policy
 
 
@@ -63,6 +64,7 @@ class DataPlane:
         replacement: Replacer | None = None,
         counters: Counters | None = None,
         date: HttpDate | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.config = config
         self.keyring: Keyring | None = keyring_from_config(config, os.environ)
@@ -86,6 +88,9 @@ class DataPlane:
         # Aliases, groups and load balancing, when configured; None costs one test per
         # request. Each plane (each worker) keeps its own stats and affinity.
         self.policy: Policy | None = Policy(config) if Policy.configured(config) else None
+        # Rate limits and budgets, when configured; None costs one test per request. Its
+        # owner (the gateway, or the worker) rebuilds it on reload (admission.py).
+        self.admission = admission
         self.counters = counters if counters is not None else Counters()
         self.date = date if date is not None else HttpDate()
         self.connections: set[Connection] = set()

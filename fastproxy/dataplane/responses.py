@@ -15,6 +15,7 @@ import orjson
 from ..core.errors import GatewayError
 from ..core.records import BackendUsage
 from . import wire
+from .admission import LimitRefused
 from .dialects import from_anthropic, from_openai
 from .request import Request
 
@@ -23,7 +24,10 @@ def error_response(
     req: Request, err: GatewayError, date: bytes, keep_alive: bool, extra: bytes = b""
 ) -> bytes:
     """``err`` as a complete response in the dialect the request speaks."""
-    body = req.dialect.error_body(err.status, str(err), err.code)
+    if isinstance(err, LimitRefused):
+        body = limit_body(req.dialect.name, err)
+    else:
+        body = req.dialect.error_body(err.status, str(err), err.code)
     return wire.simple_response(
         err.status,
         body,
@@ -31,6 +35,19 @@ def error_response(
         date=date,
         extra=err.headers + extra if extra else err.headers,
         head_only=req.head_only,
+    )
+
+
+def limit_body(dialect: str, err: LimitRefused) -> bytes:
+    """A gateway 429 as each provider writes its own: OpenAI's ``type`` says which limit
+    (``requests``, ``tokens``, ``insufficient_quota``) and ``code`` why; Anthropic has one
+    type for a 429, ``rate_limit_error``."""
+    if dialect == "anthropic":
+        return orjson.dumps(
+            {"type": "error", "error": {"type": "rate_limit_error", "message": str(err)}}
+        )
+    return orjson.dumps(
+        {"error": {"message": str(err), "type": err.error_type, "param": None, "code": err.code}}
     )
 
 

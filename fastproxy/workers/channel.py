@@ -35,6 +35,10 @@ class Kind(IntEnum):
     DECIDE = 8  # worker -> primary: replacement decisions to make [[token, sid, ...], ...]
     DECIDED = 9  # primary -> worker: their answers [[token, decision], ...]
     TURNS = 10  # worker -> primary: decided requests that ended [[sid, decision, ok], ...]
+    ASKS = 11  # worker -> primary: rate-limit asks [Ask.to_tuple(), ...]
+    GRANTS = 12  # primary -> worker: the ledger's answers [Grant.to_tuple(), ...]
+    SPEND = 13  # worker -> primary: cost charged since the last SPEND {subject: usd}
+    BLOCKED = 14  # primary -> worker: the subjects over budget, Blocked.to_tuple()
 
 
 class Channel(asyncio.Protocol):

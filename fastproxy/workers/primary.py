@@ -36,6 +36,8 @@ import msgspec
 import orjson
 
 from ..config import Config
+from ..core.budget import Blocked
+from ..core.ratelimit import Ledger
 from ..core.records import Counters
 from ..core.replacement import ReplacementPolicy
 from ..core.seams import AttemptSink, BreakerView
@@ -43,6 +45,7 @@ from ..httpclient.backend import Backend
 from ..monitor.metrics import MetricsCollector
 from .activity import MergedActivity
 from .channel import Channel, Kind
+from .limiting import answer_asks
 from .replacing import answer, turns
 
 log = logging.getLogger("fastproxy.workers")
@@ -163,6 +166,8 @@ class WorkerHub:
         forward_records: Callable[[memoryview, int], None] | None,
         watchdog_s: float,
         replacement: ReplacementPolicy | None = None,
+        ledger: Ledger | None = None,
+        on_spend: Callable[[dict[str, float]], None] | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -174,6 +179,10 @@ class WorkerHub:
         self.watchdog_s = watchdog_s
         # The one replacement policy: it decides for every worker (workers/replacing.py).
         self.replacement = replacement
+        # Rate limits' one ledger and the budget book's input (workers/limiting.py).
+        self.ledger = ledger
+        self.on_spend = on_spend
+        self._blocked_doc = b""  # the last blocked set pushed, for workers started later
         self.loop = asyncio.get_running_loop()
         self.workers = [WorkerProc(i, i) for i in range(config.workers)]
         self.retiring: list[WorkerProc] = []  # replaced, still draining
@@ -230,8 +239,16 @@ class WorkerHub:
             lambda: self._on_lost(w),
         )
         w.channel.send_json(
-            Kind.CONFIG, {**self._config_doc(), "index": w.index, "workers": len(self.workers)}
+            Kind.CONFIG,
+            {
+                **self._config_doc(),
+                "index": w.index,
+                "serial": w.serial,
+                "workers": len(self.workers),
+            },
         )
+        if self._blocked_doc:
+            w.channel.send(Kind.BLOCKED, self._blocked_doc)
         await w.ready_waiter
 
     def _config_doc(self) -> dict[str, Any]:
@@ -259,6 +276,7 @@ class WorkerHub:
         attempt_sinks: tuple[AttemptSink, ...],
         kept: list[str],
         replacement: ReplacementPolicy | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         """A reload: every worker switches to the new generation (a worker started from
         now on gets it with its CONFIG)."""
@@ -268,6 +286,7 @@ class WorkerHub:
         self.breakers = breakers
         self.attempt_sinks = attempt_sinks
         self.replacement = replacement
+        self.ledger = ledger
         doc = {**self._config_doc(), "kept": kept}
         payload = orjson.dumps(doc)
         for w in self.workers:
@@ -292,6 +311,15 @@ class WorkerHub:
                 w.channel.flush()
         elif kind is Kind.TURNS:
             turns(self.replacement, payload)
+        elif kind is Kind.ASKS:
+            grants = answer_asks(self.ledger, payload)
+            if grants is not None and w.channel is not None:
+                # Written at once: a request may be waiting for it.
+                w.channel.send(Kind.GRANTS, grants)
+                w.channel.flush()
+        elif kind is Kind.SPEND:
+            if self.on_spend is not None:
+                self.on_spend(orjson.loads(payload))
         elif kind is Kind.STATS:
             stats = orjson.loads(payload)
             self.metrics.merge(stats.pop("metrics"))
@@ -332,8 +360,18 @@ class WorkerHub:
             if w.channel is not None and not w.channel.closed:
                 w.channel.send(Kind.BREAKERS, doc)
 
+    def push_blocked(self, blocked: Blocked) -> None:
+        """The subjects over budget changed: every worker gets the new set."""
+        doc = self._blocked_doc = orjson.dumps(blocked.to_tuple())
+        for w in self.procs():
+            if w.channel is not None and not w.channel.closed:
+                w.channel.send(Kind.BLOCKED, doc)
+                w.channel.flush()
+
     def _on_lost(self, w: WorkerProc) -> None:
         self.plane.retire(w.stats)
+        if self.ledger is not None:
+            self.ledger.forget_worker(w.serial)  # its unused permits come back now
         for key, n in (w.stats.get("capture") or {}).items():
             if key in _CAPTURE_COUNTS:
                 self._gone_capture[key] = self._gone_capture.get(key, 0) + n

@@ -41,9 +41,11 @@ import uvloop
 
 from .._speedups import pack_exchange
 from ..config import BackendConfig, Config
+from ..core.budget import Blocked, BudgetGate
 from ..core.clock import HttpDate
 from ..core.records import Counters, ExchangeRecord
 from ..core.seams import BreakerState, ExchangeSink, Reporter
+from ..dataplane.admission import Admission
 from ..dataplane.plane import DataPlane
 from ..dataplane.protocol import ClientProtocol
 from ..httpclient.backend import Backend
@@ -54,6 +56,7 @@ from ..monitor.capture import CaptureService
 from ..monitor.metrics import MetricsCollector
 from .activity import snapshot_doc
 from .channel import Channel, Kind
+from .limiting import SpendSender, worker_admission
 from .replacing import RemoteReplacer
 
 log = logging.getLogger("fastproxy.workers")
@@ -152,11 +155,14 @@ class Worker:
         self.activity: ActivityService | None = None
         self.capture: CaptureService | None = None
         self.replacer: RemoteReplacer | None = None  # made once the channel is open
+        self.spend: SpendSender | None = None  # budget spend for the primary's book
+        self.serial = 0  # this process's name in the primary's rate-limit ledger
         self.server: asyncio.base_events.Server | None = None
         self.stop_requested = asyncio.Event()
         self.configured: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self._date = HttpDate()
         self._ticker: asyncio.TimerHandle | None = None
+        self.blocked: Blocked | None = None
 
     # -- the channel ------------------------------------------------------------------
     def on_frame(self, kind: Kind, payload: memoryview) -> None:
@@ -168,6 +174,26 @@ class Worker:
             self.reconfigure(orjson.loads(payload))
         elif kind is Kind.DECIDED and self.replacer is not None:
             self.replacer.decided(payload)
+        elif kind is Kind.GRANTS:
+            if self.plane is not None and self.plane.admission is not None:
+                self.plane.admission.on_grants(orjson.loads(payload))
+        elif kind is Kind.BLOCKED:
+            self._blocked(orjson.loads(payload))
+
+    def _blocked(self, doc: Any) -> None:
+        """The primary's blocked set (before the plane exists, kept for it)."""
+        self.blocked = Blocked.from_tuple(doc)
+        adm = self.plane.admission if self.plane is not None else None
+        if adm is not None and isinstance(adm.budget, BudgetGate):
+            adm.budget.update(self.blocked)
+
+    def _admission(self, config: Config, running: Admission | None) -> Admission | None:
+        if self.spend is None:
+            self.spend = SpendSender(self.channel, self.loop)
+        adm = worker_admission(config, self.serial, self.channel, self.spend, running)
+        if adm is not None and isinstance(adm.budget, BudgetGate) and self.blocked is not None:
+            adm.budget.update(self.blocked)
+        return adm
 
     def on_lost(self) -> None:
         # The primary is gone: nobody reads our records or restarts us. Drain and exit.
@@ -234,6 +260,7 @@ class Worker:
             config, backends, pools, doc["default_backend"], self.breakers, plane.reporter
         )
         plane.replacement = self._replacing(config, backends)
+        plane.admission = self._admission(config, plane.admission)
         self.config = config
         for pool in retired:
             pool.retire()
@@ -242,6 +269,7 @@ class Worker:
         doc = await self.configured
         config = self.config = msgspec.convert(doc["config"], Config)
         configure_logging(config.log_level)
+        self.serial = int(doc.get("serial", doc["index"]))
         loop = self.loop
         backends, pools = self._backends(doc, config, {})
         self.breakers.update(doc["breakers"])
@@ -265,6 +293,7 @@ class Worker:
             replacement=self._replacing(config, backends),
             counters=Counters(),
             date=self._date,
+            admission=self._admission(config, None),
         )
         plane.number_requests(doc["index"] + 1, doc["workers"])
         if config.wire_capture.enabled:
@@ -304,6 +333,8 @@ class Worker:
             pool.sweep()
         if self.replacer is not None:
             self.replacer.expire(time.monotonic())
+        if plane.admission is not None:
+            plane.admission.tick()  # reports, returns, and fails open past the timeout
         self.heartbeat()
         self._ticker = self.loop.call_later(HEARTBEAT_S, self._tick)
 
@@ -353,6 +384,8 @@ class Worker:
             await self.activity.stop()
         if self.capture is not None:
             await self.capture.stop()
+        if self.spend is not None:
+            self.spend.flush()  # the last costs reach the primary's budget book
         self.heartbeat()  # the last counts, so the primary's totals end exact
         if self.forwarder is not None:
             self.forwarder.flush()

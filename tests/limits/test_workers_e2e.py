@@ -1,0 +1,126 @@
+"""Rate limits and budgets with ``workers: 2``: ``fastproxy run`` as a process (a primary
+and two workers) against the mock LLM; the ledger and the budget book live in the
+primary, the workers ask it (workers/limiting.py)."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from fastproxy.mockllm import MockLLMServer
+from tests.conftest import backend_for
+from tests.support.proc import GatewayProcess
+
+from .e2e import ALICE, key
+
+BODY = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def start(tmp_path: Path, mock: MockLLMServer, **extra: Any) -> GatewayProcess:
+    tree: dict[str, Any] = {
+        "port": 0,
+        "admin": {"port": 0},
+        "workers": 2,
+        "backends": {"openai": backend_for(mock, models=["gpt-4o"])},
+        "health_check": {"enabled": False},
+        **extra,
+    }
+    tree.setdefault("usage_tracking", {"enabled": False})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(tree))
+    gw = GatewayProcess(["--config", str(cfg)], cwd=str(tmp_path))
+    gw.wait_ready()
+    return gw
+
+
+@pytest.fixture
+def stop_all() -> Iterator[list[GatewayProcess]]:
+    procs: list[GatewayProcess] = []
+    yield procs
+    for gw in procs:
+        if gw.proc.poll() is None:
+            gw.kill()
+
+
+def diagnostics(admin: int) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+    conn.request("GET", "/v1/diagnostics")
+    doc = orjson.loads(conn.getresponse().read())
+    conn.close()
+    return doc
+
+
+class Sender(threading.Thread):
+    """One client paced at ``rate`` requests/s until ``until`` (monotonic), opening a
+    new connection every ``per_connection`` requests so the kernel spreads them over
+    both workers. Collects (status, sent_at) pairs."""
+
+    def __init__(self, port: int, secret: str, rate: float, start: float, until: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.secret, self.rate = port, secret, rate
+        self.start_at, self.until = start, until
+        self.results: list[tuple[int, float]] = []
+        self.per_connection = 10
+
+    def run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        headers = {"content-type": "application/json", "authorization": f"Bearer {self.secret}"}
+        i = 0
+        while True:
+            due = self.start_at + i / self.rate
+            if due >= self.until:
+                break
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            if conn is None or i % self.per_connection == 0:
+                if conn is not None:
+                    conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            sent = time.monotonic()
+            conn.request("POST", "/v1/chat/completions", BODY, headers)
+            resp = conn.getresponse()
+            resp.read()
+            self.results.append((resp.status, sent))
+            i += 1
+        if conn is not None:
+            conn.close()
+
+
+def test_rpm_across_two_workers_admits_within_2_percent_of_the_limit_over_60_s(
+    tmp_path: Path, mock_llm: MockLLMServer, stop_all: list[GatewayProcess]
+) -> None:
+    limit = 600
+    gw = start(tmp_path, mock_llm, auth={"keys": [key("alice", ALICE, limits={"rpm": limit})]})
+    stop_all.append(gw)
+    port = gw.wait_ready()
+    # 15 requests/s (1.5x the limit) from 6 clients for 59.5 s: one window, so at most
+    # the limit can be admitted, and the ledger must not hold back more than 2% of it.
+    clients, rate, seconds = 6, 15.0, 59.5
+    t0 = time.monotonic() + 0.5
+    senders = [
+        Sender(port, ALICE, rate / clients, t0 + i / rate, t0 + seconds) for i in range(clients)
+    ]
+    for s in senders:
+        s.start()
+    for s in senders:
+        s.join(seconds + 30)
+    results = [r for s in senders for r in s.results]
+    admitted = sum(1 for status, _ in results if status == 200)
+    refused = sum(1 for status, _ in results if status == 429)
+    assert admitted + refused == len(results), {r[0] for r in results}
+    assert len(results) >= 0.97 * rate * seconds
+    print(f"RPM accuracy: {admitted} admitted of {len(results)} sent, limit {limit}")
+    assert limit * 0.98 <= admitted <= limit, admitted
+    # Both workers served: the limit held across them, not per worker.
+    assert gw.admin_port is not None
+    workers = diagnostics(gw.admin_port)["workers"]
+    assert all(w["connections_total"] > 0 for w in workers), workers
