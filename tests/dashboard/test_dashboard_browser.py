@@ -156,11 +156,22 @@ def test_a_backend_turning_unhealthy_shows_in_the_table_and_the_event_history(
 
 
 def save_screenshot(driver: Any, stack: Stack, path: Path) -> None:
-    """The whole page at desktop width, with some traffic on the chart."""
-    stack.loop.call(stack.primary.clear_behaviour)
+    """The whole page at desktop width, with traffic on the chart and a live stream."""
     for _ in range(3):
         stack.chat(model="gpt-4o-mini", stream=True)
     wait_text(driver, "#kpi-requests", "6")
+    stack.loop.call(
+        lambda: stack.secondary.set_behaviour(
+            path_prefix="/v1/chat/completions", tokens=40, interval_ms=150
+        )
+    )
+    worker = threading.Thread(
+        target=lambda: stack.chat(model="gpt-4o-mini", stream=True), daemon=True
+    )
+    worker.start()
+    WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#connections tbody tr")
+    )
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
@@ -171,6 +182,7 @@ def save_screenshot(driver: Any, stack: Stack, path: Path) -> None:
         driver.save_screenshot(str(path))
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        worker.join(WAIT_S)
 
 
 def test_live_connections_show_as_in_fastproxy_top(page: Any, stack: Stack) -> None:
@@ -234,6 +246,9 @@ def test_a_phone_sized_screen_shows_everything_in_one_column(page: Any, stack: S
             ".map(p => Math.round(p.getBoundingClientRect().left))"
         )
         assert len(set(lefts)) == 1, lefts
+        phone = os.environ.get("FASTPROXY_SCREENSHOT_PHONE")
+        if phone:
+            page.save_screenshot(phone)
         assert console_errors(page) == []
     finally:
         page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
