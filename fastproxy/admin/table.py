@@ -21,7 +21,7 @@ from ..core.access import AccessPolicy
 from ..core.errors import GatewayError
 from ..core.seams import MonitorRequest, MonitorResponse
 from ..monitor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from . import diagnostics_views, health_views, replacement_views, usage_api
+from . import diagnostics_views, health_views, keys_views, replacement_views, usage_api
 from .routes import AdminRequest, AdminResponse, Handler, Router, error_response
 from .views import Views
 
@@ -54,6 +54,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/usage/stats", usage_api.stats, needs="store"),
     Route("GET", "/v1/usage/recent", usage_api.recent, needs="store"),
     Route("GET", "/v1/usage/export", usage_api.export, needs="store"),
+    # The named keys are configuration: listed with the store off too (spend null).
+    Route("GET", "/v1/keys", keys_views.keys),
     # Answers with replacement off too (enabled: false); the view says why.
     Route("GET", "/v1/replacement/metrics", replacement_views.metrics),
     Route("POST", "/v1/replacement/metrics/reset", replacement_views.reset),

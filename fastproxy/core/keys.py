@@ -21,9 +21,9 @@ import hashlib
 import re
 from collections.abc import Mapping
 
-from ..config.schema import Config
+from ..config.schema import ClientKeyConfig, Config
 
-__all__ = ["ClientKey", "Keyring", "keyring_from_config"]
+__all__ = ["ClientKey", "Keyring", "key_digest", "keyring_from_config"]
 
 
 class ClientKey:
@@ -79,6 +79,20 @@ def _entry(digest: bytes, name: str | None, team: str | None, models: tuple[str,
     return ClientKey(digest.hex()[:12], name, team, models)
 
 
+def key_digest(key: ClientKeyConfig, env: Mapping[str, str]) -> bytes | None:
+    """The SHA-256 digest of a named key's secret, or None when it has none (its
+    variable is unset: the loader refuses that, but a caller may hold an unchecked config)."""
+    if key.secret_sha256 is not None:
+        try:
+            return bytes.fromhex(key.secret_sha256)
+        except ValueError:
+            return None
+    secret = key.secret if key.secret is not None else env.get(key.secret_env or "", "")
+    if not secret:
+        return None
+    return hashlib.sha256(secret.encode()).digest()
+
+
 def keyring_from_config(config: Config, env: Mapping[str, str]) -> Keyring | None:
     """The keyring the data port checks, or None when no key is required (no keys
     configured, or ``auth.disable_auth``). Named keys' secrets are read from ``env`` now;
@@ -88,13 +102,9 @@ def keyring_from_config(config: Config, env: Mapping[str, str]) -> Keyring | Non
         return None
     by_digest: dict[bytes, ClientKey] = {}
     for key in auth.keys:
-        if key.secret_sha256 is not None:
-            digest = bytes.fromhex(key.secret_sha256)
-        else:
-            secret = key.secret if key.secret is not None else env.get(key.secret_env or "", "")
-            if not secret:
-                continue
-            digest = hashlib.sha256(secret.encode()).digest()
+        digest = key_digest(key, env)
+        if digest is None:
+            continue
         by_digest[digest] = _entry(digest, key.name, key.team, key.models)
     for plain in auth.api_keys:
         digest = hashlib.sha256(plain.encode()).digest()

@@ -51,6 +51,7 @@ __all__ = [
     "parse_filters",
     "parse_int",
     "selected_dims",
+    "spend",
     "stats",
 ]
 
@@ -456,6 +457,40 @@ def stats(conn: sqlite3.Connection, f: Filters) -> dict[str, Any]:
         "by_team": _finish(by_team),
         "filters": f.echo,
     }
+
+
+# (requests, cost) of one key or team over one period.
+Spend = tuple[int, float]
+
+
+def spend(
+    conn: sqlite3.Connection, month_day: int, today: int
+) -> tuple[dict[str, dict[str, Spend]], dict[str, dict[str, Spend]]]:
+    """Requests and cost of every named key and every team for the UTC month that began
+    on day ``month_day`` and for the day ``today`` (days since the epoch): ({name: {"day":
+    (n, cost), "month": (n, cost)}}, the same by team). Both periods are whole UTC days,
+    so the daily rollup answers alone, a few rows per key and day whatever the traffic,
+    with the same sums stats gives for ``key=``/``team=`` over the same dates."""
+    keys: dict[str, dict[str, Spend]] = {}
+    teams: dict[str, dict[str, Spend]] = {}
+    zero: Spend = (0, 0.0)
+    with Snapshot(conn):
+        rows = conn.execute(
+            "SELECT d.key_name, d.team, r.day >= ?, SUM(r.n), TOTAL(r.cost) "
+            "FROM usage_daily r JOIN usage_dims d ON d.dim = r.dim "
+            "WHERE r.day >= ? AND (d.key_name IS NOT NULL OR d.team IS NOT NULL) "
+            "GROUP BY 1, 2, 3",
+            (today, month_day),
+        ).fetchall()
+    for key_name, team, is_today, n, cost in rows:
+        for table, name in ((keys, key_name), (teams, team)):
+            if name is None:
+                continue
+            acc = table.setdefault(name, {"day": zero, "month": zero})
+            for period in ("month", "day") if is_today else ("month",):
+                had_n, had_cost = acc[period]
+                acc[period] = (had_n + n, had_cost + cost)
+    return keys, teams
 
 
 def count_in(conn: sqlite3.Connection, f: Filters, dims: list[int] | None) -> int:

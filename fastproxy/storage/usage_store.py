@@ -252,6 +252,16 @@ class UsageStore:
         with contextlib.closing(self._reader()) as conn:
             return usage_queries.stats(conn, filters)
 
+    def spend(
+        self, month_day: int, today: int
+    ) -> tuple[
+        dict[str, dict[str, usage_queries.Spend]], dict[str, dict[str, usage_queries.Spend]]
+    ]:
+        """Each named key's and team's requests and cost this UTC day and month
+        (`usage_queries.spend`): GET /v1/keys."""
+        with contextlib.closing(self._reader()) as conn:
+            return usage_queries.spend(conn, month_day, today)
+
     def recent(self, filters: usage_queries.Filters, limit: int, offset: int) -> dict[str, Any]:
         with contextlib.closing(self._reader()) as conn:
             return usage_export.recent(conn, filters, limit, offset)

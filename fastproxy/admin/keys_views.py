@@ -1,0 +1,126 @@
+"""GET /v1/keys: the named client keys (``auth.keys``) and teams, with their spend so far.
+
+What a key is comes from the running configuration (a reload shows the new keys at
+once); what it spent comes from the usage store's daily rollup, read in a worker thread
+like every usage query. The list answers whether or not the store does: with usage
+tracking off, or the database unreadable, each ``spend`` is null and ``spend_unavailable``
+says why, because which keys exist is configuration, not usage.
+
+Never in the answer: a secret, its SHA-256, or the name of the variable that holds it.
+The key is identified by ``key_id``, the first 12 hex digits of its digest, the value
+every usage record already carries as ``client_key_id`` (48 bits of a SHA-256 say
+nothing useful about the secret). The variable's name is left out too: it says where
+to look for the secret on the host, which a reader of spend figures has no need of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+import os
+import sqlite3
+import time
+from typing import Any
+
+from ..config.schema import BudgetConfig, ClientKeyConfig, RateLimit
+from ..core.keys import key_digest
+from ..storage.usage_queries import Spend
+from .routes import AdminRequest, AdminResponse, json_response
+from .usage_api import DISABLED
+from .views import Views
+
+log = logging.getLogger("fastproxy.admin")
+
+PERIODS = ("day", "month")
+KeySpend = dict[str, dict[str, Spend]]
+
+
+def _limits(limits: RateLimit | None) -> dict[str, Any] | None:
+    return None if limits is None else {"rpm": limits.rpm, "tpm": limits.tpm}
+
+
+def _budget(budget: BudgetConfig | None) -> dict[str, Any] | None:
+    return None if budget is None else {"usd": budget.usd, "period": budget.period}
+
+
+def period_starts(now: float) -> tuple[int, int]:
+    """(the first day of this UTC month, today), as days since the epoch."""
+    tm = time.gmtime(now)
+    month = calendar.timegm((tm.tm_year, tm.tm_mon, 1, 0, 0, 0, 0, 0, 0)) // 86400
+    return month, int(now // 86400)
+
+
+def _since(day: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(day * 86400))
+
+
+def _spend(found: dict[str, Spend] | None, starts: dict[str, int]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for period in PERIODS:
+        n, cost = found[period] if found is not None else (0, 0.0)
+        # Rounded as stats rounds total_cost, so the two figures compare equal.
+        out[period] = {"since": _since(starts[period]), "spend_usd": round(cost, 10), "requests": n}
+    return out
+
+
+def _key_id(key: ClientKeyConfig) -> str | None:
+    digest = key_digest(key, os.environ)
+    return None if digest is None else digest.hex()[:12]
+
+
+def keys_document(
+    views: Views, spent: tuple[KeySpend, KeySpend] | None, starts: dict[str, int]
+) -> dict[str, Any]:
+    """The answer, from the running config and the store's figures (None: not known)."""
+    auth = views.config.auth
+    by_key, by_team = spent if spent is not None else ({}, {})
+    keys = []
+    members: dict[str, list[str]] = {name: [] for name in auth.teams}
+    for k in auth.keys:
+        if k.team is not None:
+            members.setdefault(k.team, []).append(k.name)
+        keys.append(
+            {
+                "name": k.name,
+                "key_id": _key_id(k),
+                "team": k.team,
+                "models": list(k.models),
+                "limits": _limits(k.limits),
+                "budget": _budget(k.budget),
+                "spend": None if spent is None else _spend(by_key.get(k.name), starts),
+            }
+        )
+    teams = []
+    for name in sorted(members):
+        team = auth.teams.get(name)
+        teams.append(
+            {
+                "name": name,
+                "keys": members[name],
+                "budget": _budget(team.budget if team is not None else None),
+                "spend": None if spent is None else _spend(by_team.get(name), starts),
+            }
+        )
+    return {"keys": keys, "teams": teams}
+
+
+async def keys(views: Views, req: AdminRequest) -> AdminResponse:
+    month, today = period_starts(time.time())
+    starts = {"day": today, "month": month}
+    store = views.store
+    spent: tuple[KeySpend, KeySpend] | None = None
+    reason: str | None = None
+    if store is None:
+        reason = DISABLED
+    elif views.config.auth.keys or views.config.auth.teams:
+        try:
+            spent = await asyncio.to_thread(store.spend, month, today)
+        except sqlite3.Error as exc:
+            log.warning("usage query failed: %s", exc)
+            reason = f"usage database unavailable: {exc}"
+    else:
+        spent = ({}, {})  # nothing to look up
+    doc = keys_document(views, spent, starts)
+    doc["spend_unavailable"] = reason
+    return json_response(doc)
