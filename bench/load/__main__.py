@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scenarios",
-        default="a,b,c,d",
-        help="groups a,b,c,d or keys a1,a64,b,bp,c,d-a1,d-a64,d-b (default: all)",
+        default="a,b,c,d,e",
+        help="groups a,b,c,d,e or keys a1,a64,b,bp,c,d-a1,d-a64,d-b,e-a64 (default: all)",
     )
     p.add_argument("--rounds", type=int, default=10, help="rounds per target (default 10)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per round (default 3)")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .processes import taskset_prefix
-from .scenarios import Workload
+from .scenarios import Workload, bench_key
 
 # wrk's done() hook prints one tagged JSON line; latencies are in microseconds.
 _WRK_LUA = """
@@ -34,6 +34,7 @@ wrk.method = "POST"
 wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 {headers}
+{keys}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -96,8 +97,21 @@ def run_wrk(
         f"{_lua_string(h.split(':', 1)[1].strip())}"
         for h in wl.headers
     )
+    keys = ""
+    if wl.keys:
+        # One key per request in turn: a table of the ready-made header values, so the
+        # script's own work per request stays an index and a format.
+        values = ", ".join(_lua_string("Bearer " + bench_key(i)) for i in range(wl.keys))
+        keys = (
+            f"local keys = {{{values}}}\nlocal n = 0\n"
+            "request = function()\n"
+            f"  n = n % {wl.keys} + 1\n"
+            '  wrk.headers["Authorization"] = keys[n]\n'
+            "  return wrk.format()\n"
+            "end"
+        )
     script = workdir / "post.lua"
-    script.write_text(_WRK_LUA.format(body=_lua_string(wl.body), headers=headers))
+    script.write_text(_WRK_LUA.format(body=_lua_string(wl.body), headers=headers, keys=keys))
     # One wrk thread handles far more than the relays here (see the direct figures);
     # a second thread would only compete for the same two cores.
     threads = 1
@@ -176,6 +190,8 @@ def run_loadgen(
         ]
         for h in wl.headers:
             argv += ["--header", h]
+        if wl.keys:
+            argv += ["--keys", str(wl.keys)]
         children.append(
             subprocess.Popen(
                 argv,

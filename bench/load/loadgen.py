@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import httptools
 import uvloop
 
+from .scenarios import bench_key
+
 DONE_TAIL = b"[DONE]\n\n"
 
 
@@ -78,11 +80,17 @@ class Generator:
         self.finished = loop.create_future()
         body = ns.body.encode()
         extra = b"".join(h.encode() + b"\r\n" for h in ns.header)
-        self.request = (
+        # With --keys N: N ready-made requests, one per key, sent in turn.
+        self.requests = [
             b"POST %b HTTP/1.1\r\nhost: %b:%d\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n%b\r\n%b"
-            % (ns.path.encode(), ns.host.encode(), ns.port, len(body), extra, body)
-        )
+            b"content-length: %d\r\n%b%b\r\n%b"
+            % (ns.path.encode(), ns.host.encode(), ns.port, len(body), extra, auth, body)
+            for auth in (
+                [b"authorization: Bearer %b\r\n" % bench_key(i).encode() for i in range(ns.keys)]
+                or [b""]
+            )
+        ]
+        self.sent_total = 0
 
     async def connect(self) -> None:
         if not self.running:
@@ -151,7 +159,10 @@ class Client(asyncio.Protocol):
         self.nl = False
         self.tail = b""
         self.sent_at = time.perf_counter()
-        self.transport.write(self.gen.request)  # type: ignore[union-attr]
+        gen = self.gen
+        requests = gen.requests
+        gen.sent_total += 1
+        self.transport.write(requests[gen.sent_total % len(requests)])  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -271,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["json", "sse"], default="json")
     p.add_argument("--body", required=True)
     p.add_argument("--header", action="append", default=[], help="'name: value' (repeatable)")
+    p.add_argument("--keys", type=int, default=0, help="send N bench keys in turn")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     p.add_argument("--ramp", type=float, default=0.0, help="seconds to open all connections")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .scenarios import POLICY_KEYS, bench_key
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_DIR = Path(__file__).resolve().parent
@@ -313,6 +316,7 @@ def fastproxy_config(
     usage: bool = False,
     activity: bool = False,
     capture: bool = False,
+    policy: bool = False,
 ) -> dict[str, Any]:
     """The generated gateway config: one OpenAI backend (the mock), monitoring as asked.
 
@@ -336,7 +340,40 @@ def fastproxy_config(
     }
     if capture:
         config["wire_capture"] = {"enabled": True, "output_dir": str(workdir / "captures")}
+    if policy:
+        # A second entry for the same server, so the group has two backends to balance.
+        config["backends"]["mock2"] = dict(config["backends"]["mock"])
+        config.update(policy_config())
     return config
+
+
+def policy_config() -> dict[str, Any]:
+    """Scenario e's gateway policy: POLICY_KEYS named keys (by digest), each with limits
+    far above what the rig can send (so the limiter runs its full path and never
+    refuses), a limit on the model, and the model served by a least_busy group over two
+    backend entries for the same server."""
+    keys = [
+        {
+            "name": f"bench-{i:03d}",
+            "secret_sha256": hashlib.sha256(bench_key(i).encode()).hexdigest(),
+            "team": f"team-{i % 4}",
+            "limits": {"rpm": 100_000_000, "tpm": 10_000_000_000},
+        }
+        for i in range(POLICY_KEYS)
+    ]
+    return {
+        "auth": {"keys": keys},
+        "rate_limits": {"models": {MODEL: {"rpm": 100_000_000, "tpm": 10_000_000_000}}},
+        "groups": {
+            MODEL: {
+                "strategy": "least_busy",
+                "members": [
+                    {"backend": "mock", "model": MODEL},
+                    {"backend": "mock2", "model": MODEL},
+                ],
+            }
+        },
+    }
 
 
 def check_fastproxy_config(

@@ -25,7 +25,7 @@ from . import processes as P
 from .backend import start_nginx_backend
 from .drivers import drive
 from .report import aggregate
-from .scenarios import FEATURE_MODULES, FEATURES, JSON_BODY, Scenario
+from .scenarios import FEATURE_MODULES, FEATURES, JSON_BODY, MONITORING, Scenario, bench_key
 
 # Waits before each new attempt at a round measured under background load.
 RETRY_WAITS_S = (3.0, 10.0, 20.0, 30.0)
@@ -129,8 +129,8 @@ class Suite:
                         self.unavailable[target] = why
             # "+all" means every feature that exists; with fewer than two it would only
             # repeat a single-feature variant.
-            self.features[ALL] = {f: True for f in ready}
-            if len(ready) < 2:
+            self.features[ALL] = {f: True for f in ready if f != "policy"}
+            if len([f for f in ready if f != "policy"]) < 2:
                 self.unavailable[ALL] = "fewer than two monitoring features are built"
         if "litellm" in self.opts.peers and not peers.litellm_available(self.litellm_python):
             self.unavailable["litellm"] = (
@@ -204,7 +204,7 @@ class Suite:
         backend = "nginx (canned answers)" if kind == "nginx" else "mock LLM"
         procs: dict[str, P.Proc | None] = {}
         skipped = {n: self.unavailable[n] for n in sc.targets if n in self.unavailable}
-        if sc.key.startswith("d-") and not set(FEATURES) - set(skipped):
+        if sc.key.startswith("d-") and not set(MONITORING) - set(skipped):
             # Without a single monitoring feature, d would only repeat a's and b's runs.
             return {
                 "key": sc.key,
@@ -231,9 +231,10 @@ class Suite:
                     log(f"  {name} did not start: {exc}")
                     continue
                 port = self.port(name, procs[name])
-                if not P.http_ok(
-                    port, sc.workload.path, JSON_BODY.encode(), {"content-type": "application/json"}
-                ):
+                check_headers = {"content-type": "application/json"}
+                if sc.workload.keys:
+                    check_headers["authorization"] = "Bearer " + bench_key(0)
+                if not P.http_ok(port, sc.workload.path, JSON_BODY.encode(), check_headers):
                     notes.append(f"{name}: the check request failed; target dropped")
                     proc = procs.pop(name)
                     if proc is not None:

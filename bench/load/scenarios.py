@@ -9,7 +9,11 @@ Groups (``--scenarios a,b,c,d``):
 - c: 2,000 concurrent slow streams (4 events/s each) held open for the whole round
   (``c``: CPU, RSS per open stream, errors);
 - d: a1, a64 and b again on fastproxy with each monitoring feature on, interleaved with
-  the baseline so that the cost of each feature is a ratio measured at the same time.
+  the baseline so that the cost of each feature is a ratio measured at the same time;
+- e: a64 with gateway policy configured (``e-a64``): 100 named keys, each with its own
+  rate limits, a limit on the model, and the model served by a least_busy group of two
+  backends, against the same gateway with none of it; every request carries one of the
+  100 keys in turn (the baseline, which has no keys, ignores it).
 
 Backends: nginx serving canned answers from memory (the default, bench/load/backend.py)
 or the mock LLM (``--backend mock``). Scenarios that need pacing (bp, c) always use the
@@ -38,16 +42,35 @@ FEATURES: dict[str, dict[str, bool]] = {
     "fastproxy+activity": {"activity": True},
     "fastproxy+capture": {"capture": True},
     "fastproxy+all": {"usage": True, "activity": True, "capture": True},
+    "fastproxy+policy": {"policy": True},
 }
+# The variants of d: the monitoring features (policy is group e's).
+MONITORING = ("fastproxy+usage", "fastproxy+activity", "fastproxy+capture", "fastproxy+all")
 # A service module that must exist for a feature to be more than an accepted config key
 # (any one of the names: the layout was still settling while these benchmarks were written).
 FEATURE_MODULES: dict[str, tuple[str, ...]] = {
     "usage": ("fastproxy.monitor.usage_service", "fastproxy.monitor.usage"),
     "activity": ("fastproxy.monitor.activity",),
     "capture": ("fastproxy.monitor.capture", "fastproxy.monitor.wire_capture", "fastproxy.capture"),
+    "policy": ("fastproxy.core.keys",),
 }
+# Scenario e's named keys: how many, and the secret of each (bench_key); the gateway is
+# configured with their SHA-256 (processes.fastproxy_config).
+POLICY_KEYS = 100
+
+
+def bench_key(i: int) -> str:
+    return f"sk-bench-{i:03d}-0123456789abcdef"
+
+
 BASE_TARGETS = ("direct", "nginx", "fastproxy")
-GROUPS = {"a": ("a1", "a64"), "b": ("b", "bp"), "c": ("c",), "d": ("d-a1", "d-a64", "d-b")}
+GROUPS = {
+    "a": ("a1", "a64"),
+    "b": ("b", "bp"),
+    "c": ("c",),
+    "d": ("d-a1", "d-a64", "d-b"),
+    "e": ("e-a64",),
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,8 @@ class Workload:
     ramp_s: float = 0.0
     requests_per_conn: int = 0  # 0: closed loop until the round ends
     drain_s: float = 0.0
+    # Send ``Authorization: Bearer bench_key(i)`` for i = 0, 1, ... keys-1 in turn.
+    keys: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,7 +128,8 @@ def build(
         requests_per_conn=1,
     )
     # nginx runs in d too, so "fastproxy with usage tracking / nginx" is measured at once.
-    variants = ("nginx", "fastproxy", *FEATURES)
+    variants = ("nginx", "fastproxy", *MONITORING)
+    a64_keys = Workload("json", 64, JSON_BODY, keys=POLICY_KEYS)
     table = {
         "a1": Scenario(
             "a1",
@@ -163,13 +189,22 @@ def build(
         "d-b": Scenario(
             "d-b", "b with monitoring features on", b, variants, rounds, duration_s, warmup
         ),
+        "e-a64": Scenario(
+            "e-a64",
+            f"a64 with gateway policy ({POLICY_KEYS} named keys with limits, a least_busy group)",
+            a64_keys,
+            ("nginx", "fastproxy", "fastproxy+policy"),
+            rounds,
+            duration_s,
+            warmup,
+        ),
     }
     keys: list[str] = []
     for g in groups:
         for k in GROUPS.get(g, (g,)):
             if k not in table:
                 raise ValueError(
-                    f"unknown scenario {g!r}; choose from a, b, c, d or " + ", ".join(table)
+                    f"unknown scenario {g!r}; choose from a, b, c, d, e or " + ", ".join(table)
                 )
             if k not in keys:
                 keys.append(k)
