@@ -5,7 +5,9 @@ An OpenAI client gets OpenAI's list shape with every backend's models. An Anthro
 shape (``type``, ``display_name``, ``created_at``; a page with ``has_more``, ``first_id``,
 ``last_id``) listing only the models of backends that speak its dialect, since those are
 the only ones it can call. Every model is listed plain and as ``backend:model`` (the
-explicit form routing understands).
+explicit form routing understands). A caller holding a named key limited to some models
+(``auth.keys[].models``) sees only the ids that key may ask for, in either form: a client
+is not shown models it would be refused (core/keys.py).
 
 The gateway does not know when a model was created or its marketing name: ``created``
 is 0 (OpenAI) and ``created_at`` the epoch (Anthropic), ``display_name`` the id. Pure:
@@ -32,14 +34,21 @@ class _Backend(Protocol):
     dialects: frozenset[str]
 
 
+class _Key(Protocol):
+    def allows(self, model: str | None) -> bool: ...
+
+
 class ModelListError(RequestRejected):
     """A bad query parameter; the message names it (answered 400, invalid_request)."""
 
     code = "invalid_request"
 
 
-def _ids(backends: Iterable[_Backend], dialect: str | None) -> list[tuple[str, str]]:
-    """(id, owner) for every model, plain and ``backend:model``, first owner wins."""
+def _ids(
+    backends: Iterable[_Backend], dialect: str | None, key: _Key | None = None
+) -> list[tuple[str, str]]:
+    """(id, owner) for every model, plain and ``backend:model``, first owner wins; with
+    ``key``, only the ids it may ask for (the same test a request of that model meets)."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for b in backends:
@@ -47,7 +56,7 @@ def _ids(backends: Iterable[_Backend], dialect: str | None) -> list[tuple[str, s
             continue
         for m in sorted(b.models or ()):
             for mid in (m, f"{b.name}:{m}"):
-                if mid not in seen:
+                if mid not in seen and (key is None or key.allows(mid)):
                     seen.add(mid)
                     out.append((mid, b.name))
     return out
@@ -61,22 +70,27 @@ def _anthropic(mid: str) -> dict[str, Any]:
     return {"type": "model", "id": mid, "display_name": mid, "created_at": EPOCH}
 
 
-def openai_list(backends: Iterable[_Backend]) -> dict[str, Any]:
-    return {"object": "list", "data": [_openai(m, o) for m, o in _ids(backends, None)]}
+def openai_list(backends: Iterable[_Backend], key: _Key | None = None) -> dict[str, Any]:
+    return {"object": "list", "data": [_openai(m, o) for m, o in _ids(backends, None, key)]}
 
 
-def entry(backends: Iterable[_Backend], model_id: str, anthropic: bool) -> dict[str, Any] | None:
-    """One model as ``GET /v1/models/{id}`` returns it, or None."""
-    for mid, owner in _ids(backends, "anthropic" if anthropic else None):
+def entry(
+    backends: Iterable[_Backend], model_id: str, anthropic: bool, key: _Key | None = None
+) -> dict[str, Any] | None:
+    """One model as ``GET /v1/models/{id}`` returns it, or None (also when ``key`` may
+    not use it: a model hidden from the list is not found by id either)."""
+    for mid, owner in _ids(backends, "anthropic" if anthropic else None, key):
         if mid == model_id:
             return _anthropic(mid) if anthropic else _openai(mid, owner)
     return None
 
 
-def anthropic_page(backends: Iterable[_Backend], query: Mapping[str, str]) -> dict[str, Any]:
+def anthropic_page(
+    backends: Iterable[_Backend], query: Mapping[str, str], key: _Key | None = None
+) -> dict[str, Any]:
     """One page of Anthropic's list: ``limit`` (1..1000, default 20), then ``after_id``
     (the page after that id) or ``before_id`` (the page before it)."""
-    ids = [mid for mid, _ in _ids(backends, "anthropic")]
+    ids = [mid for mid, _ in _ids(backends, "anthropic", key)]
     raw = query.get("limit", str(DEFAULT_LIMIT))
     try:
         limit = int(raw)
