@@ -63,7 +63,12 @@ def assert_matches_stats(driver: Any, stats: dict[str, Any]) -> None:
     assert number(text(driver, "#kpi-sessions")) == stats["unique_sessions"]
     assert stats["total_cost"] > 0  # gpt-4o is in the price table: a cost to compare
     assert number(text(driver, "#kpi-cost")) == pytest.approx(stats["total_cost"], abs=1e-6)
-    errors = sum(n for code, n in stats["status_code_counts"].items() if not code.startswith("2"))
+    # Errors: every request without a 1xx to 3xx status (4xx, 5xx and "none").
+    errors = sum(
+        n
+        for code, n in stats["status_code_counts"].items()
+        if not (code.isdigit() and 100 <= int(code) < 400)
+    )
     assert number(text(driver, "#kpi-errors")) == errors
     for field in ("ttft_stats", "proxy_overhead_stats", "duration_stats"):
         s = stats[field]
@@ -91,9 +96,18 @@ def test_page_loads_clean_shows_the_stats_numbers_and_follows_new_requests(
     stack.chat()
     stack.chat(stream=True)  # a stream, so there is a TTFT
     stack.chat(stream=True)
-    stats = stack.recorded(3)
+    # A 400, relayed to the client: an error in the totals that opens no breaker.
+    stack.loop.call(
+        lambda: stack.primary.set_behaviour(path_prefix="/v1/chat/completions", status=400)
+    )
+    with pytest.raises(openai.BadRequestError):
+        stack.chat()
+    stack.loop.call(stack.primary.clear_behaviour)
+    stats = stack.recorded(4)
+    assert stats["status_code_counts"]["400"] == 1
     open_dashboard(page, stack)
-    wait_text(page, "#kpi-requests", "3")
+    wait_text(page, "#kpi-requests", "4")
+    assert text(page, "#kpi-errors") == "1"
     assert_matches_stats(page, stats)
     # openai.2 served nothing: the breakdown names only what the stats name.
     assert page.find_elements(By.CSS_SELECTOR, '#breakdown-by_backend tr[data-name="openai.1"]')
@@ -106,8 +120,8 @@ def test_page_loads_clean_shows_the_stats_numbers_and_follows_new_requests(
         # A dash until the page has two /metrics samples to take a rate from.
         lambda d: d.find_element(By.ID, "kpi-rps").text not in (NO_VALUE, "0")
     )
-    stats = stack.recorded(4)
-    wait_text(page, "#kpi-requests", "4")
+    stack.recorded(5)
+    wait_text(page, "#kpi-requests", "5")
     wait_text(
         page, '#breakdown-by_backend tr[data-name="openai.2"] td[data-field="request_count"]', "1"
     )
