@@ -15,9 +15,11 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Protocol, cast
 
 import orjson
@@ -29,6 +31,7 @@ from .admin.views import Views
 from .config import BackendConfig, Config, ConfigError, LoadedConfig
 from .config.lint import log_findings
 from .core.access import AccessPolicy
+from .core.budget import Blocked, BudgetBook, BudgetEvent, period_bounds
 from .core.clock import HttpDate
 from .core.ratelimit import Ledger
 from .core.records import Counters
@@ -48,10 +51,13 @@ from .monitor.activity import ActivityService, ActivityTracker
 from .monitor.capture import CaptureService
 from .monitor.health import HealthService
 from .monitor.metrics import MetricsCollector
+from .monitor.notify import utc_iso
 from .monitor.rate_limits import RateLimitWatch
 from .monitor.usage_service import UsageService
 from .reload import ReloadPlan, plan_reload
+from .storage import usage_spend
 from .systemd import Notifier
+from .workers.limiting import cost_function
 from .workers.primary import WorkerHub
 
 log = logging.getLogger("fastproxy")
@@ -89,6 +95,7 @@ class Gateway:
         # Rate limits' one ledger, when limits are configured: the truth for every
         # scope (with workers, theirs too: docs/policy.md, "Rate limits").
         self.ledger: Ledger | None = None
+        self.budgets: BudgetKeeper | None = None  # the one budget book, when configured
         self.admin: AdminService | None = None
         self.monitoring: MonitoringApi | None = None
         self._services: list[Service] = []
@@ -132,6 +139,8 @@ class Gateway:
             self._services.append(service)
 
         self.replacement = replacement_policy(cfg, backends)
+        # Seeded before any listener opens: a restart keeps refusing a spent budget.
+        await self._set_budgets(cfg)
         if cfg.workers > 1:
             await self._start_workers(backends, default_backend)
             return
@@ -228,7 +237,11 @@ class Gateway:
             max(2.0, 2 * interval) if interval else 10.0,
             self.replacement,
             ledger=self._reload_ledger(cfg),
+            on_spend=self._on_spend,
         )
+        if self.budgets is not None:
+            self.budgets.push = hub.push_blocked
+            self.budgets.blocked()  # the seeded set, for every worker as it starts
         views = self._views = Views(
             config=cfg,
             backends=backends,
@@ -268,6 +281,8 @@ class Gateway:
         self._date.tick()
         if self.ledger is not None:
             self.ledger.sweep()
+        if self.budgets is not None:
+            self.budgets.tick()
         if self._notifier.watchdog_interval:
             self._notifier.watchdog()
         if self._notifier.enabled:
@@ -361,6 +376,10 @@ class Gateway:
             return True
         return False
 
+    def _on_spend(self, doc: Mapping[str, float]) -> None:
+        if self.budgets is not None:
+            self.budgets.on_spend(doc)
+
     def _reload_ledger(self, cfg: Config) -> Ledger | None:
         self._set_ledger(cfg)
         return self.ledger
@@ -373,12 +392,43 @@ class Gateway:
             running = None
         if not admission.configured(cfg):
             return None
-        if running is not None and running.limiter is not None and self.ledger is not None:
+        keeper = self.budgets
+        book = keeper.book if keeper is not None else None
+        cost_of = cost_function(cfg) if keeper is not None else None
+        charged = keeper.charged if keeper is not None else None
+        if running is not None and (running.limiter is not None) == (self.ledger is not None):
             running.configure(cfg)
+            running.budget, running.cost_of, running.charged = book, cost_of, charged
             return running
         return admission.local_admission(
-            cfg, ledger=self.ledger, book=None, cost_of=None, charged=None
+            cfg, ledger=self.ledger, book=book, cost_of=cost_of, charged=charged
         )
+
+    def _usage_path(self) -> Path | None:
+        return self.usage.path if self.usage is not None else None
+
+    def _announce_budget(self, event: BudgetEvent) -> None:
+        health = self.health
+        if health is not None:
+            doc, line = budget_event(event)
+            health.notifier.announce("budget", doc, line)
+
+    async def _set_budgets(self, cfg: Config) -> None:
+        """The budget book for ``cfg`` (None without budgets): made and seeded from the
+        usage store the first time, re-budgeted on reload (new subjects seeded)."""
+        if not admission.budgets_configured(cfg):
+            self.budgets = None
+            return
+        if self.budgets is None:
+            if self.usage is None:
+                log.warning(
+                    "budgets: usage_tracking is off, so spend is counted from 0 at every "
+                    "start (nothing records it across restarts)"
+                )
+            self.budgets = BudgetKeeper(cfg, self._announce_budget)
+            await self.budgets.seed(self._usage_path())
+        else:
+            await self.budgets.reconfigure(cfg, self._usage_path())
 
     def _tick(self) -> None:
         plane = self.plane
@@ -389,6 +439,8 @@ class Gateway:
             plane.admission.tick()
         if self.ledger is not None:
             self.ledger.sweep()
+        if self.budgets is not None:
+            self.budgets.tick()
         for pool in plane.pools.values():
             pool.sweep()
         counters = plane.counters
@@ -466,6 +518,10 @@ class Gateway:
             self.config = running
             raise
         replacement = reload_replacement(self.replacement, running, plan.config, backends)
+        await self._set_budgets(plan.config)
+        if self.budgets is not None and hub is not None:
+            self.budgets.push = hub.push_blocked
+            self.budgets.blocked()
         # The swap: synchronous, so no request is planned half on each generation.
         retired = [p for n, p in running_pools.items() if pools.get(n) is not p]
         rate_limits = self.rate_limits
@@ -582,6 +638,96 @@ def reload_replacement(
             "off" if not now.enabled else "rules changed; sessions start afresh",
         )
     return replacement_policy(new, backends)
+
+
+class BudgetKeeper:
+    """The one budget book (with workers, the primary's): seeded from the usage store off
+    the event loop, charged with each finished request's cost (in-line in one process,
+    from the workers' SPEND frames otherwise), announcing 80% and 100% on the health
+    webhook and event stream, and pushing the blocked set to the workers when it changed
+    (docs/policy.md, "Budgets")."""
+
+    def __init__(
+        self,
+        config: Config,
+        announce: Callable[[BudgetEvent], None],
+        push: Callable[[Blocked], None] | None = None,
+    ) -> None:
+        self.book = BudgetBook(admission.budgets_of(config))
+        self._announce = announce
+        self.push = push
+
+    async def seed(self, usage_path: Path | None, only: set[str] | None = None) -> None:
+        """Each subject's spend so far in its current period (all, or ``only``), read
+        in a thread. Thresholds it already passed are not announced again."""
+        if usage_path is None:
+            return
+        book, now = self.book, time.time()
+        periods = []
+        for subject in book.subjects():
+            if only is not None and subject not in only:
+                continue
+            figures = book.spend(subject)
+            if figures is not None:
+                start, end = period_bounds(figures[2], now)
+                periods.append((subject, start, end))
+        try:
+            found = await asyncio.to_thread(usage_spend.spent, usage_path, periods)
+        except sqlite3.Error as exc:
+            log.warning("budgets: the spend so far could not be read (%s); counting from 0", exc)
+            return
+        for subject, usd in found.items():
+            book.seed(subject, usd)
+        if found:
+            log.info(
+                "budgets: spend so far this period: %s",
+                ", ".join(f"{s} ${usd:.4f}" for s, usd in sorted(found.items())),
+            )
+        self.blocked()
+
+    def charged(self, subjects: tuple[str, ...], cost: float) -> None:
+        for event in self.book.charge(subjects, cost):
+            self._announce(event)
+        self.blocked()
+
+    def on_spend(self, doc: Mapping[str, float]) -> None:
+        """A worker's SPEND frame: its cost per subject since its last one."""
+        for subject, cost in doc.items():
+            for event in self.book.charge((subject,), float(cost)):
+                self._announce(event)
+        self.blocked()
+
+    def blocked(self) -> None:
+        if self.push is not None:
+            message = self.book.take_blocked()
+            if message is not None:
+                self.push(message)
+
+    def tick(self) -> None:
+        self.book.tick()
+        self.blocked()  # a period that ended unblocks its subjects in the workers too
+
+    async def reconfigure(self, config: Config, usage_path: Path | None) -> None:
+        before = set(self.book.subjects())
+        self.book.set_budgets(admission.budgets_of(config))
+        fresh = set(self.book.subjects()) - before
+        if fresh:
+            await self.seed(usage_path, fresh)
+        self.blocked()
+
+
+def budget_event(event: BudgetEvent) -> tuple[dict[str, object], str]:
+    """The health event (webhook and stream body) and log line of a threshold crossed."""
+    doc: dict[str, object] = {
+        **event.to_dict(),
+        "at": utc_iso(time.time()),
+        "fraction": event.threshold,
+    }
+    line = (
+        f"budget {event.subject}: {doc['threshold_percent']}% of its ${event.amount:.2f} "
+        f"{event.period} budget spent (${event.spent:.4f}); it resets at {doc['resets_at']}"
+    )
+    return doc, line
 
 
 class Service(Protocol):

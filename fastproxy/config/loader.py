@@ -553,13 +553,15 @@ def _check_keys(config: Config, env: Mapping[str, str]) -> None:
     if not auth.keys and not auth.teams and not config.rate_limits.models:
         return
     errors = check_client_keys(config, env)
-    # Until the budget book is wired, budgets are refused rather than accepted and
-    # ignored.
-    for i, key in enumerate(auth.keys):
-        if key.budget is not None:
-            errors.append(f"auth.keys[{i}].budget: budgets are not built yet")
-    if auth.teams:
-        errors.append("auth.teams: team budgets are not built yet")
+    # A team's budget is charged by the requests of the keys in it: a team no key names
+    # would hold a budget nothing ever spends (a typo in a key's team, most likely).
+    named = {k.team for k in auth.keys if k.team is not None}
+    for name in auth.teams:
+        if name not in named:
+            errors.append(
+                f"auth.teams.{name}: no key in auth.keys has team {name!r}; its budget "
+                "would never be charged"
+            )
     if errors:
         raise ConfigError("; ".join(errors))
 

@@ -1,5 +1,6 @@
 """Budgets: spend per key and per team over a UTC day or month, as sans-I/O objects.
-Not wired yet.
+Wired by dataplane/admission.py (the request path), gateway.py (``BudgetKeeper``: the
+book, seeding, events) and workers/limiting.py.
 
 ``BudgetBook`` holds the spend of every subject that has a budget ("key:alice",
 "team:ml"): seeded at start with the spend so far in the current period (the wiring reads
@@ -306,6 +307,10 @@ class BudgetBook:
         return Blocked(
             self._generation, tuple(self._accounts[s].refusal() for s in sorted(current))
         )
+
+    def subjects(self) -> list[str]:
+        """Every subject with a budget, in config order."""
+        return list(self._accounts)
 
     def spend(self, subject: str) -> tuple[float, float, Period, float] | None:
         """(spent, budget, period, resets_at) for the admin plane; None: no budget."""

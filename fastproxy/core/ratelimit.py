@@ -1,4 +1,5 @@
-"""Rate limits (requests and tokens per minute) as sans-I/O objects: not wired yet.
+"""Rate limits (requests and tokens per minute) as sans-I/O objects. Wired by
+dataplane/admission.py (the request path) and workers/limiting.py (workers).
 
 Two objects, both driven by an injected clock (``() -> float`` seconds, monotonic) and
 plain-data messages, so the same code runs in one process and across worker processes:

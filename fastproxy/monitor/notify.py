@@ -253,6 +253,10 @@ class Notifier:
         self.seq += 1
         data = orjson.dumps(event)
         frame = b"event: %b\nid: %d\ndata: %b\n\n" % (kind.encode(), self.seq, data)
+        self._fan_out(frame, data)
+        return event
+
+    def _fan_out(self, frame: bytes, data: bytes) -> None:
         for sub in list(self._subscribers):
             try:
                 sub.queue.put_nowait(frame)
@@ -268,7 +272,20 @@ class Notifier:
                 self._webhook_queue.put_nowait(data)
             except asyncio.QueueFull:
                 self.counters["webhook_dropped"] += 1
-        return event
+
+    def announce(self, kind: str, event: dict[str, Any], line: str) -> None:
+        """Announce one event that is not a transition (``kind`` "budget": a budget
+        threshold crossed): one WARNING ``line``, then the SSE subscribers and the
+        webhook get ``event`` as they get transitions (so ``notify_backends: false``
+        silences it there too)."""
+        log.warning("%s", line)
+        self.counters["published"] += 1
+        if not self.outward:
+            return
+        self.seq += 1
+        data = orjson.dumps(event)
+        frame = b"event: %b\nid: %d\ndata: %b\n\n" % (kind.encode(), self.seq, data)
+        self._fan_out(frame, data)
 
     # -- SSE subscribers ----------------------------------------------------------------
     def subscribe(self) -> Subscription:

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import anthropic
 import openai
 import pytest
+import yaml
 
+from fastproxy.config import load_config
 from fastproxy.mockllm import MockLLMServer
 from tests.conftest import RunningGateway
 from tests.support.waiting import wait_until
 
-from .e2e import ALICE, BOB, MSGS, ant, key, oai, tree
+from .conftest import Clients
+from .e2e import ALICE, BOB, MSGS, key, tree
 
 WINDOW = 3.0
 
@@ -35,7 +39,7 @@ def api_calls(mock: MockLLMServer) -> int:
 
 
 def test_rpm_429_in_both_dialects_with_headers_then_admitted_after_the_window(
-    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, sdk: Clients
 ) -> None:
     gw = gateway_factory(
         tree(
@@ -44,7 +48,7 @@ def test_rpm_429_in_both_dialects_with_headers_then_admitted_after_the_window(
             rate_limits={"window_seconds": WINDOW},
         )
     )
-    client = oai(gw.url, ALICE)
+    client = sdk.oai(gw.url, ALICE)
     first = chat(client)
     assert first["x-ratelimit-limit-requests"] == "3"
     assert first["x-ratelimit-remaining-requests"] == "2"
@@ -69,7 +73,9 @@ def test_rpm_429_in_both_dialects_with_headers_then_admitted_after_the_window(
     assert api_calls(mock_llm) == sent
     # The same key through the Anthropic SDK: the limit is the key's, whatever dialect.
     with pytest.raises(anthropic.RateLimitError) as a_caught:
-        ant(gw.url, ALICE).messages.create(model="claude-sonnet-4-5", max_tokens=2, messages=MSGS)
+        sdk.ant(gw.url, ALICE).messages.create(
+            model="claude-sonnet-4-5", max_tokens=2, messages=MSGS
+        )
     a_err = a_caught.value
     assert a_err.status_code == 429
     assert a_err.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
@@ -79,7 +85,7 @@ def test_rpm_429_in_both_dialects_with_headers_then_admitted_after_the_window(
     time.sleep(float(h["retry-after"]))
     wait_until(lambda: _admitted(client), timeout=WINDOW + 2, interval=0.2, what="admitted")
     # Another key has no limit of its own and names no limited model: no headers.
-    headers = chat(oai(gw.url, BOB))
+    headers = chat(sdk.oai(gw.url, BOB))
     assert not [h for h in headers if h.startswith("x-ratelimit")]
 
 
@@ -92,17 +98,17 @@ def _admitted(client: openai.OpenAI) -> bool:
 
 
 def test_no_limits_configured_no_headers_and_no_admission(
-    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, sdk: Clients
 ) -> None:
     gw = gateway_factory(tree(mock_llm, [key("alice", ALICE)]))
     assert gw.plane.admission is None  # the request path makes one `is None` test
-    client = oai(gw.url, ALICE)
+    client = sdk.oai(gw.url, ALICE)
     for _ in range(5):
         assert not [h for h in chat(client) if h.startswith("x-ratelimit")]
 
 
 def test_tpm_charged_from_the_estimate_and_corrected_by_the_backends_usage(
-    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, sdk: Clients
 ) -> None:
     gw = gateway_factory(
         tree(
@@ -114,7 +120,7 @@ def test_tpm_charged_from_the_estimate_and_corrected_by_the_backends_usage(
     # The prompt estimate is about 30 tokens (body / 4); the backend reports 600 (cache
     # reads count as prompt): once that is settled, the key is over its 1000 tokens.
     gw.lt.call(lambda: mock_llm.set_behaviour(cache_read=600))
-    client = oai(gw.url, ALICE)
+    client = sdk.oai(gw.url, ALICE)
     first = chat(client)
     assert first["x-ratelimit-limit-tokens"] == "1000"
     assert "x-ratelimit-limit-requests" not in first
@@ -135,7 +141,7 @@ def test_tpm_charged_from_the_estimate_and_corrected_by_the_backends_usage(
 
 
 def test_a_model_limit_is_shared_by_every_key_and_both_scopes_apply(
-    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, sdk: Clients
 ) -> None:
     gw = gateway_factory(
         tree(
@@ -144,7 +150,7 @@ def test_a_model_limit_is_shared_by_every_key_and_both_scopes_apply(
             rate_limits={"window_seconds": 30, "models": {"gpt-4o": {"rpm": 4}}},
         )
     )
-    alice, bob = oai(gw.url, ALICE), oai(gw.url, BOB)
+    alice, bob = sdk.oai(gw.url, ALICE), sdk.oai(gw.url, BOB)
     chat(alice)
     chat(bob)
     chat(alice)
@@ -156,7 +162,7 @@ def test_a_model_limit_is_shared_by_every_key_and_both_scopes_apply(
             chat(client)
         assert "model:gpt-4o" in caught.value.message
     # Another model is not limited by gpt-4o's limit; alice's own limit still counts it.
-    with ant(gw.url, ALICE) as a:
+    with sdk.ant(gw.url, ALICE) as a:
         raw = a.messages.with_raw_response.create(
             model="claude-sonnet-4-5", max_tokens=2, messages=MSGS
         )
@@ -165,7 +171,7 @@ def test_a_model_limit_is_shared_by_every_key_and_both_scopes_apply(
 
 
 def test_a_stream_carries_the_headers_and_is_settled_at_its_end(
-    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, sdk: Clients
 ) -> None:
     gw = gateway_factory(
         tree(
@@ -176,7 +182,7 @@ def test_a_stream_carries_the_headers_and_is_settled_at_its_end(
     )
     records: list[object] = []
     gw.observe(records.append)
-    with oai(gw.url, ALICE).chat.completions.with_streaming_response.create(
+    with sdk.oai(gw.url, ALICE).chat.completions.with_streaming_response.create(
         model="gpt-4o", messages=MSGS, max_tokens=4, stream=True
     ) as resp:
         assert resp.headers["x-ratelimit-limit-tokens"] == "100000"
@@ -192,3 +198,38 @@ def test_a_stream_carries_the_headers_and_is_settled_at_its_end(
         return int(gw.lt.call(lambda: (adm.tick(), ledger.usage("key:alice")[1])[1]))
 
     wait_until(lambda: counted() == total, timeout=5, interval=0.2, what="tokens reported")
+
+
+def test_reload_applies_new_limits_and_budgets_and_keeps_the_counts(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer, sdk: Clients
+) -> None:
+    tree_ = tree(
+        mock_llm,
+        [key("alice", ALICE, limits={"rpm": 3}), key("bob", BOB)],
+        rate_limits={"window_seconds": 30},
+    )
+    gw = gateway_factory(tree_)
+    client = sdk.oai(gw.url, ALICE)
+    chat(client)
+    chat(client)
+    path = gw.gateway.config.state_dir + "/config.yaml"
+
+    def reload() -> None:
+        Path(path).write_text(yaml.safe_dump(tree_))
+        assert gw.lt.run(gw.gateway.reload(load_config({}, config_file=path, env={})))
+
+    # A new limit for the same key: its two requests still count.
+    tree_["auth"]["keys"][0]["limits"] = {"rpm": 4}
+    reload()
+    headers = chat(client)
+    assert headers["x-ratelimit-limit-requests"] == "4"
+    assert headers["x-ratelimit-remaining-requests"] == "1"
+    # A budget added by a reload applies at once; limits removed: no headers.
+    tree_["auth"]["keys"][0].pop("limits")
+    tree_["auth"]["keys"][1]["budget"] = {"usd": 5.0}
+    reload()
+    assert gw.plane.admission is not None and gw.plane.admission.limiter is None
+    assert not [h for h in chat(client) if h.startswith("x-ratelimit")]
+    tree_["auth"]["keys"][1].pop("budget")
+    reload()
+    assert gw.plane.admission is None

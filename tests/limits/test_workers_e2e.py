@@ -17,7 +17,9 @@ import yaml
 
 from fastproxy.mockllm import MockLLMServer
 from tests.conftest import backend_for
+from tests.monitor.test_health_events import WebhookReceiver
 from tests.support.proc import GatewayProcess
+from tests.support.waiting import wait_until
 
 from .e2e import ALICE, key
 
@@ -48,6 +50,13 @@ def stop_all() -> Iterator[list[GatewayProcess]]:
     for gw in procs:
         if gw.proc.poll() is None:
             gw.kill()
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver()
+    yield r
+    r.close()
 
 
 def diagnostics(admin: int) -> Any:
@@ -124,3 +133,63 @@ def test_rpm_across_two_workers_admits_within_2_percent_of_the_limit_over_60_s(
     assert gw.admin_port is not None
     workers = diagnostics(gw.admin_port)["workers"]
     assert all(w["connections_total"] > 0 for w in workers), workers
+
+
+def post(port: int, secret: str) -> int:
+    """One chat request on a new connection (the kernel picks the worker)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"content-type": "application/json", "authorization": f"Bearer {secret}"}
+    conn.request("POST", "/v1/chat/completions", BODY, headers)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_a_budget_crossing_is_seen_by_both_workers(
+    tmp_path: Path,
+    mock_llm: MockLLMServer,
+    stop_all: list[GatewayProcess],
+    webhook: WebhookReceiver,
+) -> None:
+    # "hi" is 5 prompt tokens to the mock: $0.005 a request at $1000 per 1M input tokens,
+    # so a $0.02 budget is spent by the 4th request whichever worker served them.
+    gw = start(
+        tmp_path,
+        mock_llm,
+        auth={"keys": [key("alice", ALICE, budget={"usd": 0.02, "period": "day"})]},
+        usage_tracking={
+            "enabled": True,
+            "persistence_path": str(tmp_path / "usage.db"),
+            "pricing": {"gpt-4o": {"input": 1000.0, "output": 0.0}},
+        },
+        health_check={"enabled": False, "webhook_url": webhook.url},
+    )
+    stop_all.append(gw)
+    port = gw.wait_ready()
+    statuses = []
+    for _ in range(12):
+        statuses.append(post(port, ALICE))
+        if statuses[-1] == 429:
+            break
+    assert statuses[0] == 200 and statuses[-1] == 429, statuses
+    wait_until(
+        lambda: [b.get("threshold_percent") for b in webhook.bodies] == [80, 100],
+        timeout=10,
+        what="both budget events on the webhook",
+    )
+    assert all(b["subject"] == "key:alice" for b in webhook.bodies)
+    assert gw.admin_port is not None
+    before = [w["connections_total"] for w in diagnostics(gw.admin_port)["workers"]]
+    # Every request now, on new connections spread over both workers, is refused.
+    assert [post(port, ALICE) for _ in range(20)] == [429] * 20
+    admin = gw.admin_port
+
+    def reported() -> list[dict[str, Any]] | None:
+        workers: list[dict[str, Any]] = diagnostics(admin)["workers"]
+        return workers if sum(w["connections_total"] for w in workers) >= sum(before) + 20 else None
+
+    after = wait_until(reported, timeout=10, what="the workers' heartbeats")
+    assert all(w["connections_total"] > b for w, b in zip(after, before, strict=True)), (
+        before,
+        after,
+    )
