@@ -547,7 +547,8 @@
   }
 
   async function tick() {
-    if (state.ticking) return;
+    // A hidden tab polls nothing: a forgotten dashboard costs the gateway no queries.
+    if (state.ticking || document.hidden) return;
     state.ticking = true;
     try {
       await Promise.all([
@@ -577,6 +578,7 @@
     restartStream();
     tick();
     setInterval(tick, TICK_MS);
+    document.addEventListener("visibilitychange", tick);
     window.addEventListener("resize", () => {
       drawChart($("chart-traffic"), state.traffic);
       drawChart($("chart-latency"), state.latency);
