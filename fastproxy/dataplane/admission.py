@@ -25,6 +25,7 @@ backend's usage replaces the estimate when the request ends (``finished``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -207,8 +208,9 @@ class Admission:
         self.subjects = subjects_of(config)
 
     # -- the request path ------------------------------------------------------------
-    def check_budget(self, key: ClientKey | None, now: float) -> LimitRefused | None:
-        """The key's or its team's budget is spent: the refusal to answer with."""
+    def check_budget(self, key: ClientKey | None) -> LimitRefused | None:
+        """The key's or its team's budget is spent: the refusal to answer with. (The
+        wall clock is read only for a refusal's retry-after.)"""
         budget = self.budget
         if budget is None or key is None or key.name is None:
             return None
@@ -216,7 +218,7 @@ class Admission:
         if subjects is None:
             return None
         refusal = budget.check(subjects)
-        return None if refusal is None else budget_refused(refusal, now)
+        return None if refusal is None else budget_refused(refusal, time.time())
 
     def scopes(self, key: ClientKey | None, model: str) -> tuple[Scope, ...]:
         """The limited scopes a request names: its key's, its model's, both or none."""

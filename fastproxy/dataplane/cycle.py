@@ -479,7 +479,7 @@ class RequestCycle:
         """Budgets, then rate limits, before any backend is chosen: a refusal is the
         gateway's own 429 and never fails over. True: the request waits for a grant."""
         self._adm = adm
-        refused = adm.check_budget(key, time.time())
+        refused = adm.check_budget(key)
         if refused is not None:
             raise refused
         if adm.limiter is None:

@@ -116,11 +116,11 @@ def test_finished_settles_and_charges_the_keys_subjects() -> None:
     rec.key_name, rec.usage = "alice", BackendUsage(prompt=3, completion=4, total=7)
     adm.finished(None, rec)
     assert charged == [(("key:alice", "team:ml"), 0.75)]
-    assert adm.check_budget(ALICE, 0.0) is None
+    assert adm.check_budget(ALICE) is None
     adm.finished(None, rec)
-    refused = adm.check_budget(ALICE, 0.0)
+    refused = adm.check_budget(ALICE)
     assert refused is not None and "key 'alice'" in str(refused)
-    assert adm.check_budget(BOB, 0.0) is None  # no budget of its own, no team
+    assert adm.check_budget(BOB) is None  # no budget of its own, no team
 
 
 def _db(path: Path, rows: list[tuple[float, str | None, str | None, float | None]]) -> None:
