@@ -478,13 +478,27 @@ def test_parse_filters_dates() -> None:
 T0 = datetime(2025, 11, 1, tzinfo=UTC)
 
 
+# (key_name, team) of a record: the plain list's keys have neither; a named key may
+# have no team.
+KEYS = [
+    (None, None),
+    (None, None),
+    ("ci-bot", "platform"),
+    ("notebook", "research"),
+    ("solo", None),
+]
+
+
 def _random_records(rng: random.Random, n: int) -> list[dict[str, Any]]:
     out = []
     for _ in range(n):
         ts = T0 + timedelta(seconds=rng.uniform(0, 9 * 86400))
         stream = rng.random() < 0.6
+        key_name, team = rng.choice(KEYS)
         out.append(
             record(
+                key_name=key_name,
+                team=team,
                 timestamp=ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
                 session_id=rng.choice([None, *[f"s{i}" for i in range(30)]]),
                 backend=rng.choice(["openai.1", "openai.2", "anthropic.1"]),
@@ -533,6 +547,8 @@ def _matches(r: dict[str, Any], f: usage_queries.Filters) -> bool:
             f.http_status_code is None or (r["http_status_code"] or 0) == f.http_status_code,
             f.outcome is None or r["outcome"] == f.outcome,
             f.api is None or r["api"] == f.api,
+            f.key is None or r.get("key_name") == f.key,
+            f.team is None or r.get("team") == f.team,
             f.start is None or ts >= f.start,
             f.end is None or (ts < f.end if f.end_exclusive else ts <= f.end),
             f.day_of_week is None or dt.weekday() == f.day_of_week,
@@ -563,7 +579,7 @@ def _reference(records: list[dict[str, Any]], f: usage_queries.Filters) -> dict[
     def counts(key: str) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in sel:
-            name = "(none)" if r[key] is None else str(r[key])
+            name = "(none)" if r.get(key) is None else str(r[key])
             out[name] = out.get(name, 0) + 1
         return out
 
@@ -594,6 +610,8 @@ def _reference(records: list[dict[str, Any]], f: usage_queries.Filters) -> dict[
             b: sum(r["backend"] == b for r in sel) for b in sorted({r["backend"] for r in sel})
         },
         "by_api": dict(sorted(counts("api").items())),
+        "by_key": dict(sorted(counts("key_name").items())),
+        "by_team": dict(sorted(counts("team").items())),
     }
 
 
@@ -611,6 +629,8 @@ def _random_query(rng: random.Random) -> dict[str, list[str]]:
         "hour_of_day": ["0", "13", "22"],
         "outcome": ["ok", "client_aborted"],
         "api": ["chat", "messages"],
+        "key": ["ci-bot", "solo"],
+        "team": ["platform", "research"],
     }
     for key in rng.sample(sorted(pool), rng.randint(0, 2)):
         q[key] = [rng.choice(pool[key])]
@@ -623,8 +643,9 @@ def _random_query(rng: random.Random) -> dict[str, list[str]]:
 
 
 def assert_like_reference(got: dict[str, Any], want: dict[str, Any], q: object) -> None:
-    got_slice = {k: got[k] for k in want if k not in ("by_backend", "by_api")}
-    for by in ("by_backend", "by_api"):
+    breakdowns = ("by_backend", "by_api", "by_key", "by_team")
+    got_slice = {k: got[k] for k in want if k not in breakdowns}
+    for by in breakdowns:
         got_slice[by] = {k: v["request_count"] for k, v in got[by].items()}
     want = {k: (dict(v) if isinstance(v, dict) else v) for k, v in want.items()}
     for key in ("ttft_stats", "duration_stats", "proxy_overhead_stats", "stream_tps_stats"):
