@@ -59,6 +59,8 @@ _FILTER_HELP = {
     "api": "endpoint: chat, responses, embeddings, completions, messages or count_tokens",
     "outcome": "ok, rejected, backend_error, timeout, truncated, client_aborted, "
     "client_stalled or gateway_shutdown",
+    "key": "a named client key's name (auth.keys)",
+    "team": "a named client key's team",
 }
 
 
@@ -283,9 +285,15 @@ def _print_table(source: str, s: dict[str, Any]) -> None:
     for k, v in rows:
         top.add_row(k, v)
     console.print(top)
-    for key, label in (("by_backend", "backend"), ("by_model", "model"), ("by_api", "api")):
+    for key, label in (
+        ("by_backend", "backend"),
+        ("by_model", "model"),
+        ("by_api", "api"),
+        ("by_key", "key"),
+        ("by_team", "team"),
+    ):
         if key not in s:
-            continue  # by_api: a gateway older than this CLI
+            continue  # by_api, by_key, by_team: a gateway older than this CLI
         t = Table(title=f"by {label}", title_justify="left")
         for col in (label, "requests", "tokens", "cost (USD)", "errors", "avg ms"):
             t.add_column(col, justify="left" if col == label else "right")

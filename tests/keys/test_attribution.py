@@ -15,6 +15,8 @@ import orjson
 
 from tests.conftest import RunningGateway
 from tests.support.waiting import wait_until
+from tests.usage.test_e2e_api_and_status import cli_json, db_path
+from tests.usage.test_store_cli import fastproxy
 
 from .e2e import (
     CI_MODELS,
@@ -124,6 +126,13 @@ def test_each_keys_requests_are_attributed_to_it(keyed: RunningGateway) -> None:
     assert len(lines) == 4 and all(orjson.loads(x)["key_name"] == "ci-bot" for x in lines)
     header = admin_text(keyed, "/v1/usage/export?format=csv").splitlines()[0]
     assert header.endswith(",api,key_name,team")
+
+    # `fastproxy usage` reads the same file with the same filters.
+    assert cli_json(keyed, "--key", "ci-bot")["request_count"] == 4
+    table = fastproxy("usage", "stats", "--db", str(db_path(keyed)), "--team", "research")
+    assert table.returncode == 0, table.stderr
+    assert "by key" in table.stdout and "notebook" in table.stdout
+    assert "ci-bot" not in table.stdout
 
 
 def _month_start() -> str:
