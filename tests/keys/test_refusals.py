@@ -6,8 +6,10 @@ with spend null and the reason said."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -89,6 +91,23 @@ def test_keys_are_listed_with_usage_tracking_off(
     assert key["name"] == "ci-bot" and key["key_id"] == CI_SHA256[:12]
     assert key["spend"] is None
     assert doc["teams"] == [{"name": "platform", "keys": ["ci-bot"], "budget": None, "spend": None}]
+    # The data port serves it too, to a client holding a key, like the usage routes.
+    on_data_port = httpx.get(
+        gw.url + "/v1/keys", headers={"authorization": f"Bearer {PLAIN_SECRET}"}, timeout=10
+    )
+    assert on_data_port.status_code == 200 and on_data_port.json() == doc
+    assert httpx.get(gw.url + "/v1/keys", timeout=10).status_code == 401
+
+
+def test_keys_are_listed_when_the_database_cannot_be_read(keyed: RunningGateway) -> None:
+    usage = keyed.gateway.usage
+    assert usage is not None
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(usage.path) + suffix).unlink(missing_ok=True)
+    doc = admin(keyed, "/v1/keys")
+    assert doc["spend_unavailable"].startswith("usage database unavailable: ")
+    assert [k["name"] for k in doc["keys"]] == ["ci-bot", "notebook"]
+    assert all(k["spend"] is None for k in doc["keys"])
 
 
 class _Backend:
