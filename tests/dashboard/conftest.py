@@ -80,6 +80,7 @@ class Stack:
     primary: MockLLMServer  # openai.1
     secondary: MockLLMServer  # openai.2
     loop: LoopThread
+    api_key: str = "sk-client"
 
     @property
     def url(self) -> str:
@@ -90,7 +91,7 @@ class Stack:
         return f"http://127.0.0.1:{self.proc.admin_port}"
 
     def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="sk-client", max_retries=0)
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key, max_retries=0)
 
     def chat(self, model: str = "gpt-4o", stream: bool = False) -> None:
         with self.client() as c:
@@ -124,12 +125,41 @@ class Stack:
         )
 
 
+StackFactory = Callable[..., Stack]
+
+
 @pytest.fixture
-def stack(
+def stack_factory(
     mock_factory: Callable[..., MockLLMServer], server_loop: LoopThread, tmp_path: Path
-) -> Iterator[Stack]:
-    a, b = mock_factory(), mock_factory()
-    cfg = {
+) -> Iterator[StackFactory]:
+    """``make(extra_config, env)``: a gateway process on two fresh mocks (one per test)."""
+    procs: list[GatewayProcess] = []
+
+    def make(extra: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Stack:
+        a, b = mock_factory(), mock_factory()
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({**base_config(a, b, tmp_path), **(extra or {})}))
+        proc = GatewayProcess(["--config", str(path)], env=env, cwd=str(tmp_path))
+        procs.append(proc)
+        proc.wait_ready()
+        wait_until(lambda: proc.admin_port, timeout=10, what="the admin listener")
+        return Stack(proc, a, b, server_loop)
+
+    try:
+        yield make
+    finally:
+        for proc in procs:
+            code = proc.stop()
+            assert code == 0, proc.output()[-4000:]
+
+
+@pytest.fixture
+def stack(stack_factory: StackFactory) -> Stack:
+    return stack_factory()
+
+
+def base_config(a: MockLLMServer, b: MockLLMServer, tmp_path: Path) -> dict[str, Any]:
+    return {
         "port": 0,
         "admin": {"port": 0},
         "state_dir": str(tmp_path),
@@ -147,16 +177,6 @@ def stack(
         "health_check": {"ping": {"enabled": False}, "http": {"interval_seconds": 60}},
         "circuit_breaker": {"failure_threshold": BREAKER_THRESHOLD, "open_cooldown_seconds": 120},
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = GatewayProcess(["--config", str(path)], cwd=str(tmp_path))
-    try:
-        proc.wait_ready()
-        wait_until(lambda: proc.admin_port, timeout=10, what="the admin listener")
-        yield Stack(proc, a, b, server_loop)
-    finally:
-        code = proc.stop()
-        assert code == 0, proc.output()[-4000:]
 
 
 @pytest.fixture

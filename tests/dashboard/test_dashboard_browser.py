@@ -18,7 +18,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from .conftest import BREAKER_THRESHOLD, Stack, console_errors
+from .conftest import BREAKER_THRESHOLD, Stack, StackFactory, console_errors
 
 NO_VALUE = "\u2013"  # the en dash the page shows where it has no number (yet)
 WAIT_S = 20  # two ticks of the page are 4 s; the deadline leaves room for a busy machine
@@ -266,3 +266,48 @@ def test_a_phone_sized_screen_shows_everything_in_one_column(page: Any, stack: S
         assert console_errors(page) == []
     finally:
         page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_budget_events_on_the_stream_show_in_the_history(
+    driver: Any, stack_factory: StackFactory
+) -> None:
+    """The event stream also carries budget thresholds (docs/health.md): a key whose
+    first request spends past its budget shows both crossings, and by_key names it."""
+    secret = "sk-alice-0123456789abcdef"
+    stack = stack_factory(
+        {
+            "auth": {
+                "keys": [
+                    {
+                        "name": "alice",
+                        "secret_env": "ALICE_KEY",
+                        # Far below one gpt-4o request: its cost crosses 80% and 100%.
+                        "budget": {"usd": 0.00001, "period": "day"},
+                    }
+                ]
+            }
+        },
+        env={"ALICE_KEY": secret},
+    )
+    stack.api_key = secret
+    driver.get("about:blank")
+    driver.get_log("browser")
+    try:
+        open_dashboard(driver, stack)
+        stack.chat()
+        event = '#events li[data-kind="budget"][data-subject="key:alice"]'
+        for percent in (80, 100):
+            WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(
+                lambda d, p=percent: any(
+                    f"{p}% of its" in li.text for li in d.find_elements(By.CSS_SELECTOR, event)
+                )
+            )
+        stats = stack.recorded(1)
+        wait_text(driver, "#kpi-requests", "1")
+        if "by_key" in stats:
+            row = '#breakdown-by_key tr[data-name="alice"] td[data-field="request_count"]'
+            wait_text(driver, row, "1")
+        assert secret not in driver.page_source
+        assert console_errors(driver) == []
+    finally:
+        driver.get("about:blank")

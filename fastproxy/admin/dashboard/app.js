@@ -400,15 +400,37 @@
     list.className = "events";
     for (const { kind, ev } of state.events) {
       const li = document.createElement("li");
-      const subject = ev.backend || ev.api_url || "?";
+      const subject = ev.backend || ev.api_url || ev.subject || "?";
       li.dataset.kind = kind;
       li.dataset.subject = subject;
-      li.dataset.to = String(ev.to);
-      li.className = `to-${String(ev.to).replace(/[^a-z_]/gi, "")}`;
-      li.textContent = `${ev.at} ${kind} ${subject}: ${ev.from} → ${ev.to}${ev.reason ? ` (${ev.reason})` : ""}`;
+      li.textContent = `${ev.at} ${kind} ${subject}: ${describe(kind, ev)}`;
+      if ("to" in ev) {
+        li.dataset.to = String(ev.to);
+        li.className = `to-${String(ev.to).replace(/[^a-z_]/gi, "")}`;
+      } else {
+        li.className = `kind-${kind.replace(/[^a-z_]/gi, "")}`;
+      }
       list.appendChild(li);
     }
     $("events").replaceWith(list);
+  }
+
+  // Transitions (endpoint, breaker) carry from/to; budget events a threshold
+  // (docs/health.md); anything newer is shown as its fields.
+  function describe(kind, ev) {
+    if ("from" in ev && "to" in ev) {
+      return `${ev.from} → ${ev.to}${ev.reason ? ` (${ev.reason})` : ""}`;
+    }
+    if (kind === "budget" && "threshold_percent" in ev) {
+      return (
+        `${ev.threshold_percent}% of its ${costFmt.format(ev.budget)} USD ${ev.period} ` +
+        `budget spent (${costFmt.format(ev.spent)} USD); resets at ${ev.resets_at}`
+      );
+    }
+    return Object.entries(ev)
+      .filter(([k]) => k !== "at")
+      .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`)
+      .join(" ");
   }
 
   function parseFrame(block) {
