@@ -34,6 +34,10 @@ def test_the_configuration_example_passes_check_config(tmp_path: Path) -> None:
     config = load_config(config_file=str(path), env=env).config
     assert [k.name for k in config.auth.keys] == ["ci-bot", "notebook"]
     assert config.auth.api_keys == ("sk-legacy-shared-key",)
+    ci = config.auth.keys[0]
+    assert ci.limits is not None and ci.limits.rpm == 600
+    assert ci.budget is not None and (ci.budget.usd, ci.budget.period) == (50, "month")
+    assert set(config.auth.teams) == {"platform"}
     proc = _cli("check-config", "--config", str(path), env=env)
     assert proc.returncode == 0, proc.stderr
     proc = _cli("check-config", "--config", str(path))

@@ -5,6 +5,7 @@ with spend null and the reason said."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from fastproxy.core.keys import ClientKey
 from fastproxy.dataplane import models
 from fastproxy.mockllm import MockLLMServer
 from tests.conftest import RunningGateway
+from tests.support.waiting import wait_until
 
 from .e2e import CI_SECRET, CI_SHA256, MSGS, PLAIN_SECRET, admin, ci_key, keyed_tree
 
@@ -143,3 +145,33 @@ def test_the_model_list_shows_a_limited_key_only_its_models() -> None:
     assert models.entry(backends, "o3", False, limited) is None
     assert models.entry(backends, "o3", False) is not None
     assert models.entry(backends, "gpt-4o-mini", False, limited) is not None
+
+
+def test_keys_show_their_limits_and_budgets_and_the_budget_periods_spend(
+    gateway_factory: Callable[..., RunningGateway], mock_llm: MockLLMServer
+) -> None:
+    tree = keyed_tree(
+        mock_llm,
+        [ci_key(limits={"rpm": 600}, budget={"usd": 100, "period": "day"})],
+    )
+    tree["auth"]["teams"] = {"platform": {"budget": {"usd": 500}}}
+    gw = gateway_factory(tree)
+    with openai.OpenAI(base_url=gw.url + "/v1", api_key=CI_SECRET, max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o", messages=MSGS)  # type: ignore[arg-type]
+    wait_until(
+        lambda: admin(gw, "/v1/usage/stats", key="ci-bot")["request_count"] == 1,
+        what="the record",
+    )
+    doc = admin(gw, "/v1/keys")
+    (key,) = doc["keys"]
+    assert key["limits"] == {"rpm": 600, "tpm": None}
+    assert key["budget"] == {"usd": 100.0, "period": "day"}
+    stats = admin(
+        gw, "/v1/usage/stats", key="ci-bot", start_date=time.strftime("%Y-%m-%d", time.gmtime())
+    )
+    spent = key["spend"][key["budget"]["period"]]
+    assert (spent["requests"], spent["spend_usd"]) == (1, stats["total_cost"])
+    assert stats["total_cost"] > 0
+    (team,) = doc["teams"]
+    assert team["budget"] == {"usd": 500.0, "period": "month"}
+    assert team["spend"]["month"]["spend_usd"] == stats["total_cost"]
