@@ -1,6 +1,7 @@
-"""SIGHUP on a running `fastproxy run`: a key added to the file opens the data port at
-once, a key removed from it is refused with 401, GET /v1/keys shows the new list, and
-the usage already recorded under the removed key stays in the store under its name."""
+"""A real `fastproxy run`. SIGHUP: a key added to the file opens the data port at once, a
+key removed from it is refused with 401, GET /v1/keys shows the new list, and the usage
+already recorded under the removed key stays in the store under its name. With two
+workers: each key's requests are attributed whichever worker served them."""
 
 from __future__ import annotations
 
@@ -85,5 +86,43 @@ def test_sighup_adds_a_key_and_removes_one(
         assert doc["keys"][0]["spend"]["day"]["requests"] == 1
         # A team's spend is its requests', whichever of its keys made them.
         assert doc["teams"][0]["spend"]["day"]["requests"] == 2
+    finally:
+        assert gw.stop() == 0, "".join(gw.lines)
+
+
+def test_with_two_workers_each_keys_requests_reach_the_store_as_its_own(
+    tmp_path: Path, mock_factory: Callable[..., MockLLMServer]
+) -> None:
+    """``workers: 2``: the workers pack the records (names included) and the primary
+    passes the frames to the recorder unread; many connections land on both workers."""
+    from .e2e import ENV, NOTEBOOK_SECRET, PLAIN_SECRET, notebook_key
+
+    tree = keyed_tree(mock_factory(), [ci_key(), notebook_key()])
+    tree.update(
+        {"port": 0, "admin": {"port": 0}, "workers": 2, "state_dir": str(tmp_path / "state")}
+    )
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(tree))
+    gw = GatewayProcess(["--config", str(cfg)], cwd=str(tmp_path), env=dict(ENV))
+    try:
+        port = gw.wait_ready()
+        sent = {"ci-bot": 12, "notebook": 8, "(none)": 5}
+        secrets = {"ci-bot": CI_SECRET, "notebook": NOTEBOOK_SECRET, "(none)": PLAIN_SECRET}
+        for name, n in sent.items():
+            for _ in range(n):  # a new connection each time: the kernel spreads them
+                _chat(port, secrets[name])
+        wait_until(
+            lambda: _get(gw.admin_port, "/v1/usage/stats")["request_count"] == sum(sent.values()),
+            what="every record",
+        )
+        stats = _get(gw.admin_port, "/v1/usage/stats")
+        assert {k: v["request_count"] for k, v in stats["by_key"].items()} == sent
+        assert {k: v["request_count"] for k, v in stats["by_team"].items()} == {
+            "platform": 12,
+            "research": 8,
+            "(none)": 5,
+        }
+        doc = _get(gw.admin_port, "/v1/keys")
+        assert [k["spend"]["day"]["requests"] for k in doc["keys"]] == [12, 8]
     finally:
         assert gw.stop() == 0, "".join(gw.lines)
