@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -126,6 +127,16 @@ def test_each_keys_requests_are_attributed_to_it(keyed: RunningGateway) -> None:
     assert len(lines) == 4 and all(orjson.loads(x)["key_name"] == "ci-bot" for x in lines)
     header = admin_text(keyed, "/v1/usage/export?format=csv").splitlines()[0]
     assert header.endswith(",api,key_name,team")
+
+    # The database holds names and teams, never a secret or its full digest.
+    stored = b"".join(
+        Path(str(db_path(keyed)) + suffix).read_bytes()
+        for suffix in ("", "-wal")
+        if Path(str(db_path(keyed)) + suffix).exists()
+    )
+    assert b"ci-bot" in stored
+    for secret in (CI_SECRET, CI_SHA256, NOTEBOOK_SECRET, PLAIN_SECRET):
+        assert secret.encode() not in stored
 
     # `fastproxy usage` reads the same file with the same filters.
     assert cli_json(keyed, "--key", "ci-bot")["request_count"] == 4
