@@ -495,16 +495,17 @@ class RequestCycle:
         return False
 
     def _take(self, outcome: Handle | Refusal) -> None:
-        if type(outcome) is Refusal:
+        if isinstance(outcome, Refusal):
             raise rate_refused(outcome)
-        self._rate = outcome  # type: ignore[assignment]
+        self._rate = outcome
 
     def _admitted(self, outcome: Handle | Refusal) -> None:
         """The limiter decided a request that waited for a grant (workers). One that
         ended meanwhile (its client left) gives its permit back unused."""
         if self._stage is not Stage.ADMIT:
-            if type(outcome) is Handle and self._adm is not None and self._adm.limiter:
-                self._adm.limiter.settle(outcome, 0)
+            limiter = self._adm.limiter if self._adm is not None else None
+            if isinstance(outcome, Handle) and limiter is not None:
+                limiter.settle(outcome, 0)
             return
         self._stage = Stage.PREPARE
         self._guarded(self._admitted_go, outcome)

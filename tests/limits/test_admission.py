@@ -196,3 +196,55 @@ def test_the_docs_examples_pass_check_config(tmp_path: Path) -> None:
         )
         assert proc.returncode == 0, (block, proc.stdout, proc.stderr)
         assert admission.configured(msgspec.convert(yaml.safe_load(block), Config))
+
+
+def test_a_worker_whose_primary_does_not_answer_admits_after_the_wait_timeout() -> None:
+    now = [100.0]
+    cfg = config(limits={"rpm": 3})
+    worker = Admission(
+        cfg,
+        limiter=Limiter(worker=1, window=60.0, wait_timeout=2.0, clock=lambda: now[0]),
+        budget=None,
+        send_asks=lambda asks, urgent: None,  # the primary stopped reading
+    )
+    decided: list[Handle | Refusal] = []
+    assert worker.reserve(worker.scopes(ALICE, "x"), 1, decided.append) is None
+    now[0] += 1.0
+    worker.tick()
+    assert decided == [] and worker.waiting == 1
+    now[0] += 1.5
+    worker.tick()
+    assert [type(d) for d in decided] == [Handle] and worker.waiting == 0
+
+
+def test_a_dead_workers_leases_come_back_to_the_others() -> None:
+    ledger = Ledger(window=60.0)
+    cfg = config(limits={"rpm": 2})
+    sent: dict[int, list[bytes]] = {1: [], 2: []}
+
+    def make(serial: int) -> Admission:
+        return Admission(
+            cfg,
+            limiter=Limiter(worker=serial, window=60.0, lease_fraction=1.0),
+            budget=None,
+            send_asks=lambda asks, urgent: sent[serial].append(
+                orjson.dumps([a.to_tuple() for a in asks])
+            ),
+        )
+
+    def deliver(serial: int, adm: Admission) -> None:
+        while sent[serial]:
+            grants = answer_asks(ledger, memoryview(sent[serial].pop(0)))
+            assert grants is not None
+            adm.on_grants(orjson.loads(grants))
+
+    one, two = make(1), make(2)
+    got: list[Handle | Refusal] = []
+    assert one.reserve(one.scopes(ALICE, "x"), 1, got.append) is None
+    deliver(1, one)  # worker 1 leases the whole limit (2) and uses one
+    assert [type(g) for g in got] == [Handle]
+    assert two.reserve(two.scopes(ALICE, "x"), 1, got.append) is None
+    deliver(2, two)
+    assert isinstance(got[-1], Refusal)  # worker 1 holds the other permit
+    ledger.forget_worker(1)  # worker 1 exited: its unused permit comes back
+    assert ledger.usage("key:alice")[2] == 0
