@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
@@ -57,10 +58,15 @@ def test_rpm_429_in_both_dialects_with_headers_then_admitted_after_the_window(
     chat(client)
     chat(client)
     sent = api_calls(mock_llm)
+    records: list[Any] = []
+    gw.observe(records.append)
     with pytest.raises(openai.RateLimitError) as caught:
         chat(client)
     err = caught.value
     h = err.response.headers
+    # Recorded like any answered request: the usage store sees the 429.
+    rec = wait_until(lambda: records and records[0], what="the refused request's record")
+    assert (rec.status, rec.outcome, rec.key_name, rec.backend) == (429, "rejected", "alice", None)
     assert err.status_code == 429
     assert err.code == "rate_limit_exceeded"
     assert err.body["type"] == "requests"  # type: ignore[index]
