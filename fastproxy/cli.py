@@ -201,7 +201,7 @@ def _hide(value: Any) -> Any:
     """A list of mappings (``auth.keys``) with the secrets inside masked."""
     if isinstance(value, dict):
         return {k: "***" if k in _SECRET_LEAVES and v else _hide(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_hide(v) for v in value]
     return value
 
@@ -209,10 +209,10 @@ def _hide(value: Any) -> Any:
 def _mask(key: str, value: Any) -> str:
     leaf = key.rsplit(".", 1)[-1]
     if value and leaf in _SECRET_LEAVES:
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             return "[" + ", ".join("***" for _ in value) + "]"
         return "***"
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return str(_hide(value))
     return repr(value) if isinstance(value, str) else str(value)
 

@@ -65,6 +65,10 @@ def test_a_key_by_digest_and_one_by_variable_are_accepted(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     # check-config shows the effective values; the secret itself is in no value.
     assert CI_SECRET not in proc.stdout and NOTEBOOK_SECRET not in proc.stdout
+    # Nor the digest, nor the plain list's key: each shows as *** (a digest is a
+    # password hash: printed, it can be attacked offline).
+    assert CI_SHA256 not in proc.stdout and PLAIN_SECRET not in proc.stdout
+    assert "'secret_sha256': '***'" in proc.stdout
 
 
 @pytest.mark.parametrize(
