@@ -5,6 +5,8 @@ primary, the workers ask it (workers/limiting.py)."""
 from __future__ import annotations
 
 import http.client
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -193,3 +195,41 @@ def test_a_budget_crossing_is_seen_by_both_workers(
         before,
         after,
     )
+
+
+def test_a_reload_reaches_both_workers_and_keeps_the_counts(
+    tmp_path: Path, mock_llm: MockLLMServer, stop_all: list[GatewayProcess]
+) -> None:
+    limits = {"window_seconds": 60}
+    gw = start(
+        tmp_path,
+        mock_llm,
+        auth={"keys": [key("alice", ALICE, limits={"rpm": 3})]},
+        rate_limits=limits,
+    )
+    stop_all.append(gw)
+    port = gw.wait_ready()
+    # Each worker leases at least one permit ahead, and a permit leased to the worker
+    # that did not get the request is not used by the other until it comes back (2 s
+    # idle): so a limit this small admits its 3, or 2 with one permit leased out.
+    first = [post(port, ALICE) for _ in range(4)]
+    assert first[:2] == [200, 200] and first[-1] == 429, first
+    cfg = tmp_path / "config.yaml"
+    tree = yaml.safe_load(cfg.read_text())
+    tree["auth"]["keys"][0]["limits"] = {"rpm": 8}
+    cfg.write_text(yaml.safe_dump(tree))
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: "reload: config re-read" in gw.output(), timeout=15, what="the reload")
+    # What was admitted still counts under the new limit (polled: each worker applies
+    # the reload when its frame arrives).
+    statuses: list[int] = []
+    wait_until(
+        lambda: statuses.append(post(port, ALICE)) or statuses[-1] == 200,
+        timeout=10,
+        interval=0.05,
+        what="admitted under the new limit",
+    )
+    statuses += [post(port, ALICE) for _ in range(12)]
+    admitted = first.count(200) + statuses.count(200)
+    assert 7 <= admitted <= 8, (first, statuses)
+    assert statuses[-1] == 429
