@@ -194,7 +194,14 @@ def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix.rstrip("."), tree)]
 
 
-_SECRET_LEAVES = ("api_key", "api_keys", "webhook_url", "secret", "secret_sha256")
+_SECRET_LEAVES = (
+    "api_key",
+    "api_keys",
+    "webhook_url",
+    "secret",
+    "secret_sha256",
+    "postgresql_dsn",
+)
 
 
 def _hide(value: Any) -> Any:

@@ -330,7 +330,14 @@ def _shown(value: Any) -> str:
 def _is_secret(key: str) -> bool:
     """Whether a dotted key (``admin.api_keys[0]``) holds a secret: never show its value."""
     leaf = re.sub(r"\[\d+\]$", "", key).rsplit(".", 1)[-1]
-    return leaf in ("api_key", "api_keys", "webhook_url", "secret", "secret_sha256")
+    return leaf in (
+        "api_key",
+        "api_keys",
+        "webhook_url",
+        "secret",
+        "secret_sha256",
+        "postgresql_dsn",
+    )
 
 
 ADMIN_KEY_MIN_CHARS = 16
@@ -431,6 +438,7 @@ def _check(config: Config, origins: Mapping[str, str], env: Mapping[str, str]) -
             f"usage_tracking.persistence_path: got {db!r}; fastproxy stores usage in SQLite, "
             "not JSON: use a .db path such as ./var/usage.db"
         )
+    _check_usage_store(config, env)
     for i, net in enumerate(config.admin.allow_networks):
         try:
             ipaddress.ip_network(net, strict=False)
@@ -545,6 +553,27 @@ def _dotted(error: str) -> str:
         return error
     key = _NAME_SUBSCRIPT.sub(lambda n: "." + str(ast.literal_eval(n.group(1))), m.group())
     return key + error[m.end() :]
+
+
+def _check_usage_store(config: Config, env: Mapping[str, str]) -> None:
+    """A PostgreSQL usage store needs its DSN at start, not at the first record."""
+    usage = config.usage_tracking
+    if usage.postgresql_dsn and usage.postgresql_dsn_env:
+        raise ConfigError("usage_tracking: set postgresql_dsn or postgresql_dsn_env, not both")
+    if usage.store != "postgresql" or not usage.enabled:
+        return
+    if usage.postgresql_dsn_env is not None:
+        if not env.get(usage.postgresql_dsn_env):
+            raise ConfigError(
+                f"usage_tracking.postgresql_dsn_env: environment variable "
+                f"{usage.postgresql_dsn_env!r} is not set; usage_tracking.store is postgresql"
+            )
+    elif not usage.postgresql_dsn:
+        raise ConfigError(
+            "usage_tracking.store: got 'postgresql' without a DSN; set "
+            "usage_tracking.postgresql_dsn (or FASTPROXY_USAGE_DSN) or "
+            "usage_tracking.postgresql_dsn_env"
+        )
 
 
 def _check_keys(config: Config, env: Mapping[str, str]) -> None:

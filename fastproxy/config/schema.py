@@ -87,6 +87,15 @@ class UsageTrackingConfig(_Section, frozen=True, kw_only=True):
     max_records_in_memory: PositiveInt = 100_000
     retention_days: Annotated[int, Meta(ge=0)] = 90
     pricing: dict[str, PriceEntry] = field(default_factory=dict)
+    # Where records go (docs/usage-storage.md): the embedded SQLite file at
+    # persistence_path, or a PostgreSQL database several gateways share.
+    store: Literal["sqlite", "postgresql"] = "sqlite"
+    # The PostgreSQL DSN (it holds a password: masked in check-config, never logged), or
+    # the name of the environment variable holding it.
+    postgresql_dsn: str | None = None
+    postgresql_dsn_env: str | None = None
+    # Records kept on disk (under state_dir) while PostgreSQL is unreachable.
+    spool_max_bytes: Annotated[int, Meta(ge=64 * KiB)] = 256 * MiB
 
 
 class WireCaptureConfig(_Section, frozen=True, kw_only=True):

@@ -24,6 +24,8 @@ ENV_VARS: dict[str, tuple[str, EnvKind]] = {
     "USAGE_TRACKING_PERSISTENCE_PATH": ("usage_tracking.persistence_path", "path"),
     "USAGE_TRACKING_FLUSH_INTERVAL_SECONDS": ("usage_tracking.flush_interval_seconds", "auto"),
     "USAGE_TRACKING_MAX_RECORDS_IN_MEMORY": ("usage_tracking.max_records_in_memory", "auto"),
+    "FASTPROXY_USAGE_STORE": ("usage_tracking.store", "auto"),
+    "FASTPROXY_USAGE_DSN": ("usage_tracking.postgresql_dsn", "auto"),
     "WIRE_CAPTURE_ENABLED": ("wire_capture.enabled", "bool"),
     "WIRE_CAPTURE_OUTPUT_DIR": ("wire_capture.output_dir", "path"),
     "ENABLE_ACTIVITY_TRACKING": ("enable_activity_tracking", "bool"),
@@ -58,6 +60,12 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
         "--disable-usage-tracking", "usage_tracking.enabled", "record no usage", action="false"
     ),
     CliFlag("--usage-db", "usage_tracking.persistence_path", "usage SQLite file", metavar="PATH"),
+    CliFlag(
+        "--usage-store",
+        "usage_tracking.store",
+        "where usage records go: sqlite (default) or postgresql",
+        metavar="KIND",
+    ),
     CliFlag(
         "--wire-capture-enabled",
         "wire_capture.enabled",

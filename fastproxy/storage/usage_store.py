@@ -109,8 +109,12 @@ class UsageStore:
         pragmas: tuple[str, ...] = (),
         fold: RollupFold | None = None,
         courteous: bool = True,
+        dsn: str | None = None,
     ) -> None:
         self.path = Path(path)
+        # A PostgreSQL store (pg_store.py; a RecorderLink whose recorder writes to one):
+        # reads go there through pg_reader's dialect layer instead of to the file.
+        self._dsn = dsn
         self._build = build
         # Called on the writer thread after each write attempt (success or failure): the
         # recorder process reports its status to the gateway at once.
@@ -246,6 +250,10 @@ class UsageStore:
 
     # -- read side: any thread (the views call these through asyncio.to_thread) --------
     def _reader(self) -> sqlite3.Connection:
+        if self._dsn is not None:
+            from .pg_reader import pg_reader_conn  # psycopg is an optional extra
+
+            return pg_reader_conn(self._dsn)
         return usage_queries.open_reader(self.path)
 
     def stats(self, filters: usage_queries.Filters) -> dict[str, Any]:
@@ -268,6 +276,8 @@ class UsageStore:
 
     def replacement_groups(self, since: float) -> list[usage_replacement.Group]:
         """Replaced and original requests since ``since``, grouped (effectiveness)."""
+        if self._dsn is not None:
+            return []  # read from the SQLite file only (docs/usage-storage.md)
         return usage_replacement.replacement_groups(self.path, since)
 
     def count(self, filters: usage_queries.Filters) -> int:
