@@ -79,7 +79,10 @@ def add_parser(subparsers: Any) -> None:
         src = v.add_mutually_exclusive_group()
         src.add_argument("--db", metavar="PATH", help="usage database file")
         src.add_argument(
-            "--config", metavar="FILE", help="config file naming usage_tracking.persistence_path"
+            "--config",
+            metavar="FILE",
+            help="config file naming usage_tracking.persistence_path, or a PostgreSQL "
+            "store (usage_tracking.store, its DSN)",
         )
         add_url_argument(src, instead_of="the database file")
         add_timeout_argument(v)
@@ -105,13 +108,21 @@ def add_parser(subparsers: Any) -> None:
             )
 
 
-def _db_path(ns: argparse.Namespace) -> Path:
+def _db_source(ns: argparse.Namespace) -> tuple[Path, str | None]:
+    """The SQLite file, or (with usage_tracking.store: postgresql) the DSN to read."""
     if ns.db:
-        return Path(ns.db)
+        return Path(ns.db), None
+    import os
+
     from .config import load_config, resolve_state_path
 
     cfg = load_config(config_file=ns.config).config  # ConfigError: exit 2 in cli.main
-    return resolve_state_path(cfg, cfg.usage_tracking.persistence_path)
+    usage = cfg.usage_tracking
+    path = resolve_state_path(cfg, usage.persistence_path)
+    if usage.store != "postgresql":
+        return path, None
+    env_name = usage.postgresql_dsn_env
+    return path, os.environ.get(env_name, "") if env_name else usage.postgresql_dsn
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -131,7 +142,11 @@ def run(ns: argparse.Namespace) -> int:
             return _from_gateway(ns, normalise_url(ns.url), query)
         except CliError as err:
             return fail(PROG, err)
-    path = _db_path(ns)
+    path, dsn = _db_source(ns)
+    if dsn is not None:
+        from .storage.pg_schema import describe
+
+        return _read(ns, filters, path, describe(dsn), dsn)
     if not path.is_file():
         print(
             f"{PROG}: no usage database at {path} (give --db PATH, or check "
@@ -139,19 +154,24 @@ def run(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    return _read(ns, filters, path, str(path), None)
+
+
+def _read(ns: argparse.Namespace, filters: Any, path: Path, source: str, dsn: str | None) -> int:
     from .storage.usage_store import UsageStore
 
-    # Read side only: no start(), so no writer thread and nothing is written.
-    store = UsageStore(path, flush_interval=1.0, max_queue=1, retention_days=0)
+    # Read side only: no start(), so no writer thread and nothing is written. With a DSN
+    # the reads go to PostgreSQL (the same queries, storage/pg_reader.py).
+    store = UsageStore(path, flush_interval=1.0, max_queue=1, retention_days=0, dsn=dsn)
     try:
         if ns.usage_verb == "stats":
-            _show_stats(ns, str(path), store.stats(filters))
+            _show_stats(ns, source, store.stats(filters))
             return EXIT_OK
         return _export(store, filters, ns.format, ns.out)
     except CliError as err:
         return fail(PROG, err)
     except sqlite3.Error as exc:
-        print(f"{PROG}: cannot read {path}: {exc}", file=sys.stderr)
+        print(f"{PROG}: cannot read {source}: {exc}", file=sys.stderr)
         return EXIT_NO_ANSWER
 
 

@@ -104,7 +104,8 @@ def health_document(views: Views) -> dict[str, Any]:
     degraded |= any(ep.condition in ("unhealthy", "misconfigured") for ep in endpoints)
     store = views.store
     storage = dict(store.status()) if store is not None else dict(STORAGE_DISABLED)
-    degraded |= storage.get("usage_db") == "degraded"
+    # A PostgreSQL usage store that spools (docs/usage-storage.md) is degraded too.
+    degraded |= storage.get("usage_db") in ("degraded", "spooling")
     return {
         "status": "degraded" if degraded else "ok",
         "timestamp": utc_iso(time.time()),

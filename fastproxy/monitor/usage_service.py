@@ -1,4 +1,5 @@
-"""Usage tracking: one record per finished request, written to SQLite by a recorder process.
+"""Usage tracking: one record per finished request, written to SQLite (or a shared
+PostgreSQL database, ``usage_tracking.store``) by a recorder process.
 
 With ``usage_tracking.enabled`` false the gateway makes no UsageService: no exchange
 sink, no accounting, nothing on the hot path, no recorder process, and the usage
@@ -24,6 +25,7 @@ counted. A backed-up or restarting recorder therefore costs counts, not memory.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,13 @@ class UsageService:
         self.config = config.usage_tracking
         self.log_level = config.log_level
         self.path = resolve_state_path(config, self.config.persistence_path)
+        # The PostgreSQL store's DSN (docs/usage-storage.md), checked present at load.
+        self.dsn: str | None = None
+        if self.config.store == "postgresql":
+            env_name = self.config.postgresql_dsn_env
+            self.dsn = os.environ.get(env_name, "") if env_name else self.config.postgresql_dsn
+        # Batches wait here while PostgreSQL is unreachable.
+        self.spool_dir = resolve_state_path(config, "./var/usage-spool")
         self.store: RecorderLink | None = None
 
     async def start(self) -> None:
@@ -97,12 +106,15 @@ class UsageService:
             settings=settings,
             body_limit=MAX_PENDING_BODY_BYTES,
             limit=MAX_PENDING_BYTES,
+            dsn=self.dsn,
+            spool_dir=self.spool_dir,
+            spool_max_bytes=cfg.spool_max_bytes,
         )
         self.store = store
         # Returns once the recorder has the file open and migrated (reads need it), with
         # its exact tokenizer loaded, before the listeners take traffic.
         await store.launch()
-        log.info("usage tracking: %s", self.path)
+        log.info("usage tracking: %s", store.where)
 
     async def stop(self) -> None:
         store = self.store

@@ -26,7 +26,9 @@ from typing import Any, cast
 import psycopg
 from psycopg.adapt import Loader
 
-from .pg_schema import VERSION
+from .pg_schema import VERSION, describe
+
+__all__ = ["PgReadConn", "StoreReadError", "connect", "describe", "pg_reader_conn", "pg_sql"]
 
 CONNECT_TIMEOUT_S = 5
 _INDEXED = re.compile(r"\s+INDEXED BY \w+")
@@ -113,14 +115,3 @@ def pg_reader_conn(dsn: str) -> sqlite3.Connection:
 def _reason(exc: BaseException) -> str:
     # The first line only: psycopg's messages name host and port, never the password.
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def describe(dsn: str) -> str:
-    """Where a DSN points, for logs and status, without its password or options."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "postgresql (unparsable DSN)"
-    host = info.get("host") or "localhost"
-    port = info.get("port") or "5432"
-    return f"postgresql://{host}:{port}/{info.get('dbname') or ''}"

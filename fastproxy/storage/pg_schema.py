@@ -23,6 +23,9 @@ pg_reader.py, and the stats JSON is shaped by the same Python. What differs, and
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
 from .usage_schema import DIM_COLUMNS, SUMS, TIMINGS
 
 # Advisory lock keys (any bigint; these spell "fpmigr" / "fpretn" in ASCII).
@@ -219,3 +222,24 @@ INSERT_DIM = (
 SELECT_DIM = "SELECT dim FROM usage_dims WHERE " + " AND ".join(
     f"{c} IS NOT DISTINCT FROM %s" for c in DIM_COLUMNS
 )
+
+
+_KEYWORD = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def describe(dsn: str) -> str:
+    """Where a DSN (URL or ``key=value`` form) points, for logs and status: host, port
+    and database, never the user's password or other options. Plain string work, so the
+    gateway can name the store without importing the driver."""
+    if "://" in dsn:
+        try:
+            url = urlsplit(dsn)
+            host, port = url.hostname or "localhost", url.port or 5432
+        except ValueError:
+            return "postgresql (unparsable DSN)"
+        return f"postgresql://{host}:{port}{url.path}"
+    kv = {k: v.strip("'") for k, v in _KEYWORD.findall(dsn)}
+    return (
+        f"postgresql://{kv.get('host') or 'localhost'}:{kv.get('port') or 5432}/"
+        f"{kv.get('dbname') or ''}"
+    )

@@ -34,7 +34,7 @@ from typing import Any, cast
 import psycopg
 
 from ..core.seams import StorageStatusDoc
-from .pg_reader import connect, describe, pg_reader_conn
+from .pg_reader import connect, pg_reader_conn
 from .pg_schema import (
     COPY_STAGE,
     CREATE_MIGRATIONS,
@@ -46,6 +46,7 @@ from .pg_schema import (
     SELECT_DIM,
     VERSION,
     WRITE_BATCH,
+    describe,
 )
 from .pg_spool import Spool, SpoolItem
 from .usage_schema import SUBTRACT_HOURS_FROM_DAILY, Prepared

@@ -48,6 +48,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -58,6 +59,8 @@ from .usage_store import UsageStore
 log = logging.getLogger("fastproxy.usage")
 
 STATUS_EVERY_S = 0.5
+# The PostgreSQL DSN's environment variable between the gateway and its recorder.
+DSN_ENV = "FASTPROXY_RECORDER_DSN"
 READ_CHUNK = 1 << 20
 POLL_S = 0.02  # also how soon a written batch is reported
 # The longest the recorder waits for the writer to take a batch before it reports.
@@ -221,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--flush-interval", type=float, default=1.0)
     p.add_argument("--max-queue", type=int, default=100_000)
     p.add_argument("--retention-days", type=int, default=0)
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    p.add_argument("--spool-dir", help="postgresql: where batches wait while it is unreachable")
+    p.add_argument("--spool-max-bytes", type=int, default=256 << 20)
     ns = p.parse_args(argv)
     # The gateway ends this process by closing the channel, never by a signal to its group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -228,18 +234,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     sock = socket.socket(fileno=ns.fd)
     sock.setblocking(True)
     codec = load_codec(ns.codec, ns.settings)
-    store = UsageStore(
-        ns.path,
-        flush_interval=ns.flush_interval,
-        max_queue=ns.max_queue,
-        retention_days=ns.retention_days,
-        build=codec.build,
-        on_write=lambda: recorder.send_status(),
-        pragmas=PRAGMAS,
-        batch_size=batch_size(ns.max_queue),
-        fold=codec.fold_rollups,
-        courteous=False,
-    )
+    store: UsageStore
+    if ns.store == "postgresql":
+        # The DSN comes in the environment, never on the command line (which any local
+        # user can read in the process list): it may hold a password.
+        from .pg_store import PgUsageStore
+
+        store = PgUsageStore(
+            os.environ.pop(DSN_ENV, ""),
+            spool_dir=Path(ns.spool_dir or Path(ns.path).parent / "usage-spool"),
+            spool_max_bytes=ns.spool_max_bytes,
+            flush_interval=ns.flush_interval,
+            max_queue=ns.max_queue,
+            retention_days=ns.retention_days,
+            build=codec.build,
+            on_write=lambda: recorder.send_status(),
+            batch_size=batch_size(ns.max_queue),
+            courteous=False,
+        )
+    else:
+        store = UsageStore(
+            ns.path,
+            flush_interval=ns.flush_interval,
+            max_queue=ns.max_queue,
+            retention_days=ns.retention_days,
+            build=codec.build,
+            on_write=lambda: recorder.send_status(),
+            pragmas=PRAGMAS,
+            batch_size=batch_size(ns.max_queue),
+            fold=codec.fold_rollups,
+            courteous=False,
+        )
     recorder = Recorder(sock, store, codec)
     store.start()
     # What start-up built (modules, tokenizer tables, prices) lives until exit.

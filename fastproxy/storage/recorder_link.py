@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..core.seams import StorageStatusDoc
-from .recorder import read_status_frames
+from .pg_schema import describe
+from .recorder import DSN_ENV, read_status_frames
 from .usage_store import UsageStore
 
 log = logging.getLogger("fastproxy.usage")
@@ -95,10 +96,22 @@ class RecorderLink(UsageStore):
         settings: str,
         body_limit: int,
         limit: int,
+        dsn: str | None = None,
+        spool_dir: Path | None = None,
+        spool_max_bytes: int = 256 << 20,
     ) -> None:
         super().__init__(
-            path, flush_interval=flush_interval, max_queue=max_queue, retention_days=retention_days
+            path,
+            flush_interval=flush_interval,
+            max_queue=max_queue,
+            retention_days=retention_days,
+            dsn=dsn,
         )
+        # With a DSN the recorder writes to PostgreSQL (pg_store.py) and the reads here
+        # go there too; ``path`` is then only the SQLite file that is not used.
+        self.spool_dir = spool_dir
+        self.spool_max_bytes = spool_max_bytes
+        self.where = describe(dsn) if dsn is not None else str(path)
         self.codec = codec
         self.settings = settings
         self.body_limit = body_limit
@@ -206,6 +219,13 @@ class RecorderLink(UsageStore):
             "--retention-days",
             str(self.retention_days),
         ]
+        env = None
+        if self._dsn is not None:
+            args += ["--store", "postgresql", "--spool-max-bytes", str(self.spool_max_bytes)]
+            if self.spool_dir is not None:
+                args += ["--spool-dir", os.fspath(self.spool_dir.absolute())]
+            # In the environment, not the command line: the process list shows arguments.
+            env = {**os.environ, DSN_ENV: self._dsn}
         try:
             # Off the loop: fork and exec of a large process take milliseconds.
             proc = await asyncio.to_thread(
@@ -213,6 +233,7 @@ class RecorderLink(UsageStore):
                 args,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                env=env,
             )
         except OSError as exc:
             ours.close()
@@ -227,7 +248,7 @@ class RecorderLink(UsageStore):
         # Our own bound (``limit``) governs; the transport never asks us to pause.
         transport.set_write_buffer_limits(high=(1 << 31) - 1)
         gen.transport = transport
-        log.info("usage recorder started (pid %d): %s", proc.pid, self.path)
+        log.info("usage recorder started (pid %d): %s", proc.pid, self.where)
         return gen
 
     async def close(self, wait_s: float = STOP_TIMEOUT_S) -> None:
@@ -328,7 +349,7 @@ class RecorderLink(UsageStore):
             "queue_depth": max(0, queued),
             "dropped_records": dropped,
             "write_errors": write_errors,
-            "path": str(self.path),
+            "path": self.where,
             "pending_body_bytes": self.pending(),
             "bodies_dropped": self.bodies_dropped,
             "records_lost": self.lost,
@@ -336,6 +357,12 @@ class RecorderLink(UsageStore):
             "recorder_pid": gen.proc.pid if gen is not None else None,
             "recorder_restarts": self.restarts,
         }
+        if self._dsn is not None:
+            # The PostgreSQL store's own figures (pg_store.PgUsageStore.status): "spooling"
+            # while the database is unreachable, and how much waits on disk.
+            doc["store"] = "postgresql"
+            for key in ("spool_bytes", "spool_records", "spool_dropped"):
+                doc[key] = int(last.get(key, 0)) if last is not None else 0
         return cast(StorageStatusDoc, doc)
 
     @property
