@@ -32,6 +32,15 @@ if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 &&
         --no-install-recommends chromium chromium-driver; } 2>&1) ||
         fail "apt-get install chromium chromium-driver failed: $(printf '%s\n' "$out" | tail -n 3)"
 fi
+# The usage store suites run against a real PostgreSQL server (tests/storage/pg_server.py
+# makes a throwaway cluster with Debian's binaries); a fresh machine (root, apt) gets them.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null &&
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing postgresql (apt-get) for the usage store tests" >&2
+    out=$( { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends postgresql; } 2>&1) ||
+        fail "apt-get install postgresql failed: $(printf '%s\n' "$out" | tail -n 3)"
+fi
 # Editable install builds the Cython extension in place, so tests import the compiled
 # core from the source tree. FASTPROXY_REQUIRE_EXTENSIONS makes a failed build loud.
 FASTPROXY_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e '.[test,exact-tokens]'
