@@ -426,6 +426,7 @@ class Gateway:
                     "start (nothing records it across restarts)"
                 )
             self.budgets = BudgetKeeper(cfg, self._announce_budget)
+            self.budgets.dsn = self.usage.dsn if self.usage is not None else None
             await self.budgets.seed(self._usage_path())
         else:
             await self.budgets.reconfigure(cfg, self._usage_path())
@@ -656,6 +657,8 @@ class BudgetKeeper:
         self.book = BudgetBook(admission.budgets_of(config))
         self._announce = announce
         self.push = push
+        # The PostgreSQL usage store's DSN when that is the store (seeding reads it).
+        self.dsn: str | None = None
 
     async def seed(self, usage_path: Path | None, only: set[str] | None = None) -> None:
         """Each subject's spend so far in its current period (all, or ``only``), read
@@ -672,7 +675,7 @@ class BudgetKeeper:
                 start, end = period_bounds(figures[2], now)
                 periods.append((subject, start, end))
         try:
-            found = await asyncio.to_thread(usage_spend.spent, usage_path, periods)
+            found = await asyncio.to_thread(usage_spend.spent, usage_path, periods, self.dsn)
         except sqlite3.Error as exc:
             log.warning("budgets: the spend so far could not be read (%s); counting from 0", exc)
             return

@@ -2,8 +2,10 @@
 is seeded with at start and on reload (docs/policy.md, "Budgets").
 
 One indexed range sum per subject (``usage_requests_key`` / ``usage_requests_team``:
-key or team, then ts and cost), on a read-only connection. Blocking: the caller runs it
-off the event loop (``asyncio.to_thread``).
+key or team, then ts and cost), on a read-only connection: the SQLite file's, or with
+``usage_tracking.store: postgresql`` the PostgreSQL store's (the same SQL through its
+dialect layer, storage/pg_reader.py). Blocking: the caller runs it off the event loop
+(``asyncio.to_thread``).
 """
 
 from __future__ import annotations
@@ -19,16 +21,24 @@ _SQL = {
 }
 
 
-def spent(path: Path, periods: Iterable[tuple[str, float, float]]) -> dict[str, float]:
+def spent(
+    path: Path, periods: Iterable[tuple[str, float, float]], dsn: str | None = None
+) -> dict[str, float]:
     """``{subject: USD}`` for each ``(subject, start, end)``: the cost of the requests
     recorded in [start, end) (epoch seconds) for that key (``key:<name>``) or team
-    (``team:<name>``). A database that does not exist yet has spent nothing; subjects of
-    another kind are skipped."""
+    (``team:<name>``), from the SQLite file at ``path``, or the PostgreSQL store at
+    ``dsn`` when given. A SQLite file that does not exist yet has spent nothing; subjects
+    of another kind are skipped. An unreadable store raises ``sqlite3.DatabaseError``."""
     wanted = list(periods)
-    if not wanted or not path.exists():
+    if not wanted or (dsn is None and not path.exists()):
         return {}
     out: dict[str, float] = {}
-    conn = open_reader(path)
+    if dsn is not None:
+        from .pg_reader import pg_reader_conn  # psycopg is an optional extra
+
+        conn = pg_reader_conn(dsn)
+    else:
+        conn = open_reader(path)
     try:
         for subject, start, end in wanted:
             kind, _, name = subject.partition(":")
