@@ -317,8 +317,12 @@ def fastproxy_config(
     activity: bool = False,
     capture: bool = False,
     policy: bool = False,
+    usage_pg: bool = False,
+    pg_dsn: str | None = None,
 ) -> dict[str, Any]:
     """The generated gateway config: one OpenAI backend (the mock), monitoring as asked.
+    ``usage_pg``: usage records go to PostgreSQL at ``pg_dsn`` (a placeholder when only
+    the config is checked: the loader does not connect).
 
     The ``wire_capture`` section is written only when capture is asked for, so the
     other variants run exactly the default configuration."""
@@ -338,6 +342,10 @@ def fastproxy_config(
         "log_level": "WARNING",
         "access_log": False,
     }
+    if usage_pg:
+        config["usage_tracking"].update(
+            store="postgresql", postgresql_dsn=pg_dsn or "postgresql://127.0.0.1:9/bench"
+        )
     if capture:
         config["wire_capture"] = {"enabled": True, "output_dir": str(workdir / "captures")}
     if policy:

@@ -24,6 +24,7 @@ from . import peers
 from . import processes as P
 from .backend import start_nginx_backend
 from .drivers import drive
+from .pgcluster import PgCluster
 from .report import aggregate
 from .scenarios import FEATURE_MODULES, FEATURES, JSON_BODY, MONITORING, Scenario, bench_key
 
@@ -102,6 +103,7 @@ class Suite:
         self.unavailable: dict[str, str] = {}
         self.features = dict(FEATURES)
         self.retry_spent_s = 0.0
+        self.pg: PgCluster | None = None
 
     @property
     def litellm_python(self) -> str:
@@ -129,8 +131,9 @@ class Suite:
                         self.unavailable[target] = why
             # "+all" means every feature that exists; with fewer than two it would only
             # repeat a single-feature variant.
-            self.features[ALL] = {f: True for f in ready if f != "policy"}
-            if len([f for f in ready if f != "policy"]) < 2:
+            # usage_pg is another store for usage, not a feature of its own.
+            self.features[ALL] = {f: True for f in ready if f not in ("policy", "usage_pg")}
+            if len([f for f in ready if f not in ("policy", "usage_pg")]) < 2:
                 self.unavailable[ALL] = "fewer than two monitoring features are built"
         if "litellm" in self.opts.peers and not peers.litellm_available(self.litellm_python):
             self.unavailable["litellm"] = (
@@ -173,7 +176,9 @@ class Suite:
             assert self.nginx_bin is not None
             return P.start_nginx(self.nginx_bin, self.backend.port, sub, cpus)
         if name == "fastproxy" or name in FEATURES:
-            cfg = P.fastproxy_config(self.backend.port, sub, **self.features.get(name, {}))
+            flags = self.features.get(name, {})
+            dsn = self.pg_cluster().new_db() if flags.get("usage_pg") else None
+            cfg = P.fastproxy_config(self.backend.port, sub, **flags, pg_dsn=dsn)
             return P.start_fastproxy(
                 name,
                 cfg,
@@ -189,6 +194,15 @@ class Suite:
             assert self.opts.reference_cmd is not None
             return peers.start_reference(self.opts.reference_cmd, self.backend.port, sub, cpus)
         raise ValueError(name)
+
+    def pg_cluster(self) -> PgCluster:
+        """The usage-pg variant's PostgreSQL server, started once, on the helper core."""
+        if self.pg is None:
+            try:
+                self.pg = PgCluster(self.workdir, self.pin.mock)
+            except RuntimeError as exc:
+                raise P.StartError(str(exc)) from None
+        return self.pg
 
     # -- one scenario ---------------------------------------------------------------
     def run_scenario(self, sc: Scenario) -> dict[str, Any]:
@@ -290,7 +304,17 @@ class Suite:
             return None
         cfg = proc.info["config"]
         deadline = time.monotonic() + 2 * cfg["usage_tracking"].get("flush_interval_seconds", 1.0)
-        if flags.get("usage"):
+        if flags.get("usage_pg"):
+            # No file: the recorder reports the rows it wrote to PostgreSQL.
+            while time.monotonic() < deadline + 5:
+                st = P.http_get_json(proc.info["admin_port"], "/internal/health")
+                storage = st.get("storage", {}) if isinstance(st, dict) else {}
+                if storage.get("rows_written", 0) > 0 and storage.get("usage_db") == "ok":
+                    break
+                time.sleep(0.2)
+            else:
+                return "usage tracking wrote no row to PostgreSQL after the warm-up"
+        elif flags.get("usage"):
             db = Path(cfg["usage_tracking"]["persistence_path"])
             while not (db.exists() and db.stat().st_size > 0) and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -453,6 +477,8 @@ class Suite:
         finally:
             for backend in self.backends.values():
                 backend.stop()
+            if self.pg is not None:
+                self.pg.stop()
             if not self.opts.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             else:

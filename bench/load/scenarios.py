@@ -39,17 +39,27 @@ SSE_BODY = json.dumps({"model": MODEL, "stream": True, "messages": MESSAGES}, se
 # Monitoring variants of scenario d: target name -> fastproxy_config() keyword flags.
 FEATURES: dict[str, dict[str, bool]] = {
     "fastproxy+usage": {"usage": True},
+    # Usage tracking into PostgreSQL (a cluster the harness starts, bench/load/pgcluster.py)
+    # instead of the embedded SQLite file: the two stores' cost side by side.
+    "fastproxy+usage-pg": {"usage": True, "usage_pg": True},
     "fastproxy+activity": {"activity": True},
     "fastproxy+capture": {"capture": True},
     "fastproxy+all": {"usage": True, "activity": True, "capture": True},
     "fastproxy+policy": {"policy": True},
 }
 # The variants of d: the monitoring features (policy is group e's).
-MONITORING = ("fastproxy+usage", "fastproxy+activity", "fastproxy+capture", "fastproxy+all")
+MONITORING = (
+    "fastproxy+usage",
+    "fastproxy+usage-pg",
+    "fastproxy+activity",
+    "fastproxy+capture",
+    "fastproxy+all",
+)
 # A service module that must exist for a feature to be more than an accepted config key
 # (any one of the names: the layout was still settling while these benchmarks were written).
 FEATURE_MODULES: dict[str, tuple[str, ...]] = {
     "usage": ("fastproxy.monitor.usage_service", "fastproxy.monitor.usage"),
+    "usage_pg": ("fastproxy.storage.pg_store",),
     "activity": ("fastproxy.monitor.activity",),
     "capture": ("fastproxy.monitor.capture", "fastproxy.monitor.wire_capture", "fastproxy.capture"),
     "policy": ("fastproxy.core.keys",),
