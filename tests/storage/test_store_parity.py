@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,53 @@ def test_spooled_batches_replay_in_order_exactly_once(pg_server: PgServer, tmp_p
     assert [g for (g,) in got] == [f"b{b}-{i}" for b in range(3) for i in range(5)]
     ((hourly,),) = pg_server.query(dsn, "SELECT sum(n) FROM usage_hourly")
     assert hourly == 15
+
+
+def test_retention_runs_in_one_place_and_keeps_rollups_exact(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """Old whole days leave rows, records and both rollups together; while another
+    gateway holds the retention lock, this one deletes nothing."""
+    from fastproxy.storage.pg_reader import connect
+    from fastproxy.storage.pg_schema import RETENTION_LOCK
+    from fastproxy.storage.pg_store import prune
+
+    dsn = pg_server.new_db()
+    s = PgUsageStore(
+        dsn,
+        spool_dir=tmp_path / "spool",
+        spool_max_bytes=1 << 20,
+        flush_interval=0.05,
+        max_queue=100,
+        retention_days=0,
+    )
+    s.start()
+    for day in (1, 2, 3):
+        for hour in (1, 13):
+            assert s.submit(record(timestamp=f"2025-12-0{day}T{hour:02d}:30:00.000Z"))
+    s.stop()
+    cutoff = datetime(2025, 12, 3, 12, tzinfo=UTC).timestamp()  # days 1 and 2 go
+    other = connect(dsn)
+    with other.transaction():
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (RETENTION_LOCK,))
+        with connect(dsn) as conn:
+            assert prune(conn, cutoff, 1, 10) is False  # another gateway is at it
+        assert pg_server.query(dsn, "SELECT count(*) FROM usage_requests") == [(6,)]
+    other.close()
+    with connect(dsn) as conn:
+        while prune(conn, cutoff, 1, 1):  # a slice per call: rollups exact between them
+            (check,) = pg_server.query(
+                dsn,
+                "SELECT (SELECT count(*) FROM usage_requests), "
+                "(SELECT sum(n) FROM usage_hourly), (SELECT sum(n) FROM usage_daily)",
+            )
+            assert check[0] == check[1] == check[2]
+    rows = pg_server.query(
+        dsn,
+        "SELECT (SELECT count(*) FROM usage_requests), (SELECT count(*) FROM usage_records), "
+        "(SELECT sum(n) FROM usage_hourly), (SELECT sum(n) FROM usage_daily), "
+        "(SELECT min(day) FROM usage_daily)",
+    )
+    day3 = int(datetime(2025, 12, 3, tzinfo=UTC).timestamp() // 86400)
+    assert rows == [(2, 2, 2, 2, day3)]
+    assert s.stats(parse_filters({}))["request_count"] == 2
