@@ -102,6 +102,13 @@ class PgReadConn:
         except psycopg.Error as exc:
             raise StoreReadError(_reason(exc)) from None
 
+    def execute_native(self, sql: str, args: Any = None) -> psycopg.Cursor[Any]:
+        """Run PostgreSQL's own SQL text (no rewriting)."""
+        try:
+            return self._conn.execute(sql, args)
+        except psycopg.Error as exc:
+            raise StoreReadError(_reason(exc)) from None
+
     def close(self) -> None:
         self._conn.close()
 

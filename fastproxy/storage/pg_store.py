@@ -399,6 +399,3 @@ class PgUsageStore(UsageStore):
     # -- reads: the dialect layer under the SQLite store's queries -------------------------
     def _reader(self) -> sqlite3.Connection:
         return pg_reader_conn(self._dsn or "")
-
-    def replacement_groups(self, since: float) -> list[Any]:
-        return []  # the effectiveness report reads SQLite only (docs/usage-storage.md)

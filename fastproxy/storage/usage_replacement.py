@@ -64,8 +64,38 @@ class Group(NamedTuple):
     cost_n: int
 
 
-def replacement_groups(path: Path, since: float) -> list[Group]:
-    """Every group of requests recorded at or after ``since`` (epoch seconds)."""
+# The same on PostgreSQL (pg_store.py): its JSON operators in place of json_extract (a
+# missing or null mark is SQL NULL, as json_extract gives), a boolean counted as 0/1.
+# Its text goes to the server as written: pg_reader's rewriting is for the SQLite text.
+_PG_SQL = f"""
+SELECT d.backend, d.model_used,
+       (SELECT nullif(CASE WHEN left(x.record, 1) = '['
+                           THEN (x.record::jsonb -> {_AT})::text
+                           ELSE (x.record::jsonb -> 'replacement')::text END, 'null')
+          FROM usage_records x WHERE x.seq = r.seq) AS mark,
+       count(*),
+       sum((r.outcome IN ({", ".join("%s" for _ in ERROR_OUTCOMES)}))::int),
+       coalesce(sum(r.total_duration_ms), 0)::float8, count(r.total_duration_ms),
+       coalesce(sum(r.ttft_ms), 0)::float8, count(r.ttft_ms),
+       coalesce(sum(r.cost), 0)::float8, count(r.cost)
+  FROM usage_requests r JOIN usage_dims d ON d.dim = r.dim
+ WHERE r.ts >= %s AND d.backend IS NOT NULL
+ GROUP BY 1, 2, 3
+"""
+
+
+def replacement_groups(path: Path, since: float, dsn: str | None = None) -> list[Group]:
+    """Every group of requests recorded at or after ``since`` (epoch seconds), from the
+    SQLite file at ``path`` or the PostgreSQL store at ``dsn``."""
+    if dsn is not None:
+        from .pg_reader import PgReadConn  # psycopg is an optional extra
+
+        pg = PgReadConn(dsn)
+        try:
+            rows = pg.execute_native(_PG_SQL, (*ERROR_OUTCOMES, since)).fetchall()
+        finally:
+            pg.close()
+        return [_group(row) for row in rows]
     with contextlib.closing(open_reader(path)) as conn:
         rows = conn.execute(_SQL, (*ERROR_OUTCOMES, since)).fetchall()
     return [_group(row) for row in rows]

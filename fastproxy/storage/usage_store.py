@@ -276,9 +276,7 @@ class UsageStore:
 
     def replacement_groups(self, since: float) -> list[usage_replacement.Group]:
         """Replaced and original requests since ``since``, grouped (effectiveness)."""
-        if self._dsn is not None:
-            return []  # read from the SQLite file only (docs/usage-storage.md)
-        return usage_replacement.replacement_groups(self.path, since)
+        return usage_replacement.replacement_groups(self.path, since, self._dsn)
 
     def count(self, filters: usage_queries.Filters) -> int:
         with contextlib.closing(self._reader()) as conn:

@@ -224,3 +224,32 @@ def test_retention_runs_in_one_place_and_keeps_rollups_exact(
     day3 = int(datetime(2025, 12, 3, tzinfo=UTC).timestamp() // 86400)
     assert rows == [(2, 2, 2, 2, day3)]
     assert s.stats(parse_filters({}))["request_count"] == 2
+
+
+def test_identical_replacement_groups(pg_server: PgServer, tmp_path: Path) -> None:
+    """The replacement-effectiveness groups (admin replacement report) from both stores."""
+    mark = {"from": "openai.1:gpt-4", "to": "anthropic.1:claude-x", "turn": 1}
+    recs = [
+        record(replacement=mark, backend="anthropic.1", model_used="claude-x", cost=0.5),
+        record(replacement=mark, backend="anthropic.1", model_used="claude-x", outcome="timeout"),
+        record(total_duration_ms=20.0),
+        record(outcome="backend_error", ttft_ms=4.0),
+        record(backend=None, model_used=None),
+    ]
+    lite = UsageStore(tmp_path / "r.db", flush_interval=0.05, max_queue=100, retention_days=0)
+    pg = PgUsageStore(
+        pg_server.new_db(),
+        spool_dir=tmp_path / "spool",
+        spool_max_bytes=1 << 20,
+        flush_interval=0.05,
+        max_queue=100,
+        retention_days=0,
+    )
+    for s in (lite, pg):
+        s.start()
+        for r in recs:
+            assert s.submit(r)
+        s.stop()
+    want = sorted(lite.replacement_groups(0.0), key=repr)
+    assert len(want) == 2 and {g.source for g in want} == {None, "openai.1:gpt-4"}
+    assert sorted(pg.replacement_groups(0.0), key=repr) == want
