@@ -2,8 +2,8 @@
 recorder processes, a real PostgreSQL server (tests/storage/pg_server.py), the mock LLM
 and the official OpenAI SDK.
 
-- two gateways started at the same moment on a fresh database (the migrations run once)
-  write to it concurrently: every record arrives exactly once, and each gateway's
+- two gateways started at the same moment on a fresh database (the migrations run once),
+  one of them with two worker processes, write to it concurrently: every record arrives exactly once, and each gateway's
   requests are counted right in /v1/usage/stats (asked of either gateway);
 - the database stopped for 10 s while requests keep flowing: every request succeeds,
   health says "spooling" with the spool's size, then "ok"; every record arrives exactly
@@ -38,8 +38,9 @@ from tests.support.waiting import wait_until
 DSN_ENV = "PGSTORE_TEST_DSN"
 
 
-def config(tmp: Path, mock: MockLLMServer, **usage: Any) -> Path:
+def config(tmp: Path, mock: MockLLMServer, workers: int = 1, **usage: Any) -> Path:
     tree = {
+        "workers": workers,
         "port": 0,
         "admin": {"port": 0},
         "state_dir": str(tmp),
@@ -120,7 +121,8 @@ def test_two_gateways_share_one_database(
 ) -> None:
     dsn = pg_server.new_db()  # fresh: both gateways find it empty and migrate at once
     a = start(config(tmp_path / "a", mock_llm), dsn)
-    b = start(config(tmp_path / "b", mock_llm), dsn)
+    # b serves with two worker processes: their records reach its one recorder.
+    b = start(config(tmp_path / "b", mock_llm, workers=2), dsn)
     a.wait_ready(60)
     b.wait_ready(60)
     assert pg_server.query(dsn, "SELECT version FROM schema_migrations") == [(1,)]
