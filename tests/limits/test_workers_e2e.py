@@ -211,9 +211,10 @@ def test_a_reload_reaches_both_workers_and_keeps_the_counts(
     port = gw.wait_ready()
     # Each worker leases at least one permit ahead, and a permit leased to the worker
     # that did not get the request is not used by the other until it comes back (2 s
-    # idle): so a limit this small admits its 3, or 2 with one permit leased out.
-    first = [post(port, ALICE) for _ in range(4)]
-    assert first[:2] == [200, 200] and first[-1] == 429, first
+    # idle): so a limit this small admits its 3 (in whichever order the workers get
+    # the requests), or 2 while one permit is leased out.
+    first = [post(port, ALICE) for _ in range(6)]
+    assert 2 <= first.count(200) <= 3 and 429 in first, first
     cfg = tmp_path / "config.yaml"
     tree = yaml.safe_load(cfg.read_text())
     tree["auth"]["keys"][0]["limits"] = {"rpm": 8}
@@ -232,4 +233,4 @@ def test_a_reload_reaches_both_workers_and_keeps_the_counts(
     statuses += [post(port, ALICE) for _ in range(12)]
     admitted = first.count(200) + statuses.count(200)
     assert 7 <= admitted <= 8, (first, statuses)
-    assert statuses[-1] == 429
+    assert 429 in statuses
