@@ -153,8 +153,9 @@ def test_a_budget_crossing_is_seen_by_both_workers(
     stop_all: list[GatewayProcess],
     webhook: WebhookReceiver,
 ) -> None:
-    # "hi" is 5 prompt tokens to the mock: $0.005 a request at $1000 per 1M input tokens,
-    # so a $0.02 budget is spent by the 4th request whichever worker served them.
+    # "hi" is a few prompt tokens to the mock: a few tenths of a cent a request at $1000
+    # per 1M input tokens, so a $0.02 budget is spent within a handful of requests,
+    # whichever worker served them.
     gw = start(
         tmp_path,
         mock_llm,
