@@ -17,7 +17,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from .processes import taskset_prefix
+from .processes import _children, taskset_prefix
 
 
 class PgCluster:
@@ -70,6 +70,16 @@ class PgCluster:
     def rows(self, dsn: str) -> int:
         out = self._run("psql", dsn, "-qAt", "-c", "SELECT count(*) FROM usage_requests")
         return int(out.strip() or 0)
+
+    def pids(self) -> list[int]:
+        """The server's processes now: the postmaster and its children (a backend per
+        connection, the writers, autovacuum)."""
+        try:
+            head = (self.root / "data" / "postmaster.pid").read_text().split("\n", 1)[0]
+        except OSError:
+            return []
+        pid = int(head)
+        return [pid, *_children(pid)]
 
     def stop(self) -> None:
         try:

@@ -28,6 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,17 +226,22 @@ class Proc:
     info: dict[str, Any] = field(default_factory=dict)
     measure_children: bool = False
 
-    def pids(self) -> list[int]:
+    def pids(self, measured: bool = False) -> list[int]:
         pid = self.popen.pid
         # nginx: the master forks the one worker that does the work; count both.
-        return [pid, *_children(pid)] if self.measure_children else [pid]
+        own = [pid, *_children(pid)] if self.measure_children else [pid]
+        # fastproxy+usage-pg: the PostgreSQL server does the database work the SQLite
+        # variant's recorder does itself, so its processes count in the relay's CPU
+        # (``measured``); not in its memory, where each would count shared buffers again.
+        extra: Callable[[], list[int]] | None = self.info.get("extra_pids")
+        return own + extra() if measured and extra is not None else own
 
     def cpu(self) -> float:
-        return sum(cpu_seconds(p) for p in self.pids())
+        return sum(cpu_seconds(p) for p in self.pids(measured=True))
 
     def thread_cpu(self) -> dict[int, dict[int, float]]:
         """pid -> tid -> CPU seconds, for every measured process."""
-        return {p: thread_cpu_seconds(p) for p in self.pids()}
+        return {p: thread_cpu_seconds(p) for p in self.pids(measured=True)}
 
     def rss_kib(self) -> int:
         return sum(status_kib(p, "VmRSS") for p in self.pids())

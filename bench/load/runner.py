@@ -179,7 +179,7 @@ class Suite:
             flags = self.features.get(name, {})
             dsn = self.pg_cluster().new_db() if flags.get("usage_pg") else None
             cfg = P.fastproxy_config(self.backend.port, sub, **flags, pg_dsn=dsn)
-            return P.start_fastproxy(
+            proc = P.start_fastproxy(
                 name,
                 cfg,
                 sub,
@@ -188,6 +188,10 @@ class Suite:
                 self.opts.fastproxy_src,
                 helper_cpus=self.pin.mock,
             )
+            if dsn is not None:
+                assert self.pg is not None
+                proc.info["extra_pids"] = self.pg.pids
+            return proc
         if name == "litellm":
             return peers.start_litellm(self.backend.port, sub, cpus, self.litellm_python)
         if name == "reference":
