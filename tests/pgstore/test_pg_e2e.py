@@ -160,6 +160,35 @@ def test_two_gateways_share_one_database(
     assert len(export.text.splitlines()) == 2 * n
     assert storage(a)["store"] == "postgresql" and storage(a)["usage_db"] == "ok"
     assert PASSWORD not in orjson.dumps(storage(a)).decode()
+    # The recorder gets the DSN in its environment: its command line, which every local
+    # user can read, does not hold the password.
+    cmdline = Path(f"/proc/{storage(a)['recorder_pid']}/cmdline").read_bytes()
+    assert b"fastproxy.storage.recorder" in cmdline and PASSWORD.encode() not in cmdline
+
+
+def test_a_gateway_started_while_the_database_is_down_serves_and_catches_up(
+    pg_server: PgServer,
+    mock_llm: MockLLMServer,
+    tmp_path: Path,
+    start: Callable[[Path, str], GatewayProcess],
+) -> None:
+    dsn = pg_server.new_db()  # empty: the migrations run once it is reachable
+    pg_server.stop()
+    try:
+        gw = start(config(tmp_path / "g", mock_llm), dsn)
+        gw.wait_ready(60)
+        assert storage(gw)["usage_db"] == "spooling"
+        with client(gw) as c:
+            for _ in range(5):
+                chat(c, "gpt-4o")
+        wait_until(lambda: storage(gw)["spool_records"] == 5, 10, 0.05, "five spooled")
+        r = httpx.get(f"http://127.0.0.1:{gw.admin_port}/v1/usage/stats", timeout=30)
+        assert r.status_code == 503 and r.json()["detail"].startswith("usage database unavailable")
+    finally:
+        pg_server.start()
+    wait_until(lambda: storage(gw)["usage_db"] == "ok", 30, 0.1, "health back to ok")
+    assert stored(pg_server, dsn) == (5, 5, 5, 5)
+    assert admin(gw, "/v1/usage/stats")["request_count"] == 5
 
 
 def test_database_stopped_10s_under_load_every_record_once(
