@@ -201,6 +201,7 @@ _SECRET_LEAVES = (
     "secret",
     "secret_sha256",
     "postgresql_dsn",
+    "headers",
 )
 
 

@@ -28,7 +28,7 @@ import yaml
 
 from .key_rules import check_client_keys
 from .policy_rules import validate_aliases, validate_balancing, validate_groups
-from .schema import BackendConfig, Config
+from .schema import BackendConfig, Config, otel_pairs
 from .sources import CLI_FLAGS, ENV_VARS
 
 _MISSING = object()
@@ -337,6 +337,7 @@ def _is_secret(key: str) -> bool:
         "secret",
         "secret_sha256",
         "postgresql_dsn",
+        "headers",
     )
 
 
@@ -451,6 +452,7 @@ def _check(config: Config, origins: Mapping[str, str], env: Mapping[str, str]) -
     _check_policy(config)
     _check_keys(config, env)
     _check_not_built(config, origins)
+    _check_tracing(config)
     wc = config.wire_capture
     if wc.max_total_bytes < wc.max_file_bytes:
         raise ConfigError(
@@ -468,6 +470,42 @@ def _check(config: Config, origins: Mapping[str, str], env: Mapping[str, str]) -
                 f"host: got {config.host!r}; a non-loopback bind requires auth.api_keys "
                 "(or FASTPROXY_API_KEYS) or auth.keys"
             )
+
+
+def _check_tracing(config: Config) -> None:
+    """Tracing's URLs and pairs read as the exporter will read them, and its packages
+    installed, so a mistake is one line at start-up rather than spans silently lost."""
+    tr = config.tracing
+    for key in ("endpoint", "otlp_endpoint"):
+        url = getattr(tr, key)
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"tracing.{key}: got {url!r}; expected an http:// or https:// URL")
+    for key in ("headers", "resource_attributes"):
+        try:
+            otel_pairs(getattr(tr, key))
+        except ValueError as exc:
+            # The value is not shown: headers carry tokens.
+            raise ConfigError(f"tracing.{key}: {exc}; expected name=value,name2=value2") from None
+    if tr.on:
+        missing = [
+            name
+            for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+            if _no_module(name)
+        ]
+        if missing:
+            raise ConfigError(
+                "tracing.enabled: the OpenTelemetry packages are not installed "
+                f"({', '.join(missing)}); pip install 'fastproxy[tracing]'"
+            )
+
+
+def _no_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is None
+    except ModuleNotFoundError:
+        return True
 
 
 # Sections whose feature is not built: their keys still parse (they are in the config format,

@@ -109,6 +109,73 @@ class WireCaptureConfig(_Section, frozen=True, kw_only=True):
     redact_headers: tuple[str, ...] = ()
 
 
+TraceSampler = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+
+
+class TracingConfig(_Section, frozen=True, kw_only=True):
+    """OpenTelemetry traces of API requests, exported over OTLP/HTTP (docs/tracing.md).
+    The standard ``OTEL_*`` variables set these keys as the env layer (config/sources.py);
+    ``sdk_disabled`` and ``exporter: none`` are the standard off switches and win over
+    ``enabled``."""
+
+    enabled: bool = False
+    # The OTLP/HTTP traces URL, used as it is (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).
+    endpoint: str | None = None
+    # A base URL to which /v1/traces is appended (OTEL_EXPORTER_OTLP_ENDPOINT); used when
+    # endpoint is unset. Neither set: http://localhost:4318/v1/traces.
+    otlp_endpoint: str | None = None
+    # Export request headers as "name=value,name2=value2" (the OTEL_EXPORTER_OTLP_HEADERS
+    # form); they often hold a token: masked in check-config, never logged.
+    headers: str | None = None
+    service_name: str = "fastproxy"
+    # Resource attributes as "key=value,..." (OTEL_RESOURCE_ATTRIBUTES).
+    resource_attributes: str | None = None
+    sampler: TraceSampler = "parentbased_always_on"
+    sampler_arg: Probability = 1.0
+    exporter: Literal["otlp", "none"] = "otlp"
+    sdk_disabled: bool = False
+    # Finished requests waiting for their spans to be built and exported, at most; past
+    # it a request's spans are dropped and counted (the loop never waits on tracing).
+    max_queue: Annotated[int, Meta(ge=16)] = 8192
+
+    @property
+    def on(self) -> bool:
+        return self.enabled and not self.sdk_disabled and self.exporter == "otlp"
+
+    @property
+    def traces_url(self) -> str:
+        if self.endpoint:
+            return self.endpoint
+        base = self.otlp_endpoint or "http://localhost:4318"
+        return base.rstrip("/") + "/v1/traces"
+
+
+def otel_pairs(text: str | None) -> dict[str, str]:
+    """``name=value,name2=value2`` as the OTEL_* variables write headers and resource
+    attributes (values percent-decoded, blanks around items ignored). Raises ValueError
+    naming the item's position, never its value (a header may be a token)."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    for i, item in enumerate(text.split(",")):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"item {i + 1} is not name=value")
+        out[unquote(name.strip())] = unquote(value.strip())
+    return out
+
+
 class ActivityConfig(_Section, frozen=True, kw_only=True):
     stale_timeout_seconds: PositiveFloat = 300.0
     sweep_interval_seconds: PositiveFloat = 5.0
@@ -311,6 +378,7 @@ class Config(_Section, frozen=True, kw_only=True):
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     usage_tracking: UsageTrackingConfig = field(default_factory=UsageTrackingConfig)
     wire_capture: WireCaptureConfig = field(default_factory=WireCaptureConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     enable_activity_tracking: bool = False
     activity: ActivityConfig = field(default_factory=ActivityConfig)
     replacement: ReplacementConfig = field(default_factory=ReplacementConfig)

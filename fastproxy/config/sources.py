@@ -37,6 +37,17 @@ ENV_VARS: dict[str, tuple[str, EnvKind]] = {
     "FASTPROXY_LOG_LEVEL": ("log_level", "auto"),
     "FASTPROXY_ACCESS_LOG": ("access_log", "bool"),
     "FASTPROXY_WORKERS": ("workers", "auto"),
+    "FASTPROXY_TRACING_ENABLED": ("tracing.enabled", "bool"),
+    # The standard OpenTelemetry variables (docs/tracing.md): the env layer of tracing.*.
+    "OTEL_SDK_DISABLED": ("tracing.sdk_disabled", "bool"),
+    "OTEL_TRACES_EXPORTER": ("tracing.exporter", "auto"),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("tracing.otlp_endpoint", "auto"),
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("tracing.endpoint", "auto"),
+    "OTEL_EXPORTER_OTLP_HEADERS": ("tracing.headers", "auto"),
+    "OTEL_SERVICE_NAME": ("tracing.service_name", "auto"),
+    "OTEL_RESOURCE_ATTRIBUTES": ("tracing.resource_attributes", "auto"),
+    "OTEL_TRACES_SAMPLER": ("tracing.sampler", "auto"),
+    "OTEL_TRACES_SAMPLER_ARG": ("tracing.sampler_arg", "auto"),
 }
 
 
@@ -122,4 +133,4 @@ CLI_FLAGS: tuple[CliFlag, ...] = (
 )
 
 # Keys whose values are secrets: masked by check-config and never logged.
-SECRET_KEYS = ("auth.api_keys", "admin.api_keys", "api_key", "webhook_url")
+SECRET_KEYS = ("auth.api_keys", "admin.api_keys", "api_key", "webhook_url", "tracing.headers")
