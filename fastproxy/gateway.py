@@ -41,6 +41,7 @@ from .dataplane import admission
 from .dataplane.admission import Admission
 from .dataplane.plane import DataPlane
 from .dataplane.protocol import ClientProtocol
+from .dataplane.tracecontext import TraceStarter
 from .httpclient.backend import Backend
 from .httpclient.fetch import fetch
 from .httpclient.pool import UpstreamPool
@@ -53,6 +54,7 @@ from .monitor.health import HealthService
 from .monitor.metrics import MetricsCollector
 from .monitor.notify import utc_iso
 from .monitor.rate_limits import RateLimitWatch
+from .monitor.tracing import TracingService
 from .monitor.usage_service import UsageService
 from .reload import ReloadPlan, plan_reload
 from .storage import usage_spend
@@ -89,6 +91,8 @@ class Gateway:
         self.capture: CaptureService | None = None
         self.metrics: MetricsCollector | None = None
         self.rate_limits: RateLimitWatch | None = None
+        # OpenTelemetry export, when on (with workers, each worker exports its own).
+        self.tracing: TracingService | None = None
         # Random model replacement's policy, None when off. With workers it lives here, in
         # the primary, and decides for every worker (docs/workers.md).
         self.replacement: ReplacementPolicy | None = None
@@ -132,8 +136,13 @@ class Gateway:
             if cfg.wire_capture.enabled and cfg.workers == 1
             else None
         )
-        # Capture first: stopped last, after the drain has captured the last exchanges.
-        services: list[Service] = [s for s in (capture, usage, activity, health) if s is not None]
+        tracing = self.tracing = (
+            TracingService(cfg.tracing) if cfg.tracing.on and cfg.workers == 1 else None
+        )
+        # Capture and tracing first: stopped last, after the drain's last exchanges.
+        services: list[Service] = [
+            s for s in (capture, tracing, usage, activity, health) if s is not None
+        ]
         for service in services:
             await service.start()
             self._services.append(service)
@@ -148,6 +157,8 @@ class Gateway:
         sinks = self._sinks = [metrics]
         if usage is not None:
             sinks.append(usage)
+        if tracing is not None:
+            sinks.append(tracing)
         plane = self.plane = DataPlane(
             cfg,
             loop,
@@ -163,6 +174,7 @@ class Gateway:
             counters=Counters(),
             date=self._date,
             admission=self._admission(cfg, None),
+            tracing=trace_starter(cfg) if tracing is not None else None,
         )
         # The admin plane's one route table, read through the views, served on the data
         # port (through the MonitoringPort seam) and on the admin listener.
@@ -605,6 +617,10 @@ class Gateway:
         # before the usage link below is closed.
         await hub.stop(self.config.timeouts.drain_seconds + CUT_EXCHANGES_WAIT_S + 5.0)
         await self._stop_services()
+
+
+def trace_starter(config: Config) -> TraceStarter:
+    return TraceStarter(config.tracing.sampler, config.tracing.sampler_arg)
 
 
 def replacement_policy(config: Config, backends: Mapping[str, Backend]) -> ReplacementPolicy | None:

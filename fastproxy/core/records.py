@@ -103,6 +103,7 @@ class ExchangeRecord:
         "team",
         "tool_call_count",
         "tool_names",
+        "trace",
         "upstream_done_at",
         "upstream_sent_at",
         "usage",
@@ -156,10 +157,67 @@ class ExchangeRecord:
         # The raw request body, held only until the exchange sinks ran (token counting
         # needs it); never stored by any sink. A bytearray when it arrived in several reads.
         self.request_body: bytes | bytearray | None = None
+        # Tracing on: this request's trace ids and its upstream attempts (docs/tracing.md).
+        self.trace: Trace | None = None
 
     @property
     def duration_ms(self) -> float:
         return (self.ended_at - self.started_at) * 1000.0
+
+
+class TraceAttempt:
+    """One upstream attempt as its span will show it: ids and times taken on the loop,
+    nothing built. ``status``: the backend's HTTP status (0: none came); ``error``: the
+    failure's kind (connect, timeout, reset, ...), None when there was none."""
+
+    __slots__ = (
+        "backend",
+        "ended_at",
+        "error",
+        "host",
+        "kind",
+        "model",
+        "port",
+        "span_id",
+        "started_at",
+        "status",
+    )
+
+    def __init__(
+        self,
+        span_id: int,
+        backend: str,
+        kind: str,
+        model: str,
+        host: str,
+        port: int,
+        started_at: float,
+    ) -> None:
+        self.span_id = span_id
+        self.backend = backend
+        self.kind = kind  # the backend's type: openai | anthropic
+        self.model = model
+        self.host = host
+        self.port = port
+        self.started_at = started_at
+        self.ended_at = 0.0  # when its outcome was known; the serving one ends with the body
+        self.status = 0
+        self.error: str | None = None
+
+
+class Trace:
+    """The trace of one request (tracing on): W3C trace-context ids as ints, whether it
+    is sampled, the caller's span when a ``traceparent`` came in (0: the request's span
+    is a root), and one `TraceAttempt` per upstream attempt."""
+
+    __slots__ = ("attempts", "parent_id", "sampled", "span_id", "trace_id")
+
+    def __init__(self, trace_id: int, span_id: int, parent_id: int, sampled: bool) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.sampled = sampled
+        self.attempts: list[TraceAttempt] = []
 
 
 class Counters:

@@ -73,6 +73,7 @@ from .responses import (
     usage_headers,
 )
 from .routing import plan
+from .tracecontext import attempt_outcome
 
 log = logging.getLogger("fastproxy.data")
 
@@ -103,6 +104,8 @@ def _splice_member(raw: bytes | bytearray, member: bytes) -> tuple[bytes, memory
 
 # Marks a request as relayed by a fastproxy gateway: a second one refuses it (loop guard).
 _HOP = b"x-fastproxy-hop: 1\r\n"
+# Tracing on: the gateway's own traceparent replaces the client's (docs/tracing.md).
+_NOT_FORWARDED_TRACED = wire.NOT_FORWARDED | frozenset({b"traceparent"})
 FAILOVER_STATUSES = frozenset({429, 502, 503, 504, 529})
 MAX_RETRY_AFTER_S = 5.0
 
@@ -420,6 +423,8 @@ class RequestCycle:
             self._open_tap(plane.capture)
         rec.frontend = dialect.name
         rec.path = req.path.decode("latin-1")
+        if plane.tracing is not None:
+            rec.trace = plane.tracing.begin(req.header(b"traceparent"))
         rec.client_key_id = req.client_key_id  # checked with the head (core/keys.py)
         key = req.client_key
         if key is not None:
@@ -646,7 +651,12 @@ class RequestCycle:
         tap.event(0, b"".join(parts), None)
 
     def _upstream_request(
-        self, backend: Backend, model: str, body: RequestFields, kind: str
+        self,
+        backend: Backend,
+        model: str,
+        body: RequestFields,
+        kind: str,
+        traceparent: bytes = b"",
     ) -> tuple[bytes, Payload, bool]:
         """Head and body for the backend, and whether the gateway injected include_usage.
 
@@ -684,9 +694,9 @@ class RequestCycle:
             b"POST",
             backend.upstream_path(req.path),
             content_length=len(prefix) + len(payload),
-            extra=_HOP,
+            extra=_HOP + traceparent if traceparent else _HOP,
             headers=req.headers,
-            skip=wire.NOT_FORWARDED,
+            skip=_NOT_FORWARDED_TRACED if traceparent else wire.NOT_FORWARDED,
             body_prefix=prefix,
         )
         return head, payload, inject
@@ -702,7 +712,13 @@ class RequestCycle:
         self._backend = backend
         rec.attempts += 1
         rec.backend, rec.backend_type, rec.model_used = backend.name, backend.type, model
-        head, payload, self._inject = self._upstream_request(backend, model, self._body, self._kind)
+        traceparent = b""
+        tracing = self.plane.tracing
+        if tracing is not None and rec.trace is not None:
+            traceparent = tracing.attempt(rec.trace, backend, model, time.monotonic())
+        head, payload, self._inject = self._upstream_request(
+            backend, model, self._body, self._kind, traceparent
+        )
         self._sending = (head, payload)
         self._track(backend.name, model)
         stats = self._stats
@@ -958,6 +974,9 @@ class RequestCycle:
     def _report(
         self, backend: str, status: int, kind: str | None, retry_after: bytes | None = None
     ) -> None:
+        trace = self.record.trace
+        if trace is not None:
+            attempt_outcome(trace, status, kind, time.monotonic())
         for sink in self.plane.reporter.attempts:
             try:
                 sink.attempt_finished(backend, status, kind, retry_after)

@@ -30,6 +30,7 @@ from ..httpclient.pool import UpstreamPool
 from ..logs import AccessLine
 from .admission import Admission
 from .routing import Policy
+from .tracecontext import TraceStarter
 
 
 class Connection(Protocol):
@@ -65,6 +66,7 @@ class DataPlane:
         counters: Counters | None = None,
         date: HttpDate | None = None,
         admission: Admission | None = None,
+        tracing: TraceStarter | None = None,
     ) -> None:
         self.config = config
         self.keyring: Keyring | None = keyring_from_config(config, os.environ)
@@ -91,6 +93,9 @@ class DataPlane:
         # Rate limits and budgets, when configured; None costs one test per request. Its
         # owner (the gateway, or the worker) rebuilds it on reload (admission.py).
         self.admission = admission
+        # OpenTelemetry traces, when on: ids and times per request on the loop, spans
+        # built and exported off it (docs/tracing.md); None costs one test per request.
+        self.tracing = tracing
         self.counters = counters if counters is not None else Counters()
         self.date = date if date is not None else HttpDate()
         self.connections: set[Connection] = set()

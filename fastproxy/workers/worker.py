@@ -48,12 +48,14 @@ from ..core.seams import BreakerState, ExchangeSink, Reporter
 from ..dataplane.admission import Admission
 from ..dataplane.plane import DataPlane
 from ..dataplane.protocol import ClientProtocol
+from ..dataplane.tracecontext import TraceStarter
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import configure_logging
 from ..monitor.activity import ActivityService
 from ..monitor.capture import CaptureService
 from ..monitor.metrics import MetricsCollector
+from ..monitor.tracing import TracingService
 from .activity import snapshot_doc
 from .channel import Channel, Kind
 from .limiting import SpendSender, worker_admission
@@ -154,6 +156,7 @@ class Worker:
         self.metrics: MetricsCollector | None = None
         self.activity: ActivityService | None = None
         self.capture: CaptureService | None = None
+        self.tracing: TracingService | None = None
         self.replacer: RemoteReplacer | None = None  # made once the channel is open
         self.spend: SpendSender | None = None  # budget spend for the primary's book
         self.serial = 0  # this process's name in the primary's rate-limit ledger
@@ -281,6 +284,11 @@ class Worker:
         # bounding its own labels would pick different models in each).
         metrics = self.metrics = MetricsCollector(max_models=sys.maxsize)
         sinks: tuple[ExchangeSink, ...] = (metrics, forwarder) if accounting else (metrics,)
+        if config.tracing.on:
+            # Each worker exports its own spans: no record crosses to the primary for them.
+            self.tracing = TracingService(config.tracing, instance=f"worker-{doc['index'] + 1}")
+            await self.tracing.start()
+            sinks = (*sinks, self.tracing)
         plane = self.plane = DataPlane(
             config,
             loop,
@@ -294,6 +302,11 @@ class Worker:
             counters=Counters(),
             date=self._date,
             admission=self._admission(config, None),
+            tracing=(
+                TraceStarter(config.tracing.sampler, config.tracing.sampler_arg)
+                if self.tracing is not None
+                else None
+            ),
         )
         plane.number_requests(doc["index"] + 1, doc["workers"])
         if config.wire_capture.enabled:
@@ -384,6 +397,8 @@ class Worker:
             await self.activity.stop()
         if self.capture is not None:
             await self.capture.stop()
+        if self.tracing is not None:
+            await self.tracing.stop()
         if self.spend is not None:
             self.spend.flush()  # the last costs reach the primary's budget book
         self.heartbeat()  # the last counts, so the primary's totals end exact
