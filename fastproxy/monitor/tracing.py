@@ -62,6 +62,13 @@ _OPERATIONS = (
 _FAILED = frozenset({"backend_error", "timeout", "truncated", "gateway_shutdown"})
 
 
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
 def operation(path: str) -> str:
     for suffix, name in _OPERATIONS:
         if path.endswith(suffix):
@@ -137,7 +144,9 @@ class TracingService:
         # The schedule delay, batch size and export timeout are the SDK's own OTEL_BSP_*.
         # Duck-typed: the processor calls export() and shutdown() only.
         self._processor = BatchSpanProcessor(
-            cast("SpanExporter", exporter), max_queue_size=self._limit
+            cast("SpanExporter", exporter),
+            max_queue_size=self._limit,
+            max_export_batch_size=min(self._limit, _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)),
         )
         builder = _Builder(resource)
         self._thread = threading.Thread(
