@@ -325,6 +325,8 @@ def fastproxy_config(
     policy: bool = False,
     usage_pg: bool = False,
     pg_dsn: str | None = None,
+    tracing: bool = False,
+    otlp_url: str | None = None,
 ) -> dict[str, Any]:
     """The generated gateway config: one OpenAI backend (the mock), monitoring as asked.
     ``usage_pg``: usage records go to PostgreSQL at ``pg_dsn`` (a placeholder when only
@@ -354,6 +356,13 @@ def fastproxy_config(
         )
     if capture:
         config["wire_capture"] = {"enabled": True, "output_dir": str(workdir / "captures")}
+    if tracing:
+        # Every request sampled (no traceparent comes in): the whole cost, measured.
+        config["tracing"] = {
+            "enabled": True,
+            "endpoint": otlp_url or "http://127.0.0.1:9/v1/traces",
+            "sampler": "always_on",
+        }
     if policy:
         # A second entry for the same server, so the group has two backends to balance.
         config["backends"]["mock2"] = dict(config["backends"]["mock"])

@@ -24,6 +24,7 @@ from . import peers
 from . import processes as P
 from .backend import start_nginx_backend
 from .drivers import drive
+from .otlpsink import exports, start_otlp_sink
 from .pgcluster import PgCluster
 from .report import aggregate
 from .scenarios import FEATURE_MODULES, FEATURES, JSON_BODY, MONITORING, Scenario, bench_key
@@ -104,6 +105,7 @@ class Suite:
         self.features = dict(FEATURES)
         self.retry_spent_s = 0.0
         self.pg: PgCluster | None = None
+        self.otlp: P.Proc | None = None
 
     @property
     def litellm_python(self) -> str:
@@ -132,8 +134,10 @@ class Suite:
             # "+all" means every feature that exists; with fewer than two it would only
             # repeat a single-feature variant.
             # usage_pg is another store for usage, not a feature of its own.
-            self.features[ALL] = {f: True for f in ready if f not in ("policy", "usage_pg")}
-            if len([f for f in ready if f not in ("policy", "usage_pg")]) < 2:
+            # tracing is measured on its own (it needs the OTLP sink).
+            own = ("policy", "usage_pg", "tracing")
+            self.features[ALL] = {f: True for f in ready if f not in own}
+            if len([f for f in ready if f not in own]) < 2:
                 self.unavailable[ALL] = "fewer than two monitoring features are built"
         if "litellm" in self.opts.peers and not peers.litellm_available(self.litellm_python):
             self.unavailable["litellm"] = (
@@ -178,7 +182,8 @@ class Suite:
         if name == "fastproxy" or name in FEATURES:
             flags = self.features.get(name, {})
             dsn = self.pg_cluster().new_db() if flags.get("usage_pg") else None
-            cfg = P.fastproxy_config(self.backend.port, sub, **flags, pg_dsn=dsn)
+            otlp = self.otlp_sink_url() if flags.get("tracing") else None
+            cfg = P.fastproxy_config(self.backend.port, sub, **flags, pg_dsn=dsn, otlp_url=otlp)
             proc = P.start_fastproxy(
                 name,
                 cfg,
@@ -198,6 +203,12 @@ class Suite:
             assert self.opts.reference_cmd is not None
             return peers.start_reference(self.opts.reference_cmd, self.backend.port, sub, cpus)
         raise ValueError(name)
+
+    def otlp_sink_url(self) -> str:
+        """The tracing variant's OTLP collector, started once, on the helper core."""
+        if self.otlp is None:
+            self.otlp = start_otlp_sink(self.workdir, self.pin.mock)
+        return f"http://127.0.0.1:{self.otlp.port}/v1/traces"
 
     def pg_cluster(self) -> PgCluster:
         """The usage-pg variant's PostgreSQL server, started once, on the helper core."""
@@ -324,6 +335,11 @@ class Suite:
                 time.sleep(0.2)
             if not db.exists():
                 return f"usage tracking wrote no database ({db.name}) after the warm-up"
+        if flags.get("tracing"):
+            while self.otlp is not None and exports(self.otlp) == 0:
+                if time.monotonic() > deadline + 10:
+                    return "tracing exported no span after the warm-up"
+                time.sleep(0.2)
         if flags.get("capture"):
             out = Path(cfg["wire_capture"]["output_dir"])
             if not (out.is_dir() and any(out.iterdir())):
@@ -483,6 +499,8 @@ class Suite:
                 backend.stop()
             if self.pg is not None:
                 self.pg.stop()
+            if self.otlp is not None:
+                self.otlp.stop()
             if not self.opts.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             else:

@@ -46,6 +46,9 @@ FEATURES: dict[str, dict[str, bool]] = {
     "fastproxy+capture": {"capture": True},
     "fastproxy+all": {"usage": True, "activity": True, "capture": True},
     "fastproxy+policy": {"policy": True},
+    # OpenTelemetry spans of every request, exported over OTLP/HTTP to a sink the harness
+    # starts on the helper core (bench/load/otlpsink.py).
+    "fastproxy+tracing": {"tracing": True},
 }
 # The variants of d: the monitoring features (policy is group e's).
 MONITORING = (
@@ -54,6 +57,7 @@ MONITORING = (
     "fastproxy+activity",
     "fastproxy+capture",
     "fastproxy+all",
+    "fastproxy+tracing",
 )
 # A service module that must exist for a feature to be more than an accepted config key
 # (any one of the names: the layout was still settling while these benchmarks were written).
@@ -63,6 +67,7 @@ FEATURE_MODULES: dict[str, tuple[str, ...]] = {
     "activity": ("fastproxy.monitor.activity",),
     "capture": ("fastproxy.monitor.capture", "fastproxy.monitor.wire_capture", "fastproxy.capture"),
     "policy": ("fastproxy.core.keys",),
+    "tracing": ("fastproxy.monitor.tracing",),
 }
 # Scenario e's named keys: how many, and the secret of each (bench_key); the gateway is
 # configured with their SHA-256 (processes.fastproxy_config).
