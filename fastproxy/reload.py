@@ -50,6 +50,7 @@ RELOADABLE = (
     "load_balancing",
     "model_aliases",
     "groups",
+    "rate_limits",
     "timeouts",
 )
 

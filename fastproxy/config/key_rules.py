@@ -43,7 +43,9 @@ def check_client_keys(config: Config, env: Mapping[str, str]) -> list[str]:
             )
         else:
             seen[key.name] = i
-        where = f"{where} ({key.name})"
+        # The key's name after the colon: what comes before it is always a path in the
+        # config tree (tests/reliability/test_fuzz_config.py holds every message to that).
+        who = f"key {key.name!r}: "
         given = [
             n
             for n, v in (
@@ -55,7 +57,7 @@ def check_client_keys(config: Config, env: Mapping[str, str]) -> list[str]:
         ]
         if len(given) != 1:
             errors.append(
-                f"{where}: set exactly one of secret_env, secret_sha256 or secret "
+                f"{where}: {who}set exactly one of secret_env, secret_sha256 or secret "
                 f"(got {', '.join(given) or 'none'})"
             )
         digest: str | None = None
@@ -63,7 +65,7 @@ def check_client_keys(config: Config, env: Mapping[str, str]) -> list[str]:
             value = env.get(key.secret_env)
             if not value:
                 errors.append(
-                    f"{where}.secret_env: the environment variable {key.secret_env} is not "
+                    f"{where}.secret_env: {who}the environment variable {key.secret_env} is not "
                     "set; the key could never authenticate"
                 )
             else:
@@ -71,7 +73,7 @@ def check_client_keys(config: Config, env: Mapping[str, str]) -> list[str]:
         if key.secret_sha256 is not None:
             if not _SHA256.match(key.secret_sha256):
                 errors.append(
-                    f"{where}.secret_sha256: expected 64 lowercase hex digits "
+                    f"{where}.secret_sha256: {who}expected 64 lowercase hex digits "
                     '(printf %s "$KEY" | sha256sum)'
                 )
             else:
@@ -79,7 +81,7 @@ def check_client_keys(config: Config, env: Mapping[str, str]) -> list[str]:
         if key.secret is not None:
             if not auth.allow_plaintext_secrets:
                 errors.append(
-                    f"{where}.secret: a plain secret in the config file is refused; use "
+                    f"{where}.secret: {who}a plain secret in the config file is refused; use "
                     "secret_env or secret_sha256 (or set auth.allow_plaintext_secrets)"
                 )
             else:
@@ -87,17 +89,17 @@ def check_client_keys(config: Config, env: Mapping[str, str]) -> list[str]:
         if digest is not None:
             if digest in plain:
                 errors.append(
-                    f"{where}: the same secret as an entry of auth.api_keys or admin.api_keys"
+                    f"{where}: {who}the same secret as an entry of auth.api_keys or admin.api_keys"
                 )
             elif digest in secrets:
-                errors.append(f"{where}: the same secret as {secrets[digest]}")
+                errors.append(f"{where}: {who}the same secret as {secrets[digest]}")
             else:
                 secrets[digest] = where
         for j, pattern in enumerate(key.models):
             if not pattern.strip():
-                errors.append(f"{where}.models[{j}]: an empty pattern")
+                errors.append(f"{where}.models[{j}]: {who}an empty pattern")
         if key.limits is not None and key.limits.rpm is None and key.limits.tpm is None:
-            errors.append(f"{where}.limits: set rpm, tpm or both (or remove limits)")
+            errors.append(f"{where}.limits: {who}set rpm, tpm or both (or remove limits)")
     for name, team in auth.teams.items():
         if not _NAME.match(name):
             errors.append(f"auth.teams.{name}: expected 1-64 letters, digits or ._@-")

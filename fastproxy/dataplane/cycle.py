@@ -395,7 +395,9 @@ class RequestCycle:
         from urllib.parse import unquote
 
         model_id = unquote(model_id)
-        found = models.entry(self.plane.backends.values(), model_id, self._anthropic_client())
+        found = models.entry(
+            self.plane.backends.values(), model_id, self._anthropic_client(), self.req.client_key
+        )
         if found is None:
             raise RequestRejected(
                 f"The model {model_id!r} does not exist", status=404, code="model_not_found"
@@ -408,9 +410,9 @@ class RequestCycle:
             from urllib.parse import parse_qsl
 
             query = dict(parse_qsl(self.req.query.decode("latin-1")))
-            listing = models.anthropic_page(backends, query)
+            listing = models.anthropic_page(backends, query, self.req.client_key)
         else:
-            listing = models.openai_list(backends)
+            listing = models.openai_list(backends, self.req.client_key)
         self._write_json(200, orjson.dumps(listing), b"")
 
     def _anthropic_client(self) -> bool:

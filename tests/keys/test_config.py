@@ -82,34 +82,34 @@ def test_a_key_by_digest_and_one_by_variable_are_accepted(tmp_path: Path) -> Non
         (
             [{"name": "both", "secret_sha256": CI_SHA256, "secret_env": "V"}],
             {"V": "sk-other-secret"},
-            "auth.keys[0] (both): set exactly one of secret_env, secret_sha256 or secret "
+            "auth.keys[0]: key 'both': set exactly one of secret_env, secret_sha256 or secret "
             "(got secret_env, secret_sha256)",
         ),
         (
             [{"name": "neither"}],
             {},
-            "auth.keys[0] (neither): set exactly one of secret_env, secret_sha256 or secret "
+            "auth.keys[0]: key 'neither': set exactly one of secret_env, secret_sha256 or secret "
             "(got none)",
         ),
         (
             [{"name": "unset", "secret_env": "NOT_SET_ANYWHERE"}],
             {},
-            "auth.keys[0] (unset).secret_env: the environment variable NOT_SET_ANYWHERE is not set",
+            "auth.keys[0].secret_env: key 'unset': the environment variable NOT_SET_ANYWHERE is not set",
         ),
         (
             [{"name": "badhash", "secret_sha256": CI_SHA256.upper()}],
             {},
-            "auth.keys[0] (badhash).secret_sha256: expected 64 lowercase hex digits",
+            "auth.keys[0].secret_sha256: key 'badhash': expected 64 lowercase hex digits",
         ),
         (
             [{"name": "short", "secret_sha256": "abc123"}],
             {},
-            "auth.keys[0] (short).secret_sha256: expected 64 lowercase hex digits",
+            "auth.keys[0].secret_sha256: key 'short': expected 64 lowercase hex digits",
         ),
         (
             [{"name": "plain", "secret": CI_SECRET}],
             {},
-            "auth.keys[0] (plain).secret: a plain secret in the config file is refused",
+            "auth.keys[0].secret: key 'plain': a plain secret in the config file is refused",
         ),
         (
             [{"name": "bad name!", "secret_sha256": CI_SHA256}],
@@ -124,7 +124,7 @@ def test_a_key_by_digest_and_one_by_variable_are_accepted(tmp_path: Path) -> Non
                 }
             ],
             {},
-            "auth.keys[0] (legacy): the same secret as an entry of auth.api_keys",
+            "auth.keys[0]: key 'legacy': the same secret as an entry of auth.api_keys",
         ),
     ],
     ids=[
@@ -185,10 +185,12 @@ def test_every_problem_is_said_at_once() -> None:
     config = msgspec.structs.replace(config, auth=msgspec.convert(tree, AuthConfig))
     errors = check_client_keys(config, {})
     assert len(errors) == 4, errors
-    assert errors[0].startswith("auth.keys[0] (x).secret_sha256")
+    assert errors[0].startswith("auth.keys[0].secret_sha256: key 'x': ")
     assert errors[1] == "auth.keys[1].name: 'x' is already the name of auth.keys[0]"
-    assert errors[2].startswith("auth.keys[1] (x).secret_env: the environment variable UNSET_VAR")
-    assert errors[3] == "auth.keys[2] (y).models[1]: an empty pattern"
+    assert errors[2].startswith(
+        "auth.keys[1].secret_env: key 'x': the environment variable UNSET_VAR"
+    )
+    assert errors[3] == "auth.keys[2].models[1]: key 'y': an empty pattern"
     assert check_client_keys(config, {"UNSET_VAR": "sk-now-set"})[1:] == [
         errors[1],
         errors[3],

@@ -42,7 +42,7 @@ def test_the_configuration_example_passes_check_config(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     proc = _cli("check-config", "--config", str(path))
     assert proc.returncode == 2
-    assert "auth.keys[1] (notebook).secret_env: the environment variable NOTEBOOK_API_KEY" in (
+    assert "auth.keys[1].secret_env: key 'notebook': the environment variable NOTEBOOK_API_KEY" in (
         proc.stderr
     )
 

@@ -5,6 +5,7 @@ with spend null and the reason said."""
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from fastproxy.mockllm import MockLLMServer
 from tests.conftest import RunningGateway
 from tests.support.waiting import wait_until
 
-from .e2e import CI_SECRET, CI_SHA256, MSGS, PLAIN_SECRET, admin, ci_key, keyed_tree
+from .e2e import CI_MODELS, CI_SECRET, CI_SHA256, MSGS, PLAIN_SECRET, admin, ci_key, keyed_tree
 
 
 def test_a_wrong_key_is_401_in_each_dialect(keyed: RunningGateway) -> None:
@@ -175,3 +176,25 @@ def test_keys_show_their_limits_and_budgets_and_the_budget_periods_spend(
     (team,) = doc["teams"]
     assert team["budget"] == {"usd": 500.0, "period": "month"}
     assert team["spend"]["month"]["spend_usd"] == stats["total_cost"]
+
+
+def test_the_model_list_over_http_shows_a_limited_key_only_its_models(
+    keyed: RunningGateway,
+) -> None:
+    """The same listing through the SDKs: ci-bot sees exactly the ids its globs match and
+    cannot retrieve another by id; the plain list's key sees the whole union."""
+
+    def allowed(model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, g) for g in CI_MODELS)
+
+    with openai.OpenAI(base_url=keyed.url + "/v1", api_key=PLAIN_SECRET, max_retries=0) as c:
+        everything = {m.id for m in c.models.list()}
+    hidden = sorted(m for m in everything if not allowed(m))
+    assert hidden and len(hidden) < len(everything), everything  # the fixture serves both
+    with openai.OpenAI(base_url=keyed.url + "/v1", api_key=CI_SECRET, max_retries=0) as c:
+        assert {m.id for m in c.models.list()} == {m for m in everything if allowed(m)}
+        with pytest.raises(openai.NotFoundError):
+            c.models.retrieve(hidden[0])
+    with anthropic.Anthropic(base_url=keyed.url, api_key=CI_SECRET, max_retries=0) as client:
+        listed = {m.id for m in client.models.list()}
+    assert listed and all(allowed(m) for m in listed)
