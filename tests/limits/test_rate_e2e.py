@@ -236,6 +236,14 @@ def test_reload_applies_new_limits_and_budgets_and_keeps_the_counts(
     reload()
     assert gw.plane.admission is not None and gw.plane.admission.limiter is None
     assert not [h for h in chat(client) if h.startswith("x-ratelimit")]
+    # A model limit added by a reload (rate_limits reloads too) binds bob at once.
     tree_["auth"]["keys"][1].pop("budget")
+    tree_["rate_limits"]["models"] = {"gpt-4o": {"rpm": 1}}
+    reload()
+    bob = sdk.oai(gw.url, BOB)
+    assert chat(bob)["x-ratelimit-limit-requests"] == "1"
+    with pytest.raises(openai.RateLimitError):
+        chat(bob)
+    tree_["rate_limits"].pop("models")
     reload()
     assert gw.plane.admission is None
