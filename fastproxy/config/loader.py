@@ -13,6 +13,7 @@ and what is allowed; the CLI prints it and exits with status 2.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import ipaddress
 import os
 import re
@@ -600,6 +601,16 @@ def _check_usage_store(config: Config, env: Mapping[str, str]) -> None:
         raise ConfigError("usage_tracking: set postgresql_dsn or postgresql_dsn_env, not both")
     if usage.store != "postgresql" or not usage.enabled:
         return
+    try:
+        driver = importlib.util.find_spec("psycopg") is not None
+    except (ImportError, ValueError):  # blocked (sys.modules entry None) or broken
+        driver = False
+    if not driver:
+        # Otherwise the recorder would fail at every start, long after the config loaded.
+        raise ConfigError(
+            "usage_tracking.store: got 'postgresql', but the psycopg driver is not "
+            "installed: pip install 'fastproxy[postgresql]'"
+        )
     if usage.postgresql_dsn_env is not None:
         if not env.get(usage.postgresql_dsn_env):
             raise ConfigError(

@@ -59,3 +59,22 @@ def test_check_config_masks_the_dsn(tmp_path: Path) -> None:
         env={"PATH": "/usr/bin:/bin"},
     )
     assert flag.returncode != 0 and "without a DSN" in flag.stderr
+
+
+def test_without_the_driver_the_config_is_refused(tmp_path: Path) -> None:
+    """A machine without the optional extra: refused at load with the pip line, not a
+    recorder failing at every start. (The driver is hidden from this one interpreter.)"""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"usage_tracking:\n  store: postgresql\n  postgresql_dsn: {DSN}\n")
+    hide = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None  # what an interpreter without the package sees\n"
+        "from fastproxy.cli import main\n"
+        f"sys.exit(main(['check-config', '--config', {str(cfg)!r}]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", hide], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode != 0
+    assert "pip install 'fastproxy[postgresql]'" in out.stderr, out.stderr
+    assert "hunter2-pg-pass" not in out.stdout + out.stderr
