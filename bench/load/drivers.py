@@ -89,6 +89,21 @@ def _lua_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def keys_lua(n: int) -> str:
+    """A wrk ``request`` hook sending ``Authorization: Bearer bench_key(i)`` for the n
+    keys in turn: a table of the ready-made header values, so the script's own work per
+    request stays an index and a format."""
+    values = ", ".join(_lua_string("Bearer " + bench_key(i)) for i in range(n))
+    return (
+        f"local keys = {{{values}}}\nlocal n = 0\n"
+        "request = function()\n"
+        f"  n = n % {n} + 1\n"
+        '  wrk.headers["Authorization"] = keys[n]\n'
+        "  return wrk.format()\n"
+        "end\n"
+    )
+
+
 def run_wrk(
     port: int, wl: Workload, duration_s: float, cpus: tuple[int, ...] | None, workdir: Path
 ) -> LoadResult:
@@ -97,19 +112,7 @@ def run_wrk(
         f"{_lua_string(h.split(':', 1)[1].strip())}"
         for h in wl.headers
     )
-    keys = ""
-    if wl.keys:
-        # One key per request in turn: a table of the ready-made header values, so the
-        # script's own work per request stays an index and a format.
-        values = ", ".join(_lua_string("Bearer " + bench_key(i)) for i in range(wl.keys))
-        keys = (
-            f"local keys = {{{values}}}\nlocal n = 0\n"
-            "request = function()\n"
-            f"  n = n % {wl.keys} + 1\n"
-            '  wrk.headers["Authorization"] = keys[n]\n'
-            "  return wrk.format()\n"
-            "end"
-        )
+    keys = keys_lua(wl.keys) if wl.keys else ""
     script = workdir / "post.lua"
     script.write_text(_WRK_LUA.format(body=_lua_string(wl.body), headers=headers, keys=keys))
     # One wrk thread handles far more than the relays here (see the direct figures);

@@ -39,8 +39,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from bench.load.drivers import keys_lua
 from bench.load.processes import fastproxy_config, free_port, start_mock, start_pinned_gateway
-from bench.load.scenarios import JSON_BODY, SSE_BODY
+from bench.load.scenarios import JSON_BODY, POLICY_KEYS, SSE_BODY
 
 ROOT = Path(__file__).resolve().parents[2]
 _LUA = """wrk.method = "POST"
@@ -174,7 +175,7 @@ def _perf_run(args: argparse.Namespace, wrk: str, work: Path) -> None:
     backend = start_nginx_backend(nginx, work, (1,)) if nginx else start_mock(work, (1,))
     gateway = None
     try:
-        cfg = fastproxy_config(backend.port, work, usage=args.usage == "on")
+        cfg = fastproxy_config(backend.port, work, usage=args.usage == "on", policy=args.policy)
         port = free_port()
         cfg["port"] = port
         cfg["admin"] = {"enabled": False}
@@ -182,6 +183,8 @@ def _perf_run(args: argparse.Namespace, wrk: str, work: Path) -> None:
         gateway = start_pinned_gateway(work, cfg, run, (port,))
         body = SSE_BODY if args.stream else JSON_BODY
         lua = _LUA.format(body=body, tokens=200 if args.stream else 16)
+        if args.policy:
+            lua += keys_lua(POLICY_KEYS)
         if args.stream:
             lua += 'wrk.headers["x-bench-stream"] = "1"\n'
         (work / "post.lua").write_text(lua)
@@ -238,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--stream", action="store_true", help="SSE (200 events) instead of JSON")
     ap.add_argument("--usage", choices=("on", "off"), default="on")
+    ap.add_argument(
+        "--policy",
+        action="store_true",
+        help="bench.load's scenario e policy: 100 named keys with limits, a least_busy group",
+    )
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--keep", action="store_true", help="keep the work dir (the .prof file)")
     ap.add_argument(
@@ -258,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     mock = start_mock(work, (1,))
     gateway = None
     try:
-        cfg = fastproxy_config(mock.port, work, usage=args.usage == "on")
+        cfg = fastproxy_config(mock.port, work, usage=args.usage == "on", policy=args.policy)
         port = free_port()
         cfg["port"] = port
         cfg["admin"] = {"enabled": False}
@@ -266,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         child = ["-m", "bench.profile.child", "{config}", str(prof)]
         gateway = start_pinned_gateway(work, cfg, child, (port,))
         body = SSE_BODY if args.stream else JSON_BODY
-        (work / "post.lua").write_text(_LUA.format(body=body, tokens=200 if args.stream else 16))
+        lua = _LUA.format(body=body, tokens=200 if args.stream else 16)
+        if args.policy:
+            lua += keys_lua(POLICY_KEYS)
+        (work / "post.lua").write_text(lua)
         wrk_out = subprocess.run(
             [
                 "taskset",

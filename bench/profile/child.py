@@ -18,11 +18,12 @@ from fastproxy.gateway import serve
 
 
 def main(config_file: str, out: str) -> int:
-    config = load_config(config_file=config_file, env={}, use_files=False).config
+    # serve() takes the loaded config (it rereads the file on SIGHUP), not the Config.
+    loaded = load_config(config_file=config_file, env={}, use_files=False)
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        return uvloop.run(serve(config))
+        return uvloop.run(serve(loaded))
     finally:
         profiler.disable()
         profiler.dump_stats(out)
