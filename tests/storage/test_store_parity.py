@@ -253,3 +253,32 @@ def test_identical_replacement_groups(pg_server: PgServer, tmp_path: Path) -> No
     want = sorted(lite.replacement_groups(0.0), key=repr)
     assert len(want) == 2 and {g.source for g in want} == {None, "openai.1:gpt-4"}
     assert sorted(pg.replacement_groups(0.0), key=repr) == want
+
+
+def test_a_spool_cut_short_by_a_crash_replays_what_is_whole(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """A crash mid-write leaves a partial last frame: the whole frames before it are
+    replayed, the cut one is counted dropped, and the file goes."""
+    dsn = pg_server.new_db()
+    s = PgUsageStore(
+        dsn,
+        spool_dir=tmp_path / "spool",
+        spool_max_bytes=1 << 20,
+        flush_interval=0.05,
+        max_queue=100,
+        retention_days=0,
+    )
+    from fastproxy.storage.usage_schema import prepare
+
+    for b in range(2):
+        assert s.spool.append(*s._ids([prepare(record(session_id=f"b{b}-{i}")) for i in range(3)]))
+    s.spool.close()
+    (path,) = list((tmp_path / "spool").glob("*.spool"))
+    path.write_bytes(path.read_bytes()[:-10])  # the second frame loses its tail
+    s._spooling = True
+    s.start()
+    s.stop()
+    got = pg_server.query(dsn, "SELECT session_id FROM usage_requests ORDER BY seq")
+    assert [g for (g,) in got] == ["b0-0", "b0-1", "b0-2"]
+    assert s.status()["spool_dropped"] == 1 and not path.exists()
