@@ -13,7 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-__all__ = ["presented_key", "verify"]
+__all__ = ["bearer_key", "presented_key", "verify"]
 
 
 def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
@@ -24,8 +24,13 @@ def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
             return value
         if name == b"authorization" and bearer is None:
             bearer = value
-    if bearer is not None and bearer[:7].lower() == b"bearer ":
-        return bearer[7:].strip()
+    return bearer_key(bearer)
+
+
+def bearer_key(authorization: bytes | None) -> bytes | None:
+    """The key of an ``Authorization: Bearer <key>`` value, or None."""
+    if authorization is not None and authorization[:7].lower() == b"bearer ":
+        return authorization[7:].strip()
     return None
 
 

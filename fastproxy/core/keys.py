@@ -57,19 +57,36 @@ class ClientKey:
 class Keyring:
     """The keys that open the data port, by the SHA-256 digest of their secret."""
 
-    __slots__ = ("_by_digest", "named")
+    __slots__ = ("_by_digest", "_known", "_known_max", "named")
 
     def __init__(self, by_digest: Mapping[bytes, ClientKey]) -> None:
         self._by_digest = dict(by_digest)
         self.named: tuple[ClientKey, ...] = tuple(
             k for k in self._by_digest.values() if k.name is not None
         )
+        # Keys already seen, by what the client sent: a returning client (every request
+        # but a key's first) costs one dict probe, not a SHA-256. Only keys that matched
+        # are kept, so the map is as large as the keys in use; the bound is for a key
+        # sent in ever new spellings. The probe hashes with the interpreter's keyed
+        # SipHash and compares bytes only on a full hash match, so its timing says
+        # nothing an attacker can steer toward a secret.
+        self._known: dict[bytes, ClientKey] = {}
+        self._known_max = 4 * len(self._by_digest) + 64
 
     def identify(self, given: bytes | None) -> ClientKey | None:
         """The key ``given`` is (a header's raw value), or None."""
         if not given:
             return None
-        return self._by_digest.get(hashlib.sha256(given).digest())
+        key = self._known.get(given)
+        if key is not None:
+            return key
+        key = self._by_digest.get(hashlib.sha256(given).digest())
+        if key is not None:
+            known = self._known
+            if len(known) >= self._known_max:
+                known.clear()
+            known[given] = key
+        return key
 
     def __len__(self) -> int:
         return len(self._by_digest)

@@ -587,6 +587,50 @@ class Limiter:
         """Header values for an admitted request: the tightest of its scopes."""
         return self._info(handle.leases, self._clock())
 
+    def header_lines(self, handle: Handle) -> bytes:
+        """The x-ratelimit-* lines of an admitted request's response head: the bytes
+        ``render_headers(info(handle))`` renders, in one pass and one format. Every
+        admitted response carries them, so they are built without the ``RateInfo``, the
+        list of pairs and the join (a third of the limiter's cost per request)."""
+        now = self._clock()
+        window = self._window
+        limit_r = remaining_r = limit_t = remaining_t = -1
+        reset_r = reset_t = 0.0
+        for lease in handle.leases:
+            scope = lease.scope
+            reset = lease.last_use + window
+            if lease.reset_at > reset:
+                reset = lease.reset_at
+            reset = reset - now if reset > now else 0.0
+            rpm = scope.rpm
+            if rpm is not None:
+                remaining = lease.free_r + lease.left_r
+                if remaining > rpm:
+                    remaining = rpm
+                if remaining_r < 0 or remaining < remaining_r:
+                    limit_r, remaining_r, reset_r = rpm, remaining, reset
+            tpm = scope.tpm
+            if tpm is not None:
+                remaining = lease.free_t + lease.left_t
+                if remaining > tpm:
+                    remaining = tpm
+                if remaining_t < 0 or remaining < remaining_t:
+                    limit_t, remaining_t, reset_t = tpm, remaining, reset
+        if limit_r >= 0:
+            if limit_t >= 0:
+                return _LINES_BOTH % (
+                    limit_r,
+                    limit_t,
+                    remaining_r,
+                    remaining_t,
+                    _duration(reset_r),
+                    _duration(reset_t),
+                )
+            return _LINES_REQUESTS % (limit_r, remaining_r, _duration(reset_r))
+        if limit_t >= 0:
+            return _LINES_TOKENS % (limit_t, remaining_t, _duration(reset_t))
+        return b""
+
     # -- messages ------------------------------------------------------------------
 
     def on_grant(self, grant: Grant) -> list[tuple[Wait, Handle | Refusal]]:
@@ -881,6 +925,25 @@ def _duration(seconds: float) -> bytes:
     if 1.0 <= seconds <= 120.0:
         return _SECONDS[math.ceil(seconds - 1e-6)]
     return format_duration(seconds).encode()
+
+
+# The x-ratelimit-* lines in render_headers' order, for Limiter.header_lines.
+_LINES_BOTH = (
+    _H_LIMIT_R
+    + b": %d\r\n"
+    + _H_LIMIT_T
+    + b": %d\r\n"
+    + _H_REMAINING_R
+    + b": %d\r\n"
+    + _H_REMAINING_T
+    + b": %d\r\n"
+    + _H_RESET_R
+    + b": %b\r\n"
+    + _H_RESET_T
+    + b": %b\r\n"
+)
+_LINES_REQUESTS = _H_LIMIT_R + b": %d\r\n" + _H_REMAINING_R + b": %d\r\n" + _H_RESET_R + b": %b\r\n"
+_LINES_TOKENS = _H_LIMIT_T + b": %d\r\n" + _H_REMAINING_T + b": %d\r\n" + _H_RESET_T + b": %b\r\n"
 
 
 def retry_after_seconds(seconds: float) -> int:

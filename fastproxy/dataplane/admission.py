@@ -42,7 +42,6 @@ from ..core.ratelimit import (
     Refusal,
     Scope,
     Wait,
-    render_headers,
     retry_after_seconds,
 )
 from ..core.records import BackendUsage, ExchangeRecord
@@ -246,7 +245,7 @@ class Admission:
     def headers(self, handle: Handle) -> bytes:
         """The x-ratelimit-* lines of an admitted request's response head."""
         assert self.limiter is not None
-        return _lines(render_headers(self.limiter.info(handle)))
+        return self.limiter.header_lines(handle)
 
     def finished(self, handle: Handle | None, rec: ExchangeRecord) -> None:
         """The request ended (the cycle's one exit): tokens settled with the backend's

@@ -93,7 +93,17 @@ class Policy:
     flight and the sessions' bindings belong to the backends, not to the config.
     Per process: with workers each worker has its own."""
 
-    __slots__ = ("_balancers", "_lb", "affinity", "groups", "resolver", "rng", "stats")
+    __slots__ = (
+        "_balancers",
+        "_group_pools",
+        "_lb",
+        "_pools_for",
+        "affinity",
+        "groups",
+        "resolver",
+        "rng",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -143,6 +153,10 @@ class Policy:
         # (models may be discovered at start), then keep it: bounded by the models
         # the backends list.
         self._balancers: dict[str, Balancer | None] = {}
+        # Each group's candidates per dialect, for the backends mapping they were built
+        # from (see plan).
+        self._group_pools: dict[tuple[str, str], list[Candidate]] = {}
+        self._pools_for: Mapping[str, Backend] | None = None
 
     @staticmethod
     def configured(config: Config) -> bool:
@@ -199,14 +213,26 @@ class Policy:
         res = resolver.resolve(model) if resolver is not None else None
         name = model if res is None else res.model
         balancer: Balancer | None = None
-        if res is not None and res.group is not None:
-            members = res.group.members
-            pool = [
-                (backends[m.backend], m.model)
-                for m in members
-                if m.backend in backends and dialect in backends[m.backend].dialects
-            ]
-            balancer = self.groups.get(res.group.name)
+        grouped = res is not None and res.group is not None
+        if grouped:
+            assert res is not None and res.group is not None
+            group = res.group
+            # A group's members are fixed by the config, and a backend's dialects by
+            # its type: the pool changes only with the backends mapping (a reload), so
+            # it is built once per group and dialect, not per request.
+            if self._pools_for is not backends:
+                self._group_pools.clear()
+                self._pools_for = backends
+            pool_key = (group.name, dialect)
+            cached = self._group_pools.get(pool_key)
+            if cached is None:
+                cached = self._group_pools[pool_key] = [
+                    (backends[m.backend], m.model)
+                    for m in group.members
+                    if m.backend in backends and dialect in backends[m.backend].dialects
+                ]
+            pool = cached
+            balancer = self.groups.get(group.name)
         else:
             prefix, sep, _ = name.partition(":")
             if sep and prefix in backends and dialect not in backends[prefix].dialects:
@@ -225,19 +251,24 @@ class Policy:
             if routes:
                 break
         out = pool
-        seen = {(b.name, m) for b, m in pool}
-        if len(seen) < len(pool):  # a group listing one member twice cannot load; a model can
-            out, seen = [], set()
-            for b, m in pool:
-                if (b.name, m) not in seen:
-                    seen.add((b.name, m))
-                    out.append((b, m))
-        size = len(out)
-        for route in routes:
-            for b, m in _resolve(route, dialect, backends, None):
-                if (b.name, m) not in seen:
-                    seen.add((b.name, m))
-                    out.append((b, m))
+        if routes or not grouped:  # a group listing one member twice cannot load
+            seen = {(b.name, m) for b, m in pool}
+            if len(seen) < len(pool):  # a model two backends list under one name can
+                out, seen = [], set()
+                for b, m in pool:
+                    if (b.name, m) not in seen:
+                        seen.add((b.name, m))
+                        out.append((b, m))
+            elif routes:
+                out = list(pool)  # the routes are added to a copy (a group's is cached)
+            size = len(out)
+            for route in routes:
+                for b, m in _resolve(route, dialect, backends, None):
+                    if (b.name, m) not in seen:
+                        seen.add((b.name, m))
+                        out.append((b, m))
+        else:
+            size = len(out)
         if not out:
             raise RoutingError(
                 f"The model {model!r} does not exist or no configured backend serves it"
@@ -252,4 +283,5 @@ class Policy:
             routable = [c for c in out if c[0].name not in unavailable]
             if routable:
                 return routable, None
-        return out, None
+        # Never the cached group pool itself: the caller owns what it is given.
+        return (list(out) if out is pool and grouped else out), None

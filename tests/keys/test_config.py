@@ -228,6 +228,22 @@ def test_the_keyring_finds_named_and_plain_keys_by_digest() -> None:
     assert key_digest(config.auth.keys[0], {}) == bytes.fromhex(CI_SHA256)
 
 
+def test_a_key_seen_once_is_found_again_without_its_digest_and_only_keys_are_kept() -> None:
+    """The keyring remembers what matched (a returning client costs a dict probe):
+    the same key is found again, as the same identity; wrong keys are never kept, so a
+    client guessing keys grows nothing; a key sent in endless new spellings is bounded."""
+    ring = keyring_from_config(msgspec_config(GOOD), {NOTEBOOK_ENV: NOTEBOOK_SECRET})
+    assert ring is not None
+    first = ring.identify(CI_SECRET.encode())
+    assert first is not None and ring.identify(CI_SECRET.encode()) is first
+    for i in range(1000):
+        assert ring.identify(b"sk-guess-%d" % i) is None
+    assert len(ring._known) == 1
+    for i in range(1000):
+        ring.identify(PLAIN_SECRET.encode() + b"x" * (i % 3))  # only i % 3 == 0 matches
+    assert 1 <= len(ring._known) <= ring._known_max
+
+
 def test_no_keyring_without_keys_or_with_auth_disabled() -> None:
     assert keyring_from_config(msgspec_config({}), {}) is None
     assert keyring_from_config(msgspec_config({**GOOD, "disable_auth": True}), {}) is None

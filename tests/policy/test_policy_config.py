@@ -218,3 +218,45 @@ def test_reload_rebuilds_balancers_and_keeps_stats_and_affinity(
     assert gw.lt.run(gw.gateway.reload(load_config({}, config_file=path, env={})))
     assert plane.policy is None
     assert stats.in_flight("openai.2") == 0 and stats.latency("openai.2") is None
+
+
+def test_a_groups_pool_is_built_once_per_backends_mapping() -> None:
+    """Policy.plan keeps each group's candidates for the backends mapping it was given:
+    a caller changing the list it got changes nothing, and a new mapping (a reload that
+    removed a member) is planned afresh."""
+    from fastproxy.httpclient.backend import Backend
+
+    config = load_config(
+        {
+            "backends": {
+                "openai.1": {"api_url": "http://127.0.0.1:9/v1"},
+                "openai.2": {"api_url": "http://127.0.0.1:9/v1"},
+            },
+            "groups": {
+                "fast": {
+                    "members": [
+                        {"backend": "openai.1", "model": "m1"},
+                        {"backend": "openai.2", "model": "m2"},
+                    ]
+                }
+            },
+        },
+        env={},
+        use_files=False,
+    ).config
+    policy = Policy(config)
+    backends = {n: Backend(n, b) for n, b in config.backends.items()}
+
+    def planned(mapping: dict[str, Backend]) -> list[tuple[str, str]]:
+        got, _ = policy.plan("fast", "openai", mapping, None, {}, None, None)
+        names = [(b.name, m) for b, m in got]
+        got.clear()  # the caller owns its list
+        return names
+
+    assert planned(backends) == [("openai.1", "m1"), ("openai.2", "m2")]
+    assert planned(backends) == [("openai.1", "m1"), ("openai.2", "m2")]
+    assert planned({"openai.2": backends["openai.2"]}) == [("openai.2", "m2")]
+    # Routes are added to a copy, never to the kept pool.
+    routed, _ = policy.plan("fast", "openai", backends, None, {"fast": ["openai.1:m9"]}, None, None)
+    assert [(b.name, m) for b, m in routed][-1] == ("openai.1", "m9")
+    assert planned(backends) == [("openai.1", "m1"), ("openai.2", "m2")]

@@ -313,6 +313,35 @@ def test_admitted_requests_carry_remaining_counts() -> None:
     assert got["x-ratelimit-reset-requests"] == "1m0s"  # the newest usage leaves last
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(1, 500)),  # rpm
+            st.one_of(st.none(), st.integers(1, 100_000)),  # tpm
+        ).filter(lambda t: t != (None, None)),
+        min_size=1,
+        max_size=3,
+    ),
+    st.lists(st.tuples(st.integers(0, 3000), st.floats(0.0, 200.0)), max_size=12),
+)
+def test_header_lines_are_the_rendered_info(
+    limits: list[tuple[int | None, int | None]], steps: list[tuple[int, float]]
+) -> None:
+    """The one-pass rendering every admitted response uses says exactly what
+    render_headers(info) says, whatever the scopes and however far their leases ran."""
+    clock, _, lim = local()
+    scopes = tuple(Scope(f"s{i}", rpm=r, tpm=t) for i, (r, t) in enumerate(limits))
+    for tokens, later in steps:
+        clock.now += later
+        outcome = lim.reserve(scopes, tokens)
+        if not isinstance(outcome, Handle):
+            continue
+        want = b"".join(n + b": " + v + b"\r\n" for n, v in render_headers(lim.info(outcome)))
+        assert lim.header_lines(outcome) == want
+        lim.settle(outcome, tokens // 2)
+
+
 def test_refusal_headers_for_a_429() -> None:
     clock, _, lim = local()
     scopes = (Scope("key:alice", rpm=2),)
