@@ -1,24 +1,33 @@
 """OpenTelemetry traces of API requests: spans built from finished records and exported
-over OTLP/HTTP, all off the event loop (docs/tracing.md).
+over OTLP/HTTP by a process of their own (docs/tracing.md).
 
-On the loop the request cycle only takes ids and times (dataplane/tracecontext.py) and
-``on_exchange`` appends the finished record of a sampled request to a bounded deque: no
-span, attribute or protobuf is made there, and nothing waits. A builder thread takes the
-records every ``BUILD_INTERVAL_S`` (or sooner when many are waiting), makes one SERVER
-span per request and one CLIENT span per upstream attempt with the official SDK's
-`ReadableSpan` (explicit ids and times: the ids were already sent upstream in
-``traceparent``, so the spans must carry exactly those), and hands them to a
-`BatchSpanProcessor` whose own thread exports them with the `OTLPSpanExporter`
-(HTTP/protobuf).
+On the loop the request cycle only takes ids and times (dataplane/tracecontext.py), and
+``on_exchange`` turns the finished record of a sampled request into a tuple of numbers
+and names. Once per loop iteration the tuples are pickled into one frame and written to
+a Unix socket (a non-blocking transport) read by the tracing exporter process
+(``python -m fastproxy.monitor.tracing``), the way usage frames go to the usage
+recorder. That process makes one SERVER span per request and one CLIENT span per
+upstream attempt with the official SDK's `ReadableSpan` (explicit ids and times: the
+ids were already sent upstream in ``traceparent``, so the spans must carry exactly
+those) and hands them to a `BatchSpanProcessor`, whose thread exports them with the
+`OTLPSpanExporter` (HTTP/protobuf). So building and encoding spans costs the event
+loop's core nothing and never takes the loop's interpreter lock.
 
-Bounds: at most ``tracing.max_queue`` records wait for the builder, and at most as many
-spans wait in the processor; past either, spans are dropped and counted (``dropped``),
+Why a process and not a thread: measured (bench/load d-a64, every request sampled), a
+builder thread in the gateway's interpreter took the relay from about 13k to under 5k
+requests/s: building two spans and encoding them costs about as much CPU as relaying
+the request, and a thread spends it on the loop's core, under the loop's lock.
+
+Bounds: about ``tracing.max_queue`` requests (``BYTES_PER_REQUEST`` each) may wait in
+the channel, and at most ``tracing.max_queue`` spans in the processor; past either,
+spans are dropped and counted (here ``dropped``; the exporter process logs its own),
 never queued without bound and never waited for. A collector that is down therefore
-costs dropped spans and one warning a minute, not memory or latency.
+costs dropped spans and one warning a minute, not memory or latency. An exporter process
+that dies is not restarted: its spans are dropped (counted) and an error is logged.
 
 Nothing here touches the SDK's global tracer provider: the processor and exporter are
-this service's own. The OpenTelemetry packages are imported by ``start()`` only, so a
-gateway with tracing off never imports them.
+the exporter process's own. The OpenTelemetry packages are imported in that process
+only, so the gateway itself never imports them.
 """
 
 from __future__ import annotations
@@ -26,28 +35,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
+import pickle
+import socket
+import struct
+import subprocess
+import sys
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
+
 from .._version import __version__
 from ..config.schema import TracingConfig, otel_pairs
+from ..core.records import BackendUsage, ExchangeRecord, Trace, TraceAttempt
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    from ..core.records import ExchangeRecord
-
 log = logging.getLogger("fastproxy.tracing")
 
-BUILD_INTERVAL_S = 0.05
-# Records waiting past this wake the builder at once rather than at its next interval.
-WAKE_AT = 256
+CONFIG_ENV = "FASTPROXY_TRACING_CONFIG"
+# A request's facts pickle to a few hundred bytes: the channel's bound, per request.
+BYTES_PER_REQUEST = 1024
 DROP_LOG_INTERVAL_S = 60.0
 STOP_WAIT_S = 5.0
+_LEN = struct.Struct("!I")
 
 # The API path's GenAI operation (gen_ai.operation.name); a Responses call is a chat turn.
 _OPERATIONS = (
@@ -60,6 +74,31 @@ _OPERATIONS = (
 )
 # Outcomes that are the gateway or a backend failing, whatever status the client saw.
 _FAILED = frozenset({"backend_error", "timeout", "truncated", "gateway_shutdown"})
+# What of a record the spans need (nothing else crosses to the exporter process).
+_FIELDS = (
+    "id",
+    "wall_started_at",
+    "started_at",
+    "ended_at",
+    "upstream_done_at",
+    "first_content_at",
+    "first_tx_at",
+    "path",
+    "method",
+    "status",
+    "outcome",
+    "error_kind",
+    "frontend",
+    "backend",
+    "backend_type",
+    "model_requested",
+    "model_used",
+    "streaming",
+    "attempts",
+    "key_name",
+    "team",
+    "replacement",
+)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -76,136 +115,260 @@ def operation(path: str) -> str:
     return "chat"
 
 
+def facts(rec: ExchangeRecord) -> tuple[Any, ...]:
+    """What the spans of ``rec`` are built from, as plain values (picklable, small)."""
+    trace = rec.trace
+    assert trace is not None
+    usage = rec.usage
+    return (
+        tuple(getattr(rec, name) for name in _FIELDS),
+        (trace.trace_id, trace.span_id, trace.parent_id),
+        [
+            (
+                a.span_id,
+                a.backend,
+                a.kind,
+                a.model,
+                a.host,
+                a.port,
+                a.started_at,
+                a.ended_at,
+                a.status,
+                a.error,
+            )
+            for a in trace.attempts
+        ],
+        usage.as_row() if usage is not None else None,
+    )
+
+
+def record_of(doc: tuple[Any, ...]) -> ExchangeRecord:
+    """``facts`` read back into a record (in the exporter process)."""
+    values, ids, attempts, usage = doc
+    rec = ExchangeRecord(0, 0, 0.0)
+    for name, value in zip(_FIELDS, values, strict=True):
+        setattr(rec, name, value)
+    trace = rec.trace = Trace(ids[0], ids[1], ids[2], True)
+    for span_id, backend, kind, model, host, port, started, ended, status, error in attempts:
+        attempt = TraceAttempt(span_id, backend, kind, model, host, port, started)
+        attempt.ended_at, attempt.status, attempt.error = ended, status, error
+        trace.attempts.append(attempt)
+    if usage is not None:
+        cache_write, cached, completion, cost, prompt, reasoning, total = usage
+        rec.usage = BackendUsage(prompt, completion, total, cached, cache_write, reasoning, cost)
+    return rec
+
+
 class TracingService:
-    """The exchange sink that turns sampled requests into exported spans (one per
-    process: with workers, each worker exports its own)."""
+    """The exchange sink that hands sampled requests to the exporter process (one per
+    gateway process: with workers, each worker has its own)."""
 
     def __init__(self, config: TracingConfig, instance: str | None = None) -> None:
         self.config = config
         self._instance = instance
-        self._queue: deque[ExchangeRecord] = deque()
-        self._limit = config.max_queue
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._processor: Any = None
-        self._exporter: _Counting | None = None
-        self._handed = 0  # spans given to the processor (builder thread only)
-        # Counted on the loop (builder behind) and on the builder (exporter behind).
-        self.dropped_on_loop = 0
-        self.dropped_on_export = 0
-        self.built = 0
-
-    @property
-    def dropped(self) -> int:
-        return self.dropped_on_loop + self.dropped_on_export
-
-    @property
-    def exported(self) -> int:
-        """Spans handed to the exporter so far (sent, or being sent)."""
-        return self._exporter.taken if self._exporter is not None else 0
+        self._limit = config.max_queue * BYTES_PER_REQUEST
+        self._batch: list[tuple[Any, ...]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._closing = False
+        self.dropped = 0  # requests whose spans never reached the exporter process
+        self.handed = 0
 
     # -- the loop's side ----------------------------------------------------------------
     def on_exchange(self, record: ExchangeRecord) -> None:
         trace = record.trace
         if trace is None or not trace.sampled:
             return
-        queue = self._queue
-        if len(queue) >= self._limit:
-            self.dropped_on_loop += 1
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size() > self._limit:
+            self.dropped += 1
             return
-        queue.append(record)
-        if len(queue) == WAKE_AT:
-            self._wake.set()
+        batch = self._batch
+        if not batch:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+        batch.append(facts(record))
+
+    def _flush(self) -> None:
+        """One frame per loop iteration: the records that finished in it."""
+        batch, self._batch = self._batch, []
+        transport = self._transport
+        if not batch:
+            return
+        if transport is None or transport.is_closing():
+            self.dropped += len(batch)
+            return
+        data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+        transport.write(_LEN.pack(len(data)) + data)
+        self.handed += len(batch)
+
+    def _lost(self) -> None:
+        self._transport = None
+        if not self._closing:
+            log.error("tracing: the exporter process ended; spans are dropped from now on")
 
     # -- start and stop -------------------------------------------------------------------
     async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        args = [sys.executable, "-m", "fastproxy.monitor.tracing", "--fd", str(theirs.fileno())]
+        if self._instance is not None:
+            args += ["--instance", self._instance]
+        # In the environment, not the command line: export headers may hold a token.
+        env = {**os.environ, CONFIG_ENV: msgspec.json.encode(self.config).decode()}
+        try:
+            # Off the loop: fork and exec of a large process take milliseconds.
+            self._proc = await asyncio.to_thread(
+                subprocess.Popen,
+                args,
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            theirs.close()
+        transport, _ = await loop.create_unix_connection(lambda: _Channel(self), sock=ours)
+        # Our own bound (``_limit``) governs; the transport never asks us to pause.
+        transport.set_write_buffer_limits(high=(1 << 31) - 1)
+        self._transport = transport
+        log.info(
+            "tracing: exporter process (pid %d) sends spans to %s (%s)",
+            self._proc.pid,
+            self.config.traces_url,
+            self.config.sampler,
+        )
+
+    async def stop(self) -> None:
+        """Hand over what is left and let the exporter process export it, within
+        ``STOP_WAIT_S``: a collector that is down must not hold the gateway's stop."""
+        self._flush()
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()  # the exporter reads to EOF, exports, exits
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            await asyncio.to_thread(proc.wait, STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("tracing: the exporter did not finish within %.0fs", STOP_WAIT_S)
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+        if self.dropped:
+            log.warning("tracing: %d requests' spans were dropped in all", self.dropped)
+
+
+class _Channel(asyncio.Protocol):
+    def __init__(self, service: TracingService) -> None:
+        self._service = service
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._service._lost()
+
+
+# -- the exporter process ---------------------------------------------------------------
+class _Exporter:
+    """Reads frames of facts, builds the spans and hands them to the batch processor,
+    never letting the processor's own queue overflow (it would drop silently)."""
+
+    def __init__(self, config: TracingConfig, instance: str | None) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.version import __version__ as sdk_version
 
-        cfg = self.config
+        self.config = config
         attributes: dict[str, str | int] = {
             "telemetry.sdk.language": "python",
             "telemetry.sdk.name": "opentelemetry",
             "telemetry.sdk.version": sdk_version,
             "service.version": __version__,
-            "process.pid": os.getpid(),
+            "process.pid": os.getppid(),  # the gateway (or worker) whose requests these are
         }
-        if self._instance is not None:
-            attributes["service.instance.id"] = self._instance
-        attributes.update(otel_pairs(cfg.resource_attributes))
-        attributes["service.name"] = cfg.service_name
-        resource = Resource(attributes)
+        if instance is not None:
+            attributes["service.instance.id"] = instance
+        attributes.update(otel_pairs(config.resource_attributes))
+        attributes["service.name"] = config.service_name
+        self._builder = _Builder(Resource(attributes))
+        self._limit = config.max_queue
         exporter = self._exporter = _Counting(
-            OTLPSpanExporter(endpoint=cfg.traces_url, headers=otel_pairs(cfg.headers))
+            OTLPSpanExporter(endpoint=config.traces_url, headers=otel_pairs(config.headers))
         )
-        # The schedule delay, batch size and export timeout are the SDK's own OTEL_BSP_*.
+        # The schedule delay and export timeout are the SDK's own OTEL_BSP_* variables.
         # Duck-typed: the processor calls export() and shutdown() only.
         self._processor = BatchSpanProcessor(
             cast("SpanExporter", exporter),
             max_queue_size=self._limit,
             max_export_batch_size=min(self._limit, _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)),
         )
-        builder = _Builder(resource)
-        self._thread = threading.Thread(
-            target=self._run, args=(builder,), name="fastproxy-tracing", daemon=True
-        )
-        self._thread.start()
-        log.info("tracing: exporting spans to %s (%s)", cfg.traces_url, cfg.sampler)
+        self._handed = 0
+        self.dropped = 0
+        self._logged_at = 0.0
+        self._logged = 0
 
-    async def stop(self) -> None:
-        """Export what is left, within ``STOP_WAIT_S``: a collector that is down must not
-        hold the gateway's stop (the threads are daemons; what is left is dropped)."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        await asyncio.to_thread(thread.join, STOP_WAIT_S)
-        if self.dropped:
-            log.warning("tracing: %d requests' spans were dropped in all", self.dropped)
+    def take(self, batch: list[tuple[Any, ...]]) -> None:
+        processor, exporter = self._processor, self._exporter
+        for doc in batch:
+            try:
+                spans = self._builder.spans(record_of(doc))
+            except Exception:
+                log.exception("tracing: could not build the spans of a request")
+                continue
+            if self._handed - exporter.taken + len(spans) > self._limit:
+                self.dropped += 1
+                continue
+            self._handed += len(spans)
+            for span in spans:
+                processor.on_end(span)
+        now = time.monotonic()
+        if self.dropped != self._logged and now - self._logged_at >= DROP_LOG_INTERVAL_S:
+            log.warning(
+                "tracing: %d requests' spans dropped so far (the exporter is behind or the "
+                "collector at %s is unreachable)",
+                self.dropped,
+                self.config.traces_url,
+            )
+            self._logged_at, self._logged = now, self.dropped
 
-    # -- the builder thread -------------------------------------------------------------------
-    def _run(self, builder: _Builder) -> None:
-        queue, processor, exporter = self._queue, self._processor, self._exporter
-        assert exporter is not None
-        logged_at, logged = 0.0, 0
+    def close(self) -> None:
+        self._processor.shutdown()  # exports what it holds, then closes the exporter
+
+    def serve(self, sock: socket.socket) -> None:
+        buf = bytearray()
         while True:
-            self._wake.wait(BUILD_INTERVAL_S)
-            self._wake.clear()
-            while queue:
-                record = queue.popleft()
-                try:
-                    spans = builder.spans(record)
-                except Exception:
-                    log.exception("tracing: could not build the spans of a request")
-                    continue
-                # The processor's queue is never let overflow (it would drop silently):
-                # past the bound this request's spans are dropped here, and counted.
-                if self._handed - exporter.taken + len(spans) > self._limit:
-                    self.dropped_on_export += 1
-                    continue
-                self._handed += len(spans)
-                self.built += 1
-                for span in spans:
-                    processor.on_end(span)
-            now = time.monotonic()
-            if self.dropped != logged and now - logged_at >= DROP_LOG_INTERVAL_S:
-                log.warning(
-                    "tracing: %d requests' spans dropped so far (the exporter is behind "
-                    "or the collector at %s is unreachable)",
-                    self.dropped,
-                    self.config.traces_url,
-                )
-                logged_at, logged = now, self.dropped
-            if self._stopping and not queue:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
                 break
-        try:
-            processor.shutdown()  # exports what it holds, then closes the exporter
-        except Exception:
-            log.exception("tracing: exporter shutdown failed")
+            buf += chunk
+            while len(buf) >= _LEN.size:
+                (size,) = _LEN.unpack_from(buf)
+                if len(buf) < _LEN.size + size:
+                    break
+                batch = pickle.loads(buf[_LEN.size : _LEN.size + size])
+                del buf[: _LEN.size + size]
+                self.take(batch)
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from ..logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m fastproxy.monitor.tracing")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--instance", default=None)
+    ns = parser.parse_args(argv)
+    configure_logging("WARNING")
+    config = msgspec.json.decode(os.environ.pop(CONFIG_ENV, "{}"), type=TracingConfig)
+    sock = socket.socket(fileno=ns.fd)
+    exporter = _Exporter(config, ns.instance)
+    try:
+        exporter.serve(sock)
+    finally:
+        sock.close()
+    return 0
 
 
 class _Counting:
@@ -381,3 +544,7 @@ def _error_type(rec: ExchangeRecord) -> str:
     if rec.outcome in ("timeout", "gateway_shutdown"):
         return rec.outcome
     return str(rec.status) if rec.status else rec.outcome
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -90,8 +90,21 @@ def test_spans_of_both_dialects_json_stream_failover_and_a_caller_parent(
     gw = start(tmp_path, traced_tree(good, bad), env)
     gateways.append(gw)
     base = f"http://127.0.0.1:{gw.port}"
-    oai = openai.OpenAI(base_url=base + "/v1", api_key="sk-client", max_retries=0)
-    ant = anthropic.Anthropic(base_url=base, api_key="sk-client", max_retries=0)
+    with (
+        openai.OpenAI(base_url=base + "/v1", api_key="sk-client", max_retries=0) as oai,
+        anthropic.Anthropic(base_url=base, api_key="sk-client", max_retries=0) as ant,
+    ):
+        check_spans(oai, ant, good, bad, receiver)
+    assert gw.stop() == 0
+
+
+def check_spans(
+    oai: openai.OpenAI,
+    ant: anthropic.Anthropic,
+    good: MockLLMServer,
+    bad: MockLLMServer,
+    receiver: OtlpReceiver,
+) -> None:
 
     # 1. OpenAI JSON, under the caller's span.
     caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
@@ -222,5 +235,3 @@ def test_spans_of_both_dialects_json_stream_failover_and_a_caller_parent(
     assert req.status == STATUS_ERROR
     assert req.attributes["http.response.status_code"] == 500
     assert req.attributes["error.type"] == "500"
-
-    assert gw.stop() == 0
