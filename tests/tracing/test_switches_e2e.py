@@ -230,3 +230,37 @@ def test_bad_tracing_values_are_one_line_without_the_value(
         assert "tracing.headers" in str(err) and "tok-secret" not in str(err)
     else:
         raise AssertionError("a header without = was accepted")
+
+
+def exporter_pid(gw: GatewayProcess) -> int:
+    # Started from a thread (off the loop): the child of whichever task forked it.
+    tasks = Path(f"/proc/{gw.pid}/task").iterdir()
+    for child in [c for t in tasks for c in (t / "children").read_text().split()]:
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"fastproxy.monitor.tracing" in cmdline:
+            return int(child)
+    raise AssertionError("no tracing exporter process")
+
+
+def test_an_exporter_process_that_dies_costs_no_request(
+    tmp_path: Path,
+    mock_llm: MockLLMServer,
+    receiver: OtlpReceiver,
+    gateways: list[GatewayProcess],
+) -> None:
+    import os
+    import signal
+
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
+    gw = start(tmp_path, {"backends": two_backends(mock_llm), "tracing": {"enabled": True}}, env)
+    gateways.append(gw)
+    pid = exporter_pid(gw)
+    # The exporter's command line holds no secret: its configuration is in its environment.
+    assert b"OTEL" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: "exporter process ended" in gw.output(), timeout=10, what="the log line")
+    with client(gw) as c:
+        for i in range(6):
+            chat(c, stream=i % 2 == 1)
+    assert len(received_traceparents(mock_llm)) == 6  # still traced upstream
+    assert gw.stop() == 0
