@@ -189,6 +189,8 @@ class Gateway:
             usage=usage,
             capture=capture.status if capture is not None else None,
             replacement=self.replacement,
+            rate_usage=self.rate_usage,
+            budget_spend=self.budget_spend,
         )
         data_port_policy = AccessPolicy(cfg.admin.allow_networks, (cfg.host, cfg.admin.host))
         monitoring = self.monitoring = MonitoringApi(views, data_port_policy)
@@ -265,6 +267,8 @@ class Gateway:
             activity=cast(ActivityTracker | None, hub.activity),
             usage=usage,
             workers=hub.describe,
+            rate_usage=self.rate_usage,
+            budget_spend=self.budget_spend,
             # Each worker captures to its own files; the primary adds up their counters.
             capture=hub.capture_status if cfg.wire_capture.enabled else None,
             replacement=self.replacement,
@@ -442,6 +446,14 @@ class Gateway:
             await self.budgets.seed(self._usage_path())
         else:
             await self.budgets.reconfigure(cfg, self._usage_path())
+
+    def rate_usage(self, scope: str) -> tuple[int, int, int, int] | None:
+        """A rate-limit scope's live figures (the ledger's), None when no limits run."""
+        return self.ledger.usage(scope) if self.ledger is not None else None
+
+    def budget_spend(self, subject: str) -> tuple[float, float, str, float] | None:
+        """A budget subject's spend this period (the book's), None when it has none."""
+        return self.budgets.book.spend(subject) if self.budgets is not None else None
 
     def _tick(self) -> None:
         plane = self.plane

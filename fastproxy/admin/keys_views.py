@@ -64,6 +64,42 @@ def _spend(found: dict[str, Spend] | None, starts: dict[str, int]) -> dict[str, 
     return out
 
 
+def _rate(views: Views, scope: str, limits: RateLimit | None) -> dict[str, Any] | None:
+    """A limited scope's window as the ledger counts it now (requests and tokens used
+    in the last window, and what workers hold leased and unused), None when unlimited."""
+    if limits is None or views.rate_usage is None:
+        return None
+    got = views.rate_usage(scope)
+    if got is None:
+        return None
+    requests, tokens, leased_r, leased_t = got
+    return {
+        "window_seconds": views.config.rate_limits.window_seconds,
+        "requests": requests,
+        "tokens": tokens,
+        "leased_requests": leased_r,
+        "leased_tokens": leased_t,
+    }
+
+
+def _budget_state(views: Views, subject: str) -> dict[str, Any] | None:
+    """A budget's live state as the gateway enforces it: the spend it counts this
+    period (seeded from the store at start, then every finished request), the share of
+    the budget, when the period resets, and whether requests are refused."""
+    if views.budget_spend is None:
+        return None
+    got = views.budget_spend(subject)
+    if got is None:
+        return None
+    spent, amount, _period, resets_at = got
+    return {
+        "spent_usd": round(spent, 10),
+        "fraction": round(spent / amount, 6) if amount > 0 else None,
+        "over_budget": spent >= amount,
+        "resets_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resets_at)),
+    }
+
+
 def _key_id(key: ClientKeyConfig) -> str | None:
     digest = key_digest(key, os.environ)
     return None if digest is None else digest.hex()[:12]
@@ -89,6 +125,8 @@ def keys_document(
                 "limits": _limits(k.limits),
                 "budget": _budget(k.budget),
                 "spend": None if spent is None else _spend(by_key.get(k.name), starts),
+                "rate": _rate(views, f"key:{k.name}", k.limits),
+                "budget_state": _budget_state(views, f"key:{k.name}"),
             }
         )
     teams = []
@@ -100,9 +138,14 @@ def keys_document(
                 "keys": members[name],
                 "budget": _budget(team.budget if team is not None else None),
                 "spend": None if spent is None else _spend(by_team.get(name), starts),
+                "budget_state": _budget_state(views, f"team:{name}"),
             }
         )
-    return {"keys": keys, "teams": teams}
+    models = {
+        model: {"limits": _limits(limit), "rate": _rate(views, f"model:{model}", limit)}
+        for model, limit in views.config.rate_limits.models.items()
+    }
+    return {"keys": keys, "teams": teams, "models": models}
 
 
 async def keys(views: Views, req: AdminRequest) -> AdminResponse:

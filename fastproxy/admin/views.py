@@ -45,6 +45,12 @@ class Views:
     # Random model replacement's policy (with workers, the primary's, which decides for
     # all of them); None when replacement is off. A reload may set another.
     replacement: ReplacementPolicy | None = None
+    # Gateway policy's live state (the one ledger and budget book: with workers, the
+    # primary's), for /v1/keys. ``rate_usage(scope)``: (requests, tokens) counted in the
+    # window and (requests, tokens) leased out, None when no limits are configured;
+    # ``budget_spend(subject)``: (spent, budget, period, resets_at), None without one.
+    rate_usage: Callable[[str], tuple[int, int, int, int] | None] | None = None
+    budget_spend: Callable[[str], tuple[float, float, str, float] | None] | None = None
 
     @property
     def store(self) -> UsageStore | None:

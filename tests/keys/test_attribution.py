@@ -160,7 +160,18 @@ def test_keys_lists_names_limits_and_the_spend_stats_gives_and_no_secret(
     by_name = {k["name"]: k for k in doc["keys"]}
     assert list(by_name) == ["ci-bot", "notebook"]  # config order
     ci, nb = by_name["ci-bot"], by_name["notebook"]
-    assert set(ci) == {"name", "key_id", "team", "models", "limits", "budget", "spend"}
+    assert set(ci) == {
+        "name",
+        "key_id",
+        "team",
+        "models",
+        "limits",
+        "budget",
+        "spend",
+        "rate",
+        "budget_state",
+    }
+    assert ci["rate"] is None and ci["budget_state"] is None  # neither is configured
     assert ci["key_id"] == CI_SHA256[:12]
     assert nb["key_id"] == hashlib.sha256(NOTEBOOK_SECRET.encode()).hexdigest()[:12]
     assert (ci["team"], ci["models"], ci["limits"], ci["budget"]) == (

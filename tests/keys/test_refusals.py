@@ -93,7 +93,15 @@ def test_keys_are_listed_with_usage_tracking_off(
     (key,) = doc["keys"]
     assert key["name"] == "ci-bot" and key["key_id"] == CI_SHA256[:12]
     assert key["spend"] is None
-    assert doc["teams"] == [{"name": "platform", "keys": ["ci-bot"], "budget": None, "spend": None}]
+    assert doc["teams"] == [
+        {
+            "name": "platform",
+            "keys": ["ci-bot"],
+            "budget": None,
+            "spend": None,
+            "budget_state": None,
+        }
+    ]
     # The data port serves it too, to a client holding a key, like the usage routes.
     on_data_port = httpx.get(
         gw.url + "/v1/keys", headers={"authorization": f"Bearer {PLAIN_SECRET}"}, timeout=10
