@@ -175,6 +175,7 @@ class Gateway:
             date=self._date,
             admission=self._admission(cfg, None),
             tracing=trace_starter(cfg) if tracing is not None else None,
+            env=self._env,
         )
         # The admin plane's one route table, read through the views, served on the data
         # port (through the MonitoringPort seam) and on the admin listener.
@@ -191,6 +192,7 @@ class Gateway:
             replacement=self.replacement,
             rate_usage=self.rate_usage,
             budget_spend=self.budget_spend,
+            env=self._env,
         )
         data_port_policy = AccessPolicy(cfg.admin.allow_networks, (cfg.host, cfg.admin.host))
         monitoring = self.monitoring = MonitoringApi(views, data_port_policy)
@@ -269,6 +271,7 @@ class Gateway:
             workers=hub.describe,
             rate_usage=self.rate_usage,
             budget_spend=self.budget_spend,
+            env=self._env,
             # Each worker captures to its own files; the primary adds up their counters.
             capture=hub.capture_status if cfg.wire_capture.enabled else None,
             replacement=self.replacement,

@@ -21,6 +21,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..config.schema import BudgetConfig, ClientKeyConfig, RateLimit
@@ -100,8 +101,8 @@ def _budget_state(views: Views, subject: str) -> dict[str, Any] | None:
     }
 
 
-def _key_id(key: ClientKeyConfig) -> str | None:
-    digest = key_digest(key, os.environ)
+def _key_id(key: ClientKeyConfig, env: Mapping[str, str]) -> str | None:
+    digest = key_digest(key, env)
     return None if digest is None else digest.hex()[:12]
 
 
@@ -119,7 +120,7 @@ def keys_document(
         keys.append(
             {
                 "name": k.name,
-                "key_id": _key_id(k),
+                "key_id": _key_id(k, os.environ if views.env is None else views.env),
                 "team": k.team,
                 "models": list(k.models),
                 "limits": _limits(k.limits),

@@ -51,6 +51,8 @@ class Views:
     # ``budget_spend(subject)``: (spent, budget, period, resets_at), None without one.
     rate_usage: Callable[[str], tuple[int, int, int, int] | None] | None = None
     budget_spend: Callable[[str], tuple[float, float, str, float] | None] | None = None
+    # The gateway's environment: where named keys' secret variables are (for key_id).
+    env: Mapping[str, str] | None = None
 
     @property
     def store(self) -> UsageStore | None:

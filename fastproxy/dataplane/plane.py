@@ -67,9 +67,12 @@ class DataPlane:
         date: HttpDate | None = None,
         admission: Admission | None = None,
         tracing: TraceStarter | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
-        self.keyring: Keyring | None = keyring_from_config(config, os.environ)
+        # Where named keys' secret variables are read (the gateway's environment).
+        self._env: Mapping[str, str] = os.environ if env is None else env
+        self.keyring: Keyring | None = keyring_from_config(config, self._env)
         self.loop = loop
         self.backends: Mapping[str, Backend] = backends if backends is not None else {}
         self.pools: Mapping[str, UpstreamPool] = pools if pools is not None else {}
@@ -129,7 +132,7 @@ class DataPlane:
         elif Policy.configured(config):
             self.policy = Policy(config)
         self.config = config
-        self.keyring = keyring_from_config(config, os.environ)
+        self.keyring = keyring_from_config(config, self._env)
         self.backends = backends
         self.pools = pools
         self.default_backend = default_backend if default_backend else config.default_backend
