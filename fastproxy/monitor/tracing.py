@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import os
 import pickle
 import socket
@@ -101,6 +102,10 @@ _FIELDS = (
 )
 
 
+# One C call for every field (a generator of getattr costs the loop about 1 µs more).
+_read_fields = operator.attrgetter(*_FIELDS)
+
+
 def _env_int(name: str, default: int) -> int:
     try:
         return max(1, int(os.environ.get(name, default)))
@@ -121,7 +126,7 @@ def facts(rec: ExchangeRecord) -> tuple[Any, ...]:
     assert trace is not None
     usage = rec.usage
     return (
-        tuple(getattr(rec, name) for name in _FIELDS),
+        _read_fields(rec),
         (trace.trace_id, trace.span_id, trace.parent_id),
         [
             (
