@@ -156,6 +156,9 @@ def test_a_collector_that_is_down_costs_no_request(
             chat(c, stream=i % 2 == 1)
     assert time.monotonic() - t0 < 30
     assert len(received_traceparents(mock_llm)) == 40
+    # 80 spans against a queue of 16 that the dead collector never drains: dropped, and
+    # said so (counted, not queued).
+    wait_until(lambda: "dropped so far" in gw.output(), timeout=10, what="the drop warning")
     # Still serving, and its stop is not held by the exporter's retries.
     with client(gw) as c:
         chat(c)
