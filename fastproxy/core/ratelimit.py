@@ -589,33 +589,12 @@ class Limiter:
 
     def header_lines(self, handle: Handle) -> bytes:
         """The x-ratelimit-* lines of an admitted request's response head: the bytes
-        ``render_headers(info(handle))`` renders, in one pass and one format. Every
-        admitted response carries them, so they are built without the ``RateInfo``, the
-        list of pairs and the join (a third of the limiter's cost per request)."""
-        now = self._clock()
-        window = self._window
-        limit_r = remaining_r = limit_t = remaining_t = -1
-        reset_r = reset_t = 0.0
-        for lease in handle.leases:
-            scope = lease.scope
-            reset = lease.last_use + window
-            if lease.reset_at > reset:
-                reset = lease.reset_at
-            reset = reset - now if reset > now else 0.0
-            rpm = scope.rpm
-            if rpm is not None:
-                remaining = lease.free_r + lease.left_r
-                if remaining > rpm:
-                    remaining = rpm
-                if remaining_r < 0 or remaining < remaining_r:
-                    limit_r, remaining_r, reset_r = rpm, remaining, reset
-            tpm = scope.tpm
-            if tpm is not None:
-                remaining = lease.free_t + lease.left_t
-                if remaining > tpm:
-                    remaining = tpm
-                if remaining_t < 0 or remaining < remaining_t:
-                    limit_t, remaining_t, reset_t = tpm, remaining, reset
+        ``render_headers(info(handle))`` renders, in one format. Every admitted response
+        carries them, so they are built without the ``RateInfo``, the list of pairs and
+        the join."""
+        limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = self._tightest(
+            handle.leases, self._clock()
+        )
         if limit_r >= 0:
             if limit_t >= 0:
                 return _LINES_BOTH % (
@@ -869,11 +848,23 @@ class Limiter:
         return out
 
     def _info(self, leases: Sequence[_Lease], now: float) -> RateInfo:
-        limit_r = remaining_r = limit_t = remaining_t = None
-        reset_r = reset_t = None
+        limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t = self._tightest(leases, now)
+        none = (None, None, None)
+        r = (limit_r, remaining_r, reset_r) if limit_r >= 0 else none
+        t = (limit_t, remaining_t, reset_t) if limit_t >= 0 else none
+        return RateInfo(*r, *t)
+
+    def _tightest(
+        self, leases: Sequence[_Lease], now: float
+    ) -> tuple[int, int, float, int, int, float]:
+        """Per resource, the limit, remaining count and seconds to reset of the scope
+        with the fewest remaining (-1 for a resource none of them limits)."""
+        window = self._window
+        limit_r = remaining_r = limit_t = remaining_t = -1
+        reset_r = reset_t = 0.0
         for lease in leases:
             scope = lease.scope
-            reset = lease.last_use + self._window
+            reset = lease.last_use + window
             if lease.reset_at > reset:
                 reset = lease.reset_at
             reset = reset - now if reset > now else 0.0
@@ -882,16 +873,16 @@ class Limiter:
                 remaining = lease.free_r + lease.left_r
                 if remaining > rpm:
                     remaining = rpm
-                if remaining_r is None or remaining < remaining_r:
+                if remaining_r < 0 or remaining < remaining_r:
                     limit_r, remaining_r, reset_r = rpm, remaining, reset
             tpm = scope.tpm
             if tpm is not None:
                 remaining = lease.free_t + lease.left_t
                 if remaining > tpm:
                     remaining = tpm
-                if remaining_t is None or remaining < remaining_t:
+                if remaining_t < 0 or remaining < remaining_t:
                     limit_t, remaining_t, reset_t = tpm, remaining, reset
-        return RateInfo(limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t)
+        return limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t
 
 
 # -- headers ---------------------------------------------------------------------------

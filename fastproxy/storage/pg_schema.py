@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from .usage_schema import DIM_COLUMNS, SUMS, TIMINGS
+from .usage_schema import DIM_COLUMNS, REQUEST_COLUMNS, SUMS, TIMINGS
 
 # Advisory lock keys (any bigint; these spell "fpmigr" / "fpretn" in ASCII).
 MIGRATE_LOCK = 0x6670_6D69_6772
@@ -54,28 +54,8 @@ def _rollup_ddl(table: str, unit: str, extra: str) -> str:
 
 # The columns a batch stages and inserts, after origin and oseq (REQUEST_COLUMNS without
 # seq, in the same order as a prepared row with its dim in second place).
-ROW_COLUMNS = (
-    "ts",
-    "dim",
-    "http_status_code",
-    "day_of_week",
-    "hour_of_day",
-    "session_id",
-    "streaming",
-    "outcome",
-    "ctp_prompt_tokens",
-    "ptb_prompt_tokens",
-    "btp_completion_tokens",
-    "ptc_completion_tokens",
-    "br_prompt",
-    "br_completion",
-    "br_total",
-    "cost",
-    "tool_call_count",
-    *TIMINGS,
-    "key_name",
-    "team",
-)
+ROW_COLUMNS = REQUEST_COLUMNS[1:]
+assert REQUEST_COLUMNS[0] == "seq"
 _COVER = "dim, http_status_code, ts, day_of_week, hour_of_day"
 
 _V1 = [
