@@ -16,6 +16,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 __all__ = [
+    "CAPTURE_REF",
+    "CAPTURE_REF_MIN",
     "DELTA_ERROR",
     "DELTA_NAME",
     "DELTA_USAGE",
@@ -81,6 +83,8 @@ _impl, IMPLEMENTATION = _select()
 if TYPE_CHECKING:
     # The typing contract is the pure twin; _core mirrors it (tests enforce parity).
     from ._pure import (
+        CAPTURE_REF,
+        CAPTURE_REF_MIN,
         DELTA_ERROR,
         DELTA_NAME,
         DELTA_USAGE,
@@ -165,5 +169,7 @@ else:
     redact_flags = _impl.redact_flags
     CaptureBuffer = _impl.CaptureBuffer
     capture_items = _impl.capture_items
+    CAPTURE_REF = _impl.CAPTURE_REF
+    CAPTURE_REF_MIN = _impl.CAPTURE_REF_MIN
 
 del _select

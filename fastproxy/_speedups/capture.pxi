@@ -11,6 +11,12 @@ REDACT_JSON = 2
 REDACT_SHAPE = 4
 REDACT_QUERY = 8
 REDACT_LITERAL = 16
+# A frame whose direction has this bit holds no payload of its own: its data is the
+# previous frame's, between a prefix and a suffix it carries (CaptureBuffer.relayed).
+CAPTURE_REF = 0x80
+# Only payloads this long are sent by reference; the writer hands every frame this long
+# to its Python side, which keeps the last one for the reference that may follow.
+CAPTURE_REF_MIN = 1024
 
 cdef enum:
     _R_HEADER = 1
@@ -20,6 +26,8 @@ cdef enum:
     _R_LITERAL = 16
     _R_WORDS = 15  # every flag the word scan can set
     _CAPTURE_FRAME_HEAD = 25  # u32 rest, f64 ts, u64 seq, u8 dir, u32 meta length
+    _CAPTURE_REF = 0x80
+    _CAPTURE_REF_MIN = 1024
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -240,6 +248,7 @@ cdef class CaptureBuffer:
     cdef public bint disabled
     cdef readonly uint64_t seq
     cdef readonly uint64_t dropped
+    cdef readonly uint64_t referred
     cdef Py_ssize_t _limit
     cdef Py_ssize_t _full
     cdef tuple _secrets
@@ -248,6 +257,10 @@ cdef class CaptureBuffer:
     cdef object _wake
     cdef double _wall0
     cdef double _mono0
+    # The payload of the frame numbered _last_seq, when it went out unredacted and is
+    # immutable (bytes), so a later ``relayed`` of the same object can refer to it.
+    cdef object _last
+    cdef uint64_t _last_seq
 
     def __init__(self, tuple secrets not None, tuple extras not None, redact, wake,
                  Py_ssize_t limit, Py_ssize_t full, double wall0, double mono0):
@@ -256,6 +269,7 @@ cdef class CaptureBuffer:
         self.disabled = False
         self.seq = 0
         self.dropped = 0
+        self.referred = 0
         self._limit = limit
         self._full = full
         self._secrets = secrets
@@ -264,6 +278,8 @@ cdef class CaptureBuffer:
         self._wake = wake
         self._wall0 = wall0
         self._mono0 = mono0
+        self._last = None
+        self._last_seq = 0
 
     def __len__(self):
         return PyByteArray_GET_SIZE(self._out)
@@ -274,7 +290,9 @@ cdef class CaptureBuffer:
         return out
 
     def clear(self):
+        # Frames dropped here never reach the writer: nothing may refer to them.
         self._out = bytearray()
+        self._last = None
 
     def event(self, int direction, bytes meta not None, data):
         cdef Py_buffer view
@@ -299,6 +317,9 @@ cdef class CaptureBuffer:
                 self.seq += 1
                 _frame_into(self._out, ts, self.seq, direction, meta,
                             <const char*>view.buf, view.len)
+                if type(data) is bytes and view.len >= _CAPTURE_REF_MIN:
+                    self._last = data
+                    self._last_seq = self.seq
         finally:
             PyBuffer_Release(&view)
         if flags:
@@ -306,6 +327,74 @@ cdef class CaptureBuffer:
             self.seq += 1
             _frame_into(self._out, ts, self.seq, direction, meta,
                         PyBytes_AS_STRING(<bytes?>clean), PyBytes_GET_SIZE(clean))
+        if PyByteArray_GET_SIZE(self._out) >= self._full:
+            self._wake(True)
+        elif before == 0:
+            self._wake(False)
+
+    def relayed(self, int direction, bytes meta not None, bytes payload not None,
+                bytes framed not None, Py_ssize_t at, tuple cuts not None):
+        """``framed`` was relayed: ``payload`` without the byte ranges in ``cuts``
+        (``((start, end), ...)``, in order), at offset ``at``, between a prefix and a
+        suffix (HTTP chunked framing, or nothing). When ``payload`` is the data of the
+        previous event, the event refers to it instead of carrying it again."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        cdef Py_ssize_t f = PyBytes_GET_SIZE(framed)
+        cdef Py_ssize_t k = len(cuts)
+        cdef Py_ssize_t before, kept = n, pos = 0, start, end, i, outside, o
+        cdef const char* w = PyBytes_AS_STRING(framed)
+        cdef timespec now
+        cdef double ts
+        cdef bytearray ref
+        cdef char* r
+        cdef uint32_t u32
+        if (payload is not self._last or self._last_seq != self.seq or self.disabled
+                or at < 0):
+            self.event(direction, meta, framed)
+            return
+        for i in range(k):
+            start, end = cuts[i]
+            if start < pos or end < start or end > n:
+                self.event(direction, meta, framed)
+                return
+            kept -= end - start
+            pos = end
+        if at + kept > f:
+            self.event(direction, meta, framed)
+            return
+        # The reference's data: u32 prefix length, u32 number of cuts, each cut's u32
+        # start and end, the prefix, the suffix. Prefix and suffix are scanned like any
+        # data; a trigger word in them sends the whole event instead.
+        outside = f - kept
+        ref = bytearray(8 + 8 * k + outside)
+        r = PyByteArray_AS_STRING(ref)
+        u32 = <uint32_t>at
+        memcpy(r, &u32, 4)
+        u32 = <uint32_t>k
+        memcpy(r + 4, &u32, 4)
+        o = 8
+        for i in range(k):
+            start, end = cuts[i]
+            u32 = <uint32_t>start
+            memcpy(r + o, &u32, 4)
+            u32 = <uint32_t>end
+            memcpy(r + o + 4, &u32, 4)
+            o += 8
+        memcpy(r + o, w, at)
+        memcpy(r + o + at, w + at + kept, f - kept - at)
+        if _scan_all(<const unsigned char*>r + o, outside, self._secrets, self._extras):
+            self.event(direction, meta, framed)
+            return
+        before = PyByteArray_GET_SIZE(self._out)
+        if before + self.backlog > self._limit:
+            self.dropped += 1
+            return
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        ts = self._wall0 + ((<double>now.tv_sec + <double>now.tv_nsec * 1e-9) - self._mono0)
+        self.seq += 1
+        _frame_into(self._out, ts, self.seq, direction | _CAPTURE_REF, meta,
+                    r, PyByteArray_GET_SIZE(ref))
+        self.referred += 1
         if PyByteArray_GET_SIZE(self._out) >= self._full:
             self._wake(True)
         elif before == 0:
@@ -492,7 +581,7 @@ def capture_items(buf, Py_ssize_t compress_min, slow):
                 msize = _meta_cbor(p + meta_at, m, NULL)
                 if msize == 1:
                     m = 0  # an empty object: no meta, as cbor2's writer leaves it out
-            if d >= compress_min or msize < 0:
+            if d >= compress_min or msize < 0 or direction & _CAPTURE_REF:
                 items.append(slow(ts, seq, direction,
                                   PyBytes_FromStringAndSize(<const char*>p + meta_at, mlen),
                                   PyBytes_FromStringAndSize(<const char*>p + data_at, d)))

@@ -105,6 +105,14 @@ class ExchangeTap(Protocol):
     def wrap(self, transport: asyncio.Transport) -> asyncio.Transport:
         """The client transport, seen through the capture: every write is a dir-1 event."""
 
+    def relayed(
+        self, payload: bytes, framed: bytes, at: int, cuts: tuple[tuple[int, int], ...]
+    ) -> None:
+        """Write ``framed`` to the client (the transport ``wrap`` was given) and capture
+        it: ``payload``, the backend bytes just captured as dir 3, without the byte
+        ranges ``cuts`` (events the gateway strips), sits at ``at`` inside its framing.
+        The capture may refer to that event instead of copying the bytes."""
+
 
 class WireTap(Protocol):
     def open(self, request_id: int, session_id: str | None) -> ExchangeTap | None:

@@ -1087,13 +1087,13 @@ class RequestCycle:
             chunked,
             self.plane.config.limits.max_sse_event_bytes,
             overflow,
+            tap=self._tap,
         )
         self._relay = relay
         # While the client cannot take more, the backend is not read: the stream is held
         # back at its source, not buffered here.
         flow.follow(conn)
-        on_chunk = relay if self._tap is None else _tapped(self._tap, relay)
-        resp.attach(on_chunk if self._stats is None else self._first_event(resp, on_chunk))
+        resp.attach(relay if self._stats is None else self._first_event(resp, relay))
         if conn is not None and not flow.write_paused:
             conn.resume_reading()  # held while undecided (pool.HOLD_UNDECIDED)
         if resp.finished:
@@ -1133,6 +1133,8 @@ class RequestCycle:
             cut = "backend ended the stream without its final event"
         if cut is None and relay.overflow:
             cut = "backend sent an oversized stream event"
+        if cut is None and self._tap is not None:
+            relay.finish()  # the capture keeps any bytes after the final event
         if cut is not None:
             relay.finish()
             rec.outcome = "truncated"
@@ -1153,16 +1155,6 @@ def _response_head(resp: UpstreamResponse) -> bytes:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def _tapped(tap: ExchangeTap, relay: SSERelay) -> Callable[[bytes], None]:
-    """The relay with each backend chunk captured first (only when capture is on)."""
-
-    def on_chunk(data: bytes) -> None:
-        tap.event(3, data, None)
-        relay(data)
-
-    return on_chunk
 
 
 def _reraise(exc: BaseException) -> None:

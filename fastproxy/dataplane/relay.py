@@ -35,6 +35,7 @@ from .._speedups import (
     SSEPass,
 )
 from ..core.records import BackendUsage
+from ..core.seams import ExchangeTap
 from .accounting import StreamAccounting, stream_tool_names
 from .dialects.base import Dialect
 
@@ -64,6 +65,7 @@ class SSERelay:
         "_on_overflow",
         "_scanner",
         "_strip_usage",
+        "_tap",
         "_transport",
         "backend_errors",
         "bytes_tx",
@@ -85,10 +87,17 @@ class SSERelay:
         on_overflow: Callable[[str], None] | None = None,
         *,
         scanner: SSEPass | None = None,
+        tap: ExchangeTap | None = None,
     ) -> None:
         """``scanner`` replaces the default SSEPass (tests and benchmarks pass the other
-        implementation's); it must be new and built with this dialect's code."""
+        implementation's); it must be new and built with this dialect's code. ``tap``:
+        wire capture is on and ``transport`` is its wrapper. The backend's side (dir 3)
+        is then captured here, as each read is relayed: its bytes up to the last
+        complete event (the rest joins the next read's, and ``finish`` captures what is
+        left at the end). The client's copy goes through ``tap.relayed``, which refers
+        to that event instead of copying the bytes again."""
         self._transport = transport
+        self._tap = tap
         self._chunked = chunked
         self._dialect = dialect
         self._strip_usage = strip_usage
@@ -121,11 +130,17 @@ class SSERelay:
         scanner = self._scanner
         out = scanner.feed(data)
         flags = scanner.flags
+        raw = out
+        cuts: tuple[tuple[int, int], ...] = ()
+        if self._tap is not None and out:
+            # Captured as relayed (up to the last complete event), so the client's copy
+            # below can refer to this event instead of carrying the bytes again.
+            self._tap.event(3, out, None)
         if flags:
             if flags & PASS_TERMINAL:
                 self.terminal = True
             if flags & PASS_NOTABLE:
-                out = self._notable(out)
+                out, cuts = self._notable(out)
             if flags & PASS_OVERFLOW:
                 # An event past the limit: the events before it go out, nothing after it
                 # (relaying the rest would show a shorter answer as a complete one).
@@ -136,7 +151,13 @@ class SSERelay:
                 self.first_tx_at = time.monotonic()
             self.bytes_tx += n
             transport = self._transport
-            transport.write(b"%x\r\n%b\r\n" % (n, out) if self._chunked else out)
+            if self._tap is None:
+                transport.write(b"%x\r\n%b\r\n" % (n, out) if self._chunked else out)
+            elif self._chunked:
+                framed = b"%x\r\n%b\r\n" % (n, out)
+                self._tap.relayed(raw, framed, len(framed) - n - 2, cuts)
+            else:
+                self._tap.relayed(raw, out, 0, cuts)
             if self._acct is not None:
                 self._acct.wrote(self.bytes_tx, transport.get_write_buffer_size())
         if self._entry is not None:
@@ -144,9 +165,9 @@ class SSERelay:
         if self.overflow and self._on_overflow is not None:
             self._on_overflow(f"backend sent a stream event larger than {self._max_event} bytes")
 
-    def _notable(self, out: bytes) -> bytes:
+    def _notable(self, out: bytes) -> tuple[bytes, tuple[tuple[int, int], ...]]:
         """The rare events: usage, tool names, errors (and, for an unknown dialect, its
-        terminal test). Returns out without the events to strip."""
+        terminal test). Returns out without the events to strip, and their ranges."""
         cuts: list[tuple[int, int]] = []
         acct = self._acct
         for note, event, data, start, end in self._scanner.take_notable():
@@ -159,14 +180,14 @@ class SSERelay:
             if note & NOTE_ERROR:
                 self.backend_errors += 1
         if not cuts:
-            return out
+            return out, ()
         pieces = []
         pos = 0
         for start, end in cuts:
             pieces.append(out[pos:start])
             pos = end
         pieces.append(out[pos:])
-        return b"".join(pieces)
+        return b"".join(pieces), tuple(cuts)
 
     def _take_usage(self, event: bytes, data: bytes) -> bool:
         usage, usage_only = self._dialect.stream_usage(event, data)
@@ -178,5 +199,9 @@ class SSERelay:
         return usage_only and self._strip_usage
 
     def finish(self) -> bytes:
-        """Bytes of an incomplete trailing event (a cut stream), discarded by the caller."""
-        return self._scanner.finish()
+        """Bytes of an incomplete trailing event (a cut stream), discarded by the caller
+        (and captured, when capture is on: the backend did send them)."""
+        rest = self._scanner.finish()
+        if self._tap is not None and rest:
+            self._tap.event(3, rest, None)
+        return rest

@@ -199,10 +199,11 @@ class _Exchange:
     """One exchange's tap. Its meta (request id, session) is serialised once; an event
     with meta of its own adds only those members."""
 
-    __slots__ = ("_buffer", "_open", "_plain")
+    __slots__ = ("_buffer", "_inner", "_open", "_plain")
 
     def __init__(self, buffer: CaptureBuffer, rid: int, sid: str | None) -> None:
         self._buffer = buffer
+        self._inner: asyncio.Transport | None = None
         head: dict[str, Any] = {"rid": rid}
         if sid is not None:
             head["sid"] = sid
@@ -217,7 +218,18 @@ class _Exchange:
         )
 
     def wrap(self, transport: asyncio.Transport) -> asyncio.Transport:
+        self._inner = transport
         return _TapTransport(transport, self._buffer, self._plain)
+
+    def relayed(
+        self, payload: bytes, framed: bytes, at: int, cuts: tuple[tuple[int, int], ...]
+    ) -> None:
+        # The payload was just captured as read from the backend: the client's copy
+        # refers to that event rather than carrying the bytes again.
+        inner = self._inner
+        assert inner is not None, "relayed before wrap"
+        self._buffer.relayed(1, self._plain, payload, framed, at, cuts)
+        inner.write(framed)
 
 
 class CaptureService:
@@ -292,5 +304,6 @@ class CaptureService:
             "files_opened": last.get("files_opened", 0),
             "files_deleted": last.get("files_deleted", 0),
             "dropped": self.buffer.dropped,
+            "events_referred": self.buffer.referred,
             "exchanges_skipped": self.skipped,
         }

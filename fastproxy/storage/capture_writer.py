@@ -7,6 +7,10 @@ operation happen here, so a slow or failing disk never reaches the loop.
 
 Frames in (gateway → writer), each already redacted: ``FRAME`` (u32 length of the rest,
 f64 wall-clock ts, u64 seq, u8 direction, u32 meta length), the meta as JSON, the data.
+A frame whose direction has the ``CAPTURE_REF`` bit carries no payload: it is the frame
+before it relayed again between a prefix and a suffix (an SSE chunk written to the
+client in chunked framing). ``ItemBuilder`` writes it out whole, and when the payload
+was compressed reuses that compressed stream instead of compressing it a second time.
 
 Files out: ``capture-{prefix}{UTC time}-{n}.cbor``, concatenated CBOR items in the V2
 layout (docs/capture.md): one header map, then one map per event. A file is closed and a
@@ -37,7 +41,7 @@ from typing import Any
 import cbor2
 import orjson
 
-from .._speedups import IMPLEMENTATION, capture_items
+from .._speedups import CAPTURE_REF, CAPTURE_REF_MIN, IMPLEMENTATION, capture_items
 
 MAGIC = "LLMPROXY-CAPTURE-V2"
 VERSION = 2
@@ -63,22 +67,147 @@ def pack_event(ts: float, seq: int, direction: int, meta: bytes, data: bytes) ->
     )
 
 
+def deflate(data: bytes) -> tuple[bytes, bytes, int]:
+    """``data`` zlib-compressed, as one stream that ``zlib.decompress`` reads, plus what a
+    reference to it reuses: its deflate blocks (byte-aligned and not final: a sync flush
+    ends them) and its Adler-32."""
+    c = zlib.compressobj(COMPRESS_LEVEL)
+    body = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    tail = c.flush()  # the final empty block and the Adler-32
+    return body + tail, body[2:], int.from_bytes(tail[-4:], "big")
+
+
+def _stored(data: bytes, final: bool) -> bytes:
+    """``data`` as deflate stored blocks (at a byte boundary), the last one final or not."""
+    out = []
+    for at in range(0, len(data), 0xFFFF):
+        part = data[at : at + 0xFFFF]
+        last = final and at + 0xFFFF >= len(data)
+        out.append(struct.pack("<BHH", 1 if last else 0, len(part), len(part) ^ 0xFFFF) + part)
+    if final and not data:
+        out.append(b"\x01\x00\x00\xff\xff")
+    return b"".join(out)
+
+
+_ADLER_MOD = 65521
+_REF_HEAD = struct.Struct("<II")  # a reference: prefix length, number of cuts
+_CUT = struct.Struct("<II")  # a cut's start and end in the referred payload
+
+
+def adler32_combine(first: int, second: int, second_len: int) -> int:
+    """The Adler-32 of two pieces joined, from each piece's (the second's length known).
+    A = 1 + the byte sum and B = the sum of every prefix's A, both mod 65521: joining
+    adds the second's sums, and each of its bytes' prefixes also holds the first's A - 1."""
+    a1, b1 = first & 0xFFFF, first >> 16
+    a2, b2 = second & 0xFFFF, second >> 16
+    a = (a1 + a2 - 1) % _ADLER_MOD
+    b = (b1 + b2 + second_len * (a1 - 1)) % _ADLER_MOD
+    return (b << 16) | a
+
+
 def event_item(
     ts: float, seq: int, direction: int, meta: dict[str, Any] | None, data: bytes
 ) -> bytes:
+    return _item(
+        ts, seq, direction, meta, data, deflate(data)[0] if len(data) >= COMPRESS_MIN else None
+    )
+
+
+def _item(
+    ts: float,
+    seq: int,
+    direction: int,
+    meta: dict[str, Any] | None,
+    data: bytes,
+    packed: bytes | None,
+) -> bytes:
     event: dict[str, Any] = {"ts": ts, "dir": direction, "seq": seq}
-    if len(data) >= COMPRESS_MIN:
-        packed = zlib.compress(data, COMPRESS_LEVEL)
-        if len(packed) < len(data):
-            event["data"] = packed
-            event["enc"] = "zlib"
-        else:
-            event["data"] = data
+    if packed is not None and len(packed) < len(data):
+        event["data"] = packed
+        event["enc"] = "zlib"
     else:
         event["data"] = data
     if meta:
         event["meta"] = meta
     return cbor2.dumps(event)
+
+
+class ItemBuilder:
+    """The CBOR items the compiled ``capture_items`` leaves to Python: data to compress,
+    a meta that is not flat, and references. It keeps the last payload it saw (every
+    frame of ``CAPTURE_REF_MIN`` bytes and more comes here), for the reference that may
+    follow it."""
+
+    __slots__ = ("_last", "_last_seq")
+
+    def __init__(self) -> None:
+        self._last_seq = -1
+        # The last frame's payload, and its deflate blocks and Adler-32 when compressed.
+        self._last: tuple[bytes, bytes | None, int] | None = None
+
+    def __call__(self, ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
+        parsed = orjson.loads(meta) if meta else None
+        if direction & CAPTURE_REF:
+            item = self._ref(ts, seq, direction & ~CAPTURE_REF, parsed, data)
+            self._last = None
+        else:
+            packed = None
+            if len(data) >= COMPRESS_MIN:
+                packed, blocks, adler = deflate(data)
+                self._last = (data, blocks, adler)
+            else:
+                self._last = (data, None, 0) if len(data) >= CAPTURE_REF_MIN else None
+            item = _item(ts, seq, direction, parsed, data, packed)
+        self._last_seq = seq
+        return item
+
+    def _ref(
+        self, ts: float, seq: int, direction: int, meta: dict[str, Any] | None, ref: bytes
+    ) -> bytes:
+        last = self._last
+        if last is None or self._last_seq != seq - 1:
+            # The gateway refers only to the frame just before, which is always one of
+            # ours: anything else is a broken stream, and writing it would be a lie.
+            raise ValueError(f"capture frame {seq} refers to a frame the writer does not hold")
+        at, count = _REF_HEAD.unpack_from(ref)
+        o = _REF_HEAD.size + 8 * count
+        prefix, suffix = ref[o : o + at], ref[o + at :]
+        payload, blocks, adler = last
+        if count:
+            # Events the gateway cut out (the usage-only event it asked for): the
+            # client's bytes are not one piece of the payload, so they are built and
+            # compressed like any event's.
+            pieces, pos = [prefix], 0
+            for start, end in _CUT.iter_unpack(ref[_REF_HEAD.size : o]):
+                pieces.append(payload[pos:start])
+                pos = end
+            pieces += (payload[pos:], suffix)
+            blocks = None
+            payload, prefix, suffix = b"".join(pieces), b"", b""
+        size = len(prefix) + len(payload) + len(suffix)
+        if blocks is None:
+            framed = prefix + payload + suffix
+            packed = deflate(framed)[0] if size >= COMPRESS_MIN else None
+            return _item(ts, seq, direction, meta, framed, packed)
+        # The payload's deflate blocks between stored blocks of the prefix and the
+        # suffix: a valid stream with no second compression (its back-references reach
+        # only within the payload's own bytes, which precede them here too).
+        check = adler32_combine(zlib.adler32(prefix), adler, len(payload))
+        check = zlib.adler32(suffix, check)
+        packed = (
+            b"\x78\x01"
+            + _stored(prefix, False)
+            + blocks
+            + _stored(suffix, True)
+            + check.to_bytes(4, "big")
+        )
+        if len(packed) < size:
+            event: dict[str, Any] = {"ts": ts, "dir": direction, "seq": seq, "data": packed}
+            event["enc"] = "zlib"
+            if meta:
+                event["meta"] = meta
+            return cbor2.dumps(event)
+        return _item(ts, seq, direction, meta, prefix + payload + suffix, None)
 
 
 class CaptureFiles:
@@ -196,10 +325,6 @@ class CaptureFiles:
             self.fd = -1
 
 
-def _slow_item(ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
-    return event_item(ts, seq, direction, orjson.loads(meta) if meta else None, data)
-
-
 def read_frames(buf: bytearray) -> list[tuple[float, int, int, bytes, bytes]]:
     """The whole frames at the start of ``buf`` (removed from it)."""
     out = []
@@ -230,22 +355,22 @@ class Writer:
         self.sock = sock
         self.files = files
         self.disabled: str | None = None
+        self.build = ItemBuilder()
         self.received = 0
         self.discarded = 0
         self._last_status = 0.0
 
-    @staticmethod
-    def items(buf: bytearray) -> list[bytes]:
+    def items(self, buf: bytearray) -> list[bytes]:
         """The CBOR items of the whole frames at the start of ``buf`` (removed from it).
         The compiled core writes the usual small event itself (~0.4 µs against ~3.5 µs
         through cbor2, which the writer's core shares with the gateway's peers); the
         pure twin's byte-level version is slower than cbor2, so without the core every
         event goes through cbor2."""
         if IMPLEMENTATION == "cython":
-            items, used = capture_items(buf, COMPRESS_MIN, _slow_item)
+            items, used = capture_items(buf, COMPRESS_MIN, self.build)
             del buf[:used]
             return items
-        return [_slow_item(*frame) for frame in read_frames(buf)]
+        return [self.build(*frame) for frame in read_frames(buf)]
 
     def status(self) -> None:
         f = self.files

@@ -71,6 +71,7 @@ _CAPTURE_COUNTS = (
     "files_opened",
     "files_deleted",
     "dropped",
+    "events_referred",
     "exchanges_skipped",
 )
 

@@ -302,3 +302,127 @@ def test_items_agree_with_cbor2_on_any_flat_meta(
     speedups_impl.append_capture_frame(buf, 12.25, seq, 2, raw, data)
     items, used = speedups_impl.capture_items(buf, 1024, reference_item)
     assert used == len(buf) and items == [reference_item(12.25, seq, 2, raw, data)]
+
+
+# -- relayed: a stream chunk's client copy sent as a reference to the backend's event -----
+CHUNK = b'data: {"choices":[{"delta":{"content":"hello there"}}]}\n\n' * 40  # 2.3 KB
+USAGE = b'data: {"choices":[],"usage":{"total_tokens":9}}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+def chunked(payload: bytes) -> tuple[bytes, int]:
+    framed = b"%x\r\n%b\r\n" % (len(payload), payload)
+    return framed, len(framed) - len(payload) - 2
+
+
+def ref_parts(data: bytes) -> tuple[int, list[tuple[int, int]], bytes]:
+    at, count = struct.unpack_from("<II", data)
+    cuts = [struct.unpack_from("<II", data, 8 + 8 * i) for i in range(count)]
+    return at, cuts, data[8 + 8 * count :]
+
+
+def test_relayed_refers_to_the_event_before(speedups_impl: ModuleType) -> None:
+    owner = Owner()
+    buf = make(speedups_impl, owner)
+    buf.event(3, b'{"rid":1}', CHUNK)
+    framed, at = chunked(CHUNK)
+    buf.relayed(1, b'{"rid":1}', CHUNK, framed, at, ())
+    got = frames(buf.take())
+    assert [(seq, d) for _, seq, d, _, _ in got] == [(1, 3), (2, 1 | speedups_impl.CAPTURE_REF)]
+    assert got[0][4] == CHUNK
+    # The reference carries only the framing around the payload: 4 + 4 + "904\r\n\r\n".
+    at_, cuts, outside = ref_parts(got[1][4])
+    assert (at_, cuts, outside) == (at, [], b"%x\r\n\r\n" % len(CHUNK))
+    assert buf.seq == 2 and buf.referred == 1
+
+
+def test_relayed_with_a_cut_event(speedups_impl: ModuleType) -> None:
+    """The usage-only event the gateway asked for is cut from the client's copy: the
+    reference says which bytes of the payload the client did not get."""
+    payload = CHUNK + USAGE + DONE
+    start, end = len(CHUNK), len(CHUNK) + len(USAGE)
+    buf = make(speedups_impl, Owner())
+    buf.event(3, b"{}", payload)
+    framed, at = chunked(CHUNK + DONE)
+    buf.relayed(1, b"{}", payload, framed, at, ((start, end),))
+    (_, ref) = [(d, data) for _, _, d, _, data in frames(buf.take())]
+    assert ref[0] & speedups_impl.CAPTURE_REF
+    assert ref_parts(ref[1]) == (at, [(start, end)], b"%x\r\n\r\n" % len(CHUNK + DONE))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "equal bytes, another object",
+        "payload under CAPTURE_REF_MIN",
+        "previous event redacted",
+        "an event in between",
+        "previous event dropped",
+        "cleared since",
+        "cuts out of order",
+        "framing with a trigger word",
+    ],
+)
+def test_relayed_sends_the_bytes_when_it_cannot_refer(speedups_impl: ModuleType, case: str) -> None:
+    """Every case where the previous event is not certainly this payload, unredacted and
+    delivered, falls back to an ordinary event of the framed bytes (redacted as usual)."""
+    buf = make(speedups_impl, Owner(), limit=1 << 20)
+    payload = CHUNK
+    cuts: tuple[tuple[int, int], ...] = ()
+    referred = 0
+    if case == "payload under CAPTURE_REF_MIN":
+        payload = CHUNK[: speedups_impl.CAPTURE_REF_MIN - 1]
+    if case == "previous event redacted":
+        payload = CHUNK + b"sk-abcdefghijklmnopqrstuv"
+    buf.event(3, b"{}", payload)
+    if case == "an event in between":
+        buf.event(1, b"{}", b"x")
+    if case == "cleared since":
+        buf.clear()
+    if case == "previous event dropped":
+        # Referred once; then the same payload's next backend event is dropped (over
+        # the bound), so the event before the client's copy is not that payload's.
+        framed, at = chunked(payload)
+        buf.relayed(1, b"{}", payload, framed, at, ())
+        referred = 1
+        buf.take()
+        buf.backlog = 1 << 21
+        buf.event(3, b"{}", payload)
+        buf.backlog = 0
+        assert buf.dropped == 1
+    if case == "cuts out of order":
+        cuts = ((20, 30), (0, 10))
+    relayed = payload
+    if case == "equal bytes, another object":
+        relayed = bytes(bytearray(payload))
+        assert relayed == payload and relayed is not payload
+    framed, at = chunked(relayed)
+    if case == "framing with a trigger word":
+        framed, at = b"key: " + framed, at + 5
+    seq = buf.seq
+    buf.relayed(1, b"{}", relayed, framed, at, cuts)
+    got = frames(buf.take())[-1]
+    assert got[1] == seq + 1 and got[2] == 1  # an ordinary dir-1 event
+    assert got[4] == framed.replace(b"sk-abcdefghijklmnopqrstuv", b"[REDACTED]")
+    assert buf.referred == referred
+
+
+def test_relayed_parity_with_the_other_build(speedups_impl: ModuleType) -> None:
+    """The same calls make the same frames on both builds (time stamps aside)."""
+
+    def run(m: ModuleType) -> list[tuple[int, int, bytes, bytes]]:
+        buf = make(m, Owner())
+        for i in range(4):
+            payload = CHUNK * (i + 1) + (USAGE + DONE if i == 3 else b"")
+            buf.event(3, b'{"rid":7}', payload)
+            if i == 3:
+                start = len(CHUNK) * 4
+                kept = payload[:start] + DONE
+                framed, at = chunked(kept)
+                buf.relayed(1, b'{"rid":7}', payload, framed, at, ((start, start + len(USAGE)),))
+            else:
+                framed, at = chunked(payload)
+                buf.relayed(1, b'{"rid":7}', payload, framed, at, ())
+        return [(seq, d, meta, data) for _, seq, d, meta, data in frames(buf.take())]
+
+    assert run(speedups_impl) == run(other_impl(speedups_impl))

@@ -11,6 +11,8 @@ Speed still matters here (a gateway without a compiler runs on this): the hot pa
 """
 
 from .capture import (
+    CAPTURE_REF,
+    CAPTURE_REF_MIN,
     REDACT_HEADER,
     REDACT_JSON,
     REDACT_LITERAL,
@@ -49,6 +51,8 @@ from .tokens import TokenEstimator, estimate_tokens
 from .usagerow import usage_row
 
 __all__ = [
+    "CAPTURE_REF",
+    "CAPTURE_REF_MIN",
     "DELTA_ERROR",
     "DELTA_NAME",
     "DELTA_USAGE",

@@ -31,6 +31,18 @@ apply, and the frame. ``wake(full)`` tells the owner when to hand the frames ove
 ``False`` when the first frame lands in an empty buffer (arm a timer), with ``True`` when
 the buffer reached ``full`` bytes (hand over now). ``take`` returns the frames and
 empties the buffer. ``seq`` numbers the events kept (1, 2, ...) and counts them.
+
+``relayed`` is for bytes the gateway relays unchanged in both directions, an SSE chunk
+read from the backend (captured with ``event``) and then written to the client inside
+HTTP chunked framing. When the relayed payload is the very object the previous event
+carried (``bytes``, immutable, at least ``CAPTURE_REF_MIN`` long, kept unredacted), the
+new event is a reference frame: direction | ``CAPTURE_REF``, data = u32 offset of the
+payload in the framed bytes, u32 number of cuts, each cut's u32 start and end (byte
+ranges of the payload the client did not get: the usage-only event the gateway asked
+for and strips), the prefix, the suffix. The payload is then scanned, copied and sent once
+instead of twice; the writer rebuilds the bytes (storage/capture_writer.py). Anything
+else (another object, a redacted or dropped previous event, a prefix or suffix with a
+trigger word) is an ordinary ``event`` of the framed bytes.
 """
 
 from __future__ import annotations
@@ -45,6 +57,12 @@ REDACT_JSON = 2
 REDACT_SHAPE = 4
 REDACT_QUERY = 8
 REDACT_LITERAL = 16
+# A frame whose direction has this bit holds no payload of its own: its data is the
+# previous frame's, between a prefix and a suffix it carries (CaptureBuffer.relayed).
+CAPTURE_REF = 0x80
+# Only payloads this long are sent by reference; the writer hands every frame this long
+# to its Python side, which keeps the last one for the reference that may follow.
+CAPTURE_REF_MIN = 1024
 
 _FRAME = struct.Struct("<IdQBI")
 _REST = _FRAME.size - 4
@@ -99,6 +117,8 @@ class CaptureBuffer:
     __slots__ = (
         "_extras",
         "_full",
+        "_last",
+        "_last_seq",
         "_limit",
         "_mono0",
         "_out",
@@ -109,6 +129,7 @@ class CaptureBuffer:
         "backlog",
         "disabled",
         "dropped",
+        "referred",
         "seq",
     )
 
@@ -128,6 +149,7 @@ class CaptureBuffer:
         self.disabled = False
         self.seq = 0
         self.dropped = 0
+        self.referred = 0  # events sent as a reference to the one before
         self._limit = limit
         self._full = full
         self._secrets = secrets
@@ -136,6 +158,9 @@ class CaptureBuffer:
         self._wake = wake
         self._wall0 = wall0
         self._mono0 = mono0
+        # The payload of frame _last_seq when it went out unredacted and immutable.
+        self._last: bytes | None = None
+        self._last_seq = 0
 
     def __len__(self) -> int:
         return len(self._out)
@@ -145,7 +170,9 @@ class CaptureBuffer:
         return out
 
     def clear(self) -> None:
+        # Frames dropped here never reach the writer: nothing may refer to them.
         self._out = bytearray()
+        self._last = None
 
     def event(self, direction: int, meta: bytes, data: Buffer) -> None:
         if self.disabled:
@@ -160,6 +187,51 @@ class CaptureBuffer:
             data = self._redact(bytes(data), flags)
         self.seq += 1
         append_capture_frame(self._out, ts, self.seq, direction, meta, data)
+        if not flags and type(data) is bytes and len(data) >= CAPTURE_REF_MIN:
+            self._last = data
+            self._last_seq = self.seq
+        if len(self._out) >= self._full:
+            self._wake(True)
+        elif before == 0:
+            self._wake(False)
+
+    def relayed(
+        self,
+        direction: int,
+        meta: bytes,
+        payload: bytes,
+        framed: bytes,
+        at: int,
+        cuts: tuple[tuple[int, int], ...],
+    ) -> None:
+        n, f = len(payload), len(framed)
+        if payload is not self._last or self._last_seq != self.seq or self.disabled or at < 0:
+            self.event(direction, meta, framed)
+            return
+        kept, pos = n, 0
+        for start, end in cuts:
+            if start < pos or end < start or end > n:
+                self.event(direction, meta, framed)
+                return
+            kept -= end - start
+            pos = end
+        if at + kept > f:
+            self.event(direction, meta, framed)
+            return
+        outside = framed[:at] + framed[at + kept :]
+        if redact_flags(outside, self._secrets, self._extras):
+            self.event(direction, meta, framed)
+            return
+        before = len(self._out)
+        if before + self.backlog > self._limit:
+            self.dropped += 1
+            return
+        ts = self._wall0 + (time.monotonic() - self._mono0)
+        self.seq += 1
+        ref = struct.pack("<II", at, len(cuts))
+        ref += b"".join(struct.pack("<II", start, end) for start, end in cuts) + outside
+        append_capture_frame(self._out, ts, self.seq, direction | CAPTURE_REF, meta, ref)
+        self.referred += 1
         if len(self._out) >= self._full:
             self._wake(True)
         elif before == 0:
@@ -255,7 +327,7 @@ def capture_items(
             break
         meta, data = bytes(view[meta_at:data_at]), bytes(view[data_at:stop])
         cbor_meta = _meta_cbor(meta) if meta else b""
-        if len(data) >= compress_min or cbor_meta is None:
+        if len(data) >= compress_min or cbor_meta is None or direction & CAPTURE_REF:
             items.append(slow(ts, seq, direction, meta, data))
         else:
             if cbor_meta == b"\xa0":
