@@ -46,7 +46,7 @@ from .httpclient.backend import Backend
 from .httpclient.fetch import fetch
 from .httpclient.pool import UpstreamPool
 from .logs import configure_logging
-from .memory import IdleTrimmer
+from .memory import IdleTrimmer, tune_allocator
 from .mockllm import MockLLMServer
 from .monitor.activity import ActivityService, ActivityTracker
 from .monitor.capture import CaptureService
@@ -831,6 +831,7 @@ async def serve(loaded: LoadedConfig) -> int:
 
 
 def run_gateway(loaded: LoadedConfig) -> int:
+    tune_allocator()
     configure_logging(loaded.config.log_level)
     if loaded.file:
         log.info("config file: %s", loaded.file)

@@ -32,12 +32,22 @@ ALLOWED: dict[str, set[str]] = {
     "core": {"config"},
     "httpclient": {"core", "config"},
     # _speedups: the capture link's compiled buffer and the capture writer's CBOR items.
-    "storage": {"core", "config", "_speedups"},
+    # memory: the helper processes (recorder, capture writer) set the allocator at start.
+    "storage": {"core", "config", "_speedups", "memory"},
     "logs": {"core", "config"},
     "memory": set(),
     "systemd": set(),
     "reload": {"config"},
-    "workers": {"_speedups", "config", "core", "dataplane", "httpclient", "logs", "monitor"},
+    "workers": {
+        "_speedups",
+        "config",
+        "core",
+        "dataplane",
+        "httpclient",
+        "logs",
+        "memory",
+        "monitor",
+    },
     "service_unit": set(),
     # storage: --from-capture reads capture files with the capture reader.
     "mockllm": {"core", "config", "_speedups", "logs", "storage"},

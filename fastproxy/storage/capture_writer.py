@@ -42,6 +42,7 @@ import cbor2
 import orjson
 
 from .._speedups import CAPTURE_REF, CAPTURE_REF_MIN, IMPLEMENTATION, capture_items
+from ..memory import tune_allocator
 
 MAGIC = "LLMPROXY-CAPTURE-V2"
 VERSION = 2
@@ -442,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-total-bytes", type=int, required=True)
     parser.add_argument("--meta", default="{}")
     args = parser.parse_args(argv)
+    tune_allocator()
     # The gateway decides when capture ends (it closes the socket): a ^C or SIGTERM to
     # the process group must not cut the events still queued in the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -53,6 +53,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..memory import tune_allocator
 from .usage_schema import Prepared
 from .usage_store import UsageStore
 
@@ -228,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--spool-dir", help="postgresql: where batches wait while it is unreachable")
     p.add_argument("--spool-max-bytes", type=int, default=256 << 20)
     ns = p.parse_args(argv)
+    tune_allocator()
     # The gateway ends this process by closing the channel, never by a signal to its group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -52,6 +52,7 @@ from ..dataplane.tracecontext import TraceStarter
 from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import configure_logging
+from ..memory import tune_allocator
 from ..monitor.activity import ActivityService
 from ..monitor.capture import CaptureService
 from ..monitor.metrics import MetricsCollector
@@ -427,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastproxy.workers.worker")
     parser.add_argument("--fd", type=int, required=True)
     ns = parser.parse_args(argv)
+    tune_allocator()
     if sys.version_info >= (3, 12):
         return asyncio.run(_main(ns.fd), loop_factory=uvloop.new_event_loop)
     return uvloop.run(_main(ns.fd))
