@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 __all__ = [
     "CAPTURE_REF",
     "CAPTURE_REF_MIN",
+    "CAPTURE_SPLIT",
     "DELTA_ERROR",
     "DELTA_NAME",
     "DELTA_USAGE",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:
     from ._pure import (
         CAPTURE_REF,
         CAPTURE_REF_MIN,
+        CAPTURE_SPLIT,
         DELTA_ERROR,
         DELTA_NAME,
         DELTA_USAGE,
@@ -171,5 +173,6 @@ else:
     capture_items = _impl.capture_items
     CAPTURE_REF = _impl.CAPTURE_REF
     CAPTURE_REF_MIN = _impl.CAPTURE_REF_MIN
+    CAPTURE_SPLIT = _impl.CAPTURE_SPLIT
 
 del _select

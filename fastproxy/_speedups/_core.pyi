@@ -1,6 +1,7 @@
 # Types of the compiled module: exactly those of the pure twin (tests enforce parity).
 from ._pure import CAPTURE_REF as CAPTURE_REF
 from ._pure import CAPTURE_REF_MIN as CAPTURE_REF_MIN
+from ._pure import CAPTURE_SPLIT as CAPTURE_SPLIT
 from ._pure import DELTA_ERROR as DELTA_ERROR
 from ._pure import DELTA_NAME as DELTA_NAME
 from ._pure import DELTA_USAGE as DELTA_USAGE

@@ -14,6 +14,9 @@ REDACT_LITERAL = 16
 # A frame whose direction has this bit holds no payload of its own: its data is the
 # previous frame's, between a prefix and a suffix it carries (CaptureBuffer.relayed).
 CAPTURE_REF = 0x80
+# A frame whose direction has this bit starts with split points (u32 count, u32 each)
+# before its payload: where the client's copy will leave bytes out (CaptureBuffer.split).
+CAPTURE_SPLIT = 0x40
 # Only payloads this long are sent by reference; the writer hands every frame this long
 # to its Python side, which keeps the last one for the reference that may follow.
 CAPTURE_REF_MIN = 1024
@@ -27,6 +30,7 @@ cdef enum:
     _R_WORDS = 15  # every flag the word scan can set
     _CAPTURE_FRAME_HEAD = 25  # u32 rest, f64 ts, u64 seq, u8 dir, u32 meta length
     _CAPTURE_REF = 0x80
+    _CAPTURE_SPLIT = 0x40
     _CAPTURE_REF_MIN = 1024
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -228,6 +232,31 @@ cdef int _frame_into(bytearray out, double ts, uint64_t seq, int direction, byte
     return 0
 
 
+cdef int _frame_split_into(bytearray out, double ts, uint64_t seq, int direction,
+                           bytes meta, tuple points, const char* data,
+                           Py_ssize_t n) except -1:
+    """A frame whose data is the split points (u32 count, then each u32) and the
+    payload; the points are checked by the caller."""
+    cdef Py_ssize_t k = len(points), start, i
+    cdef char* w
+    cdef uint32_t u32
+    start = PyByteArray_GET_SIZE(out)
+    _frame_into(out, ts, seq, direction, meta, data, 0)
+    PyByteArray_Resize(out, PyByteArray_GET_SIZE(out) + 4 + 4 * k + n)
+    w = PyByteArray_AS_STRING(out) + start
+    memcpy(&u32, w, 4)
+    u32 += <uint32_t>(4 + 4 * k + n)
+    memcpy(w, &u32, 4)
+    w = PyByteArray_AS_STRING(out) + PyByteArray_GET_SIZE(out) - (4 + 4 * k + n)
+    u32 = <uint32_t>k
+    memcpy(w, &u32, 4)
+    for i in range(k):
+        u32 = <uint32_t>points[i]
+        memcpy(w + 4 + 4 * i, &u32, 4)
+    memcpy(w + 4 + 4 * k, data, n)
+    return 0
+
+
 def append_capture_frame(bytearray out not None, double ts, seq, int direction,
                          bytes meta not None, data):
     cdef Py_buffer view
@@ -327,6 +356,46 @@ cdef class CaptureBuffer:
             self.seq += 1
             _frame_into(self._out, ts, self.seq, direction, meta,
                         PyBytes_AS_STRING(<bytes?>clean), PyBytes_GET_SIZE(clean))
+        if PyByteArray_GET_SIZE(self._out) >= self._full:
+            self._wake(True)
+        elif before == 0:
+            self._wake(False)
+
+    def split(self, int direction, bytes meta not None, bytes payload not None,
+              tuple points not None):
+        """``event`` of ``payload``, telling the writer where a later ``relayed`` will
+        cut it (``points``: increasing offsets inside it), so it can compress the pieces
+        apart and reuse them. Redacted or short, it is an ordinary event."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        cdef Py_ssize_t k = len(points), i, before, pos = 0, p
+        cdef timespec now
+        cdef double ts
+        if self.disabled:
+            return
+        if n < _CAPTURE_REF_MIN or k == 0 or 4 + 4 * k + n > 0xFFFFFF00:
+            self.event(direction, meta, payload)
+            return
+        for i in range(k):
+            p = points[i]
+            if p <= pos or p >= n:
+                self.event(direction, meta, payload)
+                return
+            pos = p
+        if _scan_all(<const unsigned char*>PyBytes_AS_STRING(payload), n,
+                     self._secrets, self._extras):
+            self.event(direction, meta, payload)
+            return
+        before = PyByteArray_GET_SIZE(self._out)
+        if before + self.backlog > self._limit:
+            self.dropped += 1
+            return
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        ts = self._wall0 + ((<double>now.tv_sec + <double>now.tv_nsec * 1e-9) - self._mono0)
+        self.seq += 1
+        _frame_split_into(self._out, ts, self.seq, direction | _CAPTURE_SPLIT, meta, points,
+                          PyBytes_AS_STRING(payload), n)
+        self._last = payload
+        self._last_seq = self.seq
         if PyByteArray_GET_SIZE(self._out) >= self._full:
             self._wake(True)
         elif before == 0:
@@ -581,7 +650,7 @@ def capture_items(buf, Py_ssize_t compress_min, slow):
                 msize = _meta_cbor(p + meta_at, m, NULL)
                 if msize == 1:
                     m = 0  # an empty object: no meta, as cbor2's writer leaves it out
-            if d >= compress_min or msize < 0 or direction & _CAPTURE_REF:
+            if d >= compress_min or msize < 0 or direction & (_CAPTURE_REF | _CAPTURE_SPLIT):
                 items.append(slow(ts, seq, direction,
                                   PyBytes_FromStringAndSize(<const char*>p + meta_at, mlen),
                                   PyBytes_FromStringAndSize(<const char*>p + data_at, d)))

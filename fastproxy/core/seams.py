@@ -105,13 +105,14 @@ class ExchangeTap(Protocol):
     def wrap(self, transport: asyncio.Transport) -> asyncio.Transport:
         """The client transport, seen through the capture: every write is a dir-1 event."""
 
-    def relayed(
-        self, payload: bytes, framed: bytes, at: int, cuts: tuple[tuple[int, int], ...]
+    def stream_chunk(
+        self, raw: bytes, framed: bytes | None, at: int, cuts: tuple[tuple[int, int], ...]
     ) -> None:
-        """Write ``framed`` to the client (the transport ``wrap`` was given) and capture
-        it: ``payload``, the backend bytes just captured as dir 3, without the byte
-        ranges ``cuts`` (events the gateway strips), sits at ``at`` inside its framing.
-        The capture may refer to that event instead of copying the bytes."""
+        """A stream chunk relayed: ``raw``, the backend's bytes (dir 3), and ``framed``
+        written to the client (the transport ``wrap`` was given; None: nothing to write),
+        which holds ``raw`` without the byte ranges ``cuts`` (events the gateway strips)
+        at offset ``at``. The client's copy is captured as a reference to the backend's
+        where it can, so the bytes leave the loop once."""
 
 
 class WireTap(Protocol):

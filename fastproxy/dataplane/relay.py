@@ -94,8 +94,8 @@ class SSERelay:
         wire capture is on and ``transport`` is its wrapper. The backend's side (dir 3)
         is then captured here, as each read is relayed: its bytes up to the last
         complete event (the rest joins the next read's, and ``finish`` captures what is
-        left at the end). The client's copy goes through ``tap.relayed``, which refers
-        to that event instead of copying the bytes again."""
+        left at the end), with the client's copy, in one ``tap.stream_chunk`` that
+        refers to the backend's bytes instead of copying them again."""
         self._transport = transport
         self._tap = tap
         self._chunked = chunked
@@ -132,10 +132,6 @@ class SSERelay:
         flags = scanner.flags
         raw = out
         cuts: tuple[tuple[int, int], ...] = ()
-        if self._tap is not None and out:
-            # Captured as relayed (up to the last complete event), so the client's copy
-            # below can refer to this event instead of carrying the bytes again.
-            self._tap.event(3, out, None)
         if flags:
             if flags & PASS_TERMINAL:
                 self.terminal = True
@@ -146,6 +142,8 @@ class SSERelay:
                 # (relaying the rest would show a shorter answer as a complete one).
                 self.overflow = True
         n = len(out)
+        if self._tap is not None and raw and not n:
+            self._tap.stream_chunk(raw, None, 0, cuts)  # all cut: only the backend's side
         if n:
             if not self.bytes_tx:
                 self.first_tx_at = time.monotonic()
@@ -154,10 +152,12 @@ class SSERelay:
             if self._tap is None:
                 transport.write(b"%x\r\n%b\r\n" % (n, out) if self._chunked else out)
             elif self._chunked:
+                # Captured as relayed (up to the last complete event): both sides in
+                # one call, the client's by reference to the backend's.
                 framed = b"%x\r\n%b\r\n" % (n, out)
-                self._tap.relayed(raw, framed, len(framed) - n - 2, cuts)
+                self._tap.stream_chunk(raw, framed, len(framed) - n - 2, cuts)
             else:
-                self._tap.relayed(raw, out, 0, cuts)
+                self._tap.stream_chunk(raw, out, 0, cuts)
             if self._acct is not None:
                 self._acct.wrote(self.bytes_tx, transport.get_write_buffer_size())
         if self._entry is not None:

@@ -221,15 +221,22 @@ class _Exchange:
         self._inner = transport
         return _TapTransport(transport, self._buffer, self._plain)
 
-    def relayed(
-        self, payload: bytes, framed: bytes, at: int, cuts: tuple[tuple[int, int], ...]
+    def stream_chunk(
+        self, raw: bytes, framed: bytes | None, at: int, cuts: tuple[tuple[int, int], ...]
     ) -> None:
-        # The payload was just captured as read from the backend: the client's copy
-        # refers to that event rather than carrying the bytes again.
-        inner = self._inner
-        assert inner is not None, "relayed before wrap"
-        self._buffer.relayed(1, self._plain, payload, framed, at, cuts)
-        inner.write(framed)
+        buffer = self._buffer
+        if cuts:
+            # Where the client's copy leaves bytes out: the writer compresses the pieces
+            # apart, so the reference below reuses them.
+            points = sorted({p for cut in cuts for p in cut} - {0, len(raw)})
+            buffer.split(3, self._plain, raw, tuple(points))
+        else:
+            buffer.event(3, self._plain, raw)
+        if framed is not None:
+            inner = self._inner
+            assert inner is not None, "stream_chunk before wrap"
+            buffer.relayed(1, self._plain, raw, framed, at, cuts)
+            inner.write(framed)
 
 
 class CaptureService:

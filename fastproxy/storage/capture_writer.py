@@ -35,13 +35,20 @@ import struct
 import time
 import uuid
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cbor2
 import orjson
 
-from .._speedups import CAPTURE_REF, CAPTURE_REF_MIN, IMPLEMENTATION, capture_items
+from .._speedups import (
+    CAPTURE_REF,
+    CAPTURE_REF_MIN,
+    CAPTURE_SPLIT,
+    IMPLEMENTATION,
+    capture_items,
+)
 from ..memory import tune_allocator
 
 MAGIC = "LLMPROXY-CAPTURE-V2"
@@ -68,14 +75,31 @@ def pack_event(ts: float, seq: int, direction: int, meta: bytes, data: bytes) ->
     )
 
 
-def deflate(data: bytes) -> tuple[bytes, bytes, int]:
+# A payload's compressed pieces: (start, end, deflate blocks) in order, each piece's
+# blocks byte-aligned and free of references to other pieces (a full flush after each).
+Pieces = list[tuple[int, int, bytes]]
+
+
+def deflate(data: bytes, points: Sequence[int] = ()) -> tuple[bytes, Pieces, int]:
     """``data`` zlib-compressed, as one stream that ``zlib.decompress`` reads, plus what a
-    reference to it reuses: its deflate blocks (byte-aligned and not final: a sync flush
-    ends them) and its Adler-32."""
+    reference to it reuses: the deflate blocks of each piece between ``points`` (not
+    final, byte-aligned, and after a full flush, so a piece refers only to itself) and
+    the Adler-32 of the whole."""
     c = zlib.compressobj(COMPRESS_LEVEL)
-    body = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    pieces: Pieces = []
+    body = []
+    start = 0
+    for end in (*points, len(data)):
+        part = c.compress(data[start:end]) + c.flush(zlib.Z_FULL_FLUSH)
+        if not pieces:
+            header, part = part[:2], part[2:]
+            body.append(header)
+        pieces.append((start, end, part))
+        body.append(part)
+        start = end
     tail = c.flush()  # the final empty block and the Adler-32
-    return body + tail, body[2:], int.from_bytes(tail[-4:], "big")
+    body.append(tail)
+    return b"".join(body), pieces, int.from_bytes(tail[-4:], "big")
 
 
 def _stored(data: bytes, final: bool) -> bytes:
@@ -93,6 +117,7 @@ def _stored(data: bytes, final: bool) -> bytes:
 _ADLER_MOD = 65521
 _REF_HEAD = struct.Struct("<II")  # a reference: prefix length, number of cuts
 _CUT = struct.Struct("<II")  # a cut's start and end in the referred payload
+_U32 = struct.Struct("<I")
 
 
 def adler32_combine(first: int, second: int, second_len: int) -> int:
@@ -106,12 +131,21 @@ def adler32_combine(first: int, second: int, second_len: int) -> int:
     return (b << 16) | a
 
 
+def adler32_head(whole: int, tail: int, tail_len: int) -> int:
+    """The Adler-32 of a payload's head, from the whole's and the rest's: the inverse of
+    ``adler32_combine`` (so the head, usually most of the payload, is not read again)."""
+    aw, bw = whole & 0xFFFF, whole >> 16
+    at, bt = tail & 0xFFFF, tail >> 16
+    a = (aw - at + 1) % _ADLER_MOD
+    b = (bw - bt - tail_len * (a - 1)) % _ADLER_MOD
+    return (b << 16) | a
+
+
 def event_item(
     ts: float, seq: int, direction: int, meta: dict[str, Any] | None, data: bytes
 ) -> bytes:
-    return _item(
-        ts, seq, direction, meta, data, deflate(data)[0] if len(data) >= COMPRESS_MIN else None
-    )
+    packed = deflate(data)[0] if len(data) >= COMPRESS_MIN else None
+    return _item(ts, seq, direction, meta, data, packed)
 
 
 def _item(
@@ -135,16 +169,17 @@ def _item(
 
 class ItemBuilder:
     """The CBOR items the compiled ``capture_items`` leaves to Python: data to compress,
-    a meta that is not flat, and references. It keeps the last payload it saw (every
-    frame of ``CAPTURE_REF_MIN`` bytes and more comes here), for the reference that may
-    follow it."""
+    a meta that is not flat, split frames and references. It keeps the last payload it
+    saw (every frame of ``CAPTURE_REF_MIN`` bytes and more comes here) with its
+    compressed pieces, for the reference that may follow it."""
 
     __slots__ = ("_last", "_last_seq")
 
     def __init__(self) -> None:
         self._last_seq = -1
-        # The last frame's payload, and its deflate blocks and Adler-32 when compressed.
-        self._last: tuple[bytes, bytes | None, int] | None = None
+        # The last frame's payload, its compressed pieces (None: stored as it is) and
+        # the payload's Adler-32.
+        self._last: tuple[bytes, Pieces | None, int] | None = None
 
     def __call__(self, ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
         parsed = orjson.loads(meta) if meta else None
@@ -152,10 +187,16 @@ class ItemBuilder:
             item = self._ref(ts, seq, direction & ~CAPTURE_REF, parsed, data)
             self._last = None
         else:
+            points: tuple[int, ...] = ()
+            if direction & CAPTURE_SPLIT:
+                direction &= ~CAPTURE_SPLIT
+                (count,) = _U32.unpack_from(data)
+                points = struct.unpack_from(f"<{count}I", data, 4)
+                data = data[4 + 4 * count :]
             packed = None
             if len(data) >= COMPRESS_MIN:
-                packed, blocks, adler = deflate(data)
-                self._last = (data, blocks, adler)
+                packed, pieces, adler = deflate(data, points)
+                self._last = (data, pieces, adler)
             else:
                 self._last = (data, None, 0) if len(data) >= CAPTURE_REF_MIN else None
             item = _item(ts, seq, direction, parsed, data, packed)
@@ -173,27 +214,35 @@ class ItemBuilder:
         at, count = _REF_HEAD.unpack_from(ref)
         o = _REF_HEAD.size + 8 * count
         prefix, suffix = ref[o : o + at], ref[o + at :]
-        payload, blocks, adler = last
-        if count:
-            # Events the gateway cut out (the usage-only event it asked for): the
-            # client's bytes are not one piece of the payload, so they are built and
-            # compressed like any event's.
-            pieces, pos = [prefix], 0
-            for start, end in _CUT.iter_unpack(ref[_REF_HEAD.size : o]):
-                pieces.append(payload[pos:start])
-                pos = end
-            pieces += (payload[pos:], suffix)
-            blocks = None
-            payload, prefix, suffix = b"".join(pieces), b"", b""
-        size = len(prefix) + len(payload) + len(suffix)
+        cuts = list(_CUT.iter_unpack(ref[_REF_HEAD.size : o]))
+        payload, pieces, adler = last
+        kept, pos = [], 0
+        for start, end in cuts:
+            if start > pos:
+                kept.append((pos, start))
+            pos = end
+        if pos < len(payload) or not cuts:
+            kept.append((pos, len(payload)))
+        body = b"".join(payload[a:b] for a, b in kept) if cuts else payload
+        size = len(prefix) + len(body) + len(suffix)
+        blocks = _blocks_of(pieces, kept) if pieces is not None else None
         if blocks is None:
-            framed = prefix + payload + suffix
+            framed = prefix + body + suffix
             packed = deflate(framed)[0] if size >= COMPRESS_MIN else None
             return _item(ts, seq, direction, meta, framed, packed)
-        # The payload's deflate blocks between stored blocks of the prefix and the
-        # suffix: a valid stream with no second compression (its back-references reach
-        # only within the payload's own bytes, which precede them here too).
-        check = adler32_combine(zlib.adler32(prefix), adler, len(payload))
+        # The pieces the client got, between stored blocks of the prefix and the suffix:
+        # a valid stream with no second compression (each piece's back-references reach
+        # only within itself).
+        check = zlib.adler32(prefix)
+        if cuts:
+            # The head up to the first cut from the whole's checksum; the rest (a usage
+            # event and what follows it, usually) is short and summed as it is.
+            first = cuts[0][0]
+            head = adler32_head(adler, zlib.adler32(payload[first:]), len(payload) - first)
+            check = adler32_combine(check, head, first)
+            check = zlib.adler32(body[first:], check)
+        else:
+            check = adler32_combine(check, adler, len(payload))
         check = zlib.adler32(suffix, check)
         packed = (
             b"\x78\x01"
@@ -208,7 +257,27 @@ class ItemBuilder:
             if meta:
                 event["meta"] = meta
             return cbor2.dumps(event)
-        return _item(ts, seq, direction, meta, prefix + payload + suffix, None)
+        return _item(ts, seq, direction, meta, prefix + body + suffix, None)
+
+
+def _blocks_of(pieces: Pieces, kept: list[tuple[int, int]]) -> bytes | None:
+    """The compressed blocks of exactly the ``kept`` ranges, or None when a range does
+    not start and end where pieces do."""
+    first = {piece[0]: k for k, piece in enumerate(pieces)}
+    out = []
+    for start, end in kept:
+        k = first.get(start)
+        if k is None:
+            return None
+        while True:
+            _, stop, blocks = pieces[k]
+            out.append(blocks)
+            if stop == end:
+                break
+            if stop > end or k + 1 == len(pieces):
+                return None
+            k += 1
+    return b"".join(out)
 
 
 class CaptureFiles:

@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from fastproxy.mockllm import MockLLMServer
+from fastproxy.storage import capture_writer
 from fastproxy.storage.capture_writer import (
     COMPRESS_MIN,
     ItemBuilder,
@@ -78,16 +79,28 @@ def _decoded(items: list[bytes]) -> list[tuple[int, bytes, dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("writer", ["compiled", "pure"])
-def test_writer_rebuilds_every_reference(speedups_impl: ModuleType, writer: str) -> None:
+def test_writer_rebuilds_every_reference(
+    speedups_impl: ModuleType, writer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Compressible chunks (the spliced stream), a chunk with the usage event cut, an
     incompressible chunk, a non-chunked client, and small events in between: every
-    dir-1 item decodes to exactly the bytes written to the client."""
+    dir-1 item decodes to exactly the bytes written to the client, and no payload is
+    compressed twice where the loop told the writer how to reuse it."""
     buf = _buffer(speedups_impl)
     noise = os.urandom(3000)
     expected: list[tuple[int, bytes]] = []
 
-    def send(payload: bytes, framed: bytes, at: int, cuts: tuple[tuple[int, int], ...]) -> None:
-        buf.event(3, b'{"rid":5}', payload)
+    def send(
+        payload: bytes,
+        framed: bytes,
+        at: int,
+        cuts: tuple[tuple[int, int], ...],
+        split: bool = True,
+    ) -> None:
+        if cuts and split:
+            buf.split(3, b'{"rid":5}', payload, tuple(p for cut in cuts for p in cut))
+        else:
+            buf.event(3, b'{"rid":5}', payload)
         buf.relayed(1, b'{"rid":5}', payload, framed, at, cuts)
         expected.extend([(3, payload), (1, framed)])
 
@@ -99,9 +112,19 @@ def test_writer_rebuilds_every_reference(speedups_impl: ModuleType, writer: str)
     send(whole, *_chunked(CHUNK * 3 + DONE), ((start, start + len(USAGE)),))
     send(noise, *_chunked(noise), ())
     send(CHUNK * 2, CHUNK * 2, 0, ())  # an HTTP/1.0 client: no framing at all
-    assert buf.referred == 4
+    # A cut the backend's event was not split for: rebuilt and compressed on its own.
+    send(whole, *_chunked(CHUNK * 3 + DONE), ((start, start + len(USAGE)),), split=False)
+    assert buf.referred == 5
     raw = buf.take()
     build = ItemBuilder()
+    compressed: list[int] = []
+    real = capture_writer.deflate
+
+    def counted(data: bytes, points: tuple[int, ...] = ()) -> Any:
+        compressed.append(len(data))
+        return real(data, points)
+
+    monkeypatch.setattr(capture_writer, "deflate", counted)
     if writer == "compiled":
         items, used = speedups_impl.capture_items(raw, COMPRESS_MIN, build)
         assert used == len(raw)
@@ -116,6 +139,17 @@ def test_writer_rebuilds_every_reference(speedups_impl: ModuleType, writer: str)
     assert len(first_ref["data"]) < len(got[0][2]["data"]) + 32
     # The incompressible chunk's client copy is stored as it is.
     assert "enc" not in got[6][2] and got[6][1] == expected[6][1]
+    # Each payload compressed once, the split one included; only the client's copy of
+    # the last (cut, its backend event not split) a second time.
+    framed_last = expected[-1][1]
+    assert compressed == [
+        len(CHUNK),
+        len(whole),
+        len(noise),
+        len(CHUNK * 2),
+        len(whole),
+        len(framed_last),
+    ]
 
 
 def test_a_reference_to_nothing_is_refused(speedups_impl: ModuleType) -> None:

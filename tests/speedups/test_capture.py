@@ -426,3 +426,63 @@ def test_relayed_parity_with_the_other_build(speedups_impl: ModuleType) -> None:
         return [(seq, d, meta, data) for _, seq, d, meta, data in frames(buf.take())]
 
     assert run(speedups_impl) == run(other_impl(speedups_impl))
+
+
+def test_split_frames_carry_the_points_before_the_payload(speedups_impl: ModuleType) -> None:
+    payload = CHUNK + USAGE + DONE
+    points = (len(CHUNK), len(CHUNK) + len(USAGE))
+    buf = make(speedups_impl, Owner())
+    buf.split(3, b'{"rid":2}', payload, points)
+    framed, at = chunked(CHUNK + DONE)
+    buf.relayed(1, b'{"rid":2}', payload, framed, at, (points,))
+    (_, seq, d, meta, data), ref = frames(buf.take())
+    assert (seq, d, meta) == (1, 3 | speedups_impl.CAPTURE_SPLIT, b'{"rid":2}')
+    assert struct.unpack_from("<III", data) == (2, *points)
+    assert data[12:] == payload
+    assert ref[2] == 1 | speedups_impl.CAPTURE_REF and buf.referred == 1
+
+
+@pytest.mark.parametrize(
+    ("what", "payload", "points"),
+    [
+        ("no points", CHUNK, ()),
+        ("a point at 0", CHUNK, (0, 10)),
+        ("a point at the end", CHUNK, (10, len(CHUNK))),
+        ("points out of order", CHUNK, (30, 10)),
+        ("a payload under CAPTURE_REF_MIN", CHUNK[:500], (10, 20)),
+    ],
+)
+def test_split_is_an_ordinary_event_otherwise(
+    speedups_impl: ModuleType, what: str, payload: bytes, points: tuple[int, ...]
+) -> None:
+    buf = make(speedups_impl, Owner())
+    buf.split(3, b"{}", payload, points)
+    [(_, _, d, _, data)] = frames(buf.take())
+    assert (d, data) == (3, payload), what
+
+
+def test_split_of_a_payload_to_redact_is_redacted(speedups_impl: ModuleType) -> None:
+    """A credential in the payload: redacted as any event, and no reference follows."""
+    owner = Owner()
+    buf = make(speedups_impl, owner)
+    payload = CHUNK + b"sk-abcdefghijklmnopqrstuv" + USAGE
+    buf.split(3, b"{}", payload, (len(CHUNK),))
+    framed, at = chunked(payload[: len(CHUNK)])
+    buf.relayed(1, b"{}", payload, framed, at, ((len(CHUNK), len(payload)),))
+    (_, _, d, _, data), (_, _, d1, _, data1) = frames(buf.take())
+    assert d == 3 and b"sk-abc" not in data and b"[REDACTED]" in data
+    assert d1 == 1 and data1 == framed and buf.referred == 0
+
+
+def test_split_parity_with_the_other_build(speedups_impl: ModuleType) -> None:
+    def run(m: ModuleType) -> list[tuple[int, int, bytes, bytes]]:
+        buf = make(m, Owner())
+        payload = CHUNK * 2 + USAGE + DONE
+        points = (len(CHUNK) * 2, len(CHUNK) * 2 + len(USAGE))
+        buf.split(3, b'{"rid":3}', payload, points)
+        framed, at = chunked(CHUNK * 2 + DONE)
+        buf.relayed(1, b'{"rid":3}', payload, framed, at, (points,))
+        buf.split(3, b'{"rid":3}', CHUNK[:100], (5,))
+        return [(seq, d, meta, data) for _, seq, d, meta, data in frames(buf.take())]
+
+    assert run(speedups_impl) == run(other_impl(speedups_impl))

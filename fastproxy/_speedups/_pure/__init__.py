@@ -13,6 +13,7 @@ Speed still matters here (a gateway without a compiler runs on this): the hot pa
 from .capture import (
     CAPTURE_REF,
     CAPTURE_REF_MIN,
+    CAPTURE_SPLIT,
     REDACT_HEADER,
     REDACT_JSON,
     REDACT_LITERAL,
@@ -53,6 +54,7 @@ from .usagerow import usage_row
 __all__ = [
     "CAPTURE_REF",
     "CAPTURE_REF_MIN",
+    "CAPTURE_SPLIT",
     "DELTA_ERROR",
     "DELTA_NAME",
     "DELTA_USAGE",

@@ -43,6 +43,11 @@ for and strips), the prefix, the suffix. The payload is then scanned, copied and
 instead of twice; the writer rebuilds the bytes (storage/capture_writer.py). Anything
 else (another object, a redacted or dropped previous event, a prefix or suffix with a
 trigger word) is an ordinary ``event`` of the framed bytes.
+
+``split`` is ``event`` for a payload the client's copy will leave bytes out of (the
+usage-only event the gateway strips): its frame (direction | ``CAPTURE_SPLIT``) starts
+with the offsets where those cuts begin and end (u32 count, u32 each), so the writer
+compresses the pieces apart and the reference can reuse the ones the client got.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ REDACT_LITERAL = 16
 # A frame whose direction has this bit holds no payload of its own: its data is the
 # previous frame's, between a prefix and a suffix it carries (CaptureBuffer.relayed).
 CAPTURE_REF = 0x80
+# A frame whose direction has this bit starts with split points (u32 count, u32 each)
+# before its payload: where the client's copy will leave bytes out (CaptureBuffer.split).
+CAPTURE_SPLIT = 0x40
 # Only payloads this long are sent by reference; the writer hands every frame this long
 # to its Python side, which keeps the last one for the reference that may follow.
 CAPTURE_REF_MIN = 1024
@@ -190,6 +198,37 @@ class CaptureBuffer:
         if not flags and type(data) is bytes and len(data) >= CAPTURE_REF_MIN:
             self._last = data
             self._last_seq = self.seq
+        if len(self._out) >= self._full:
+            self._wake(True)
+        elif before == 0:
+            self._wake(False)
+
+    def split(self, direction: int, meta: bytes, payload: bytes, points: tuple[int, ...]) -> None:
+        if self.disabled:
+            return
+        n, k = len(payload), len(points)
+        if n < CAPTURE_REF_MIN or k == 0 or 4 + 4 * k + n > 0xFFFFFF00:
+            self.event(direction, meta, payload)
+            return
+        pos = 0
+        for p in points:
+            if p <= pos or p >= n:
+                self.event(direction, meta, payload)
+                return
+            pos = p
+        if redact_flags(payload, self._secrets, self._extras):
+            self.event(direction, meta, payload)
+            return
+        before = len(self._out)
+        if before + self.backlog > self._limit:
+            self.dropped += 1
+            return
+        ts = self._wall0 + (time.monotonic() - self._mono0)
+        self.seq += 1
+        data = struct.pack(f"<I{k}I", k, *points) + payload
+        append_capture_frame(self._out, ts, self.seq, direction | CAPTURE_SPLIT, meta, data)
+        self._last = payload
+        self._last_seq = self.seq
         if len(self._out) >= self._full:
             self._wake(True)
         elif before == 0:
@@ -327,7 +366,11 @@ def capture_items(
             break
         meta, data = bytes(view[meta_at:data_at]), bytes(view[data_at:stop])
         cbor_meta = _meta_cbor(meta) if meta else b""
-        if len(data) >= compress_min or cbor_meta is None or direction & CAPTURE_REF:
+        if (
+            len(data) >= compress_min
+            or cbor_meta is None
+            or direction & (CAPTURE_REF | CAPTURE_SPLIT)
+        ):
             items.append(slow(ts, seq, direction, meta, data))
         else:
             if cbor_meta == b"\xa0":
