@@ -75,22 +75,28 @@ def pack_event(ts: float, seq: int, direction: int, meta: bytes, data: bytes) ->
     )
 
 
+Buffer = bytes | memoryview
 # A payload's compressed pieces: (start, end, deflate blocks) in order, each piece's
 # blocks byte-aligned and free of references to other pieces (a full flush after each).
 Pieces = list[tuple[int, int, bytes]]
 
 
-def deflate(data: bytes, points: Sequence[int] = ()) -> tuple[bytes, Pieces, int]:
+def deflate(data: Buffer, points: Sequence[int] = ()) -> tuple[bytes, Pieces, int]:
     """``data`` zlib-compressed, as one stream that ``zlib.decompress`` reads, plus what a
     reference to it reuses: the deflate blocks of each piece between ``points`` (not
     final, byte-aligned, and after a full flush, so a piece refers only to itself) and
     the Adler-32 of the whole."""
     c = zlib.compressobj(COMPRESS_LEVEL)
+    if not points:
+        whole = c.compress(data) + c.flush(zlib.Z_FULL_FLUSH)
+        tail = c.flush()
+        return whole + tail, [(0, len(data), whole[2:])], int.from_bytes(tail[-4:], "big")
+    view = memoryview(data)  # pieces without copies
     pieces: Pieces = []
-    body = []
+    body: list[bytes] = []
     start = 0
     for end in (*points, len(data)):
-        part = c.compress(data[start:end]) + c.flush(zlib.Z_FULL_FLUSH)
+        part = c.compress(view[start:end]) + c.flush(zlib.Z_FULL_FLUSH)
         if not pieces:
             header, part = part[:2], part[2:]
             body.append(header)
@@ -153,7 +159,7 @@ def _item(
     seq: int,
     direction: int,
     meta: dict[str, Any] | None,
-    data: bytes,
+    data: Buffer,
     packed: bytes | None,
 ) -> bytes:
     event: dict[str, Any] = {"ts": ts, "dir": direction, "seq": seq}
@@ -161,7 +167,7 @@ def _item(
         event["data"] = packed
         event["enc"] = "zlib"
     else:
-        event["data"] = data
+        event["data"] = data if type(data) is bytes else bytes(data)
     if meta:
         event["meta"] = meta
     return cbor2.dumps(event)
@@ -179,12 +185,12 @@ class ItemBuilder:
         self._last_seq = -1
         # The last frame's payload, its compressed pieces (None: stored as it is) and
         # the payload's Adler-32.
-        self._last: tuple[bytes, Pieces | None, int] | None = None
+        self._last: tuple[Buffer, Pieces | None, int] | None = None
 
-    def __call__(self, ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
+    def __call__(self, ts: float, seq: int, direction: int, meta: bytes, data: Buffer) -> bytes:
         parsed = orjson.loads(meta) if meta else None
         if direction & CAPTURE_REF:
-            item = self._ref(ts, seq, direction & ~CAPTURE_REF, parsed, data)
+            item = self._ref(ts, seq, direction & ~CAPTURE_REF, parsed, bytes(data))
             self._last = None
         else:
             points: tuple[int, ...] = ()
@@ -192,7 +198,9 @@ class ItemBuilder:
                 direction &= ~CAPTURE_SPLIT
                 (count,) = _U32.unpack_from(data)
                 points = struct.unpack_from(f"<{count}I", data, 4)
-                data = data[4 + 4 * count :]
+                # A view: the payload is not copied again (compressed, or kept for the
+                # reference; stored as it is only when compression does not pay).
+                data = memoryview(data)[4 + 4 * count :]
             packed = None
             if len(data) >= COMPRESS_MIN:
                 packed, pieces, adler = deflate(data, points)
@@ -227,7 +235,7 @@ class ItemBuilder:
         size = len(prefix) + len(body) + len(suffix)
         blocks = _blocks_of(pieces, kept) if pieces is not None else None
         if blocks is None:
-            framed = prefix + body + suffix
+            framed = b"".join((prefix, body, suffix))
             packed = deflate(framed)[0] if size >= COMPRESS_MIN else None
             return _item(ts, seq, direction, meta, framed, packed)
         # The pieces the client got, between stored blocks of the prefix and the suffix:
@@ -257,7 +265,7 @@ class ItemBuilder:
             if meta:
                 event["meta"] = meta
             return cbor2.dumps(event)
-        return _item(ts, seq, direction, meta, prefix + body + suffix, None)
+        return _item(ts, seq, direction, meta, b"".join((prefix, body, suffix)), None)
 
 
 def _blocks_of(pieces: Pieces, kept: list[tuple[int, int]]) -> bytes | None:
