@@ -175,7 +175,9 @@ def _perf_run(args: argparse.Namespace, wrk: str, work: Path) -> None:
     backend = start_nginx_backend(nginx, work, (1,)) if nginx else start_mock(work, (1,))
     gateway = None
     try:
-        cfg = fastproxy_config(backend.port, work, usage=args.usage == "on", policy=args.policy)
+        cfg = fastproxy_config(
+            backend.port, work, usage=args.usage == "on", policy=args.policy, capture=args.capture
+        )
         port = free_port()
         cfg["port"] = port
         cfg["admin"] = {"enabled": False}
@@ -246,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="bench.load's scenario e policy: 100 named keys with limits, a least_busy group",
     )
+    ap.add_argument(
+        "--capture",
+        action="store_true",
+        help="wire capture on (its writer is a process of its own, not in the profile)",
+    )
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--keep", action="store_true", help="keep the work dir (the .prof file)")
     ap.add_argument(
@@ -266,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     mock = start_mock(work, (1,))
     gateway = None
     try:
-        cfg = fastproxy_config(mock.port, work, usage=args.usage == "on", policy=args.policy)
+        cfg = fastproxy_config(
+            mock.port, work, usage=args.usage == "on", policy=args.policy, capture=args.capture
+        )
         port = free_port()
         cfg["port"] = port
         cfg["admin"] = {"enabled": False}
