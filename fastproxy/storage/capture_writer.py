@@ -57,9 +57,11 @@ FRAME = struct.Struct("<IdQBI")  # length of the rest, ts, seq, dir, meta length
 _REST = struct.Struct("<dQBI")
 STATUS_EVERY_S = 0.5
 # Below this an event is stored as it is. zlib starts every stream by setting up ~256
-# KiB of state: ~7 µs whatever the level, on a few hundred bytes that shrink by a
-# quarter at best. Heads and short JSON answers are most events, and the writer shares
-# its core with everything else; a kilobyte and up is where compressing pays.
+# KiB of state (about 1 µs with the allocator thresholds of fastproxy/memory.py, tens of
+# µs without), and a few hundred bytes shrink by a quarter at best. Heads and short JSON
+# answers are most events, and the writer shares its core with everything else; a
+# kilobyte and up is where compressing pays. It must not exceed CAPTURE_REF_MIN: every
+# payload a reference may name has to reach ItemBuilder, which keeps it.
 COMPRESS_MIN = 1024
 # zlib's fastest level: on stream chunks it compresses ~2.7x faster than the default (6)
 # for files ~15 % larger (0.024 of the input against 0.021 on a capture of SSE chunks).
