@@ -167,11 +167,13 @@ Factory = Callable[..., RunningGateway]
 CLIENT_KEY = "client-key-PLANTED-51ab3e"
 
 
-def _raw_post(port: int, path: str, body: dict[str, Any], extra: str) -> bytes:
-    """The whole HTTP/1.1 response as it came off the socket (chunked framing kept)."""
+def _raw_post(
+    port: int, path: str, body: dict[str, Any], extra: str, version: str = "1.1"
+) -> bytes:
+    """The whole response as it came off the socket (chunked framing kept)."""
     data = orjson.dumps(body)
     head = (
-        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"POST {path} HTTP/{version}\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         f"authorization: Bearer {CLIENT_KEY}\r\n{extra}connection: close\r\n"
         f"content-length: {len(data)}\r\n\r\n"
     ).encode()
@@ -237,3 +239,35 @@ def test_stream_capture_equals_the_wire(
     ).json()
     assert health["wire_capture"]["events_referred"] >= 1
     assert health["wire_capture"]["dropped"] == 0
+
+
+def test_http10_stream_capture_equals_the_wire(
+    gateway_factory: Factory, mock_llm: MockLLMServer, tmp_path: Path
+) -> None:
+    """An HTTP/1.0 client gets the stream without chunked framing (the connection's end
+    ends it): the references then carry no framing at all, and still rebuild exactly
+    what the client read, the usage event cut out included."""
+    out = tmp_path / "captures"
+    gw = gateway_factory(
+        {
+            "backends": {"openai.1": backend_for(mock_llm, "openai")},
+            "auth": {"api_keys": [CLIENT_KEY]},
+            "wire_capture": {"enabled": True, "output_dir": str(out)},
+        }
+    )
+    body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    extra = "x-mock-tokens: 40\r\nx-mock-event-bytes: 3000\r\n"
+    wire = _raw_post(gw.port, "/v1/chat/completions", body, extra, version="1.0")
+    assert wire.startswith(b"HTTP/1.1 200") and wire.rstrip().endswith(b"data: [DONE]")
+    events = wait_until(lambda: stream_ended(out), what="the stream's end marker")
+    client = b"".join(data_of(e) for e in events if e["dir"] == 1)
+    assert client == wire
+    assert b"transfer-encoding: chunked" not in client.lower()
+    sent = b"".join(data_of(e) for e in events if e["dir"] == 3 and "sc" not in e.get("meta", {}))
+    assert b'"usage"' in sent and b'"usage"' not in client
+    health = httpx.get(
+        gw.url + "/internal/health",
+        headers={"authorization": f"Bearer {CLIENT_KEY}"},
+        timeout=10,
+    ).json()
+    assert health["wire_capture"]["events_referred"] >= 1
