@@ -912,10 +912,12 @@ class RequestCycle:
         """A 2xx head (routing policy on): a session that failed over sticks to the
         backend that answered, and its time to first byte (a JSON answer) feeds the
         latency average; a stream's is taken at its first event (``_first_event``)."""
-        balancer, backend = self._balancer, self._backend
-        if balancer is not None:
+        balancer, backend, policy = self._balancer, self._backend, self.plane.policy
+        if policy is None:
+            return  # reloaded away meanwhile: nothing reads these any more
+        if balancer is not None and policy.affinity is not None:
             balancer.served(self.record.session_id, backend.name)
-        if not ctype.startswith(b"text/event-stream"):
+        if policy.timed and not ctype.startswith(b"text/event-stream"):
             assert self._stats is not None
             sent = self.record.upstream_sent_at
             self._stats.observed(backend.name, (resp.first_byte_at or time.monotonic()) - sent)
@@ -1093,7 +1095,9 @@ class RequestCycle:
         # While the client cannot take more, the backend is not read: the stream is held
         # back at its source, not buffered here.
         flow.follow(conn)
-        resp.attach(relay if self._stats is None else self._first_event(resp, relay))
+        policy = self.plane.policy
+        timed = self._stats is not None and policy is not None and policy.timed
+        resp.attach(self._first_event(resp, relay) if timed else relay)
         if conn is not None and not flow.write_paused:
             conn.resume_reading()  # held while undecided (pool.HOLD_UNDECIDED)
         if resp.finished:

@@ -103,6 +103,7 @@ class Policy:
         "resolver",
         "rng",
         "stats",
+        "timed",
     )
 
     def __init__(
@@ -122,6 +123,13 @@ class Policy:
         # Latency settings may change on a reload; the samples stay.
         self.stats._alpha = lb.latency.alpha
         self.stats.reprobe_seconds = lb.latency.reprobe_seconds
+        # Whether any pool orders by latency: only then is a request's time to first
+        # byte fed to the averages (the cycle asks, so other strategies skip it).
+        self.timed = (
+            lb.strategy == "latency"
+            or any(p.strategy == "latency" for p in lb.models.values())
+            or any(g.strategy == "latency" for g in config.groups.values())
+        )
         wants_affinity = (
             lb.affinity.enabled
             or any(p.affinity for p in lb.models.values())
@@ -273,10 +281,11 @@ class Policy:
             raise RoutingError(
                 f"The model {model!r} does not exist or no configured backend serves it"
             )
-        if breakers is None:
-            unavailable: set[str] = set()
-        else:
-            unavailable = {b.name for b, _ in out if not breakers.breaker_state(b.name).routable}
+        unavailable: set[str] = set()
+        if breakers is not None:
+            for b, _ in out:
+                if not breakers.breaker_state(b.name).routable:
+                    unavailable.add(b.name)
         if balancer is not None:
             return balancer.order(out, session_id, unavailable, size), balancer
         if unavailable:
