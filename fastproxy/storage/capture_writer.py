@@ -68,8 +68,6 @@ COMPRESS_MIN = 1024
 # The writer shares a core with everything else on a small machine, and at saturation
 # its compression rate, not the disk, decides how much of the traffic is captured.
 COMPRESS_LEVEL = 1
-# How much nicer than the gateway the writer runs (os.nice): see main.
-WRITER_NICE = 10
 
 
 def pack_event(ts: float, seq: int, direction: int, meta: bytes, data: bytes) -> bytes:
@@ -515,13 +513,6 @@ class Writer:
             pass
 
 
-def _lower_priority(nice: int) -> None:
-    try:
-        os.nice(nice)
-    except OSError:  # not permitted here (a sandbox): the default priority it is
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastproxy.storage.capture_writer")
     parser.add_argument("--fd", type=int, required=True)
@@ -532,12 +523,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--meta", default="{}")
     args = parser.parse_args(argv)
     tune_allocator()
-    # Background work: the backend, the clients and the gateway's own peers on this
-    # machine go first when a core is contended (a batch of ~250 KiB takes the writer
-    # half a millisecond to compress, which a latency-bound neighbour should not wait
-    # behind). Idle time is plenty: past its bound the gateway drops events and counts
-    # them, it never waits.
-    _lower_priority(WRITER_NICE)
     # The gateway decides when capture ends (it closes the socket): a ^C or SIGTERM to
     # the process group must not cut the events still queued in the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
