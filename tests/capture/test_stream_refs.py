@@ -185,6 +185,17 @@ def _raw_post(
     return b"".join(parts)
 
 
+def _assert_referred(gw: RunningGateway) -> None:
+    """The chunks did travel by reference, and nothing was dropped."""
+    health = httpx.get(
+        gw.url + "/internal/health",
+        headers={"authorization": f"Bearer {CLIENT_KEY}"},
+        timeout=10,
+    ).json()
+    assert health["wire_capture"]["events_referred"] >= 1
+    assert health["wire_capture"]["dropped"] == 0
+
+
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 def test_stream_capture_equals_the_wire(
     gateway_factory: Factory, mock_llm: MockLLMServer, tmp_path: Path, dialect: str
@@ -232,13 +243,7 @@ def test_stream_capture_equals_the_wire(
         # The gateway asked for usage and cut that event from the client's copy: the
         # backend's side has it, the client's does not.
         assert b'"usage"' in sent and b'"usage"' not in client
-    health = httpx.get(
-        gw.url + "/internal/health",
-        headers={"authorization": f"Bearer {CLIENT_KEY}"},
-        timeout=10,
-    ).json()
-    assert health["wire_capture"]["events_referred"] >= 1
-    assert health["wire_capture"]["dropped"] == 0
+    _assert_referred(gw)
 
 
 def test_http10_stream_capture_equals_the_wire(
@@ -265,9 +270,4 @@ def test_http10_stream_capture_equals_the_wire(
     assert b"transfer-encoding: chunked" not in client.lower()
     sent = b"".join(data_of(e) for e in events if e["dir"] == 3 and "sc" not in e.get("meta", {}))
     assert b'"usage"' in sent and b'"usage"' not in client
-    health = httpx.get(
-        gw.url + "/internal/health",
-        headers={"authorization": f"Bearer {CLIENT_KEY}"},
-        timeout=10,
-    ).json()
-    assert health["wire_capture"]["events_referred"] >= 1
+    _assert_referred(gw)

@@ -52,6 +52,7 @@ compresses the pieces apart and the reference can reuse the ones the client got.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import time
@@ -183,56 +184,38 @@ class CaptureBuffer:
         self._last = None
 
     def event(self, direction: int, meta: bytes, data: Buffer) -> None:
-        if self.disabled:
+        if self.disabled or self._full_up():
             return
-        before = len(self._out)
-        if before + self.backlog > self._limit:
-            self.dropped += 1
-            return
-        ts = self._wall0 + (time.monotonic() - self._mono0)
         flags = redact_flags(data, self._secrets, self._extras)
         if flags:
             data = self._redact(bytes(data), flags)
-        self.seq += 1
-        append_capture_frame(self._out, ts, self.seq, direction, meta, data)
+        self._append(direction, meta, data)
         if not flags and type(data) is bytes and len(data) >= CAPTURE_REF_MIN:
             self._last = data
             self._last_seq = self.seq
-        if len(self._out) >= self._full:
-            self._wake(True)
-        elif before == 0:
-            self._wake(False)
 
     def split(self, direction: int, meta: bytes, payload: bytes, points: tuple[int, ...]) -> None:
         if self.disabled:
             return
         n, k = len(payload), len(points)
-        if n < CAPTURE_REF_MIN or k == 0 or 4 + 4 * k + n > 0xFFFFFF00:
+        ordered = all(0 < p < n for p in points) and all(
+            a < b for a, b in itertools.pairwise(points)
+        )
+        if (
+            n < CAPTURE_REF_MIN
+            or not k
+            or not ordered
+            or 4 + 4 * k + n > 0xFFFFFF00
+            or redact_flags(payload, self._secrets, self._extras)
+        ):
             self.event(direction, meta, payload)
             return
-        pos = 0
-        for p in points:
-            if p <= pos or p >= n:
-                self.event(direction, meta, payload)
-                return
-            pos = p
-        if redact_flags(payload, self._secrets, self._extras):
-            self.event(direction, meta, payload)
+        if self._full_up():
             return
-        before = len(self._out)
-        if before + self.backlog > self._limit:
-            self.dropped += 1
-            return
-        ts = self._wall0 + (time.monotonic() - self._mono0)
-        self.seq += 1
         data = struct.pack(f"<I{k}I", k, *points) + payload
-        append_capture_frame(self._out, ts, self.seq, direction | CAPTURE_SPLIT, meta, data)
+        self._append(direction | CAPTURE_SPLIT, meta, data)
         self._last = payload
         self._last_seq = self.seq
-        if len(self._out) >= self._full:
-            self._wake(True)
-        elif before == 0:
-            self._wake(False)
 
     def relayed(
         self,
@@ -244,33 +227,45 @@ class CaptureBuffer:
         cuts: tuple[tuple[int, int], ...],
     ) -> None:
         n, f = len(payload), len(framed)
-        if payload is not self._last or self._last_seq != self.seq or self.disabled or at < 0:
-            self.event(direction, meta, framed)
-            return
-        kept, pos = n, 0
+        kept, pos, ordered = n, 0, True
         for start, end in cuts:
-            if start < pos or end < start or end > n:
-                self.event(direction, meta, framed)
-                return
+            ordered = ordered and pos <= start <= end <= n
             kept -= end - start
             pos = end
-        if at + kept > f:
+        if (
+            payload is not self._last
+            or self._last_seq != self.seq
+            or self.disabled
+            or at < 0
+            or not ordered
+            or at + kept > f
+        ):
             self.event(direction, meta, framed)
             return
         outside = framed[:at] + framed[at + kept :]
         if redact_flags(outside, self._secrets, self._extras):
             self.event(direction, meta, framed)
             return
-        before = len(self._out)
-        if before + self.backlog > self._limit:
-            self.dropped += 1
+        if self._full_up():
             return
-        ts = self._wall0 + (time.monotonic() - self._mono0)
-        self.seq += 1
         ref = struct.pack("<II", at, len(cuts))
         ref += b"".join(struct.pack("<II", start, end) for start, end in cuts) + outside
-        append_capture_frame(self._out, ts, self.seq, direction | CAPTURE_REF, meta, ref)
+        self._append(direction | CAPTURE_REF, meta, ref)
         self.referred += 1
+
+    def _full_up(self) -> bool:
+        """Past the bound: the event is dropped and counted (checked before any work)."""
+        if len(self._out) + self.backlog > self._limit:
+            self.dropped += 1
+            return True
+        return False
+
+    def _append(self, direction: int, meta: bytes, data: Buffer) -> None:
+        """Stamp, number and frame a kept event; wake the owner as the module says."""
+        before = len(self._out)
+        ts = self._wall0 + (time.monotonic() - self._mono0)
+        self.seq += 1
+        append_capture_frame(self._out, ts, self.seq, direction, meta, data)
         if len(self._out) >= self._full:
             self._wake(True)
         elif before == 0:
