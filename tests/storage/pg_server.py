@@ -21,6 +21,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from fastproxy.storage.pg_store import PgUsageStore
+
 # A DSN carries a password in real deployments; the tests' has one too (trust auth
 # ignores it) so they can check that it is never printed or logged.
 PASSWORD = "pg-secret-do-not-print"
@@ -111,3 +113,17 @@ def pg_server() -> Iterator[PgServer]:
         yield server
     finally:
         server.close()
+
+
+def pg_usage_store(
+    dsn: str, spool_dir: Path, *, max_queue: int = 100, spool_max_bytes: int = 1 << 20
+) -> PgUsageStore:
+    """A PostgreSQL usage store as the tests run it: quick flushes, nothing pruned."""
+    return PgUsageStore(
+        dsn,
+        spool_dir=spool_dir,
+        spool_max_bytes=spool_max_bytes,
+        flush_interval=0.05,
+        max_queue=max_queue,
+        retention_days=0,
+    )

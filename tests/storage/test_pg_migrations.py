@@ -9,8 +9,8 @@ from pathlib import Path
 
 from fastproxy.storage.pg_reader import connect
 from fastproxy.storage.pg_schema import MIGRATIONS, VERSION
-from fastproxy.storage.pg_store import PgUsageStore, SchemaTooNew, migrate
-from tests.storage.pg_server import PgServer
+from fastproxy.storage.pg_store import SchemaTooNew, migrate
+from tests.storage.pg_server import PgServer, pg_usage_store
 from tests.usage.test_store_queries import record
 
 
@@ -52,14 +52,7 @@ def test_a_newer_schema_is_left_alone(pg_server: PgServer, tmp_path: Path) -> No
             raise AssertionError("a newer schema was migrated")
         except SchemaTooNew:
             pass
-    s = PgUsageStore(
-        dsn,
-        spool_dir=tmp_path / "spool",
-        spool_max_bytes=1 << 20,
-        flush_interval=0.05,
-        max_queue=100,
-        retention_days=0,
-    )
+    s = pg_usage_store(dsn, tmp_path / "spool")
     s.start()
     assert s.submit(record())
     s.stop()

@@ -22,7 +22,7 @@ from fastproxy.storage import usage_queries
 from fastproxy.storage.pg_store import PgUsageStore
 from fastproxy.storage.usage_queries import parse_filters
 from fastproxy.storage.usage_store import UsageStore
-from tests.storage.pg_server import PgServer
+from tests.storage.pg_server import PgServer, pg_usage_store
 from tests.support.monitoring import usage_router
 from tests.usage.test_store_queries import _random_query, _random_records, call, record
 
@@ -40,13 +40,8 @@ def stores(
 ) -> Iterator[tuple[UsageStore, PgUsageStore]]:
     tmp = tmp_path_factory.mktemp("parity")
     lite = UsageStore(tmp / "usage.db", flush_interval=0.05, max_queue=20_000, retention_days=0)
-    pg = PgUsageStore(
-        pg_server.new_db(),
-        spool_dir=tmp / "spool",
-        spool_max_bytes=1 << 24,
-        flush_interval=0.05,
-        max_queue=20_000,
-        retention_days=0,
+    pg = pg_usage_store(
+        pg_server.new_db(), tmp / "spool", max_queue=20_000, spool_max_bytes=1 << 24
     )
     for s in (lite, pg):
         s.start()
@@ -113,14 +108,7 @@ def test_a_batch_written_twice_is_stored_and_counted_once(
     """The exactly-once rule: (origin, oseq) unique, and the rollups count only the rows
     the insert took (a replayed spool batch, or a commit whose answer was lost)."""
     dsn = pg_server.new_db()
-    s = PgUsageStore(
-        dsn,
-        spool_dir=tmp_path / "spool",
-        spool_max_bytes=1 << 20,
-        flush_interval=0.05,
-        max_queue=100,
-        retention_days=0,
-    )
+    s = pg_usage_store(dsn, tmp_path / "spool")
     s.start()
     recs = [record(total_duration_ms=float(i), cost=0.5) for i in range(10)]
     from fastproxy.storage.usage_schema import prepare
@@ -147,14 +135,7 @@ def test_spooled_batches_replay_in_order_exactly_once(pg_server: PgServer, tmp_p
     was copied, as if a recorder had died after storing it and before removing it): each
     record once, in the order they were made."""
     dsn = pg_server.new_db()
-    s = PgUsageStore(
-        dsn,
-        spool_dir=tmp_path / "spool",
-        spool_max_bytes=1 << 20,
-        flush_interval=0.05,
-        max_queue=100,
-        retention_days=0,
-    )
+    s = pg_usage_store(dsn, tmp_path / "spool")
     from fastproxy.storage.usage_schema import prepare
 
     batches = [
@@ -186,14 +167,7 @@ def test_retention_runs_in_one_place_and_keeps_rollups_exact(
     from fastproxy.storage.pg_store import prune
 
     dsn = pg_server.new_db()
-    s = PgUsageStore(
-        dsn,
-        spool_dir=tmp_path / "spool",
-        spool_max_bytes=1 << 20,
-        flush_interval=0.05,
-        max_queue=100,
-        retention_days=0,
-    )
+    s = pg_usage_store(dsn, tmp_path / "spool")
     s.start()
     for day in (1, 2, 3):
         for hour in (1, 13):
@@ -237,14 +211,7 @@ def test_identical_replacement_groups(pg_server: PgServer, tmp_path: Path) -> No
         record(backend=None, model_used=None),
     ]
     lite = UsageStore(tmp_path / "r.db", flush_interval=0.05, max_queue=100, retention_days=0)
-    pg = PgUsageStore(
-        pg_server.new_db(),
-        spool_dir=tmp_path / "spool",
-        spool_max_bytes=1 << 20,
-        flush_interval=0.05,
-        max_queue=100,
-        retention_days=0,
-    )
+    pg = pg_usage_store(pg_server.new_db(), tmp_path / "spool")
     for s in (lite, pg):
         s.start()
         for r in recs:
@@ -261,14 +228,7 @@ def test_a_spool_cut_short_by_a_crash_replays_what_is_whole(
     """A crash mid-write leaves a partial last frame: the whole frames before it are
     replayed, the cut one is counted dropped, and the file goes."""
     dsn = pg_server.new_db()
-    s = PgUsageStore(
-        dsn,
-        spool_dir=tmp_path / "spool",
-        spool_max_bytes=1 << 20,
-        flush_interval=0.05,
-        max_queue=100,
-        retention_days=0,
-    )
+    s = pg_usage_store(dsn, tmp_path / "spool")
     from fastproxy.storage.usage_schema import prepare
 
     for b in range(2):

@@ -31,7 +31,7 @@ from fastproxy.storage import usage_queries
 from fastproxy.storage.pg_store import PgUsageStore
 from fastproxy.storage.usage_queries import FilterError, parse_filters
 from fastproxy.storage.usage_store import UsageStore
-from tests.storage.pg_server import PgServer
+from tests.storage.pg_server import PgServer, pg_usage_store
 from tests.support.monitoring import usage_router
 from tests.support.waiting import wait_until
 
@@ -96,13 +96,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UsageStore
         )
     else:
         server: PgServer = request.getfixturevalue("pg_server")
-        s = PgUsageStore(
-            server.new_db(),
-            spool_dir=tmp_path / "spool",
-            spool_max_bytes=1 << 24,
-            flush_interval=0.05,
-            max_queue=20_000,
-            retention_days=0,
+        s = pg_usage_store(
+            server.new_db(), tmp_path / "spool", max_queue=20_000, spool_max_bytes=1 << 24
         )
     s.start()
     yield s
