@@ -1137,10 +1137,9 @@ class RequestCycle:
             cut = "backend ended the stream without its final event"
         if cut is None and relay.overflow:
             cut = "backend sent an oversized stream event"
-        if cut is None and self._tap is not None:
-            relay.finish()  # the capture keeps any bytes after the final event
+        if cut is not None or self._tap is not None:
+            relay.finish()  # a cut stream's rest is dropped (the capture still keeps it)
         if cut is not None:
-            relay.finish()
             rec.outcome = "truncated"
             log.warning("stream from %s cut: %s", self._backend.name, cut)
             event = self._dialect.stream_error_event(cut, "stream_truncated")
