@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -22,6 +23,17 @@ from .conftest import BREAKER_THRESHOLD, Stack, StackFactory, console_errors
 
 NO_VALUE = "\u2013"  # the en dash the page shows where it has no number (yet)
 WAIT_S = 20  # two ticks of the page are 4 s; the deadline leaves room for a busy machine
+
+
+def waiting(driver: Any, timeout: float, poll_frequency: float) -> Any:
+    """Selenium's wait, also retrying an element the page re-rendered between the find
+    and the read (the tables are rebuilt every tick): that is not yet, not a failure."""
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=poll_frequency,
+        ignored_exceptions=(StaleElementReferenceException,),
+    )
 
 
 def text(driver: Any, css: str) -> str:
@@ -39,7 +51,7 @@ def wait_text(driver: Any, css: str, want: str, timeout: float = WAIT_S) -> None
         return bool(els) and els[0].text == want
 
     try:
-        WebDriverWait(driver, timeout, poll_frequency=0.1).until(shown)
+        waiting(driver, timeout, poll_frequency=0.1).until(shown)
     except Exception as exc:
         els = driver.find_elements(By.CSS_SELECTOR, css)
         now = els[0].text if els else "(no such element)"
@@ -50,7 +62,7 @@ def open_dashboard(driver: Any, stack: Stack) -> None:
     driver.get(stack.admin + "/")
     assert driver.title == "fastproxy dashboard"
     # The first tick has run when the health badge left "connecting…".
-    WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(
+    waiting(driver, WAIT_S, poll_frequency=0.1).until(
         lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("ok", "degraded")
     )
     wait_text(driver, "#events-state", "live")
@@ -116,7 +128,7 @@ def test_page_loads_clean_shows_the_stats_numbers_and_follows_new_requests(
     # A new request, through the official SDK: the count, its backend's row and the
     # requests-per-second rate (from /metrics) all move.
     stack.chat(model="gpt-4o-mini")
-    WebDriverWait(page, WAIT_S, poll_frequency=0.05).until(
+    waiting(page, WAIT_S, poll_frequency=0.05).until(
         # A dash until the page has two /metrics samples to take a rate from.
         lambda d: d.find_element(By.ID, "kpi-rps").text not in (NO_VALUE, "0")
     )
@@ -155,7 +167,7 @@ def test_a_backend_turning_unhealthy_shows_in_the_table_and_the_event_history(
     # The transition arrived on the event stream (read with fetch: it carries no
     # history, so it is the live stream that put it there).
     event = '#events li[data-subject="openai.1"][data-to="open"]'
-    WebDriverWait(page, WAIT_S, poll_frequency=0.1).until(
+    waiting(page, WAIT_S, poll_frequency=0.1).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, event)
     )
     assert "closed → open" in text(page, event)
@@ -183,7 +195,7 @@ def save_screenshot(driver: Any, stack: Stack, path: Path) -> None:
         target=lambda: stack.chat(model="gpt-4o-mini", stream=True), daemon=True
     )
     worker.start()
-    WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(
+    waiting(driver, WAIT_S, poll_frequency=0.1).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#connections tbody tr")
     )
     height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -222,9 +234,7 @@ def test_live_connections_show_as_in_fastproxy_top(page: Any, stack: Stack) -> N
     worker = threading.Thread(target=slow, daemon=True)
     worker.start()
     row = "#connections tbody tr"
-    WebDriverWait(page, WAIT_S, poll_frequency=0.1).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, row)
-    )
+    waiting(page, WAIT_S, poll_frequency=0.1).until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
     cells = [c.text for c in page.find_elements(By.CSS_SELECTOR, row + " td")]
     assert cells[0] == "openai.2"
     assert cells[2] == "streaming"
@@ -232,7 +242,7 @@ def test_live_connections_show_as_in_fastproxy_top(page: Any, stack: Stack) -> N
     assert text(page, "#kpi-active") == "1"
     assert done.wait(WAIT_S) and not errors, errors
     worker.join(5)
-    WebDriverWait(page, WAIT_S, poll_frequency=0.1).until(
+    waiting(page, WAIT_S, poll_frequency=0.1).until(
         lambda d: not d.find_elements(By.CSS_SELECTOR, row)
     )
     wait_text(page, "#kpi-active", "0")
@@ -297,7 +307,7 @@ def test_budget_events_on_the_stream_show_in_the_history(
         stack.chat()
         event = '#events li[data-kind="budget"][data-subject="key:alice"]'
         for percent in (80, 100):
-            WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(
+            waiting(driver, WAIT_S, poll_frequency=0.1).until(
                 lambda d, p=percent: any(
                     f"{p}% of its" in li.text for li in d.find_elements(By.CSS_SELECTOR, event)
                 )
