@@ -71,7 +71,7 @@ def measure(n: int, turns: int, db: Path) -> dict[str, float]:
         pragmas=PRAGMAS,
         batch_size=BATCH,
         fold=fold_rollups,
-        courteous=False,
+        courtesy="none",
     )
     store._open()
     conn = store._conn

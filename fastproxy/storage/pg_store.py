@@ -141,7 +141,8 @@ class PgUsageStore(UsageStore):
         batch_size: int = 500,
         build: Callable[[Any], Prepared] | None = None,
         on_write: Callable[[], None] | None = None,
-        courteous: bool = True,
+        courtesy: str = "yield",
+        on_backlog: Callable[[bool], bool] | None = None,
     ) -> None:
         super().__init__(
             spool_dir,
@@ -151,7 +152,8 @@ class PgUsageStore(UsageStore):
             batch_size=batch_size,
             build=build,
             on_write=on_write,
-            courteous=courteous,
+            courtesy=courtesy,
+            on_backlog=on_backlog,
             dsn=dsn,
         )
         self.where = describe(dsn)

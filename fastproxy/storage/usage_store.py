@@ -70,18 +70,36 @@ RETENTION_EVERY_S = 300.0
 RETENTION_BATCH = 5000  # about this many rows per delete transaction: no long stalls
 RETENTION_BATCHES_PER_ROUND = 20  # then back to writing; the rest goes next round
 AT_EXIT_TIMEOUT_S = 5.0
-# The writer shares a core with the event loop whenever the machine is busy (always where
-# the gateway is pinned to one core). A batch is 10-25 ms of CPU, and the kernel lets a
-# running thread go on for its time slice before a woken event loop gets the core, so a
-# request that arrived mid-batch waited up to ~3 ms (c=1: p99 3.3 ms with usage tracking
-# on, 0.6 ms off). A yield every YIELD_EVERY records hands the core to a runnable loop;
-# with nothing else runnable it returns at once. Only while the writer keeps up: yielding
-# gives the loop more than a fair share of the core, so at saturation the queue would grow
-# without end; past one batch of backlog the writer stops yielding until it has caught up.
-# docs/BENCHMARKS.md.
+# How a writer shares its core (the store's ``courtesy``), and why:
+#
+# "yield", the writer thread in the gateway's own process. It shares a core with the event
+# loop whenever the machine is busy (always where the gateway is pinned to one core). A
+# batch is 10-25 ms of CPU, and the kernel lets a running thread go on for its time slice
+# before a woken event loop gets the core, so a request that arrived mid-batch waited up
+# to ~3 ms (c=1: p99 3.3 ms with usage tracking on, 0.6 ms off). A yield every
+# YIELD_EVERY records hands the core to a runnable loop; with nothing else runnable it
+# returns at once.
+#
+# "nap", the recorder process. Its core is shared with whatever else runs there (a
+# client, a backend, another worker), usually in other sessions, and Linux schedules each
+# session as a group (autogroup): a yield, SCHED_IDLE or a nice value only rank the
+# recorder against its own session, never against them. A process woken in another
+# group waits until the recorder's group has used its slice, 1-5 ms measured, so a burst
+# of records made the c=1 p99 2-2.5 ms with usage on against 0.3 ms off. A sleep is the
+# one thing every scheduler honours: the recorder stops for a moment after every
+# NAP_SLICE_S of work, and a woken peer waits at most one slice.
+#
+# Either way only while the writer keeps up: pausing gives the others more than a fair
+# share of the core, so at saturation the queue would grow without end; past one batch of
+# backlog the writer stops pausing until it has caught up. docs/BENCHMARKS.md.
 YIELD_EVERY = 32
-ROLLUP_SLICE = 128  # rows folded into the rollups per statement, then a yield
+ROLLUP_SLICE = 128  # rows folded into the rollups per statement, then a pause
+NAP_SLICE_S = 100e-6  # work between naps: what a woken peer may wait at most
+NAP_S = 1e-6  # asks for the shortest sleep; the timer's slack makes it ~50 µs
+NAP_ROWS = 8  # rows per INSERT between naps (~11 µs each)
+COURTESIES = ("yield", "nap", "none")
 _yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
+_nap: Callable[[float], None] = time.sleep
 # Errors that come from a record's values rather than from the file (the file's own
 # errors are OperationalError / DatabaseError: locked, full, read-only, corrupt).
 _DATA_ERRORS = (
@@ -108,7 +126,8 @@ class UsageStore:
         on_write: Callable[[], None] | None = None,
         pragmas: tuple[str, ...] = (),
         fold: RollupFold | None = None,
-        courteous: bool = True,
+        courtesy: str = "yield",
+        on_backlog: Callable[[bool], bool] | None = None,
         dsn: str | None = None,
     ) -> None:
         self.path = Path(path)
@@ -122,9 +141,16 @@ class UsageStore:
         self._pragmas = pragmas  # extra PRAGMAs for the writer's connection (the recorder's)
         # The batch's rollups folded outside SQL (the recorder's compiled fold), else in SQL.
         self._fold = fold
-        # Yield the core to a runnable event loop now and then (module text). A store in a
-        # process of its own (the recorder) shares its core with no loop: it never yields.
-        self._courteous = courteous
+        # How the writer shares its core: "yield", "nap" or "none" (module text).
+        if courtesy not in COURTESIES:
+            raise ValueError(f"courtesy must be one of {COURTESIES}, not {courtesy!r}")
+        self._courtesy_kind = courtesy
+        self._slice_at = 0.0  # writer thread: when its work since the last nap began
+        # Called on the writer thread when it falls a batch behind (True) and when it has
+        # caught up again (False): the recorder competes for its core only while behind.
+        # It returns False when the change could not be made yet (asked again later).
+        self._on_backlog = on_backlog
+        self._backlogged = False
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.retention_days = retention_days
@@ -317,9 +343,15 @@ class UsageStore:
         if len(items) < self.batch_size and not self._stopping.is_set():
             self._wake.wait(self.flush_interval)
         self._wake.clear()
+        self._slice_at = time.monotonic()
         batch = self._take(self.batch_size)
-        if len(items) >= self.batch_size:
+        backlogged = len(items) >= self.batch_size
+        if backlogged:
             self._wake.set()  # a backlog: go straight on with the next batch
+        if backlogged != self._backlogged and (
+            self._on_backlog is None or self._on_backlog(backlogged)
+        ):
+            self._backlogged = backlogged
         return batch
 
     def _take(self, limit: int) -> list[Any]:
@@ -366,17 +398,26 @@ class UsageStore:
 
     def _prepare_all(self, items: list[Any]) -> list[Prepared]:
         out: list[Prepared] = []
+        every = 1 if self._courtesy_kind == "nap" else YIELD_EVERY
         for i, item in enumerate(items, 1):
             p = self._prepare(item)
             if p is not None:
                 out.append(p)
-            if not i % YIELD_EVERY:
+            if not i % every:
                 self._courtesy()
         return out
 
     def _courtesy(self) -> None:
-        if self._courteous and len(self._items) < self.batch_size:
+        kind = self._courtesy_kind
+        if kind == "none" or len(self._items) >= self.batch_size:
+            return
+        if kind == "yield":
             _yield()
+            return
+        now = time.monotonic()
+        if now - self._slice_at >= NAP_SLICE_S:
+            _nap(NAP_S)  # writer thread only (module text)
+            self._slice_at = time.monotonic()
 
     def _prepare(self, item: Any) -> Prepared | None:
         try:
@@ -563,13 +604,14 @@ class UsageStore:
                 requests.append((seq, row[0], dim, *row[1:]))
                 records.append((seq, text))
                 seq += 1
-            if not self._courteous:
+            if self._courtesy_kind == "none":
                 conn.executemany(INSERT_REQUEST, requests)
                 conn.executemany(INSERT_RECORD, records)
             else:
-                for i in range(0, len(requests), YIELD_EVERY):
-                    conn.executemany(INSERT_REQUEST, requests[i : i + YIELD_EVERY])
-                    conn.executemany(INSERT_RECORD, records[i : i + YIELD_EVERY])
+                step = NAP_ROWS if self._courtesy_kind == "nap" else YIELD_EVERY
+                for i in range(0, len(requests), step):
+                    conn.executemany(INSERT_REQUEST, requests[i : i + step])
+                    conn.executemany(INSERT_RECORD, records[i : i + step])
                     self._courtesy()
             if self._fold is not None:
                 # A few groups per batch (hour x dim x status): one upsert each.

@@ -168,3 +168,38 @@ def test_a_killed_recorder_is_replaced_and_traffic_flows(mock_llm: Any, tmp_path
         assert "usage recorder" in proc.output() and "ended" in proc.output()
     finally:
         proc.stop()
+
+
+def _autogroup(pid: int) -> tuple[str, int] | None:
+    try:
+        name, _, nice = Path(f"/proc/{pid}/autogroup").read_text().split()
+    except OSError:
+        return None
+    return name, int(nice)
+
+
+def test_the_recorder_runs_in_a_session_of_its_own_at_the_lowest_weight(
+    mock_llm: Any, tmp_path: Path
+) -> None:
+    """Linux shares a core between sessions before it looks inside them: the recorder
+    leaves the gateway's session and weighs as little as it can while it keeps up, so its
+    bursts do not hold up the processes it shares a core with (docs/usage-storage.md)."""
+    proc, db, port = _start(mock_llm, tmp_path)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for i in range(6):
+                _send(client, i)
+            wait_until(lambda: db.exists() and _rows(db) == 6, what="6 rows written")
+            recorder = _storage(client)["recorder_pid"]
+        assert isinstance(recorder, int)
+        gateway = proc.pid
+        assert os.getsid(recorder) == recorder != os.getsid(gateway)
+        mine = _autogroup(gateway)
+        if mine is None:
+            return  # a kernel without autogroups: the session is all there is
+        theirs = _autogroup(recorder)
+        assert theirs is not None and theirs[0] != mine[0]
+        assert theirs[1] == 19
+    finally:
+        proc.stop()
+

@@ -47,7 +47,7 @@ def _rollups(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 def test_the_folded_rollups_equal_the_sql_ones(fold_impl: ModuleType, tmp_path: Path) -> None:
     recs = _random_records(random.Random(7), 2500)
     _write(tmp_path / "sql.db", recs)
-    _write(tmp_path / "fold.db", recs, fold=fold_impl.fold_rollups, courteous=False, batch_size=700)
+    _write(tmp_path / "fold.db", recs, fold=fold_impl.fold_rollups, courtesy="none", batch_size=700)
     sql, fold = _rollups(tmp_path / "sql.db"), _rollups(tmp_path / "fold.db")
     for table, want in sql.items():
         got = fold[table]
@@ -64,7 +64,7 @@ def test_stats_from_folded_rollups_equal_a_plain_reference(
 ) -> None:
     rng = random.Random(20251205)
     recs = _random_records(rng, 1500)
-    store = _write(tmp_path / "u.db", recs, fold=fold_impl.fold_rollups, courteous=False)
+    store = _write(tmp_path / "u.db", recs, fold=fold_impl.fold_rollups, courtesy="none")
     monkeypatch.setattr(usage_queries, "NARROW_RATIO", ratio)
     for _ in range(40):
         q = _random_query(rng)

@@ -150,6 +150,48 @@ def test_the_writer_yields_the_core_only_while_it_keeps_up(
     assert max(queued_at_yield) < 100  # never while a batch or more was waiting
 
 
+def test_the_recorders_writer_naps_between_short_slices_only_while_it_keeps_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorder's writer ("nap") sleeps a moment after each short slice of work, so a
+    process woken on its core in another session waits at most a slice; never while a
+    batch or more is waiting, and the callback hears when it falls behind and catches up."""
+    naps: list[tuple[int, float]] = []  # (queued at the nap, seconds of work before it)
+    flips: list[bool] = []
+    s = make(
+        tmp_path / "u.db",
+        batch_size=100,
+        flush_interval=0.05,
+        courtesy="nap",
+        on_backlog=lambda behind: flips.append(behind) or True,
+    )
+
+    def nap(seconds: float) -> None:
+        naps.append((len(s._items), time.monotonic() - s._slice_at))
+        time.sleep(seconds)
+
+    monkeypatch.setattr(usage_store, "_nap", nap)
+    release = hold_the_writer(s)
+    for _ in range(450):  # a backlog of four and a half batches
+        assert s.submit(record())
+    release.set()
+    wait_until(lambda: rows(tmp_path / "u.db") == 451, what="all 451 rows")
+    s.stop()
+    assert naps, "no nap at all"
+    assert max(q for q, _ in naps) < 100  # never while a batch or more was waiting
+    # Each nap ends a slice just past NAP_SLICE_S (one record or one INSERT of NAP_ROWS
+    # rows later), not a whole batch of work.
+    assert min(w for _, w in naps) >= usage_store.NAP_SLICE_S
+    assert flips[:2] == [True, False], flips  # behind while the backlog lasted, then not
+
+
+def test_a_writer_courtesy_must_be_one_it_knows(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="courtesy"):
+        UsageStore(
+            tmp_path / "u.db", flush_interval=1, max_queue=10, retention_days=0, courtesy="spin"
+        )
+
+
 def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     release = threading.Event()
     s = make(tmp_path / "u.db", max_queue=10, batch_size=1)
