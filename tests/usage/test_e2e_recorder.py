@@ -91,6 +91,16 @@ def _storage(client: httpx.Client) -> dict[str, Any]:
     return doc
 
 
+def _recorder_after(client: httpx.Client, db: Path, n: int) -> int:
+    """Send ``n`` requests, wait for their ``n`` rows, return the recorder's pid."""
+    for i in range(n):
+        _send(client, i)
+    wait_until(lambda: db.exists() and _rows(db) == n, what=f"the first {n} written")
+    pid = _storage(client)["recorder_pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
 def test_sigkill_of_the_gateway_loses_nothing_handed_over(mock_llm: Any, tmp_path: Path) -> None:
     """The database is locked while N requests are answered, so every record is still
     unwritten in the recorder when the gateway is SIGKILLed. The recorder outlives it,
@@ -133,11 +143,7 @@ def test_a_killed_recorder_is_replaced_and_traffic_flows(mock_llm: Any, tmp_path
     proc, db, port = _start(mock_llm, tmp_path)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            for i in range(20):
-                _send(client, i)
-            wait_until(lambda: db.exists() and _rows(db) == 20, what="the first 20 written")
-            first = _storage(client)["recorder_pid"]
-            assert isinstance(first, int)
+            first = _recorder_after(client, db, 20)
             os.kill(first, signal.SIGKILL)
             # Traffic never notices: requests during the gap are answered as usual.
             for i in range(20, 60):
@@ -187,11 +193,7 @@ def test_the_recorder_runs_in_a_session_of_its_own_at_the_lowest_weight(
     proc, db, port = _start(mock_llm, tmp_path)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            for i in range(6):
-                _send(client, i)
-            wait_until(lambda: db.exists() and _rows(db) == 6, what="6 rows written")
-            recorder = _storage(client)["recorder_pid"]
-        assert isinstance(recorder, int)
+            recorder = _recorder_after(client, db, 6)
         gateway = proc.pid
         assert os.getsid(recorder) == recorder != os.getsid(gateway)
         mine = _autogroup(gateway)
@@ -202,4 +204,3 @@ def test_the_recorder_runs_in_a_session_of_its_own_at_the_lowest_weight(
         assert theirs[1] == 19
     finally:
         proc.stop()
-
