@@ -229,15 +229,8 @@ def step_aside() -> Callable[[bool], bool] | None:
     backend woken on its core by up to a few ms: c=1 p99 2.2 ms with usage tracking on
     against 0.3 ms off; with this and the writer's naps (usage_store, "nap") it is
     0.7-1.05 ms. Behind by a batch, it gets nice 0 back, so a busy core never starves it
-    into dropping records. Without autogroups (or their file) this does nothing and
-    returns None. docs/usage-storage.md."""
-    with contextlib.suppress(OSError):
-        os.setsid()  # fails only for a group leader: then it already has its own group
-    try:
-        with open(AUTOGROUP, "w") as f:
-            f.write(str(ASIDE_NICE))
-    except OSError:
-        return None
+    into dropping records. Without autogroups (or their file) it only starts the session
+    and returns None. docs/usage-storage.md."""
 
     def weigh(behind: bool) -> bool:
         # False when refused (Linux limits how often a non-root process may change it):
@@ -249,7 +242,9 @@ def step_aside() -> Callable[[bool], bool] | None:
             return False
         return True
 
-    return weigh
+    with contextlib.suppress(OSError):
+        os.setsid()  # fails only for a group leader: then it already has its own group
+    return weigh if weigh(False) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
