@@ -56,8 +56,10 @@ __all__ = [
     "count_bytes",
     "estimate_tokens",
     "fold_rollups",
+    "json_members",
     "pack_exchange",
     "parse_simple_request",
+    "parse_simple_response",
     "redact_flags",
     "unpack_exchanges",
     "usage_row",
@@ -123,8 +125,10 @@ if TYPE_CHECKING:
         count_bytes,
         estimate_tokens,
         fold_rollups,
+        json_members,
         pack_exchange,
         parse_simple_request,
+        parse_simple_response,
         redact_flags,
         unpack_exchanges,
         usage_row,
@@ -152,6 +156,7 @@ else:
     TokenEstimator = _impl.TokenEstimator
     estimate_tokens = _impl.estimate_tokens
     fold_rollups = _impl.fold_rollups
+    json_members = _impl.json_members
     DELTA_USAGE = _impl.DELTA_USAGE
     DELTA_NAME = _impl.DELTA_NAME
     DELTA_ERROR = _impl.DELTA_ERROR
@@ -160,6 +165,7 @@ else:
     EXCHANGE_USAGE = _impl.EXCHANGE_USAGE
     pack_exchange = _impl.pack_exchange
     parse_simple_request = _impl.parse_simple_request
+    parse_simple_response = _impl.parse_simple_response
     unpack_exchanges = _impl.unpack_exchanges
     usage_row = _impl.usage_row
     REDACT_HEADER = _impl.REDACT_HEADER

@@ -38,8 +38,10 @@ from ._pure import capture_items as capture_items
 from ._pure import count_bytes as count_bytes
 from ._pure import estimate_tokens as estimate_tokens
 from ._pure import fold_rollups as fold_rollups
+from ._pure import json_members as json_members
 from ._pure import pack_exchange as pack_exchange
 from ._pure import parse_simple_request as parse_simple_request
+from ._pure import parse_simple_response as parse_simple_response
 from ._pure import redact_flags as redact_flags
 from ._pure import unpack_exchanges as unpack_exchanges
 from ._pure import usage_row as usage_row

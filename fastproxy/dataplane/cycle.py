@@ -64,10 +64,10 @@ from .plane import DataPlane
 from .relay import SSERelay
 from .request import Request, is_model_path
 from .responses import (
+    answer_doc,
+    answer_usage,
     error_response,
     json_head,
-    json_obj,
-    json_usage,
     replaced_from_header,
     stream_head,
     usage_headers,
@@ -1011,8 +1011,7 @@ class RequestCycle:
         parsed: Any = None
         ok = 200 <= resp.status < 300 and b"json" in self._ctype
         if ok:
-            parsed = json_obj(body)
-            usage = json_usage(parsed, dialect.name)
+            usage, parsed = answer_usage(body, dialect.name)
             if usage is not None:
                 rec.usage = usage
                 extra += usage_headers(usage)
@@ -1037,7 +1036,7 @@ class RequestCycle:
             # (a whole JSON body reached the client, so btp and ptc are that count).
             if rec.usage is None or rec.usage.completion is None:
                 rec.btp_completion_est = rec.ptc_completion_est = json_completion_tokens(body)
-            rec.tool_names = json_tool_names(parsed)
+            rec.tool_names = json_tool_names(answer_doc(body, parsed))
             rec.tool_call_count = len(rec.tool_names)
         self._finish(self.req.keep_alive)
 

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import orjson
 
+from .._speedups import IMPLEMENTATION, json_members
 from ..core.errors import GatewayError
 from ..core.records import BackendUsage
 from . import wire
@@ -125,6 +126,41 @@ def json_obj(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+
+
+# A whole JSON answer's usage is read by one compiled scan that builds only the members
+# it names (`json_members`), not by parsing the completion into Python objects on the
+# loop; only with the compiled core: the pure twin is slower than orjson.
+SCAN_MEMBERS = IMPLEMENTATION == "cython"
+_MEMBERS = (b"usage", b"type")
+# A tool call is named under one of these keys or type values; an answer without any of
+# them has no tool names to find, so it is not parsed for them.
+_TOOL_MARKS = (b'"tool_calls"', b'"tool_use"', b'"server_tool_use"', b'"function_call"')
+
+
+def answer_usage(body: bytes, frontend: str) -> tuple[BackendUsage | None, Any]:
+    """The usage a whole JSON answer reports, and the parsed document when reading the
+    usage took one (else None: `answer_doc` parses it if a caller needs more)."""
+    if SCAN_MEMBERS:
+        members = json_members(body, _MEMBERS)
+        if members is not None:
+            raw, kind = members
+            if raw is None:
+                return None, None
+            usage = orjson.loads(raw)
+            if frontend == "anthropic" or kind == b'"message"':
+                return from_anthropic(usage), None
+            return from_openai(usage), None
+    doc = json_obj(body)
+    return json_usage(doc, frontend), doc
+
+
+def answer_doc(body: bytes, doc: Any) -> Any:
+    """The parsed answer for its tool names: ``doc`` if `answer_usage` made it, else
+    parsed now, and only when the answer names a tool call at all."""
+    if doc is not None or not any(mark in body for mark in _TOOL_MARKS):
+        return doc
+    return json_obj(body)
 
 
 def json_usage(obj: Any, frontend: str) -> BackendUsage | None:

@@ -26,7 +26,8 @@ from .capture import (
 )
 from .counters import CounterBlock, count_bytes
 from .delta import DELTA_ERROR, DELTA_NAME, DELTA_USAGE, DeltaScanner
-from .head import parse_simple_request
+from .head import parse_simple_request, parse_simple_response
+from .members import json_members
 from .record import EXCHANGE_FIELDS, EXCHANGE_USAGE, pack_exchange, unpack_exchanges
 from .rollup import fold_rollups
 from .sse import (
@@ -91,8 +92,10 @@ __all__ = [
     "count_bytes",
     "estimate_tokens",
     "fold_rollups",
+    "json_members",
     "pack_exchange",
     "parse_simple_request",
+    "parse_simple_response",
     "redact_flags",
     "unpack_exchanges",
     "usage_row",

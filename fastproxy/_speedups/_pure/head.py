@@ -100,3 +100,84 @@ def parse_simple_request(
     if len(data) != body_start + length:
         return None
     return method, target, headers, head_size, body_start, length
+
+
+# -- the upstream leg's twin --------------------------------------------------------------
+
+_DECLINED = frozenset((b"transfer-encoding", b"upgrade"))
+ParsedResponse = tuple[int, bool, list[tuple[bytes, bytes]], int, int]
+
+
+def parse_simple_response(data: bytes, max_head: int, max_headers: int) -> ParsedResponse | None:
+    """One complete, plain HTTP/1.1 response in one read: a backend's usual JSON answer.
+
+    The same contract as `parse_simple_request`, for the upstream connection: whatever
+    this accepts, httptools' response parser reads as exactly one complete message with
+    the same status, keep-alive verdict, headers and body; anything else is None and goes
+    to httptools. None for:
+
+    - a status line other than ``HTTP/1.1 NNN reason`` with NNN in 200-599 (an interim
+      1xx, a status without a body by definition or an HTTP/1.0 answer go to httptools),
+      a reason phrase with a byte outside visible ASCII, space and tab;
+    - the header rules of `parse_simple_request` (token names, plain values, no folding,
+      no bare LF), Transfer-Encoding, Upgrade, a Connection header other than
+      "keep-alive" or "close", a Content-Length absent, not 1-18 digits or given twice;
+    - more headers or head bytes than the caller's limits;
+    - a body shorter than its Content-Length in this read (the rest is still on its way,
+      or the request was a HEAD) or bytes after it.
+
+    The result: ``(status, keep_alive, headers, body_start, content_length)``, header
+    names lower-cased and values as httptools gives them.
+    """
+    if type(data) is not bytes:
+        return None
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = data[:end]
+    if b"\n" in head.replace(b"\r\n", b""):
+        return None
+    lines = head.split(b"\r\n")
+    first = lines[0]
+    if len(first) < 13 or first[:9] != b"HTTP/1.1 " or first[12:13] != b" ":
+        return None
+    code = first[9:12]
+    if any(c not in _DIGITS for c in code) or not 200 <= int(code) <= 599:
+        return None
+    status = int(code)
+    if status in (204, 304) or not _value_ok(first[13:]):
+        return None
+    if len(lines) - 1 > max_headers:
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    head_size = 0
+    keep_alive = True
+    length = -1
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or any(c not in _TCHAR for c in name):
+            return None
+        value = value.lstrip(b" \t")
+        if not _value_ok(value):
+            return None
+        name = name.lower()
+        if name in _DECLINED:
+            return None
+        if name == b"connection":
+            verdict = value.lower()
+            if verdict == b"close":
+                keep_alive = False
+            elif verdict != b"keep-alive":
+                return None
+        elif name == b"content-length":
+            if length >= 0 or not 0 < len(value) <= 18 or any(c not in _DIGITS for c in value):
+                return None
+            length = int(value)
+        head_size += len(name) + len(value) + 4
+        headers.append((name, value))
+    if length < 0 or head_size > max_head:
+        return None
+    body_start = end + 4
+    if len(data) != body_start + length:
+        return None
+    return status, keep_alive, headers, body_start, length
