@@ -44,12 +44,18 @@ class BreakerState(Enum):
 
     @property
     def routable(self) -> bool:
-        return self is BreakerState.CLOSED or self is BreakerState.HALF_OPEN
+        # Asked per candidate per request: the members are module globals, bound after
+        # the class (an enum class lookup is a metaclass hook in Python 3.11).
+        return self is _ROUTE_CLOSED or self is _ROUTE_HALF_OPEN
 
     @property
     def public(self) -> str:
         """The state as the API reports it (a trial in flight is still "half_open")."""
         return "half_open" if self is BreakerState.BUSY else self.value
+
+
+_ROUTE_CLOSED = BreakerState.CLOSED
+_ROUTE_HALF_OPEN = BreakerState.HALF_OPEN
 
 
 class BreakerView(Protocol):

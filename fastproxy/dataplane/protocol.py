@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from enum import IntEnum
 from typing import cast
 
 import httptools
@@ -55,8 +54,9 @@ from .responses import error_response
 log = logging.getLogger("fastproxy.data")
 
 
-class Phase(IntEnum):
-    """What the connection is waiting for, which names the deadline that applies."""
+class Phase:
+    """What the connection is waiting for, which names the deadline that applies.
+    Plain int constants, for the reason `cycle.Stage` gives."""
 
     IDLE = 0  # a request to begin (keep-alive, or a fresh connection)
     HEAD = 1  # the rest of a request head (the header deadline: slowloris)
@@ -260,7 +260,7 @@ class ClientProtocol(asyncio.Protocol):
             self.flow.resume_reading()
 
     # -- timers -------------------------------------------------------------------------
-    def _arm(self, phase: Phase, seconds: float) -> None:
+    def _arm(self, phase: int, seconds: float) -> None:
         """Enter ``phase``: the one place the phase changes, with its deadline."""
         self._phase = phase
         deadline = self._loop.time() + seconds
@@ -282,7 +282,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed or not deadline:
             return
         phase = self._phase
-        if phase is Phase.BODY:
+        if phase == Phase.BODY:
             deadline = max(deadline, self._last_body_at + self._timeouts.body_idle_seconds)
         # Within a millisecond counts as due: the loop's timers are that coarse, and a
         # timer re-armed for less could fire again at once, still "early".
@@ -290,10 +290,10 @@ class ClientProtocol(asyncio.Protocol):
             self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_timer)
             return
-        if phase is Phase.IDLE:
+        if phase == Phase.IDLE:
             self.transport.close()  # type: ignore[union-attr]
             return
-        what = "request headers" if phase is Phase.HEAD else "request body"
+        what = "request headers" if phase == Phase.HEAD else "request body"
         self._reject_now(_refuse(408, f"timed out waiting for the {what}", "request_timeout"))
 
     # -- parsing -------------------------------------------------------------------------

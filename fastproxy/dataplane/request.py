@@ -8,6 +8,7 @@ each deciding again from the path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .dialects import anthropic, openai
@@ -120,6 +121,12 @@ class Request:
         trailers never become headers, so nothing is added after)."""
         # Reversed, so a repeated header's first value wins, as in the scan below.
         self._index = dict(reversed(self.headers))
+
+    def header_lookup(self) -> Callable[[bytes], bytes | None]:
+        """``header`` as one callable: the index's own ``get`` once the head is indexed
+        (a lookup is then one C call, not a method call and a dict lookup)."""
+        index = self._index
+        return index.get if index is not None else self.header
 
     def header(self, name: bytes) -> bytes | None:
         index = self._index

@@ -378,14 +378,14 @@ class HealthService:
         """Routing's question, once per candidate per request: cheap and free of side
         effects. With ``circuit_breaker_enabled: false`` every backend is routable."""
         b = self.breakers.get(name)
-        if b is None or b.state is State.CLOSED or not self.breaker_enabled:
-            return BreakerState.CLOSED
+        if b is None or b.state is _CLOSED or not self.breaker_enabled:
+            return _ROUTE_CLOSED
         return _ROUTING_STATE[b.state_at(self.now())]
 
     def attempt_started(self, name: str) -> None:
         """A request is being sent to ``name``: in half-open, it becomes the trial."""
         b = self.breakers.get(name)
-        if b is None or b.state is State.CLOSED or not self.breaker_enabled:
+        if b is None or b.state is _CLOSED or not self.breaker_enabled:
             return
         _, transitions = b.allows_request(self.now())
         if transitions:
@@ -403,7 +403,7 @@ class HealthService:
         if status >= 500:
             event, reason = Event.LIVE_FAILURE, f"HTTP {status}"
         elif status > 0:
-            if b.state is State.CLOSED and b.failures == 0:
+            if b.state is _CLOSED and b.failures == 0:
                 return  # the common case: nothing to count, nothing to change
             event, reason = Event.LIVE_SUCCESS, f"HTTP {status}"
         elif kind in TRANSIENT_KINDS:
@@ -485,3 +485,7 @@ _ROUTING_STATE = {
     State.HALF_OPEN: BreakerState.HALF_OPEN,
     State.TRIAL: BreakerState.BUSY,
 }
+# The members every request meets, bound once: in Python 3.11 ``State.CLOSED`` on an
+# enum class goes through the metaclass's ``__getattr__`` hook (~70 ns a lookup).
+_CLOSED = State.CLOSED
+_ROUTE_CLOSED = BreakerState.CLOSED

@@ -35,13 +35,17 @@ def from_openai(usage: Any) -> BackendUsage | None:
     if not isinstance(usage, dict):
         return None
     get = usage.get
-    prompt = _int(get("prompt_tokens"))
-    if prompt is None:
+    # The three counts every answer carries are tested inline (each an ``_int``):
+    # this runs on the event loop for every request.
+    prompt = get("prompt_tokens")
+    if type(prompt) is not int or not 0 <= prompt <= MAX_TOKENS:
         prompt = _int(get("input_tokens"))
-    completion = _int(get("completion_tokens"))
-    if completion is None:
+    completion = get("completion_tokens")
+    if type(completion) is not int or not 0 <= completion <= MAX_TOKENS:
         completion = _int(get("output_tokens"))
-    total = _int(get("total_tokens"))
+    total = get("total_tokens")
+    if type(total) is not int or not 0 <= total <= MAX_TOKENS:
+        total = None
     cached = reasoning = None
     # The detail objects are optional and often absent: looked into only when there.
     pdet = get("prompt_tokens_details") or get("input_tokens_details")
