@@ -30,7 +30,8 @@ ALLOWED: dict[str, set[str]] = {
     "_version": set(),
     "config": set(),
     "core": {"config"},
-    "httpclient": {"core", "config"},
+    # _speedups: the upstream connection's one-call parser of a whole answer.
+    "httpclient": {"core", "config", "_speedups"},
     # _speedups: the capture link's compiled buffer and the capture writer's CBOR items.
     # memory: the helper processes (recorder, capture writer) set the allocator at start.
     "storage": {"core", "config", "_speedups", "memory"},

@@ -247,7 +247,9 @@ class UpstreamConnection(FlowControlled, asyncio.Protocol):
             # A slow client may have paused our reading mid-stream. A pooled connection
             # must read again: else a FIN from the backend goes unseen (CLOSE-WAIT) and
             # the next request on it would stall.
-            self.resume_reading()
+            flow = self.flow
+            if flow is not None and flow.read_paused:
+                self.resume_reading()
             self._pool.release(self)
         else:
             self.close()
