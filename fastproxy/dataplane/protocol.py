@@ -255,10 +255,6 @@ class ClientProtocol(asyncio.Protocol):
         if not self.closed and self.flow is not None:
             self.flow.pause_reading()
 
-    def _resume_reading(self) -> None:
-        if not self.closed and self.flow is not None:
-            self.flow.resume_reading()
-
     # -- timers -------------------------------------------------------------------------
     def _arm(self, phase: int, seconds: float) -> None:
         """Enter ``phase``: the one place the phase changes, with its deadline."""
@@ -620,7 +616,9 @@ class ClientProtocol(asyncio.Protocol):
             self.current.start()
             return
         if not self.closed and self.current is None:
-            self._resume_reading()
+            flow = self.flow
+            if flow is not None and flow.read_paused:  # paused only while requests queue
+                flow.resume_reading()
             if self.plane.draining:
                 self.transport.close()  # type: ignore[union-attr]
             elif self.req is None:

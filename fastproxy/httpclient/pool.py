@@ -433,9 +433,17 @@ class UpstreamPool:
         if not idle:
             return None
         now = time.monotonic()
+        max_idle = self.max_idle
         while idle:
             conn = idle.pop()
-            if conn.usable(now, self.max_idle):
+            t = conn.transport
+            # usable(), inline: this runs for every request.
+            if (
+                not conn.closed
+                and t is not None
+                and not t.is_closing()
+                and now - conn._idle_since < max_idle
+            ):
                 return conn
             conn.close()
         return None
@@ -504,7 +512,8 @@ class UpstreamPool:
             return
         conn._idle_since = time.monotonic()
         self._idle.append(conn)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def _forget(self, conn: UpstreamConnection) -> None:
         if conn in self._members:
