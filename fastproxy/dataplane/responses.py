@@ -133,9 +133,6 @@ def json_obj(body: bytes) -> Any:
 # loop; only with the compiled core: the pure twin is slower than orjson.
 SCAN_MEMBERS = IMPLEMENTATION == "cython"
 _MEMBERS = (b"usage", b"type")
-# A tool call is named under "tool_calls", or by a type "tool_use", "server_tool_use" or
-# "function_call": an answer holding neither "tool_" nor "function_call" has no tool
-# names to find, so it is not parsed for them (two substring searches, in C).
 
 
 def answer_usage(body: bytes, frontend: str) -> tuple[BackendUsage | None, Any]:
@@ -157,7 +154,10 @@ def answer_usage(body: bytes, frontend: str) -> tuple[BackendUsage | None, Any]:
 
 def answer_doc(body: bytes, doc: Any) -> Any:
     """The parsed answer for its tool names: ``doc`` if `answer_usage` made it, else
-    parsed now, and only when the answer names a tool call at all."""
+    parsed now, and only when the answer may name a tool call at all. A tool call is
+    named under "tool_calls", or by a type "tool_use", "server_tool_use" or
+    "function_call": an answer holding neither "tool_" nor "function_call" has none
+    (two substring searches, in C)."""
     if doc is not None or (b"tool_" not in body and b'"function_call"' not in body):
         return doc
     return json_obj(body)
