@@ -433,17 +433,9 @@ class UpstreamPool:
         if not idle:
             return None
         now = time.monotonic()
-        max_idle = self.max_idle
         while idle:
             conn = idle.pop()
-            t = conn.transport
-            # usable(), inline: this runs for every request.
-            if (
-                not conn.closed
-                and t is not None
-                and not t.is_closing()
-                and now - conn._idle_since < max_idle
-            ):
+            if conn.usable(now, self.max_idle):
                 return conn
             conn.close()
         return None

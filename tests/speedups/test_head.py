@@ -11,12 +11,13 @@ Transfer-Encoding, folded lines, bare LF, a second request behind the first).
 
 from __future__ import annotations
 
-import random
 from types import ModuleType
 from typing import Any
 
 import httptools
 import pytest
+
+from tests.speedups.helpers import agree_on_mutations, mutations
 
 LIMITS = (8192, 65536, 100)
 BASE = [
@@ -51,24 +52,6 @@ TRICKS = [
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n{}",
 ]
 PLANT = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"\x00", b"\x7f", b"\xff", b"/", b"a", b"0"]
-
-
-def _mutations(seed: int, count: int) -> list[bytes]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        data = bytearray(rng.choice(BASE))
-        for _ in range(rng.randint(1, 3)):
-            i = rng.randrange(len(data) + 1)
-            op = rng.random()
-            if op < 0.4:
-                data[i:i] = rng.choice(PLANT)
-            elif op < 0.7 and i < len(data):
-                del data[i]
-            elif i < len(data):
-                data[i] = rng.randrange(256)
-        out.append(bytes(data))
-    return out
 
 
 class _Collect:
@@ -118,19 +101,13 @@ def test_mutations_agree_with_httptools_and_between_implementations(
 ) -> None:
     from fastproxy._speedups import _pure
 
-    taken = 0
-    for data in _mutations(20261205, 6000):
-        got = speedups_impl.parse_simple_request(data, *LIMITS)
-        assert got == _pure.parse_simple_request(data, *LIMITS), data
-        if got is None:
-            continue
-        taken += 1
-        try:
-            strict = _strict(data)
-        except httptools.HttpParserError as exc:
-            raise AssertionError(f"taken, but httptools refuses it ({exc}): {data!r}") from exc
-        method, target, headers, _, body_start, _ = got
-        assert strict == (method, target, headers, data[body_start:], 1), data
+    taken = agree_on_mutations(
+        lambda data: speedups_impl.parse_simple_request(data, *LIMITS),
+        lambda data: _pure.parse_simple_request(data, *LIMITS),
+        _strict,
+        lambda got, data: (got[0], got[1], got[2], data[got[4] :], 1),
+        mutations(20261205, 6000, BASE, PLANT),
+    )
     assert taken > 300, "the mutations left too few accepted inputs to compare"
 
 

@@ -9,12 +9,13 @@ answers, seeded mutations of them, and the framing a broken or hostile backend c
 
 from __future__ import annotations
 
-import random
 from types import ModuleType
 from typing import Any
 
 import httptools
 import pytest
+
+from tests.speedups.helpers import agree_on_mutations, mutations
 
 LIMITS = (65536, 100)
 BASE = [
@@ -54,24 +55,6 @@ TRICKS = [
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
 ]
 PLANT = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"\x00", b"\x7f", b"\xff", b"/", b"a", b"0"]
-
-
-def _mutations(seed: int, count: int) -> list[bytes]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        data = bytearray(rng.choice(BASE))
-        for _ in range(rng.randint(1, 3)):
-            i = rng.randrange(len(data) + 1)
-            op = rng.random()
-            if op < 0.4:
-                data[i:i] = rng.choice(PLANT)
-            elif op < 0.7 and i < len(data):
-                del data[i]
-            elif i < len(data):
-                data[i] = rng.randrange(256)
-        out.append(bytes(data))
-    return out
 
 
 class _Collect:
@@ -122,19 +105,13 @@ def test_mutations_agree_with_httptools_and_between_implementations(
 ) -> None:
     from fastproxy._speedups import _pure
 
-    taken = 0
-    for data in _mutations(20261206, 6000):
-        got = speedups_impl.parse_simple_response(data, *LIMITS)
-        assert got == _pure.parse_simple_response(data, *LIMITS), data
-        if got is None:
-            continue
-        taken += 1
-        try:
-            strict = _strict(data)
-        except httptools.HttpParserError as exc:
-            raise AssertionError(f"taken, but httptools refuses it ({exc}): {data!r}") from exc
-        status, keep_alive, headers, body_start, _ = got
-        assert strict == (status, keep_alive, headers, data[body_start:], 1), data
+    taken = agree_on_mutations(
+        lambda data: speedups_impl.parse_simple_response(data, *LIMITS),
+        lambda data: _pure.parse_simple_response(data, *LIMITS),
+        _strict,
+        lambda got, data: (got[0], got[1], got[2], data[got[3] :], 1),
+        mutations(20261206, 6000, BASE, PLANT),
+    )
     assert taken > 300, "the mutations left too few accepted inputs to compare"
 
 

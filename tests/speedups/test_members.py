@@ -10,7 +10,6 @@ on which a scan and a parser could disagree (infinity, surrogates, escaped keys,
 
 from __future__ import annotations
 
-import random
 import re
 from types import ModuleType
 from typing import Any
@@ -19,6 +18,8 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from tests.speedups.helpers import mutations
 
 NAMES = (b"usage", b"type", b"object")
 BODIES = [
@@ -150,20 +151,9 @@ def test_generated_documents_agree_with_orjson(
 def test_mutations_agree_with_orjson_and_between_implementations(
     speedups_impl: ModuleType,
 ) -> None:
-    rng = random.Random(20261207)
     plant = [b'"', b"\\", b"{", b"}", b"[", b"]", b":", b",", b" ", b"\x00", b"\xff", b"e", b"0"]
     taken = 0
-    for _ in range(6000):
-        data = bytearray(rng.choice(BODIES))
-        for _ in range(rng.randint(1, 2)):
-            i = rng.randrange(len(data) + 1)
-            op = rng.random()
-            if op < 0.4:
-                data[i:i] = rng.choice(plant)
-            elif op < 0.7 and i < len(data):
-                del data[i]
-            elif i < len(data):
-                data[i] = rng.randrange(256)
-        if _check(speedups_impl, bytes(data)) is not None:
+    for data in mutations(20261207, 6000, BODIES, plant, edits=2):
+        if _check(speedups_impl, data) is not None:
             taken += 1
     assert taken > 500, "the mutations left too few accepted inputs to compare"

@@ -43,9 +43,10 @@ def _value_ok(value: bytes) -> bool:
     return all(0x20 <= c < 0x7F or c == 0x09 for c in value)
 
 
-def parse_simple_request(
-    data: bytes, max_target: int, max_head: int, max_headers: int
-) -> Parsed | None:
+def _split_head(data: bytes) -> tuple[list[bytes], int] | None:
+    """The head's lines (the request or status line first) and where the body starts;
+    None for anything but exact bytes, a head not ended in this read, or a bare LF (a
+    CR without its LF is refused by `_value_ok`)."""
     if type(data) is not bytes:
         return None
     end = data.find(b"\r\n\r\n")
@@ -53,8 +54,38 @@ def parse_simple_request(
         return None
     head = data[:end]
     if b"\n" in head.replace(b"\r\n", b""):
-        return None  # a bare LF (or a CR without its LF: refused below by _value_ok)
-    lines = head.split(b"\r\n")
+        return None
+    return head.split(b"\r\n"), end + 4
+
+
+def _length(value: bytes, seen: int) -> int:
+    """A Content-Length of 1-18 digits, or -2 for what the subset leaves to httptools:
+    any other value, or a second Content-Length (``seen`` >= 0: one came before)."""
+    if seen >= 0 or not 0 < len(value) <= 18 or any(c not in _DIGITS for c in value):
+        return -2
+    return int(value)
+
+
+def _header_line(line: bytes) -> tuple[bytes, bytes] | None:
+    """One header line as (lower-case name, value), or None when it is outside the
+    subset: a name of token characters, a value of visible ASCII, space and tab,
+    without its leading spaces and tabs (trailing ones stay, as httptools leaves them)."""
+    name, colon, value = line.partition(b":")
+    if not colon or not name or any(c not in _TCHAR for c in name):
+        return None
+    value = value.lstrip(b" \t")
+    if not _value_ok(value):
+        return None
+    return name.lower(), value
+
+
+def parse_simple_request(
+    data: bytes, max_target: int, max_head: int, max_headers: int
+) -> Parsed | None:
+    split = _split_head(data)
+    if split is None:
+        return None
+    lines, body_start = split
     parts = lines[0].split(b" ")
     if len(parts) != 3:
         return None
@@ -72,13 +103,10 @@ def parse_simple_request(
     hosts = 0
     length = -1
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or any(c not in _TCHAR for c in name):
+        pair = _header_line(line)
+        if pair is None:
             return None
-        value = value.lstrip(b" \t")  # trailing spaces stay, as httptools leaves them
-        if not _value_ok(value):
-            return None
-        name = name.lower()
+        name, value = pair
         if name in _REFUSED:
             return None
         if name == b"connection":
@@ -87,14 +115,13 @@ def parse_simple_request(
         elif name == b"host":
             hosts += 1
         elif name == b"content-length":
-            if length >= 0 or not 0 < len(value) <= 18 or any(c not in _DIGITS for c in value):
+            length = _length(value, length)
+            if length < 0:
                 return None
-            length = int(value)
         head_size += len(name) + len(value) + 4
         headers.append((name, value))
     if hosts != 1 or head_size > max_head:
         return None
-    body_start = end + 4
     if length < 0:
         length = 0
     if len(data) != body_start + length:
@@ -129,15 +156,10 @@ def parse_simple_response(data: bytes, max_head: int, max_headers: int) -> Parse
     The result: ``(status, keep_alive, headers, body_start, content_length)``, header
     names lower-cased and values as httptools gives them.
     """
-    if type(data) is not bytes:
+    split = _split_head(data)
+    if split is None:
         return None
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = data[:end]
-    if b"\n" in head.replace(b"\r\n", b""):
-        return None
-    lines = head.split(b"\r\n")
+    lines, body_start = split
     first = lines[0]
     if len(first) < 13 or first[:9] != b"HTTP/1.1 " or first[12:13] != b" ":
         return None
@@ -154,13 +176,10 @@ def parse_simple_response(data: bytes, max_head: int, max_headers: int) -> Parse
     keep_alive = True
     length = -1
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or any(c not in _TCHAR for c in name):
+        pair = _header_line(line)
+        if pair is None:
             return None
-        value = value.lstrip(b" \t")
-        if not _value_ok(value):
-            return None
-        name = name.lower()
+        name, value = pair
         if name in _DECLINED:
             return None
         if name == b"connection":
@@ -170,14 +189,13 @@ def parse_simple_response(data: bytes, max_head: int, max_headers: int) -> Parse
             elif verdict != b"keep-alive":
                 return None
         elif name == b"content-length":
-            if length >= 0 or not 0 < len(value) <= 18 or any(c not in _DIGITS for c in value):
+            length = _length(value, length)
+            if length < 0:
                 return None
-            length = int(value)
         head_size += len(name) + len(value) + 4
         headers.append((name, value))
     if length < 0 or head_size > max_head:
         return None
-    body_start = end + 4
     if len(data) != body_start + length:
         return None
     return status, keep_alive, headers, body_start, length
