@@ -41,12 +41,30 @@ cdef inline bint _ieq(const unsigned char* p, Py_ssize_t n, const char* lower) n
     return lower[n] == 0
 
 
+cdef inline bint _plain_value(const unsigned char* s, Py_ssize_t* at, Py_ssize_t n) noexcept:
+    """Advance ``at`` to the CR ending a value of visible ASCII, space and tab; False on
+    any other byte (a bare LF, NUL, DEL, obs-text) or when the line runs out."""
+    cdef Py_ssize_t i = at[0]
+    cdef unsigned char c
+    while i < n:
+        c = s[i]
+        if c == 13:
+            break
+        if (c < 32 and c != 9) or c >= 127:
+            return False
+        i += 1
+    if i + 1 >= n or s[i + 1] != 10:
+        return False
+    at[0] = i
+    return True
+
+
 def parse_simple_request(data, Py_ssize_t max_target, Py_ssize_t max_head, Py_ssize_t max_headers):
     if not PyBytes_CheckExact(data):
         return None
     cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t i = 0, start, name_end, vstart, vend, line_end, nheaders = 0
+    cdef Py_ssize_t i = 0, start, name_end, vstart, vend, nheaders = 0
     cdef Py_ssize_t head_size = 0, hosts = 0, body_start, k
     cdef long long length = -1
     cdef unsigned char c
@@ -85,18 +103,10 @@ def parse_simple_request(data, Py_ssize_t max_target, Py_ssize_t max_head, Py_ss
         while i < n and (s[i] == 32 or s[i] == 9):
             i += 1
         vstart = i
-        while i < n:
-            c = s[i]
-            if c == 13:
-                break
-            if (c < 32 and c != 9) or c >= 127:
-                return None
-            i += 1
-        if i + 1 >= n or s[i + 1] != 10:
+        if not _plain_value(s, &i, n):
             return None
-        line_end = i
-        vend = line_end  # trailing spaces stay, as httptools leaves them
-        i = line_end + 2
+        vend = i  # trailing spaces stay, as httptools leaves them
+        i += 2
         nheaders += 1
         if nheaders > max_headers:
             return None
@@ -135,24 +145,6 @@ def parse_simple_request(data, Py_ssize_t max_target, Py_ssize_t max_head, Py_ss
 # parse_simple_response: the compiled twin of _pure/head.py's parse_simple_response (the
 # reference, with the accepted subset): a backend's whole answer in one read, for the
 # upstream connection.
-
-cdef inline bint _plain_value(const unsigned char* s, Py_ssize_t* at, Py_ssize_t n) noexcept:
-    """Advance ``at`` to the CR ending a value of visible ASCII, space and tab; False on
-    any other byte (a bare LF, NUL, DEL, obs-text) or when the line runs out."""
-    cdef Py_ssize_t i = at[0]
-    cdef unsigned char c
-    while i < n:
-        c = s[i]
-        if c == 13:
-            break
-        if (c < 32 and c != 9) or c >= 127:
-            return False
-        i += 1
-    if i + 1 >= n or s[i + 1] != 10:
-        return False
-    at[0] = i
-    return True
-
 
 def parse_simple_response(data, Py_ssize_t max_head, Py_ssize_t max_headers):
     if not PyBytes_CheckExact(data):
