@@ -33,6 +33,7 @@ from .config.lint import log_findings
 from .core.access import AccessPolicy
 from .core.budget import Blocked, BudgetBook, BudgetEvent, period_bounds
 from .core.clock import HttpDate
+from .core.outbox import Outbox
 from .core.ratelimit import Ledger
 from .core.records import Counters
 from .core.replacement import LocalReplacer, ReplacementPolicy
@@ -113,11 +114,15 @@ class Gateway:
         self._notifier = Notifier(self._env)
         self._trimmer = IdleTrimmer()
         self._date = HttpDate()
+        # The plane's and the pools' held writes, flushed together (core/outbox.py);
+        # made with the loop, in start().
+        self._outbox: Outbox | None = None
 
     # -- start ------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
+        self._outbox = Outbox(loop)
         backends, default_backend = await self._build_backends()
         pools = {b.name: self._pool(b, loop) for b in backends.values()}
         await self._discover_models(backends, loop)
@@ -173,6 +178,7 @@ class Gateway:
             replacement=LocalReplacer(self.replacement) if self.replacement is not None else None,
             counters=Counters(),
             date=self._date,
+            outbox=self._outbox,
             admission=self._admission(cfg, None),
             tracing=trace_starter(cfg) if tracing is not None else None,
             env=self._env,
@@ -317,6 +323,7 @@ class Gateway:
             max_headers=limits.max_headers,
             max_body_bytes=limits.max_response_body_bytes,
             max_connections=limits.max_connections,
+            outbox=self._outbox,
         )
 
     async def _build_backends(self) -> tuple[dict[str, Backend], str | None]:

@@ -22,6 +22,7 @@ from typing import Protocol
 from ..config import Config
 from ..core.clock import HttpDate
 from ..core.keys import Keyring, keyring_from_config
+from ..core.outbox import Outbox
 from ..core.records import Counters
 from ..core.replacement import Replacer
 from ..core.seams import BreakerView, LiveActivity, MonitoringPort, Reporter, WireTap
@@ -68,12 +69,16 @@ class DataPlane:
         admission: Admission | None = None,
         tracing: TraceStarter | None = None,
         env: Mapping[str, str] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.config = config
         # Where named keys' secret variables are read (the gateway's environment).
         self._env: Mapping[str, str] = os.environ if env is None else env
         self.keyring: Keyring | None = keyring_from_config(config, self._env)
         self.loop = loop
+        # Client writes wait for the end of the poll, with the upstream pools' (the
+        # owner passes the outbox it gave them): core/outbox.py says why.
+        self.outbox = outbox if outbox is not None else Outbox(loop)
         self.backends: Mapping[str, Backend] = backends if backends is not None else {}
         self.pools: Mapping[str, UpstreamPool] = pools if pools is not None else {}
         self.default_backend = default_backend if default_backend else config.default_backend

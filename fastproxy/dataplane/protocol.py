@@ -188,14 +188,16 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport is not an asyncio.Transport subclass; it has its methods.
         transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        self.flow = FlowControl(transport)
         plane = self.plane
+        # Writes wait for the end of the poll (core/outbox.py); flow control is the
+        # transport's own.
+        self.transport = plane.outbox.hold(transport)
+        self.flow = FlowControl(transport)
         plane.counters.connections_total += 1
         if len(plane.connections) >= self._limits.max_connections or plane.draining:
             plane.counters.connections_rejected += 1
-            transport.write(_OVER_CAPACITY)
-            transport.close()
+            self.transport.write(_OVER_CAPACITY)
+            self.transport.close()
             self.closed = True
             return
         self.connection_id = plane.new_connection_id()

@@ -23,6 +23,7 @@ import httptools
 from .._speedups import IMPLEMENTATION, parse_simple_response
 from ..core.errors import UpstreamError
 from ..core.flow import FlowControl, FlowControlled
+from ..core.outbox import Outbox
 from .backend import Backend
 from .response import UpstreamResponse
 
@@ -90,7 +91,9 @@ class UpstreamConnection(FlowControlled, asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        outbox = self._pool.outbox
+        held = outbox.hold(transport) if outbox is not None else transport  # type: ignore[arg-type]
+        self.transport = held  # type: ignore[assignment]
         self.flow = FlowControl(transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
@@ -383,6 +386,7 @@ class UpstreamPool:
         "max_head_bytes",
         "max_headers",
         "max_idle",
+        "outbox",
         "retired",
     )
 
@@ -395,8 +399,12 @@ class UpstreamPool:
         max_headers: int = 100,
         max_body_bytes: int = 64 * 1024 * 1024,
         max_connections: int = 10_000,
+        outbox: Outbox | None = None,
     ) -> None:
         self.backend = backend
+        # The data plane's outbox: requests wait for the end of the poll with the
+        # responses (core/outbox.py). None (probes, discovery): written at once.
+        self.outbox = outbox
         # What one response may hold: a head like a request's, a buffered body.
         self.max_head_bytes = max_head_bytes
         self.max_headers = max_headers

@@ -43,6 +43,7 @@ from .._speedups import pack_exchange
 from ..config import BackendConfig, Config
 from ..core.budget import Blocked, BudgetGate
 from ..core.clock import HttpDate
+from ..core.outbox import Outbox
 from ..core.records import Counters, ExchangeRecord
 from ..core.seams import BreakerState, ExchangeSink, Reporter
 from ..dataplane.admission import Admission
@@ -165,6 +166,8 @@ class Worker:
         self.stop_requested = asyncio.Event()
         self.configured: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self._date = HttpDate()
+        # The plane's and the pools' held writes, flushed together (core/outbox.py).
+        self._outbox = Outbox(self.loop)
         self._ticker: asyncio.TimerHandle | None = None
         self.blocked: Blocked | None = None
 
@@ -236,7 +239,10 @@ class Worker:
                 backend.models = frozenset(b["models"]) if b["models"] is not None else None
                 backends[name] = backend
                 pools[name] = UpstreamPool(
-                    backend, self.loop, max_connections=limits.max_connections
+                    backend,
+                    self.loop,
+                    max_connections=limits.max_connections,
+                    outbox=self._outbox,
                 )
             pool = pools[name]
             pool.max_head_bytes = limits.max_head_bytes
@@ -302,6 +308,7 @@ class Worker:
             replacement=self._replacing(config, backends),
             counters=Counters(),
             date=self._date,
+            outbox=self._outbox,
             admission=self._admission(config, None),
             tracing=(
                 TraceStarter(config.tracing.sampler, config.tracing.sampler_arg)

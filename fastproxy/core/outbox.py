@@ -1,0 +1,163 @@
+"""Outbox: the data plane's writes, held until the loop has run the callbacks of one poll.
+
+Why hold a write at all: a write to a peer that is asleep in ``epoll_wait`` wakes it,
+and waking a process on another core is an inter-processor interrupt (on a VM, an exit
+to the hypervisor). A relay that is the slowest process on its host finds its peers
+(the clients, the backends) asleep at nearly every write, because each of them handles
+its part of a request faster than the relay and goes back to waiting. Written one by
+one as the requests of a poll are handled, each response and each upstream request
+paid its own wake-up: a third of the kernel's time per request, profiled at c=64. Held
+until the poll's callbacks have run and then written together, a peer is woken once
+and finds every socket of the batch ready, and two writes to one connection in one
+poll (a stream's head and first chunk) go out in one ``send``.
+
+The delay is the rest of the poll's callbacks, not a timer: the flush is the first
+callback of the next loop iteration (``call_soon`` from within the poll), before the
+loop waits again. A connection answering one request at a time waits microseconds.
+
+Rules that keep the bytes right:
+- Every write of a held connection goes through its `HeldTransport`, so the order on
+  the wire is the order of the calls. ``close`` sends what is held first; ``abort``
+  drops it, as aborting a transport drops its buffer.
+- A write of a large or mutable buffer (over 64 KiB, or not ``bytes``) is not held: what
+  is held goes first and it is written at once, so a request body is never copied and
+  a large write meets the transport's flow control when it is made.
+- What is held for a connection that is gone by the flush is dropped with it.
+- ``get_write_buffer_size`` counts the held bytes: a stream's accounting reads it to
+  tell what the client had not received when it left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger("fastproxy.data")
+
+# Larger writes go out at once: holding them gains nothing (one wake-up per 64 KiB is
+# nothing next to the bytes) and joining them would copy.
+HOLD_MAX = 64 * 1024
+
+
+class Outbox:
+    """The connections with writes held, flushed together once per loop iteration.
+    One per event loop, shared by the client side and the upstream pools, so both
+    sides' writes of a poll leave in the same flush."""
+
+    __slots__ = ("_due", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: list[HeldTransport] = []
+
+    def due(self, held: HeldTransport) -> None:
+        """``held`` has bytes waiting: flush it with the others, after this poll."""
+        if not self._due:
+            self._loop.call_soon(self.flush)
+        self._due.append(held)
+
+    def flush(self) -> None:
+        due, self._due = self._due, []
+        for held in due:
+            held.flush()
+
+    def hold(self, transport: asyncio.Transport) -> HeldTransport:
+        return HeldTransport(transport, self)
+
+
+class HeldTransport(asyncio.Transport):
+    """A transport whose writes wait for the outbox's flush; everything else is the
+    inner transport's own."""
+
+    __slots__ = ("_held", "_held_size", "_inner", "_outbox")
+
+    def __init__(self, inner: asyncio.Transport, outbox: Outbox) -> None:
+        super().__init__()
+        self._inner = inner
+        self._outbox = outbox
+        # None, one bytes object (the usual case: one write per poll) or a list of them.
+        self._held: bytes | list[bytes] | None = None
+        self._held_size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if type(data) is not bytes or len(data) > HOLD_MAX:
+            if self._held is not None:
+                self.flush()
+            self._inner.write(data)
+            return
+        if not data:
+            return
+        held = self._held
+        if held is None:
+            self._held = data
+            self._held_size = len(data)
+            self._outbox.due(self)
+            return
+        if type(held) is list:
+            held.append(data)
+        else:
+            self._held = [held, data]  # type: ignore[list-item]
+        self._held_size += len(data)
+
+    def flush(self) -> None:
+        """Write what is held, if anything (the outbox calls it; so does ``close``)."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        self._held_size = 0
+        inner = self._inner
+        if inner.is_closing():
+            return  # gone: its buffer went with it, and so does this
+        try:
+            inner.write(held if type(held) is bytes else b"".join(held))  # type: ignore[arg-type]
+        except Exception:
+            # A transport that fails a write is one connection's problem: the others in
+            # this flush still go out (the failed one's protocol sees its own loss).
+            log.debug("held write failed", exc_info=True)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._held_size = 0
+        self._inner.abort()
+
+    def is_closing(self) -> bool:
+        return self._inner.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._inner.get_write_buffer_size() + self._held_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._inner.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._inner.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._inner.get_extra_info(name, default)
+
+    def can_write_eof(self) -> bool:
+        return self._inner.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._inner.write_eof()
+
+    def is_reading(self) -> bool:
+        return self._inner.is_reading()
+
+    def pause_reading(self) -> None:
+        self._inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._inner.resume_reading()
