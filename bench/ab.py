@@ -11,6 +11,9 @@ Each round prints requests/s and the gateway's CPU per request (the loop's proce
     python -m bench.ab HEAD~1 HEAD                  # JSON c=64, 6 rounds of 3 s
     python -m bench.ab HEAD~1 HEAD --usage --rounds 8
     python -m bench.ab main WORKTREE                # WORKTREE: the working tree as it is
+    python -m bench.ab HEAD~1 HEAD --stream         # SSE: 200-event streams, c=64
+    python -m bench.ab HEAD~1 HEAD --stream --capture   # both with wire capture on
+    python -m bench.ab HEAD~1 HEAD --policy         # bench.load's scenario e policy
 
 Needs nginx and wrk (apt-get install nginx wrk). 127.0.0.1 only; it stops by itself.
 """
@@ -32,6 +35,7 @@ import yaml
 
 from bench.load.__main__ import snapshot
 from bench.load.backend import start_nginx_backend
+from bench.load.drivers import keys_lua
 from bench.load.processes import (
     _children,
     clean_env,
@@ -43,7 +47,7 @@ from bench.load.processes import (
     python_cmd,
     wait_port,
 )
-from bench.load.scenarios import JSON_BODY
+from bench.load.scenarios import JSON_BODY, POLICY_KEYS, SSE_BODY
 
 ROOT = Path(__file__).resolve().parents[1]
 _LUA = """wrk.method = "POST"
@@ -58,9 +62,11 @@ def _source(rev: str) -> tuple[Path | None, str]:
     return snapshot(rev)
 
 
-def _start(src: Path | None, backend_port: int, work: Path, usage: bool) -> tuple[Any, int]:
+def _start(src: Path | None, backend_port: int, work: Path, args: Any) -> tuple[Any, int]:
     port = free_port()
-    config = fastproxy_config(backend_port, work, usage=usage)
+    config = fastproxy_config(
+        backend_port, work, usage=args.usage, capture=args.capture, policy=args.policy
+    )
     config.update(port=port, admin={"enabled": False}, health_check={"enabled": False})
     path = work / "fastproxy.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -109,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--usage", action="store_true", help="usage tracking on in both")
+    ap.add_argument("--stream", action="store_true", help="SSE (200 events) instead of JSON")
+    ap.add_argument("--capture", action="store_true", help="wire capture on in both")
+    ap.add_argument(
+        "--policy",
+        action="store_true",
+        help="scenario e's policy in both: 100 named keys with limits, a least_busy group",
+    )
     args = ap.parse_args(argv)
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None and not (tool == "nginx" and nginx_binary(False)):
@@ -121,18 +134,27 @@ def main(argv: list[str] | None = None) -> int:
     gateways: list[Any] = []
     try:
         lua = work / "post.lua"
-        lua.write_text(_LUA.format(body=JSON_BODY))
+        text = _LUA.format(body=SSE_BODY if args.stream else JSON_BODY)
+        if args.stream:
+            text += 'wrk.headers["x-bench-stream"] = "1"\n'
+        if args.policy:
+            text += keys_lua(POLICY_KEYS)
+        lua.write_text(text)
         ports = []
         for i, (src, _) in enumerate(sources):
             (work / str(i)).mkdir()
-            gateway, port = _start(src, backend.port, work / str(i), args.usage)
+            gateway, port = _start(src, backend.port, work / str(i), args)
             gateways.append(gateway)
             ports.append(port)
         time.sleep(1.0)  # the recorders report ready after the gateways listen
         for gateway, port in zip(gateways, ports, strict=True):
             _round(gateway, port, lua, 1.0)  # warm-up
         names = [name for _, name in sources]
-        print(f"# bench.ab: A = {names[0]}, B = {names[1]}; JSON c=64, usage {args.usage}")
+        kind = "SSE (200 events)" if args.stream else "JSON"
+        print(
+            f"# bench.ab: A = {names[0]}, B = {names[1]}; {kind} c=64, usage {args.usage}, "
+            f"capture {args.capture}, policy {args.policy}"
+        )
         ratios, cpu_a, cpu_b = [], [], []
         for r in range(args.rounds):
             a = _round(gateways[0], ports[0], lua, args.seconds)
@@ -140,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             ratios.append(b[0] / a[0])
             cpu_a.append(a[1])
             cpu_b.append(b[1])
-            child = f" (+{a[2]:.1f} / +{b[2]:.1f} children)" if args.usage else ""
+            helpers = args.usage or args.capture
+            child = f" (+{a[2]:.1f} / +{b[2]:.1f} children)" if helpers else ""
             print(
                 f"round {r + 1}: A {a[0]:,.0f} req/s {a[1]:.1f} µs/req | "
                 f"B {b[0]:,.0f} req/s {b[1]:.1f} µs/req{child} | B/A {b[0] / a[0]:.3f}"
