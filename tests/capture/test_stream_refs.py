@@ -78,14 +78,22 @@ def _decoded(items: list[bytes]) -> list[tuple[int, bytes, dict[str, Any]]]:
     return out
 
 
+@pytest.mark.parametrize("deflater", ["zlib-ng", "zlib"])
 @pytest.mark.parametrize("writer", ["compiled", "pure"])
 def test_writer_rebuilds_every_reference(
-    speedups_impl: ModuleType, writer: str, monkeypatch: pytest.MonkeyPatch
+    speedups_impl: ModuleType, writer: str, deflater: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Compressible chunks (the spliced stream), a chunk with the usage event cut, an
     incompressible chunk, a non-chunked client, and small events in between: every
     dir-1 item decodes to exactly the bytes written to the client, and no payload is
-    compressed twice where the loop told the writer how to reuse it."""
+    compressed twice where the loop told the writer how to reuse it. With either
+    compressor the writer may use (zlib-ng, or zlib where it is missing), decoded by the
+    standard library's zlib, as any reader of the files would."""
+    if deflater == "zlib":
+        monkeypatch.setattr(capture_writer, "DEFLATE", zlib)
+    else:
+        zlib_ng = pytest.importorskip("zlib_ng.zlib_ng")
+        assert capture_writer.DEFLATE is zlib_ng
     buf = _buffer(speedups_impl)
     noise = os.urandom(3000)
     expected: list[tuple[int, bytes]] = []
