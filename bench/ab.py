@@ -14,6 +14,7 @@ Each round prints requests/s and the gateway's CPU per request (the loop's proce
     python -m bench.ab HEAD~1 HEAD --stream         # SSE: 200-event streams, c=64
     python -m bench.ab HEAD~1 HEAD --stream --capture   # both with wire capture on
     python -m bench.ab HEAD~1 HEAD --policy         # bench.load's scenario e policy
+    python -m bench.ab HEAD HEAD --b-adds capture   # one revision: what a feature costs
 
 Needs nginx and wrk (apt-get install nginx wrk). 127.0.0.1 only; it stops by itself.
 """
@@ -62,11 +63,14 @@ def _source(rev: str) -> tuple[Path | None, str]:
     return snapshot(rev)
 
 
-def _start(src: Path | None, backend_port: int, work: Path, args: Any) -> tuple[Any, int]:
+def _start(
+    src: Path | None, backend_port: int, work: Path, args: Any, adds: str | None
+) -> tuple[Any, int]:
     port = free_port()
-    config = fastproxy_config(
-        backend_port, work, usage=args.usage, capture=args.capture, policy=args.policy
-    )
+    features = {"usage": args.usage, "capture": args.capture, "policy": args.policy}
+    if adds is not None:
+        features[adds] = True
+    config = fastproxy_config(backend_port, work, **features)
     config.update(port=port, admin={"enabled": False}, health_check={"enabled": False})
     path = work / "fastproxy.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -122,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="scenario e's policy in both: 100 named keys with limits, a least_busy group",
     )
+    ap.add_argument(
+        "--b-adds",
+        choices=("usage", "capture", "policy"),
+        help="this feature on in B only (with A = B: the feature's cost in one run)",
+    )
     args = ap.parse_args(argv)
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None and not (tool == "nginx" and nginx_binary(False)):
@@ -137,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         text = _LUA.format(body=SSE_BODY if args.stream else JSON_BODY)
         if args.stream:
             text += 'wrk.headers["x-bench-stream"] = "1"\n'
-        if args.policy:
+        if args.policy or args.b_adds == "policy":
             text += keys_lua(POLICY_KEYS)
         lua.write_text(text)
         ports = []
         for i, (src, _) in enumerate(sources):
             (work / str(i)).mkdir()
-            gateway, port = _start(src, backend.port, work / str(i), args)
+            adds = args.b_adds if i == 1 else None
+            gateway, port = _start(src, backend.port, work / str(i), args, adds)
             gateways.append(gateway)
             ports.append(port)
         time.sleep(1.0)  # the recorders report ready after the gateways listen
@@ -153,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         kind = "SSE (200 events)" if args.stream else "JSON"
         print(
             f"# bench.ab: A = {names[0]}, B = {names[1]}; {kind} c=64, usage {args.usage}, "
-            f"capture {args.capture}, policy {args.policy}"
+            f"capture {args.capture}, policy {args.policy}; B adds {args.b_adds}"
         )
         ratios, cpu_a, cpu_b = [], [], []
         for r in range(args.rounds):
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             ratios.append(b[0] / a[0])
             cpu_a.append(a[1])
             cpu_b.append(b[1])
-            helpers = args.usage or args.capture
+            helpers = args.usage or args.capture or args.b_adds in ("usage", "capture")
             child = f" (+{a[2]:.1f} / +{b[2]:.1f} children)" if helpers else ""
             print(
                 f"round {r + 1}: A {a[0]:,.0f} req/s {a[1]:.1f} µs/req | "
