@@ -7,6 +7,7 @@ bytes (the pure twin's substring tests are the reference)."""
 
 from __future__ import annotations
 
+import random
 import struct
 from types import ModuleType
 from typing import Any
@@ -90,6 +91,41 @@ def test_literal_secrets_and_extra_headers(speedups_impl: ModuleType) -> None:
     assert f(b"nothing here", (b"other-secret", secret)) == 0
     assert f(b"X-Team-Token: 1", (), (b"x-team-token",)) & H
     assert f(b"x-team-tok", (), (b"x-team-token",)) == 0
+
+
+def test_triggers_at_every_offset_and_in_long_text(speedups_impl: ModuleType) -> None:
+    """The compiled scan reads sixteen bytes at a time and looks one byte ahead and two
+    back: each trigger, its near misses and its case variants at every offset across
+    three blocks, inside stream-like JSON text, must give the flags the other build
+    gives (and each trigger its own)."""
+    other = other_impl(speedups_impl)
+    filler = b'data: {"object":"chat.completion.chunk","content":"hello world"}\n\n'
+    words = [text for text, _ in TRIGGERS] + [
+        b'"secret"',
+        b'client_secret"',
+        b"kE",
+        b"ki",
+        b"k-",
+        b"za",
+        b"Wo",
+        b'et"',
+        b't"',
+    ]
+    for word in words:
+        for variant in {word, word.upper(), word.swapcase()}:
+            for at in range(0, 49):
+                for tail in (b"", b"...", filler[:17]):
+                    data = filler[:at] + variant + tail
+                    got = speedups_impl.redact_flags(data)
+                    assert got == other.redact_flags(data), (data, got)
+                    want = dict(TRIGGERS).get(variant)
+                    if want is not None:
+                        assert got & want == want, (data, got)
+    rng = random.Random(11)
+    pieces = [filler, b"key", b"sk-abc", b"AIza", b'password"', b'secret"', b"token=", b"x" * 30]
+    for _ in range(200):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 80)))
+        assert speedups_impl.redact_flags(data) == other.redact_flags(data), data
 
 
 @FUZZ
