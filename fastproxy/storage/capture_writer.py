@@ -243,11 +243,13 @@ class ItemBuilder:
             pos = end
         if pos < len(payload) or not cuts:
             kept.append((pos, len(payload)))
-        body = b"".join(payload[a:b] for a, b in kept) if cuts else payload
-        size = len(prefix) + len(body) + len(suffix)
+        # Views, not copies: the body the client got is joined only if it has to be
+        # compressed again (its pieces do not line up with the payload's).
+        view = memoryview(payload)
+        size = len(prefix) + sum(b - a for a, b in kept) + len(suffix)
         blocks = _blocks_of(pieces, kept) if pieces is not None else None
         if blocks is None:
-            framed = b"".join((prefix, body, suffix))
+            framed = b"".join((prefix, *(view[a:b] for a, b in kept), suffix))
             packed = deflate(framed)[0] if size >= COMPRESS_MIN else None
             return _item(ts, seq, direction, meta, framed, packed)
         # The pieces the client got, between stored blocks of the prefix and the suffix:
@@ -259,9 +261,11 @@ class ItemBuilder:
             # The head up to the first cut from the whole's checksum; the rest (a usage
             # event and what follows it, usually) is short and summed as it is.
             first = cuts[0][0]
-            head = adler32_head(adler, adler32(payload[first:]), len(payload) - first)
+            head = adler32_head(adler, adler32(view[first:]), len(payload) - first)
             check = adler32_combine(check, head, first)
-            check = adler32(body[first:], check)
+            for a, b in kept:
+                if b > first:
+                    check = adler32(view[max(a, first) : b], check)
         else:
             check = adler32_combine(check, adler, len(payload))
         check = adler32(suffix, check)
@@ -278,7 +282,14 @@ class ItemBuilder:
             if meta:
                 event["meta"] = meta
             return cbor2.dumps(event)
-        return _item(ts, seq, direction, meta, b"".join((prefix, body, suffix)), None)
+        return _item(
+            ts,
+            seq,
+            direction,
+            meta,
+            b"".join((prefix, *(view[a:b] for a, b in kept), suffix)),
+            None,
+        )
 
 
 def _blocks_of(pieces: Pieces, kept: list[tuple[int, int]]) -> bytes | None:
