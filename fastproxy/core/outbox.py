@@ -21,7 +21,9 @@ Rules that keep the bytes right:
   drops it, as aborting a transport drops its buffer.
 - A write of a large or mutable buffer (over 64 KiB, or not ``bytes``) is not held: what
   is held goes first and it is written at once, so a request body is never copied and
-  a large write meets the transport's flow control when it is made.
+  a large write meets the transport's flow control when it is made. Held writes that
+  add up to over 64 KiB go out at once too: flow control (a slow client pausing the
+  backend's stream) acts within the poll, as it did before anything was held.
 - What is held for a connection that is gone by the flush is dropped with it.
 - ``get_write_buffer_size`` counts the held bytes: a stream's accounting reads it to
   tell what the client had not received when it left.
@@ -100,6 +102,11 @@ class HeldTransport(asyncio.Transport):
         else:
             self._held = [held, data]  # type: ignore[list-item]
         self._held_size += len(data)
+        if self._held_size > HOLD_MAX:
+            # A fast sender (a backend's stream read up to 32 times in one poll) meets
+            # the transport's flow control now, as it would without holding: a slow
+            # client pauses the backend within the poll, not after megabytes.
+            self.flush()
 
     def flush(self) -> None:
         """Write what is held, if anything (the outbox calls it; so does ``close``)."""

@@ -181,3 +181,26 @@ def test_write_eof_sends_what_is_held_first() -> None:
         assert await _read_until_eof(loop, socks[0]) == b"before eof"
 
     uvloop.run(_with_server(on_data, test))
+
+
+def test_held_writes_over_the_limit_go_out_at_once() -> None:
+    """Small writes that add up to more than HOLD_MAX in one callback are written then,
+    not at the end of the poll: the transport's flow control (a slow client pausing the
+    backend) must see them while the callback still runs."""
+    seen: dict[str, Any] = {}
+    piece = b"p" * 4096
+    count = HOLD_MAX // len(piece) + 1
+
+    def on_data(held: HeldTransport, inner: asyncio.Transport, data: bytes) -> None:
+        for _ in range(count - 1):
+            held.write(piece)
+        seen["held_before"] = held.get_write_buffer_size() - inner.get_write_buffer_size()
+        held.write(piece)  # past the limit
+        seen["held_after"] = held.get_write_buffer_size() - inner.get_write_buffer_size()
+
+    async def test(loop: asyncio.AbstractEventLoop, socks: list[socket.socket], made: Any) -> None:
+        await loop.sock_sendall(socks[0], b"go")
+        assert await _read_exactly(loop, socks[0], count * len(piece)) == piece * count
+        assert seen == {"held_before": (count - 1) * len(piece), "held_after": 0}
+
+    uvloop.run(_with_server(on_data, test))
