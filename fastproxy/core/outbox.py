@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
-from typing import Any
+
+from .transports import WrappedTransport
 
 log = logging.getLogger("fastproxy.data")
 
@@ -69,15 +69,14 @@ class Outbox:
         return HeldTransport(transport, self)
 
 
-class HeldTransport(asyncio.Transport):
+class HeldTransport(WrappedTransport):
     """A transport whose writes wait for the outbox's flush; everything else is the
     inner transport's own."""
 
-    __slots__ = ("_held", "_held_size", "_inner", "_outbox")
+    __slots__ = ("_held", "_held_size", "_outbox")
 
     def __init__(self, inner: asyncio.Transport, outbox: Outbox) -> None:
-        super().__init__()
-        self._inner = inner
+        super().__init__(inner)
         self._outbox = outbox
         # None, one bytes object (the usual case: one write per poll) or a list of them.
         self._held: bytes | list[bytes] | None = None
@@ -125,10 +124,6 @@ class HeldTransport(asyncio.Transport):
             # this flush still go out (the failed one's protocol sees its own loss).
             log.debug("held write failed", exc_info=True)
 
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        for data in list_of_data:
-            self.write(data)
-
     def close(self) -> None:
         self.flush()
         self._inner.close()
@@ -138,33 +133,9 @@ class HeldTransport(asyncio.Transport):
         self._held_size = 0
         self._inner.abort()
 
-    def is_closing(self) -> bool:
-        return self._inner.is_closing()
-
     def get_write_buffer_size(self) -> int:
         return self._inner.get_write_buffer_size() + self._held_size
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._inner.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._inner.set_write_buffer_limits(high, low)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._inner.get_extra_info(name, default)
-
-    def can_write_eof(self) -> bool:
-        return self._inner.can_write_eof()
 
     def write_eof(self) -> None:
         self.flush()
         self._inner.write_eof()
-
-    def is_reading(self) -> bool:
-        return self._inner.is_reading()
-
-    def pause_reading(self) -> None:
-        self._inner.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._inner.resume_reading()

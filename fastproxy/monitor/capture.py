@@ -32,6 +32,7 @@ from .._speedups import (
 )
 from ..config import Config
 from ..config.loader import resolve_state_path
+from ..core.transports import WrappedTransport
 from ..storage.capture_link import FLUSH_BYTES, CaptureLink
 
 log = logging.getLogger("fastproxy.capture")
@@ -133,60 +134,19 @@ def known_secrets(config: Config, env: Mapping[str, str]) -> list[str]:
     return out
 
 
-class _TapTransport(asyncio.Transport):
+class _TapTransport(WrappedTransport):
     """The client transport with every write also captured as a dir-1 event."""
 
-    __slots__ = ("_buffer", "_inner", "_meta")
+    __slots__ = ("_buffer", "_meta")
 
     def __init__(self, inner: asyncio.Transport, buffer: CaptureBuffer, meta: bytes) -> None:
-        super().__init__()
-        self._inner = inner
+        super().__init__(inner)
         self._buffer = buffer
         self._meta = meta
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer.event(1, self._meta, data)
         self._inner.write(data)
-
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def is_closing(self) -> bool:
-        return self._inner.is_closing()
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def abort(self) -> None:
-        self._inner.abort()
-
-    def get_write_buffer_size(self) -> int:
-        return self._inner.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._inner.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._inner.set_write_buffer_limits(high, low)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._inner.get_extra_info(name, default)
-
-    def can_write_eof(self) -> bool:
-        return self._inner.can_write_eof()
-
-    def write_eof(self) -> None:
-        self._inner.write_eof()
-
-    def is_reading(self) -> bool:
-        return self._inner.is_reading()
-
-    def pause_reading(self) -> None:
-        self._inner.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._inner.resume_reading()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._inner.get_protocol()
