@@ -86,7 +86,9 @@ def _start(
     return gateway, port
 
 
-def _round(gateway: Any, port: int, lua: Path, seconds: float) -> tuple[float, float, float]:
+def _round(
+    gateway: Any, port: int, lua: Path, seconds: float, connections: int = 64
+) -> tuple[float, float, float]:
     """requests/s, the gateway's and its children's CPU µs per request."""
     kids = _children(gateway.pid)
     for kid in kids:
@@ -94,7 +96,18 @@ def _round(gateway: Any, port: int, lua: Path, seconds: float) -> tuple[float, f
     before = cpu_seconds(gateway.pid), sum(cpu_seconds(k) for k in kids)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds:g}s", "-s", str(lua), url],
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "-s",
+            str(lua),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -119,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--usage", action="store_true", help="usage tracking on in both")
+    ap.add_argument("--connections", type=int, default=64, help="wrk's connections (64)")
     ap.add_argument("--stream", action="store_true", help="SSE (200 events) instead of JSON")
     ap.add_argument("--capture", action="store_true", help="wire capture on in both")
     ap.add_argument(
@@ -162,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         names = [name for _, name in sources]
         kind = "SSE (200 events)" if args.stream else "JSON"
         print(
-            f"# bench.ab: A = {names[0]}, B = {names[1]}; {kind} c=64, usage {args.usage}, "
+            f"# bench.ab: A = {names[0]}, B = {names[1]}; {kind} c={args.connections}, "
+            f"usage {args.usage}, "
             f"capture {args.capture}, policy {args.policy}; B adds {args.b_adds}"
         )
         ratios, cpu_a, cpu_b = [], [], []
         for r in range(args.rounds):
-            a = _round(gateways[0], ports[0], lua, args.seconds)
-            b = _round(gateways[1], ports[1], lua, args.seconds)
+            a = _round(gateways[0], ports[0], lua, args.seconds, args.connections)
+            b = _round(gateways[1], ports[1], lua, args.seconds, args.connections)
             ratios.append(b[0] / a[0])
             cpu_a.append(a[1])
             cpu_b.append(b[1])

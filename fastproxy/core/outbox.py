@@ -11,9 +11,16 @@ until the poll's callbacks have run and then written together, a peer is woken o
 and finds every socket of the batch ready, and two writes to one connection in one
 poll (a stream's head and first chunk) go out in one ``send``.
 
-The delay is the rest of the poll's callbacks, not a timer: the flush is the first
-callback of the next loop iteration (``call_soon`` from within the poll), before the
-loop waits again. A connection answering one request at a time waits microseconds.
+The first write of a poll is not held: it goes out at once, and only the writes after
+it in the same poll wait. A poll with one request in it (one client at a time) is then
+written exactly as without an outbox; holding its one write cost 13 % of c=1
+throughput and ~15 µs of CPU per request (the backend no longer worked on the request
+while the gateway finished its callback). Under load the first write still wakes its
+peer early, but every other write of the poll joins one flush.
+
+The delay of a held write is the rest of the poll's callbacks, not a timer: the flush
+is the first callback of the next loop iteration (``call_soon`` from within the poll),
+before the loop waits again.
 
 Rules that keep the bytes right:
 - Every write of a held connection goes through its `HeldTransport`, so the order on
@@ -48,19 +55,29 @@ class Outbox:
     One per event loop, shared by the client side and the upstream pools, so both
     sides' writes of a poll leave in the same flush."""
 
-    __slots__ = ("_due", "_loop")
+    __slots__ = ("_due", "_loop", "_open")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._due: list[HeldTransport] = []
+        # A write went out in this poll (its flush is scheduled): the later ones wait.
+        self._open = False
+
+    def first(self) -> bool:
+        """Whether this is the poll's first write, which goes out at once (and makes
+        the writes after it in the same poll wait for the flush)."""
+        if self._open:
+            return False
+        self._open = True
+        self._loop.call_soon(self.flush)
+        return True
 
     def due(self, held: HeldTransport) -> None:
         """``held`` has bytes waiting: flush it with the others, after this poll."""
-        if not self._due:
-            self._loop.call_soon(self.flush)
         self._due.append(held)
 
     def flush(self) -> None:
+        self._open = False
         due, self._due = self._due, []
         for held in due:
             held.flush()
@@ -92,9 +109,13 @@ class HeldTransport(WrappedTransport):
             return
         held = self._held
         if held is None:
+            outbox = self._outbox
+            if outbox.first():
+                self._inner.write(data)
+                return
             self._held = data
             self._held_size = len(data)
-            self._outbox.due(self)
+            outbox.due(self)
             return
         if type(held) is list:
             held.append(data)

@@ -84,30 +84,39 @@ async def _read_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n:
     return bytes(got)
 
 
-def _nothing_readable(sock: socket.socket) -> bool:
+def _waiting(sock: socket.socket) -> int:
+    """How many bytes wait in the socket (peeked, not read; at most 64). Bytes written
+    at once are there when write() returns: loopback delivers in the sender's call."""
     try:
-        sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+        return len(sock.recv(64, socket.MSG_DONTWAIT | socket.MSG_PEEK))
     except BlockingIOError:
-        return True
-    return False
+        return 0
 
 
-def test_a_write_leaves_after_the_callback_not_during_it() -> None:
+def test_the_polls_first_write_goes_out_at_once_and_the_rest_after_the_callback() -> None:
+    """A lone request (c=1) must not wait: the first write of a poll is written at once.
+    The writes after it in the same poll are held, counted as buffered, and leave when
+    the poll's callbacks have run."""
     seen: dict[str, Any] = {}
     clients: list[socket.socket] = []
 
     def on_data(held: HeldTransport, inner: asyncio.Transport, data: bytes) -> None:
         held.write(b"first ")
+        seen["after_first"] = _waiting(clients[0])
         held.write(b"second")
         # Still in the callback: held, counted as buffered, not on the wire.
         seen["buffered"] = held.get_write_buffer_size()
-        seen["nothing_yet"] = _nothing_readable(clients[0])
+        seen["after_second"] = _waiting(clients[0])
 
     async def test(loop: asyncio.AbstractEventLoop, socks: list[socket.socket], made: Any) -> None:
         clients.extend(socks)
         await loop.sock_sendall(socks[0], b"go")
         assert await _read_exactly(loop, socks[0], 12) == b"first second"
-        assert seen == {"buffered": 12, "nothing_yet": True}
+        assert seen == {"after_first": 6, "buffered": 6, "after_second": 6}
+        # The next poll's first write is again immediate (the flush reopened it).
+        await loop.sock_sendall(socks[0], b"again")
+        assert await _read_exactly(loop, socks[0], 12) == b"first second"
+        assert seen == {"after_first": 6, "buffered": 6, "after_second": 6}
 
     uvloop.run(_with_server(on_data, test))
 
@@ -134,12 +143,13 @@ def test_order_is_kept_across_held_and_immediate_writes_and_close_sends_the_rest
 
 def test_abort_drops_what_is_held() -> None:
     def on_data(held: HeldTransport, inner: asyncio.Transport, data: bytes) -> None:
-        held.write(b"never sent")
+        held.write(b"sent at once")  # the poll's first write
+        held.write(b", never sent")  # held
         held.abort()
 
     async def test(loop: asyncio.AbstractEventLoop, socks: list[socket.socket], made: Any) -> None:
         await loop.sock_sendall(socks[0], b"go")
-        assert await _read_until_eof(loop, socks[0]) == b""
+        assert await _read_until_eof(loop, socks[0]) == b"sent at once"
 
     uvloop.run(_with_server(on_data, test))
 
@@ -158,10 +168,11 @@ def test_a_connection_gone_before_the_flush_loses_only_its_own_bytes() -> None:
             await asyncio.sleep(0.005)
         first, second = made
         assert first.held is not None and second.held is not None and first.inner is not None
-        first.held.write(b"lost")
-        second.held.write(b"kept")
+        second.held.write(b"kept ")  # the poll's first write: at once
+        first.held.write(b"lost")  # held
+        second.held.write(b"and kept")  # held
         first.inner.abort()  # gone before the flush
-        assert await _read_exactly(loop, socks[1], 4) == b"kept"
+        assert await _read_exactly(loop, socks[1], 13) == b"kept and kept"
         assert await _read_until_eof(loop, socks[0]) == b""
         assert errors == []
 
@@ -173,7 +184,8 @@ def test_a_connection_gone_before_the_flush_loses_only_its_own_bytes() -> None:
 
 def test_write_eof_sends_what_is_held_first() -> None:
     def on_data(held: HeldTransport, inner: asyncio.Transport, data: bytes) -> None:
-        held.write(b"before eof")
+        held.write(b"before ")  # at once
+        held.write(b"eof")  # held: write_eof sends it first
         held.write_eof()
 
     async def test(loop: asyncio.AbstractEventLoop, socks: list[socket.socket], made: Any) -> None:
@@ -192,6 +204,7 @@ def test_held_writes_over_the_limit_go_out_at_once() -> None:
     count = HOLD_MAX // len(piece) + 1
 
     def on_data(held: HeldTransport, inner: asyncio.Transport, data: bytes) -> None:
+        held.write(b"x")  # the poll's first write: at once
         for _ in range(count - 1):
             held.write(piece)
         seen["held_before"] = held.get_write_buffer_size() - inner.get_write_buffer_size()
@@ -200,7 +213,7 @@ def test_held_writes_over_the_limit_go_out_at_once() -> None:
 
     async def test(loop: asyncio.AbstractEventLoop, socks: list[socket.socket], made: Any) -> None:
         await loop.sock_sendall(socks[0], b"go")
-        assert await _read_exactly(loop, socks[0], count * len(piece)) == piece * count
+        assert await _read_exactly(loop, socks[0], 1 + count * len(piece)) == b"x" + piece * count
         assert seen == {"held_before": (count - 1) * len(piece), "held_after": 0}
 
     uvloop.run(_with_server(on_data, test))
