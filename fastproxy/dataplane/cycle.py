@@ -552,7 +552,7 @@ class RequestCycle:
         assert model is not None
         policy = plane.policy
         if policy is None:
-            candidates = plan(
+            candidates = plane.plans.plan(
                 model,
                 dialect.name,
                 plane.backends,

@@ -30,7 +30,7 @@ from ..httpclient.backend import Backend
 from ..httpclient.pool import UpstreamPool
 from ..logs import AccessLine
 from .admission import Admission
-from .routing import Policy
+from .routing import Plans, Policy
 from .tracecontext import TraceStarter
 
 
@@ -98,6 +98,8 @@ class DataPlane:
         # Aliases, groups and load balancing, when configured; None costs one test per
         # request. Each plane (each worker) keeps its own stats and affinity.
         self.policy: Policy | None = Policy(config) if Policy.configured(config) else None
+        # Plans by model without a policy: made once per name and routing generation.
+        self.plans = Plans()
         # Rate limits and budgets, when configured; None costs one test per request. Its
         # owner (the gateway, or the worker) rebuilds it on reload (admission.py).
         self.admission = admission

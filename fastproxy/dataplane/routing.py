@@ -59,6 +59,17 @@ def plan(
     failover_routes: Mapping[str, Sequence[str]],
     breakers: BreakerView | None = None,
 ) -> list[Candidate]:
+    return _routable(_candidates(model, dialect, backends, default, failover_routes), breakers)
+
+
+def _candidates(
+    model: str,
+    dialect: str,
+    backends: Mapping[str, Backend],
+    default: str | None,
+    failover_routes: Mapping[str, Sequence[str]],
+) -> list[Candidate]:
+    """Rules 1-5: the plan before any breaker is asked."""
     prefix, sep, _ = model.partition(":")
     if sep and prefix in backends and dialect not in backends[prefix].dialects:
         raise RoutingError(
@@ -76,13 +87,66 @@ def plan(
                 out.append((b, m))
     if not out:
         raise RoutingError(f"The model {model!r} does not exist or no configured backend serves it")
+    return out
+
+
+def _routable(out: list[Candidate], breakers: BreakerView | None) -> list[Candidate]:
+    """Rule 6, on a list the caller may keep: always a new one."""
     if breakers is not None:
         # Asking is free of side effects: a half-open backend stays a candidate, and its
         # one trial is claimed only if the request is actually sent there.
         routable = [c for c in out if breakers.breaker_state(c[0].name).routable]
         if routable:
             return routable
-    return out
+    return list(out)
+
+
+class Plans:
+    """``plan`` for the plane, made once per model and dialect instead of per request.
+
+    Rules 1-5 depend only on the model, the dialect, the backends mapping, the default
+    backend and the failover routes. A reload replaces the mapping and the routes (a
+    new config), and a backend's model list is set before its mapping is served (at
+    start, and for a reload's new backends before the reload takes effect), so a cached
+    plan holds until those objects change. Breakers change at any moment: rule 6 runs
+    per request. A client may name any model (the default backend takes names no
+    backend lists), so the cache is emptied when it holds ``MAX`` names; a name that is
+    refused is not kept."""
+
+    MAX = 1024
+    __slots__ = ("_for", "_plans")
+
+    def __init__(self) -> None:
+        self._for: tuple[object, str | None, object] | None = None
+        self._plans: dict[tuple[str, str], list[Candidate]] = {}
+
+    def plan(
+        self,
+        model: str,
+        dialect: str,
+        backends: Mapping[str, Backend],
+        default: str | None,
+        failover_routes: Mapping[str, Sequence[str]],
+        breakers: BreakerView | None = None,
+    ) -> list[Candidate]:
+        made_for = self._for
+        if (
+            made_for is None
+            or made_for[0] is not backends
+            or made_for[2] is not failover_routes
+            or made_for[1] != default
+        ):
+            self._plans = {}
+            self._for = (backends, default, failover_routes)
+        plans = self._plans
+        key = (model, dialect)
+        out = plans.get(key)
+        if out is None:
+            out = _candidates(model, dialect, backends, default, failover_routes)
+            if len(plans) >= self.MAX:
+                plans.clear()
+            plans[key] = out
+        return _routable(out, breakers)
 
 
 class Policy:

@@ -18,7 +18,7 @@ import pytest
 from fastproxy.config import BackendConfig, load_config
 from fastproxy.core.errors import RoutingError
 from fastproxy.core.seams import BreakerState
-from fastproxy.dataplane.routing import plan
+from fastproxy.dataplane.routing import Plans, plan
 from fastproxy.httpclient.backend import Backend
 from fastproxy.monitor.breaker import Event, State
 from fastproxy.monitor.health import HealthService
@@ -50,6 +50,66 @@ class Breakers:
     def breaker_state(self, backend: str) -> BreakerState:
         self.asked.append(backend)
         return self.states.get(backend, BreakerState.CLOSED)
+
+
+CASES = [
+    ("gpt-4o", "openai", None, {}),
+    ("openai.2:gpt-4o", "openai", None, {}),
+    ("gpt-4o-mini", "openai", None, {"gpt-4o-mini": ["gpt-4o"]}),
+    ("some-new-model", "openai", "openai.2", {}),
+    ("claude-3", "anthropic", None, {}),
+]
+
+
+@pytest.mark.parametrize(("model", "dialect", "default", "routes"), CASES)
+def test_cached_plans_are_the_plans(
+    model: str, dialect: str, default: str | None, routes: dict[str, list[str]]
+) -> None:
+    """Plans gives what plan gives, the first time and from its cache, and a new list
+    each time (the cycle keeps the one it is given)."""
+    plans = Plans()
+    want = names(plan(model, dialect, BACKENDS, default, routes))
+    first = plans.plan(model, dialect, BACKENDS, default, routes)
+    second = plans.plan(model, dialect, BACKENDS, default, routes)
+    assert names(first) == names(second) == want
+    assert first is not second
+    first.clear()  # a caller's change does not reach the cache
+    assert names(plans.plan(model, dialect, BACKENDS, default, routes)) == want
+
+
+def test_a_cached_plan_still_asks_the_breakers_each_time() -> None:
+    plans = Plans()
+    closed = Breakers({})
+    assert names(plans.plan("gpt-4o", "openai", BACKENDS, None, {}, closed))[0][0] == "openai.1"
+    opened = Breakers({"openai.1": BreakerState.OPEN})
+    got = plans.plan("gpt-4o", "openai", BACKENDS, None, {}, opened)
+    assert names(got) == [("openai.2", "gpt-4o")]
+    assert opened.asked == ["openai.1", "openai.2"]
+
+
+def test_a_new_routing_generation_is_planned_afresh() -> None:
+    """A reload replaces the backends mapping or the routes (and may change the
+    default): the cache is not used across them."""
+    plans = Plans()
+    assert len(plans.plan("gpt-4o", "openai", BACKENDS, None, {})) == 2
+    reloaded = {"openai.2": backend("openai.2", ["gpt-4o"])}
+    assert names(plans.plan("gpt-4o", "openai", reloaded, None, {})) == [("openai.2", "gpt-4o")]
+    routes = {"gpt-4o": ["claude-3"]}
+    both = {**reloaded, "anthropic.1": BACKENDS["anthropic.1"]}
+    assert len(plans.plan("gpt-4o", "openai", both, None, routes)) == 1
+    assert names(plans.plan("x", "openai", both, "openai.2", routes)) == [("openai.2", "x")]
+    with pytest.raises(RoutingError):
+        plans.plan("x", "openai", both, None, routes)  # no default any more
+
+
+def test_refused_names_are_not_kept_and_the_cache_is_bounded() -> None:
+    plans = Plans()
+    with pytest.raises(RoutingError):
+        plans.plan("nobody-serves-this", "openai", BACKENDS, None, {})
+    assert len(plans._plans) == 0
+    for i in range(Plans.MAX + 5):  # any name goes to the default backend
+        plans.plan(f"model-{i}", "openai", BACKENDS, "openai.1", {})
+    assert 0 < len(plans._plans) <= Plans.MAX
 
 
 def test_every_backend_listing_the_model_in_config_order() -> None:
