@@ -76,8 +76,8 @@ class DataPlane:
         self._env: Mapping[str, str] = os.environ if env is None else env
         self.keyring: Keyring | None = keyring_from_config(config, self._env)
         self.loop = loop
-        # Client writes wait for the end of the poll, with the upstream pools' (the
-        # owner passes the outbox it gave them): core/outbox.py says why.
+        # Client writes after a poll's first wait for the poll's end, with the upstream
+        # pools' (the owner passes the outbox it gave them): core/outbox.py says why.
         self.outbox = outbox if outbox is not None else Outbox(loop)
         self.backends: Mapping[str, Backend] = backends if backends is not None else {}
         self.pools: Mapping[str, UpstreamPool] = pools if pools is not None else {}

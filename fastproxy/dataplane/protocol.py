@@ -189,8 +189,8 @@ class ClientProtocol(asyncio.Protocol):
         # uvloop's TCPTransport is not an asyncio.Transport subclass; it has its methods.
         transport = cast(asyncio.Transport, transport)
         plane = self.plane
-        # Writes wait for the end of the poll (core/outbox.py); flow control is the
-        # transport's own.
+        # A poll's writes after its first wait for the poll's end (core/outbox.py);
+        # flow control is the transport's own.
         self.transport = plane.outbox.hold(transport)
         self.flow = FlowControl(transport)
         plane.counters.connections_total += 1

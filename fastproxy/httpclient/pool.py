@@ -402,8 +402,9 @@ class UpstreamPool:
         outbox: Outbox | None = None,
     ) -> None:
         self.backend = backend
-        # The data plane's outbox: requests wait for the end of the poll with the
-        # responses (core/outbox.py). None (probes, discovery): written at once.
+        # The data plane's outbox: a request written after a poll's first write waits
+        # for the poll's end with the responses (core/outbox.py). None (probes,
+        # discovery): written at once.
         self.outbox = outbox
         # What one response may hold: a head like a request's, a buffered body.
         self.max_head_bytes = max_head_bytes
